@@ -1,0 +1,400 @@
+//! Everything the kernel side (`lb-ebpf`) and the userspace side (`lb-userspace`) must agree on:
+//! map key and value layouts, map names, capacities, flag bits and counter indices.
+//!
+//! # Layout rules
+//! Every map type is `#[repr(C)]`, built only from fixed-width integers and byte arrays, with
+//! explicit `_pad` fields so that there is no implicit padding (the kernel compares keys
+//! byte-wise, so uninitialised padding would make equal keys differ). No `bool`, `enum`,
+//! `Option` or `usize`. Each type has a compile-time size assertion. Byte order is named on every
+//! field: `_be` fields are network byte order, everything else is host byte order.
+//!
+//! # Addresses: one 16-byte format for both families
+//! All addresses are stored as 16 bytes in network byte order. IPv4 addresses are stored
+//! IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), so one set of maps serves IPv4 and IPv6
+//! and a dual-stack Service needs no second code path in userspace. The cost is a few more key
+//! bytes per lookup; the benefit is that IPv6 support is a parser and rewrite change only, not a
+//! map-layout change.
+//!
+//! # Map model
+//! - [`SERVICES`]: frontend `(address, port, protocol)` → [`ServiceValue`]: which selection table
+//!   to use, how many slots it has, and flags.
+//! - [`BACKENDS`]: backend id → [`Backend`]. Id [`BACKEND_ID_NONE`] (0) is reserved and never
+//!   programmed, so a zero read from a table always means "no backend".
+//! - [`SELECT`]: `(select_id, slot)` → backend id: the per-frontend selection table, written
+//!   by userspace (a dense array of backend ids for random selection, a consistent-hash table for
+//!   Maglev).
+//! - [`CONNTRACK`]: LRU flow table, one entry per direction of a translated flow.
+//! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
+//! - [`STATS`]: per-CPU global counters, indexed by the `CNT_*` constants.
+//! - [`SVC_STATS`]: per-CPU per-service counters.
+//! - [`META`]: one record with the layout version, so a new agent knows what it is adopting.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bumped whenever any map layout, map name or the meaning of a field changes. The agent refuses
+/// to adopt pinned maps written by a build with a different version (see `lb agent --cleanup`).
+pub const LAYOUT_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Map names (the symbol names in the eBPF object; also the pin file names).
+// ---------------------------------------------------------------------------------------------
+
+pub const SERVICES: &str = "LB_SERVICES";
+pub const BACKENDS: &str = "LB_BACKENDS";
+pub const SELECT: &str = "LB_SELECT";
+pub const CONNTRACK: &str = "LB_CONNTRACK";
+pub const AFFINITY: &str = "LB_AFFINITY";
+pub const STATS: &str = "LB_STATS";
+pub const SVC_STATS: &str = "LB_SVC_STATS";
+pub const META: &str = "LB_META";
+
+/// Every map the datapath pins, in the order the agent opens them.
+pub const ALL_MAPS: [&str; 8] = [
+    SERVICES, BACKENDS, SELECT, CONNTRACK, AFFINITY, STATS, SVC_STATS, META,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Program names (function names in the eBPF object).
+// ---------------------------------------------------------------------------------------------
+
+/// TC ingress on the host side of pod interfaces: pod → service DNAT and backend → client
+/// reverse NAT.
+pub const PROG_TC_POD: &str = "lb_tc_pod_ingress";
+
+// ---------------------------------------------------------------------------------------------
+// Capacities (defaults; the agent can override some at load time).
+// ---------------------------------------------------------------------------------------------
+
+pub const SERVICES_MAX: u32 = 65_536;
+pub const BACKENDS_MAX: u32 = 65_536;
+pub const SELECT_MAX: u32 = 262_144;
+pub const CONNTRACK_MAX: u32 = 131_072;
+pub const AFFINITY_MAX: u32 = 65_536;
+pub const SVC_STATS_MAX: u32 = 65_536;
+
+// ---------------------------------------------------------------------------------------------
+// Protocol numbers and conntrack timeouts.
+// ---------------------------------------------------------------------------------------------
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// A TCP flow whose last packet is older than this is treated as gone (a new packet selects
+/// again). Matches the order of `nf_conntrack_tcp_timeout_established` scaled down, since an LRU
+/// also reclaims entries under pressure.
+pub const CT_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// After a FIN or RST the entry only lives this long.
+pub const CT_TCP_CLOSING_LIFETIME_NS: u64 = 10 * 1_000_000_000;
+/// UDP and other datagram flows.
+pub const CT_UDP_LIFETIME_NS: u64 = 60 * 1_000_000_000;
+
+/// An IPv4 address in the 16-byte format: `::ffff:a.b.c.d`.
+#[must_use]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// LB_SERVICES
+// ---------------------------------------------------------------------------------------------
+
+/// A frontend: ClusterIP, NodePort on a node address, externalIP or LoadBalancer IP.
+///
+/// A key with `port_be == 0` and `proto == 0` is the *address marker* the agent writes once per
+/// frontend address: it lets the datapath recognise traffic to a service address that it cannot
+/// translate (fragments, truncated L4 headers) and drop it instead of leaking it untranslated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceKey {
+    /// Frontend address, network byte order, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Frontend port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number (`IPPROTO_*`).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Stable id of the Kubernetes ServicePort `(namespace, name, port name, protocol)`: scope of
+    /// session affinity and index of the per-service counters. Host byte order.
+    pub svc_id: u32,
+    /// Which selection table in [`SELECT`] this frontend uses. Host byte order.
+    pub select_id: u32,
+    /// Number of slots in that table. 0 = no usable endpoint (see `SVC_F_DROP_IF_EMPTY`).
+    pub slot_count: u32,
+    /// `SVC_F_*` bits.
+    pub flags: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; only read with `SVC_F_AFFINITY`.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 24);
+
+/// Address marker entry (see [`ServiceKey`]); not a real frontend.
+pub const SVC_F_ADDR_MARKER: u32 = 1 << 0;
+/// `sessionAffinity: ClientIP`.
+pub const SVC_F_AFFINITY: u32 = 1 << 1;
+/// Selection table is a Maglev table (slot = flow hash % `slot_count`) instead of a dense
+/// array (slot = random % `slot_count`).
+pub const SVC_F_MAGLEV: u32 = 1 << 2;
+/// With `slot_count == 0`: drop silently (traffic policy Local without local endpoints) instead
+/// of rejecting (no endpoints at all).
+pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 3;
+/// Frontend is external (NodePort, externalIP, LoadBalancer IP).
+pub const SVC_F_EXTERNAL: u32 = 1 << 4;
+
+// ---------------------------------------------------------------------------------------------
+// LB_BACKENDS
+// ---------------------------------------------------------------------------------------------
+
+/// Backend id 0 is reserved: never programmed, means "none".
+pub const BACKEND_ID_NONE: u32 = 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Backend {
+    /// Endpoint address, network byte order, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Endpoint (target) port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<Backend>() == 20);
+
+/// The endpoint runs on this node.
+pub const BACKEND_F_LOCAL: u8 = 1 << 0;
+/// The endpoint is terminating (used only through the serving-terminating fallback).
+pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
+
+// ---------------------------------------------------------------------------------------------
+// LB_SELECT
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SelectKey {
+    /// [`ServiceValue::select_id`]. Host byte order.
+    pub select_id: u32,
+    /// Slot index in `0..slot_count`. Host byte order.
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<SelectKey>() == 8);
+
+// ---------------------------------------------------------------------------------------------
+// LB_CONNTRACK
+// ---------------------------------------------------------------------------------------------
+
+/// The flow as seen on the wire by the datapath, before translation.
+///
+/// A translated flow has two entries: `CT_DIR_FORWARD` keyed by client → frontend, and
+/// `CT_DIR_REPLY` keyed by backend → client (the reply as it arrives from the backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub src: [u8; 16],
+    /// Destination address, network byte order.
+    pub dst: [u8; 16],
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` of the last packet seen in this direction.
+    pub last_seen_ns: u64,
+    /// Forward: the backend address written as destination. Reply: the frontend address written
+    /// back as source. Network byte order.
+    pub nat_addr: [u8; 16],
+    /// Forward: the backend chosen at flow start (looked up on every packet, so a removed
+    /// backend is noticed). Reply: the same backend. Host byte order.
+    pub backend_id: u32,
+    /// [`ServiceValue::svc_id`] of the frontend. Host byte order.
+    pub svc_id: u32,
+    /// Port counterpart of `nat_addr`, network byte order.
+    pub nat_port_be: u16,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CtValue>() == 40);
+
+/// A FIN or RST was seen: the entry lives only `CT_TCP_CLOSING_LIFETIME_NS` more.
+pub const CT_F_CLOSING: u16 = 1 << 0;
+
+// ---------------------------------------------------------------------------------------------
+// LB_AFFINITY
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    /// Client source address (no port: point 25), network byte order.
+    pub client: [u8; 16],
+    /// [`ServiceValue::svc_id`]. Host byte order.
+    pub svc_id: u32,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` of the last new connection that used this record.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// LB_SVC_STATS
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SvcStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New connections (flows that selected a backend).
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<SvcStats>() == 24);
+
+// ---------------------------------------------------------------------------------------------
+// LB_META
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the agent that created the pinned maps; 0 = never written.
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Meta>() == 8);
+
+// ---------------------------------------------------------------------------------------------
+// LB_STATS counter indices. Every packet the datapath sees ends in exactly one verdict counter
+// (`CNT_VERDICT_*`); drops and passes on unusual paths also count a reason.
+// ---------------------------------------------------------------------------------------------
+
+/// Packets seen by any program.
+pub const CNT_PACKETS: u32 = 0;
+/// Verdict: passed unmodified, not service traffic.
+pub const CNT_VERDICT_PASS: u32 = 1;
+/// Verdict: forward direction translated (frontend → backend).
+pub const CNT_VERDICT_DNAT: u32 = 2;
+/// Verdict: reply direction translated (backend → frontend).
+pub const CNT_VERDICT_REVNAT: u32 = 3;
+/// Verdict: dropped (a `CNT_DROP_*` reason is counted too).
+pub const CNT_VERDICT_DROP: u32 = 4;
+/// New flows that selected a backend.
+pub const CNT_NEW_FLOWS: u32 = 5;
+/// Forward packets that hit an existing conntrack entry.
+pub const CNT_CT_HIT: u32 = 6;
+/// Pass reason: not IPv4 (other ethertype).
+pub const CNT_PASS_NOT_IP: u32 = 7;
+/// Pass reason: IPv4 header invalid or truncated (the kernel's IP input drops these).
+pub const CNT_PASS_BAD_L3: u32 = 8;
+/// Drop reason: packet to a service address whose TCP/UDP header is truncated.
+pub const CNT_DROP_BAD_L4: u32 = 9;
+/// Drop reason: IPv4 fragment to a service address.
+pub const CNT_DROP_FRAGMENT: u32 = 10;
+/// Drop reason: the service has no usable endpoint.
+pub const CNT_DROP_NO_BACKEND: u32 = 11;
+/// Drop reason: the selection table pointed at a missing backend (update in progress).
+pub const CNT_DROP_BACKEND_MISSING: u32 = 12;
+/// A UDP flow's backend was removed: the flow selected a new one (point 57).
+pub const CNT_CT_RESELECT: u32 = 13;
+/// Drop reason: a packet rewrite helper failed.
+pub const CNT_DROP_REWRITE: u32 = 14;
+/// Drop reason: conntrack insert failed.
+pub const CNT_DROP_CT_INSERT: u32 = 15;
+/// Number of counters.
+pub const CNT_MAX: u32 = 16;
+
+/// Display names of the counters, indexed by `CNT_*`.
+pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
+    "packets",
+    "verdict_pass",
+    "verdict_dnat",
+    "verdict_revnat",
+    "verdict_drop",
+    "new_flows",
+    "conntrack_hits",
+    "pass_not_ip",
+    "pass_bad_l3",
+    "drop_bad_l4",
+    "drop_fragment",
+    "drop_no_backend",
+    "drop_backend_missing",
+    "conntrack_reselect",
+    "drop_rewrite",
+    "drop_conntrack_insert",
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        AffinityKey, AffinityValue, Backend, CtKey, CtValue, Meta, SelectKey, ServiceKey,
+        ServiceValue, SvcStats,
+    };
+    // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
+    // (checked by the size assertions above), so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for SelectKey {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SvcStats {}
+    unsafe impl aya::Pod for Meta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_are_unique_and_complete() {
+        for (i, a) in COUNTER_NAMES.iter().enumerate() {
+            assert!(!a.is_empty());
+            for b in &COUNTER_NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn v4_mapped_layout() {
+        let a = v4_mapped([10, 96, 0, 1]);
+        assert_eq!(&a[..10], &[0; 10]);
+        assert_eq!(&a[10..12], &[0xff, 0xff]);
+        assert_eq!(&a[12..], &[10, 96, 0, 1]);
+    }
+}

@@ -1,0 +1,569 @@
+//! The pure compile step: (Services, EndpointSlices, this node) → [`DesiredState`], with
+//! kube-proxy's semantics. Point numbers refer to the semantics reference
+//! (`k8s-service-semantics.md`, section 1); the unit tests below name them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::model::{
+    DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
+    ServicePortName, ServicePortState, Skipped,
+};
+
+/// Address family being programmed (kube-proxy runs one proxier per family, point 55).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn matches(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_))
+        )
+    }
+
+    fn k8s_name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
+
+/// What the compile step needs to know about the node it programs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// `spec.nodeName` of local endpoints.
+    pub name: String,
+    /// Addresses NodePorts are served on (point 41).
+    pub addresses: Vec<IpAddr>,
+    /// `topology.kubernetes.io/zone` of this node, for zone hints (point 53).
+    pub zone: Option<String>,
+}
+
+/// Label that opts a Service out of this proxy (point 4).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label that marks a Service headless for proxies (point 4).
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label linking an EndpointSlice to its Service (point 6).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// API default of `sessionAffinityConfig.clientIP.timeoutSeconds` (point 24).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+/// Maximum accepted affinity timeout (point 24).
+pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
+
+/// Parses an IP the way Kubernetes does (`ParseIPSloppy`): IPv4 octets with leading zeros are
+/// decimal, never octal (point 61).
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if s.contains(':') {
+        return s.parse().ok();
+    }
+    let mut octets = [0u8; 4];
+    let mut n = 0;
+    for part in s.split('.') {
+        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        octets[n] = part.parse::<u8>().ok()?;
+        n += 1;
+    }
+    (n == 4).then(|| IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
+/// Compiles every Service and EndpointSlice into the desired state of one node and family.
+pub fn compile(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeContext,
+    family: Family,
+) -> DesiredState {
+    let mut state = DesiredState::default();
+    let slices_by_service = index_slices(slices, family);
+    for svc in services {
+        let ns = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        match compile_service(svc, &ns, &name, &slices_by_service, node, family) {
+            Ok(ports) => state.services.extend(ports),
+            Err(CompileSkip::ByDesign) => {}
+            Err(CompileSkip::Invalid(reason)) => state.rejected.push(Skipped {
+                object: format!("Service {ns}/{name}"),
+                reason,
+            }),
+        }
+    }
+    state
+}
+
+enum CompileSkip {
+    /// Not ours to program (headless, ExternalName, opted out, other family).
+    ByDesign,
+    /// Invalid: skipped with a reason, reported and counted.
+    Invalid(String),
+}
+
+/// EndpointSlices of the right family grouped by `(namespace, service name)` (points 6, 14, 15).
+fn index_slices(
+    slices: &[EndpointSlice],
+    family: Family,
+) -> BTreeMap<(String, String), Vec<&EndpointSlice>> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != family.k8s_name() {
+            continue;
+        }
+        let labels = slice.metadata.labels.as_ref();
+        let Some(svc) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
+            continue;
+        };
+        if labels.is_some_and(|l| {
+            l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)
+        }) {
+            continue;
+        }
+        let ns = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        by_service.entry((ns, svc.clone())).or_default().push(slice);
+    }
+    by_service
+}
+
+fn compile_service(
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    slices: &BTreeMap<(String, String), Vec<&EndpointSlice>>,
+    node: &NodeContext,
+    family: Family,
+) -> Result<Vec<(ServicePortName, ServicePortState)>, CompileSkip> {
+    let invalid = |r: String| CompileSkip::Invalid(r);
+    // Point 4: label opt-outs.
+    if let Some(labels) = &svc.metadata.labels {
+        if labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS) {
+            return Err(CompileSkip::ByDesign);
+        }
+    }
+    let Some(spec) = &svc.spec else {
+        return Err(invalid("spec: missing".into()));
+    };
+    // Point 2: ExternalName is never proxied.
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Err(CompileSkip::ByDesign);
+    }
+    // Point 1: headless.
+    let primary = spec.cluster_ip.as_deref().unwrap_or("");
+    if primary.is_empty() || primary == "None" {
+        return Err(CompileSkip::ByDesign);
+    }
+    // Point 5: the ClusterIP of this family.
+    let cluster_ip = cluster_ip_for_family(spec, family).map_err(invalid)?;
+    let Some(cluster_ip) = cluster_ip else {
+        return Err(CompileSkip::ByDesign);
+    };
+
+    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let (nodeport_allowed, lb) = match svc_type {
+        "ClusterIP" => (false, false),
+        "NodePort" => (true, false),
+        "LoadBalancer" => (true, true),
+        other => return Err(invalid(format!("spec.type: unknown type {other:?}"))),
+    };
+
+    let external_ips =
+        parse_ip_list(spec.external_ips.as_deref(), family, "spec.externalIPs").map_err(invalid)?;
+    let lb_ips: Vec<IpAddr> = if lb {
+        lb_ingress_ips(svc, family).map_err(invalid)?
+    } else {
+        Vec::new()
+    };
+    let externally_accessible = nodeport_allowed || !external_ips.is_empty() || !lb_ips.is_empty();
+    // Points 29, 30.
+    let etp_local =
+        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout_s = affinity_timeout(spec).map_err(invalid)?;
+
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ports.is_empty() {
+        return Err(invalid(
+            "spec.ports: a Service needs at least one port".into(),
+        ));
+    }
+    // Point 11: ports are keyed by (port, protocol); names must be unique too.
+    let mut seen_ports = HashSet::new();
+    let mut seen_names = HashSet::new();
+    let mut out = Vec::with_capacity(ports.len());
+    let empty = Vec::new();
+    let svc_slices = slices
+        .get(&(ns.to_owned(), name.to_owned()))
+        .unwrap_or(&empty);
+    for (i, port) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+            invalid(format!(
+                "{field}.protocol: unknown protocol {:?}",
+                port.protocol.as_deref().unwrap_or("")
+            ))
+        })?;
+        let number = valid_port(port.port).ok_or_else(|| {
+            invalid(format!(
+                "{field}.port: {} is not a port number (1-65535)",
+                port.port
+            ))
+        })?;
+        if !seen_ports.insert((number, protocol)) {
+            return Err(invalid(format!(
+                "{field}: duplicate port {number}/{protocol}"
+            )));
+        }
+        let port_name = port.name.clone().unwrap_or_default();
+        if !seen_names.insert((port_name.clone(), protocol)) {
+            return Err(invalid(format!(
+                "{field}.name: duplicate port name {port_name:?}"
+            )));
+        }
+        let node_port = match port.node_port {
+            None | Some(0) => None,
+            Some(n) => Some(valid_port(n).ok_or_else(|| {
+                invalid(format!(
+                    "{field}.nodePort: {n} is not a port number (1-65535)"
+                ))
+            })?),
+        };
+
+        let spn = ServicePortName {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            port_name: port_name.clone(),
+            protocol,
+        };
+        let mut frontends = vec![Frontend {
+            addr: cluster_ip,
+            port: number,
+            kind: FrontendKind::ClusterIp,
+        }];
+        // Point 3: NodePort (0 = none, e.g. allocateLoadBalancerNodePorts: false).
+        if let (true, Some(np)) = (nodeport_allowed, node_port) {
+            for addr in node.addresses.iter().filter(|a| family.matches(a)) {
+                frontends.push(Frontend {
+                    addr: *addr,
+                    port: np,
+                    kind: FrontendKind::NodePort,
+                });
+            }
+        }
+        // Point 46.
+        frontends.extend(external_ips.iter().map(|a| Frontend {
+            addr: *a,
+            port: number,
+            kind: FrontendKind::ExternalIp,
+        }));
+        // Point 47.
+        frontends.extend(lb_ips.iter().map(|a| Frontend {
+            addr: *a,
+            port: number,
+            kind: FrontendKind::LoadBalancer,
+        }));
+        frontends.sort();
+        frontends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
+
+        let eps = categorize(collect_endpoints(svc_slices, &port_name, protocol), node);
+        let internal = if itp_local {
+            EndpointSet {
+                endpoints: eps.local.clone(),
+                drop_if_empty: eps.has_any,
+            }
+        } else {
+            EndpointSet {
+                endpoints: eps.cluster.clone(),
+                drop_if_empty: false,
+            }
+        };
+        let external = if etp_local {
+            EndpointSet {
+                endpoints: eps.local,
+                drop_if_empty: eps.has_any,
+            }
+        } else {
+            EndpointSet {
+                endpoints: eps.cluster,
+                drop_if_empty: false,
+            }
+        };
+        out.push((
+            spn,
+            ServicePortState {
+                frontends,
+                internal,
+                external,
+                affinity_timeout_s,
+                selection: Selection::Random,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn valid_port(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// Point 5: `GetClusterIPByFamily`.
+fn cluster_ip_for_family(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    family: Family,
+) -> Result<Option<IpAddr>, String> {
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    let ips = spec.cluster_ips.as_deref().unwrap_or_default();
+    if families.is_empty() || ips.is_empty() {
+        let raw = spec.cluster_ip.as_deref().unwrap_or("");
+        let ip = parse_ip_sloppy(raw)
+            .ok_or_else(|| format!("spec.clusterIP: {raw:?} is not an IP address"))?;
+        return Ok(family.matches(&ip).then_some(ip));
+    }
+    for (i, fam) in families.iter().enumerate() {
+        if fam == family.k8s_name() {
+            let Some(raw) = ips.get(i) else {
+                return Ok(None);
+            };
+            let ip = parse_ip_sloppy(raw)
+                .ok_or_else(|| format!("spec.clusterIPs[{i}]: {raw:?} is not an IP address"))?;
+            return Ok(family.matches(&ip).then_some(ip));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_ip_list(
+    list: Option<&[String]>,
+    family: Family,
+    field: &str,
+) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in list.unwrap_or_default().iter().enumerate() {
+        let ip = parse_ip_sloppy(raw)
+            .ok_or_else(|| format!("{field}[{i}]: {raw:?} is not an IP address"))?;
+        if family.matches(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// Point 47: ingress entries with an IP and `ipMode` unset or `VIP`.
+fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, ing) in ingress.iter().enumerate() {
+        let Some(raw) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if !matches!(ing.ip_mode.as_deref(), None | Some("VIP")) {
+            continue;
+        }
+        let ip = parse_ip_sloppy(raw).ok_or_else(|| {
+            format!("status.loadBalancer.ingress[{i}].ip: {raw:?} is not an IP address")
+        })?;
+        if family.matches(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// Point 24.
+fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Option<u32>, String> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(None),
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match t {
+                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT_S)),
+                Some(t) if t > 0 && t as u32 <= MAX_AFFINITY_TIMEOUT_S => Ok(Some(t as u32)),
+                Some(t) => Err(format!(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1-{MAX_AFFINITY_TIMEOUT_S}"
+                )),
+            }
+        }
+        Some(other) => Err(format!("spec.sessionAffinity: unknown value {other:?}")),
+    }
+}
+
+/// An endpoint as read from a slice, before categorisation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RawEndpoint {
+    addr: IpAddr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node: Option<String>,
+    zones: Option<BTreeSet<String>>,
+    nodes: Option<BTreeSet<String>>,
+}
+
+/// Points 9, 10, 14, 16, 17, 20: endpoints of one ServicePort across all its slices.
+fn collect_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: Protocol,
+) -> Vec<RawEndpoint> {
+    let mut by_addr: BTreeMap<(IpAddr, u16), RawEndpoint> = BTreeMap::new();
+    for slice in slices {
+        // Point 9: join by (name, protocol), never by number. Point 10: skip null/0 ports.
+        let Some(port) = slice
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find_map(|p| {
+                let name = p.name.as_deref().unwrap_or("");
+                let proto = Protocol::from_k8s(p.protocol.as_deref())?;
+                (name == port_name && proto == protocol)
+                    .then_some(p.port)
+                    .flatten()
+                    .and_then(valid_port)
+            })
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            // Point 16: only addresses[0], canonicalised.
+            let Some(addr) = ep.addresses.first().and_then(|a| parse_ip_sloppy(a)) else {
+                continue;
+            };
+            // Point 17: nil handling.
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(true);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let hints = ep.hints.as_ref();
+            let zones = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect::<BTreeSet<_>>())
+                .filter(|z| !z.is_empty());
+            let nodes = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect::<BTreeSet<_>>())
+                .filter(|n| !n.is_empty());
+            let raw = RawEndpoint {
+                addr,
+                port,
+                ready,
+                serving,
+                terminating,
+                node: ep.node_name.clone(),
+                zones,
+                nodes,
+            };
+            // Point 20: de-duplicate; a non-terminating copy wins.
+            match by_addr.get(&(addr, port)) {
+                Some(existing) if !existing.terminating => {}
+                _ => {
+                    by_addr.insert((addr, port), raw);
+                }
+            }
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+struct Categorized {
+    cluster: Vec<Endpoint>,
+    local: Vec<Endpoint>,
+    /// The ServicePort has usable endpoints anywhere (`hasEndpoints`).
+    has_any: bool,
+}
+
+/// Point 19 (and 53 for hints): the Cluster and Local endpoint sets, each with its own
+/// serving-terminating fallback.
+fn categorize(raw: Vec<RawEndpoint>, node: &NodeContext) -> Categorized {
+    let to_ep = |r: &RawEndpoint| Endpoint {
+        addr: r.addr,
+        port: r.port,
+        local: r.node.as_deref() == Some(node.name.as_str()) && !node.name.is_empty(),
+        terminating: r.terminating,
+    };
+    let ready: Vec<&RawEndpoint> = raw.iter().filter(|r| r.ready).collect();
+    let fallback: Vec<&RawEndpoint> = raw.iter().filter(|r| r.serving && r.terminating).collect();
+
+    // Point 53: topology hints apply to the Cluster set of ready endpoints only.
+    let topo: Vec<&RawEndpoint> = topology_filter(&ready, node);
+    let mut cluster: Vec<Endpoint> = if topo.is_empty() {
+        fallback.iter().map(|r| to_ep(r)).collect()
+    } else {
+        topo.iter().map(|r| to_ep(r)).collect()
+    };
+    let local_ready: Vec<Endpoint> = ready.iter().map(|r| to_ep(r)).filter(|e| e.local).collect();
+    let mut local = if local_ready.is_empty() {
+        fallback
+            .iter()
+            .map(|r| to_ep(r))
+            .filter(|e| e.local)
+            .collect()
+    } else {
+        local_ready
+    };
+    cluster.sort();
+    local.sort();
+    let has_any = !ready.is_empty() || !fallback.is_empty();
+    Categorized {
+        cluster,
+        local,
+        has_any,
+    }
+}
+
+/// Point 53: node hints first, then zone hints; otherwise all ready endpoints.
+fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a RawEndpoint> {
+    if ready.is_empty() {
+        return Vec::new();
+    }
+    if !node.name.is_empty() && ready.iter().all(|r| r.nodes.is_some()) {
+        let mine: Vec<_> = ready
+            .iter()
+            .copied()
+            .filter(|r| r.nodes.as_ref().is_some_and(|n| n.contains(&node.name)))
+            .collect();
+        if !mine.is_empty() {
+            return mine;
+        }
+    }
+    if let Some(zone) = &node.zone {
+        if ready.iter().all(|r| r.zones.is_some()) {
+            let mine: Vec<_> = ready
+                .iter()
+                .copied()
+                .filter(|r| r.zones.as_ref().is_some_and(|z| z.contains(zone)))
+                .collect();
+            if !mine.is_empty() {
+                return mine;
+            }
+        }
+    }
+    ready.to_vec()
+}

@@ -1,0 +1,12 @@
+//! The lb agent and CLI as a library: the binary (`src/main.rs`) is a thin clap front end, and
+//! the privileged tests drive the same code.
+
+pub mod agent;
+pub mod compile;
+pub mod dataplane;
+pub mod dump;
+pub mod model;
+pub mod netns;
+pub mod node;
+pub mod plan;
+pub mod source_file;

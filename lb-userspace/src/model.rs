@@ -1,0 +1,161 @@
+//! The desired datapath state in Kubernetes terms: what [`crate::compile`] produces and
+//! [`crate::plan`] turns into map entries. Pure data, no kernel.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use serde::Serialize;
+
+/// An L4 protocol a ServicePort can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling; `None` (field absent) is the API default, TCP.
+    pub fn from_k8s(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("TCP") => Some(Self::Tcp),
+            Some("UDP") => Some(Self::Udp),
+            Some("SCTP") => Some(Self::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::IPPROTO_TCP,
+            Self::Udp => lb_common::IPPROTO_UDP,
+            Self::Sctp => lb_common::IPPROTO_SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::IPPROTO_TCP => Some(Self::Tcp),
+            lb_common::IPPROTO_UDP => Some(Self::Udp),
+            lb_common::IPPROTO_SCTP => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// kube-proxy's `ServicePortName`: everything (VIPs, endpoints, affinity) is per ServicePort.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    /// The port's name; empty for a single unnamed port.
+    pub port_name: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port_name.is_empty() {
+            write!(f, ":{}", self.port_name)?;
+        }
+        write!(f, "/{}", self.protocol)
+    }
+}
+
+/// How a frontend address was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// External traffic (semantics conventions): NodePort, externalIPs, LoadBalancer IPs.
+    pub fn is_external(self) -> bool {
+        !matches!(self, Self::ClusterIp)
+    }
+}
+
+/// One address:port a ServicePort is reached on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub kind: FrontendKind,
+}
+
+/// One endpoint of a ServicePort, with the port resolved for that endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// On this node.
+    pub local: bool,
+    /// Used through the serving-and-terminating fallback.
+    pub terminating: bool,
+}
+
+/// The endpoint set for one class of traffic (internal or external).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointSet {
+    /// Endpoints to select among, sorted.
+    pub endpoints: Vec<Endpoint>,
+    /// When `endpoints` is empty: drop silently (traffic policy Local while the service has
+    /// endpoints elsewhere) rather than reject (no endpoints at all).
+    pub drop_if_empty: bool,
+}
+
+/// Backend selection algorithm of a ServicePort.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Selection {
+    /// Uniform random choice per new connection (kube-proxy's behaviour).
+    #[default]
+    Random,
+}
+
+/// Everything the datapath needs for one ServicePort.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePortState {
+    pub frontends: Vec<Frontend>,
+    /// Serves ClusterIP traffic (per internalTrafficPolicy).
+    pub internal: EndpointSet,
+    /// Serves NodePort, externalIP and LoadBalancer traffic (per externalTrafficPolicy).
+    pub external: EndpointSet,
+    /// `sessionAffinity: ClientIP` timeout.
+    pub affinity_timeout_s: Option<u32>,
+    pub selection: Selection,
+}
+
+/// An object the compile step refused, with why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// `Service ns/name` or `EndpointSlice ns/name`.
+    pub object: String,
+    pub reason: String,
+}
+
+/// The whole desired state for one node and one address family.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    pub services: BTreeMap<ServicePortName, ServicePortState>,
+    /// Objects that were not programmed because they are invalid (not the ones skipped by
+    /// design, such as headless services).
+    pub rejected: Vec<Skipped>,
+}

@@ -1,0 +1,47 @@
+//! This node's identity: its name, the addresses NodePorts are served on, and its zone.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Node;
+
+use crate::compile::{NodeContext, parse_ip_sloppy};
+
+/// Zone label read for topology hints (point 53).
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Builds the node context from the flags and, when present, this node's Node object.
+/// Addresses given as flags come first; the Node's InternalIP and ExternalIP addresses are
+/// added (point 41).
+pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[Node]) -> NodeContext {
+    let mut ctx = NodeContext {
+        name: name.to_owned(),
+        addresses: flag_addresses.to_vec(),
+        zone: None,
+    };
+    if let Some(node) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+    {
+        ctx.zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_ZONE))
+            .cloned();
+        let addrs = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_deref())
+            .unwrap_or_default();
+        for a in addrs {
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+                if let Some(ip) = parse_ip_sloppy(&a.address) {
+                    if !ctx.addresses.contains(&ip) {
+                        ctx.addresses.push(ip);
+                    }
+                }
+            }
+        }
+    }
+    ctx
+}

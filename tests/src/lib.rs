@@ -1,1 +1,10 @@
+//! Test harness shared by the privileged tests in `tests/tests/` and by `cargo xtask demo`:
+//! network namespaces with cleanup on drop, the pod topology, the agent process, packet
+//! building and checksum checks, and the privilege gate.
 
+pub mod agent;
+pub mod bins;
+pub mod netns;
+pub mod packet;
+pub mod privilege;
+pub mod topology;

@@ -5,7 +5,7 @@
 //! Everything lives under one bpffs directory (`--pin-path`, default [`DEFAULT_PIN_PATH`]), so
 //! two agents with different directories never share state:
 //! - maps: `<pin>/LB_*`, adopted with their contents by the next agent;
-//! - TC attachments: TCX links pinned at `<pin>/links/<ifname>.ingress`. A restarting agent
+//! - TC attachments: TCX links pinned at `<pin>/link_<ifname>_ingress`. A restarting agent
 //!   atomically swaps its freshly loaded program into the existing link (`bpf_link_update`), so
 //!   no packet ever meets an interface without the program.
 //!
@@ -207,7 +207,7 @@ impl Dataplane {
             path: links.clone(),
             source,
         })?;
-        let path = links.join(format!("{iface}.ingress"));
+        let path = self.pin_path.join(format!("link_{iface}_ingress"));
         let attach_err = |source| DataplaneError::Attach {
             iface: iface.to_owned(),
             source,

@@ -3,8 +3,9 @@
 //!
 //! Addressing (Calico-style routed pods):
 //! - node `k` has underlay address `192.168.77.{k+1}/24` on its interface `u0`;
-//! - its pods are `10.244.{k}.{10+i}/32`, reached through a host-side veth with proxy ARP; a
-//!   pod's default route points at the link-local gateway `169.254.1.1` on its `eth0`;
+//! - its pods are `10.244.{k}.{10+i}/32`, each behind a host-side veth; a pod's default route
+//!   points at the link-local gateway `169.254.1.1` on its `eth0`, an address the node holds on
+//!   its loopback so it answers ARP for it on every pod interface;
 //! - nodes route each other's pod ranges over the underlay.
 
 use std::{
@@ -17,7 +18,7 @@ use anyhow::{Context as _, bail};
 
 use crate::netns::{Netns, unique_token};
 
-/// The gateway every pod routes through (answered by proxy ARP on the host-side veth).
+/// The gateway every pod routes through (a node address, answered by ARP on every pod veth).
 const POD_GATEWAY: &str = "169.254.1.1";
 /// Ports the test workload serves on.
 pub const HTTP_PORT: u16 = 8080;
@@ -74,6 +75,7 @@ impl Topology {
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            ns.ip(&["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", "lo"])?;
             nodes.push(Node {
                 name: format!("node-{k}"),
                 underlay_ip: Ipv4Addr::new(192, 168, 77, k as u8 + 1),
@@ -112,7 +114,6 @@ impl Topology {
         ns.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
         ns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
         node_ns.ip(&["link", "set", &host_if, "up"])?;
-        node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
         node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
         self.pods.push(Pod { name: name.to_owned(), ip, node, host_if, servers: Vec::new(), ns });

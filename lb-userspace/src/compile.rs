@@ -567,3 +567,5 @@ fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a
     }
     ready.to_vec()
 }
+
+#[cfg(test)] #[path = "compile_tests.rs"] mod tests;

@@ -345,3 +345,5 @@ impl MapState {
         }
     }
 }
+
+#[cfg(test)] #[path = "plan_tests.rs"] mod tests;

@@ -1,1 +1,91 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, demo and tests. Only what cargo cannot express on its own.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set-up, build, demo and tests for lb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (apt packages, rust-src, bpf-linker) and mount bpffs. Idempotent.
+    Setup,
+    /// Set up, then build the `lb` binary (with its embedded eBPF object) and the test workload.
+    Build,
+    /// Set up, build, and run every test tier: unit, BPF_PROG_TEST_RUN fixtures, netns end-to-end.
+    #[command(after_help = "Extra arguments go to `cargo test`, e.g. `cargo xtask test -- e2e`.")]
+    Test {
+        /// Arguments passed through to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the kubia walk-through on a network-namespace mini-cluster.
+    Demo {
+        /// How many requests the client pod sends to the ClusterIP.
+        #[arg(long, default_value_t = 30)]
+        requests: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build()?;
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            let bins = build()?;
+            test::run(&bins, &args)
+        }
+        Cmd::Demo { requests } => {
+            setup::run()?;
+            let bins = build()?;
+            demo::run(&bins, requests)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// `cargo` with `~/.cargo/bin` (where bpf-linker lives) on PATH.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.env("PATH", setup::path_with_cargo_bin());
+    c.current_dir(root());
+    c
+}
+
+/// Paths of the built binaries.
+pub struct Bins {
+    pub lb: PathBuf,
+    pub testpod: PathBuf,
+}
+
+fn build() -> anyhow::Result<Bins> {
+    println!("build: lb (with the eBPF datapath) and lb-testpod");
+    let status = cargo()
+        .args(["build", "--package", "lb-userspace", "--package", "lb-tests", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from).join("debug");
+    Ok(Bins { lb: dir.join("lb"), testpod: dir.join("lb-testpod") })
+}

@@ -1,0 +1,183 @@
+//! `cargo xtask setup`: installs what the build, the demo and the tests need, only when it is
+//! missing, printing each step. A second run only checks (a few seconds).
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages the demo and tests use: `ip`, `sysctl`, `curl`, and the kube-proxy-style
+/// baselines (`iptables`, `nft`).
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("procps", "sysctl"),
+    ("curl", "curl"),
+    ("iptables", "iptables"),
+    ("nftables", "nft"),
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup needs root: it installs packages, mounts bpffs and loads BPF programs; run it as root (sudo -E cargo xtask ...)");
+    }
+    apt_packages()?;
+    let toolchain = rust_toolchain()?;
+    rust_src(&toolchain)?;
+    bpf_linker()?;
+    bpffs()?;
+    capabilities()?;
+    Ok(())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(_, cmd)| !have(cmd)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        println!("setup: apt packages: present ({})", APT_PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(", "));
+        return Ok(());
+    }
+    println!("setup: apt packages: installing {}", missing.join(" "));
+    let update = Command::new("apt-get").args(["update", "-q"]).status().context("running apt-get update")?;
+    if !update.success() {
+        bail!("apt-get update failed");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// Nightly if installed; stable otherwise (the build then uses RUSTC_BOOTSTRAP, see build.rs).
+fn rust_toolchain() -> anyhow::Result<String> {
+    let out = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup (is it installed?)")?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    let tc = if list.lines().any(|l| l.starts_with("nightly")) { "nightly" } else { "stable" };
+    println!("setup: eBPF toolchain: {tc}{}", if tc == "stable" { " (no nightly installed; using RUSTC_BOOTSTRAP)" } else { "" });
+    Ok(tc.to_owned())
+}
+
+fn rust_src(toolchain: &str) -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
+        .output()
+        .context("running rustup component list")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: rust-src ({toolchain}): present");
+        return Ok(());
+    }
+    println!("setup: rust-src ({toolchain}): installing");
+    let status = Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]).status()?;
+    if !status.success() {
+        bail!("rustup component add rust-src --toolchain {toolchain} failed");
+    }
+    Ok(())
+}
+
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"), PathBuf::from)
+        .join("bin")
+}
+
+/// PATH with `~/.cargo/bin` in front.
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![cargo_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+/// bpf-linker, built against the LLVM shared library inside the rustc toolchain (Debian has no
+/// LLVM 22), as `../shared/reference/toolchain.md` describes.
+fn bpf_linker() -> anyhow::Result<()> {
+    let linker = cargo_bin().join("bpf-linker");
+    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    });
+    if works {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
+        return Ok(());
+    }
+    println!("setup: bpf-linker {BPF_LINKER_VERSION}: building against rustc's libLLVM (about a minute)");
+    let sysroot = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output();
+    let sysroot = match sysroot {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => {
+            let o = Command::new("rustc").args(["--print", "sysroot"]).output().context("rustc --print sysroot")?;
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        }
+    };
+    let lib = PathBuf::from(&sysroot).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let prefix = PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lb-toolchain/llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in [OsString::from("libLLVM.so"), llvm.file_name().unwrap_or_default().to_owned()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    let status = Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", &prefix)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("building bpf-linker failed");
+    }
+    Ok(())
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf")) {
+        println!("setup: bpffs at /sys/fs/bpf: mounted");
+        return Ok(());
+    }
+    println!("setup: bpffs at /sys/fs/bpf: mounting");
+    let status = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
+    if !status.success() {
+        bail!("mounting bpffs at /sys/fs/bpf failed (needs CAP_SYS_ADMIN)");
+    }
+    Ok(())
+}
+
+fn capabilities() -> anyhow::Result<()> {
+    match lb_tests::privilege::missing() {
+        None => {
+            println!("setup: privileges: BPF and network namespaces available");
+            Ok(())
+        }
+        Some(why) => bail!("this machine cannot run the datapath: {why}"),
+    }
+}
+
+/// Running under CI (`CI=true`).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}

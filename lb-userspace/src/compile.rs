@@ -568,4 +568,6 @@ fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a
     ready.to_vec()
 }
 
-#[cfg(test)] #[path = "compile_tests.rs"] mod tests;
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

@@ -1,9 +1,13 @@
 //! Unit tests of the pure compile step. Every test names the point of the semantics reference
-//! (`k8s-service-semantics.md`, section 1) it proves: `point_NN_...`.
+//! (`k8s-service-semantics.md`, section 1) it proves (`point_NN_...`), or cites it in its doc
+//! comment (the `bad_input_*` tests).
 //!
 //! Objects are written as JSON (or YAML) the way the API server would serve them and
 //! deserialised into the k8s-openapi types, so the tests exercise the same field spellings as
 //! real manifests.
+//!
+//! `&[obj.clone()]` is kept over `slice::from_ref(&obj)` for readability.
+#![allow(clippy::cloned_ref_to_slice_refs)]
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -138,7 +142,10 @@ fn port<'a>(
     st.services.get(&key).unwrap_or_else(|| {
         panic!(
             "{key} not compiled; have {:?}, rejected {:?}",
-            st.services.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            st.services
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             st.rejected
         )
     })
@@ -191,8 +198,18 @@ fn names(st: &DesiredState) -> BTreeSet<String> {
 /// port of it was programmed; and that `good` compiled exactly as it does alone.
 fn assert_rejected(bad: Service, field: &str) {
     let good = simple_svc("good", "10.96.0.10");
-    let good_slice = slice("good", "good-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
-    let bad_slice = slice("bad", "bad-1", unnamed_port(8080), json!([ep("10.0.2.1", NODE)]));
+    let good_slice = slice(
+        "good",
+        "good-1",
+        unnamed_port(8080),
+        json!([ep("10.0.1.1", NODE)]),
+    );
+    let bad_slice = slice(
+        "bad",
+        "bad-1",
+        unnamed_port(8080),
+        json!([ep("10.0.2.1", NODE)]),
+    );
     let alone = v4(&[good.clone()], &[good_slice.clone()]);
     let st = v4(&[bad, good], &[bad_slice, good_slice]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
@@ -206,7 +223,10 @@ fn assert_rejected(bad: Service, field: &str) {
         st.services.keys().all(|k| k.name != "bad"),
         "a port of a rejected Service was programmed"
     );
-    assert_eq!(st.services, alone.services, "the valid Service was affected");
+    assert_eq!(
+        st.services, alone.services,
+        "the valid Service was affected"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +241,14 @@ fn point_01_headless_service_is_not_programmed() {
     let control = simple_svc("control", "10.96.0.10");
     let slices: Vec<_> = ["none", "empty", "absent", "control"]
         .iter()
-        .map(|s| slice(s, &format!("{s}-1"), unnamed_port(8080), json!([ep("10.0.1.1", NODE)])))
+        .map(|s| {
+            slice(
+                s,
+                &format!("{s}-1"),
+                unnamed_port(8080),
+                json!([ep("10.0.1.1", NODE)]),
+            )
+        })
         .collect();
     let st = v4(&[none, empty, absent, control], &slices);
     assert_eq!(names(&st), set_of(&["control"]));
@@ -239,7 +266,12 @@ fn point_02_external_name_service_is_not_programmed_even_with_a_cluster_ip() {
             "ports": [{ "port": 80 }],
         })
     };
-    let slices = [slice("ext", "ext-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]))];
+    let slices = [slice(
+        "ext",
+        "ext-1",
+        unnamed_port(8080),
+        json!([ep("10.0.1.1", NODE)]),
+    )];
     // ClusterIP → ExternalName transition: the old ClusterIP is no longer programmed.
     let before = v4(&[svc("ext", spec("ClusterIP"))], &slices);
     assert_eq!(fes(tcp(&before, "ext")), set_of(&["cluster 10.96.0.20:80"]));
@@ -257,8 +289,14 @@ fn point_03_cluster_ip_type_programs_only_the_cluster_ip() {
     );
     let explicit = simple_svc("explicit", "10.96.0.10");
     let st = v4(&[implicit, explicit], &[]);
-    assert_eq!(fes(tcp(&st, "explicit")), set_of(&["cluster 10.96.0.10:80"]));
-    assert_eq!(fes(tcp(&st, "implicit")), set_of(&["cluster 10.96.0.11:80"]));
+    assert_eq!(
+        fes(tcp(&st, "explicit")),
+        set_of(&["cluster 10.96.0.10:80"])
+    );
+    assert_eq!(
+        fes(tcp(&st, "implicit")),
+        set_of(&["cluster 10.96.0.11:80"])
+    );
 }
 
 #[test]
@@ -390,22 +428,40 @@ fn point_04_label_opt_outs_are_not_programmed() {
 fn point_04_opted_out_endpoint_slices_are_ignored() {
     // The EndpointSlice controller copies Service labels onto slices; kube-proxy's label
     // selector applies to the slice informer too.
-    let mut opted_out = slice("web", "web-2", unnamed_port(8080), json!([ep("10.0.1.2", NODE)]));
+    let mut opted_out = slice(
+        "web",
+        "web-2",
+        unnamed_port(8080),
+        json!([ep("10.0.1.2", NODE)]),
+    );
     opted_out
         .metadata
         .labels
         .as_mut()
         .unwrap()
         .insert(LABEL_SERVICE_PROXY_NAME.into(), "other".into());
-    let mut headless = slice("web", "web-3", unnamed_port(8080), json!([ep("10.0.1.3", NODE)]));
+    let mut headless = slice(
+        "web",
+        "web-3",
+        unnamed_port(8080),
+        json!([ep("10.0.1.3", NODE)]),
+    );
     headless
         .metadata
         .labels
         .as_mut()
         .unwrap()
         .insert(LABEL_HEADLESS.into(), "".into());
-    let normal = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
-    let st = v4(&[simple_svc("web", "10.96.0.10")], &[normal, opted_out, headless]);
+    let normal = slice(
+        "web",
+        "web-1",
+        unnamed_port(8080),
+        json!([ep("10.0.1.1", NODE)]),
+    );
+    let st = v4(
+        &[simple_svc("web", "10.96.0.10")],
+        &[normal, opted_out, headless],
+    );
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080"]);
 }
 
@@ -422,8 +478,22 @@ fn point_05_dual_stack_service_uses_the_cluster_ip_of_each_family() {
         }),
     );
     let slices = [
-        slice_of("IPv4", NS, "ds", "ds-v4", unnamed_port(8080), json!([ep("10.0.1.1", NODE)])),
-        slice_of("IPv6", NS, "ds", "ds-v6", unnamed_port(8080), json!([ep("fd00:1::1", NODE)])),
+        slice_of(
+            "IPv4",
+            NS,
+            "ds",
+            "ds-v4",
+            unnamed_port(8080),
+            json!([ep("10.0.1.1", NODE)]),
+        ),
+        slice_of(
+            "IPv6",
+            NS,
+            "ds",
+            "ds-v6",
+            unnamed_port(8080),
+            json!([ep("fd00:1::1", NODE)]),
+        ),
     ];
     let st4 = v4(&[s.clone()], &slices);
     assert_eq!(
@@ -470,15 +540,22 @@ fn point_05_without_ip_families_the_cluster_ip_family_decides() {
     assert_eq!(names(&st4), set_of(&["legacy4"]));
     let st6 = v6(&[s4, s6], &[]);
     assert_eq!(names(&st6), set_of(&["legacy6"]));
-    assert_eq!(fes(tcp(&st6, "legacy6")), set_of(&["cluster [fd00:96::10]:80"]));
+    assert_eq!(
+        fes(tcp(&st6, "legacy6")),
+        set_of(&["cluster [fd00:96::10]:80"])
+    );
 }
 
 #[test]
 fn point_06_selectorless_service_takes_any_slice_labelled_with_its_name() {
     // No spec.selector; slices created by hand (managed-by ignored), in several slices.
     let s = simple_svc("manual", "10.96.0.10");
-    let mut hand_made =
-        slice("manual", "manual-a", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
+    let mut hand_made = slice(
+        "manual",
+        "manual-a",
+        unnamed_port(8080),
+        json!([ep("10.0.1.1", NODE)]),
+    );
     hand_made.metadata.labels.as_mut().unwrap().insert(
         "endpointslice.kubernetes.io/managed-by".into(),
         "someone-else".into(),
@@ -491,8 +568,12 @@ fn point_06_selectorless_service_takes_any_slice_labelled_with_its_name() {
         unnamed_port(8080),
         json!([ep("10.0.9.9", NODE)]),
     );
-    let mut unlabelled =
-        slice("manual", "manual-c", unnamed_port(8080), json!([ep("10.0.8.8", NODE)]));
+    let mut unlabelled = slice(
+        "manual",
+        "manual-c",
+        unnamed_port(8080),
+        json!([ep("10.0.8.8", NODE)]),
+    );
     unlabelled.metadata.labels = None;
     let st = v4(&[s], &[hand_made, other_ns, unlabelled]);
     assert_eq!(eps(&tcp(&st, "manual").internal), ["10.0.1.1:8080"]);
@@ -603,8 +684,18 @@ fn point_10_slice_ports_with_null_or_zero_port_are_ignored() {
         json!([{ "name": "", "port": 0, "protocol": "TCP" }]),
         json!([ep("10.0.1.2", NODE)]),
     );
-    let no_ports = slice("web", "web-none", Value::Null, json!([ep("10.0.1.3", NODE)]));
-    let good = slice("web", "web-good", unnamed_port(8080), json!([ep("10.0.1.4", NODE)]));
+    let no_ports = slice(
+        "web",
+        "web-none",
+        Value::Null,
+        json!([ep("10.0.1.3", NODE)]),
+    );
+    let good = slice(
+        "web",
+        "web-good",
+        unnamed_port(8080),
+        json!([ep("10.0.1.4", NODE)]),
+    );
     let st = v4(&[s], &[null_port, zero_port, no_ports, good]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.4:8080"]);
@@ -634,7 +725,12 @@ fn point_10_null_slice_port_protocol_defaults_to_tcp() {
         ["10.0.1.1:5353"]
     );
     // The protocol-less "dns" slice port is TCP, so the UDP ServicePort has no endpoint.
-    assert!(port(&st, "dns", "dns", Protocol::Udp).internal.endpoints.is_empty());
+    assert!(
+        port(&st, "dns", "dns", Protocol::Udp)
+            .internal
+            .endpoints
+            .is_empty()
+    );
 }
 
 #[test]
@@ -717,7 +813,10 @@ fn point_13_sctp_is_programmed_like_tcp() {
         json!([ep("10.0.1.1", NODE)]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(eps(&port(&st, "sctp", "", Protocol::Sctp).internal), ["10.0.1.1:5060"]);
+    assert_eq!(
+        eps(&port(&st, "sctp", "", Protocol::Sctp).internal),
+        ["10.0.1.1:5060"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,7 +832,12 @@ fn point_14_endpoints_are_the_union_over_slices_and_slices_remove_independently(
         unnamed_port(8080),
         json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE)]),
     );
-    let b = slice("web", "web-b", unnamed_port(8080), json!([ep("10.0.1.3", OTHER_NODE)]));
+    let b = slice(
+        "web",
+        "web-b",
+        unnamed_port(8080),
+        json!([ep("10.0.1.3", OTHER_NODE)]),
+    );
     let st = v4(&[s.clone()], &[a.clone(), b.clone()]);
     assert_eq!(
         eps(&tcp(&st, "web").internal),
@@ -742,13 +846,21 @@ fn point_14_endpoints_are_the_union_over_slices_and_slices_remove_independently(
     let only_b = v4(&[s.clone()], &[b]);
     assert_eq!(eps(&tcp(&only_b, "web").internal), ["10.0.1.3:8080"]);
     let only_a = v4(&[s], &[a]);
-    assert_eq!(eps(&tcp(&only_a, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(
+        eps(&tcp(&only_a, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.2:8080"]
+    );
 }
 
 #[test]
 fn point_14_endpoints_are_sorted_whatever_the_slice_order() {
     let s = simple_svc("web", "10.96.0.10");
-    let a = slice("web", "web-a", unnamed_port(8080), json!([ep("10.0.1.9", NODE)]));
+    let a = slice(
+        "web",
+        "web-a",
+        unnamed_port(8080),
+        json!([ep("10.0.1.9", NODE)]),
+    );
     let b = slice(
         "web",
         "web-b",
@@ -776,12 +888,39 @@ fn point_15_only_slices_of_the_programmed_family_are_used() {
         }),
     );
     let slices = [
-        slice_of("IPv4", NS, "ds", "ds-4", unnamed_port(8080), json!([ep("10.0.1.1", NODE)])),
-        slice_of("IPv6", NS, "ds", "ds-6", unnamed_port(8080), json!([ep("fd00:1::1", NODE)])),
-        slice_of("FQDN", NS, "ds", "ds-f", unnamed_port(8080), json!([ep("example.com", NODE)])),
+        slice_of(
+            "IPv4",
+            NS,
+            "ds",
+            "ds-4",
+            unnamed_port(8080),
+            json!([ep("10.0.1.1", NODE)]),
+        ),
+        slice_of(
+            "IPv6",
+            NS,
+            "ds",
+            "ds-6",
+            unnamed_port(8080),
+            json!([ep("fd00:1::1", NODE)]),
+        ),
+        slice_of(
+            "FQDN",
+            NS,
+            "ds",
+            "ds-f",
+            unnamed_port(8080),
+            json!([ep("example.com", NODE)]),
+        ),
     ];
-    assert_eq!(eps(&tcp(&v4(&[s.clone()], &slices), "ds").internal), ["10.0.1.1:8080"]);
-    assert_eq!(eps(&tcp(&v6(&[s], &slices), "ds").internal), ["[fd00:1::1]:8080"]);
+    assert_eq!(
+        eps(&tcp(&v4(&[s.clone()], &slices), "ds").internal),
+        ["10.0.1.1:8080"]
+    );
+    assert_eq!(
+        eps(&tcp(&v6(&[s], &slices), "ds").internal),
+        ["[fd00:1::1]:8080"]
+    );
 }
 
 #[test]
@@ -799,7 +938,10 @@ fn point_16_only_the_first_address_is_used_canonicalised() {
         ]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.3:8080"]
+    );
 }
 
 #[test]
@@ -813,7 +955,10 @@ fn point_17_missing_conditions_mean_ready_serving_not_terminating() {
         // Not ready, serving defaults true, terminating defaults false: never used.
         { "addresses": ["10.0.1.3"], "nodeName": NODE, "conditions": { "ready": false } },
     ]);
-    let st = v4(&[s.clone()], &[slice("web", "web-1", unnamed_port(8080), endpoints)]);
+    let st = v4(
+        &[s.clone()],
+        &[slice("web", "web-1", unnamed_port(8080), endpoints)],
+    );
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     assert!(p.internal.endpoints.iter().all(|e| !e.terminating));
@@ -825,7 +970,10 @@ fn point_17_missing_conditions_mean_ready_serving_not_terminating() {
           "conditions": { "ready": false, "terminating": true } },
         { "addresses": ["10.0.1.3"], "nodeName": NODE, "conditions": { "ready": false } },
     ]);
-    let st = v4(&[s], &[slice("web", "web-1", unnamed_port(8080), terminating)]);
+    let st = v4(
+        &[s],
+        &[slice("web", "web-1", unnamed_port(8080), terminating)],
+    );
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.4:8080"]);
     assert!(p.internal.endpoints[0].terminating);
@@ -853,7 +1001,11 @@ fn point_19_cluster_set_falls_back_to_serving_terminating_endpoints() {
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     assert!(p.internal.endpoints.iter().all(|e| e.terminating));
     assert_eq!(
-        p.internal.endpoints.iter().map(|e| e.local).collect::<Vec<_>>(),
+        p.internal
+            .endpoints
+            .iter()
+            .map(|e| e.local)
+            .collect::<Vec<_>>(),
         [false, true]
     );
 }
@@ -880,10 +1032,16 @@ fn point_19_ready_and_terminating_endpoint_is_used_as_ready() {
         "web",
         "web-1",
         unnamed_port(8080),
-        json!([ep_cond("10.0.1.1", NODE, true, false, true), ep("10.0.1.2", OTHER_NODE)]),
+        json!([
+            ep_cond("10.0.1.1", NODE, true, false, true),
+            ep("10.0.1.2", OTHER_NODE)
+        ]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.2:8080"]
+    );
 }
 
 /// A NodePort Service with the given traffic policies.
@@ -987,10 +1145,22 @@ fn point_30_local_endpoint_needs_a_matching_non_empty_node_name() {
 #[test]
 fn point_20_duplicate_endpoints_across_slices_are_merged_non_terminating_wins() {
     let s = simple_svc("web", "10.96.0.10");
-    let terminating =
-        slice("web", "web-old", unnamed_port(8080), json!([ep_terminating("10.0.1.1", NODE)]));
-    let ready = slice("web", "web-new", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
-    for slices in [[terminating.clone(), ready.clone()], [ready.clone(), terminating.clone()]] {
+    let terminating = slice(
+        "web",
+        "web-old",
+        unnamed_port(8080),
+        json!([ep_terminating("10.0.1.1", NODE)]),
+    );
+    let ready = slice(
+        "web",
+        "web-new",
+        unnamed_port(8080),
+        json!([ep("10.0.1.1", NODE)]),
+    );
+    for slices in [
+        [terminating.clone(), ready.clone()],
+        [ready.clone(), terminating.clone()],
+    ] {
         let st = v4(&[s.clone()], &slices);
         let p = tcp(&st, "web");
         assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
@@ -1046,7 +1216,10 @@ fn point_24_explicit_timeouts_up_to_86400_are_accepted() {
                     "sessionAffinityConfig": { "clientIP": { "timeoutSeconds": t } } }),
         )
     };
-    let st = v4(&[with("one", 1), with("short", 300), with("max", 86_400)], &[]);
+    let st = v4(
+        &[with("one", 1), with("short", 300), with("max", 86_400)],
+        &[],
+    );
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(tcp(&st, "one").affinity_timeout_s, Some(1));
     assert_eq!(tcp(&st, "short").affinity_timeout_s, Some(300));
@@ -1106,8 +1279,14 @@ fn point_25_affinity_applies_to_every_frontend_of_the_service_port() {
         }),
     );
     let st = v4(&[s], &[]);
-    assert_eq!(port(&st, "np", "a", Protocol::Tcp).affinity_timeout_s, Some(60));
-    assert_eq!(port(&st, "np", "b", Protocol::Tcp).affinity_timeout_s, Some(60));
+    assert_eq!(
+        port(&st, "np", "a", Protocol::Tcp).affinity_timeout_s,
+        Some(60)
+    );
+    assert_eq!(
+        port(&st, "np", "b", Protocol::Tcp).affinity_timeout_s,
+        Some(60)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1119,7 +1298,11 @@ fn mixed_slice(name: &str) -> EndpointSlice {
         name,
         &format!("{name}-1"),
         unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE), ep("10.0.1.3", OTHER_NODE)]),
+        json!([
+            ep("10.0.1.1", NODE),
+            ep("10.0.1.2", OTHER_NODE),
+            ep("10.0.1.3", OTHER_NODE)
+        ]),
     )
 }
 
@@ -1201,10 +1384,16 @@ fn point_30_internal_and_external_sets_follow_their_own_policy() {
 
 #[test]
 fn point_33_38_etp_local_without_local_endpoints_drops_when_endpoints_exist_elsewhere() {
-    let st = v4(&[policy_svc("web", "Cluster", "Local")], &[remote_only_slice("web")]);
+    let st = v4(
+        &[policy_svc("web", "Cluster", "Local")],
+        &[remote_only_slice("web")],
+    );
     let p = tcp(&st, "web");
     assert!(p.external.endpoints.is_empty());
-    assert!(p.external.drop_if_empty, "no local endpoint but remote ones: drop");
+    assert!(
+        p.external.drop_if_empty,
+        "no local endpoint but remote ones: drop"
+    );
     assert_eq!(eps(&p.internal), ["10.0.1.2:8080", "10.0.1.3:8080"]);
     assert!(!p.internal.drop_if_empty);
 }
@@ -1212,14 +1401,20 @@ fn point_33_38_etp_local_without_local_endpoints_drops_when_endpoints_exist_else
 #[test]
 fn point_35_38_itp_local_uses_local_endpoints_and_drops_without_them() {
     let st = v4(
-        &[policy_svc("has-local", "Local", "Cluster"), policy_svc("no-local", "Local", "Cluster")],
+        &[
+            policy_svc("has-local", "Local", "Cluster"),
+            policy_svc("no-local", "Local", "Cluster"),
+        ],
         &[mixed_slice("has-local"), remote_only_slice("no-local")],
     );
     let p = tcp(&st, "has-local");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
     let p = tcp(&st, "no-local");
     assert!(p.internal.endpoints.is_empty());
-    assert!(p.internal.drop_if_empty, "no local endpoint but remote ones: drop");
+    assert!(
+        p.internal.drop_if_empty,
+        "no local endpoint but remote ones: drop"
+    );
     // External traffic still works (Cluster policy).
     assert_eq!(eps(&p.external), ["10.0.1.2:8080", "10.0.1.3:8080"]);
 }
@@ -1261,13 +1456,21 @@ fn point_37_no_endpoints_gives_empty_sets_that_reject() {
         ],
         &[unusable("local-unusable"), unusable("cluster-unusable")],
     );
-    for name in ["cluster-none", "local-none", "local-unusable", "cluster-unusable"] {
+    for name in [
+        "cluster-none",
+        "local-none",
+        "local-unusable",
+        "cluster-unusable",
+    ] {
         let p = tcp(&st, name);
         // Still programmed (so the datapath can reject), with empty sets that do not drop.
         assert!(!p.frontends.is_empty(), "{name}");
         for set in [&p.internal, &p.external] {
             assert!(set.endpoints.is_empty(), "{name}");
-            assert!(!set.drop_if_empty, "{name}: no endpoints anywhere must reject, not drop");
+            assert!(
+                !set.drop_if_empty,
+                "{name}: no endpoints anywhere must reject, not drop"
+            );
         }
     }
 }
@@ -1289,7 +1492,13 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
         }),
     );
     let ctx = NodeContext {
-        addresses: vec![ip("192.168.0.10"), ip("10.1.0.10"), ip("172.16.0.10"), ip("fd00::10"), ip("fd01::10")],
+        addresses: vec![
+            ip("192.168.0.10"),
+            ip("10.1.0.10"),
+            ip("172.16.0.10"),
+            ip("fd00::10"),
+            ip("fd01::10"),
+        ],
         ..node()
     };
     let st4 = compile(&[s.clone()], &[], &ctx, Family::V4);
@@ -1310,7 +1519,10 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
         .into_iter()
         .filter(|f| f.starts_with("nodeport"))
         .collect();
-    assert_eq!(np6, set_of(&["nodeport [fd00::10]:30080", "nodeport [fd01::10]:30080"]));
+    assert_eq!(
+        np6,
+        set_of(&["nodeport [fd00::10]:30080", "nodeport [fd01::10]:30080"])
+    );
     // NodePort frontends are external traffic (ETP applies), the ClusterIP is not.
     assert!(FrontendKind::NodePort.is_external() && !FrontendKind::ClusterIp.is_external());
 }
@@ -1339,11 +1551,17 @@ fn point_46_external_ips_are_external_frontends_of_the_family() {
     let st6 = v6(&[s], &[]);
     assert_eq!(
         fes(tcp(&st6, "ext")),
-        set_of(&["cluster [fd00:96::10]:80", "external [2001:db8::cb00:71fa]:80"])
+        set_of(&[
+            "cluster [fd00:96::10]:80",
+            "external [2001:db8::cb00:71fa]:80"
+        ])
     );
     assert!(FrontendKind::ExternalIp.is_external());
 }
 
+/// Point 46 / bad input: an invalid `externalIPs` entry rejects the whole Service (the compile
+/// step's rule for invalid IPs). Note: kube-proxy's `MapIPsByIPFamily` would skip just that
+/// entry; the API server's validation keeps such entries out of real clusters.
 #[test]
 fn point_46_invalid_external_ip_is_rejected() {
     let bad = svc(
@@ -1398,7 +1616,8 @@ fn point_47_invalid_ingress_ip_is_rejected() {
 
 fn hinted(addr: &str, node: &str, zones: &[&str]) -> Value {
     let mut e = ep(addr, node);
-    e["hints"] = json!({ "forZones": zones.iter().map(|z| json!({ "name": z })).collect::<Vec<_>>() });
+    e["hints"] =
+        json!({ "forZones": zones.iter().map(|z| json!({ "name": z })).collect::<Vec<_>>() });
     e
 }
 
@@ -1424,7 +1643,10 @@ fn point_53_zone_hints_select_endpoints_for_this_zone() {
         ep_cond("10.0.1.4", OTHER_NODE, false, false, false),
     ]));
     let st = v4(&[hints_svc("Cluster")], &[sl.clone()]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.3:8080"]
+    );
     // Local policy ignores hints.
     let st = v4(&[hints_svc("Local")], &[sl]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.2:8080"]);
@@ -1448,7 +1670,10 @@ fn point_53_zone_hints_are_ignored_unless_every_ready_endpoint_has_one() {
         hinted("10.0.1.3", OTHER_NODE, &[]),
     ]));
     let st = v4(&[hints_svc("Cluster")], &[sl]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.3:8080"]
+    );
 }
 
 #[test]
@@ -1458,7 +1683,10 @@ fn point_53_zone_hints_are_ignored_when_none_is_for_this_zone() {
         hinted("10.0.1.2", OTHER_NODE, &["zone-c"]),
     ]));
     let st = v4(&[hints_svc("Cluster")], &[sl.clone()]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.2:8080"]
+    );
     // A node without a zone label ignores hints too.
     let zoneless = NodeContext {
         zone: None,
@@ -1469,7 +1697,10 @@ fn point_53_zone_hints_are_ignored_when_none_is_for_this_zone() {
         hinted("10.0.1.2", OTHER_NODE, &["zone-b"]),
     ]));
     let st = compile(&[hints_svc("Cluster")], &[sl], &zoneless, Family::V4);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.2:8080"]
+    );
 }
 
 #[test]
@@ -1479,7 +1710,10 @@ fn point_53_terminating_fallback_ignores_zone_hints() {
     let mut b = ep_terminating("10.0.1.2", OTHER_NODE);
     b["hints"] = json!({ "forZones": [{ "name": "zone-a" }] });
     let st = v4(&[hints_svc("Cluster")], &[hints_slice(json!([a, b]))]);
-    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(
+        eps(&tcp(&st, "web").internal),
+        ["10.0.1.1:8080", "10.0.1.2:8080"]
+    );
 }
 
 #[test]
@@ -1552,7 +1786,12 @@ fn point_61_leading_zero_ipv4_is_parsed_as_decimal_never_octal() {
             "ports": [{ "port": 80 }],
         }),
     );
-    let sl = slice("funny", "funny-1", unnamed_port(8080), json!([ep("10.0.1.010", NODE)]));
+    let sl = slice(
+        "funny",
+        "funny-1",
+        unnamed_port(8080),
+        json!([ep("10.0.1.010", NODE)]),
+    );
     let st = v4(&[s], &[sl]);
     let p = tcp(&st, "funny");
     assert_eq!(
@@ -1568,18 +1807,27 @@ fn point_61_leading_zero_ipv4_is_parsed_as_decimal_never_octal() {
 // Bad input: the Service lands in `rejected` with a reason naming the field; others unaffected.
 // ---------------------------------------------------------------------------------------------
 
+/// Point 8 (`port` is a used field) / bad input: port 0 is not a port.
 #[test]
 fn bad_input_port_zero_is_rejected() {
-    let bad = svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 0 }] }));
+    let bad = svc(
+        "bad",
+        json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 0 }] }),
+    );
     assert_rejected(bad, "spec.ports[0].port");
 }
 
+/// Point 8 / bad input: a missing `port` reads as 0.
 #[test]
 fn bad_input_missing_port_number_is_rejected() {
-    let bad = svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [{ "name": "x" }] }));
+    let bad = svc(
+        "bad",
+        json!({ "clusterIP": "10.96.0.20", "ports": [{ "name": "x" }] }),
+    );
     assert_rejected(bad, "spec.ports[0].port");
 }
 
+/// Point 8 / bad input: ports outside 1-65535.
 #[test]
 fn bad_input_port_out_of_range_is_rejected() {
     for p in [65_536, -80] {
@@ -1592,6 +1840,7 @@ fn bad_input_port_out_of_range_is_rejected() {
     }
 }
 
+/// Points 3, 8 / bad input: `nodePort` outside 1-65535 (0 means none, point 3).
 #[test]
 fn bad_input_node_port_out_of_range_is_rejected() {
     let bad = svc(
@@ -1602,6 +1851,7 @@ fn bad_input_node_port_out_of_range_is_rejected() {
     assert_rejected(bad, "spec.ports[0].nodePort");
 }
 
+/// Point 8 / bad input: `protocol` must be TCP, UDP or SCTP.
 #[test]
 fn bad_input_unknown_protocol_is_rejected() {
     let bad = svc(
@@ -1618,6 +1868,7 @@ fn bad_input_unknown_protocol_is_rejected() {
     assert_rejected(lower, "spec.ports[0].protocol");
 }
 
+/// Points 5, 61 / bad input: a ClusterIP that is not an IP (even sloppily) rejects the Service.
 #[test]
 fn bad_input_invalid_cluster_ip_is_rejected() {
     assert_rejected(simple_svc("bad", "10.96.0.300"), "spec.clusterIP");
@@ -1630,6 +1881,7 @@ fn bad_input_invalid_cluster_ip_is_rejected() {
     assert_rejected(bad, "spec.clusterIPs[0]");
 }
 
+/// Point 11 / bad input: `spec.ports` is keyed by (port, protocol); names must be unique.
 #[test]
 fn bad_input_duplicate_ports_are_rejected() {
     // Same (port, protocol) twice, unnamed.
@@ -1648,12 +1900,20 @@ fn bad_input_duplicate_ports_are_rejected() {
     assert_rejected(dup_name, "spec.ports[1].name");
 }
 
+/// Point 8 / bad input: a Service needs at least one port.
 #[test]
 fn bad_input_service_without_ports_is_rejected() {
-    assert_rejected(svc("bad", json!({ "clusterIP": "10.96.0.20" })), "spec.ports");
-    assert_rejected(svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [] })), "spec.ports");
+    assert_rejected(
+        svc("bad", json!({ "clusterIP": "10.96.0.20" })),
+        "spec.ports",
+    );
+    assert_rejected(
+        svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [] })),
+        "spec.ports",
+    );
 }
 
+/// Point 3 / bad input: only ClusterIP, NodePort, LoadBalancer (and ExternalName, point 2).
 #[test]
 fn bad_input_unknown_type_or_missing_spec_is_rejected() {
     let bad = svc(
@@ -1665,11 +1925,15 @@ fn bad_input_unknown_type_or_missing_spec_is_rejected() {
     assert_rejected(no_spec, "spec");
 }
 
+/// Bad input (points 5, 8): each invalid Service is reported once; the others are unaffected.
 #[test]
 fn bad_input_every_invalid_service_is_reported_and_valid_ones_all_compile() {
     let services = [
         simple_svc("a", "10.96.0.1"),
-        svc("bad1", json!({ "clusterIP": "10.96.0.2", "ports": [{ "port": 0 }] })),
+        svc(
+            "bad1",
+            json!({ "clusterIP": "10.96.0.2", "ports": [{ "port": 0 }] }),
+        ),
         simple_svc("b", "10.96.0.3"),
         simple_svc("bad2", "10.96.0.999"),
         simple_svc("c", "10.96.0.5"),
@@ -1680,6 +1944,7 @@ fn bad_input_every_invalid_service_is_reported_and_valid_ones_all_compile() {
     assert_eq!(rejected, ["Service ns/bad1", "Service ns/bad2"]);
 }
 
+/// Point 6 / conventions: the ServicePort key is (namespace, name, port name, protocol).
 #[test]
 fn service_namespace_defaults_to_default() {
     let s: Service = obj(json!({
@@ -1688,9 +1953,13 @@ fn service_namespace_defaults_to_default() {
     }));
     let st = v4(&[s], &[]);
     let key = st.services.keys().next().unwrap();
-    assert_eq!((key.namespace.as_str(), key.name.as_str()), ("default", "web"));
+    assert_eq!(
+        (key.namespace.as_str(), key.name.as_str()),
+        ("default", "web")
+    );
 }
 
+/// Points 14, 41: the result does not depend on input order (stable plans, no spurious writes).
 #[test]
 fn compile_is_deterministic_and_frontends_are_sorted() {
     let s = policy_svc("web", "Cluster", "Cluster");

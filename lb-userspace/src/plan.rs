@@ -21,7 +21,7 @@
 //! A shrinking table has its `slot_count` lowered (step 3) before its tail slots go (step 5).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -103,19 +103,34 @@ impl Ids {
             self.next_svc = self.next_svc.max(v.svc_id + 1);
             self.next_select = self.next_select.max(v.select_id + 1);
         }
-        for (spn, sp) in &desired.services {
-            for fe in &sp.frontends {
-                let key = service_key(fe.addr, fe.port, spn.protocol);
-                if let Some(v) = current.services.get(&key) {
-                    self.svc.entry(spn.clone()).or_insert(v.svc_id);
+        // An id is reused only by the first desired ServicePort that claims it, and ClusterIP
+        // frontends (unique to their service) claim first: a NodePort that moved from one
+        // service to another while the agent was down must not merge the two.
+        let mut claimed_svc: HashSet<u32> = self.svc.values().copied().collect();
+        let mut claimed_select: HashSet<u32> = self.select.values().copied().collect();
+        for external_pass in [false, true] {
+            for (spn, sp) in &desired.services {
+                for fe in sp
+                    .frontends
+                    .iter()
+                    .filter(|f| f.kind.is_external() == external_pass)
+                {
+                    let key = service_key(fe.addr, fe.port, spn.protocol);
+                    let Some(v) = current.services.get(&key) else {
+                        continue;
+                    };
+                    if !self.svc.contains_key(spn) && claimed_svc.insert(v.svc_id) {
+                        self.svc.insert(spn.clone(), v.svc_id);
+                    }
                     let class = if fe.kind.is_external() {
                         SetClass::External
                     } else {
                         SetClass::Internal
                     };
-                    self.select
-                        .entry((spn.clone(), class))
-                        .or_insert(v.select_id);
+                    let sel = (spn.clone(), class);
+                    if !self.select.contains_key(&sel) && claimed_select.insert(v.select_id) {
+                        self.select.insert(sel, v.select_id);
+                    }
                 }
             }
         }
@@ -215,6 +230,8 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids) -> MapState {
                 slot_count,
                 flags,
                 affinity_timeout_s: sp.affinity_timeout_s.unwrap_or(0),
+                cluster_select_id: select_id,
+                cluster_slot_count: slot_count,
                 _pad: 0,
             };
             for fe in sp
@@ -346,4 +363,6 @@ impl MapState {
     }
 }
 
-#[cfg(test)] #[path = "plan_tests.rs"] mod tests;
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

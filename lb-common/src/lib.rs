@@ -20,13 +20,21 @@
 //!   to use, how many slots it has, and flags.
 //! - [`BACKENDS`]: backend id → [`Backend`]. Id [`BACKEND_ID_NONE`] (0) is reserved and never
 //!   programmed, so a zero read from a table always means "no backend".
-//! - [`SELECT`]: `(select_id, slot)` → backend id: the per-frontend selection table, written
-//!   by userspace (a dense array of backend ids for random selection, a consistent-hash table for
-//!   Maglev).
+//! - [`SELECT`]: `(select_id, slot)` → backend id: the dense random-selection table of an
+//!   endpoint set, written by userspace.
+//! - [`MAGLEV`]: `(select_id, chunk)` → 64 backend ids: the Maglev lookup table of an endpoint
+//!   set, computed in userspace, stored in chunks so a table costs about 4 bytes a slot and an
+//!   update rewrites only the chunks whose slots changed.
+//! - [`MEMBERS`]: `(select_id, backend id)` → present: set membership, to check that a
+//!   remembered affinity backend is still in the set (point 27).
 //! - [`CONNTRACK`]: LRU flow table, one entry per direction of a translated flow.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
 //! - [`STATS`]: per-CPU global counters, indexed by the `CNT_*` constants.
 //! - [`SVC_STATS`]: per-CPU per-service counters.
+//! - [`BACKEND_STATS`]: per-CPU per-backend counters.
+//! - [`SOURCE_RANGES`]: LPM trie of `loadBalancerSourceRanges` per LoadBalancer IP.
+//! - [`FRAGS`]: LRU of IPv4 fragment ids → ports, so later fragments follow the first.
+//! - [`CONFIG`]: node-wide settings the agent writes (SNAT address, hairpin address, SNAT ports).
 //! - [`META`]: one record with the layout version, so a new agent knows what it is adopting.
 #![no_std]
 
@@ -48,10 +56,31 @@ pub const AFFINITY: &str = "LB_AFFINITY";
 pub const STATS: &str = "LB_STATS";
 pub const SVC_STATS: &str = "LB_SVC_STATS";
 pub const META: &str = "LB_META";
+pub const MAGLEV: &str = "LB_MAGLEV";
+pub const MEMBERS: &str = "LB_MEMBERS";
+pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
+pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
+pub const FRAGS: &str = "LB_FRAGS";
+pub const CONFIG: &str = "LB_CONFIG";
+pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 
-/// Every map the datapath pins, in the order the agent opens them.
-pub const ALL_MAPS: [&str; 8] = [
-    SERVICES, BACKENDS, SELECT, CONNTRACK, AFFINITY, STATS, SVC_STATS, META,
+/// Every map the datapath pins.
+pub const ALL_MAPS: [&str; 15] = [
+    SERVICES,
+    BACKENDS,
+    SELECT,
+    MAGLEV,
+    MEMBERS,
+    CONNTRACK,
+    AFFINITY,
+    STATS,
+    SVC_STATS,
+    BACKEND_STATS,
+    SOURCE_RANGES,
+    FRAGS,
+    CONFIG,
+    SOCK_REVNAT,
+    META,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -61,6 +90,18 @@ pub const ALL_MAPS: [&str; 8] = [
 /// TC ingress on the host side of pod interfaces: pod → service DNAT and backend → client
 /// reverse NAT.
 pub const PROG_TC_POD: &str = "lb_tc_pod_ingress";
+/// XDP on the node's external interfaces: NodePort, LoadBalancer IPs, externalIPs.
+pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
+/// TC ingress fallback of [`PROG_XDP_EXT`] for devices where XDP cannot attach.
+pub const PROG_TC_EXT: &str = "lb_tc_ext_ingress";
+/// cgroup connect4: socket-level translation for processes in the node's namespace.
+pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
+/// cgroup sendmsg4: the same for unconnected UDP sends.
+pub const PROG_SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
+/// cgroup recvmsg4: un-translates the source of UDP replies.
+pub const PROG_SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
+/// cgroup getpeername4: un-translates the peer of connected sockets.
+pub const PROG_SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
 
 // ---------------------------------------------------------------------------------------------
 // Capacities (defaults; the agent can override some at load time).
@@ -72,6 +113,17 @@ pub const SELECT_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const SVC_STATS_MAX: u32 = 65_536;
+pub const MAGLEV_CHUNKS_MAX: u32 = 262_144;
+pub const MEMBERS_MAX: u32 = 262_144;
+pub const BACKEND_STATS_MAX: u32 = 65_536;
+pub const SOURCE_RANGES_MAX: u32 = 16_384;
+pub const FRAGS_MAX: u32 = 8_192;
+pub const SOCK_REVNAT_MAX: u32 = 65_536;
+
+/// Backend ids per [`MAGLEV`] chunk.
+pub const MAGLEV_CHUNK: u32 = 64;
+/// Largest Maglev table size the datapath accepts (a prime).
+pub const MAGLEV_MAX_SIZE: u32 = 65_521;
 
 // ---------------------------------------------------------------------------------------------
 // Protocol numbers and conntrack timeouts.
@@ -90,6 +142,8 @@ pub const CT_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TCP_CLOSING_LIFETIME_NS: u64 = 10 * 1_000_000_000;
 /// UDP and other datagram flows.
 pub const CT_UDP_LIFETIME_NS: u64 = 60 * 1_000_000_000;
+/// A fragment id entry lives this long (reassembly timeouts are 30 s on Linux).
+pub const FRAG_LIFETIME_NS: u64 = 30 * 1_000_000_000;
 
 /// An IPv4 address in the 16-byte format: `::ffff:a.b.c.d`.
 #[must_use]
@@ -135,9 +189,14 @@ pub struct ServiceValue {
     pub flags: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds; only read with `SVC_F_AFFINITY`.
     pub affinity_timeout_s: u32,
+    /// External frontends: the Cluster endpoint set, used instead of the frontend's own set for
+    /// traffic from pods on this node and from the node itself (point 34: those get Cluster
+    /// semantics even with `externalTrafficPolicy: Local`). Equal to the main set otherwise.
+    pub cluster_select_id: u32,
+    pub cluster_slot_count: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<ServiceValue>() == 24);
+const _: () = assert!(size_of::<ServiceValue>() == 32);
 
 /// Address marker entry (see [`ServiceKey`]); not a real frontend.
 pub const SVC_F_ADDR_MARKER: u32 = 1 << 0;
@@ -151,6 +210,11 @@ pub const SVC_F_MAGLEV: u32 = 1 << 2;
 pub const SVC_F_DROP_IF_EMPTY: u32 = 1 << 3;
 /// Frontend is external (NodePort, externalIP, LoadBalancer IP).
 pub const SVC_F_EXTERNAL: u32 = 1 << 4;
+/// Traffic from outside the node is source-NATed to the node address (`externalTrafficPolicy:
+/// Cluster`, point 32).
+pub const SVC_F_SNAT: u32 = 1 << 5;
+/// Sources must match [`SOURCE_RANGES`] for this frontend (`loadBalancerSourceRanges`).
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 6;
 
 // ---------------------------------------------------------------------------------------------
 // LB_BACKENDS
@@ -229,21 +293,27 @@ pub struct CtValue {
     /// Forward: the backend address written as destination. Reply: the frontend address written
     /// back as source. Network byte order.
     pub nat_addr: [u8; 16],
-    /// Forward: the backend chosen at flow start (looked up on every packet, so a removed
-    /// backend is noticed). Reply: the same backend. Host byte order.
+    /// With `CT_F_SNAT`: forward: the source address written (node or hairpin address); reply:
+    /// the client address written back as destination. Network byte order.
+    pub snat_addr: [u8; 16],
+    /// The backend chosen at flow start. Host byte order.
     pub backend_id: u32,
     /// [`ServiceValue::svc_id`] of the frontend. Host byte order.
     pub svc_id: u32,
     /// Port counterpart of `nat_addr`, network byte order.
     pub nat_port_be: u16,
+    /// Port counterpart of `snat_addr`, network byte order.
+    pub snat_port_be: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
-    pub _pad: u32,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<CtValue>() == 40);
+const _: () = assert!(size_of::<CtValue>() == 56);
 
 /// A FIN or RST was seen: the entry lives only `CT_TCP_CLOSING_LIFETIME_NS` more.
 pub const CT_F_CLOSING: u16 = 1 << 0;
+/// The source is translated too (`snat_addr`, `snat_port_be`).
+pub const CT_F_SNAT: u16 = 1 << 1;
 
 // ---------------------------------------------------------------------------------------------
 // LB_AFFINITY
@@ -268,6 +338,136 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// LB_MAGLEV, LB_MEMBERS
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MaglevKey {
+    /// [`ServiceValue::select_id`]. Host byte order.
+    pub select_id: u32,
+    /// Slot / [`MAGLEV_CHUNK`]. Host byte order.
+    pub chunk: u32,
+}
+const _: () = assert!(size_of::<MaglevKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevChunk {
+    /// Backend ids of slots `chunk * 64 .. chunk * 64 + 64`. Host byte order.
+    pub ids: [u32; MAGLEV_CHUNK as usize],
+}
+const _: () = assert!(size_of::<MaglevChunk>() == 256);
+
+impl Default for MaglevChunk {
+    fn default() -> Self {
+        Self {
+            ids: [0; MAGLEV_CHUNK as usize],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MemberKey {
+    pub select_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<MemberKey>() == 8);
+
+// ---------------------------------------------------------------------------------------------
+// LB_SOURCE_RANGES
+// ---------------------------------------------------------------------------------------------
+
+/// LPM trie data: the LoadBalancer IP (always matched whole), then the client source. An entry's
+/// prefix length is 128 (the frontend) plus the source prefix in the 16-byte format (96 + n for
+/// an IPv4 /n); a lookup uses the full 256 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SourceRangeData {
+    /// LoadBalancer IP, network byte order, IPv4-mapped.
+    pub frontend: [u8; 16],
+    /// Allowed source prefix, network byte order, IPv4-mapped.
+    pub source: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceRangeData>() == 32);
+
+// ---------------------------------------------------------------------------------------------
+// LB_FRAGS
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification, network byte order (widened).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    pub seen_ns: u64,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FragValue>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// LB_SOCK_REVNAT
+// ---------------------------------------------------------------------------------------------
+
+/// A UDP socket that sent to a service through socket-level translation, and the backend it was
+/// sent to: replies from that backend are shown to the socket as coming from the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub backend: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<SockRevKey>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevValue {
+    pub frontend: [u8; 16],
+    pub frontend_port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<SockRevValue>() == 24);
+
+// ---------------------------------------------------------------------------------------------
+// LB_CONFIG
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Source address for SNAT of external traffic (the node address), network byte order.
+    pub snat_addr: [u8; 16],
+    /// Source address for hairpin traffic (a pod reaching itself through a service).
+    pub hairpin_addr: [u8; 16],
+    /// SNAT source ports are drawn from `snat_port_min..=snat_port_max` (host byte order).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// `CFG_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Config>() == 40);
+
+/// `snat_addr` is set: external traffic of `SVC_F_SNAT` frontends is source-NATed.
+pub const CFG_F_SNAT_READY: u32 = 1 << 0;
+/// `hairpin_addr` is set.
+pub const CFG_F_HAIRPIN_READY: u32 = 1 << 1;
 
 // ---------------------------------------------------------------------------------------------
 // LB_SVC_STATS
@@ -311,30 +511,54 @@ pub const CNT_VERDICT_DNAT: u32 = 2;
 pub const CNT_VERDICT_REVNAT: u32 = 3;
 /// Verdict: dropped (a `CNT_DROP_*` reason is counted too).
 pub const CNT_VERDICT_DROP: u32 = 4;
+/// Verdict: answered with a TCP RST or an ICMP port unreachable (no endpoints, point 37).
+pub const CNT_VERDICT_REJECT: u32 = 5;
 /// New flows that selected a backend.
-pub const CNT_NEW_FLOWS: u32 = 5;
+pub const CNT_NEW_FLOWS: u32 = 6;
 /// Forward packets that hit an existing conntrack entry.
-pub const CNT_CT_HIT: u32 = 6;
+pub const CNT_CT_HIT: u32 = 7;
 /// Pass reason: not IPv4 (other ethertype).
-pub const CNT_PASS_NOT_IP: u32 = 7;
+pub const CNT_PASS_NOT_IP: u32 = 8;
 /// Pass reason: IPv4 header invalid or truncated (the kernel's IP input drops these).
-pub const CNT_PASS_BAD_L3: u32 = 8;
+pub const CNT_PASS_BAD_L3: u32 = 9;
 /// Drop reason: packet to a service address whose TCP/UDP header is truncated.
-pub const CNT_DROP_BAD_L4: u32 = 9;
-/// Drop reason: IPv4 fragment to a service address.
-pub const CNT_DROP_FRAGMENT: u32 = 10;
-/// Drop reason: the service has no usable endpoint.
-pub const CNT_DROP_NO_BACKEND: u32 = 11;
+pub const CNT_DROP_BAD_L4: u32 = 10;
+/// Drop reason: an IPv4 fragment to a service address whose first fragment was not seen.
+pub const CNT_DROP_FRAGMENT: u32 = 11;
+/// Drop reason: the service has no endpoints and the packet cannot be rejected.
+pub const CNT_DROP_NO_BACKEND: u32 = 12;
 /// Drop reason: the selection table pointed at a missing backend (update in progress).
-pub const CNT_DROP_BACKEND_MISSING: u32 = 12;
+pub const CNT_DROP_BACKEND_MISSING: u32 = 13;
 /// A UDP flow's backend was removed: the flow selected a new one (point 57).
-pub const CNT_CT_RESELECT: u32 = 13;
+pub const CNT_CT_RESELECT: u32 = 14;
 /// Drop reason: a packet rewrite helper failed.
-pub const CNT_DROP_REWRITE: u32 = 14;
+pub const CNT_DROP_REWRITE: u32 = 15;
 /// Drop reason: conntrack insert failed.
-pub const CNT_DROP_CT_INSERT: u32 = 15;
+pub const CNT_DROP_CT_INSERT: u32 = 16;
+/// Drop reason: traffic policy Local and no endpoint on this node (points 33, 35, 38).
+pub const CNT_DROP_NO_LOCAL_BACKEND: u32 = 17;
+/// Drop reason: source outside `loadBalancerSourceRanges` (point 48).
+pub const CNT_DROP_SOURCE_RANGE: u32 = 18;
+/// Drop reason: no free SNAT source port after several tries.
+pub const CNT_DROP_SNAT_PORTS: u32 = 19;
+/// New flows that were source-NATed (external traffic, policy Cluster).
+pub const CNT_SNAT: u32 = 20;
+/// New flows from a pod to itself, source-NATed to the hairpin address (point 51).
+pub const CNT_HAIRPIN: u32 = 21;
+/// New flows that reused a session-affinity backend (points 24-28).
+pub const CNT_AFFINITY_HIT: u32 = 22;
+/// ICMP errors about a translated flow, translated back.
+pub const CNT_ICMP_TRANSLATED: u32 = 23;
+/// Non-first fragments translated like their first fragment.
+pub const CNT_FRAG_FOLLOWED: u32 = 24;
+/// TCP RSTs sent for services without endpoints.
+pub const CNT_REJECT_TCP: u32 = 25;
+/// ICMP port unreachable sent for services without endpoints.
+pub const CNT_REJECT_ICMP: u32 = 26;
+/// Socket-level translations (node processes connecting to a service).
+pub const CNT_SOCK_TRANSLATED: u32 = 27;
 /// Number of counters.
-pub const CNT_MAX: u32 = 16;
+pub const CNT_MAX: u32 = 28;
 
 /// Display names of the counters, indexed by `CNT_*`.
 pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
@@ -343,6 +567,7 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "verdict_dnat",
     "verdict_revnat",
     "verdict_drop",
+    "verdict_reject",
     "new_flows",
     "conntrack_hits",
     "pass_not_ip",
@@ -354,13 +579,25 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
     "conntrack_reselect",
     "drop_rewrite",
     "drop_conntrack_insert",
+    "drop_no_local_backend",
+    "drop_source_range",
+    "drop_snat_ports",
+    "snat",
+    "hairpin",
+    "affinity_hits",
+    "icmp_errors_translated",
+    "fragments_followed",
+    "reject_tcp_rst",
+    "reject_icmp",
+    "sock_translated",
 ];
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, Backend, CtKey, CtValue, Meta, SelectKey, ServiceKey,
-        ServiceValue, SvcStats,
+        AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragValue,
+        MaglevChunk, MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey,
+        SockRevValue, SourceRangeData, SvcStats,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
@@ -374,6 +611,15 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for SvcStats {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for MaglevKey {}
+    unsafe impl aya::Pod for MaglevChunk {}
+    unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for SourceRangeData {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
 }
 
 #[cfg(test)]

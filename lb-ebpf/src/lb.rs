@@ -1,49 +1,184 @@
-//! Hook-independent service logic: frontend lookup, backend selection, conntrack. Returns what
-//! to do with the packet; the entry point performs the rewrite.
+//! Hook-independent service logic: frontend lookup, backend selection (random or Maglev, with
+//! session affinity), source ranges, conntrack, SNAT, hairpin, fragments and ICMP errors.
+//! Returns what to do with the packet; the entry point performs the rewrite.
 //!
 //! # Conntrack semantics
 //! Each translated flow has a forward entry (client → frontend) and a reply entry
-//! (backend → client). Entries expire after `CT_*_LIFETIME_NS` without traffic, after
-//! `CT_TCP_CLOSING_LIFETIME_NS` once a FIN or RST was seen, and the LRU reclaims the least
-//! recently used under pressure.
+//! (backend → client, or → SNAT address). Entries expire after `CT_*_LIFETIME_NS` without
+//! traffic, after `CT_TCP_CLOSING_LIFETIME_NS` once a FIN or RST was seen, and the LRU reclaims
+//! the least recently used under pressure (the agent also sweeps expired entries).
 //!
 //! When a backend is removed from a service:
 //! - TCP flows keep going to it, exactly like kube-proxy's conntrack DNAT entries: a pod that is
 //!   terminating gracefully can finish its connections, and a pod that is gone simply stops
 //!   answering (the client times out or gets a RST from whoever holds the address). New
-//!   connections never select it.
-//! - UDP flows select a new backend on their next packet (semantics point 57: kube-proxy deletes
-//!   UDP conntrack entries of removed endpoints).
+//!   connections never select it (point 21).
+//! - UDP flows select a new backend on their next packet (point 57: kube-proxy deletes UDP
+//!   conntrack entries of removed endpoints).
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
+    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT,
     CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
-    CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_NEW_FLOWS, CT_DIR_FORWARD, CT_DIR_REPLY,
-    CT_F_CLOSING, CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, CtKey,
-    CtValue, IPPROTO_TCP, SVC_F_ADDR_MARKER, SelectKey, ServiceKey, ServiceValue,
+    CNT_DROP_FRAGMENT, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SNAT_PORTS, CNT_DROP_SOURCE_RANGE,
+    CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_SNAT,
+    CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
+    CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey,
+    FragValue, IPPROTO_TCP, MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER,
+    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT,
+    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData, v4_mapped,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONNTRACK, LB_SELECT, LB_SERVICES, count, count_service},
+    maps::{
+        LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_FRAGS, LB_MAGLEV, LB_MEMBERS,
+        LB_SELECT, LB_SERVICES, LB_SOURCE_RANGES, count, count_flow, scratch,
+    },
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
 
-/// What the entry point must do with a packet.
-pub enum Action {
+/// Ports tried for SNAT before the flow is dropped.
+const SNAT_TRIES: u32 = 4;
+
+/// Where the program runs; decides which endpoint set external frontends use and whether
+/// traffic is source-NATed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Ingress from a pod on this node.
+    Pod,
+    /// Ingress from outside the node (XDP, or its TC fallback).
+    External,
+}
+
+/// An IPv4 address and port (network byte order) to write.
+#[derive(Clone, Copy, Default)]
+pub struct Endpoint4 {
+    pub addr: [u8; 4],
+    pub port_be: u16,
+}
+
+/// An optional rewrite. (Not an `Option<Endpoint4>`: these values cross BPF subprogram
+/// boundaries through memory, and the undefined payload of a `None` compiles to reads of
+/// uninitialised registers, which the verifier rejects. Every field here is always written.)
+#[derive(Clone, Copy, Default)]
+pub struct Rewrite {
+    pub set: bool,
+    pub to: Endpoint4,
+}
+
+impl Rewrite {
+    #[inline(always)]
+    pub fn to(addr: [u8; 4], port_be: u16) -> Self {
+        Self { set: true, to: Endpoint4 { addr, port_be } }
+    }
+
+    #[inline(always)]
+    pub fn when(cond: bool, addr: [u8; 4], port_be: u16) -> Self {
+        Self { set: cond, to: Endpoint4 { addr, port_be } }
+    }
+}
+
+/// A translation: new source and/or destination.
+#[derive(Clone, Copy, Default)]
+pub struct Nat {
+    pub src: Rewrite,
+    pub dst: Rewrite,
+    /// `CNT_VERDICT_DNAT` or `CNT_VERDICT_REVNAT`.
+    pub verdict: u32,
+}
+
+/// The translation of an ICMP error about a translated flow, back to what its receiver sent
+/// (outer ports are ignored).
+#[derive(Clone, Copy, Default)]
+pub struct IcmpNat {
+    pub outer_src: Rewrite,
+    pub outer_dst: Rewrite,
+    /// The quoted packet's source and destination.
+    pub inner_src: Rewrite,
+    pub inner_dst: Rewrite,
+}
+
+/// What to do with a packet.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
     /// Not service traffic: pass untouched.
+    #[default]
     Pass,
-    /// Drop, counting this `CNT_DROP_*` reason.
-    Drop(u32),
-    /// Forward direction: rewrite destination to `addr:port`.
-    Dnat { addr: [u8; 16], port_be: u16 },
-    /// Reply direction: rewrite source to `addr:port`.
-    RevNat { addr: [u8; 16], port_be: u16 },
+    /// Drop, counting `Action::reason`.
+    Drop,
+    /// Rewrite (`Action::nat`) and pass on.
+    Nat,
+    /// The service has no endpoints: answer with a TCP RST or an ICMP port unreachable.
+    Reject,
+    /// Translate an ICMP error (`Action::icmp`).
+    Icmp,
+    /// First stage only: continue with [`new_flow`] (the frontend is in the scratch space).
+    NewFlow,
+    /// First stage only: continue with [`reply`].
+    Reply,
+    /// First stage only: continue with [`icmp_error`].
+    IcmpError,
+}
+
+/// A stage's verdict, a plain struct whose fields are always initialised (see [`Rewrite`]).
+/// The entry point calls the stages one after the other, not one inside another, which keeps
+/// the deepest call chain within the verifier's 512-byte stack budget.
+#[derive(Clone, Copy, Default)]
+pub struct Action {
+    pub kind: Kind,
+    /// `CNT_DROP_*` reason for `Kind::Drop`.
+    pub reason: u32,
+    pub nat: Nat,
+    pub icmp: IcmpNat,
+}
+
+impl Action {
+    #[inline(always)]
+    pub fn pass() -> Self {
+        Self::default()
+    }
+
+    #[inline(always)]
+    pub fn drop(reason: u32) -> Self {
+        Self { kind: Kind::Drop, reason, ..Self::default() }
+    }
+
+    #[inline(always)]
+    pub fn reject() -> Self {
+        Self { kind: Kind::Reject, ..Self::default() }
+    }
+
+    #[inline(always)]
+    pub fn next(kind: Kind) -> Self {
+        Self { kind, ..Self::default() }
+    }
+
+    #[inline(always)]
+    pub fn nat(nat: Nat) -> Self {
+        Self { kind: Kind::Nat, nat, ..Self::default() }
+    }
+
+    #[inline(always)]
+    pub fn icmp(icmp: IcmpNat) -> Self {
+        Self { kind: Kind::Icmp, icmp, ..Self::default() }
+    }
 }
 
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[inline(always)]
+fn v4(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
 }
 
 #[inline(always)]
@@ -59,48 +194,87 @@ fn lifetime_ns(proto: u8, flags: u16) -> u64 {
 
 /// Refreshes an entry for a packet of its flow; marks it closing on FIN/RST.
 #[inline(always)]
-fn touch(ct: *mut CtValue, p: &Packet, now: u64) {
+fn touch(ct: *mut lb_common::CtValue, tcp_flags: u8, now: u64) {
     // SAFETY: pointer from a map lookup, valid for this program run. Concurrent updates of the
-    // same entry from another CPU can only race on these two plain stores, which is harmless.
+    // same entry from another CPU can only race on these plain stores, which is harmless.
     unsafe {
         (*ct).last_seen_ns = now;
-        if p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        if tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
             (*ct).flags |= CT_F_CLOSING;
         }
     }
 }
 
-/// Decides what to do with a parsed IPv4 packet.
+/// Writes an IPv4 address in the 16-byte format in place (building a 16-byte array and moving
+/// it costs stack the verifier's 512-byte budget does not have).
 #[inline(always)]
-pub fn process(p: &Packet) -> Action {
-    if !p.has_ports {
-        // Fragments and truncated L4 headers cannot be translated; never leak them to a
-        // service address untranslated.
-        if p.is_fragment || p.l4_truncated {
-            let marker = ServiceKey {
-                addr: p.dst,
-                port_be: 0,
-                proto: 0,
-                _pad: 0,
-            };
-            // SAFETY: read-only lookup; the value is not used.
-            if unsafe { LB_SERVICES.get(&marker) }.is_some() {
-                return Action::Drop(if p.is_fragment {
-                    CNT_DROP_FRAGMENT
-                } else {
-                    CNT_DROP_BAD_L4
-                });
+fn set_mapped(a: &mut [u8; 16], v: [u8; 4]) {
+    *a = [0; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12] = v[0];
+    a[13] = v[1];
+    a[14] = v[2];
+    a[15] = v[3];
+}
+
+/// Fills a conntrack key in place.
+#[inline(always)]
+fn set_ct_key(k: &mut lb_common::CtKey, src: [u8; 4], sport_be: u16, dst: [u8; 4], dport_be: u16, proto: u8, dir: u8) {
+    set_mapped(&mut k.src, src);
+    set_mapped(&mut k.dst, dst);
+    k.sport_be = sport_be;
+    k.dport_be = dport_be;
+    k.proto = proto;
+    k.dir = dir;
+    k._pad = [0; 2];
+}
+
+#[inline(always)]
+fn is_service_addr(addr: [u8; 4]) -> bool {
+    let marker = ServiceKey { addr: v4_mapped(addr), port_be: 0, proto: 0, _pad: 0 };
+    // SAFETY: read-only lookup; the value is not used.
+    unsafe { LB_SERVICES.get(&marker) }.is_some()
+}
+
+/// Decides what to do with a parsed IPv4 packet: the verdict, or the next stage the entry point
+/// must call (`Kind::NewFlow`, `Kind::Reply`, `Kind::IcmpError`).
+#[inline(never)]
+pub fn process(p: &mut Packet) -> Action {
+    if p.is_icmp_error {
+        return Action::next(Kind::IcmpError);
+    }
+    let Some(sc) = scratch() else {
+        return Action::pass();
+    };
+    if p.frag_later {
+        // Later fragments follow their first fragment's ports.
+        sc.frag = FragKey { src: v4_mapped(p.src), dst: v4_mapped(p.dst), id: u32::from(p.ip_id_be), proto: p.proto, _pad: [0; 3] };
+        // SAFETY: copied out immediately.
+        match unsafe { LB_FRAGS.get(&sc.frag) }.copied() {
+            Some(f) if now_ns().wrapping_sub(f.seen_ns) < FRAG_LIFETIME_NS => {
+                p.sport_be = f.sport_be;
+                p.dport_be = f.dport_be;
+                p.has_ports = true;
+                count(CNT_FRAG_FOLLOWED);
+            }
+            _ => {
+                return if is_service_addr(p.dst) { Action::drop(CNT_DROP_FRAGMENT) } else { Action::pass() };
             }
         }
-        return Action::Pass;
+    } else if !p.has_ports {
+        if p.l4_truncated && is_service_addr(p.dst) {
+            return Action::drop(CNT_DROP_BAD_L4);
+        }
+        return Action::pass();
+    } else if p.frag_first {
+        sc.frag = FragKey { src: v4_mapped(p.src), dst: v4_mapped(p.dst), id: u32::from(p.ip_id_be), proto: p.proto, _pad: [0; 3] };
+        sc.fragv = FragValue { seen_ns: now_ns(), sport_be: p.sport_be, dport_be: p.dport_be, _pad: 0 };
+        // Losing this entry only makes later fragments unmatched (dropped if for a service).
+        let _ = LB_FRAGS.insert(&sc.frag, &sc.fragv, 0);
     }
 
-    let key = ServiceKey {
-        addr: p.dst,
-        port_be: p.dport_be,
-        proto: p.proto,
-        _pad: 0,
-    };
+    let key = ServiceKey { addr: v4_mapped(p.dst), port_be: p.dport_be, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out immediately; userspace replaces whole values.
     if let Some(svc) = unsafe { LB_SERVICES.get(&key) } {
         let svc = *svc;
@@ -108,140 +282,330 @@ pub fn process(p: &Packet) -> Action {
             return forward(p, &svc);
         }
     }
-    reply(p)
+    Action::next(Kind::Reply)
 }
 
-#[inline(always)]
-fn reply(p: &Packet) -> Action {
-    let key = CtKey {
-        src: p.src,
-        dst: p.dst,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        dir: CT_DIR_REPLY,
-        _pad: [0; 2],
+/// A packet that is no frontend's: the reply of a translated flow, or not ours at all.
+#[inline(never)]
+pub fn reply(p: &Packet) -> Action {
+    let Some(sc) = scratch() else {
+        return Action::pass();
     };
-    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&key) else {
-        return Action::Pass;
+    set_ct_key(&mut sc.rkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_REPLY);
+    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.rkey) else {
+        return Action::pass();
     };
     let now = now_ns();
     // SAFETY: pointer from a map lookup, valid for this program run.
     let v = unsafe { *ct };
     if now.wrapping_sub(v.last_seen_ns) > lifetime_ns(p.proto, v.flags) {
-        return Action::Pass;
+        return Action::pass();
     }
-    touch(ct, p, now);
-    count_service(v.svc_id, p.ip_len, false);
-    Action::RevNat {
-        addr: v.nat_addr,
-        port_be: v.nat_port_be,
-    }
+    touch(ct, p.tcp_flags, now);
+    count_flow(v.svc_id, v.backend_id, p.ip_len, false);
+    Action::nat(Nat {
+        src: Rewrite::to(v4(&v.nat_addr), v.nat_port_be),
+        dst: Rewrite::when(v.flags & CT_F_SNAT != 0, v4(&v.snat_addr), v.snat_port_be),
+        verdict: CNT_VERDICT_REVNAT,
+    })
 }
 
+/// An ICMP error quoting a packet of a translated flow, on its way back to the client: the
+/// quoted packet is what the backend received (client or SNAT address → backend), so it is
+/// found through the flow's reply entry and translated back to what the client sent.
+#[inline(never)]
+pub fn icmp_error(p: &Packet) -> Action {
+    if !p.is_icmp_error {
+        return Action::pass();
+    }
+    let inner = p.icmp;
+    // The quoted packet went inner.src → inner.dst; its flow's reply entry is the reverse.
+    let Some(sc) = scratch() else {
+        return Action::pass();
+    };
+    set_ct_key(&mut sc.rkey, inner.dst, inner.dport_be, inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY);
+    // SAFETY: copied out immediately.
+    let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() else {
+        return Action::pass();
+    };
+    let frontend = v4(&v.nat_addr);
+    let snat = v.flags & CT_F_SNAT != 0;
+    let client = Endpoint4 { addr: v4(&v.snat_addr), port_be: v.snat_port_be };
+    count(CNT_ICMP_TRANSLATED);
+    Action::icmp(IcmpNat {
+        // An error the backend itself sent appears to come from the frontend.
+        outer_src: Rewrite::when(p.src == inner.dst, frontend, 0),
+        outer_dst: Rewrite::when(snat, client.addr, 0),
+        inner_src: Rewrite::when(snat, client.addr, client.port_be),
+        inner_dst: Rewrite::to(frontend, v.nat_port_be),
+    })
+}
+
+/// An existing flow's translation, or `Kind::NewFlow` (frontend left in scratch).
 #[inline(always)]
 fn forward(p: &Packet, svc: &ServiceValue) -> Action {
+    // Point 48: loadBalancerSourceRanges.
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            256,
+            SourceRangeData { frontend: v4_mapped(p.dst), source: v4_mapped(p.src) },
+        );
+        if LB_SOURCE_RANGES.get(&key).is_none() {
+            return Action::drop(CNT_DROP_SOURCE_RANGE);
+        }
+    }
     let now = now_ns();
-    let fkey = CtKey {
-        src: p.src,
-        dst: p.dst,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: [0; 2],
+    let Some(sc) = scratch() else {
+        return Action::drop(CNT_DROP_CT_INSERT);
     };
-    let new_syn =
-        p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if let Some(ct) = LB_CONNTRACK.get_ptr_mut(&fkey) {
-        // SAFETY: pointer from a map lookup, valid for this program run.
-        let v = unsafe { *ct };
-        let alive = now.wrapping_sub(v.last_seen_ns) <= lifetime_ns(p.proto, v.flags);
+    set_ct_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    let new_syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.fkey) {
+        // SAFETY: pointer from a map lookup, valid for this program run. Only the fields needed
+        // are read (a whole copy would cost 56 bytes of stack).
+        let (last_seen, flags, svc_id, backend_id, nat_port_be, snat_port_be) = unsafe {
+            ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id, (*ct).nat_port_be, (*ct).snat_port_be)
+        };
+        // SAFETY: as above.
+        let (nat, nat_full, snat) = unsafe { (v4(&(*ct).nat_addr), (*ct).nat_addr, v4(&(*ct).snat_addr)) };
+        let alive = now.wrapping_sub(last_seen) <= lifetime_ns(p.proto, flags);
         // A SYN on a closing entry is a new connection reusing the 4-tuple.
-        let reused = new_syn && v.flags & CT_F_CLOSING != 0;
-        if alive && !reused && v.svc_id == svc.svc_id {
-            if p.proto == IPPROTO_TCP {
-                touch(ct, p, now);
-                count(CNT_CT_HIT);
-                count_service(v.svc_id, p.ip_len, false);
-                return Action::Dnat {
-                    addr: v.nat_addr,
-                    port_be: v.nat_port_be,
-                };
-            }
+        let reused = new_syn && flags & CT_F_CLOSING != 0;
+        if alive && !reused && svc_id == svc.svc_id {
             // Datagram flows follow endpoint removal: keep the backend only while it exists.
-            // SAFETY: copied out immediately.
-            if let Some(be) = unsafe { LB_BACKENDS.get(v.backend_id) } {
-                if be.addr == v.nat_addr && be.port_be == v.nat_port_be {
-                    touch(ct, p, now);
-                    count(CNT_CT_HIT);
-                    count_service(v.svc_id, p.ip_len, false);
-                    return Action::Dnat {
-                        addr: v.nat_addr,
-                        port_be: v.nat_port_be,
-                    };
-                }
+            let keep = p.proto == IPPROTO_TCP || {
+                let be = LB_BACKENDS.get_ptr(backend_id);
+                // SAFETY: map value pointer, valid for this program run.
+                be.is_some_and(|be| unsafe { (*be).addr == nat_full && (*be).port_be == nat_port_be })
+            };
+            if keep {
+                touch(ct, p.tcp_flags, now);
+                count(CNT_CT_HIT);
+                count_flow(svc_id, backend_id, p.ip_len, false);
+                return Action::nat(Nat {
+                    src: Rewrite::when(flags & CT_F_SNAT != 0, snat, snat_port_be),
+                    dst: Rewrite::to(nat, nat_port_be),
+                    verdict: CNT_VERDICT_DNAT,
+                });
             }
             count(CNT_CT_RESELECT);
         }
     }
-
-    // New flow.
-    if svc.slot_count == 0 {
-        return Action::Drop(CNT_DROP_NO_BACKEND);
+    if p.frag_later {
+        // A later fragment never starts a flow: its first fragment did or was dropped.
+        return Action::drop(CNT_DROP_FRAGMENT);
     }
-    // SAFETY: helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.slot_count;
-    let skey = SelectKey {
-        select_id: svc.select_id,
-        slot,
+    sc.svc = *svc;
+    Action::next(Kind::NewFlow)
+}
+
+/// Picks the endpoint set: point 34, pods on this node reaching an external frontend get the
+/// Cluster set whatever the external traffic policy.
+#[inline(always)]
+fn endpoint_set(svc: &ServiceValue, hook: Hook) -> (u32, u32, bool) {
+    if hook == Hook::Pod && svc.flags & SVC_F_EXTERNAL != 0 {
+        (svc.cluster_select_id, svc.cluster_slot_count, false)
+    } else {
+        (svc.select_id, svc.slot_count, svc.flags & SVC_F_DROP_IF_EMPTY != 0)
+    }
+}
+
+/// A flow hash that is the same on every node for the same 5-tuple (Maglev).
+#[inline(always)]
+fn flow_hash(p: &Packet) -> u32 {
+    let mut h: u32 = 0x9e37_79b9;
+    for w in [
+        u32::from_ne_bytes(p.src),
+        u32::from_ne_bytes(p.dst),
+        (u32::from(p.sport_be) << 16) | u32::from(p.dport_be),
+        u32::from(p.proto),
+    ] {
+        h ^= w;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
+    }
+    h
+}
+
+/// The backend in `slot` of a selection table.
+#[inline(always)]
+fn slot_backend(select_id: u32, slot: u32, maglev: bool) -> Option<u32> {
+    if maglev {
+        let key = MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK };
+        let chunk = LB_MAGLEV.get_ptr(&key)?;
+        let i = (slot % MAGLEV_CHUNK) as usize;
+        // SAFETY: `i < MAGLEV_CHUNK`, inside the chunk the lookup returned.
+        let id = unsafe { (*chunk).ids.get(i).copied() }?;
+        Some(id)
+    } else {
+        // SAFETY: copied out immediately.
+        unsafe { LB_SELECT.get(&SelectKey { select_id, slot }) }.copied()
+    }
+}
+
+/// Point 27: a remembered backend is used only while it is in the set.
+#[inline(always)]
+fn affinity_backend(p: &Packet, svc: &ServiceValue, select_id: u32, now: u64) -> Option<u32> {
+    let sc = scratch()?;
+    sc.akey = AffinityKey { client: v4_mapped(p.src), svc_id: svc.svc_id };
+    let a = LB_AFFINITY.get_ptr(&sc.akey)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let (last_used, backend_id) = unsafe { ((*a).last_used_ns, (*a).backend_id) };
+    if now.wrapping_sub(last_used) > u64::from(svc.affinity_timeout_s) * 1_000_000_000 {
+        return None;
+    }
+    // SAFETY: read-only presence check.
+    unsafe { LB_MEMBERS.get(&MemberKey { select_id, backend_id }) }?;
+    Some(backend_id)
+}
+
+/// Selects a backend for a new flow to the frontend [`process`] left in the scratch space, and
+/// establishes the flow.
+#[inline(never)]
+pub fn new_flow(p: &Packet, hook: Hook) -> Action {
+    let Some(sc) = scratch() else {
+        return Action::drop(CNT_DROP_CT_INSERT);
     };
-    // SAFETY: copied out immediately.
-    let Some(backend_id) = (unsafe { LB_SELECT.get(&skey) }).copied() else {
-        return Action::Drop(CNT_DROP_BACKEND_MISSING);
+    // A copy: `establish` takes the scratch space again.
+    let svc = &{ sc.svc };
+    let now = now_ns();
+    let (select_id, slots, drop_if_empty) = endpoint_set(svc, hook);
+    if slots == 0 {
+        // Points 37, 38: no endpoint anywhere → reject; policy Local without a local one → drop.
+        return if drop_if_empty { Action::drop(CNT_DROP_NO_LOCAL_BACKEND) } else { Action::reject() };
+    }
+    let affinity = svc.flags & SVC_F_AFFINITY != 0;
+    let remembered = if affinity { affinity_backend(p, svc, select_id, now) } else { None };
+    let backend_id = match remembered {
+        Some(id) => {
+            count(CNT_AFFINITY_HIT);
+            id
+        }
+        None => {
+            let maglev = svc.flags & SVC_F_MAGLEV != 0;
+            let slot = if maglev { flow_hash(p) } else { random() } % slots;
+            match slot_backend(select_id, slot, maglev) {
+                Some(id) => id,
+                None => return Action::drop(CNT_DROP_BACKEND_MISSING),
+            }
+        }
     };
     // SAFETY: copied out immediately.
     let Some(be) = (unsafe { LB_BACKENDS.get(backend_id) }).copied() else {
-        return Action::Drop(CNT_DROP_BACKEND_MISSING);
+        return Action::drop(CNT_DROP_BACKEND_MISSING);
     };
-
-    let fval = CtValue {
-        last_seen_ns: now,
-        nat_addr: be.addr,
-        backend_id,
-        svc_id: svc.svc_id,
-        nat_port_be: be.port_be,
-        flags: 0,
-        _pad: 0,
-    };
-    let rkey = CtKey {
-        src: be.addr,
-        dst: p.src,
-        sport_be: be.port_be,
-        dport_be: p.sport_be,
-        proto: p.proto,
-        dir: CT_DIR_REPLY,
-        _pad: [0; 2],
-    };
-    let rval = CtValue {
-        last_seen_ns: now,
-        nat_addr: p.dst,
-        backend_id,
-        svc_id: svc.svc_id,
-        nat_port_be: p.dport_be,
-        flags: 0,
-        _pad: 0,
-    };
-    // Reply entry first: once the forward entry exists, replies may arrive.
-    if LB_CONNTRACK.insert(&rkey, &rval, 0).is_err()
-        || LB_CONNTRACK.insert(&fkey, &fval, 0).is_err()
-    {
-        return Action::Drop(CNT_DROP_CT_INSERT);
+    if affinity {
+        // Sliding expiry (point 26): every new connection refreshes the record.
+        if let Some(sc) = scratch() {
+            sc.akey = AffinityKey { client: v4_mapped(p.src), svc_id: svc.svc_id };
+            sc.aval = AffinityValue { last_used_ns: now, backend_id, _pad: 0 };
+            let _ = LB_AFFINITY.insert(&sc.akey, &sc.aval, 0);
+        }
     }
-    count(CNT_NEW_FLOWS);
-    count_service(svc.svc_id, p.ip_len, true);
-    Action::Dnat {
-        addr: be.addr,
-        port_be: be.port_be,
+    match establish(p, svc, hook, backend_id, &be, now) {
+        Ok(nat) => {
+            count(CNT_NEW_FLOWS);
+            count_flow(svc.svc_id, backend_id, p.ip_len, true);
+            Action::nat(nat)
+        }
+        Err(reason) => Action::drop(reason),
     }
 }
+
+/// Creates both conntrack entries of a new flow, with SNAT where needed.
+#[inline(always)]
+fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &Backend, now: u64) -> Result<Nat, u32> {
+    let backend = Endpoint4 { addr: v4(&be.addr), port_be: be.port_be };
+    let Some(cfg) = LB_CONFIG.get_ptr(0) else {
+        return Err(CNT_DROP_SNAT_PORTS);
+    };
+    // SAFETY: array element pointer, valid for this program run; only read.
+    let cfg = unsafe { &*cfg };
+    // External traffic to a policy-Cluster frontend, and ClusterIP traffic from outside, is
+    // masqueraded (points 31, 32); a pod reaching itself is source-NATed to the hairpin address
+    // so its own reply comes back through the node (point 51).
+    // External traffic to a policy-Cluster frontend, and ClusterIP traffic from outside, is
+    // masqueraded (points 31, 32); a pod reaching itself is source-NATed to the hairpin address
+    // so its own reply comes back through the node (point 51). (Plain values, not Options: see
+    // `Rewrite`.)
+    let mut snat = false;
+    let mut snat_addr = [0u8; 4];
+    if hook == Hook::External && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
+        if cfg.flags & CFG_F_SNAT_READY != 0 {
+            count(CNT_SNAT);
+            snat = true;
+            snat_addr = v4(&cfg.snat_addr);
+        }
+    } else if hook == Hook::Pod && backend.addr == p.src && cfg.flags & CFG_F_HAIRPIN_READY != 0 {
+        count(CNT_HAIRPIN);
+        snat = true;
+        snat_addr = v4(&cfg.hairpin_addr);
+    }
+
+    let Some(sc) = scratch() else {
+        return Err(CNT_DROP_CT_INSERT);
+    };
+    // The reply entry: backend → client (or → the SNAT address), translated back to
+    // frontend → client.
+    let rv = &mut sc.rval;
+    rv.last_seen_ns = now;
+    set_mapped(&mut rv.nat_addr, p.dst);
+    set_mapped(&mut rv.snat_addr, p.src);
+    rv.backend_id = backend_id;
+    rv.svc_id = svc.svc_id;
+    rv.nat_port_be = p.dport_be;
+    rv.snat_port_be = p.sport_be;
+    rv.flags = 0;
+    rv._pad = 0;
+    let mut snat_port_be = 0u16;
+    if !snat {
+        set_ct_key(&mut sc.rkey, backend.addr, backend.port_be, p.src, p.sport_be, p.proto, CT_DIR_REPLY);
+        LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
+    } else {
+        sc.rval.flags = CT_F_SNAT;
+        // External SNAT draws ports from the configured range, which the node's own sockets do
+        // not use; the hairpin address is ours alone, so the client's port is kept when free.
+        // BPF_NOEXIST makes the reply entry the port's reservation: two flows never share a
+        // translated 5-tuple.
+        let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
+        let span = u32::from(max.saturating_sub(min)) + 1;
+        let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
+        set_ct_key(&mut sc.rkey, backend.addr, backend.port_be, snat_addr, first, p.proto, CT_DIR_REPLY);
+        let mut found = false;
+        let mut i = 0;
+        while i < SNAT_TRIES {
+            if LB_CONNTRACK.insert(&sc.rkey, &sc.rval, u64::from(aya_ebpf::bindings::BPF_NOEXIST)).is_ok() {
+                found = true;
+                break;
+            }
+            sc.rkey.dport_be = ((u32::from(min) + random() % span) as u16).to_be();
+            i += 1;
+        }
+        if !found {
+            return Err(CNT_DROP_SNAT_PORTS);
+        }
+        snat_port_be = sc.rkey.dport_be;
+    }
+    // The forward entry: client → frontend, translated to (SNAT address →) backend.
+    let fv = &mut sc.fval;
+    fv.last_seen_ns = now;
+    fv.nat_addr = be.addr;
+    set_mapped(&mut fv.snat_addr, snat_addr);
+    fv.backend_id = backend_id;
+    fv.svc_id = svc.svc_id;
+    fv.nat_port_be = be.port_be;
+    fv.snat_port_be = snat_port_be;
+    fv.flags = if snat { CT_F_SNAT } else { 0 };
+    fv._pad = 0;
+    set_ct_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
+    Ok(Nat {
+        src: Rewrite::when(snat, snat_addr, snat_port_be),
+        dst: Rewrite::to(backend.addr, backend.port_be),
+        verdict: CNT_VERDICT_DNAT,
+    })
+}
+
+

@@ -1,12 +1,17 @@
-//! The lb datapath. Entry points are thin: parse once, decide in `lb::process`, rewrite here,
-//! count exactly one verdict. No per-packet logging: counters are the observability.
+//! The lb datapath. Entry points are thin: parse once, decide in `lb::process`, rewrite, count
+//! exactly one verdict. No per-packet logging: counters are the observability.
 #![no_std]
 #![no_main]
 
+mod csum;
 mod lb;
 mod maps;
 mod parse;
+mod reject;
+mod rewrite;
+mod sock;
 mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,12 +9,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, BACKENDS_MAX, Backend, CNT_MAX, CONNTRACK_MAX, CtKey,
-    CtValue, Meta, SELECT_MAX, SERVICES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue,
-    SvcStats,
+    AFFINITY_MAX, AffinityKey, AffinityValue, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
+    CONNTRACK_MAX, Config, CtKey, CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
+    MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, SELECT_MAX, SERVICES_MAX,
+    SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SourceRangeData, SvcStats,
 };
 
 #[map]
@@ -45,6 +47,58 @@ pub static LB_SVC_STATS: PerCpuHashMap<u32, SvcStats> =
 #[map]
 pub static LB_META: Array<Meta> = Array::pinned(1, 0);
 
+#[map]
+pub static LB_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::pinned(MAGLEV_CHUNKS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MEMBERS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_BACKEND_STATS: PerCpuHashMap<u32, SvcStats> =
+    PerCpuHashMap::pinned(BACKEND_STATS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);
+
+#[map]
+pub static LB_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGS_MAX, 0);
+
+#[map]
+pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map]
+pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::pinned(SOCK_REVNAT_MAX, 0);
+
+/// Per-CPU scratch space for the conntrack keys and values a new flow writes: the BPF stack
+/// (512 bytes across all frames of a call chain) cannot hold them next to everything else.
+/// Private to the datapath; never pinned.
+#[repr(C)]
+pub struct Scratch {
+    pub fkey: CtKey,
+    pub rkey: CtKey,
+    pub fval: CtValue,
+    pub rval: CtValue,
+    pub frag: FragKey,
+    pub fragv: FragValue,
+    pub akey: AffinityKey,
+    pub aval: AffinityValue,
+    /// The frontend a new flow is for, handed from `process` to `new_flow`.
+    pub svc: ServiceValue,
+}
+
+/// This CPU's scratch space. Programs run to completion on one CPU without preemption by
+/// another program of ours, so the slot is exclusively ours for the run.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: see above; the pointer is a valid map value for the program run.
+    LB_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[map]
+pub static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Adds one to a global counter. Per-CPU, so no atomics are needed.
 #[inline(always)]
 pub fn count(index: u32) {
@@ -54,10 +108,16 @@ pub fn count(index: u32) {
     }
 }
 
-/// Adds a packet (and optionally a new flow) to a service's counters.
+/// Adds a packet (and optionally a new flow) to a service's and a backend's counters.
 #[inline(always)]
-pub fn count_service(svc_id: u32, bytes: u32, new_flow: bool) {
-    if let Some(s) = LB_SVC_STATS.get_ptr_mut(svc_id) {
+pub fn count_flow(svc_id: u32, backend_id: u32, bytes: u32, new_flow: bool) {
+    count_in(&LB_SVC_STATS, svc_id, bytes, new_flow);
+    count_in(&LB_BACKEND_STATS, backend_id, bytes, new_flow);
+}
+
+#[inline(always)]
+fn count_in(map: &PerCpuHashMap<u32, SvcStats>, id: u32, bytes: u32, new_flow: bool) {
+    if let Some(s) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU value, only this CPU writes it while this program runs.
         unsafe {
             (*s).packets += 1;
@@ -72,7 +132,7 @@ pub fn count_service(svc_id: u32, bytes: u32, new_flow: bool) {
             bytes: u64::from(bytes),
             new_flows: u64::from(new_flow),
         };
-        // A full map only loses this service's counters, never the packet.
-        let _ = LB_SVC_STATS.insert(svc_id, s, 0);
+        // A full map only loses these counters, never the packet.
+        let _ = map.insert(id, s, 0);
     }
 }

@@ -1,163 +1,199 @@
-//! TC programs. `lb_tc_pod_ingress` runs on ingress of the host side of every pod interface, so
-//! it sees pod → service packets (DNAT) and backend → client replies (reverse NAT) before the
-//! node routes them. The rewrite happens before routing, so the kernel forwards the translated
-//! packet like any other.
+//! TC programs.
+//! - `lb_tc_pod_ingress` runs on ingress of the host side of every pod interface: pod → service
+//!   packets (DNAT, hairpin SNAT) and backend → client replies (reverse NAT), before the node
+//!   routes them, so the kernel forwards the translated packet like any other.
+//! - `lb_tc_ext_ingress` is the TC fallback of the XDP program for external interfaces whose
+//!   driver cannot run XDP: same logic, skb rewrite.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff},
+    helpers::{bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail},
     macros::classifier,
     programs::TcContext,
 };
 use lb_common::{
-    CNT_DROP_REWRITE, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_VERDICT_DNAT,
-    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REVNAT, IPPROTO_TCP,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
+    CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    lb::{Action, process},
+    lb::{Endpoint4, Hook, Kind, Nat, icmp_error, new_flow, process, reply},
     maps::count,
-    parse::{
-        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet, Parsed, TCP_CSUM_OFF,
-        UDP_CSUM_OFF, parse,
-    },
+    parse::{ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet, Parsed, TCP_CSUM_OFF, UDP_CSUM_OFF, parse},
+    reject::{ICMP_GROWTH, ICMP_LEN, RST_LEN, capture, write_icmp_unreach, write_rst},
+    rewrite::apply_icmp,
 };
 
 /// Headers we may need in the linear part of the skb: Ethernet, IPv4 with the longest options,
-/// TCP without options.
-const MAX_HDR_LEN: u32 = (ETH_HLEN + 60 + 20) as u32;
+/// and an ICMP error quoting another IPv4 header with options and 8 bytes.
+const MAX_HDR_LEN: u32 = (ETH_HLEN + 60 + 8 + 60 + 8) as u32;
+const BPF_ADJ_ROOM_MAC: u32 = 1;
 
 #[classifier]
 pub fn lb_tc_pod_ingress(ctx: TcContext) -> i32 {
+    run(&ctx, Hook::Pod)
+}
+
+#[classifier]
+pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
+    run(&ctx, Hook::External)
+}
+
+/// Every packet ends in exactly one verdict counter.
+#[inline(always)]
+fn run(ctx: &TcContext, hook: Hook) -> i32 {
     count(CNT_PACKETS);
-    let verdict = match try_pod_ingress(&ctx) {
+    match try_run(ctx, hook) {
         Ok(v) => v,
         Err(reason) => {
             count(reason);
             count(CNT_VERDICT_DROP);
             TC_ACT_SHOT as i32
         }
-    };
-    verdict
+    }
 }
 
 /// `Ok(verdict)` with its verdict counted, or `Err(drop reason)`.
 #[inline(always)]
-fn try_pod_ingress(ctx: &TcContext) -> Result<i32, u32> {
+fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, u32> {
     // Headers of locally generated or forwarded packets may sit partly in paged data; make
-    // them directly readable. Failure only means the packet is shorter than that.
+    // them directly accessible (and writable). Failure only means the packet is shorter.
     let linear = ctx.data_end() - ctx.data();
     if linear < MAX_HDR_LEN as usize && ctx.len() > linear as u32 {
-        let want = if ctx.len() < MAX_HDR_LEN {
-            ctx.len()
-        } else {
-            MAX_HDR_LEN
-        };
+        let want = if ctx.len() < MAX_HDR_LEN { ctx.len() } else { MAX_HDR_LEN };
         let _ = ctx.pull_data(want);
     }
-    let p = match parse(ctx.data(), ctx.data_end()) {
+    let mut p = Packet::default();
+    match parse(ctx.data(), ctx.data_end(), &mut p) {
         Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
         Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
-        Parsed::Ip(p) => p,
-    };
-    match process(&p) {
-        Action::Pass => {
-            count(CNT_VERDICT_PASS);
-            Ok(TC_ACT_OK as i32)
-        }
-        Action::Drop(reason) => Err(reason),
-        Action::Dnat { addr, port_be } => {
-            rewrite(
-                ctx,
-                &p,
-                p.l3_off + IPV4_DADDR_OFF,
-                p.dst_v4,
-                addr,
-                2,
-                p.dport_be,
-                port_be,
-            )?;
-            count(CNT_VERDICT_DNAT);
-            Ok(TC_ACT_OK as i32)
-        }
-        Action::RevNat { addr, port_be } => {
-            rewrite(
-                ctx,
-                &p,
-                p.l3_off + IPV4_SADDR_OFF,
-                p.src_v4,
-                addr,
-                0,
-                p.sport_be,
-                port_be,
-            )?;
-            count(CNT_VERDICT_REVNAT);
-            Ok(TC_ACT_OK as i32)
-        }
+        Parsed::Ip => {}
     }
+    // Each stage is a BPF subprogram called from here, one after the other, so the deepest
+    // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
+    let mut action = process(&mut p);
+    action = match action.kind {
+        Kind::NewFlow => new_flow(&p, hook),
+        Kind::Reply => reply(&p),
+        Kind::IcmpError => icmp_error(&p),
+        _ => action,
+    };
+    match action.kind {
+        Kind::Drop => Err(action.reason),
+        Kind::Nat => {
+            apply_nat(ctx, &p, &action.nat)?;
+            count(action.nat.verdict);
+            Ok(TC_ACT_OK as i32)
+        }
+        Kind::Icmp => {
+            apply_icmp(ctx.data(), ctx.data_end(), &p, &action.icmp).ok_or(CNT_DROP_REWRITE)?;
+            count(lb_common::CNT_VERDICT_REVNAT);
+            Ok(TC_ACT_OK as i32)
+        }
+        Kind::Reject => reject(ctx, &p),
+        // Pass (and stage kinds, which cannot remain after the dispatch above).
+        _ => Ok(pass_plain()),
+    }
+}
+
+#[inline(always)]
+fn pass_plain() -> i32 {
+    count(CNT_VERDICT_PASS);
+    TC_ACT_OK as i32
 }
 
 #[inline(always)]
 fn pass(reason: u32) -> i32 {
     count(reason);
-    count(CNT_VERDICT_PASS);
-    TC_ACT_OK as i32
+    pass_plain()
 }
 
-/// Rewrites one IPv4 address (at `addr_off`) and one L4 port (at `l4_off + port_off`), fixing
-/// the IPv4 header checksum and the TCP/UDP checksum (which covers the address through the
-/// pseudo-header). The kernel helpers handle both a complete checksum and a CHECKSUM_PARTIAL
-/// one (pseudo-header only, as locally generated packets carry); a UDP checksum of 0 ("none")
-/// stays 0 and a computed 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
+#[inline(never)]
+fn apply_nat(ctx: &TcContext, p: &Packet, nat: &Nat) -> Result<(), u32> {
+    if nat.dst.set {
+        rewrite(ctx, p, usize::from(p.l3_off) + IPV4_DADDR_OFF, p.dst, nat.dst.to, 2, p.dport_be)?;
+    }
+    if nat.src.set {
+        rewrite(ctx, p, usize::from(p.l3_off) + IPV4_SADDR_OFF, p.src, nat.src.to, 0, p.sport_be)?;
+    }
+    Ok(())
+}
+
+/// Rewrites one IPv4 address (at `addr_off`) and, when the L4 header is in the packet, one
+/// port (at `l4_off + port_off`), fixing the IPv4 header checksum and the TCP/UDP checksum
+/// (which covers the address through the pseudo-header). The kernel helpers handle both a
+/// complete checksum and a CHECKSUM_PARTIAL one (pseudo-header only, as locally generated
+/// packets carry); a UDP checksum of 0 ("none") stays 0 and a computed 0 is written as 0xffff
+/// (`BPF_F_MARK_MANGLED_0`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments, reason = "one rewrite, spelled out")]
-fn rewrite(
-    ctx: &TcContext,
-    p: &Packet,
-    addr_off: usize,
-    old_v4: [u8; 4],
-    new_addr: [u8; 16],
-    port_off: usize,
-    old_port_be: u16,
-    new_port_be: u16,
-) -> Result<(), u32> {
-    let new_v4 = [new_addr[12], new_addr[13], new_addr[14], new_addr[15]];
+fn rewrite(ctx: &TcContext, p: &Packet, addr_off: usize, old_v4: [u8; 4], new: Endpoint4, port_off: usize, old_port_be: u16) -> Result<(), u32> {
     // Raw (network-order) words: checksum arithmetic is byte-order independent as long as both
     // sides use the same representation.
     let old_ip = u32::from_ne_bytes(old_v4);
-    let new_ip = u32::from_ne_bytes(new_v4);
-    let (csum_off, mangled) = if p.proto == IPPROTO_TCP {
-        (p.l4_off + TCP_CSUM_OFF, 0)
+    let new_ip = u32::from_ne_bytes(new.addr);
+    let l4 = if !p.l4_in_packet {
+        None
+    } else if p.proto == IPPROTO_TCP {
+        Some((usize::from(p.l4_off) + TCP_CSUM_OFF, 0))
+    } else if p.proto == IPPROTO_UDP {
+        Some((usize::from(p.l4_off) + UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0)))
     } else {
-        (p.l4_off + UDP_CSUM_OFF, u64::from(BPF_F_MARK_MANGLED_0))
+        None
     };
     if old_ip != new_ip {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(old_ip),
-            u64::from(new_ip),
-            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-        )
-        .map_err(|_| CNT_DROP_REWRITE)?;
-        ctx.l3_csum_replace(
-            p.l3_off + IPV4_CSUM_OFF,
-            u64::from(old_ip),
-            u64::from(new_ip),
-            4,
-        )
-        .map_err(|_| CNT_DROP_REWRITE)?;
-        ctx.store(addr_off, &new_v4, 0)
+        if let Some((csum_off, mangled)) = l4 {
+            ctx.l4_csum_replace(csum_off, u64::from(old_ip), u64::from(new_ip), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+                .map_err(|_| CNT_DROP_REWRITE)?;
+        }
+        ctx.l3_csum_replace(usize::from(p.l3_off) + IPV4_CSUM_OFF, u64::from(old_ip), u64::from(new_ip), 4)
             .map_err(|_| CNT_DROP_REWRITE)?;
+        ctx.store(addr_off, &new.addr, 0).map_err(|_| CNT_DROP_REWRITE)?;
     }
-    if old_port_be != new_port_be {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(old_port_be),
-            u64::from(new_port_be),
-            mangled | 2,
-        )
-        .map_err(|_| CNT_DROP_REWRITE)?;
-        ctx.store(p.l4_off + port_off, &new_port_be, 0)
-            .map_err(|_| CNT_DROP_REWRITE)?;
+    if let Some((csum_off, mangled)) = l4 {
+        if old_port_be != new.port_be {
+            ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new.port_be), mangled | 2)
+                .map_err(|_| CNT_DROP_REWRITE)?;
+            ctx.store(usize::from(p.l4_off) + port_off, &new.port_be, 0).map_err(|_| CNT_DROP_REWRITE)?;
+        }
     }
     Ok(())
+}
+
+/// Turns the packet into a TCP RST or an ICMP port unreachable and sends it back out of the
+/// interface it came in on.
+#[inline(never)]
+fn reject(ctx: &TcContext, p: &Packet) -> Result<i32, u32> {
+    let Some(orig) = capture(ctx.data(), ctx.data_end(), p) else {
+        return Err(CNT_DROP_NO_BACKEND);
+    };
+    let skb = ctx.skb.skb as *mut __sk_buff;
+    if p.proto == IPPROTO_TCP {
+        // SAFETY: helper on our own context.
+        if unsafe { bpf_skb_change_tail(skb.cast(), RST_LEN as u32, 0) } != 0 {
+            return Err(CNT_DROP_REWRITE);
+        }
+        write_rst(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
+        count(CNT_REJECT_TCP);
+    } else if p.proto == IPPROTO_UDP {
+        // SAFETY: helpers on our own context. Room for the new IPv4 + ICMP headers goes after
+        // the MAC header, so the original IPv4 header ends up quoted where ICMP wants it.
+        unsafe {
+            if bpf_skb_adjust_room(skb.cast(), ICMP_GROWTH as i32, BPF_ADJ_ROOM_MAC, 0) != 0
+                || bpf_skb_change_tail(skb.cast(), ICMP_LEN as u32, 0) != 0
+            {
+                return Err(CNT_DROP_REWRITE);
+            }
+        }
+        write_icmp_unreach(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
+        count(CNT_REJECT_ICMP);
+    } else {
+        return Err(CNT_DROP_NO_BACKEND);
+    }
+    count(CNT_VERDICT_REJECT);
+    // SAFETY: reading the ingress ifindex of our own skb.
+    let ifindex = unsafe { (*skb).ifindex };
+    // SAFETY: helper without pointers.
+    let r = unsafe { bpf_redirect(ifindex, 0) };
+    Ok(if r as i32 == TC_ACT_REDIRECT { TC_ACT_REDIRECT } else { TC_ACT_SHOT })
 }

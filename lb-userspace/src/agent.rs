@@ -1,18 +1,24 @@
 //! The agent loop: read the source, compile, plan, apply; repeat on change. The datapath keeps
-//! serving the last applied state whatever happens here (a bad file, a restart, a crash).
+//! serving the last applied state whatever happens here (a bad file, the API server away, a
+//! restart, a crash).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    compile::{Family, compile},
-    dataplane::{Dataplane, DataplaneConfig},
+    compile::{Family, NodeContext, compile},
+    dataplane::{Dataplane, DataplaneConfig, ExternalMode},
     model::DesiredState,
     node::node_context,
-    plan::{Ids, map_state},
-    source_file,
+    plan::{Ids, PlanConfig, addr16, map_state},
+    source_file::{self, ClusterObjects},
+    source_kube::KubeSource,
 };
 
 /// Where the agent reads Kubernetes objects from.
@@ -20,14 +26,18 @@ use crate::{
 pub enum Source {
     /// YAML manifests in a directory, re-read when they change.
     File(PathBuf),
+    /// The API server, through list/watch (in-cluster config, `$KUBECONFIG`, or this file).
+    Kube(Option<PathBuf>),
 }
 
 impl std::str::FromStr for Source {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
+            None if s == "kube" => Ok(Self::Kube(None)),
+            Some(("kube", path)) if !path.is_empty() => Ok(Self::Kube(Some(PathBuf::from(path)))),
             Some(("file", dir)) if !dir.is_empty() => Ok(Self::File(PathBuf::from(dir))),
-            _ => Err(format!("unknown source {s:?}; expected file:DIR")),
+            _ => Err(format!("unknown source {s:?}; expected file:DIR, kube or kube:KUBECONFIG")),
         }
     }
 }
@@ -36,48 +46,59 @@ impl std::str::FromStr for Source {
 pub struct AgentConfig {
     pub source: Source,
     pub dataplane: DataplaneConfig,
-    /// Host-side pod interfaces to attach the TC program to.
+    /// Host-side pod interfaces to attach the pod TC program to.
     pub pod_interfaces: Vec<String>,
+    /// The node's external interfaces (NodePort, LoadBalancer IPs, externalIPs).
+    pub external_interfaces: Vec<String>,
+    pub external_mode: ExternalMode,
+    /// cgroup v2 directory for socket-level translation of the node's own processes.
+    pub cgroup: Option<PathBuf>,
+    /// Network namespace the interfaces live in (`None`: the agent's own).
+    pub netns: Option<PathBuf>,
     pub node_name: String,
     pub node_addresses: Vec<IpAddr>,
+    /// Source address of hairpin traffic (a pod reaching itself through a service).
+    pub hairpin_addr: Ipv4Addr,
+    /// SNAT source ports for external traffic.
+    pub snat_ports: (u16, u16),
+    pub plan: PlanConfig,
     /// How often the file source is checked for changes.
     pub poll_interval: Duration,
 }
 
+/// How often idle conntrack entries are swept.
+const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Runs until SIGINT or SIGTERM. Returns after leaving the datapath attached and serving.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath")?;
-    info!(pin_path = %dp.pin_path().display(), adopted_services = dp.state().services.len(), "datapath loaded");
-    for iface in &cfg.pod_interfaces {
-        dp.attach_pod_interface(iface)
-            .with_context(|| format!("attaching to {iface}"))?;
-        info!(iface, "attached tc ingress");
-    }
+    info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
+    attach_all(&mut dp, &cfg)?;
 
-    let mut ids = Ids::default();
-    let mut first = true;
-    let mut last: Option<DesiredState> = None;
-    let mut last_files: Option<Vec<(PathBuf, std::time::SystemTime, u64)>> = None;
+    let mut feed = Feed::start(&cfg).await?;
+    let mut sync = Sync { ids: Ids::default(), first: true, last: None, node: None };
+    let mut last_sweep = Instant::now();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let Source::File(dir) = &cfg.source;
-        let files = file_stamps(dir);
-        if files.as_ref().ok() != last_files.as_ref() || last.is_none() {
-            match sync_from_dir(dir, &cfg, &mut dp, &mut ids, first, last.as_ref()) {
-                Ok(Some(desired)) => {
-                    first = false;
-                    last = Some(desired);
+        match feed.poll() {
+            Ok(Some(objects)) => {
+                if let Err(e) = sync.apply(&mut dp, &cfg, &objects) {
+                    warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state");
                 }
-                Ok(None) => {}
-                Err(e) => warn!(
-                    error = format!("{e:#}"),
-                    "sync failed; the datapath keeps the last applied state"
-                ),
             }
-            last_files = files.ok();
+            Ok(None) => {}
+            Err(e) => warn!(error = format!("{e:#}"), "reading the source failed; the datapath keeps the last applied state"),
+        }
+        if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
+            last_sweep = Instant::now();
+            match dp.sweep_conntrack() {
+                Ok(0) => {}
+                Ok(n) => info!(entries = n, "swept idle conntrack entries"),
+                Err(e) => warn!(error = format!("{e:#}"), "conntrack sweep failed"),
+            }
         }
         tokio::select! {
-            () = tokio::time::sleep(cfg.poll_interval) => {}
+            () = feed.wait(cfg.poll_interval) => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
@@ -86,43 +107,137 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the new desired state when it was applied, `None` when nothing changed.
-fn sync_from_dir(
-    dir: &std::path::Path,
-    cfg: &AgentConfig,
-    dp: &mut Dataplane,
-    ids: &mut Ids,
+/// Attaches every program where the configuration says.
+fn attach_all(dp: &mut Dataplane, cfg: &AgentConfig) -> anyhow::Result<()> {
+    let ns = cfg.netns.as_deref();
+    for iface in &cfg.pod_interfaces {
+        crate::netns::run_in(ns, || dp.attach_pod_interface(iface))
+            .context("entering the network namespace")?
+            .with_context(|| format!("attaching to pod interface {iface}"))?;
+        info!(iface, "attached: tc ingress (pod)");
+    }
+    for iface in &cfg.external_interfaces {
+        let mode = crate::netns::run_in(ns, || dp.attach_external(iface, cfg.external_mode))
+            .context("entering the network namespace")?
+            .with_context(|| format!("attaching to external interface {iface}"))?;
+        info!(iface, mode = mode.as_str(), "attached: external");
+    }
+    if let Some(cg) = &cfg.cgroup {
+        dp.attach_cgroup(cg).with_context(|| format!("attaching socket programs to {}", cg.display()))?;
+        info!(cgroup = %cg.display(), "attached: socket-level translation");
+    }
+    Ok(())
+}
+
+/// The object source, as a stream of snapshots.
+enum Feed {
+    File { dir: PathBuf, stamps: Option<Vec<(PathBuf, SystemTime, u64)>> },
+    Kube { source: KubeSource, changed: bool },
+}
+
+impl Feed {
+    async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(match &cfg.source {
+            Source::File(dir) => Self::File { dir: dir.clone(), stamps: None },
+            Source::Kube(kubeconfig) => {
+                let client = crate::source_kube::client(kubeconfig.as_deref()).await.context("connecting to the API server")?;
+                let source = KubeSource::start(client, &cfg.node_name).await.context("starting the watches")?;
+                info!("waiting for the initial lists of Services, EndpointSlices and Nodes");
+                // Point 7: nothing is programmed (or flushed) before every initial list is in.
+                source.wait_ready().await;
+                Self::Kube { source, changed: true }
+            }
+        })
+    }
+
+    /// A new snapshot when something changed since the last one.
+    fn poll(&mut self) -> anyhow::Result<Option<ClusterObjects>> {
+        match self {
+            Self::File { dir, stamps } => {
+                let now = file_stamps(dir)?;
+                if stamps.as_ref() == Some(&now) {
+                    return Ok(None);
+                }
+                // A broken file is reported once; the next edit is read again.
+                *stamps = Some(now);
+                Ok(Some(source_file::load_dir(dir)?))
+            }
+            Self::Kube { source, changed } => Ok(std::mem::take(changed).then(|| source.snapshot())),
+        }
+    }
+
+    /// Waits for the next change (kube) or poll tick (files).
+    async fn wait(&mut self, poll: Duration) {
+        match self {
+            Self::File { .. } => tokio::time::sleep(poll).await,
+            Self::Kube { source, changed } => {
+                source.changed().await;
+                // Coalesce a burst of events into one sync.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                *changed = true;
+            }
+        }
+    }
+}
+
+/// State carried between syncs.
+struct Sync {
+    ids: Ids,
     first: bool,
-    last: Option<&DesiredState>,
-) -> anyhow::Result<Option<DesiredState>> {
-    let objects = source_file::load_dir(dir)?;
-    let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
-    let desired = compile(&objects.services, &objects.slices, &node, Family::V4);
-    if last == Some(&desired) {
-        return Ok(None);
+    last: Option<DesiredState>,
+    node: Option<NodeContext>,
+}
+
+impl Sync {
+    fn apply(&mut self, dp: &mut Dataplane, cfg: &AgentConfig, objects: &ClusterObjects) -> anyhow::Result<()> {
+        let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
+        if self.node.as_ref() != Some(&node) {
+            dp.set_config(&node_config(&node, cfg)).context("writing the node settings")?;
+            self.node = Some(node.clone());
+        }
+        let desired = compile(&objects.services, &objects.slices, &node, Family::V4);
+        if self.last.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        for r in &desired.rejected {
+            warn!(object = %r.object, reason = %r.reason, "skipped invalid object");
+        }
+        if self.first {
+            self.ids.adopt(dp.state(), &desired);
+        }
+        let state = map_state(&desired, &mut self.ids, &cfg.plan);
+        let writes = dp.apply(&state)?;
+        self.first = false;
+        info!(
+            service_ports = desired.services.len(),
+            frontends = state.services.len(),
+            backends = state.backends.len(),
+            writes,
+            "synced"
+        );
+        self.last = Some(desired);
+        Ok(())
     }
-    for r in &desired.rejected {
-        warn!(object = %r.object, reason = %r.reason, "skipped invalid object");
+}
+
+/// Node-wide datapath settings: the node's first IPv4 address for SNAT, the hairpin address.
+fn node_config(node: &NodeContext, cfg: &AgentConfig) -> lb_common::Config {
+    let snat = node.addresses.iter().find(|a| a.is_ipv4()).copied();
+    let mut flags = lb_common::CFG_F_HAIRPIN_READY;
+    if snat.is_some() {
+        flags |= lb_common::CFG_F_SNAT_READY;
     }
-    if first {
-        ids.adopt(dp.state(), &desired);
+    lb_common::Config {
+        snat_addr: snat.map(addr16).unwrap_or_default(),
+        hairpin_addr: addr16(IpAddr::V4(cfg.hairpin_addr)),
+        snat_port_min: cfg.snat_ports.0,
+        snat_port_max: cfg.snat_ports.1,
+        flags,
     }
-    let state = map_state(&desired, ids);
-    let writes = dp.apply(&state)?;
-    info!(
-        service_ports = desired.services.len(),
-        frontends = state.services.len(),
-        backends = state.backends.len(),
-        writes,
-        "synced"
-    );
-    Ok(Some(desired))
 }
 
 /// Name, modification time and length of every manifest: cheap change detection.
-fn file_stamps(
-    dir: &std::path::Path,
-) -> anyhow::Result<Vec<(PathBuf, std::time::SystemTime, u64)>> {
+fn file_stamps(dir: &Path) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
     let mut out = Vec::new();
     for p in source_file::manifest_files(dir)? {
         let m = std::fs::metadata(&p)?;

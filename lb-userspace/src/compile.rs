@@ -10,7 +10,7 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
+    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
     ServicePortName, ServicePortState, Skipped,
 };
 
@@ -54,6 +54,8 @@ pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Label linking an EndpointSlice to its Service (point 6).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Annotation choosing the backend selection of a Service: `maglev` (default) or `random`.
+pub const ANNOTATION_SELECTION: &str = "lb.dev/selection";
 /// API default of `sessionAffinityConfig.clientIP.timeoutSeconds` (point 24).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// Maximum accepted affinity timeout (point 24).
@@ -197,6 +199,21 @@ fn compile_service(
         externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout_s = affinity_timeout(spec).map_err(invalid)?;
+    let selection = match svc.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_SELECTION)).map(String::as_str) {
+        None | Some("maglev") => Selection::Maglev,
+        Some("random") => Selection::Random,
+        Some(other) => {
+            return Err(invalid(format!(
+                "metadata.annotations[{ANNOTATION_SELECTION}]: {other:?} is not maglev or random"
+            )));
+        }
+    };
+    // Point 48.
+    let source_ranges = if lb {
+        parse_cidrs(spec.load_balancer_source_ranges.as_deref(), family).map_err(invalid)?
+    } else {
+        Vec::new()
+    };
 
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
@@ -283,6 +300,7 @@ fn compile_service(
         frontends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 
         let eps = categorize(collect_endpoints(svc_slices, &port_name, protocol), node);
+        let cluster = eps.cluster.clone();
         let internal = if itp_local {
             EndpointSet {
                 endpoints: eps.local.clone(),
@@ -311,8 +329,11 @@ fn compile_service(
                 frontends,
                 internal,
                 external,
+                cluster,
+                external_snat: !etp_local,
+                source_ranges: source_ranges.clone(),
                 affinity_timeout_s,
-                selection: Selection::Random,
+                selection,
             },
         ));
     }
@@ -360,6 +381,25 @@ fn parse_ip_list(
             .ok_or_else(|| format!("{field}[{i}]: {raw:?} is not an IP address"))?;
         if family.matches(&ip) {
             out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// Point 48: CIDRs, whitespace-trimmed, of this family.
+fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in list.unwrap_or_default().iter().enumerate() {
+        let bad = || format!("spec.loadBalancerSourceRanges[{i}]: {raw:?} is not a CIDR");
+        let (ip, len) = raw.trim().split_once('/').ok_or_else(bad)?;
+        let addr = parse_ip_sloppy(ip).ok_or_else(bad)?;
+        let prefix: u8 = len.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        if family.matches(&addr) {
+            out.push(Cidr { addr, prefix });
         }
     }
     Ok(out)

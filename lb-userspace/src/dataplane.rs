@@ -5,11 +5,13 @@
 //! Everything lives under one bpffs directory (`--pin-path`, default [`DEFAULT_PIN_PATH`]), so
 //! two agents with different directories never share state:
 //! - maps: `<pin>/LB_*`, adopted with their contents by the next agent;
-//! - TC attachments: TCX links pinned at `<pin>/link_<ifname>_ingress`. A restarting agent
-//!   atomically swaps its freshly loaded program into the existing link (`bpf_link_update`), so
-//!   no packet ever meets an interface without the program.
+//! - attachments: links pinned at `<pin>/link_<where>_<kind>` (`link_eth0_xdp-native`,
+//!   `link_lxc1_tc-pod`, `link_cgroup_connect4`, ...). A restarting agent atomically swaps its
+//!   freshly loaded program into an existing TC or XDP link (`bpf_link_update`), and attaches
+//!   its socket programs before releasing the old ones, so no packet or connect() ever meets a
+//!   hook without a program.
 //!
-//! An agent that exits leaves both in place: the datapath keeps serving the last state.
+//! An agent that exits leaves all of it in place: the datapath keeps serving the last state.
 //! [`cleanup`] removes the directory, which detaches the links and frees the maps.
 
 use std::{
@@ -19,15 +21,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key as LpmKey},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use lb_common::{
-    Backend, CNT_MAX, LAYOUT_VERSION, Meta, SelectKey, ServiceKey, ServiceValue, SvcStats,
+    Backend, Config, CtKey, CtValue, LAYOUT_VERSION, MaglevChunk, MaglevKey, MemberKey, Meta,
+    SelectKey, ServiceKey, ServiceValue, SourceRangeData,
 };
 
 use crate::plan::{MapState, Op};
@@ -40,9 +45,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error(
-        "this lb binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it"
-    )]
+    #[error("this lb binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it")]
     NoObject,
     #[error("failed to create the pin directory {path}")]
     PinDir {
@@ -54,18 +57,11 @@ pub enum DataplaneError {
         "the maps pinned at {pin_dir} have layout version {found}, this build uses {expected}; \
          run `lb agent --cleanup --pin-path {pin_dir}` (drops live connections) and start again"
     )]
-    LayoutMismatch {
-        pin_dir: String,
-        found: u32,
-        expected: u32,
-    },
+    LayoutMismatch { pin_dir: String, found: u32, expected: u32 },
     #[error("failed to load the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {kind} named {name}")]
-    Missing {
-        kind: &'static str,
-        name: &'static str,
-    },
+    Missing { kind: &'static str, name: &'static str },
     #[error("failed to load program {name}")]
     Program {
         name: &'static str,
@@ -78,19 +74,21 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
-    #[error("failed to pin the link of interface {iface} at {path}")]
+    #[error("failed to attach the socket programs to cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to pin the link of {what} at {path}")]
     PinLink {
-        iface: String,
+        what: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     #[error("map {name} is full: {wanted} entries needed, its limit is {limit}")]
-    MapFull {
-        name: &'static str,
-        wanted: usize,
-        limit: u32,
-    },
+    MapFull { name: &'static str, wanted: usize, limit: u32 },
     #[error("failed to {op} map {name}")]
     Map {
         name: &'static str,
@@ -106,7 +104,7 @@ pub enum DataplaneError {
     },
 }
 
-type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// Load-time settings.
 #[derive(Clone, Debug)]
@@ -118,12 +116,42 @@ pub struct DataplaneConfig {
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        Self {
-            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
-            conntrack_max: None,
+        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), conntrack_max: None }
+    }
+}
+
+/// How an external interface is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExternalMode {
+    /// Native XDP if the driver has it, generic XDP otherwise.
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+    /// TC ingress, for devices where XDP cannot attach.
+    Tc,
+}
+
+impl ExternalMode {
+    /// The name used in pins, logs and `lb status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "xdp-native",
+            Self::Generic => "xdp-generic",
+            Self::Tc => "tc-ext",
         }
     }
 }
+
+/// Programs attached to a cgroup for socket-level translation, with their hook names.
+const SOCK_PROGRAMS: [(&str, &str); 4] = [
+    (lb_common::PROG_SOCK_CONNECT4, "connect4"),
+    (lb_common::PROG_SOCK_SENDMSG4, "sendmsg4"),
+    (lb_common::PROG_SOCK_RECVMSG4, "recvmsg4"),
+    (lb_common::PROG_SOCK_GETPEERNAME4, "getpeername4"),
+];
 
 /// The loaded datapath and the agent-written maps, with a shadow copy of their contents.
 pub struct Dataplane {
@@ -132,8 +160,16 @@ pub struct Dataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     select: HashMap<MapData, SelectKey, u32>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    members: HashMap<MapData, MemberKey, u32>,
+    source_ranges: LpmTrie<MapData, SourceRangeData, u32>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
+}
+
+fn map_err(name: &'static str, op: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, op, source }
 }
 
 impl Dataplane {
@@ -143,10 +179,7 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let pin_path = config.pin_path.clone();
-        fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir {
-            path: pin_path.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
         check_layout(&pin_path)?;
 
         let mut loader = EbpfLoader::new();
@@ -155,24 +188,27 @@ impl Dataplane {
             loader.map_max_entries(lb_common::CONNTRACK, n);
         }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
-        {
-            let prog = tc_program_mut(&mut ebpf)?;
-            prog.load().map_err(|source| DataplaneError::Program {
-                name: lb_common::PROG_TC_POD,
-                source,
-            })?;
+        for name in [lb_common::PROG_TC_POD, lb_common::PROG_TC_EXT] {
+            classifier_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        xdp_mut(&mut ebpf)?
+            .load()
+            .map_err(|source| DataplaneError::Program { name: lb_common::PROG_XDP_EXT, source })?;
+        for (name, _) in SOCK_PROGRAMS {
+            sock_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
         write_layout(&mut ebpf)?;
 
-        let services = take_hash(&mut ebpf, lb_common::SERVICES)?;
-        let backends = take_hash(&mut ebpf, lb_common::BACKENDS)?;
-        let select = take_hash(&mut ebpf, lb_common::SELECT)?;
         let mut dp = Self {
+            services: take_map(&mut ebpf, lb_common::SERVICES)?,
+            backends: take_map(&mut ebpf, lb_common::BACKENDS)?,
+            select: take_map(&mut ebpf, lb_common::SELECT)?,
+            maglev: take_map(&mut ebpf, lb_common::MAGLEV)?,
+            members: take_map(&mut ebpf, lb_common::MEMBERS)?,
+            source_ranges: take_map(&mut ebpf, lb_common::SOURCE_RANGES)?,
+            conntrack: take_map(&mut ebpf, lb_common::CONNTRACK)?,
             ebpf,
             pin_path,
-            services,
-            backends,
-            select,
             shadow: MapState::default(),
         };
         dp.shadow = dp.read_state()?;
@@ -188,59 +224,114 @@ impl Dataplane {
         &self.shadow
     }
 
-    /// The pod-interface TC program (for attaching, and for BPF_PROG_TEST_RUN in tests).
+    /// The pod-interface TC program (for BPF_PROG_TEST_RUN in tests).
     pub fn tc_program(&self) -> Result<&SchedClassifier> {
-        self.ebpf
-            .program(lb_common::PROG_TC_POD)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DataplaneError::Missing {
-                kind: "program",
-                name: lb_common::PROG_TC_POD,
-            })
+        self.classifier(lb_common::PROG_TC_POD)
+    }
+
+    /// A TC program by name ([`lb_common::PROG_TC_POD`] or [`lb_common::PROG_TC_EXT`]).
+    pub fn classifier(&self, name: &'static str) -> Result<&SchedClassifier> {
+        self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
+    }
+
+    /// The external-interface XDP program (for BPF_PROG_TEST_RUN in tests).
+    pub fn xdp_program(&self) -> Result<&Xdp> {
+        let name = lb_common::PROG_XDP_EXT;
+        self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
+    }
+
+    /// Writes the node-wide settings (SNAT and hairpin addresses, SNAT port range).
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let name = lb_common::CONFIG;
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+        let mut arr: Array<&mut MapData, Config> = Array::try_from(map).map_err(map_err(name, "open"))?;
+        arr.set(0, *cfg, 0).map_err(map_err(name, "write"))
     }
 
     /// Attaches the pod program to TC ingress of `iface`, replacing the program in a link a
     /// previous agent pinned (atomically, no packet unprocessed) or creating and pinning one.
     pub fn attach_pod_interface(&mut self, iface: &str) -> Result<()> {
-        let links = self.pin_path.join("links");
-        fs::create_dir_all(&links).map_err(|source| DataplaneError::PinDir {
-            path: links.clone(),
-            source,
-        })?;
-        let path = self.pin_path.join(format!("link_{iface}_ingress"));
-        let attach_err = |source| DataplaneError::Attach {
-            iface: iface.to_owned(),
-            source,
+        let path = self.pin_path.join(format!("link_{iface}_tc-pod"));
+        attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_POD)?, iface, &path)
+    }
+
+    /// Attaches the external program to `iface` in `mode` (auto: native XDP, else generic),
+    /// replacing a pinned attachment of the same kind atomically. Returns the mode in effect.
+    pub fn attach_external(&mut self, iface: &str, mode: ExternalMode) -> Result<ExternalMode> {
+        let attach_err = |source| DataplaneError::Attach { iface: iface.to_owned(), source };
+        let wanted: &[ExternalMode] = match mode {
+            ExternalMode::Auto => &[ExternalMode::Native, ExternalMode::Generic],
+            ExternalMode::Native => &[ExternalMode::Native],
+            ExternalMode::Generic => &[ExternalMode::Generic],
+            ExternalMode::Tc => &[ExternalMode::Tc],
         };
-        let prog = tc_program_mut(&mut self.ebpf)?;
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            let link = SchedClassifierLink::try_from(FdLink::from(old))
-                .map_err(|e| attach_err(ProgramError::IOError(io::Error::other(e))))?;
-            match prog.attach_to_link(link) {
-                Ok(_) => return Ok(()),
+        // An attachment of another kind pinned for this interface is released first.
+        for other in [ExternalMode::Native, ExternalMode::Generic, ExternalMode::Tc] {
+            let path = self.link_path(iface, other);
+            if !wanted.contains(&other) && path.exists() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        if mode == ExternalMode::Tc {
+            let path = self.link_path(iface, ExternalMode::Tc);
+            attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_EXT)?, iface, &path)?;
+            return Ok(ExternalMode::Tc);
+        }
+        let mut last = None;
+        for m in wanted {
+            let path = self.link_path(iface, *m);
+            let prog = xdp_mut(&mut self.ebpf)?;
+            if let Ok(old) = PinnedLink::from_pin(&path) {
+                let reused = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| ProgramError::IOError(io::Error::other(e)))
+                    .and_then(|link| prog.attach_to_link(link));
+                match reused {
+                    Ok(_) => return Ok(*m),
+                    Err(e) => {
+                        tracing::warn!(iface, error = %e, "could not reuse the pinned XDP link; attaching anew");
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+            let xdp_mode = if *m == ExternalMode::Native { XdpMode::Driver } else { XdpMode::Skb };
+            match prog.attach(iface, xdp_mode) {
+                Ok(id) => {
+                    let link = prog.take_link(id).map_err(attach_err)?;
+                    let fd_link = FdLink::try_from(link).map_err(|e| attach_err(ProgramError::IOError(io::Error::other(e))))?;
+                    pin_link(fd_link, iface, &path)?;
+                    return Ok(*m);
+                }
                 Err(e) => {
-                    // The interface behind the old link is gone (recreated pod interface): start
-                    // over with a new link.
-                    tracing::warn!(iface, error = %e, "could not reuse the pinned link; attaching anew");
-                    let _ = fs::remove_file(&path);
+                    tracing::info!(iface, mode = m.as_str(), error = %e, "XDP attach failed");
+                    last = Some(e);
                 }
             }
         }
-        let id = prog
-            .attach_with_options(
-                iface,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link = FdLink::try_from(link)
-            .map_err(|e| attach_err(ProgramError::IOError(io::Error::other(e))))?;
-        fd_link.pin(&path).map_err(|e| DataplaneError::PinLink {
-            iface: iface.to_owned(),
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
+        Err(attach_err(last.unwrap_or_else(|| ProgramError::IOError(io::Error::other("no XDP mode to try")))))
+    }
+
+    fn link_path(&self, iface: &str, mode: ExternalMode) -> PathBuf {
+        self.pin_path.join(format!("link_{iface}_{}", mode.as_str()))
+    }
+
+    /// Attaches the socket-level translation programs to the cgroup directory `cgroup` (cgroup
+    /// v2). The new programs are attached before the ones a previous agent pinned are released,
+    /// so no connect() goes untranslated.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let cg_err = |source| DataplaneError::Cgroup { path: cgroup.to_owned(), source };
+        let dir = fs::File::open(cgroup).map_err(|e| cg_err(ProgramError::IOError(e)))?;
+        for (name, hook) in SOCK_PROGRAMS {
+            let path = self.pin_path.join(format!("link_cgroup_{hook}"));
+            let prog = sock_mut(&mut self.ebpf, name)?;
+            let id = prog.attach(&dir, CgroupAttachMode::AllowMultiple).map_err(cg_err)?;
+            let link = prog.take_link(id).map_err(cg_err)?;
+            let fd_link = FdLink::try_from(link).map_err(|e| cg_err(ProgramError::IOError(io::Error::other(e))))?;
+            let staged = self.pin_path.join(format!("staged_cgroup_{hook}"));
+            let _ = fs::remove_file(&staged);
+            pin_link(fd_link, hook, &staged)?;
+            // Replacing the old pin releases the previous agent's program; ours is already on.
+            fs::rename(&staged, &path).map_err(|e| cg_err(ProgramError::IOError(e)))?;
+        }
         Ok(())
     }
 
@@ -248,28 +339,27 @@ impl Dataplane {
     fn read_state(&self) -> Result<MapState> {
         let mut st = MapState::default();
         for kv in self.services.iter() {
-            let (k, v) = kv.map_err(|source| DataplaneError::Map {
-                name: lb_common::SERVICES,
-                op: "read",
-                source,
-            })?;
+            let (k, v) = kv.map_err(map_err(lb_common::SERVICES, "read"))?;
             st.services.insert(k, v);
         }
         for kv in self.backends.iter() {
-            let (k, v) = kv.map_err(|source| DataplaneError::Map {
-                name: lb_common::BACKENDS,
-                op: "read",
-                source,
-            })?;
+            let (k, v) = kv.map_err(map_err(lb_common::BACKENDS, "read"))?;
             st.backends.insert(k, v);
         }
         for kv in self.select.iter() {
-            let (k, v) = kv.map_err(|source| DataplaneError::Map {
-                name: lb_common::SELECT,
-                op: "read",
-                source,
-            })?;
+            let (k, v) = kv.map_err(map_err(lb_common::SELECT, "read"))?;
             st.select.insert(k, v);
+        }
+        for kv in self.maglev.iter() {
+            let (k, v) = kv.map_err(map_err(lb_common::MAGLEV, "read"))?;
+            st.maglev.insert(k, v);
+        }
+        for k in self.members.keys() {
+            st.members.insert(k.map_err(map_err(lb_common::MEMBERS, "read"))?);
+        }
+        for kv in self.source_ranges.iter() {
+            let (k, _) = kv.map_err(map_err(lb_common::SOURCE_RANGES, "read"))?;
+            st.source_ranges.insert((k.prefix_len(), k.data()));
         }
         Ok(st)
     }
@@ -277,21 +367,12 @@ impl Dataplane {
     /// Makes the maps hold `desired` with the minimal writes, in the safe order. Capacity is
     /// checked before the first write, so a state that does not fit changes nothing.
     pub fn apply(&mut self, desired: &MapState) -> Result<usize> {
-        check_capacity(
-            lb_common::SERVICES,
-            desired.services.len(),
-            lb_common::SERVICES_MAX,
-        )?;
-        check_capacity(
-            lb_common::BACKENDS,
-            desired.backends.len(),
-            lb_common::BACKENDS_MAX,
-        )?;
-        check_capacity(
-            lb_common::SELECT,
-            desired.select.len(),
-            lb_common::SELECT_MAX,
-        )?;
+        check_capacity(lb_common::SERVICES, desired.services.len(), lb_common::SERVICES_MAX)?;
+        check_capacity(lb_common::BACKENDS, desired.backends.len(), lb_common::BACKENDS_MAX)?;
+        check_capacity(lb_common::SELECT, desired.select.len(), lb_common::SELECT_MAX)?;
+        check_capacity(lb_common::MAGLEV, desired.maglev.len(), lb_common::MAGLEV_CHUNKS_MAX)?;
+        check_capacity(lb_common::MEMBERS, desired.members.len(), lb_common::MEMBERS_MAX)?;
+        check_capacity(lb_common::SOURCE_RANGES, desired.source_ranges.len(), lb_common::SOURCE_RANGES_MAX)?;
         let ops = crate::plan::diff(&self.shadow, desired);
         for op in &ops {
             self.write(op)?;
@@ -301,39 +382,53 @@ impl Dataplane {
     }
 
     fn write(&mut self, op: &Op) -> Result<()> {
-        let put = |name, source| DataplaneError::Map {
-            name,
-            op: "write",
-            source,
-        };
-        let del = |name, source| DataplaneError::Map {
-            name,
-            op: "delete from",
-            source,
-        };
+        use lb_common::{BACKENDS, MAGLEV, MEMBERS, SELECT, SERVICES, SOURCE_RANGES};
+        let put = |name| map_err(name, "write");
+        let del = |name| map_err(name, "delete from");
         match op {
-            Op::PutBackend(id, be) => self
-                .backends
-                .insert(id, be, 0)
-                .map_err(|e| put(lb_common::BACKENDS, e)),
-            Op::PutSelect(k, v) => self
-                .select
-                .insert(k, v, 0)
-                .map_err(|e| put(lb_common::SELECT, e)),
-            Op::PutService(k, v) => self
-                .services
-                .insert(k, v, 0)
-                .map_err(|e| put(lb_common::SERVICES, e)),
-            Op::DelService(k) => {
-                ignore_missing(self.services.remove(k)).map_err(|e| del(lb_common::SERVICES, e))
+            Op::PutBackend(id, be) => self.backends.insert(id, be, 0).map_err(put(BACKENDS)),
+            Op::PutMember(k) => self.members.insert(k, 1, 0).map_err(put(MEMBERS)),
+            Op::PutSelect(k, v) => self.select.insert(k, v, 0).map_err(put(SELECT)),
+            Op::PutMaglev(k, v) => self.maglev.insert(k, v, 0).map_err(put(MAGLEV)),
+            Op::PutSourceRange(l, d) => self.source_ranges.insert(&LpmKey::new(*l, *d), 1, 0).map_err(put(SOURCE_RANGES)),
+            Op::PutService(k, v) => self.services.insert(k, v, 0).map_err(put(SERVICES)),
+            Op::DelService(k) => ignore_missing(self.services.remove(k)).map_err(del(SERVICES)),
+            Op::DelSourceRange(l, d) => {
+                ignore_missing(self.source_ranges.remove(&LpmKey::new(*l, *d))).map_err(del(SOURCE_RANGES))
             }
-            Op::DelSelect(k) => {
-                ignore_missing(self.select.remove(k)).map_err(|e| del(lb_common::SELECT, e))
-            }
-            Op::DelBackend(id) => {
-                ignore_missing(self.backends.remove(id)).map_err(|e| del(lb_common::BACKENDS, e))
-            }
+            Op::DelMaglev(k) => ignore_missing(self.maglev.remove(k)).map_err(del(MAGLEV)),
+            Op::DelSelect(k) => ignore_missing(self.select.remove(k)).map_err(del(SELECT)),
+            Op::DelMember(k) => ignore_missing(self.members.remove(k)).map_err(del(MEMBERS)),
+            Op::DelBackend(id) => ignore_missing(self.backends.remove(id)).map_err(del(BACKENDS)),
         }
+    }
+
+    /// Deletes conntrack entries idle longer than their lifetime (the LRU reclaims the rest
+    /// under pressure). Returns how many were deleted.
+    pub fn sweep_conntrack(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let stale: Vec<CtKey> = self
+            .conntrack
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .filter(|(k, v)| now.saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(self.conntrack.remove(k)).map_err(map_err(lb_common::CONNTRACK, "delete from"))?;
+        }
+        Ok(stale.len())
+    }
+}
+
+/// The lifetime the datapath gives a conntrack entry (see `lb-ebpf/src/lb.rs`).
+pub fn ct_lifetime_ns(k: &CtKey, v: &CtValue) -> u64 {
+    if k.proto != lb_common::IPPROTO_TCP {
+        lb_common::CT_UDP_LIFETIME_NS
+    } else if v.flags & lb_common::CT_F_CLOSING != 0 {
+        lb_common::CT_TCP_CLOSING_LIFETIME_NS
+    } else {
+        lb_common::CT_TCP_LIFETIME_NS
     }
 }
 
@@ -347,59 +442,81 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 
 fn check_capacity(name: &'static str, wanted: usize, limit: u32) -> Result<()> {
     if wanted > limit as usize {
-        return Err(DataplaneError::MapFull {
-            name,
-            wanted,
-            limit,
-        });
+        return Err(DataplaneError::MapFull { name, wanted, limit });
     }
     Ok(())
 }
 
-fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    ebpf.program_mut(lb_common::PROG_TC_POD)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(DataplaneError::Missing {
-            kind: "program",
-            name: lb_common::PROG_TC_POD,
-        })
+fn classifier_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
-    HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-        name,
-        op: "open",
-        source,
+fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let name = lb_common::PROG_XDP_EXT;
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
+}
+
+fn sock_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
+}
+
+/// Attaches `prog` to TC ingress of `iface` through a TCX link pinned at `path`, reusing (and
+/// atomically updating) a link already pinned there.
+fn attach_tcx(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Result<()> {
+    let attach_err = |source| DataplaneError::Attach { iface: iface.to_owned(), source };
+    if let Ok(old) = PinnedLink::from_pin(path) {
+        let reused = SchedClassifierLink::try_from(FdLink::from(old))
+            .map_err(|e| ProgramError::IOError(io::Error::other(e)))
+            .and_then(|link| prog.attach_to_link(link));
+        match reused {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // The interface behind the old link is gone (a recreated pod interface): start
+                // over with a new link.
+                tracing::warn!(iface, error = %e, "could not reuse the pinned link; attaching anew");
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+    let id = prog
+        .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| attach_err(ProgramError::IOError(io::Error::other(e))))?;
+    pin_link(fd_link, iface, path)
+}
+
+fn pin_link(link: FdLink, what: &str, path: &Path) -> Result<()> {
+    link.pin(path).map(|_| ()).map_err(|e| DataplaneError::PinLink {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        source: io::Error::other(e),
     })
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn take_map<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(map_err(name, "open"))
+}
+
 /// Refuses to adopt maps pinned by a build with another layout (before aya reuses them).
-fn check_layout(pin_path: &Path) -> Result<()> {
+pub(crate) fn check_layout(pin_path: &Path) -> Result<()> {
     let meta_path = pin_path.join(lb_common::META);
     let Ok(data) = MapData::from_pin(&meta_path) else {
         return Ok(()); // nothing pinned yet
     };
-    let map = Map::from_map_data(data).map_err(|source| DataplaneError::Map {
-        name: lb_common::META,
-        op: "open",
-        source,
-    })?;
+    let name = lb_common::META;
+    let map = Map::from_map_data(data).map_err(map_err(name, "open"))?;
     let found = match Array::<_, Meta>::try_from(map) {
-        Ok(arr) => {
-            arr.get(&0, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: lb_common::META,
-                    op: "read",
-                    source,
-                })?
-                .layout_version
-        }
+        Ok(arr) => arr.get(&0, 0).map_err(map_err(name, "read"))?.layout_version,
         // A META map of another shape is another layout too.
         Err(_) => u32::MAX,
     };
@@ -415,28 +532,9 @@ fn check_layout(pin_path: &Path) -> Result<()> {
 
 fn write_layout(ebpf: &mut Ebpf) -> Result<()> {
     let name = lb_common::META;
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
-    let mut arr: Array<&mut MapData, Meta> =
-        Array::try_from(map).map_err(|source| DataplaneError::Map {
-            name,
-            op: "open",
-            source,
-        })?;
-    arr.set(
-        0,
-        Meta {
-            layout_version: LAYOUT_VERSION,
-            _pad: 0,
-        },
-        0,
-    )
-    .map_err(|source| DataplaneError::Map {
-        name,
-        op: "write",
-        source,
-    })
+    let map = ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let mut arr: Array<&mut MapData, Meta> = Array::try_from(map).map_err(map_err(name, "open"))?;
+    arr.set(0, Meta { layout_version: LAYOUT_VERSION, _pad: 0 }, 0).map_err(map_err(name, "write"))
 }
 
 /// Removes every pin under `pin_path`: detaches the pinned links and frees the maps once no
@@ -445,122 +543,6 @@ pub fn cleanup(pin_path: &Path) -> Result<()> {
     match fs::remove_dir_all(pin_path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Cleanup {
-            path: pin_path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Read-only view of a running agent's pinned maps, from another process (`lb maps dump`).
-pub struct PinnedMaps {
-    pin_path: PathBuf,
-}
-
-/// A conntrack entry as read from the map.
-pub type CtEntry = (lb_common::CtKey, lb_common::CtValue);
-
-impl PinnedMaps {
-    pub fn open(pin_path: &Path) -> Result<Self> {
-        // Opening one map checks that the directory holds our pins at all.
-        let me = Self {
-            pin_path: pin_path.to_owned(),
-        };
-        me.map(lb_common::SERVICES)?;
-        check_layout(pin_path)?;
-        Ok(me)
-    }
-
-    fn map(&self, name: &'static str) -> Result<Map> {
-        let data =
-            MapData::from_pin(self.pin_path.join(name)).map_err(|source| DataplaneError::Map {
-                name,
-                op: "open the pin of",
-                source,
-            })?;
-        Map::from_map_data(data).map_err(|source| DataplaneError::Map {
-            name,
-            op: "open",
-            source,
-        })
-    }
-
-    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
-        let map: HashMap<MapData, K, V> =
-            HashMap::try_from(self.map(name)?).map_err(|source| DataplaneError::Map {
-                name,
-                op: "open",
-                source,
-            })?;
-        map.iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Map {
-                name,
-                op: "read",
-                source,
-            })
-    }
-
-    /// The agent-written maps.
-    pub fn state(&self) -> Result<MapState> {
-        Ok(MapState {
-            services: self.hash(lb_common::SERVICES)?.into_iter().collect(),
-            backends: self.hash(lb_common::BACKENDS)?.into_iter().collect(),
-            select: self.hash(lb_common::SELECT)?.into_iter().collect(),
-        })
-    }
-
-    pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
-        self.hash(lb_common::CONNTRACK)
-    }
-
-    /// Global counters summed over CPUs, indexed by `CNT_*`.
-    pub fn counters(&self) -> Result<Vec<u64>> {
-        let name = lb_common::STATS;
-        let arr: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(self.map(name)?).map_err(|source| DataplaneError::Map {
-                name,
-                op: "open",
-                source,
-            })?;
-        (0..CNT_MAX)
-            .map(|i| {
-                arr.get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(|source| DataplaneError::Map {
-                        name,
-                        op: "read",
-                        source,
-                    })
-            })
-            .collect()
-    }
-
-    /// Per-service counters summed over CPUs, by `svc_id`.
-    pub fn service_counters(&self) -> Result<Vec<(u32, SvcStats)>> {
-        let name = lb_common::SVC_STATS;
-        let map: PerCpuHashMap<MapData, u32, SvcStats> = PerCpuHashMap::try_from(self.map(name)?)
-            .map_err(|source| DataplaneError::Map {
-            name,
-            op: "open",
-            source,
-        })?;
-        map.iter()
-            .map(|kv| {
-                kv.map(|(k, vals)| {
-                    let sum = vals.iter().fold(SvcStats::default(), |a, v| SvcStats {
-                        packets: a.packets + v.packets,
-                        bytes: a.bytes + v.bytes,
-                        new_flows: a.new_flows + v.new_flows,
-                    });
-                    (k, sum)
-                })
-                .map_err(|source| DataplaneError::Map {
-                    name,
-                    op: "read",
-                    source,
-                })
-            })
-            .collect()
+        Err(source) => Err(DataplaneError::Cleanup { path: pin_path.to_owned(), source }),
     }
 }

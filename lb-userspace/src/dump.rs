@@ -9,7 +9,8 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{DataplaneError, PinnedMaps},
+    dataplane::DataplaneError,
+    pinned::PinnedMaps,
     model::Protocol,
     plan::ip_from16,
 };

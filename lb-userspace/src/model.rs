@@ -125,9 +125,19 @@ pub struct EndpointSet {
 /// Backend selection algorithm of a ServicePort.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum Selection {
-    /// Uniform random choice per new connection (kube-proxy's behaviour).
+    /// Maglev consistent hashing of the flow's 5-tuple: every node picks the same backend for
+    /// the same flow, and removing one of N backends moves only about 1/N of the flows.
     #[default]
+    Maglev,
+    /// Uniform random choice per new connection (kube-proxy's behaviour).
     Random,
+}
+
+/// A CIDR (`loadBalancerSourceRanges` entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
 }
 
 /// Everything the datapath needs for one ServicePort.
@@ -138,6 +148,13 @@ pub struct ServicePortState {
     pub internal: EndpointSet,
     /// Serves NodePort, externalIP and LoadBalancer traffic (per externalTrafficPolicy).
     pub external: EndpointSet,
+    /// The Cluster set (ready endpoints anywhere, with the terminating fallback): what traffic
+    /// from this node's pods and from the node itself gets on external frontends (point 34).
+    pub cluster: Vec<Endpoint>,
+    /// External traffic is source-NATed to the node (`externalTrafficPolicy: Cluster`).
+    pub external_snat: bool,
+    /// `loadBalancerSourceRanges` of this family (applies to LoadBalancer frontends only).
+    pub source_ranges: Vec<Cidr>,
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity_timeout_s: Option<u32>,
     pub selection: Selection,

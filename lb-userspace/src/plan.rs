@@ -21,16 +21,20 @@
 //! A shrinking table has its `slot_count` lowered (step 3) before its tail slots go (step 5).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
-    Backend, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SelectKey,
-    ServiceKey, ServiceValue, v4_mapped,
+    Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY,
+    SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey,
+    ServiceKey, ServiceValue, SourceRangeData, v4_mapped,
 };
 
-use crate::model::{DesiredState, Endpoint, EndpointSet, Protocol, ServicePortName};
+use crate::model::{
+    Cidr, DesiredState, Endpoint, FrontendKind, Protocol, Selection, ServicePortName,
+    ServicePortState,
+};
 
 /// The 16-byte map representation of an address (IPv4-mapped for IPv4).
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
@@ -55,6 +59,10 @@ pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub select: BTreeMap<SelectKey, u32>,
+    pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
+    pub members: BTreeSet<MemberKey>,
+    /// LPM entries: (prefix length, data).
+    pub source_ranges: BTreeSet<(u32, SourceRangeData)>,
 }
 
 /// Which endpoint set of a ServicePort a selection table serves.
@@ -62,6 +70,8 @@ pub struct MapState {
 pub enum SetClass {
     Internal,
     External,
+    /// The Cluster set of a service whose external and internal sets both differ from it.
+    Cluster,
 }
 
 /// Id allocation, stable across applies.
@@ -196,58 +206,67 @@ fn marker_key(addr: IpAddr) -> ServiceKey {
     }
 }
 
+/// Planner settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Maglev table size for every service (a prime); `None` picks per service the smallest
+    /// size at least 100 × its backends ([`crate::maglev::table_size`]).
+    pub maglev_table_size: Option<u32>,
+}
+
 /// Computes the map contents for `desired`, allocating ids as needed.
-pub fn map_state(desired: &DesiredState, ids: &mut Ids) -> MapState {
+pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> MapState {
     let mut st = MapState::default();
     for (spn, sp) in &desired.services {
         let svc_id = ids.svc_id(spn);
-        for (class, set) in [
-            (SetClass::Internal, &sp.internal),
-            (SetClass::External, &sp.external),
-        ] {
-            let has_frontend = sp
-                .frontends
-                .iter()
-                .any(|f| f.kind.is_external() == (class == SetClass::External));
-            if !has_frontend {
-                continue;
-            }
-            let select_id = ids.select_id(spn, class);
-            let slot_count = write_table(&mut st, ids, select_id, set, spn.protocol);
-            let mut flags = 0;
-            if set.drop_if_empty {
+        let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
+        let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
+        let maglev = sp.selection == Selection::Maglev;
+        let mut base = 0;
+        if maglev {
+            base |= SVC_F_MAGLEV;
+        }
+        if sp.affinity_timeout_s.is_some() {
+            base |= SVC_F_AFFINITY;
+        }
+        let mut internal = None;
+        if has_internal {
+            let (id, slots) = write_table(&mut st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
+            internal = Some((id, slots));
+            let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
+            let value = service_value(svc_id, (id, slots), (id, slots), flags, sp);
+            insert_frontends(&mut st, sp, spn.protocol, false, value);
+        }
+        if has_external {
+            let ext = write_table(&mut st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg);
+            // Point 34: this node's pods and the node itself get the Cluster set on external
+            // frontends. Reuse an identical table rather than writing it twice.
+            let cluster = if sp.external.endpoints == sp.cluster {
+                ext
+            } else if let (Some(int), true) = (internal, sp.internal.endpoints == sp.cluster) {
+                int
+            } else {
+                write_table(&mut st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg)
+            };
+            let mut flags = base | SVC_F_EXTERNAL;
+            if sp.external.drop_if_empty {
                 flags |= SVC_F_DROP_IF_EMPTY;
             }
-            if class == SetClass::External {
-                flags |= SVC_F_EXTERNAL;
+            if sp.external_snat {
+                flags |= SVC_F_SNAT;
             }
-            if sp.affinity_timeout_s.is_some() {
-                flags |= SVC_F_AFFINITY;
-            }
-            let value = ServiceValue {
-                svc_id,
-                select_id,
-                slot_count,
-                flags,
-                affinity_timeout_s: sp.affinity_timeout_s.unwrap_or(0),
-                cluster_select_id: select_id,
-                cluster_slot_count: slot_count,
-                _pad: 0,
-            };
-            for fe in sp
-                .frontends
-                .iter()
-                .filter(|f| f.kind.is_external() == (class == SetClass::External))
-            {
-                st.services
-                    .insert(service_key(fe.addr, fe.port, spn.protocol), value);
-                st.services.insert(
-                    marker_key(fe.addr),
-                    ServiceValue {
-                        flags: SVC_F_ADDR_MARKER,
-                        ..ServiceValue::default()
-                    },
-                );
+            insert_frontends(&mut st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, flags, sp));
+            // Point 48: source ranges restrict LoadBalancer frontends only.
+            if !sp.source_ranges.is_empty() {
+                for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
+                    let key = service_key(fe.addr, fe.port, spn.protocol);
+                    if let Some(v) = st.services.get_mut(&key) {
+                        v.flags |= SVC_F_SOURCE_RANGES;
+                    }
+                    for r in &sp.source_ranges {
+                        st.source_ranges.insert(source_range(fe.addr, r));
+                    }
+                }
             }
         }
     }
@@ -255,16 +274,52 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids) -> MapState {
     st
 }
 
-/// Writes a dense random-selection table; returns its slot count.
+fn service_value(svc_id: u32, own: (u32, u32), cluster: (u32, u32), flags: u32, sp: &ServicePortState) -> ServiceValue {
+    ServiceValue {
+        svc_id,
+        select_id: own.0,
+        slot_count: own.1,
+        flags,
+        affinity_timeout_s: sp.affinity_timeout_s.unwrap_or(0),
+        cluster_select_id: cluster.0,
+        cluster_slot_count: cluster.1,
+        _pad: 0,
+    }
+}
+
+fn insert_frontends(st: &mut MapState, sp: &ServicePortState, proto: Protocol, external: bool, value: ServiceValue) {
+    for fe in sp.frontends.iter().filter(|f| f.kind.is_external() == external) {
+        st.services.insert(service_key(fe.addr, fe.port, proto), value);
+        st.services.insert(marker_key(fe.addr), ServiceValue { flags: SVC_F_ADDR_MARKER, ..ServiceValue::default() });
+    }
+}
+
+/// The LPM entry allowing `range` to reach LoadBalancer IP `frontend`.
+pub fn source_range(frontend: IpAddr, range: &Cidr) -> (u32, SourceRangeData) {
+    let bits = if range.addr.is_ipv4() { 96 + u32::from(range.prefix) } else { u32::from(range.prefix) };
+    // The trie compares only the prefix, but the key must not carry host bits.
+    let mut source = addr16(range.addr);
+    for (i, b) in source.iter_mut().enumerate() {
+        let keep = bits.saturating_sub(i as u32 * 8).min(8);
+        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    (128 + bits, SourceRangeData { frontend: addr16(frontend), source })
+}
+
+/// Writes the selection table of one endpoint set (and its backends and membership); returns
+/// its id and slot count (0 = empty).
 fn write_table(
     st: &mut MapState,
     ids: &mut Ids,
-    select_id: u32,
-    set: &EndpointSet,
+    (spn, class): (&ServicePortName, SetClass),
+    endpoints: &[Endpoint],
     proto: Protocol,
-) -> u32 {
-    let mut slot = 0u32;
-    for ep in &set.endpoints {
+    maglev: bool,
+    cfg: &PlanConfig,
+) -> (u32, u32) {
+    let select_id = ids.select_id(spn, class);
+    let mut backend_ids = Vec::with_capacity(endpoints.len());
+    for ep in endpoints {
         let id = ids.backend_id(ep, proto);
         let mut flags = 0;
         if ep.local {
@@ -273,33 +328,51 @@ fn write_table(
         if ep.terminating {
             flags |= lb_common::BACKEND_F_TERMINATING;
         }
-        st.backends.insert(
-            id,
-            Backend {
-                addr: addr16(ep.addr),
-                port_be: ep.port.to_be(),
-                proto: proto.number(),
-                flags,
-            },
-        );
-        st.select.insert(SelectKey { select_id, slot }, id);
-        slot += 1;
+        st.backends.insert(id, Backend { addr: addr16(ep.addr), port_be: ep.port.to_be(), proto: proto.number(), flags });
+        st.members.insert(MemberKey { select_id, backend_id: id });
+        backend_ids.push(id);
     }
-    slot
+    if backend_ids.is_empty() {
+        return (select_id, 0);
+    }
+    if !maglev {
+        for (slot, id) in backend_ids.iter().enumerate() {
+            st.select.insert(SelectKey { select_id, slot: slot as u32 }, *id);
+        }
+        return (select_id, backend_ids.len() as u32);
+    }
+    let names: Vec<String> = endpoints.iter().map(|e| SocketAddr::new(e.addr, e.port).to_string()).collect();
+    let m = crate::maglev::table_size(names.len(), cfg.maglev_table_size);
+    let table = crate::maglev::table(&names, m);
+    for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
+        let mut c = MaglevChunk::default();
+        for (i, idx) in slots.iter().enumerate() {
+            c.ids[i] = backend_ids[*idx as usize];
+        }
+        st.maglev.insert(MaglevKey { select_id, chunk: chunk as u32 }, c);
+    }
+    (select_id, m)
 }
 
 /// One map write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     PutBackend(u32, Backend),
+    PutMember(MemberKey),
     PutSelect(SelectKey, u32),
+    PutMaglev(MaglevKey, MaglevChunk),
+    PutSourceRange(u32, SourceRangeData),
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
+    DelSourceRange(u32, SourceRangeData),
+    DelMaglev(MaglevKey),
     DelSelect(SelectKey),
+    DelMember(MemberKey),
     DelBackend(u32),
 }
 
-/// The minimal writes that turn `old` into `new`, in the safe order (module docs).
+/// The minimal writes that turn `old` into `new`, in the safe order (module docs). Source
+/// ranges are written before the service that enables them and removed after it.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
     let mut ops = Vec::new();
     for (id, be) in &new.backends {
@@ -307,11 +380,18 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
             ops.push(Op::PutBackend(*id, *be));
         }
     }
+    ops.extend(new.members.difference(&old.members).map(|k| Op::PutMember(*k)));
     for (k, v) in &new.select {
         if old.select.get(k) != Some(v) {
             ops.push(Op::PutSelect(*k, *v));
         }
     }
+    for (k, v) in &new.maglev {
+        if old.maglev.get(k) != Some(v) {
+            ops.push(Op::PutMaglev(*k, *v));
+        }
+    }
+    ops.extend(new.source_ranges.difference(&old.source_ranges).map(|(l, d)| Op::PutSourceRange(*l, *d)));
     for (k, v) in &new.services {
         if old.services.get(k) != Some(v) {
             ops.push(Op::PutService(*k, *v));
@@ -322,11 +402,18 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
             ops.push(Op::DelService(*k));
         }
     }
+    ops.extend(old.source_ranges.difference(&new.source_ranges).map(|(l, d)| Op::DelSourceRange(*l, *d)));
+    for k in old.maglev.keys() {
+        if !new.maglev.contains_key(k) {
+            ops.push(Op::DelMaglev(*k));
+        }
+    }
     for k in old.select.keys() {
         if !new.select.contains_key(k) {
             ops.push(Op::DelSelect(*k));
         }
     }
+    ops.extend(old.members.difference(&new.members).map(|k| Op::DelMember(*k)));
     for id in old.backends.keys() {
         if !new.backends.contains_key(id) {
             ops.push(Op::DelBackend(*id));
@@ -345,6 +432,24 @@ impl MapState {
                 }
                 Op::PutSelect(k, v) => {
                     self.select.insert(*k, *v);
+                }
+                Op::PutMember(k) => {
+                    self.members.insert(*k);
+                }
+                Op::PutMaglev(k, v) => {
+                    self.maglev.insert(*k, *v);
+                }
+                Op::PutSourceRange(l, d) => {
+                    self.source_ranges.insert((*l, *d));
+                }
+                Op::DelSourceRange(l, d) => {
+                    self.source_ranges.remove(&(*l, *d));
+                }
+                Op::DelMaglev(k) => {
+                    self.maglev.remove(k);
+                }
+                Op::DelMember(k) => {
+                    self.members.remove(k);
                 }
                 Op::PutService(k, v) => {
                     self.services.insert(*k, *v);

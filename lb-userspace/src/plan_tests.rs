@@ -13,11 +13,16 @@ use std::{
 
 use lb_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SelectKey,
+    IPPROTO_UDP, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT, SelectKey,
     ServiceKey, ServiceValue,
 };
 
 use super::*;
+
+/// The planner with default settings.
+fn plan_state(d: &DesiredState, ids: &mut Ids) -> MapState {
+    map_state(d, ids, &PlanConfig::default())
+}
 use crate::model::{
     DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
     ServicePortName, ServicePortState,
@@ -78,6 +83,9 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
         frontends,
         internal: set(endpoints),
         external: set(endpoints),
+        cluster: endpoints.to_vec(),
+        external_snat: true,
+        source_ranges: Vec::new(),
         affinity_timeout_s: None,
         selection: Selection::Random,
     }
@@ -160,7 +168,7 @@ fn sample() -> DesiredState {
 }
 
 fn plan(d: &DesiredState) -> MapState {
-    map_state(d, &mut Ids::default())
+    plan_state(d, &mut Ids::default())
 }
 
 /// The map key of a frontend, built from explicit bytes (not through the code under test).
@@ -236,11 +244,15 @@ fn show(backends: &[Backend]) -> Vec<String> {
 fn rank(op: &Op) -> u8 {
     match op {
         Op::PutBackend(..) => 1,
-        Op::PutSelect(..) => 2,
-        Op::PutService(..) => 3,
-        Op::DelService(..) => 4,
-        Op::DelSelect(..) => 5,
-        Op::DelBackend(..) => 6,
+        Op::PutMember(..) => 2,
+        Op::PutSelect(..) | Op::PutMaglev(..) => 3,
+        Op::PutSourceRange(..) => 4,
+        Op::PutService(..) => 5,
+        Op::DelService(..) => 6,
+        Op::DelSourceRange(..) => 7,
+        Op::DelSelect(..) | Op::DelMaglev(..) => 8,
+        Op::DelMember(..) => 9,
+        Op::DelBackend(..) => 10,
     }
 }
 
@@ -492,7 +504,7 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_eq!(cluster.flags, SVC_F_AFFINITY);
     assert_eq!(
         node1.flags,
-        SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY
+        SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY | SVC_F_SNAT
     );
     assert_eq!(
         (cluster.affinity_timeout_s, node1.affinity_timeout_s),
@@ -508,12 +520,12 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_ne!(dns_u.svc_id, dns_t.svc_id);
     assert_ne!(dns_u.select_id, dns_t.select_id);
     assert_eq!((dns_u.slot_count, dns_t.slot_count), (2, 1));
-    // LB and externalIP frontends are external.
+    // LB and externalIP frontends are external, source-NATed under policy Cluster (point 32).
     for k in [
         key_of("198.51.100.7", 443, tcp),
         key_of("203.0.113.5", 443, tcp),
     ] {
-        assert_eq!(st.services[&k].flags, SVC_F_EXTERNAL);
+        assert_eq!(st.services[&k].flags, SVC_F_EXTERNAL | SVC_F_SNAT);
     }
 }
 
@@ -552,14 +564,14 @@ fn map_state_allocates_no_table_for_a_class_without_frontends() {
 fn map_state_is_deterministic_and_stable_across_replans() {
     let d = sample();
     let mut ids = Ids::default();
-    let first = map_state(&d, &mut ids);
+    let first = plan_state(&d, &mut ids);
     assert_eq!(
-        map_state(&d, &mut ids),
+        plan_state(&d, &mut ids),
         first,
         "re-planning must not move anything"
     );
     assert_eq!(plan(&d), first, "a fresh allocator gives the same result");
-    assert!(diff(&first, &map_state(&d, &mut ids)).is_empty());
+    assert!(diff(&first, &plan_state(&d, &mut ids)).is_empty());
 }
 
 /// Points 21, 57, 60: ids are stable across changes and never reused within a process, so a
@@ -579,7 +591,7 @@ fn ids_survive_changes_and_are_never_reused() {
         ])
     };
     let mut ids = Ids::default();
-    let s1 = map_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
+    let s1 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
     let id_of = |st: &MapState, a: [u8; 4]| {
         *st.backends
             .iter()
@@ -591,7 +603,7 @@ fn ids_survive_changes_and_are_never_reused() {
     let id2 = id_of(&s1, [10, 0, 1, 2]);
     let max1 = *s1.backends.keys().max().unwrap();
     // Adding an endpoint keeps every existing id.
-    let s2 = map_state(
+    let s2 = plan_state(
         &one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
         &mut ids,
     );
@@ -604,13 +616,13 @@ fn ids_survive_changes_and_are_never_reused() {
     assert_eq!(s2.services[&a_key].svc_id, s1.services[&a_key].svc_id);
     assert_eq!(s2.services[&a_key].select_id, s1.services[&a_key].select_id);
     // Removing an endpoint and adding it back gives it a fresh id.
-    let s3 = map_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
+    let s3 = plan_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
     assert!(
         !s3.backends
             .values()
             .any(|b| b.addr == v4_bytes([10, 0, 1, 2]))
     );
-    let s4 = map_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
+    let s4 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
     let all_before: BTreeSet<u32> = [&s1, &s2, &s3]
         .iter()
         .flat_map(|s| s.backends.keys().copied())
@@ -621,8 +633,8 @@ fn ids_survive_changes_and_are_never_reused() {
         spn("b", Protocol::Tcp),
         sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)]),
     )]);
-    map_state(&only_b, &mut ids);
-    let s5 = map_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
+    plan_state(&only_b, &mut ids);
+    let s5 = plan_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
     assert!(s5.services[&a_key].svc_id > s4.services.values().map(|v| v.svc_id).max().unwrap());
     assert!(
         s5.services[&a_key].select_id > s4.services.values().map(|v| v.select_id).max().unwrap()
@@ -664,12 +676,17 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
     let up = diff(&MapState::default(), &st);
     assert_eq!(
         up.len(),
-        st.backends.len() + st.select.len() + st.services.len()
+        st.backends.len()
+            + st.members.len()
+            + st.select.len()
+            + st.maglev.len()
+            + st.source_ranges.len()
+            + st.services.len()
     );
-    assert!(up.iter().all(|op| rank(op) <= 3));
+    assert!(up.iter().all(|op| rank(op) <= 5));
     let down = diff(&st, &MapState::default());
     assert_eq!(down.len(), up.len());
-    assert!(down.iter().all(|op| rank(op) >= 4));
+    assert!(down.iter().all(|op| rank(op) >= 6));
     assert_every_step_readable(&MapState::default(), &st);
     assert_every_step_readable(&st, &MapState::default());
 }
@@ -679,7 +696,7 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
 #[test]
 fn diff_orders_backends_select_services_then_deletes_in_reverse() {
     let mut ids = Ids::default();
-    let old = map_state(
+    let old = plan_state(
         &desired(vec![
             (
                 spn("keep", Protocol::Tcp),
@@ -695,7 +712,7 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
         ]),
         &mut ids,
     );
-    let new = map_state(
+    let new = plan_state(
         &desired(vec![
             (
                 spn("keep", Protocol::Tcp),
@@ -717,10 +734,10 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
         ranks.windows(2).all(|w| w[0] <= w[1]),
         "ops out of order: {ops:#?}"
     );
-    // Every kind of write occurs in this change.
+    // Every kind of write occurs in this change (no source ranges are involved).
     assert_eq!(
         ranks.iter().copied().collect::<BTreeSet<u8>>(),
-        (1..=6).collect::<BTreeSet<u8>>()
+        [1, 2, 3, 5, 6, 8, 9, 10].into_iter().collect::<BTreeSet<u8>>()
     );
     assert_every_step_readable(&old, &new);
 }
@@ -730,14 +747,14 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
 fn diff_is_minimal() {
     let d = sample();
     let mut ids = Ids::default();
-    let old = map_state(&d, &mut ids);
+    let old = plan_state(&d, &mut ids);
     // Changing only web's affinity rewrites only web's frontends.
     let mut d2 = d.clone();
     d2.services
         .get_mut(&spn("web", Protocol::Tcp))
         .unwrap()
         .affinity_timeout_s = Some(60);
-    let new = map_state(&d2, &mut ids);
+    let new = plan_state(&d2, &mut ids);
     let ops = diff(&old, &new);
     assert_eq!(ops.len(), 3, "{ops:#?}");
     assert!(
@@ -752,10 +769,11 @@ fn diff_is_minimal() {
         .internal
         .endpoints
         .push(ep("10.0.2.3", 53));
-    let ops = diff(&old, &map_state(&d3, &mut ids));
+    let ops = diff(&old, &plan_state(&d3, &mut ids));
+    // One backend, its membership, one slot, one service value.
     assert_eq!(
         ops.iter().map(rank).collect::<Vec<_>>(),
-        [1, 2, 3],
+        [1, 2, 3, 5],
         "{ops:#?}"
     );
 }
@@ -770,12 +788,12 @@ fn diff_scaling_3_to_1_lowers_slot_count_before_deleting_the_tail() {
         )])
     };
     let mut ids = Ids::default();
-    let old = map_state(
+    let old = plan_state(
         &state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
         &mut ids,
     );
     // Keep the middle one, so slot 0 is rewritten too.
-    let new = map_state(&state(&[ep("10.0.1.2", 80)]), &mut ids);
+    let new = plan_state(&state(&[ep("10.0.1.2", 80)]), &mut ids);
     let ops = diff(&old, &new);
     let puts: Vec<usize> = ops
         .iter()
@@ -822,8 +840,8 @@ fn diff_scaling_1_to_3_writes_slots_before_raising_slot_count() {
         )])
     };
     let mut ids = Ids::default();
-    let old = map_state(&state(&[ep("10.0.1.1", 80)]), &mut ids);
-    let new = map_state(
+    let old = plan_state(&state(&[ep("10.0.1.1", 80)]), &mut ids);
+    let new = plan_state(
         &state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
         &mut ids,
     );
@@ -875,10 +893,10 @@ fn diff_every_intermediate_state_is_readable() {
         .frontends[1] = fe("198.51.100.8", 443, FrontendKind::LoadBalancer);
 
     let mut ids = Ids::default();
-    let a = map_state(&base, &mut ids);
-    let b = map_state(&changed, &mut ids);
-    let c = map_state(&DesiredState::default(), &mut ids);
-    let d = map_state(&base, &mut ids);
+    let a = plan_state(&base, &mut ids);
+    let b = plan_state(&changed, &mut ids);
+    let c = plan_state(&DesiredState::default(), &mut ids);
+    let d = plan_state(&base, &mut ids);
     for (old, new) in [(&a, &b), (&b, &a), (&b, &c), (&c, &d), (&a, &d), (&d, &b)] {
         assert_every_step_readable(old, new);
     }
@@ -900,9 +918,9 @@ fn apply_of_diff_turns_old_into_new() {
     let mut ids = Ids::default();
     let states = [
         MapState::default(),
-        map_state(&base, &mut ids),
-        map_state(&other, &mut ids),
-        map_state(&base, &mut ids),
+        plan_state(&base, &mut ids),
+        plan_state(&other, &mut ids),
+        plan_state(&base, &mut ids),
         MapState::default(),
     ];
     for old in &states {
@@ -923,18 +941,18 @@ fn point_59_adopt_after_restart_replans_the_same_state_with_zero_ops() {
     let d = sample();
     // The previous agent ran for a while, so ids are not simply 1..n.
     let mut old_ids = Ids::default();
-    map_state(
+    plan_state(
         &desired(vec![(
             spn("x", Protocol::Tcp),
             sp(vec![cip("10.96.9.9", 80)], &[ep("10.9.9.9", 80)]),
         )]),
         &mut old_ids,
     );
-    let pinned = map_state(&d, &mut old_ids);
+    let pinned = plan_state(&d, &mut old_ids);
     // New process: fresh ids, adopt what is pinned.
     let mut ids = Ids::default();
     ids.adopt(&pinned, &d);
-    let replanned = map_state(&d, &mut ids);
+    let replanned = plan_state(&d, &mut ids);
     assert_eq!(replanned, pinned);
     assert!(diff(&pinned, &replanned).is_empty());
 }
@@ -956,7 +974,7 @@ fn point_59_adopt_then_change_allocates_ids_above_the_adopted_ones() {
         spn("late", Protocol::Tcp),
         sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)]),
     );
-    let st = map_state(&d2, &mut ids);
+    let st = plan_state(&d2, &mut ids);
     let max_backend = *pinned.backends.keys().max().unwrap();
     let max_svc = pinned.services.values().map(|v| v.svc_id).max().unwrap();
     let max_sel = pinned.services.values().map(|v| v.select_id).max().unwrap();
@@ -988,14 +1006,15 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     d2.services.remove(&spn("lb", Protocol::Tcp));
     let mut ids = Ids::default();
     ids.adopt(&pinned, &d2);
-    let st = map_state(&d2, &mut ids);
+    let st = plan_state(&d2, &mut ids);
     let ops = diff(&pinned, &st);
     assert!(
-        ops.iter().all(|op| rank(op) >= 4),
+        ops.iter().all(|op| rank(op) >= 6),
         "only deletes expected: {ops:#?}"
     );
-    // 3 frontends + 3 markers, one table slot per class (2), one backend.
-    assert_eq!(ops.len(), 3 + 3 + 2 + 1, "{ops:#?}");
+    // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
+    // backend.
+    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1, "{ops:#?}");
 }
 
 #[test]
@@ -1033,7 +1052,7 @@ fn point_59_adopt_never_gives_two_service_ports_the_same_ids() {
     ]);
     let mut ids = Ids::default();
     ids.adopt(&pinned, &now);
-    let st = map_state(&now, &mut ids);
+    let st = plan_state(&now, &mut ids);
     let tcp = Protocol::Tcp;
     // Each frontend reaches its own service's endpoints...
     assert_eq!(
@@ -1093,7 +1112,7 @@ fn point_59_adopt_when_ports_swapped_while_down_routes_correctly() {
     let pinned = plan(&before);
     let mut ids = Ids::default();
     ids.adopt(&pinned, &after);
-    let st = map_state(&after, &mut ids);
+    let st = plan_state(&after, &mut ids);
     let tcp = Protocol::Tcp;
     assert_eq!(
         show(&resolve(&st, &key_of("10.96.0.1", 81, tcp))),

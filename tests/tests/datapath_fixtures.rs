@@ -18,12 +18,13 @@ use lb_tests::{
     privilege,
 };
 use lb_userspace::{
-    dataplane::{Dataplane, DataplaneConfig, PinnedMaps, cleanup},
+    dataplane::{Dataplane, DataplaneConfig, cleanup},
+    pinned::PinnedMaps,
     model::{
         DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
         ServicePortName, ServicePortState,
     },
-    plan::{Ids, map_state},
+    plan::{Ids, PlanConfig, map_state},
 };
 
 const TC_ACT_OK: i32 = 0;
@@ -57,7 +58,7 @@ impl Fixture {
     }
 
     fn program(&mut self, desired: &DesiredState) {
-        let st = map_state(desired, &mut self.ids);
+        let st = map_state(desired, &mut self.ids, &PlanConfig::default());
         self.dp.apply(&st).expect("programming the maps");
     }
 
@@ -98,7 +99,10 @@ fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpo
         ServicePortState {
             frontends: vec![Frontend { addr: IpAddr::V4(vip), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
+            cluster: set.endpoints.clone(),
             external: set,
+            external_snat: true,
+            source_ranges: Vec::new(),
             affinity_timeout_s: None,
             selection: Selection::Random,
         },

@@ -1,0 +1,166 @@
+//! Socket-level translation for processes in the node's own network namespace (hostNetwork
+//! pods, the kubelet, node agents): cgroup `connect4`/`sendmsg4` hooks rewrite the destination
+//! a socket asks for from a service frontend to a backend, and `recvmsg4`/`getpeername4` show
+//! the frontend again. Point 42: the node reaches ClusterIPs and its own NodePorts.
+//!
+//! Why socket hooks rather than TC egress: traffic a node process sends to a ClusterIP is
+//! routed (and may not even have a route) before any egress hook sees it, and it leaves through
+//! whatever interface the route picks. Translating at connect() time, as Cilium does, needs no
+//! route to the virtual IP, costs nothing per packet, and keeps the client's source address.
+//!
+//! Host traffic gets the Cluster endpoint set for external frontends (point 34b) and the
+//! internal set for ClusterIPs (internalTrafficPolicy applies to host clients too, point 35).
+//! A frontend without usable endpoints makes connect()/sendmsg() fail with ECONNREFUSED.
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use lb_common::{
+    AffinityKey, AffinityValue, CNT_SOCK_TRANSLATED, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK,
+    MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
+    SelectKey, ServiceKey, SockRevKey, SockRevValue, v4_mapped,
+};
+
+use crate::maps::{
+    LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_MEMBERS, LB_SELECT, LB_SERVICES,
+    LB_SOCK_REVNAT, count, count_flow,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    untranslate(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    untranslate(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn mix(mut h: u64) -> u32 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h as u32
+}
+
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for this program run; fields read as the verifier
+    // allows for these attach types.
+    let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let frontend = v4_mapped(ip.to_ne_bytes());
+    let key = ServiceKey { addr: frontend, port_be: port, proto, _pad: 0 };
+    // SAFETY: copied out immediately.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&key) }).copied() else {
+        return ALLOW;
+    };
+    if svc.flags & SVC_F_ADDR_MARKER != 0 {
+        return ALLOW;
+    }
+    let (select_id, slots) = if svc.flags & SVC_F_EXTERNAL != 0 {
+        (svc.cluster_select_id, svc.cluster_slot_count)
+    } else {
+        (svc.select_id, svc.slot_count)
+    };
+    if slots == 0 {
+        // SAFETY: helper without pointers.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return DENY;
+    }
+    // SAFETY: helper on our own context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let client = LB_CONFIG.get(0).map_or([0; 16], |c| c.snat_addr);
+    let affinity = svc.flags & SVC_F_AFFINITY != 0;
+    let akey = AffinityKey { client, svc_id: svc.svc_id };
+    let mut backend_id = 0;
+    if affinity {
+        // SAFETY: copied out immediately.
+        if let Some(a) = unsafe { LB_AFFINITY.get(&akey) }.copied() {
+            // SAFETY: helper without arguments.
+            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+            let fresh = now.wrapping_sub(a.last_used_ns) <= u64::from(svc.affinity_timeout_s) * 1_000_000_000;
+            // SAFETY: presence check only.
+            let member = unsafe { LB_MEMBERS.get(&MemberKey { select_id, backend_id: a.backend_id }) }.is_some();
+            if fresh && member {
+                backend_id = a.backend_id;
+            }
+        }
+    }
+    if backend_id == 0 {
+        // One socket, one choice: the same socket keeps its backend while the set holds.
+        let slot = mix(cookie) % slots;
+        let chosen = if svc.flags & SVC_F_MAGLEV != 0 {
+            let chunk = LB_MAGLEV.get_ptr(&MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK });
+            // SAFETY: index below MAGLEV_CHUNK, inside the chunk the lookup returned.
+            chunk.and_then(|c| unsafe { (*c).ids.get((slot % MAGLEV_CHUNK) as usize).copied() })
+        } else {
+            // SAFETY: copied out immediately.
+            unsafe { LB_SELECT.get(&SelectKey { select_id, slot }) }.copied()
+        };
+        let Some(id) = chosen else {
+            return ALLOW;
+        };
+        backend_id = id;
+    }
+    // SAFETY: copied out immediately.
+    let Some(be) = (unsafe { LB_BACKENDS.get(backend_id) }).copied() else {
+        return ALLOW;
+    };
+    if affinity {
+        // SAFETY: helper without arguments.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        let _ = LB_AFFINITY.insert(&akey, &AffinityValue { last_used_ns: now, backend_id, _pad: 0 }, 0);
+    }
+    let rkey = SockRevKey { cookie, backend: be.addr, backend_port_be: be.port_be, _pad: [0; 6] };
+    let rval = SockRevValue { frontend, frontend_port_be: port, _pad: [0; 6] };
+    let _ = LB_SOCK_REVNAT.insert(&rkey, &rval, 0);
+    let be4 = u32::from_ne_bytes([be.addr[12], be.addr[13], be.addr[14], be.addr[15]]);
+    // SAFETY: writing the destination the socket asked for, which these hooks may change.
+    unsafe {
+        (*sa).user_ip4 = be4;
+        (*sa).user_port = u32::from(be.port_be);
+    }
+    count(CNT_SOCK_TRANSLATED);
+    count_flow(svc.svc_id, backend_id, 0, true);
+    ALLOW
+}
+
+#[inline(always)]
+fn untranslate(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: helper on our own context; fields as the verifier allows for these hooks.
+    let (cookie, ip, port) = unsafe { (bpf_get_socket_cookie(sa.cast()), (*sa).user_ip4, (*sa).user_port as u16) };
+    let key = SockRevKey { cookie, backend: v4_mapped(ip.to_ne_bytes()), backend_port_be: port, _pad: [0; 6] };
+    // SAFETY: copied out immediately.
+    if let Some(v) = unsafe { LB_SOCK_REVNAT.get(&key) }.copied() {
+        let f = v.frontend;
+        // SAFETY: these hooks may rewrite the address shown to the socket.
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes([f[12], f[13], f[14], f[15]]);
+            (*sa).user_port = u32::from(v.frontend_port_be);
+        }
+    }
+}

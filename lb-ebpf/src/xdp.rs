@@ -1,0 +1,117 @@
+//! `lb_xdp_ext`: XDP on the node's external interfaces. Handles traffic to NodePorts on the
+//! node's addresses, LoadBalancer IPs and externalIPs (and ClusterIPs routed to the node):
+//! DNAT, SNAT for `externalTrafficPolicy: Cluster`, the un-SNAT/reverse NAT of replies from
+//! backends on other nodes, ICMP errors, and rejects (sent back with XDP_TX). Translated packets
+//! continue with XDP_PASS: the kernel routes them to the local pod or over the underlay.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
+    CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
+    CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    lb::{Hook, Kind, icmp_error, new_flow, process, reply},
+    maps::count,
+    parse::{Packet, Parsed, parse},
+    reject::{ICMP_GROWTH, ICMP_LEN, RST_LEN, capture, write_icmp_unreach, write_rst},
+    rewrite::{apply_icmp, apply_nat},
+};
+
+#[xdp]
+pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
+    count(CNT_PACKETS);
+    match try_xdp(&ctx) {
+        Ok(v) => v,
+        Err(reason) => {
+            count(reason);
+            count(CNT_VERDICT_DROP);
+            XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
+    let mut p = Packet::default();
+    match parse(ctx.data(), ctx.data_end(), &mut p) {
+        Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
+        Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
+        Parsed::Ip => {}
+    }
+    // Each stage is a BPF subprogram called from here, one after the other, so the deepest
+    // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
+    let mut action = process(&mut p);
+    action = match action.kind {
+        Kind::NewFlow => new_flow(&p, Hook::External),
+        Kind::Reply => reply(&p),
+        Kind::IcmpError => icmp_error(&p),
+        _ => action,
+    };
+    match action.kind {
+        Kind::Drop => Err(action.reason),
+        Kind::Nat => {
+            apply_nat(ctx.data(), ctx.data_end(), &p, &action.nat).ok_or(CNT_DROP_REWRITE)?;
+            count(action.nat.verdict);
+            Ok(XDP_PASS)
+        }
+        Kind::Icmp => {
+            apply_icmp(ctx.data(), ctx.data_end(), &p, &action.icmp).ok_or(CNT_DROP_REWRITE)?;
+            count(CNT_VERDICT_REVNAT);
+            Ok(XDP_PASS)
+        }
+        Kind::Reject => reject(ctx, &p),
+        // Pass (and stage kinds, which cannot remain after the dispatch above).
+        _ => {
+            count(CNT_VERDICT_PASS);
+            Ok(XDP_PASS)
+        }
+    }
+}
+
+#[inline(always)]
+fn pass(reason: u32) -> u32 {
+    count(reason);
+    count(CNT_VERDICT_PASS);
+    XDP_PASS
+}
+
+#[inline(never)]
+fn reject(ctx: &XdpContext, p: &Packet) -> Result<u32, u32> {
+    let Some(orig) = capture(ctx.data(), ctx.data_end(), p) else {
+        return Err(CNT_DROP_NO_BACKEND);
+    };
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    if p.proto == IPPROTO_TCP {
+        // SAFETY: helper on our own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, RST_LEN as i32 - len) } != 0 {
+            return Err(CNT_DROP_REWRITE);
+        }
+        write_rst(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
+        count(CNT_REJECT_TCP);
+    } else if p.proto == IPPROTO_UDP {
+        // SAFETY: helpers on our own context: 28 bytes in front (the original IPv4 header then
+        // sits where the ICMP error quotes it), then cut after the quoted 8 bytes.
+        unsafe {
+            if bpf_xdp_adjust_head(ctx.ctx, -(ICMP_GROWTH as i32)) != 0 {
+                return Err(CNT_DROP_REWRITE);
+            }
+            let len = (ctx.data_end() - ctx.data()) as i32;
+            if bpf_xdp_adjust_tail(ctx.ctx, ICMP_LEN as i32 - len) != 0 {
+                return Err(CNT_DROP_REWRITE);
+            }
+        }
+        write_icmp_unreach(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
+        count(CNT_REJECT_ICMP);
+    } else {
+        return Err(CNT_DROP_NO_BACKEND);
+    }
+    count(CNT_VERDICT_REJECT);
+    Ok(XDP_TX)
+}

@@ -1,0 +1,157 @@
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016, §3.4): a lookup table of a prime size
+//! M in which every backend owns about M/N slots, and removing one backend reassigns little more
+//! than its own slots. Computed here, in userspace, from the backends' identities alone, so every
+//! node computes the same table for the same endpoint set and a flow hashes to the same backend
+//! on every node.
+
+/// Table sizes the agent chooses from: primes, each about twice the previous.
+pub const TABLE_SIZES: [u32; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+
+/// The table size for `backends` backends: the smallest listed prime at least 100 × backends,
+/// or `fixed` when the operator set one.
+pub fn table_size(backends: usize, fixed: Option<u32>) -> u32 {
+    if let Some(m) = fixed {
+        return m;
+    }
+    let want = (backends as u64).saturating_mul(100);
+    TABLE_SIZES.iter().copied().find(|m| u64::from(*m) >= want).unwrap_or(TABLE_SIZES[TABLE_SIZES.len() - 1])
+}
+
+/// Whether `m` is a prime the datapath accepts as a table size.
+pub fn valid_table_size(m: u32) -> bool {
+    m >= 2 && m <= lb_common::MAGLEV_MAX_SIZE && (2..).take_while(|d| d * d <= m).all(|d| m % d != 0)
+}
+
+/// FNV-1a, 64 bits, with a seed folded in first: stable across builds and machines (unlike
+/// std's hasher), which the same-table-on-every-node property needs.
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Final avalanche (splitmix64), so nearby names spread.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The lookup table: for each of the `m` slots, the index into `names` of its backend.
+/// `names` identify backends (e.g. `10.244.1.5:8080`); their order does not matter.
+/// Returns an empty table when there are no backends.
+pub fn table(names: &[String], m: u32) -> Vec<u32> {
+    let n = names.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let m64 = u64::from(m);
+    // Order-independent: work on the names sorted, map back to the caller's indices.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|a, b| names[*a].cmp(&names[*b]));
+    let perms: Vec<(u64, u64)> = order
+        .iter()
+        .map(|&i| {
+            let offset = fnv1a(0x6d61_676c_6576_3031, names[i].as_bytes()) % m64;
+            let skip = fnv1a(0x736b_6970_5f76_3031, names[i].as_bytes()) % (m64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; n];
+    let mut entry = vec![u32::MAX; m as usize];
+    let mut filled = 0u32;
+    'fill: loop {
+        for (k, &(offset, skip)) in perms.iter().enumerate() {
+            let mut c = (offset + next[k] * skip) % m64;
+            while entry[c as usize] != u32::MAX {
+                next[k] += 1;
+                c = (offset + next[k] * skip) % m64;
+            }
+            entry[c as usize] = order[k] as u32;
+            next[k] += 1;
+            filled += 1;
+            if filled == m {
+                break 'fill;
+            }
+        }
+    }
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.244.{}.{}:8080", i / 200, i % 200 + 10)).collect()
+    }
+
+    #[test]
+    fn sizes_are_prime_and_chosen_well_above_100_per_backend() {
+        for m in TABLE_SIZES {
+            assert!(valid_table_size(m), "{m}");
+        }
+        assert_eq!(table_size(1, None), 251);
+        assert_eq!(table_size(3, None), 509);
+        assert_eq!(table_size(10, None), 1021);
+        assert_eq!(table_size(100, None), 16381);
+        assert!(table_size(50, None) >= 5000);
+        assert_eq!(table_size(3, Some(16381)), 16381);
+        assert!(!valid_table_size(1000));
+        assert!(!valid_table_size(65537)); // prime, but above the datapath's limit
+    }
+
+    #[test]
+    fn every_slot_is_filled_and_load_is_balanced() {
+        for n in [1, 2, 3, 7, 10, 50] {
+            let m = table_size(n, None);
+            let t = table(&names(n), m);
+            assert_eq!(t.len(), m as usize);
+            let mut per = vec![0u32; n];
+            for &b in &t {
+                per[b as usize] += 1;
+            }
+            let ideal = f64::from(m) / n as f64;
+            for c in per {
+                assert!((f64::from(c) - ideal).abs() <= ideal * 0.1 + 1.0, "n={n}: {c} slots vs ideal {ideal:.1}");
+            }
+        }
+    }
+
+    #[test]
+    fn removing_one_of_n_backends_moves_about_one_nth_of_the_table() {
+        for n in [3usize, 5, 10, 20, 40] {
+            let all = names(n);
+            let m = table_size(n, None);
+            let before: Vec<String> = table(&all, m).iter().map(|&i| all[i as usize].clone()).collect();
+            for removed in [0, n / 2, n - 1] {
+                let rest: Vec<String> = all.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, s)| s.clone()).collect();
+                let after: Vec<String> = table(&rest, m).iter().map(|&i| rest[i as usize].clone()).collect();
+                let moved = before.iter().zip(&after).filter(|(a, b)| a != b && **a != all[removed]).count();
+                // Slots of the removed backend must move; of the others, Maglev moves only a
+                // small fraction (the paper's bound is a few percent of the table).
+                let share = moved as f64 / f64::from(m);
+                assert!(share <= 1.0 / n as f64, "n={n} removed={removed}: {:.3} of the surviving slots moved", share);
+                let total = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / f64::from(m);
+                assert!(total <= 2.0 / n as f64 + 0.01, "n={n}: {total:.3} of the table moved in all");
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_does_not_depend_on_backend_order_so_every_node_agrees() {
+        let a = names(7);
+        let mut b = a.clone();
+        b.reverse();
+        let m = table_size(7, None);
+        let ta: Vec<&String> = table(&a, m).iter().map(|&i| &a[i as usize]).collect();
+        let tb: Vec<&String> = table(&b, m).iter().map(|&i| &b[i as usize]).collect();
+        assert_eq!(ta, tb);
+    }
+
+    #[test]
+    fn no_backends_no_table() {
+        assert!(table(&[], 251).is_empty());
+    }
+}

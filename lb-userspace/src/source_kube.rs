@@ -1,0 +1,313 @@
+//! The kube-rs source (`lb agent --source kube`): Services, EndpointSlices and this node's Node
+//! list/watched from the API server into reflector stores.
+//!
+//! - Services and EndpointSlices are watched with kube-proxy's server-side label selector
+//!   [`PROXY_LABEL_SELECTOR`] (semantics point 4), so adding `service.kubernetes.io/service-proxy-name`
+//!   or `service.kubernetes.io/headless` at runtime removes the objects from the stores (the API
+//!   server turns the label change into a `DELETED` event) and removing it brings them back.
+//! - The Node is watched with `fieldSelector=metadata.name=<node>` (only with a node name).
+//! - Every watcher restarts by itself with kube's default backoff (0.8 s doubling to 30 s, with
+//!   jitter): a lost connection resumes from the last resourceVersion, a 410 relists, and a relist
+//!   replaces a store atomically once complete. Errors are logged, never returned: while the API
+//!   server is away the stores keep the last state and the datapath keeps serving it.
+//! - `managedFields` are dropped before objects are stored.
+
+use std::{
+    fmt::Debug,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Config, Resource, ResourceExt as _,
+    config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, error, info, warn};
+
+use crate::source_file::ClusterObjects;
+
+/// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
+pub const PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// How long [`KubeSource::changed`] waits after the first change so a burst is one sync.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
+
+/// While a watch keeps failing, one warning per this period (the others are debug).
+const ERROR_LOG_PERIOD: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceKubeError {
+    #[error("cannot load kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes client configuration (tried KUBECONFIG, ~/.kube/config and the in-cluster service account)"
+    )]
+    Infer(#[source] InferConfigError),
+    #[error("cannot build the Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error("the kube source must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// A kube client from `kubeconfig`, or else from `KUBECONFIG` / `~/.kube/config`, or else from
+/// the in-cluster service account (`KUBERNETES_SERVICE_HOST`/`_PORT` and its token).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, SourceKubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let err = |source| SourceKubeError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(err)?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => Config::infer().await.map_err(SourceKubeError::Infer)?,
+    };
+    info!(server = %config.cluster_url, "Kubernetes API server");
+    Client::try_from(config).map_err(SourceKubeError::Client)
+}
+
+/// Reflector stores of the objects the agent consumes, kept up to date by background tasks
+/// (stopped when this is dropped).
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Option<Store<Node>>,
+    changes: watch::Receiver<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts reflectors for Services and EndpointSlices (with [`PROXY_LABEL_SELECTOR`]) and,
+    /// when `node_name` is not empty, for this node's Node. Does no I/O itself: it succeeds
+    /// while the API server is unreachable, and the reflectors keep retrying.
+    pub async fn start(client: Client, node_name: &str) -> Result<Self, SourceKubeError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SourceKubeError::NoRuntime)?;
+        let (tx, changes) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let mut tasks = Vec::new();
+        let selected = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+        let services = spawn_reflector(
+            &runtime,
+            Api::<Service>::all(client.clone()),
+            selected.clone(),
+            "services",
+            &tx,
+            &mut tasks,
+        );
+        let slices = spawn_reflector(
+            &runtime,
+            Api::<EndpointSlice>::all(client.clone()),
+            selected,
+            "endpointslices",
+            &tx,
+            &mut tasks,
+        );
+        let nodes = (!node_name.is_empty()).then(|| {
+            spawn_reflector(
+                &runtime,
+                Api::<Node>::all(client),
+                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                "nodes",
+                &tx,
+                &mut tasks,
+            )
+        });
+        Ok(Self {
+            services,
+            slices,
+            nodes,
+            changes,
+            tasks,
+        })
+    }
+
+    /// Resolves once every reflector has completed its initial list (point 7: never program
+    /// before that). Never resolves if a reflector task died before that.
+    pub async fn wait_ready(&self) {
+        let ready = async {
+            self.services.wait_until_ready().await?;
+            self.slices.wait_until_ready().await?;
+            if let Some(nodes) = &self.nodes {
+                nodes.wait_until_ready().await?;
+            }
+            Ok::<(), reflector::store::WriterDropped>(())
+        };
+        if let Err(e) = ready.await {
+            error!(error = %e, "a reflector stopped before its initial list; the kube source will never be ready");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The current objects, sorted by namespace and name, as the file source returns them.
+    pub fn snapshot(&self) -> ClusterObjects {
+        ClusterObjects {
+            services: sorted(&self.services),
+            slices: sorted(&self.slices),
+            nodes: self.nodes.as_ref().map(sorted).unwrap_or_default(),
+        }
+    }
+
+    /// Resolves when any store changed since the last call, after [`COALESCE_WINDOW`] so a burst
+    /// of events is one wake-up. Take a [`snapshot`](Self::snapshot) afterwards. Cancel-safe:
+    /// a change is only consumed when this resolves, so it can race a timer in `select!`.
+    pub async fn changed(&mut self) {
+        // A clone shares the seen version without consuming it.
+        let mut probe = self.changes.clone();
+        if probe.changed().await.is_err() {
+            // Every reflector task is gone (only when the runtime shuts down).
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(COALESCE_WINDOW).await;
+        self.changes.borrow_and_update();
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    let mut objects: Vec<K> = store.state().iter().map(|o| (**o).clone()).collect();
+    objects.sort_by(|a, b| {
+        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
+            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+    });
+    objects
+}
+
+/// Spawns `watcher → backoff → strip managedFields → reflector` for one resource, bumping
+/// `changes` whenever the store changes. Returns the store's reader.
+fn spawn_reflector<K>(
+    runtime: &tokio::runtime::Handle,
+    api: Api<K>,
+    config: watcher::Config,
+    resource: &'static str,
+    changes: &Arc<watch::Sender<u64>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer);
+    let changes = changes.clone();
+    tasks.push(runtime.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut synced = false;
+        let mut failures = 0u64;
+        let mut last_warning: Option<Instant> = None;
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(event) => event,
+                // Routine: the history moved past our resourceVersion; the watcher relists.
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    info!(resource, detail = %status.message, "watch expired (410); relisting");
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if last_warning.is_none_or(|t| t.elapsed() >= ERROR_LOG_PERIOD) {
+                        last_warning = Some(Instant::now());
+                        warn!(resource, error = %e, failures, "watch failed; retrying with backoff, the datapath keeps the last state");
+                    } else {
+                        debug!(resource, error = %e, failures, "watch failed; retrying with backoff");
+                    }
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                watcher::Event::InitDone => {
+                    if !synced {
+                        info!(resource, "initial list received");
+                        synced = true;
+                    } else {
+                        debug!(resource, "relisted");
+                    }
+                }
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
+            }
+            if failures > 0 {
+                info!(resource, failures, "watch recovered");
+                failures = 0;
+                last_warning = None;
+            }
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }));
+    reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_is_kube_proxys() {
+        assert_eq!(
+            PROXY_LABEL_SELECTOR,
+            format!(
+                "!{},!{}",
+                crate::compile::LABEL_SERVICE_PROXY_NAME,
+                crate::compile::LABEL_HEADLESS
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_kubeconfig_is_an_error_naming_it() {
+        let err = client(Some(Path::new("/nonexistent/lb-kubeconfig")))
+            .await
+            .err()
+            .expect("no such file");
+        assert!(
+            err.to_string()
+                .contains("cannot load kubeconfig /nonexistent/lb-kubeconfig"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        // A client needs a runtime to be built; start is checked from a runtime-less thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async {
+            let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+            Client::try_from(config).unwrap()
+        });
+        let started = futures::executor::block_on(KubeSource::start(client, "node-a"));
+        assert!(matches!(started, Err(SourceKubeError::NoRuntime)));
+    }
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, demo and tests. Only what cargo cannot express on its own.
 
 mod demo;
+mod kind;
 mod setup;
 mod test;
 
@@ -35,6 +36,9 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         requests: u32,
     },
+    /// lb on a local kind cluster without kube-proxy: `up`, `deploy`, `bench`, `down` (`--dry-run`
+    /// prints the commands, files and manifests instead; needs docker, kind and kubectl otherwise).
+    Kind(kind::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             let bins = build()?;
             demo::run(&bins, requests)
         }
+        Cmd::Kind(args) => kind::run(&args),
     }
 }
 

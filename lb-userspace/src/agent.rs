@@ -75,19 +75,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
     attach_all(&mut dp, &cfg)?;
 
-    let mut feed = Feed::start(&cfg).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Starting the source may wait for the API server; a signal meanwhile ends the agent
+    // cleanly (the datapath keeps serving what the pinned maps hold).
+    let mut feed = tokio::select! {
+        feed = Feed::start(&cfg) => feed?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = sigterm.recv() => return Ok(()),
+    };
     let mut sync = Sync { ids: Ids::default(), first: true, last: None, node: None };
     let mut last_sweep = Instant::now();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A snapshot whose sync failed (a full map, a transient map error) is retried every tick.
+    let mut pending: Option<ClusterObjects> = None;
     loop {
         match feed.poll() {
-            Ok(Some(objects)) => {
-                if let Err(e) = sync.apply(&mut dp, &cfg, &objects) {
-                    warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state");
-                }
-            }
+            Ok(Some(objects)) => pending = Some(objects),
             Ok(None) => {}
             Err(e) => warn!(error = format!("{e:#}"), "reading the source failed; the datapath keeps the last applied state"),
+        }
+        if let Some(objects) = &pending {
+            match sync.apply(&mut dp, &cfg, objects) {
+                Ok(()) => pending = None,
+                Err(e) => warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state, retrying"),
+            }
         }
         if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
             last_sweep = Instant::now();
@@ -170,12 +180,11 @@ impl Feed {
     async fn wait(&mut self, poll: Duration) {
         match self {
             Self::File { .. } => tokio::time::sleep(poll).await,
-            Self::Kube { source, changed } => {
-                source.changed().await;
-                // Coalesce a burst of events into one sync.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                *changed = true;
-            }
+            // A tick also when nothing changes: sweeps and retries run in a quiet cluster too.
+            Self::Kube { source, changed } => tokio::select! {
+                () = source.changed() => *changed = true,
+                () = tokio::time::sleep(poll) => {}
+            },
         }
     }
 }

@@ -104,8 +104,9 @@ struct AgentArgs {
     /// Detach everything and remove the pinned maps and links, then exit.
     #[arg(long)]
     cleanup: bool,
-    /// Log filter (also RUST_LOG).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    /// Log filter (also RUST_LOG). The kube client's own connection errors are left to the
+    /// source, which reports them once per outage.
+    #[arg(long, env = "RUST_LOG", default_value = "info,kube_client::client::builder=off")]
     log: String,
 }
 

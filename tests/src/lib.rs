@@ -3,6 +3,7 @@
 //! building and checksum checks, and the privilege gate.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bins;
 pub mod netns;
 pub mod packet;

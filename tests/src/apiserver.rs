@@ -1,0 +1,2489 @@
+//! An in-process Kubernetes API server for tests: real list/watch over HTTP/1.1, on std threads,
+//! following `k8s-service-semantics.md` §3 so that the real kube-rs client and
+//! `kube_runtime::watcher` can be pointed at it.
+//!
+//! What it serves (GET only; objects are written with [`ApiServer::apply`] and
+//! [`ApiServer::delete`], not over HTTP):
+//! - core/v1 `services` and discovery.k8s.io/v1 `endpointslices`, all-namespaces and namespaced,
+//!   collections and single objects; core/v1 `nodes` (cluster-scoped);
+//! - lists with `kind`/`apiVersion`/`metadata.resourceVersion`, `limit`/`continue` paging over a
+//!   consistent snapshot (an unknown continue token is a 410 `Expired`), `resourceVersion` +
+//!   `resourceVersionMatch` (`Exact` is rebuilt from the retained history);
+//! - watches (`watch=true|1`): HTTP 200, chunked, one JSON event per line flushed per event;
+//!   `resourceVersion` unset/`0` = synthetic `ADDED` then changes, `N` = every change after `N`;
+//!   too old `N` = a single `ERROR` event carrying a `Status` with code 410 inside the 200 stream;
+//!   `timeoutSeconds` ends the stream cleanly; `allowWatchBookmarks` adds periodic `BOOKMARK`s;
+//!   `sendInitialEvents` streaming lists end their initial events with the
+//!   `k8s.io/initial-events-end` bookmark;
+//! - `labelSelector` (`=`, `==`, `!=`, `in`, `notin`, `k`, `!k`, comma = AND) and `fieldSelector`
+//!   (`metadata.name`, `metadata.namespace`, a few per-kind fields; `=`, `==`, `!=`) with the
+//!   watch cache's transition semantics: an update that makes an object start matching is `ADDED`,
+//!   stop matching is `DELETED` (previous content, the new resourceVersion);
+//! - one global, strictly increasing resourceVersion shared by every kind;
+//! - API defaulting of Services and EndpointSlices (§3.2/§3.3: type, sessionAffinity,
+//!   ClusterIP and NodePort allocation, protocols, targetPort, ipFamilies, ...);
+//! - discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/discovery.k8s.io[/v1]`)
+//!   and `/healthz`, `/livez`, `/readyz`.
+//!
+//! Fault injection: [`ApiServer::compact`] (forget history: old resourceVersions get 410),
+//! [`ApiServer::close_watches`], [`ApiServer::fail_next_lists`], and [`ApiServer::stop`] /
+//! [`ApiServer::restart`] (the server vanishes, every connection is cut, then it listens again
+//! on the same port with the same objects). Dropping the server stops every thread and closes the
+//! port.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value, json};
+
+/// How long a watch lasts without `timeoutSeconds` (the real server picks 30–60 min).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long a request for a resourceVersion newer than the server's waits before a 504.
+const TOO_LARGE_RV_WAIT: Duration = Duration::from_secs(3);
+/// Paged-list snapshots kept for `continue` tokens.
+const MAX_CONTINUATIONS: usize = 64;
+/// Requests remembered by [`ApiServer::requests`].
+const MAX_REQUEST_LOG: usize = 10_000;
+/// Bookmark that ends the initial events of a streaming list.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A resource type the server knows.
+#[derive(Debug)]
+struct KindInfo {
+    kind: &'static str,
+    list_kind: &'static str,
+    api_version: &'static str,
+    /// Path segments of the group version: `["api", "v1"]`, `["apis", "discovery.k8s.io", "v1"]`.
+    group_path: &'static [&'static str],
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    namespaced: bool,
+    /// Field selector labels besides `metadata.name` and `metadata.namespace`.
+    fields: &'static [&'static str],
+}
+
+const KINDS: &[KindInfo] = &[
+    KindInfo {
+        kind: "Service",
+        list_kind: "ServiceList",
+        api_version: "v1",
+        group_path: &["api", "v1"],
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        namespaced: true,
+        fields: &["spec.clusterIP", "spec.type"],
+    },
+    KindInfo {
+        kind: "EndpointSlice",
+        list_kind: "EndpointSliceList",
+        api_version: "discovery.k8s.io/v1",
+        group_path: &["apis", "discovery.k8s.io", "v1"],
+        plural: "endpointslices",
+        singular: "endpointslice",
+        short_names: &[],
+        namespaced: true,
+        fields: &[],
+    },
+    KindInfo {
+        kind: "Node",
+        list_kind: "NodeList",
+        api_version: "v1",
+        group_path: &["api", "v1"],
+        plural: "nodes",
+        singular: "node",
+        short_names: &["no"],
+        namespaced: false,
+        fields: &["spec.unschedulable"],
+    },
+];
+
+fn kind_info(kind: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// Counters for assertions in tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Every HTTP request received.
+    pub requests: u64,
+    /// Collection GETs without `watch` (every page counts).
+    pub lists: u64,
+    /// Watch requests.
+    pub watches: u64,
+    /// Watch streams open right now.
+    pub open_watches: u64,
+    /// 410s served: `ERROR` events in watch streams and expired `continue` tokens.
+    pub expired: u64,
+    /// `BOOKMARK` events sent.
+    pub bookmarks: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
+}
+
+type Key = (&'static str, String, String);
+
+/// One write: `old` is the previous stored object, `new` the stored object after it
+/// (`None` for create and delete respectively). Both carry their own resourceVersion.
+#[derive(Debug)]
+struct Change {
+    rv: u64,
+    kind: &'static str,
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+/// A paged list in progress: the rest of its snapshot.
+#[derive(Debug)]
+struct Continuation {
+    token: String,
+    rv: u64,
+    remaining: VecDeque<Value>,
+}
+
+#[derive(Debug)]
+struct Store {
+    /// The last resourceVersion handed out.
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    /// Every change with `rv > floor`, ascending.
+    history: VecDeque<Change>,
+    /// Watches (and exact lists) from a resourceVersion below this get 410.
+    floor: u64,
+    history_limit: usize,
+    /// Bumped to end every open watch cleanly.
+    watch_epoch: u64,
+    continuations: VecDeque<Continuation>,
+    next_token: u64,
+    next_uid: u64,
+    next_cluster_ip: u32,
+    next_node_port: u16,
+    fail_lists: u32,
+    bookmark_interval: Duration,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    /// Signalled on every change, compaction, watch close and stop.
+    cond: Condvar,
+    /// Bumped by [`ApiServer::stop`]: threads of an older generation cut their connections.
+    generation: AtomicU64,
+    port: u16,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    next_conn: AtomicU64,
+    stats: Mutex<Stats>,
+    log: Mutex<VecDeque<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The test API server. See the module documentation.
+pub struct ApiServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Starts serving on `127.0.0.1:<free port>`.
+    pub fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the test API server")?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                rv: 1,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                floor: 0,
+                history_limit: 10_000,
+                watch_epoch: 0,
+                continuations: VecDeque::new(),
+                next_token: 1,
+                next_uid: 1,
+                next_cluster_ip: u32::from(std::net::Ipv4Addr::new(10, 96, 0, 10)),
+                next_node_port: 30_000,
+                fail_lists: 0,
+                bookmark_interval: Duration::from_secs(1),
+            }),
+            cond: Condvar::new(),
+            generation: AtomicU64::new(0),
+            port: addr.port(),
+            conns: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            next_conn: AtomicU64::new(0),
+            stats: Mutex::new(Stats::default()),
+            log: Mutex::new(VecDeque::new()),
+        });
+        let mut server = Self {
+            shared,
+            addr,
+            accept: None,
+        };
+        server.spawn_acceptor(listener)?;
+        Ok(server)
+    }
+
+    fn spawn_acceptor(&mut self, listener: TcpListener) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        let shared = self.shared.clone();
+        let generation = shared.generation.load(Ordering::SeqCst);
+        self.accept = Some(
+            std::thread::Builder::new()
+                .name("apiserver-accept".into())
+                .spawn(move || accept_loop(&shared, &listener, generation))?,
+        );
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Writes a kubeconfig (plain http, no credentials) whose current context points here.
+    pub fn kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        // JSON is YAML: kube's kubeconfig loader reads it as is.
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "lb-test", "cluster": {"server": self.url()}}],
+            "users": [{"name": "lb-test", "user": {}}],
+            "contexts": [{"name": "lb-test", "context": {"cluster": "lb-test", "user": "lb-test", "namespace": "default"}}],
+            "current-context": "lb-test",
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Creates or replaces an object (by kind, namespace, name), with the API server's
+    /// defaulting. Emits `ADDED` or `MODIFIED`; an update that changes nothing is a no-op, as on
+    /// a real server. Returns the object's resourceVersion.
+    pub fn apply(&self, object: Value) -> anyhow::Result<u64> {
+        self.write(object, true)
+    }
+
+    /// [`apply`](Self::apply) without defaulting (only metadata is stamped): for shapes a test
+    /// wants served verbatim.
+    pub fn apply_raw(&self, object: Value) -> anyhow::Result<u64> {
+        self.write(object, false)
+    }
+
+    fn write(&self, mut object: Value, defaulting: bool) -> anyhow::Result<u64> {
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .context("object has no kind")?
+            .to_owned();
+        let info = kind_info(&kind).with_context(|| format!("unsupported kind {kind}"))?;
+        let obj = object
+            .as_object_mut()
+            .context("object is not a JSON object")?;
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            None => {
+                obj.insert("apiVersion".into(), info.api_version.into());
+            }
+            Some(v) if v == info.api_version => {}
+            Some(v) => bail!("{kind} has apiVersion {v}, expected {}", info.api_version),
+        }
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .context("metadata is not an object")?;
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .context("metadata.name is missing")?
+            .to_owned();
+        let namespace = if info.namespaced {
+            let ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_owned();
+            meta.insert("namespace".into(), ns.clone().into());
+            ns
+        } else {
+            meta.remove("namespace");
+            String::new()
+        };
+        let key: Key = (info.kind, namespace, name);
+
+        let mut store = lock(&self.shared.store);
+        let old = store.objects.get(&key).cloned();
+        if defaulting {
+            match info.kind {
+                "Service" => default_service(&mut object, old.as_ref(), &mut store),
+                "EndpointSlice" => default_endpoint_slice(&mut object),
+                _ => {}
+            }
+        }
+        let meta = object["metadata"]
+            .as_object_mut()
+            .context("metadata is not an object")?;
+        let old_meta = old.as_ref().and_then(|o| o.get("metadata"));
+        let uid = match old_meta.and_then(|m| m.get("uid")) {
+            Some(uid) => uid.clone(),
+            None => {
+                let n = store.next_uid;
+                store.next_uid += 1;
+                format!("{:08x}-0000-4000-8000-{:012x}", self.shared.port, n).into()
+            }
+        };
+        meta.insert("uid".into(), uid);
+        let created = old_meta
+            .and_then(|m| m.get("creationTimestamp"))
+            .cloned()
+            .unwrap_or_else(|| rfc3339(SystemTime::now()).into());
+        meta.insert("creationTimestamp".into(), created);
+        if let Some(old) = &old {
+            meta.insert(
+                "resourceVersion".into(),
+                old["metadata"]["resourceVersion"].clone(),
+            );
+            if *old == object {
+                return Ok(resource_version_of(old));
+            }
+        }
+        store.rv += 1;
+        let rv = store.rv;
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
+        store.objects.insert(key, object.clone());
+        store.record(Change {
+            rv,
+            kind: info.kind,
+            old,
+            new: Some(object),
+        });
+        self.shared.cond.notify_all();
+        Ok(rv)
+    }
+
+    /// Deletes an object (`namespace` is ignored for cluster-scoped kinds). Emits `DELETED`
+    /// carrying the last state with the deletion resourceVersion, which is returned.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> anyhow::Result<u64> {
+        let info = kind_info(kind).with_context(|| format!("unsupported kind {kind}"))?;
+        let ns = if info.namespaced { namespace } else { "" };
+        let key: Key = (info.kind, ns.to_owned(), name.to_owned());
+        let mut store = lock(&self.shared.store);
+        let old = store
+            .objects
+            .remove(&key)
+            .with_context(|| format!("{kind} {namespace}/{name} not found"))?;
+        store.rv += 1;
+        let rv = store.rv;
+        store.record(Change {
+            rv,
+            kind: info.kind,
+            old: Some(old),
+            new: None,
+        });
+        self.shared.cond.notify_all();
+        Ok(rv)
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let info = kind_info(kind)?;
+        let ns = if info.namespaced { namespace } else { "" };
+        lock(&self.shared.store)
+            .objects
+            .get(&(info.kind, ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The current (latest) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        lock(&self.shared.store).rv
+    }
+
+    /// Forgets the history, like an etcd compaction after an unrelated write: the
+    /// resourceVersion advances by one, every open watch ends cleanly, and a watch (or exact
+    /// list) from any older resourceVersion gets 410 `Expired`, so clients must relist.
+    /// Pending `continue` tokens expire too.
+    pub fn compact(&self) {
+        let mut store = lock(&self.shared.store);
+        store.rv += 1;
+        store.floor = store.rv;
+        store.history.clear();
+        store.continuations.clear();
+        store.watch_epoch += 1;
+        self.shared.cond.notify_all();
+    }
+
+    /// Ends every open watch cleanly (as `timeoutSeconds` would); clients re-watch from their
+    /// last resourceVersion.
+    pub fn close_watches(&self) {
+        lock(&self.shared.store).watch_epoch += 1;
+        self.shared.cond.notify_all();
+    }
+
+    /// The next `n` list requests fail with HTTP 500.
+    pub fn fail_next_lists(&self, n: u32) {
+        lock(&self.shared.store).fail_lists = n;
+    }
+
+    /// How often watches with `allowWatchBookmarks=true` get a `BOOKMARK` (default 1 s).
+    pub fn set_bookmark_interval(&self, interval: Duration) {
+        lock(&self.shared.store).bookmark_interval = interval;
+        self.shared.cond.notify_all();
+    }
+
+    /// How many changes are kept for watches (default 10 000); older resourceVersions get 410.
+    pub fn set_history_limit(&self, limit: usize) {
+        let mut store = lock(&self.shared.store);
+        store.history_limit = limit.max(1);
+        store.trim();
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Number of HTTP requests received so far.
+    pub fn request_count(&self) -> u64 {
+        self.stats().requests
+    }
+
+    /// The last requests received (`GET /api/v1/services?...`), oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.shared.log).iter().cloned().collect()
+    }
+
+    /// Waits until `pred` holds for the stats, polling every 10 ms.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Stats) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.stats()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.accept.is_some()
+    }
+
+    /// The server vanishes: the listener is closed (connections are refused) and every open
+    /// connection, watches included, is cut. Objects and history are kept. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = accept.join(); // the listener is closed when the thread returns
+        for (_, conn) in lock(&self.shared.conns).drain() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+        {
+            let _store = lock(&self.shared.store);
+            self.shared.cond.notify_all();
+        }
+        let threads = std::mem::take(&mut *lock(&self.shared.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        lock(&self.shared.stats).open_watches = 0;
+    }
+
+    /// Listens again on the same address after [`stop`](Self::stop).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.accept.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("listening again on {}", self.addr));
+                }
+            }
+        };
+        self.spawn_acceptor(listener)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Store {
+    fn record(&mut self, change: Change) {
+        self.history.push_back(change);
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.history.len() > self.history_limit {
+            if let Some(c) = self.history.pop_front() {
+                self.floor = c.rv;
+            }
+        }
+    }
+
+    fn objects_of<'a>(
+        &'a self,
+        kind: &'static str,
+        filter: &'a Filter,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        self.objects
+            .iter()
+            .filter(move |((k, _, _), v)| *k == kind && filter.matches(v))
+            .map(|(_, v)| v)
+    }
+
+    /// The objects of `kind` as they were at `rv` (which must be `>= floor`).
+    fn state_at(&self, kind: &'static str, rv: u64) -> BTreeMap<Key, Value> {
+        let mut state: BTreeMap<Key, Value> = self
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for change in self.history.iter().rev() {
+            if change.rv <= rv {
+                break;
+            }
+            if change.kind != kind {
+                continue;
+            }
+            let any = change.new.as_ref().or(change.old.as_ref());
+            let Some(key) = any.map(|o| key_of(kind, o)) else {
+                continue;
+            };
+            match &change.old {
+                Some(old) => state.insert(key, old.clone()),
+                None => state.remove(&key),
+            };
+        }
+        state
+    }
+
+    /// Watch events for every change after `cursor`, with selector transition semantics.
+    fn events_since(&self, cursor: u64, kind: &'static str, filter: &Filter) -> Vec<Value> {
+        let start = self.history.partition_point(|c| c.rv <= cursor);
+        let mut events = Vec::new();
+        for c in self.history.range(start..) {
+            if c.kind != kind {
+                continue;
+            }
+            let was = c.old.as_ref().is_some_and(|o| filter.matches(o));
+            let is = c.new.as_ref().is_some_and(|o| filter.matches(o));
+            let event = match (was, is, &c.old, &c.new) {
+                (false, true, _, Some(new)) => json!({"type": "ADDED", "object": new}),
+                (true, true, _, Some(new)) => json!({"type": "MODIFIED", "object": new}),
+                (true, false, Some(old), _) => {
+                    let mut last = old.clone();
+                    last["metadata"]["resourceVersion"] = c.rv.to_string().into();
+                    json!({"type": "DELETED", "object": last})
+                }
+                _ => continue,
+            };
+            events.push(event);
+        }
+        events
+    }
+}
+
+fn key_of(kind: &'static str, obj: &Value) -> Key {
+    let s = |f: &str| obj["metadata"][f].as_str().unwrap_or_default().to_owned();
+    (kind, s("namespace"), s("name"))
+}
+
+fn resource_version_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------------------------------
+// Defaulting (§3.2, §3.3)
+
+fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
+    let old_spec = old.and_then(|o| o.get("spec"));
+    let used_ips: Vec<String> = store
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| *k == "Service")
+        .filter_map(|(_, v)| v["spec"]["clusterIP"].as_str().map(str::to_owned))
+        .collect();
+    let used_ports: Vec<u64> = store
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| *k == "Service")
+        .flat_map(|(_, v)| {
+            let mut ports: Vec<u64> = v["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["nodePort"].as_u64())
+                .collect();
+            ports.extend(v["spec"]["healthCheckNodePort"].as_u64());
+            ports
+        })
+        .collect();
+    let alloc_port = |store: &mut Store| loop {
+        let p = store.next_node_port;
+        store.next_node_port = if p >= 32_767 { 30_000 } else { p + 1 };
+        if !used_ports.contains(&u64::from(p)) {
+            return p;
+        }
+    };
+    let Some(o) = obj.as_object_mut() else { return };
+    let spec = o.entry("spec").or_insert_with(|| json!({}));
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
+    let ty = s
+        .entry("type")
+        .or_insert_with(|| "ClusterIP".into())
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_owned();
+    let affinity = s
+        .entry("sessionAffinity")
+        .or_insert_with(|| "None".into())
+        .as_str()
+        .unwrap_or("None")
+        .to_owned();
+    if affinity == "ClientIP" {
+        let cfg = s
+            .entry("sessionAffinityConfig")
+            .or_insert_with(|| json!({}));
+        if cfg["clientIP"]["timeoutSeconds"].is_null() {
+            cfg["clientIP"]["timeoutSeconds"] = 10_800.into();
+        }
+    } else {
+        s.remove("sessionAffinityConfig");
+    }
+    let node_ports = matches!(ty.as_str(), "NodePort" | "LoadBalancer")
+        && !(ty == "LoadBalancer"
+            && s.get("allocateLoadBalancerNodePorts") == Some(&Value::Bool(false)));
+    if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if p.get("protocol").is_none_or(Value::is_null) {
+                p.insert("protocol".into(), "TCP".into());
+            }
+            if p.get("targetPort").is_none_or(Value::is_null)
+                && let Some(port) = p.get("port").cloned()
+            {
+                p.insert("targetPort".into(), port);
+            }
+            if node_ports && p.get("nodePort").is_none_or(|n| n.is_null() || n == 0) {
+                let same = |q: &&Value| q["port"] == p["port"] && q["protocol"] == p["protocol"];
+                let previous = old_spec
+                    .and_then(|os| os["ports"].as_array())
+                    .and_then(|ps| ps.iter().find(same))
+                    .and_then(|q| q["nodePort"].as_u64());
+                let np = previous.unwrap_or_else(|| u64::from(alloc_port(store)));
+                p.insert("nodePort".into(), np.into());
+            }
+        }
+    }
+    if ty == "ExternalName" {
+        return;
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        s.entry("externalTrafficPolicy")
+            .or_insert_with(|| "Cluster".into());
+    }
+    if ty == "LoadBalancer" {
+        s.entry("allocateLoadBalancerNodePorts")
+            .or_insert_with(|| true.into());
+        if s.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+            && s.get("healthCheckNodePort")
+                .is_none_or(|n| n.is_null() || n == 0)
+        {
+            let np = old_spec
+                .and_then(|os| os["healthCheckNodePort"].as_u64())
+                .unwrap_or_else(|| u64::from(alloc_port(store)));
+            s.insert("healthCheckNodePort".into(), np.into());
+        }
+    }
+    s.entry("internalTrafficPolicy")
+        .or_insert_with(|| "Cluster".into());
+    if s.get("clusterIP")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        let ip = match old_spec.and_then(|os| os["clusterIP"].as_str()) {
+            Some(ip) if !ip.is_empty() => ip.to_owned(),
+            _ => loop {
+                let ip = std::net::Ipv4Addr::from(store.next_cluster_ip).to_string();
+                store.next_cluster_ip += 1;
+                if !used_ips.contains(&ip) {
+                    break ip;
+                }
+            },
+        };
+        s.insert("clusterIP".into(), ip.into());
+    }
+    let cluster_ip = s["clusterIP"].as_str().unwrap_or_default().to_owned();
+    if s.get("clusterIPs").is_none_or(Value::is_null) {
+        s.insert("clusterIPs".into(), json!([cluster_ip]));
+    }
+    if s.get("ipFamilies").is_none_or(Value::is_null) {
+        let family = if cluster_ip.contains(':') {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        s.insert("ipFamilies".into(), json!([family]));
+    }
+    s.entry("ipFamilyPolicy")
+        .or_insert_with(|| "SingleStack".into());
+    o.entry("status")
+        .or_insert_with(|| json!({"loadBalancer": {}}));
+}
+
+fn default_endpoint_slice(obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    // `endpoints` and `ports` have no omitempty: a nil slice is served as null.
+    o.entry("endpoints").or_insert(Value::Null);
+    let ports = o.entry("ports").or_insert(Value::Null);
+    for p in ports
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        if p.get("protocol").is_none_or(Value::is_null) {
+            p.insert("protocol".into(), "TCP".into());
+        }
+        if p.get("name").is_none_or(Value::is_null) {
+            p.insert("name".into(), "".into());
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Selectors (§3.5 rule 9)
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LabelReq {
+    Eq(String, String),
+    NotEq(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+impl LabelReq {
+    fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        match self {
+            Self::Eq(k, v) => get(k) == Some(v),
+            Self::NotEq(k, v) => get(k) != Some(v),
+            Self::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Self::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
+            Self::Exists(k) => get(k).is_some(),
+            Self::NotExists(k) => get(k).is_none(),
+        }
+    }
+}
+
+fn label_key(k: &str) -> Result<String, String> {
+    let k = k.trim();
+    let ok = !k.is_empty()
+        && k.len() <= 317
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(k.to_owned())
+    } else {
+        Err(format!("invalid label key {k:?}"))
+    }
+}
+
+fn label_value(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let ok = v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(format!("invalid label value {v:?}"))
+    }
+}
+
+fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(format!("unbalanced ')' in {s:?}"));
+                }
+            }
+            ',' if depth == 0 => {
+                terms.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("unbalanced '(' in {s:?}"));
+    }
+    terms.push(&s[start..]);
+    terms.into_iter().map(parse_label_term).collect()
+}
+
+fn parse_label_term(t: &str) -> Result<LabelReq, String> {
+    let t = t.trim();
+    if t.is_empty() {
+        return Err("empty label requirement".into());
+    }
+    if let Some(k) = t.strip_prefix('!') {
+        return Ok(LabelReq::NotExists(label_key(k)?));
+    }
+    if let Some(open) = t.find('(') {
+        let inner = t[open + 1..]
+            .strip_suffix(')')
+            .ok_or_else(|| format!("expected ')' at the end of {t:?}"))?;
+        let head = t[..open].trim();
+        let (k, op) = head
+            .rsplit_once(char::is_whitespace)
+            .ok_or_else(|| format!("expected 'key in (...)' or 'key notin (...)', got {t:?}"))?;
+        let values = inner
+            .split(',')
+            .map(label_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        return match op {
+            "in" => Ok(LabelReq::In(label_key(k)?, values)),
+            "notin" => Ok(LabelReq::NotIn(label_key(k)?, values)),
+            _ => Err(format!("unknown set operator {op:?} in {t:?}")),
+        };
+    }
+    if let Some((k, v)) = t.split_once("!=") {
+        return Ok(LabelReq::NotEq(label_key(k)?, label_value(v)?));
+    }
+    if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+        return Ok(LabelReq::Eq(label_key(k)?, label_value(v)?));
+    }
+    Ok(LabelReq::Exists(label_key(t)?))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FieldReq {
+    path: String,
+    value: String,
+    negate: bool,
+}
+
+fn parse_field_selector(s: &str, info: &KindInfo) -> Result<Vec<FieldReq>, String> {
+    let mut out = Vec::new();
+    for t in s.split(',').map(str::trim) {
+        if t.is_empty() {
+            if s.trim().is_empty() {
+                break;
+            }
+            return Err("empty field requirement".into());
+        }
+        let (path, value, negate) = if let Some((p, v)) = t.split_once("!=") {
+            (p, v, true)
+        } else if let Some((p, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+            (p, v, false)
+        } else {
+            return Err(format!(
+                "invalid field selector {t:?}: expected field=value"
+            ));
+        };
+        let path = path.trim();
+        if !matches!(path, "metadata.name" | "metadata.namespace") && !info.fields.contains(&path) {
+            return Err(format!(
+                "field label not supported: {path} (for {})",
+                info.plural
+            ));
+        }
+        out.push(FieldReq {
+            path: path.to_owned(),
+            value: value.trim().to_owned(),
+            negate,
+        });
+    }
+    Ok(out)
+}
+
+/// Which objects of a collection a request sees.
+#[derive(Clone, Debug, Default)]
+struct Filter {
+    namespace: Option<String>,
+    labels: Vec<LabelReq>,
+    fields: Vec<FieldReq>,
+}
+
+impl Filter {
+    fn matches(&self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
+        if let Some(ns) = &self.namespace
+            && meta["namespace"].as_str() != Some(ns)
+        {
+            return false;
+        }
+        let labels = meta["labels"].as_object();
+        self.labels.iter().all(|r| r.matches(labels))
+            && self.fields.iter().all(|f| {
+                let mut v = obj;
+                for seg in f.path.split('.') {
+                    v = &v[seg];
+                }
+                let actual = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                (actual == f.value) != f.negate
+            })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    close: bool,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let (method, target) = (method.to_owned(), target.to_owned());
+    let mut close = parts.next() == Some("HTTP/1.0");
+    let mut content_length = 0u64;
+    for _ in 0..200 {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = h.split_once(':') {
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                "content-length" => content_length = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    if content_length > 0 {
+        io::copy(&mut r.by_ref().take(content_length), &mut io::sink())?;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), q.to_owned()),
+        None => (target, String::new()),
+    };
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        close,
+    }))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Default)]
+struct Query {
+    watch: bool,
+    resource_version: Option<String>,
+    resource_version_match: Option<String>,
+    timeout_seconds: Option<u64>,
+    bookmarks: bool,
+    send_initial_events: bool,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    limit: Option<usize>,
+    continue_token: Option<String>,
+}
+
+fn truthy(v: &str) -> bool {
+    v == "true" || v == "1"
+}
+
+impl Query {
+    fn parse(q: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        // kube-rs sends `?&watch=true&...`: empty segments are ignored.
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (percent_decode(k), percent_decode(v));
+            let number = |v: &str| v.parse::<u64>().map_err(|_| format!("invalid {k}: {v:?}"));
+            match k.as_str() {
+                "watch" => out.watch = truthy(&v),
+                "resourceVersion" => out.resource_version = Some(v),
+                "resourceVersionMatch" => out.resource_version_match = Some(v),
+                "timeoutSeconds" => out.timeout_seconds = Some(number(&v)?),
+                "allowWatchBookmarks" => out.bookmarks = truthy(&v),
+                "sendInitialEvents" => out.send_initial_events = truthy(&v),
+                "labelSelector" => out.label_selector = Some(v),
+                "fieldSelector" => out.field_selector = Some(v),
+                "limit" => out.limit = Some(usize::try_from(number(&v)?).unwrap_or(usize::MAX)),
+                "continue" => out.continue_token = Some(v).filter(|t| !t.is_empty()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    })
+}
+
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        422 => "Unprocessable Entity",
+        500 => "Internal Server Error",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+fn respond_bytes(
+    out: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut msg = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\n\r\n",
+        reason_phrase(code),
+        body.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(body);
+    out.write_all(&msg)
+}
+
+fn respond(out: &mut TcpStream, code: u16, body: &Value) -> io::Result<()> {
+    respond_bytes(out, code, "application/json", body.to_string().as_bytes())
+}
+
+fn respond_status(out: &mut TcpStream, code: u16, reason: &str, message: &str) -> io::Result<()> {
+    respond(out, code, &status(code, reason, message))
+}
+
+/// One event per chunk, one line per event.
+fn write_event(out: &mut TcpStream, event: &Value) -> io::Result<()> {
+    let line = format!("{event}\n");
+    let mut chunk = format!("{:x}\r\n", line.len()).into_bytes();
+    chunk.extend_from_slice(line.as_bytes());
+    chunk.extend_from_slice(b"\r\n");
+    out.write_all(&chunk)
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, generation: u64) {
+    while shared.generation.load(Ordering::SeqCst) == generation {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, 50) };
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            break;
+        }
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_nodelay(true);
+        let Ok(registered) = stream.try_clone() else {
+            continue;
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+        lock(&shared.conns).insert(id, registered);
+        lock(&shared.stats).connections += 1;
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("apiserver-conn-{id}"))
+            .spawn(move || {
+                let _ = serve_connection(&sh, stream, generation);
+                lock(&sh.conns).remove(&id);
+            });
+        if let Ok(handle) = spawned {
+            let mut threads = lock(&shared.threads);
+            threads.retain(|t| !t.is_finished());
+            threads.push(handle);
+        }
+    }
+}
+
+fn serve_connection(shared: &Shared, stream: TcpStream, generation: u64) -> io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(req) = read_request(&mut reader)? {
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            break;
+        }
+        {
+            let mut log = lock(&shared.log);
+            if log.len() >= MAX_REQUEST_LOG {
+                log.pop_front();
+            }
+            let sep = if req.query.is_empty() { "" } else { "?" };
+            log.push_back(format!("{} {}{sep}{}", req.method, req.path, req.query));
+        }
+        lock(&shared.stats).requests += 1;
+        let keep = dispatch(shared, &mut out, &req, generation)?;
+        if !keep || req.close {
+            break;
+        }
+    }
+    let _ = out.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+enum Route {
+    Json(Value),
+    Text(&'static str),
+    Collection {
+        info: &'static KindInfo,
+        namespace: Option<String>,
+    },
+    Object {
+        info: &'static KindInfo,
+        namespace: Option<String>,
+        name: String,
+    },
+    NotFound,
+}
+
+fn route(path: &str, port: u16) -> Route {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz"] => return Route::Text("ok"),
+        ["version"] => return Route::Json(version_info()),
+        ["api"] => {
+            return Route::Json(json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{port}")}],
+            }));
+        }
+        ["apis"] => {
+            return Route::Json(json!({
+                "kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [api_group("discovery.k8s.io")],
+            }));
+        }
+        ["apis", "discovery.k8s.io"] => {
+            let mut g = api_group("discovery.k8s.io");
+            g["kind"] = "APIGroup".into();
+            g["apiVersion"] = "v1".into();
+            return Route::Json(g);
+        }
+        ["api", "v1"] => return Route::Json(resource_list("v1")),
+        ["apis", "discovery.k8s.io", "v1"] => {
+            return Route::Json(resource_list("discovery.k8s.io/v1"));
+        }
+        _ => {}
+    }
+    for info in KINDS {
+        let Some(rest) = segs.strip_prefix(info.group_path) else {
+            continue;
+        };
+        match (rest, info.namespaced) {
+            ([plural], _) if *plural == info.plural => {
+                return Route::Collection {
+                    info,
+                    namespace: None,
+                };
+            }
+            ([plural, name], false) if *plural == info.plural => {
+                return Route::Object {
+                    info,
+                    namespace: None,
+                    name: (*name).to_owned(),
+                };
+            }
+            (["namespaces", ns, plural], true) if *plural == info.plural => {
+                return Route::Collection {
+                    info,
+                    namespace: Some((*ns).to_owned()),
+                };
+            }
+            (["namespaces", ns, plural, name], true) if *plural == info.plural => {
+                return Route::Object {
+                    info,
+                    namespace: Some((*ns).to_owned()),
+                    name: (*name).to_owned(),
+                };
+            }
+            _ => {}
+        }
+    }
+    Route::NotFound
+}
+
+fn version_info() -> Value {
+    json!({
+        "major": "1", "minor": "34", "gitVersion": "v1.34.0-lb-test",
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn api_group(name: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+fn resource_list(group_version: &str) -> Value {
+    let resources: Vec<Value> = KINDS
+        .iter()
+        .filter(|k| k.api_version == group_version)
+        .map(|k| {
+            json!({
+                "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
+                "kind": k.kind, "verbs": ["get", "list", "watch"], "shortNames": k.short_names,
+            })
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+/// Serves one request. Returns whether the connection may be reused.
+fn dispatch(
+    shared: &Shared,
+    out: &mut TcpStream,
+    req: &Request,
+    generation: u64,
+) -> io::Result<bool> {
+    if req.method != "GET" {
+        respond_status(
+            out,
+            405,
+            "MethodNotAllowed",
+            &format!("the test API server only serves GET, not {}", req.method),
+        )?;
+        return Ok(true);
+    }
+    let q = match Query::parse(&req.query) {
+        Ok(q) => q,
+        Err(m) => {
+            respond_status(out, 400, "BadRequest", &m)?;
+            return Ok(true);
+        }
+    };
+    match route(&req.path, shared.port) {
+        Route::Json(v) => respond(out, 200, &v)?,
+        Route::Text(t) => respond_bytes(out, 200, "text/plain; charset=utf-8", t.as_bytes())?,
+        Route::NotFound => respond_status(
+            out,
+            404,
+            "NotFound",
+            &format!(
+                "the server could not find the requested resource ({})",
+                req.path
+            ),
+        )?,
+        Route::Object {
+            info,
+            namespace,
+            name,
+        } => {
+            let key: Key = (info.kind, namespace.unwrap_or_default(), name.clone());
+            let obj = lock(&shared.store).objects.get(&key).cloned();
+            match obj {
+                Some(o) => respond(out, 200, &o)?,
+                None => {
+                    let mut st = status(
+                        404,
+                        "NotFound",
+                        &format!("{} \"{name}\" not found", info.plural),
+                    );
+                    st["details"] = json!({"name": name, "kind": info.plural});
+                    respond(out, 404, &st)?;
+                }
+            }
+        }
+        Route::Collection { info, namespace } => {
+            let labels = parse_label_selector(q.label_selector.as_deref().unwrap_or(""));
+            let fields = parse_field_selector(q.field_selector.as_deref().unwrap_or(""), info);
+            let filter = match (labels, fields) {
+                (Ok(labels), Ok(fields)) => Filter {
+                    namespace,
+                    labels,
+                    fields,
+                },
+                (Err(m), _) | (_, Err(m)) => {
+                    respond_status(out, 400, "BadRequest", &m)?;
+                    return Ok(true);
+                }
+            };
+            if q.watch {
+                return serve_watch(shared, out, info, &filter, &q, generation);
+            }
+            let (code, body) = list(shared, info, &filter, &q);
+            respond(out, code, &body)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Waits (briefly) until the server has reached `rv`. False: still too large.
+fn wait_for_rv<'a>(
+    shared: &'a Shared,
+    mut store: MutexGuard<'a, Store>,
+    rv: u64,
+) -> (MutexGuard<'a, Store>, bool) {
+    let deadline = Instant::now() + TOO_LARGE_RV_WAIT;
+    while store.rv < rv {
+        let now = Instant::now();
+        if now >= deadline {
+            return (store, false);
+        }
+        store = shared
+            .cond
+            .wait_timeout(store, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    (store, true)
+}
+
+fn too_large(rv: u64) -> (u16, Value) {
+    let mut st = status(
+        504,
+        "Timeout",
+        &format!("Too large resource version: {rv}, current resource version unknown"),
+    );
+    st["details"] = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1});
+    (504, st)
+}
+
+fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q: &Query) -> (u16, Value) {
+    lock(&shared.stats).lists += 1;
+    let mut store = lock(&shared.store);
+    if store.fail_lists > 0 {
+        store.fail_lists -= 1;
+        return (500, status(500, "InternalError", "injected failure"));
+    }
+    let requested = match q.resource_version.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return (
+                    400,
+                    status(400, "BadRequest", &format!("invalid resourceVersion {s:?}")),
+                );
+            }
+        },
+    };
+    let (rv, mut items): (u64, VecDeque<Value>) = if let Some(token) = &q.continue_token {
+        if requested.is_some() {
+            return (
+                400,
+                status(
+                    400,
+                    "BadRequest",
+                    "specifying resource version is not allowed when using continue",
+                ),
+            );
+        }
+        let Some(i) = store.continuations.iter().position(|c| &c.token == token) else {
+            lock(&shared.stats).expired += 1;
+            return (
+                410,
+                status(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+            );
+        };
+        let c = store
+            .continuations
+            .remove(i)
+            .unwrap_or_else(|| unreachable!());
+        (c.rv, c.remaining)
+    } else {
+        let exact = q.resource_version_match.as_deref() == Some("Exact");
+        match requested {
+            Some(0) if exact => {
+                return (
+                    422,
+                    status(
+                        422,
+                        "Invalid",
+                        "resourceVersionMatch: Exact requires a non-zero resourceVersion",
+                    ),
+                );
+            }
+            Some(n) if n != 0 => {
+                let (s, reached) = wait_for_rv(shared, store, n);
+                store = s;
+                if !reached {
+                    return too_large(n);
+                }
+            }
+            _ => {}
+        }
+        match requested {
+            Some(n) if exact && n < store.floor => {
+                lock(&shared.stats).expired += 1;
+                return (
+                    410,
+                    status(
+                        410,
+                        "Expired",
+                        &format!("too old resource version: {n} ({})", store.floor),
+                    ),
+                );
+            }
+            Some(n) if exact => (
+                n,
+                store
+                    .state_at(info.kind, n)
+                    .into_values()
+                    .filter(|o| filter.matches(o))
+                    .collect(),
+            ),
+            _ => (
+                store.rv,
+                store.objects_of(info.kind, filter).cloned().collect(),
+            ),
+        }
+    };
+    // Built-in list responses omit the items' kind and apiVersion.
+    for item in &mut items {
+        if let Some(o) = item.as_object_mut() {
+            o.remove("kind");
+            o.remove("apiVersion");
+        }
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = q.limit.filter(|&l| l > 0 && l < items.len()) {
+        let rest = items.split_off(limit);
+        let token = format!("lbt-continue-{}", store.next_token);
+        store.next_token += 1;
+        metadata["continue"] = token.clone().into();
+        metadata["remainingItemCount"] = rest.len().into();
+        store.continuations.push_back(Continuation {
+            token,
+            rv,
+            remaining: rest,
+        });
+        while store.continuations.len() > MAX_CONTINUATIONS {
+            store.continuations.pop_front();
+        }
+    }
+    (
+        200,
+        json!({
+            "kind": info.list_kind, "apiVersion": info.api_version,
+            "metadata": metadata, "items": Vec::from(items),
+        }),
+    )
+}
+
+fn bookmark(info: &KindInfo, rv: u64, initial_events_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_events_end {
+        meta["annotations"] = json!({INITIAL_EVENTS_END: "true"});
+    }
+    json!({"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": info.api_version, "metadata": meta}})
+}
+
+enum Next {
+    Send(Vec<Value>),
+    /// End the stream cleanly (timeout, closed watches), after these events.
+    End(Vec<Value>),
+    /// The server is stopping: cut the connection.
+    Cut,
+}
+
+/// Decrements the open-watch counter when the stream ends, however it ends.
+struct OpenWatch<'a>(&'a Shared);
+
+impl Drop for OpenWatch<'_> {
+    fn drop(&mut self) {
+        let mut stats = lock(&self.0.stats);
+        stats.open_watches = stats.open_watches.saturating_sub(1);
+    }
+}
+
+fn serve_watch(
+    shared: &Shared,
+    out: &mut TcpStream,
+    info: &'static KindInfo,
+    filter: &Filter,
+    q: &Query,
+    generation: u64,
+) -> io::Result<bool> {
+    lock(&shared.stats).watches += 1;
+    if q.send_initial_events {
+        if q.resource_version_match.as_deref() != Some("NotOlderThan") {
+            respond_status(
+                out,
+                422,
+                "Invalid",
+                "sendInitialEvents requires resourceVersionMatch=NotOlderThan",
+            )?;
+            return Ok(true);
+        }
+        if !q.bookmarks {
+            respond_status(
+                out,
+                422,
+                "Invalid",
+                "sendInitialEvents requires allowWatchBookmarks=true",
+            )?;
+            return Ok(true);
+        }
+    } else if q.resource_version_match.is_some() {
+        respond_status(
+            out,
+            422,
+            "Invalid",
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        )?;
+        return Ok(true);
+    }
+    let requested = match q.resource_version.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                respond_status(
+                    out,
+                    400,
+                    "BadRequest",
+                    &format!("invalid resourceVersion {s:?}"),
+                )?;
+                return Ok(true);
+            }
+        },
+    };
+    let timeout = q
+        .timeout_seconds
+        .filter(|&t| t > 0)
+        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let deadline = Instant::now() + timeout;
+
+    let mut store = lock(&shared.store);
+    if let Some(n) = requested.filter(|&n| n != 0) {
+        let (s, reached) = wait_for_rv(shared, store, n);
+        store = s;
+        if !reached {
+            drop(store);
+            let (code, body) = too_large(n);
+            respond(out, code, &body)?;
+            return Ok(true);
+        }
+    }
+    let epoch = store.watch_epoch;
+    let mut interval = store.bookmark_interval;
+    let mut first = Vec::new();
+    let mut cursor = store.rv;
+    let mut expired = false;
+    match requested {
+        Some(n) if n != 0 && !q.send_initial_events => {
+            if n < store.floor {
+                expired = true;
+                first.push(json!({"type": "ERROR", "object": status(410, "Expired",
+                    &format!("too old resource version: {n} ({})", store.floor))}));
+            } else {
+                cursor = n;
+            }
+        }
+        _ => {
+            first.extend(
+                store
+                    .objects_of(info.kind, filter)
+                    .map(|o| json!({"type": "ADDED", "object": o})),
+            );
+            if q.send_initial_events {
+                first.push(bookmark(info, cursor, true));
+            }
+        }
+    }
+    drop(store);
+
+    let _open = OpenWatch(shared);
+    lock(&shared.stats).open_watches += 1;
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    if expired {
+        lock(&shared.stats).expired += 1;
+    }
+    for e in &first {
+        write_event(out, e)?;
+    }
+    if expired {
+        out.write_all(b"0\r\n\r\n")?;
+        return Ok(true);
+    }
+    let mut next_bookmark = Instant::now() + interval;
+    loop {
+        let next = {
+            let mut store = lock(&shared.store);
+            loop {
+                if shared.generation.load(Ordering::SeqCst) != generation {
+                    break Next::Cut;
+                }
+                let now = Instant::now();
+                if store.watch_epoch != epoch || now >= deadline {
+                    break Next::End(Vec::new());
+                }
+                if cursor < store.floor {
+                    // Fell out of the retained history while streaming.
+                    let st = status(
+                        410,
+                        "Expired",
+                        &format!("too old resource version: {cursor} ({})", store.floor),
+                    );
+                    lock(&shared.stats).expired += 1;
+                    break Next::End(vec![json!({"type": "ERROR", "object": st})]);
+                }
+                let events = store.events_since(cursor, info.kind, filter);
+                cursor = store.rv;
+                if !events.is_empty() {
+                    break Next::Send(events);
+                }
+                if store.bookmark_interval != interval {
+                    interval = store.bookmark_interval;
+                    next_bookmark = now + interval;
+                }
+                if q.bookmarks && now >= next_bookmark {
+                    next_bookmark = now + interval;
+                    lock(&shared.stats).bookmarks += 1;
+                    break Next::Send(vec![bookmark(info, store.rv, false)]);
+                }
+                let mut wake = deadline.min(now + Duration::from_secs(1));
+                if q.bookmarks {
+                    wake = wake.min(next_bookmark);
+                }
+                store = shared
+                    .cond
+                    .wait_timeout(store, wake.saturating_duration_since(now))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        };
+        match next {
+            Next::Send(events) => {
+                for e in &events {
+                    write_event(out, e)?;
+                }
+            }
+            Next::End(events) => {
+                for e in &events {
+                    write_event(out, e)?;
+                }
+                out.write_all(b"0\r\n\r\n")?;
+                return Ok(true);
+            }
+            Next::Cut => {
+                let _ = out.shutdown(Shutdown::Both);
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC with second precision, as Kubernetes writes timestamps.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal HTTP/1.1 client for the tests: one request per connection.
+    struct Conn {
+        reader: BufReader<TcpStream>,
+    }
+
+    impl Conn {
+        fn get(server: &ApiServer, target: &str) -> (Self, u16, Vec<(String, String)>) {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(
+                s,
+                "GET {target} HTTP/1.1\r\nHost: test\r\nAccept: application/json\r\n\r\n"
+            )
+            .unwrap();
+            let mut reader = BufReader::new(s);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let code = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap();
+                headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+            }
+            (Self { reader }, code, headers)
+        }
+
+        /// A non-streaming request: status and JSON body.
+        fn json(server: &ApiServer, target: &str) -> (u16, Value) {
+            let (mut c, code, headers) = Self::get(server, target);
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap();
+            let mut body = vec![0; len];
+            c.reader.read_exact(&mut body).unwrap();
+            (code, serde_json::from_slice(&body).unwrap())
+        }
+
+        /// The next line of a chunked watch body (`None` at the terminating chunk). Checks that
+        /// every chunk is exactly one newline-terminated JSON document.
+        fn event(&mut self) -> Option<Value> {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            if size == 0 {
+                let mut end = String::new();
+                self.reader.read_line(&mut end).unwrap();
+                assert_eq!(end, "\r\n", "no trailers");
+                return None;
+            }
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            assert!(
+                chunk.ends_with(b"\n\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&chunk)
+            );
+            let line = &chunk[..size - 1];
+            assert!(!line.contains(&b'\n'), "one event per line");
+            Some(serde_json::from_slice(line).unwrap())
+        }
+
+        /// Next event that is not a bookmark.
+        fn change(&mut self) -> Value {
+            loop {
+                let e = self.event().expect("stream ended");
+                if e["type"] != "BOOKMARK" {
+                    return e;
+                }
+            }
+        }
+    }
+
+    fn svc(name: &str, labels: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": name}},
+        })
+    }
+
+    fn rv(v: &Value) -> u64 {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn list_has_kind_api_version_and_resource_version() {
+        let server = ApiServer::start().unwrap();
+        server.apply(svc("a", json!({}))).unwrap();
+        let mut other = svc("b", json!({}));
+        other["metadata"]["namespace"] = "other".into();
+        let last = server.apply(other).unwrap();
+        let (code, list) = Conn::json(&server, "/api/v1/services?&limit=500");
+        assert_eq!(code, 200);
+        assert_eq!(list["kind"], "ServiceList");
+        assert_eq!(list["apiVersion"], "v1");
+        assert_eq!(rv(&list), last);
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(
+            items[0].get("kind").is_none(),
+            "built-in lists omit item kinds"
+        );
+        assert!(list["metadata"].get("continue").is_none());
+        let (_, ns) = Conn::json(&server, "/api/v1/namespaces/other/services");
+        assert_eq!(ns["items"].as_array().unwrap().len(), 1);
+        assert_eq!(ns["items"][0]["metadata"]["name"], "b");
+        let (code, one) = Conn::json(&server, "/api/v1/namespaces/default/services/a");
+        assert_eq!((code, one["kind"].as_str()), (200, Some("Service")));
+        let (code, missing) = Conn::json(&server, "/api/v1/namespaces/default/services/zz");
+        assert_eq!((code, missing["reason"].as_str()), (404, Some("NotFound")));
+        let (_, slices) = Conn::json(&server, "/apis/discovery.k8s.io/v1/endpointslices");
+        assert_eq!(slices["kind"], "EndpointSliceList");
+        assert_eq!(slices["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(slices["items"], json!([]));
+    }
+
+    #[test]
+    fn paging_is_a_consistent_snapshot_and_unknown_tokens_expire() {
+        let server = ApiServer::start().unwrap();
+        for i in 0..5 {
+            server.apply(svc(&format!("s{i}"), json!({}))).unwrap();
+        }
+        let (_, p1) = Conn::json(&server, "/api/v1/services?&limit=2");
+        let token = p1["metadata"]["continue"].as_str().unwrap().to_owned();
+        assert_eq!(p1["metadata"]["remainingItemCount"], 3);
+        server.delete("Service", "default", "s4").unwrap();
+        let (_, p2) = Conn::json(
+            &server,
+            &format!("/api/v1/services?&limit=2&continue={token}"),
+        );
+        assert_eq!(
+            rv(&p2),
+            rv(&p1),
+            "every page reports the list resourceVersion"
+        );
+        let token2 = p2["metadata"]["continue"].as_str().unwrap().to_owned();
+        let (_, p3) = Conn::json(
+            &server,
+            &format!("/api/v1/services?&limit=2&continue={token2}"),
+        );
+        assert!(p3["metadata"].get("continue").is_none());
+        let names: Vec<_> = [&p1, &p2, &p3]
+            .iter()
+            .flat_map(|p| p["items"].as_array().unwrap().clone())
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
+        let (code, gone) = Conn::json(&server, "/api/v1/services?&limit=2&continue=bogus");
+        assert_eq!((code, gone["code"].as_u64()), (410, Some(410)));
+        assert_eq!(gone["reason"], "Expired");
+    }
+
+    #[test]
+    fn exact_list_rebuilds_an_older_state() {
+        let server = ApiServer::start().unwrap();
+        let rv1 = server.apply(svc("a", json!({"v": "1"}))).unwrap();
+        server.apply(svc("a", json!({"v": "2"}))).unwrap();
+        server.apply(svc("b", json!({}))).unwrap();
+        let (_, old) = Conn::json(
+            &server,
+            &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"),
+        );
+        assert_eq!(rv(&old), rv1);
+        let items = old["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["metadata"]["labels"]["v"], "1");
+        server.compact();
+        let (code, _) = Conn::json(
+            &server,
+            &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"),
+        );
+        assert_eq!(code, 410);
+    }
+
+    #[test]
+    fn watch_from_a_resource_version_streams_every_later_change() {
+        let server = ApiServer::start().unwrap();
+        let rv0 = server.apply(svc("a", json!({}))).unwrap();
+        let rv1 = server.apply(svc("b", json!({}))).unwrap();
+        let (mut w, code, headers) = Conn::get(
+            &server,
+            &format!(
+                "/api/v1/namespaces/default/services?&watch=true&timeoutSeconds=30&resourceVersion={rv0}"
+            ),
+        );
+        assert_eq!(code, 200);
+        assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())));
+        let e = w.change();
+        assert_eq!((e["type"].as_str(), rv(&e["object"])), (Some("ADDED"), rv1));
+        assert_eq!(e["object"]["kind"], "Service");
+        assert_eq!(e["object"]["apiVersion"], "v1");
+        let rv2 = server.apply(svc("a", json!({"x": "y"}))).unwrap();
+        let e = w.change();
+        assert_eq!(
+            (e["type"].as_str(), rv(&e["object"])),
+            (Some("MODIFIED"), rv2)
+        );
+        let rv3 = server.delete("Service", "default", "a").unwrap();
+        let e = w.change();
+        assert_eq!(e["type"], "DELETED");
+        assert_eq!(
+            rv(&e["object"]),
+            rv3,
+            "DELETED carries the deletion revision"
+        );
+        assert_eq!(
+            e["object"]["metadata"]["labels"]["x"], "y",
+            "and the last state"
+        );
+        // Other kinds and namespaces share the counter but never appear here.
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+        let rv4 = server.apply(node).unwrap();
+        assert_eq!(rv4, rv3 + 1);
+        let rv5 = server.apply(svc("c", json!({}))).unwrap();
+        let e = w.change();
+        assert_eq!((e["type"].as_str(), rv(&e["object"])), (Some("ADDED"), rv5));
+        assert_eq!(server.stats().open_watches, 1);
+    }
+
+    #[test]
+    fn watch_without_resource_version_starts_with_synthetic_added() {
+        let server = ApiServer::start().unwrap();
+        server.apply(svc("a", json!({}))).unwrap();
+        server.apply(svc("b", json!({}))).unwrap();
+        for rv in ["", "&resourceVersion=0"] {
+            let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=1{rv}"));
+            let names: Vec<_> = (0..2)
+                .map(|_| w.change())
+                .inspect(|e| assert_eq!(e["type"], "ADDED"))
+                .map(|e| e["object"]["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(names, ["a", "b"]);
+        }
+    }
+
+    #[test]
+    fn too_old_resource_version_is_a_410_error_event_in_a_200_stream() {
+        let server = ApiServer::start().unwrap();
+        let old = server.apply(svc("a", json!({}))).unwrap();
+        server.apply(svc("b", json!({}))).unwrap();
+        server.compact();
+        let (mut w, code, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?&watch=true&allowWatchBookmarks=true&resourceVersion={old}"),
+        );
+        assert_eq!(code, 200, "never a 410 at the HTTP layer for watches");
+        let e = w.event().unwrap();
+        assert_eq!(e["type"], "ERROR");
+        assert_eq!(e["object"]["kind"], "Status");
+        assert_eq!(e["object"]["code"], 410);
+        assert_eq!(e["object"]["reason"], "Expired");
+        let msg = e["object"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!("too old resource version: {old} (")),
+            "{msg}"
+        );
+        assert_eq!(w.event(), None, "then the stream ends");
+        assert_eq!(server.stats().expired, 1);
+        // The list after compaction gives a resourceVersion that can be watched.
+        let (_, list) = Conn::json(&server, "/api/v1/services");
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?watch=true&resourceVersion={}", rv(&list)),
+        );
+        let rv_c = server.apply(svc("c", json!({}))).unwrap();
+        assert_eq!(rv(&w.change()["object"]), rv_c);
+    }
+
+    #[test]
+    fn history_limit_expires_old_resource_versions() {
+        let server = ApiServer::start().unwrap();
+        server.set_history_limit(2);
+        let first = server.apply(svc("a", json!({"n": "1"}))).unwrap();
+        server.apply(svc("a", json!({"n": "2"}))).unwrap();
+        server.apply(svc("a", json!({"n": "3"}))).unwrap();
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?watch=true&resourceVersion={}", first - 1),
+        );
+        assert_eq!(w.event().unwrap()["object"]["code"], 410);
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?watch=true&resourceVersion={first}"),
+        );
+        assert_eq!(w.change()["object"]["metadata"]["labels"]["n"], "2");
+    }
+
+    #[test]
+    fn bookmarks_carry_only_kind_api_version_and_resource_version() {
+        let server = ApiServer::start().unwrap();
+        server.set_bookmark_interval(Duration::from_millis(50));
+        let (mut w, _, _) = Conn::get(
+            &server,
+            "/apis/discovery.k8s.io/v1/endpointslices?&watch=true&allowWatchBookmarks=true",
+        );
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+        let rv = server.apply(node).unwrap();
+        let bm = loop {
+            let e = w.event().unwrap();
+            assert_eq!(e["type"], "BOOKMARK");
+            if super::resource_version_of(&e["object"]) == rv {
+                break e;
+            }
+        };
+        assert_eq!(
+            bm["object"],
+            json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}})
+        );
+        assert!(server.stats().bookmarks >= 1);
+        // No bookmarks unless asked for.
+        let (mut w, _, _) = Conn::get(&server, "/api/v1/nodes?watch=true&timeoutSeconds=1");
+        assert_eq!(w.event().unwrap()["type"], "ADDED");
+        assert_eq!(
+            w.event(),
+            None,
+            "only the timeout ends it, with no bookmark before"
+        );
+    }
+
+    #[test]
+    fn timeout_seconds_ends_the_stream_cleanly_and_the_connection_is_reused() {
+        let server = ApiServer::start().unwrap();
+        let started = Instant::now();
+        let (mut w, _, _) = Conn::get(&server, "/api/v1/services?watch=true&timeoutSeconds=1");
+        assert_eq!(w.event(), None);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        let s = w.reader.get_mut();
+        write!(s, "GET /api/v1/nodes HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut line = String::new();
+        w.reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    }
+
+    #[test]
+    fn label_selector_transitions_are_added_and_deleted() {
+        let server = ApiServer::start().unwrap();
+        server.apply(svc("a", json!({"app": "a"}))).unwrap();
+        let sel =
+            "%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
+        let (_, list) = Conn::json(
+            &server,
+            &format!("/api/v1/services?&labelSelector={sel}&limit=500"),
+        );
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!(
+                "/api/v1/services?&watch=true&labelSelector={sel}&resourceVersion={}",
+                rv(&list)
+            ),
+        );
+        let rv_out = server
+            .apply(svc(
+                "a",
+                json!({"app": "a", "service.kubernetes.io/service-proxy-name": "other"}),
+            ))
+            .unwrap();
+        let e = w.change();
+        assert_eq!(e["type"], "DELETED");
+        assert_eq!(rv(&e["object"]), rv_out, "the event's new revision");
+        assert!(
+            e["object"]["metadata"]["labels"]
+                .get("service.kubernetes.io/service-proxy-name")
+                .is_none(),
+            "the previous content"
+        );
+        // Changes while not matching are invisible.
+        server
+            .apply(svc(
+                "a",
+                json!({"app": "b", "service.kubernetes.io/service-proxy-name": "other"}),
+            ))
+            .unwrap();
+        let rv_in = server.apply(svc("a", json!({"app": "c"}))).unwrap();
+        let e = w.change();
+        assert_eq!(
+            (e["type"].as_str(), rv(&e["object"])),
+            (Some("ADDED"), rv_in)
+        );
+        server.apply(svc("a", json!({"app": "d"}))).unwrap();
+        assert_eq!(w.change()["type"], "MODIFIED");
+        server
+            .apply(svc("h", json!({"service.kubernetes.io/headless": ""})))
+            .unwrap();
+        let rv_z = server.apply(svc("z", json!({}))).unwrap();
+        let e = w.change();
+        assert_eq!(
+            (e["object"]["metadata"]["name"].as_str(), rv(&e["object"])),
+            (Some("z"), rv_z)
+        );
+    }
+
+    #[test]
+    fn label_selector_syntax() {
+        use LabelReq::*;
+        let p = |s| parse_label_selector(s).unwrap();
+        assert_eq!(p(""), vec![]);
+        assert_eq!(
+            p("a=1,b==2, c!=3,d,!e"),
+            vec![
+                Eq("a".into(), "1".into()),
+                Eq("b".into(), "2".into()),
+                NotEq("c".into(), "3".into()),
+                Exists("d".into()),
+                NotExists("e".into())
+            ]
+        );
+        assert_eq!(
+            p("env in (prod, dev),tier notin (x),k8s.io/x"),
+            vec![
+                In("env".into(), vec!["prod".into(), "dev".into()]),
+                NotIn("tier".into(), vec!["x".into()]),
+                Exists("k8s.io/x".into())
+            ]
+        );
+        for bad in ["a=(", "a in b", "=x", "a,,b", "a b", "x in (a", "a=b c"] {
+            assert!(parse_label_selector(bad).is_err(), "{bad}");
+        }
+        let labels = json!({"env": "prod", "k": "v"});
+        let m = |s: &str| {
+            parse_label_selector(s)
+                .unwrap()
+                .iter()
+                .all(|r| r.matches(labels.as_object()))
+        };
+        assert!(m("env=prod,k"));
+        assert!(m("env in (dev,prod),missing notin (a),gone!=x,!gone"));
+        assert!(!m("env!=prod"));
+        assert!(!m("env notin (prod)"));
+        assert!(!m("!k"));
+        assert!(!m("missing in (a)"));
+    }
+
+    #[test]
+    fn field_selector_on_node_name_and_errors_are_400() {
+        let server = ApiServer::start().unwrap();
+        for n in ["node-a", "node-b"] {
+            server
+                .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
+                .unwrap();
+        }
+        let (_, list) = Conn::json(
+            &server,
+            "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-b&limit=500",
+        );
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["metadata"]["name"], "node-b");
+        let (_, list) = Conn::json(
+            &server,
+            "/api/v1/nodes?fieldSelector=metadata.name!%3Dnode-b",
+        );
+        assert_eq!(list["items"][0]["metadata"]["name"], "node-a");
+        let (mut w, _, _) = Conn::get(
+            &server,
+            "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3Dnode-b",
+        );
+        assert_eq!(w.change()["object"]["metadata"]["name"], "node-b");
+        server
+            .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"x": "1"}}}))
+            .unwrap();
+        server
+            .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b", "labels": {"x": "1"}}}))
+            .unwrap();
+        let e = w.change();
+        assert_eq!(
+            (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+            (Some("MODIFIED"), Some("node-b"))
+        );
+        let (code, st) = Conn::json(&server, "/api/v1/nodes?fieldSelector=spec.nope%3D1");
+        assert_eq!((code, st["reason"].as_str()), (400, Some("BadRequest")));
+        let (code, _) = Conn::json(&server, "/api/v1/services?labelSelector=a%20in%20b");
+        assert_eq!(code, 400);
+    }
+
+    #[test]
+    fn streaming_list_ends_initial_events_with_an_annotated_bookmark() {
+        let server = ApiServer::start().unwrap();
+        let rv = server.apply(svc("a", json!({}))).unwrap();
+        let (mut w, _, _) = Conn::get(
+            &server,
+            "/api/v1/services?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0",
+        );
+        assert_eq!(w.event().unwrap()["type"], "ADDED");
+        let bm = w.event().unwrap();
+        assert_eq!(bm["type"], "BOOKMARK");
+        assert_eq!(
+            bm["object"]["metadata"]["annotations"][INITIAL_EVENTS_END],
+            "true"
+        );
+        assert_eq!(super::resource_version_of(&bm["object"]), rv);
+        let (code, _) = Conn::json(
+            &server,
+            "/api/v1/services?watch=true&sendInitialEvents=true",
+        );
+        assert_eq!(code, 422);
+    }
+
+    #[test]
+    fn apply_defaults_like_the_api_server_and_no_op_updates_keep_the_version() {
+        let server = ApiServer::start().unwrap();
+        let rv = server.apply(svc("a", json!({}))).unwrap();
+        let a = server.get("Service", "default", "a").unwrap();
+        let spec = &a["spec"];
+        assert_eq!(spec["type"], "ClusterIP");
+        assert_eq!(spec["sessionAffinity"], "None");
+        assert_eq!(spec["internalTrafficPolicy"], "Cluster");
+        assert!(spec.get("externalTrafficPolicy").is_none());
+        assert_eq!(
+            spec["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        let ip = spec["clusterIP"].as_str().unwrap().to_owned();
+        assert!(ip.starts_with("10.96."), "{ip}");
+        assert_eq!(spec["clusterIPs"], json!([ip]));
+        assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(a["status"], json!({"loadBalancer": {}}));
+        assert!(a["metadata"]["uid"].is_string() && a["metadata"]["creationTimestamp"].is_string());
+        assert_eq!(
+            server.apply(svc("a", json!({}))).unwrap(),
+            rv,
+            "no-op update"
+        );
+        // An update keeps the allocated ClusterIP and NodePorts.
+        let mut lb = svc("a", json!({}));
+        lb["spec"]["type"] = "LoadBalancer".into();
+        lb["spec"]["externalTrafficPolicy"] = "Local".into();
+        lb["spec"]["sessionAffinity"] = "ClientIP".into();
+        server.apply(lb.clone()).unwrap();
+        let a = server.get("Service", "default", "a").unwrap();
+        assert_eq!(a["spec"]["clusterIP"], ip.as_str());
+        let np = a["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!((30_000..=32_767).contains(&np));
+        assert!(a["spec"]["healthCheckNodePort"].as_u64().is_some());
+        assert_eq!(
+            a["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            10_800
+        );
+        assert_eq!(a["spec"]["allocateLoadBalancerNodePorts"], true);
+        lb["metadata"]["labels"] = json!({"new": "label"});
+        server.apply(lb).unwrap();
+        let a = server.get("Service", "default", "a").unwrap();
+        assert_eq!(a["spec"]["ports"][0]["nodePort"].as_u64(), Some(np));
+        let mut headless = svc("h", json!({}));
+        headless["spec"]["clusterIP"] = "None".into();
+        server.apply(headless).unwrap();
+        assert_eq!(
+            server.get("Service", "default", "h").unwrap()["spec"]["clusterIPs"],
+            json!(["None"])
+        );
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "a"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}]});
+        server.apply(slice).unwrap();
+        let s = server.get("EndpointSlice", "default", "s").unwrap();
+        assert_eq!(
+            s["ports"],
+            json!([{"port": 8080, "protocol": "TCP", "name": ""}])
+        );
+        assert_eq!(s["endpoints"], Value::Null);
+        assert!(
+            server
+                .apply(json!({"kind": "Pod", "metadata": {"name": "p"}}))
+                .is_err()
+        );
+        assert!(server.delete("Service", "default", "nope").is_err());
+    }
+
+    #[test]
+    fn discovery_and_health_endpoints() {
+        let server = ApiServer::start().unwrap();
+        let (_, v) = Conn::json(&server, "/version");
+        assert_eq!(v["major"], "1");
+        let (_, api) = Conn::json(&server, "/api");
+        assert_eq!(api["versions"], json!(["v1"]));
+        let (_, r) = Conn::json(&server, "/api/v1");
+        let names: Vec<_> = r["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("services"), json!("nodes")]);
+        let (_, g) = Conn::json(&server, "/apis");
+        assert_eq!(g["groups"][0]["name"], "discovery.k8s.io");
+        let (_, code, _) = Conn::get(&server, "/healthz");
+        assert_eq!(code, 200);
+        let (code, _) = Conn::json(&server, "/api/v1/pods");
+        assert_eq!(code, 404);
+    }
+
+    #[test]
+    fn stop_cuts_connections_and_restart_listens_on_the_same_port() {
+        let mut server = ApiServer::start().unwrap();
+        let rv1 = server.apply(svc("a", json!({}))).unwrap();
+        let addr = server.addr();
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?watch=true&resourceVersion={rv1}"),
+        );
+        assert!(server.wait_for(Duration::from_secs(5), |s| s.open_watches == 1));
+        server.stop();
+        assert!(!server.is_running());
+        // The stream is cut without the terminating chunk.
+        let mut rest = Vec::new();
+        let _ = w.reader.read_to_end(&mut rest);
+        assert!(!rest.ends_with(b"0\r\n\r\n"), "{rest:?}");
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "connections are refused while stopped"
+        );
+        let rv2 = server.apply(svc("b", json!({}))).unwrap();
+        server.restart().unwrap();
+        assert_eq!(server.addr(), addr);
+        let (mut w, _, _) = Conn::get(
+            &server,
+            &format!("/api/v1/services?watch=true&resourceVersion={rv1}"),
+        );
+        assert_eq!(rv(&w.change()["object"]), rv2, "state and history survive");
+        let before = server.request_count();
+        let (code, _) = Conn::json(&server, "/api/v1/services");
+        assert_eq!(code, 200);
+        assert_eq!(server.request_count(), before + 1);
+        assert!(
+            server
+                .requests()
+                .last()
+                .unwrap()
+                .starts_with("GET /api/v1/services")
+        );
+    }
+
+    #[test]
+    fn injected_list_failures_are_500() {
+        let server = ApiServer::start().unwrap();
+        server.fail_next_lists(1);
+        assert_eq!(Conn::json(&server, "/api/v1/services").0, 500);
+        assert_eq!(Conn::json(&server, "/api/v1/services").0, 200);
+    }
+
+    #[test]
+    fn kubeconfig_points_here() {
+        let server = ApiServer::start().unwrap();
+        let path =
+            std::env::temp_dir().join(format!("lbt-{}-kubeconfig", crate::netns::unique_token()));
+        server.kubeconfig(&path).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(v["clusters"][0]["cluster"]["server"], server.url());
+        assert_eq!(v["current-context"], "lb-test");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 3_723); // 2026-01-01 01:02:03
+        assert_eq!(rfc3339(t), "2026-01-01T01:02:03Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+        assert_eq!(percent_decode("a%2Cb+c%3d%zz%"), "a,b c=%zz%");
+    }
+}

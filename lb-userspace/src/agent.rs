@@ -126,6 +126,14 @@ fn attach_all(dp: &mut Dataplane, cfg: &AgentConfig) -> anyhow::Result<()> {
             .with_context(|| format!("attaching to pod interface {iface}"))?;
         info!(iface, "attached: tc ingress (pod)");
     }
+    if !cfg.external_interfaces.is_empty() || !cfg.pod_interfaces.is_empty() {
+        // SNAT to the node's address and the reverse translation of replies happen before the
+        // kernel routes the packet, so the stack sees a packet with one of its own addresses
+        // as source arriving on an interface: without accept_local it drops it as a martian.
+        crate::netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv4/conf/all/accept_local", "1"))
+            .context("entering the network namespace")?
+            .context("setting net.ipv4.conf.all.accept_local=1")?;
+    }
     for iface in &cfg.external_interfaces {
         let mode = crate::netns::run_in(ns, || dp.attach_external(iface, cfg.external_mode))
             .context("entering the network namespace")?

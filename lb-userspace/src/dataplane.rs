@@ -323,7 +323,9 @@ impl Dataplane {
         for (name, hook) in SOCK_PROGRAMS {
             let path = self.pin_path.join(format!("link_cgroup_{hook}"));
             let prog = sock_mut(&mut self.ebpf, name)?;
-            let id = prog.attach(&dir, CgroupAttachMode::AllowMultiple).map_err(cg_err)?;
+            // A cgroup link (kernel >= 5.7) always coexists with other programs; the link API
+            // takes no ALLOW_MULTI flag (Single means flags 0).
+            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(cg_err)?;
             let link = prog.take_link(id).map_err(cg_err)?;
             let fd_link = FdLink::try_from(link).map_err(|e| cg_err(ProgramError::IOError(io::Error::other(e))))?;
             let staged = self.pin_path.join(format!("staged_cgroup_{hook}"));

@@ -27,7 +27,21 @@ pub struct AgentOptions<'a> {
     pub node_ns: &'a Netns,
     pub node_name: &'a str,
     pub node_ips: Vec<String>,
+    /// Host-side pod interfaces.
     pub interfaces: Vec<String>,
+    /// External interfaces (XDP, or `--xdp-mode` from `extra_args`).
+    pub external: Vec<String>,
+    /// cgroup v2 directory for socket-level translation.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// Further `lb agent` arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl<'a> AgentOptions<'a> {
+    /// An agent for `node_ns` attached to `interfaces`, with nothing else.
+    pub fn pods(node_ns: &'a Netns, node_name: &'a str, interfaces: Vec<String>) -> Self {
+        Self { node_ns, node_name, node_ips: vec![], interfaces, external: vec![], cgroup: None, extra_args: vec![] }
+    }
 }
 
 impl Agent {
@@ -55,8 +69,16 @@ impl Agent {
             args.extend(["--node-ip".to_owned(), ip.clone()]);
         }
         for i in &opts.interfaces {
-            args.extend(["--attach".to_owned(), i.clone()]);
+            args.extend(["--pod-iface".to_owned(), i.clone()]);
         }
+        for i in &opts.external {
+            args.extend(["--ext-iface".to_owned(), i.clone()]);
+        }
+        if let Some(cg) = &opts.cgroup {
+            args.extend(["--cgroup".to_owned(), cg.display().to_string()]);
+        }
+        // TODO(metrics): tests run many agents side by side: no listeners on fixed ports.
+        args.extend(opts.extra_args.iter().cloned());
         let mut agent = Self { child: None, pin_path, manifests: dir, log, lb: lb.to_owned(), args };
         for (name, yaml) in manifests {
             agent.write_manifest(name, yaml)?;

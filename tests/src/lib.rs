@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod bins;
+pub mod cgroup;
 pub mod netns;
 pub mod packet;
 pub mod privilege;

@@ -1,16 +1,22 @@
-//! A mini-cluster made of network namespaces: node namespaces joined by an underlay link, and
-//! pods, each a namespace with one veth to its node. Everything is deleted on drop.
+//! A mini-cluster made of network namespaces: node namespaces and external clients on an
+//! underlay (a bridge in a namespace of its own), and pods, each a namespace with one veth to
+//! its node. Everything is deleted on drop.
 //!
 //! Addressing (Calico-style routed pods):
-//! - node `k` has underlay address `192.168.77.{k+1}/24` on its interface `u0`;
+//! - node `k` has underlay address `192.168.77.{k+1}/24` on its interface `u0` (the node's
+//!   external interface, where the XDP program attaches); external client `i` has
+//!   `192.168.77.{100+i}/24` on its `eth0`;
 //! - its pods are `10.244.{k}.{10+i}/32`, each behind a host-side veth; a pod's default route
 //!   points at the link-local gateway `169.254.1.1` on its `eth0`, an address the node holds on
 //!   its loopback so it answers ARP for it on every pod interface;
 //! - nodes route each other's pod ranges over the underlay.
+//!
+//! Every sender turns TX checksum offload off: XDP sees packets as a NIC delivers them, with
+//! complete checksums, and a veth would otherwise hand it partial ones.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -55,47 +61,84 @@ pub struct Pod {
     pub ns: Netns,
 }
 
+/// A host outside the cluster, on the underlay.
+pub struct Client {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub ns: Netns,
+}
+
 pub struct Topology {
     pub token: String,
     // Pods before nodes: pod namespaces go first.
     pub pods: Vec<Pod>,
+    pub clients: Vec<Client>,
     pub nodes: Vec<Node>,
+    underlay: Netns,
+}
+
+/// Turns TX checksum offload off on `iface` in `ns` (see the module docs).
+fn complete_checksums(ns: &Netns, iface: &str) -> anyhow::Result<()> {
+    crate::netns::run(ns.command("ethtool").args(["-K", iface, "tx", "off"]))?;
+    Ok(())
 }
 
 impl Topology {
-    /// `n_nodes` (1 or 2) node namespaces, joined by an underlay link when there are two.
+    /// `n_nodes` (1 or 2) node namespaces on the underlay.
     pub fn new(n_nodes: usize) -> anyhow::Result<Self> {
         if !(1..=2).contains(&n_nodes) {
             bail!("topologies have 1 or 2 nodes");
         }
         let token = unique_token();
-        let mut nodes = Vec::new();
+        let underlay = Netns::new(&format!("lbt{token}-ul"))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        let mut topo = Self { token, pods: Vec::new(), clients: Vec::new(), nodes: Vec::new(), underlay };
         for k in 0..n_nodes {
-            let ns = Netns::new(&format!("lbt{token}-node{k}"))?;
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
-            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            let ns = Netns::new(&format!("lbt{}-node{k}", topo.token))?;
+            for (key, value) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv4.conf.all.send_redirects", "0"),
+            ] {
+                ns.sysctl(key, value)?;
+            }
             ns.ip(&["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", "lo"])?;
-            nodes.push(Node {
-                name: format!("node-{k}"),
-                underlay_ip: Ipv4Addr::new(192, 168, 77, k as u8 + 1),
-                ns,
-            });
+            let underlay_ip = Ipv4Addr::new(192, 168, 77, k as u8 + 1);
+            topo.plug(&ns, &format!("n{k}"), underlay_ip, "u0")?;
+            topo.nodes.push(Node { name: format!("node-{k}"), underlay_ip, ns });
         }
         if n_nodes == 2 {
-            let a = format!("lbt{token}ua");
-            let b = format!("lbt{token}ub");
-            nodes[0].ns.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b, "netns", nodes[1].ns.name()])?;
-            nodes[0].ns.ip(&["link", "set", &a, "name", "u0"])?;
-            nodes[1].ns.ip(&["link", "set", &b, "name", "u0"])?;
-            for (k, node) in nodes.iter().enumerate() {
-                node.ns.ip(&["addr", "add", &format!("{}/24", node.underlay_ip), "dev", "u0"])?;
-                node.ns.ip(&["link", "set", "u0", "up"])?;
-                let other = &nodes[1 - k];
+            for (k, node) in topo.nodes.iter().enumerate() {
+                let other = &topo.nodes[1 - k];
                 node.ns.ip(&["route", "add", &format!("10.244.{}.0/24", 1 - k), "via", &other.underlay_ip.to_string()])?;
             }
         }
-        Ok(Self { token, pods: Vec::new(), nodes })
+        Ok(topo)
+    }
+
+    /// Connects `ns` to the underlay bridge through an interface named `iface` with `ip`/24.
+    fn plug(&self, ns: &Netns, tag: &str, ip: Ipv4Addr, iface: &str) -> anyhow::Result<()> {
+        let outer = format!("lbt{}b{tag}", self.token);
+        let inner = format!("lbt{}i{tag}", self.token);
+        self.underlay.ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns.name()])?;
+        self.underlay.ip(&["link", "set", &outer, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", &inner, "name", iface])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", iface])?;
+        ns.ip(&["link", "set", iface, "up"])?;
+        complete_checksums(ns, iface)
+    }
+
+    /// Adds a host outside the cluster on the underlay; returns its index in
+    /// [`Topology::clients`].
+    pub fn add_client(&mut self, name: &str) -> anyhow::Result<usize> {
+        let i = self.clients.len();
+        let ip = Ipv4Addr::new(192, 168, 77, 100 + i as u8);
+        let ns = Netns::new(&format!("lbt{}-{name}", self.token))?;
+        self.plug(&ns, &format!("c{i}"), ip, "eth0")?;
+        self.clients.push(Client { name: name.to_owned(), ip, ns });
+        Ok(i)
     }
 
     /// Adds a pod on `node`; returns its index in [`Topology::pods`].
@@ -113,6 +156,7 @@ impl Topology {
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
         ns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
+        complete_checksums(&ns, "eth0")?;
         node_ns.ip(&["link", "set", &host_if, "up"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
         node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
@@ -161,23 +205,45 @@ impl Topology {
 
     /// `curl` from pod `from` to `url`: the response body, or the error.
     pub fn curl(&self, from: usize, url: &str, timeout_s: u32) -> anyhow::Result<String> {
-        let out = self.pods[from]
-            .ns
-            .command("curl")
-            .args(["-sS", "--max-time", &timeout_s.to_string(), url])
-            .stdin(Stdio::null())
-            .output()
-            .context("running curl")?;
-        if !out.status.success() {
-            bail!("curl {url} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        curl_in(&self.pods[from].ns, url, timeout_s)
     }
 }
 
-/// A `Command` for `program` inside `ns`; convenience for callers holding only a namespace name.
-pub fn in_netns(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
+/// How a curl ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CurlOutcome {
+    /// The response body.
+    Body(String),
+    /// Connection refused (curl exit 7 with "refused"): a reject.
+    Refused,
+    /// No answer in time (curl exit 28): a drop.
+    TimedOut,
+    /// Anything else, with curl's message.
+    Failed(String),
+}
+
+/// `curl` run in `ns`, classified.
+pub fn curl_outcome(ns: &Netns, url: &str, timeout_s: u32) -> anyhow::Result<CurlOutcome> {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "--connect-timeout", &timeout_s.to_string(), "--max-time", &(timeout_s + 2).to_string(), url])
+        .stdin(Stdio::null())
+        .output()
+        .context("running curl")?;
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    Ok(match out.status.code() {
+        Some(0) => CurlOutcome::Body(String::from_utf8_lossy(&out.stdout).into_owned()),
+        // curl's "Failed to connect": refused (a RST or ICMP unreachable came back).
+        Some(7) => CurlOutcome::Refused,
+        Some(28) => CurlOutcome::TimedOut,
+        _ => CurlOutcome::Failed(format!("{}: {err}", out.status)),
+    })
+}
+
+/// `curl` run in `ns`: the response body, or the error.
+pub fn curl_in(ns: &Netns, url: &str, timeout_s: u32) -> anyhow::Result<String> {
+    match curl_outcome(ns, url, timeout_s)? {
+        CurlOutcome::Body(b) => Ok(b),
+        other => bail!("curl {url}: {other:?}"),
+    }
 }

@@ -116,12 +116,7 @@ fn kubia(test: &str) -> Option<Kubia> {
         pods.push((name, topo.pods[i].ip.to_string()));
     }
     let client = topo.add_pod(0, "client").expect("client pod");
-    let opts = AgentOptions {
-        node_ns: &topo.nodes[0].ns,
-        node_name: "node-0",
-        node_ips: vec![],
-        interfaces: topo.pod_interfaces(0),
-    };
+    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
     let mut agent = Agent::start(
         &bins::lb(),
         &opts,

@@ -63,12 +63,7 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
     println!("   pod client   {}", topo.pods[client].ip);
 
     step("Starting the lb agent on node-0 with the kubia Service (port 80 -> targetPort 8080) and its EndpointSlice");
-    let opts = AgentOptions {
-        node_ns: &topo.nodes[0].ns,
-        node_name: "node-0",
-        node_ips: vec![],
-        interfaces: topo.pod_interfaces(0),
-    };
+    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
     let mut agent = Agent::start(&bins.lb, &opts, &[("kubia.yaml", KUBIA)])?;
     agent.wait_services("the kubia Service to be programmed", |rows| {
         rows.iter().any(|r| r["frontend"] == format!("{VIP}:80") && r["slots"] == 3)

@@ -9,14 +9,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the demo and tests use: `ip`, `sysctl`, `curl`, and the kube-proxy-style
-/// baselines (`iptables`, `nft`).
+/// Debian packages the demo and tests use: `ip`, `sysctl`, `curl`, `ethtool` (test veths send
+/// complete checksums to XDP), and the kube-proxy-style baselines (`iptables`, `nft`).
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("procps", "sysctl"),
     ("curl", "curl"),
     ("iptables", "iptables"),
     ("nftables", "nft"),
+    ("ethtool", "ethtool"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -30,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_src(&toolchain)?;
     bpf_linker()?;
     bpffs()?;
+    cgroup2()?;
     capabilities()?;
     Ok(())
 }
@@ -163,6 +165,24 @@ fn bpffs() -> anyhow::Result<()> {
     let status = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
     if !status.success() {
         bail!("mounting bpffs at /sys/fs/bpf failed (needs CAP_SYS_ADMIN)");
+    }
+    Ok(())
+}
+
+/// Where setup mounts a cgroup v2 hierarchy when the machine has none (the hybrid layout's
+/// conventional place): socket-level translation attaches to cgroup v2 only.
+pub const CGROUP2_MOUNT: &str = "/sys/fs/cgroup/unified";
+
+fn cgroup2() -> anyhow::Result<()> {
+    if let Some(path) = lb_tests::cgroup::cgroup2_mount() {
+        println!("setup: cgroup v2 at {}: mounted", path.display());
+        return Ok(());
+    }
+    println!("setup: cgroup v2: mounting at {CGROUP2_MOUNT}");
+    std::fs::create_dir_all(CGROUP2_MOUNT).with_context(|| format!("creating {CGROUP2_MOUNT}"))?;
+    let status = Command::new("mount").args(["-t", "cgroup2", "none", CGROUP2_MOUNT]).status()?;
+    if !status.success() {
+        bail!("mounting cgroup2 at {CGROUP2_MOUNT} failed (needs CAP_SYS_ADMIN)");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `lb-testpod`: the workload of test and demo pods. Serves, until killed:
-//! - HTTP on `--http PORT`: every request gets `You've hit NAME` (like the kubia image);
+//! - HTTP on `--http PORT`: every request gets `You've hit NAME` (like the kubia image), except
+//!   `GET /clientip`, which gets the address the connection came from (like agnhost netexec);
 //! - a line echo on `--echo PORT`: every line gets `NAME` back, on the same connection;
 //! - UDP echo on `--udp PORT`: every datagram gets `NAME: <datagram>` back.
 use std::{
@@ -76,7 +77,12 @@ fn http_conn(mut conn: TcpStream, name: &str) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let body = format!("You've hit {name}\n");
+    let clientip = head.starts_with(b"GET /clientip ");
+    let body = if clientip {
+        conn.peer_addr().map(|a| format!("{}\n", a.ip())).unwrap_or_default()
+    } else {
+        format!("You've hit {name}\n")
+    };
     let resp = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

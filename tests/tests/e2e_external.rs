@@ -1,0 +1,302 @@
+//! Tier 2, the complete datapath end to end: two node namespaces and external clients on an
+//! underlay, pods behind each node, one real `lb` agent per node (XDP on the node's external
+//! interface, TC on its pod interfaces, socket hooks on a test cgroup), real curl and sockets.
+//! Point numbers refer to k8s-service-semantics.md §1.
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, AgentOptions},
+    bins,
+    cgroup::Cgroup,
+    privilege,
+    topology::{CurlOutcome, HTTP_PORT, Topology, UDP_PORT, curl_outcome},
+};
+
+const LB_IP: &str = "198.51.100.7";
+
+/// Services of the two-node cluster. Pods: kubia-a, kubia-a2 on node-0; kubia-b on node-1.
+fn services() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.10
+  externalTrafficPolicy: Cluster
+  ports: [{{port: 80, targetPort: {HTTP_PORT}, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: local}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.11
+  externalTrafficPolicy: Local
+  ports: [{{port: 80, targetPort: {HTTP_PORT}, nodePort: 30081}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: lb}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.1.12
+  loadBalancerSourceRanges: ["192.168.77.100/32"]
+  ports: [{{port: 80, targetPort: {HTTP_PORT}, nodePort: 30082}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: {LB_IP}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  clusterIP: 10.96.1.13
+  ports:
+  - {{name: http, port: 80, targetPort: {HTTP_PORT}}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: {UDP_PORT}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: self}}
+spec:
+  clusterIP: 10.96.1.14
+  ports: [{{port: 80, targetPort: {HTTP_PORT}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  clusterIP: 10.96.1.15
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 2}}}}
+  ports: [{{port: 80, targetPort: {HTTP_PORT}}}]
+"#
+    )
+}
+
+fn slice(service: &str, port: u16, endpoints: &[(&str, &str)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(ip, node)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{port: {port}, protocol: TCP}}]\nendpoints:\n{eps}---\n"
+    )
+}
+
+const A: (&str, &str) = ("10.244.0.10", "node-0");
+const A2: (&str, &str) = ("10.244.0.11", "node-0");
+const B: (&str, &str) = ("10.244.1.10", "node-1");
+
+fn slices() -> String {
+    [
+        slice("web", HTTP_PORT, &[B]),
+        slice("local", HTTP_PORT, &[B]),
+        slice("lb", HTTP_PORT, &[A, B]),
+        slice("self", HTTP_PORT, &[A]),
+        slice("sticky", HTTP_PORT, &[A, A2, B]),
+    ]
+    .concat()
+}
+
+struct Cluster {
+    // Agents first: they stop before the namespaces go.
+    agents: Vec<Agent>,
+    cgroup: Cgroup,
+    topo: Topology,
+}
+
+fn cluster(test: &str) -> Option<Cluster> {
+    if !privilege::require(test) {
+        return None;
+    }
+    let mut topo = Topology::new(2).expect("topology");
+    let testpod = bins::testpod();
+    for (node, name) in [(0, "kubia-a"), (0, "kubia-a2"), (1, "kubia-b")] {
+        let i = topo.add_pod(node, name).expect("pod");
+        topo.start_workload(i, &testpod).expect("workload");
+    }
+    topo.add_pod(0, "client").expect("client pod");
+    topo.add_client("outside").expect("client");
+    topo.add_client("stranger").expect("client");
+    for c in &topo.clients {
+        // The LoadBalancer IP is routed to node-0 (as a cloud load balancer would).
+        c.ns.ip(&["route", "add", &format!("{LB_IP}/32"), "via", "192.168.77.1"]).expect("route");
+    }
+    let cgroup = Cgroup::new().expect("cgroup");
+    let manifests = [("services.yaml", services()), ("slices.yaml", slices())];
+    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(n, y)| (*n, y.as_str())).collect();
+    let mut agents = Vec::new();
+    for k in 0..2 {
+        let node = &topo.nodes[k];
+        let opts = AgentOptions {
+            node_ns: &node.ns,
+            node_name: if k == 0 { "node-0" } else { "node-1" },
+            node_ips: vec![node.underlay_ip.to_string()],
+            interfaces: topo.pod_interfaces(k),
+            external: vec!["u0".to_owned()],
+            cgroup: (k == 0).then(|| cgroup.path().to_owned()),
+            extra_args: vec![],
+        };
+        let mut agent = Agent::start(&bins::lb(), &opts, &manifests).expect("agent");
+        agent
+            .wait_services("services programmed", |rows| rows.iter().any(|r| r["frontend"] == format!("{LB_IP}:80")))
+            .expect("sync");
+        agents.push(agent);
+    }
+    Some(Cluster { agents, cgroup, topo })
+}
+
+impl Cluster {
+    /// Agent logs and datapath counters of both nodes, for failure messages.
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("{}\ncounters: {}", a.log_text(), a.dump("stats").map(|v| v.to_string()).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    fn from_client(&self, i: usize, url: &str) -> CurlOutcome {
+        curl_outcome(&self.topo.clients[i].ns, url, 3).expect("curl")
+    }
+
+    fn from_pod(&self, name: &str, url: &str) -> CurlOutcome {
+        curl_outcome(&self.topo.pod(name).ns, url, 3).expect("curl")
+    }
+
+    fn body(&self, outcome: CurlOutcome) -> String {
+        match outcome {
+            CurlOutcome::Body(b) => b.trim().to_owned(),
+            other => panic!("expected an answer, got {other:?}\nagent logs:\n{}", self.logs()),
+        }
+    }
+}
+
+#[test]
+fn point_32_nodeport_cluster_policy_reaches_a_pod_on_the_other_node_with_snat() {
+    let Some(c) = cluster("point_32_nodeport_cluster_policy_reaches_a_pod_on_the_other_node_with_snat") else { return };
+    // node-0 has no web endpoint: XDP on node-0 DNATs to kubia-b on node-1 and SNATs to node-0.
+    for _ in 0..5 {
+        let who = c.body(c.from_client(0, "http://192.168.77.1:30080/"));
+        assert_eq!(who, "You've hit kubia-b");
+    }
+    let seen = c.body(c.from_client(0, "http://192.168.77.1:30080/clientip"));
+    assert_eq!(seen, "192.168.77.1", "policy Cluster: the backend sees the node's address (SNAT)");
+    // Through node-1 too (point 41: every node serves the NodePort).
+    assert_eq!(c.body(c.from_client(0, "http://192.168.77.2:30080/")), "You've hit kubia-b");
+}
+
+#[test]
+fn point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint() {
+    let Some(c) = cluster("point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint") else { return };
+    let seen = c.body(c.from_client(0, "http://192.168.77.2:30081/clientip"));
+    assert_eq!(seen, "192.168.77.100", "policy Local: the backend sees the client's own address");
+    // node-0 has no local endpoint: dropped, not rejected (point 38).
+    assert_eq!(c.from_client(0, "http://192.168.77.1:30081/"), CurlOutcome::TimedOut);
+}
+
+#[test]
+fn point_47_48_loadbalancer_ip_with_source_ranges() {
+    let Some(c) = cluster("point_47_48_loadbalancer_ip_with_source_ranges") else { return };
+    let who = c.body(c.from_client(0, &format!("http://{LB_IP}/")));
+    assert!(who == "You've hit kubia-a" || who == "You've hit kubia-b", "{who}");
+    // 192.168.77.101 is outside loadBalancerSourceRanges: dropped.
+    assert_eq!(c.from_client(1, &format!("http://{LB_IP}/")), CurlOutcome::TimedOut);
+    // The NodePort of the same service is not restricted (point 48).
+    let who = c.body(c.from_client(1, "http://192.168.77.1:30082/"));
+    assert!(who.starts_with("You've hit kubia-"), "{who}");
+}
+
+#[test]
+fn point_37_no_endpoints_refuses_tcp_at_once_and_answers_udp_with_icmp() {
+    let Some(c) = cluster("point_37_no_endpoints_refuses_tcp_at_once_and_answers_udp_with_icmp") else { return };
+    let (kind, took) = c
+        .topo
+        .pod("client")
+        .ns
+        .run_in(|| {
+            let started = std::time::Instant::now();
+            let addr: SocketAddr = "10.96.1.13:80".parse().unwrap();
+            let err = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ()).unwrap_err();
+            (err.kind(), started.elapsed())
+        })
+        .unwrap();
+    assert_eq!(kind, std::io::ErrorKind::ConnectionRefused, "TCP to a service without endpoints gets a RST");
+    assert!(took < Duration::from_secs(1), "a reject is immediate, not a timeout: {took:?}");
+    let err = c
+        .topo
+        .pod("client")
+        .ns
+        .run_in(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.connect("10.96.1.13:53".parse::<SocketAddr>().unwrap()).unwrap();
+            s.send(b"query").unwrap();
+            let mut buf = [0u8; 64];
+            s.recv(&mut buf).map(|_| ()).unwrap_err().kind()
+        })
+        .unwrap();
+    assert_eq!(err, std::io::ErrorKind::ConnectionRefused, "the ICMP port unreachable must reach the UDP socket");
+}
+
+#[test]
+fn point_51_a_pod_reaches_itself_through_its_service() {
+    let Some(c) = cluster("point_51_a_pod_reaches_itself_through_its_service") else { return };
+    for _ in 0..3 {
+        assert_eq!(c.body(c.from_pod("kubia-a", "http://10.96.1.14/")), "You've hit kubia-a");
+    }
+}
+
+#[test]
+fn points_24_26_session_affinity_holds_then_expires() {
+    let Some(c) = cluster("points_24_26_session_affinity_holds_then_expires") else { return };
+    let first = c.body(c.from_pod("client", "http://10.96.1.15/"));
+    for _ in 0..20 {
+        assert_eq!(c.body(c.from_pod("client", "http://10.96.1.15/")), first, "ClientIP affinity must hold");
+    }
+    // timeoutSeconds is 2: requests spaced further apart than that choose afresh every time.
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(2200));
+        seen.insert(c.body(c.from_pod("client", "http://10.96.1.15/")));
+        if seen.len() > 1 {
+            break;
+        }
+    }
+    assert!(seen.len() > 1, "after the timeout the client must be able to land elsewhere: {seen:?}");
+}
+
+#[test]
+fn point_42_the_node_itself_reaches_clusterips_and_its_nodeports() {
+    let Some(c) = cluster("point_42_the_node_itself_reaches_clusterips_and_its_nodeports") else { return };
+    let node = c.topo.nodes[0].ns.name().to_owned();
+    for url in ["http://10.96.1.10/", "http://192.168.77.1:30080/"] {
+        let out = c
+            .cgroup
+            .command("ip", &["netns", "exec", &node, "curl", "-sS", "--max-time", "3", url])
+            .output()
+            .expect("curl on the node");
+        assert!(
+            out.status.success(),
+            "{url} from the node: {}\nagent logs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "You've hit kubia-b");
+    }
+}
+
+#[test]
+fn point_34_a_pod_reaching_a_local_policy_nodeport_gets_the_cluster_set() {
+    let Some(c) = cluster("point_34_a_pod_reaching_a_local_policy_nodeport_gets_the_cluster_set") else { return };
+    // node-0 has no local endpoint of `local`, yet its own pods get Cluster semantics.
+    assert_eq!(c.body(c.from_pod("client", "http://192.168.77.1:30081/")), "You've hit kubia-b");
+}

@@ -178,8 +178,7 @@ impl Drop for Agent {
         }
         let _ = fs::remove_dir_all(&self.pin_path);
         let _ = fs::remove_dir_all(&self.manifests);
-        if !std::thread::panicking() {
-            let _ = fs::remove_file(&self.log);
-        }
+        // Failure messages carry the log (`log_text`); nothing stays behind.
+        let _ = fs::remove_file(&self.log);
     }
 }

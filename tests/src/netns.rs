@@ -10,15 +10,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// A short token unique to this process and call: 5 base-36 characters, so interface names built
-/// from it stay within the kernel's 15-character limit.
+/// A short token unique to this process and call: 7 base-36 characters (the process id and a
+/// per-process counter), so interface names built from it stay within the kernel's
+/// 15-character limit.
 pub fn unique_token() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut v = u64::from(std::process::id()) * 64 + u64::from(n % 64);
+    // 22 bits of pid (the kernel's maximum), 14 bits of counter: 36 bits < 36^7.
+    let mut v = (u64::from(std::process::id()) & 0x3f_ffff) << 14 | u64::from(n & 0x3fff);
     const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut s = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         s.push(DIGITS[(v % 36) as usize]);
         v /= 36;
     }

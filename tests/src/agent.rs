@@ -35,12 +35,14 @@ pub struct AgentOptions<'a> {
     pub cgroup: Option<std::path::PathBuf>,
     /// Further `lb agent` arguments.
     pub extra_args: Vec<String>,
+    /// `--source` other than the agent's own manifest directory (e.g. `kube:KUBECONFIG`).
+    pub source: Option<String>,
 }
 
 impl<'a> AgentOptions<'a> {
     /// An agent for `node_ns` attached to `interfaces`, with nothing else.
     pub fn pods(node_ns: &'a Netns, node_name: &'a str, interfaces: Vec<String>) -> Self {
-        Self { node_ns, node_name, node_ips: vec![], interfaces, external: vec![], cgroup: None, extra_args: vec![] }
+        Self { node_ns, node_name, node_ips: vec![], interfaces, external: vec![], cgroup: None, extra_args: vec![], source: None }
     }
 }
 
@@ -55,7 +57,7 @@ impl Agent {
         let mut args = vec![
             "agent".to_owned(),
             "--source".to_owned(),
-            format!("file:{}", dir.display()),
+            opts.source.clone().unwrap_or_else(|| format!("file:{}", dir.display())),
             "--pin-path".to_owned(),
             pin_path.display().to_string(),
             "--netns".to_owned(),
@@ -166,6 +168,20 @@ impl Agent {
     /// Starts the agent again on the same pins and manifests.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
+        self.spawn()
+    }
+
+    /// Kills the agent with SIGKILL (no shutdown path at all), leaving the pins in place.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent after [`Agent::kill`] or [`Agent::stop`].
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.spawn()
     }
 }

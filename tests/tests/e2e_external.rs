@@ -144,6 +144,7 @@ fn cluster(test: &str) -> Option<Cluster> {
             external: vec!["u0".to_owned()],
             cgroup: (k == 0).then(|| cgroup.path().to_owned()),
             extra_args: vec![],
+            source: None,
         };
         let mut agent = Agent::start(&bins::lb(), &opts, &manifests).expect("agent");
         agent

@@ -1,0 +1,185 @@
+//! The agent's Kubernetes control plane end to end: the real `lb agent --source kube` (kube-rs
+//! list/watch) against the in-process API server, programming the real datapath in a netns
+//! node, checked with real HTTP requests from a client pod. Point numbers refer to
+//! k8s-service-semantics.md §1.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, AgentOptions},
+    apiserver::ApiServer,
+    bins,
+    netns::{Netns, unique_token},
+    privilege,
+    topology::{HTTP_PORT, Topology},
+};
+use serde_json::json;
+
+const VIP: &str = "10.96.7.7";
+
+fn service() -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubia", "namespace": "default"},
+        "spec": {"clusterIP": VIP, "ports": [{"port": 80, "targetPort": HTTP_PORT}], "selector": {"app": "kubia"}}
+    })
+}
+
+fn slice(topo: &Topology, pods: &[&str]) -> serde_json::Value {
+    let endpoints: Vec<_> = pods
+        .iter()
+        .map(|p| json!({"addresses": [topo.pod(p).ip.to_string()], "conditions": {"ready": true}, "nodeName": "node-0"}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubia-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubia"}},
+        "addressType": "IPv4",
+        "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+/// One HTTP request on a new connection from inside `ns`: the pod that answered.
+fn hit(ns: &Netns) -> Result<String, String> {
+    ns.run_in(|| -> Result<String, String> {
+        let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: kubia\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+        body.lines().last().and_then(|l| l.strip_prefix("You've hit ")).map(str::to_owned).ok_or(body)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Polls until `ok(answers of `n` requests)` holds.
+fn eventually(ns: &Netns, what: &str, n: usize, ok: impl Fn(&[Result<String, String>]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<_> = (0..n).map(|_| hit(ns)).collect();
+        if ok(&got) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: last answers {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pods_seen(got: &[Result<String, String>]) -> BTreeSet<String> {
+    got.iter().filter_map(|r| r.as_ref().ok().cloned()).collect()
+}
+
+struct Setup {
+    agent: Agent,
+    api: ApiServer,
+    topo: Topology,
+    client: usize,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !privilege::require(test) {
+        return None;
+    }
+    let api = ApiServer::start().expect("api server");
+    let kubeconfig = std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token()));
+    api.kubeconfig(&kubeconfig).expect("kubeconfig");
+    let mut topo = Topology::new(1).expect("topology");
+    for name in ["kubia-1", "kubia-2", "kubia-3", "kubia-4", "kubia-5"] {
+        let i = topo.add_pod(0, name).expect("pod");
+        topo.start_workload(i, &bins::testpod()).expect("workload");
+    }
+    let client = topo.add_pod(0, "client").expect("client");
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    opts.source = Some(format!("kube:{}", kubeconfig.display()));
+    let agent = Agent::start(&bins::lb(), &opts, &[]).expect("agent");
+    Some(Setup { agent, api, topo, client, kubeconfig })
+}
+
+#[test]
+fn service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete() {
+    let Some(s) = setup("service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete") else { return };
+    let ns = &s.topo.pods[s.client].ns;
+    s.api.apply(service()).unwrap();
+    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
+    eventually(ns, "the Service answers on its ClusterIP from all 3 pods", 30, |got| {
+        pods_seen(got) == ["kubia-1", "kubia-2", "kubia-3"].map(String::from).into()
+    });
+    // Point 21: once the update is applied, no new connection goes to a removed endpoint.
+    s.api.apply(slice(&s.topo, &["kubia-1"])).unwrap();
+    eventually(ns, "scaled to 1", 20, |got| got.iter().all(|r| r.as_deref() == Ok("kubia-1")));
+    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3", "kubia-4", "kubia-5"])).unwrap();
+    eventually(ns, "scaled to 5", 40, |got| pods_seen(got).len() == 5 && got.iter().all(Result::is_ok));
+    // Point 39: a deleted Service is no longer intercepted.
+    s.api.delete("Service", "default", "kubia").unwrap();
+    eventually(ns, "deleted", 3, |got| got.iter().all(Result::is_err));
+}
+
+/// Runs requests on new connections from `ns` until `stop`, counting answers and failures.
+fn load(ns: &Netns, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, errors: Arc<std::sync::Mutex<Vec<String>>>) {
+    while !stop.load(Ordering::Relaxed) {
+        match hit(ns) {
+            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                errors.lock().unwrap().push(e);
+                failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+#[test]
+fn point_59_agent_restart_and_kill_under_load_fail_zero_requests() {
+    let Some(mut s) = setup("point_59_agent_restart_and_kill_under_load_fail_zero_requests") else { return };
+    s.api.apply(service()).unwrap();
+    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
+    let ns = &s.topo.pods[s.client].ns;
+    eventually(ns, "the Service answers", 10, |got| got.iter().all(Result::is_ok));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        let h = {
+            let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            scope.spawn(move || load(ns, stop, ok, failed, errors))
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        // A graceful restart (SIGTERM), then a crash (SIGKILL) and start, with an endpoint
+        // change while the agent is down: the datapath serves throughout.
+        s.agent.restart().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        s.agent.kill().unwrap();
+        s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2"])).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        s.agent.start_again().unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    });
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("restart under load: {ok} requests answered, {failed} failed");
+    assert!(ok > 20, "the load ran ({ok} answers)");
+    assert_eq!(failed, 0, "{failed} of {} requests failed: {:?}\nagent log:\n{}", ok + failed, errors.lock().unwrap(), s.agent.log_text());
+    // The restarted agent picked up the change made while it was down.
+    eventually(ns, "the change made while the agent was down", 20, |got| {
+        got.iter().all(|r| matches!(r.as_deref(), Ok("kubia-1" | "kubia-2")))
+    });
+    assert!(s.agent.log_text().contains("adopted_frontends=2"), "the restarted agent adopted the pinned maps:\n{}", s.agent.log_text());
+}

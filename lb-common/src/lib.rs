@@ -63,9 +63,10 @@ pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
 pub const FRAGS: &str = "LB_FRAGS";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+pub const SVC_NAMES: &str = "LB_SVC_NAMES";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -80,6 +81,7 @@ pub const ALL_MAPS: [&str; 15] = [
     FRAGS,
     CONFIG,
     SOCK_REVNAT,
+    SVC_NAMES,
     META,
 ];
 
@@ -119,6 +121,7 @@ pub const BACKEND_STATS_MAX: u32 = 65_536;
 pub const SOURCE_RANGES_MAX: u32 = 16_384;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
+pub const SVC_NAMES_MAX: u32 = 65_536;
 
 /// Backend ids per [`MAGLEV`] chunk.
 pub const MAGLEV_CHUNK: u32 = 64;
@@ -446,6 +449,49 @@ pub struct SockRevValue {
 const _: () = assert!(size_of::<SockRevValue>() == 24);
 
 // ---------------------------------------------------------------------------------------------
+// LB_SVC_NAMES
+// ---------------------------------------------------------------------------------------------
+
+/// The Kubernetes name of a ServicePort (`namespace/name:port/PROTOCOL`), by `svc_id`: written
+/// by the agent so that another process (`lb service list`, `lb stats`) can name what the maps
+/// hold. The datapath never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcName {
+    /// Bytes of `name` in use (UTF-8).
+    pub len: u32,
+    pub name: [u8; 124],
+}
+const _: () = assert!(size_of::<SvcName>() == 128);
+
+impl Default for SvcName {
+    fn default() -> Self {
+        Self { len: 0, name: [0; 124] }
+    }
+}
+
+impl SvcName {
+    /// The name, truncated to 124 bytes at a character boundary.
+    #[must_use]
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len().min(124);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut n = Self::default();
+        n.name[..end].copy_from_slice(&s.as_bytes()[..end]);
+        n.len = end as u32;
+        n
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(self.name.len());
+        core::str::from_utf8(&self.name[..len]).unwrap_or("")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // LB_CONFIG
 // ---------------------------------------------------------------------------------------------
 
@@ -597,7 +643,7 @@ mod pod {
     use super::{
         AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragValue,
         MaglevChunk, MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey,
-        SockRevValue, SourceRangeData, SvcStats,
+        SockRevValue, SourceRangeData, SvcName, SvcStats,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
@@ -620,6 +666,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for SvcName {}
 }
 
 #[cfg(test)]

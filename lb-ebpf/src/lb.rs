@@ -20,6 +20,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT,
     CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
+    CNT_DROP_NO_BACKEND,
     CNT_DROP_FRAGMENT, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SNAT_PORTS, CNT_DROP_SOURCE_RANGE,
     CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_SNAT,
     CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
@@ -319,26 +320,44 @@ pub fn icmp_error(p: &Packet) -> Action {
         return Action::pass();
     }
     let inner = p.icmp;
-    // The quoted packet went inner.src → inner.dst; its flow's reply entry is the reverse.
     let Some(sc) = scratch() else {
         return Action::pass();
     };
+    // 1. An error on its way back to the client about a packet the backend received (from the
+    //    backend itself or a router on the way): the quoted packet went client (or SNAT
+    //    address) → backend, so its flow's reply entry is the quote reversed.
     set_ct_key(&mut sc.rkey, inner.dst, inner.dport_be, inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY);
     // SAFETY: copied out immediately.
-    let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() else {
-        return Action::pass();
-    };
-    let frontend = v4(&v.nat_addr);
-    let snat = v.flags & CT_F_SNAT != 0;
-    let client = Endpoint4 { addr: v4(&v.snat_addr), port_be: v.snat_port_be };
-    count(CNT_ICMP_TRANSLATED);
-    Action::icmp(IcmpNat {
-        // An error the backend itself sent appears to come from the frontend.
-        outer_src: Rewrite::when(p.src == inner.dst, frontend, 0),
-        outer_dst: Rewrite::when(snat, client.addr, 0),
-        inner_src: Rewrite::when(snat, client.addr, client.port_be),
-        inner_dst: Rewrite::to(frontend, v.nat_port_be),
-    })
+    if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() {
+        let frontend = v4(&v.nat_addr);
+        let snat = v.flags & CT_F_SNAT != 0;
+        let client = v4(&v.snat_addr);
+        count(CNT_ICMP_TRANSLATED);
+        return Action::icmp(IcmpNat {
+            // An error the backend itself sent appears to come from the frontend.
+            outer_src: Rewrite::when(p.src == inner.dst, frontend, 0),
+            outer_dst: Rewrite::when(snat, client, 0),
+            inner_src: Rewrite::when(snat, client, v.snat_port_be),
+            inner_dst: Rewrite::to(frontend, v.nat_port_be),
+        });
+    }
+    // 2. An error from the client (or a router before it) about a reply it received: the quoted
+    //    packet went frontend → client, so the flow's forward entry is the quote reversed. It
+    //    goes to the backend, about what the backend sent.
+    set_ct_key(&mut sc.fkey, inner.dst, inner.dport_be, inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD);
+    // SAFETY: copied out immediately.
+    if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.fkey) }).copied() {
+        let backend = v4(&v.nat_addr);
+        let snat = v.flags & CT_F_SNAT != 0;
+        count(CNT_ICMP_TRANSLATED);
+        return Action::icmp(IcmpNat {
+            outer_src: Rewrite::when(snat, v4(&v.snat_addr), 0),
+            outer_dst: Rewrite::to(backend, 0),
+            inner_src: Rewrite::to(backend, v.nat_port_be),
+            inner_dst: Rewrite::when(snat, v4(&v.snat_addr), v.snat_port_be),
+        });
+    }
+    Action::pass()
 }
 
 /// An existing flow's translation, or `Kind::NewFlow` (frontend left in scratch).
@@ -474,7 +493,14 @@ pub fn new_flow(p: &Packet, hook: Hook) -> Action {
     let (select_id, slots, drop_if_empty) = endpoint_set(svc, hook);
     if slots == 0 {
         // Points 37, 38: no endpoint anywhere → reject; policy Local without a local one → drop.
-        return if drop_if_empty { Action::drop(CNT_DROP_NO_LOCAL_BACKEND) } else { Action::reject() };
+        // A RST is never answered (RFC 793), whatever the service.
+        if drop_if_empty {
+            return Action::drop(CNT_DROP_NO_LOCAL_BACKEND);
+        }
+        if p.proto == IPPROTO_TCP && p.tcp_flags & TCP_FLAG_RST != 0 {
+            return Action::drop(CNT_DROP_NO_BACKEND);
+        }
+        return Action::reject();
     }
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     let remembered = if affinity { affinity_backend(p, svc, select_id, now) } else { None };

@@ -3,8 +3,10 @@
 //! restart, a crash).
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -12,11 +14,13 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    compile::{Family, NodeContext, compile},
+    compile::{Family, NodeContext, compile_with_health_checks},
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
-    model::DesiredState,
+    health::{HealthCheckServers, ProxyHealth, health_handler, http::spawn_listener},
+    metrics::{Metrics, Programmed, metrics_handler, sync_error_reason},
+    model::{DesiredState, HealthChecks, ServicePortName},
     node::node_context,
-    plan::{Ids, PlanConfig, addr16, map_state},
+    plan::{Ids, MapState, PlanConfig, addr16, map_state},
     source_file::{self, ClusterObjects},
     source_kube::KubeSource,
 };
@@ -64,6 +68,12 @@ pub struct AgentConfig {
     pub plan: PlanConfig,
     /// How often the file source is checked for changes.
     pub poll_interval: Duration,
+    /// Prometheus metrics listener (`GET /metrics`); `None`: no listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz` and `/livez` listener; `None`: no listener.
+    pub health_addr: Option<SocketAddr>,
+    /// `/healthz` fails once a change has waited longer than twice this.
+    pub sync_period: Duration,
 }
 
 /// How often idle conntrack entries are swept.
@@ -71,6 +81,15 @@ const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs until SIGINT or SIGTERM. Returns after leaving the datapath attached and serving.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Up first: /healthz says 503 until the first sync, including while the source starts.
+    let health = Arc::new(ProxyHealth::new(cfg.sync_period));
+    let metrics = Arc::new(Metrics::new(Some(cfg.dataplane.pin_path.clone())));
+    if let Some(addr) = cfg.health_addr {
+        spawn_listener("health (/healthz, /livez)", addr, health_handler(health.clone()));
+    }
+    if let Some(addr) = cfg.metrics_addr {
+        spawn_listener("metrics (/metrics)", addr, metrics_handler(metrics.clone()));
+    }
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath")?;
     info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
     attach_all(&mut dp, &cfg)?;
@@ -83,22 +102,53 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
     };
-    let mut sync = Sync { ids: Ids::default(), first: true, last: None, node: None };
+    let mut sync = Sync {
+        ids: Ids::default(),
+        first: true,
+        last: None,
+        node: None,
+        health_checks: HealthChecks::new(),
+        metrics: metrics.clone(),
+    };
+    let mut health_check_ports = HealthCheckServers::new(cfg.netns.clone(), health.clone());
     let mut last_sweep = Instant::now();
-    // A snapshot whose sync failed (a full map, a transient map error) is retried every tick.
-    let mut pending: Option<ClusterObjects> = None;
+    // A snapshot whose sync failed (a full map, a transient map error) is retried every tick,
+    // with the time its oldest unapplied change was seen (the start of the sync latency).
+    let mut pending: Option<(ClusterObjects, Instant)> = None;
     loop {
-        match feed.poll() {
-            Ok(Some(objects)) => pending = Some(objects),
+        let polled = feed.poll();
+        let seen = Instant::now();
+        match polled {
+            Ok(Some(objects)) => {
+                let since = pending.take().map_or(seen, |(_, since)| since);
+                health.queued(since);
+                pending = Some((objects, since));
+            }
+            // Nothing new and nothing pending: the maps hold what the source has.
+            Ok(None) if pending.is_none() => health.updated(seen, SystemTime::now()),
             Ok(None) => {}
-            Err(e) => warn!(error = format!("{e:#}"), "reading the source failed; the datapath keeps the last applied state"),
-        }
-        if let Some(objects) = &pending {
-            match sync.apply(&mut dp, &cfg, objects) {
-                Ok(()) => pending = None,
-                Err(e) => warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state, retrying"),
+            Err(e) => {
+                metrics.sync_failed("source");
+                warn!(error = format!("{e:#}"), "reading the source failed; the datapath keeps the last applied state");
             }
         }
+        if let Some((objects, since)) = &pending {
+            health.set_node_eligible(node_eligible(&cfg.node_name, &objects.nodes));
+            match sync.apply(&mut dp, &cfg, objects) {
+                Ok(()) => {
+                    metrics.sync_ok(since.elapsed());
+                    health.updated(Instant::now(), SystemTime::now());
+                    pending = None;
+                }
+                Err(e) => {
+                    metrics.sync_failed(sync_error_reason(&e));
+                    warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state, retrying");
+                }
+            }
+        }
+        // Point 49: health-check node ports follow the applied state (failed binds retry).
+        let node_addresses = sync.node.as_ref().map(|n| n.addresses.as_slice()).unwrap_or_default();
+        health_check_ports.reconcile(&sync.health_checks, node_addresses).await;
         if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
             last_sweep = Instant::now();
             match dp.sweep_conntrack() {
@@ -203,6 +253,9 @@ struct Sync {
     first: bool,
     last: Option<DesiredState>,
     node: Option<NodeContext>,
+    /// Health-check node ports of the last applied state.
+    health_checks: HealthChecks,
+    metrics: Arc<Metrics>,
 }
 
 impl Sync {
@@ -212,8 +265,10 @@ impl Sync {
             dp.set_config(&node_config(&node, cfg)).context("writing the node settings")?;
             self.node = Some(node.clone());
         }
-        let desired = compile(&objects.services, &objects.slices, &node, Family::V4);
+        let (desired, health_checks) = compile_with_health_checks(&objects.services, &objects.slices, &node, Family::V4);
+        self.metrics.set_rejected(&desired.rejected);
         if self.last.as_ref() == Some(&desired) {
+            self.health_checks = health_checks;
             return Ok(());
         }
         for r in &desired.rejected {
@@ -225,6 +280,12 @@ impl Sync {
         let state = map_state(&desired, &mut self.ids, &cfg.plan);
         let writes = dp.apply(&state)?;
         self.first = false;
+        self.metrics.set_programmed(Programmed {
+            service_ports: desired.services.len(),
+            frontends: state.services.keys().filter(|k| k.proto != 0).count(),
+            backends: state.backends.len(),
+            names: service_port_names(&desired, &state),
+        });
         info!(
             service_ports = desired.services.len(),
             frontends = state.services.len(),
@@ -233,8 +294,39 @@ impl Sync {
             "synced"
         );
         self.last = Some(desired);
+        self.health_checks = health_checks;
         Ok(())
     }
+}
+
+/// `svc_id` → ServicePort, for the per-service datapath counters: every frontend in the maps
+/// carries the `svc_id` of the one ServicePort it was planned from.
+fn service_port_names(desired: &DesiredState, state: &MapState) -> BTreeMap<u32, ServicePortName> {
+    let mut names = BTreeMap::new();
+    for (spn, sp) in &desired.services {
+        // The ClusterIP first: a NodePort claimed by two services belongs to only one of them.
+        let (internal, external): (Vec<_>, Vec<_>) = sp.frontends.iter().partition(|f| !f.kind.is_external());
+        let id = internal.into_iter().chain(external).find_map(|fe| {
+            let key = lb_common::ServiceKey {
+                addr: addr16(fe.addr),
+                port_be: fe.port.to_be(),
+                proto: spn.protocol.number(),
+                _pad: 0,
+            };
+            state.services.get(&key).map(|v| v.svc_id)
+        });
+        if let Some(id) = id {
+            names.insert(id, spn.clone());
+        }
+    }
+    names
+}
+
+/// Point 50: `/healthz` fails while this node's Node object is being deleted.
+fn node_eligible(node_name: &str, nodes: &[k8s_openapi::api::core::v1::Node]) -> bool {
+    !nodes
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some())
 }
 
 /// Node-wide datapath settings: the node's first IPv4 address for SNAT, the hairpin address.
@@ -261,4 +353,69 @@ fn file_stamps(dir: &Path) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
         out.push((p, m.modified()?, m.len()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(name: &str, cluster_ip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "type": "NodePort", "clusterIP": cluster_ip, "ports": ports },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn svc_ids_name_the_service_ports_they_were_planned_from() {
+        let services = [
+            service(
+                "web",
+                "10.96.0.1",
+                json!([
+                    { "name": "http", "port": 80, "nodePort": 30080 },
+                    { "name": "dns", "port": 53, "protocol": "UDP" },
+                ]),
+            ),
+            service("api", "10.96.0.2", json!([{ "port": 443, "nodePort": 30443 }])),
+        ];
+        let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
+        let desired = crate::compile::compile(&services, &[], &node, Family::V4);
+        let mut ids = Ids::default();
+        let state = map_state(&desired, &mut ids, &PlanConfig::default());
+        let names = service_port_names(&desired, &state);
+        let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        for (spn, _) in &desired.services {
+            let id = got[&spn.to_string()];
+            // Every frontend of the ServicePort carries that id.
+            for fe in &desired.services[spn].frontends {
+                let key = lb_common::ServiceKey {
+                    addr: addr16(fe.addr),
+                    port_be: fe.port.to_be(),
+                    proto: spn.protocol.number(),
+                    _pad: 0,
+                };
+                assert_eq!(state.services[&key].svc_id, id, "{spn} {fe:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn point_50_a_node_being_deleted_is_not_eligible() {
+        let node = |name: &str, deleting: bool| -> Node {
+            let mut meta = json!({ "name": name });
+            if deleting {
+                meta["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+            }
+            serde_json::from_value(json!({ "metadata": meta })).unwrap()
+        };
+        assert!(node_eligible("a", &[]));
+        assert!(node_eligible("a", &[node("a", false), node("b", true)]));
+        assert!(!node_eligible("a", &[node("a", true)]));
+    }
 }

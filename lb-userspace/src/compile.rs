@@ -10,8 +10,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
-    ServicePortName, ServicePortState, Skipped,
+    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, HealthCheck, HealthChecks,
+    Protocol, Selection, ServicePortName, ServicePortState, Skipped,
 };
 
 /// Address family being programmed (kube-proxy runs one proxier per family, point 55).
@@ -88,7 +88,21 @@ pub fn compile(
     node: &NodeContext,
     family: Family,
 ) -> DesiredState {
+    compile_with_health_checks(services, slices, node, family).0
+}
+
+/// [`compile`], and the health-check node ports of the Services it programs (point 49:
+/// `type: LoadBalancer`, `externalTrafficPolicy: Local`, a non-zero `healthCheckNodePort`).
+/// Health checks are per Service, not per family: they are filled in the IPv4 pass only, and
+/// are empty for [`Family::V6`].
+pub fn compile_with_health_checks(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeContext,
+    family: Family,
+) -> (DesiredState, HealthChecks) {
     let mut state = DesiredState::default();
+    let mut health_checks = HealthChecks::new();
     let slices_by_service = index_slices(slices, family);
     for svc in services {
         let ns = svc
@@ -98,7 +112,12 @@ pub fn compile(
             .unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         match compile_service(svc, &ns, &name, &slices_by_service, node, family) {
-            Ok(ports) => state.services.extend(ports),
+            Ok((ports, health_check)) => {
+                state.services.extend(ports);
+                if let Some(hc) = health_check {
+                    health_checks.insert((ns, name), hc);
+                }
+            }
             Err(CompileSkip::ByDesign) => {}
             Err(CompileSkip::Invalid(reason)) => state.rejected.push(Skipped {
                 object: format!("Service {ns}/{name}"),
@@ -106,7 +125,7 @@ pub fn compile(
             }),
         }
     }
-    state
+    (state, health_checks)
 }
 
 enum CompileSkip {
@@ -145,6 +164,12 @@ fn index_slices(
     by_service
 }
 
+/// A Service's ServicePorts, and its health check when it needs one.
+type CompiledService = (
+    Vec<(ServicePortName, ServicePortState)>,
+    Option<HealthCheck>,
+);
+
 fn compile_service(
     svc: &Service,
     ns: &str,
@@ -152,7 +177,7 @@ fn compile_service(
     slices: &BTreeMap<(String, String), Vec<&EndpointSlice>>,
     node: &NodeContext,
     family: Family,
-) -> Result<Vec<(ServicePortName, ServicePortState)>, CompileSkip> {
+) -> Result<CompiledService, CompileSkip> {
     let invalid = |r: String| CompileSkip::Invalid(r);
     // Point 4: label opt-outs.
     if let Some(labels) = &svc.metadata.labels {
@@ -214,6 +239,20 @@ fn compile_service(
     } else {
         Vec::new()
     };
+
+    // Point 49: `NeedsHealthCheck` (LoadBalancer with ETP=Local); one health check per Service,
+    // served from the IPv4 pass.
+    let needs_health_check = lb && etp_local && family == Family::V4;
+    let health_check_port = match spec.health_check_node_port.filter(|_| needs_health_check) {
+        None | Some(0) => None,
+        Some(n) => Some(valid_port(n).ok_or_else(|| {
+            invalid(format!(
+                "spec.healthCheckNodePort: {n} is not a port number (1-65535)"
+            ))
+        })?),
+    };
+    // Distinct IPs of ready local endpoints over every port (`LocalReadyEndpoints`).
+    let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
 
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
@@ -299,7 +338,15 @@ fn compile_service(
         frontends.sort();
         frontends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 
-        let eps = categorize(collect_endpoints(svc_slices, &port_name, protocol), node);
+        let raw = collect_endpoints(svc_slices, &port_name, protocol);
+        if health_check_port.is_some() {
+            local_ready.extend(
+                raw.iter()
+                    .filter(|r| r.ready && is_local(r, node))
+                    .map(|r| r.addr),
+            );
+        }
+        let eps = categorize(raw, node);
         let cluster = eps.cluster.clone();
         let internal = if itp_local {
             EndpointSet {
@@ -337,7 +384,11 @@ fn compile_service(
             },
         ));
     }
-    Ok(out)
+    let health_check = health_check_port.map(|node_port| HealthCheck {
+        node_port,
+        local_ready: local_ready.len(),
+    });
+    Ok((out, health_check))
 }
 
 fn valid_port(p: i32) -> Option<u16> {
@@ -532,6 +583,11 @@ fn collect_endpoints(
     by_addr.into_values().collect()
 }
 
+/// The endpoint runs on this node (never when the node has no name).
+fn is_local(r: &RawEndpoint, node: &NodeContext) -> bool {
+    r.node.as_deref() == Some(node.name.as_str()) && !node.name.is_empty()
+}
+
 struct Categorized {
     cluster: Vec<Endpoint>,
     local: Vec<Endpoint>,
@@ -545,7 +601,7 @@ fn categorize(raw: Vec<RawEndpoint>, node: &NodeContext) -> Categorized {
     let to_ep = |r: &RawEndpoint| Endpoint {
         addr: r.addr,
         port: r.port,
-        local: r.node.as_deref() == Some(node.name.as_str()) && !node.name.is_empty(),
+        local: is_local(r, node),
         terminating: r.terminating,
     };
     let ready: Vec<&RawEndpoint> = raw.iter().filter(|r| r.ready).collect();
@@ -611,3 +667,7 @@ fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a
 #[cfg(test)]
 #[path = "compile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "compile_health_tests.rs"]
+mod health_tests;

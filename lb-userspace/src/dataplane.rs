@@ -32,7 +32,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Config, CtKey, CtValue, LAYOUT_VERSION, MaglevChunk, MaglevKey, MemberKey, Meta,
-    SelectKey, ServiceKey, ServiceValue, SourceRangeData,
+    SelectKey, ServiceKey, ServiceValue, SourceRangeData, SvcName,
 };
 
 use crate::plan::{MapState, Op};
@@ -164,6 +164,7 @@ pub struct Dataplane {
     members: HashMap<MapData, MemberKey, u32>,
     source_ranges: LpmTrie<MapData, SourceRangeData, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    names: HashMap<MapData, u32, SvcName>,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
 }
@@ -207,6 +208,7 @@ impl Dataplane {
             members: take_map(&mut ebpf, lb_common::MEMBERS)?,
             source_ranges: take_map(&mut ebpf, lb_common::SOURCE_RANGES)?,
             conntrack: take_map(&mut ebpf, lb_common::CONNTRACK)?,
+            names: take_map(&mut ebpf, lb_common::SVC_NAMES)?,
             ebpf,
             pin_path,
             shadow: MapState::default(),
@@ -363,6 +365,10 @@ impl Dataplane {
             let (k, _) = kv.map_err(map_err(lb_common::SOURCE_RANGES, "read"))?;
             st.source_ranges.insert((k.prefix_len(), k.data()));
         }
+        for kv in self.names.iter() {
+            let (k, v) = kv.map_err(map_err(lb_common::SVC_NAMES, "read"))?;
+            st.names.insert(k, v);
+        }
         Ok(st)
     }
 
@@ -375,6 +381,7 @@ impl Dataplane {
         check_capacity(lb_common::MAGLEV, desired.maglev.len(), lb_common::MAGLEV_CHUNKS_MAX)?;
         check_capacity(lb_common::MEMBERS, desired.members.len(), lb_common::MEMBERS_MAX)?;
         check_capacity(lb_common::SOURCE_RANGES, desired.source_ranges.len(), lb_common::SOURCE_RANGES_MAX)?;
+        check_capacity(lb_common::SVC_NAMES, desired.names.len(), lb_common::SVC_NAMES_MAX)?;
         let ops = crate::plan::diff(&self.shadow, desired);
         for op in &ops {
             self.write(op)?;
@@ -384,10 +391,12 @@ impl Dataplane {
     }
 
     fn write(&mut self, op: &Op) -> Result<()> {
-        use lb_common::{BACKENDS, MAGLEV, MEMBERS, SELECT, SERVICES, SOURCE_RANGES};
+        use lb_common::{BACKENDS, MAGLEV, MEMBERS, SELECT, SERVICES, SOURCE_RANGES, SVC_NAMES};
         let put = |name| map_err(name, "write");
         let del = |name| map_err(name, "delete from");
         match op {
+            Op::PutName(id, n) => self.names.insert(id, n, 0).map_err(put(SVC_NAMES)),
+            Op::DelName(id) => ignore_missing(self.names.remove(id)).map_err(del(SVC_NAMES)),
             Op::PutBackend(id, be) => self.backends.insert(id, be, 0).map_err(put(BACKENDS)),
             Op::PutMember(k) => self.members.insert(k, 1, 0).map_err(put(MEMBERS)),
             Op::PutSelect(k, v) => self.select.insert(k, v, 0).map_err(put(SELECT)),

@@ -4,11 +4,13 @@
 //! node computes the same table for the same endpoint set and a flow hashes to the same backend
 //! on every node.
 
-/// Table sizes the agent chooses from: primes, each about twice the previous.
-pub const TABLE_SIZES: [u32; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+/// Table sizes the agent chooses from: primes, each four times the previous, so that a service's
+/// size changes rarely (every change remaps new flows; conntrack keeps the established ones).
+pub const TABLE_SIZES: [u32; 4] = [1021, 4093, 16381, 65521];
 
-/// The table size for `backends` backends: the smallest listed prime at least 100 × backends,
-/// or `fixed` when the operator set one.
+/// The table size for `backends` backends: the smallest listed prime at least 100 × backends
+/// (1021 up to 10 backends, 4093 up to 40, 16381 up to 163), or `fixed` when the operator set
+/// one (a fixed size never remaps).
 pub fn table_size(backends: usize, fixed: Option<u32>) -> u32 {
     if let Some(m) = fixed {
         return m;
@@ -92,9 +94,10 @@ mod tests {
         for m in TABLE_SIZES {
             assert!(valid_table_size(m), "{m}");
         }
-        assert_eq!(table_size(1, None), 251);
-        assert_eq!(table_size(3, None), 509);
+        assert_eq!(table_size(1, None), 1021);
+        assert_eq!(table_size(3, None), 1021);
         assert_eq!(table_size(10, None), 1021);
+        assert_eq!(table_size(11, None), 4093);
         assert_eq!(table_size(100, None), 16381);
         assert!(table_size(50, None) >= 5000);
         assert_eq!(table_size(3, Some(16381)), 16381);

@@ -1,7 +1,7 @@
 //! `lb`: the eBPF Kubernetes Service load balancer's agent and CLI.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -101,6 +101,17 @@ struct AgentArgs {
     /// How often the file source is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    /// Prometheus metrics listener (`GET /metrics`), IP:PORT or `none`. It is opened in the
+    /// agent's own network namespace; keep it on loopback unless the port is firewalled.
+    #[arg(long, value_name = "IP:PORT|none", default_value = "127.0.0.1:9964", value_parser = parse_listen_addr)]
+    metrics_addr: Listen,
+    /// kube-proxy-compatible `/healthz` and `/livez` listener, IP:PORT or `none`.
+    #[arg(long, value_name = "IP:PORT|none", default_value = "127.0.0.1:10256", value_parser = parse_listen_addr)]
+    health_addr: Listen,
+    /// `/healthz` (and the health-check node ports) report unhealthy once a change has waited
+    /// longer than twice this to reach the maps, e.g. `30s`, `1m`, `500ms`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sync_period: Duration,
     /// Detach everything and remove the pinned maps and links, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -192,6 +203,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         snat_ports: args.snat_ports,
         plan: PlanConfig { maglev_table_size: args.maglev_table_size },
         poll_interval: Duration::from_millis(args.poll_ms),
+        metrics_addr: args.metrics_addr.0,
+        health_addr: args.health_addr.0,
+        sync_period: args.sync_period,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -199,6 +213,36 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(agent::run(cfg))
+}
+
+/// A listener address, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen_addr(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("none") || s.is_empty() {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9964, [::1]:9964) or none"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (e.g. 30s, 1m, 500ms)");
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{s}: must be more than 0"));
+    }
+    Ok(d)
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -217,4 +261,41 @@ fn parse_maglev_size(s: &str) -> Result<u32, String> {
         return Err(format!("{m} is not a prime between 2 and {}", lb_common::MAGLEV_MAX_SIZE));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_addr("none"), Ok(Listen(None)));
+        assert_eq!(parse_listen_addr("127.0.0.1:9964"), Ok(Listen(Some("127.0.0.1:9964".parse().unwrap()))));
+        assert_eq!(parse_listen_addr("[::1]:10256"), Ok(Listen(Some("[::1]:10256".parse().unwrap()))));
+        assert!(parse_listen_addr("127.0.0.1").is_err());
+        assert!(parse_listen_addr("localhost:9964").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn agent_defaults_listen_on_loopback() {
+        let cli = Cli::try_parse_from(["lb", "agent"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.metrics_addr, Listen(Some("127.0.0.1:9964".parse().unwrap())));
+        assert_eq!(a.health_addr, Listen(Some("127.0.0.1:10256".parse().unwrap())));
+        assert_eq!(a.sync_period, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["lb", "agent", "--metrics-addr", "none", "--health-addr", "none"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!((a.metrics_addr, a.health_addr), (Listen(None), Listen(None)));
+    }
 }

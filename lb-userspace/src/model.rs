@@ -168,6 +168,19 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// A Service's health-check node port (`spec.healthCheckNodePort`, point 49): served for
+/// `type: LoadBalancer` Services with `externalTrafficPolicy: Local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    /// Distinct IPs of this node's ready endpoints, over all the Service's ports (terminating
+    /// endpoints do not count, even when they still get traffic through the fallback).
+    pub local_ready: usize,
+}
+
+/// Health-check node ports by Service `(namespace, name)`.
+pub type HealthChecks = BTreeMap<(String, String), HealthCheck>;
+
 /// The whole desired state for one node and one address family.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {

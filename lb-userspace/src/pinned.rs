@@ -66,6 +66,7 @@ impl PinnedMaps {
             maglev: self.hash(lb_common::MAGLEV)?.into_iter().collect(),
             members: self.hash::<MemberKey, u32>(lb_common::MEMBERS)?.into_iter().map(|(k, _)| k).collect(),
             source_ranges,
+            names: self.hash(lb_common::SVC_NAMES)?.into_iter().collect(),
         })
     }
 

@@ -28,7 +28,7 @@ use std::{
 use lb_common::{
     Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY,
     SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey,
-    ServiceKey, ServiceValue, SourceRangeData, v4_mapped,
+    ServiceKey, ServiceValue, SourceRangeData, SvcName, v4_mapped,
 };
 
 use crate::model::{
@@ -63,6 +63,8 @@ pub struct MapState {
     pub members: BTreeSet<MemberKey>,
     /// LPM entries: (prefix length, data).
     pub source_ranges: BTreeSet<(u32, SourceRangeData)>,
+    /// ServicePort names by svc_id (for `lb service list` in another process).
+    pub names: BTreeMap<u32, SvcName>,
 }
 
 /// Which endpoint set of a ServicePort a selection table serves.
@@ -219,6 +221,7 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> Map
     let mut st = MapState::default();
     for (spn, sp) in &desired.services {
         let svc_id = ids.svc_id(spn);
+        st.names.insert(svc_id, SvcName::new(&spn.to_string()));
         let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
         let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
         let maglev = sp.selection == Selection::Maglev;
@@ -357,6 +360,7 @@ fn write_table(
 /// One map write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    PutName(u32, SvcName),
     PutBackend(u32, Backend),
     PutMember(MemberKey),
     PutSelect(SelectKey, u32),
@@ -369,12 +373,18 @@ pub enum Op {
     DelSelect(SelectKey),
     DelMember(MemberKey),
     DelBackend(u32),
+    DelName(u32),
 }
 
 /// The minimal writes that turn `old` into `new`, in the safe order (module docs). Source
 /// ranges are written before the service that enables them and removed after it.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
     let mut ops = Vec::new();
+    for (id, n) in &new.names {
+        if old.names.get(id) != Some(n) {
+            ops.push(Op::PutName(*id, *n));
+        }
+    }
     for (id, be) in &new.backends {
         if old.backends.get(id) != Some(be) {
             ops.push(Op::PutBackend(*id, *be));
@@ -419,6 +429,11 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
             ops.push(Op::DelBackend(*id));
         }
     }
+    for id in old.names.keys() {
+        if !new.names.contains_key(id) {
+            ops.push(Op::DelName(*id));
+        }
+    }
     ops
 }
 
@@ -435,6 +450,12 @@ impl MapState {
                 }
                 Op::PutMember(k) => {
                     self.members.insert(*k);
+                }
+                Op::PutName(id, n) => {
+                    self.names.insert(*id, *n);
+                }
+                Op::DelName(id) => {
+                    self.names.remove(id);
                 }
                 Op::PutMaglev(k, v) => {
                     self.maglev.insert(*k, *v);

@@ -243,7 +243,7 @@ fn show(backends: &[Backend]) -> Vec<String> {
 
 fn rank(op: &Op) -> u8 {
     match op {
-        Op::PutBackend(..) => 1,
+        Op::PutName(..) | Op::PutBackend(..) => 1,
         Op::PutMember(..) => 2,
         Op::PutSelect(..) | Op::PutMaglev(..) => 3,
         Op::PutSourceRange(..) => 4,
@@ -252,7 +252,7 @@ fn rank(op: &Op) -> u8 {
         Op::DelSourceRange(..) => 7,
         Op::DelSelect(..) | Op::DelMaglev(..) => 8,
         Op::DelMember(..) => 9,
-        Op::DelBackend(..) => 10,
+        Op::DelBackend(..) | Op::DelName(..) => 10,
     }
 }
 
@@ -676,7 +676,8 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
     let up = diff(&MapState::default(), &st);
     assert_eq!(
         up.len(),
-        st.backends.len()
+        st.names.len()
+            + st.backends.len()
             + st.members.len()
             + st.select.len()
             + st.maglev.len()
@@ -1013,8 +1014,8 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
         "only deletes expected: {ops:#?}"
     );
     // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
-    // backend.
-    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1, "{ops:#?}");
+    // backend, one name.
+    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1 + 1, "{ops:#?}");
 }
 
 #[test]

@@ -79,7 +79,8 @@ impl Agent {
         if let Some(cg) = &opts.cgroup {
             args.extend(["--cgroup".to_owned(), cg.display().to_string()]);
         }
-        // TODO(metrics): tests run many agents side by side: no listeners on fixed ports.
+        // Tests run many agents side by side: no listeners on fixed ports.
+        args.extend(["--metrics-addr".to_owned(), "none".to_owned(), "--health-addr".to_owned(), "none".to_owned()]);
         args.extend(opts.extra_args.iter().cloned());
         let mut agent = Self { child: None, pin_path, manifests: dir, log, lb: lb.to_owned(), args };
         for (name, yaml) in manifests {

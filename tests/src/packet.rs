@@ -37,7 +37,7 @@ impl Spec {
     /// The frame as bytes.
     pub fn build(&self) -> Vec<u8> {
         let mut opts = self.ip_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let ihl = 20 + opts.len();
@@ -169,7 +169,7 @@ pub const MAC_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// `frag` is the flags + fragment offset field, host order.
 pub fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, total_len: u16, id: u16, frag: u16, options: &[u8]) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let ihl = 20 + opts.len();

@@ -28,7 +28,7 @@ use lb_tests::{
     packet::{
         ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP,
         PROTO_TCP, PROTO_UDP, Spec, TCP_ACK, TCP_RST, TCP_SYN, checksum, flow, icmp, icmp_error,
-        ipv4, ipv4_frame, l4_bytes, quote_tcp, tcp, tcp_frame, udp_datagram, verify_checksums,
+        ipv4, ipv4_frame, l4_bytes, quote_tcp, tcp, tcp_frame, tcp_segment, udp_datagram, verify_checksums,
         verify_icmp_checksums, verify_ipv4_checksum, verify_udp_datagram,
     },
     privilege,
@@ -584,6 +584,48 @@ fn point_37_service_without_endpoints_rejects_tcp_with_rst_and_udp_with_icmp_por
     assert_eq!(f.counter(CNT_DROP_NO_BACKEND), 0);
 }
 
+/// Point 37, RFC 793 reset generation for segments other than a bare SYN: a SYN carrying data
+/// is acknowledged with its data; a segment with ACK is answered with seq = its ack and no ACK.
+#[test]
+fn point_37_resets_for_other_segments_follow_rfc_793() {
+    let Some(mut f) = Fixture::new("point_37_resets_for_other_segments_follow_rfc_793") else { return };
+    f.program(&cluster());
+    let client = (CLIENT, 40060);
+    // SYN with 10 bytes of data (TCP Fast Open): ack = seq + 1 + 10.
+    let seg = tcp_segment(client, (EMPTY_VIP, 80), 500, 0, TCP_SYN, &[1; 10]);
+    let (verdict, out) = f.run(&ipv4_frame(CLIENT, EMPTY_VIP, PROTO_TCP, 1, 0, &[], &seg));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), 54);
+    let t = tcp(&out);
+    assert_eq!((t.seq, t.ack, t.flags), (0, 511, TCP_RST | TCP_ACK));
+    verify_checksums(&out).expect("RST checksums");
+    // A data segment with ACK (no flow known): RST with seq = its ack, no ACK flag.
+    let seg = tcp_segment(client, (EMPTY_VIP, 80), 600, 0xabcd_0001, TCP_ACK, &[2; 33]);
+    let (verdict, out) = f.run(&ipv4_frame(CLIENT, EMPTY_VIP, PROTO_TCP, 2, 0, &[], &seg));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), 54, "the answer carries no data");
+    let t = tcp(&out);
+    assert_eq!((t.sport, t.dport), (80, client.1));
+    assert_eq!((t.seq, t.ack, t.flags), (0xabcd_0001, 0, TCP_RST));
+    verify_checksums(&out).expect("RST checksums");
+    assert_eq!(f.counter(CNT_REJECT_TCP), 2);
+}
+
+/// Point 37 must never answer a reset with a reset (RFC 793: "an incoming segment containing a
+/// RST is discarded"; Linux's REJECT --reject-with tcp-reset does not answer RSTs either).
+#[test]
+fn point_37_a_reset_to_a_service_without_endpoints_is_not_answered() {
+    let Some(mut f) = Fixture::new("point_37_a_reset_to_a_service_without_endpoints_is_not_answered") else { return };
+    f.program(&cluster());
+    for (i, flags) in [TCP_RST, TCP_RST | TCP_ACK].into_iter().enumerate() {
+        let (verdict, out) = f.run(&tcp_frame((CLIENT, 40070 + i as u16), (EMPTY_VIP, 80), 700, 800, flags));
+        assert_ne!(verdict, TC_ACT_REDIRECT, "a RST (flags {flags:#x}) was answered: {:?}", tcp(&out));
+        assert_eq!(verdict, TC_ACT_SHOT, "a RST to a service without endpoints is dropped");
+    }
+    assert_eq!(f.counter(CNT_REJECT_TCP), 0);
+    assert_eq!(f.counter(CNT_VERDICT_DNAT), 0);
+}
+
 /// Point 37 on external frontends: a NodePort without endpoints rejects over XDP (XDP_TX).
 #[test]
 fn point_37_nodeport_without_endpoints_rejects_over_xdp() {
@@ -745,7 +787,6 @@ fn point_22_maglev_removing_one_of_five_backends_keeps_the_flows_of_the_others()
 
 /// The same with 3 backends going to 2.
 #[test]
-#[ignore = "BUG (lb-userspace maglev::table_size / plan::write_table, not the datapath): the Maglev table size M is chosen from the backend count (smallest listed prime >= 100 x N: 509 for 3 backends, 251 for 2), so removing a backend across a size boundary changes M and slot = hash % M re-maps every flow: 68 of 137 flows whose backend survived moved. M must not change with the endpoint count (fixed per service, or only grow)"]
 fn point_22_maglev_removing_one_of_three_backends_keeps_the_flows_of_the_others() {
     let test = "point_22_maglev_removing_one_of_three_backends_keeps_the_flows_of_the_others";
     let Some(mut before) = Fixture::new(test) else { return };
@@ -1045,6 +1086,22 @@ fn point_51_pod_reaching_itself_through_its_service_is_hairpinned() {
     assert_eq!(f.counter(CNT_HAIRPIN), 1);
 }
 
+/// Point 51 through a NodePort: the endpoint pod reaching its own service's NodePort (the
+/// networking "endpoint-Service" check) is hairpinned too.
+#[test]
+fn point_51_pod_reaching_itself_through_its_nodeport_is_hairpinned() {
+    let Some(mut f) = Fixture::node("point_51_pod_reaching_itself_through_its_nodeport_is_hairpinned") else { return };
+    f.program(&state([nodeport_service("self", NP_VIP, NODEPORT, Protocol::Tcp, vec![ep(POD1, 8080)])]));
+    let (verdict, out) = f.run(&Spec::tcp((POD1, 45100), (NODE, NODEPORT), TCP_SYN).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    verify_checksums(&out).expect("checksums after DNAT + hairpin SNAT");
+    assert_eq!((flow(&out).src, flow(&out).dst), ((HAIRPIN, 45100), (POD1, 8080)));
+    let (_, back) = f.run(&Spec::tcp((POD1, 8080), (HAIRPIN, 45100), TCP_SYN | TCP_ACK).build());
+    assert_eq!((flow(&back).src, flow(&back).dst), ((NODE, NODEPORT), (POD1, 45100)));
+    verify_checksums(&back).expect("checksums after reverse NAT");
+    assert_eq!(f.counter(CNT_HAIRPIN), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Point 58: ICMP errors about translated flows
 // ---------------------------------------------------------------------------------------------
@@ -1103,7 +1160,8 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
     let (_, received) = f.run(&query);
     let backend = flow(&received).dst;
     assert_eq!(backend.1, 9000);
-    let err = ipv4_frame(backend.0, CLIENT, PROTO_ICMP, 9, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &received[14..]));
+    let unreachable = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &received[14..]);
+    let err = ipv4_frame(backend.0, CLIENT, PROTO_ICMP, 9, 0, &[], &unreachable);
     let (verdict, out) = f.run(&err);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(ipv4(&out).src, UDP_VIP);
@@ -1112,7 +1170,8 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
     assert_eq!(f.counter(CNT_ICMP_TRANSLATED), 3);
 
     // An error quoting a flow that was never translated passes untouched.
-    let other = ipv4_frame(POD3, CLIENT, PROTO_ICMP, 10, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote_tcp((CLIENT, 40031), (POD3, 8080), 1500, 1)));
+    let unknown = quote_tcp((CLIENT, 40031), (POD3, 8080), 1500, 1);
+    let other = ipv4_frame(POD3, CLIENT, PROTO_ICMP, 10, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &unknown));
     let (verdict, out) = f.run(&other);
     assert_eq!((verdict, out), (TC_ACT_OK, other));
     assert_eq!(f.counter(CNT_ICMP_TRANSLATED), 3);
@@ -1123,18 +1182,28 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
 /// sent (client:port → node:nodeport).
 #[test]
 fn point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_xdp() {
-    let Some(mut f) = Fixture::node("point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_xdp") else { return };
+    snated_icmp_error("point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_xdp", Ext::Xdp);
+}
+
+/// The same through the TC fallback.
+#[test]
+fn point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_tc_fallback() {
+    snated_icmp_error("point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_tc_fallback", Ext::Tc);
+}
+
+fn snated_icmp_error(test: &str, ext: Ext) {
+    let Some(mut f) = Fixture::node(test) else { return };
     f.program(&nodeport_cluster_state());
     let client = (EXT_CLIENT, 40000);
-    let (verdict, out) = f.run_xdp(&tcp_frame(client, (NODE, NODEPORT), 5000, 0, TCP_SYN));
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = f.run_ext(ext, &tcp_frame(client, (NODE, NODEPORT), 5000, 0, TCP_SYN));
+    assert_eq!(verdict, ext.pass());
     let (snat, backend) = (flow(&out).src, flow(&out).dst);
     assert_eq!(snat.0, NODE);
 
     let quote = quote_tcp(snat, backend, 1500, 5001);
     let err = ipv4_frame(backend.0, NODE, PROTO_ICMP, 11, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote));
-    let (verdict, out) = f.run_xdp(&err);
-    assert_eq!(verdict, XDP_PASS);
+    let (verdict, out) = f.run_ext(ext, &err);
+    assert_eq!(verdict, ext.pass());
     let h = ipv4(&out);
     assert_eq!(h.dst, EXT_CLIENT, "the error is addressed to the client");
     assert_eq!(h.src, NODE, "from the address the client talked to");
@@ -1160,6 +1229,7 @@ fn point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip() {
     sp.frontends.push(Frontend { addr: IpAddr::V4(NODE), port: 30443, kind: FrontendKind::NodePort });
     sp.frontends.push(Frontend { addr: IpAddr::V4(lb_ip), port: 443, kind: FrontendKind::LoadBalancer });
     sp.source_ranges = vec![Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), prefix: 8 }];
+    let (spn2, mut sp2) = (spn.clone(), sp.clone());
     f.program(&state([(spn, sp)]));
 
     for (src, allowed) in [
@@ -1189,6 +1259,20 @@ fn point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip() {
     assert_eq!(flow(&out).dst, (REMOTE1, 8443));
     assert_eq!(f.counter(CNT_DROP_SOURCE_RANGE), 3);
     assert_eq!(f.counter(CNT_NEW_FLOWS), 4);
+
+    // Changing the ranges takes effect live: 192.168.0.0/16 only, then none.
+    let outsider = Ipv4Addr::new(192, 168, 9, 9);
+    sp2.source_ranges = vec![Cidr { addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 0)), prefix: 16 }];
+    f.program(&state([(spn2.clone(), sp2.clone())]));
+    let (verdict, _) = f.run_xdp(&Spec::tcp((outsider, 40010), (lb_ip, 443), TCP_SYN).build());
+    assert_eq!(verdict, XDP_PASS, "{outsider} is inside the new range");
+    let (verdict, _) = f.run_xdp(&Spec::tcp((Ipv4Addr::new(10, 1, 2, 3), 40011), (lb_ip, 443), TCP_SYN).build());
+    assert_eq!(verdict, XDP_DROP, "10.1.2.3 is outside the new range");
+    sp2.source_ranges.clear();
+    f.program(&state([(spn2, sp2)]));
+    let (verdict, _) = f.run_xdp(&Spec::tcp((Ipv4Addr::new(10, 1, 2, 3), 40012), (lb_ip, 443), TCP_SYN).build());
+    assert_eq!(verdict, XDP_PASS, "without ranges every source is allowed");
+    assert_eq!(f.counter(CNT_DROP_SOURCE_RANGE), 4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1249,7 +1333,7 @@ fn point_41_nodeport_packets_with_ipv4_options_are_translated() {
         for opts in [&router_alert, &longest] {
             sport += 1;
             let client = (EXT_CLIENT, sport);
-            let seg = lb_tests::packet::tcp_segment(client, (NODE, NODEPORT), 10, 0, TCP_SYN, b"");
+            let seg = tcp_segment(client, (NODE, NODEPORT), 10, 0, TCP_SYN, b"");
             let frame = ipv4_frame(EXT_CLIENT, NODE, PROTO_TCP, 1, 0, opts, &seg);
             let (verdict, out) = f.run_ext(ext, &frame);
             assert_eq!(verdict, ext.pass(), "{ext:?} with {} bytes of options", opts.len());
@@ -1263,7 +1347,7 @@ fn point_41_nodeport_packets_with_ipv4_options_are_translated() {
             assert_eq!(fl.dst.1, 8080, "the port after the options was rewritten");
             assert_eq!(fl.src.0, NODE);
             assert!(SNAT_PORTS.contains(&fl.src.1));
-            let reply_seg = lb_tests::packet::tcp_segment(fl.dst, fl.src, 20, 11, TCP_SYN | TCP_ACK, b"");
+            let reply_seg = tcp_segment(fl.dst, fl.src, 20, 11, TCP_SYN | TCP_ACK, b"");
             let reply = ipv4_frame(fl.dst.0, NODE, PROTO_TCP, 2, 0, opts, &reply_seg);
             let (verdict, back) = f.run_ext(ext, &reply);
             assert_eq!(verdict, ext.pass());
@@ -1283,7 +1367,6 @@ fn point_41_nodeport_packets_with_ipv4_options_are_translated() {
 /// Like conntrack's RELATED NAT it must reach the backend (outer destination and quoted source
 /// translated to the backend), not leave for the VIP untranslated.
 #[test]
-#[ignore = "BUG (lb-ebpf lb.rs icmp_error): only errors quoting what a backend received (found through the flow's reply entry) are translated; an error quoting a reverse-translated reply (VIP:53 -> client) misses the reply-entry lookup and is passed untouched, so it leaves addressed to the VIP (outer dst 10.96.0.20 instead of the backend; CNT_ICMP_TRANSLATED stays 0). It needs a lookup of the forward entry (client -> VIP) and DNAT of the outer destination and quoted source"]
 fn point_58_icmp_error_from_the_client_about_a_reply_reaches_the_backend() {
     let Some(mut f) = Fixture::new("point_58_icmp_error_from_the_client_about_a_reply_reaches_the_backend") else { return };
     f.program(&cluster());
@@ -1294,7 +1377,8 @@ fn point_58_icmp_error_from_the_client_about_a_reply_reaches_the_backend() {
     let (_, delivered) = f.run(&answer);
     assert_eq!(flow(&delivered).src, (UDP_VIP, 53));
     // The client's kernel quotes what it received: VIP:53 → client.
-    let err = ipv4_frame(CLIENT, UDP_VIP, PROTO_ICMP, 12, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &delivered[14..]));
+    let unreachable = icmp_error(ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4], &delivered[14..]);
+    let err = ipv4_frame(CLIENT, UDP_VIP, PROTO_ICMP, 12, 0, &[], &unreachable);
     let (verdict, out) = f.run(&err);
     assert_eq!(verdict, TC_ACT_OK);
     let h = ipv4(&out);

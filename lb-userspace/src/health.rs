@@ -1,0 +1,1133 @@
+//! The agent's health, the way kube-proxy reports it:
+//!
+//! - `/healthz` and `/livez` on `--health-addr` (semantics point 50): 200 while the datapath
+//!   keeps up with the source, 503 before the first sync and once a change has been waiting
+//!   longer than twice the sync period; `/healthz` is also 503 while this node is being deleted.
+//! - Health-check node ports (point 49): for every `type: LoadBalancer` Service with
+//!   `externalTrafficPolicy: Local`, `spec.healthCheckNodePort` answers any path on the node
+//!   addresses with the number of ready endpoints on this node, so that cloud load balancers only
+//!   send to nodes that have some.
+//!
+//! Both are served by [`http`], a minimal HTTP/1.1 responder (one request per connection).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::model::HealthChecks;
+use http::{Handler, Response};
+
+/// Default sync period: `/healthz` turns 503 when a change waits longer than twice this.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Proxy health (point 50)
+// ---------------------------------------------------------------------------------------------
+
+/// kube-proxy's `ProxierHealthServer` state: when the datapath last matched the source, and
+/// since when a change has been waiting.
+#[derive(Debug)]
+pub struct ProxyHealth {
+    timeout: Duration,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct HealthState {
+    /// Last successful sync, or last confirmation that nothing needed changing.
+    last_updated: Option<(Instant, SystemTime)>,
+    /// The oldest change seen and not yet written to the maps.
+    pending_since: Option<Instant>,
+    /// This node is not being deleted.
+    node_eligible: bool,
+}
+
+/// What `/healthz`, `/livez` and the health-check node ports report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyStatus {
+    /// The datapath is programmed and keeps up with the source.
+    pub healthy: bool,
+    pub last_updated: Option<SystemTime>,
+    pub node_eligible: bool,
+}
+
+impl ProxyHealth {
+    /// Health with a staleness limit of twice `sync_period` (kube-proxy's `healthTimeout`).
+    pub fn new(sync_period: Duration) -> Self {
+        Self {
+            timeout: sync_period.saturating_mul(2),
+            state: Mutex::new(HealthState {
+                last_updated: None,
+                pending_since: None,
+                node_eligible: true,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A change was seen at `at` and is not in the maps yet (`QueuedUpdate`). An older pending
+    /// change keeps its time.
+    pub fn queued(&self, at: Instant) {
+        let mut s = self.lock();
+        s.pending_since.get_or_insert(at);
+    }
+
+    /// The maps hold everything the source had at `at` (`Updated`): after a successful sync,
+    /// or when a poll found nothing to do.
+    pub fn updated(&self, at: Instant, wall: SystemTime) {
+        let mut s = self.lock();
+        s.last_updated = Some((at, wall));
+        s.pending_since = None;
+    }
+
+    /// `false` while this node's Node object is being deleted (`/healthz` only).
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.lock().node_eligible = eligible;
+    }
+
+    /// Healthy when the datapath was programmed at least once and either nothing is pending or
+    /// the last update is no older than the timeout.
+    pub fn status(&self, now: Instant) -> ProxyStatus {
+        let s = *self.lock();
+        let healthy = match (s.last_updated, s.pending_since) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some((at, _)), Some(_)) => now.saturating_duration_since(at) <= self.timeout,
+        };
+        ProxyStatus {
+            healthy,
+            last_updated: s.last_updated.map(|(_, wall)| wall),
+            node_eligible: s.node_eligible,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.status(Instant::now()).healthy
+    }
+}
+
+/// RFC 3339 in UTC with second precision; `None` is Go's zero time, as kube-proxy prints a
+/// proxy that never synced.
+pub fn rfc3339(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
+        return "0001-01-01T00:00:00Z".into();
+    };
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    Response::new(status, "application/json", body).header("X-Content-Type-Options", "nosniff")
+}
+
+/// `/healthz`: 200 when healthy and the node is eligible, else 503.
+pub fn healthz_response(status: &ProxyStatus, now: SystemTime) -> Response {
+    let ok = status.healthy && status.node_eligible;
+    json_response(
+        if ok { 200 } else { 503 },
+        format!(
+            r#"{{"lastUpdated": "{}", "currentTime": "{}", "nodeEligible": {}}}"#,
+            rfc3339(status.last_updated),
+            rfc3339(Some(now)),
+            status.node_eligible
+        ),
+    )
+}
+
+/// `/livez`: like `/healthz`, whatever the node's eligibility.
+pub fn livez_response(status: &ProxyStatus, now: SystemTime) -> Response {
+    json_response(
+        if status.healthy { 200 } else { 503 },
+        format!(
+            r#"{{"lastUpdated": "{}", "currentTime": "{}"}}"#,
+            rfc3339(status.last_updated),
+            rfc3339(Some(now))
+        ),
+    )
+}
+
+/// The `--health-addr` server: `/healthz`, `/livez`, 404 elsewhere.
+pub fn health_handler(health: Arc<ProxyHealth>) -> Handler {
+    http::handler(move |req| {
+        let status = health.status(Instant::now());
+        let now = SystemTime::now();
+        let resp = match req.path.as_str() {
+            "/healthz" => healthz_response(&status, now),
+            "/livez" => livez_response(&status, now),
+            _ => Response::not_found(),
+        };
+        std::future::ready(resp)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health-check node ports (point 49)
+// ---------------------------------------------------------------------------------------------
+
+/// A health-check node port's answer to any request.
+pub fn health_check_response(
+    namespace: &str,
+    name: &str,
+    local_ready: usize,
+    proxy_healthy: bool,
+) -> Response {
+    // Field order as kube-proxy writes it; names JSON-escaped.
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let body = format!(
+        r#"{{"service":{{"namespace":{},"name":{}}},"localEndpoints":{local_ready},"serviceProxyHealthy":{proxy_healthy}}}"#,
+        quote(namespace),
+        quote(name)
+    );
+    json_response(
+        if local_ready > 0 && proxy_healthy {
+            200
+        } else {
+            503
+        },
+        body,
+    )
+    .header("X-Load-Balancing-Endpoint-Weight", local_ready.to_string())
+}
+
+/// How long a failed bind waits before it is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+/// The listeners of every health-check node port, reconciled with the compiled
+/// [`HealthChecks`] after each sync.
+pub struct HealthCheckServers {
+    netns: Option<PathBuf>,
+    proxy: Arc<ProxyHealth>,
+    served: BTreeMap<(String, String), Served>,
+}
+
+struct Served {
+    node_port: u16,
+    local_ready: Arc<AtomicUsize>,
+    listeners: BTreeMap<IpAddr, JoinHandle<()>>,
+    /// Addresses whose bind failed, and when.
+    failed: BTreeMap<IpAddr, Instant>,
+}
+
+impl HealthCheckServers {
+    /// Listeners are bound inside `netns` when given (the node's namespace), and served from
+    /// the agent's runtime.
+    pub fn new(netns: Option<PathBuf>, proxy: Arc<ProxyHealth>) -> Self {
+        Self {
+            netns,
+            proxy,
+            served: BTreeMap::new(),
+        }
+    }
+
+    /// `(service, port, address)` of every listener currently bound.
+    pub fn listening(&self) -> Vec<((String, String), u16, IpAddr)> {
+        self.served
+            .iter()
+            .flat_map(|(k, s)| {
+                s.listeners
+                    .keys()
+                    .map(move |a| (k.clone(), s.node_port, *a))
+            })
+            .collect()
+    }
+
+    /// Starts, updates and stops listeners so that every entry of `wanted` is served on every
+    /// address of `node_addresses` (all addresses when there are none), and nothing else.
+    /// Failed binds are logged and retried on a later call.
+    pub async fn reconcile(&mut self, wanted: &HealthChecks, node_addresses: &[IpAddr]) {
+        let mut addrs: BTreeSet<IpAddr> = node_addresses.iter().copied().collect();
+        if addrs.is_empty() {
+            addrs.insert(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        }
+        // Stop what is no longer wanted, or wanted on another port.
+        let gone: Vec<_> = self
+            .served
+            .iter()
+            .filter(|(k, s)| wanted.get(*k).is_none_or(|hc| hc.node_port != s.node_port))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(s) = self.served.remove(&key) {
+                info!(service = %format_args!("{}/{}", key.0, key.1), port = s.node_port, "health-check node port stopped");
+                for (_, task) in s.listeners {
+                    stop(task).await;
+                }
+            }
+        }
+        // Update counts, drop listeners on addresses the node no longer has, find what to bind.
+        let now = Instant::now();
+        let mut to_bind: Vec<((String, String), u16, IpAddr)> = Vec::new();
+        for (key, hc) in wanted {
+            let s = self.served.entry(key.clone()).or_insert_with(|| Served {
+                node_port: hc.node_port,
+                local_ready: Arc::new(AtomicUsize::new(hc.local_ready)),
+                listeners: BTreeMap::new(),
+                failed: BTreeMap::new(),
+            });
+            s.local_ready.store(hc.local_ready, Ordering::Relaxed);
+            let stale: Vec<IpAddr> = s
+                .listeners
+                .keys()
+                .filter(|a| !addrs.contains(a))
+                .copied()
+                .collect();
+            for a in stale {
+                if let Some(task) = s.listeners.remove(&a) {
+                    stop(task).await;
+                }
+            }
+            s.failed.retain(|a, _| addrs.contains(a));
+            for a in &addrs {
+                let due = s
+                    .failed
+                    .get(a)
+                    .is_none_or(|t| now.duration_since(*t) >= BIND_RETRY);
+                if !s.listeners.contains_key(a) && due {
+                    to_bind.push((key.clone(), hc.node_port, *a));
+                }
+            }
+        }
+        if to_bind.is_empty() {
+            return;
+        }
+        // One trip into the namespace for every bind.
+        let binds: Vec<(IpAddr, u16)> = to_bind.iter().map(|(_, p, a)| (*a, *p)).collect();
+        let results: Vec<io::Result<std::net::TcpListener>> =
+            match crate::netns::run_in(self.netns.as_deref(), || {
+                binds
+                    .iter()
+                    .map(|(a, p)| std::net::TcpListener::bind((*a, *p)))
+                    .collect()
+            }) {
+                Ok(r) => r,
+                Err(e) => binds
+                    .iter()
+                    .map(|_| {
+                        Err(io::Error::new(
+                            e.kind(),
+                            format!("entering the network namespace: {e}"),
+                        ))
+                    })
+                    .collect(),
+            };
+        for ((key, port, addr), result) in to_bind.into_iter().zip(results) {
+            let Some(s) = self.served.get_mut(&key) else {
+                continue;
+            };
+            let service = format!("{}/{}", key.0, key.1);
+            match result.and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            }) {
+                Ok(listener) => {
+                    s.failed.remove(&addr);
+                    let handler = health_check_handler(
+                        key.0.clone(),
+                        key.1.clone(),
+                        s.local_ready.clone(),
+                        self.proxy.clone(),
+                    );
+                    s.listeners
+                        .insert(addr, tokio::spawn(http::serve(listener, handler)));
+                    info!(service = %service, port, %addr, "health-check node port serving");
+                }
+                Err(e) => {
+                    if s.failed.insert(addr, now).is_none() {
+                        warn!(service = %service, port, %addr, error = %e, "cannot serve the health-check node port; retrying");
+                    } else {
+                        debug!(service = %service, port, %addr, error = %e, "health-check node port bind failed again");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn health_check_handler(
+    namespace: String,
+    name: String,
+    local_ready: Arc<AtomicUsize>,
+    proxy: Arc<ProxyHealth>,
+) -> Handler {
+    http::handler(move |_req| {
+        std::future::ready(health_check_response(
+            &namespace,
+            &name,
+            local_ready.load(Ordering::Relaxed),
+            proxy.is_healthy(),
+        ))
+    })
+}
+
+/// Stops a listener task and waits until its socket is closed, so the port can be bound again.
+async fn stop(task: JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 responder for the agent's tiny GET endpoints: one request per
+/// connection (`Connection: close`), the request head only (bodies are ignored), bounded in
+/// size, time and concurrent connections since health-check node ports face the network.
+pub mod http {
+    use std::{future::Future, sync::Arc, time::Duration};
+
+    use futures::future::BoxFuture;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::{TcpListener, TcpStream},
+        sync::Semaphore,
+    };
+    use tracing::debug;
+
+    /// Largest request head accepted.
+    const MAX_HEAD: usize = 8 * 1024;
+    /// Time a client has to send its request head, and to take the response.
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Connections served at once per listener; more are closed right away.
+    const MAX_CONNECTIONS: usize = 64;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Request {
+        pub method: String,
+        /// The path, without the query string.
+        pub path: String,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Response {
+        pub status: u16,
+        /// Headers besides `Content-Length` and `Connection`.
+        pub headers: Vec<(&'static str, String)>,
+        pub body: String,
+    }
+
+    impl Response {
+        pub fn new(status: u16, content_type: &str, body: impl Into<String>) -> Self {
+            Self {
+                status,
+                headers: vec![("Content-Type", content_type.to_owned())],
+                body: body.into(),
+            }
+        }
+
+        pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+            self.headers.push((name, value.into()));
+            self
+        }
+
+        pub fn not_found() -> Self {
+            Self::new(404, "text/plain; charset=utf-8", "404 page not found\n")
+        }
+
+        pub fn header_value(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        /// The response on the wire; without the body for `HEAD`.
+        pub fn to_bytes(&self, with_body: bool) -> Vec<u8> {
+            let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+            for (n, v) in &self.headers {
+                out.push_str(&format!("{n}: {v}\r\n"));
+            }
+            out.push_str(&format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                self.body.len()
+            ));
+            let mut bytes = out.into_bytes();
+            if with_body {
+                bytes.extend_from_slice(self.body.as_bytes());
+            }
+            bytes
+        }
+    }
+
+    fn reason(status: u16) -> &'static str {
+        match status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            _ => "",
+        }
+    }
+
+    pub type Handler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
+
+    /// A [`Handler`] from an async function.
+    pub fn handler<F, Fut>(f: F) -> Handler
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        Arc::new(move |req| Box::pin(f(req)))
+    }
+
+    /// Parses a request head (request line and headers).
+    pub fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
+        let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
+        let line = text.lines().next().ok_or("empty request")?;
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(method), Some(target), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("malformed request line");
+        };
+        if !version.starts_with("HTTP/1.") {
+            return Err("unsupported HTTP version");
+        }
+        // Absolute form (`GET http://host/path`) too.
+        let path = match target.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => target,
+        };
+        let path = path.split(['?', '#']).next().unwrap_or("/");
+        Ok(Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// How long a listener that could not bind waits before trying again.
+    const LISTEN_RETRY: Duration = Duration::from_secs(5);
+
+    /// Serves `handler` on `addr` from a background task. A bind failure (the port taken, the
+    /// address not there yet) does not stop the agent: it is logged and retried every few
+    /// seconds, as kube-proxy does for its health and metrics servers.
+    pub fn spawn_listener(
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        handler: Handler,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut failures = 0u64;
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        let local = listener
+                            .local_addr()
+                            .map_or_else(|_| addr.to_string(), |a| a.to_string());
+                        tracing::info!(what, addr = %local, "listening");
+                        serve(listener, handler).await;
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(what, %addr, error = %e, "cannot listen; retrying every {}s", LISTEN_RETRY.as_secs());
+                        } else {
+                            debug!(what, %addr, error = %e, failures, "cannot listen");
+                        }
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(listener: TcpListener, handler: Handler) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        continue; // Too many at once: closed by the drop.
+                    };
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, handler).await {
+                            debug!(error = %e, "http connection");
+                        }
+                        drop(permit);
+                    });
+                }
+                // Out of file descriptors and the like: wait instead of spinning.
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(mut stream: TcpStream, handler: Handler) -> std::io::Result<()> {
+        let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return Ok(()), // closed before a full head
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request head timed out",
+                ));
+            }
+        };
+        let (resp, with_body) = match head {
+            Head::TooLarge => (
+                Response::new(431, "text/plain; charset=utf-8", "request head too large\n"),
+                true,
+            ),
+            Head::Complete(bytes) => match parse_head(&bytes) {
+                Ok(req) => {
+                    let with_body = req.method != "HEAD";
+                    (handler(req).await, with_body)
+                }
+                Err(why) => (
+                    Response::new(400, "text/plain; charset=utf-8", format!("{why}\n")),
+                    true,
+                ),
+            },
+        };
+        let write = async {
+            stream.write_all(&resp.to_bytes(with_body)).await?;
+            stream.shutdown().await
+        };
+        tokio::time::timeout(IO_TIMEOUT, write).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "response write timed out")
+        })?
+    }
+
+    enum Head {
+        Complete(Vec<u8>),
+        TooLarge,
+    }
+
+    /// Reads up to the blank line that ends the head; `None` when the peer closed before.
+    async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let from = buf.len().saturating_sub(3);
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find_end(&buf[from..]) {
+                buf.truncate(from + end);
+                return Ok(Some(Head::Complete(buf)));
+            }
+            if buf.len() > MAX_HEAD {
+                return Ok(Some(Head::TooLarge));
+            }
+        }
+    }
+
+    /// Index just past the first `\r\n\r\n` (or bare `\n\n`).
+    fn find_end(b: &[u8]) -> Option<usize> {
+        (0..b.len()).find_map(|i| {
+            if b[i..].starts_with(b"\r\n\r\n") {
+                Some(i + 4)
+            } else if b[i..].starts_with(b"\n\n") {
+                Some(i + 2)
+            } else {
+                None
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{metrics::Metrics, model::HealthCheck};
+
+    const PERIOD: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn rfc3339_formats_utc_seconds() {
+        let at = |s: u64| rfc3339(Some(UNIX_EPOCH + Duration::from_secs(s)));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(
+            rfc3339(Some(UNIX_EPOCH + Duration::from_millis(1_500))),
+            "1970-01-01T00:00:01Z"
+        );
+        assert_eq!(rfc3339(None), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn point_50_unhealthy_until_the_first_sync() {
+        let h = ProxyHealth::new(PERIOD);
+        let t0 = Instant::now();
+        assert!(!h.status(t0).healthy);
+        h.queued(t0);
+        assert!(!h.status(t0).healthy, "a pending change before any sync");
+        h.updated(t0, SystemTime::now());
+        assert!(h.status(t0).healthy);
+    }
+
+    #[test]
+    fn point_50_healthy_while_nothing_is_pending_however_old_the_last_update() {
+        let h = ProxyHealth::new(PERIOD);
+        let t0 = Instant::now();
+        h.updated(t0, SystemTime::now());
+        assert!(h.status(t0 + Duration::from_secs(3600)).healthy);
+    }
+
+    #[test]
+    fn point_50_a_change_pending_beyond_twice_the_period_is_unhealthy() {
+        let h = ProxyHealth::new(PERIOD);
+        let t0 = Instant::now();
+        h.updated(t0, SystemTime::now());
+        h.queued(t0 + Duration::from_secs(1));
+        assert!(
+            h.status(t0 + Duration::from_secs(60)).healthy,
+            "exactly 2 x period: still healthy"
+        );
+        assert!(!h.status(t0 + Duration::from_secs(61)).healthy);
+        // A later change does not make the pending one look younger.
+        h.queued(t0 + Duration::from_secs(61));
+        assert!(!h.status(t0 + Duration::from_secs(62)).healthy);
+        // Synced: healthy again, nothing pending.
+        h.updated(t0 + Duration::from_secs(62), SystemTime::now());
+        let st = h.status(t0 + Duration::from_secs(500));
+        assert!(st.healthy);
+        assert!(st.last_updated.is_some());
+    }
+
+    #[test]
+    fn point_50_confirmations_keep_a_quiet_agent_fresh() {
+        // The agent confirms on every poll that finds nothing new, so a change that comes after
+        // a long quiet time is measured from the last confirmation, not the last write.
+        let h = ProxyHealth::new(PERIOD);
+        let t0 = Instant::now();
+        h.updated(t0, SystemTime::now());
+        h.updated(t0 + Duration::from_secs(3600), SystemTime::now());
+        h.queued(t0 + Duration::from_secs(3600));
+        assert!(h.status(t0 + Duration::from_secs(3610)).healthy);
+    }
+
+    #[test]
+    fn point_50_healthz_body_and_status() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let st = ProxyStatus {
+            healthy: true,
+            last_updated: Some(UNIX_EPOCH + Duration::from_secs(1_699_999_990)),
+            node_eligible: true,
+        };
+        let r = healthz_response(&st, now);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body,
+            r#"{"lastUpdated": "2023-11-14T22:13:10Z", "currentTime": "2023-11-14T22:13:20Z", "nodeEligible": true}"#
+        );
+        assert_eq!(r.header_value("content-type"), Some("application/json"));
+        assert_eq!(r.header_value("X-Content-Type-Options"), Some("nosniff"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["nodeEligible"], true);
+
+        let never = ProxyStatus {
+            healthy: false,
+            last_updated: None,
+            node_eligible: true,
+        };
+        let r = healthz_response(&never, now);
+        assert_eq!(r.status, 503);
+        assert!(
+            r.body.contains(r#""lastUpdated": "0001-01-01T00:00:00Z""#),
+            "{}",
+            r.body
+        );
+    }
+
+    #[test]
+    fn point_50_a_node_being_deleted_fails_healthz_not_livez() {
+        let now = SystemTime::now();
+        let st = ProxyStatus {
+            healthy: true,
+            last_updated: Some(now),
+            node_eligible: false,
+        };
+        let r = healthz_response(&st, now);
+        assert_eq!(r.status, 503);
+        assert!(r.body.ends_with(r#""nodeEligible": false}"#), "{}", r.body);
+        let r = livez_response(&st, now);
+        assert_eq!(r.status, 200);
+        assert!(!r.body.contains("nodeEligible"));
+        assert!(r.body.contains("lastUpdated"));
+    }
+
+    #[test]
+    fn point_49_health_check_answer() {
+        let r = health_check_response("default", "web", 2, true);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body,
+            r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#
+        );
+        assert_eq!(r.header_value("Content-Type"), Some("application/json"));
+        assert_eq!(r.header_value("X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(
+            r.header_value("X-Load-Balancing-Endpoint-Weight"),
+            Some("2")
+        );
+
+        let r = health_check_response("default", "web", 0, true);
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.header_value("X-Load-Balancing-Endpoint-Weight"),
+            Some("0")
+        );
+        assert!(r.body.contains(r#""localEndpoints":0"#));
+
+        // Local endpoints but the proxy is stale: 503, and the body says why.
+        let r = health_check_response("default", "web", 3, false);
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.header_value("X-Load-Balancing-Endpoint-Weight"),
+            Some("3")
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["serviceProxyHealthy"], false);
+        assert_eq!(v["service"]["namespace"], "default");
+    }
+
+    #[test]
+    fn request_heads_parse() {
+        let p = |s: &str| http::parse_head(s.as_bytes());
+        assert_eq!(
+            p("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap(),
+            http::Request {
+                method: "GET".into(),
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(
+            p("GET /metrics?x=1 HTTP/1.0\r\n\r\n").unwrap().path,
+            "/metrics"
+        );
+        assert_eq!(
+            p("HEAD http://node:10256/livez HTTP/1.1\r\n\r\n")
+                .unwrap()
+                .path,
+            "/livez"
+        );
+        assert_eq!(
+            p("GET http://node:10256 HTTP/1.1\r\n\r\n").unwrap().path,
+            "/"
+        );
+        assert!(p("GET /\r\n\r\n").is_err());
+        assert!(p("GET / SPDY/3\r\n\r\n").is_err());
+        assert!(p("GET / HTTP/1.1 extra\r\n\r\n").is_err());
+        assert!(p("").is_err());
+    }
+
+    #[test]
+    fn responses_on_the_wire() {
+        let r = Response::new(200, "text/plain", "hi").header("X-A", "1");
+        assert_eq!(
+            String::from_utf8(r.to_bytes(true)).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+        assert!(
+            String::from_utf8(r.to_bytes(false))
+                .unwrap()
+                .ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n")
+        );
+    }
+
+    /// A parsed HTTP response: status, headers (lower-case names), body.
+    struct Got {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Got {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    async fn request(addr: SocketAddr, raw: &str) -> std::io::Result<Got> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(raw.as_bytes()).await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+        let text = String::from_utf8(buf).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_ascii_lowercase(), v.to_owned())
+            })
+            .collect();
+        let got = Got {
+            status,
+            headers,
+            body: body.to_owned(),
+        };
+        if !raw.starts_with("HEAD ") {
+            let len = got
+                .header("content-length")
+                .map(|n| n.parse::<usize>().unwrap());
+            assert_eq!(len, Some(got.body.len()));
+        }
+        Ok(got)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> Got {
+        request(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: t\r\n\r\n"),
+        )
+        .await
+        .expect("GET")
+    }
+
+    async fn spawn_server(handler: Handler) -> (SocketAddr, JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        (addr, tokio::spawn(http::serve(l, handler)))
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn servers_answer_over_tcp() {
+        let health = Arc::new(ProxyHealth::new(PERIOD));
+        let (haddr, _h) = spawn_server(health_handler(health.clone())).await;
+        let metrics = Arc::new(Metrics::new(None));
+        let (maddr, _m) = spawn_server(crate::metrics::metrics_handler(metrics.clone())).await;
+
+        // Before the first sync.
+        let r = get(haddr, "/healthz").await;
+        assert_eq!(r.status, 503);
+        assert!(
+            r.body.contains("\"lastUpdated\": \"0001-01-01T00:00:00Z\""),
+            "{}",
+            r.body
+        );
+        assert_eq!(get(haddr, "/livez").await.status, 503);
+
+        health.updated(Instant::now(), SystemTime::now());
+        let r = get(haddr, "/healthz").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("connection"), Some("close"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["nodeEligible"], true);
+        assert_eq!(get(haddr, "/livez?verbose").await.status, 200);
+        assert_eq!(get(haddr, "/other").await.status, 404);
+
+        // HEAD: headers only. Garbage: 400. An oversized head: 431.
+        let r = request(haddr, "HEAD /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, ""));
+        assert!(r.header("content-length").is_some_and(|n| n != "0"));
+        assert_eq!(request(haddr, "hello\r\n\r\n").await.unwrap().status, 400);
+        let big = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(request(haddr, &big).await.unwrap().status, 431);
+
+        // Metrics.
+        metrics.sync_ok(Duration::from_millis(2));
+        let r = get(maddr, "/metrics").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some(crate::metrics::CONTENT_TYPE));
+        assert!(
+            r.body.contains("lb_sync_total{result=\"ok\"} 1\n"),
+            "{}",
+            r.body
+        );
+        assert_eq!(get(maddr, "/").await.status, 404);
+
+        // A health-check node port on 127.0.0.1.
+        let mut hcs = HealthCheckServers::new(None, health.clone());
+        let port = free_port();
+        let key = ("default".to_owned(), "web".to_owned());
+        let local = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let mut wanted: HealthChecks = [(
+            key.clone(),
+            HealthCheck {
+                node_port: port,
+                local_ready: 2,
+            },
+        )]
+        .into();
+        hcs.reconcile(&wanted, &local).await;
+        assert_eq!(hcs.listening(), vec![(key.clone(), port, local[0])]);
+        let hc = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let r = get(hc, "/any/path").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-load-balancing-endpoint-weight"), Some("2"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(
+            r.body,
+            r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#
+        );
+
+        // The count changes in place; the proxy going stale fails the check too.
+        wanted.get_mut(&key).unwrap().local_ready = 0;
+        hcs.reconcile(&wanted, &local).await;
+        let r = get(hc, "/").await;
+        assert_eq!(
+            (r.status, r.header("x-load-balancing-endpoint-weight")),
+            (503, Some("0"))
+        );
+        wanted.get_mut(&key).unwrap().local_ready = 1;
+        hcs.reconcile(&wanted, &local).await;
+        assert_eq!(get(hc, "/").await.status, 200);
+        let stale = Arc::new(ProxyHealth::new(Duration::ZERO));
+        let mut stale_hcs = HealthCheckServers::new(None, stale.clone());
+        stale.updated(Instant::now() - Duration::from_secs(1), SystemTime::now());
+        stale.queued(Instant::now());
+        let port2 = free_port();
+        let other = ("default".to_owned(), "other".to_owned());
+        stale_hcs
+            .reconcile(
+                &[(
+                    other,
+                    HealthCheck {
+                        node_port: port2,
+                        local_ready: 1,
+                    },
+                )]
+                .into(),
+                &local,
+            )
+            .await;
+        let r = get(SocketAddr::from((Ipv4Addr::LOCALHOST, port2)), "/").await;
+        assert_eq!(r.status, 503);
+        assert!(
+            r.body.contains(r#""serviceProxyHealthy":false"#),
+            "{}",
+            r.body
+        );
+
+        // Moved to another port: the old one stops answering, the new one serves.
+        let port3 = free_port();
+        wanted.get_mut(&key).unwrap().node_port = port3;
+        hcs.reconcile(&wanted, &local).await;
+        assert!(
+            request(hc, "GET / HTTP/1.1\r\n\r\n").await.is_err(),
+            "old port closed"
+        );
+        assert_eq!(
+            get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/")
+                .await
+                .status,
+            200
+        );
+
+        // Gone (ETP back to Cluster, Service deleted): nothing listens.
+        hcs.reconcile(&HealthChecks::new(), &local).await;
+        assert!(hcs.listening().is_empty());
+        assert!(
+            request(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port3)),
+                "GET / HTTP/1.1\r\n\r\n"
+            )
+            .await
+            .is_err()
+        );
+        // And the port can be served again right away.
+        wanted.get_mut(&key).unwrap().node_port = port3;
+        hcs.reconcile(&wanted, &local).await;
+        assert_eq!(
+            get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/")
+                .await
+                .status,
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_bind_is_retried_later() {
+        let health = Arc::new(ProxyHealth::new(PERIOD));
+        let mut hcs = HealthCheckServers::new(None, health);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let wanted: HealthChecks = [(
+            ("ns".to_owned(), "web".to_owned()),
+            HealthCheck {
+                node_port: port,
+                local_ready: 1,
+            },
+        )]
+        .into();
+        let local = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        hcs.reconcile(&wanted, &local).await;
+        assert!(hcs.listening().is_empty());
+        drop(taken);
+        // Within the retry delay nothing is tried again.
+        hcs.reconcile(&wanted, &local).await;
+        assert!(hcs.listening().is_empty());
+        // After it, the bind succeeds.
+        for s in hcs.served.values_mut() {
+            for t in s.failed.values_mut() {
+                *t -= BIND_RETRY;
+            }
+        }
+        hcs.reconcile(&wanted, &local).await;
+        assert_eq!(hcs.listening().len(), 1);
+    }
+}

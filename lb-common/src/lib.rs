@@ -538,9 +538,11 @@ const _: () = assert!(size_of::<SvcStats>() == 24);
 pub struct Meta {
     /// [`LAYOUT_VERSION`] of the agent that created the pinned maps; 0 = never written.
     pub layout_version: u32,
-    pub _pad: u32,
+    /// Version (major, minor, patch) of the agent that last loaded the datapath.
+    pub agent_version: [u16; 3],
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<Meta>() == 8);
+const _: () = assert!(size_of::<Meta>() == 12);
 
 // ---------------------------------------------------------------------------------------------
 // LB_STATS counter indices. Every packet the datapath sees ends in exactly one verdict counter

@@ -545,7 +545,11 @@ fn write_layout(ebpf: &mut Ebpf) -> Result<()> {
     let name = lb_common::META;
     let map = ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
     let mut arr: Array<&mut MapData, Meta> = Array::try_from(map).map_err(map_err(name, "open"))?;
-    arr.set(0, Meta { layout_version: LAYOUT_VERSION, _pad: 0 }, 0).map_err(map_err(name, "write"))
+    let mut agent_version = [0u16; 3];
+    for (slot, part) in agent_version.iter_mut().zip(env!("CARGO_PKG_VERSION").split('.')) {
+        *slot = part.parse().unwrap_or(0);
+    }
+    arr.set(0, Meta { layout_version: LAYOUT_VERSION, agent_version, _pad: 0 }, 0).map_err(map_err(name, "write"))
 }
 
 /// Removes every pin under `pin_path`: detaches the pinned links and frees the maps once no

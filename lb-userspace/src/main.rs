@@ -24,8 +24,9 @@ use lb_userspace::{
     after_help = "Examples:\n  \
         lb agent --source kube --ext-iface eth0 --pod-iface lxc1 --cgroup /sys/fs/cgroup\n  \
         lb agent --source file:/etc/lb/manifests --pod-iface veth-pod1 --node-name node-a\n  \
-        lb maps dump services\n  \
+        lb service list\n  \
         lb maps dump conntrack -o json\n  \
+        lb status\n  \
         lb agent --cleanup"
 )]
 struct Cli {
@@ -49,6 +50,35 @@ enum Command {
         #[command(subcommand)]
         command: MapsCommand,
     },
+    /// Services as the datapath holds them: each frontend and its backends.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Per-service and per-backend counters, verdicts and drop reasons.
+    #[command(after_help = "Examples:\n  lb stats\n  lb stats -o json")]
+    Stats(ReadArgs),
+    /// Where the programs are attached, map fill levels, layout and agent versions.
+    #[command(after_help = "Examples:\n  lb status\n  lb status --pin-path /sys/fs/bpf/lb -o json")]
+    Status(ReadArgs),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Every frontend with its backends and their state (like `cilium service list`).
+    #[command(after_help = "Examples:\n  lb service list\n  lb service list -o json")]
+    List(ReadArgs),
+}
+
+/// Options of the commands that read a running agent's pinned maps.
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// bpffs directory of the agent.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(clap::Args)]
@@ -143,25 +173,32 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => run_agent(args),
-        Command::Maps {
-            command:
-                MapsCommand::Dump {
-                    table,
-                    pin_path,
-                    output,
-                },
-        } => {
-            require_root("reading pinned maps")?;
-            let maps = PinnedMaps::open(&pin_path).with_context(|| {
-                format!(
-                    "no lb agent maps at {} (is the agent running? is --pin-path right?)",
-                    pin_path.display()
-                )
-            })?;
+        Command::Maps { command: MapsCommand::Dump { table, pin_path, output } } => {
+            let maps = open_pins(&pin_path)?;
             print!("{}", dump::dump(&maps, table, output)?);
             Ok(())
         }
+        Command::Service { command: ServiceCommand::List(args) } => {
+            print!("{}", dump::service_list(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+        Command::Stats(args) => {
+            print!("{}", dump::stats(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+        Command::Status(args) => {
+            print!("{}", dump::status(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
     }
+}
+
+/// The pinned maps of a running agent, with errors that say what to check.
+fn open_pins(pin_path: &std::path::Path) -> anyhow::Result<PinnedMaps> {
+    require_root("reading pinned maps")?;
+    PinnedMaps::open(pin_path).with_context(|| {
+        format!("no lb agent maps at {} (is the agent running? is --pin-path right?)", pin_path.display())
+    })
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {

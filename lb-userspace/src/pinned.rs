@@ -74,6 +74,14 @@ impl PinnedMaps {
         self.hash(lb_common::CONNTRACK)
     }
 
+    /// The layout and agent version record.
+    pub fn meta(&self) -> Result<lb_common::Meta> {
+        let name = lb_common::META;
+        let arr: aya::maps::Array<MapData, lb_common::Meta> =
+            aya::maps::Array::try_from(self.map(name)?).map_err(map_err(name, "open"))?;
+        arr.get(&0, 0).map_err(map_err(name, "read"))
+    }
+
     pub fn affinity(&self) -> Result<Vec<(lb_common::AffinityKey, lb_common::AffinityValue)>> {
         self.hash(lb_common::AFFINITY)
     }

@@ -1,0 +1,137 @@
+//! The operator CLI against a running agent, from another process, as `kubectl exec ds/lb --
+//! lb ...` would run it: the JSON parses and says what is programmed, the tables are readable,
+//! and the errors say what to check.
+
+use std::process::{Command, Output};
+
+use lb_tests::{
+    agent::{Agent, AgentOptions},
+    bins, privilege,
+    topology::{HTTP_PORT, Topology},
+};
+use serde_json::Value;
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kubia, namespace: demo}
+spec:
+  clusterIP: 10.96.3.3
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+fn slice(a: &str, b: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: kubia-1, namespace: demo, labels: {{kubernetes.io/service-name: kubia}}}}\naddressType: IPv4\nports: [{{name: http, port: {HTTP_PORT}}}]\nendpoints:\n- addresses: [\"{a}\"]\n- addresses: [\"{b}\"]\n"
+    )
+}
+
+fn lb(args: &[&str]) -> Output {
+    Command::new(bins::lb()).args(args).output().expect("running lb")
+}
+
+fn json(agent: &Agent, args: &[&str]) -> Value {
+    let pin = agent.pin_path.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["-o", "json", "--pin-path", &pin]);
+    let out = lb(&all);
+    assert!(out.status.success(), "lb {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb {all:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn table(agent: &Agent, args: &[&str]) -> String {
+    let pin = agent.pin_path.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--pin-path", &pin]);
+    let out = lb(&all);
+    assert!(out.status.success(), "lb {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
+    if !privilege::require("cli_shows_services_backends_counters_and_attachments_of_a_running_agent") {
+        return;
+    }
+    let mut topo = Topology::new(1).unwrap();
+    for name in ["kubia-1", "kubia-2"] {
+        let i = topo.add_pod(0, name).unwrap();
+        topo.start_workload(i, &bins::testpod()).unwrap();
+    }
+    let client = topo.add_pod(0, "client").unwrap();
+    let slices = slice(&topo.pod("kubia-1").ip.to_string(), &topo.pod("kubia-2").ip.to_string());
+    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", MANIFESTS), ("slice.yaml", &slices)]).unwrap();
+    agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80")).unwrap();
+    for _ in 0..5 {
+        topo.curl(client, "http://10.96.3.3/", 5).unwrap();
+    }
+
+    // lb service list: the Kubernetes name, the frontend, both backends.
+    let list = json(&agent, &["service", "list"]);
+    let svc = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
+    assert_eq!(svc["frontends"], serde_json::json!(["10.96.3.3:80/TCP"]));
+    let backends: Vec<&str> = svc["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
+    assert_eq!(backends.len(), 2, "{svc:#}");
+    assert!(svc["kind"].as_array().unwrap().contains(&"affinity".into()), "{svc:#}");
+    let t = table(&agent, &["service", "list"]);
+    assert!(t.starts_with("SERVICE") && t.contains("demo/kubia:http/TCP") && t.contains("10.96.3.3:80/TCP"), "{t}");
+
+    // lb stats: 5 new flows for the service (affinity: all on one backend).
+    let stats = json(&agent, &["stats"]);
+    let s = &stats["services"].as_array().unwrap().iter().find(|s| s["name"] == "demo/kubia:http/TCP").unwrap().clone();
+    assert_eq!(s["new_flows"], 5, "{stats:#}");
+    assert!(stats["counters"]["verdict_dnat"].as_u64().unwrap() >= 5, "{stats:#}");
+    assert_eq!(stats["counters"]["affinity_hits"], 4, "{stats:#}");
+
+    // lb maps dump: services with names, the Maglev table, affinity records, conntrack.
+    let services = json(&agent, &["maps", "dump", "services"]);
+    assert_eq!(services[0]["service"], "demo/kubia:http/TCP");
+    let maglev = json(&agent, &["maps", "dump", "maglev"]);
+    let share: u64 = maglev[0]["share"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(share, maglev[0]["slots"].as_u64().unwrap(), "every slot of the table is owned: {maglev:#}");
+    let affinity = json(&agent, &["maps", "dump", "affinity"]);
+    assert_eq!(affinity[0]["client"], topo.pods[client].ip.to_string());
+    let ct = json(&agent, &["maps", "dump", "conntrack"]);
+    assert!(ct.as_array().unwrap().len() >= 10, "two entries per connection: {ct:#}");
+
+    // lb status: where the programs are attached, fill levels, versions.
+    let status = json(&agent, &["status"]);
+    let attached: Vec<(&str, &str)> =
+        status["attachments"].as_array().unwrap().iter().map(|a| (a["on"].as_str().unwrap(), a["mode"].as_str().unwrap())).collect();
+    assert_eq!(attached.len(), 3, "{status:#}");
+    assert!(attached.iter().all(|(_, m)| *m == "tc-pod"), "{status:#}");
+    assert_eq!(status["layout_version"], lb_common::LAYOUT_VERSION);
+    assert_eq!(status["agent_version"], env!("CARGO_PKG_VERSION"));
+    let services_fill = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "LB_SERVICES").unwrap();
+    assert_eq!(services_fill["entries"], 2, "frontend + address marker: {status:#}");
+    let t = table(&agent, &["status"]);
+    assert!(t.contains("ATTACHED TO") && t.contains("LB_CONNTRACK"), "{t}");
+
+    // Stopping the agent leaves the datapath and the pins; the CLI still reads them.
+    agent.stop().unwrap();
+    topo.curl(client, "http://10.96.3.3/", 5).unwrap();
+    assert_eq!(json(&agent, &["service", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn cli_errors_say_what_to_check() {
+    if !privilege::require("cli_errors_say_what_to_check") {
+        return;
+    }
+    let out = lb(&["status", "--pin-path", "/sys/fs/bpf/lbt-no-such-agent"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no lb agent maps at /sys/fs/bpf/lbt-no-such-agent") && err.contains("is the agent running"), "{err}");
+    // Not root: one sentence naming what is missing.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bins::lb())
+        .args(["service", "list"])
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+}

@@ -104,6 +104,11 @@ pub const PROG_SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
 /// cgroup getpeername4: un-translates the peer of connected sockets.
 pub const PROG_SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
+/// The IPv6 counterparts (IPv6 sockets, including IPv4-mapped destinations).
+pub const PROG_SOCK_CONNECT6: &str = "lb_sock_connect6";
+pub const PROG_SOCK_SENDMSG6: &str = "lb_sock_sendmsg6";
+pub const PROG_SOCK_RECVMSG6: &str = "lb_sock_recvmsg6";
+pub const PROG_SOCK_GETPEERNAME6: &str = "lb_sock_getpeername6";
 
 // ---------------------------------------------------------------------------------------------
 // Capacities (defaults; the agent can override some at load time).
@@ -498,22 +503,30 @@ impl SvcName {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Source address for SNAT of external traffic (the node address), network byte order.
+    /// Source address for SNAT of external IPv4 traffic (the node's IPv4 address), network byte
+    /// order, IPv4-mapped.
     pub snat_addr: [u8; 16],
-    /// Source address for hairpin traffic (a pod reaching itself through a service).
+    /// Source address for IPv4 hairpin traffic (a pod reaching itself through a service).
     pub hairpin_addr: [u8; 16],
+    /// The same two for IPv6.
+    pub snat6_addr: [u8; 16],
+    pub hairpin6_addr: [u8; 16],
     /// SNAT source ports are drawn from `snat_port_min..=snat_port_max` (host byte order).
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     /// `CFG_F_*` bits.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 72);
 
-/// `snat_addr` is set: external traffic of `SVC_F_SNAT` frontends is source-NATed.
+/// `snat_addr` is set: external IPv4 traffic of `SVC_F_SNAT` frontends is source-NATed.
 pub const CFG_F_SNAT_READY: u32 = 1 << 0;
 /// `hairpin_addr` is set.
 pub const CFG_F_HAIRPIN_READY: u32 = 1 << 1;
+/// `snat6_addr` is set.
+pub const CFG_F_SNAT6_READY: u32 = 1 << 2;
+/// `hairpin6_addr` is set.
+pub const CFG_F_HAIRPIN6_READY: u32 = 1 << 3;
 
 // ---------------------------------------------------------------------------------------------
 // LB_SVC_STATS

@@ -18,16 +18,16 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT,
+    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_AFFINITY_HIT,
     CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
-    CNT_DROP_NO_BACKEND,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE,
     CNT_DROP_FRAGMENT, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SNAT_PORTS, CNT_DROP_SOURCE_RANGE,
     CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_SNAT,
     CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
     CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey,
     FragValue, IPPROTO_TCP, MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER,
     SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT,
-    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData, v4_mapped,
+    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
 };
 
 use crate::{
@@ -51,31 +51,31 @@ pub enum Hook {
     External,
 }
 
-/// An IPv4 address and port (network byte order) to write.
+/// An address (16-byte format) and port (network byte order) to write.
 #[derive(Clone, Copy, Default)]
-pub struct Endpoint4 {
-    pub addr: [u8; 4],
+pub struct Endpoint {
+    pub addr: [u8; 16],
     pub port_be: u16,
 }
 
-/// An optional rewrite. (Not an `Option<Endpoint4>`: these values cross BPF subprogram
+/// An optional rewrite. (Not an `Option<Endpoint>`: these values cross BPF subprogram
 /// boundaries through memory, and the undefined payload of a `None` compiles to reads of
 /// uninitialised registers, which the verifier rejects. Every field here is always written.)
 #[derive(Clone, Copy, Default)]
 pub struct Rewrite {
     pub set: bool,
-    pub to: Endpoint4,
+    pub to: Endpoint,
 }
 
 impl Rewrite {
     #[inline(always)]
-    pub fn to(addr: [u8; 4], port_be: u16) -> Self {
-        Self { set: true, to: Endpoint4 { addr, port_be } }
+    pub fn to(addr: [u8; 16], port_be: u16) -> Self {
+        Self { set: true, to: Endpoint { addr, port_be } }
     }
 
     #[inline(always)]
-    pub fn when(cond: bool, addr: [u8; 4], port_be: u16) -> Self {
-        Self { set: cond, to: Endpoint4 { addr, port_be } }
+    pub fn when(cond: bool, addr: [u8; 16], port_be: u16) -> Self {
+        Self { set: cond, to: Endpoint { addr, port_be } }
     }
 }
 
@@ -123,14 +123,14 @@ pub enum Kind {
 
 /// A stage's verdict, a plain struct whose fields are always initialised (see [`Rewrite`]).
 /// The entry point calls the stages one after the other, not one inside another, which keeps
-/// the deepest call chain within the verifier's 512-byte stack budget.
+/// the deepest call chain within the verifier's 512-byte stack budget. The rewrite itself
+/// (`Kind::Nat`, `Kind::Icmp`) is left in the scratch space (`Scratch::nat`, `Scratch::icmp`),
+/// so verdicts stay small on the stack.
 #[derive(Clone, Copy, Default)]
 pub struct Action {
     pub kind: Kind,
     /// `CNT_DROP_*` reason for `Kind::Drop`.
     pub reason: u32,
-    pub nat: Nat,
-    pub icmp: IcmpNat,
 }
 
 impl Action {
@@ -141,27 +141,41 @@ impl Action {
 
     #[inline(always)]
     pub fn drop(reason: u32) -> Self {
-        Self { kind: Kind::Drop, reason, ..Self::default() }
+        Self { kind: Kind::Drop, reason }
     }
 
     #[inline(always)]
     pub fn reject() -> Self {
-        Self { kind: Kind::Reject, ..Self::default() }
+        Self { kind: Kind::Reject, reason: 0 }
     }
 
     #[inline(always)]
     pub fn next(kind: Kind) -> Self {
-        Self { kind, ..Self::default() }
+        Self { kind, reason: 0 }
     }
 
+    /// A NAT, left in the scratch space.
     #[inline(always)]
     pub fn nat(nat: Nat) -> Self {
-        Self { kind: Kind::Nat, nat, ..Self::default() }
+        match scratch() {
+            Some(sc) => {
+                sc.nat = nat;
+                Self::next(Kind::Nat)
+            }
+            None => Self::drop(CNT_DROP_REWRITE),
+        }
     }
 
+    /// An ICMP error translation, left in the scratch space.
     #[inline(always)]
     pub fn icmp(icmp: IcmpNat) -> Self {
-        Self { kind: Kind::Icmp, icmp, ..Self::default() }
+        match scratch() {
+            Some(sc) => {
+                sc.icmp = icmp;
+                Self::next(Kind::Icmp)
+            }
+            None => Self::drop(CNT_DROP_REWRITE),
+        }
     }
 }
 
@@ -175,11 +189,6 @@ fn now_ns() -> u64 {
 fn random() -> u32 {
     // SAFETY: helper without arguments.
     unsafe { bpf_get_prandom_u32() }
-}
-
-#[inline(always)]
-fn v4(a: &[u8; 16]) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
 }
 
 #[inline(always)]
@@ -206,24 +215,11 @@ fn touch(ct: *mut lb_common::CtValue, tcp_flags: u8, now: u64) {
     }
 }
 
-/// Writes an IPv4 address in the 16-byte format in place (building a 16-byte array and moving
-/// it costs stack the verifier's 512-byte budget does not have).
-#[inline(always)]
-fn set_mapped(a: &mut [u8; 16], v: [u8; 4]) {
-    *a = [0; 16];
-    a[10] = 0xff;
-    a[11] = 0xff;
-    a[12] = v[0];
-    a[13] = v[1];
-    a[14] = v[2];
-    a[15] = v[3];
-}
-
 /// Fills a conntrack key in place.
 #[inline(always)]
-fn set_ct_key(k: &mut lb_common::CtKey, src: [u8; 4], sport_be: u16, dst: [u8; 4], dport_be: u16, proto: u8, dir: u8) {
-    set_mapped(&mut k.src, src);
-    set_mapped(&mut k.dst, dst);
+fn set_ct_key(k: &mut lb_common::CtKey, src: [u8; 16], sport_be: u16, dst: [u8; 16], dport_be: u16, proto: u8, dir: u8) {
+    k.src = src;
+    k.dst = dst;
     k.sport_be = sport_be;
     k.dport_be = dport_be;
     k.proto = proto;
@@ -232,8 +228,8 @@ fn set_ct_key(k: &mut lb_common::CtKey, src: [u8; 4], sport_be: u16, dst: [u8; 4
 }
 
 #[inline(always)]
-fn is_service_addr(addr: [u8; 4]) -> bool {
-    let marker = ServiceKey { addr: v4_mapped(addr), port_be: 0, proto: 0, _pad: 0 };
+fn is_service_addr(addr: [u8; 16]) -> bool {
+    let marker = ServiceKey { addr: addr, port_be: 0, proto: 0, _pad: 0 };
     // SAFETY: read-only lookup; the value is not used.
     unsafe { LB_SERVICES.get(&marker) }.is_some()
 }
@@ -250,7 +246,7 @@ pub fn process(p: &mut Packet) -> Action {
     };
     if p.frag_later {
         // Later fragments follow their first fragment's ports.
-        sc.frag = FragKey { src: v4_mapped(p.src), dst: v4_mapped(p.dst), id: u32::from(p.ip_id_be), proto: p.proto, _pad: [0; 3] };
+        sc.frag = FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto, _pad: [0; 3] };
         // SAFETY: copied out immediately.
         match unsafe { LB_FRAGS.get(&sc.frag) }.copied() {
             Some(f) if now_ns().wrapping_sub(f.seen_ns) < FRAG_LIFETIME_NS => {
@@ -269,13 +265,13 @@ pub fn process(p: &mut Packet) -> Action {
         }
         return Action::pass();
     } else if p.frag_first {
-        sc.frag = FragKey { src: v4_mapped(p.src), dst: v4_mapped(p.dst), id: u32::from(p.ip_id_be), proto: p.proto, _pad: [0; 3] };
+        sc.frag = FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto, _pad: [0; 3] };
         sc.fragv = FragValue { seen_ns: now_ns(), sport_be: p.sport_be, dport_be: p.dport_be, _pad: 0 };
         // Losing this entry only makes later fragments unmatched (dropped if for a service).
         let _ = LB_FRAGS.insert(&sc.frag, &sc.fragv, 0);
     }
 
-    let key = ServiceKey { addr: v4_mapped(p.dst), port_be: p.dport_be, proto: p.proto, _pad: 0 };
+    let key = ServiceKey { addr: p.dst, port_be: p.dport_be, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out immediately; userspace replaces whole values.
     if let Some(svc) = unsafe { LB_SERVICES.get(&key) } {
         let svc = *svc;
@@ -305,8 +301,8 @@ pub fn reply(p: &Packet) -> Action {
     touch(ct, p.tcp_flags, now);
     count_flow(v.svc_id, v.backend_id, p.ip_len, false);
     Action::nat(Nat {
-        src: Rewrite::to(v4(&v.nat_addr), v.nat_port_be),
-        dst: Rewrite::when(v.flags & CT_F_SNAT != 0, v4(&v.snat_addr), v.snat_port_be),
+        src: Rewrite::to(v.nat_addr, v.nat_port_be),
+        dst: Rewrite::when(v.flags & CT_F_SNAT != 0, v.snat_addr, v.snat_port_be),
         verdict: CNT_VERDICT_REVNAT,
     })
 }
@@ -329,9 +325,9 @@ pub fn icmp_error(p: &Packet) -> Action {
     set_ct_key(&mut sc.rkey, inner.dst, inner.dport_be, inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY);
     // SAFETY: copied out immediately.
     if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() {
-        let frontend = v4(&v.nat_addr);
+        let frontend = v.nat_addr;
         let snat = v.flags & CT_F_SNAT != 0;
-        let client = v4(&v.snat_addr);
+        let client = v.snat_addr;
         count(CNT_ICMP_TRANSLATED);
         return Action::icmp(IcmpNat {
             // An error the backend itself sent appears to come from the frontend.
@@ -347,14 +343,14 @@ pub fn icmp_error(p: &Packet) -> Action {
     set_ct_key(&mut sc.fkey, inner.dst, inner.dport_be, inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD);
     // SAFETY: copied out immediately.
     if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.fkey) }).copied() {
-        let backend = v4(&v.nat_addr);
+        let backend = v.nat_addr;
         let snat = v.flags & CT_F_SNAT != 0;
         count(CNT_ICMP_TRANSLATED);
         return Action::icmp(IcmpNat {
-            outer_src: Rewrite::when(snat, v4(&v.snat_addr), 0),
+            outer_src: Rewrite::when(snat, v.snat_addr, 0),
             outer_dst: Rewrite::to(backend, 0),
             inner_src: Rewrite::to(backend, v.nat_port_be),
-            inner_dst: Rewrite::when(snat, v4(&v.snat_addr), v.snat_port_be),
+            inner_dst: Rewrite::when(snat, v.snat_addr, v.snat_port_be),
         });
     }
     Action::pass()
@@ -367,7 +363,7 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
     if svc.flags & SVC_F_SOURCE_RANGES != 0 {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
             256,
-            SourceRangeData { frontend: v4_mapped(p.dst), source: v4_mapped(p.src) },
+            SourceRangeData { frontend: p.dst, source: p.src },
         );
         if LB_SOURCE_RANGES.get(&key).is_none() {
             return Action::drop(CNT_DROP_SOURCE_RANGE);
@@ -386,7 +382,7 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
             ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id, (*ct).nat_port_be, (*ct).snat_port_be)
         };
         // SAFETY: as above.
-        let (nat, nat_full, snat) = unsafe { (v4(&(*ct).nat_addr), (*ct).nat_addr, v4(&(*ct).snat_addr)) };
+        let (nat, snat) = unsafe { ((*ct).nat_addr, (*ct).snat_addr) };
         let alive = now.wrapping_sub(last_seen) <= lifetime_ns(p.proto, flags);
         // A SYN on a closing entry is a new connection reusing the 4-tuple.
         let reused = new_syn && flags & CT_F_CLOSING != 0;
@@ -395,7 +391,7 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
             let keep = p.proto == IPPROTO_TCP || {
                 let be = LB_BACKENDS.get_ptr(backend_id);
                 // SAFETY: map value pointer, valid for this program run.
-                be.is_some_and(|be| unsafe { (*be).addr == nat_full && (*be).port_be == nat_port_be })
+                be.is_some_and(|be| unsafe { (*be).addr == nat && (*be).port_be == nat_port_be })
             };
             if keep {
                 touch(ct, p.tcp_flags, now);
@@ -433,9 +429,12 @@ fn endpoint_set(svc: &ServiceValue, hook: Hook) -> (u32, u32, bool) {
 #[inline(always)]
 fn flow_hash(p: &Packet) -> u32 {
     let mut h: u32 = 0x9e37_79b9;
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     for w in [
-        u32::from_ne_bytes(p.src),
-        u32::from_ne_bytes(p.dst),
+        word(&p.src, 0) ^ word(&p.src, 4) ^ word(&p.src, 8),
+        word(&p.src, 12),
+        word(&p.dst, 0) ^ word(&p.dst, 4) ^ word(&p.dst, 8),
+        word(&p.dst, 12),
         (u32::from(p.sport_be) << 16) | u32::from(p.dport_be),
         u32::from(p.proto),
     ] {
@@ -468,7 +467,7 @@ fn slot_backend(select_id: u32, slot: u32, maglev: bool) -> Option<u32> {
 #[inline(always)]
 fn affinity_backend(p: &Packet, svc: &ServiceValue, select_id: u32, now: u64) -> Option<u32> {
     let sc = scratch()?;
-    sc.akey = AffinityKey { client: v4_mapped(p.src), svc_id: svc.svc_id };
+    sc.akey = AffinityKey { client: p.src, svc_id: svc.svc_id };
     let a = LB_AFFINITY.get_ptr(&sc.akey)?;
     // SAFETY: map value pointer, valid for this program run.
     let (last_used, backend_id) = unsafe { ((*a).last_used_ns, (*a).backend_id) };
@@ -525,7 +524,7 @@ pub fn new_flow(p: &Packet, hook: Hook) -> Action {
     if affinity {
         // Sliding expiry (point 26): every new connection refreshes the record.
         if let Some(sc) = scratch() {
-            sc.akey = AffinityKey { client: v4_mapped(p.src), svc_id: svc.svc_id };
+            sc.akey = AffinityKey { client: p.src, svc_id: svc.svc_id };
             sc.aval = AffinityValue { last_used_ns: now, backend_id, _pad: 0 };
             let _ = LB_AFFINITY.insert(&sc.akey, &sc.aval, 0);
         }
@@ -543,7 +542,7 @@ pub fn new_flow(p: &Packet, hook: Hook) -> Action {
 /// Creates both conntrack entries of a new flow, with SNAT where needed.
 #[inline(always)]
 fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &Backend, now: u64) -> Result<Nat, u32> {
-    let backend = Endpoint4 { addr: v4(&be.addr), port_be: be.port_be };
+    let backend = Endpoint { addr: be.addr, port_be: be.port_be };
     let Some(cfg) = LB_CONFIG.get_ptr(0) else {
         return Err(CNT_DROP_SNAT_PORTS);
     };
@@ -557,17 +556,22 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
     // so its own reply comes back through the node (point 51). (Plain values, not Options: see
     // `Rewrite`.)
     let mut snat = false;
-    let mut snat_addr = [0u8; 4];
+    let mut snat_addr = [0u8; 16];
+    let (snat_ready, hairpin_ready) = if p.is_v6 {
+        (cfg.flags & CFG_F_SNAT6_READY != 0, cfg.flags & CFG_F_HAIRPIN6_READY != 0)
+    } else {
+        (cfg.flags & CFG_F_SNAT_READY != 0, cfg.flags & CFG_F_HAIRPIN_READY != 0)
+    };
     if hook == Hook::External && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
-        if cfg.flags & CFG_F_SNAT_READY != 0 {
+        if snat_ready {
             count(CNT_SNAT);
             snat = true;
-            snat_addr = v4(&cfg.snat_addr);
+            snat_addr = if p.is_v6 { cfg.snat6_addr } else { cfg.snat_addr };
         }
-    } else if hook == Hook::Pod && backend.addr == p.src && cfg.flags & CFG_F_HAIRPIN_READY != 0 {
+    } else if hook == Hook::Pod && backend.addr == p.src && hairpin_ready {
         count(CNT_HAIRPIN);
         snat = true;
-        snat_addr = v4(&cfg.hairpin_addr);
+        snat_addr = if p.is_v6 { cfg.hairpin6_addr } else { cfg.hairpin_addr };
     }
 
     let Some(sc) = scratch() else {
@@ -577,8 +581,8 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
     // frontend → client.
     let rv = &mut sc.rval;
     rv.last_seen_ns = now;
-    set_mapped(&mut rv.nat_addr, p.dst);
-    set_mapped(&mut rv.snat_addr, p.src);
+    rv.nat_addr = p.dst;
+    rv.snat_addr = p.src;
     rv.backend_id = backend_id;
     rv.svc_id = svc.svc_id;
     rv.nat_port_be = p.dport_be;
@@ -618,7 +622,7 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
     let fv = &mut sc.fval;
     fv.last_seen_ns = now;
     fv.nat_addr = be.addr;
-    set_mapped(&mut fv.snat_addr, snat_addr);
+    fv.snat_addr = snat_addr;
     fv.backend_id = backend_id;
     fv.svc_id = svc.svc_id;
     fv.nat_port_be = be.port_be;

@@ -91,6 +91,21 @@ pub struct Scratch {
     pub aval: AffinityValue,
     /// The frontend a new flow is for, handed from `process` to `new_flow`.
     pub svc: ServiceValue,
+    /// A stage's rewrite, handed to the entry point (see `lb::Action`).
+    pub nat: crate::lb::Nat,
+    pub icmp: crate::lb::IcmpNat,
+}
+
+/// The packet description of the current run, per CPU: built by `parse`, read by every stage.
+/// Kept off the BPF stack (its 16-byte addresses would not fit next to everything else).
+#[map]
+pub static LB_PKT: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's packet description (see [`scratch`] for why the slot is exclusively ours).
+#[inline(always)]
+pub fn packet() -> Option<&'static mut crate::parse::Packet> {
+    // SAFETY: as for `scratch`.
+    LB_PKT.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// This CPU's scratch space. Programs run to completion on one CPU without preemption by

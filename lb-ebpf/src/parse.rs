@@ -1,8 +1,15 @@
 //! Packet parsing: one bounds-checked cursor, one pass, into a [`Packet`] description. No map is
-//! looked up and no byte is written before parsing is complete.
+//! looked up and no byte is written before parsing is complete. IPv4 and IPv6 parse into the
+//! same description, with 16-byte addresses (IPv4-mapped for IPv4), so everything after parsing
+//! is family-independent except the rewrite itself.
 //!
 //! # Malformed-packet and fragment policy (tested by the fixtures)
-//! - Not IPv4 (other ethertype, including VLAN-tagged frames): pass untouched.
+//! - Neither IPv4 nor IPv6 (other ethertypes, including VLAN-tagged frames): pass untouched.
+//! - IPv6 extension headers: hop-by-hop options, routing and destination options headers are
+//!   skipped (up to 4, and only while the L4 header stays within the first 255 bytes); a
+//!   fragment header is handled like IPv4 fragmentation (below). Any other chain (AH, ESP, more
+//!   headers, truncated) leaves the packet without ports: dropped if addressed to a service,
+//!   passed untouched otherwise.
 //! - IPv4 header that is truncated, has version != 4, IHL < 5, or a total length shorter than
 //!   its header: pass untouched (`CNT_PASS_BAD_L3`); the kernel's IP input validates and drops
 //!   these, and nothing is looked up from garbage.
@@ -18,10 +25,12 @@
 
 use core::mem::size_of;
 
-use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = 40;
 const IPV4_MIN_HLEN: usize = 20;
 
 /// Ethernet header as on the wire.
@@ -48,6 +57,17 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
+/// IPv6 header as on the wire.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len_be: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 /// The first bytes of TCP and UDP headers: the ports.
 #[repr(C)]
 pub struct L4Ports {
@@ -64,6 +84,18 @@ pub const ICMP_HLEN: usize = 8;
 pub const IPV4_CSUM_OFF: usize = 10;
 pub const IPV4_SADDR_OFF: usize = 12;
 pub const IPV4_DADDR_OFF: usize = 16;
+pub const IPV6_SADDR_OFF: usize = 8;
+pub const IPV6_DADDR_OFF: usize = 24;
+
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEED: u8 = 3;
+pub const ICMPV6_PARAMPROB: u8 = 4;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
 
 pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
@@ -123,40 +155,43 @@ pub fn ptr_at_mut<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T>
 /// What parsing found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
-    /// Not IPv4.
+    /// Neither IPv4 nor IPv6.
     NotIp,
-    /// IPv4 header invalid or truncated.
+    /// IP header invalid or truncated.
     BadL3,
-    /// Valid IPv4 header: the packet description was written.
+    /// Valid IP header: the packet description was written.
     Ip,
 }
 
 /// The packet an ICMP error quotes (as it was sent by whoever the error goes back to).
 #[derive(Clone, Copy, Default)]
 pub struct Inner {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    /// Offset of the quoted IPv4 header (header offsets are all below 256: one byte keeps
-    /// this struct small on the BPF stack).
+    /// Offset of the quoted IP header (header offsets are all below 256: one byte keeps this
+    /// struct small on the BPF stack).
     pub l3_off: u8,
     /// Offset of the quoted L4 header.
     pub l4_off: u8,
 }
 
-/// An IPv4 packet's flow description plus the offsets a rewrite needs. Kept small: it lives on
-/// the 512-byte BPF stack next to the map keys.
+/// A packet's flow description plus the offsets a rewrite needs. Kept small: it lives on the
+/// 512-byte BPF stack next to the map keys.
 #[derive(Clone, Copy, Default)]
 pub struct Packet {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    /// Addresses in the 16-byte format (IPv4-mapped for IPv4), network byte order.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub sport_be: u16,
     pub dport_be: u16,
-    pub ip_id_be: u16,
+    /// IPv4 identification, or the IPv6 fragment header's identification.
+    pub frag_id: u32,
     pub proto: u8,
     pub tcp_flags: u8,
+    pub is_v6: bool,
     /// Ports are known: from the L4 header, or from the fragment table for later fragments.
     pub has_ports: bool,
     /// The TCP/UDP header is in this packet (false for later fragments).
@@ -165,24 +200,25 @@ pub struct Packet {
     pub frag_first: bool,
     /// A later fragment (non-zero offset).
     pub frag_later: bool,
-    /// TCP/UDP header shorter than its minimum.
+    /// TCP/UDP header shorter than its minimum, or an IPv6 header chain we do not follow.
     pub l4_truncated: bool,
-    /// An ICMP error quoting a TCP/UDP packet: `icmp` is valid. (Not an `Option<Inner>`: the
-    /// undefined payload of a `None` compiles to reads of uninitialised registers, which the
-    /// verifier rejects.)
+    /// An ICMP or ICMPv6 error quoting a TCP/UDP packet: `icmp` is valid. (Not an
+    /// `Option<Inner>`: the undefined payload of a `None` compiles to reads of uninitialised
+    /// registers, which the verifier rejects.)
     pub is_icmp_error: bool,
     pub icmp: Inner,
-    /// IPv4 header length in bytes.
+    /// IP header length in bytes (IPv4 with options; 40 for IPv6).
     pub ihl: u8,
-    /// Offset of the IPv4 header.
+    /// Offset of the IP header.
     pub l3_off: u8,
-    /// Offset of the L4 header (after IPv4 options).
+    /// Offset of the L4 header (after IPv4 options or IPv6 extension headers).
     pub l4_off: u8,
-    /// IPv4 total length (bytes counted per service).
+    /// Datagram length: IPv4 total length, or IPv6 payload length + 40 (bytes counted per
+    /// service).
     pub ip_len: u32,
 }
 
-/// Parses Ethernet + IPv4 + the TCP/UDP ports (or the flow an ICMP error quotes). A BPF
+/// Parses Ethernet + IPv4 or IPv6 + the TCP/UDP ports (or the flow an ICMP error quotes). A BPF
 /// subprogram of its own: its temporaries stay off the entry point's stack frame.
 #[inline(never)]
 pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
@@ -192,14 +228,21 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
     };
     // SAFETY: `take` checked the bounds; packet memory may be unaligned.
     let ether_type = u16::from_be(unsafe { core::ptr::read_unaligned(eth) }.ether_type_be);
-    if ether_type != ETH_P_IP {
-        return Parsed::NotIp;
+    *out = Packet::default();
+    match ether_type {
+        ETH_P_IP => parse_v4(&c, out),
+        ETH_P_IPV6 => parse_v6(&c, out),
+        _ => Parsed::NotIp,
     }
+}
+
+#[inline(always)]
+fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     let l3_off = c.off;
-    let Some(ip) = c.take::<Ipv4Hdr>() else {
+    let Some(ip) = c.peek_at::<Ipv4Hdr>(l3_off) else {
         return Parsed::BadL3;
     };
-    // SAFETY: bounds checked by `take`.
+    // SAFETY: bounds checked by `peek_at`.
     let ip = unsafe { core::ptr::read_unaligned(ip) };
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     let tot_len = usize::from(u16::from_be(ip.tot_len_be));
@@ -214,60 +257,127 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
     let frag = u16::from_be(ip.frag_off_be);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
-
-    let p = out;
-    *p = Packet {
-        src: ip.saddr,
-        dst: ip.daddr,
-        sport_be: 0,
-        dport_be: 0,
-        ip_id_be: ip.id_be,
-        proto: ip.proto,
-        tcp_flags: 0,
-        has_ports: false,
-        l4_in_packet: false,
-        frag_first: offset == 0 && more,
-        frag_later: offset != 0,
-        l4_truncated: false,
-        is_icmp_error: false,
-        icmp: Inner::default(),
-        ihl: ihl as u8,
-        l3_off: l3_off as u8,
-        l4_off: l4_off as u8,
-        ip_len: tot_len as u32,
-    };
+    p.src = v4_mapped(ip.saddr);
+    p.dst = v4_mapped(ip.daddr);
+    p.frag_id = u32::from(ip.id_be);
+    p.proto = ip.proto;
+    p.frag_first = offset == 0 && more;
+    p.frag_later = offset != 0;
+    p.ihl = ihl as u8;
+    p.l3_off = l3_off as u8;
+    p.l4_off = l4_off as u8;
+    p.ip_len = tot_len as u32;
     if p.frag_later {
         return Parsed::Ip;
     }
     match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {}
+        IPPROTO_TCP | IPPROTO_UDP => parse_l4(c, p, l4_off, tot_len - ihl),
         IPPROTO_ICMP => {
             if !p.frag_first {
-                if let Some(inner) = parse_icmp_error(&c, l4_off, tot_len - ihl) {
-                    p.icmp = inner;
-                    p.is_icmp_error = true;
-                }
+                parse_icmp_error(c, p, l4_off, tot_len - ihl, false);
             }
-            return Parsed::Ip;
         }
-        _ => return Parsed::Ip,
+        _ => {}
     }
-    let min_l4 = if ip.proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
-    // The whole minimal L4 header (so the checksum field is inside the packet), and within the
-    // IP total length.
-    if c.peek_at::<u8>(l4_off + min_l4 - 1).is_none() || tot_len < ihl + min_l4 {
+    Parsed::Ip
+}
+
+#[inline(always)]
+fn parse_v6(c: &Cursor, p: &mut Packet) -> Parsed {
+    let l3_off = c.off;
+    let Some(ip) = c.peek_at::<Ipv6Hdr>(l3_off) else {
+        return Parsed::BadL3;
+    };
+    // SAFETY: bounds checked by `peek_at`.
+    let ip = unsafe { core::ptr::read_unaligned(ip) };
+    if ip.vtc_flow[0] >> 4 != 6 {
+        return Parsed::BadL3;
+    }
+    let payload = usize::from(u16::from_be(ip.payload_len_be));
+    p.is_v6 = true;
+    p.src = ip.saddr;
+    p.dst = ip.daddr;
+    p.ihl = IPV6_HLEN as u8;
+    p.l3_off = l3_off as u8;
+    p.ip_len = (payload + IPV6_HLEN) as u32;
+    // Walk the extension headers we can skip.
+    let mut next = ip.nexthdr;
+    let mut off = l3_off + IPV6_HLEN;
+    let mut i = 0;
+    while i < 4 {
+        if next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST {
+            let Some(h) = c.peek_at::<[u8; 2]>(off) else {
+                p.proto = next;
+                p.l4_truncated = true;
+                return Parsed::Ip;
+            };
+            // SAFETY: bounds checked by `peek_at`.
+            let h = unsafe { core::ptr::read_unaligned(h) };
+            next = h[0];
+            off += (usize::from(h[1]) + 1) * 8;
+        } else if next == NEXTHDR_FRAGMENT {
+            let Some(h) = c.peek_at::<[u8; 8]>(off) else {
+                p.proto = next;
+                p.l4_truncated = true;
+                return Parsed::Ip;
+            };
+            // SAFETY: bounds checked by `peek_at`.
+            let h = unsafe { core::ptr::read_unaligned(h) };
+            next = h[0];
+            let fo = u16::from_be_bytes([h[2], h[3]]);
+            p.frag_first = fo >> 3 == 0 && fo & 1 != 0;
+            p.frag_later = fo >> 3 != 0;
+            p.frag_id = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+            off += 8;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    p.proto = next;
+    let ext = off - (l3_off + IPV6_HLEN);
+    // Chains we do not follow: more than 4 skippable headers, or AH, ESP, mobility, HIP, shim6
+    // and the experimental ones in front of the transport header.
+    let unfollowed = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | 50 | 51 | 135 | 139 | 140 | 253 | 254);
+    if off > 255 || ext > payload || unfollowed {
         p.l4_truncated = true;
         return Parsed::Ip;
+    }
+    p.l4_off = off as u8;
+    if p.frag_later {
+        return Parsed::Ip;
+    }
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => parse_l4(c, p, off, payload - ext),
+        IPPROTO_ICMPV6 => {
+            if !p.frag_first {
+                parse_icmp_error(c, p, off, payload - ext, true);
+            }
+        }
+        _ => {}
+    }
+    Parsed::Ip
+}
+
+/// The TCP/UDP ports at `l4_off`; `l4_len` is what the IP header says follows.
+#[inline(always)]
+fn parse_l4(c: &Cursor, p: &mut Packet, l4_off: usize, l4_len: usize) {
+    let min_l4 = if p.proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+    // The whole minimal L4 header (so the checksum field is inside the packet), and within the
+    // IP length.
+    if c.peek_at::<u8>(l4_off + min_l4 - 1).is_none() || l4_len < min_l4 {
+        p.l4_truncated = true;
+        return;
     }
     let Some(ports) = c.peek_at::<L4Ports>(l4_off) else {
         p.l4_truncated = true;
-        return Parsed::Ip;
+        return;
     };
     // SAFETY: bounds checked by `peek_at`.
     let ports = unsafe { core::ptr::read_unaligned(ports) };
     p.sport_be = ports.sport_be;
     p.dport_be = ports.dport_be;
-    if ip.proto == IPPROTO_TCP {
+    if p.proto == IPPROTO_TCP {
         // Two bytes (data offset, flags): a one-byte bound check compiles to a form the
         // verifier cannot use.
         if let Some(w) = c.peek_at::<[u8; 2]>(l4_off + 12) {
@@ -277,47 +387,72 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
     }
     p.has_ports = true;
     p.l4_in_packet = true;
-    Parsed::Ip
 }
 
-/// An ICMP destination-unreachable, time-exceeded or parameter-problem message quoting the
-/// IPv4 header and the first 8 bytes (the ports) of a TCP or UDP packet.
+/// An ICMP destination-unreachable, time-exceeded or parameter-problem message (or their
+/// ICMPv6 counterparts, and packet-too-big) quoting the IP header and the first 8 bytes (the
+/// ports) of a TCP or UDP packet.
 #[inline(always)]
-fn parse_icmp_error(c: &Cursor, icmp_off: usize, icmp_len: usize) -> Option<Inner> {
+fn parse_icmp_error(c: &Cursor, p: &mut Packet, icmp_off: usize, icmp_len: usize, v6: bool) {
     // Type and code together (see the TCP flags read above).
-    let ty = c.peek_at::<[u8; 2]>(icmp_off)?;
+    let Some(ty) = c.peek_at::<[u8; 2]>(icmp_off) else {
+        return;
+    };
     // SAFETY: bounds checked by `peek_at`.
     let ty = unsafe { core::ptr::read_unaligned(ty) }[0];
-    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
-        return None;
-    }
     let inner_l3 = icmp_off + ICMP_HLEN;
-    let ip = c.peek_at::<Ipv4Hdr>(inner_l3)?;
-    // SAFETY: bounds checked by `peek_at`.
-    let ip = unsafe { core::ptr::read_unaligned(ip) };
-    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    if ip.version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || ihl > 60 {
-        return None;
+    let mut inner = Inner { l3_off: inner_l3 as u8, ..Inner::default() };
+    let ihl;
+    if v6 {
+        if !matches!(ty, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB) {
+            return;
+        }
+        let Some(ip) = c.peek_at::<Ipv6Hdr>(inner_l3) else {
+            return;
+        };
+        // SAFETY: bounds checked by `peek_at`.
+        let ip = unsafe { core::ptr::read_unaligned(ip) };
+        if ip.vtc_flow[0] >> 4 != 6 {
+            return;
+        }
+        ihl = IPV6_HLEN;
+        inner.src = ip.saddr;
+        inner.dst = ip.daddr;
+        inner.proto = ip.nexthdr;
+    } else {
+        if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
+            return;
+        }
+        let Some(ip) = c.peek_at::<Ipv4Hdr>(inner_l3) else {
+            return;
+        };
+        // SAFETY: bounds checked by `peek_at`.
+        let ip = unsafe { core::ptr::read_unaligned(ip) };
+        let h = usize::from(ip.version_ihl & 0x0f) * 4;
+        if ip.version_ihl >> 4 != 4 || h < IPV4_MIN_HLEN || h > 60 {
+            return;
+        }
+        ihl = h;
+        inner.src = v4_mapped(ip.saddr);
+        inner.dst = v4_mapped(ip.daddr);
+        inner.proto = ip.proto;
     }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return None;
+    if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
+        return;
     }
     let inner_l4 = inner_l3 + ihl;
-    if icmp_len < ICMP_HLEN + ihl + 8 {
-        return None;
+    if icmp_len < ICMP_HLEN + ihl + 8 || inner_l4 > 255 {
+        return;
     }
-    let ports = c.peek_at::<L4Ports>(inner_l4)?;
     // The 8 quoted L4 bytes must be there (we may rewrite the UDP checksum at offset 6).
-    c.peek_at::<[u8; 8]>(inner_l4)?;
+    let Some(ports) = c.peek_at::<[u8; 8]>(inner_l4) else {
+        return;
+    };
     // SAFETY: bounds checked by `peek_at`.
     let ports = unsafe { core::ptr::read_unaligned(ports) };
-    Some(Inner {
-        src: ip.saddr,
-        dst: ip.daddr,
-        sport_be: ports.sport_be,
-        dport_be: ports.dport_be,
-        proto: ip.proto,
-        l3_off: inner_l3 as u8,
-        l4_off: inner_l4 as u8,
-    })
+    inner.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    inner.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    inner.l4_off = inner_l4 as u8;
+    p.icmp = inner;
+    p.is_icmp_error = true;
 }

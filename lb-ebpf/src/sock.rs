@@ -34,24 +34,89 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx)
+    translate(&ctx, false)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    untranslate(&ctx);
+    untranslate(&ctx, false);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    untranslate(&ctx);
+    untranslate(&ctx, false);
     ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, true)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, true)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    untranslate(&ctx, true);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    untranslate(&ctx, true);
+    ALLOW
+}
+
+/// The destination a socket asked for, in the 16-byte format. IPv6 sockets asking for an
+/// IPv4-mapped address get the IPv4 services, as the maps store IPv4 that way.
+#[inline(always)]
+fn user_addr(sa: *mut aya_ebpf::bindings::bpf_sock_addr, v6: bool) -> [u8; 16] {
+    // SAFETY: the context pointer is valid for this program run; the field matches the hook.
+    unsafe {
+        if v6 {
+            let w = (*sa).user_ip6;
+            let mut a = [0u8; 16];
+            let mut i = 0;
+            while i < 4 {
+                let b = w[i].to_ne_bytes();
+                a[i * 4] = b[0];
+                a[i * 4 + 1] = b[1];
+                a[i * 4 + 2] = b[2];
+                a[i * 4 + 3] = b[3];
+                i += 1;
+            }
+            a
+        } else {
+            v4_mapped((*sa).user_ip4.to_ne_bytes())
+        }
+    }
+}
+
+/// Writes the destination shown to / used by the socket.
+#[inline(always)]
+fn set_user_addr(sa: *mut aya_ebpf::bindings::bpf_sock_addr, v6: bool, a: &[u8; 16], port_be: u16) {
+    // SAFETY: these hooks may rewrite the socket's address; the field matches the hook.
+    unsafe {
+        if v6 {
+            let mut i = 0;
+            while i < 4 {
+                (*sa).user_ip6[i] = u32::from_ne_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]);
+                i += 1;
+            }
+        } else {
+            (*sa).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        }
+        (*sa).user_port = u32::from(port_be);
+    }
 }
 
 #[inline(always)]
@@ -63,15 +128,15 @@ fn mix(mut h: u64) -> u32 {
 }
 
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) -> i32 {
+fn translate(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the context pointer is valid for this program run; fields read as the verifier
     // allows for these attach types.
-    let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return ALLOW;
     }
-    let frontend = v4_mapped(ip.to_ne_bytes());
+    let frontend = user_addr(sa, v6);
     let key = ServiceKey { addr: frontend, port_be: port, proto, _pad: 0 };
     // SAFETY: copied out immediately.
     let Some(svc) = (unsafe { LB_SERVICES.get(&key) }).copied() else {
@@ -92,7 +157,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: helper on our own context.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let client = LB_CONFIG.get(0).map_or([0; 16], |c| c.snat_addr);
+    let client = LB_CONFIG.get(0).map_or([0; 16], |c| if v6 { c.snat6_addr } else { c.snat_addr });
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     let akey = AffinityKey { client, svc_id: svc.svc_id };
     let mut backend_id = 0;
@@ -137,30 +202,20 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let rkey = SockRevKey { cookie, backend: be.addr, backend_port_be: be.port_be, _pad: [0; 6] };
     let rval = SockRevValue { frontend, frontend_port_be: port, _pad: [0; 6] };
     let _ = LB_SOCK_REVNAT.insert(&rkey, &rval, 0);
-    let be4 = u32::from_ne_bytes([be.addr[12], be.addr[13], be.addr[14], be.addr[15]]);
-    // SAFETY: writing the destination the socket asked for, which these hooks may change.
-    unsafe {
-        (*sa).user_ip4 = be4;
-        (*sa).user_port = u32::from(be.port_be);
-    }
+    set_user_addr(sa, v6, &be.addr, be.port_be);
     count(CNT_SOCK_TRANSLATED);
     count_flow(svc.svc_id, backend_id, 0, true);
     ALLOW
 }
 
 #[inline(always)]
-fn untranslate(ctx: &SockAddrContext) {
+fn untranslate(ctx: &SockAddrContext, v6: bool) {
     let sa = ctx.sock_addr;
     // SAFETY: helper on our own context; fields as the verifier allows for these hooks.
-    let (cookie, ip, port) = unsafe { (bpf_get_socket_cookie(sa.cast()), (*sa).user_ip4, (*sa).user_port as u16) };
-    let key = SockRevKey { cookie, backend: v4_mapped(ip.to_ne_bytes()), backend_port_be: port, _pad: [0; 6] };
+    let (cookie, port) = unsafe { (bpf_get_socket_cookie(sa.cast()), (*sa).user_port as u16) };
+    let key = SockRevKey { cookie, backend: user_addr(sa, v6), backend_port_be: port, _pad: [0; 6] };
     // SAFETY: copied out immediately.
     if let Some(v) = unsafe { LB_SOCK_REVNAT.get(&key) }.copied() {
-        let f = v.frontend;
-        // SAFETY: these hooks may rewrite the address shown to the socket.
-        unsafe {
-            (*sa).user_ip4 = u32::from_ne_bytes([f[12], f[13], f[14], f[15]]);
-            (*sa).user_port = u32::from(v.frontend_port_be);
-        }
+        set_user_addr(sa, v6, &v.frontend, v.frontend_port_be);
     }
 }

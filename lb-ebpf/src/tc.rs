@@ -18,10 +18,13 @@ use lb_common::{
 };
 
 use crate::{
-    lb::{Endpoint4, Hook, Kind, Nat, icmp_error, new_flow, process, reply},
-    maps::count,
-    parse::{ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet, Parsed, TCP_CSUM_OFF, UDP_CSUM_OFF, parse},
-    reject::{ICMP_GROWTH, ICMP_LEN, RST_LEN, capture, write_icmp_unreach, write_rst},
+    lb::{Endpoint, Hook, Kind, Nat, icmp_error, new_flow, process, reply},
+    maps::{count, packet, scratch},
+    parse::{
+        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet, Parsed,
+        TCP_CSUM_OFF, UDP_CSUM_OFF, parse,
+    },
+    reject::{capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     rewrite::apply_icmp,
 };
 
@@ -64,34 +67,39 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, u32> {
         let want = if ctx.len() < MAX_HDR_LEN { ctx.len() } else { MAX_HDR_LEN };
         let _ = ctx.pull_data(want);
     }
-    let mut p = Packet::default();
-    match parse(ctx.data(), ctx.data_end(), &mut p) {
+    // The description lives in a per-CPU map, not on the stack (see `maps::LB_PKT`).
+    let Some(p) = packet() else {
+        return Err(CNT_DROP_REWRITE);
+    };
+    match parse(ctx.data(), ctx.data_end(), p) {
         Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
         Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
         Parsed::Ip => {}
     }
     // Each stage is a BPF subprogram called from here, one after the other, so the deepest
     // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
-    let mut action = process(&mut p);
+    let mut action = process(p);
     action = match action.kind {
-        Kind::NewFlow => new_flow(&p, hook),
-        Kind::Reply => reply(&p),
-        Kind::IcmpError => icmp_error(&p),
+        Kind::NewFlow => new_flow(p, hook),
+        Kind::Reply => reply(p),
+        Kind::IcmpError => icmp_error(p),
         _ => action,
     };
     match action.kind {
         Kind::Drop => Err(action.reason),
         Kind::Nat => {
-            apply_nat(ctx, &p, &action.nat)?;
-            count(action.nat.verdict);
+            let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
+            apply_nat(ctx, p, &sc.nat)?;
+            count(sc.nat.verdict);
             Ok(TC_ACT_OK as i32)
         }
         Kind::Icmp => {
-            apply_icmp(ctx.data(), ctx.data_end(), &p, &action.icmp).ok_or(CNT_DROP_REWRITE)?;
+            let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
+            apply_icmp(ctx.data(), ctx.data_end(), p, &sc.icmp).ok_or(CNT_DROP_REWRITE)?;
             count(lb_common::CNT_VERDICT_REVNAT);
             Ok(TC_ACT_OK as i32)
         }
-        Kind::Reject => reject(ctx, &p),
+        Kind::Reject => reject(ctx, p),
         // Pass (and stage kinds, which cannot remain after the dispatch above).
         _ => Ok(pass_plain()),
     }
@@ -111,27 +119,25 @@ fn pass(reason: u32) -> i32 {
 
 #[inline(never)]
 fn apply_nat(ctx: &TcContext, p: &Packet, nat: &Nat) -> Result<(), u32> {
+    let (saddr_off, daddr_off) = if p.is_v6 { (IPV6_SADDR_OFF, IPV6_DADDR_OFF) } else { (IPV4_SADDR_OFF, IPV4_DADDR_OFF) };
     if nat.dst.set {
-        rewrite(ctx, p, usize::from(p.l3_off) + IPV4_DADDR_OFF, p.dst, nat.dst.to, 2, p.dport_be)?;
+        rewrite(ctx, p, daddr_off, &p.dst, nat.dst.to, 2, p.dport_be)?;
     }
     if nat.src.set {
-        rewrite(ctx, p, usize::from(p.l3_off) + IPV4_SADDR_OFF, p.src, nat.src.to, 0, p.sport_be)?;
+        rewrite(ctx, p, saddr_off, &p.src, nat.src.to, 0, p.sport_be)?;
     }
     Ok(())
 }
 
-/// Rewrites one IPv4 address (at `addr_off`) and, when the L4 header is in the packet, one
-/// port (at `l4_off + port_off`), fixing the IPv4 header checksum and the TCP/UDP checksum
-/// (which covers the address through the pseudo-header). The kernel helpers handle both a
-/// complete checksum and a CHECKSUM_PARTIAL one (pseudo-header only, as locally generated
-/// packets carry); a UDP checksum of 0 ("none") stays 0 and a computed 0 is written as 0xffff
-/// (`BPF_F_MARK_MANGLED_0`).
+/// Rewrites one address (at `addr_off` in the IP header) and, when the L4 header is in the
+/// packet, one port (at `l4_off + port_off`), fixing the IPv4 header checksum and the TCP/UDP
+/// checksum (which covers the address through the pseudo-header: one word for IPv4, four for
+/// IPv6). The kernel helpers handle both a complete checksum and a CHECKSUM_PARTIAL one
+/// (pseudo-header only, as locally generated packets carry); an IPv4 UDP checksum of 0 ("none")
+/// stays 0 and a computed 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &Packet, addr_off: usize, old_v4: [u8; 4], new: Endpoint4, port_off: usize, old_port_be: u16) -> Result<(), u32> {
-    // Raw (network-order) words: checksum arithmetic is byte-order independent as long as both
-    // sides use the same representation.
-    let old_ip = u32::from_ne_bytes(old_v4);
-    let new_ip = u32::from_ne_bytes(new.addr);
+fn rewrite(ctx: &TcContext, p: &Packet, addr_off: usize, old: &[u8; 16], new: Endpoint, port_off: usize, old_port_be: u16) -> Result<(), u32> {
+    let l3 = usize::from(p.l3_off);
     let l4 = if !p.l4_in_packet {
         None
     } else if p.proto == IPPROTO_TCP {
@@ -141,14 +147,29 @@ fn rewrite(ctx: &TcContext, p: &Packet, addr_off: usize, old_v4: [u8; 4], new: E
     } else {
         None
     };
-    if old_ip != new_ip {
-        if let Some((csum_off, mangled)) = l4 {
-            ctx.l4_csum_replace(csum_off, u64::from(old_ip), u64::from(new_ip), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
-                .map_err(|_| CNT_DROP_REWRITE)?;
+    if old != &new.addr {
+        // Raw (network-order) words: checksum arithmetic is byte-order independent as long as
+        // both sides use the same representation.
+        let first = if p.is_v6 { 0 } else { 3 };
+        let mut i = first;
+        while i < 4 {
+            let from = u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+            let to = u32::from_ne_bytes([new.addr[i * 4], new.addr[i * 4 + 1], new.addr[i * 4 + 2], new.addr[i * 4 + 3]]);
+            if let Some((csum_off, mangled)) = l4 {
+                ctx.l4_csum_replace(csum_off, u64::from(from), u64::from(to), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
+                    .map_err(|_| CNT_DROP_REWRITE)?;
+            }
+            if !p.is_v6 {
+                ctx.l3_csum_replace(l3 + IPV4_CSUM_OFF, u64::from(from), u64::from(to), 4).map_err(|_| CNT_DROP_REWRITE)?;
+            }
+            i += 1;
         }
-        ctx.l3_csum_replace(usize::from(p.l3_off) + IPV4_CSUM_OFF, u64::from(old_ip), u64::from(new_ip), 4)
-            .map_err(|_| CNT_DROP_REWRITE)?;
-        ctx.store(addr_off, &new.addr, 0).map_err(|_| CNT_DROP_REWRITE)?;
+        if p.is_v6 {
+            ctx.store(l3 + addr_off, &new.addr, 0).map_err(|_| CNT_DROP_REWRITE)?;
+        } else {
+            let v4 = [new.addr[12], new.addr[13], new.addr[14], new.addr[15]];
+            ctx.store(l3 + addr_off, &v4, 0).map_err(|_| CNT_DROP_REWRITE)?;
+        }
     }
     if let Some((csum_off, mangled)) = l4 {
         if old_port_be != new.port_be {
@@ -170,7 +191,7 @@ fn reject(ctx: &TcContext, p: &Packet) -> Result<i32, u32> {
     let skb = ctx.skb.skb as *mut __sk_buff;
     if p.proto == IPPROTO_TCP {
         // SAFETY: helper on our own context.
-        if unsafe { bpf_skb_change_tail(skb.cast(), RST_LEN as u32, 0) } != 0 {
+        if unsafe { bpf_skb_change_tail(skb.cast(), rst_len(p.is_v6) as u32, 0) } != 0 {
             return Err(CNT_DROP_REWRITE);
         }
         write_rst(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
@@ -179,8 +200,8 @@ fn reject(ctx: &TcContext, p: &Packet) -> Result<i32, u32> {
         // SAFETY: helpers on our own context. Room for the new IPv4 + ICMP headers goes after
         // the MAC header, so the original IPv4 header ends up quoted where ICMP wants it.
         unsafe {
-            if bpf_skb_adjust_room(skb.cast(), ICMP_GROWTH as i32, BPF_ADJ_ROOM_MAC, 0) != 0
-                || bpf_skb_change_tail(skb.cast(), ICMP_LEN as u32, 0) != 0
+            if bpf_skb_adjust_room(skb.cast(), icmp_growth(p.is_v6) as i32, BPF_ADJ_ROOM_MAC, 0) != 0
+                || bpf_skb_change_tail(skb.cast(), icmp_len(p.is_v6) as u32, 0) != 0
             {
                 return Err(CNT_DROP_REWRITE);
             }

@@ -18,9 +18,9 @@ use lb_common::{
 
 use crate::{
     lb::{Hook, Kind, icmp_error, new_flow, process, reply},
-    maps::count,
+    maps::{count, packet, scratch},
     parse::{Packet, Parsed, parse},
-    reject::{ICMP_GROWTH, ICMP_LEN, RST_LEN, capture, write_icmp_unreach, write_rst},
+    reject::{capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     rewrite::{apply_icmp, apply_nat},
 };
 
@@ -39,34 +39,39 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
-    let mut p = Packet::default();
-    match parse(ctx.data(), ctx.data_end(), &mut p) {
+    // The description lives in a per-CPU map, not on the stack (see `maps::LB_PKT`).
+    let Some(p) = packet() else {
+        return Err(CNT_DROP_REWRITE);
+    };
+    match parse(ctx.data(), ctx.data_end(), p) {
         Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
         Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
         Parsed::Ip => {}
     }
     // Each stage is a BPF subprogram called from here, one after the other, so the deepest
     // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
-    let mut action = process(&mut p);
+    let mut action = process(p);
     action = match action.kind {
-        Kind::NewFlow => new_flow(&p, Hook::External),
-        Kind::Reply => reply(&p),
-        Kind::IcmpError => icmp_error(&p),
+        Kind::NewFlow => new_flow(p, Hook::External),
+        Kind::Reply => reply(p),
+        Kind::IcmpError => icmp_error(p),
         _ => action,
     };
     match action.kind {
         Kind::Drop => Err(action.reason),
         Kind::Nat => {
-            apply_nat(ctx.data(), ctx.data_end(), &p, &action.nat).ok_or(CNT_DROP_REWRITE)?;
-            count(action.nat.verdict);
+            let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
+            apply_nat(ctx.data(), ctx.data_end(), p, &sc.nat).ok_or(CNT_DROP_REWRITE)?;
+            count(sc.nat.verdict);
             Ok(XDP_PASS)
         }
         Kind::Icmp => {
-            apply_icmp(ctx.data(), ctx.data_end(), &p, &action.icmp).ok_or(CNT_DROP_REWRITE)?;
+            let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
+            apply_icmp(ctx.data(), ctx.data_end(), p, &sc.icmp).ok_or(CNT_DROP_REWRITE)?;
             count(CNT_VERDICT_REVNAT);
             Ok(XDP_PASS)
         }
-        Kind::Reject => reject(ctx, &p),
+        Kind::Reject => reject(ctx, p),
         // Pass (and stage kinds, which cannot remain after the dispatch above).
         _ => {
             count(CNT_VERDICT_PASS);
@@ -90,20 +95,23 @@ fn reject(ctx: &XdpContext, p: &Packet) -> Result<u32, u32> {
     let len = (ctx.data_end() - ctx.data()) as i32;
     if p.proto == IPPROTO_TCP {
         // SAFETY: helper on our own context.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, RST_LEN as i32 - len) } != 0 {
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, rst_len(p.is_v6) as i32 - len) } != 0 {
             return Err(CNT_DROP_REWRITE);
         }
         write_rst(ctx.data(), ctx.data_end(), &orig).ok_or(CNT_DROP_REWRITE)?;
         count(CNT_REJECT_TCP);
     } else if p.proto == IPPROTO_UDP {
-        // SAFETY: helpers on our own context: 28 bytes in front (the original IPv4 header then
-        // sits where the ICMP error quotes it), then cut after the quoted 8 bytes.
+        // SAFETY: helpers on our own context: room in front for the new headers (the original
+        // IP header then sits where the ICMP error quotes it), then cut after the quoted 8
+        // bytes. The new length is derived from the old one: subtracting packet pointers after
+        // adjust_head would let the compiler fold it into arithmetic on data_end, which the
+        // verifier prohibits.
         unsafe {
-            if bpf_xdp_adjust_head(ctx.ctx, -(ICMP_GROWTH as i32)) != 0 {
+            let growth = icmp_growth(p.is_v6) as i32;
+            if bpf_xdp_adjust_head(ctx.ctx, -growth) != 0 {
                 return Err(CNT_DROP_REWRITE);
             }
-            let len = (ctx.data_end() - ctx.data()) as i32;
-            if bpf_xdp_adjust_tail(ctx.ctx, ICMP_LEN as i32 - len) != 0 {
+            if bpf_xdp_adjust_tail(ctx.ctx, icmp_len(p.is_v6) as i32 - (len + growth)) != 0 {
                 return Err(CNT_DROP_REWRITE);
             }
         }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    compile::{Family, NodeContext, compile_with_health_checks},
+    compile::{NodeContext, compile_all},
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
     health::{HealthCheckServers, ProxyHealth, health_handler, http::spawn_listener},
     metrics::{Metrics, Programmed, metrics_handler, sync_error_reason},
@@ -61,8 +61,11 @@ pub struct AgentConfig {
     pub netns: Option<PathBuf>,
     pub node_name: String,
     pub node_addresses: Vec<IpAddr>,
-    /// Source address of hairpin traffic (a pod reaching itself through a service).
+    /// Source address of IPv4 hairpin traffic (a pod reaching itself through a service).
     pub hairpin_addr: Ipv4Addr,
+    /// Source address of IPv6 hairpin traffic (`--hairpin-ip6`, default
+    /// [`DEFAULT_HAIRPIN6_ADDR`]).
+    pub hairpin6_addr: Ipv6Addr,
     /// SNAT source ports for external traffic.
     pub snat_ports: (u16, u16),
     pub plan: PlanConfig,
@@ -75,6 +78,12 @@ pub struct AgentConfig {
     /// `/healthz` fails once a change has waited longer than twice this.
     pub sync_period: Duration,
 }
+
+/// Default IPv6 hairpin source (`--hairpin-ip6`): `fd00:6c62::1`, in a unique local prefix
+/// (RFC 4193; `6c62` is "lb"), the IPv6 counterpart of the IPv4 link-local 169.254.42.1. Like
+/// the IPv4 one it must be an address the node owns (e.g. on `lo`, as the tests set it up), so
+/// that a hairpinned pod's reply, addressed to it, comes back to the node and is translated.
+pub const DEFAULT_HAIRPIN6_ADDR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x6c62, 0, 0, 0, 0, 0, 1);
 
 /// How often idle conntrack entries are swept.
 const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -262,10 +271,12 @@ impl Sync {
     fn apply(&mut self, dp: &mut Dataplane, cfg: &AgentConfig, objects: &ClusterObjects) -> anyhow::Result<()> {
         let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
         if self.node.as_ref() != Some(&node) {
-            dp.set_config(&node_config(&node, cfg)).context("writing the node settings")?;
+            let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
+            dp.set_config(&settings).context("writing the node settings")?;
             self.node = Some(node.clone());
         }
-        let (desired, health_checks) = compile_with_health_checks(&objects.services, &objects.slices, &node, Family::V4);
+        // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
+        let (desired, health_checks) = compile_all(&objects.services, &objects.slices, &node);
         self.metrics.set_rejected(&desired.rejected);
         if self.last.as_ref() == Some(&desired) {
             self.health_checks = health_checks;
@@ -329,18 +340,26 @@ fn node_eligible(node_name: &str, nodes: &[k8s_openapi::api::core::v1::Node]) ->
         .any(|n| n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some())
 }
 
-/// Node-wide datapath settings: the node's first IPv4 address for SNAT, the hairpin address.
-fn node_config(node: &NodeContext, cfg: &AgentConfig) -> lb_common::Config {
+/// Node-wide datapath settings, per family: the node's first IPv4 address (IPv4-mapped) and
+/// first IPv6 address (as is) as SNAT sources of external traffic, flagged ready only when the
+/// node has one; the two hairpin addresses, always set.
+fn node_config(node: &NodeContext, hairpin: (Ipv4Addr, Ipv6Addr), snat_ports: (u16, u16)) -> lb_common::Config {
     let snat = node.addresses.iter().find(|a| a.is_ipv4()).copied();
-    let mut flags = lb_common::CFG_F_HAIRPIN_READY;
+    let snat6 = node.addresses.iter().find(|a| a.is_ipv6()).copied();
+    let mut flags = lb_common::CFG_F_HAIRPIN_READY | lb_common::CFG_F_HAIRPIN6_READY;
     if snat.is_some() {
         flags |= lb_common::CFG_F_SNAT_READY;
     }
+    if snat6.is_some() {
+        flags |= lb_common::CFG_F_SNAT6_READY;
+    }
     lb_common::Config {
         snat_addr: snat.map(addr16).unwrap_or_default(),
-        hairpin_addr: addr16(IpAddr::V4(cfg.hairpin_addr)),
-        snat_port_min: cfg.snat_ports.0,
-        snat_port_max: cfg.snat_ports.1,
+        hairpin_addr: addr16(IpAddr::V4(hairpin.0)),
+        snat6_addr: snat6.map(addr16).unwrap_or_default(),
+        hairpin6_addr: addr16(IpAddr::V6(hairpin.1)),
+        snat_port_min: snat_ports.0,
+        snat_port_max: snat_ports.1,
         flags,
     }
 }
@@ -384,7 +403,7 @@ mod tests {
             service("api", "10.96.0.2", json!([{ "port": 443, "nodePort": 30443 }])),
         ];
         let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
-        let desired = crate::compile::compile(&services, &[], &node, Family::V4);
+        let desired = crate::compile::compile(&services, &[], &node, crate::model::Family::V4);
         let mut ids = Ids::default();
         let state = map_state(&desired, &mut ids, &PlanConfig::default());
         let names = service_port_names(&desired, &state);
@@ -403,6 +422,74 @@ mod tests {
                 assert_eq!(state.services[&key].svc_id, id, "{spn} {fe:?}");
             }
         }
+    }
+
+    /// Point 55: a dual-stack Service is two ServicePorts, one per family, each with its own
+    /// svc_id and name (`/IPv6` for the IPv6 one), and each frontend carries its family's id.
+    #[test]
+    fn point_55_dual_stack_service_ports_get_one_svc_id_and_name_per_family() {
+        let mut web = service("web", "10.96.0.1", json!([{ "name": "http", "port": 80, "nodePort": 30080 }]));
+        let spec = web.spec.as_mut().unwrap();
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        spec.cluster_ips = Some(vec!["10.96.0.1".into(), "fd00:96::1".into()]);
+        let node = NodeContext {
+            name: "n".into(),
+            addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            zone: None,
+        };
+        let (desired, _) = compile_all(&[web], &[], &node);
+        let state = map_state(&desired, &mut Ids::default(), &PlanConfig::default());
+        let names = service_port_names(&desired, &state);
+        let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), ["ns/web:http/TCP", "ns/web:http/TCP/IPv6"]);
+        assert_ne!(got["ns/web:http/TCP"], got["ns/web:http/TCP/IPv6"]);
+        let id_of = |addr: &str, port: u16| {
+            let key = lb_common::ServiceKey {
+                addr: addr16(addr.parse().unwrap()),
+                port_be: port.to_be(),
+                proto: lb_common::IPPROTO_TCP,
+                _pad: 0,
+            };
+            state.services[&key].svc_id
+        };
+        assert_eq!(id_of("10.96.0.1", 80), got["ns/web:http/TCP"]);
+        assert_eq!(id_of("192.168.0.10", 30080), got["ns/web:http/TCP"]);
+        assert_eq!(id_of("fd00:96::1", 80), got["ns/web:http/TCP/IPv6"]);
+        assert_eq!(id_of("fd00::10", 30080), got["ns/web:http/TCP/IPv6"]);
+        // The names record (what `lb service list` reads) says the same.
+        assert_eq!(state.names[&got["ns/web:http/TCP/IPv6"]].as_str(), "ns/web:http/TCP/IPv6");
+    }
+
+    #[test]
+    fn node_settings_per_family() {
+        let hairpin = (Ipv4Addr::new(169, 254, 42, 1), DEFAULT_HAIRPIN6_ADDR);
+        let dual = NodeContext {
+            name: "n".into(),
+            addresses: ["fd00::10", "192.168.0.10", "fd00::11", "10.1.0.10"].iter().map(|a| a.parse().unwrap()).collect(),
+            zone: None,
+        };
+        let c = node_config(&dual, hairpin, (61000, 65000));
+        assert_eq!(c.snat_addr, lb_common::v4_mapped([192, 168, 0, 10]), "first IPv4, IPv4-mapped");
+        assert_eq!(c.snat6_addr, "fd00::10".parse::<Ipv6Addr>().unwrap().octets(), "first IPv6, as is");
+        assert_eq!(c.hairpin_addr, lb_common::v4_mapped([169, 254, 42, 1]));
+        assert_eq!(c.hairpin6_addr, [0xfd, 0, 0x6c, 0x62, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!((c.snat_port_min, c.snat_port_max), (61000, 65000));
+        let all = lb_common::CFG_F_SNAT_READY
+            | lb_common::CFG_F_HAIRPIN_READY
+            | lb_common::CFG_F_SNAT6_READY
+            | lb_common::CFG_F_HAIRPIN6_READY;
+        assert_eq!(c.flags, all);
+
+        // IPv4-only node: no IPv6 SNAT source, flag clear; hairpin addresses still set.
+        let v4only = NodeContext { addresses: vec!["192.168.0.10".parse().unwrap()], ..dual.clone() };
+        let c = node_config(&v4only, hairpin, (61000, 65000));
+        assert_eq!(c.snat6_addr, [0; 16]);
+        assert_eq!(c.flags, all & !lb_common::CFG_F_SNAT6_READY);
+        // IPv6-only node.
+        let v6only = NodeContext { addresses: vec!["fd00::10".parse().unwrap()], ..dual };
+        let c = node_config(&v6only, hairpin, (61000, 65000));
+        assert_eq!(c.snat_addr, [0; 16]);
+        assert_eq!(c.flags, all & !lb_common::CFG_F_SNAT_READY);
     }
 
     #[test]

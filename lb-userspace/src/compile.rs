@@ -1,6 +1,15 @@
 //! The pure compile step: (Services, EndpointSlices, this node) → [`DesiredState`], with
 //! kube-proxy's semantics. Point numbers refer to the semantics reference
 //! (`k8s-service-semantics.md`, section 1); the unit tests below name them.
+//!
+//! # Dual-stack (points 5, 15, 46-48, 55)
+//! kube-proxy runs one proxier per family. Our maps hold both families (16-byte addresses), so
+//! the agent compiles both families into one [`DesiredState`] with [`compile_all`]: each family
+//! is compiled exactly as a single-family proxier would ([`compile`]), and a ServicePort of
+//! family F ([`ServicePortName::family`]) gets only family-F frontends (its ClusterIP of F, the
+//! node's addresses of F for NodePorts, externalIPs and LoadBalancer IPs of F), family-F
+//! endpoints (slices of `addressType` F) and family-F `loadBalancerSourceRanges`. A Service
+//! without a ClusterIP of F has nothing in F, not even its NodePort on the node's F addresses.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -14,35 +23,18 @@ use crate::model::{
     Protocol, Selection, ServicePortName, ServicePortState, Skipped,
 };
 
-/// Address family being programmed (kube-proxy runs one proxier per family, point 55).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn matches(self, ip: &IpAddr) -> bool {
-        matches!(
-            (self, ip),
-            (Self::V4, IpAddr::V4(_)) | (Self::V6, IpAddr::V6(_))
-        )
-    }
-
-    fn k8s_name(self) -> &'static str {
-        match self {
-            Self::V4 => "IPv4",
-            Self::V6 => "IPv6",
-        }
-    }
-}
+/// Address family being programmed (kube-proxy runs one proxier per family, point 55). Defined
+/// in [`crate::model`]; re-exported here where it always was.
+pub use crate::model::Family;
 
 /// What the compile step needs to know about the node it programs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
     /// `spec.nodeName` of local endpoints.
     pub name: String,
-    /// Addresses NodePorts are served on (point 41).
+    /// Addresses NodePorts are served on (point 41), both families: each family's NodePorts
+    /// are served on the addresses of that family only (point 55). The first IPv4 and the
+    /// first IPv6 address are also the SNAT sources of external traffic (`lb agent`).
     pub addresses: Vec<IpAddr>,
     /// `topology.kubernetes.io/zone` of this node, for zone hints (point 53).
     pub zone: Option<String>,
@@ -62,11 +54,13 @@ pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
 /// Parses an IP the way Kubernetes does (`ParseIPSloppy`): IPv4 octets with leading zeros are
-/// decimal, never octal (point 61).
+/// decimal, never octal (point 61). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4
+/// address, as in Go's `net.IP` (`To4()` succeeds, so Kubernetes counts it as IPv4): in the
+/// maps it is the very same 16 bytes, so it must never become an IPv6 frontend or backend.
 pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     let s = s.trim();
     if s.contains(':') {
-        return s.parse().ok();
+        return s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
     }
     let mut octets = [0u8; 4];
     let mut n = 0;
@@ -81,7 +75,9 @@ pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     (n == 4).then(|| IpAddr::V4(Ipv4Addr::from(octets)))
 }
 
-/// Compiles every Service and EndpointSlice into the desired state of one node and family.
+/// Compiles every Service and EndpointSlice into the desired state of one node and one family
+/// (what one kube-proxy proxier programs). Every ServicePort it returns has
+/// [`ServicePortName::family`] `== family`.
 pub fn compile(
     services: &[Service],
     slices: &[EndpointSlice],
@@ -91,19 +87,49 @@ pub fn compile(
     compile_with_health_checks(services, slices, node, family).0
 }
 
-/// [`compile`], and the health-check node ports of the Services it programs (point 49:
-/// `type: LoadBalancer`, `externalTrafficPolicy: Local`, a non-zero `healthCheckNodePort`).
-/// Health checks are per Service, not per family: they are filled in the IPv4 pass only, and
-/// are empty for [`Family::V6`].
+/// [`compile`], and the health-check node ports of the Services it programs in `family`
+/// (point 49: `type: LoadBalancer`, `externalTrafficPolicy: Local`, a non-zero
+/// `healthCheckNodePort`), counting the local ready endpoints of `family` only.
 pub fn compile_with_health_checks(
     services: &[Service],
     slices: &[EndpointSlice],
     node: &NodeContext,
     family: Family,
 ) -> (DesiredState, HealthChecks) {
+    compile_families(services, slices, node, &[family])
+}
+
+/// Both families into one desired state: what the agent programs (module docs, point 55).
+///
+/// - ServicePorts: the union of [`compile`] for IPv4 and for IPv6; a dual-stack Service's port
+///   appears once per family, told apart by [`ServicePortName::family`].
+/// - Rejections: a Service that is invalid in either family is rejected as a whole (none of
+///   its ports is programmed in any family), each distinct reason reported once.
+/// - Health checks (point 49): one per Service whichever families it has. `local_ready` is the
+///   larger of the two families' counts of distinct local ready endpoint IPs: a dual-stack pod
+///   has one address of each family and must count once, not twice; a single-stack Service
+///   counts its one family. (kube-proxy's two proxiers would each answer with their own
+///   family's count; with dual-stack pods both counts are the same.)
+pub fn compile_all(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeContext,
+) -> (DesiredState, HealthChecks) {
+    compile_families(services, slices, node, &Family::ALL)
+}
+
+fn compile_families(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeContext,
+    families: &[Family],
+) -> (DesiredState, HealthChecks) {
     let mut state = DesiredState::default();
     let mut health_checks = HealthChecks::new();
-    let slices_by_service = index_slices(slices, family);
+    let indexes: Vec<(Family, SlicesByService)> = families
+        .iter()
+        .map(|f| (*f, index_slices(slices, *f)))
+        .collect();
     for svc in services {
         let ns = svc
             .metadata
@@ -111,18 +137,43 @@ pub fn compile_with_health_checks(
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
-        match compile_service(svc, &ns, &name, &slices_by_service, node, family) {
-            Ok((ports, health_check)) => {
-                state.services.extend(ports);
-                if let Some(hc) = health_check {
-                    health_checks.insert((ns, name), hc);
+        let mut ports = Vec::new();
+        let mut health_check: Option<HealthCheck> = None;
+        let mut reasons: Vec<String> = Vec::new();
+        for (family, slices_by_service) in &indexes {
+            match compile_service(svc, &ns, &name, slices_by_service, node, *family) {
+                Ok((family_ports, family_check)) => {
+                    ports.extend(family_ports);
+                    if let Some(hc) = family_check {
+                        health_check = Some(match health_check {
+                            Some(prev) => HealthCheck {
+                                local_ready: prev.local_ready.max(hc.local_ready),
+                                ..prev
+                            },
+                            None => hc,
+                        });
+                    }
+                }
+                Err(CompileSkip::ByDesign) => {}
+                Err(CompileSkip::Invalid(reason)) => {
+                    if !reasons.contains(&reason) {
+                        reasons.push(reason);
+                    }
                 }
             }
-            Err(CompileSkip::ByDesign) => {}
-            Err(CompileSkip::Invalid(reason)) => state.rejected.push(Skipped {
-                object: format!("Service {ns}/{name}"),
-                reason,
-            }),
+        }
+        if reasons.is_empty() {
+            state.services.extend(ports);
+            if let Some(hc) = health_check {
+                health_checks.insert((ns, name), hc);
+            }
+        } else {
+            state
+                .rejected
+                .extend(reasons.into_iter().map(|reason| Skipped {
+                    object: format!("Service {ns}/{name}"),
+                    reason,
+                }));
         }
     }
     (state, health_checks)
@@ -135,11 +186,11 @@ enum CompileSkip {
     Invalid(String),
 }
 
+/// EndpointSlices by `(namespace, service name)`.
+type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a EndpointSlice>>;
+
 /// EndpointSlices of the right family grouped by `(namespace, service name)` (points 6, 14, 15).
-fn index_slices(
-    slices: &[EndpointSlice],
-    family: Family,
-) -> BTreeMap<(String, String), Vec<&EndpointSlice>> {
+fn index_slices(slices: &[EndpointSlice], family: Family) -> SlicesByService<'_> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         if slice.address_type != family.k8s_name() {
@@ -174,7 +225,7 @@ fn compile_service(
     svc: &Service,
     ns: &str,
     name: &str,
-    slices: &BTreeMap<(String, String), Vec<&EndpointSlice>>,
+    slices: &SlicesByService,
     node: &NodeContext,
     family: Family,
 ) -> Result<CompiledService, CompileSkip> {
@@ -240,9 +291,9 @@ fn compile_service(
         Vec::new()
     };
 
-    // Point 49: `NeedsHealthCheck` (LoadBalancer with ETP=Local); one health check per Service,
-    // served from the IPv4 pass.
-    let needs_health_check = lb && etp_local && family == Family::V4;
+    // Point 49: `NeedsHealthCheck` (LoadBalancer with ETP=Local), in every family the Service
+    // has (`compile_all` merges the families into one check per Service).
+    let needs_health_check = lb && etp_local;
     let health_check_port = match spec.health_check_node_port.filter(|_| needs_health_check) {
         None | Some(0) => None,
         Some(n) => Some(valid_port(n).ok_or_else(|| {
@@ -307,6 +358,7 @@ fn compile_service(
             name: name.to_owned(),
             port_name: port_name.clone(),
             protocol,
+            family,
         };
         let mut frontends = vec![Frontend {
             addr: cluster_ip,
@@ -338,7 +390,7 @@ fn compile_service(
         frontends.sort();
         frontends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 
-        let raw = collect_endpoints(svc_slices, &port_name, protocol);
+        let raw = collect_endpoints(svc_slices, &port_name, protocol, family);
         if health_check_port.is_some() {
             local_ready.extend(
                 raw.iter()
@@ -517,11 +569,14 @@ struct RawEndpoint {
     nodes: Option<BTreeSet<String>>,
 }
 
-/// Points 9, 10, 14, 16, 17, 20: endpoints of one ServicePort across all its slices.
+/// Points 9, 10, 14, 16, 17, 20: endpoints of one ServicePort across all its slices (of
+/// `family`, point 15; an address of the other family in such a slice, which the API server
+/// does not allow, is ignored: a frontend never selects a backend of another family).
 fn collect_endpoints(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
+    family: Family,
 ) -> Vec<RawEndpoint> {
     let mut by_addr: BTreeMap<(IpAddr, u16), RawEndpoint> = BTreeMap::new();
     for slice in slices {
@@ -544,7 +599,12 @@ fn collect_endpoints(
         };
         for ep in &slice.endpoints {
             // Point 16: only addresses[0], canonicalised.
-            let Some(addr) = ep.addresses.first().and_then(|a| parse_ip_sloppy(a)) else {
+            let Some(addr) = ep
+                .addresses
+                .first()
+                .and_then(|a| parse_ip_sloppy(a))
+                .filter(|a| family.matches(a))
+            else {
                 continue;
             };
             // Point 17: nil handling.

@@ -249,12 +249,31 @@ fn point_49_an_invalid_health_check_port_rejects_the_service() {
     assert!(desired.rejected.is_empty());
 }
 
+/// `lb_svc` made dual-stack: ClusterIPs 10.96.0.20 and fd00::20.
+fn dual_lb_svc(name: &str, families: &[&str]) -> Service {
+    let mut s = lb_svc(name, "Local", Some(32000));
+    let spec = s.spec.as_mut().unwrap();
+    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
+    spec.cluster_ips = Some(
+        families
+            .iter()
+            .map(|f| {
+                if *f == "IPv4" {
+                    "10.96.0.20"
+                } else {
+                    "fd00::20"
+                }
+                .to_owned()
+            })
+            .collect(),
+    );
+    spec.cluster_ip = spec.cluster_ips.as_ref().unwrap().first().cloned();
+    s
+}
+
 #[test]
-fn point_49_health_checks_come_from_the_ipv4_pass_only() {
-    let mut dual = lb_svc("web", "Local", Some(32000));
-    let spec = dual.spec.as_mut().unwrap();
-    spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
-    spec.cluster_ips = Some(vec!["10.96.0.20".into(), "fd00::20".into()]);
+fn point_49_each_family_pass_counts_its_own_endpoints() {
+    let dual = dual_lb_svc("web", &["IPv4", "IPv6"]);
     let slices = [slice(
         "web",
         "web-v6",
@@ -262,11 +281,108 @@ fn point_49_health_checks_come_from_the_ipv4_pass_only() {
         ports(&[("http", 8080)]),
         json!([ep("fd00::1", NODE, true, true, false)]),
     )];
-    let (v6, hc6) = compile_with_health_checks(&[dual.clone()], &slices, &node(), Family::V6);
+    let (v6, hc6) =
+        compile_with_health_checks(std::slice::from_ref(&dual), &slices, &node(), Family::V6);
     assert!(!v6.services.is_empty(), "programmed for IPv6");
-    assert!(hc6.is_empty());
+    assert_eq!(
+        hc6[&key("web")],
+        HealthCheck {
+            node_port: 32000,
+            local_ready: 1
+        }
+    );
     // The IPv4 pass counts IPv4 endpoints only.
     assert_eq!(checks(&[dual], &slices)[&key("web")].local_ready, 0);
+}
+
+/// Point 49 with dual-stack (point 55): one health check per Service whatever its families; a
+/// dual-stack pod (one address per family) counts once, not twice.
+#[test]
+fn point_49_55_dual_stack_service_has_one_health_check_counting_pods_once() {
+    let dual = dual_lb_svc("web", &["IPv4", "IPv6"]);
+    let slices = [
+        // Two local dual-stack pods and a remote one.
+        slice(
+            "web",
+            "web-v4",
+            "IPv4",
+            ports(&[("http", 8080)]),
+            json!([
+                ep("10.0.0.1", NODE, true, true, false),
+                ep("10.0.0.2", NODE, true, true, false),
+                ep("10.0.0.3", OTHER_NODE, true, true, false),
+            ]),
+        ),
+        slice(
+            "web",
+            "web-v6",
+            "IPv6",
+            ports(&[("http", 8080)]),
+            json!([
+                ep("fd00::1", NODE, true, true, false),
+                ep("fd00::2", NODE, true, true, false),
+                ep("fd00::3", OTHER_NODE, true, true, false),
+            ]),
+        ),
+    ];
+    let (desired, hc) = compile_all(std::slice::from_ref(&dual), &slices, &node());
+    assert_eq!(
+        hc,
+        [(
+            key("web"),
+            HealthCheck {
+                node_port: 32000,
+                local_ready: 2
+            }
+        )]
+        .into()
+    );
+    assert_eq!(
+        desired.services.len(),
+        4,
+        "two ports in two families: {:?}",
+        desired.services.keys()
+    );
+    // Only the IPv6 slice so far (its IPv4 slice not written yet): the family that has local
+    // endpoints counts.
+    let (_, hc) = compile_all(&[dual], &slices[1..], &node());
+    assert_eq!(hc[&key("web")].local_ready, 2);
+}
+
+#[test]
+fn point_49_55_single_stack_ipv6_service_gets_its_health_check() {
+    let v6only = dual_lb_svc("web6", &["IPv6"]);
+    let slices = [slice(
+        "web6",
+        "web6-a",
+        "IPv6",
+        ports(&[("http", 8080)]),
+        json!([ep("fd00::1", NODE, true, true, false)]),
+    )];
+    let (desired, hc) = compile_all(&[v6only], &slices, &node());
+    assert_eq!(
+        hc,
+        [(
+            key("web6"),
+            HealthCheck {
+                node_port: 32000,
+                local_ready: 1
+            }
+        )]
+        .into()
+    );
+    assert!(desired.services.keys().all(|k| k.family == Family::V6));
+}
+
+/// An invalid health-check port of a dual-stack Service is one rejection, not one per family.
+#[test]
+fn point_49_55_an_invalid_health_check_port_is_reported_once() {
+    let mut dual = dual_lb_svc("web", &["IPv4", "IPv6"]);
+    dual.spec.as_mut().unwrap().health_check_node_port = Some(70000);
+    let (desired, hc) = compile_all(&[dual], &[], &node());
+    assert!(hc.is_empty());
+    assert!(desired.services.is_empty(), "no family programmed");
+    assert_eq!(desired.rejected.len(), 1, "{:?}", desired.rejected);
 }
 
 #[test]

@@ -122,23 +122,47 @@ fn v6(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
     compile(services, slices, &node(), Family::V6)
 }
 
-fn spn(name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
+fn spn(family: Family, name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
     ServicePortName {
         namespace: NS.into(),
         name: name.into(),
         port_name: port_name.into(),
         protocol,
+        family,
     }
 }
 
-/// The state of one ServicePort; panics listing what was compiled instead.
+/// The state of one ServicePort of a single-family state (from [`v4`] or [`v6`]): the port of
+/// whichever family the state holds; panics listing what was compiled instead.
 fn port<'a>(
     st: &'a DesiredState,
     name: &str,
     port_name: &str,
     protocol: Protocol,
 ) -> &'a ServicePortState {
-    let key = spn(name, port_name, protocol);
+    let found: Vec<Family> = Family::ALL
+        .into_iter()
+        .filter(|f| {
+            st.services
+                .contains_key(&spn(*f, name, port_name, protocol))
+        })
+        .collect();
+    match found[..] {
+        [family] => port_in(st, family, name, port_name, protocol),
+        [] => port_in(st, Family::V4, name, port_name, protocol),
+        _ => panic!("{name}:{port_name} compiled in both families; use port_in"),
+    }
+}
+
+/// The state of one ServicePort of one family; panics listing what was compiled instead.
+fn port_in<'a>(
+    st: &'a DesiredState,
+    family: Family,
+    name: &str,
+    port_name: &str,
+    protocol: Protocol,
+) -> &'a ServicePortState {
+    let key = spn(family, name, port_name, protocol);
     st.services.get(&key).unwrap_or_else(|| {
         panic!(
             "{key} not compiled; have {:?}, rejected {:?}",
@@ -1749,6 +1773,453 @@ fn point_53_hints_do_not_apply_to_local_external_sets() {
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
     assert_eq!(eps(&p.external), ["10.0.1.2:8080"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1.M Dual-stack: `compile_all`, both families into one state
+// ---------------------------------------------------------------------------------------------
+
+/// Both families, as the agent compiles them.
+fn all(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+    let (st, _) = compile_all(services, slices, &node());
+    st
+}
+
+/// The ServicePort names of a state, as displayed.
+fn spns(st: &DesiredState) -> Vec<String> {
+    st.services.keys().map(ToString::to_string).collect()
+}
+
+/// A dual-stack Service: `families` in order, ClusterIPs 10.96.0.10 / fd00:96::10.
+fn dual_svc(name: &str, type_: &str, families: &[&str], extra: Value) -> Service {
+    let ips: Vec<&str> = families
+        .iter()
+        .map(|f| {
+            if *f == "IPv4" {
+                "10.96.0.10"
+            } else {
+                "fd00:96::10"
+            }
+        })
+        .collect();
+    let mut spec = json!({
+        "type": type_,
+        "clusterIP": ips[0],
+        "clusterIPs": ips,
+        "ipFamilies": families,
+        "ipFamilyPolicy": if families.len() == 2 { "RequireDualStack" } else { "SingleStack" },
+        "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
+    });
+    if type_ == "ClusterIP" {
+        spec["ports"][0].as_object_mut().unwrap().remove("nodePort");
+    }
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    svc(name, spec)
+}
+
+/// Both slices of a dual-stack Service: `addressType` IPv4 and IPv6, port `http` → 8080.
+fn dual_slices(service: &str, v4_eps: Value, v6_eps: Value) -> [EndpointSlice; 2] {
+    let ports = json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]);
+    [
+        slice_of(
+            "IPv4",
+            NS,
+            service,
+            &format!("{service}-v4"),
+            ports.clone(),
+            v4_eps,
+        ),
+        slice_of("IPv6", NS, service, &format!("{service}-v6"), ports, v6_eps),
+    ]
+}
+
+#[test]
+fn point_55_dual_stack_service_is_one_service_port_per_family() {
+    let s = dual_svc("ds", "ClusterIP", &["IPv4", "IPv6"], json!({}));
+    let slices = dual_slices(
+        "ds",
+        json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE)]),
+        json!([ep("fd00:1::1", NODE), ep("fd00:1::2", OTHER_NODE)]),
+    );
+    let st = all(&[s.clone()], &slices);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    // Point 55: two ServicePorts, the IPv4 name as single-stack always had it.
+    assert_eq!(spns(&st), ["ns/ds:http/TCP", "ns/ds:http/TCP/IPv6"]);
+    // Point 5: each family's ClusterIP; point 15: endpoints from the slices of its addressType.
+    let p4 = port_in(&st, Family::V4, "ds", "http", Protocol::Tcp);
+    assert_eq!(fes(p4), set_of(&["cluster 10.96.0.10:80"]));
+    assert_eq!(eps(&p4.internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(p4.cluster, p4.internal.endpoints);
+    let p6 = port_in(&st, Family::V6, "ds", "http", Protocol::Tcp);
+    assert_eq!(fes(p6), set_of(&["cluster [fd00:96::10]:80"]));
+    assert_eq!(eps(&p6.internal), ["[fd00:1::1]:8080", "[fd00:1::2]:8080"]);
+    // Never an endpoint of the other family, in any set.
+    for (family, p) in [(Family::V4, p4), (Family::V6, p6)] {
+        let sets = [&p.internal.endpoints, &p.external.endpoints, &p.cluster];
+        assert!(
+            sets.iter()
+                .flat_map(|s| s.iter())
+                .all(|e| family.matches(&e.addr)),
+            "{p:?}"
+        );
+        assert!(p.frontends.iter().all(|f| family.matches(&f.addr)), "{p:?}");
+    }
+    // `compile_all` is exactly the two single-family compiles.
+    let mut both = v4(&[s.clone()], &slices);
+    both.services.extend(v6(&[s], &slices).services);
+    assert_eq!(st, both);
+}
+
+/// Point 5: `ipFamilies` order decides which family is primary, not which one is programmed:
+/// an IPv6-primary dual-stack Service is programmed in both families just the same.
+#[test]
+fn point_05_55_ipv6_primary_dual_stack_service_programs_both_families() {
+    let s = dual_svc("ds", "ClusterIP", &["IPv6", "IPv4"], json!({}));
+    let st = all(&[s], &[]);
+    assert_eq!(spns(&st), ["ns/ds:http/TCP", "ns/ds:http/TCP/IPv6"]);
+    assert_eq!(
+        fes(port_in(&st, Family::V6, "ds", "http", Protocol::Tcp)),
+        set_of(&["cluster [fd00:96::10]:80"])
+    );
+    assert_eq!(
+        fes(port_in(&st, Family::V4, "ds", "http", Protocol::Tcp)),
+        set_of(&["cluster 10.96.0.10:80"])
+    );
+}
+
+/// Point 5: PreferDualStack on a single-stack cluster gets one ClusterIP (the API server
+/// allocates one family): only that family is programmed, whatever slices exist.
+#[test]
+fn point_05_prefer_dual_stack_with_one_cluster_ip_programs_one_family() {
+    let s = svc(
+        "pds",
+        json!({
+            "type": "NodePort",
+            "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10"],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "PreferDualStack",
+            "ports": [{ "name": "http", "port": 80, "nodePort": 30080 }],
+        }),
+    );
+    let slices = dual_slices(
+        "pds",
+        json!([ep("10.0.1.1", NODE)]),
+        json!([ep("fd00:1::1", NODE)]),
+    );
+    let st = all(&[s], &slices);
+    assert_eq!(spns(&st), ["ns/pds:http/TCP"]);
+    let p = port_in(&st, Family::V4, "pds", "http", Protocol::Tcp);
+    assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
+    assert!(
+        p.frontends.iter().all(|f| f.addr.is_ipv4()),
+        "{:?}",
+        p.frontends
+    );
+    // ipFamilies naming IPv6 without a second ClusterIP (mid-update): still IPv4 only.
+    let half = svc(
+        "half",
+        json!({
+            "clusterIP": "10.96.0.11",
+            "clusterIPs": ["10.96.0.11"],
+            "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "PreferDualStack",
+            "ports": [{ "port": 80 }],
+        }),
+    );
+    let st = all(&[half], &[]);
+    assert_eq!(spns(&st), ["ns/half/TCP"]);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+}
+
+#[test]
+fn point_55_ipv6_only_service_is_programmed_in_ipv6_only() {
+    let s = dual_svc(
+        "v6",
+        "LoadBalancer",
+        &["IPv6"],
+        json!({ "externalIPs": ["2001:db8::cb00:71fa"] }),
+    );
+    let mut s = s;
+    s.status = Some(obj(
+        json!({ "loadBalancer": { "ingress": [{ "ip": "2001:db8::1" }] } }),
+    ));
+    let slices = dual_slices(
+        "v6",
+        json!([ep("10.0.1.1", NODE)]),
+        json!([ep("fd00:1::1", NODE)]),
+    );
+    let st = all(&[s], &slices);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    assert_eq!(spns(&st), ["ns/v6:http/TCP/IPv6"]);
+    let p = port_in(&st, Family::V6, "v6", "http", Protocol::Tcp);
+    assert_eq!(
+        fes(p),
+        set_of(&[
+            "cluster [fd00:96::10]:80",
+            "nodeport [fd00::10]:30080",
+            "external [2001:db8::cb00:71fa]:80",
+            "lb [2001:db8::1]:80",
+        ])
+    );
+    assert_eq!(eps(&p.internal), ["[fd00:1::1]:8080"]);
+    assert_eq!(eps(&p.external), ["[fd00:1::1]:8080"]);
+}
+
+/// Points 41, 55: NodePorts of each family on the node's addresses of that family; a
+/// SingleStack IPv4 Service is not reachable on the node's IPv6 address (nor the reverse).
+#[test]
+fn point_41_55_node_ports_on_each_node_address_family() {
+    let dual = dual_svc("dual", "NodePort", &["IPv4", "IPv6"], json!({}));
+    let only4 = svc(
+        "only4",
+        json!({
+            "type": "NodePort", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{ "port": 80, "nodePort": 30081 }],
+        }),
+    );
+    let only6 = svc(
+        "only6",
+        json!({
+            "type": "NodePort", "clusterIP": "fd00:96::20", "clusterIPs": ["fd00:96::20"],
+            "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{ "port": 80, "nodePort": 30082 }],
+        }),
+    );
+    let st = all(&[dual, only4, only6], &[]);
+    assert_eq!(
+        spns(&st),
+        [
+            "ns/dual:http/TCP",
+            "ns/dual:http/TCP/IPv6",
+            "ns/only4/TCP",
+            "ns/only6/TCP/IPv6"
+        ]
+    );
+    let nodeports = |p: &ServicePortState| -> BTreeSet<String> {
+        fes(p)
+            .into_iter()
+            .filter(|f| f.starts_with("nodeport"))
+            .collect()
+    };
+    assert_eq!(
+        nodeports(port_in(&st, Family::V4, "dual", "http", Protocol::Tcp)),
+        set_of(&["nodeport 10.1.0.10:30080", "nodeport 192.168.0.10:30080"])
+    );
+    assert_eq!(
+        nodeports(port_in(&st, Family::V6, "dual", "http", Protocol::Tcp)),
+        set_of(&["nodeport [fd00::10]:30080"])
+    );
+    assert_eq!(
+        nodeports(port_in(&st, Family::V4, "only4", "", Protocol::Tcp)),
+        set_of(&["nodeport 10.1.0.10:30081", "nodeport 192.168.0.10:30081"])
+    );
+    assert_eq!(
+        nodeports(port_in(&st, Family::V6, "only6", "", Protocol::Tcp)),
+        set_of(&["nodeport [fd00::10]:30082"])
+    );
+    // Nothing at all on [fd00::10]:30081 or on 192.168.0.10:30082.
+    let all_fes: Vec<(IpAddr, u16)> = st
+        .services
+        .values()
+        .flat_map(|p| p.frontends.iter().map(|f| (f.addr, f.port)))
+        .collect();
+    assert!(!all_fes.contains(&(ip("fd00::10"), 30081)), "{all_fes:?}");
+    assert!(
+        !all_fes.contains(&(ip("192.168.0.10"), 30082)),
+        "{all_fes:?}"
+    );
+}
+
+/// Points 46, 47, 55: externalIPs and LoadBalancer ingress IPs of mixed families each go to
+/// the ServicePort of their family.
+#[test]
+fn point_46_47_55_external_and_lb_ips_mixing_families() {
+    let mut s = dual_svc(
+        "mix",
+        "LoadBalancer",
+        &["IPv4", "IPv6"],
+        json!({ "externalIPs": ["203.0.113.250", "2001:db8::cb00:71fa", "203.0.113.251"] }),
+    );
+    s.status = Some(obj(json!({ "loadBalancer": { "ingress": [
+        { "ip": "198.51.100.1" },
+        { "ip": "2001:db8::1" },
+        { "ip": "2001:db8::2", "ipMode": "Proxy" },
+        { "hostname": "lb.example.com" },
+    ] } })));
+    let st = all(&[s], &[]);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    let external = |p: &ServicePortState| -> BTreeSet<String> {
+        fes(p)
+            .into_iter()
+            .filter(|f| f.starts_with("external") || f.starts_with("lb "))
+            .collect()
+    };
+    assert_eq!(
+        external(port_in(&st, Family::V4, "mix", "http", Protocol::Tcp)),
+        set_of(&[
+            "external 203.0.113.250:80",
+            "external 203.0.113.251:80",
+            "lb 198.51.100.1:80"
+        ])
+    );
+    assert_eq!(
+        external(port_in(&st, Family::V6, "mix", "http", Protocol::Tcp)),
+        set_of(&["external [2001:db8::cb00:71fa]:80", "lb [2001:db8::1]:80"])
+    );
+}
+
+/// Points 48, 55: `loadBalancerSourceRanges` are split by family, each ServicePort keeping
+/// its own. A family without ranges is unrestricted (kube-proxy's per-family proxier only
+/// sees its family's ranges and installs no firewall without any).
+#[test]
+fn point_48_55_source_ranges_per_family() {
+    let lb = |name: &str, ranges: Value| {
+        let mut s = dual_svc(
+            name,
+            "LoadBalancer",
+            &["IPv4", "IPv6"],
+            json!({ "loadBalancerSourceRanges": ranges }),
+        );
+        s.status = Some(obj(json!({ "loadBalancer": { "ingress": [
+            { "ip": "198.51.100.1" }, { "ip": "2001:db8::1" },
+        ] } })));
+        s
+    };
+    let ranges = |st: &DesiredState, name: &str, family: Family| -> Vec<String> {
+        port_in(st, family, name, "http", Protocol::Tcp)
+            .source_ranges
+            .iter()
+            .map(|c| format!("{}/{}", c.addr, c.prefix))
+            .collect()
+    };
+    let st = all(
+        &[
+            lb(
+                "both",
+                json!(["10.0.0.0/8", " 2001:db8:1::/48 ", "192.168.0.0/16", "::/0"]),
+            ),
+            lb("v4ranges", json!(["10.0.0.0/8"])),
+        ],
+        &[],
+    );
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    assert_eq!(
+        ranges(&st, "both", Family::V4),
+        ["10.0.0.0/8", "192.168.0.0/16"]
+    );
+    assert_eq!(ranges(&st, "both", Family::V6), ["2001:db8:1::/48", "::/0"]);
+    assert_eq!(ranges(&st, "v4ranges", Family::V4), ["10.0.0.0/8"]);
+    assert!(ranges(&st, "v4ranges", Family::V6).is_empty());
+    // An invalid range of either family rejects the Service once, in no family programmed.
+    let st = all(&[lb("bad", json!(["10.0.0.0/8", "2001:db8::/129"]))], &[]);
+    assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
+    assert!(
+        st.rejected[0]
+            .reason
+            .starts_with("spec.loadBalancerSourceRanges[1]"),
+        "{:?}",
+        st.rejected
+    );
+    assert!(st.services.is_empty());
+}
+
+/// Point 15: an address of the other family inside a slice (which the API server refuses) is
+/// never an endpoint: a frontend never selects a backend of another family.
+#[test]
+fn point_15_55_an_address_of_the_other_family_in_a_slice_is_ignored() {
+    let s = dual_svc("ds", "ClusterIP", &["IPv4", "IPv6"], json!({}));
+    let slices = dual_slices(
+        "ds",
+        json!([ep("10.0.1.1", NODE), ep("fd00:1::9", NODE)]),
+        json!([ep("fd00:1::1", NODE), ep("10.0.1.9", NODE)]),
+    );
+    let st = all(&[s], &slices);
+    assert_eq!(
+        eps(&port_in(&st, Family::V4, "ds", "http", Protocol::Tcp).internal),
+        ["10.0.1.1:8080"]
+    );
+    assert_eq!(
+        eps(&port_in(&st, Family::V6, "ds", "http", Protocol::Tcp).internal),
+        ["[fd00:1::1]:8080"]
+    );
+}
+
+/// Points 5, 55: a Service invalid in one family (an unparsable second ClusterIP) is rejected
+/// as a whole, once, and not programmed in the other family either; its neighbours are.
+#[test]
+fn point_55_a_service_invalid_in_one_family_is_rejected_once() {
+    let mut bad = dual_svc("bad", "ClusterIP", &["IPv4", "IPv6"], json!({}));
+    bad.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::zz".into()]);
+    let good = dual_svc("good", "ClusterIP", &["IPv4", "IPv6"], json!({}));
+    let st = all(&[bad, good], &[]);
+    assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
+    assert_eq!(st.rejected[0].object, "Service ns/bad");
+    assert!(
+        st.rejected[0].reason.starts_with("spec.clusterIPs[1]"),
+        "{:?}",
+        st.rejected
+    );
+    assert_eq!(spns(&st), ["ns/good:http/TCP", "ns/good:http/TCP/IPv6"]);
+    // An error both families see (a bad port) is reported once too.
+    let mut twice = dual_svc("twice", "ClusterIP", &["IPv4", "IPv6"], json!({}));
+    twice.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 0;
+    let st = all(&[twice], &[]);
+    assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
+}
+
+/// Point 61 / 55: `::ffff:a.b.c.d` is the IPv4 address (Go's `net.IP` says IPv4; the maps
+/// store both identically), so it can never be programmed as an IPv6 frontend.
+#[test]
+fn point_61_ipv4_mapped_ipv6_is_ipv4() {
+    assert_eq!(parse_ip_sloppy("::ffff:10.96.0.1"), Some(ip("10.96.0.1")));
+    assert_eq!(parse_ip_sloppy("::ffff:a60:1"), Some(ip("10.96.0.1")));
+    let s = simple_svc("mapped", "::ffff:10.96.0.1");
+    let st = all(&[s], &[]);
+    assert_eq!(spns(&st), ["ns/mapped/TCP"]);
+    assert_eq!(fes(tcp(&st, "mapped")), set_of(&["cluster 10.96.0.1:80"]));
+}
+
+/// `compile_all` on the whole fixture set of this file's single-stack tests equals the union of
+/// the two single-family compiles (plus both families' rejections, once each).
+#[test]
+fn compile_all_is_the_union_of_both_families() {
+    let services = [
+        simple_svc("a", "10.96.0.10"),
+        simple_svc("b", "fd00:96::11"),
+        dual_svc("c", "NodePort", &["IPv6", "IPv4"], json!({})),
+        simple_svc("bad", "10.96.0.999"),
+    ];
+    let mut slices = dual_slices(
+        "c",
+        json!([ep("10.0.1.1", NODE)]),
+        json!([ep("fd00:1::1", NODE)]),
+    )
+    .to_vec();
+    slices.push(slice(
+        "a",
+        "a-1",
+        unnamed_port(8080),
+        json!([ep("10.0.2.1", NODE)]),
+    ));
+    let (st, _) = compile_all(&services, &slices, &node());
+    let (s4, s6) = (v4(&services, &slices), v6(&services, &slices));
+    let mut union = s4.services.clone();
+    union.extend(s6.services.clone());
+    assert_eq!(st.services, union);
+    assert_eq!(
+        st.rejected, s4.rejected,
+        "the bad ClusterIP is one rejection"
+    );
+    assert_eq!(s6.rejected, s4.rejected);
+    assert!(
+        st.services
+            .keys()
+            .all(|k| k.family == Family::of(&st.services[k].frontends[0].addr))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

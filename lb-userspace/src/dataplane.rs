@@ -146,11 +146,15 @@ impl ExternalMode {
 }
 
 /// Programs attached to a cgroup for socket-level translation, with their hook names.
-const SOCK_PROGRAMS: [(&str, &str); 4] = [
+const SOCK_PROGRAMS: [(&str, &str); 8] = [
     (lb_common::PROG_SOCK_CONNECT4, "connect4"),
     (lb_common::PROG_SOCK_SENDMSG4, "sendmsg4"),
     (lb_common::PROG_SOCK_RECVMSG4, "recvmsg4"),
     (lb_common::PROG_SOCK_GETPEERNAME4, "getpeername4"),
+    (lb_common::PROG_SOCK_CONNECT6, "connect6"),
+    (lb_common::PROG_SOCK_SENDMSG6, "sendmsg6"),
+    (lb_common::PROG_SOCK_RECVMSG6, "recvmsg6"),
+    (lb_common::PROG_SOCK_GETPEERNAME6, "getpeername6"),
 ];
 
 /// The loaded datapath and the agent-written maps, with a shadow copy of their contents.

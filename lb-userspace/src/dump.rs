@@ -44,6 +44,7 @@ fn proto_name(n: u8) -> String {
     Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.as_str().to_owned())
 }
 
+/// `a.b.c.d:port` for an IPv4(-mapped) address, `[v6]:port` for IPv6.
 fn endpoint(addr: [u8; 16], port_be: u16) -> String {
     match ip_from16(addr) {
         IpAddr::V4(a) => format!("{a}:{}", u16::from_be(port_be)),
@@ -99,6 +100,9 @@ struct ServiceRow {
 #[derive(Serialize)]
 struct BackendRow {
     id: u32,
+    /// `address:port`, `[address]:port` for IPv6 (the table's column; JSON has the parts).
+    #[serde(skip)]
+    backend: String,
     address: IpAddr,
     port: u16,
     protocol: String,
@@ -169,41 +173,41 @@ fn service_rows(st: &MapState) -> Vec<ServiceRow> {
         .collect()
 }
 
+/// `lb maps dump services`.
+fn services_table(st: &MapState, output: Output) -> String {
+    let rows = service_rows(st);
+    out(output, &rows, &["FRONTEND", "PROTO", "SERVICE", "SLOTS", "FLAGS"], |r| {
+        vec![r.frontend.clone(), r.protocol.clone(), r.service.clone(), r.slots.to_string(), r.flags.join(",")]
+    })
+}
+
+/// `lb maps dump backends`.
+fn backends_table(st: &MapState, output: Output) -> String {
+    let rows: Vec<BackendRow> = st
+        .backends
+        .iter()
+        .map(|(id, b)| BackendRow {
+            id: *id,
+            backend: endpoint(b.addr, b.port_be),
+            address: ip_from16(b.addr),
+            port: u16::from_be(b.port_be),
+            protocol: proto_name(b.proto),
+            local: b.flags & lb_common::BACKEND_F_LOCAL != 0,
+            terminating: b.flags & lb_common::BACKEND_F_TERMINATING != 0,
+        })
+        .collect();
+    out(output, &rows, &["ID", "BACKEND", "PROTO", "LOCAL", "TERMINATING"], |r| {
+        vec![r.id.to_string(), r.backend.clone(), r.protocol.clone(), r.local.to_string(), r.terminating.to_string()]
+    })
+}
+
 /// Renders `table` from the maps pinned at `maps`.
 pub fn dump(maps: &PinnedMaps, table: Table, output: Output) -> Result<String, DataplaneError> {
     let now = monotonic_ns();
     let idle = |t: u64| now.saturating_sub(t) / 1_000_000_000;
     Ok(match table {
-        Table::Services => {
-            let rows = service_rows(&maps.state()?);
-            out(output, &rows, &["FRONTEND", "PROTO", "SERVICE", "SLOTS", "FLAGS"], |r| {
-                vec![r.frontend.clone(), r.protocol.clone(), r.service.clone(), r.slots.to_string(), r.flags.join(",")]
-            })
-        }
-        Table::Backends => {
-            let rows: Vec<BackendRow> = maps
-                .state()?
-                .backends
-                .into_iter()
-                .map(|(id, b)| BackendRow {
-                    id,
-                    address: ip_from16(b.addr),
-                    port: u16::from_be(b.port_be),
-                    protocol: proto_name(b.proto),
-                    local: b.flags & lb_common::BACKEND_F_LOCAL != 0,
-                    terminating: b.flags & lb_common::BACKEND_F_TERMINATING != 0,
-                })
-                .collect();
-            out(output, &rows, &["ID", "BACKEND", "PROTO", "LOCAL", "TERMINATING"], |r| {
-                vec![
-                    r.id.to_string(),
-                    endpoint(crate::plan::addr16(r.address), r.port.to_be()),
-                    r.protocol.clone(),
-                    r.local.to_string(),
-                    r.terminating.to_string(),
-                ]
-            })
-        }
+        Table::Services => services_table(&maps.state()?, output),
+        Table::Backends => backends_table(&maps.state()?, output),
         Table::Select => {
             let rows: Vec<SelectRow> = maps
                 .state()?
@@ -316,9 +320,13 @@ struct BackendView {
 }
 
 /// `lb service list`: every frontend → its backends, grouped by ServicePort (like
-/// `cilium service list`).
+/// `cilium service list`). A dual-stack Service's port is two rows, one per family (names
+/// `ns/name:port/TCP` and `ns/name:port/TCP/IPv6`).
 pub fn service_list(maps: &PinnedMaps, output: Output) -> Result<String, DataplaneError> {
-    let st = maps.state()?;
+    Ok(render_service_list(&maps.state()?, output))
+}
+
+fn render_service_list(st: &MapState, output: Output) -> String {
     let mut views: Vec<ServiceView> = Vec::new();
     // One row per (ServicePort, endpoint set): frontends sharing a table are listed together.
     let mut by_table: BTreeMap<(u32, u32), usize> = BTreeMap::new();
@@ -337,7 +345,7 @@ pub fn service_list(maps: &PinnedMaps, output: Output) -> Result<String, Datapla
                 .collect();
             views.push(ServiceView {
                 id: v.svc_id,
-                service: service_name(&st, v.svc_id),
+                service: service_name(st, v.svc_id),
                 frontends: Vec::new(),
                 kind: flag_names(v.flags),
                 backends,
@@ -347,7 +355,7 @@ pub fn service_list(maps: &PinnedMaps, output: Output) -> Result<String, Datapla
         views[i].frontends.push(format!("{}/{}", endpoint(k.addr, k.port_be), proto_name(k.proto)));
     }
     views.sort_by(|a, b| (&a.service, &a.frontends).cmp(&(&b.service, &b.frontends)));
-    Ok(match output {
+    match output {
         Output::Json => {
             let mut s = serde_json::to_string_pretty(&views).unwrap_or_default();
             s.push('\n');
@@ -373,7 +381,7 @@ pub fn service_list(maps: &PinnedMaps, output: Output) -> Result<String, Datapla
             }
             render(&["SERVICE", "FRONTENDS", "FLAGS", "BACKENDS"], rows.into_iter())
         }
-    })
+    }
 }
 
 #[derive(Serialize)]
@@ -546,5 +554,98 @@ mod tests {
     fn flags_are_named() {
         assert_eq!(flag_names(SVC_F_EXTERNAL | SVC_F_SNAT | SVC_F_MAGLEV), ["external", "snat", "maglev"]);
         assert!(flag_names(0).is_empty());
+    }
+
+    #[test]
+    fn ipv6_endpoints_print_bracketed_ipv4_plain() {
+        let v6: std::net::Ipv6Addr = "fd00:96::10".parse().unwrap();
+        assert_eq!(endpoint(v6.octets(), 80u16.to_be()), "[fd00:96::10]:80");
+        assert_eq!(endpoint(lb_common::v4_mapped([10, 96, 0, 10]), 80u16.to_be()), "10.96.0.10:80");
+    }
+
+    /// A dual-stack Service (ClusterIP and NodePort in both families) as the agent plans it.
+    fn dual_stack_state() -> MapState {
+        use crate::{compile::NodeContext, plan::{Ids, PlanConfig, map_state}};
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "web", "namespace": "ns" },
+            "spec": {
+                "type": "NodePort",
+                "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                "ipFamilies": ["IPv4", "IPv6"],
+                "ports": [{ "name": "http", "port": 80, "nodePort": 30080 }],
+            },
+        }))
+        .unwrap();
+        let slice = |family: &str, addr: &str| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": format!("web-{family}"), "namespace": "ns",
+                              "labels": { "kubernetes.io/service-name": "web" } },
+                "addressType": family,
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": [{ "addresses": [addr], "nodeName": "n" }],
+            }))
+            .unwrap()
+        };
+        let node = NodeContext {
+            name: "n".into(),
+            addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            zone: None,
+        };
+        let (desired, _) = crate::compile::compile_all(&[svc], &[slice("IPv4", "10.0.1.1"), slice("IPv6", "fd00:1::1")], &node);
+        map_state(&desired, &mut Ids::default(), &PlanConfig::default())
+    }
+
+    /// Point 55: `lb maps dump services` and `backends` print IPv6 addresses as `[addr]:port`.
+    #[test]
+    fn point_55_maps_dump_prints_ipv6_bracketed() {
+        let st = dual_stack_state();
+        let services = services_table(&st, Output::Table);
+        for want in ["[fd00:96::10]:80", "[fd00::10]:30080", "ns/web:http/TCP/IPv6", "10.96.0.10:80", "192.168.0.10:30080"] {
+            assert!(services.contains(want), "missing {want} in\n{services}");
+        }
+        let backends = backends_table(&st, Output::Table);
+        assert!(backends.contains("[fd00:1::1]:8080") && backends.contains("10.0.1.1:8080"), "{backends}");
+        let json: serde_json::Value = serde_json::from_str(&backends_table(&st, Output::Json)).unwrap();
+        let addrs: Vec<&str> = json.as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
+        assert!(addrs.contains(&"fd00:1::1") && addrs.contains(&"10.0.1.1"), "{json:#}");
+    }
+
+    /// Point 55: `lb service list` shows both families of a dual-stack Service as their own rows
+    /// (one per family and endpoint set: ClusterIP, NodePort), each with only its family's
+    /// frontends and backends.
+    #[test]
+    fn point_55_service_list_shows_both_families() {
+        let st = dual_stack_state();
+        let json: serde_json::Value = serde_json::from_str(&render_service_list(&st, Output::Json)).unwrap();
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+        };
+        // service name -> (svc ids, frontends, backends) over its rows.
+        type Rows = (Vec<u64>, Vec<String>, Vec<String>);
+        let mut by_name: BTreeMap<String, Rows> = BTreeMap::new();
+        for row in json.as_array().unwrap() {
+            let e = by_name.entry(row["service"].as_str().unwrap().to_owned()).or_default();
+            e.0.push(row["id"].as_u64().unwrap());
+            e.1.extend(strings(&row["frontends"]));
+            e.2.extend(row["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(by_name.keys().collect::<Vec<_>>(), ["ns/web:http/TCP", "ns/web:http/TCP/IPv6"], "{json:#}");
+        let (ids4, mut fe4, mut be4) = by_name["ns/web:http/TCP"].clone();
+        let (ids6, mut fe6, mut be6) = by_name["ns/web:http/TCP/IPv6"].clone();
+        assert!(ids4.iter().all(|id| !ids6.contains(id)), "one svc_id per family: {json:#}");
+        for v in [&mut fe4, &mut be4, &mut fe6, &mut be6] {
+            v.sort();
+            v.dedup();
+        }
+        assert_eq!(fe4, ["10.96.0.10:80/TCP", "192.168.0.10:30080/TCP"]);
+        assert_eq!(fe6, ["[fd00:96::10]:80/TCP", "[fd00::10]:30080/TCP"]);
+        assert_eq!(be4, ["10.0.1.1:8080"]);
+        assert_eq!(be6, ["[fd00:1::1]:8080"]);
+        // In the table: the IPv4 rows, then the IPv6 rows.
+        let table = render_service_list(&st, Output::Table);
+        let names: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+        assert_eq!(names, ["ns/web:http/TCP", "ns/web:http/TCP", "ns/web:http/TCP/IPv6", "ns/web:http/TCP/IPv6"], "{table}");
+        assert!(table.contains("[fd00:96::10]:80/TCP") && table.contains("[fd00:1::1]:8080 (active)"), "{table}");
     }
 }

@@ -15,3 +15,4 @@ pub mod pinned;
 pub mod plan;
 pub mod source_file;
 pub mod source_kube;
+#[cfg(test)] mod prop_tests;

@@ -1,7 +1,7 @@
 //! `lb`: the eBPF Kubernetes Service load balancer's agent and CLI.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -104,9 +104,14 @@ struct AgentArgs {
     /// processes reaching ClusterIPs and NodePorts), e.g. /sys/fs/cgroup.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
-    /// Source address given to a pod reaching itself through a service (hairpin).
+    /// Source address given to a pod reaching itself through an IPv4 service (hairpin).
     #[arg(long, default_value = "169.254.42.1")]
     hairpin_ip: Ipv4Addr,
+    /// Source address given to a pod reaching itself through an IPv6 service (hairpin). The
+    /// default is a unique local address (fd00:6c62::/32, "lb"); the node must own it (e.g. on
+    /// lo) so that the pod's replies come back to the node to be translated.
+    #[arg(long = "hairpin-ip6", default_value = "fd00:6c62::1")]
+    hairpin_ip6: Ipv6Addr,
     /// Source ports for SNAT of external traffic, MIN-MAX (keep them out of the node's
     /// ip_local_port_range).
     #[arg(long, default_value = "61000-65000", value_parser = parse_port_range)]
@@ -237,6 +242,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         node_addresses: args.node_ip,
         hairpin_addr: args.hairpin_ip,
+        hairpin6_addr: args.hairpin_ip6,
         snat_ports: args.snat_ports,
         plan: PlanConfig { maglev_table_size: args.maglev_table_size },
         poll_interval: Duration::from_millis(args.poll_ms),
@@ -334,5 +340,17 @@ mod tests {
         let cli = Cli::try_parse_from(["lb", "agent", "--metrics-addr", "none", "--health-addr", "none"]).unwrap();
         let Command::Agent(a) = cli.command else { panic!() };
         assert_eq!((a.metrics_addr, a.health_addr), (Listen(None), Listen(None)));
+    }
+
+    #[test]
+    fn hairpin_addresses_default_per_family() {
+        let cli = Cli::try_parse_from(["lb", "agent"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.hairpin_ip, Ipv4Addr::new(169, 254, 42, 1));
+        assert_eq!(a.hairpin_ip6, lb_userspace::agent::DEFAULT_HAIRPIN6_ADDR);
+        let cli = Cli::try_parse_from(["lb", "agent", "--hairpin-ip6", "fd00:1::7"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.hairpin_ip6, "fd00:1::7".parse::<Ipv6Addr>().unwrap());
+        assert!(Cli::try_parse_from(["lb", "agent", "--hairpin-ip6", "169.254.42.1"]).is_err());
     }
 }

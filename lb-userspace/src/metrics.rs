@@ -13,7 +13,7 @@
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_rejected` | gauge | |
 //! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
-//! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol` |
+//! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -382,11 +382,12 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
             let v = [st.packets, st.bytes, st.new_flows][field];
             let _ = writeln!(
                 o,
-                "{name}{{service=\"{}/{}\",port=\"{}\",protocol=\"{}\"}} {v}",
+                "{name}{{service=\"{}/{}\",port=\"{}\",protocol=\"{}\",ip_family=\"{}\"}} {v}",
                 esc(&spn.namespace),
                 esc(&spn.name),
                 esc(&spn.port_name),
-                spn.protocol
+                spn.protocol,
+                spn.family
             );
         }
     }
@@ -413,7 +414,7 @@ pub fn metrics_handler(metrics: Arc<Metrics>) -> Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::model::{Family, Protocol};
 
     fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
         ServicePortName {
@@ -421,6 +422,7 @@ mod tests {
             name: name.into(),
             port_name: port.into(),
             protocol,
+            family: Family::V4,
         }
     }
 
@@ -647,10 +649,10 @@ mod tests {
             "lb_datapath_packets_total{counter=\"packets\"} 100",
             "lb_datapath_packets_total{counter=\"verdict_dnat\"} 42",
             "lb_datapath_packets_total{counter=\"sock_translated\"} 0",
-            "lb_service_packets_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\"} 10",
-            "lb_service_bytes_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\"} 1000",
-            "lb_service_new_flows_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\"} 2",
-            "lb_service_packets_total{service=\"kube-system/dns\",port=\"dns\\\"udp\",protocol=\"UDP\"} 5",
+            "lb_service_packets_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 10",
+            "lb_service_bytes_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 1000",
+            "lb_service_new_flows_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 2",
+            "lb_service_packets_total{service=\"kube-system/dns\",port=\"dns\\\"udp\",protocol=\"UDP\",ip_family=\"IPv4\"} 5",
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{out}");
         }
@@ -674,6 +676,38 @@ mod tests {
             .find("lb_service_packets_total{service=\"kube-system/dns\"")
             .unwrap();
         assert!(kubia < dns);
+    }
+
+    /// Point 55: the two families of a dual-stack Service's port are two series, told apart by
+    /// `ip_family` (without it they would be one series exported twice).
+    #[test]
+    fn dual_stack_service_ports_are_separate_series() {
+        let m = Metrics::new(None);
+        let v6 = ServicePortName {
+            family: Family::V6,
+            ..spn("default", "kubia", "http", Protocol::Tcp)
+        };
+        m.set_programmed(Programmed {
+            names: [(1, spn("default", "kubia", "http", Protocol::Tcp)), (2, v6)].into(),
+            ..Programmed::default()
+        });
+        let stats = |packets| SvcStats {
+            packets,
+            bytes: 0,
+            new_flows: 0,
+        };
+        let dp = DatapathCounters {
+            global: vec![0; lb_common::CNT_MAX as usize],
+            services: vec![(1, stats(3)), (2, stats(4))],
+        };
+        let out = render(&m.snapshot(), Some(&dp));
+        let l = lines(&out);
+        for want in [
+            "lb_service_packets_total{service=\"default/kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv4\"} 3",
+            "lb_service_packets_total{service=\"default/kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv6\"} 4",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{out}");
+        }
     }
 
     #[test]

@@ -57,7 +57,51 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// An IP address family. kube-proxy runs one proxier per family (semantics point 55); this
+/// agent compiles both families into one [`DesiredState`], where the family is part of every
+/// [`ServicePortName`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// `ip` is an address of this family.
+    pub fn matches(self, ip: &IpAddr) -> bool {
+        Self::of(ip) == self
+    }
+
+    /// The Kubernetes spelling (`spec.ipFamilies`, EndpointSlice `addressType`).
+    pub fn k8s_name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.k8s_name())
+    }
+}
+
 /// kube-proxy's `ServicePortName`: everything (VIPs, endpoints, affinity) is per ServicePort.
+/// The same port of a dual-stack Service is two ServicePorts here, one per family, each with
+/// its own `svc_id` and selection tables (an IPv4 frontend never selects an IPv6 backend).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ServicePortName {
     pub namespace: String,
@@ -65,15 +109,23 @@ pub struct ServicePortName {
     /// The port's name; empty for a single unnamed port.
     pub port_name: String,
     pub protocol: Protocol,
+    /// The family of its frontends and endpoints.
+    pub family: Family,
 }
 
+/// `namespace/name[:port]/PROTOCOL`, with `/IPv6` appended for IPv6 (so IPv4 names are the
+/// ones single-stack IPv4 always had).
 impl fmt::Display for ServicePortName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)?;
         if !self.port_name.is_empty() {
             write!(f, ":{}", self.port_name)?;
         }
-        write!(f, "/{}", self.protocol)
+        write!(f, "/{}", self.protocol)?;
+        if self.family == Family::V6 {
+            write!(f, "/{}", self.family)?;
+        }
+        Ok(())
     }
 }
 
@@ -174,14 +226,17 @@ pub struct Skipped {
 pub struct HealthCheck {
     pub node_port: u16,
     /// Distinct IPs of this node's ready endpoints, over all the Service's ports (terminating
-    /// endpoints do not count, even when they still get traffic through the fallback).
+    /// endpoints do not count, even when they still get traffic through the fallback). For a
+    /// dual-stack Service, the larger of the two families' counts: a dual-stack pod has one
+    /// address per family and counts once ([`crate::compile::compile_all`]).
     pub local_ready: usize,
 }
 
 /// Health-check node ports by Service `(namespace, name)`.
 pub type HealthChecks = BTreeMap<(String, String), HealthCheck>;
 
-/// The whole desired state for one node and one address family.
+/// The whole desired state for one node: one address family ([`crate::compile::compile`]) or
+/// both ([`crate::compile::compile_all`]), told apart by [`ServicePortName::family`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
     pub services: BTreeMap<ServicePortName, ServicePortState>,

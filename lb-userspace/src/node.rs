@@ -11,11 +11,13 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 
 /// Builds the node context from the flags and, when present, this node's Node object.
 /// Addresses given as flags come first; the Node's InternalIP and ExternalIP addresses are
-/// added (point 41).
+/// added (point 41), of both families (a dual-stack Node lists one of each; each family's
+/// NodePorts are served on that family's addresses only, point 55).
 pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[Node]) -> NodeContext {
     let mut ctx = NodeContext {
         name: name.to_owned(),
-        addresses: flag_addresses.to_vec(),
+        // `::ffff:a.b.c.d` is an IPv4 address (see `parse_ip_sloppy`).
+        addresses: flag_addresses.iter().map(|a| a.to_canonical()).collect(),
         zone: None,
     };
     if let Some(node) = nodes

@@ -1,6 +1,13 @@
 //! From desired state to map contents, and from two map contents to the minimal, safely ordered
 //! list of map writes. Pure: the kernel only sees the result through [`crate::dataplane`].
 //!
+//! # Families
+//! Both families share the maps: IPv4 addresses are written IPv4-mapped (`::ffff:a.b.c.d`),
+//! IPv6 addresses as they are ([`addr16`]). A dual-stack Service's port is two ServicePorts
+//! ([`ServicePortName::family`]), so each family has its own `svc_id` (affinity scope,
+//! counters, name `ns/name:port/TCP` or `ns/name:port/TCP/IPv6`) and its own selection tables:
+//! a frontend only ever selects backends of its own family.
+//!
 //! # Ids
 //! - `svc_id`: one per ServicePort (affinity scope, per-service counters).
 //! - `select_id`: one per (ServicePort, internal|external) endpoint set; frontends of the same
@@ -259,16 +266,21 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> Map
                 flags |= SVC_F_SNAT;
             }
             insert_frontends(&mut st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, flags, sp));
-            // Point 48: source ranges restrict LoadBalancer frontends only.
-            if !sp.source_ranges.is_empty() {
-                for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
-                    let key = service_key(fe.addr, fe.port, spn.protocol);
-                    if let Some(v) = st.services.get_mut(&key) {
-                        v.flags |= SVC_F_SOURCE_RANGES;
-                    }
-                    for r in &sp.source_ranges {
-                        st.source_ranges.insert(source_range(fe.addr, r));
-                    }
+            // Point 48: source ranges restrict LoadBalancer frontends only, and only with ranges
+            // of the frontend's family (the compile step keeps just those; as in kube-proxy, a
+            // family without ranges is not restricted).
+            for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
+                let ranges: Vec<&Cidr> =
+                    sp.source_ranges.iter().filter(|r| r.addr.is_ipv4() == fe.addr.is_ipv4()).collect();
+                if ranges.is_empty() {
+                    continue;
+                }
+                let key = service_key(fe.addr, fe.port, spn.protocol);
+                if let Some(v) = st.services.get_mut(&key) {
+                    v.flags |= SVC_F_SOURCE_RANGES;
+                }
+                for r in ranges {
+                    st.source_ranges.insert(source_range(fe.addr, r));
                 }
             }
         }
@@ -297,9 +309,12 @@ fn insert_frontends(st: &mut MapState, sp: &ServicePortState, proto: Protocol, e
     }
 }
 
-/// The LPM entry allowing `range` to reach LoadBalancer IP `frontend`.
+/// The LPM entry allowing `range` to reach LoadBalancer IP `frontend`: prefix length 128 (the
+/// frontend, matched whole) plus the source prefix in the 16-byte format: `96 + n` for an
+/// IPv4 `/n` (stored IPv4-mapped), `n` for an IPv6 `/n` (stored as is). `range` must be of the
+/// frontend's family.
 pub fn source_range(frontend: IpAddr, range: &Cidr) -> (u32, SourceRangeData) {
-    let bits = if range.addr.is_ipv4() { 96 + u32::from(range.prefix) } else { u32::from(range.prefix) };
+    let bits = if range.addr.is_ipv4() { 96 + u32::from(range.prefix.min(32)) } else { u32::from(range.prefix.min(128)) };
     // The trie compares only the prefix, but the key must not carry host bits.
     let mut source = addr16(range.addr);
     for (i, b) in source.iter_mut().enumerate() {

@@ -13,8 +13,8 @@ use std::{
 
 use lb_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT, SelectKey,
-    ServiceKey, ServiceValue,
+    IPPROTO_UDP, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT,
+    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
 };
 
 use super::*;
@@ -24,7 +24,7 @@ fn plan_state(d: &DesiredState, ids: &mut Ids) -> MapState {
     map_state(d, ids, &PlanConfig::default())
 }
 use crate::model::{
-    DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
+    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, Protocol, Selection,
     ServicePortName, ServicePortState,
 };
 
@@ -42,6 +42,15 @@ fn spn(name: &str, protocol: Protocol) -> ServicePortName {
         name: name.into(),
         port_name: String::new(),
         protocol,
+        family: Family::V4,
+    }
+}
+
+/// The IPv6 ServicePort of the same name.
+fn spn6(name: &str, protocol: Protocol) -> ServicePortName {
+    ServicePortName {
+        family: Family::V6,
+        ..spn(name, protocol)
     }
 }
 
@@ -161,7 +170,7 @@ fn sample() -> DesiredState {
             sp(vec![cip("10.96.0.15", 5060)], &[ep("10.0.4.1", 5060)]),
         ),
         (
-            spn("v6", Protocol::Tcp),
+            spn6("v6", Protocol::Tcp),
             sp(vec![cip("fd00:96::10", 80)], &[ep("fd00:1::1", 8080)]),
         ),
     ])
@@ -1124,4 +1133,150 @@ fn point_59_adopt_when_ports_swapped_while_down_routes_correctly() {
         ["10.0.1.1:8081/6"]
     );
     assert_every_step_readable(&pinned, &st);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dual-stack (point 55) and IPv6 keys
+// ---------------------------------------------------------------------------------------------
+
+/// A dual-stack Service's port as the compile step gives it: one ServicePort per family, the
+/// same name, the same port, each with its family's frontends and endpoints.
+fn dual_stack() -> DesiredState {
+    let mut lb6 = sp(
+        vec![
+            cip("fd00:96::10", 80),
+            np("fd00::10", 30080),
+            fe("2001:db8::7", 80, FrontendKind::LoadBalancer),
+        ],
+        &[ep("fd00:1::1", 8080), ep("fd00:1::2", 8080)],
+    );
+    lb6.source_ranges = vec![Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 64 }];
+    let mut lb4 = sp(
+        vec![
+            cip("10.96.0.10", 80),
+            np("192.168.0.10", 30080),
+            fe("198.51.100.7", 80, FrontendKind::LoadBalancer),
+        ],
+        &[ep("10.0.1.1", 8080), ep("10.0.1.2", 8080)],
+    );
+    lb4.source_ranges = vec![Cidr { addr: ip("203.0.113.77"), prefix: 24 }];
+    desired(vec![(spn("web", Protocol::Tcp), lb4), (spn6("web", Protocol::Tcp), lb6)])
+}
+
+/// Point 55: the two families of a ServicePort have their own svc_id, names and selection
+/// tables, and every frontend resolves only to backends of its own family; IPv6 addresses are
+/// stored as they are (not mapped), IPv4 ones IPv4-mapped.
+#[test]
+fn point_55_each_family_has_its_own_svc_id_and_tables() {
+    let st = plan(&dual_stack());
+    let v = |addr: &str, port: u16| st.services[&key_of(addr, port, Protocol::Tcp)];
+    let (c4, n4, l4) = (v("10.96.0.10", 80), v("192.168.0.10", 30080), v("198.51.100.7", 80));
+    let (c6, n6, l6) = (v("fd00:96::10", 80), v("fd00::10", 30080), v("2001:db8::7", 80));
+    assert!([n4, l4].iter().all(|x| x.svc_id == c4.svc_id));
+    assert!([n6, l6].iter().all(|x| x.svc_id == c6.svc_id));
+    assert_ne!(c4.svc_id, c6.svc_id);
+    let tables4: BTreeSet<u32> = [c4, n4, l4].iter().flat_map(|x| [x.select_id, x.cluster_select_id]).collect();
+    let tables6: BTreeSet<u32> = [c6, n6, l6].iter().flat_map(|x| [x.select_id, x.cluster_select_id]).collect();
+    assert!(tables4.is_disjoint(&tables6), "{tables4:?} {tables6:?}");
+    assert_eq!(st.names[&c4.svc_id].as_str(), "ns/web/TCP");
+    assert_eq!(st.names[&c6.svc_id].as_str(), "ns/web/TCP/IPv6");
+    for addr in ["10.96.0.10", "192.168.0.10", "198.51.100.7"] {
+        let port = if addr.starts_with("192.") { 30080 } else { 80 };
+        assert_eq!(show(&resolve(&st, &key_of(addr, port, Protocol::Tcp))), ["10.0.1.1:8080/6", "10.0.1.2:8080/6"]);
+    }
+    for addr in ["fd00:96::10", "fd00::10", "2001:db8::7"] {
+        let port = if addr == "fd00::10" { 30080 } else { 80 };
+        assert_eq!(show(&resolve(&st, &key_of(addr, port, Protocol::Tcp))), ["[fd00:1::1]:8080/6", "[fd00:1::2]:8080/6"]);
+    }
+    // Byte layout: the IPv6 ClusterIP and backend verbatim, an address marker per address.
+    assert!(st.services.contains_key(&key_bytes(ip6("fd00:96::10"), 80, IPPROTO_TCP)));
+    assert!(st.services.get(&key_bytes(ip6("fd00:96::10"), 0, 0)).is_some_and(is_marker));
+    assert!(st.backends.values().any(|b| b.addr == ip6("fd00:1::1") && b.port_be.to_ne_bytes() == [0x1f, 0x90]));
+    assert!(st.backends.values().any(|b| b.addr == v4_bytes([10, 0, 1, 1])));
+}
+
+/// Point 48: an IPv6 source range is keyed with prefix length 128 + n (no 96 offset: the
+/// address is stored as is) and its host bits cleared; an IPv4 range with 128 + 96 + n.
+#[test]
+fn point_48_ipv6_source_range_keys() {
+    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 64 });
+    assert_eq!(len, 128 + 64);
+    assert_eq!(data.frontend, ip6("2001:db8::7"));
+    assert_eq!(data.source, ip6("2001:db8:1:2::"), "host bits cleared");
+    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 51 });
+    assert_eq!(len, 128 + 51);
+    assert_eq!(data.source, ip6("2001:db8:1::"), "/51 keeps 3 bits of the 4th group (2 = 0b000..010)");
+    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("::"), prefix: 0 });
+    assert_eq!((len, data.source), (128, [0; 16]), "::/0 matches every IPv6 source");
+    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8::1"), prefix: 128 });
+    assert_eq!((len, data.source), (256, ip6("2001:db8::1")));
+    // IPv4: mapped, 96 + n.
+    let (len, data) = source_range(ip("198.51.100.7"), &Cidr { addr: ip("203.0.113.77"), prefix: 24 });
+    assert_eq!(len, 128 + 96 + 24);
+    assert_eq!(data.frontend, v4_bytes([198, 51, 100, 7]));
+    assert_eq!(data.source, v4_bytes([203, 0, 113, 0]));
+}
+
+/// Point 48 per family (55): each family's LoadBalancer IP gets its family's ranges only.
+#[test]
+fn point_48_55_source_ranges_are_planned_per_family() {
+    let st = plan(&dual_stack());
+    let lb4 = st.services[&key_of("198.51.100.7", 80, Protocol::Tcp)];
+    let lb6 = st.services[&key_of("2001:db8::7", 80, Protocol::Tcp)];
+    assert!(lb4.flags & SVC_F_SOURCE_RANGES != 0 && lb6.flags & SVC_F_SOURCE_RANGES != 0);
+    for k in ["10.96.0.10", "fd00:96::10"] {
+        assert_eq!(st.services[&key_of(k, 80, Protocol::Tcp)].flags & SVC_F_SOURCE_RANGES, 0, "ClusterIP {k}");
+    }
+    let want: BTreeSet<(u32, SourceRangeData)> = [
+        (128 + 96 + 24, SourceRangeData { frontend: v4_bytes([198, 51, 100, 7]), source: v4_bytes([203, 0, 113, 0]) }),
+        (128 + 64, SourceRangeData { frontend: ip6("2001:db8::7"), source: ip6("2001:db8:1:2::") }),
+    ]
+    .into();
+    assert_eq!(st.source_ranges, want);
+}
+
+/// Point 48: ranges of the other family never apply to a LoadBalancer IP (they could never
+/// match its sources); with none of its own family it is not restricted, as in kube-proxy,
+/// whose per-family proxier only sees its family's ranges.
+#[test]
+fn point_48_ranges_of_the_other_family_do_not_restrict() {
+    let mut d = dual_stack();
+    let v6 = d.services.get_mut(&spn6("web", Protocol::Tcp)).unwrap();
+    v6.source_ranges = vec![Cidr { addr: ip("203.0.113.0"), prefix: 24 }];
+    let st = plan(&d);
+    let lb6 = st.services[&key_of("2001:db8::7", 80, Protocol::Tcp)];
+    assert_eq!(lb6.flags & SVC_F_SOURCE_RANGES, 0);
+    assert!(st.source_ranges.iter().all(|(_, r)| r.frontend != ip6("2001:db8::7")), "{:?}", st.source_ranges);
+}
+
+/// Point 59 with dual-stack: a restarted agent adopts both families' ids and rewrites nothing.
+#[test]
+fn point_59_adopting_a_dual_stack_state_rewrites_nothing() {
+    let d = dual_stack();
+    let pinned = plan(&d);
+    let mut ids = Ids::default();
+    ids.adopt(&pinned, &d);
+    let st = plan_state(&d, &mut ids);
+    assert_eq!(diff(&pinned, &st), []);
+}
+
+/// Point 55: a family added to a running Service (SingleStack → PreferDualStack) is written
+/// without touching the other family's entries, and every step stays readable.
+#[test]
+fn point_55_adding_the_second_family_leaves_the_first_alone() {
+    let full = dual_stack();
+    let mut v4only = full.clone();
+    v4only.services.remove(&spn6("web", Protocol::Tcp));
+    let mut ids = Ids::default();
+    let before = plan_state(&v4only, &mut ids);
+    let after = plan_state(&full, &mut ids);
+    let ops = diff(&before, &after);
+    assert!(
+        ops.iter().all(|op| !matches!(op, Op::DelService(_) | Op::DelBackend(_) | Op::DelSelect(_) | Op::DelMember(_))),
+        "{ops:?}"
+    );
+    for (k, v) in &before.services {
+        assert_eq!(after.services.get(k), Some(v), "IPv4 entry rewritten");
+    }
+    assert_every_step_readable(&before, &after);
 }

@@ -16,7 +16,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     path::Path,
 };
 
@@ -315,7 +314,9 @@ const IPS: &[(&str, bool, bool)] = &[
     ("abc", false, false),
     ("1111.1.1.1", false, false),
     ("fd00::10", false, true),
-    ("::ffff:10.96.0.1", false, true),
+    // IPv4-mapped IPv6 is IPv4 (Go's `net.IP.To4()` succeeds; in the maps it is the same 16
+    // bytes as 10.96.0.1).
+    ("::ffff:10.96.0.1", true, false),
     ("fd00::zz", false, false),
     ("", false, false),
 ];
@@ -343,7 +344,6 @@ const AFFINITIES: &[Option<&str>] = &[None, Some("None"), Some("ClientIP"), Some
 const SELECTIONS: &[Option<&str>] = &[None, Some("maglev"), Some("random"), Some("ring")];
 const IP_MODES: &[Option<&str>] = &[None, Some("VIP"), Some("Proxy")];
 const NAMES: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h"];
-const NAMESPACES: &[&str] = &["default", "kube-system"];
 
 fn port_number() -> impl Strategy<Value = i32> {
     prop_oneof![
@@ -745,7 +745,24 @@ proptest! {
         let services: Vec<Service> = svcs.iter().map(SvcGen::to_service).collect();
         let slices: Vec<EndpointSlice> = slices.iter().enumerate().map(|(i, s)| s.to_slice(i)).collect();
         let state = compile(&services, &slices, &node(), Family::V4);
-        let _ = compile(&services, &slices, &node(), Family::V6);
+        let state6 = compile(&services, &slices, &node(), Family::V6);
+        check_programmed_ranges(&state6)?;
+        // Both families (what the agent programs): each ServicePort as its family's compile has
+        // it, except that a Service rejected in either family is rejected, and absent, in both.
+        let (both, _) = crate::compile::compile_all(&services, &slices, &node());
+        check_programmed_ranges(&both)?;
+        let rejected_any: BTreeSet<&str> = state.rejected.iter().chain(&state6.rejected).map(|r| r.object.as_str()).collect();
+        prop_assert_eq!(&both.rejected.iter().map(|r| r.object.as_str()).collect::<BTreeSet<_>>(), &rejected_any);
+        for (k, v) in &both.services {
+            let single = if k.family == Family::V4 { &state } else { &state6 };
+            prop_assert_eq!(single.services.get(k), Some(v), "{} differs from its family's compile", k);
+        }
+        for st in [&state, &state6] {
+            for k in st.services.keys() {
+                let object = format!("Service {}/{}", k.namespace, k.name);
+                prop_assert_eq!(both.services.contains_key(k), !rejected_any.contains(object.as_str()), "{}", k);
+            }
+        }
         for s in &svcs {
             let object = format!("Service {}/{}", s.ns(), s.name);
             let rejected: Vec<_> = state.rejected.iter().filter(|r| r.object == object).collect();
@@ -769,7 +786,8 @@ proptest! {
                     prop_assert_eq!(programmed.len(), s.ports.len(), "{} has {} ports, {} programmed", &object, s.ports.len(), programmed.len());
                     let cip = crate::compile::parse_ip_sloppy(IPS[s.cluster_ip].0).unwrap();
                     for p in &s.ports {
-                        let sp = programmed.iter().find(|(k, _)| k.port_name == p.name.unwrap_or("")).map(|(_, v)| *v);
+                        let proto = Protocol::from_k8s(p.protocol).unwrap();
+                        let sp = programmed.iter().find(|(k, _)| k.port_name == p.name.unwrap_or("") && k.protocol == proto).map(|(_, v)| *v);
                         prop_assert!(sp.is_some(), "{}: port {:?} not programmed", object, p.name);
                         let sp = sp.unwrap();
                         prop_assert!(
@@ -813,11 +831,11 @@ fn check_programmed_ranges(state: &DesiredState) -> Result<(), TestCaseError> {
     for (spn, sp) in &state.services {
         prop_assert!(!sp.frontends.is_empty(), "{}: no frontend", spn);
         for f in &sp.frontends {
-            prop_assert!(f.port != 0 && f.addr.is_ipv4(), "{}: frontend {:?}", spn, f);
+            prop_assert!(f.port != 0 && spn.family.matches(&f.addr), "{}: frontend {:?}", spn, f);
         }
         for set in [&sp.internal.endpoints, &sp.external.endpoints, &sp.cluster] {
             for e in set {
-                prop_assert!(e.port != 0 && e.addr.is_ipv4(), "{}: endpoint {:?}", spn, e);
+                prop_assert!(e.port != 0 && spn.family.matches(&e.addr), "{}: endpoint {:?}", spn, e);
             }
             prop_assert!(set.windows(2).all(|w| w[0] < w[1]), "{}: endpoints unsorted or duplicated: {:?}", spn, set);
             let keys: BTreeSet<_> = set.iter().map(|e| (e.addr, e.port)).collect();
@@ -877,7 +895,7 @@ fn sp_gen() -> impl Strategy<Value = SpGen> {
 fn build_desired(sps: &[SpGen]) -> DesiredState {
     let mut d = DesiredState::default();
     for g in sps {
-        let spn = ServicePortName { namespace: "ns".into(), name: format!("s{}", g.name), port_name: String::new(), protocol: g.protocol };
+        let spn = ServicePortName { namespace: "ns".into(), name: format!("s{}", g.name), port_name: String::new(), protocol: g.protocol, family: Family::V4 };
         let mut frontends: Vec<Frontend> = g
             .frontends
             .iter()
@@ -972,6 +990,51 @@ fn resolves(st: &MapState) -> Result<(), String> {
     Ok(())
 }
 
+/// The backends (address, port, protocol) each frontend can select, over both of its tables.
+fn routes(st: &MapState) -> BTreeMap<lb_common::ServiceKey, BTreeSet<([u8; 16], u16, u8)>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in &st.services {
+        if v.flags & SVC_F_ADDR_MARKER != 0 {
+            continue;
+        }
+        let maglev = v.flags & SVC_F_MAGLEV != 0;
+        let mut set = BTreeSet::new();
+        for (select_id, slots) in [(v.select_id, v.slot_count), (v.cluster_select_id, v.cluster_slot_count)] {
+            for slot in 0..slots {
+                let id = if maglev {
+                    st.maglev.get(&MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK }).map(|c| c.ids[(slot % MAGLEV_CHUNK) as usize])
+                } else {
+                    st.select.get(&SelectKey { select_id, slot }).copied()
+                };
+                if let Some(be) = id.and_then(|id| st.backends.get(&id)) {
+                    set.insert((be.addr, be.port_be, be.proto));
+                }
+            }
+        }
+        out.insert(*k, set);
+    }
+    out
+}
+
+/// At an intermediate state, a frontend selects only backends it selected before the change or
+/// will select after it: never another service's.
+fn routes_within(now: &MapState, before: &BTreeMap<lb_common::ServiceKey, BTreeSet<([u8; 16], u16, u8)>>, after: &BTreeMap<lb_common::ServiceKey, BTreeSet<([u8; 16], u16, u8)>>) -> Result<(), String> {
+    let empty = BTreeSet::new();
+    for (k, set) in routes(now) {
+        let (b, a) = (before.get(&k).unwrap_or(&empty), after.get(&k).unwrap_or(&empty));
+        if let Some(stray) = set.iter().find(|x| !b.contains(x) && !a.contains(x)) {
+            return Err(format!(
+                "frontend {}:{} selects backend {}:{}, which it selects neither before nor after the change",
+                crate::plan::ip_from16(k.addr),
+                u16::from_be(k.port_be),
+                crate::plan::ip_from16(stray.0),
+                u16::from_be(stray.1)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn plan_cfg() -> impl Strategy<Value = PlanConfig> {
     prop::sample::select(vec![None, Some(13), Some(67)]).prop_map(|m| PlanConfig { maglev_table_size: m })
 }
@@ -999,10 +1062,11 @@ proptest! {
             let next = map_state(&desired, &mut ids, &cfg);
             resolves(&next).map_err(|e| TestCaseError::fail(format!("step {i}: the planned state itself: {e}")))?;
             let ops: Vec<Op> = diff(&cur, &next);
+            let (before, after) = (routes(&cur), routes(&next));
             for (n, op) in ops.iter().enumerate() {
                 cur.apply(std::slice::from_ref(op));
-                if let Err(e) = resolves(&cur) {
-                    return Err(TestCaseError::fail(format!("step {i}: after op {n} of {} ({op:?}): {e}", ops.len())));
+                if let Err(e) = resolves(&cur).and_then(|()| if *restart && !check_restart_routes() { Ok(()) } else { routes_within(&cur, &before, &after) }) {
+                    return Err(TestCaseError::fail(format!("step {i}{}: after op {n} of {} ({op:?}): {e}", if *restart { " (restart)" } else { "" }, ops.len())));
                 }
             }
             writes += ops.len();
@@ -1011,6 +1075,11 @@ proptest! {
         }
         let _ = writes;
     }
+}
+
+/// Whether the route check also runs across restarts (off while the adoption bug below stands).
+fn check_restart_routes() -> bool {
+    std::env::var("LB_PROP_RESTART_ROUTES").is_ok_and(|v| v == "1")
 }
 
 /// Ids of a Service whose external and internal endpoint sets both differ from its Cluster set
@@ -1037,8 +1106,20 @@ proptest! {
     /// Services with a separate Cluster table are left out here (see the ignored test below).
     #[test]
     fn adopting_a_programmed_state_rewrites_nothing(sps in prop::collection::vec(sp_gen(), 0..6), cfg in plan_cfg()) {
-        let sps: Vec<SpGen> = sps.into_iter().filter(|g| !(g.itp_local && g.etp_local)).collect();
-        let desired = build_desired(&sps);
+        // A separate Cluster table is planned when the external set is Local and there is no
+        // internal table equal to the Cluster set (no ClusterIP frontend, or internal Local).
+        let sps: Vec<SpGen> = sps
+            .into_iter()
+            .filter(|g| !(g.etp_local && (g.itp_local || !g.frontends.iter().any(|f| f.0 % 4 == 0))))
+            .collect();
+        let mut desired = build_desired(&sps);
+        // Two ServicePorts claiming one frontend is a conflict the planner resolves one way on
+        // the first run and possibly another after adoption; the API server never allows it.
+        let mut claimed = BTreeSet::new();
+        for (spn, sp) in desired.services.iter_mut() {
+            sp.frontends.retain(|f| claimed.insert((f.addr, f.port, spn.protocol)));
+        }
+        desired.services.retain(|_, sp| !sp.frontends.is_empty());
         let programmed = map_state(&desired, &mut Ids::default(), &cfg);
         let mut ids = Ids::default();
         ids.adopt(&programmed, &desired);
@@ -1061,8 +1142,7 @@ fn adopting_a_service_with_a_separate_cluster_table_rewrites_nothing() {
     assert!(ops.is_empty(), "a restart rewrites {} entries: {ops:?}", ops.len());
 }
 
-/// The same sequences through unique-address checks: a frontend address never carries two
-/// ServicePorts' values for one key (plan writes one value per key).
+/// The fixture of the ignored test above really plans a separate Cluster table.
 #[test]
 fn sanity_three_table_service_plans_three_tables() {
     let desired = build_desired(&three_table_service());
@@ -1070,5 +1150,30 @@ fn sanity_three_table_service_plans_three_tables() {
     let tables: BTreeSet<u32> = st.services.values().filter(|v| v.flags & SVC_F_ADDR_MARKER == 0).flat_map(|v| [v.select_id, v.cluster_select_id]).collect();
     assert_eq!(tables.len(), 3, "internal (local), external (local) and Cluster tables: {st:?}");
     resolves(&st).unwrap();
-    let _: Option<IpAddr> = None;
+}
+
+/// A restart that adds a Service must never point an existing frontend at the new Service's
+/// backends, not even between two writes.
+#[test]
+#[ignore = "BUG (lb-userspace plan.rs Ids::adopt): next_select is computed from ServiceValue::select_id only, never cluster_select_id, and the Cluster tables' ids are not adopted; when a pinned Cluster table has the highest select_id, a restarted agent hands that id to a new table (here a new Service's), and diff writes the new table's slots (step 2) while the old Service values still point their cluster_select_id at it (until step 3): pods of this node reaching the old Service's NodePort are sent to the new Service's backend in between"]
+fn restart_never_reuses_a_pinned_cluster_table_id() {
+    let a = three_table_service().remove(0); // s1: internal 1, external 2, Cluster 3
+    let b = SpGen { name: 0, protocol: Protocol::Tcp, frontends: vec![(0, 0, 0)], endpoints: vec![(7, false, false)], itp_local: false, etp_local: false, maglev: false, affinity: None, ranges: vec![] };
+    let cfg = PlanConfig::default();
+    let first = build_desired(std::slice::from_ref(&a));
+    let programmed = map_state(&first, &mut Ids::default(), &cfg);
+    // The agent restarts; meanwhile Service s0 was created.
+    let second = build_desired(&[b, a]);
+    let mut ids = Ids::default();
+    ids.adopt(&programmed, &second);
+    let next = map_state(&second, &mut ids, &cfg);
+    let (before, after) = (routes(&programmed), routes(&next));
+    let mut cur = programmed.clone();
+    for (n, op) in diff(&programmed, &next).iter().enumerate() {
+        cur.apply(std::slice::from_ref(op));
+        resolves(&cur).unwrap();
+        if let Err(e) = routes_within(&cur, &before, &after) {
+            panic!("after op {n} ({op:?}): {e}");
+        }
+    }
 }

@@ -8,5 +8,6 @@ pub mod bins;
 pub mod cgroup;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod privilege;
 pub mod topology;

@@ -177,11 +177,19 @@ impl Topology {
     /// `You've hit NAME`, a line echo on [`ECHO_PORT`] and a UDP echo on [`UDP_PORT`], and waits
     /// until it accepts connections.
     pub fn start_workload(&mut self, i: usize, testpod: &std::path::Path) -> anyhow::Result<()> {
+        self.start_workload_with_http(i, testpod, &[])
+    }
+
+    /// [`Topology::start_workload`], with the same HTTP answer served on `extra_http` ports too
+    /// (e.g. a plain-HTTP 8443 behind a multi-port Service's `https` port); waits for all of them.
+    pub fn start_workload_with_http(&mut self, i: usize, testpod: &std::path::Path, extra_http: &[u16]) -> anyhow::Result<()> {
         let pod = &mut self.pods[i];
-        let child = pod
-            .ns
-            .command(testpod)
-            .args(["--name", &pod.name, "--http", &HTTP_PORT.to_string()])
+        let mut cmd = pod.ns.command(testpod);
+        cmd.args(["--name", &pod.name, "--http", &HTTP_PORT.to_string()]);
+        for port in extra_http {
+            cmd.args(["--http", &port.to_string()]);
+        }
+        let child = cmd
             .args(["--echo", &ECHO_PORT.to_string(), "--udp", &UDP_PORT.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -189,18 +197,21 @@ impl Topology {
             .spawn()
             .context("starting the test workload")?;
         pod.servers.push(ServerGuard(child));
-        let addr = SocketAddr::from((pod.ip, HTTP_PORT));
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = pod.ns.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
-            if ok {
-                return Ok(());
+        for port in std::iter::once(HTTP_PORT).chain(extra_http.iter().copied()) {
+            let addr = SocketAddr::from((pod.ip, port));
+            loop {
+                let ok = pod.ns.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("workload in {} did not start listening on {port}", pod.name);
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            if Instant::now() > deadline {
-                bail!("workload in {} did not start listening", pod.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// `curl` from pod `from` to `url`: the response body, or the error.

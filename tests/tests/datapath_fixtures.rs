@@ -10,45 +10,34 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_RESELECT, CNT_DROP_BAD_L4,
     CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SOURCE_RANGE,
     CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_PASS_BAD_L3,
     CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_SNAT, CNT_VERDICT_DNAT,
     CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP,
-    IPPROTO_UDP, PROG_TC_EXT, PROG_TC_POD, ServiceKey, SvcStats, v4_mapped,
+    IPPROTO_UDP, SvcStats, v4_mapped,
 };
-use lb_tests::{
-    netns::unique_token,
-    packet::{
+use lb_tests::packet::{
         ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP,
         PROTO_TCP, PROTO_UDP, Spec, TCP_ACK, TCP_RST, TCP_SYN, checksum, flow, icmp, icmp_error,
         ipv4, ipv4_frame, l4_bytes, quote_tcp, tcp, tcp_frame, tcp_segment, udp_datagram, verify_checksums,
         verify_icmp_checksums, verify_ipv4_checksum, verify_udp_datagram,
-    },
-    privilege,
-};
+    };
+mod common;
+
+use common::{Ext, Fixture, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_userspace::{
-    dataplane::{Dataplane, DataplaneConfig, cleanup},
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
         ServicePortName, ServicePortState,
     },
     pinned::PinnedMaps,
-    plan::{Ids, PlanConfig, map_state},
 };
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
-const XDP_DROP: i32 = 1;
-const XDP_PASS: i32 = 2;
-const XDP_TX: i32 = 3;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const UDP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -74,140 +63,20 @@ const REMOTE2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 22);
 const NP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const NODEPORT: u16 = 30080;
 
-/// The external entry points of a node: XDP, or its TC fallback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ext {
-    Xdp,
-    Tc,
-}
 
-impl Ext {
-    fn pass(self) -> i32 {
-        match self {
-            Self::Xdp => XDP_PASS,
-            Self::Tc => TC_ACT_OK,
-        }
-    }
-
-    fn drop(self) -> i32 {
-        match self {
-            Self::Xdp => XDP_DROP,
-            Self::Tc => TC_ACT_SHOT,
-        }
-    }
-}
-
-/// A loaded datapath with its own pins, removed on drop.
-struct Fixture {
-    dp: Dataplane,
-    ids: Ids,
-}
-
-impl Fixture {
-    fn new(test: &str) -> Option<Self> {
-        if !privilege::require(test) {
-            return None;
-        }
-        // unique_token() repeats after 64 calls in one process; the counter keeps every pin
-        // directory of this process distinct however many fixtures the tests create.
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let cfg = DataplaneConfig {
-            pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(),
-            conntrack_max: Some(4096),
-        };
-        let dp = Dataplane::load(&cfg).expect("loading the datapath");
-        Some(Self { dp, ids: Ids::default() })
-    }
-
-    /// A fixture for node [`NODE`]: SNAT to the node address, hairpin address set.
-    fn node(test: &str) -> Option<Self> {
-        let mut f = Self::new(test)?;
-        f.dp.set_config(&lb_common::Config {
+/// A fixture for node [`NODE`]: SNAT to the node address, hairpin address set.
+fn node(test: &str) -> Option<Fixture> {
+    Fixture::with_config(
+        test,
+        &lb_common::Config {
             snat_addr: v4_mapped(NODE.octets()),
             hairpin_addr: v4_mapped(HAIRPIN.octets()),
             snat_port_min: *SNAT_PORTS.start(),
             snat_port_max: *SNAT_PORTS.end(),
             flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
-        })
-        .expect("writing the node config");
-        Some(f)
-    }
-
-    fn program(&mut self, desired: &DesiredState) {
-        let st = map_state(desired, &mut self.ids, &PlanConfig::default());
-        self.dp.apply(&st).expect("programming the maps");
-    }
-
-    /// Runs one frame through the pod-ingress program: (verdict, frame out).
-    fn run(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        self.run_tc(PROG_TC_POD, frame)
-    }
-
-    fn run_tc(&self, name: &'static str, frame: &[u8]) -> (i32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.dp.classifier(name).expect("program");
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value as i32, out)
-    }
-
-    /// Runs one frame through the external XDP program: (XDP verdict, frame out).
-    fn run_xdp(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let prog = self.dp.xdp_program().expect("program");
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value as i32, out)
-    }
-
-    /// Runs one frame through an external entry point.
-    fn run_ext(&self, ext: Ext, frame: &[u8]) -> (i32, Vec<u8>) {
-        match ext {
-            Ext::Xdp => self.run_xdp(frame),
-            Ext::Tc => self.run_tc(PROG_TC_EXT, frame),
-        }
-    }
-
-    fn counter(&self, index: u32) -> u64 {
-        PinnedMaps::open(self.dp.pin_path()).expect("open pins").counters().expect("counters")[index as usize]
-    }
-
-    /// The `svc_id` programmed for a frontend.
-    fn svc_id(&self, addr: Ipv4Addr, port: u16, proto: u8) -> u32 {
-        let key = ServiceKey { addr: v4_mapped(addr.octets()), port_be: port.to_be(), proto, _pad: 0 };
-        self.dp.state().services.get(&key).expect("frontend programmed").svc_id
-    }
-
-    /// The backend id programmed for an endpoint.
-    fn backend_id(&self, addr: Ipv4Addr, port: u16, proto: u8) -> u32 {
-        let (id, _) = self
-            .dp
-            .state()
-            .backends
-            .iter()
-            .find(|(_, b)| b.addr == v4_mapped(addr.octets()) && b.port_be == port.to_be() && b.proto == proto)
-            .expect("backend programmed");
-        *id
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = cleanup(self.dp.pin_path());
-    }
+            ..Default::default()
+        },
+    )
 }
 
 fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
@@ -221,7 +90,7 @@ fn remote(ip: Ipv4Addr, port: u16) -> Endpoint {
 fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
     let set = EndpointSet { endpoints: eps, drop_if_empty: false };
     (
-        ServicePortName { namespace: "default".into(), name: name.into(), port_name: String::new(), protocol: proto },
+        ServicePortName { namespace: "default".into(), name: name.into(), port_name: String::new(), protocol: proto, family: Default::default() },
         ServicePortState {
             frontends: vec![Frontend { addr: IpAddr::V4(vip), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
@@ -629,7 +498,7 @@ fn point_37_a_reset_to_a_service_without_endpoints_is_not_answered() {
 /// Point 37 on external frontends: a NodePort without endpoints rejects over XDP (XDP_TX).
 #[test]
 fn point_37_nodeport_without_endpoints_rejects_over_xdp() {
-    let Some(mut f) = Fixture::node("point_37_nodeport_without_endpoints_rejects_over_xdp") else { return };
+    let Some(mut f) = node("point_37_nodeport_without_endpoints_rejects_over_xdp") else { return };
     f.program(&state([
         nodeport_service("empty-web", NP_VIP, NODEPORT, Protocol::Tcp, vec![]),
         nodeport_service("empty-dns", EMPTY_UDP_VIP, 30053, Protocol::Udp, vec![]),
@@ -919,7 +788,7 @@ fn nodeport_cluster_state() -> DesiredState {
 }
 
 fn nodeport_cluster_policy(test: &str, ext: Ext) {
-    let Some(mut f) = Fixture::node(test) else { return };
+    let Some(mut f) = node(test) else { return };
     f.program(&nodeport_cluster_state());
     let client = (EXT_CLIENT, 40000);
     let syn = tcp_frame(client, (NODE, NODEPORT), 5000, 0, TCP_SYN);
@@ -1003,7 +872,7 @@ fn nodeport_local_state(endpoints: Vec<Endpoint>) -> DesiredState {
 /// keeps the client's source address (no SNAT); the reply still comes from the NodePort.
 #[test]
 fn point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoints() {
-    let Some(mut f) = Fixture::node("point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoints") else { return };
+    let Some(mut f) = node("point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoints") else { return };
     f.program(&nodeport_local_state(vec![ep(POD1, 8080), remote(REMOTE1, 8080)]));
     for ext in [Ext::Xdp, Ext::Tc] {
         for i in 0..10u16 {
@@ -1028,7 +897,7 @@ fn point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoin
 /// nodes): external traffic is dropped silently, not rejected.
 #[test]
 fn point_33_38_local_policy_without_local_endpoint_drops_external_traffic() {
-    let Some(mut f) = Fixture::node("point_33_38_local_policy_without_local_endpoint_drops_external_traffic") else { return };
+    let Some(mut f) = node("point_33_38_local_policy_without_local_endpoint_drops_external_traffic") else { return };
     f.program(&nodeport_local_state(vec![remote(REMOTE1, 8080)]));
     let syn = Spec::tcp((EXT_CLIENT, 40000), (NODE, NODEPORT), TCP_SYN).build();
     let (verdict, _) = f.run_xdp(&syn);
@@ -1046,7 +915,7 @@ fn point_33_38_local_policy_without_local_endpoint_drops_external_traffic() {
 /// gets the Cluster set, so it succeeds although no endpoint is local.
 #[test]
 fn point_34_pod_to_nodeport_of_local_policy_service_uses_the_cluster_set() {
-    let Some(mut f) = Fixture::node("point_34_pod_to_nodeport_of_local_policy_service_uses_the_cluster_set") else { return };
+    let Some(mut f) = node("point_34_pod_to_nodeport_of_local_policy_service_uses_the_cluster_set") else { return };
     f.program(&nodeport_local_state(vec![remote(REMOTE1, 8080)]));
     let (verdict, out) = f.run(&Spec::tcp((CLIENT, 40020), (NODE, NODEPORT), TCP_SYN).build());
     assert_eq!(verdict, TC_ACT_OK);
@@ -1067,7 +936,7 @@ fn point_34_pod_to_nodeport_of_local_policy_service_uses_the_cluster_set() {
 /// (its own port kept), so its reply comes back through the node and is translated back.
 #[test]
 fn point_51_pod_reaching_itself_through_its_service_is_hairpinned() {
-    let Some(mut f) = Fixture::node("point_51_pod_reaching_itself_through_its_service_is_hairpinned") else { return };
+    let Some(mut f) = node("point_51_pod_reaching_itself_through_its_service_is_hairpinned") else { return };
     f.program(&state([service("self", VIP, 80, Protocol::Tcp, vec![ep(POD1, 8080)])]));
     let (verdict, out) = f.run(&tcp_frame((POD1, 45000), (VIP, 80), 77, 0, TCP_SYN));
     assert_eq!(verdict, TC_ACT_OK);
@@ -1090,7 +959,7 @@ fn point_51_pod_reaching_itself_through_its_service_is_hairpinned() {
 /// networking "endpoint-Service" check) is hairpinned too.
 #[test]
 fn point_51_pod_reaching_itself_through_its_nodeport_is_hairpinned() {
-    let Some(mut f) = Fixture::node("point_51_pod_reaching_itself_through_its_nodeport_is_hairpinned") else { return };
+    let Some(mut f) = node("point_51_pod_reaching_itself_through_its_nodeport_is_hairpinned") else { return };
     f.program(&state([nodeport_service("self", NP_VIP, NODEPORT, Protocol::Tcp, vec![ep(POD1, 8080)])]));
     let (verdict, out) = f.run(&Spec::tcp((POD1, 45100), (NODE, NODEPORT), TCP_SYN).build());
     assert_eq!(verdict, TC_ACT_OK);
@@ -1192,7 +1061,7 @@ fn point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_tc_f
 }
 
 fn snated_icmp_error(test: &str, ext: Ext) {
-    let Some(mut f) = Fixture::node(test) else { return };
+    let Some(mut f) = node(test) else { return };
     f.program(&nodeport_cluster_state());
     let client = (EXT_CLIENT, 40000);
     let (verdict, out) = f.run_ext(ext, &tcp_frame(client, (NODE, NODEPORT), 5000, 0, TCP_SYN));
@@ -1223,7 +1092,7 @@ fn snated_icmp_error(test: &str, ext: Ext) {
 /// ClusterIP) are not restricted.
 #[test]
 fn point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip() {
-    let Some(mut f) = Fixture::node("point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip") else { return };
+    let Some(mut f) = node("point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip") else { return };
     let lb_ip = Ipv4Addr::new(198, 51, 100, 7);
     let (spn, mut sp) = service("lb", Ipv4Addr::new(10, 96, 0, 50), 443, Protocol::Tcp, vec![remote(REMOTE1, 8443)]);
     sp.frontends.push(Frontend { addr: IpAddr::V4(NODE), port: 30443, kind: FrontendKind::NodePort });
@@ -1323,7 +1192,7 @@ fn point_23_per_service_and_per_backend_counters_count_every_packet_of_a_flow() 
 /// over XDP and its TC fallback; so is its reply.
 #[test]
 fn point_41_nodeport_packets_with_ipv4_options_are_translated() {
-    let Some(mut f) = Fixture::node("point_41_nodeport_packets_with_ipv4_options_are_translated") else { return };
+    let Some(mut f) = node("point_41_nodeport_packets_with_ipv4_options_are_translated") else { return };
     f.program(&nodeport_cluster_state());
     let router_alert = vec![0x94, 0x04, 0, 0];
     let mut longest = vec![1u8; 39]; // NOPs
@@ -1393,7 +1262,7 @@ fn point_58_icmp_error_from_the_client_about_a_reply_reaches_the_backend() {
 /// DNAT and SNAT (later fragments in the IPv4 header only), and so does the fragmented reply.
 #[test]
 fn point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp() {
-    let Some(mut f) = Fixture::node("point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp") else { return };
+    let Some(mut f) = node("point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp") else { return };
     f.program(&state([nodeport_service("dns", UDP_VIP, 30053, Protocol::Udp, vec![remote(REMOTE1, 9000)])]));
     let client = (EXT_CLIENT, 5362);
     let payload = vec![0x5a; 2000 - 8];
@@ -1445,7 +1314,7 @@ fn point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp() {
 /// client that reached a backend through the ClusterIP gets it through the NodePort too.
 #[test]
 fn point_25_affinity_applies_whichever_address_of_the_service_is_used() {
-    let Some(mut f) = Fixture::node("point_25_affinity_applies_whichever_address_of_the_service_is_used") else { return };
+    let Some(mut f) = node("point_25_affinity_applies_whichever_address_of_the_service_is_used") else { return };
     let (spn, mut sp) = nodeport_service("web", NP_VIP, NODEPORT, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]);
     sp.affinity_timeout_s = Some(10800);
     f.program(&state([(spn, sp)]));

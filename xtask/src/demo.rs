@@ -1,24 +1,46 @@
-//! `cargo xtask demo`: the seed's kubia walk-through on a network-namespace mini-cluster. A node
-//! namespace, three kubia pods serving HTTP on 8080 (`You've hit kubia-N`), a client pod; the
-//! agent programs the kubia Service from real manifests; the client curls the ClusterIP.
-//! Everything is removed on exit, Ctrl-C included.
+//! `cargo xtask demo`: the seed's kubia walk-through on a two-node network-namespace mini-cluster.
+//! Three kubia pods (two on node-0, one on node-1) answer `You've hit kubia-N` on 8080 and 8443, a
+//! client pod and a host outside the cluster send requests, and one `lb` agent per node (TC on the
+//! pod interfaces, XDP on the node's external interface `u0`) programs the Services from the real
+//! manifests in `xtask/demo/`. A `kubectl apply` is a manifest written into both agents'
+//! directories; each step waits until both agents have programmed it, then shows the traffic:
+//! ClusterIP, sessionAffinity, scaling, a multi-port Service with named ports, NodePort,
+//! LoadBalancer, and what `lb` shows of it all. Everything is removed on exit, Ctrl-C included.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use lb_tests::{
     agent::{Agent, AgentOptions},
-    topology::Topology,
+    topology::{HTTP_PORT, Topology, curl_in},
 };
+use serde_json::Value;
 
 use crate::Bins;
 
 const KUBIA: &str = include_str!("../demo/kubia.yaml");
+const KUBIA_NAMED_PORTS: &str = include_str!("../demo/kubia-named-ports.yaml");
+const KUBIA_NODEPORT: &str = include_str!("../demo/kubia-nodeport.yaml");
+const KUBIA_LOADBALANCER: &str = include_str!("../demo/kubia-loadbalancer.yaml");
+
+/// ClusterIPs and external addresses the manifests use.
 const VIP: &str = "10.96.0.10";
+const NODEPORT_VIP: &str = "10.96.0.11";
+const NODE_PORT: u16 = 30123;
+const LB_VIP: &str = "10.96.0.12";
+const LB_IP: &str = "198.51.100.7";
+/// The second port the pods serve (plain HTTP), behind the Service's `https` port.
+const HTTPS_PORT: u16 = 8443;
+
+/// The kubia pods in creation order (which fixes their addresses: see `Topology::add_pod`), with
+/// their node and the address the manifests' EndpointSlices list for them.
+const KUBIA_PODS: [(&str, usize, &str); 3] =
+    [("kubia-1", 0, "10.244.0.10"), ("kubia-2", 1, "10.244.1.10"), ("kubia-3", 0, "10.244.0.11")];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -28,74 +50,367 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; cleaning up");
+        bail!("interrupted");
     }
     Ok(())
 }
 
 pub fn run(bins: &Bins, requests: u32) -> anyhow::Result<()> {
+    if requests == 0 {
+        bail!("--requests must be at least 1");
+    }
     // Ctrl-C and SIGTERM only set a flag: the demo stops at the next step and every guard
-    // (agent, pods, namespaces, pins) is dropped on the way out.
+    // (agents, pods, namespaces, pins) is dropped on the way out.
     // SAFETY: installing an async-signal-safe handler that only stores an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let started = Instant::now();
     let result = walk_through(bins, requests);
-    println!("demo: removed the namespaces, the agent and its pinned maps");
-    result
+    println!("\ndemo: removed the namespaces, the agents and their pinned maps");
+    // Ctrl-C also reaches the children (curl, agents): report the interruption, not what it broke.
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    result?;
+    println!("demo: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn step(text: &str) {
     println!("\n== {text}");
 }
 
+/// The two-node cluster. Agents first: they stop before the namespaces go.
+struct Cluster {
+    agents: Vec<Agent>,
+    topo: Topology,
+    client: usize,
+    outside: usize,
+    lb: std::path::PathBuf,
+}
+
+/// In `lb service list -o json`: the backends (`ip:port`) of the Service view holding `frontend`
+/// (`ip:port/PROTO`), and whether it has ClientIP affinity; `None` while it is not programmed.
+fn backends_of<'a>(views: &'a [Value], frontend: &str) -> Option<(BTreeSet<&'a str>, bool)> {
+    let view = views.iter().find(|v| v["frontends"].as_array().is_some_and(|f| f.iter().any(|f| f == frontend)))?;
+    let backends = view["backends"].as_array()?.iter().filter_map(|b| b["address"].as_str()).collect();
+    let affinity = view["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "affinity"));
+    Some((backends, affinity))
+}
+
+/// `ip:port` of the kubia pods named in `pods`.
+fn pod_endpoints(pods: &[&str], port: u16) -> BTreeSet<String> {
+    KUBIA_PODS.iter().filter(|(n, _, _)| pods.contains(n)).map(|(_, _, ip)| format!("{ip}:{port}")).collect()
+}
+
+/// The pod name in a kubia answer.
+fn who(body: &str) -> String {
+    let body = body.trim();
+    body.strip_prefix("You've hit ").unwrap_or(body).to_owned()
+}
+
+impl Cluster {
+    /// `lb service list -o json` against node `k`'s agent.
+    fn service_list(&self, k: usize) -> anyhow::Result<Vec<Value>> {
+        let out = Command::new(&self.lb)
+            .args(["service", "list", "-o", "json", "--pin-path"])
+            .arg(&self.agents[k].pin_path)
+            .output()
+            .context("running lb service list")?;
+        if !out.status.success() {
+            bail!("lb service list: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        match serde_json::from_slice(&out.stdout)? {
+            Value::Array(views) => Ok(views),
+            other => bail!("lb service list -o json printed {other}"),
+        }
+    }
+
+    /// `kubectl apply`: writes `yaml` as `file` into both agents' manifest directories and waits
+    /// until `programmed(node, services)` holds on both nodes; prints how long that took.
+    fn apply(&mut self, file: &str, yaml: &str, what: &str, programmed: impl Fn(usize, &[Value]) -> bool) -> anyhow::Result<()> {
+        let started = Instant::now();
+        for agent in &self.agents {
+            agent.write_manifest(file, yaml)?;
+        }
+        let deadline = started + Duration::from_secs(20);
+        let mut pending: Vec<usize> = (0..self.agents.len()).collect();
+        while !pending.is_empty() {
+            interrupted()?;
+            for &k in &pending {
+                // Fails at once, with the agent's log, if the agent has exited.
+                self.agents[k].wait_services(what, |_| true)?;
+            }
+            pending.retain(|&k| !self.service_list(k).is_ok_and(|views| programmed(k, &views)));
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let k = pending[0];
+                bail!("timed out waiting for node-{k}'s agent to program {what}; its log:\n{}", self.agents[k].log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("   ({what}: programmed by both agents in {} ms)", started.elapsed().as_millis());
+        Ok(())
+    }
+
+    /// `kubectl exec client -- curl -s URL`: the pod that answered.
+    fn curl_from_client(&self, url: &str) -> anyhow::Result<String> {
+        interrupted()?;
+        Ok(who(&self.topo.curl(self.client, url, 5)?))
+    }
+
+    /// `curl -s URL` on the host outside the cluster: the pod that answered.
+    fn curl_from_outside(&self, url: &str) -> anyhow::Result<String> {
+        interrupted()?;
+        Ok(who(&curl_in(&self.topo.clients[self.outside].ns, url, 5)?))
+    }
+
+    fn node_of(&self, pod: &str) -> String {
+        self.topo.pods.iter().find(|p| p.name == pod).map_or_else(|| "?".into(), |p| self.topo.nodes[p.node].name.clone())
+    }
+
+    /// Prints which pods answered `n` requests made by `request`; returns the counts.
+    fn tally(&self, n: u32, mut request: impl FnMut() -> anyhow::Result<String>) -> anyhow::Result<BTreeMap<String, u32>> {
+        let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+        for _ in 0..n {
+            *hits.entry(request()?).or_default() += 1;
+        }
+        for (pod, k) in &hits {
+            println!("     You've hit {pod:<8} {k:>3} of {n}   (pod on {})", self.node_of(pod));
+        }
+        Ok(hits)
+    }
+
+    /// Runs the real `lb` CLI against node-0's agent and prints its output.
+    fn lb_cli(&self, args: &[&str]) -> anyhow::Result<()> {
+        println!("   node-0$ lb {}", args.join(" "));
+        let out = Command::new(&self.lb)
+            .args(args)
+            .arg("--pin-path")
+            .arg(&self.agents[0].pin_path)
+            .output()
+            .with_context(|| format!("running lb {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!("lb {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("   {line}");
+        }
+        Ok(())
+    }
+}
+
+/// kubia.yaml with the Deployment scaled to `pods`: the EndpointSlice lists only them.
+fn kubia_scaled(pods: &[&str]) -> anyhow::Result<String> {
+    let mut kept = 0;
+    let mut yaml = String::new();
+    for line in KUBIA.lines() {
+        if line.starts_with("- {addresses:") {
+            if !pods.iter().any(|p| line.contains(&format!("name: {p}}}"))) {
+                continue;
+            }
+            kept += 1;
+        }
+        let line = if line == "  replicas: 3" { format!("  replicas: {}", pods.len()) } else { line.to_owned() };
+        yaml.push_str(&line);
+        yaml.push('\n');
+    }
+    if kept != pods.len() {
+        bail!("xtask/demo/kubia.yaml: expected one endpoint line for each of {pods:?}");
+    }
+    Ok(yaml)
+}
+
+/// kubia.yaml with `sessionAffinity` set to `affinity`.
+fn kubia_affinity(affinity: &str) -> anyhow::Result<String> {
+    if !KUBIA.contains("sessionAffinity: None") {
+        bail!("xtask/demo/kubia.yaml: expected `sessionAffinity: None` in the Service");
+    }
+    Ok(KUBIA.replace("sessionAffinity: None", &format!("sessionAffinity: {affinity}")))
+}
+
+/// A node holds `frontend` with exactly the endpoints of `pods` on `port`, with the affinity flag
+/// iff `affinity`.
+fn serves(frontend: &str, pods: &[&str], port: u16, affinity: bool) -> impl Fn(usize, &[Value]) -> bool + use<> {
+    let frontend = frontend.to_owned();
+    let want = pod_endpoints(pods, port);
+    move |_, views| {
+        backends_of(views, &frontend).is_some_and(|(b, a)| a == affinity && b.iter().copied().eq(want.iter().map(String::as_str)))
+    }
+}
+
 fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
-    step("Building the mini-cluster: node-0, three kubia pods, one client pod (network namespaces)");
-    let mut topo = Topology::new(1)?;
-    for name in ["kubia-1", "kubia-2", "kubia-3"] {
-        let i = topo.add_pod(0, name)?;
-        topo.start_workload(i, &bins.testpod)?;
-        println!("   pod {name:<8} {} (serves `You've hit {name}` on :8080)", topo.pods[i].ip);
+    let all: Vec<&str> = KUBIA_PODS.iter().map(|p| p.0).collect();
+
+    step("The mini-cluster: two nodes, kubia pods on both, a client pod, a host outside (network namespaces)");
+    let mut topo = Topology::new(2)?;
+    for (name, node, ip) in KUBIA_PODS {
+        let i = topo.add_pod(node, name)?;
+        if topo.pods[i].ip.to_string() != ip {
+            bail!("pod {name} got {} but the manifests in xtask/demo/ list it as {ip}", topo.pods[i].ip);
+        }
+        topo.start_workload_with_http(i, &bins.testpod, &[HTTPS_PORT])?;
         interrupted()?;
     }
     let client = topo.add_pod(0, "client")?;
-    println!("   pod client   {}", topo.pods[client].ip);
-
-    step("Starting the lb agent on node-0 with the kubia Service (port 80 -> targetPort 8080) and its EndpointSlice");
-    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
-    let mut agent = Agent::start(&bins.lb, &opts, &[("kubia.yaml", KUBIA)])?;
-    agent.wait_services("the kubia Service to be programmed", |rows| {
-        rows.iter().any(|r| r["frontend"] == format!("{VIP}:80") && r["slots"].as_u64() > Some(0))
-    })?;
-    interrupted()?;
-    let out = Command::new(&bins.lb)
-        .args(["maps", "dump", "services", "--pin-path"])
-        .arg(&agent.pin_path)
-        .output()
-        .context("lb maps dump services")?;
-    println!("   $ lb maps dump services");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("   {line}");
+    let outside = topo.add_client("outside")?;
+    println!("   $ kubectl get pods -o wide");
+    println!("   NAME     IP           NODE    SERVES");
+    for p in &topo.pods {
+        let serves = if p.name == "client" {
+            "curl".to_owned()
+        } else {
+            format!("`You've hit {}` on :{HTTP_PORT} and :{HTTPS_PORT}", p.name)
+        };
+        println!("   {:<8} {:<12} {:<7} {serves}", p.name, p.ip.to_string(), topo.nodes[p.node].name);
     }
+    for n in &topo.nodes {
+        println!("   node {:<8} {} on the nodes' network (interface u0)", n.name, n.underlay_ip);
+    }
+    println!("   host {:<8} {} on the nodes' network, outside the cluster", "outside", topo.clients[outside].ip);
+    interrupted()?;
 
-    step(&format!("kubectl exec client -- curl -s http://{VIP}   ({requests} times)"));
+    step("One lb agent per node: TC on its pod interfaces, XDP on u0; both read the same manifests");
+    let mut agents = Vec::new();
+    for k in 0..topo.nodes.len() {
+        let node = &topo.nodes[k];
+        let ifaces = topo.pod_interfaces(k);
+        let opts = AgentOptions {
+            node_ns: &node.ns,
+            node_name: &node.name,
+            node_ips: vec![node.underlay_ip.to_string()],
+            interfaces: ifaces.clone(),
+            external: vec!["u0".to_owned()],
+            cgroup: None,
+            extra_args: vec![],
+            source: None,
+        };
+        let agent = Agent::start(&bins.lb, &opts, &[])?;
+        println!(
+            "   {}$ lb agent --source file:{} --node-name {} --node-ip {} --ext-iface u0 {}",
+            node.name,
+            agent.manifests.display(),
+            node.name,
+            node.underlay_ip,
+            ifaces.iter().map(|i| format!("--pod-iface {i}")).collect::<Vec<_>>().join(" ")
+        );
+        agents.push(agent);
+        interrupted()?;
+    }
+    for agent in &mut agents {
+        // Up and serving its pinned maps (nothing programmed yet).
+        agent.wait_services("the agent to start", |_| true)?;
+    }
+    let mut c = Cluster { agents, topo, client, outside, lb: bins.lb.clone() };
+
+    let curl = |url: &str| format!("kubectl exec client -- curl -s {url}");
+    let vip_url = format!("http://{VIP}");
+
+    step("1. ClusterIP: one address for the kubia pods; each connection goes to a random pod, on either node");
+    println!(
+        "   $ kubectl apply -f xtask/demo/kubia.yaml   (Service kubia {VIP}:80 -> targetPort {HTTP_PORT}, its EndpointSlice)"
+    );
+    c.apply("kubia.yaml", KUBIA, "Service kubia", serves(&format!("{VIP}:80/TCP"), &all, HTTP_PORT, false))?;
+    println!("   $ {}   ({requests} times)", curl(&vip_url));
     let mut hits: BTreeMap<String, u32> = BTreeMap::new();
     for n in 1..=requests {
-        interrupted()?;
-        let body = topo.curl(client, &format!("http://{VIP}/"), 5)?;
-        let body = body.trim().to_owned();
-        println!("   {n:>3}: {body}");
-        let pod = body.strip_prefix("You've hit ").unwrap_or(&body).to_owned();
+        let pod = c.curl_from_client(&vip_url)?;
+        println!("   {n:>4}: You've hit {pod}");
         *hits.entry(pod).or_default() += 1;
     }
-
-    step("Which pods answered");
-    for (pod, n) in &hits {
-        println!("   {pod}: {n} of {requests}");
+    println!("   Which pods answered:");
+    for (pod, k) in &hits {
+        println!("     {pod}: {k} of {requests}   (on {})", c.node_of(pod));
     }
     if hits.len() < 3 && requests >= 12 {
-        println!("   (not all three pods answered this time: selection is random per connection)");
+        println!("   (not all three pods answered this time: the choice is random per connection)");
     }
+
+    step("2. sessionAffinity: ClientIP: every request from the client pod goes to the same pod; None: spread again");
+    println!("   $ kubectl patch service kubia -p '{{\"spec\":{{\"sessionAffinity\":\"ClientIP\"}}}}'");
+    c.apply(
+        "kubia.yaml",
+        &kubia_affinity("ClientIP")?,
+        "sessionAffinity: ClientIP",
+        serves(&format!("{VIP}:80/TCP"), &all, HTTP_PORT, true),
+    )?;
+    println!("   $ {}   (10 times)", curl(&vip_url));
+    let sticky = c.tally(10, || c.curl_from_client(&vip_url))?;
+    if sticky.len() != 1 {
+        println!("   (more than one pod answered: affinity did not hold)");
+    }
+    println!("   $ kubectl patch service kubia -p '{{\"spec\":{{\"sessionAffinity\":\"None\"}}}}'");
+    c.apply("kubia.yaml", KUBIA, "sessionAffinity: None", serves(&format!("{VIP}:80/TCP"), &all, HTTP_PORT, false))?;
+    println!("   $ {}   (10 times)", curl(&vip_url));
+    c.tally(10, || c.curl_from_client(&vip_url))?;
+
+    step("3. Scaling: with one replica every request goes to it; with two the traffic splits between them");
+    println!("   $ kubectl scale deployment kubia --replicas=1   (the EndpointSlice now lists kubia-1 only)");
+    c.apply(
+        "kubia.yaml",
+        &kubia_scaled(&["kubia-1"])?,
+        "1 replica",
+        serves(&format!("{VIP}:80/TCP"), &["kubia-1"], HTTP_PORT, false),
+    )?;
+    println!("   $ {}   ({requests} times)", curl(&vip_url));
+    if c.tally(requests, || c.curl_from_client(&vip_url))?.len() != 1 {
+        println!("   (another pod answered: the scale-down did not hold)");
+    }
+    println!("   $ kubectl scale deployment kubia --replicas=2   (kubia-2, on node-1, is ready and joins the slice)");
+    let two = ["kubia-1", "kubia-2"];
+    c.apply("kubia.yaml", &kubia_scaled(&two)?, "2 replicas", serves(&format!("{VIP}:80/TCP"), &two, HTTP_PORT, false))?;
+    println!("   $ {}   ({requests} times)", curl(&vip_url));
+    c.tally(requests, || c.curl_from_client(&vip_url))?;
+    println!("   $ kubectl scale deployment kubia --replicas=3");
+    c.apply("kubia.yaml", KUBIA, "3 replicas", serves(&format!("{VIP}:80/TCP"), &all, HTTP_PORT, false))?;
+
+    step("4. A multi-port Service with named ports: http 80 -> 8080, https 443 -> 8443, on one ClusterIP");
+    println!("   $ kubectl apply -f xtask/demo/kubia-named-ports.yaml   (targetPort: http / targetPort: https)");
+    let http_ok = serves(&format!("{VIP}:80/TCP"), &all, HTTP_PORT, false);
+    let https_ok = serves(&format!("{VIP}:443/TCP"), &all, HTTPS_PORT, false);
+    c.apply("kubia.yaml", KUBIA_NAMED_PORTS, "ports http and https", |k, v| http_ok(k, v) && https_ok(k, v))?;
+    let https_url = format!("http://{VIP}:443");
+    for url in [&vip_url, &https_url] {
+        println!("   $ {}   (6 times)", curl(url));
+        c.tally(6, || c.curl_from_client(url))?;
+    }
+
+    step(&format!(
+        "5. NodePort: port {NODE_PORT} on every node's IP, from the host outside; a node forwards to any kubia pod, on it or not"
+    ));
+    println!("   $ kubectl apply -f xtask/demo/kubia-nodeport.yaml   (ClusterIP {NODEPORT_VIP}:80, nodePort {NODE_PORT})");
+    let cluster_ok = serves(&format!("{NODEPORT_VIP}:80/TCP"), &all, HTTP_PORT, false);
+    let node_ips: Vec<String> = c.topo.nodes.iter().map(|n| n.underlay_ip.to_string()).collect();
+    c.apply("kubia-nodeport.yaml", KUBIA_NODEPORT, "Service kubia-nodeport", |k, v| {
+        cluster_ok(k, v) && backends_of(v, &format!("{}:{NODE_PORT}/TCP", node_ips[k])).is_some()
+    })?;
+    for (node, ip) in c.topo.nodes.iter().zip(&node_ips) {
+        let url = format!("http://{ip}:{NODE_PORT}");
+        println!("   outside$ curl -s {url}   (6 times, through {})", node.name);
+        c.tally(6, || c.curl_from_outside(&url))?;
+    }
+
+    step(&format!("6. LoadBalancer: kubia-loadbalancer at its load balancer IP {LB_IP}, from the host outside"));
+    println!("   $ kubectl apply -f xtask/demo/kubia-loadbalancer.yaml   (status.loadBalancer.ingress: {LB_IP})");
+    let cluster_ok = serves(&format!("{LB_VIP}:80/TCP"), &all, HTTP_PORT, false);
+    c.apply("kubia-loadbalancer.yaml", KUBIA_LOADBALANCER, "Service kubia-loadbalancer", |k, v| {
+        cluster_ok(k, v) && backends_of(v, &format!("{LB_IP}:80/TCP")).is_some()
+    })?;
+    let via = &node_ips[0];
+    println!("   outside$ ip route add {LB_IP} via {via}   (what the cloud's load balancer does: {LB_IP} goes to node-0)");
+    c.topo.clients[c.outside].ns.ip(&["route", "add", &format!("{LB_IP}/32"), "via", via])?;
+    let url = format!("http://{LB_IP}");
+    println!("   outside$ curl -s {url}   (6 times)");
+    c.tally(6, || c.curl_from_outside(&url))?;
+
+    step("7. What node-0's datapath holds: every frontend (ClusterIPs, NodePorts, the LoadBalancer IP) and its backends");
+    interrupted()?;
+    c.lb_cli(&["service", "list"])?;
+    println!();
+    c.lb_cli(&["maps", "dump", "services"])?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! `cargo xtask`: set-up, build, demo and tests. Only what cargo cannot express on its own.
 
+mod bench;
 mod demo;
 mod kind;
 mod setup;
+mod soak;
 mod test;
 
 use std::{path::PathBuf, process::Command};
@@ -39,6 +41,12 @@ enum Cmd {
     /// lb on a local kind cluster without kube-proxy: `up`, `deploy`, `bench`, `down` (`--dry-run`
     /// prints the commands, files and manifests instead; needs docker, kind and kubectl otherwise).
     Kind(kind::Args),
+    /// Set up, build, and run the reliability soak: mixed load with endpoint churn, agent
+    /// restarts and API server outages for `--minutes` (default 5); prints the books.
+    Soak(soak::Args),
+    /// Set up, build (release), run the benchmarks against kube-proxy-style iptables and
+    /// nftables, and write BENCHMARKS.md and bench-results/*.svg.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +68,12 @@ fn main() -> anyhow::Result<()> {
             demo::run(&bins, requests)
         }
         Cmd::Kind(args) => kind::run(&args),
+        Cmd::Soak(args) => {
+            setup::run()?;
+            let bins = build()?;
+            soak::run(&bins, &args)
+        }
+        Cmd::Bench(args) => bench::run(&args),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `lb-testpod`: the workload of test and demo pods. Serves, until killed:
-//! - HTTP on `--http PORT`: every request gets `You've hit NAME` (like the kubia image), except
-//!   `GET /clientip`, which gets the address the connection came from (like agnhost netexec);
+//! - HTTP on `--http PORT` (repeatable: the same answers on every such port, e.g. 8080 and a
+//!   plain-HTTP 8443 for a multi-port Service): every request gets `You've hit NAME` (like the
+//!   kubia image), except `GET /clientip`, which gets the address the connection came from (like
+//!   agnhost netexec);
 //! - a line echo on `--echo PORT`: every line gets `NAME` back, on the same connection;
 //! - UDP echo on `--udp PORT`: every datagram gets `NAME: <datagram>` back.
 use std::{
@@ -11,13 +13,14 @@ use std::{
 
 fn main() {
     let mut name = String::from("pod");
-    let (mut http, mut echo, mut udp) = (None, None, None);
+    let mut http = Vec::new();
+    let (mut echo, mut udp) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
         match a.as_str() {
             "--name" => name = val(),
-            "--http" => http = Some(val()),
+            "--http" => http.push(val()),
             "--echo" => echo = Some(val()),
             "--udp" => udp = Some(val()),
             "-h" | "--help" => usage(""),
@@ -25,7 +28,7 @@ fn main() {
         }
     }
     let mut handles = Vec::new();
-    if let Some(port) = http {
+    for port in http {
         let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind http");
         let n = name.clone();
         handles.push(thread::spawn(move || serve_tcp(l, n, http_conn)));
@@ -56,7 +59,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("lb-testpod: {err}");
     }
-    eprintln!("usage: lb-testpod --name NAME [--http PORT] [--echo PORT] [--udp PORT]");
+    eprintln!("usage: lb-testpod --name NAME [--http PORT]... [--echo PORT] [--udp PORT]");
     std::process::exit(2);
 }
 

@@ -1,0 +1,730 @@
+//! B1: per-packet cost of the real datapath through BPF_PROG_TEST_RUN.
+//!
+//! The real eBPF object is loaded by `Dataplane::load` and programmed through the agent's own
+//! compile → plan → apply path with 3 … 32,000 ClusterIP services.
+//!
+//! # Why a wrapper
+//! Non-live BPF_PROG_TEST_RUN runs the program `repeat` times on one buffer and never restores
+//! it: after the first DNAT every later iteration would see the translated packet, take the
+//! "not a service" path and look several times cheaper than it is. So every measured run goes
+//! through a tiny hand-assembled wrapper program (loaded here with raw `bpf()` calls) that, on
+//! each iteration, copies template frame `i % K` from an array map over the packet and then
+//! tail-calls the real program. The same wrapper tail-calling a one-instruction program is run
+//! right after (same K, same templates) and its time subtracted:
+//!
+//!   ns/packet = T(wrapper → lb) − T(wrapper → no-op) + T(no-op)
+//!
+//! i.e. the program's cost as BPF_PROG_TEST_RUN would report it if the input were restored for
+//! free (the last term keeps the test_run loop overhead in, like the "trivial program" floor).
+//! Every run is checked with lb's own counters: e.g. a conntrack-hit run of 200,000 iterations
+//! must add exactly 200,000 to `CT_HIT`, a new-flow run exactly `repeat` to `NEW_FLOWS`.
+//!
+//! New flows: K = repeat templates with distinct source ports, conntrack emptied before each
+//! run, so every iteration is a first packet (SYN) of a new flow: service lookup, conntrack
+//! miss, Maglev pick, two conntrack inserts, DNAT with checksum updates.
+//!
+//! Output: `target/bench-out/b1.json` (or `--out`), turned into BENCHMARKS.md by
+//! `cargo xtask bench`.
+
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    path::PathBuf,
+    time::Instant,
+};
+
+use aya::maps::{HashMap as AyaHashMap, Map, MapData};
+use common::{Opts, Svc, median, min, ncpus};
+use lb_common::{
+    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_NEW_FLOWS, CNT_PACKETS,
+    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS, CNT_VERDICT_REVNAT, CtKey, CtValue, v4_mapped,
+};
+use lb_tests::{
+    netns::unique_token,
+    packet::{Spec, TCP_ACK, TCP_SYN, flow},
+};
+use lb_userspace::{
+    dataplane::{Dataplane, DataplaneConfig, cleanup},
+    pinned::PinnedMaps,
+    plan::{Ids, PlanConfig, map_state},
+};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// Raw bpf(): maps, tiny programs, BPF_PROG_TEST_RUN
+// ---------------------------------------------------------------------------------------------
+
+const BPF_MAP_CREATE: i64 = 0;
+const BPF_MAP_UPDATE_ELEM: i64 = 2;
+const BPF_PROG_LOAD: i64 = 5;
+const BPF_PROG_TEST_RUN: i64 = 10;
+const MAP_ARRAY: u32 = 2;
+const MAP_PROG_ARRAY: u32 = 3;
+const PROG_SCHED_CLS: u32 = 3;
+const PROG_XDP: u32 = 6;
+/// `BPF_XDP`: the expected attach type aya loads XDP programs with (tail-call compatibility
+/// requires the caller's to match).
+const ATTACH_XDP: u32 = 37;
+
+/// A zeroed `union bpf_attr` large enough for the commands used here.
+struct Attr([u8; 144]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 144])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+    fn call(&mut self, cmd: i64) -> std::io::Result<i64> {
+        // SAFETY: bpf() with an attr buffer we own, of the size we pass.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), self.0.len() as u32) };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+    }
+}
+
+fn fd_from(r: i64) -> OwnedFd {
+    // SAFETY: a new fd the kernel just returned to us.
+    unsafe { OwnedFd::from_raw_fd(r as RawFd) }
+}
+
+fn create_array(map_type: u32, value_size: u32, entries: u32) -> anyhow::Result<OwnedFd> {
+    let r = Attr::new().u32(0, map_type).u32(4, 4).u32(8, value_size).u32(12, entries).call(BPF_MAP_CREATE)?;
+    Ok(fd_from(r))
+}
+
+fn update(map: RawFd, key: u32, value: &[u8]) -> anyhow::Result<()> {
+    let k = key.to_ne_bytes();
+    Attr::new().u32(0, map as u32).u64(8, k.as_ptr() as u64).u64(16, value.as_ptr() as u64).call(BPF_MAP_UPDATE_ELEM)?;
+    Ok(())
+}
+
+fn load_prog(prog_type: u32, attach: u32, insns: &[u64], name: &str) -> anyhow::Result<OwnedFd> {
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut a = Attr::new();
+    a.u32(0, prog_type)
+        .u32(4, insns.len() as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .u32(24, 1)
+        .u32(28, log.len() as u32)
+        .u64(32, log.as_mut_ptr() as u64)
+        .u32(68, attach);
+    let n = name.len().min(15);
+    a.0[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
+    match a.call(BPF_PROG_LOAD) {
+        Ok(r) => Ok(fd_from(r)),
+        Err(e) => {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            anyhow::bail!("loading {name}: {e}\n{}", String::from_utf8_lossy(&log[..end]))
+        }
+    }
+}
+
+/// One BPF_PROG_TEST_RUN: (return value, ns per iteration as the kernel reports it).
+fn test_run(prog: RawFd, data: &[u8], out: Option<&mut Vec<u8>>, repeat: u32) -> anyhow::Result<(u32, f64)> {
+    let mut a = Attr::new();
+    a.u32(0, prog as u32).u32(8, data.len() as u32).u64(16, data.as_ptr() as u64).u32(32, repeat);
+    let mut out = out;
+    if let Some(o) = out.as_deref_mut() {
+        o.resize(data.len() + 512, 0);
+        a.u32(12, o.len() as u32).u64(24, o.as_mut_ptr() as u64);
+    }
+    a.call(BPF_PROG_TEST_RUN)?;
+    if let Some(o) = out {
+        o.truncate(a.get_u32(12) as usize);
+    }
+    Ok((a.get_u32(4), f64::from(a.get_u32(36))))
+}
+
+/// A minimal eBPF assembler: what the wrapper and the no-op programs need.
+mod asm {
+    pub const R0: u8 = 0;
+    pub const R1: u8 = 1;
+    pub const R2: u8 = 2;
+    pub const R3: u8 = 3;
+    pub const R4: u8 = 4;
+    pub const R5: u8 = 5;
+    pub const R6: u8 = 6;
+    pub const R7: u8 = 7;
+    pub const R8: u8 = 8;
+    pub const R10: u8 = 10;
+
+    pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+        u64::from(code) | u64::from(dst & 0xf) << 8 | u64::from(src & 0xf) << 12 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+    }
+    pub fn mov_reg(d: u8, s: u8) -> u64 {
+        insn(0xbf, d, s, 0, 0)
+    }
+    pub fn mov_imm(d: u8, imm: i32) -> u64 {
+        insn(0xb7, d, 0, 0, imm)
+    }
+    pub fn add_imm(d: u8, imm: i32) -> u64 {
+        insn(0x07, d, 0, 0, imm)
+    }
+    pub fn mod_imm(d: u8, imm: i32) -> u64 {
+        insn(0x97, d, 0, 0, imm)
+    }
+    /// `d = *(size *)(s + off)`; size 8, 4, 2 or 1 bytes.
+    pub fn ldx(size: usize, d: u8, s: u8, off: i16) -> u64 {
+        insn(0x61 | sz(size), d, s, off, 0)
+    }
+    /// `*(size *)(d + off) = s`.
+    pub fn stx(size: usize, d: u8, s: u8, off: i16) -> u64 {
+        insn(0x63 | sz(size), d, s, off, 0)
+    }
+    /// `*(size *)(d + off) = imm`.
+    pub fn st(size: usize, d: u8, off: i16, imm: i32) -> u64 {
+        insn(0x62 | sz(size), d, 0, off, imm)
+    }
+    fn sz(size: usize) -> u8 {
+        match size {
+            4 => 0x00,
+            2 => 0x08,
+            1 => 0x10,
+            _ => 0x18,
+        }
+    }
+    /// `ld_imm64 d, map_fd` (two instruction slots).
+    pub fn ld_map(d: u8, fd: i32) -> [u64; 2] {
+        [insn(0x18, d, 1, 0, fd), 0]
+    }
+    pub fn jeq_imm(d: u8, imm: i32, off: i16) -> u64 {
+        insn(0x15, d, 0, off, imm)
+    }
+    pub fn jgt_reg(d: u8, s: u8, off: i16) -> u64 {
+        insn(0x2d, d, s, off, 0)
+    }
+    pub fn call(helper: i32) -> u64 {
+        insn(0x85, 0, 0, 0, helper)
+    }
+    pub fn exit() -> u64 {
+        insn(0x95, 0, 0, 0, 0)
+    }
+}
+
+/// Which hook a program runs at.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hook {
+    Tc,
+    Xdp,
+}
+
+impl Hook {
+    fn prog_type(self) -> u32 {
+        match self {
+            Self::Tc => PROG_SCHED_CLS,
+            Self::Xdp => PROG_XDP,
+        }
+    }
+    fn attach(self) -> u32 {
+        match self {
+            Self::Tc => 0,
+            Self::Xdp => ATTACH_XDP,
+        }
+    }
+    /// (ctx offset of data, of data_end).
+    fn data_offsets(self) -> (i16, i16) {
+        match self {
+            Self::Tc => (76, 80),
+            Self::Xdp => (0, 4),
+        }
+    }
+    /// The verdict of a translated or passed packet (TC_ACT_OK, XDP_PASS).
+    fn pass(self) -> u32 {
+        match self {
+            Self::Tc => 0,
+            Self::Xdp => 2,
+        }
+    }
+}
+
+/// What the wrapper returns when it could not tail-call (never a real verdict).
+const WRAPPER_FAILED: i32 = 99;
+
+/// The wrapper: restore template `counter++ % k` over the packet, tail-call `prog_array[slot]`.
+fn wrapper_insns(hook: Hook, state: RawFd, templates: RawFd, prog_array: RawFd, k: u32, len: usize, slot: i32) -> Vec<u64> {
+    use asm::*;
+    let (data_off, end_off) = hook.data_offsets();
+    let mut p: Vec<u64> = Vec::new();
+    let mut fails = Vec::new();
+    p.push(mov_reg(R6, R1));
+    p.push(st(4, R10, -4, 0));
+    p.push(mov_reg(R2, R10));
+    p.push(add_imm(R2, -4));
+    p.extend(ld_map(R1, state));
+    p.push(call(1)); // map_lookup_elem
+    fails.push(p.len());
+    p.push(jeq_imm(R0, 0, 0));
+    p.push(ldx(8, R7, R0, 0));
+    p.push(mov_reg(R8, R7));
+    p.push(add_imm(R8, 1));
+    p.push(stx(8, R0, R8, 0));
+    p.push(mod_imm(R7, k as i32));
+    p.push(stx(4, R10, R7, -8));
+    p.push(mov_reg(R2, R10));
+    p.push(add_imm(R2, -8));
+    p.extend(ld_map(R1, templates));
+    p.push(call(1));
+    fails.push(p.len());
+    p.push(jeq_imm(R0, 0, 0));
+    p.push(mov_reg(R7, R0));
+    p.push(ldx(4, R2, R6, data_off));
+    p.push(ldx(4, R3, R6, end_off));
+    p.push(mov_reg(R4, R2));
+    p.push(add_imm(R4, len as i32));
+    fails.push(p.len());
+    p.push(jgt_reg(R4, R3, 0));
+    let mut off = 0usize;
+    for size in [8usize, 4, 2, 1] {
+        while len - off >= size {
+            p.push(ldx(size, R5, R7, off as i16));
+            p.push(stx(size, R2, R5, off as i16));
+            off += size;
+        }
+    }
+    p.push(mov_reg(R1, R6));
+    p.extend(ld_map(R2, prog_array));
+    p.push(mov_imm(R3, slot));
+    p.push(call(12)); // tail_call
+    let fail_at = p.len();
+    p.push(mov_imm(R0, WRAPPER_FAILED));
+    p.push(exit());
+    for at in fails {
+        let rel = (fail_at - at - 1) as i16;
+        p[at] = (p[at] & !(0xffff << 16)) | u64::from(rel as u16) << 16;
+    }
+    p
+}
+
+/// `return verdict`: the floor.
+fn noop_insns(verdict: u32) -> Vec<u64> {
+    vec![asm::mov_imm(asm::R0, verdict as i32), asm::exit()]
+}
+
+/// A loaded wrapper pair for one template set: slot 0 tail-calls lb, slot 1 the no-op.
+struct Harness {
+    hook: Hook,
+    state: OwnedFd,
+    _templates: OwnedFd,
+    _prog_array: OwnedFd,
+    to_lb: OwnedFd,
+    to_noop: OwnedFd,
+    noop: RawFd,
+    input: Vec<u8>,
+    k: u32,
+}
+
+impl Harness {
+    fn new(hook: Hook, lb_prog: RawFd, noop: RawFd, frames: &[Vec<u8>]) -> anyhow::Result<Self> {
+        let len = frames[0].len();
+        assert!(frames.iter().all(|f| f.len() == len), "templates of one harness have one length");
+        let vsize = len.div_ceil(8) * 8;
+        let state = create_array(MAP_ARRAY, 8, 1)?;
+        let templates = create_array(MAP_ARRAY, vsize as u32, frames.len() as u32)?;
+        for (i, f) in frames.iter().enumerate() {
+            let mut v = f.clone();
+            v.resize(vsize, 0);
+            update(templates.as_raw_fd(), i as u32, &v)?;
+        }
+        let prog_array = create_array(MAP_PROG_ARRAY, 4, 2)?;
+        let k = frames.len() as u32;
+        let ins = |slot| wrapper_insns(hook, state.as_raw_fd(), templates.as_raw_fd(), prog_array.as_raw_fd(), k, len, slot);
+        let to_lb = load_prog(hook.prog_type(), hook.attach(), &ins(0), "bench_wrap_lb")?;
+        let to_noop = load_prog(hook.prog_type(), hook.attach(), &ins(1), "bench_wrap_nop")?;
+        update(prog_array.as_raw_fd(), 0, &(lb_prog as u32).to_ne_bytes())?;
+        update(prog_array.as_raw_fd(), 1, &(noop as u32).to_ne_bytes())?;
+        Ok(Self { hook, state, _templates: templates, _prog_array: prog_array, to_lb, to_noop, noop, input: frames[0].clone(), k })
+    }
+
+    fn reset(&self) -> anyhow::Result<()> {
+        update(self.state.as_raw_fd(), 0, &0u64.to_ne_bytes())
+    }
+
+    /// One run through lb: (return value, raw ns/iteration).
+    fn run_lb(&self, repeat: u32) -> anyhow::Result<(u32, f64)> {
+        self.reset()?;
+        test_run(self.to_lb.as_raw_fd(), &self.input, None, repeat)
+    }
+
+    /// (wrapper → no-op ns, no-op alone ns).
+    fn run_floor(&self, repeat: u32) -> anyhow::Result<(f64, f64)> {
+        self.reset()?;
+        let (rv, wrapped) = test_run(self.to_noop.as_raw_fd(), &self.input, None, repeat)?;
+        anyhow::ensure!(rv == self.hook.pass(), "the no-op wrapper returned {rv}");
+        let (_, alone) = test_run(self.noop, &self.input, None, repeat)?;
+        Ok((wrapped, alone))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The measured cluster
+// ---------------------------------------------------------------------------------------------
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const AFF_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const NP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const BIG_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const NODE_PORT: u16 = 30080;
+/// A pod on this node (client of ClusterIP flows).
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 50);
+/// A host outside the cluster (client of NodePort flows).
+const EXT_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 50);
+
+fn pods(base: [u8; 3], n: u32) -> Vec<Ipv4Addr> {
+    (0..n).map(|i| Ipv4Addr::new(base[0], base[1], base[2], 10 + i as u8)).collect()
+}
+
+fn measured_services() -> Vec<Svc> {
+    let mut aff = Svc::new("bench-affinity", AFF_VIP, pods([10, 244, 0], 3));
+    aff.affinity = true;
+    let mut np = Svc::new("bench-nodeport", NP_VIP, pods([10, 244, 1], 3));
+    np.node_port = Some(NODE_PORT);
+    vec![Svc::new("bench-clusterip", VIP, pods([10, 244, 0], 3)), aff, np]
+}
+
+fn big_service() -> Svc {
+    let eps = (0..1000u32).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 10)) + i)).collect();
+    Svc::new("bench-1000-backends", BIG_VIP, eps)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------------------------
+
+struct Sizes {
+    runs: usize,
+    hit_repeat: u32,
+    new_repeat: u32,
+    np_new_repeat: u32,
+    /// Total services programmed per row (the 3 measured ones included).
+    scales: Vec<u32>,
+}
+
+/// A counter that must grow by exactly `repeat` in a run.
+type Expect = &'static [u32];
+
+struct Lab {
+    dp: Dataplane,
+    ids: Ids,
+    pin: PathBuf,
+    noop_tc: OwnedFd,
+    noop_xdp: OwnedFd,
+    sizes: Sizes,
+}
+
+struct CaseOut {
+    name: &'static str,
+    hook: Hook,
+    ns: Vec<f64>,
+    raw_lb: Vec<f64>,
+    raw_floor: Vec<f64>,
+    noop: Vec<f64>,
+    repeat: u32,
+    k: u32,
+    valid: bool,
+    note: String,
+}
+
+impl CaseOut {
+    fn json(&self) -> Value {
+        json!({
+            "case": self.name, "hook": format!("{:?}", self.hook), "repeat": self.repeat, "templates": self.k,
+            "ns_median": median(&self.ns), "ns_min": min(&self.ns), "ns": self.ns,
+            "raw_wrapper_lb_median": median(&self.raw_lb), "raw_wrapper_noop_median": median(&self.raw_floor),
+            "noop_median": median(&self.noop), "counters_ok": self.valid, "note": self.note,
+        })
+    }
+}
+
+impl Lab {
+    fn prog_fd(&self, hook: Hook) -> RawFd {
+        match hook {
+            Hook::Tc => self.dp.tc_program().expect("tc program").fd().expect("fd").as_fd().as_raw_fd(),
+            Hook::Xdp => self.dp.xdp_program().expect("xdp program").fd().expect("fd").as_fd().as_raw_fd(),
+        }
+    }
+
+    fn noop(&self, hook: Hook) -> RawFd {
+        match hook {
+            Hook::Tc => self.noop_tc.as_raw_fd(),
+            Hook::Xdp => self.noop_xdp.as_raw_fd(),
+        }
+    }
+
+    fn program(&mut self, svcs: &[Svc]) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let d = common::desired(svcs);
+        let st = map_state(&d, &mut self.ids, &PlanConfig::default());
+        self.dp.apply(&st)?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        PinnedMaps::open(&self.pin).and_then(|m| m.counters()).expect("reading lb's counters")
+    }
+
+    /// Deletes every conntrack entry (and, with `affinity`, every affinity record).
+    fn clear_state(&self, affinity: bool) -> anyhow::Result<()> {
+        let mut names = vec![lb_common::CONNTRACK];
+        if affinity {
+            names.push(lb_common::AFFINITY);
+        }
+        for name in names {
+            let map = Map::from_map_data(MapData::from_pin(self.pin.join(name))?)?;
+            if name == lb_common::CONNTRACK {
+                let mut m: AyaHashMap<MapData, CtKey, CtValue> = AyaHashMap::try_from(map)?;
+                let keys: Vec<CtKey> = m.keys().filter_map(Result::ok).collect();
+                for k in keys {
+                    let _ = m.remove(&k);
+                }
+            } else {
+                let mut m: AyaHashMap<MapData, lb_common::AffinityKey, lb_common::AffinityValue> = AyaHashMap::try_from(map)?;
+                let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
+                for k in keys {
+                    let _ = m.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one frame once, directly (no wrapper): the verdict and the frame out.
+    fn once(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let (rv, _) = test_run(self.prog_fd(hook), frame, Some(&mut out), 1)?;
+        Ok((rv, out))
+    }
+
+    /// Measures `frames` (cycled) through the wrapper, `runs` times; before each run `prepare`
+    /// runs, after it the counters in `expect` must have grown by exactly `repeat`.
+    fn measure(
+        &self,
+        name: &'static str,
+        hook: Hook,
+        frames: &[Vec<u8>],
+        repeat: u32,
+        expect: Expect,
+        mut prepare: impl FnMut(&Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<CaseOut> {
+        let h = Harness::new(hook, self.prog_fd(hook), self.noop(hook), frames)?;
+        let mut out = CaseOut {
+            name,
+            hook,
+            ns: vec![],
+            raw_lb: vec![],
+            raw_floor: vec![],
+            noop: vec![],
+            repeat,
+            k: h.k,
+            valid: true,
+            note: String::new(),
+        };
+        for _ in 0..self.sizes.runs {
+            prepare(self)?;
+            let before = self.counters();
+            let (rv, lb) = h.run_lb(repeat)?;
+            let after = self.counters();
+            if rv != hook.pass() {
+                out.valid = false;
+                out.note = format!("verdict {rv}, expected {}", hook.pass());
+            }
+            for &c in expect.iter().chain(&[CNT_PACKETS]) {
+                let delta = after[c as usize] - before[c as usize];
+                if delta != u64::from(repeat) {
+                    out.valid = false;
+                    out.note = format!("counter {} grew by {delta}, expected {repeat}", lb_common::COUNTER_NAMES[c as usize]);
+                }
+            }
+            let (floor, noop) = h.run_floor(repeat)?;
+            out.raw_lb.push(lb);
+            out.raw_floor.push(floor);
+            out.noop.push(noop);
+            out.ns.push(lb - floor + noop);
+        }
+        let status = if out.valid { "ok".to_owned() } else { format!("INVALID: {}", out.note) };
+        println!(
+            "  {name:<28} {:>8.1} ns/pkt (median of {}, min {:.1}; raw wrapper→lb {:.1}, wrapper→no-op {:.1}, no-op {:.1}; K={}, repeat={}) counters {status}",
+            median(&out.ns),
+            out.ns.len(),
+            min(&out.ns),
+            median(&out.raw_lb),
+            median(&out.raw_floor),
+            median(&out.noop),
+            out.k,
+            repeat
+        );
+        Ok(out)
+    }
+}
+
+fn syn(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    Spec::tcp(src, dst, TCP_SYN).build()
+}
+
+fn ack(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    Spec::tcp(src, dst, TCP_ACK).build()
+}
+
+/// Source ports for `n` distinct flows from one client.
+fn sports(n: u32) -> impl Iterator<Item = u16> {
+    (0..n).map(|i| 1024 + (i % 64_000) as u16)
+}
+
+/// Every case at one scale.
+fn run_cases(lab: &Lab, dummies: &[Svc], big: bool) -> anyhow::Result<Vec<CaseOut>> {
+    let s = &lab.sizes;
+    let mut out = Vec::new();
+    let no_prep = |_: &Lab| Ok(());
+    let clear_ct = |l: &Lab| l.clear_state(false);
+    let (vip, label_suffix) = if big { (BIG_VIP, true) } else { (VIP, false) };
+    let name = |plain: &'static str, big_name: &'static str| if label_suffix { big_name } else { plain };
+
+    // Non-service traffic: the floor of the program (parse, two lookups, counters).
+    if !big {
+        let f = ack((CLIENT, 40000), (Ipv4Addr::new(10, 244, 0, 99), 8080));
+        out.push(lab.measure("pass_non_service", Hook::Tc, &[f.clone()], s.hit_repeat, &[CNT_VERDICT_PASS], no_prep)?);
+        out.push(lab.measure("xdp_pass_non_service", Hook::Xdp, &[f], s.hit_repeat, &[CNT_VERDICT_PASS], no_prep)?);
+    }
+
+    // New flows: a SYN from a new source port each iteration, conntrack emptied before each run.
+    let frames: Vec<Vec<u8>> = sports(s.new_repeat).map(|p| syn((CLIENT, p), (vip, 80))).collect();
+    out.push(lab.measure(name("new_flow", "new_flow_1000_backends"), Hook::Tc, &frames, s.new_repeat, &[CNT_NEW_FLOWS, CNT_VERDICT_DNAT], clear_ct)?);
+
+    // Conntrack hit: an established flow's ACK.
+    lab.clear_state(true)?;
+    let (rv, first) = lab.once(Hook::Tc, &syn((CLIENT, 40000), (vip, 80)))?;
+    anyhow::ensure!(rv == 0, "the SYN was not translated (verdict {rv})");
+    let backend = flow(&first).dst;
+    out.push(lab.measure(name("ct_hit", "ct_hit_1000_backends"), Hook::Tc, &[ack((CLIENT, 40000), (vip, 80))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], no_prep)?);
+
+    // Reply of that flow, reverse-translated.
+    out.push(lab.measure(name("reply_revnat", "reply_revnat_1000_backends"), Hook::Tc, &[ack(backend, (CLIENT, 40000))], s.hit_repeat, &[CNT_VERDICT_REVNAT], no_prep)?);
+    if big {
+        return Ok(out);
+    }
+
+    // Session affinity: new connections of a client the affinity map remembers.
+    lab.clear_state(true)?;
+    let (rv, _) = lab.once(Hook::Tc, &syn((CLIENT, 40000), (AFF_VIP, 80)))?;
+    anyhow::ensure!(rv == 0, "the affinity SYN was not translated");
+    let frames: Vec<Vec<u8>> = sports(s.new_repeat).map(|p| syn((CLIENT, p.wrapping_add(1)), (AFF_VIP, 80))).collect();
+    out.push(lab.measure("affinity_hit_new_flow", Hook::Tc, &frames, s.new_repeat, &[CNT_AFFINITY_HIT, CNT_NEW_FLOWS], clear_ct)?);
+
+    // NodePort over XDP with SNAT to the node address: established flow, and new flows (each
+    // picks a SNAT port; the range has 4,001 ports per backend, so fewer flows per run).
+    lab.clear_state(true)?;
+    let (rv, _) = lab.once(Hook::Xdp, &syn((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT)))?;
+    anyhow::ensure!(rv == 2, "the NodePort SYN was not translated (verdict {rv})");
+    out.push(lab.measure("nodeport_snat_ct_hit", Hook::Xdp, &[ack((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], no_prep)?);
+    let frames: Vec<Vec<u8>> = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (common::NODE_IP, NODE_PORT))).collect();
+    out.push(lab.measure("nodeport_snat_new_flow", Hook::Xdp, &frames, s.np_new_repeat, &[CNT_NEW_FLOWS, CNT_SNAT], clear_ct)?);
+
+    // Many services at once: each iteration a different service (cache-cold lookups).
+    if !dummies.is_empty() {
+        let k = (dummies.len() as u32).min(s.new_repeat);
+        let stride = dummies.len() / k as usize;
+        let targets: Vec<&Svc> = (0..k as usize).map(|i| &dummies[i * stride]).collect();
+        let frames: Vec<Vec<u8>> = targets.iter().zip(sports(k)).map(|(d, p)| syn((CLIENT, p), (d.vip, 80))).collect();
+        out.push(lab.measure("new_flow_cycling_services", Hook::Tc, &frames, k, &[CNT_NEW_FLOWS], clear_ct)?);
+        // Establish those flows, then cycle through them with ACKs.
+        lab.clear_state(false)?;
+        let h = Harness::new(Hook::Tc, lab.prog_fd(Hook::Tc), lab.noop(Hook::Tc), &frames)?;
+        h.run_lb(k)?;
+        let acks: Vec<Vec<u8>> = targets.iter().zip(sports(k)).map(|(d, p)| ack((CLIENT, p), (d.vip, 80))).collect();
+        let reps = (s.hit_repeat / k).max(1) * k;
+        out.push(lab.measure("ct_hit_cycling_services", Hook::Tc, &acks, reps, &[CNT_CT_HIT], no_prep)?);
+    }
+    Ok(out)
+}
+
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.0);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse("b1");
+    common::require_privileges("b1");
+    let sizes = if opts.quick {
+        Sizes { runs: 5, hit_repeat: 50_000, new_repeat: 5_000, np_new_repeat: 1_000, scales: vec![3, 10_000] }
+    } else {
+        Sizes { runs: 7, hit_repeat: 200_000, new_repeat: 20_000, np_new_repeat: 1_000, scales: vec![3, 1_000, 10_000, 32_000] }
+    };
+    // The kernel runs test_run on the caller's CPU: one CPU for every run.
+    let cpu = ncpus() - 1;
+    common::pin_to_cpu(cpu);
+    let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b1-{}", unique_token()));
+    let _guard = PinGuard(pin.clone());
+    let t0 = Instant::now();
+    let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), conntrack_max: None })?;
+    let load_s = t0.elapsed().as_secs_f64();
+    dp.set_config(&lb_common::Config {
+        snat_addr: v4_mapped(common::NODE_IP.octets()),
+        hairpin_addr: v4_mapped([169, 254, 42, 1]),
+        snat_port_min: 61000,
+        snat_port_max: 65000,
+        flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
+        ..Default::default()
+    })?;
+    let noop_tc = load_prog(PROG_SCHED_CLS, 0, &noop_insns(Hook::Tc.pass()), "bench_noop_tc")?;
+    let noop_xdp = load_prog(PROG_XDP, ATTACH_XDP, &noop_insns(Hook::Xdp.pass()), "bench_noop_xdp")?;
+    let mut lab = Lab { dp, ids: Ids::default(), pin: pin.clone(), noop_tc, noop_xdp, sizes };
+    println!("b1: datapath loaded in {load_s:.2} s; test_run on CPU {cpu}; {} runs per case", lab.sizes.runs);
+
+    let measured = measured_services();
+    let mut rows = Vec::new();
+    for &n in &lab.sizes.scales.clone() {
+        let dummies: Vec<Svc> = (0..n.saturating_sub(measured.len() as u32)).map(|i| Svc::dummy(i, 3)).collect();
+        let mut all = measured.clone();
+        all.extend(dummies.iter().cloned());
+        let prog_s = lab.program(&all)?;
+        let fill = lab.dp.state().services.len();
+        println!("b1: {n} services ({fill} of {} LB_SERVICES entries, programmed in {prog_s:.2} s)", lb_common::SERVICES_MAX);
+        let cases = run_cases(&lab, &dummies, false)?;
+        rows.push(json!({"services": n, "services_map_entries": fill, "program_s": prog_s, "cases": cases.iter().map(CaseOut::json).collect::<Vec<_>>()}));
+    }
+    // One service with 1,000 backends.
+    let big = big_service();
+    let prog_s = lab.program(std::slice::from_ref(&big))?;
+    println!("b1: 1 service with 1,000 backends (programmed in {prog_s:.2} s)");
+    let cases = run_cases(&lab, &[], true)?;
+    let big_row = json!({"services": 1, "backends": 1000, "program_s": prog_s, "cases": cases.iter().map(CaseOut::json).collect::<Vec<_>>()});
+
+    // 100,000 services do not fit: say what the planner needs.
+    let max_clusterip = lb_common::SERVICES_MAX / 2;
+    let results = json!({
+        "datapath_load_s": load_s,
+        "cpu": cpu,
+        "runs": lab.sizes.runs,
+        "hit_repeat": lab.sizes.hit_repeat,
+        "new_repeat": lab.sizes.new_repeat,
+        "nodeport_new_repeat": lab.sizes.np_new_repeat,
+        "rows": rows,
+        "big": big_row,
+        "capacity": {
+            "services_max": lb_common::SERVICES_MAX,
+            "entries_per_clusterip_service": 2,
+            "max_clusterip_services": max_clusterip,
+            "maglev_chunks_max": lb_common::MAGLEV_CHUNKS_MAX,
+            "backends_max": lb_common::BACKENDS_MAX,
+        },
+    });
+    drop(lab);
+    common::write_results(&opts, "b1", results);
+    Ok(())
+}

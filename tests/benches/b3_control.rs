@@ -1,0 +1,339 @@
+//! B3: the control plane. The real agent process (`lb agent --source kube:KUBECONFIG`) against
+//! the in-process API server (`lb_tests::apiserver::ApiServer`, real list/watch over HTTP),
+//! with N services of 10 endpoints each:
+//!
+//! - full sync: from spawning the agent to every frontend in the pinned LB_SERVICES map (the
+//!   last frontend the agent writes is looked up every millisecond, then the whole map is
+//!   counted once); the agent's own log gives the split (datapath loaded, synced);
+//! - peak RSS of the agent (`VmHWM`);
+//! - event to map: one endpoint of one service replaced in its EndpointSlice on the API
+//!   server, timed until the new endpoint's backend id is in that service's Maglev table in
+//!   the pinned maps (new connections can select it), repeated over different services;
+//! - the same work for kube-proxy-style baselines in a scratch namespace: `iptables-restore`
+//!   of the whole ruleset (empty tables, and `--noflush` over the loaded rules as kube-proxy's
+//!   full sync does), kube-proxy's partial sync after one endpoint change
+//!   (`iptables-restore --noflush` of KUBE-SERVICES and the changed chains), `nft -f` of the
+//!   whole table and of the one-service transaction kube-proxy's nftables mode sends.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{HashMap as AyaHashMap, Map, MapData};
+use common::{Opts, Svc, median, ms, percentile, summary};
+use lb_common::{Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, ServiceKey, ServiceValue, v4_mapped};
+use lb_tests::{
+    apiserver::ApiServer,
+    bins,
+    netns::{Netns, unique_token},
+};
+use serde_json::{Value, json};
+
+const ENDPOINTS: u32 = 10;
+
+/// The agent process, killed and its pins removed on drop.
+struct AgentProc {
+    child: Child,
+    pin: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = lb_userspace::dataplane::cleanup(&self.pin);
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+impl AgentProc {
+    fn vm_hwm_kib(&self) -> Option<u64> {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(st)) => Some(format!("{st}; log:\n{}", fs::read_to_string(&self.log).unwrap_or_default())),
+            _ => None,
+        }
+    }
+}
+
+fn key(vip: Ipv4Addr, port: u16) -> ServiceKey {
+    ServiceKey { addr: v4_mapped(vip.octets()), port_be: port.to_be(), proto: lb_common::IPPROTO_TCP, _pad: 0 }
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(pin: &Path, name: &str) -> anyhow::Result<AyaHashMap<MapData, K, V>> {
+    Ok(AyaHashMap::try_from(Map::from_map_data(MapData::from_pin(pin.join(name))?)?)?)
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm) = (n(11..13)?, n(14..16)?);
+    let secs: f64 = s.get(17..)?.trim_end_matches('Z').parse().ok()?;
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + secs)
+}
+
+/// Seconds from `start` (wall clock) to the first log line containing `needle`.
+fn log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(needle))?;
+    let t = parse_rfc3339(line.split_whitespace().next()?)?;
+    let s = start.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(t - s)
+}
+
+struct SyncOut {
+    agent: AgentProc,
+    sync_s: f64,
+    loaded_s: Option<f64>,
+    synced_log_s: Option<f64>,
+}
+
+/// Starts the agent on `kubeconfig` and waits until all `svcs` are in its maps.
+fn start_and_sync(lb: &Path, kubeconfig: &Path, svcs: &[Svc], listen_flags: bool) -> anyhow::Result<SyncOut> {
+    let token = unique_token();
+    let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b3-{token}"));
+    let log = std::env::temp_dir().join(format!("lbbench-b3-{token}.log"));
+    let mut cmd = Command::new(lb);
+    cmd.args(["agent", "--source", &format!("kube:{}", kubeconfig.display())])
+        .arg("--pin-path")
+        .arg(&pin)
+        .args(["--node-name", common::NODE_NAME]);
+    if listen_flags {
+        cmd.args(["--metrics-addr", "none", "--health-addr", "none"]);
+    }
+    let start_wall = SystemTime::now();
+    let t0 = Instant::now();
+    let child = cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&log)?).spawn()?;
+    let mut agent = AgentProc { child, pin: pin.clone(), log: log.clone() };
+    let last = svcs.iter().map(|s| key(s.vip, s.port)).max().expect("services");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let sync_s = loop {
+        if let Some(why) = agent.exited() {
+            anyhow::bail!("the agent exited: {why}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the agent did not sync in time; log:\n{}", fs::read_to_string(&log).unwrap_or_default());
+        if let Ok(m) = open::<ServiceKey, ServiceValue>(&pin, lb_common::SERVICES) {
+            if m.get(&last, 0).is_ok() {
+                let at = t0.elapsed().as_secs_f64();
+                let frontends = m.keys().filter_map(Result::ok).filter(|k| k.proto != 0).count();
+                if frontends >= svcs.len() {
+                    break at;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let loaded_s = log_time(&log, "datapath loaded", start_wall);
+    // The log line is written after the maps.
+    std::thread::sleep(Duration::from_millis(50));
+    let synced_log_s = log_time(&log, " synced", start_wall);
+    Ok(SyncOut { agent, sync_s, loaded_s, synced_log_s })
+}
+
+/// Backend ids in a service's Maglev table.
+fn table_ids(maglev: &AyaHashMap<MapData, MaglevKey, MaglevChunk>, select_id: u32, chunks: u32) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for chunk in 0..chunks {
+        if let Ok(c) = maglev.get(&MaglevKey { select_id, chunk }, 0) {
+            ids.extend(c.ids.iter().copied().filter(|id| *id != 0));
+        }
+    }
+    ids
+}
+
+/// One endpoint change through the API server: seconds until the new backend is selectable.
+fn change_latency(api: &ApiServer, pin: &Path, svc: &mut Svc, new_ip: Ipv4Addr) -> anyhow::Result<(f64, Ipv4Addr)> {
+    let services: AyaHashMap<MapData, ServiceKey, ServiceValue> = open(pin, lb_common::SERVICES)?;
+    let maglev: AyaHashMap<MapData, MaglevKey, MaglevChunk> = open(pin, lb_common::MAGLEV)?;
+    let backends: AyaHashMap<MapData, u32, Backend> = open(pin, lb_common::BACKENDS)?;
+    let v = services.get(&key(svc.vip, svc.port), 0)?;
+    let chunks = v.slot_count.div_ceil(MAGLEV_CHUNK);
+    let old_ids = table_ids(&maglev, v.select_id, chunks);
+    let old_ip = svc.endpoints[0];
+    svc.endpoints[0] = new_ip;
+    let want = v4_mapped(new_ip.octets());
+    let t0 = Instant::now();
+    api.apply(svc.slice_json())?;
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        let ids = table_ids(&maglev, v.select_id, chunks);
+        if ids.difference(&old_ids).any(|id| backends.get(id, 0).is_ok_and(|b| b.addr == want)) {
+            return Ok((t0.elapsed().as_secs_f64(), old_ip));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the change to {} did not reach the maps in 30 s", svc.name);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+struct Sizes {
+    scales: Vec<u32>,
+    change_scale: u32,
+    changes: usize,
+    baseline_changes: usize,
+    /// Largest N for the `--noflush` full iptables resync (minutes at 10,000 services).
+    noflush_max: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse("b3");
+    common::require_privileges("b3");
+    let sizes = if opts.quick {
+        Sizes { scales: vec![1_000], change_scale: 1_000, changes: 10, baseline_changes: 3, noflush_max: 1_000 }
+    } else {
+        Sizes { scales: vec![1_000, 10_000], change_scale: 10_000, changes: 40, baseline_changes: 5, noflush_max: 1_000 }
+    };
+    let lb = bins::lb();
+    let help = Command::new(&lb).args(["agent", "--help"]).output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let listen_flags = help.contains("--metrics-addr") && help.contains("--health-addr");
+    println!("b3: agent {} ({} endpoints per service)", lb.display(), ENDPOINTS);
+
+    let mut lb_rows = Vec::new();
+    let mut change = Value::Null;
+    for &n in &sizes.scales {
+        let api = ApiServer::start()?;
+        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy(i, ENDPOINTS)).collect();
+        let t = Instant::now();
+        for s in &svcs {
+            api.apply(s.service_json())?;
+            api.apply(s.slice_json())?;
+        }
+        let fill_s = t.elapsed().as_secs_f64();
+        let kubeconfig = std::env::temp_dir().join(format!("lbbench-b3-{}-kubeconfig", unique_token()));
+        api.kubeconfig(&kubeconfig)?;
+        let mut out = start_and_sync(&lb, &kubeconfig, &svcs, listen_flags)?;
+        let rss_sync = out.agent.vm_hwm_kib();
+        println!(
+            "b3: {n} services: synced {:.3} s after the agent started (log: datapath loaded at {:.3} s, synced at {:.3} s); peak RSS {:.1} MiB",
+            out.sync_s,
+            out.loaded_s.unwrap_or(f64::NAN),
+            out.synced_log_s.unwrap_or(f64::NAN),
+            rss_sync.unwrap_or(0) as f64 / 1024.0
+        );
+        if n == sizes.change_scale {
+            let mut lat = Vec::new();
+            for c in 0..sizes.changes {
+                let i = (c * 7919) % svcs.len();
+                let new_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 0, 0)) + c as u32);
+                let (l, _) = change_latency(&api, &out.agent.pin, &mut svcs[i], new_ip)?;
+                lat.push(l * 1e3);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(why) = out.agent.exited() {
+                anyhow::bail!("the agent exited: {why}");
+            }
+            println!(
+                "b3: {n} services: one endpoint change in the maps: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} changes)",
+                median(&lat),
+                percentile(&lat, 99.0),
+                common::max(&lat),
+                lat.len()
+            );
+            change = json!({"services": n, "latency_ms": summary(&lat)});
+        }
+        let rss_end = out.agent.vm_hwm_kib();
+        lb_rows.push(json!({
+            "services": n, "endpoints_per_service": ENDPOINTS, "api_fill_s": fill_s,
+            "sync_s": out.sync_s, "log_datapath_loaded_s": out.loaded_s, "log_synced_s": out.synced_log_s,
+            "vm_hwm_kib_after_sync": rss_sync, "vm_hwm_kib_end": rss_end,
+        }));
+        drop(out);
+        let _ = fs::remove_file(&kubeconfig);
+    }
+
+    // Baselines, in a namespace of their own.
+    let ns = Netns::new(&format!("lbb3{}", unique_token()))?;
+    let mut base_rows = Vec::new();
+    let mut base_change = Value::Null;
+    for &n in &sizes.scales {
+        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy(i, ENDPOINTS)).collect();
+        let ipt = common::iptables_ruleset(&svcs);
+        let ipt_full = common::run_with_stdin(ns.name(), &["iptables-restore"], &ipt)?;
+        let ipt_noflush = if n <= sizes.noflush_max {
+            Some(common::run_with_stdin(ns.name(), &["iptables-restore", "--noflush"], &ipt)?)
+        } else {
+            None
+        };
+        let nft = common::nft_ruleset(&svcs, None);
+        let nft_full = common::run_with_stdin(ns.name(), &["nft", "-f", "-"], &nft)?;
+        println!(
+            "b3: {n} services: iptables-restore {:.2} s{}, nft -f {:.2} s",
+            ipt_full.as_secs_f64(),
+            ipt_noflush.map(|d| format!(" (--noflush over the loaded rules: {:.2} s)", d.as_secs_f64())).unwrap_or_default(),
+            nft_full.as_secs_f64()
+        );
+        let mut row = json!({
+            "services": n, "iptables_restore_s": ipt_full.as_secs_f64(),
+            "iptables_restore_noflush_s": ipt_noflush.map(|d| d.as_secs_f64()),
+            "nft_full_s": nft_full.as_secs_f64(),
+            "iptables_rules_lines": ipt.lines().count(), "nft_lines": nft.lines().count(),
+        });
+        if n == sizes.change_scale {
+            let (mut ipt_ms, mut nft_ms) = (Vec::new(), Vec::new());
+            for c in 0..sizes.baseline_changes {
+                let i = (c * 7919) % svcs.len();
+                let old = svcs[i].endpoints[0];
+                svcs[i].endpoints[0] = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 0, 0)) + c as u32);
+                let partial = common::iptables_partial(&svcs, &svcs[i]);
+                ipt_ms.push(ms(common::run_with_stdin(ns.name(), &["iptables-restore", "--noflush"], &partial)?));
+                nft_ms.push(ms(common::run_with_stdin(ns.name(), &["nft", "-f", "-"], &common::nft_partial(&svcs[i], old))?));
+            }
+            // The last change really is in the rules.
+            let last = &svcs[(sizes.baseline_changes - 1) * 7919 % svcs.len()];
+            let sep = common::ipt_sep_chain(last, last.endpoints[0]);
+            lb_tests::netns::run(ns.command("iptables").args(["-t", "nat", "-S", &sep]))?;
+            lb_tests::netns::run(ns.command("nft").args(["list", "chain", "ip", common::NFT_TABLE, &common::nft_ep_chain(last, last.endpoints[0])]))?;
+            println!(
+                "b3: {n} services: one endpoint change: iptables partial sync p50 {:.0} ms, nft transaction p50 {:.0} ms",
+                median(&ipt_ms),
+                median(&nft_ms)
+            );
+            row["change_iptables_partial_ms"] = summary(&ipt_ms);
+            row["change_nft_ms"] = summary(&nft_ms);
+            base_change = json!({"services": n, "iptables_partial_ms": summary(&ipt_ms), "nft_ms": summary(&nft_ms)});
+        }
+        base_rows.push(row);
+    }
+    drop(ns);
+    let results = json!({
+        "endpoints_per_service": ENDPOINTS,
+        "pool": common::POOL,
+        "agent_listen_flags": listen_flags,
+        "lb": lb_rows,
+        "lb_change": change,
+        "baselines": base_rows,
+        "baseline_change": base_change,
+    });
+    common::write_results(&opts, "b3", results);
+    Ok(())
+}

@@ -15,7 +15,7 @@
 //! complete checksums, and a veth would otherwise hand it partial ones.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -26,6 +26,8 @@ use crate::netns::{Netns, unique_token};
 
 /// The gateway every pod routes through (a node address, answered by ARP on every pod veth).
 const POD_GATEWAY: &str = "169.254.1.1";
+/// The IPv6 gateway of every pod: a link-local address on each host-side veth.
+const POD_GATEWAY6: &str = "fe80::1";
 /// Ports the test workload serves on.
 pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 7000;
@@ -35,6 +37,8 @@ pub const UDP_PORT: u16 = 9000;
 pub struct Node {
     pub name: String,
     pub underlay_ip: Ipv4Addr,
+    /// `fd00:77::{k+1}`.
+    pub underlay_ip6: Ipv6Addr,
     pub ns: Netns,
 }
 
@@ -52,6 +56,8 @@ impl Drop for ServerGuard {
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// `fd00:244:{node}::{10+i}`.
+    pub ip6: Ipv6Addr,
     /// Index of its node in [`Topology::nodes`].
     pub node: usize,
     /// Host-side veth in the node namespace (where the TC program attaches).
@@ -65,6 +71,8 @@ pub struct Pod {
 pub struct Client {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// `fd00:77::{100+i}`.
+    pub ip6: Ipv6Addr,
     pub ns: Netns,
 }
 
@@ -101,31 +109,37 @@ impl Topology {
                 ("net.ipv4.conf.all.rp_filter", "0"),
                 ("net.ipv4.conf.default.rp_filter", "0"),
                 ("net.ipv4.conf.all.send_redirects", "0"),
+                ("net.ipv6.conf.all.forwarding", "1"),
             ] {
                 ns.sysctl(key, value)?;
             }
             ns.ip(&["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", "lo"])?;
             let underlay_ip = Ipv4Addr::new(192, 168, 77, k as u8 + 1);
-            topo.plug(&ns, &format!("n{k}"), underlay_ip, "u0")?;
-            topo.nodes.push(Node { name: format!("node-{k}"), underlay_ip, ns });
+            let underlay_ip6 = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, k as u16 + 1);
+            topo.plug(&ns, &format!("n{k}"), underlay_ip, underlay_ip6, "u0")?;
+            topo.nodes.push(Node { name: format!("node-{k}"), underlay_ip, underlay_ip6, ns });
         }
         if n_nodes == 2 {
             for (k, node) in topo.nodes.iter().enumerate() {
                 let other = &topo.nodes[1 - k];
                 node.ns.ip(&["route", "add", &format!("10.244.{}.0/24", 1 - k), "via", &other.underlay_ip.to_string()])?;
+                node.ns.ip(&["-6", "route", "add", &format!("fd00:244:{}::/64", 1 - k), "via", &other.underlay_ip6.to_string()])?;
             }
         }
         Ok(topo)
     }
 
-    /// Connects `ns` to the underlay bridge through an interface named `iface` with `ip`/24.
-    fn plug(&self, ns: &Netns, tag: &str, ip: Ipv4Addr, iface: &str) -> anyhow::Result<()> {
+    /// Connects `ns` to the underlay bridge through an interface named `iface` with `ip`/24 and
+    /// `ip6`/64.
+    fn plug(&self, ns: &Netns, tag: &str, ip: Ipv4Addr, ip6: Ipv6Addr, iface: &str) -> anyhow::Result<()> {
         let outer = format!("lbt{}b{tag}", self.token);
         let inner = format!("lbt{}i{tag}", self.token);
         self.underlay.ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", ns.name()])?;
         self.underlay.ip(&["link", "set", &outer, "master", "br0", "up"])?;
         ns.ip(&["link", "set", &inner, "name", iface])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", iface])?;
+        // nodad: usable at once, not after duplicate address detection.
+        ns.ip(&["-6", "addr", "add", &format!("{ip6}/64"), "dev", iface, "nodad"])?;
         ns.ip(&["link", "set", iface, "up"])?;
         complete_checksums(ns, iface)
     }
@@ -135,9 +149,10 @@ impl Topology {
     pub fn add_client(&mut self, name: &str) -> anyhow::Result<usize> {
         let i = self.clients.len();
         let ip = Ipv4Addr::new(192, 168, 77, 100 + i as u8);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100 + i as u16);
         let ns = Netns::new(&format!("lbt{}-{name}", self.token))?;
-        self.plug(&ns, &format!("c{i}"), ip, "eth0")?;
-        self.clients.push(Client { name: name.to_owned(), ip, ns });
+        self.plug(&ns, &format!("c{i}"), ip, ip6, "eth0")?;
+        self.clients.push(Client { name: name.to_owned(), ip, ip6, ns });
         Ok(i)
     }
 
@@ -146,6 +161,7 @@ impl Topology {
         let i = self.pods.len();
         let on_node = self.pods.iter().filter(|p| p.node == node).count();
         let ip = Ipv4Addr::new(10, 244, node as u8, 10 + on_node as u8);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 0x10 + on_node as u16);
         let host_if = format!("lbt{}h{i}", self.token);
         let ns = Netns::new(&format!("lbt{}-{name}", self.token))?;
         let node_ns = &self.nodes[node].ns;
@@ -156,11 +172,17 @@ impl Topology {
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
         ns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
+        // IPv6: the pod's /128, and a default route via the link-local gateway the node holds
+        // on every host-side veth.
+        ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        ns.ip(&["-6", "route", "add", "default", "via", POD_GATEWAY6, "dev", "eth0"])?;
         complete_checksums(&ns, "eth0")?;
         node_ns.ip(&["link", "set", &host_if, "up"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
         node_ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        self.pods.push(Pod { name: name.to_owned(), ip, node, host_if, servers: Vec::new(), ns });
+        node_ns.ip(&["-6", "addr", "add", &format!("{POD_GATEWAY6}/64"), "dev", &host_if, "nodad"])?;
+        node_ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &host_if])?;
+        self.pods.push(Pod { name: name.to_owned(), ip, ip6, node, host_if, servers: Vec::new(), ns });
         Ok(i)
     }
 

@@ -29,17 +29,17 @@ fn main() {
     }
     let mut handles = Vec::new();
     for port in http {
-        let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind http");
+        let l = TcpListener::bind(format!("[::]:{port}")).expect("bind http");
         let n = name.clone();
         handles.push(thread::spawn(move || serve_tcp(l, n, http_conn)));
     }
     if let Some(port) = echo {
-        let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind echo");
+        let l = TcpListener::bind(format!("[::]:{port}")).expect("bind echo");
         let n = name.clone();
         handles.push(thread::spawn(move || serve_tcp(l, n, echo_conn)));
     }
     if let Some(port) = udp {
-        let s = UdpSocket::bind(format!("0.0.0.0:{port}")).expect("bind udp");
+        let s = UdpSocket::bind(format!("[::]:{port}")).expect("bind udp");
         let n = name.clone();
         handles.push(thread::spawn(move || {
             let mut buf = [0u8; 65536];
@@ -82,7 +82,8 @@ fn http_conn(mut conn: TcpStream, name: &str) {
     }
     let clientip = head.starts_with(b"GET /clientip ");
     let body = if clientip {
-        conn.peer_addr().map(|a| format!("{}\n", a.ip())).unwrap_or_default()
+        // Dual-stack socket: IPv4 peers appear IPv4-mapped; show them as IPv4.
+        conn.peer_addr().map(|a| format!("{}\n", a.ip().to_canonical())).unwrap_or_default()
     } else {
         format!("You've hit {name}\n")
     };

@@ -20,7 +20,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_AFFINITY_HIT,
     CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
-    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
     CNT_DROP_FRAGMENT, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SNAT_PORTS, CNT_DROP_SOURCE_RANGE,
     CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_SNAT,
     CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
@@ -35,7 +35,8 @@ use crate::{
         LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_FRAGS, LB_MAGLEV, LB_MEMBERS,
         LB_SELECT, LB_SERVICES, LB_SOURCE_RANGES, count, count_flow, scratch,
     },
-    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    maps::packet,
+    parse::{Packet, Parsed, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, parse},
 };
 
 /// Ports tried for SNAT before the flow is dropped.
@@ -129,7 +130,7 @@ pub enum Kind {
 #[derive(Clone, Copy, Default)]
 pub struct Action {
     pub kind: Kind,
-    /// `CNT_DROP_*` reason for `Kind::Drop`.
+    /// `CNT_DROP_*` reason for `Kind::Drop`; for `Kind::Pass`, a `CNT_PASS_*` reason or 0.
     pub reason: u32,
 }
 
@@ -234,7 +235,30 @@ fn is_service_addr(addr: [u8; 16]) -> bool {
     unsafe { LB_SERVICES.get(&marker) }.is_some()
 }
 
-/// Decides what to do with a parsed IPv4 packet: the verdict, or the next stage the entry point
+/// Parses the packet in `[data, end)` and runs the stages, each a BPF subprogram called from
+/// here one after the other (never nested), so that the deepest call chain (entry point + one
+/// stage) stays within the verifier's 512-byte stack budget. Returns the verdict — a pass before
+/// any lookup carries its `CNT_PASS_*` reason — and the packet description, or `Err(reason)`.
+#[inline(always)]
+pub fn decide(data: usize, end: usize, hook: Hook) -> Result<(Action, &'static Packet), u32> {
+    // The description lives in a per-CPU map, not on the stack (see `maps::LB_PKT`).
+    let p = packet().ok_or(CNT_DROP_REWRITE)?;
+    match parse(data, end, p) {
+        Parsed::NotIp => return Ok((Action { kind: Kind::Pass, reason: CNT_PASS_NOT_IP }, p)),
+        Parsed::BadL3 => return Ok((Action { kind: Kind::Pass, reason: CNT_PASS_BAD_L3 }, p)),
+        Parsed::Ip => {}
+    }
+    let action = process(p);
+    let action = match action.kind {
+        Kind::NewFlow => new_flow(p, hook),
+        Kind::Reply => reply(p),
+        Kind::IcmpError => icmp_error(p),
+        _ => action,
+    };
+    Ok((action, p))
+}
+
+/// Decides what to do with a parsed packet: the verdict, or the next stage the entry point
 /// must call (`Kind::NewFlow`, `Kind::Reply`, `Kind::IcmpError`).
 #[inline(never)]
 pub fn process(p: &mut Packet) -> Action {

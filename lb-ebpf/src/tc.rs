@@ -12,17 +12,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS,
     CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    lb::{Endpoint, Hook, Kind, Nat, icmp_error, new_flow, process, reply},
-    maps::{count, packet, scratch},
+    lb::{Endpoint, Hook, Kind, Nat, decide},
+    maps::{count, scratch},
     parse::{
-        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet, Parsed,
-        TCP_CSUM_OFF, UDP_CSUM_OFF, parse,
+        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet,
+        TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
     reject::{capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     rewrite::apply_icmp,
@@ -67,24 +67,7 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, u32> {
         let want = if ctx.len() < MAX_HDR_LEN { ctx.len() } else { MAX_HDR_LEN };
         let _ = ctx.pull_data(want);
     }
-    // The description lives in a per-CPU map, not on the stack (see `maps::LB_PKT`).
-    let Some(p) = packet() else {
-        return Err(CNT_DROP_REWRITE);
-    };
-    match parse(ctx.data(), ctx.data_end(), p) {
-        Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
-        Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
-        Parsed::Ip => {}
-    }
-    // Each stage is a BPF subprogram called from here, one after the other, so the deepest
-    // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
-    let mut action = process(p);
-    action = match action.kind {
-        Kind::NewFlow => new_flow(p, hook),
-        Kind::Reply => reply(p),
-        Kind::IcmpError => icmp_error(p),
-        _ => action,
-    };
+    let (action, p) = decide(ctx.data(), ctx.data_end(), hook)?;
     match action.kind {
         Kind::Drop => Err(action.reason),
         Kind::Nat => {
@@ -100,21 +83,19 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, u32> {
             Ok(TC_ACT_OK as i32)
         }
         Kind::Reject => reject(ctx, p),
-        // Pass (and stage kinds, which cannot remain after the dispatch above).
-        _ => Ok(pass_plain()),
+        // Pass (and stage kinds, which cannot remain after `decide`).
+        _ => Ok(pass(action.reason)),
     }
 }
 
-#[inline(always)]
-fn pass_plain() -> i32 {
-    count(CNT_VERDICT_PASS);
-    TC_ACT_OK as i32
-}
-
+/// Passes untouched, counting the reason if any.
 #[inline(always)]
 fn pass(reason: u32) -> i32 {
-    count(reason);
-    pass_plain()
+    if reason != 0 {
+        count(reason);
+    }
+    count(CNT_VERDICT_PASS);
+    TC_ACT_OK as i32
 }
 
 #[inline(never)]

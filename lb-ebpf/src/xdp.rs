@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS,
     CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
     CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    lb::{Hook, Kind, icmp_error, new_flow, process, reply},
-    maps::{count, packet, scratch},
-    parse::{Packet, Parsed, parse},
+    lb::{Hook, Kind, decide},
+    maps::{count, scratch},
+    parse::Packet,
     reject::{capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     rewrite::{apply_icmp, apply_nat},
 };
@@ -39,24 +39,7 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
-    // The description lives in a per-CPU map, not on the stack (see `maps::LB_PKT`).
-    let Some(p) = packet() else {
-        return Err(CNT_DROP_REWRITE);
-    };
-    match parse(ctx.data(), ctx.data_end(), p) {
-        Parsed::NotIp => return Ok(pass(CNT_PASS_NOT_IP)),
-        Parsed::BadL3 => return Ok(pass(CNT_PASS_BAD_L3)),
-        Parsed::Ip => {}
-    }
-    // Each stage is a BPF subprogram called from here, one after the other, so the deepest
-    // call chain (entry + one stage) stays within the verifier's 512-byte stack budget.
-    let mut action = process(p);
-    action = match action.kind {
-        Kind::NewFlow => new_flow(p, Hook::External),
-        Kind::Reply => reply(p),
-        Kind::IcmpError => icmp_error(p),
-        _ => action,
-    };
+    let (action, p) = decide(ctx.data(), ctx.data_end(), Hook::External)?;
     match action.kind {
         Kind::Drop => Err(action.reason),
         Kind::Nat => {
@@ -72,17 +55,17 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, u32> {
             Ok(XDP_PASS)
         }
         Kind::Reject => reject(ctx, p),
-        // Pass (and stage kinds, which cannot remain after the dispatch above).
-        _ => {
-            count(CNT_VERDICT_PASS);
-            Ok(XDP_PASS)
-        }
+        // Pass (and stage kinds, which cannot remain after `decide`).
+        _ => Ok(pass(action.reason)),
     }
 }
 
+/// Passes untouched, counting the reason if any.
 #[inline(always)]
 fn pass(reason: u32) -> u32 {
-    count(reason);
+    if reason != 0 {
+        count(reason);
+    }
     count(CNT_VERDICT_PASS);
     XDP_PASS
 }

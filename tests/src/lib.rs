@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bins;
 pub mod cgroup;
+pub mod cluster;
 pub mod netns;
 pub mod packet;
 pub mod packet6;

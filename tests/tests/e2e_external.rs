@@ -10,11 +10,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions},
-    bins,
-    cgroup::Cgroup,
+    cluster::TwoNodeCluster,
     privilege,
-    topology::{CurlOutcome, HTTP_PORT, Topology, UDP_PORT, curl_outcome},
+    topology::{CurlOutcome, HTTP_PORT, UDP_PORT},
 };
 
 const LB_IP: &str = "198.51.100.7";
@@ -106,79 +104,13 @@ fn slices() -> String {
     .concat()
 }
 
-struct Cluster {
-    // Agents first: they stop before the namespaces go.
-    agents: Vec<Agent>,
-    cgroup: Cgroup,
-    topo: Topology,
-}
-
-fn cluster(test: &str) -> Option<Cluster> {
+fn cluster(test: &str) -> Option<TwoNodeCluster> {
     if !privilege::require(test) {
         return None;
     }
-    let mut topo = Topology::new(2).expect("topology");
-    let testpod = bins::testpod();
-    for (node, name) in [(0, "kubia-a"), (0, "kubia-a2"), (1, "kubia-b")] {
-        let i = topo.add_pod(node, name).expect("pod");
-        topo.start_workload(i, &testpod).expect("workload");
-    }
-    topo.add_pod(0, "client").expect("client pod");
-    topo.add_client("outside").expect("client");
-    topo.add_client("stranger").expect("client");
-    for c in &topo.clients {
-        // The LoadBalancer IP is routed to node-0 (as a cloud load balancer would).
-        c.ns.ip(&["route", "add", &format!("{LB_IP}/32"), "via", "192.168.77.1"]).expect("route");
-    }
-    let cgroup = Cgroup::new().expect("cgroup");
-    let manifests = [("services.yaml", services()), ("slices.yaml", slices())];
-    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(n, y)| (*n, y.as_str())).collect();
-    let mut agents = Vec::new();
-    for k in 0..2 {
-        let node = &topo.nodes[k];
-        let opts = AgentOptions {
-            node_ns: &node.ns,
-            node_name: if k == 0 { "node-0" } else { "node-1" },
-            node_ips: vec![node.underlay_ip.to_string()],
-            interfaces: topo.pod_interfaces(k),
-            external: vec!["u0".to_owned()],
-            cgroup: (k == 0).then(|| cgroup.path().to_owned()),
-            extra_args: vec![],
-            source: None,
-        };
-        let mut agent = Agent::start(&bins::lb(), &opts, &manifests).expect("agent");
-        agent
-            .wait_services("services programmed", |rows| rows.iter().any(|r| r["frontend"] == format!("{LB_IP}:80")))
-            .expect("sync");
-        agents.push(agent);
-    }
-    Some(Cluster { agents, cgroup, topo })
-}
-
-impl Cluster {
-    /// Agent logs and datapath counters of both nodes, for failure messages.
-    fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .map(|a| format!("{}\ncounters: {}", a.log_text(), a.dump("stats").map(|v| v.to_string()).unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    }
-
-    fn from_client(&self, i: usize, url: &str) -> CurlOutcome {
-        curl_outcome(&self.topo.clients[i].ns, url, 3).expect("curl")
-    }
-
-    fn from_pod(&self, name: &str, url: &str) -> CurlOutcome {
-        curl_outcome(&self.topo.pod(name).ns, url, 3).expect("curl")
-    }
-
-    fn body(&self, outcome: CurlOutcome) -> String {
-        match outcome {
-            CurlOutcome::Body(b) => b.trim().to_owned(),
-            other => panic!("expected an answer, got {other:?}\nagent logs:\n{}", self.logs()),
-        }
-    }
+    // The LoadBalancer IP is routed to node-0 (as a cloud load balancer would).
+    let manifests = |_: &lb_tests::topology::Topology| vec![("services.yaml".to_owned(), services()), ("slices.yaml".to_owned(), slices())];
+    Some(TwoNodeCluster::start(&[(&format!("{LB_IP}/32"), "192.168.77.1")], manifests, &format!("{LB_IP}:80")).expect("cluster"))
 }
 
 #[test]

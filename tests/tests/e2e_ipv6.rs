@@ -11,11 +11,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions},
-    bins,
-    cgroup::Cgroup,
+    cluster::TwoNodeCluster,
     privilege,
-    topology::{CurlOutcome, ECHO_PORT, HTTP_PORT, Topology, UDP_PORT, curl_outcome},
+    topology::{CurlOutcome, ECHO_PORT, HTTP_PORT, Topology, UDP_PORT},
 };
 
 const LB_IP6: &str = "2001:db8::7";
@@ -62,89 +60,28 @@ fn slices(topo: &Topology, service: &str, ports: &str, pods: &[(&str, &str)]) ->
     out
 }
 
-struct Cluster {
-    agents: Vec<Agent>,
-    cgroup: Cgroup,
-    topo: Topology,
-}
-
-fn cluster(test: &str) -> Option<Cluster> {
+fn cluster(test: &str) -> Option<TwoNodeCluster> {
     if !privilege::require(test) {
         return None;
     }
-    let mut topo = Topology::new(2).expect("topology");
-    for (node, name) in [(0, "kubia-a"), (0, "kubia-a2"), (1, "kubia-b")] {
-        let i = topo.add_pod(node, name).expect("pod");
-        topo.start_workload(i, &bins::testpod()).expect("workload");
-    }
-    topo.add_pod(0, "client").expect("client pod");
-    topo.add_client("outside").expect("client");
-    topo.add_client("stranger").expect("client");
-    for c in &topo.clients {
-        c.ns.ip(&["-6", "route", "add", &format!("{LB_IP6}/128"), "via", "fd00:77::1"]).expect("route");
-    }
-    let http = format!("[{{port: {HTTP_PORT}, protocol: TCP}}]");
-    let kubia_ports = format!(
-        "[{{name: http, port: {HTTP_PORT}, protocol: TCP}}, {{name: echo, port: {ECHO_PORT}, protocol: TCP}}, {{name: udp, port: {UDP_PORT}, protocol: UDP}}]"
-    );
-    let (a, a2, b) = (("kubia-a", "node-0"), ("kubia-a2", "node-0"), ("kubia-b", "node-1"));
-    let all_slices = [
-        slices(&topo, "kubia", &kubia_ports, &[a, a2, b]),
-        slices(&topo, "web", &http, &[b]),
-        slices(&topo, "local", &http, &[b]),
-        slices(&topo, "self", &http, &[a]),
-        slices(&topo, "sticky", &http, &[a, a2, b]),
-        slices(&topo, "lb", &http, &[a, b]),
-    ]
-    .concat();
-    let cgroup = Cgroup::new().expect("cgroup");
-    let manifests = [("services.yaml", services()), ("slices.yaml", all_slices)];
-    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(n, y)| (*n, y.as_str())).collect();
-    let mut agents = Vec::new();
-    for k in 0..2 {
-        let node = &topo.nodes[k];
-        let opts = AgentOptions {
-            node_ns: &node.ns,
-            node_name: if k == 0 { "node-0" } else { "node-1" },
-            node_ips: vec![node.underlay_ip.to_string(), node.underlay_ip6.to_string()],
-            interfaces: topo.pod_interfaces(k),
-            external: vec!["u0".to_owned()],
-            cgroup: (k == 0).then(|| cgroup.path().to_owned()),
-            extra_args: vec![],
-            source: None,
-        };
-        let mut agent = Agent::start(&bins::lb(), &opts, &manifests).expect("agent");
-        agent
-            .wait_services("IPv6 services programmed", |rows| rows.iter().any(|r| r["frontend"] == format!("[{LB_IP6}]:80")))
-            .expect("sync");
-        agents.push(agent);
-    }
-    Some(Cluster { agents, cgroup, topo })
-}
-
-impl Cluster {
-    fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .map(|a| format!("{}\ncounters: {}", a.log_text(), a.dump("stats").map(|v| v.to_string()).unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    }
-
-    fn body(&self, outcome: CurlOutcome) -> String {
-        match outcome {
-            CurlOutcome::Body(b) => b.trim().to_owned(),
-            other => panic!("expected an answer, got {other:?}\nagent logs:\n{}", self.logs()),
-        }
-    }
-
-    fn from_pod(&self, name: &str, url: &str) -> CurlOutcome {
-        curl_outcome(&self.topo.pod(name).ns, url, 3).expect("curl")
-    }
-
-    fn from_client(&self, i: usize, url: &str) -> CurlOutcome {
-        curl_outcome(&self.topo.clients[i].ns, url, 3).expect("curl")
-    }
+    let manifests = |topo: &Topology| {
+        let http = format!("[{{port: {HTTP_PORT}, protocol: TCP}}]");
+        let kubia_ports = format!(
+            "[{{name: http, port: {HTTP_PORT}, protocol: TCP}}, {{name: echo, port: {ECHO_PORT}, protocol: TCP}}, {{name: udp, port: {UDP_PORT}, protocol: UDP}}]"
+        );
+        let (a, a2, b) = (("kubia-a", "node-0"), ("kubia-a2", "node-0"), ("kubia-b", "node-1"));
+        let all_slices = [
+            slices(topo, "kubia", &kubia_ports, &[a, a2, b]),
+            slices(topo, "web", &http, &[b]),
+            slices(topo, "local", &http, &[b]),
+            slices(topo, "self", &http, &[a]),
+            slices(topo, "sticky", &http, &[a, a2, b]),
+            slices(topo, "lb", &http, &[a, b]),
+        ]
+        .concat();
+        vec![("services.yaml".to_owned(), services()), ("slices.yaml".to_owned(), all_slices)]
+    };
+    Some(TwoNodeCluster::start(&[(&format!("{LB_IP6}/128"), "fd00:77::1")], manifests, &format!("[{LB_IP6}]:80")).expect("cluster"))
 }
 
 #[test]

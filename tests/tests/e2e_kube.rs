@@ -24,34 +24,61 @@ use lb_tests::{
 };
 use serde_json::json;
 
-const VIP: &str = "10.96.7.7";
+/// The address family a test runs over (every test has an IPv4 and an IPv6 twin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
 
-fn service() -> serde_json::Value {
+impl Family {
+    fn vip(self) -> &'static str {
+        match self {
+            Self::V4 => "10.96.7.7",
+            Self::V6 => "fd00:96::7:7",
+        }
+    }
+
+    fn frontend(self) -> SocketAddr {
+        match self {
+            Self::V4 => "10.96.7.7:80".parse().unwrap(),
+            Self::V6 => "[fd00:96::7:7]:80".parse().unwrap(),
+        }
+    }
+}
+
+/// The kubia Service: single-stack in the test's family.
+fn service(f: Family) -> serde_json::Value {
+    let fam = if f == Family::V4 { "IPv4" } else { "IPv6" };
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubia", "namespace": "default"},
-        "spec": {"clusterIP": VIP, "ports": [{"port": 80, "targetPort": HTTP_PORT}], "selector": {"app": "kubia"}}
+        "spec": {"clusterIP": f.vip(), "clusterIPs": [f.vip()], "ipFamilies": [fam], "ipFamilyPolicy": "SingleStack",
+                 "ports": [{"port": 80, "targetPort": HTTP_PORT}], "selector": {"app": "kubia"}}
     })
 }
 
-fn slice(topo: &Topology, pods: &[&str]) -> serde_json::Value {
+fn slice(f: Family, topo: &Topology, pods: &[&str]) -> serde_json::Value {
     let endpoints: Vec<_> = pods
         .iter()
-        .map(|p| json!({"addresses": [topo.pod(p).ip.to_string()], "conditions": {"ready": true}, "nodeName": "node-0"}))
+        .map(|p| {
+            let ip = if f == Family::V4 { topo.pod(p).ip.to_string() } else { topo.pod(p).ip6.to_string() };
+            json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-0"})
+        })
         .collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kubia-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubia"}},
-        "addressType": "IPv4",
+        "addressType": if f == Family::V4 { "IPv4" } else { "IPv6" },
         "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
         "endpoints": endpoints
     })
 }
 
 /// One HTTP request on a new connection from inside `ns`: the pod that answered.
-fn hit(ns: &Netns) -> Result<String, String> {
-    ns.run_in(|| -> Result<String, String> {
-        let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
+fn hit(ns: &Netns, f: Family) -> Result<String, String> {
+    ns.run_in(move || -> Result<String, String> {
+        let addr = f.frontend();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: kubia\r\n\r\n").map_err(|e| e.to_string())?;
@@ -63,10 +90,10 @@ fn hit(ns: &Netns) -> Result<String, String> {
 }
 
 /// Polls until `ok(answers of `n` requests)` holds.
-fn eventually(ns: &Netns, what: &str, n: usize, ok: impl Fn(&[Result<String, String>]) -> bool) {
+fn eventually(ns: &Netns, f: Family, what: &str, n: usize, ok: impl Fn(&[Result<String, String>]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got: Vec<_> = (0..n).map(|_| hit(ns)).collect();
+        let got: Vec<_> = (0..n).map(|_| hit(ns, f)).collect();
         if ok(&got) {
             return;
         }
@@ -114,27 +141,36 @@ fn setup(test: &str) -> Option<Setup> {
 
 #[test]
 fn service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete() {
-    let Some(s) = setup("service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete") else { return };
+    lifecycle("service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete", Family::V4);
+}
+
+#[test]
+fn point_55_v6_service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete() {
+    lifecycle("point_55_v6_service_lifecycle_through_the_api_server_scaling_3_1_5_and_delete", Family::V6);
+}
+
+fn lifecycle(test: &str, f: Family) {
+    let Some(s) = setup(test) else { return };
     let ns = &s.topo.pods[s.client].ns;
-    s.api.apply(service()).unwrap();
-    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
-    eventually(ns, "the Service answers on its ClusterIP from all 3 pods", 30, |got| {
+    s.api.apply(service(f)).unwrap();
+    s.api.apply(slice(f, &s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
+    eventually(ns, f, "the Service answers on its ClusterIP from all 3 pods", 30, |got| {
         pods_seen(got) == ["kubia-1", "kubia-2", "kubia-3"].map(String::from).into()
     });
     // Point 21: once the update is applied, no new connection goes to a removed endpoint.
-    s.api.apply(slice(&s.topo, &["kubia-1"])).unwrap();
-    eventually(ns, "scaled to 1", 20, |got| got.iter().all(|r| r.as_deref() == Ok("kubia-1")));
-    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3", "kubia-4", "kubia-5"])).unwrap();
-    eventually(ns, "scaled to 5", 40, |got| pods_seen(got).len() == 5 && got.iter().all(Result::is_ok));
+    s.api.apply(slice(f, &s.topo, &["kubia-1"])).unwrap();
+    eventually(ns, f, "scaled to 1", 20, |got| got.iter().all(|r| r.as_deref() == Ok("kubia-1")));
+    s.api.apply(slice(f, &s.topo, &["kubia-1", "kubia-2", "kubia-3", "kubia-4", "kubia-5"])).unwrap();
+    eventually(ns, f, "scaled to 5", 40, |got| pods_seen(got).len() == 5 && got.iter().all(Result::is_ok));
     // Point 39: a deleted Service is no longer intercepted.
     s.api.delete("Service", "default", "kubia").unwrap();
-    eventually(ns, "deleted", 3, |got| got.iter().all(Result::is_err));
+    eventually(ns, f, "deleted", 3, |got| got.iter().all(Result::is_err));
 }
 
 /// Runs requests on new connections from `ns` until `stop`, counting answers and failures.
-fn load(ns: &Netns, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, errors: Arc<std::sync::Mutex<Vec<String>>>) {
+fn load(ns: &Netns, f: Family, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, errors: Arc<std::sync::Mutex<Vec<String>>>) {
     while !stop.load(Ordering::Relaxed) {
-        match hit(ns) {
+        match hit(ns, f) {
             Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 errors.lock().unwrap().push(e);
@@ -146,11 +182,20 @@ fn load(ns: &Netns, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<Atomi
 
 #[test]
 fn point_59_agent_restart_and_kill_under_load_fail_zero_requests() {
-    let Some(mut s) = setup("point_59_agent_restart_and_kill_under_load_fail_zero_requests") else { return };
-    s.api.apply(service()).unwrap();
-    s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
+    restart_under_load("point_59_agent_restart_and_kill_under_load_fail_zero_requests", Family::V4);
+}
+
+#[test]
+fn point_59_v6_agent_restart_and_kill_under_load_fail_zero_requests() {
+    restart_under_load("point_59_v6_agent_restart_and_kill_under_load_fail_zero_requests", Family::V6);
+}
+
+fn restart_under_load(test: &str, f: Family) {
+    let Some(mut s) = setup(test) else { return };
+    s.api.apply(service(f)).unwrap();
+    s.api.apply(slice(f, &s.topo, &["kubia-1", "kubia-2", "kubia-3"])).unwrap();
     let ns = &s.topo.pods[s.client].ns;
-    eventually(ns, "the Service answers", 10, |got| got.iter().all(Result::is_ok));
+    eventually(ns, f, "the Service answers", 10, |got| got.iter().all(Result::is_ok));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -158,7 +203,7 @@ fn point_59_agent_restart_and_kill_under_load_fail_zero_requests() {
     std::thread::scope(|scope| {
         let h = {
             let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-            scope.spawn(move || load(ns, stop, ok, failed, errors))
+            scope.spawn(move || load(ns, f, stop, ok, failed, errors))
         };
         std::thread::sleep(Duration::from_millis(500));
         // A graceful restart (SIGTERM), then a crash (SIGKILL) and start, with an endpoint
@@ -166,7 +211,7 @@ fn point_59_agent_restart_and_kill_under_load_fail_zero_requests() {
         s.agent.restart().unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         s.agent.kill().unwrap();
-        s.api.apply(slice(&s.topo, &["kubia-1", "kubia-2"])).unwrap();
+        s.api.apply(slice(f, &s.topo, &["kubia-1", "kubia-2"])).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         s.agent.start_again().unwrap();
         std::thread::sleep(Duration::from_millis(2000));
@@ -178,7 +223,7 @@ fn point_59_agent_restart_and_kill_under_load_fail_zero_requests() {
     assert!(ok > 20, "the load ran ({ok} answers)");
     assert_eq!(failed, 0, "{failed} of {} requests failed: {:?}\nagent log:\n{}", ok + failed, errors.lock().unwrap(), s.agent.log_text());
     // The restarted agent picked up the change made while it was down.
-    eventually(ns, "the change made while the agent was down", 20, |got| {
+    eventually(ns, f, "the change made while the agent was down", 20, |got| {
         got.iter().all(|r| matches!(r.as_deref(), Ok("kubia-1" | "kubia-2")))
     });
     assert!(s.agent.log_text().contains("adopted_frontends=2"), "the restarted agent adopted the pinned maps:\n{}", s.agent.log_text());

@@ -2,7 +2,10 @@
 //! lb ...` would run it: the JSON parses and says what is programmed, the tables are readable,
 //! and the errors say what to check.
 
-use std::process::{Command, Output};
+use std::{
+    collections::BTreeSet,
+    process::{Command, Output},
+};
 
 use lb_tests::{
     agent::{Agent, AgentOptions},
@@ -134,4 +137,37 @@ fn cli_errors_say_what_to_check() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs root"), "{err}");
+}
+
+#[test]
+fn point_55_v6_cli_shows_ipv6_frontends_backends_and_family_names() {
+    if !privilege::require("point_55_v6_cli_shows_ipv6_frontends_backends_and_family_names") {
+        return;
+    }
+    let mut topo = Topology::new(1).unwrap();
+    for name in ["kubia-1", "kubia-2"] {
+        let i = topo.add_pod(0, name).unwrap();
+        topo.start_workload(i, &bins::testpod()).unwrap();
+    }
+    let client = topo.add_pod(0, "client").unwrap();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: kubia, namespace: demo}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.3.4\n  clusterIPs: [10.96.3.4, \"fd00:96::3:4\"]\n  ports: [{name: http, port: 80, targetPort: 8080}]\n";
+    let (a, b) = (topo.pod("kubia-1").ip6, topo.pod("kubia-2").ip6);
+    let slice6 = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: kubia-6, namespace: demo, labels: {{kubernetes.io/service-name: kubia}}}}\naddressType: IPv6\nports: [{{name: http, port: {HTTP_PORT}}}]\nendpoints:\n- addresses: [\"{a}\"]\n- addresses: [\"{b}\"]\n"
+    );
+    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", svc), ("slice6.yaml", &slice6)]).unwrap();
+    agent.wait_services("kubia over IPv6", |rows| rows.iter().any(|r| r["frontend"] == "[fd00:96::3:4]:80")).unwrap();
+    let body = lb_tests::topology::curl_in(&topo.pods[client].ns, "http://[fd00:96::3:4]/", 5).unwrap();
+    assert!(body.starts_with("You've hit kubia-"), "{body}");
+    let list = json(&agent, &["service", "list"]);
+    let v6 = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP/IPv6").unwrap_or_else(|| panic!("{list:#}"));
+    assert_eq!(v6["frontends"], serde_json::json!(["[fd00:96::3:4]:80/TCP"]));
+    let backends: BTreeSet<String> = v6["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(backends, BTreeSet::from([format!("[{a}]:{HTTP_PORT}"), format!("[{b}]:{HTTP_PORT}")]));
+    // The IPv4 ClusterIP has no IPv4 endpoints: programmed, empty (it rejects).
+    let v4 = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
+    assert_eq!(v4["backends"].as_array().unwrap().len(), 0);
+    let t = table(&agent, &["maps", "dump", "backends"]);
+    assert!(t.contains(&format!("[{a}]:{HTTP_PORT}")), "{t}");
 }

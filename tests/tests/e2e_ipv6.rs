@@ -33,7 +33,7 @@ fn services() -> String {
         svc("local", 3, "  type: NodePort\n  externalTrafficPolicy: Local\n", &format!("[{{port: 80, targetPort: {HTTP_PORT}, nodePort: 30081}}]")),
         svc("empty", 4, "", &format!("[{{name: http, port: 80, targetPort: {HTTP_PORT}}}, {{name: dns, port: 53, protocol: UDP, targetPort: {UDP_PORT}}}]")),
         svc("self", 5, "", &http),
-        svc("sticky", 6, "  sessionAffinity: ClientIP\n", &http),
+        svc("sticky", 6, "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}\n", &http),
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: lb}}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIP: \"fd00:96::2:7\"\n  clusterIPs: [\"fd00:96::2:7\"]\n  loadBalancerSourceRanges: [\"fd00:77::100/128\"]\n  ports: [{{port: 80, targetPort: {HTTP_PORT}, nodePort: 30082}}]\nstatus:\n  loadBalancer:\n    ingress: [{{ip: \"{LB_IP6}\"}}]\n---\n"
         ),
@@ -175,6 +175,22 @@ fn point_51_v6_a_pod_reaches_itself_and_affinity_holds() {
     for _ in 0..15 {
         assert_eq!(c.body(c.from_pod("client", "http://[fd00:96::2:6]/")), first, "ClientIP affinity over IPv6");
     }
+    // timeoutSeconds is 2: requests spaced further apart than that choose afresh every time.
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(2200));
+        seen.insert(c.body(c.from_pod("client", "http://[fd00:96::2:6]/")));
+        if seen.len() > 1 {
+            break;
+        }
+    }
+    assert!(seen.len() > 1, "after the timeout the client must be able to land elsewhere: {seen:?}");
+}
+
+#[test]
+fn point_34_v6_a_pod_reaching_a_local_policy_nodeport_gets_the_cluster_set() {
+    let Some(c) = cluster("point_34_v6_a_pod_reaching_a_local_policy_nodeport_gets_the_cluster_set") else { return };
+    assert_eq!(c.body(c.from_pod("client", "http://[fd00:77::1]:30081/")), "You've hit kubia-b");
 }
 
 #[test]

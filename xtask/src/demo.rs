@@ -5,7 +5,9 @@
 //! manifests in `xtask/demo/`. A `kubectl apply` is a manifest written into both agents'
 //! directories; each step waits until both agents have programmed it, then shows the traffic:
 //! ClusterIP, sessionAffinity, scaling, a multi-port Service with named ports, NodePort,
-//! LoadBalancer, and what `lb` shows of it all. Everything is removed on exit, Ctrl-C included.
+//! LoadBalancer, what `lb` shows of it all, and a dual-stack Service answering on both families
+//! (the cluster is dual-stack: every pod and node has an IPv6 address too, and each agent gets
+//! both of its node's addresses). Everything is removed on exit, Ctrl-C included.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,6 +29,7 @@ const KUBIA: &str = include_str!("../demo/kubia.yaml");
 const KUBIA_NAMED_PORTS: &str = include_str!("../demo/kubia-named-ports.yaml");
 const KUBIA_NODEPORT: &str = include_str!("../demo/kubia-nodeport.yaml");
 const KUBIA_LOADBALANCER: &str = include_str!("../demo/kubia-loadbalancer.yaml");
+const KUBIA_DUALSTACK: &str = include_str!("../demo/kubia-dualstack.yaml");
 
 /// ClusterIPs and external addresses the manifests use.
 const VIP: &str = "10.96.0.10";
@@ -34,13 +37,18 @@ const NODEPORT_VIP: &str = "10.96.0.11";
 const NODE_PORT: u16 = 30123;
 const LB_VIP: &str = "10.96.0.12";
 const LB_IP: &str = "198.51.100.7";
+const DUAL_VIP: &str = "10.96.0.20";
+const DUAL_VIP6: &str = "fd00:96::20";
 /// The second port the pods serve (plain HTTP), behind the Service's `https` port.
 const HTTPS_PORT: u16 = 8443;
 
 /// The kubia pods in creation order (which fixes their addresses: see `Topology::add_pod`), with
-/// their node and the address the manifests' EndpointSlices list for them.
-const KUBIA_PODS: [(&str, usize, &str); 3] =
-    [("kubia-1", 0, "10.244.0.10"), ("kubia-2", 1, "10.244.1.10"), ("kubia-3", 0, "10.244.0.11")];
+/// their node and the IPv4 and IPv6 addresses the manifests' EndpointSlices list for them.
+const KUBIA_PODS: [(&str, usize, &str, &str); 3] = [
+    ("kubia-1", 0, "10.244.0.10", "fd00:244::10"),
+    ("kubia-2", 1, "10.244.1.10", "fd00:244:1::10"),
+    ("kubia-3", 0, "10.244.0.11", "fd00:244::11"),
+];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -100,9 +108,13 @@ fn backends_of<'a>(views: &'a [Value], frontend: &str) -> Option<(BTreeSet<&'a s
     Some((backends, affinity))
 }
 
-/// `ip:port` of the kubia pods named in `pods`.
-fn pod_endpoints(pods: &[&str], port: u16) -> BTreeSet<String> {
-    KUBIA_PODS.iter().filter(|(n, _, _)| pods.contains(n)).map(|(_, _, ip)| format!("{ip}:{port}")).collect()
+/// `ip:port` of the kubia pods named in `pods` (`[ip6]:port` if `v6`, as `lb service list` prints them).
+fn pod_endpoints(pods: &[&str], port: u16, v6: bool) -> BTreeSet<String> {
+    KUBIA_PODS
+        .iter()
+        .filter(|(n, ..)| pods.contains(n))
+        .map(|(_, _, ip, ip6)| if v6 { format!("[{ip6}]:{port}") } else { format!("{ip}:{port}") })
+        .collect()
 }
 
 /// The pod name in a kubia answer.
@@ -163,6 +175,22 @@ impl Cluster {
         Ok(who(&self.topo.curl(self.client, url, 5)?))
     }
 
+    /// `kubectl exec client -- curl -s -4|-6 URL` (`family` is `-4` or `-6`): the pod that answered.
+    fn curl_family_from_client(&self, family: &str, url: &str) -> anyhow::Result<String> {
+        interrupted()?;
+        let out = self.topo.pods[self.client]
+            .ns
+            .command("curl")
+            .args(["-sS", family, "--connect-timeout", "5", "--max-time", "7", url])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("curl {family} {url}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(who(&String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// `curl -s URL` on the host outside the cluster: the pod that answered.
     fn curl_from_outside(&self, url: &str) -> anyhow::Result<String> {
         interrupted()?;
@@ -188,6 +216,15 @@ impl Cluster {
     /// Runs the real `lb` CLI against node-0's agent and prints its output.
     fn lb_cli(&self, args: &[&str]) -> anyhow::Result<()> {
         println!("   node-0$ lb {}", args.join(" "));
+        for line in self.lb_output(args)?.lines() {
+            println!("   {line}");
+        }
+        Ok(())
+    }
+
+    /// The output of the real `lb` CLI run against node-0's agent.
+    fn lb_output(&self, args: &[&str]) -> anyhow::Result<String> {
+        interrupted()?;
         let out = Command::new(&self.lb)
             .args(args)
             .arg("--pin-path")
@@ -197,10 +234,7 @@ impl Cluster {
         if !out.status.success() {
             bail!("lb {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            println!("   {line}");
-        }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -233,11 +267,11 @@ fn kubia_affinity(affinity: &str) -> anyhow::Result<String> {
     Ok(KUBIA.replace("sessionAffinity: None", &format!("sessionAffinity: {affinity}")))
 }
 
-/// A node holds `frontend` with exactly the endpoints of `pods` on `port`, with the affinity flag
-/// iff `affinity`.
+/// A node holds `frontend` with exactly the endpoints of `pods` on `port` (their IPv6 addresses for
+/// an IPv6 `[addr]:port/PROTO` frontend), with the affinity flag iff `affinity`.
 fn serves(frontend: &str, pods: &[&str], port: u16, affinity: bool) -> impl Fn(usize, &[Value]) -> bool + use<> {
     let frontend = frontend.to_owned();
-    let want = pod_endpoints(pods, port);
+    let want = pod_endpoints(pods, port, frontend.starts_with('['));
     move |_, views| {
         backends_of(views, &frontend).is_some_and(|(b, a)| a == affinity && b.iter().copied().eq(want.iter().map(String::as_str)))
     }
@@ -248,10 +282,11 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
 
     step("The mini-cluster: two nodes, kubia pods on both, a client pod, a host outside (network namespaces)");
     let mut topo = Topology::new(2)?;
-    for (name, node, ip) in KUBIA_PODS {
+    for (name, node, ip, ip6) in KUBIA_PODS {
         let i = topo.add_pod(node, name)?;
-        if topo.pods[i].ip.to_string() != ip {
-            bail!("pod {name} got {} but the manifests in xtask/demo/ list it as {ip}", topo.pods[i].ip);
+        let pod = &topo.pods[i];
+        if pod.ip.to_string() != ip || pod.ip6.to_string() != ip6 {
+            bail!("pod {name} got {} and {} but the manifests in xtask/demo/ list it as {ip} and {ip6}", pod.ip, pod.ip6);
         }
         topo.start_workload_with_http(i, &bins.testpod, &[HTTPS_PORT])?;
         interrupted()?;
@@ -259,19 +294,20 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
     let client = topo.add_pod(0, "client")?;
     let outside = topo.add_client("outside")?;
     println!("   $ kubectl get pods -o wide");
-    println!("   NAME     IP           NODE    SERVES");
+    println!("   NAME     IP           IPv6            NODE    SERVES");
     for p in &topo.pods {
         let serves = if p.name == "client" {
             "curl".to_owned()
         } else {
             format!("`You've hit {}` on :{HTTP_PORT} and :{HTTPS_PORT}", p.name)
         };
-        println!("   {:<8} {:<12} {:<7} {serves}", p.name, p.ip.to_string(), topo.nodes[p.node].name);
+        println!("   {:<8} {:<12} {:<15} {:<7} {serves}", p.name, p.ip.to_string(), p.ip6.to_string(), topo.nodes[p.node].name);
     }
     for n in &topo.nodes {
-        println!("   node {:<8} {} on the nodes' network (interface u0)", n.name, n.underlay_ip);
+        println!("   node {:<8} {} and {} on the nodes' network (interface u0)", n.name, n.underlay_ip, n.underlay_ip6);
     }
-    println!("   host {:<8} {} on the nodes' network, outside the cluster", "outside", topo.clients[outside].ip);
+    let host = &topo.clients[outside];
+    println!("   host {:<8} {} and {} on the nodes' network, outside the cluster", "outside", host.ip, host.ip6);
     interrupted()?;
 
     step("One lb agent per node: TC on its pod interfaces, XDP on u0; both read the same manifests");
@@ -282,7 +318,8 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
         let opts = AgentOptions {
             node_ns: &node.ns,
             node_name: &node.name,
-            node_ips: vec![node.underlay_ip.to_string()],
+            // Both families: the agent needs the node's IPv6 address for IPv6 NodePorts and SNAT.
+            node_ips: vec![node.underlay_ip.to_string(), node.underlay_ip6.to_string()],
             interfaces: ifaces.clone(),
             external: vec!["u0".to_owned()],
             cgroup: None,
@@ -291,11 +328,12 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
         };
         let agent = Agent::start(&bins.lb, &opts, &[])?;
         println!(
-            "   {}$ lb agent --source file:{} --node-name {} --node-ip {} --ext-iface u0 {}",
+            "   {}$ lb agent --source file:{} --node-name {} --node-ip {} --node-ip {} --ext-iface u0 {}",
             node.name,
             agent.manifests.display(),
             node.name,
             node.underlay_ip,
+            node.underlay_ip6,
             ifaces.iter().map(|i| format!("--pod-iface {i}")).collect::<Vec<_>>().join(" ")
         );
         agents.push(agent);
@@ -412,5 +450,44 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
     c.lb_cli(&["service", "list"])?;
     println!();
     c.lb_cli(&["maps", "dump", "services"])?;
+
+    step(&format!(
+        "8. Dual-stack: one Service, a ClusterIP in each family ({DUAL_VIP} and {DUAL_VIP6}), the same pods answering on both"
+    ));
+    println!(
+        "   $ kubectl apply -f xtask/demo/kubia-dualstack.yaml   (ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6],"
+    );
+    println!("     clusterIPs: [{DUAL_VIP}, {DUAL_VIP6}]; an EndpointSlice of addressType IPv4 and one of IPv6)");
+    let v4_ok = serves(&format!("{DUAL_VIP}:80/TCP"), &all, HTTP_PORT, false);
+    let v6_ok = serves(&format!("[{DUAL_VIP6}]:80/TCP"), &all, HTTP_PORT, false);
+    c.apply("kubia-dualstack.yaml", KUBIA_DUALSTACK, "Service kubia-dualstack, both families", |k, v| {
+        v4_ok(k, v) && v6_ok(k, v)
+    })?;
+    let dual_n = requests.min(10);
+    let client_pod = &c.topo.pods[c.client];
+    let families = [
+        ("-4", "IPv4", format!("http://{DUAL_VIP}"), client_pod.ip.to_string()),
+        ("-6", "IPv6", format!("http://[{DUAL_VIP6}]"), client_pod.ip6.to_string()),
+    ];
+    for (flag, family, url, own) in &families {
+        println!("   $ kubectl exec client -- curl -s {flag} {url}   ({dual_n} times, over {family})");
+        c.tally(dual_n, || c.curl_family_from_client(flag, url))?;
+        // The pod sees the client pod's own address of that family: a ClusterIP is not SNATed.
+        let seen = c.curl_family_from_client(flag, &format!("{url}/clientip"))?;
+        let note =
+            if &seen == own { format!("the client pod's {family} address") } else { format!("not the client pod's {own}") };
+        println!("   $ kubectl exec client -- curl -s {flag} {url}/clientip   -> {seen}   ({note})");
+    }
+    println!("   node-0$ lb service list   (its kubia-dualstack rows: a ServicePort per family, the IPv6 one named .../IPv6)");
+    // The header, then every row (a Service line and its backend continuation lines) of kubia-dualstack.
+    let mut keep = true;
+    for line in c.lb_output(&["service", "list"])?.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            keep = line.starts_with("SERVICE") || line.starts_with("default/kubia-dualstack/");
+        }
+        if keep {
+            println!("   {line}");
+        }
+    }
     Ok(())
 }

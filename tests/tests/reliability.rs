@@ -33,8 +33,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue, LAYOUT_VERSION, MAGLEV_CHUNK, MaglevKey, Meta,
-    PROG_TC_POD, SVC_F_ADDR_MARKER, SVC_F_MAGLEV, SelectKey, ServiceKey, ServiceValue, v4_mapped,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue, LAYOUT_VERSION, MAGLEV_CHUNK, MaglevKey, Meta, PROG_TC_POD, SVC_F_ADDR_MARKER,
+    SVC_F_MAGLEV, SelectKey, ServiceKey, ServiceValue, v4_mapped,
 };
 use lb_tests::{
     agent::{Agent, AgentOptions},
@@ -47,7 +47,9 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, cleanup},
-    model::{DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState},
+    model::{
+        DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
+    },
     pinned::PinnedMaps,
     plan::{Ids, MapState, PlanConfig, map_state},
 };
@@ -112,7 +114,13 @@ fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
 fn clusterip(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
     let set = EndpointSet { endpoints: eps, drop_if_empty: false };
     (
-        ServicePortName { namespace: "rel".into(), name: name.into(), port_name: String::new(), protocol: proto, family: Default::default() },
+        ServicePortName {
+            namespace: "rel".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: proto,
+            family: Default::default(),
+        },
         ServicePortState {
             frontends: vec![Frontend { addr: vip.into(), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
@@ -131,7 +139,13 @@ fn base_state() -> DesiredState {
     let pod = |d| Ipv4Addr::new(10, 244, 0, d);
     let mut d = DesiredState::default();
     d.services.extend([
-        clusterip("kubia", Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp, vec![ep(pod(11), 8080), ep(pod(12), 8080), ep(pod(13), 8080)]),
+        clusterip(
+            "kubia",
+            Ipv4Addr::new(10, 96, 0, 10),
+            80,
+            Protocol::Tcp,
+            vec![ep(pod(11), 8080), ep(pod(12), 8080), ep(pod(13), 8080)],
+        ),
         clusterip("dns", Ipv4Addr::new(10, 96, 0, 20), 53, Protocol::Udp, vec![ep(pod(11), 9000)]),
     ]);
     d
@@ -168,7 +182,9 @@ fn assert_map_full(err: &DataplaneError, map: &str, limit: u32) {
 
 #[test]
 fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
-    let Some(mut f) = Fixture::new("full_maps_are_refused_before_any_write_naming_the_map_and_its_limit", Some(4096)) else { return };
+    let Some(mut f) = Fixture::new("full_maps_are_refused_before_any_write_naming_the_map_and_its_limit", Some(4096)) else {
+        return;
+    };
     let programmed = f.program(&base_state());
     let before = f.pinned();
     assert_eq!(before, programmed);
@@ -188,7 +204,15 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
     let mut cases: Vec<(&str, u32, MapState)> = Vec::new();
     let mut st = before.clone();
     for id in 0..over(lb_common::BACKENDS_MAX) as u32 {
-        st.backends.insert(1000 + id, lb_common::Backend { addr: v4_mapped([10, 251, (id >> 8) as u8, id as u8]), port_be: 8080u16.to_be(), proto: 6, flags: 0 });
+        st.backends.insert(
+            1000 + id,
+            lb_common::Backend {
+                addr: v4_mapped([10, 251, (id >> 8) as u8, id as u8]),
+                port_be: 8080u16.to_be(),
+                proto: 6,
+                flags: 0,
+            },
+        );
     }
     cases.push((lb_common::BACKENDS, lb_common::BACKENDS_MAX, st));
     let mut st = before.clone();
@@ -208,7 +232,13 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
     cases.push((lb_common::MEMBERS, lb_common::MEMBERS_MAX, st));
     let mut st = before.clone();
     for i in 0..over(lb_common::SOURCE_RANGES_MAX) as u32 {
-        st.source_ranges.insert((256, lb_common::SourceRangeData { frontend: v4_mapped([198, 51, 100, 7]), source: v4_mapped([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]) }));
+        st.source_ranges.insert((
+            256,
+            lb_common::SourceRangeData {
+                frontend: v4_mapped([198, 51, 100, 7]),
+                source: v4_mapped([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            },
+        ));
     }
     cases.push((lb_common::SOURCE_RANGES, lb_common::SOURCE_RANGES_MAX, st));
     for (name, limit, st) in cases {
@@ -218,7 +248,8 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
         books.push(format!("{name}: refused: {err}"));
     }
     // The datapath still serves the base state, and a state that fits still applies.
-    let (verdict, out) = f.run(&Spec::tcp((Ipv4Addr::new(10, 244, 0, 50), 40000), (Ipv4Addr::new(10, 96, 0, 10), 80), TCP_SYN).build());
+    let (verdict, out) =
+        f.run(&Spec::tcp((Ipv4Addr::new(10, 244, 0, 50), 40000), (Ipv4Addr::new(10, 96, 0, 10), 80), TCP_SYN).build());
     assert_eq!(verdict, 0);
     assert_eq!(flow(&out).dst.1, 8080, "the base state is still served");
     let fits = map_state(&many_services(1000, 11), &mut f.ids, &PlanConfig::default());
@@ -230,9 +261,12 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
 /// A change that fits the capacity, but not alongside the state it replaces: upserts come
 /// before deletes (the safe order), so for a moment both are in the map.
 #[test]
-#[ignore = "BUG (lb-userspace dataplane.rs Dataplane::apply): capacity is checked against the desired state only, but plan::diff writes every upsert before any delete, so a change that replaces many entries of a nearly full map (here 40,000 frontends renumbered in a 65,536-entry LB_SERVICES) needs old + new entries at once: the kernel refuses the insert at 65,536 (E2BIG), apply returns DataplaneError::Map (not MapFull) with the maps half-written (thousands of the new frontends in, none of the old out), and since every retry re-plans from that shadow and upserts first again, the agent can never converge"]
+#[ignore = "BUG (lb-userspace dataplane.rs Dataplane::apply): capacity is checked against the desired state only, but plan::diff writes every upsert before any delete, so a change that replaces many entries of a nearly full map (here 40,000 frontends renumbered in a 65,536-entry LB_SERVICES) needs old + new entries at once: the kernel refuses the insert at 65,536 (E2BIG), apply returns DataplaneError::Map (not MapFull) with the maps half-written (25,532 of the 40,004 new entries in, none of the old out), and since every retry re-plans from that shadow and upserts first again, the agent can never converge"]
 fn a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing() {
-    let Some(mut f) = Fixture::new("a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing", Some(4096)) else { return };
+    let Some(mut f) = Fixture::new("a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing", Some(4096))
+    else {
+        return;
+    };
     let old = f.program(&many_services(20_000, 11));
     let before = f.pinned();
     assert_eq!(before, old);
@@ -246,7 +280,8 @@ fn a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing
             let new_in = now.services.keys().filter(|k| !before.services.contains_key(k)).count();
             let old_out = before.services.keys().filter(|k| !now.services.contains_key(k)).count();
             // The agent retries every tick: does it ever get there?
-            let retries: Vec<String> = (0..3).map(|_| format!("{:?}", f.dp().apply(&renumbered).map_err(|e| e.to_string()))).collect();
+            let retries: Vec<String> =
+                (0..3).map(|_| format!("{:?}", f.dp().apply(&renumbered).map_err(|e| e.to_string()))).collect();
             panic!(
                 "apply failed ({e:?}: {e}) with {new_in} new frontends written and {old_out} old ones removed; nothing may be half-written. Three retries: {retries:?}"
             );
@@ -289,7 +324,8 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     f.program(&base_state());
     let ct: BpfHashMap<MapData, CtKey, CtValue> =
-        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap()).unwrap();
+        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
+            .unwrap();
     let started = Instant::now();
     // Long-lived flows: active in both directions every `every` new flows (0 = idle), or active
     // in the forward direction only.
@@ -355,7 +391,11 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     // What the datapath promises: an active flow keeps its entries and its backend.
     for i in 0..2 {
         let fate = &fates[i];
-        assert!(fate.forward_kept && fate.reply_kept && fate.moved == 0 && fate.replies_untranslated == 0, "{}: {fate:?}", clients[i].0);
+        assert!(
+            fate.forward_kept && fate.reply_kept && fate.moved == 0 && fate.replies_untranslated == 0,
+            "{}: {fate:?}",
+            clients[i].0
+        );
     }
     // An idle flow is evicted; its next packet selects again.
     assert!(!fates[4].forward_kept && !fates[4].reply_kept, "the idle flow was evicted: {:?}", fates[4]);
@@ -398,7 +438,9 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
         Ok(_) => panic!("pins of layout {} were adopted by a build of layout {LAYOUT_VERSION}", LAYOUT_VERSION + 1),
     };
     match &err {
-        DataplaneError::LayoutMismatch { found, expected, .. } => assert_eq!((*found, *expected), (LAYOUT_VERSION + 1, LAYOUT_VERSION)),
+        DataplaneError::LayoutMismatch { found, expected, .. } => {
+            assert_eq!((*found, *expected), (LAYOUT_VERSION + 1, LAYOUT_VERSION))
+        }
         other => panic!("expected LayoutMismatch, got {other:?}"),
     }
     let msg = err.to_string();
@@ -410,7 +452,15 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let dir = std::env::temp_dir().join(format!("lbt-{}-layout", unique_token()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new(bins::lb())
-        .args(["agent", "--source", &format!("file:{}", dir.display()), "--pin-path", &pin.display().to_string(), "--node-name", "n"])
+        .args([
+            "agent",
+            "--source",
+            &format!("file:{}", dir.display()),
+            "--pin-path",
+            &pin.display().to_string(),
+            "--node-name",
+            "n",
+        ])
         .args(["--metrics-addr", "none", "--health-addr", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -435,7 +485,11 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     assert!(!status.success(), "lb agent must fail: {stderr}");
     assert!(stderr.contains("layout version") && stderr.contains("--cleanup"), "the agent says why and what to do: {stderr}");
     assert_eq!(raw_pins(&pin), before, "the refusing agent changed the pins");
-    eprintln!("version mismatch: refused with `{msg}`; agent exit {status}; pins unchanged ({} files, {} LB_SERVICES entries)", before.1.len(), before.0.len());
+    eprintln!(
+        "version mismatch: refused with `{msg}`; agent exit {status}; pins unchanged ({} files, {} LB_SERVICES entries)",
+        before.1.len(),
+        before.0.len()
+    );
 }
 
 // =============================================================================================
@@ -452,7 +506,8 @@ fn service_yaml() -> String {
 }
 
 fn slice_yaml(ips: &[Ipv4Addr]) -> String {
-    let eps: String = ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: node-0\n")).collect();
+    let eps: String =
+        ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: node-0\n")).collect();
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: kubia-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: kubia}}\naddressType: IPv4\nports:\n- {{name: http, port: {HTTP_PORT}, protocol: TCP}}\n- {{name: echo, port: {ECHO_PORT}, protocol: TCP}}\n- {{name: dns, port: {UDP_PORT}, protocol: UDP}}\nendpoints:\n{}",
         if eps.is_empty() { "[]\n".to_owned() } else { eps }
@@ -558,7 +613,9 @@ struct Books {
     sent: AtomicU64,
     answered: AtomicU64,
     failed: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: Mutex<Vec<(Instant, String)>>,
+    /// Keep `log` (the churn test judges every request; the soak only counts).
+    keep_log: bool,
     /// (start of the request, pod that answered).
     log: Mutex<Vec<(Instant, String)>>,
 }
@@ -568,25 +625,29 @@ impl Books {
         match r {
             Ok(pod) => {
                 self.answered.fetch_add(1, Ordering::Relaxed);
-                self.log.lock().unwrap().push((started, pod));
+                if self.keep_log {
+                    self.log.lock().unwrap().push((started, pod));
+                }
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 let mut errs = self.errors.lock().unwrap();
                 if errs.len() < 20 {
-                    errs.push(e);
+                    errs.push((started, e));
                 }
             }
         }
     }
 
     fn line(&self, what: &str) -> String {
-        let (s, a, f) = (self.sent.load(Ordering::Relaxed), self.answered.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let (s, a, f) =
+            (self.sent.load(Ordering::Relaxed), self.answered.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
         format!("{what}: sent {s}, answered {a}, failed {f}{}", if s == a + f { "" } else { "  (BOOKS DO NOT BALANCE)" })
     }
 
     fn balanced_without_failures(&self) -> bool {
-        let (s, a, f) = (self.sent.load(Ordering::Relaxed), self.answered.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let (s, a, f) =
+            (self.sent.load(Ordering::Relaxed), self.answered.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
         s == a + f && f == 0
     }
 }
@@ -645,7 +706,9 @@ fn echo_pinger(mut echo: Echo, pod: &str, stop: &AtomicBool, books: &Books) {
         n += 1;
         let started = Instant::now();
         books.sent.fetch_add(1, Ordering::Relaxed);
-        let r = echo.ping(&format!("ping {n}")).and_then(|who| if who == pod { Ok(who) } else { Err(format!("answered by {who}, not {pod}")) });
+        let r = echo
+            .ping(&format!("ping {n}"))
+            .and_then(|who| if who == pod { Ok(who) } else { Err(format!("answered by {who}, not {pod}")) });
         let broken = r.is_err();
         books.record(started, r);
         if broken {
@@ -689,7 +752,8 @@ fn file_cluster(test: &str, n: usize) -> Option<Cluster> {
     let client = topo.add_pod(0, "client").expect("client");
     let ips: Vec<Ipv4Addr> = names.iter().map(|p| topo.pod(p).ip).collect();
     let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
-    let agent = Agent::start(&bins::lb(), &opts, &[("service.yaml", &service_yaml()), ("slice.yaml", &slice_yaml(&ips))]).expect("agent");
+    let agent =
+        Agent::start(&bins::lb(), &opts, &[("service.yaml", &service_yaml()), ("slice.yaml", &slice_yaml(&ips))]).expect("agent");
     wait_applied(&agent.pin_path, &ips, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     Some(Cluster { agent, topo, client, ips, names })
 }
@@ -707,7 +771,7 @@ fn endpoint_churn_5_1_5_under_load_never_resets_a_surviving_connection() {
     let survivor_ip = c.ip_of(&survivor);
     let started = Instant::now();
     const CYCLES: usize = 10;
-    let (load, pings) = (Books::default(), Books::default());
+    let (load, pings) = (Books { keep_log: true, ..Books::default() }, Books::default());
     let stop = AtomicBool::new(false);
     // (written at, applied at, allowed pods): a connection started between an update's apply
     // and the next write may reach only those pods (between a write and its apply, either set).
@@ -721,7 +785,8 @@ fn endpoint_churn_5_1_5_under_load_never_resets_a_surviving_connection() {
             for ips in [vec![survivor_ip], c.ips.clone()] {
                 let written = Instant::now();
                 c.agent.write_manifest("slice.yaml", &slice_yaml(&ips)).unwrap();
-                let at = wait_applied(&c.agent.pin_path, &ips, Duration::from_secs(10)).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+                let at = wait_applied(&c.agent.pin_path, &ips, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
                 let allowed: BTreeSet<String> = c.names.iter().filter(|n| ips.contains(&c.ip_of(n))).cloned().collect();
                 epochs.push((written, at, allowed.clone()));
                 // Right after the update: new connections, HTTP and echo, only to what is left.
@@ -772,7 +837,12 @@ fn endpoint_churn_5_1_5_under_load_never_resets_a_surviving_connection() {
         probes.0,
         probes.1
     );
-    assert!(pings.balanced_without_failures(), "the surviving connection broke: {:?}\n{}", pings.errors.lock().unwrap(), c.agent.log_text());
+    assert!(
+        pings.balanced_without_failures(),
+        "the surviving connection broke: {:?}\n{}",
+        pings.errors.lock().unwrap(),
+        c.agent.log_text()
+    );
     assert!(load.balanced_without_failures(), "load failures: {:?}", load.errors.lock().unwrap());
     assert_eq!(probes.1, 0, "new connections reached removed backends");
     assert_eq!(late, 0, "load requests reached removed backends after the update");
@@ -833,7 +903,12 @@ fn a_backend_gone_mid_connection_udp_flows_move_tcp_stays_pinned() {
     let vip: Ipv4Addr = VIP.parse().unwrap();
     let pinned_to = ct
         .iter()
-        .find(|(k, _)| k.dir == CT_DIR_FORWARD && k.src == v4_mapped(client_ip.octets()) && k.sport_be == echo.local_port().to_be() && k.dst == v4_mapped(vip.octets()))
+        .find(|(k, _)| {
+            k.dir == CT_DIR_FORWARD
+                && k.src == v4_mapped(client_ip.octets())
+                && k.sport_be == echo.local_port().to_be()
+                && k.dst == v4_mapped(vip.octets())
+        })
         .map(|(_, v)| Ipv4Addr::new(v.nat_addr[12], v.nat_addr[13], v.nat_addr[14], v.nat_addr[15]));
     let udp_entry = ct
         .iter()
@@ -847,7 +922,10 @@ fn a_backend_gone_mid_connection_udp_flows_move_tcp_stays_pinned() {
         udp_took.as_secs_f64() * 1000.0,
         tcp_took.as_secs_f64()
     );
-    assert!(matches!(&tcp, Err(e) if e.contains("TimedOut") || e.contains("WouldBlock")), "the pinned TCP connection gets no answer (timeout), not {tcp:?}");
+    assert!(
+        matches!(&tcp, Err(e) if e.contains("TimedOut") || e.contains("WouldBlock")),
+        "the pinned TCP connection gets no answer (timeout), not {tcp:?}"
+    );
     assert_eq!(pinned_to, Some(victim_ip), "the TCP flow stays pinned to its backend (kube-proxy conntrack semantics)");
     assert!(fresh.iter().all(|r| matches!(r, Ok(p) if p != &victim)), "{fresh:?}");
 }
@@ -900,7 +978,10 @@ fn kube_cluster(test: &str, n: usize) -> Option<KubeCluster> {
 
 #[test]
 fn api_server_away_10s_under_load_fails_zero_requests_and_a_change_is_picked_up_after() {
-    let Some(mut c) = kube_cluster("api_server_away_10s_under_load_fails_zero_requests_and_a_change_is_picked_up_after", 3) else { return };
+    let Some(mut c) = kube_cluster("api_server_away_10s_under_load_fails_zero_requests_and_a_change_is_picked_up_after", 3)
+    else {
+        return;
+    };
     let outage = Duration::from_secs(std::env::var("LB_API_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
     let ns = &c.topo.pods[c.client].ns;
     let books = Books::default();
@@ -956,6 +1037,7 @@ fn soak() {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let mut events: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut timeline: Vec<(Instant, &str)> = Vec::new();
     let mut last_event = String::new();
     let (api, agent, ips) = (&mut c.api, &mut c.agent, c.ips.clone());
     std::thread::scope(|s| {
@@ -972,6 +1054,7 @@ fn soak() {
         ];
         while started.elapsed() < duration {
             step += 1;
+            let at = Instant::now();
             let event = match step % 8 {
                 0 => {
                     api.stop();
@@ -997,6 +1080,7 @@ fn soak() {
                 }
             };
             *events.entry(event).or_default() += 1;
+            timeline.push((at, event));
             last_event = event.to_owned();
             std::thread::sleep(Duration::from_secs(2));
             if pings.failed.load(Ordering::Relaxed) > 0 {
@@ -1016,17 +1100,135 @@ fn soak() {
     let verdicts: u64 = [1usize, 2, 3, 4, 5].iter().map(|i| counters.get(*i).copied().unwrap_or(0)).sum();
     let packets = counters.first().copied().unwrap_or(0);
     let final_ok = wait_applied(&c.agent.pin_path, &c.ips, Duration::from_secs(1)).is_ok();
+    let nonzero: Vec<String> = counters
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v > 0)
+        .map(|(i, v)| format!("{}={v}", lb_common::COUNTER_NAMES[i]))
+        .collect();
     println!("== soak: {:.1} min (asked {minutes} min), last event: {last_event}", started.elapsed().as_secs_f64() / 60.0);
     println!("   events: {events:?}");
     println!("   {}", http.line("HTTP, new connection per request"));
     println!("   {}", udp.line("UDP, new socket per request"));
     println!("   {}", pings.line(&format!("long-lived TCP echo connection to {survivor}")));
-    println!("   datapath books: packets {packets} = pass + dnat + revnat + drop + reject {verdicts}: {}", if packets == verdicts { "balanced" } else { "NOT BALANCED" });
+    println!(
+        "   datapath books: packets {packets} = pass + dnat + revnat + drop + reject {verdicts}: {}",
+        if packets == verdicts { "balanced" } else { "NOT BALANCED" }
+    );
+    println!("   datapath counters: {}", nonzero.join(" "));
     println!("   final change picked up: {final_ok}");
-    let errors: Vec<String> = [&http, &udp, &pings].iter().flat_map(|b| b.errors.lock().unwrap().clone()).collect();
+    let errors: Vec<String> = [&http, &udp, &pings]
+        .iter()
+        .flat_map(|b| b.errors.lock().unwrap().clone())
+        .map(|(t, e)| {
+            let before = timeline.iter().rev().find(|(at, _)| *at <= t).map_or_else(
+                || "before any event".to_owned(),
+                |(at, ev)| format!("{:.1} s into {ev}", t.duration_since(*at).as_secs_f64()),
+            );
+            format!("at {:.1} s ({before}): {e}", t.duration_since(started).as_secs_f64())
+        })
+        .collect();
+    for e in &errors {
+        println!("   failure {e}");
+    }
     assert!(
-        http.balanced_without_failures() && udp.balanced_without_failures() && pings.balanced_without_failures() && packets == verdicts && final_ok,
+        http.balanced_without_failures()
+            && udp.balanced_without_failures()
+            && pings.balanced_without_failures()
+            && packets == verdicts
+            && final_ok,
         "soak failed: {errors:?}\nagent log:\n{}",
         c.agent.log_text()
     );
+}
+
+// =============================================================================================
+// The conntrack sweep against live traffic
+// =============================================================================================
+
+/// The agent's sweep (every 30 s) collects the keys of idle entries, then deletes them. A client
+/// that reuses the source port of a flow that ended more than 10 s ago (ports come round every
+/// few tens of seconds under load) re-creates the same keys in between: the sweep must not
+/// delete the new, live entries.
+#[test]
+#[ignore = "BUG (lb-userspace dataplane.rs sweep_conntrack): the sweep lists the stale keys first and deletes them afterwards without looking again, so entries re-created in between by a new flow on the same 4-tuple (a reused client port) are deleted while live (here 959 of 7,397 new flows reusing the ports of 60,000 ended ones lost an entry while a sweep ran). A connection losing its reply entry gets its SYN-ACK passed untranslated (the client answers it with a RST) and its retransmitted SYNs keep the forward entry without re-creating the reply entry: connect() times out. Suspected cause of the soak's HTTP connect timeouts (about 1 in 8,000 connections, no datapath drop counted, ~150 unexplained verdict_pass)"]
+fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
+    let Some(f) = Fixture::new("the_conntrack_sweep_never_deletes_entries_of_live_flows", Some(262_144)) else { return };
+    let mut f = f;
+    f.program(&base_state());
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let client = Ipv4Addr::new(10, 244, 0, 50);
+    let mut ct: BpfHashMap<MapData, CtKey, CtValue> =
+        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
+            .unwrap();
+    // 60,000 flows of this client that ended long ago (closing, last packet at boot time).
+    const PORTS: u16 = 60_000;
+    let backend = v4_mapped([10, 244, 0, 11]);
+    for port in 1..=PORTS {
+        let fwd = CtKey {
+            src: v4_mapped(client.octets()),
+            dst: v4_mapped(vip.octets()),
+            sport_be: port.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let rev = CtKey {
+            src: backend,
+            dst: v4_mapped(client.octets()),
+            sport_be: 8080u16.to_be(),
+            dport_be: port.to_be(),
+            proto: 6,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        };
+        let v = CtValue { last_seen_ns: 1, flags: lb_common::CT_F_CLOSING, ..CtValue::default() };
+        ct.insert(fwd, v, 0).unwrap();
+        ct.insert(rev, v, 0).unwrap();
+    }
+    // A second handle on the same pins sweeps while new connections reuse the ports.
+    let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), conntrack_max: None }).unwrap();
+    let stop = AtomicBool::new(false);
+    let (mut created, mut lost, mut swept) = (0u32, 0u32, 0usize);
+    let mut flows = Vec::new();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += sweeper.sweep_conntrack().unwrap();
+            }
+            n
+        });
+        let started = Instant::now();
+        let mut port = 1u16;
+        while started.elapsed() < Duration::from_secs(5) && port < PORTS {
+            let (v, out) = f.run(&Spec::tcp((client, port), (vip, 80), TCP_SYN).build());
+            assert_eq!(v, 0);
+            created += 1;
+            let be = flow(&out).dst;
+            std::thread::sleep(Duration::from_micros(200));
+            let fwd = ct_entry(&ct, (client, port), (vip, 80), CT_DIR_FORWARD);
+            let rev = ct_entry(&ct, be, (client, port), CT_DIR_REPLY);
+            if fwd.is_none() || rev.is_none() {
+                lost += 1;
+            }
+            flows.push((port, be));
+            port += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        swept = h.join().unwrap();
+    });
+    // Live flows (seconds old at most) must all still have both entries.
+    let gone = flows
+        .iter()
+        .filter(|(port, be)| {
+            ct_entry(&ct, (client, *port), (vip, 80), CT_DIR_FORWARD).is_none()
+                || ct_entry(&ct, *be, (client, *port), CT_DIR_REPLY).is_none()
+        })
+        .count();
+    eprintln!(
+        "conntrack sweep vs live flows: {created} new flows on reused ports; {lost} had lost an entry 0.2 ms after their SYN, {gone} at the end; {swept} entries swept"
+    );
+    assert_eq!(gone, 0, "{gone} of {created} live flows lost their conntrack entries to the sweep");
 }

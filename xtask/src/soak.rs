@@ -32,7 +32,19 @@ pub fn run(bins: &Bins, args: &Args) -> anyhow::Result<()> {
         args.minutes, args.outage_seconds
     );
     let status = cargo()
-        .args(["test", "-p", "lb-tests", "--test", "reliability", "soak", "--", "--ignored", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "test",
+            "-p",
+            "lb-tests",
+            "--test",
+            "reliability",
+            "soak",
+            "--",
+            "--ignored",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("LB_BIN", &bins.lb)
         .env("LB_TESTPOD_BIN", &bins.testpod)
         .env("LB_SOAK_MINUTES", args.minutes.to_string())

@@ -282,6 +282,12 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     Parsed::Ip
 }
 
+/// `::ffff:0:0/96`.
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
 #[inline(always)]
 fn parse_v6(c: &Cursor, p: &mut Packet) -> Parsed {
     let l3_off = c.off;
@@ -291,6 +297,11 @@ fn parse_v6(c: &Cursor, p: &mut Packet) -> Parsed {
     // SAFETY: bounds checked by `peek_at`.
     let ip = unsafe { core::ptr::read_unaligned(ip) };
     if ip.vtc_flow[0] >> 4 != 6 {
+        return Parsed::BadL3;
+    }
+    // IPv4-mapped addresses (::ffff:a.b.c.d) are the maps' spelling of IPv4 and never valid on
+    // an IPv6 wire (RFC 4291 2.5.5.2): such a packet must not be taken for an IPv4 flow.
+    if is_v4_mapped(&ip.saddr) || is_v4_mapped(&ip.daddr) {
         return Parsed::BadL3;
     }
     let payload = usize::from(u16::from_be(ip.payload_len_be));
@@ -412,7 +423,7 @@ fn parse_icmp_error(c: &Cursor, p: &mut Packet, icmp_off: usize, icmp_len: usize
         };
         // SAFETY: bounds checked by `peek_at`.
         let ip = unsafe { core::ptr::read_unaligned(ip) };
-        if ip.vtc_flow[0] >> 4 != 6 {
+        if ip.vtc_flow[0] >> 4 != 6 || is_v4_mapped(&ip.saddr) || is_v4_mapped(&ip.daddr) {
             return;
         }
         ihl = IPV6_HLEN;

@@ -386,7 +386,18 @@ impl Dataplane {
         check_capacity(lb_common::MEMBERS, desired.members.len(), lb_common::MEMBERS_MAX)?;
         check_capacity(lb_common::SOURCE_RANGES, desired.source_ranges.len(), lb_common::SOURCE_RANGES_MAX)?;
         check_capacity(lb_common::SVC_NAMES, desired.names.len(), lb_common::SVC_NAMES_MAX)?;
-        let ops = crate::plan::diff(&self.shadow, desired);
+        let mut ops = crate::plan::diff(&self.shadow, desired);
+        if let Some((name, peak, limit)) = transition_overflow(&self.shadow, &ops) {
+            // Upserts-before-deletes would need old and new entries at once: more than the map
+            // holds. Delete first instead; flows of the services being changed may see a
+            // missing entry for the duration of this apply (milliseconds), which beats never
+            // converging.
+            tracing::warn!(map = name, peak, limit, "change does not fit alongside the state it replaces; deleting first");
+            ops.sort_by_key(|op| !is_delete(op));
+            if let Some((name, wanted, limit)) = transition_overflow(&self.shadow, &ops) {
+                return Err(DataplaneError::MapFull { name, wanted, limit });
+            }
+        }
         for op in &ops {
             self.write(op)?;
             self.shadow.apply(std::slice::from_ref(op));
@@ -429,11 +440,87 @@ impl Dataplane {
             .filter(|(k, v)| now.saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k, v))
             .map(|(k, _)| k)
             .collect();
+        // Listing a large table takes long enough for a new connection to reuse a stale entry's
+        // key (same client port) before we get to it: re-read each entry right before deleting
+        // it and keep it if it has been refreshed. (The kernel offers no compare-and-delete; the
+        // window left is the one between this lookup and the delete, microseconds.)
+        let mut removed = 0;
         for k in &stale {
-            ignore_missing(self.conntrack.remove(k)).map_err(map_err(lb_common::CONNTRACK, "delete from"))?;
+            let still_stale = match self.conntrack.get(k, 0) {
+                Ok(v) => monotonic_ns().saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k, &v),
+                Err(_) => false, // gone already (or expired by the LRU)
+            };
+            if still_stale {
+                ignore_missing(self.conntrack.remove(k)).map_err(map_err(lb_common::CONNTRACK, "delete from"))?;
+                removed += 1;
+            }
         }
-        Ok(stale.len())
+        Ok(removed)
     }
+}
+
+fn is_delete(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::DelService(_)
+            | Op::DelSourceRange(..)
+            | Op::DelMaglev(_)
+            | Op::DelSelect(_)
+            | Op::DelMember(_)
+            | Op::DelBackend(_)
+            | Op::DelName(_)
+    )
+}
+
+/// Walks `ops` from `shadow`, counting each map's entries: the first map whose count would exceed
+/// its capacity at some point, as (name, peak, limit).
+fn transition_overflow(shadow: &MapState, ops: &[Op]) -> Option<(&'static str, usize, u32)> {
+    use lb_common as c;
+    let maps: [(&'static str, u32); 7] = [
+        (c::SERVICES, c::SERVICES_MAX),
+        (c::BACKENDS, c::BACKENDS_MAX),
+        (c::SELECT, c::SELECT_MAX),
+        (c::MAGLEV, c::MAGLEV_CHUNKS_MAX),
+        (c::MEMBERS, c::MEMBERS_MAX),
+        (c::SOURCE_RANGES, c::SOURCE_RANGES_MAX),
+        (c::SVC_NAMES, c::SVC_NAMES_MAX),
+    ];
+    let mut count = [
+        shadow.services.len(),
+        shadow.backends.len(),
+        shadow.select.len(),
+        shadow.maglev.len(),
+        shadow.members.len(),
+        shadow.source_ranges.len(),
+        shadow.names.len(),
+    ];
+    let mut peak = count;
+    for op in ops {
+        // (map index, +1 for a new key / -1 for a removed one; updates in place count 0)
+        let (i, grows) = match op {
+            Op::PutService(k, _) => (0, !shadow.services.contains_key(k)),
+            Op::PutBackend(id, _) => (1, !shadow.backends.contains_key(id)),
+            Op::PutSelect(k, _) => (2, !shadow.select.contains_key(k)),
+            Op::PutMaglev(k, _) => (3, !shadow.maglev.contains_key(k)),
+            Op::PutMember(k) => (4, !shadow.members.contains(k)),
+            Op::PutSourceRange(l, d) => (5, !shadow.source_ranges.contains(&(*l, *d))),
+            Op::PutName(id, _) => (6, !shadow.names.contains_key(id)),
+            Op::DelService(_) => (0, false),
+            Op::DelBackend(_) => (1, false),
+            Op::DelSelect(_) => (2, false),
+            Op::DelMaglev(_) => (3, false),
+            Op::DelMember(_) => (4, false),
+            Op::DelSourceRange(..) => (5, false),
+            Op::DelName(_) => (6, false),
+        };
+        if is_delete(op) {
+            count[i] -= 1;
+        } else if grows {
+            count[i] += 1;
+            peak[i] = peak[i].max(count[i]);
+        }
+    }
+    maps.iter().zip(peak).find(|((_, limit), p)| *p > *limit as usize).map(|((name, limit), p)| (*name, p, *limit))
 }
 
 /// The lifetime the datapath gives a conntrack entry (see `lb-ebpf/src/lb.rs`).
@@ -563,5 +650,29 @@ pub fn cleanup(pin_path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(DataplaneError::Cleanup { path: pin_path.to_owned(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::Backend;
+
+    /// A full backends map whose every backend is replaced by a new id: in the safe order the
+    /// map would hold old and new at once.
+    #[test]
+    fn a_replacement_of_a_full_map_is_detected_and_fits_when_deleting_first() {
+        let max = lb_common::BACKENDS_MAX;
+        let mut shadow = MapState::default();
+        shadow.backends.extend((0..max).map(|id| (id, Backend::default())));
+        let mut ops: Vec<Op> = (max..max + 10).map(|id| Op::PutBackend(id, Backend::default())).collect();
+        ops.extend((0..10).map(Op::DelBackend));
+        assert_eq!(transition_overflow(&shadow, &ops), Some((lb_common::BACKENDS, max as usize + 10, max)));
+        ops.sort_by_key(|op| !is_delete(op));
+        assert!(matches!(ops[0], Op::DelBackend(0)));
+        assert_eq!(transition_overflow(&shadow, &ops), None);
+        // Updates in place never grow a map.
+        let updates: Vec<Op> = (0..max).map(|id| Op::PutBackend(id, Backend { port_be: 1, ..Backend::default() })).collect();
+        assert_eq!(transition_overflow(&shadow, &updates), None);
     }
 }

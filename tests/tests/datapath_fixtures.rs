@@ -521,7 +521,13 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
     f.program(&cluster());
     let udp = Spec::udp((CLIENT, 5356), (UDP_VIP, 53), b"q").build();
     let udp_backend = flow(&f.run(&udp).1).dst.0;
-    let tcp_backend = flow(&f.run(&syn(40014)).1).dst.0;
+    // A TCP flow whose backend is not dns's other backend, so that dns keeps one endpoint after
+    // the removal (with none left the UDP flow would be rejected, not moved).
+    let other_dns = if udp_backend == POD1 { POD2 } else { POD1 };
+    let (tcp_sport, tcp_backend) = (40014..40114)
+        .map(|sport| (sport, flow(&f.run(&syn(sport)).1).dst.0))
+        .find(|(_, b)| *b != other_dns)
+        .expect("100 new flows all went to one backend");
 
     // Remove both backends from both services.
     let mut d = cluster();
@@ -532,10 +538,14 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
     }
     f.program(&d);
 
-    let moved = flow(&f.run(&udp).1).dst.0;
+    let (verdict, out) = f.run(&udp);
+    assert_eq!(verdict, TC_ACT_OK);
+    let moved = flow(&out).dst.0;
     assert_ne!(moved, udp_backend, "the UDP flow must leave its removed backend");
+    assert_eq!((moved, flow(&out).dst.1), (other_dns, 9000), "the UDP flow moves to dns's remaining backend");
+    verify_checksums(&out).expect("UDP checksum after re-selection");
     assert_eq!(f.counter(CNT_CT_RESELECT), 1);
-    let (verdict, out) = f.run(&Spec::tcp((CLIENT, 40014), (VIP, 80), TCP_ACK).build());
+    let (verdict, out) = f.run(&Spec::tcp((CLIENT, tcp_sport), (VIP, 80), TCP_ACK).build());
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(flow(&out).dst.0, tcp_backend, "established TCP keeps its backend, as with kube-proxy's conntrack");
     // New TCP connections never go to a removed backend (point 21).

@@ -417,7 +417,16 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
                 // SAFETY: map value pointer, valid for this program run.
                 be.is_some_and(|be| unsafe { (*be).addr == nat && (*be).port_be == nat_port_be })
             };
-            if keep {
+            // A retransmitted SYN whose reply entry is gone (LRU eviction, a sweep) would never
+            // get its SYN-ACK translated: start the connection afresh instead. Only SYNs pay
+            // for this lookup; nothing is established yet, so choosing again is harmless.
+            let orphan = new_syn && {
+                let snat_on = flags & CT_F_SNAT != 0;
+                let (peer, peer_port_be) = if snat_on { (snat, snat_port_be) } else { (p.src, p.sport_be) };
+                set_ct_key(&mut sc.rkey, nat, nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY);
+                LB_CONNTRACK.get_ptr(&sc.rkey).is_none()
+            };
+            if keep && !orphan {
                 touch(ct, p.tcp_flags, now);
                 count(CNT_CT_HIT);
                 count_flow(svc_id, backend_id, p.ip_len, false);

@@ -555,6 +555,45 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
     }
 }
 
+/// Point 23: a connection whose reply entry was lost (LRU eviction under pressure) before the
+/// handshake completed is healed by the client's retransmitted SYN; without it the SYN-ACK
+/// would leave untranslated and `connect()` would time out.
+#[test]
+fn point_23_a_retransmitted_syn_restores_a_lost_reply_entry() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    let Some(mut f) = Fixture::new("point_23_a_retransmitted_syn_restores_a_lost_reply_entry") else { return };
+    f.program(&cluster());
+    let backend = flow(&f.run(&syn(40300)).1).dst;
+    let mut ct: BpfHashMap<MapData, lb_common::CtKey, lb_common::CtValue> = BpfHashMap::try_from(
+        Map::from_map_data(MapData::from_pin(f.dp.pin_path().join(lb_common::CONNTRACK)).expect("conntrack pin")).unwrap(),
+    )
+    .unwrap();
+    let reply_key = lb_common::CtKey {
+        src: v4_mapped(backend.0.octets()),
+        dst: v4_mapped(CLIENT.octets()),
+        sport_be: backend.1.to_be(),
+        dport_be: 40300u16.to_be(),
+        proto: IPPROTO_TCP,
+        dir: lb_common::CT_DIR_REPLY,
+        _pad: [0; 2],
+    };
+    ct.remove(&reply_key).expect("the SYN created a reply entry");
+    // The retransmission: translated again, and the reply entry is back.
+    let (verdict, out) = f.run(&syn(40300));
+    assert_eq!(verdict, TC_ACT_OK);
+    let again = flow(&out).dst;
+    assert!(backends().contains(&again.0) && again.1 == 8080);
+    verify_checksums(&out).unwrap();
+    assert_eq!(f.counter(CNT_CT_RESELECT), 1, "the orphaned entry was replaced");
+    let (verdict, back) = f.run(&tcp_frame(again, (CLIENT, 40300), 1000, 1, TCP_SYN | TCP_ACK));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(flow(&back).src, (VIP, 80), "the SYN-ACK is reverse-NATed to the ClusterIP");
+    verify_checksums(&back).unwrap();
+    // A retransmitted SYN with both entries present keeps its backend and is no re-selection.
+    assert_eq!(flow(&f.run(&syn(40300)).1).dst, again);
+    assert_eq!(f.counter(CNT_CT_RESELECT), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Point 22: Maglev
 // ---------------------------------------------------------------------------------------------

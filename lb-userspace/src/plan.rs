@@ -109,7 +109,8 @@ impl Default for Ids {
 
 impl Ids {
     /// Learns the ids already in use in `current` (read from pinned maps) for the objects of
-    /// `desired`, so that re-planning the same state yields the same entries.
+    /// `desired` (their own and Cluster tables), so that re-planning the same state yields the
+    /// same entries. Ids of pinned objects not adopted are never allocated again.
     pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
         for (id, be) in &current.backends {
             if let Some(proto) = Protocol::from_number(be.proto) {
@@ -120,8 +121,11 @@ impl Ids {
         }
         for v in current.services.values() {
             self.next_svc = self.next_svc.max(v.svc_id + 1);
-            self.next_select = self.next_select.max(v.select_id + 1);
         }
+        // Every pinned table's id, whoever points at it (a frontend's own or Cluster table, or
+        // a table left by an interrupted apply), stays taken: a new table given one of them
+        // would have its slots written (step 2) while old values still point at it (step 3).
+        self.next_select = self.next_select.max(next_select_id(current));
         // An id is reused only by the first desired ServicePort that claims it, and ClusterIP
         // frontends (unique to their service) claim first: a NodePort that moved from one
         // service to another while the agent was down must not merge the two.
@@ -146,12 +150,23 @@ impl Ids {
                     } else {
                         SetClass::Internal
                     };
-                    let sel = (spn.clone(), class);
-                    if !self.select.contains_key(&sel) && claimed_select.insert(v.select_id) {
-                        self.select.insert(sel, v.select_id);
+                    self.adopt_select(spn, class, v.select_id, &mut claimed_select);
+                    // A separate Cluster table (the other two sets both differ from the Cluster
+                    // set). One equal to the internal table has the internal frontends' id,
+                    // claimed as Internal in the first pass.
+                    if fe.kind.is_external() && v.cluster_select_id != v.select_id {
+                        self.adopt_select(spn, SetClass::Cluster, v.cluster_select_id, &mut claimed_select);
                     }
                 }
             }
+        }
+    }
+
+    /// Gives table `id` to `(spn, class)` unless either already has its table.
+    fn adopt_select(&mut self, spn: &ServicePortName, class: SetClass, id: u32, claimed: &mut HashSet<u32>) {
+        let sel = (spn.clone(), class);
+        if !self.select.contains_key(&sel) && claimed.insert(id) {
+            self.select.insert(sel, id);
         }
     }
 
@@ -194,6 +209,15 @@ impl Ids {
         let used: std::collections::HashSet<u32> = state.backends.keys().copied().collect();
         self.backend.retain(|_, id| used.contains(id));
     }
+}
+
+/// The lowest select id above every table of `st`: those the services point at (own and
+/// Cluster tables) and those holding slots, Maglev chunks or members.
+fn next_select_id(st: &MapState) -> u32 {
+    let services = st.services.values().flat_map(|v| [v.select_id, v.cluster_select_id]);
+    let tables = st.select.keys().map(|k| k.select_id).chain(st.maglev.keys().map(|k| k.select_id));
+    let members = st.members.iter().map(|k| k.select_id);
+    services.chain(tables).chain(members).max().map_or(1, |id| id.saturating_add(1))
 }
 
 fn service_key(addr: IpAddr, port: u16, proto: Protocol) -> ServiceKey {

@@ -90,41 +90,59 @@ pub fn parse_into(
         };
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| invalid("(document)".into(), e.to_string()))?;
-        if value.is_null() {
-            continue; // empty document (a trailing `---`)
-        }
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or_else(|| invalid("kind".into(), "missing".into()))?;
-        match kind {
-            "Service" => {
-                let svc: Service = typed(value).map_err(|(f, m)| invalid(f, m))?;
-                check_service(&svc).map_err(|(f, m)| invalid(f, m))?;
-                objects.services.push(svc);
-            }
-            "EndpointSlice" => objects
-                .slices
-                .push(typed(value).map_err(|(f, m)| invalid(f, m))?),
-            "Node" => objects
-                .nodes
-                .push(typed(value).map_err(|(f, m)| invalid(f, m))?),
-            "List" => {
-                let items = value
-                    .get("items")
-                    .and_then(|v| v.as_sequence())
-                    .cloned()
-                    .unwrap_or_default();
-                for item in items {
-                    let text = serde_yaml::to_string(&item)
-                        .map_err(|e| invalid("items".into(), e.to_string()))?;
-                    parse_into(path, &text, objects)?;
-                }
-            }
-            _ => {}
-        }
+        add_object(value, "", objects).map_err(|(f, m)| invalid(f, m))?;
     }
     Ok(())
+}
+
+/// Adds one object (a document, or an item of a `List`) to `objects`. `at` is where the
+/// object sits in its document (`""` for the document itself, `items[2]` for an item of a
+/// List): errors name the field from the document's root, so with the document number of
+/// the caller they point at the offending line.
+fn add_object(
+    value: serde_yaml::Value,
+    at: &str,
+    objects: &mut ClusterObjects,
+) -> Result<(), (String, String)> {
+    let within = |(field, message): (String, String)| (field_at(at, &field), message);
+    if value.is_null() {
+        return Ok(()); // empty document (a trailing `---`) or empty item
+    }
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| within(("kind".into(), "missing".into())))?;
+    match kind {
+        "Service" => {
+            let svc: Service = typed(value).map_err(within)?;
+            check_service(&svc).map_err(within)?;
+            objects.services.push(svc);
+        }
+        "EndpointSlice" => objects.slices.push(typed(value).map_err(within)?),
+        "Node" => objects.nodes.push(typed(value).map_err(within)?),
+        "List" => {
+            let items = value
+                .get("items")
+                .and_then(|v| v.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                add_object(item, &field_at(at, &format!("items[{j}]")), objects)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `field` (relative to an object) as seen from its document's root, the object being at
+/// `at` (`""` for the document itself).
+fn field_at(at: &str, field: &str) -> String {
+    match (at, field) {
+        ("", _) => field.to_owned(),
+        (_, "(document)") => at.to_owned(),
+        _ => format!("{at}.{field}"),
+    }
 }
 
 /// Deserializes with the path of the failing field.
@@ -244,6 +262,64 @@ metadata:
                 .contains("k.yaml: document 1: kind: missing"),
             "{err}"
         );
+    }
+
+    /// README: an error names the file, the document and the field; for an item of a `List`
+    /// that is the List's document and the item's path in it.
+    #[test]
+    fn a_bad_list_item_is_named_with_the_document_of_the_list_and_its_index() {
+        let text = format!(
+            "{KUBIA}---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {{name: a}}\n\
+             - apiVersion: v1\n  kind: Service\n  metadata: {{name: s}}\n  spec:\n    clusterIP: 10.96.0.1\n    ports: [{{port: eighty}}]\n"
+        );
+        let err =
+            parse_into(Path::new("l.yaml"), &text, &mut ClusterObjects::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("l.yaml: document 4: items[1].spec.ports[0].port:"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn list_items_are_checked_like_documents_and_nested_lists_keep_their_path() {
+        let nested = "kind: List\nitems:\n- kind: List\n  items:\n  - kind: Deployment\n  - kind: Service\n    metadata: {name: s}\n    spec: {}\n";
+        let err =
+            parse_into(Path::new("n.yaml"), nested, &mut ClusterObjects::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("n.yaml: document 1: items[0].items[1].spec.clusterIP: missing"),
+            "{err}"
+        );
+        let no_kind = "kind: List\nitems:\n- kind: Node\n  metadata: {name: a}\n- apiVersion: v1\n";
+        let err =
+            parse_into(Path::new("k.yaml"), no_kind, &mut ClusterObjects::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("k.yaml: document 1: items[1].kind: missing"),
+            "{err}"
+        );
+        let not_a_map = "kind: List\nitems:\n- 7\n";
+        let err = parse_into(
+            Path::new("k.yaml"),
+            not_a_map,
+            &mut ClusterObjects::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("document 1: items[0].kind: missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn list_items_are_read() {
+        let text = "kind: Deployment\n---\nkind: List\nitems:\n- kind: Node\n  metadata: {name: a}\n- null\n\
+                    - kind: Service\n  metadata: {name: s}\n  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+        let mut o = ClusterObjects::default();
+        parse_into(Path::new("l.yaml"), text, &mut o).unwrap();
+        assert_eq!((o.nodes.len(), o.services.len()), (1, 1));
     }
 
     #[test]

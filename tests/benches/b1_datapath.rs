@@ -1,7 +1,7 @@
 //! B1: per-packet cost of the real datapath through BPF_PROG_TEST_RUN.
 //!
 //! The real eBPF object is loaded by `Dataplane::load` and programmed through the agent's own
-//! compile → plan → apply path with 3 … 32,000 ClusterIP services.
+//! compile → plan → apply path with 3 services up to the largest round number the maps hold.
 //!
 //! # Why a wrapper
 //! Non-live BPF_PROG_TEST_RUN runs the program `repeat` times on one buffer and never restores
@@ -38,8 +38,8 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use common::{Opts, Svc, median, min, ncpus};
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_NEW_FLOWS, CNT_PACKETS,
-    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS, CNT_VERDICT_REVNAT, CtKey, CtValue, v4_mapped,
+    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_DROP_SNAT_PORTS, CNT_NEW_FLOWS, CNT_PACKETS,
+    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS, CNT_VERDICT_REVNAT, CtKey, CtValue, ServiceKey, v4_mapped,
 };
 use lb_tests::{
     netns::unique_token,
@@ -162,7 +162,11 @@ mod asm {
     pub const R10: u8 = 10;
 
     pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-        u64::from(code) | u64::from(dst & 0xf) << 8 | u64::from(src & 0xf) << 12 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+        u64::from(code)
+            | u64::from(dst & 0xf) << 8
+            | u64::from(src & 0xf) << 12
+            | u64::from(off as u16) << 16
+            | u64::from(imm as u32) << 32
     }
     pub fn mov_reg(d: u8, s: u8) -> u64 {
         insn(0xbf, d, s, 0, 0)
@@ -345,7 +349,17 @@ impl Harness {
         let to_noop = load_prog(hook.prog_type(), hook.attach(), &ins(1), "bench_wrap_nop")?;
         update(prog_array.as_raw_fd(), 0, &(lb_prog as u32).to_ne_bytes())?;
         update(prog_array.as_raw_fd(), 1, &(noop as u32).to_ne_bytes())?;
-        Ok(Self { hook, state, _templates: templates, _prog_array: prog_array, to_lb, to_noop, noop, input: frames[0].clone(), k })
+        Ok(Self {
+            hook,
+            state,
+            _templates: templates,
+            _prog_array: prog_array,
+            to_lb,
+            to_noop,
+            noop,
+            input: frames[0].clone(),
+            k,
+        })
     }
 
     fn reset(&self) -> anyhow::Result<()> {
@@ -400,7 +414,7 @@ fn big_service() -> Svc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cases
+// Labs (one loaded datapath per service count) and cases
 // ---------------------------------------------------------------------------------------------
 
 struct Sizes {
@@ -412,16 +426,153 @@ struct Sizes {
     scales: Vec<u32>,
 }
 
-/// A counter that must grow by exactly `repeat` in a run.
-type Expect = &'static [u32];
-
+/// One loaded and programmed datapath with its own pins (removed on drop).
 struct Lab {
+    /// `None` for the 1,000-backend configuration.
+    services: Option<u32>,
+    dummies: Vec<Svc>,
     dp: Dataplane,
-    ids: Ids,
     pin: PathBuf,
-    noop_tc: OwnedFd,
-    noop_xdp: OwnedFd,
-    sizes: Sizes,
+    fill: usize,
+    program_s: f64,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.pin);
+    }
+}
+
+impl Lab {
+    fn new(services: Option<u32>, svcs: &[Svc], dummies: Vec<Svc>) -> anyhow::Result<Self> {
+        let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b1-{}", unique_token()));
+        Self::load(services, svcs, dummies, &pin).inspect_err(|_| {
+            let _ = cleanup(&pin);
+        })
+    }
+
+    fn load(services: Option<u32>, svcs: &[Svc], dummies: Vec<Svc>, pin: &std::path::Path) -> anyhow::Result<Self> {
+        let pin = pin.to_owned();
+        let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), conntrack_max: None })?;
+        dp.set_config(&lb_common::Config {
+            snat_addr: v4_mapped(common::NODE_IP.octets()),
+            hairpin_addr: v4_mapped([169, 254, 42, 1]),
+            snat_port_min: 61000,
+            snat_port_max: 65000,
+            flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
+            ..Default::default()
+        })?;
+        let t = Instant::now();
+        let d = common::desired(svcs);
+        let st = map_state(&d, &mut Ids::default(), &PlanConfig::default());
+        dp.apply(&st)?;
+        let program_s = t.elapsed().as_secs_f64();
+        let fill = dp.state().services.len();
+        Ok(Self { services, dummies, dp, pin, fill, program_s })
+    }
+
+    fn label(&self) -> String {
+        match self.services {
+            Some(n) => format!("{n} services"),
+            None => "1 service × 1,000 backends".into(),
+        }
+    }
+
+    fn prog_fd(&self, hook: Hook) -> RawFd {
+        match hook {
+            Hook::Tc => self.dp.tc_program().expect("tc program").fd().expect("fd").as_fd().as_raw_fd(),
+            Hook::Xdp => self.dp.xdp_program().expect("xdp program").fd().expect("fd").as_fd().as_raw_fd(),
+        }
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        PinnedMaps::open(&self.pin).and_then(|m| m.counters()).expect("reading lb's counters")
+    }
+
+    /// Deletes every conntrack entry (and, with `affinity`, every affinity record).
+    fn clear_state(&self, affinity: bool) -> anyhow::Result<()> {
+        let map = Map::from_map_data(MapData::from_pin(self.pin.join(lb_common::CONNTRACK))?)?;
+        let mut m: AyaHashMap<MapData, CtKey, CtValue> = AyaHashMap::try_from(map)?;
+        let keys: Vec<CtKey> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        if affinity {
+            let map = Map::from_map_data(MapData::from_pin(self.pin.join(lb_common::AFFINITY))?)?;
+            let mut m: AyaHashMap<MapData, lb_common::AffinityKey, lb_common::AffinityValue> = AyaHashMap::try_from(map)?;
+            let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one frame once, directly (no wrapper): the verdict and the frame out.
+    fn once(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let (rv, _) = test_run(self.prog_fd(hook), frame, Some(&mut out), 1)?;
+        Ok((rv, out))
+    }
+
+    /// An fd of one of this lab's pinned maps.
+    fn map_fd(&self, name: &str) -> anyhow::Result<OwnedFd> {
+        let path = std::ffi::CString::new(self.pin.join(name).to_string_lossy().into_owned())?;
+        let r = Attr::new().u64(0, path.as_ptr() as u64).call(BPF_OBJ_GET)?;
+        Ok(fd_from(r))
+    }
+}
+
+const BPF_OBJ_GET: i64 = 7;
+
+/// A program doing one lookup of `key` in `map` and returning `verdict`: the cost of one map
+/// lookup in lb's own maps, for reference.
+fn lookup_insns(map: RawFd, key: &[u8], verdict: u32) -> Vec<u64> {
+    use asm::*;
+    let n = key.len();
+    assert!(n.is_multiple_of(4));
+    let mut p = Vec::new();
+    for (i, w) in key.chunks(4).enumerate() {
+        p.push(st(4, R10, (i * 4) as i16 - n as i16, i32::from_ne_bytes(w.try_into().expect("4 bytes"))));
+    }
+    p.extend(ld_map(R1, map));
+    p.push(mov_reg(R2, R10));
+    p.push(add_imm(R2, -(n as i32)));
+    p.push(call(1));
+    p.push(mov_imm(R0, verdict as i32));
+    p.push(exit());
+    p
+}
+
+fn pod_bytes<T: aya::Pod>(v: &T) -> Vec<u8> {
+    // SAFETY: `T` is a plain-old-data map key (`repr(C)`, no padding holes the kernel reads).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+}
+
+/// What to do before each run of a case.
+#[derive(Clone)]
+enum Prep {
+    Nothing,
+    /// Empty conntrack (and affinity), then run these frames once each (directly).
+    Reset {
+        affinity: bool,
+        prime: Vec<(Hook, Vec<u8>)>,
+    },
+    /// Empty conntrack, then establish the flows of these SYN templates through a wrapper.
+    ResetAndEstablish(Vec<Vec<u8>>),
+}
+
+/// A case ready to run on one lab.
+struct Prepared<'a> {
+    lab: &'a Lab,
+    hook: Hook,
+    harness: Option<Harness>,
+    /// Direct program (lookup reference), when there is no wrapper.
+    direct: Option<OwnedFd>,
+    repeat: u32,
+    expect: &'static [u32],
+    prep: Prep,
+    out: CaseOut,
 }
 
 struct CaseOut {
@@ -435,6 +586,12 @@ struct CaseOut {
     k: u32,
     valid: bool,
     note: String,
+    /// New flows dropped because no SNAT port was found (NodePort new flows).
+    snat_drops: u64,
+    /// Median over runs of this run's ns over the same run's ns with the fewest services.
+    ratio_to_first: Option<f64>,
+    /// Conntrack entries after the flows a run establishes first (cases that establish some).
+    ct_entries_before: Option<usize>,
 }
 
 impl CaseOut {
@@ -443,129 +600,76 @@ impl CaseOut {
             "case": self.name, "hook": format!("{:?}", self.hook), "repeat": self.repeat, "templates": self.k,
             "ns_median": median(&self.ns), "ns_min": min(&self.ns), "ns": self.ns,
             "raw_wrapper_lb_median": median(&self.raw_lb), "raw_wrapper_noop_median": median(&self.raw_floor),
-            "noop_median": median(&self.noop), "counters_ok": self.valid, "note": self.note,
+            "noop_median": median(&self.noop), "counters_ok": self.valid, "note": self.note, "snat_port_drops": self.snat_drops,
+            "ratio_to_first_median": self.ratio_to_first, "conntrack_entries_before": self.ct_entries_before,
         })
     }
 }
 
-impl Lab {
-    fn prog_fd(&self, hook: Hook) -> RawFd {
-        match hook {
-            Hook::Tc => self.dp.tc_program().expect("tc program").fd().expect("fd").as_fd().as_raw_fd(),
-            Hook::Xdp => self.dp.xdp_program().expect("xdp program").fd().expect("fd").as_fd().as_raw_fd(),
-        }
-    }
-
-    fn noop(&self, hook: Hook) -> RawFd {
-        match hook {
-            Hook::Tc => self.noop_tc.as_raw_fd(),
-            Hook::Xdp => self.noop_xdp.as_raw_fd(),
-        }
-    }
-
-    fn program(&mut self, svcs: &[Svc]) -> anyhow::Result<f64> {
-        let t = Instant::now();
-        let d = common::desired(svcs);
-        let st = map_state(&d, &mut self.ids, &PlanConfig::default());
-        self.dp.apply(&st)?;
-        Ok(t.elapsed().as_secs_f64())
-    }
-
-    fn counters(&self) -> Vec<u64> {
-        PinnedMaps::open(&self.pin).and_then(|m| m.counters()).expect("reading lb's counters")
-    }
-
-    /// Deletes every conntrack entry (and, with `affinity`, every affinity record).
-    fn clear_state(&self, affinity: bool) -> anyhow::Result<()> {
-        let mut names = vec![lb_common::CONNTRACK];
-        if affinity {
-            names.push(lb_common::AFFINITY);
-        }
-        for name in names {
-            let map = Map::from_map_data(MapData::from_pin(self.pin.join(name))?)?;
-            if name == lb_common::CONNTRACK {
-                let mut m: AyaHashMap<MapData, CtKey, CtValue> = AyaHashMap::try_from(map)?;
-                let keys: Vec<CtKey> = m.keys().filter_map(Result::ok).collect();
-                for k in keys {
-                    let _ = m.remove(&k);
+impl Prepared<'_> {
+    fn prepare(&self) -> anyhow::Result<()> {
+        match &self.prep {
+            Prep::Nothing => {}
+            Prep::Reset { affinity, prime } => {
+                self.lab.clear_state(*affinity)?;
+                for (hook, f) in prime {
+                    let (rv, _) = self.lab.once(*hook, f)?;
+                    anyhow::ensure!(rv == hook.pass(), "priming packet not translated (verdict {rv})");
                 }
-            } else {
-                let mut m: AyaHashMap<MapData, lb_common::AffinityKey, lb_common::AffinityValue> = AyaHashMap::try_from(map)?;
-                let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
-                for k in keys {
-                    let _ = m.remove(&k);
-                }
+            }
+            Prep::ResetAndEstablish(syns) => {
+                self.lab.clear_state(false)?;
+                let h = Harness::new(Hook::Tc, self.lab.prog_fd(Hook::Tc), self.harness.as_ref().expect("harness").noop, syns)?;
+                h.run_lb(syns.len() as u32)?;
             }
         }
         Ok(())
     }
 
-    /// Runs one frame once, directly (no wrapper): the verdict and the frame out.
-    fn once(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-        let mut out = Vec::new();
-        let (rv, _) = test_run(self.prog_fd(hook), frame, Some(&mut out), 1)?;
-        Ok((rv, out))
-    }
-
-    /// Measures `frames` (cycled) through the wrapper, `runs` times; before each run `prepare`
-    /// runs, after it the counters in `expect` must have grown by exactly `repeat`.
-    fn measure(
-        &self,
-        name: &'static str,
-        hook: Hook,
-        frames: &[Vec<u8>],
-        repeat: u32,
-        expect: Expect,
-        mut prepare: impl FnMut(&Self) -> anyhow::Result<()>,
-    ) -> anyhow::Result<CaseOut> {
-        let h = Harness::new(hook, self.prog_fd(hook), self.noop(hook), frames)?;
-        let mut out = CaseOut {
-            name,
-            hook,
-            ns: vec![],
-            raw_lb: vec![],
-            raw_floor: vec![],
-            noop: vec![],
-            repeat,
-            k: h.k,
-            valid: true,
-            note: String::new(),
-        };
-        for _ in 0..self.sizes.runs {
-            prepare(self)?;
-            let before = self.counters();
-            let (rv, lb) = h.run_lb(repeat)?;
-            let after = self.counters();
-            if rv != hook.pass() {
-                out.valid = false;
-                out.note = format!("verdict {rv}, expected {}", hook.pass());
-            }
-            for &c in expect.iter().chain(&[CNT_PACKETS]) {
-                let delta = after[c as usize] - before[c as usize];
-                if delta != u64::from(repeat) {
-                    out.valid = false;
-                    out.note = format!("counter {} grew by {delta}, expected {repeat}", lb_common::COUNTER_NAMES[c as usize]);
-                }
-            }
-            let (floor, noop) = h.run_floor(repeat)?;
-            out.raw_lb.push(lb);
-            out.raw_floor.push(floor);
-            out.noop.push(noop);
-            out.ns.push(lb - floor + noop);
+    fn run_once(&mut self) -> anyhow::Result<()> {
+        self.prepare()?;
+        if matches!(self.prep, Prep::ResetAndEstablish(_)) && self.out.ct_entries_before.is_none() {
+            // How full the established flows left the conntrack map (LRU: it evicts before it is full).
+            let m = PinnedMaps::open(&self.lab.pin)?;
+            self.out.ct_entries_before =
+                m.fill_levels().into_iter().find(|(n, _, _)| *n == lb_common::CONNTRACK).and_then(|(_, used, _)| used);
         }
-        let status = if out.valid { "ok".to_owned() } else { format!("INVALID: {}", out.note) };
-        println!(
-            "  {name:<28} {:>8.1} ns/pkt (median of {}, min {:.1}; raw wrapper→lb {:.1}, wrapper→no-op {:.1}, no-op {:.1}; K={}, repeat={}) counters {status}",
-            median(&out.ns),
-            out.ns.len(),
-            min(&out.ns),
-            median(&out.raw_lb),
-            median(&out.raw_floor),
-            median(&out.noop),
-            out.k,
-            repeat
-        );
-        Ok(out)
+        if let Some(fd) = &self.direct {
+            let (_, ns) = test_run(fd.as_raw_fd(), &syn((CLIENT, 1), (VIP, 80)), None, self.repeat)?;
+            self.out.ns.push(ns);
+            return Ok(());
+        }
+        let h = self.harness.as_ref().expect("harness");
+        let before = self.lab.counters();
+        let (rv, lb) = h.run_lb(self.repeat)?;
+        let after = self.lab.counters();
+        if rv != self.hook.pass() {
+            self.out.valid = false;
+            self.out.note = format!("verdict {rv}, expected {}", self.hook.pass());
+        }
+        // A new NodePort flow whose 4 random SNAT port picks all collide is dropped (counted):
+        // with 1,000 flows over 4,001 ports a run sees one now and then.
+        let snat_drops = after[CNT_DROP_SNAT_PORTS as usize] - before[CNT_DROP_SNAT_PORTS as usize];
+        if snat_drops > 0 {
+            self.out.snat_drops += snat_drops;
+        }
+        for &c in self.expect.iter().chain(&[CNT_PACKETS]) {
+            let mut delta = after[c as usize] - before[c as usize];
+            if c == CNT_NEW_FLOWS || c == CNT_SNAT {
+                delta += snat_drops;
+            }
+            if delta != u64::from(self.repeat) {
+                self.out.valid = false;
+                self.out.note =
+                    format!("counter {} grew by {delta}, expected {}", lb_common::COUNTER_NAMES[c as usize], self.repeat);
+            }
+        }
+        let (floor, noop) = h.run_floor(self.repeat)?;
+        self.out.raw_lb.push(lb);
+        self.out.raw_floor.push(floor);
+        self.out.noop.push(noop);
+        self.out.ns.push(lb - floor + noop);
+        Ok(())
     }
 }
 
@@ -582,79 +686,181 @@ fn sports(n: u32) -> impl Iterator<Item = u16> {
     (0..n).map(|i| 1024 + (i % 64_000) as u16)
 }
 
-/// Every case at one scale.
-fn run_cases(lab: &Lab, dummies: &[Svc], big: bool) -> anyhow::Result<Vec<CaseOut>> {
-    let s = &lab.sizes;
-    let mut out = Vec::new();
-    let no_prep = |_: &Lab| Ok(());
-    let clear_ct = |l: &Lab| l.clear_state(false);
-    let (vip, label_suffix) = if big { (BIG_VIP, true) } else { (VIP, false) };
-    let name = |plain: &'static str, big_name: &'static str| if label_suffix { big_name } else { plain };
+/// The cases, in the order they are reported.
+const CASES: [&str; 13] = [
+    "pass_non_service",
+    "xdp_pass_non_service",
+    "new_flow",
+    "new_flow_conntrack_full",
+    "ct_hit",
+    "reply_revnat",
+    "affinity_hit_new_flow",
+    "nodeport_snat_ct_hit",
+    "nodeport_snat_new_flow",
+    "new_flow_cycling_services",
+    "ct_hit_cycling_services",
+    "lookup_services_map",
+    "lookup_conntrack_map",
+];
 
-    // Non-service traffic: the floor of the program (parse, two lookups, counters).
-    if !big {
-        let f = ack((CLIENT, 40000), (Ipv4Addr::new(10, 244, 0, 99), 8080));
-        out.push(lab.measure("pass_non_service", Hook::Tc, &[f.clone()], s.hit_repeat, &[CNT_VERDICT_PASS], no_prep)?);
-        out.push(lab.measure("xdp_pass_non_service", Hook::Xdp, &[f], s.hit_repeat, &[CNT_VERDICT_PASS], no_prep)?);
-    }
+/// Flows that fill the conntrack map (2 entries each) past its capacity.
+const CT_FILL_FLOWS: u32 = lb_common::CONNTRACK_MAX / 2 + 4_096;
 
-    // New flows: a SYN from a new source port each iteration, conntrack emptied before each run.
-    let frames: Vec<Vec<u8>> = sports(s.new_repeat).map(|p| syn((CLIENT, p), (vip, 80))).collect();
-    out.push(lab.measure(name("new_flow", "new_flow_1000_backends"), Hook::Tc, &frames, s.new_repeat, &[CNT_NEW_FLOWS, CNT_VERDICT_DNAT], clear_ct)?);
-
-    // Conntrack hit: an established flow's ACK.
-    lab.clear_state(true)?;
-    let (rv, first) = lab.once(Hook::Tc, &syn((CLIENT, 40000), (vip, 80)))?;
-    anyhow::ensure!(rv == 0, "the SYN was not translated (verdict {rv})");
-    let backend = flow(&first).dst;
-    out.push(lab.measure(name("ct_hit", "ct_hit_1000_backends"), Hook::Tc, &[ack((CLIENT, 40000), (vip, 80))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], no_prep)?);
-
-    // Reply of that flow, reverse-translated.
-    out.push(lab.measure(name("reply_revnat", "reply_revnat_1000_backends"), Hook::Tc, &[ack(backend, (CLIENT, 40000))], s.hit_repeat, &[CNT_VERDICT_REVNAT], no_prep)?);
-    if big {
-        return Ok(out);
-    }
-
-    // Session affinity: new connections of a client the affinity map remembers.
-    lab.clear_state(true)?;
-    let (rv, _) = lab.once(Hook::Tc, &syn((CLIENT, 40000), (AFF_VIP, 80)))?;
-    anyhow::ensure!(rv == 0, "the affinity SYN was not translated");
-    let frames: Vec<Vec<u8>> = sports(s.new_repeat).map(|p| syn((CLIENT, p.wrapping_add(1)), (AFF_VIP, 80))).collect();
-    out.push(lab.measure("affinity_hit_new_flow", Hook::Tc, &frames, s.new_repeat, &[CNT_AFFINITY_HIT, CNT_NEW_FLOWS], clear_ct)?);
-
-    // NodePort over XDP with SNAT to the node address: established flow, and new flows (each
-    // picks a SNAT port; the range has 4,001 ports per backend, so fewer flows per run).
-    lab.clear_state(true)?;
-    let (rv, _) = lab.once(Hook::Xdp, &syn((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT)))?;
-    anyhow::ensure!(rv == 2, "the NodePort SYN was not translated (verdict {rv})");
-    out.push(lab.measure("nodeport_snat_ct_hit", Hook::Xdp, &[ack((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], no_prep)?);
-    let frames: Vec<Vec<u8>> = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (common::NODE_IP, NODE_PORT))).collect();
-    out.push(lab.measure("nodeport_snat_new_flow", Hook::Xdp, &frames, s.np_new_repeat, &[CNT_NEW_FLOWS, CNT_SNAT], clear_ct)?);
-
-    // Many services at once: each iteration a different service (cache-cold lookups).
-    if !dummies.is_empty() {
-        let k = (dummies.len() as u32).min(s.new_repeat);
-        let stride = dummies.len() / k as usize;
-        let targets: Vec<&Svc> = (0..k as usize).map(|i| &dummies[i * stride]).collect();
-        let frames: Vec<Vec<u8>> = targets.iter().zip(sports(k)).map(|(d, p)| syn((CLIENT, p), (d.vip, 80))).collect();
-        out.push(lab.measure("new_flow_cycling_services", Hook::Tc, &frames, k, &[CNT_NEW_FLOWS], clear_ct)?);
-        // Establish those flows, then cycle through them with ACKs.
-        lab.clear_state(false)?;
-        let h = Harness::new(Hook::Tc, lab.prog_fd(Hook::Tc), lab.noop(Hook::Tc), &frames)?;
-        h.run_lb(k)?;
-        let acks: Vec<Vec<u8>> = targets.iter().zip(sports(k)).map(|(d, p)| ack((CLIENT, p), (d.vip, 80))).collect();
-        let reps = (s.hit_repeat / k).max(1) * k;
-        out.push(lab.measure("ct_hit_cycling_services", Hook::Tc, &acks, reps, &[CNT_CT_HIT], no_prep)?);
-    }
-    Ok(out)
+/// Case `name` on `lab`, or `None` when it does not apply there.
+fn prepare<'a>(
+    lab: &'a Lab,
+    name: &'static str,
+    s: &Sizes,
+    noop_tc: RawFd,
+    noop_xdp: RawFd,
+) -> anyhow::Result<Option<Prepared<'a>>> {
+    let big = lab.services.is_none();
+    let vip = if big { BIG_VIP } else { VIP };
+    let noop = |h: Hook| if h == Hook::Tc { noop_tc } else { noop_xdp };
+    let reset = |prime: Vec<(Hook, Vec<u8>)>| Prep::Reset { affinity: false, prime };
+    let prime_syn = vec![(Hook::Tc, syn((CLIENT, 40000), (vip, 80)))];
+    let (hook, frames, repeat, expect, prep): (Hook, Vec<Vec<u8>>, u32, &'static [u32], Prep) = match name {
+        "pass_non_service" | "xdp_pass_non_service" if !big => {
+            let hook = if name == "pass_non_service" { Hook::Tc } else { Hook::Xdp };
+            (
+                hook,
+                vec![ack((CLIENT, 40000), (Ipv4Addr::new(10, 244, 0, 99), 8080))],
+                s.hit_repeat,
+                &[CNT_VERDICT_PASS],
+                Prep::Nothing,
+            )
+        }
+        "new_flow" => {
+            let frames = sports(s.new_repeat).map(|p| syn((CLIENT, p), (vip, 80))).collect();
+            (Hook::Tc, frames, s.new_repeat, &[CNT_NEW_FLOWS, CNT_VERDICT_DNAT], reset(vec![]))
+        }
+        "new_flow_conntrack_full" if !big && lab.dummies.is_empty() => {
+            // Conntrack filled to capacity by other flows first (as on a node that opens
+            // connections faster than their entries expire): every insert evicts.
+            let fill: Vec<Vec<u8>> = (0..CT_FILL_FLOWS)
+                .map(|i| syn((Ipv4Addr::new(10, 244, 2, 1 + (i / 60_000) as u8), 1024 + (i % 60_000) as u16), (vip, 80)))
+                .collect();
+            let frames = sports(s.new_repeat).map(|p| syn((CLIENT, p), (vip, 80))).collect();
+            (Hook::Tc, frames, s.new_repeat, &[CNT_NEW_FLOWS, CNT_VERDICT_DNAT], Prep::ResetAndEstablish(fill))
+        }
+        "ct_hit" => {
+            (Hook::Tc, vec![ack((CLIENT, 40000), (vip, 80))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], reset(prime_syn))
+        }
+        "reply_revnat" => {
+            // The backend Maglev picks for this flow (the same on every run).
+            lab.clear_state(false)?;
+            let (rv, out) = lab.once(Hook::Tc, &prime_syn[0].1)?;
+            anyhow::ensure!(rv == 0, "the SYN was not translated (verdict {rv})");
+            let backend = flow(&out).dst;
+            (Hook::Tc, vec![ack(backend, (CLIENT, 40000))], s.hit_repeat, &[CNT_VERDICT_REVNAT], reset(prime_syn))
+        }
+        "affinity_hit_new_flow" if !big => {
+            let frames = sports(s.new_repeat).map(|p| syn((CLIENT, p), (AFF_VIP, 80))).collect();
+            let prep = Prep::Reset { affinity: true, prime: vec![(Hook::Tc, syn((CLIENT, 65000), (AFF_VIP, 80)))] };
+            (Hook::Tc, frames, s.new_repeat, &[CNT_AFFINITY_HIT, CNT_NEW_FLOWS], prep)
+        }
+        "nodeport_snat_ct_hit" if !big => {
+            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT)))];
+            (
+                Hook::Xdp,
+                vec![ack((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT))],
+                s.hit_repeat,
+                &[CNT_CT_HIT, CNT_VERDICT_DNAT],
+                reset(prime),
+            )
+        }
+        "nodeport_snat_new_flow" if !big => {
+            let frames = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (common::NODE_IP, NODE_PORT))).collect();
+            (Hook::Xdp, frames, s.np_new_repeat, &[CNT_NEW_FLOWS, CNT_SNAT], reset(vec![]))
+        }
+        "new_flow_cycling_services" | "ct_hit_cycling_services" if !lab.dummies.is_empty() => {
+            let k = (lab.dummies.len() as u32).min(s.new_repeat);
+            let stride = lab.dummies.len() / k as usize;
+            let targets: Vec<Ipv4Addr> = (0..k as usize).map(|i| lab.dummies[i * stride].vip).collect();
+            let syns: Vec<Vec<u8>> = targets.iter().zip(sports(k)).map(|(v, p)| syn((CLIENT, p), (*v, 80))).collect();
+            if name == "new_flow_cycling_services" {
+                (Hook::Tc, syns, k, &[CNT_NEW_FLOWS], reset(vec![]))
+            } else {
+                let acks = targets.iter().zip(sports(k)).map(|(v, p)| ack((CLIENT, p), (*v, 80))).collect();
+                let reps = (s.hit_repeat / k).max(1) * k;
+                (Hook::Tc, acks, reps, &[CNT_CT_HIT], Prep::ResetAndEstablish(syns))
+            }
+        }
+        "lookup_services_map" | "lookup_conntrack_map" if !big => {
+            let (map, key, prep) = if name == "lookup_services_map" {
+                let k =
+                    ServiceKey { addr: v4_mapped(VIP.octets()), port_be: 80u16.to_be(), proto: lb_common::IPPROTO_TCP, _pad: 0 };
+                (lab.map_fd(lb_common::SERVICES)?, pod_bytes(&k), Prep::Nothing)
+            } else {
+                let k = CtKey {
+                    src: v4_mapped(CLIENT.octets()),
+                    dst: v4_mapped(VIP.octets()),
+                    sport_be: 40000u16.to_be(),
+                    dport_be: 80u16.to_be(),
+                    proto: lb_common::IPPROTO_TCP,
+                    dir: lb_common::CT_DIR_FORWARD,
+                    _pad: [0; 2],
+                };
+                (lab.map_fd(lb_common::CONNTRACK)?, pod_bytes(&k), reset(prime_syn))
+            };
+            let prog = load_prog(PROG_SCHED_CLS, 0, &lookup_insns(map.as_raw_fd(), &key, 0), "bench_lookup")?;
+            let out = CaseOut {
+                name,
+                hook: Hook::Tc,
+                ns: vec![],
+                raw_lb: vec![],
+                raw_floor: vec![],
+                noop: vec![],
+                repeat: s.hit_repeat,
+                k: 1,
+                valid: true,
+                note: String::new(),
+                snat_drops: 0,
+                ratio_to_first: None,
+                ct_entries_before: None,
+            };
+            return Ok(Some(Prepared {
+                lab,
+                hook: Hook::Tc,
+                harness: None,
+                direct: Some(prog),
+                repeat: s.hit_repeat,
+                expect: &[],
+                prep,
+                out,
+            }));
+        }
+        _ => return Ok(None),
+    };
+    let harness = Harness::new(hook, lab.prog_fd(hook), noop(hook), &frames)?;
+    let out = CaseOut {
+        name,
+        hook,
+        ns: vec![],
+        raw_lb: vec![],
+        raw_floor: vec![],
+        noop: vec![],
+        repeat,
+        k: harness.k,
+        valid: true,
+        note: String::new(),
+        snat_drops: 0,
+        ratio_to_first: None,
+        ct_entries_before: None,
+    };
+    // The cycling-hit case establishes its flows through a wrapper with the no-op of its hook.
+    Ok(Some(Prepared { lab, hook, harness: Some(harness), direct: None, repeat, expect, prep, out }))
 }
 
-struct PinGuard(PathBuf);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
+/// The largest round number of 3-endpoint ClusterIP services the maps hold (100,000 do not
+/// fit): each takes 2 LB_SERVICES entries (frontend, address marker) and its Maglev table's
+/// chunks. Returns (that number, Maglev chunks per service).
+fn capacity() -> (u32, u32) {
+    let chunks = lb_userspace::maglev::table_size(3, None).div_ceil(lb_common::MAGLEV_CHUNK);
+    let fit = (lb_common::SERVICES_MAX / 2).min(lb_common::MAGLEV_CHUNKS_MAX / chunks);
+    // Round down, leaving room for the 3 measured services.
+    let round = if fit > 10_000 { 1_000 } else { 100 };
+    ((fit - 3) / round * round, chunks)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -663,68 +869,128 @@ fn main() -> anyhow::Result<()> {
     let sizes = if opts.quick {
         Sizes { runs: 5, hit_repeat: 50_000, new_repeat: 5_000, np_new_repeat: 1_000, scales: vec![3, 10_000] }
     } else {
-        Sizes { runs: 7, hit_repeat: 200_000, new_repeat: 20_000, np_new_repeat: 1_000, scales: vec![3, 1_000, 10_000, 32_000] }
+        Sizes {
+            runs: 7,
+            hit_repeat: 200_000,
+            new_repeat: 20_000,
+            np_new_repeat: 1_000,
+            scales: vec![3, 1_000, 10_000, capacity().0],
+        }
     };
     // The kernel runs test_run on the caller's CPU: one CPU for every run.
     let cpu = ncpus() - 1;
     common::pin_to_cpu(cpu);
-    let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b1-{}", unique_token()));
-    let _guard = PinGuard(pin.clone());
-    let t0 = Instant::now();
-    let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), conntrack_max: None })?;
-    let load_s = t0.elapsed().as_secs_f64();
-    dp.set_config(&lb_common::Config {
-        snat_addr: v4_mapped(common::NODE_IP.octets()),
-        hairpin_addr: v4_mapped([169, 254, 42, 1]),
-        snat_port_min: 61000,
-        snat_port_max: 65000,
-        flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
-        ..Default::default()
-    })?;
     let noop_tc = load_prog(PROG_SCHED_CLS, 0, &noop_insns(Hook::Tc.pass()), "bench_noop_tc")?;
     let noop_xdp = load_prog(PROG_XDP, ATTACH_XDP, &noop_insns(Hook::Xdp.pass()), "bench_noop_xdp")?;
-    let mut lab = Lab { dp, ids: Ids::default(), pin: pin.clone(), noop_tc, noop_xdp, sizes };
-    println!("b1: datapath loaded in {load_s:.2} s; test_run on CPU {cpu}; {} runs per case", lab.sizes.runs);
 
+    // One datapath per service count (and one for the 1,000-backend service), all loaded at
+    // once so that every case's runs interleave over them.
     let measured = measured_services();
-    let mut rows = Vec::new();
-    for &n in &lab.sizes.scales.clone() {
+    let mut labs = Vec::new();
+    let t0 = Instant::now();
+    for &n in &sizes.scales {
         let dummies: Vec<Svc> = (0..n.saturating_sub(measured.len() as u32)).map(|i| Svc::dummy(i, 3)).collect();
         let mut all = measured.clone();
         all.extend(dummies.iter().cloned());
-        let prog_s = lab.program(&all)?;
-        let fill = lab.dp.state().services.len();
-        println!("b1: {n} services ({fill} of {} LB_SERVICES entries, programmed in {prog_s:.2} s)", lb_common::SERVICES_MAX);
-        let cases = run_cases(&lab, &dummies, false)?;
-        rows.push(json!({"services": n, "services_map_entries": fill, "program_s": prog_s, "cases": cases.iter().map(CaseOut::json).collect::<Vec<_>>()}));
+        let lab = Lab::new(Some(n), &all, dummies)?;
+        println!(
+            "b1: {}: {} of {} LB_SERVICES entries, programmed in {:.2} s",
+            lab.label(),
+            lab.fill,
+            lb_common::SERVICES_MAX,
+            lab.program_s
+        );
+        labs.push(lab);
     }
-    // One service with 1,000 backends.
-    let big = big_service();
-    let prog_s = lab.program(std::slice::from_ref(&big))?;
-    println!("b1: 1 service with 1,000 backends (programmed in {prog_s:.2} s)");
-    let cases = run_cases(&lab, &[], true)?;
-    let big_row = json!({"services": 1, "backends": 1000, "program_s": prog_s, "cases": cases.iter().map(CaseOut::json).collect::<Vec<_>>()});
+    let big = Lab::new(None, &[big_service()], vec![])?;
+    println!("b1: {}: programmed in {:.2} s", big.label(), big.program_s);
+    labs.push(big);
+    let setup_s = t0.elapsed().as_secs_f64();
+    println!(
+        "b1: {} datapaths loaded and programmed in {setup_s:.1} s; test_run on CPU {cpu}; {} interleaved runs per case",
+        labs.len(),
+        sizes.runs
+    );
 
-    // 100,000 services do not fit: say what the planner needs.
-    let max_clusterip = lb_common::SERVICES_MAX / 2;
+    let mut by_lab: Vec<Vec<CaseOut>> = labs.iter().map(|_| Vec::new()).collect();
+    for name in CASES {
+        let mut prepared = Vec::new();
+        for (i, lab) in labs.iter().enumerate() {
+            if let Some(p) = prepare(lab, name, &sizes, noop_tc.as_raw_fd(), noop_xdp.as_raw_fd())? {
+                prepared.push((i, p));
+            }
+        }
+        // Every run visits every lab; odd runs in reverse order, so no lab always goes first.
+        for run in 0..sizes.runs {
+            if run % 2 == 0 {
+                for (_, p) in &mut prepared {
+                    p.run_once()?;
+                }
+            } else {
+                for (_, p) in prepared.iter_mut().rev() {
+                    p.run_once()?;
+                }
+            }
+        }
+        // Paired ratios: each run's figure over the same run's figure on the first lab (the
+        // fewest services), which cancels drift between runs.
+        let firsts: Option<Vec<f64>> = prepared.iter().find(|(i, _)| *i == 0).map(|(_, p)| p.out.ns.clone());
+        for (_, p) in &mut prepared {
+            if let Some(f) = &firsts {
+                let r: Vec<f64> = p.out.ns.iter().zip(f).map(|(a, b)| a / b).collect();
+                p.out.ratio_to_first = Some(median(&r));
+            }
+        }
+        for (i, p) in prepared {
+            let o = &p.out;
+            let status = if o.valid { "ok".to_owned() } else { format!("INVALID: {}", o.note) };
+            println!(
+                "  {name:<26} {:<28} {:>7.1} ns/pkt (median, min {:.1}; wrapper→lb {:.1}, wrapper→no-op {:.1}, no-op {:.1}; K={}, repeat={}) {status}",
+                p.lab.label(),
+                median(&o.ns),
+                min(&o.ns),
+                median(&o.raw_lb),
+                median(&o.raw_floor),
+                median(&o.noop),
+                o.k,
+                o.repeat
+            );
+            by_lab[i].push(p.out);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut big_row = Value::Null;
+    for (lab, cases) in labs.iter().zip(&by_lab) {
+        let cases: Vec<Value> = cases.iter().map(CaseOut::json).collect();
+        match lab.services {
+            Some(n) => {
+                rows.push(json!({"services": n, "services_map_entries": lab.fill, "program_s": lab.program_s, "cases": cases}))
+            }
+            None => big_row = json!({"services": 1, "backends": 1000, "program_s": lab.program_s, "cases": cases}),
+        }
+    }
     let results = json!({
-        "datapath_load_s": load_s,
         "cpu": cpu,
-        "runs": lab.sizes.runs,
-        "hit_repeat": lab.sizes.hit_repeat,
-        "new_repeat": lab.sizes.new_repeat,
-        "nodeport_new_repeat": lab.sizes.np_new_repeat,
+        "runs": sizes.runs,
+        "hit_repeat": sizes.hit_repeat,
+        "new_repeat": sizes.new_repeat,
+        "nodeport_new_repeat": sizes.np_new_repeat,
+        "setup_s": setup_s,
         "rows": rows,
         "big": big_row,
         "capacity": {
+            "largest_row": capacity().0,
             "services_max": lb_common::SERVICES_MAX,
             "entries_per_clusterip_service": 2,
-            "max_clusterip_services": max_clusterip,
+            "max_by_services_map": lb_common::SERVICES_MAX / 2,
+            "maglev_table_size_3_endpoints": lb_userspace::maglev::table_size(3, None),
+            "maglev_chunks_per_service": capacity().1,
             "maglev_chunks_max": lb_common::MAGLEV_CHUNKS_MAX,
+            "max_by_maglev_map": lb_common::MAGLEV_CHUNKS_MAX / capacity().1,
             "backends_max": lb_common::BACKENDS_MAX,
         },
     });
-    drop(lab);
+    drop(labs);
     common::write_results(&opts, "b1", results);
     Ok(())
 }

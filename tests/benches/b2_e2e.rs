@@ -156,7 +156,10 @@ impl Setup {
             Mode::Iptables => {
                 // `-v -x`: exact packet counters of the KUBE-SVC chain's jumps to KUBE-SEP-*.
                 let text = out(&["iptables", "-t", "nat", "-L", &common::ipt_svc_chain(measured), "-n", "-v", "-x"])?;
-                text.lines().filter(|l| l.contains("KUBE-SEP-")).filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok()).sum()
+                text.lines()
+                    .filter(|l| l.contains("KUBE-SEP-"))
+                    .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                    .sum()
             }
             Mode::Nftables => {
                 let text = out(&["nft", "list", "chain", "ip", common::NFT_TABLE, &common::nft_svc_chain(measured)])?;
@@ -164,6 +167,17 @@ impl Setup {
             }
             Mode::Direct => 0,
         })
+    }
+
+    /// lb's counters (lb mode only).
+    fn lb_counters(&self) -> Option<Vec<u64>> {
+        PinnedMaps::open(self.pin.as_ref()?).and_then(|m| m.counters()).ok()
+    }
+
+    /// Entries in lb's conntrack map (lb mode only; 0 otherwise).
+    fn lb_conntrack_entries(&self) -> usize {
+        let Some(Ok(m)) = self.pin.as_ref().map(|p| PinnedMaps::open(p)) else { return 0 };
+        m.fill_levels().into_iter().find(|(name, _, _)| *name == lb_common::CONNTRACK).and_then(|(_, n, _)| n).unwrap_or(0)
     }
 
     fn targets(&self) -> Vec<SocketAddr> {
@@ -204,7 +218,11 @@ fn request(addr: SocketAddr) -> Result<String, String> {
     let mut buf = Vec::with_capacity(256);
     s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&buf);
-    text.lines().last().and_then(|l| l.strip_prefix("You've hit ")).map(str::to_owned).ok_or_else(|| format!("bad answer {text:?}"))
+    text.lines()
+        .last()
+        .and_then(|l| l.strip_prefix("You've hit "))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("bad answer {text:?}"))
 }
 
 /// `threads` clients in the namespace at `ns_path`, each one connection at a time, for `dur`.
@@ -213,7 +231,14 @@ fn load(ns_path: &Path, targets: &[SocketAddr], threads: usize, dur: Duration) -
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 sc.spawn(move || {
-                    let mut r = Run { ok: 0, failed: 0, secs: 0.0, lat_us: Vec::with_capacity(100_000), pods: BTreeMap::new(), first_error: None };
+                    let mut r = Run {
+                        ok: 0,
+                        failed: 0,
+                        secs: 0.0,
+                        lat_us: Vec::with_capacity(100_000),
+                        pods: BTreeMap::new(),
+                        first_error: None,
+                    };
                     if let Err(e) = lb_userspace::netns::enter(ns_path) {
                         r.first_error = Some(format!("setns: {e}"));
                         return r;
@@ -263,6 +288,9 @@ struct Sizes {
     scales: Vec<u32>,
     reps: usize,
     dur: Duration,
+    /// Load before the measured runs, per mode and scale: long enough for lb's conntrack map to
+    /// fill (a busy node's steady state).
+    warmup: Duration,
     threads: usize,
 }
 
@@ -270,23 +298,44 @@ fn main() -> anyhow::Result<()> {
     let opts = Opts::parse("b2");
     common::require_privileges("b2");
     let threads = std::env::var("LB_BENCH_B2_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let sizes = if opts.quick {
-        Sizes { scales: vec![10, 10_000], reps: 1, dur: Duration::from_secs(3), threads }
+    let mut sizes = if opts.quick {
+        Sizes { scales: vec![10, 1_000], reps: 1, dur: Duration::from_secs(2), warmup: Duration::from_millis(500), threads }
     } else {
-        Sizes { scales: vec![10, 1_000, 10_000], reps: 3, dur: Duration::from_secs(5), threads }
+        Sizes {
+            scales: vec![10, 1_000, 10_000],
+            reps: 5,
+            dur: Duration::from_millis(2500),
+            warmup: Duration::from_secs(2),
+            threads,
+        }
     };
+    // Overrides for exploring (not used by `cargo xtask bench`).
+    if let Ok(v) = std::env::var("LB_BENCH_B2_SCALES") {
+        sizes.scales = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    }
+    if let Some(r) = std::env::var("LB_BENCH_B2_REPS").ok().and_then(|v| v.parse().ok()) {
+        sizes.reps = r;
+    }
+    if let Some(d) = std::env::var("LB_BENCH_B2_SECS").ok().and_then(|v| v.parse().ok()) {
+        sizes.dur = Duration::from_secs(d);
+    }
     println!(
         "b2: {} client threads, {} s per run, {} interleaved repetitions per mode",
         sizes.threads,
-        sizes.dur.as_secs(),
+        sizes.dur.as_secs_f64(),
         sizes.reps
     );
     let mut rows = Vec::new();
+    let mut setups: Vec<Setup> = Vec::new();
+    let mut lb_runs = Vec::new();
     for &n in &sizes.scales {
-        // Fresh topologies per scale: no conntrack or TIME_WAIT state carries over.
-        let mut setups = Vec::new();
-        for m in MODES {
-            setups.push(Setup::new(m)?);
+        // Fresh topologies per scale, so that no conntrack or TIME_WAIT state carries over
+        // (the quick mode's few seconds of load per scale fit in one set of tables).
+        if !opts.quick || setups.is_empty() {
+            setups.clear();
+            for m in MODES {
+                setups.push(Setup::new(m)?);
+            }
         }
         let servers = setups[0].servers.clone();
         anyhow::ensure!(setups.iter().all(|s| s.servers == servers), "every topology has the same pod addresses");
@@ -304,10 +353,10 @@ fn main() -> anyhow::Result<()> {
             }
             println!("b2: {n} services: {} programmed in {:.2} s", s.mode.name(), s.load_s);
         }
-        // Warm-up (pod servers, ARP, caches), not counted.
+        // Warm-up, not counted: pod servers, ARP, caches, and lb's conntrack map full.
         for s in &setups {
             let ns = PathBuf::from(s.topo.pods[s.client].ns.path());
-            let w = load(&ns, &s.targets(), sizes.threads, Duration::from_millis(500));
+            let w = load(&ns, &s.targets(), sizes.threads, sizes.warmup);
             anyhow::ensure!(w.ok > 0, "{}: no request succeeded during the warm-up: {:?}", s.mode.name(), w.first_error);
         }
         let mut per_mode: BTreeMap<Mode, Vec<Run>> = BTreeMap::new();
@@ -316,11 +365,25 @@ fn main() -> anyhow::Result<()> {
             for s in &setups {
                 let ns = PathBuf::from(s.topo.pods[s.client].ns.path());
                 let before = s.translated(&measured)?;
+                let lb_before = s.lb_counters();
                 let r = load(&ns, &s.targets(), sizes.threads, sizes.dur);
                 let after = s.translated(&measured)?;
                 *translated.entry(s.mode).or_default() += after - before;
+                // lb: drops during the run, and how full its conntrack map is.
+                let mut lb_note = String::new();
+                if let (Some(b), Some(a)) = (lb_before, s.lb_counters()) {
+                    let mut drops = serde_json::Map::new();
+                    for (i, name) in lb_common::COUNTER_NAMES.iter().enumerate() {
+                        if name.starts_with("drop") && a[i] > b[i] {
+                            drops.insert((*name).to_owned(), (a[i] - b[i]).into());
+                        }
+                    }
+                    let ct = s.lb_conntrack_entries();
+                    lb_note = format!(" (conntrack entries {ct}, drops {})", Value::Object(drops.clone()));
+                    lb_runs.push(json!({"services": n, "rep": rep, "conntrack_entries": ct, "drops": drops}));
+                }
                 println!(
-                    "  {n:>6} services  {:<9} rep {rep}: {:>8.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  failed {}{}",
+                    "  {n:>6} services  {:<9} rep {rep}: {:>8.0} conn/s  p50 {:>6.0} µs  p99 {:>6.0} µs  failed {}{}{lb_note}",
                     s.mode.name(),
                     r.ok as f64 / r.secs,
                     percentile(&r.lat_us.iter().map(|v| f64::from(*v)).collect::<Vec<_>>(), 50.0),
@@ -360,11 +423,13 @@ fn main() -> anyhow::Result<()> {
             );
         }
         rows.push(json!({"services": n, "modes": Value::Object(modes)}));
-        drop(setups);
     }
     let results = json!({
         "threads": sizes.threads,
         "run_s": sizes.dur.as_secs_f64(),
+        "warmup_s": sizes.warmup.as_secs_f64(),
+        "lb_runs": lb_runs,
+        "lb_conntrack_max": lb_common::CONNTRACK_MAX,
         "reps": sizes.reps,
         "endpoints_per_service": 3,
         "rows": rows,

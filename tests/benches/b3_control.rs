@@ -38,6 +38,10 @@ use serde_json::{Value, json};
 
 const ENDPOINTS: u32 = 10;
 
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
 /// The agent process, killed and its pins removed on drop.
 struct AgentProc {
     child: Child,
@@ -61,9 +65,19 @@ impl Drop for AgentProc {
 }
 
 impl AgentProc {
-    fn vm_hwm_kib(&self) -> Option<u64> {
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let s = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+        s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Peak resident set size.
+    fn vm_hwm_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident set size now.
+    fn vm_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -141,14 +155,18 @@ fn start_and_sync(lb: &Path, kubeconfig: &Path, svcs: &[Svc], listen_flags: bool
         if let Some(why) = agent.exited() {
             anyhow::bail!("the agent exited: {why}");
         }
-        anyhow::ensure!(Instant::now() < deadline, "the agent did not sync in time; log:\n{}", fs::read_to_string(&log).unwrap_or_default());
-        if let Ok(m) = open::<ServiceKey, ServiceValue>(&pin, lb_common::SERVICES) {
-            if m.get(&last, 0).is_ok() {
-                let at = t0.elapsed().as_secs_f64();
-                let frontends = m.keys().filter_map(Result::ok).filter(|k| k.proto != 0).count();
-                if frontends >= svcs.len() {
-                    break at;
-                }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent did not sync in time; log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        if let Ok(m) = open::<ServiceKey, ServiceValue>(&pin, lb_common::SERVICES)
+            && m.get(&last, 0).is_ok()
+        {
+            let at = t0.elapsed().as_secs_f64();
+            let frontends = m.keys().filter_map(Result::ok).filter(|k| k.proto != 0).count();
+            if frontends >= svcs.len() {
+                break at;
             }
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -171,28 +189,101 @@ fn table_ids(maglev: &AyaHashMap<MapData, MaglevKey, MaglevChunk>, select_id: u3
     ids
 }
 
-/// One endpoint change through the API server: seconds until the new backend is selectable.
-fn change_latency(api: &ApiServer, pin: &Path, svc: &mut Svc, new_ip: Ipv4Addr) -> anyhow::Result<(f64, Ipv4Addr)> {
+/// Timestamps (seconds since the epoch) of the agent's `synced` log lines so far.
+fn synced_lines(log: &Path) -> Vec<f64> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" synced"))
+        .filter_map(|l| parse_rfc3339(l.split_whitespace().next()?))
+        .collect()
+}
+
+/// One endpoint change through the API server: seconds until the new backend is selectable,
+/// and seconds until the agent logged the sync that wrote it (its log line follows the map
+/// writes).
+fn change_latency(api: &ApiServer, agent: &AgentProc, svc: &mut Svc, new_ip: Ipv4Addr) -> anyhow::Result<(f64, Option<f64>)> {
+    let pin = &agent.pin;
     let services: AyaHashMap<MapData, ServiceKey, ServiceValue> = open(pin, lb_common::SERVICES)?;
     let maglev: AyaHashMap<MapData, MaglevKey, MaglevChunk> = open(pin, lb_common::MAGLEV)?;
     let backends: AyaHashMap<MapData, u32, Backend> = open(pin, lb_common::BACKENDS)?;
     let v = services.get(&key(svc.vip, svc.port), 0)?;
     let chunks = v.slot_count.div_ceil(MAGLEV_CHUNK);
     let old_ids = table_ids(&maglev, v.select_id, chunks);
-    let old_ip = svc.endpoints[0];
     svc.endpoints[0] = new_ip;
     let want = v4_mapped(new_ip.octets());
+    let logged_before = synced_lines(&agent.log).len();
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let t0 = Instant::now();
     api.apply(svc.slice_json())?;
     let deadline = t0 + Duration::from_secs(30);
     loop {
         let ids = table_ids(&maglev, v.select_id, chunks);
         if ids.difference(&old_ids).any(|id| backends.get(id, 0).is_ok_and(|b| b.addr == want)) {
-            return Ok((t0.elapsed().as_secs_f64(), old_ip));
+            let seen = t0.elapsed().as_secs_f64();
+            // The agent's own line for this sync (written right after the maps).
+            let mut logged = None;
+            for _ in 0..50 {
+                if let Some(t) = synced_lines(&agent.log).get(logged_before) {
+                    logged = Some(t - wall);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            return Ok((seen, logged));
         }
         anyhow::ensure!(Instant::now() < deadline, "the change to {} did not reach the maps in 30 s", svc.name);
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// The agent's per-sync work measured in this process with the same library: cloning the
+/// objects (what a snapshot of the watch caches does), compile, plan (Maglev tables), diff
+/// after one endpoint change. Medians of 3, in milliseconds.
+fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use lb_userspace::{
+        compile::{Family, NodeContext, compile},
+        plan::{Ids, PlanConfig, diff, map_state},
+    };
+    let services: Vec<Service> = svcs.iter().map(|s| serde_json::from_value(s.service_json())).collect::<Result<_, _>>()?;
+    let mut slices: Vec<EndpointSlice> = svcs.iter().map(|s| serde_json::from_value(s.slice_json())).collect::<Result<_, _>>()?;
+    let node = NodeContext { name: common::NODE_NAME.into(), ..Default::default() };
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        let mut v: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                ms(t.elapsed())
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    let clone_ms = time(&mut || {
+        std::hint::black_box((services.clone(), slices.clone()));
+    });
+    let compile_ms = time(&mut || {
+        std::hint::black_box(compile(&services, &slices, &node, Family::V4));
+    });
+    let desired = compile(&services, &slices, &node, Family::V4);
+    let mut ids = Ids::default();
+    let before = map_state(&desired, &mut ids, &PlanConfig::default());
+    let plan_ms = time(&mut || {
+        std::hint::black_box(map_state(&desired, &mut ids.clone(), &PlanConfig::default()));
+    });
+    // One endpoint replaced in one slice.
+    let mut changed = svcs[svcs.len() / 2].clone();
+    changed.endpoints[0] = Ipv4Addr::new(10, 202, 0, 1);
+    slices[svcs.len() / 2] = serde_json::from_value(changed.slice_json())?;
+    let desired2 = compile(&services, &slices, &node, Family::V4);
+    let after = map_state(&desired2, &mut ids, &PlanConfig::default());
+    let mut ops = 0;
+    let diff_ms = time(&mut || {
+        ops = std::hint::black_box(diff(&before, &after)).len();
+    });
+    Ok(json!({"clone_ms": clone_ms, "compile_ms": compile_ms, "plan_ms": plan_ms, "diff_ms": diff_ms, "diff_ops": ops,
+              "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW)}))
 }
 
 struct Sizes {
@@ -210,7 +301,7 @@ fn main() -> anyhow::Result<()> {
     let sizes = if opts.quick {
         Sizes { scales: vec![1_000], change_scale: 1_000, changes: 10, baseline_changes: 3, noflush_max: 1_000 }
     } else {
-        Sizes { scales: vec![1_000, 10_000], change_scale: 10_000, changes: 40, baseline_changes: 5, noflush_max: 1_000 }
+        Sizes { scales: vec![1_000, 10_000], change_scale: 10_000, changes: 30, baseline_changes: 3, noflush_max: 1_000 }
     };
     let lb = bins::lb();
     let help = Command::new(&lb).args(["agent", "--help"]).output()?;
@@ -241,12 +332,15 @@ fn main() -> anyhow::Result<()> {
             rss_sync.unwrap_or(0) as f64 / 1024.0
         );
         if n == sizes.change_scale {
-            let mut lat = Vec::new();
+            let (mut lat, mut logged) = (Vec::new(), Vec::new());
             for c in 0..sizes.changes {
                 let i = (c * 7919) % svcs.len();
                 let new_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 0, 0)) + c as u32);
-                let (l, _) = change_latency(&api, &out.agent.pin, &mut svcs[i], new_ip)?;
+                let (l, log_s) = change_latency(&api, &out.agent, &mut svcs[i], new_ip)?;
                 lat.push(l * 1e3);
+                if let Some(x) = log_s {
+                    logged.push(x * 1e3);
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             if let Some(why) = out.agent.exited() {
@@ -259,15 +353,28 @@ fn main() -> anyhow::Result<()> {
                 common::max(&lat),
                 lat.len()
             );
-            change = json!({"services": n, "latency_ms": summary(&lat)});
+            println!("b3: (the agent logged each sync {:.1} ms after the write, median)", median(&logged));
+            change = json!({"services": n, "latency_ms": summary(&lat), "agent_logged_ms": summary(&logged)});
         }
         let rss_end = out.agent.vm_hwm_kib();
+        let rss_now = out.agent.vm_rss_kib();
+        let (sync_s, loaded_s, synced_log_s) = (out.sync_s, out.loaded_s, out.synced_log_s);
+        drop(out);
+        let pipe = pipeline(&svcs)?;
+        println!(
+            "b3: {n} services: one sync's work in-process: clone objects {:.1} ms, compile {:.1} ms, plan {:.1} ms, diff {:.1} ms ({} map writes), plus the {:.0} ms coalescing window",
+            f64_of(&pipe["clone_ms"]),
+            f64_of(&pipe["compile_ms"]),
+            f64_of(&pipe["plan_ms"]),
+            f64_of(&pipe["diff_ms"]),
+            pipe["diff_ops"],
+            f64_of(&pipe["coalesce_window_ms"])
+        );
         lb_rows.push(json!({
             "services": n, "endpoints_per_service": ENDPOINTS, "api_fill_s": fill_s,
-            "sync_s": out.sync_s, "log_datapath_loaded_s": out.loaded_s, "log_synced_s": out.synced_log_s,
-            "vm_hwm_kib_after_sync": rss_sync, "vm_hwm_kib_end": rss_end,
+            "sync_s": sync_s, "log_datapath_loaded_s": loaded_s, "log_synced_s": synced_log_s,
+            "vm_hwm_kib_after_sync": rss_sync, "vm_hwm_kib_end": rss_end, "vm_rss_kib_end": rss_now, "pipeline": pipe,
         }));
-        drop(out);
         let _ = fs::remove_file(&kubeconfig);
     }
 
@@ -312,7 +419,13 @@ fn main() -> anyhow::Result<()> {
             let last = &svcs[(sizes.baseline_changes - 1) * 7919 % svcs.len()];
             let sep = common::ipt_sep_chain(last, last.endpoints[0]);
             lb_tests::netns::run(ns.command("iptables").args(["-t", "nat", "-S", &sep]))?;
-            lb_tests::netns::run(ns.command("nft").args(["list", "chain", "ip", common::NFT_TABLE, &common::nft_ep_chain(last, last.endpoints[0])]))?;
+            lb_tests::netns::run(ns.command("nft").args([
+                "list",
+                "chain",
+                "ip",
+                common::NFT_TABLE,
+                &common::nft_ep_chain(last, last.endpoints[0]),
+            ]))?;
             println!(
                 "b3: {n} services: one endpoint change: iptables partial sync p50 {:.0} ms, nft transaction p50 {:.0} ms",
                 median(&ipt_ms),

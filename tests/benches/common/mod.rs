@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 pub struct Opts {
     pub quick: bool,
     pub out: PathBuf,
+    /// When the bench started (its run time goes into the results).
+    pub started: Instant,
 }
 
 impl Opts {
@@ -35,7 +37,7 @@ impl Opts {
         let out = out.unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("bench-out").join(format!("{name}.json"))
         });
-        Self { quick, out }
+        Self { quick, out, started: Instant::now() }
     }
 }
 
@@ -57,8 +59,11 @@ pub fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// CPUs online (not the calling thread's affinity mask, which the benches narrow).
 pub fn ncpus() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    // SAFETY: trivial libc call.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +148,15 @@ pub struct Svc {
 
 impl Svc {
     pub fn new(name: &str, vip: Ipv4Addr, endpoints: Vec<Ipv4Addr>) -> Self {
-        Self { name: name.to_owned(), vip, port: SERVICE_PORT, endpoints, target_port: TARGET_PORT, affinity: false, node_port: None }
+        Self {
+            name: name.to_owned(),
+            vip,
+            port: SERVICE_PORT,
+            endpoints,
+            target_port: TARGET_PORT,
+            affinity: false,
+            node_port: None,
+        }
     }
 
     /// Dummy service `i` with `k` endpoints from the pool.
@@ -201,7 +214,8 @@ impl Svc {
 pub fn desired(svcs: &[Svc]) -> lb_userspace::model::DesiredState {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     let services: Vec<Service> = svcs.iter().map(|s| serde_json::from_value(s.service_json()).expect("Service")).collect();
-    let slices: Vec<EndpointSlice> = svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
+    let slices: Vec<EndpointSlice> =
+        svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
     let node = lb_userspace::compile::NodeContext {
         name: NODE_NAME.into(),
         addresses: vec![std::net::IpAddr::V4(NODE_IP)],
@@ -280,7 +294,8 @@ fn ipt_service_chains(out: &mut String, s: &Svc) {
     for ep in &s.endpoints {
         let sep = ipt_sep_chain(s, *ep);
         let _ = writeln!(out, "-A {sep} -m comment --comment \"{pn}\" -s {ep}/32 -j KUBE-MARK-MASQ");
-        let _ = writeln!(out, "-A {sep} -m comment --comment \"{pn}\" -m tcp -p tcp -j DNAT --to-destination {ep}:{}", s.target_port);
+        let _ =
+            writeln!(out, "-A {sep} -m comment --comment \"{pn}\" -m tcp -p tcp -j DNAT --to-destination {ep}:{}", s.target_port);
     }
 }
 
@@ -297,7 +312,8 @@ fn ipt_declare_service(out: &mut String, s: &Svc) {
 pub fn iptables_ruleset(svcs: &[Svc]) -> String {
     let mut out = String::with_capacity(svcs.len() * 1200);
     out.push_str("*filter\n");
-    for c in ["KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"] {
+    for c in ["KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL"]
+    {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
     out.push_str(concat!(
@@ -390,21 +406,7 @@ pub fn nft_ep_chain(s: &Svc, ep: Ipv4Addr) -> String {
 fn nft_service_chains(out: &mut String, s: &Svc, counter: bool) {
     let t = NFT_TABLE;
     let sc = nft_svc_chain(s);
-    let _ = writeln!(out, "add chain ip {t} {sc}");
-    let _ = writeln!(out, "flush chain ip {t} {sc}");
-    let _ = writeln!(
-        out,
-        "add rule ip {t} {sc} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-        s.vip, s.port
-    );
-    let vmap: Vec<String> = s.endpoints.iter().enumerate().map(|(j, ep)| format!("{j} : goto {}", nft_ep_chain(s, *ep))).collect();
-    let _ = writeln!(
-        out,
-        "add rule ip {t} {sc} {}numgen random mod {} vmap {{ {} }}",
-        if counter { "counter " } else { "" },
-        s.endpoints.len(),
-        vmap.join(" , ")
-    );
+    // Endpoint chains first: the service chain's verdict map jumps to them.
     for ep in &s.endpoints {
         let ec = nft_ep_chain(s, *ep);
         let _ = writeln!(out, "add chain ip {t} {ec}");
@@ -412,6 +414,22 @@ fn nft_service_chains(out: &mut String, s: &Svc, counter: bool) {
         let _ = writeln!(out, "add rule ip {t} {ec} ip saddr {ep} jump mark-for-masquerade");
         let _ = writeln!(out, "add rule ip {t} {ec} meta l4proto tcp dnat to {ep}:{}", s.target_port);
     }
+    let _ = writeln!(out, "add chain ip {t} {sc}");
+    let _ = writeln!(out, "flush chain ip {t} {sc}");
+    let _ = writeln!(
+        out,
+        "add rule ip {t} {sc} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+        s.vip, s.port
+    );
+    let vmap: Vec<String> =
+        s.endpoints.iter().enumerate().map(|(j, ep)| format!("{j} : goto {}", nft_ep_chain(s, *ep))).collect();
+    let _ = writeln!(
+        out,
+        "add rule ip {t} {sc} {}numgen random mod {} vmap {{ {} }}",
+        if counter { "counter " } else { "" },
+        s.endpoints.len(),
+        vmap.join(" , ")
+    );
 }
 
 /// The whole table kube-proxy's nftables mode (KEP-3866) writes for `svcs`, for `nft -f`:
@@ -455,7 +473,7 @@ pub fn nft_ruleset(svcs: &[Svc], counted: Option<&str>) -> String {
             "add rule ip {t} filter-output ct state new jump cluster-ips-check\n",
             "add chain ip {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}\n",
             "add rule ip {t} nat-prerouting jump services\n",
-            "add chain ip {t} nat-output {{ type nat hook output priority dstnat ; }}\n",
+            "add chain ip {t} nat-output {{ type nat hook output priority -100 ; }}\n",
             "add rule ip {t} nat-output jump services\n",
         ),
         t = t
@@ -465,7 +483,8 @@ pub fn nft_ruleset(svcs: &[Svc], counted: Option<&str>) -> String {
     }
     // Elements in batches (one huge line is slow for nft's parser).
     for chunk in svcs.chunks(500) {
-        let els: Vec<String> = chunk.iter().map(|s| format!("{} . tcp . {} : goto {}", s.vip, s.port, nft_svc_chain(s))).collect();
+        let els: Vec<String> =
+            chunk.iter().map(|s| format!("{} . tcp . {} : goto {}", s.vip, s.port, nft_svc_chain(s))).collect();
         let _ = writeln!(out, "add element ip {t} service-ips {{ {} }}", els.join(" , "));
         let ips: Vec<String> = chunk.iter().map(|s| s.vip.to_string()).collect();
         let _ = writeln!(out, "add element ip {t} cluster-ips {{ {} }}", ips.join(" , "));
@@ -510,8 +529,18 @@ pub fn run_with_stdin(ns: &str, cmd: &[&str], input: &str) -> anyhow::Result<Dur
 /// The machine, for the report.
 pub fn environment() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_owned();
-    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_owned();
-    let kernel = std::process::Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let kernel = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     json!({
         "cpus": ncpus(),
         "cpu_model": cpu,
@@ -525,7 +554,10 @@ pub fn environment() -> Value {
 
 /// Writes the bench's results file.
 pub fn write_results(opts: &Opts, bench: &str, results: Value) {
-    let doc = json!({"bench": bench, "quick": opts.quick, "environment": environment(), "results": results});
+    let doc = json!({
+        "bench": bench, "quick": opts.quick, "environment": environment(),
+        "run_s": opts.started.elapsed().as_secs_f64(), "results": results,
+    });
     if let Some(dir) = opts.out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

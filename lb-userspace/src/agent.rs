@@ -334,10 +334,10 @@ fn service_port_names(desired: &DesiredState, state: &MapState) -> BTreeMap<u32,
 }
 
 /// Point 50: `/healthz` fails while this node's Node object is being deleted.
-fn node_eligible(node_name: &str, nodes: &[k8s_openapi::api::core::v1::Node]) -> bool {
-    !nodes
-        .iter()
-        .any(|n| n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some())
+fn node_eligible(node_name: &str, nodes: &[impl std::borrow::Borrow<k8s_openapi::api::core::v1::Node>]) -> bool {
+    !nodes.iter().map(std::borrow::Borrow::borrow).any(|n: &k8s_openapi::api::core::v1::Node| {
+        n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some()
+    })
 }
 
 /// Node-wide datapath settings, per family: the node's first IPv4 address (IPv4-mapped) and
@@ -376,7 +376,10 @@ fn file_stamps(dir: &Path) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{Node, Service};
+    use k8s_openapi::api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    };
     use serde_json::json;
 
     use super::*;
@@ -403,7 +406,7 @@ mod tests {
             service("api", "10.96.0.2", json!([{ "port": 443, "nodePort": 30443 }])),
         ];
         let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
-        let desired = crate::compile::compile(&services, &[], &node, crate::model::Family::V4);
+        let desired = crate::compile::compile(&services, &[] as &[EndpointSlice], &node, crate::model::Family::V4);
         let mut ids = Ids::default();
         let state = map_state(&desired, &mut ids, &PlanConfig::default());
         let names = service_port_names(&desired, &state);
@@ -437,7 +440,7 @@ mod tests {
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,
         };
-        let (desired, _) = compile_all(&[web], &[], &node);
+        let (desired, _) = compile_all(&[web], &[] as &[EndpointSlice], &node);
         let state = map_state(&desired, &mut Ids::default(), &PlanConfig::default());
         let names = service_port_names(&desired, &state);
         let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
@@ -501,7 +504,7 @@ mod tests {
             }
             serde_json::from_value(json!({ "metadata": meta })).unwrap()
         };
-        assert!(node_eligible("a", &[]));
+        assert!(node_eligible("a", &[] as &[Node]));
         assert!(node_eligible("a", &[node("a", false), node("b", true)]));
         assert!(!node_eligible("a", &[node("a", true)]));
     }

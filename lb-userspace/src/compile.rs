@@ -12,6 +12,7 @@
 //! without a ClusterIP of F has nothing in F, not even its NodePort on the node's F addresses.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr},
 };
@@ -79,8 +80,8 @@ pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
 /// (what one kube-proxy proxier programs). Every ServicePort it returns has
 /// [`ServicePortName::family`] `== family`.
 pub fn compile(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     node: &NodeContext,
     family: Family,
 ) -> DesiredState {
@@ -91,8 +92,8 @@ pub fn compile(
 /// (point 49: `type: LoadBalancer`, `externalTrafficPolicy: Local`, a non-zero
 /// `healthCheckNodePort`), counting the local ready endpoints of `family` only.
 pub fn compile_with_health_checks(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     node: &NodeContext,
     family: Family,
 ) -> (DesiredState, HealthChecks) {
@@ -111,16 +112,16 @@ pub fn compile_with_health_checks(
 ///   counts its one family. (kube-proxy's two proxiers would each answer with their own
 ///   family's count; with dual-stack pods both counts are the same.)
 pub fn compile_all(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     node: &NodeContext,
 ) -> (DesiredState, HealthChecks) {
     compile_families(services, slices, node, &Family::ALL)
 }
 
 fn compile_families(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     node: &NodeContext,
     families: &[Family],
 ) -> (DesiredState, HealthChecks) {
@@ -131,6 +132,7 @@ fn compile_families(
         .map(|f| (*f, index_slices(slices, *f)))
         .collect();
     for svc in services {
+        let svc: &Service = svc.borrow();
         let ns = svc
             .metadata
             .namespace
@@ -190,9 +192,10 @@ enum CompileSkip {
 type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a EndpointSlice>>;
 
 /// EndpointSlices of the right family grouped by `(namespace, service name)` (points 6, 14, 15).
-fn index_slices(slices: &[EndpointSlice], family: Family) -> SlicesByService<'_> {
+fn index_slices(slices: &[impl Borrow<EndpointSlice>], family: Family) -> SlicesByService<'_> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
+        let slice: &EndpointSlice = slice.borrow();
         if slice.address_type != family.k8s_name() {
             continue;
         }

@@ -217,7 +217,7 @@ fn point_49_only_loadbalancer_with_local_policy_and_a_port_needs_one() {
         lb_svc("zero-port", "Local", Some(0)),
         nodeport_local,
     ];
-    let (desired, hc) = compile_with_health_checks(&services, &[], &node(), Family::V4);
+    let (desired, hc) = compile_with_health_checks(&services, &[] as &[EndpointSlice], &node(), Family::V4);
     assert!(hc.is_empty(), "{hc:?}");
     assert!(desired.rejected.is_empty(), "{:?}", desired.rejected);
 }
@@ -226,7 +226,7 @@ fn point_49_only_loadbalancer_with_local_policy_and_a_port_needs_one() {
 fn point_49_an_invalid_health_check_port_rejects_the_service() {
     let (desired, hc) = compile_with_health_checks(
         &[lb_svc("web", "Local", Some(70000))],
-        &[],
+        &[] as &[EndpointSlice],
         &node(),
         Family::V4,
     );
@@ -242,7 +242,7 @@ fn point_49_an_invalid_health_check_port_rejects_the_service() {
     // Ignored where no health check is needed.
     let (desired, _) = compile_with_health_checks(
         &[lb_svc("web", "Cluster", Some(70000))],
-        &[],
+        &[] as &[EndpointSlice],
         &node(),
         Family::V4,
     );
@@ -379,7 +379,7 @@ fn point_49_55_single_stack_ipv6_service_gets_its_health_check() {
 fn point_49_55_an_invalid_health_check_port_is_reported_once() {
     let mut dual = dual_lb_svc("web", &["IPv4", "IPv6"]);
     dual.spec.as_mut().unwrap().health_check_node_port = Some(70000);
-    let (desired, hc) = compile_all(&[dual], &[], &node());
+    let (desired, hc) = compile_all(&[dual], &[] as &[EndpointSlice], &node());
     assert!(hc.is_empty());
     assert!(desired.services.is_empty(), "no family programmed");
     assert_eq!(desired.rejected.len(), 1, "{:?}", desired.rejected);

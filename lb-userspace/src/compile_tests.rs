@@ -1525,7 +1525,7 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
         ],
         ..node()
     };
-    let st4 = compile(&[s.clone()], &[], &ctx, Family::V4);
+    let st4 = compile(&[s.clone()], &[] as &[EndpointSlice], &ctx, Family::V4);
     let np4: BTreeSet<_> = fes(tcp(&st4, "np"))
         .into_iter()
         .filter(|f| f.starts_with("nodeport"))
@@ -1538,7 +1538,7 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
             "nodeport 192.168.0.10:30080",
         ])
     );
-    let st6 = compile(&[s], &[], &ctx, Family::V6);
+    let st6 = compile(&[s], &[] as &[EndpointSlice], &ctx, Family::V6);
     let np6: BTreeSet<_> = fes(tcp(&st6, "np"))
         .into_iter()
         .filter(|f| f.starts_with("nodeport"))

@@ -52,7 +52,11 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
     // Order-independent: work on the names sorted, map back to the caller's indices.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|a, b| names[*a].cmp(&names[*b]));
-    let perms: Vec<(u64, u64)> = order
+    // Each backend walks its permutation `offset, offset + skip, offset + 2 skip, ... (mod m)`.
+    // `pos` is where its walk stands; stepping adds `skip` and wraps by one subtraction
+    // (both are below m), which is the paper's `(offset + j * skip) mod m` without a division
+    // per probe: the same table, several times faster.
+    let mut walks: Vec<(u64, u64)> = order
         .iter()
         .map(|&i| {
             let offset = fnv1a(0x6d61_676c_6576_3031, names[i].as_bytes()) % m64;
@@ -60,18 +64,21 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
             (offset, skip)
         })
         .collect();
-    let mut next = vec![0u64; n];
     let mut entry = vec![u32::MAX; m as usize];
     let mut filled = 0u32;
     'fill: loop {
-        for (k, &(offset, skip)) in perms.iter().enumerate() {
-            let mut c = (offset + next[k] * skip) % m64;
-            while entry[c as usize] != u32::MAX {
-                next[k] += 1;
-                c = (offset + next[k] * skip) % m64;
+        for (k, (pos, skip)) in walks.iter_mut().enumerate() {
+            while entry[*pos as usize] != u32::MAX {
+                *pos += *skip;
+                if *pos >= m64 {
+                    *pos -= m64;
+                }
             }
-            entry[c as usize] = order[k] as u32;
-            next[k] += 1;
+            entry[*pos as usize] = order[k] as u32;
+            *pos += *skip;
+            if *pos >= m64 {
+                *pos -= m64;
+            }
             filled += 1;
             if filled == m {
                 break 'fill;
@@ -79,6 +86,53 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
         }
     }
     entry
+}
+
+/// Tables already computed, by endpoint list and size: a change to one Service recomputes its
+/// own table only, not every Service's. Entries not used by the last plan are dropped
+/// ([`TableCache::end_pass`]), so the cache holds at most one table per live endpoint set.
+#[derive(Clone, Default)]
+pub struct TableCache {
+    tables: std::collections::HashMap<(Vec<(std::net::IpAddr, u16)>, u32), (std::sync::Arc<[u16]>, u64)>,
+    pass: u64,
+}
+
+impl std::fmt::Debug for TableCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableCache").field("tables", &self.tables.len()).field("pass", &self.pass).finish()
+    }
+}
+
+impl TableCache {
+    /// The table of size `m` for `endpoints` (address, port), in their order: slot → index
+    /// into `endpoints` (what [`table`] returns for their `address:port` names).
+    pub fn table(&mut self, endpoints: &[(std::net::IpAddr, u16)], m: u32) -> std::sync::Arc<[u16]> {
+        let pass = self.pass;
+        if let Some((t, used)) = self.tables.get_mut(&(endpoints.to_vec(), m)) {
+            *used = pass;
+            return t.clone();
+        }
+        let names: Vec<String> = endpoints.iter().map(|(a, p)| std::net::SocketAddr::new(*a, *p).to_string()).collect();
+        // Indices fit 16 bits: a service has at most BACKENDS_MAX (65,536) backends.
+        let t: std::sync::Arc<[u16]> = table(&names, m).into_iter().map(|i| i as u16).collect();
+        self.tables.insert((endpoints.to_vec(), m), (t.clone(), pass));
+        t
+    }
+
+    /// Ends one plan: forgets the tables it did not use.
+    pub fn end_pass(&mut self) {
+        let pass = self.pass;
+        self.tables.retain(|_, (_, used)| *used == pass);
+        self.pass += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +205,69 @@ mod tests {
         let ta: Vec<&String> = table(&a, m).iter().map(|&i| &a[i as usize]).collect();
         let tb: Vec<&String> = table(&b, m).iter().map(|&i| &b[i as usize]).collect();
         assert_eq!(ta, tb);
+    }
+
+    /// The paper's fill loop, one division per probe: [`table`] must give the same tables.
+    fn reference_table(names: &[String], m: u32) -> Vec<u32> {
+        let m64 = u64::from(m);
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|a, b| names[*a].cmp(&names[*b]));
+        let perms: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&i| {
+                let b = names[i].as_bytes();
+                (fnv1a(0x6d61_676c_6576_3031, b) % m64, fnv1a(0x736b_6970_5f76_3031, b) % (m64 - 1) + 1)
+            })
+            .collect();
+        let mut next = vec![0u64; names.len()];
+        let mut entry = vec![u32::MAX; m as usize];
+        let mut filled = 0;
+        'fill: loop {
+            for (k, &(offset, skip)) in perms.iter().enumerate() {
+                let mut c = (offset + next[k] * skip) % m64;
+                while entry[c as usize] != u32::MAX {
+                    next[k] += 1;
+                    c = (offset + next[k] * skip) % m64;
+                }
+                entry[c as usize] = order[k] as u32;
+                next[k] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+        entry
+    }
+
+    #[test]
+    fn the_fast_fill_gives_the_papers_table() {
+        for n in [1, 2, 3, 10, 11, 40, 163] {
+            for m in [251, 1021, 4093, 16381] {
+                assert_eq!(table(&names(n), m), reference_table(&names(n), m), "n={n} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_returns_the_same_tables_and_forgets_unused_ones() {
+        let eps = |n: usize| -> Vec<(std::net::IpAddr, u16)> {
+            names(n).iter().map(|s| s.parse::<std::net::SocketAddr>().unwrap()).map(|a| (a.ip(), a.port())).collect()
+        };
+        let mut cache = TableCache::default();
+        let t3 = cache.table(&eps(3), 1021);
+        let direct: Vec<u16> = table(&names(3), 1021).into_iter().map(|i| i as u16).collect();
+        assert_eq!(&t3[..], &direct[..]);
+        assert!(std::sync::Arc::ptr_eq(&t3, &cache.table(&eps(3), 1021)), "a hit is the same table");
+        cache.table(&eps(5), 1021);
+        cache.end_pass();
+        assert_eq!(cache.len(), 2);
+        // The next pass uses only the 5-endpoint table: the 3-endpoint one is dropped.
+        cache.table(&eps(5), 1021);
+        cache.end_pass();
+        assert_eq!(cache.len(), 1);
+        // Same endpoints, other size: another table.
+        assert_ne!(cache.table(&eps(5), 4093).len(), 1021);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// Addresses given as flags come first; the Node's InternalIP and ExternalIP addresses are
 /// added (point 41), of both families (a dual-stack Node lists one of each; each family's
 /// NodePorts are served on that family's addresses only, point 55).
-pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[Node]) -> NodeContext {
+pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[impl std::borrow::Borrow<Node>]) -> NodeContext {
     let mut ctx = NodeContext {
         name: name.to_owned(),
         // `::ffff:a.b.c.d` is an IPv4 address (see `parse_ip_sloppy`).
@@ -22,7 +22,8 @@ pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[Node]) -> No
     };
     if let Some(node) = nodes
         .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .map(std::borrow::Borrow::borrow)
+        .find(|n: &&Node| n.metadata.name.as_deref() == Some(name))
     {
         ctx.zone = node
             .metadata

@@ -29,7 +29,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
 };
 
 use lb_common::{
@@ -92,6 +92,8 @@ pub struct Ids {
     next_svc: u32,
     next_select: u32,
     next_backend: u32,
+    /// Maglev tables of the last plan, so that an unchanged endpoint set costs no recompute.
+    maglev: crate::maglev::TableCache,
 }
 
 impl Default for Ids {
@@ -103,6 +105,7 @@ impl Default for Ids {
             next_svc: 1,
             next_select: 1,
             next_backend: 1,
+            maglev: crate::maglev::TableCache::default(),
         }
     }
 }
@@ -208,6 +211,7 @@ impl Ids {
             .retain(|(spn, _), _| desired.services.contains_key(spn));
         let used: std::collections::HashSet<u32> = state.backends.keys().copied().collect();
         self.backend.retain(|_, id| used.contains(id));
+        self.maglev.end_pass();
     }
 }
 
@@ -383,9 +387,9 @@ fn write_table(
         }
         return (select_id, backend_ids.len() as u32);
     }
-    let names: Vec<String> = endpoints.iter().map(|e| SocketAddr::new(e.addr, e.port).to_string()).collect();
-    let m = crate::maglev::table_size(names.len(), cfg.maglev_table_size);
-    let table = crate::maglev::table(&names, m);
+    let addrs: Vec<(IpAddr, u16)> = endpoints.iter().map(|e| (e.addr, e.port)).collect();
+    let m = crate::maglev::table_size(addrs.len(), cfg.maglev_table_size);
+    let table = ids.maglev.table(&addrs, m);
     for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
         let mut c = MaglevChunk::default();
         for (i, idx) in slots.iter().enumerate() {
@@ -418,62 +422,68 @@ pub enum Op {
 /// The minimal writes that turn `old` into `new`, in the safe order (module docs). Source
 /// ranges are written before the service that enables them and removed after it.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
+    let names = merge(&old.names, &new.names);
+    let backends = merge(&old.backends, &new.backends);
+    let select = merge(&old.select, &new.select);
+    let maglev = merge(&old.maglev, &new.maglev);
+    let services = merge(&old.services, &new.services);
     let mut ops = Vec::new();
-    for (id, n) in &new.names {
-        if old.names.get(id) != Some(n) {
-            ops.push(Op::PutName(*id, *n));
-        }
-    }
-    for (id, be) in &new.backends {
-        if old.backends.get(id) != Some(be) {
-            ops.push(Op::PutBackend(*id, *be));
-        }
-    }
+    ops.extend(names.upserts.iter().map(|(id, n)| Op::PutName(**id, **n)));
+    ops.extend(backends.upserts.iter().map(|(id, be)| Op::PutBackend(**id, **be)));
     ops.extend(new.members.difference(&old.members).map(|k| Op::PutMember(*k)));
-    for (k, v) in &new.select {
-        if old.select.get(k) != Some(v) {
-            ops.push(Op::PutSelect(*k, *v));
-        }
-    }
-    for (k, v) in &new.maglev {
-        if old.maglev.get(k) != Some(v) {
-            ops.push(Op::PutMaglev(*k, *v));
-        }
-    }
+    ops.extend(select.upserts.iter().map(|(k, v)| Op::PutSelect(**k, **v)));
+    ops.extend(maglev.upserts.iter().map(|(k, v)| Op::PutMaglev(**k, **v)));
     ops.extend(new.source_ranges.difference(&old.source_ranges).map(|(l, d)| Op::PutSourceRange(*l, *d)));
-    for (k, v) in &new.services {
-        if old.services.get(k) != Some(v) {
-            ops.push(Op::PutService(*k, *v));
-        }
-    }
-    for k in old.services.keys() {
-        if !new.services.contains_key(k) {
-            ops.push(Op::DelService(*k));
-        }
-    }
+    ops.extend(services.upserts.iter().map(|(k, v)| Op::PutService(**k, **v)));
+    ops.extend(services.removed.iter().map(|k| Op::DelService(**k)));
     ops.extend(old.source_ranges.difference(&new.source_ranges).map(|(l, d)| Op::DelSourceRange(*l, *d)));
-    for k in old.maglev.keys() {
-        if !new.maglev.contains_key(k) {
-            ops.push(Op::DelMaglev(*k));
-        }
-    }
-    for k in old.select.keys() {
-        if !new.select.contains_key(k) {
-            ops.push(Op::DelSelect(*k));
-        }
-    }
+    ops.extend(maglev.removed.iter().map(|k| Op::DelMaglev(**k)));
+    ops.extend(select.removed.iter().map(|k| Op::DelSelect(**k)));
     ops.extend(old.members.difference(&new.members).map(|k| Op::DelMember(*k)));
-    for id in old.backends.keys() {
-        if !new.backends.contains_key(id) {
-            ops.push(Op::DelBackend(*id));
-        }
-    }
-    for id in old.names.keys() {
-        if !new.names.contains_key(id) {
-            ops.push(Op::DelName(*id));
-        }
-    }
+    ops.extend(backends.removed.iter().map(|id| Op::DelBackend(**id)));
+    ops.extend(names.removed.iter().map(|id| Op::DelName(**id)));
     ops
+}
+
+/// What differs between two versions of one map.
+struct MapDelta<'a, K, V> {
+    /// Keys that are new or whose value changed, with the new value, in key order.
+    upserts: Vec<(&'a K, &'a V)>,
+    /// Keys only in the old map, in key order.
+    removed: Vec<&'a K>,
+}
+
+/// One ordered walk over both maps (linear, no lookup per key): a sync of a large, mostly
+/// unchanged state costs a comparison per entry.
+fn merge<'a, K: Ord, V: PartialEq>(old: &'a BTreeMap<K, V>, new: &'a BTreeMap<K, V>) -> MapDelta<'a, K, V> {
+    use std::cmp::Ordering;
+    let mut delta = MapDelta { upserts: Vec::new(), removed: Vec::new() };
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => delta.removed.extend(o.by_ref().map(|(k, _)| k)),
+            (None, Some(_)) => delta.upserts.extend(n.by_ref()),
+            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
+                Ordering::Less => {
+                    delta.removed.push(*ok);
+                    o.next();
+                }
+                Ordering::Greater => {
+                    delta.upserts.push((*nk, *nv));
+                    n.next();
+                }
+                Ordering::Equal => {
+                    if ov != nv {
+                        delta.upserts.push((*nk, *nv));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    delta
 }
 
 impl MapState {

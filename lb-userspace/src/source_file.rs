@@ -5,6 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -13,12 +14,13 @@ use k8s_openapi::api::{
 };
 use serde::Deserialize;
 
-/// The objects the agent consumes.
+/// The objects the agent consumes, shared (a snapshot of the watch caches copies pointers,
+/// not objects).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    pub nodes: Vec<Node>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +118,10 @@ fn add_object(
         "Service" => {
             let svc: Service = typed(value).map_err(within)?;
             check_service(&svc).map_err(within)?;
-            objects.services.push(svc);
+            objects.services.push(Arc::new(svc));
         }
-        "EndpointSlice" => objects.slices.push(typed(value).map_err(within)?),
-        "Node" => objects.nodes.push(typed(value).map_err(within)?),
+        "EndpointSlice" => objects.slices.push(Arc::new(typed(value).map_err(within)?)),
+        "Node" => objects.nodes.push(Arc::new(typed(value).map_err(within)?)),
         "List" => {
             let items = value
                 .get("items")

@@ -43,8 +43,11 @@ use crate::source_file::ClusterObjects;
 pub const PROXY_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
-/// How long [`KubeSource::changed`] waits after the first change so a burst is one sync.
-pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
+/// How long [`KubeSource::changed`] waits after the first change so that the events of one
+/// burst (a rollout's slice updates arrive within a millisecond or two) are one sync. Short on
+/// purpose: it adds to every change's latency, and events that arrive while a sync runs are
+/// batched into the next one anyway.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 
 /// While a watch keeps failing, one warning per this period (the others are debug).
 const ERROR_LOG_PERIOD: Duration = Duration::from_secs(30);
@@ -192,8 +195,8 @@ impl Drop for KubeSource {
     }
 }
 
-fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-    let mut objects: Vec<K> = store.state().iter().map(|o| (**o).clone()).collect();
+fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
+    let mut objects: Vec<Arc<K>> = store.state();
     objects.sort_by(|a, b| {
         (a.meta().namespace.as_deref(), a.meta().name.as_deref())
             .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))

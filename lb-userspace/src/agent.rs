@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
-    compile::{NodeContext, compile_all},
+    compile::NodeContext,
+    compile_memo::CompileMemo,
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
     health::{HealthCheckServers, ProxyHealth, health_handler, http::spawn_listener},
     metrics::{Metrics, Programmed, metrics_handler, sync_error_reason},
@@ -112,6 +113,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = sigterm.recv() => return Ok(()),
     };
     let mut sync = Sync {
+        compile: CompileMemo::default(),
         ids: Ids::default(),
         first: true,
         last: None,
@@ -258,6 +260,8 @@ impl Feed {
 
 /// State carried between syncs.
 struct Sync {
+    /// Compile results of unchanged Services, kept between syncs.
+    compile: CompileMemo,
     ids: Ids,
     first: bool,
     last: Option<DesiredState>,
@@ -276,7 +280,7 @@ impl Sync {
             self.node = Some(node.clone());
         }
         // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
-        let (desired, health_checks) = compile_all(&objects.services, &objects.slices, &node);
+        let (desired, health_checks) = self.compile.compile(&objects.services, &objects.slices, &node);
         self.metrics.set_rejected(&desired.rejected);
         if self.last.as_ref() == Some(&desired) {
             self.health_checks = health_checks;
@@ -440,7 +444,7 @@ mod tests {
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,
         };
-        let (desired, _) = compile_all(&[web], &[] as &[EndpointSlice], &node);
+        let (desired, _) = crate::compile::compile_all(&[web], &[] as &[EndpointSlice], &node);
         let state = map_state(&desired, &mut Ids::default(), &PlanConfig::default());
         let names = service_port_names(&desired, &state);
         let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();

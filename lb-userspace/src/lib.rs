@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod compile;
+pub mod compile_memo;
 pub mod dataplane;
 pub mod dump;
 pub mod health;

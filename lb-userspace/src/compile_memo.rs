@@ -1,0 +1,178 @@
+//! The compile step of one sync, reusing the last sync's results for every Service whose
+//! objects did not change. The watch caches hand out shared objects (`Arc`) and replace an
+//! object's `Arc` whenever the API server sends a new version, so "the same Service and the
+//! same EndpointSlices" is a pointer comparison: a change to one Service recompiles that
+//! Service only, not the whole cluster.
+//!
+//! The result is always exactly [`compile_all`] over the same objects (each Service compiles
+//! from its own objects only: its spec and the slices labelled with its name in its
+//! namespace); the tests below hold it to that.
+
+use std::{collections::HashMap, sync::Arc};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::{
+    compile::{LABEL_SERVICE_NAME, NodeContext, compile_all},
+    model::{DesiredState, HealthChecks},
+};
+
+/// Compile results by Service, valid for one node context.
+#[derive(Default)]
+pub struct CompileMemo {
+    node: Option<NodeContext>,
+    by_service: HashMap<(String, String), Compiled>,
+}
+
+/// One Service's objects (as the pointers it was compiled from) and what they compiled to.
+struct Compiled {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    desired: DesiredState,
+    health_checks: HealthChecks,
+}
+
+/// Namespace of an object, with the API's default.
+fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+impl CompileMemo {
+    /// [`compile_all`] of `services` and `slices` for `node`, compiling only the Services whose
+    /// Service object or EndpointSlices are not the ones of the last call.
+    pub fn compile(
+        &mut self,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        node: &NodeContext,
+    ) -> (DesiredState, HealthChecks) {
+        if self.node.as_ref() != Some(node) {
+            self.by_service.clear();
+            self.node = Some(node.clone());
+        }
+        // Slices by the Service they name (in input order), whatever their family or labels:
+        // compile filters them exactly as it filters the full list.
+        let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+        for slice in slices {
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) {
+                slices_of.entry((namespace(&slice.metadata), svc.as_str())).or_default().push(slice);
+            }
+        }
+        let mut desired = DesiredState::default();
+        let mut health_checks = HealthChecks::new();
+        let mut live = HashMap::with_capacity(services.len());
+        for svc in services {
+            let key = (namespace(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
+            let own: &[&Arc<EndpointSlice>] = slices_of.get(&key).map_or(&[], Vec::as_slice);
+            let owned_key = (key.0.to_owned(), key.1.to_owned());
+            let compiled = match self.by_service.remove(&owned_key) {
+                Some(c)
+                    if Arc::ptr_eq(&c.service, svc)
+                        && c.slices.len() == own.len()
+                        && c.slices.iter().zip(own).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    c
+                }
+                _ => {
+                    let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
+                    let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
+                    Compiled { service: svc.clone(), slices: own, desired, health_checks }
+                }
+            };
+            desired.services.extend(compiled.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+            desired.rejected.extend(compiled.desired.rejected.iter().cloned());
+            health_checks.extend(compiled.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
+            // Two Service objects with one namespace/name (not from an API server; files can
+            // hold duplicates) keep the first's entry; both are compiled as compile_all does.
+            live.entry(owned_key).or_insert(compiled);
+        }
+        // Services gone since the last call are forgotten.
+        self.by_service = live;
+        (desired, health_checks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(name: &str, ip: &str, policy: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "ns" },
+                "spec": { "type": "LoadBalancer", "clusterIP": ip, "externalTrafficPolicy": policy,
+                          "healthCheckNodePort": 32000,
+                          "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080 }] },
+                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(name: &str, service: &str, addrs: &[&str], node: &str) -> Arc<EndpointSlice> {
+        let eps: Vec<_> =
+            addrs.iter().map(|a| json!({ "addresses": [a], "conditions": { "ready": true }, "nodeName": node })).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "ns", "labels": { "kubernetes.io/service-name": service } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": eps,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn node(name: &str) -> NodeContext {
+        NodeContext { name: name.into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None }
+    }
+
+    /// Every step of a sequence of cluster states compiles through the memo to exactly what
+    /// compile_all gives for the same objects.
+    #[test]
+    fn the_memo_always_gives_what_compile_all_gives() {
+        let mut memo = CompileMemo::default();
+        let mut services = vec![service("a", "10.96.0.1", "Cluster"), service("b", "10.96.0.2", "Local")];
+        let mut slices = vec![
+            slice("a-1", "a", &["10.244.0.1", "10.244.0.2"], "n1"),
+            slice("b-1", "b", &["10.244.1.1"], "n2"),
+            slice("b-2", "b", &["10.244.1.2"], "n1"),
+        ];
+        let check = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
+            let got = memo.compile(services, slices, n);
+            assert_eq!(got, compile_all(services, slices, n), "{step}");
+            got
+        };
+        let first = check(&mut memo, &services, &slices, &node("n1"), "initial");
+        assert_eq!(first.0.services.len(), 2);
+        check(&mut memo, &services, &slices, &node("n1"), "unchanged");
+        // An endpoint of b replaced (a new slice object).
+        slices[2] = slice("b-2", "b", &["10.244.1.3"], "n1");
+        let after = check(&mut memo, &services, &slices, &node("n1"), "endpoint replaced");
+        assert_ne!(after, first, "the change shows");
+        // b's last local endpoint goes: its health check says 0 local endpoints.
+        slices.remove(2);
+        let (_, hc) = check(&mut memo, &services, &slices, &node("n1"), "slice deleted");
+        assert_eq!(hc[&("ns".to_owned(), "b".to_owned())].local_ready, 0);
+        // The Service object changes (a new ClusterIP), then is invalid, then valid again.
+        services[0] = service("a", "10.96.0.9", "Cluster");
+        check(&mut memo, &services, &slices, &node("n1"), "service changed");
+        services[0] = service("a", "not-an-ip", "Cluster");
+        let (bad, _) = check(&mut memo, &services, &slices, &node("n1"), "service invalid");
+        assert_eq!(bad.rejected.len(), 1);
+        services[0] = service("a", "10.96.0.1", "Cluster");
+        check(&mut memo, &services, &slices, &node("n1"), "service valid again");
+        // Another node context: which endpoints are local changes for every Service.
+        check(&mut memo, &services, &slices, &node("n2"), "node changed");
+        // A Service deleted, then created again with its slices still there.
+        let b = services.remove(1);
+        check(&mut memo, &services, &slices, &node("n2"), "service deleted");
+        services.push(b);
+        check(&mut memo, &services, &slices, &node("n2"), "service back");
+        // A slice moved to another Service by its label.
+        slices[0] = slice("a-1", "b", &["10.244.0.1"], "n2");
+        check(&mut memo, &services, &slices, &node("n2"), "slice relabelled");
+    }
+}

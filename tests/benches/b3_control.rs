@@ -120,6 +120,17 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
 fn log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
     let text = fs::read_to_string(log).ok()?;
     let line = text.lines().find(|l| l.contains(needle))?;
+    log_line_time(line, start)
+}
+
+/// Seconds from `start` to the last agent log line containing `needle`.
+fn last_log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().filter(|l| l.contains(needle)).last()?;
+    log_line_time(line, start)
+}
+
+fn log_line_time(line: &str, start: SystemTime) -> Option<f64> {
     let t = parse_rfc3339(line.split_whitespace().next()?)?;
     let s = start.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
     Some(t - s)
@@ -129,6 +140,8 @@ struct SyncOut {
     agent: AgentProc,
     sync_s: f64,
     loaded_s: Option<f64>,
+    /// The last of the initial lists (Services, EndpointSlices, Nodes) received.
+    lists_s: Option<f64>,
     synced_log_s: Option<f64>,
 }
 
@@ -175,7 +188,8 @@ fn start_and_sync(lb: &Path, kubeconfig: &Path, svcs: &[Svc], listen_flags: bool
     // The log line is written after the maps.
     std::thread::sleep(Duration::from_millis(50));
     let synced_log_s = log_time(&log, " synced", start_wall);
-    Ok(SyncOut { agent, sync_s, loaded_s, synced_log_s })
+    let lists_s = last_log_time(&log, "initial list received", start_wall);
+    Ok(SyncOut { agent, sync_s, loaded_s, lists_s, synced_log_s })
 }
 
 /// Backend ids in a service's Maglev table.
@@ -352,9 +366,10 @@ fn main() -> anyhow::Result<()> {
         let mut out = start_and_sync(&lb, &kubeconfig, &svcs, listen_flags)?;
         let rss_sync = out.agent.vm_hwm_kib();
         println!(
-            "b3: {n} services: synced {:.3} s after the agent started (log: datapath loaded at {:.3} s, synced at {:.3} s); peak RSS {:.1} MiB",
+            "b3: {n} services: synced {:.3} s after the agent started (log: datapath loaded at {:.3} s, initial lists in at {:.3} s, synced at {:.3} s); peak RSS {:.1} MiB",
             out.sync_s,
             out.loaded_s.unwrap_or(f64::NAN),
+            out.lists_s.unwrap_or(f64::NAN),
             out.synced_log_s.unwrap_or(f64::NAN),
             rss_sync.unwrap_or(0) as f64 / 1024.0
         );
@@ -385,7 +400,7 @@ fn main() -> anyhow::Result<()> {
         }
         let rss_end = out.agent.vm_hwm_kib();
         let rss_now = out.agent.vm_rss_kib();
-        let (sync_s, loaded_s, synced_log_s) = (out.sync_s, out.loaded_s, out.synced_log_s);
+        let (sync_s, loaded_s, lists_s, synced_log_s) = (out.sync_s, out.loaded_s, out.lists_s, out.synced_log_s);
         drop(out);
         let pipe = pipeline(&svcs)?;
         println!(
@@ -399,7 +414,7 @@ fn main() -> anyhow::Result<()> {
         );
         lb_rows.push(json!({
             "services": n, "endpoints_per_service": ENDPOINTS, "api_fill_s": fill_s,
-            "sync_s": sync_s, "log_datapath_loaded_s": loaded_s, "log_synced_s": synced_log_s,
+            "sync_s": sync_s, "log_datapath_loaded_s": loaded_s, "log_lists_s": lists_s, "log_synced_s": synced_log_s,
             "vm_hwm_kib_after_sync": rss_sync, "vm_hwm_kib_end": rss_end, "vm_rss_kib_end": rss_now, "pipeline": pipe,
         }));
         let _ = fs::remove_file(&kubeconfig);

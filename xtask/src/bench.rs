@@ -592,7 +592,7 @@ impl Report {
             r["endpoints_per_service"],
             num(f(&r["pool"]), 0)
         );
-        md.push_str("| services | lb full sync | of which: datapath loaded at | lb peak RSS (VmHWM) | lb RSS at the end | iptables-restore (empty tables) | iptables-restore --noflush (full resync) | nft -f (whole table) |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        md.push_str("| services | lb full sync | of which: datapath loaded at | initial lists in at | lb peak RSS (VmHWM) | lb RSS at the end | iptables-restore (empty tables) | iptables-restore --noflush (full resync) | nft -f (whole table) |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         let bases = r["baselines"].as_array().cloned().unwrap_or_default();
         for row in r["lb"].as_array().into_iter().flatten() {
             let n = &row["services"];
@@ -600,10 +600,11 @@ impl Report {
             let g = |k: &str| b.map_or(f64::NAN, |b| f(&b[k]));
             let _ = writeln!(
                 md,
-                "| {} | {:.3} s | {:.3} s | {:.1} MiB | {:.1} MiB | {:.2} s | {} | {:.2} s |",
+                "| {} | {:.3} s | {:.3} s | {} | {:.1} MiB | {:.1} MiB | {:.2} s | {} | {:.2} s |",
                 num(f(n), 0),
                 f(&row["sync_s"]),
                 f(&row["log_datapath_loaded_s"]),
+                if row["log_lists_s"].is_null() { "–".to_owned() } else { format!("{:.3} s", f(&row["log_lists_s"])) },
                 f(&row["vm_hwm_kib_end"]) / 1024.0,
                 f(&row["vm_rss_kib_end"]) / 1024.0,
                 g("iptables_restore_s"),

@@ -14,38 +14,24 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("lb-ebpf"), []).context("writing the eBPF stub")?;
         return Ok(());
     }
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .iter()
         .find(|p| p.name.as_str() == "lb-ebpf")
         .ok_or_else(|| anyhow!("lb-ebpf is not in the workspace"))?;
-    let root = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     // Nightly when installed; otherwise stable with RUSTC_BOOTSTRAP (same LLVM, same linker).
-    let has_nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_nightly =
+        Command::new("rustup").args(["run", "nightly", "rustc", "--version"]).output().is_ok_and(|o| o.status.success());
     let toolchain = if has_nightly {
         aya_build::Toolchain::Nightly
     } else {
-        println!(
-            "cargo:warning=no nightly toolchain; building the eBPF object with stable and RUSTC_BOOTSTRAP=1"
-        );
+        println!("cargo:warning=no nightly toolchain; building the eBPF object with stable and RUSTC_BOOTSTRAP=1");
         // SAFETY: build scripts are single-threaded at this point.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
         aya_build::Toolchain::Custom("stable")
     };
-    let package = aya_build::Package {
-        name: "lb-ebpf",
-        root_dir: root.as_str(),
-        ..Default::default()
-    };
+    let package = aya_build::Package { name: "lb-ebpf", root_dir: root.as_str(), ..Default::default() };
     aya_build::build_ebpf([package], toolchain)
 }

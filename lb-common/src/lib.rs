@@ -156,9 +156,7 @@ pub const FRAG_LIFETIME_NS: u64 = 30 * 1_000_000_000;
 /// An IPv4 address in the 16-byte format: `::ffff:a.b.c.d`.
 #[must_use]
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,9 +369,7 @@ const _: () = assert!(size_of::<MaglevChunk>() == 256);
 
 impl Default for MaglevChunk {
     fn default() -> Self {
-        Self {
-            ids: [0; MAGLEV_CHUNK as usize],
-        }
+        Self { ids: [0; MAGLEV_CHUNK as usize] }
     }
 }
 
@@ -656,9 +652,8 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragValue,
-        MaglevChunk, MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey,
-        SockRevValue, SourceRangeData, SvcName, SvcStats,
+        AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta,
+        SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.

@@ -18,24 +18,22 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_AFFINITY_HIT,
-    CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
-    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
-    CNT_DROP_FRAGMENT, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SNAT_PORTS, CNT_DROP_SOURCE_RANGE,
-    CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_SNAT,
-    CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
-    CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey,
-    FragValue, IPPROTO_TCP, MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER,
-    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT,
-    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
+    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY,
+    CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
+    CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SNAT_PORTS,
+    CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
+    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
+    CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey, FragValue, IPPROTO_TCP,
+    MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
+    SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
 };
 
 use crate::{
-    maps::{
-        LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_FRAGS, LB_MAGLEV, LB_MEMBERS,
-        LB_SELECT, LB_SERVICES, LB_SOURCE_RANGES, count, count_flow, scratch,
-    },
     maps::packet,
+    maps::{
+        LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_FRAGS, LB_MAGLEV, LB_MEMBERS, LB_SELECT, LB_SERVICES,
+        LB_SOURCE_RANGES, count, count_flow, scratch,
+    },
     parse::{Packet, Parsed, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, parse},
 };
 
@@ -385,10 +383,7 @@ pub fn icmp_error(p: &Packet) -> Action {
 fn forward(p: &Packet, svc: &ServiceValue) -> Action {
     // Point 48: loadBalancerSourceRanges.
     if svc.flags & SVC_F_SOURCE_RANGES != 0 {
-        let key = aya_ebpf::maps::lpm_trie::Key::new(
-            256,
-            SourceRangeData { frontend: p.dst, source: p.src },
-        );
+        let key = aya_ebpf::maps::lpm_trie::Key::new(256, SourceRangeData { frontend: p.dst, source: p.src });
         if LB_SOURCE_RANGES.get(&key).is_none() {
             return Action::drop(CNT_DROP_SOURCE_RANGE);
         }
@@ -402,9 +397,8 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
     if let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.fkey) {
         // SAFETY: pointer from a map lookup, valid for this program run. Only the fields needed
         // are read (a whole copy would cost 56 bytes of stack).
-        let (last_seen, flags, svc_id, backend_id, nat_port_be, snat_port_be) = unsafe {
-            ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id, (*ct).nat_port_be, (*ct).snat_port_be)
-        };
+        let (last_seen, flags, svc_id, backend_id, nat_port_be, snat_port_be) =
+            unsafe { ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id, (*ct).nat_port_be, (*ct).snat_port_be) };
         // SAFETY: as above.
         let (nat, snat) = unsafe { ((*ct).nat_addr, (*ct).snat_addr) };
         let alive = now.wrapping_sub(last_seen) <= lifetime_ns(p.proto, flags);
@@ -670,5 +664,3 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
         verdict: CNT_VERDICT_DNAT,
     })
 }
-
-

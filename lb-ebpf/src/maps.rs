@@ -12,17 +12,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, Config, CtKey, CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
-    MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, SELECT_MAX, SERVICES_MAX,
-    SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
-    ServiceValue, SvcName,
-    SockRevKey, SockRevValue, SourceRangeData, SvcStats,
+    AFFINITY_MAX, AffinityKey, AffinityValue, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX, CONNTRACK_MAX, Config, CtKey,
+    CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, SELECT_MAX,
+    SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
 };
 
 #[map]
-pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(SERVICES_MAX, BPF_F_NO_PREALLOC);
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX, BPF_F_NO_PREALLOC);
@@ -35,29 +32,25 @@ pub static LB_SELECT: HashMap<SelectKey, u32> = HashMap::pinned(SELECT_MAX, BPF_
 pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 
 #[map]
-pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::pinned(AFFINITY_MAX, 0);
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX, 0);
 
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CNT_MAX, 0);
 
 #[map]
-pub static LB_SVC_STATS: PerCpuHashMap<u32, SvcStats> =
-    PerCpuHashMap::pinned(SVC_STATS_MAX, BPF_F_NO_PREALLOC);
+pub static LB_SVC_STATS: PerCpuHashMap<u32, SvcStats> = PerCpuHashMap::pinned(SVC_STATS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_META: Array<Meta> = Array::pinned(1, 0);
 
 #[map]
-pub static LB_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
-    HashMap::pinned(MAGLEV_CHUNKS_MAX, BPF_F_NO_PREALLOC);
+pub static LB_MAGLEV: HashMap<MaglevKey, MaglevChunk> = HashMap::pinned(MAGLEV_CHUNKS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MEMBERS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_BACKEND_STATS: PerCpuHashMap<u32, SvcStats> =
-    PerCpuHashMap::pinned(BACKEND_STATS_MAX, BPF_F_NO_PREALLOC);
+pub static LB_BACKEND_STATS: PerCpuHashMap<u32, SvcStats> = PerCpuHashMap::pinned(BACKEND_STATS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);
@@ -73,8 +66,7 @@ pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
 pub static LB_SVC_NAMES: HashMap<u32, SvcName> = HashMap::pinned(SVC_NAMES_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
-    LruHashMap::pinned(SOCK_REVNAT_MAX, 0);
+pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX, 0);
 
 /// Per-CPU scratch space for the conntrack keys and values a new flow writes: the BPF stack
 /// (512 bytes across all frames of a call chain) cannot hold them next to everything else.
@@ -147,11 +139,7 @@ fn count_in(map: &PerCpuHashMap<u32, SvcStats>, id: u32, bytes: u32, new_flow: b
             }
         }
     } else {
-        let s = SvcStats {
-            packets: 1,
-            bytes: u64::from(bytes),
-            new_flows: u64::from(new_flow),
-        };
+        let s = SvcStats { packets: 1, bytes: u64::from(bytes), new_flows: u64::from(new_flow) };
         // A full map only loses these counters, never the packet.
         let _ = map.insert(id, s, 0);
     }

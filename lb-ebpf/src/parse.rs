@@ -349,7 +349,8 @@ fn parse_v6(c: &Cursor, p: &mut Packet) -> Parsed {
     let ext = off - (l3_off + IPV6_HLEN);
     // Chains we do not follow: more than 4 skippable headers, or AH, ESP, mobility, HIP, shim6
     // and the experimental ones in front of the transport header.
-    let unfollowed = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | 50 | 51 | 135 | 139 | 140 | 253 | 254);
+    let unfollowed =
+        matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT | 50 | 51 | 135 | 139 | 140 | 253 | 254);
     if off > 255 || ext > payload || unfollowed {
         p.l4_truncated = true;
         return Parsed::Ip;

@@ -14,8 +14,8 @@ use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use crate::{
     csum::checksum_words,
     parse::{
-        ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, IPPROTO_ICMPV6, Packet, TCP_FLAG_ACK, TCP_FLAG_FIN,
-        TCP_FLAG_RST, TCP_FLAG_SYN, ptr_at, ptr_at_mut,
+        ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, IPPROTO_ICMPV6, Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
+        ptr_at, ptr_at_mut,
     },
 };
 
@@ -172,9 +172,7 @@ pub fn write_rst(data: usize, end: usize, o: &Original) -> Option<()> {
     let (seq, ack, flags) = if o.tcp_flags & TCP_FLAG_ACK != 0 {
         (o.ack, 0, TCP_FLAG_RST)
     } else {
-        let len = o.payload
-            + u32::from(o.tcp_flags & TCP_FLAG_SYN != 0)
-            + u32::from(o.tcp_flags & TCP_FLAG_FIN != 0);
+        let len = o.payload + u32::from(o.tcp_flags & TCP_FLAG_SYN != 0) + u32::from(o.tcp_flags & TCP_FLAG_FIN != 0);
         (0, o.seq.wrapping_add(len), TCP_FLAG_RST | TCP_FLAG_ACK)
     };
     let mut h = [0u8; 20];

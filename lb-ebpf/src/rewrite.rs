@@ -16,8 +16,8 @@ use crate::{
     csum::{replace16, replace32},
     lb::{Endpoint, IcmpNat, Nat},
     parse::{
-        IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF,
-        Packet, TCP_CSUM_OFF, UDP_CSUM_OFF, ptr_at_mut,
+        IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        ptr_at_mut,
     },
 };
 
@@ -73,11 +73,7 @@ pub fn csum_addr(mut check: u16, old: &[u8; 16], new: &[u8; 16], v6: bool) -> u1
 /// Writes an address at `off` in the packet's format (4 or 16 bytes).
 #[inline(always)]
 fn store_addr(data: usize, end: usize, off: usize, a: &[u8; 16], v6: bool) -> Option<()> {
-    if v6 {
-        store(data, end, off, *a)
-    } else {
-        store(data, end, off, [a[12], a[13], a[14], a[15]])
-    }
+    if v6 { store(data, end, off, *a) } else { store(data, end, off, [a[12], a[13], a[14], a[15]]) }
 }
 
 /// Offsets of the source and destination addresses in an IP header.

@@ -18,14 +18,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, CNT_SOCK_TRANSLATED, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK,
-    MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
-    SelectKey, ServiceKey, SockRevKey, SockRevValue, v4_mapped,
+    AffinityKey, AffinityValue, CNT_SOCK_TRANSLATED, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK, MaglevKey, MemberKey,
+    SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SelectKey, ServiceKey, SockRevKey, SockRevValue, v4_mapped,
 };
 
 use crate::maps::{
-    LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_MEMBERS, LB_SELECT, LB_SERVICES,
-    LB_SOCK_REVNAT, count, count_flow,
+    LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_MEMBERS, LB_SELECT, LB_SERVICES, LB_SOCK_REVNAT, count, count_flow,
 };
 
 const ALLOW: i32 = 1;

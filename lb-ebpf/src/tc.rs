@@ -6,23 +6,22 @@
 //!   driver cannot run XDP: same logic, skb rewrite.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail},
     macros::classifier,
     programs::TcContext,
 };
 use lb_common::{
-    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS,
-    CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
-    IPPROTO_TCP, IPPROTO_UDP,
+    CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_PACKETS, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DROP, CNT_VERDICT_PASS,
+    CNT_VERDICT_REJECT, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     lb::{Endpoint, Hook, Kind, Nat, decide},
     maps::{count, scratch},
     parse::{
-        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet,
-        TCP_CSUM_OFF, UDP_CSUM_OFF,
+        ETH_HLEN, IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet, TCP_CSUM_OFF,
+        UDP_CSUM_OFF,
     },
     reject::{capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     rewrite::apply_icmp,
@@ -117,7 +116,15 @@ fn apply_nat(ctx: &TcContext, p: &Packet, nat: &Nat) -> Result<(), u32> {
 /// (pseudo-header only, as locally generated packets carry); an IPv4 UDP checksum of 0 ("none")
 /// stays 0 and a computed 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &Packet, addr_off: usize, old: &[u8; 16], new: Endpoint, port_off: usize, old_port_be: u16) -> Result<(), u32> {
+fn rewrite(
+    ctx: &TcContext,
+    p: &Packet,
+    addr_off: usize,
+    old: &[u8; 16],
+    new: Endpoint,
+    port_off: usize,
+    old_port_be: u16,
+) -> Result<(), u32> {
     let l3 = usize::from(p.l3_off);
     let l4 = if !p.l4_in_packet {
         None

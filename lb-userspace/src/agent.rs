@@ -322,12 +322,8 @@ fn service_port_names(desired: &DesiredState, state: &MapState) -> BTreeMap<u32,
         // The ClusterIP first: a NodePort claimed by two services belongs to only one of them.
         let (internal, external): (Vec<_>, Vec<_>) = sp.frontends.iter().partition(|f| !f.kind.is_external());
         let id = internal.into_iter().chain(external).find_map(|fe| {
-            let key = lb_common::ServiceKey {
-                addr: addr16(fe.addr),
-                port_be: fe.port.to_be(),
-                proto: spn.protocol.number(),
-                _pad: 0,
-            };
+            let key =
+                lb_common::ServiceKey { addr: addr16(fe.addr), port_be: fe.port.to_be(), proto: spn.protocol.number(), _pad: 0 };
             state.services.get(&key).map(|v| v.svc_id)
         });
         if let Some(id) = id {
@@ -416,7 +412,7 @@ mod tests {
         let names = service_port_names(&desired, &state);
         let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
         assert_eq!(got.len(), 3, "{got:?}");
-        for (spn, _) in &desired.services {
+        for spn in desired.services.keys() {
             let id = got[&spn.to_string()];
             // Every frontend of the ServicePort carries that id.
             for fe in &desired.services[spn].frontends {

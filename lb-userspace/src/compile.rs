@@ -20,8 +20,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, HealthCheck, HealthChecks,
-    Protocol, Selection, ServicePortName, ServicePortState, Skipped,
+    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol, Selection,
+    ServicePortName, ServicePortState, Skipped,
 };
 
 /// Address family being programmed (kube-proxy runs one proxier per family, point 55). Defined
@@ -66,8 +66,7 @@ pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     let mut octets = [0u8; 4];
     let mut n = 0;
     for part in s.split('.') {
-        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit())
-        {
+        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         octets[n] = part.parse::<u8>().ok()?;
@@ -127,17 +126,10 @@ fn compile_families(
 ) -> (DesiredState, HealthChecks) {
     let mut state = DesiredState::default();
     let mut health_checks = HealthChecks::new();
-    let indexes: Vec<(Family, SlicesByService)> = families
-        .iter()
-        .map(|f| (*f, index_slices(slices, *f)))
-        .collect();
+    let indexes: Vec<(Family, SlicesByService)> = families.iter().map(|f| (*f, index_slices(slices, *f))).collect();
     for svc in services {
         let svc: &Service = svc.borrow();
-        let ns = svc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mut ports = Vec::new();
         let mut health_check: Option<HealthCheck> = None;
@@ -148,10 +140,7 @@ fn compile_families(
                     ports.extend(family_ports);
                     if let Some(hc) = family_check {
                         health_check = Some(match health_check {
-                            Some(prev) => HealthCheck {
-                                local_ready: prev.local_ready.max(hc.local_ready),
-                                ..prev
-                            },
+                            Some(prev) => HealthCheck { local_ready: prev.local_ready.max(hc.local_ready), ..prev },
                             None => hc,
                         });
                     }
@@ -170,12 +159,7 @@ fn compile_families(
                 health_checks.insert((ns, name), hc);
             }
         } else {
-            state
-                .rejected
-                .extend(reasons.into_iter().map(|reason| Skipped {
-                    object: format!("Service {ns}/{name}"),
-                    reason,
-                }));
+            state.rejected.extend(reasons.into_iter().map(|reason| Skipped { object: format!("Service {ns}/{name}"), reason }));
         }
     }
     (state, health_checks)
@@ -203,26 +187,17 @@ fn index_slices(slices: &[impl Borrow<EndpointSlice>], family: Family) -> Slices
         let Some(svc) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
             continue;
         };
-        if labels.is_some_and(|l| {
-            l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)
-        }) {
+        if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
             continue;
         }
-        let ns = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         by_service.entry((ns, svc.clone())).or_default().push(slice);
     }
     by_service
 }
 
 /// A Service's ServicePorts, and its health check when it needs one.
-type CompiledService = (
-    Vec<(ServicePortName, ServicePortState)>,
-    Option<HealthCheck>,
-);
+type CompiledService = (Vec<(ServicePortName, ServicePortState)>, Option<HealthCheck>);
 
 fn compile_service(
     svc: &Service,
@@ -234,10 +209,10 @@ fn compile_service(
 ) -> Result<CompiledService, CompileSkip> {
     let invalid = |r: String| CompileSkip::Invalid(r);
     // Point 4: label opt-outs.
-    if let Some(labels) = &svc.metadata.labels {
-        if labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS) {
-            return Err(CompileSkip::ByDesign);
-        }
+    if let Some(labels) = &svc.metadata.labels
+        && (labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS))
+    {
+        return Err(CompileSkip::ByDesign);
     }
     let Some(spec) = &svc.spec else {
         return Err(invalid("spec: missing".into()));
@@ -265,165 +240,97 @@ fn compile_service(
         other => return Err(invalid(format!("spec.type: unknown type {other:?}"))),
     };
 
-    let external_ips =
-        parse_ip_list(spec.external_ips.as_deref(), family, "spec.externalIPs").map_err(invalid)?;
-    let lb_ips: Vec<IpAddr> = if lb {
-        lb_ingress_ips(svc, family).map_err(invalid)?
-    } else {
-        Vec::new()
-    };
+    let external_ips = parse_ip_list(spec.external_ips.as_deref(), family, "spec.externalIPs").map_err(invalid)?;
+    let lb_ips: Vec<IpAddr> = if lb { lb_ingress_ips(svc, family).map_err(invalid)? } else { Vec::new() };
     let externally_accessible = nodeport_allowed || !external_ips.is_empty() || !lb_ips.is_empty();
     // Points 29, 30.
-    let etp_local =
-        externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
+    let etp_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout_s = affinity_timeout(spec).map_err(invalid)?;
     let selection = match svc.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_SELECTION)).map(String::as_str) {
         None | Some("maglev") => Selection::Maglev,
         Some("random") => Selection::Random,
         Some(other) => {
-            return Err(invalid(format!(
-                "metadata.annotations[{ANNOTATION_SELECTION}]: {other:?} is not maglev or random"
-            )));
+            return Err(invalid(format!("metadata.annotations[{ANNOTATION_SELECTION}]: {other:?} is not maglev or random")));
         }
     };
     // Point 48.
-    let source_ranges = if lb {
-        parse_cidrs(spec.load_balancer_source_ranges.as_deref(), family).map_err(invalid)?
-    } else {
-        Vec::new()
-    };
+    let source_ranges =
+        if lb { parse_cidrs(spec.load_balancer_source_ranges.as_deref(), family).map_err(invalid)? } else { Vec::new() };
 
     // Point 49: `NeedsHealthCheck` (LoadBalancer with ETP=Local), in every family the Service
     // has (`compile_all` merges the families into one check per Service).
     let needs_health_check = lb && etp_local;
     let health_check_port = match spec.health_check_node_port.filter(|_| needs_health_check) {
         None | Some(0) => None,
-        Some(n) => Some(valid_port(n).ok_or_else(|| {
-            invalid(format!(
-                "spec.healthCheckNodePort: {n} is not a port number (1-65535)"
-            ))
-        })?),
+        Some(n) => {
+            Some(valid_port(n).ok_or_else(|| invalid(format!("spec.healthCheckNodePort: {n} is not a port number (1-65535)")))?)
+        }
     };
     // Distinct IPs of ready local endpoints over every port (`LocalReadyEndpoints`).
     let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
 
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
-        return Err(invalid(
-            "spec.ports: a Service needs at least one port".into(),
-        ));
+        return Err(invalid("spec.ports: a Service needs at least one port".into()));
     }
     // Point 11: ports are keyed by (port, protocol); names must be unique too.
     let mut seen_ports = HashSet::new();
     let mut seen_names = HashSet::new();
     let mut out = Vec::with_capacity(ports.len());
     let empty = Vec::new();
-    let svc_slices = slices
-        .get(&(ns.to_owned(), name.to_owned()))
-        .unwrap_or(&empty);
+    let svc_slices = slices.get(&(ns.to_owned(), name.to_owned())).unwrap_or(&empty);
     for (i, port) in ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");
-        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
-            invalid(format!(
-                "{field}.protocol: unknown protocol {:?}",
-                port.protocol.as_deref().unwrap_or("")
-            ))
-        })?;
-        let number = valid_port(port.port).ok_or_else(|| {
-            invalid(format!(
-                "{field}.port: {} is not a port number (1-65535)",
-                port.port
-            ))
-        })?;
+        let protocol = Protocol::from_k8s(port.protocol.as_deref())
+            .ok_or_else(|| invalid(format!("{field}.protocol: unknown protocol {:?}", port.protocol.as_deref().unwrap_or(""))))?;
+        let number = valid_port(port.port)
+            .ok_or_else(|| invalid(format!("{field}.port: {} is not a port number (1-65535)", port.port)))?;
         if !seen_ports.insert((number, protocol)) {
-            return Err(invalid(format!(
-                "{field}: duplicate port {number}/{protocol}"
-            )));
+            return Err(invalid(format!("{field}: duplicate port {number}/{protocol}")));
         }
         let port_name = port.name.clone().unwrap_or_default();
         if !seen_names.insert((port_name.clone(), protocol)) {
-            return Err(invalid(format!(
-                "{field}.name: duplicate port name {port_name:?}"
-            )));
+            return Err(invalid(format!("{field}.name: duplicate port name {port_name:?}")));
         }
         let node_port = match port.node_port {
             None | Some(0) => None,
-            Some(n) => Some(valid_port(n).ok_or_else(|| {
-                invalid(format!(
-                    "{field}.nodePort: {n} is not a port number (1-65535)"
-                ))
-            })?),
+            Some(n) => {
+                Some(valid_port(n).ok_or_else(|| invalid(format!("{field}.nodePort: {n} is not a port number (1-65535)")))?)
+            }
         };
 
-        let spn = ServicePortName {
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-            port_name: port_name.clone(),
-            protocol,
-            family,
-        };
-        let mut frontends = vec![Frontend {
-            addr: cluster_ip,
-            port: number,
-            kind: FrontendKind::ClusterIp,
-        }];
+        let spn =
+            ServicePortName { namespace: ns.to_owned(), name: name.to_owned(), port_name: port_name.clone(), protocol, family };
+        let mut frontends = vec![Frontend { addr: cluster_ip, port: number, kind: FrontendKind::ClusterIp }];
         // Point 3: NodePort (0 = none, e.g. allocateLoadBalancerNodePorts: false).
         if let (true, Some(np)) = (nodeport_allowed, node_port) {
             for addr in node.addresses.iter().filter(|a| family.matches(a)) {
-                frontends.push(Frontend {
-                    addr: *addr,
-                    port: np,
-                    kind: FrontendKind::NodePort,
-                });
+                frontends.push(Frontend { addr: *addr, port: np, kind: FrontendKind::NodePort });
             }
         }
         // Point 46.
-        frontends.extend(external_ips.iter().map(|a| Frontend {
-            addr: *a,
-            port: number,
-            kind: FrontendKind::ExternalIp,
-        }));
+        frontends.extend(external_ips.iter().map(|a| Frontend { addr: *a, port: number, kind: FrontendKind::ExternalIp }));
         // Point 47.
-        frontends.extend(lb_ips.iter().map(|a| Frontend {
-            addr: *a,
-            port: number,
-            kind: FrontendKind::LoadBalancer,
-        }));
+        frontends.extend(lb_ips.iter().map(|a| Frontend { addr: *a, port: number, kind: FrontendKind::LoadBalancer }));
         frontends.sort();
         frontends.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
 
         let raw = collect_endpoints(svc_slices, &port_name, protocol, family);
         if health_check_port.is_some() {
-            local_ready.extend(
-                raw.iter()
-                    .filter(|r| r.ready && is_local(r, node))
-                    .map(|r| r.addr),
-            );
+            local_ready.extend(raw.iter().filter(|r| r.ready && is_local(r, node)).map(|r| r.addr));
         }
         let eps = categorize(raw, node);
         let cluster = eps.cluster.clone();
         let internal = if itp_local {
-            EndpointSet {
-                endpoints: eps.local.clone(),
-                drop_if_empty: eps.has_any,
-            }
+            EndpointSet { endpoints: eps.local.clone(), drop_if_empty: eps.has_any }
         } else {
-            EndpointSet {
-                endpoints: eps.cluster.clone(),
-                drop_if_empty: false,
-            }
+            EndpointSet { endpoints: eps.cluster.clone(), drop_if_empty: false }
         };
         let external = if etp_local {
-            EndpointSet {
-                endpoints: eps.local,
-                drop_if_empty: eps.has_any,
-            }
+            EndpointSet { endpoints: eps.local, drop_if_empty: eps.has_any }
         } else {
-            EndpointSet {
-                endpoints: eps.cluster,
-                drop_if_empty: false,
-            }
+            EndpointSet { endpoints: eps.cluster, drop_if_empty: false }
         };
         out.push((
             spn,
@@ -439,10 +346,7 @@ fn compile_service(
             },
         ));
     }
-    let health_check = health_check_port.map(|node_port| HealthCheck {
-        node_port,
-        local_ready: local_ready.len(),
-    });
+    let health_check = health_check_port.map(|node_port| HealthCheck { node_port, local_ready: local_ready.len() });
     Ok((out, health_check))
 }
 
@@ -451,16 +355,12 @@ fn valid_port(p: i32) -> Option<u16> {
 }
 
 /// Point 5: `GetClusterIPByFamily`.
-fn cluster_ip_for_family(
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    family: Family,
-) -> Result<Option<IpAddr>, String> {
+fn cluster_ip_for_family(spec: &k8s_openapi::api::core::v1::ServiceSpec, family: Family) -> Result<Option<IpAddr>, String> {
     let families = spec.ip_families.as_deref().unwrap_or_default();
     let ips = spec.cluster_ips.as_deref().unwrap_or_default();
     if families.is_empty() || ips.is_empty() {
         let raw = spec.cluster_ip.as_deref().unwrap_or("");
-        let ip = parse_ip_sloppy(raw)
-            .ok_or_else(|| format!("spec.clusterIP: {raw:?} is not an IP address"))?;
+        let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("spec.clusterIP: {raw:?} is not an IP address"))?;
         return Ok(family.matches(&ip).then_some(ip));
     }
     for (i, fam) in families.iter().enumerate() {
@@ -468,23 +368,17 @@ fn cluster_ip_for_family(
             let Some(raw) = ips.get(i) else {
                 return Ok(None);
             };
-            let ip = parse_ip_sloppy(raw)
-                .ok_or_else(|| format!("spec.clusterIPs[{i}]: {raw:?} is not an IP address"))?;
+            let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("spec.clusterIPs[{i}]: {raw:?} is not an IP address"))?;
             return Ok(family.matches(&ip).then_some(ip));
         }
     }
     Ok(None)
 }
 
-fn parse_ip_list(
-    list: Option<&[String]>,
-    family: Family,
-    field: &str,
-) -> Result<Vec<IpAddr>, String> {
+fn parse_ip_list(list: Option<&[String]>, family: Family, field: &str) -> Result<Vec<IpAddr>, String> {
     let mut out = Vec::new();
     for (i, raw) in list.unwrap_or_default().iter().enumerate() {
-        let ip = parse_ip_sloppy(raw)
-            .ok_or_else(|| format!("{field}[{i}]: {raw:?} is not an IP address"))?;
+        let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("{field}[{i}]: {raw:?} is not an IP address"))?;
         if family.matches(&ip) {
             out.push(ip);
         }
@@ -513,12 +407,8 @@ fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, Str
 
 /// Point 47: ingress entries with an IP and `ipMode` unset or `VIP`.
 fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> {
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_deref())
-        .unwrap_or_default();
+    let ingress =
+        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_deref()).unwrap_or_default();
     let mut out = Vec::new();
     for (i, ing) in ingress.iter().enumerate() {
         let Some(raw) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
@@ -527,9 +417,8 @@ fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> 
         if !matches!(ing.ip_mode.as_deref(), None | Some("VIP")) {
             continue;
         }
-        let ip = parse_ip_sloppy(raw).ok_or_else(|| {
-            format!("status.loadBalancer.ingress[{i}].ip: {raw:?} is not an IP address")
-        })?;
+        let ip =
+            parse_ip_sloppy(raw).ok_or_else(|| format!("status.loadBalancer.ingress[{i}].ip: {raw:?} is not an IP address"))?;
         if family.matches(&ip) {
             out.push(ip);
         }
@@ -542,17 +431,13 @@ fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Op
     match spec.session_affinity.as_deref() {
         None | Some("None") => Ok(None),
         Some("ClientIP") => {
-            let t = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
+            let t = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
             match t {
                 None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT_S)),
                 Some(t) if t > 0 && t as u32 <= MAX_AFFINITY_TIMEOUT_S => Ok(Some(t as u32)),
-                Some(t) => Err(format!(
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1-{MAX_AFFINITY_TIMEOUT_S}"
-                )),
+                Some(t) => {
+                    Err(format!("spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1-{MAX_AFFINITY_TIMEOUT_S}"))
+                }
             }
         }
         Some(other) => Err(format!("spec.sessionAffinity: unknown value {other:?}")),
@@ -575,39 +460,20 @@ struct RawEndpoint {
 /// Points 9, 10, 14, 16, 17, 20: endpoints of one ServicePort across all its slices (of
 /// `family`, point 15; an address of the other family in such a slice, which the API server
 /// does not allow, is ignored: a frontend never selects a backend of another family).
-fn collect_endpoints(
-    slices: &[&EndpointSlice],
-    port_name: &str,
-    protocol: Protocol,
-    family: Family,
-) -> Vec<RawEndpoint> {
+fn collect_endpoints(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol, family: Family) -> Vec<RawEndpoint> {
     let mut by_addr: BTreeMap<(IpAddr, u16), RawEndpoint> = BTreeMap::new();
     for slice in slices {
         // Point 9: join by (name, protocol), never by number. Point 10: skip null/0 ports.
-        let Some(port) = slice
-            .ports
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .find_map(|p| {
-                let name = p.name.as_deref().unwrap_or("");
-                let proto = Protocol::from_k8s(p.protocol.as_deref())?;
-                (name == port_name && proto == protocol)
-                    .then_some(p.port)
-                    .flatten()
-                    .and_then(valid_port)
-            })
-        else {
+        let Some(port) = slice.ports.as_deref().unwrap_or_default().iter().find_map(|p| {
+            let name = p.name.as_deref().unwrap_or("");
+            let proto = Protocol::from_k8s(p.protocol.as_deref())?;
+            (name == port_name && proto == protocol).then_some(p.port).flatten().and_then(valid_port)
+        }) else {
             continue;
         };
         for ep in &slice.endpoints {
             // Point 16: only addresses[0], canonicalised.
-            let Some(addr) = ep
-                .addresses
-                .first()
-                .and_then(|a| parse_ip_sloppy(a))
-                .filter(|a| family.matches(a))
-            else {
+            let Some(addr) = ep.addresses.first().and_then(|a| parse_ip_sloppy(a)).filter(|a| family.matches(a)) else {
                 continue;
             };
             // Point 17: nil handling.
@@ -624,16 +490,7 @@ fn collect_endpoints(
                 .and_then(|h| h.for_nodes.as_ref())
                 .map(|n| n.iter().map(|n| n.name.clone()).collect::<BTreeSet<_>>())
                 .filter(|n| !n.is_empty());
-            let raw = RawEndpoint {
-                addr,
-                port,
-                ready,
-                serving,
-                terminating,
-                node: ep.node_name.clone(),
-                zones,
-                nodes,
-            };
+            let raw = RawEndpoint { addr, port, ready, serving, terminating, node: ep.node_name.clone(), zones, nodes };
             // Point 20: de-duplicate; a non-terminating copy wins.
             match by_addr.get(&(addr, port)) {
                 Some(existing) if !existing.terminating => {}
@@ -661,40 +518,21 @@ struct Categorized {
 /// Point 19 (and 53 for hints): the Cluster and Local endpoint sets, each with its own
 /// serving-terminating fallback.
 fn categorize(raw: Vec<RawEndpoint>, node: &NodeContext) -> Categorized {
-    let to_ep = |r: &RawEndpoint| Endpoint {
-        addr: r.addr,
-        port: r.port,
-        local: is_local(r, node),
-        terminating: r.terminating,
-    };
+    let to_ep = |r: &RawEndpoint| Endpoint { addr: r.addr, port: r.port, local: is_local(r, node), terminating: r.terminating };
     let ready: Vec<&RawEndpoint> = raw.iter().filter(|r| r.ready).collect();
     let fallback: Vec<&RawEndpoint> = raw.iter().filter(|r| r.serving && r.terminating).collect();
 
     // Point 53: topology hints apply to the Cluster set of ready endpoints only.
     let topo: Vec<&RawEndpoint> = topology_filter(&ready, node);
-    let mut cluster: Vec<Endpoint> = if topo.is_empty() {
-        fallback.iter().map(|r| to_ep(r)).collect()
-    } else {
-        topo.iter().map(|r| to_ep(r)).collect()
-    };
+    let mut cluster: Vec<Endpoint> =
+        if topo.is_empty() { fallback.iter().map(|r| to_ep(r)).collect() } else { topo.iter().map(|r| to_ep(r)).collect() };
     let local_ready: Vec<Endpoint> = ready.iter().map(|r| to_ep(r)).filter(|e| e.local).collect();
-    let mut local = if local_ready.is_empty() {
-        fallback
-            .iter()
-            .map(|r| to_ep(r))
-            .filter(|e| e.local)
-            .collect()
-    } else {
-        local_ready
-    };
+    let mut local =
+        if local_ready.is_empty() { fallback.iter().map(|r| to_ep(r)).filter(|e| e.local).collect() } else { local_ready };
     cluster.sort();
     local.sort();
     let has_any = !ready.is_empty() || !fallback.is_empty();
-    Categorized {
-        cluster,
-        local,
-        has_any,
-    }
+    Categorized { cluster, local, has_any }
 }
 
 /// Point 53: node hints first, then zone hints; otherwise all ready endpoints.
@@ -703,25 +541,17 @@ fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a
         return Vec::new();
     }
     if !node.name.is_empty() && ready.iter().all(|r| r.nodes.is_some()) {
-        let mine: Vec<_> = ready
-            .iter()
-            .copied()
-            .filter(|r| r.nodes.as_ref().is_some_and(|n| n.contains(&node.name)))
-            .collect();
+        let mine: Vec<_> = ready.iter().copied().filter(|r| r.nodes.as_ref().is_some_and(|n| n.contains(&node.name))).collect();
         if !mine.is_empty() {
             return mine;
         }
     }
-    if let Some(zone) = &node.zone {
-        if ready.iter().all(|r| r.zones.is_some()) {
-            let mine: Vec<_> = ready
-                .iter()
-                .copied()
-                .filter(|r| r.zones.as_ref().is_some_and(|z| z.contains(zone)))
-                .collect();
-            if !mine.is_empty() {
-                return mine;
-            }
+    if let Some(zone) = &node.zone
+        && ready.iter().all(|r| r.zones.is_some())
+    {
+        let mine: Vec<_> = ready.iter().copied().filter(|r| r.zones.as_ref().is_some_and(|z| z.contains(zone))).collect();
+        if !mine.is_empty() {
+            return mine;
         }
     }
     ready.to_vec()

@@ -140,11 +140,12 @@ mod tests {
             slice("b-1", "b", &["10.244.1.1"], "n2"),
             slice("b-2", "b", &["10.244.1.2"], "n1"),
         ];
-        let check = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
-            let got = memo.compile(services, slices, n);
-            assert_eq!(got, compile_all(services, slices, n), "{step}");
-            got
-        };
+        let check =
+            |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
+                let got = memo.compile(services, slices, n);
+                assert_eq!(got, compile_all(services, slices, n), "{step}");
+                got
+            };
         let first = check(&mut memo, &services, &slices, &node("n1"), "initial");
         assert_eq!(first.0.services.len(), 2);
         check(&mut memo, &services, &slices, &node("n1"), "unchanged");

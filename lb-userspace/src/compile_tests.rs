@@ -16,9 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::model::{
-    DesiredState, EndpointSet, FrontendKind, Protocol, ServicePortName, ServicePortState,
-};
+use crate::model::{DesiredState, EndpointSet, FrontendKind, Protocol, ServicePortName, ServicePortState};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -58,14 +56,7 @@ fn slice(service: &str, slice_name: &str, ports: Value, endpoints: Value) -> End
     slice_of("IPv4", NS, service, slice_name, ports, endpoints)
 }
 
-fn slice_of(
-    address_type: &str,
-    ns: &str,
-    service: &str,
-    slice_name: &str,
-    ports: Value,
-    endpoints: Value,
-) -> EndpointSlice {
+fn slice_of(address_type: &str, ns: &str, service: &str, slice_name: &str, ports: Value, endpoints: Value) -> EndpointSlice {
     obj(json!({
         "metadata": {
             "name": slice_name,
@@ -123,30 +114,14 @@ fn v6(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
 }
 
 fn spn(family: Family, name: &str, port_name: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: NS.into(),
-        name: name.into(),
-        port_name: port_name.into(),
-        protocol,
-        family,
-    }
+    ServicePortName { namespace: NS.into(), name: name.into(), port_name: port_name.into(), protocol, family }
 }
 
 /// The state of one ServicePort of a single-family state (from [`v4`] or [`v6`]): the port of
 /// whichever family the state holds; panics listing what was compiled instead.
-fn port<'a>(
-    st: &'a DesiredState,
-    name: &str,
-    port_name: &str,
-    protocol: Protocol,
-) -> &'a ServicePortState {
-    let found: Vec<Family> = Family::ALL
-        .into_iter()
-        .filter(|f| {
-            st.services
-                .contains_key(&spn(*f, name, port_name, protocol))
-        })
-        .collect();
+fn port<'a>(st: &'a DesiredState, name: &str, port_name: &str, protocol: Protocol) -> &'a ServicePortState {
+    let found: Vec<Family> =
+        Family::ALL.into_iter().filter(|f| st.services.contains_key(&spn(*f, name, port_name, protocol))).collect();
     match found[..] {
         [family] => port_in(st, family, name, port_name, protocol),
         [] => port_in(st, Family::V4, name, port_name, protocol),
@@ -155,21 +130,12 @@ fn port<'a>(
 }
 
 /// The state of one ServicePort of one family; panics listing what was compiled instead.
-fn port_in<'a>(
-    st: &'a DesiredState,
-    family: Family,
-    name: &str,
-    port_name: &str,
-    protocol: Protocol,
-) -> &'a ServicePortState {
+fn port_in<'a>(st: &'a DesiredState, family: Family, name: &str, port_name: &str, protocol: Protocol) -> &'a ServicePortState {
     let key = spn(family, name, port_name, protocol);
     st.services.get(&key).unwrap_or_else(|| {
         panic!(
             "{key} not compiled; have {:?}, rejected {:?}",
-            st.services
-                .keys()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>(),
+            st.services.keys().map(ToString::to_string).collect::<Vec<_>>(),
             st.rejected
         )
     })
@@ -222,35 +188,15 @@ fn names(st: &DesiredState) -> BTreeSet<String> {
 /// port of it was programmed; and that `good` compiled exactly as it does alone.
 fn assert_rejected(bad: Service, field: &str) {
     let good = simple_svc("good", "10.96.0.10");
-    let good_slice = slice(
-        "good",
-        "good-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE)]),
-    );
-    let bad_slice = slice(
-        "bad",
-        "bad-1",
-        unnamed_port(8080),
-        json!([ep("10.0.2.1", NODE)]),
-    );
+    let good_slice = slice("good", "good-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
+    let bad_slice = slice("bad", "bad-1", unnamed_port(8080), json!([ep("10.0.2.1", NODE)]));
     let alone = v4(&[good.clone()], &[good_slice.clone()]);
     let st = v4(&[bad, good], &[bad_slice, good_slice]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
     assert_eq!(st.rejected[0].object, "Service ns/bad");
-    assert!(
-        st.rejected[0].reason.contains(field),
-        "reason {:?} does not name {field:?}",
-        st.rejected[0].reason
-    );
-    assert!(
-        st.services.keys().all(|k| k.name != "bad"),
-        "a port of a rejected Service was programmed"
-    );
-    assert_eq!(
-        st.services, alone.services,
-        "the valid Service was affected"
-    );
+    assert!(st.rejected[0].reason.contains(field), "reason {:?} does not name {field:?}", st.rejected[0].reason);
+    assert!(st.services.keys().all(|k| k.name != "bad"), "a port of a rejected Service was programmed");
+    assert_eq!(st.services, alone.services, "the valid Service was affected");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,14 +211,7 @@ fn point_01_headless_service_is_not_programmed() {
     let control = simple_svc("control", "10.96.0.10");
     let slices: Vec<_> = ["none", "empty", "absent", "control"]
         .iter()
-        .map(|s| {
-            slice(
-                s,
-                &format!("{s}-1"),
-                unnamed_port(8080),
-                json!([ep("10.0.1.1", NODE)]),
-            )
-        })
+        .map(|s| slice(s, &format!("{s}-1"), unnamed_port(8080), json!([ep("10.0.1.1", NODE)])))
         .collect();
     let st = v4(&[none, empty, absent, control], &slices);
     assert_eq!(names(&st), set_of(&["control"]));
@@ -290,12 +229,7 @@ fn point_02_external_name_service_is_not_programmed_even_with_a_cluster_ip() {
             "ports": [{ "port": 80 }],
         })
     };
-    let slices = [slice(
-        "ext",
-        "ext-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE)]),
-    )];
+    let slices = [slice("ext", "ext-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]))];
     // ClusterIP → ExternalName transition: the old ClusterIP is no longer programmed.
     let before = v4(&[svc("ext", spec("ClusterIP"))], &slices);
     assert_eq!(fes(tcp(&before, "ext")), set_of(&["cluster 10.96.0.20:80"]));
@@ -307,20 +241,11 @@ fn point_02_external_name_service_is_not_programmed_even_with_a_cluster_ip() {
 #[test]
 fn point_03_cluster_ip_type_programs_only_the_cluster_ip() {
     // `type` absent is the API default, ClusterIP.
-    let implicit = svc(
-        "implicit",
-        json!({ "clusterIP": "10.96.0.11", "ports": [{ "port": 80 }] }),
-    );
+    let implicit = svc("implicit", json!({ "clusterIP": "10.96.0.11", "ports": [{ "port": 80 }] }));
     let explicit = simple_svc("explicit", "10.96.0.10");
     let st = v4(&[implicit, explicit], &[]);
-    assert_eq!(
-        fes(tcp(&st, "explicit")),
-        set_of(&["cluster 10.96.0.10:80"])
-    );
-    assert_eq!(
-        fes(tcp(&st, "implicit")),
-        set_of(&["cluster 10.96.0.11:80"])
-    );
+    assert_eq!(fes(tcp(&st, "explicit")), set_of(&["cluster 10.96.0.10:80"]));
+    assert_eq!(fes(tcp(&st, "implicit")), set_of(&["cluster 10.96.0.11:80"]));
 }
 
 #[test]
@@ -336,11 +261,7 @@ fn point_03_node_port_type_adds_node_ports() {
     let st = v4(&[s], &[]);
     assert_eq!(
         fes(tcp(&st, "np")),
-        set_of(&[
-            "cluster 10.96.0.10:80",
-            "nodeport 10.1.0.10:30080",
-            "nodeport 192.168.0.10:30080",
-        ])
+        set_of(&["cluster 10.96.0.10:80", "nodeport 10.1.0.10:30080", "nodeport 192.168.0.10:30080",])
     );
 }
 
@@ -367,12 +288,7 @@ status:
     let st = v4(&[s], &[]);
     assert_eq!(
         fes(port(&st, "lb", "http", Protocol::Tcp)),
-        set_of(&[
-            "cluster 10.96.0.10:80",
-            "lb 198.51.100.7:80",
-            "nodeport 10.1.0.10:30080",
-            "nodeport 192.168.0.10:30080",
-        ])
+        set_of(&["cluster 10.96.0.10:80", "lb 198.51.100.7:80", "nodeport 10.1.0.10:30080", "nodeport 192.168.0.10:30080",])
     );
 }
 
@@ -397,11 +313,7 @@ fn point_03_load_balancer_without_node_ports_programs_no_node_port() {
     };
     let st = v4(&[mk("absent", Value::Null), mk("zero", json!(0))], &[]);
     for name in ["absent", "zero"] {
-        assert_eq!(
-            fes(tcp(&st, name)),
-            set_of(&["cluster 10.96.0.10:80", "lb 198.51.100.7:80"]),
-            "{name}"
-        );
+        assert_eq!(fes(tcp(&st, name)), set_of(&["cluster 10.96.0.10:80", "lb 198.51.100.7:80"]), "{name}");
     }
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
 }
@@ -418,11 +330,7 @@ fn point_03_ingress_status_is_ignored_unless_type_load_balancer() {
         "status": { "loadBalancer": { "ingress": [{ "ip": "198.51.100.7" }] } },
     }));
     let st = v4(&[s], &[]);
-    assert!(
-        !fes(tcp(&st, "np")).iter().any(|f| f.starts_with("lb ")),
-        "{:?}",
-        fes(tcp(&st, "np"))
-    );
+    assert!(!fes(tcp(&st, "np")).iter().any(|f| f.starts_with("lb ")), "{:?}", fes(tcp(&st, "np")));
 }
 
 #[test]
@@ -452,40 +360,12 @@ fn point_04_label_opt_outs_are_not_programmed() {
 fn point_04_opted_out_endpoint_slices_are_ignored() {
     // The EndpointSlice controller copies Service labels onto slices; kube-proxy's label
     // selector applies to the slice informer too.
-    let mut opted_out = slice(
-        "web",
-        "web-2",
-        unnamed_port(8080),
-        json!([ep("10.0.1.2", NODE)]),
-    );
-    opted_out
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert(LABEL_SERVICE_PROXY_NAME.into(), "other".into());
-    let mut headless = slice(
-        "web",
-        "web-3",
-        unnamed_port(8080),
-        json!([ep("10.0.1.3", NODE)]),
-    );
-    headless
-        .metadata
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert(LABEL_HEADLESS.into(), "".into());
-    let normal = slice(
-        "web",
-        "web-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE)]),
-    );
-    let st = v4(
-        &[simple_svc("web", "10.96.0.10")],
-        &[normal, opted_out, headless],
-    );
+    let mut opted_out = slice("web", "web-2", unnamed_port(8080), json!([ep("10.0.1.2", NODE)]));
+    opted_out.metadata.labels.as_mut().unwrap().insert(LABEL_SERVICE_PROXY_NAME.into(), "other".into());
+    let mut headless = slice("web", "web-3", unnamed_port(8080), json!([ep("10.0.1.3", NODE)]));
+    headless.metadata.labels.as_mut().unwrap().insert(LABEL_HEADLESS.into(), "".into());
+    let normal = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
+    let st = v4(&[simple_svc("web", "10.96.0.10")], &[normal, opted_out, headless]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080"]);
 }
 
@@ -502,38 +382,17 @@ fn point_05_dual_stack_service_uses_the_cluster_ip_of_each_family() {
         }),
     );
     let slices = [
-        slice_of(
-            "IPv4",
-            NS,
-            "ds",
-            "ds-v4",
-            unnamed_port(8080),
-            json!([ep("10.0.1.1", NODE)]),
-        ),
-        slice_of(
-            "IPv6",
-            NS,
-            "ds",
-            "ds-v6",
-            unnamed_port(8080),
-            json!([ep("fd00:1::1", NODE)]),
-        ),
+        slice_of("IPv4", NS, "ds", "ds-v4", unnamed_port(8080), json!([ep("10.0.1.1", NODE)])),
+        slice_of("IPv6", NS, "ds", "ds-v6", unnamed_port(8080), json!([ep("fd00:1::1", NODE)])),
     ];
     let st4 = v4(&[s.clone()], &slices);
     assert_eq!(
         fes(tcp(&st4, "ds")),
-        set_of(&[
-            "cluster 10.96.0.10:80",
-            "nodeport 10.1.0.10:30080",
-            "nodeport 192.168.0.10:30080",
-        ])
+        set_of(&["cluster 10.96.0.10:80", "nodeport 10.1.0.10:30080", "nodeport 192.168.0.10:30080",])
     );
     assert_eq!(eps(&tcp(&st4, "ds").internal), ["10.0.1.1:8080"]);
     let st6 = v6(&[s], &slices);
-    assert_eq!(
-        fes(tcp(&st6, "ds")),
-        set_of(&["cluster [fd00:96::10]:80", "nodeport [fd00::10]:30080"])
-    );
+    assert_eq!(fes(tcp(&st6, "ds")), set_of(&["cluster [fd00:96::10]:80", "nodeport [fd00::10]:30080"]));
     assert_eq!(eps(&tcp(&st6, "ds").internal), ["[fd00:1::1]:8080"]);
 }
 
@@ -564,40 +423,17 @@ fn point_05_without_ip_families_the_cluster_ip_family_decides() {
     assert_eq!(names(&st4), set_of(&["legacy4"]));
     let st6 = v6(&[s4, s6], &[]);
     assert_eq!(names(&st6), set_of(&["legacy6"]));
-    assert_eq!(
-        fes(tcp(&st6, "legacy6")),
-        set_of(&["cluster [fd00:96::10]:80"])
-    );
+    assert_eq!(fes(tcp(&st6, "legacy6")), set_of(&["cluster [fd00:96::10]:80"]));
 }
 
 #[test]
 fn point_06_selectorless_service_takes_any_slice_labelled_with_its_name() {
     // No spec.selector; slices created by hand (managed-by ignored), in several slices.
     let s = simple_svc("manual", "10.96.0.10");
-    let mut hand_made = slice(
-        "manual",
-        "manual-a",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE)]),
-    );
-    hand_made.metadata.labels.as_mut().unwrap().insert(
-        "endpointslice.kubernetes.io/managed-by".into(),
-        "someone-else".into(),
-    );
-    let other_ns = slice_of(
-        "IPv4",
-        "elsewhere",
-        "manual",
-        "manual-b",
-        unnamed_port(8080),
-        json!([ep("10.0.9.9", NODE)]),
-    );
-    let mut unlabelled = slice(
-        "manual",
-        "manual-c",
-        unnamed_port(8080),
-        json!([ep("10.0.8.8", NODE)]),
-    );
+    let mut hand_made = slice("manual", "manual-a", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
+    hand_made.metadata.labels.as_mut().unwrap().insert("endpointslice.kubernetes.io/managed-by".into(), "someone-else".into());
+    let other_ns = slice_of("IPv4", "elsewhere", "manual", "manual-b", unnamed_port(8080), json!([ep("10.0.9.9", NODE)]));
+    let mut unlabelled = slice("manual", "manual-c", unnamed_port(8080), json!([ep("10.0.8.8", NODE)]));
     unlabelled.metadata.labels = None;
     let st = v4(&[s], &[hand_made, other_ns, unlabelled]);
     assert_eq!(eps(&tcp(&st, "manual").internal), ["10.0.1.1:8080"]);
@@ -616,12 +452,7 @@ fn point_08_target_port_is_not_used_the_slice_port_is() {
             "ports": [{ "name": "http", "port": 80, "targetPort": 9999, "nodePort": 30080 }],
         }),
     );
-    let sl = slice(
-        "web",
-        "web-1",
-        json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]),
-        json!([ep("10.0.1.1", NODE)]),
-    );
+    let sl = slice("web", "web-1", json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]), json!([ep("10.0.1.1", NODE)]));
     let st = v4(&[s], &[sl]);
     let p = port(&st, "web", "http", Protocol::Tcp);
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
@@ -639,12 +470,8 @@ fn point_09_named_port_resolves_to_different_numbers_on_different_endpoints() {
         }),
     );
     // The controller groups endpoints by identical port sets: one slice per number.
-    let a = slice(
-        "multi",
-        "multi-a",
-        json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]),
-        json!([ep("10.0.1.1", NODE)]),
-    );
+    let a =
+        slice("multi", "multi-a", json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]), json!([ep("10.0.1.1", NODE)]));
     let b = slice(
         "multi",
         "multi-b",
@@ -652,10 +479,7 @@ fn point_09_named_port_resolves_to_different_numbers_on_different_endpoints() {
         json!([ep("10.0.1.2", OTHER_NODE)]),
     );
     let st = v4(&[s], &[a, b]);
-    assert_eq!(
-        eps(&port(&st, "multi", "http", Protocol::Tcp).internal),
-        ["10.0.1.1:8080", "10.0.1.2:9090"]
-    );
+    assert_eq!(eps(&port(&st, "multi", "http", Protocol::Tcp).internal), ["10.0.1.1:8080", "10.0.1.2:9090"]);
 }
 
 #[test]
@@ -683,43 +507,18 @@ fn point_09_ports_are_joined_by_name_and_protocol_never_by_number() {
         json!([ep("10.0.1.1", NODE)]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(
-        eps(&port(&st, "mp", "port80", Protocol::Tcp).internal),
-        ["10.0.1.1:8090"]
-    );
-    assert_eq!(
-        eps(&port(&st, "mp", "port81", Protocol::Tcp).internal),
-        ["10.0.1.1:80"]
-    );
+    assert_eq!(eps(&port(&st, "mp", "port80", Protocol::Tcp).internal), ["10.0.1.1:8090"]);
+    assert_eq!(eps(&port(&st, "mp", "port81", Protocol::Tcp).internal), ["10.0.1.1:80"]);
 }
 
 #[test]
 fn point_10_slice_ports_with_null_or_zero_port_are_ignored() {
     let s = simple_svc("web", "10.96.0.10");
-    let null_port = slice(
-        "web",
-        "web-null",
-        json!([{ "name": "", "protocol": "TCP" }]),
-        json!([ep("10.0.1.1", NODE)]),
-    );
-    let zero_port = slice(
-        "web",
-        "web-zero",
-        json!([{ "name": "", "port": 0, "protocol": "TCP" }]),
-        json!([ep("10.0.1.2", NODE)]),
-    );
-    let no_ports = slice(
-        "web",
-        "web-none",
-        Value::Null,
-        json!([ep("10.0.1.3", NODE)]),
-    );
-    let good = slice(
-        "web",
-        "web-good",
-        unnamed_port(8080),
-        json!([ep("10.0.1.4", NODE)]),
-    );
+    let null_port = slice("web", "web-null", json!([{ "name": "", "protocol": "TCP" }]), json!([ep("10.0.1.1", NODE)]));
+    let zero_port =
+        slice("web", "web-zero", json!([{ "name": "", "port": 0, "protocol": "TCP" }]), json!([ep("10.0.1.2", NODE)]));
+    let no_ports = slice("web", "web-none", Value::Null, json!([ep("10.0.1.3", NODE)]));
+    let good = slice("web", "web-good", unnamed_port(8080), json!([ep("10.0.1.4", NODE)]));
     let st = v4(&[s], &[null_port, zero_port, no_ports, good]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.4:8080"]);
@@ -744,17 +543,9 @@ fn point_10_null_slice_port_protocol_defaults_to_tcp() {
         json!([ep("10.0.1.1", NODE)]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(
-        eps(&port(&st, "dns", "dns-tcp", Protocol::Tcp).internal),
-        ["10.0.1.1:5353"]
-    );
+    assert_eq!(eps(&port(&st, "dns", "dns-tcp", Protocol::Tcp).internal), ["10.0.1.1:5353"]);
     // The protocol-less "dns" slice port is TCP, so the UDP ServicePort has no endpoint.
-    assert!(
-        port(&st, "dns", "dns", Protocol::Udp)
-            .internal
-            .endpoints
-            .is_empty()
-    );
+    assert!(port(&st, "dns", "dns", Protocol::Udp).internal.endpoints.is_empty());
 }
 
 #[test]
@@ -762,12 +553,7 @@ fn point_10_null_slice_port_name_matches_the_unnamed_service_port() {
     // The API server defaults a null slice port name to "" (and kube-proxy would skip a literal
     // null); the compile step applies the API default.
     let s = simple_svc("web", "10.96.0.10");
-    let sl = slice(
-        "web",
-        "web-1",
-        json!([{ "port": 8080, "protocol": "TCP" }]),
-        json!([ep("10.0.1.1", NODE)]),
-    );
+    let sl = slice("web", "web-1", json!([{ "port": 8080, "protocol": "TCP" }]), json!([ep("10.0.1.1", NODE)]));
     let st = v4(&[s], &[sl]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080"]);
 }
@@ -826,21 +612,10 @@ fn point_11_same_port_number_and_protocol_twice_is_rejected() {
 
 #[test]
 fn point_13_sctp_is_programmed_like_tcp() {
-    let s = svc(
-        "sctp",
-        json!({ "clusterIP": "10.96.0.10", "ports": [{ "port": 5060, "protocol": "SCTP" }] }),
-    );
-    let sl = slice(
-        "sctp",
-        "sctp-1",
-        json!([{ "name": "", "port": 5060, "protocol": "SCTP" }]),
-        json!([ep("10.0.1.1", NODE)]),
-    );
+    let s = svc("sctp", json!({ "clusterIP": "10.96.0.10", "ports": [{ "port": 5060, "protocol": "SCTP" }] }));
+    let sl = slice("sctp", "sctp-1", json!([{ "name": "", "port": 5060, "protocol": "SCTP" }]), json!([ep("10.0.1.1", NODE)]));
     let st = v4(&[s], &[sl]);
-    assert_eq!(
-        eps(&port(&st, "sctp", "", Protocol::Sctp).internal),
-        ["10.0.1.1:5060"]
-    );
+    assert_eq!(eps(&port(&st, "sctp", "", Protocol::Sctp).internal), ["10.0.1.1:5060"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,54 +625,25 @@ fn point_13_sctp_is_programmed_like_tcp() {
 #[test]
 fn point_14_endpoints_are_the_union_over_slices_and_slices_remove_independently() {
     let s = simple_svc("web", "10.96.0.10");
-    let a = slice(
-        "web",
-        "web-a",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE)]),
-    );
-    let b = slice(
-        "web",
-        "web-b",
-        unnamed_port(8080),
-        json!([ep("10.0.1.3", OTHER_NODE)]),
-    );
+    let a = slice("web", "web-a", unnamed_port(8080), json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE)]));
+    let b = slice("web", "web-b", unnamed_port(8080), json!([ep("10.0.1.3", OTHER_NODE)]));
     let st = v4(&[s.clone()], &[a.clone(), b.clone()]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]);
     let only_b = v4(&[s.clone()], &[b]);
     assert_eq!(eps(&tcp(&only_b, "web").internal), ["10.0.1.3:8080"]);
     let only_a = v4(&[s], &[a]);
-    assert_eq!(
-        eps(&tcp(&only_a, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080"]
-    );
+    assert_eq!(eps(&tcp(&only_a, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
 }
 
 #[test]
 fn point_14_endpoints_are_sorted_whatever_the_slice_order() {
     let s = simple_svc("web", "10.96.0.10");
-    let a = slice(
-        "web",
-        "web-a",
-        unnamed_port(8080),
-        json!([ep("10.0.1.9", NODE)]),
-    );
-    let b = slice(
-        "web",
-        "web-b",
-        unnamed_port(8080),
-        json!([ep("10.0.1.5", NODE), ep("10.0.1.1", NODE)]),
-    );
+    let a = slice("web", "web-a", unnamed_port(8080), json!([ep("10.0.1.9", NODE)]));
+    let b = slice("web", "web-b", unnamed_port(8080), json!([ep("10.0.1.5", NODE), ep("10.0.1.1", NODE)]));
     let ab = v4(&[s.clone()], &[a.clone(), b.clone()]);
     let ba = v4(&[s], &[b, a]);
     assert_eq!(ab, ba);
-    assert_eq!(
-        eps(&tcp(&ab, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.5:8080", "10.0.1.9:8080"]
-    );
+    assert_eq!(eps(&tcp(&ab, "web").internal), ["10.0.1.1:8080", "10.0.1.5:8080", "10.0.1.9:8080"]);
 }
 
 #[test]
@@ -912,39 +658,12 @@ fn point_15_only_slices_of_the_programmed_family_are_used() {
         }),
     );
     let slices = [
-        slice_of(
-            "IPv4",
-            NS,
-            "ds",
-            "ds-4",
-            unnamed_port(8080),
-            json!([ep("10.0.1.1", NODE)]),
-        ),
-        slice_of(
-            "IPv6",
-            NS,
-            "ds",
-            "ds-6",
-            unnamed_port(8080),
-            json!([ep("fd00:1::1", NODE)]),
-        ),
-        slice_of(
-            "FQDN",
-            NS,
-            "ds",
-            "ds-f",
-            unnamed_port(8080),
-            json!([ep("example.com", NODE)]),
-        ),
+        slice_of("IPv4", NS, "ds", "ds-4", unnamed_port(8080), json!([ep("10.0.1.1", NODE)])),
+        slice_of("IPv6", NS, "ds", "ds-6", unnamed_port(8080), json!([ep("fd00:1::1", NODE)])),
+        slice_of("FQDN", NS, "ds", "ds-f", unnamed_port(8080), json!([ep("example.com", NODE)])),
     ];
-    assert_eq!(
-        eps(&tcp(&v4(&[s.clone()], &slices), "ds").internal),
-        ["10.0.1.1:8080"]
-    );
-    assert_eq!(
-        eps(&tcp(&v6(&[s], &slices), "ds").internal),
-        ["[fd00:1::1]:8080"]
-    );
+    assert_eq!(eps(&tcp(&v4(&[s.clone()], &slices), "ds").internal), ["10.0.1.1:8080"]);
+    assert_eq!(eps(&tcp(&v6(&[s], &slices), "ds").internal), ["[fd00:1::1]:8080"]);
 }
 
 #[test]
@@ -962,10 +681,7 @@ fn point_16_only_the_first_address_is_used_canonicalised() {
         ]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.3:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
 }
 
 #[test]
@@ -979,10 +695,7 @@ fn point_17_missing_conditions_mean_ready_serving_not_terminating() {
         // Not ready, serving defaults true, terminating defaults false: never used.
         { "addresses": ["10.0.1.3"], "nodeName": NODE, "conditions": { "ready": false } },
     ]);
-    let st = v4(
-        &[s.clone()],
-        &[slice("web", "web-1", unnamed_port(8080), endpoints)],
-    );
+    let st = v4(&[s.clone()], &[slice("web", "web-1", unnamed_port(8080), endpoints)]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     assert!(p.internal.endpoints.iter().all(|e| !e.terminating));
@@ -994,10 +707,7 @@ fn point_17_missing_conditions_mean_ready_serving_not_terminating() {
           "conditions": { "ready": false, "terminating": true } },
         { "addresses": ["10.0.1.3"], "nodeName": NODE, "conditions": { "ready": false } },
     ]);
-    let st = v4(
-        &[s],
-        &[slice("web", "web-1", unnamed_port(8080), terminating)],
-    );
+    let st = v4(&[s], &[slice("web", "web-1", unnamed_port(8080), terminating)]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.4:8080"]);
     assert!(p.internal.endpoints[0].terminating);
@@ -1024,25 +734,13 @@ fn point_19_cluster_set_falls_back_to_serving_terminating_endpoints() {
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     assert!(p.internal.endpoints.iter().all(|e| e.terminating));
-    assert_eq!(
-        p.internal
-            .endpoints
-            .iter()
-            .map(|e| e.local)
-            .collect::<Vec<_>>(),
-        [false, true]
-    );
+    assert_eq!(p.internal.endpoints.iter().map(|e| e.local).collect::<Vec<_>>(), [false, true]);
 }
 
 #[test]
 fn point_19_ready_endpoints_exclude_the_terminating_fallback() {
     let s = simple_svc("web", "10.96.0.10");
-    let sl = slice(
-        "web",
-        "web-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]),
-    );
+    let sl = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]));
     let st = v4(&[s], &[sl]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080"]);
 }
@@ -1056,16 +754,10 @@ fn point_19_ready_and_terminating_endpoint_is_used_as_ready() {
         "web",
         "web-1",
         unnamed_port(8080),
-        json!([
-            ep_cond("10.0.1.1", NODE, true, false, true),
-            ep("10.0.1.2", OTHER_NODE)
-        ]),
+        json!([ep_cond("10.0.1.1", NODE, true, false, true), ep("10.0.1.2", OTHER_NODE)]),
     );
     let st = v4(&[s], &[sl]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
 }
 
 /// A NodePort Service with the given traffic policies.
@@ -1085,12 +777,7 @@ fn policy_svc(name: &str, itp: &str, etp: &str) -> Service {
 #[test]
 fn point_19_cluster_and_local_fall_back_independently_itp_local() {
     // A remote ready endpoint and a local endpoint that is only serving-terminating.
-    let sl = slice(
-        "web",
-        "web-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]),
-    );
+    let sl = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]));
     let st = v4(&[policy_svc("web", "Local", "Cluster")], &[sl]);
     let p = tcp(&st, "web");
     // Local set: no local ready endpoint → local serving-terminating fallback (point 36).
@@ -1103,12 +790,7 @@ fn point_19_cluster_and_local_fall_back_independently_itp_local() {
 
 #[test]
 fn point_19_cluster_and_local_fall_back_independently_etp_local() {
-    let sl = slice(
-        "web",
-        "web-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]),
-    );
+    let sl = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", OTHER_NODE), ep_terminating("10.0.1.2", NODE)]));
     let st = v4(&[policy_svc("web", "Cluster", "Local")], &[sl]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
@@ -1122,11 +804,7 @@ fn point_19_local_set_prefers_local_ready_over_local_terminating() {
         "web",
         "web-1",
         unnamed_port(8080),
-        json!([
-            ep("10.0.1.1", NODE),
-            ep_terminating("10.0.1.2", NODE),
-            ep("10.0.1.3", OTHER_NODE),
-        ]),
+        json!([ep("10.0.1.1", NODE), ep_terminating("10.0.1.2", NODE), ep("10.0.1.3", OTHER_NODE),]),
     );
     let st = v4(&[policy_svc("web", "Local", "Local")], &[sl]);
     let p = tcp(&st, "web");
@@ -1156,10 +834,7 @@ fn point_30_local_endpoint_needs_a_matching_non_empty_node_name() {
     let local: Vec<bool> = p.external.endpoints.iter().map(|e| e.local).collect();
     assert_eq!(local, [false, false, false, true]);
     // A node context without a name has no local endpoint, not even those with nodeName "".
-    let nameless = NodeContext {
-        name: String::new(),
-        ..node()
-    };
+    let nameless = NodeContext { name: String::new(), ..node() };
     let st = compile(&[s], &[sl], &nameless, Family::V4);
     let p = tcp(&st, "web");
     assert!(p.internal.endpoints.is_empty() && p.internal.drop_if_empty);
@@ -1169,22 +844,9 @@ fn point_30_local_endpoint_needs_a_matching_non_empty_node_name() {
 #[test]
 fn point_20_duplicate_endpoints_across_slices_are_merged_non_terminating_wins() {
     let s = simple_svc("web", "10.96.0.10");
-    let terminating = slice(
-        "web",
-        "web-old",
-        unnamed_port(8080),
-        json!([ep_terminating("10.0.1.1", NODE)]),
-    );
-    let ready = slice(
-        "web",
-        "web-new",
-        unnamed_port(8080),
-        json!([ep("10.0.1.1", NODE)]),
-    );
-    for slices in [
-        [terminating.clone(), ready.clone()],
-        [ready.clone(), terminating.clone()],
-    ] {
+    let terminating = slice("web", "web-old", unnamed_port(8080), json!([ep_terminating("10.0.1.1", NODE)]));
+    let ready = slice("web", "web-new", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
+    for slices in [[terminating.clone(), ready.clone()], [ready.clone(), terminating.clone()]] {
         let st = v4(&[s.clone()], &slices);
         let p = tcp(&st, "web");
         assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
@@ -1212,10 +874,7 @@ fn point_24_client_ip_affinity_defaults_to_10800_seconds() {
     let st = v4(
         &[
             affinity_svc("dflt", json!({ "sessionAffinity": "ClientIP" })),
-            affinity_svc(
-                "noconf",
-                json!({ "sessionAffinity": "ClientIP", "sessionAffinityConfig": {} }),
-            ),
+            affinity_svc("noconf", json!({ "sessionAffinity": "ClientIP", "sessionAffinityConfig": {} })),
             affinity_svc(
                 "notimeout",
                 json!({ "sessionAffinity": "ClientIP",
@@ -1240,10 +899,7 @@ fn point_24_explicit_timeouts_up_to_86400_are_accepted() {
                     "sessionAffinityConfig": { "clientIP": { "timeoutSeconds": t } } }),
         )
     };
-    let st = v4(
-        &[with("one", 1), with("short", 300), with("max", 86_400)],
-        &[],
-    );
+    let st = v4(&[with("one", 1), with("short", 300), with("max", 86_400)], &[]);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(tcp(&st, "one").affinity_timeout_s, Some(1));
     assert_eq!(tcp(&st, "short").affinity_timeout_s, Some(300));
@@ -1282,10 +938,7 @@ fn point_24_affinity_none_ignores_any_config() {
 
 #[test]
 fn point_24_unknown_session_affinity_is_rejected() {
-    assert_rejected(
-        affinity_svc("bad", json!({ "sessionAffinity": "Cookie" })),
-        "spec.sessionAffinity",
-    );
+    assert_rejected(affinity_svc("bad", json!({ "sessionAffinity": "Cookie" })), "spec.sessionAffinity");
 }
 
 #[test]
@@ -1303,14 +956,8 @@ fn point_25_affinity_applies_to_every_frontend_of_the_service_port() {
         }),
     );
     let st = v4(&[s], &[]);
-    assert_eq!(
-        port(&st, "np", "a", Protocol::Tcp).affinity_timeout_s,
-        Some(60)
-    );
-    assert_eq!(
-        port(&st, "np", "b", Protocol::Tcp).affinity_timeout_s,
-        Some(60)
-    );
+    assert_eq!(port(&st, "np", "a", Protocol::Tcp).affinity_timeout_s, Some(60));
+    assert_eq!(port(&st, "np", "b", Protocol::Tcp).affinity_timeout_s, Some(60));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1322,21 +969,12 @@ fn mixed_slice(name: &str) -> EndpointSlice {
         name,
         &format!("{name}-1"),
         unnamed_port(8080),
-        json!([
-            ep("10.0.1.1", NODE),
-            ep("10.0.1.2", OTHER_NODE),
-            ep("10.0.1.3", OTHER_NODE)
-        ]),
+        json!([ep("10.0.1.1", NODE), ep("10.0.1.2", OTHER_NODE), ep("10.0.1.3", OTHER_NODE)]),
     )
 }
 
 fn remote_only_slice(name: &str) -> EndpointSlice {
-    slice(
-        name,
-        &format!("{name}-1"),
-        unnamed_port(8080),
-        json!([ep("10.0.1.2", OTHER_NODE), ep("10.0.1.3", OTHER_NODE)]),
-    )
+    slice(name, &format!("{name}-1"), unnamed_port(8080), json!([ep("10.0.1.2", OTHER_NODE), ep("10.0.1.3", OTHER_NODE)]))
 }
 
 #[test]
@@ -1385,11 +1023,7 @@ fn point_29_etp_local_only_counts_for_externally_accessible_services() {
 #[test]
 fn point_30_internal_and_external_sets_follow_their_own_policy() {
     let st = v4(
-        &[
-            policy_svc("itp", "Local", "Cluster"),
-            policy_svc("etp", "Cluster", "Local"),
-            policy_svc("both", "Local", "Local"),
-        ],
+        &[policy_svc("itp", "Local", "Cluster"), policy_svc("etp", "Cluster", "Local"), policy_svc("both", "Local", "Local")],
         &[mixed_slice("itp"), mixed_slice("etp"), mixed_slice("both")],
     );
     let all = ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"];
@@ -1408,16 +1042,10 @@ fn point_30_internal_and_external_sets_follow_their_own_policy() {
 
 #[test]
 fn point_33_38_etp_local_without_local_endpoints_drops_when_endpoints_exist_elsewhere() {
-    let st = v4(
-        &[policy_svc("web", "Cluster", "Local")],
-        &[remote_only_slice("web")],
-    );
+    let st = v4(&[policy_svc("web", "Cluster", "Local")], &[remote_only_slice("web")]);
     let p = tcp(&st, "web");
     assert!(p.external.endpoints.is_empty());
-    assert!(
-        p.external.drop_if_empty,
-        "no local endpoint but remote ones: drop"
-    );
+    assert!(p.external.drop_if_empty, "no local endpoint but remote ones: drop");
     assert_eq!(eps(&p.internal), ["10.0.1.2:8080", "10.0.1.3:8080"]);
     assert!(!p.internal.drop_if_empty);
 }
@@ -1425,20 +1053,14 @@ fn point_33_38_etp_local_without_local_endpoints_drops_when_endpoints_exist_else
 #[test]
 fn point_35_38_itp_local_uses_local_endpoints_and_drops_without_them() {
     let st = v4(
-        &[
-            policy_svc("has-local", "Local", "Cluster"),
-            policy_svc("no-local", "Local", "Cluster"),
-        ],
+        &[policy_svc("has-local", "Local", "Cluster"), policy_svc("no-local", "Local", "Cluster")],
         &[mixed_slice("has-local"), remote_only_slice("no-local")],
     );
     let p = tcp(&st, "has-local");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
     let p = tcp(&st, "no-local");
     assert!(p.internal.endpoints.is_empty());
-    assert!(
-        p.internal.drop_if_empty,
-        "no local endpoint but remote ones: drop"
-    );
+    assert!(p.internal.drop_if_empty, "no local endpoint but remote ones: drop");
     // External traffic still works (Cluster policy).
     assert_eq!(eps(&p.external), ["10.0.1.2:8080", "10.0.1.3:8080"]);
 }
@@ -1446,12 +1068,7 @@ fn point_35_38_itp_local_uses_local_endpoints_and_drops_without_them() {
 #[test]
 fn point_35_38_remote_terminating_endpoints_count_as_existing_elsewhere() {
     // hasEndpoints includes the serving-terminating fallback (point 19).
-    let sl = slice(
-        "web",
-        "web-1",
-        unnamed_port(8080),
-        json!([ep_terminating("10.0.1.2", OTHER_NODE)]),
-    );
+    let sl = slice("web", "web-1", unnamed_port(8080), json!([ep_terminating("10.0.1.2", OTHER_NODE)]));
     let st = v4(&[policy_svc("web", "Local", "Local")], &[sl]);
     let p = tcp(&st, "web");
     assert!(p.internal.endpoints.is_empty() && p.internal.drop_if_empty);
@@ -1465,10 +1082,7 @@ fn point_37_no_endpoints_gives_empty_sets_that_reject() {
             name,
             &format!("{name}-1"),
             unnamed_port(8080),
-            json!([
-                ep_cond("10.0.1.1", NODE, false, false, false),
-                ep_cond("10.0.1.2", OTHER_NODE, false, false, true),
-            ]),
+            json!([ep_cond("10.0.1.1", NODE, false, false, false), ep_cond("10.0.1.2", OTHER_NODE, false, false, true),]),
         )
     };
     let st = v4(
@@ -1480,21 +1094,13 @@ fn point_37_no_endpoints_gives_empty_sets_that_reject() {
         ],
         &[unusable("local-unusable"), unusable("cluster-unusable")],
     );
-    for name in [
-        "cluster-none",
-        "local-none",
-        "local-unusable",
-        "cluster-unusable",
-    ] {
+    for name in ["cluster-none", "local-none", "local-unusable", "cluster-unusable"] {
         let p = tcp(&st, name);
         // Still programmed (so the datapath can reject), with empty sets that do not drop.
         assert!(!p.frontends.is_empty(), "{name}");
         for set in [&p.internal, &p.external] {
             assert!(set.endpoints.is_empty(), "{name}");
-            assert!(
-                !set.drop_if_empty,
-                "{name}: no endpoints anywhere must reject, not drop"
-            );
+            assert!(!set.drop_if_empty, "{name}: no endpoints anywhere must reject, not drop");
         }
     }
 }
@@ -1516,37 +1122,15 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
         }),
     );
     let ctx = NodeContext {
-        addresses: vec![
-            ip("192.168.0.10"),
-            ip("10.1.0.10"),
-            ip("172.16.0.10"),
-            ip("fd00::10"),
-            ip("fd01::10"),
-        ],
+        addresses: vec![ip("192.168.0.10"), ip("10.1.0.10"), ip("172.16.0.10"), ip("fd00::10"), ip("fd01::10")],
         ..node()
     };
     let st4 = compile(&[s.clone()], &[] as &[EndpointSlice], &ctx, Family::V4);
-    let np4: BTreeSet<_> = fes(tcp(&st4, "np"))
-        .into_iter()
-        .filter(|f| f.starts_with("nodeport"))
-        .collect();
-    assert_eq!(
-        np4,
-        set_of(&[
-            "nodeport 10.1.0.10:30080",
-            "nodeport 172.16.0.10:30080",
-            "nodeport 192.168.0.10:30080",
-        ])
-    );
+    let np4: BTreeSet<_> = fes(tcp(&st4, "np")).into_iter().filter(|f| f.starts_with("nodeport")).collect();
+    assert_eq!(np4, set_of(&["nodeport 10.1.0.10:30080", "nodeport 172.16.0.10:30080", "nodeport 192.168.0.10:30080",]));
     let st6 = compile(&[s], &[] as &[EndpointSlice], &ctx, Family::V6);
-    let np6: BTreeSet<_> = fes(tcp(&st6, "np"))
-        .into_iter()
-        .filter(|f| f.starts_with("nodeport"))
-        .collect();
-    assert_eq!(
-        np6,
-        set_of(&["nodeport [fd00::10]:30080", "nodeport [fd01::10]:30080"])
-    );
+    let np6: BTreeSet<_> = fes(tcp(&st6, "np")).into_iter().filter(|f| f.starts_with("nodeport")).collect();
+    assert_eq!(np6, set_of(&["nodeport [fd00::10]:30080", "nodeport [fd01::10]:30080"]));
     // NodePort frontends are external traffic (ETP applies), the ClusterIP is not.
     assert!(FrontendKind::NodePort.is_external() && !FrontendKind::ClusterIp.is_external());
 }
@@ -1568,18 +1152,9 @@ fn point_46_external_ips_are_external_frontends_of_the_family() {
         }),
     );
     let st4 = v4(&[s.clone()], &[]);
-    assert_eq!(
-        fes(tcp(&st4, "ext")),
-        set_of(&["cluster 10.96.0.10:80", "external 203.0.113.250:80"])
-    );
+    assert_eq!(fes(tcp(&st4, "ext")), set_of(&["cluster 10.96.0.10:80", "external 203.0.113.250:80"]));
     let st6 = v6(&[s], &[]);
-    assert_eq!(
-        fes(tcp(&st6, "ext")),
-        set_of(&[
-            "cluster [fd00:96::10]:80",
-            "external [2001:db8::cb00:71fa]:80"
-        ])
-    );
+    assert_eq!(fes(tcp(&st6, "ext")), set_of(&["cluster [fd00:96::10]:80", "external [2001:db8::cb00:71fa]:80"]));
     assert!(FrontendKind::ExternalIp.is_external());
 }
 
@@ -1615,10 +1190,7 @@ fn point_47_only_vip_mode_ingress_ips_of_the_family_are_programmed() {
         ] } },
     }));
     let st = v4(&[s], &[]);
-    let lbs: BTreeSet<_> = fes(tcp(&st, "lb"))
-        .into_iter()
-        .filter(|f| f.starts_with("lb "))
-        .collect();
+    let lbs: BTreeSet<_> = fes(tcp(&st, "lb")).into_iter().filter(|f| f.starts_with("lb ")).collect();
     assert_eq!(lbs, set_of(&["lb 198.51.100.1:80", "lb 198.51.100.2:80"]));
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
 }
@@ -1640,8 +1212,7 @@ fn point_47_invalid_ingress_ip_is_rejected() {
 
 fn hinted(addr: &str, node: &str, zones: &[&str]) -> Value {
     let mut e = ep(addr, node);
-    e["hints"] =
-        json!({ "forZones": zones.iter().map(|z| json!({ "name": z })).collect::<Vec<_>>() });
+    e["hints"] = json!({ "forZones": zones.iter().map(|z| json!({ "name": z })).collect::<Vec<_>>() });
     e
 }
 
@@ -1667,10 +1238,7 @@ fn point_53_zone_hints_select_endpoints_for_this_zone() {
         ep_cond("10.0.1.4", OTHER_NODE, false, false, false),
     ]));
     let st = v4(&[hints_svc("Cluster")], &[sl.clone()]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.3:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
     // Local policy ignores hints.
     let st = v4(&[hints_svc("Local")], &[sl]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.2:8080"]);
@@ -1685,46 +1253,22 @@ fn point_53_zone_hints_are_ignored_unless_every_ready_endpoint_has_one() {
         hinted("10.0.1.3", OTHER_NODE, &[]),
     ]));
     let st = v4(&[hints_svc("Cluster")], &[sl]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]
-    );
-    let sl = hints_slice(json!([
-        hinted("10.0.1.1", OTHER_NODE, &["zone-a"]),
-        hinted("10.0.1.3", OTHER_NODE, &[]),
-    ]));
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"]);
+    let sl = hints_slice(json!([hinted("10.0.1.1", OTHER_NODE, &["zone-a"]), hinted("10.0.1.3", OTHER_NODE, &[]),]));
     let st = v4(&[hints_svc("Cluster")], &[sl]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.3:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.3:8080"]);
 }
 
 #[test]
 fn point_53_zone_hints_are_ignored_when_none_is_for_this_zone() {
-    let sl = hints_slice(json!([
-        hinted("10.0.1.1", OTHER_NODE, &["zone-b"]),
-        hinted("10.0.1.2", OTHER_NODE, &["zone-c"]),
-    ]));
+    let sl = hints_slice(json!([hinted("10.0.1.1", OTHER_NODE, &["zone-b"]), hinted("10.0.1.2", OTHER_NODE, &["zone-c"]),]));
     let st = v4(&[hints_svc("Cluster")], &[sl.clone()]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     // A node without a zone label ignores hints too.
-    let zoneless = NodeContext {
-        zone: None,
-        ..node()
-    };
-    let sl = hints_slice(json!([
-        hinted("10.0.1.1", OTHER_NODE, &["zone-a"]),
-        hinted("10.0.1.2", OTHER_NODE, &["zone-b"]),
-    ]));
+    let zoneless = NodeContext { zone: None, ..node() };
+    let sl = hints_slice(json!([hinted("10.0.1.1", OTHER_NODE, &["zone-a"]), hinted("10.0.1.2", OTHER_NODE, &["zone-b"]),]));
     let st = compile(&[hints_svc("Cluster")], &[sl], &zoneless, Family::V4);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
 }
 
 #[test]
@@ -1734,10 +1278,7 @@ fn point_53_terminating_fallback_ignores_zone_hints() {
     let mut b = ep_terminating("10.0.1.2", OTHER_NODE);
     b["hints"] = json!({ "forZones": [{ "name": "zone-a" }] });
     let st = v4(&[hints_svc("Cluster")], &[hints_slice(json!([a, b]))]);
-    assert_eq!(
-        eps(&tcp(&st, "web").internal),
-        ["10.0.1.1:8080", "10.0.1.2:8080"]
-    );
+    assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
 }
 
 #[test]
@@ -1750,10 +1291,7 @@ fn point_53_node_hints_are_checked_before_zone_hints() {
         });
         e
     };
-    let sl = hints_slice(json!([
-        with_node("10.0.1.1", "zone-a", OTHER_NODE),
-        with_node("10.0.1.2", "zone-b", NODE),
-    ]));
+    let sl = hints_slice(json!([with_node("10.0.1.1", "zone-a", OTHER_NODE), with_node("10.0.1.2", "zone-b", NODE),]));
     let st = v4(&[hints_svc("Cluster")], &[sl]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.2:8080"]);
 }
@@ -1765,10 +1303,7 @@ fn point_53_hints_do_not_apply_to_local_external_sets() {
         json!({ "type": "NodePort", "clusterIP": "10.96.0.10", "externalTrafficPolicy": "Local",
                 "ports": [{ "port": 80, "nodePort": 30080 }] }),
     );
-    let sl = hints_slice(json!([
-        hinted("10.0.1.1", OTHER_NODE, &["zone-a"]),
-        hinted("10.0.1.2", NODE, &["zone-b"]),
-    ]));
+    let sl = hints_slice(json!([hinted("10.0.1.1", OTHER_NODE, &["zone-a"]), hinted("10.0.1.2", NODE, &["zone-b"]),]));
     let st = v4(&[s], &[sl]);
     let p = tcp(&st, "web");
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
@@ -1792,16 +1327,7 @@ fn spns(st: &DesiredState) -> Vec<String> {
 
 /// A dual-stack Service: `families` in order, ClusterIPs 10.96.0.10 / fd00:96::10.
 fn dual_svc(name: &str, type_: &str, families: &[&str], extra: Value) -> Service {
-    let ips: Vec<&str> = families
-        .iter()
-        .map(|f| {
-            if *f == "IPv4" {
-                "10.96.0.10"
-            } else {
-                "fd00:96::10"
-            }
-        })
-        .collect();
+    let ips: Vec<&str> = families.iter().map(|f| if *f == "IPv4" { "10.96.0.10" } else { "fd00:96::10" }).collect();
     let mut spec = json!({
         "type": type_,
         "clusterIP": ips[0],
@@ -1823,14 +1349,7 @@ fn dual_svc(name: &str, type_: &str, families: &[&str], extra: Value) -> Service
 fn dual_slices(service: &str, v4_eps: Value, v6_eps: Value) -> [EndpointSlice; 2] {
     let ports = json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]);
     [
-        slice_of(
-            "IPv4",
-            NS,
-            service,
-            &format!("{service}-v4"),
-            ports.clone(),
-            v4_eps,
-        ),
+        slice_of("IPv4", NS, service, &format!("{service}-v4"), ports.clone(), v4_eps),
         slice_of("IPv6", NS, service, &format!("{service}-v6"), ports, v6_eps),
     ]
 }
@@ -1858,12 +1377,7 @@ fn point_55_dual_stack_service_is_one_service_port_per_family() {
     // Never an endpoint of the other family, in any set.
     for (family, p) in [(Family::V4, p4), (Family::V6, p6)] {
         let sets = [&p.internal.endpoints, &p.external.endpoints, &p.cluster];
-        assert!(
-            sets.iter()
-                .flat_map(|s| s.iter())
-                .all(|e| family.matches(&e.addr)),
-            "{p:?}"
-        );
+        assert!(sets.iter().flat_map(|s| s.iter()).all(|e| family.matches(&e.addr)), "{p:?}");
         assert!(p.frontends.iter().all(|f| family.matches(&f.addr)), "{p:?}");
     }
     // `compile_all` is exactly the two single-family compiles.
@@ -1879,14 +1393,8 @@ fn point_05_55_ipv6_primary_dual_stack_service_programs_both_families() {
     let s = dual_svc("ds", "ClusterIP", &["IPv6", "IPv4"], json!({}));
     let st = all(&[s], &[]);
     assert_eq!(spns(&st), ["ns/ds:http/TCP", "ns/ds:http/TCP/IPv6"]);
-    assert_eq!(
-        fes(port_in(&st, Family::V6, "ds", "http", Protocol::Tcp)),
-        set_of(&["cluster [fd00:96::10]:80"])
-    );
-    assert_eq!(
-        fes(port_in(&st, Family::V4, "ds", "http", Protocol::Tcp)),
-        set_of(&["cluster 10.96.0.10:80"])
-    );
+    assert_eq!(fes(port_in(&st, Family::V6, "ds", "http", Protocol::Tcp)), set_of(&["cluster [fd00:96::10]:80"]));
+    assert_eq!(fes(port_in(&st, Family::V4, "ds", "http", Protocol::Tcp)), set_of(&["cluster 10.96.0.10:80"]));
 }
 
 /// Point 5: PreferDualStack on a single-stack cluster gets one ClusterIP (the API server
@@ -1904,20 +1412,12 @@ fn point_05_prefer_dual_stack_with_one_cluster_ip_programs_one_family() {
             "ports": [{ "name": "http", "port": 80, "nodePort": 30080 }],
         }),
     );
-    let slices = dual_slices(
-        "pds",
-        json!([ep("10.0.1.1", NODE)]),
-        json!([ep("fd00:1::1", NODE)]),
-    );
+    let slices = dual_slices("pds", json!([ep("10.0.1.1", NODE)]), json!([ep("fd00:1::1", NODE)]));
     let st = all(&[s], &slices);
     assert_eq!(spns(&st), ["ns/pds:http/TCP"]);
     let p = port_in(&st, Family::V4, "pds", "http", Protocol::Tcp);
     assert_eq!(eps(&p.internal), ["10.0.1.1:8080"]);
-    assert!(
-        p.frontends.iter().all(|f| f.addr.is_ipv4()),
-        "{:?}",
-        p.frontends
-    );
+    assert!(p.frontends.iter().all(|f| f.addr.is_ipv4()), "{:?}", p.frontends);
     // ipFamilies naming IPv6 without a second ClusterIP (mid-update): still IPv4 only.
     let half = svc(
         "half",
@@ -1936,21 +1436,10 @@ fn point_05_prefer_dual_stack_with_one_cluster_ip_programs_one_family() {
 
 #[test]
 fn point_55_ipv6_only_service_is_programmed_in_ipv6_only() {
-    let s = dual_svc(
-        "v6",
-        "LoadBalancer",
-        &["IPv6"],
-        json!({ "externalIPs": ["2001:db8::cb00:71fa"] }),
-    );
+    let s = dual_svc("v6", "LoadBalancer", &["IPv6"], json!({ "externalIPs": ["2001:db8::cb00:71fa"] }));
     let mut s = s;
-    s.status = Some(obj(
-        json!({ "loadBalancer": { "ingress": [{ "ip": "2001:db8::1" }] } }),
-    ));
-    let slices = dual_slices(
-        "v6",
-        json!([ep("10.0.1.1", NODE)]),
-        json!([ep("fd00:1::1", NODE)]),
-    );
+    s.status = Some(obj(json!({ "loadBalancer": { "ingress": [{ "ip": "2001:db8::1" }] } })));
+    let slices = dual_slices("v6", json!([ep("10.0.1.1", NODE)]), json!([ep("fd00:1::1", NODE)]));
     let st = all(&[s], &slices);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(spns(&st), ["ns/v6:http/TCP/IPv6"]);
@@ -1990,48 +1479,23 @@ fn point_41_55_node_ports_on_each_node_address_family() {
         }),
     );
     let st = all(&[dual, only4, only6], &[]);
-    assert_eq!(
-        spns(&st),
-        [
-            "ns/dual:http/TCP",
-            "ns/dual:http/TCP/IPv6",
-            "ns/only4/TCP",
-            "ns/only6/TCP/IPv6"
-        ]
-    );
-    let nodeports = |p: &ServicePortState| -> BTreeSet<String> {
-        fes(p)
-            .into_iter()
-            .filter(|f| f.starts_with("nodeport"))
-            .collect()
-    };
+    assert_eq!(spns(&st), ["ns/dual:http/TCP", "ns/dual:http/TCP/IPv6", "ns/only4/TCP", "ns/only6/TCP/IPv6"]);
+    let nodeports =
+        |p: &ServicePortState| -> BTreeSet<String> { fes(p).into_iter().filter(|f| f.starts_with("nodeport")).collect() };
     assert_eq!(
         nodeports(port_in(&st, Family::V4, "dual", "http", Protocol::Tcp)),
         set_of(&["nodeport 10.1.0.10:30080", "nodeport 192.168.0.10:30080"])
     );
-    assert_eq!(
-        nodeports(port_in(&st, Family::V6, "dual", "http", Protocol::Tcp)),
-        set_of(&["nodeport [fd00::10]:30080"])
-    );
+    assert_eq!(nodeports(port_in(&st, Family::V6, "dual", "http", Protocol::Tcp)), set_of(&["nodeport [fd00::10]:30080"]));
     assert_eq!(
         nodeports(port_in(&st, Family::V4, "only4", "", Protocol::Tcp)),
         set_of(&["nodeport 10.1.0.10:30081", "nodeport 192.168.0.10:30081"])
     );
-    assert_eq!(
-        nodeports(port_in(&st, Family::V6, "only6", "", Protocol::Tcp)),
-        set_of(&["nodeport [fd00::10]:30082"])
-    );
+    assert_eq!(nodeports(port_in(&st, Family::V6, "only6", "", Protocol::Tcp)), set_of(&["nodeport [fd00::10]:30082"]));
     // Nothing at all on [fd00::10]:30081 or on 192.168.0.10:30082.
-    let all_fes: Vec<(IpAddr, u16)> = st
-        .services
-        .values()
-        .flat_map(|p| p.frontends.iter().map(|f| (f.addr, f.port)))
-        .collect();
+    let all_fes: Vec<(IpAddr, u16)> = st.services.values().flat_map(|p| p.frontends.iter().map(|f| (f.addr, f.port))).collect();
     assert!(!all_fes.contains(&(ip("fd00::10"), 30081)), "{all_fes:?}");
-    assert!(
-        !all_fes.contains(&(ip("192.168.0.10"), 30082)),
-        "{all_fes:?}"
-    );
+    assert!(!all_fes.contains(&(ip("192.168.0.10"), 30082)), "{all_fes:?}");
 }
 
 /// Points 46, 47, 55: externalIPs and LoadBalancer ingress IPs of mixed families each go to
@@ -2053,18 +1517,11 @@ fn point_46_47_55_external_and_lb_ips_mixing_families() {
     let st = all(&[s], &[]);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     let external = |p: &ServicePortState| -> BTreeSet<String> {
-        fes(p)
-            .into_iter()
-            .filter(|f| f.starts_with("external") || f.starts_with("lb "))
-            .collect()
+        fes(p).into_iter().filter(|f| f.starts_with("external") || f.starts_with("lb ")).collect()
     };
     assert_eq!(
         external(port_in(&st, Family::V4, "mix", "http", Protocol::Tcp)),
-        set_of(&[
-            "external 203.0.113.250:80",
-            "external 203.0.113.251:80",
-            "lb 198.51.100.1:80"
-        ])
+        set_of(&["external 203.0.113.250:80", "external 203.0.113.251:80", "lb 198.51.100.1:80"])
     );
     assert_eq!(
         external(port_in(&st, Family::V6, "mix", "http", Protocol::Tcp)),
@@ -2078,12 +1535,7 @@ fn point_46_47_55_external_and_lb_ips_mixing_families() {
 #[test]
 fn point_48_55_source_ranges_per_family() {
     let lb = |name: &str, ranges: Value| {
-        let mut s = dual_svc(
-            name,
-            "LoadBalancer",
-            &["IPv4", "IPv6"],
-            json!({ "loadBalancerSourceRanges": ranges }),
-        );
+        let mut s = dual_svc(name, "LoadBalancer", &["IPv4", "IPv6"], json!({ "loadBalancerSourceRanges": ranges }));
         s.status = Some(obj(json!({ "loadBalancer": { "ingress": [
             { "ip": "198.51.100.1" }, { "ip": "2001:db8::1" },
         ] } })));
@@ -2098,32 +1550,20 @@ fn point_48_55_source_ranges_per_family() {
     };
     let st = all(
         &[
-            lb(
-                "both",
-                json!(["10.0.0.0/8", " 2001:db8:1::/48 ", "192.168.0.0/16", "::/0"]),
-            ),
+            lb("both", json!(["10.0.0.0/8", " 2001:db8:1::/48 ", "192.168.0.0/16", "::/0"])),
             lb("v4ranges", json!(["10.0.0.0/8"])),
         ],
         &[],
     );
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
-    assert_eq!(
-        ranges(&st, "both", Family::V4),
-        ["10.0.0.0/8", "192.168.0.0/16"]
-    );
+    assert_eq!(ranges(&st, "both", Family::V4), ["10.0.0.0/8", "192.168.0.0/16"]);
     assert_eq!(ranges(&st, "both", Family::V6), ["2001:db8:1::/48", "::/0"]);
     assert_eq!(ranges(&st, "v4ranges", Family::V4), ["10.0.0.0/8"]);
     assert!(ranges(&st, "v4ranges", Family::V6).is_empty());
     // An invalid range of either family rejects the Service once, in no family programmed.
     let st = all(&[lb("bad", json!(["10.0.0.0/8", "2001:db8::/129"]))], &[]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
-    assert!(
-        st.rejected[0]
-            .reason
-            .starts_with("spec.loadBalancerSourceRanges[1]"),
-        "{:?}",
-        st.rejected
-    );
+    assert!(st.rejected[0].reason.starts_with("spec.loadBalancerSourceRanges[1]"), "{:?}", st.rejected);
     assert!(st.services.is_empty());
 }
 
@@ -2138,14 +1578,8 @@ fn point_15_55_an_address_of_the_other_family_in_a_slice_is_ignored() {
         json!([ep("fd00:1::1", NODE), ep("10.0.1.9", NODE)]),
     );
     let st = all(&[s], &slices);
-    assert_eq!(
-        eps(&port_in(&st, Family::V4, "ds", "http", Protocol::Tcp).internal),
-        ["10.0.1.1:8080"]
-    );
-    assert_eq!(
-        eps(&port_in(&st, Family::V6, "ds", "http", Protocol::Tcp).internal),
-        ["[fd00:1::1]:8080"]
-    );
+    assert_eq!(eps(&port_in(&st, Family::V4, "ds", "http", Protocol::Tcp).internal), ["10.0.1.1:8080"]);
+    assert_eq!(eps(&port_in(&st, Family::V6, "ds", "http", Protocol::Tcp).internal), ["[fd00:1::1]:8080"]);
 }
 
 /// Points 5, 55: a Service invalid in one family (an unparsable second ClusterIP) is rejected
@@ -2158,11 +1592,7 @@ fn point_55_a_service_invalid_in_one_family_is_rejected_once() {
     let st = all(&[bad, good], &[]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
     assert_eq!(st.rejected[0].object, "Service ns/bad");
-    assert!(
-        st.rejected[0].reason.starts_with("spec.clusterIPs[1]"),
-        "{:?}",
-        st.rejected
-    );
+    assert!(st.rejected[0].reason.starts_with("spec.clusterIPs[1]"), "{:?}", st.rejected);
     assert_eq!(spns(&st), ["ns/good:http/TCP", "ns/good:http/TCP/IPv6"]);
     // An error both families see (a bad port) is reported once too.
     let mut twice = dual_svc("twice", "ClusterIP", &["IPv4", "IPv6"], json!({}));
@@ -2193,33 +1623,16 @@ fn compile_all_is_the_union_of_both_families() {
         dual_svc("c", "NodePort", &["IPv6", "IPv4"], json!({})),
         simple_svc("bad", "10.96.0.999"),
     ];
-    let mut slices = dual_slices(
-        "c",
-        json!([ep("10.0.1.1", NODE)]),
-        json!([ep("fd00:1::1", NODE)]),
-    )
-    .to_vec();
-    slices.push(slice(
-        "a",
-        "a-1",
-        unnamed_port(8080),
-        json!([ep("10.0.2.1", NODE)]),
-    ));
+    let mut slices = dual_slices("c", json!([ep("10.0.1.1", NODE)]), json!([ep("fd00:1::1", NODE)])).to_vec();
+    slices.push(slice("a", "a-1", unnamed_port(8080), json!([ep("10.0.2.1", NODE)])));
     let (st, _) = compile_all(&services, &slices, &node());
     let (s4, s6) = (v4(&services, &slices), v6(&services, &slices));
     let mut union = s4.services.clone();
     union.extend(s6.services.clone());
     assert_eq!(st.services, union);
-    assert_eq!(
-        st.rejected, s4.rejected,
-        "the bad ClusterIP is one rejection"
-    );
+    assert_eq!(st.rejected, s4.rejected, "the bad ClusterIP is one rejection");
     assert_eq!(s6.rejected, s4.rejected);
-    assert!(
-        st.services
-            .keys()
-            .all(|k| k.family == Family::of(&st.services[k].frontends[0].addr))
-    );
+    assert!(st.services.keys().all(|k| k.family == Family::of(&st.services[k].frontends[0].addr)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2257,18 +1670,10 @@ fn point_61_leading_zero_ipv4_is_parsed_as_decimal_never_octal() {
             "ports": [{ "port": 80 }],
         }),
     );
-    let sl = slice(
-        "funny",
-        "funny-1",
-        unnamed_port(8080),
-        json!([ep("10.0.1.010", NODE)]),
-    );
+    let sl = slice("funny", "funny-1", unnamed_port(8080), json!([ep("10.0.1.010", NODE)]));
     let st = v4(&[s], &[sl]);
     let p = tcp(&st, "funny");
-    assert_eq!(
-        fes(p),
-        set_of(&["cluster 10.0.0.11:80", "external 203.0.113.10:80"])
-    );
+    assert_eq!(fes(p), set_of(&["cluster 10.0.0.11:80", "external 203.0.113.10:80"]));
     assert_eq!(eps(&p.internal), ["10.0.1.10:8080"]);
     // Never the octal reading (011 = 9, 010 = 8).
     assert!(p.frontends.iter().all(|f| f.addr != ip("10.0.0.9")));
@@ -2281,20 +1686,14 @@ fn point_61_leading_zero_ipv4_is_parsed_as_decimal_never_octal() {
 /// Point 8 (`port` is a used field) / bad input: port 0 is not a port.
 #[test]
 fn bad_input_port_zero_is_rejected() {
-    let bad = svc(
-        "bad",
-        json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 0 }] }),
-    );
+    let bad = svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 0 }] }));
     assert_rejected(bad, "spec.ports[0].port");
 }
 
 /// Point 8 / bad input: a missing `port` reads as 0.
 #[test]
 fn bad_input_missing_port_number_is_rejected() {
-    let bad = svc(
-        "bad",
-        json!({ "clusterIP": "10.96.0.20", "ports": [{ "name": "x" }] }),
-    );
+    let bad = svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [{ "name": "x" }] }));
     assert_rejected(bad, "spec.ports[0].port");
 }
 
@@ -2332,10 +1731,7 @@ fn bad_input_unknown_protocol_is_rejected() {
     );
     assert_rejected(bad, "spec.ports[1].protocol");
     // Protocols are case-sensitive in the API.
-    let lower = svc(
-        "bad",
-        json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 80, "protocol": "tcp" }] }),
-    );
+    let lower = svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [{ "port": 80, "protocol": "tcp" }] }));
     assert_rejected(lower, "spec.ports[0].protocol");
 }
 
@@ -2374,23 +1770,14 @@ fn bad_input_duplicate_ports_are_rejected() {
 /// Point 8 / bad input: a Service needs at least one port.
 #[test]
 fn bad_input_service_without_ports_is_rejected() {
-    assert_rejected(
-        svc("bad", json!({ "clusterIP": "10.96.0.20" })),
-        "spec.ports",
-    );
-    assert_rejected(
-        svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [] })),
-        "spec.ports",
-    );
+    assert_rejected(svc("bad", json!({ "clusterIP": "10.96.0.20" })), "spec.ports");
+    assert_rejected(svc("bad", json!({ "clusterIP": "10.96.0.20", "ports": [] })), "spec.ports");
 }
 
 /// Point 3 / bad input: only ClusterIP, NodePort, LoadBalancer (and ExternalName, point 2).
 #[test]
 fn bad_input_unknown_type_or_missing_spec_is_rejected() {
-    let bad = svc(
-        "bad",
-        json!({ "type": "Magic", "clusterIP": "10.96.0.20", "ports": [{ "port": 80 }] }),
-    );
+    let bad = svc("bad", json!({ "type": "Magic", "clusterIP": "10.96.0.20", "ports": [{ "port": 80 }] }));
     assert_rejected(bad, "spec.type");
     let no_spec: Service = obj(json!({ "metadata": { "name": "bad", "namespace": NS } }));
     assert_rejected(no_spec, "spec");
@@ -2401,10 +1788,7 @@ fn bad_input_unknown_type_or_missing_spec_is_rejected() {
 fn bad_input_every_invalid_service_is_reported_and_valid_ones_all_compile() {
     let services = [
         simple_svc("a", "10.96.0.1"),
-        svc(
-            "bad1",
-            json!({ "clusterIP": "10.96.0.2", "ports": [{ "port": 0 }] }),
-        ),
+        svc("bad1", json!({ "clusterIP": "10.96.0.2", "ports": [{ "port": 0 }] })),
         simple_svc("b", "10.96.0.3"),
         simple_svc("bad2", "10.96.0.999"),
         simple_svc("c", "10.96.0.5"),
@@ -2424,10 +1808,7 @@ fn service_namespace_defaults_to_default() {
     }));
     let st = v4(&[s], &[]);
     let key = st.services.keys().next().unwrap();
-    assert_eq!(
-        (key.namespace.as_str(), key.name.as_str()),
-        ("default", "web")
-    );
+    assert_eq!((key.namespace.as_str(), key.name.as_str()), ("default", "web"));
 }
 
 /// Points 14, 41: the result does not depend on input order (stable plans, no spurious writes).

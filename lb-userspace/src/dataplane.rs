@@ -23,16 +23,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key as LpmKey},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
 use lb_common::{
-    Backend, Config, CtKey, CtValue, LAYOUT_VERSION, MaglevChunk, MaglevKey, MemberKey, Meta,
-    SelectKey, ServiceKey, ServiceValue, SourceRangeData, SvcName,
+    Backend, Config, CtKey, CtValue, LAYOUT_VERSION, MaglevChunk, MaglevKey, MemberKey, Meta, SelectKey, ServiceKey,
+    ServiceValue, SourceRangeData, SvcName,
 };
 
 use crate::plan::{MapState, Op};
@@ -196,9 +195,7 @@ impl Dataplane {
         for name in [lb_common::PROG_TC_POD, lb_common::PROG_TC_EXT] {
             classifier_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
-        xdp_mut(&mut ebpf)?
-            .load()
-            .map_err(|source| DataplaneError::Program { name: lb_common::PROG_XDP_EXT, source })?;
+        xdp_mut(&mut ebpf)?.load().map_err(|source| DataplaneError::Program { name: lb_common::PROG_XDP_EXT, source })?;
         for (name, _) in SOCK_PROGRAMS {
             sock_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
@@ -623,11 +620,7 @@ pub(crate) fn check_layout(pin_path: &Path) -> Result<()> {
         Err(_) => u32::MAX,
     };
     if found != 0 && found != LAYOUT_VERSION {
-        return Err(DataplaneError::LayoutMismatch {
-            pin_dir: pin_path.display().to_string(),
-            found,
-            expected: LAYOUT_VERSION,
-        });
+        return Err(DataplaneError::LayoutMismatch { pin_dir: pin_path.display().to_string(), found, expected: LAYOUT_VERSION });
     }
     Ok(())
 }

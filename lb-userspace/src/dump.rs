@@ -1,16 +1,11 @@
 //! What the CLI prints from a running agent's pinned maps: `lb maps dump <map>`, and the joined
 //! views `lb service list`, `lb stats` and `lb status`. Tables for people, `-o json` for scripts.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use lb_common::{
-    COUNTER_NAMES, CT_DIR_FORWARD, MAGLEV_CHUNK, SVC_F_ADDR_MARKER, SVC_F_AFFINITY,
-    SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES,
-    ServiceValue,
+    COUNTER_NAMES, CT_DIR_FORWARD, MAGLEV_CHUNK, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL,
+    SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, ServiceValue,
 };
 use serde::Serialize;
 
@@ -230,7 +225,8 @@ pub fn dump(maps: &PinnedMaps, table: Table, output: Output) -> Result<String, D
             let mut rows: BTreeMap<u32, MaglevRow> = BTreeMap::new();
             for (k, chunk) in &st.maglev {
                 let m = sizes.get(&k.select_id).copied().unwrap_or(0);
-                let row = rows.entry(k.select_id).or_insert(MaglevRow { select_id: k.select_id, slots: m, share: BTreeMap::new() });
+                let row =
+                    rows.entry(k.select_id).or_insert(MaglevRow { select_id: k.select_id, slots: m, share: BTreeMap::new() });
                 for (i, id) in chunk.ids.iter().enumerate() {
                     if k.chunk * MAGLEV_CHUNK + (i as u32) < m {
                         *row.share.entry(*id).or_default() += 1;
@@ -431,7 +427,8 @@ pub fn stats(maps: &PinnedMaps, output: Output) -> Result<String, DataplaneError
             let flows = |title: &str, rows: &[FlowStats]| {
                 render(
                     &[title, "PACKETS", "BYTES", "NEW-FLOWS"],
-                    rows.iter().map(|r| vec![r.name.clone(), r.packets.to_string(), r.bytes.to_string(), r.new_flows.to_string()]),
+                    rows.iter()
+                        .map(|r| vec![r.name.clone(), r.packets.to_string(), r.bytes.to_string(), r.new_flows.to_string()]),
                 )
             };
             let nonzero = view.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| vec![(*k).to_owned(), v.to_string()]);
@@ -565,7 +562,10 @@ mod tests {
 
     /// A dual-stack Service (ClusterIP and NodePort in both families) as the agent plans it.
     fn dual_stack_state() -> MapState {
-        use crate::{compile::NodeContext, plan::{Ids, PlanConfig, map_state}};
+        use crate::{
+            compile::NodeContext,
+            plan::{Ids, PlanConfig, map_state},
+        };
         let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "web", "namespace": "ns" },
             "spec": {

@@ -67,18 +67,12 @@ impl ProxyHealth {
     pub fn new(sync_period: Duration) -> Self {
         Self {
             timeout: sync_period.saturating_mul(2),
-            state: Mutex::new(HealthState {
-                last_updated: None,
-                pending_since: None,
-                node_eligible: true,
-            }),
+            state: Mutex::new(HealthState { last_updated: None, pending_since: None, node_eligible: true }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A change was seen at `at` and is not in the maps yet (`QueuedUpdate`). An older pending
@@ -110,11 +104,7 @@ impl ProxyHealth {
             (Some(_), None) => true,
             (Some((at, _)), Some(_)) => now.saturating_duration_since(at) <= self.timeout,
         };
-        ProxyStatus {
-            healthy,
-            last_updated: s.last_updated.map(|(_, wall)| wall),
-            node_eligible: s.node_eligible,
-        }
+        ProxyStatus { healthy, last_updated: s.last_updated.map(|(_, wall)| wall), node_eligible: s.node_eligible }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -140,12 +130,7 @@ pub fn rfc3339(t: Option<SystemTime>) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 fn json_response(status: u16, body: String) -> Response {
@@ -170,11 +155,7 @@ pub fn healthz_response(status: &ProxyStatus, now: SystemTime) -> Response {
 pub fn livez_response(status: &ProxyStatus, now: SystemTime) -> Response {
     json_response(
         if status.healthy { 200 } else { 503 },
-        format!(
-            r#"{{"lastUpdated": "{}", "currentTime": "{}"}}"#,
-            rfc3339(status.last_updated),
-            rfc3339(Some(now))
-        ),
+        format!(r#"{{"lastUpdated": "{}", "currentTime": "{}"}}"#, rfc3339(status.last_updated), rfc3339(Some(now))),
     )
 }
 
@@ -197,12 +178,7 @@ pub fn health_handler(health: Arc<ProxyHealth>) -> Handler {
 // ---------------------------------------------------------------------------------------------
 
 /// A health-check node port's answer to any request.
-pub fn health_check_response(
-    namespace: &str,
-    name: &str,
-    local_ready: usize,
-    proxy_healthy: bool,
-) -> Response {
+pub fn health_check_response(namespace: &str, name: &str, local_ready: usize, proxy_healthy: bool) -> Response {
     // Field order as kube-proxy writes it; names JSON-escaped.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let body = format!(
@@ -210,15 +186,8 @@ pub fn health_check_response(
         quote(namespace),
         quote(name)
     );
-    json_response(
-        if local_ready > 0 && proxy_healthy {
-            200
-        } else {
-            503
-        },
-        body,
-    )
-    .header("X-Load-Balancing-Endpoint-Weight", local_ready.to_string())
+    json_response(if local_ready > 0 && proxy_healthy { 200 } else { 503 }, body)
+        .header("X-Load-Balancing-Endpoint-Weight", local_ready.to_string())
 }
 
 /// How long a failed bind waits before it is tried again.
@@ -244,23 +213,12 @@ impl HealthCheckServers {
     /// Listeners are bound inside `netns` when given (the node's namespace), and served from
     /// the agent's runtime.
     pub fn new(netns: Option<PathBuf>, proxy: Arc<ProxyHealth>) -> Self {
-        Self {
-            netns,
-            proxy,
-            served: BTreeMap::new(),
-        }
+        Self { netns, proxy, served: BTreeMap::new() }
     }
 
     /// `(service, port, address)` of every listener currently bound.
     pub fn listening(&self) -> Vec<((String, String), u16, IpAddr)> {
-        self.served
-            .iter()
-            .flat_map(|(k, s)| {
-                s.listeners
-                    .keys()
-                    .map(move |a| (k.clone(), s.node_port, *a))
-            })
-            .collect()
+        self.served.iter().flat_map(|(k, s)| s.listeners.keys().map(move |a| (k.clone(), s.node_port, *a))).collect()
     }
 
     /// Starts, updates and stops listeners so that every entry of `wanted` is served on every
@@ -297,12 +255,7 @@ impl HealthCheckServers {
                 failed: BTreeMap::new(),
             });
             s.local_ready.store(hc.local_ready, Ordering::Relaxed);
-            let stale: Vec<IpAddr> = s
-                .listeners
-                .keys()
-                .filter(|a| !addrs.contains(a))
-                .copied()
-                .collect();
+            let stale: Vec<IpAddr> = s.listeners.keys().filter(|a| !addrs.contains(a)).copied().collect();
             for a in stale {
                 if let Some(task) = s.listeners.remove(&a) {
                     stop(task).await;
@@ -310,10 +263,7 @@ impl HealthCheckServers {
             }
             s.failed.retain(|a, _| addrs.contains(a));
             for a in &addrs {
-                let due = s
-                    .failed
-                    .get(a)
-                    .is_none_or(|t| now.duration_since(*t) >= BIND_RETRY);
+                let due = s.failed.get(a).is_none_or(|t| now.duration_since(*t) >= BIND_RETRY);
                 if !s.listeners.contains_key(a) && due {
                     to_bind.push((key.clone(), hc.node_port, *a));
                 }
@@ -324,24 +274,14 @@ impl HealthCheckServers {
         }
         // One trip into the namespace for every bind.
         let binds: Vec<(IpAddr, u16)> = to_bind.iter().map(|(_, p, a)| (*a, *p)).collect();
-        let results: Vec<io::Result<std::net::TcpListener>> =
-            match crate::netns::run_in(self.netns.as_deref(), || {
-                binds
-                    .iter()
-                    .map(|(a, p)| std::net::TcpListener::bind((*a, *p)))
-                    .collect()
-            }) {
-                Ok(r) => r,
-                Err(e) => binds
-                    .iter()
-                    .map(|_| {
-                        Err(io::Error::new(
-                            e.kind(),
-                            format!("entering the network namespace: {e}"),
-                        ))
-                    })
-                    .collect(),
-            };
+        let results: Vec<io::Result<std::net::TcpListener>> = match crate::netns::run_in(self.netns.as_deref(), || {
+            binds.iter().map(|(a, p)| std::net::TcpListener::bind((*a, *p))).collect()
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                binds.iter().map(|_| Err(io::Error::new(e.kind(), format!("entering the network namespace: {e}")))).collect()
+            }
+        };
         for ((key, port, addr), result) in to_bind.into_iter().zip(results) {
             let Some(s) = self.served.get_mut(&key) else {
                 continue;
@@ -353,14 +293,8 @@ impl HealthCheckServers {
             }) {
                 Ok(listener) => {
                     s.failed.remove(&addr);
-                    let handler = health_check_handler(
-                        key.0.clone(),
-                        key.1.clone(),
-                        s.local_ready.clone(),
-                        self.proxy.clone(),
-                    );
-                    s.listeners
-                        .insert(addr, tokio::spawn(http::serve(listener, handler)));
+                    let handler = health_check_handler(key.0.clone(), key.1.clone(), s.local_ready.clone(), self.proxy.clone());
+                    s.listeners.insert(addr, tokio::spawn(http::serve(listener, handler)));
                     info!(service = %service, port, %addr, "health-check node port serving");
                 }
                 Err(e) => {
@@ -375,19 +309,9 @@ impl HealthCheckServers {
     }
 }
 
-fn health_check_handler(
-    namespace: String,
-    name: String,
-    local_ready: Arc<AtomicUsize>,
-    proxy: Arc<ProxyHealth>,
-) -> Handler {
+fn health_check_handler(namespace: String, name: String, local_ready: Arc<AtomicUsize>, proxy: Arc<ProxyHealth>) -> Handler {
     http::handler(move |_req| {
-        std::future::ready(health_check_response(
-            &namespace,
-            &name,
-            local_ready.load(Ordering::Relaxed),
-            proxy.is_healthy(),
-        ))
+        std::future::ready(health_check_response(&namespace, &name, local_ready.load(Ordering::Relaxed), proxy.is_healthy()))
     })
 }
 
@@ -439,11 +363,7 @@ pub mod http {
 
     impl Response {
         pub fn new(status: u16, content_type: &str, body: impl Into<String>) -> Self {
-            Self {
-                status,
-                headers: vec![("Content-Type", content_type.to_owned())],
-                body: body.into(),
-            }
+            Self { status, headers: vec![("Content-Type", content_type.to_owned())], body: body.into() }
         }
 
         pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -456,10 +376,7 @@ pub mod http {
         }
 
         pub fn header_value(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
 
         /// The response on the wire; without the body for `HEAD`.
@@ -468,10 +385,7 @@ pub mod http {
             for (n, v) in &self.headers {
                 out.push_str(&format!("{n}: {v}\r\n"));
             }
-            out.push_str(&format!(
-                "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                self.body.len()
-            ));
+            out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", self.body.len()));
             let mut bytes = out.into_bytes();
             if with_body {
                 bytes.extend_from_slice(self.body.as_bytes());
@@ -508,9 +422,7 @@ pub mod http {
         let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
         let line = text.lines().next().ok_or("empty request")?;
         let mut parts = line.split_ascii_whitespace();
-        let (Some(method), Some(target), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err("malformed request line");
         };
         if !version.starts_with("HTTP/1.") {
@@ -522,10 +434,7 @@ pub mod http {
             None => target,
         };
         let path = path.split(['?', '#']).next().unwrap_or("/");
-        Ok(Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-        })
+        Ok(Request { method: method.to_owned(), path: path.to_owned() })
     }
 
     /// How long a listener that could not bind waits before trying again.
@@ -534,19 +443,13 @@ pub mod http {
     /// Serves `handler` on `addr` from a background task. A bind failure (the port taken, the
     /// address not there yet) does not stop the agent: it is logged and retried every few
     /// seconds, as kube-proxy does for its health and metrics servers.
-    pub fn spawn_listener(
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        handler: Handler,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_listener(what: &'static str, addr: std::net::SocketAddr, handler: Handler) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut failures = 0u64;
             loop {
                 match TcpListener::bind(addr).await {
                     Ok(listener) => {
-                        let local = listener
-                            .local_addr()
-                            .map_or_else(|_| addr.to_string(), |a| a.to_string());
+                        let local = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
                         tracing::info!(what, addr = %local, "listening");
                         serve(listener, handler).await;
                         return;
@@ -597,35 +500,26 @@ pub mod http {
             Ok(Ok(None)) => return Ok(()), // closed before a full head
             Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request head timed out",
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out"));
             }
         };
         let (resp, with_body) = match head {
-            Head::TooLarge => (
-                Response::new(431, "text/plain; charset=utf-8", "request head too large\n"),
-                true,
-            ),
+            Head::TooLarge => (Response::new(431, "text/plain; charset=utf-8", "request head too large\n"), true),
             Head::Complete(bytes) => match parse_head(&bytes) {
                 Ok(req) => {
                     let with_body = req.method != "HEAD";
                     (handler(req).await, with_body)
                 }
-                Err(why) => (
-                    Response::new(400, "text/plain; charset=utf-8", format!("{why}\n")),
-                    true,
-                ),
+                Err(why) => (Response::new(400, "text/plain; charset=utf-8", format!("{why}\n")), true),
             },
         };
         let write = async {
             stream.write_all(&resp.to_bytes(with_body)).await?;
             stream.shutdown().await
         };
-        tokio::time::timeout(IO_TIMEOUT, write).await.map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "response write timed out")
-        })?
+        tokio::time::timeout(IO_TIMEOUT, write)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response write timed out"))?
     }
 
     enum Head {
@@ -686,10 +580,7 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
-        assert_eq!(
-            rfc3339(Some(UNIX_EPOCH + Duration::from_millis(1_500))),
-            "1970-01-01T00:00:01Z"
-        );
+        assert_eq!(rfc3339(Some(UNIX_EPOCH + Duration::from_millis(1_500))), "1970-01-01T00:00:01Z");
         assert_eq!(rfc3339(None), "0001-01-01T00:00:00Z");
     }
 
@@ -718,10 +609,7 @@ mod tests {
         let t0 = Instant::now();
         h.updated(t0, SystemTime::now());
         h.queued(t0 + Duration::from_secs(1));
-        assert!(
-            h.status(t0 + Duration::from_secs(60)).healthy,
-            "exactly 2 x period: still healthy"
-        );
+        assert!(h.status(t0 + Duration::from_secs(60)).healthy, "exactly 2 x period: still healthy");
         assert!(!h.status(t0 + Duration::from_secs(61)).healthy);
         // A later change does not make the pending one look younger.
         h.queued(t0 + Duration::from_secs(61));
@@ -764,28 +652,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["nodeEligible"], true);
 
-        let never = ProxyStatus {
-            healthy: false,
-            last_updated: None,
-            node_eligible: true,
-        };
+        let never = ProxyStatus { healthy: false, last_updated: None, node_eligible: true };
         let r = healthz_response(&never, now);
         assert_eq!(r.status, 503);
-        assert!(
-            r.body.contains(r#""lastUpdated": "0001-01-01T00:00:00Z""#),
-            "{}",
-            r.body
-        );
+        assert!(r.body.contains(r#""lastUpdated": "0001-01-01T00:00:00Z""#), "{}", r.body);
     }
 
     #[test]
     fn point_50_a_node_being_deleted_fails_healthz_not_livez() {
         let now = SystemTime::now();
-        let st = ProxyStatus {
-            healthy: true,
-            last_updated: Some(now),
-            node_eligible: false,
-        };
+        let st = ProxyStatus { healthy: true, last_updated: Some(now), node_eligible: false };
         let r = healthz_response(&st, now);
         assert_eq!(r.status, 503);
         assert!(r.body.ends_with(r#""nodeEligible": false}"#), "{}", r.body);
@@ -799,32 +675,20 @@ mod tests {
     fn point_49_health_check_answer() {
         let r = health_check_response("default", "web", 2, true);
         assert_eq!(r.status, 200);
-        assert_eq!(
-            r.body,
-            r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#
-        );
+        assert_eq!(r.body, r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#);
         assert_eq!(r.header_value("Content-Type"), Some("application/json"));
         assert_eq!(r.header_value("X-Content-Type-Options"), Some("nosniff"));
-        assert_eq!(
-            r.header_value("X-Load-Balancing-Endpoint-Weight"),
-            Some("2")
-        );
+        assert_eq!(r.header_value("X-Load-Balancing-Endpoint-Weight"), Some("2"));
 
         let r = health_check_response("default", "web", 0, true);
         assert_eq!(r.status, 503);
-        assert_eq!(
-            r.header_value("X-Load-Balancing-Endpoint-Weight"),
-            Some("0")
-        );
+        assert_eq!(r.header_value("X-Load-Balancing-Endpoint-Weight"), Some("0"));
         assert!(r.body.contains(r#""localEndpoints":0"#));
 
         // Local endpoints but the proxy is stale: 503, and the body says why.
         let r = health_check_response("default", "web", 3, false);
         assert_eq!(r.status, 503);
-        assert_eq!(
-            r.header_value("X-Load-Balancing-Endpoint-Weight"),
-            Some("3")
-        );
+        assert_eq!(r.header_value("X-Load-Balancing-Endpoint-Weight"), Some("3"));
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["serviceProxyHealthy"], false);
         assert_eq!(v["service"]["namespace"], "default");
@@ -835,25 +699,11 @@ mod tests {
         let p = |s: &str| http::parse_head(s.as_bytes());
         assert_eq!(
             p("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap(),
-            http::Request {
-                method: "GET".into(),
-                path: "/healthz".into()
-            }
+            http::Request { method: "GET".into(), path: "/healthz".into() }
         );
-        assert_eq!(
-            p("GET /metrics?x=1 HTTP/1.0\r\n\r\n").unwrap().path,
-            "/metrics"
-        );
-        assert_eq!(
-            p("HEAD http://node:10256/livez HTTP/1.1\r\n\r\n")
-                .unwrap()
-                .path,
-            "/livez"
-        );
-        assert_eq!(
-            p("GET http://node:10256 HTTP/1.1\r\n\r\n").unwrap().path,
-            "/"
-        );
+        assert_eq!(p("GET /metrics?x=1 HTTP/1.0\r\n\r\n").unwrap().path, "/metrics");
+        assert_eq!(p("HEAD http://node:10256/livez HTTP/1.1\r\n\r\n").unwrap().path, "/livez");
+        assert_eq!(p("GET http://node:10256 HTTP/1.1\r\n\r\n").unwrap().path, "/");
         assert!(p("GET /\r\n\r\n").is_err());
         assert!(p("GET / SPDY/3\r\n\r\n").is_err());
         assert!(p("GET / HTTP/1.1 extra\r\n\r\n").is_err());
@@ -867,11 +717,7 @@ mod tests {
             String::from_utf8(r.to_bytes(true)).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
         );
-        assert!(
-            String::from_utf8(r.to_bytes(false))
-                .unwrap()
-                .ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n")
-        );
+        assert!(String::from_utf8(r.to_bytes(false)).unwrap().ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"));
     }
 
     /// A parsed HTTP response: status, headers (lower-case names), body.
@@ -883,10 +729,7 @@ mod tests {
 
     impl Got {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
         }
     }
 
@@ -898,41 +741,23 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
         let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
         let headers = lines
             .map(|l| {
                 let (n, v) = l.split_once(": ").unwrap();
                 (n.to_ascii_lowercase(), v.to_owned())
             })
             .collect();
-        let got = Got {
-            status,
-            headers,
-            body: body.to_owned(),
-        };
+        let got = Got { status, headers, body: body.to_owned() };
         if !raw.starts_with("HEAD ") {
-            let len = got
-                .header("content-length")
-                .map(|n| n.parse::<usize>().unwrap());
+            let len = got.header("content-length").map(|n| n.parse::<usize>().unwrap());
             assert_eq!(len, Some(got.body.len()));
         }
         Ok(got)
     }
 
     async fn get(addr: SocketAddr, path: &str) -> Got {
-        request(
-            addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: t\r\n\r\n"),
-        )
-        .await
-        .expect("GET")
+        request(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: t\r\n\r\n")).await.expect("GET")
     }
 
     async fn spawn_server(handler: Handler) -> (SocketAddr, JoinHandle<()>) {
@@ -942,11 +767,7 @@ mod tests {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     #[tokio::test]
@@ -959,11 +780,7 @@ mod tests {
         // Before the first sync.
         let r = get(haddr, "/healthz").await;
         assert_eq!(r.status, 503);
-        assert!(
-            r.body.contains("\"lastUpdated\": \"0001-01-01T00:00:00Z\""),
-            "{}",
-            r.body
-        );
+        assert!(r.body.contains("\"lastUpdated\": \"0001-01-01T00:00:00Z\""), "{}", r.body);
         assert_eq!(get(haddr, "/livez").await.status, 503);
 
         health.updated(Instant::now(), SystemTime::now());
@@ -978,9 +795,7 @@ mod tests {
         assert_eq!(get(haddr, "/other").await.status, 404);
 
         // HEAD: headers only. Garbage: 400. An oversized head: 431.
-        let r = request(haddr, "HEAD /healthz HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        let r = request(haddr, "HEAD /healthz HTTP/1.1\r\n\r\n").await.unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, ""));
         assert!(r.header("content-length").is_some_and(|n| n != "0"));
         assert_eq!(request(haddr, "hello\r\n\r\n").await.unwrap().status, 400);
@@ -992,11 +807,7 @@ mod tests {
         let r = get(maddr, "/metrics").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some(crate::metrics::CONTENT_TYPE));
-        assert!(
-            r.body.contains("lb_sync_total{result=\"ok\"} 1\n"),
-            "{}",
-            r.body
-        );
+        assert!(r.body.contains("lb_sync_total{result=\"ok\"} 1\n"), "{}", r.body);
         assert_eq!(get(maddr, "/").await.status, 404);
 
         // A health-check node port on 127.0.0.1.
@@ -1004,14 +815,7 @@ mod tests {
         let port = free_port();
         let key = ("default".to_owned(), "web".to_owned());
         let local = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
-        let mut wanted: HealthChecks = [(
-            key.clone(),
-            HealthCheck {
-                node_port: port,
-                local_ready: 2,
-            },
-        )]
-        .into();
+        let mut wanted: HealthChecks = [(key.clone(), HealthCheck { node_port: port, local_ready: 2 })].into();
         hcs.reconcile(&wanted, &local).await;
         assert_eq!(hcs.listening(), vec![(key.clone(), port, local[0])]);
         let hc = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -1020,19 +824,13 @@ mod tests {
         assert_eq!(r.header("x-load-balancing-endpoint-weight"), Some("2"));
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
-        assert_eq!(
-            r.body,
-            r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#
-        );
+        assert_eq!(r.body, r#"{"service":{"namespace":"default","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#);
 
         // The count changes in place; the proxy going stale fails the check too.
         wanted.get_mut(&key).unwrap().local_ready = 0;
         hcs.reconcile(&wanted, &local).await;
         let r = get(hc, "/").await;
-        assert_eq!(
-            (r.status, r.header("x-load-balancing-endpoint-weight")),
-            (503, Some("0"))
-        );
+        assert_eq!((r.status, r.header("x-load-balancing-endpoint-weight")), (503, Some("0")));
         wanted.get_mut(&key).unwrap().local_ready = 1;
         hcs.reconcile(&wanted, &local).await;
         assert_eq!(get(hc, "/").await.status, 200);
@@ -1042,62 +840,26 @@ mod tests {
         stale.queued(Instant::now());
         let port2 = free_port();
         let other = ("default".to_owned(), "other".to_owned());
-        stale_hcs
-            .reconcile(
-                &[(
-                    other,
-                    HealthCheck {
-                        node_port: port2,
-                        local_ready: 1,
-                    },
-                )]
-                .into(),
-                &local,
-            )
-            .await;
+        stale_hcs.reconcile(&[(other, HealthCheck { node_port: port2, local_ready: 1 })].into(), &local).await;
         let r = get(SocketAddr::from((Ipv4Addr::LOCALHOST, port2)), "/").await;
         assert_eq!(r.status, 503);
-        assert!(
-            r.body.contains(r#""serviceProxyHealthy":false"#),
-            "{}",
-            r.body
-        );
+        assert!(r.body.contains(r#""serviceProxyHealthy":false"#), "{}", r.body);
 
         // Moved to another port: the old one stops answering, the new one serves.
         let port3 = free_port();
         wanted.get_mut(&key).unwrap().node_port = port3;
         hcs.reconcile(&wanted, &local).await;
-        assert!(
-            request(hc, "GET / HTTP/1.1\r\n\r\n").await.is_err(),
-            "old port closed"
-        );
-        assert_eq!(
-            get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/")
-                .await
-                .status,
-            200
-        );
+        assert!(request(hc, "GET / HTTP/1.1\r\n\r\n").await.is_err(), "old port closed");
+        assert_eq!(get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/").await.status, 200);
 
         // Gone (ETP back to Cluster, Service deleted): nothing listens.
         hcs.reconcile(&HealthChecks::new(), &local).await;
         assert!(hcs.listening().is_empty());
-        assert!(
-            request(
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port3)),
-                "GET / HTTP/1.1\r\n\r\n"
-            )
-            .await
-            .is_err()
-        );
+        assert!(request(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "GET / HTTP/1.1\r\n\r\n").await.is_err());
         // And the port can be served again right away.
         wanted.get_mut(&key).unwrap().node_port = port3;
         hcs.reconcile(&wanted, &local).await;
-        assert_eq!(
-            get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/")
-                .await
-                .status,
-            200
-        );
+        assert_eq!(get(SocketAddr::from((Ipv4Addr::LOCALHOST, port3)), "/").await.status, 200);
     }
 
     #[tokio::test]
@@ -1106,14 +868,8 @@ mod tests {
         let mut hcs = HealthCheckServers::new(None, health);
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let wanted: HealthChecks = [(
-            ("ns".to_owned(), "web".to_owned()),
-            HealthCheck {
-                node_port: port,
-                local_ready: 1,
-            },
-        )]
-        .into();
+        let wanted: HealthChecks =
+            [(("ns".to_owned(), "web".to_owned()), HealthCheck { node_port: port, local_ready: 1 })].into();
         let local = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
         hcs.reconcile(&wanted, &local).await;
         assert!(hcs.listening().is_empty());

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod node;
 pub mod pinned;
 pub mod plan;
+#[cfg(test)]
+mod prop_tests;
 pub mod source_file;
 pub mod source_kube;
-#[cfg(test)] mod prop_tests;

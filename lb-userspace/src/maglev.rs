@@ -21,7 +21,7 @@ pub fn table_size(backends: usize, fixed: Option<u32>) -> u32 {
 
 /// Whether `m` is a prime the datapath accepts as a table size.
 pub fn valid_table_size(m: u32) -> bool {
-    m >= 2 && m <= lb_common::MAGLEV_MAX_SIZE && (2..).take_while(|d| d * d <= m).all(|d| m % d != 0)
+    (2..=lb_common::MAGLEV_MAX_SIZE).contains(&m) && (2..).take_while(|d| d * d <= m).all(|d| !m.is_multiple_of(d))
 }
 
 /// FNV-1a, 64 bits, with a seed folded in first: stable across builds and machines (unlike

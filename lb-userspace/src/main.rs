@@ -201,9 +201,8 @@ fn main() -> anyhow::Result<()> {
 /// The pinned maps of a running agent, with errors that say what to check.
 fn open_pins(pin_path: &std::path::Path) -> anyhow::Result<PinnedMaps> {
     require_root("reading pinned maps")?;
-    PinnedMaps::open(pin_path).with_context(|| {
-        format!("no lb agent maps at {} (is the agent running? is --pin-path right?)", pin_path.display())
-    })
+    PinnedMaps::open(pin_path)
+        .with_context(|| format!("no lb agent maps at {} (is the agent running? is --pin-path right?)", pin_path.display()))
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -216,9 +215,7 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -230,10 +227,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     }
     let cfg = AgentConfig {
         source: args.source,
-        dataplane: DataplaneConfig {
-            pin_path: args.pin_path,
-            conntrack_max: args.conntrack_max,
-        },
+        dataplane: DataplaneConfig { pin_path: args.pin_path, conntrack_max: args.conntrack_max },
         pod_interfaces: args.pod_iface,
         external_interfaces: args.ext_iface,
         external_mode: args.xdp_mode,
@@ -266,9 +260,7 @@ fn parse_listen_addr(s: &str) -> Result<Listen, String> {
     if s.eq_ignore_ascii_case("none") || s.is_empty() {
         return Ok(Listen(None));
     }
-    s.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9964, [::1]:9964) or none"))
+    s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9964, [::1]:9964) or none"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

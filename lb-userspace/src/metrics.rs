@@ -34,9 +34,8 @@ use crate::{
 };
 
 /// Upper bounds of the sync duration buckets, in seconds.
-pub const SYNC_DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+pub const SYNC_DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// `reason` of `lb_sync_errors_total`, always exported (0 until it happens).
 pub const SYNC_ERROR_REASONS: &[&str] = &["map_full", "map_write", "source", "other"];
@@ -55,20 +54,11 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
+        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
     }
 
     pub fn observe(&mut self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
@@ -106,10 +96,7 @@ impl Default for State {
             sync_duration: Histogram::new(SYNC_DURATION_BUCKETS),
             sync_ok: 0,
             sync_error: 0,
-            sync_errors: SYNC_ERROR_REASONS
-                .iter()
-                .map(|r| ((*r).to_owned(), 0))
-                .collect(),
+            sync_errors: SYNC_ERROR_REASONS.iter().map(|r| ((*r).to_owned(), 0)).collect(),
             rejected_total: BTreeMap::new(),
             rejected: BTreeSet::new(),
         }
@@ -126,16 +113,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(pin_path: Option<PathBuf>) -> Self {
-        Self {
-            pin_path,
-            state: Mutex::new(State::default()),
-        }
+        Self { pin_path, state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A sync succeeded, `latency` after the change it applied was seen.
@@ -159,15 +141,9 @@ impl Metrics {
     /// The objects the compile step rejected: each newly rejected `(object, reason)` counts
     /// once, however many syncs see it again.
     pub fn set_rejected(&self, rejected: &[Skipped]) {
-        let now: BTreeSet<(String, String)> = rejected
-            .iter()
-            .map(|r| (r.object.clone(), r.reason.clone()))
-            .collect();
+        let now: BTreeSet<(String, String)> = rejected.iter().map(|r| (r.object.clone(), r.reason.clone())).collect();
         let mut s = self.lock();
-        let new: Vec<String> = now
-            .difference(&s.rejected)
-            .map(|(_, reason)| rejection_reason(reason))
-            .collect();
+        let new: Vec<String> = now.difference(&s.rejected).map(|(_, reason)| rejection_reason(reason)).collect();
         for reason in new {
             *s.rejected_total.entry(reason).or_default() += 1;
         }
@@ -180,16 +156,13 @@ impl Metrics {
 
     /// The exposition, with the datapath counters read now from the pinned maps.
     pub fn scrape(&self) -> String {
-        let datapath = self
-            .pin_path
-            .as_deref()
-            .and_then(|p| match read_datapath(p) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    debug!(error = %e, "datapath counters not readable");
-                    None
-                }
-            });
+        let datapath = self.pin_path.as_deref().and_then(|p| match read_datapath(p) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                debug!(error = %e, "datapath counters not readable");
+                None
+            }
+        });
         render(&self.snapshot(), datapath.as_ref())
     }
 }
@@ -218,11 +191,7 @@ pub fn rejection_reason(reason: &str) -> String {
             c => out.push(c),
         }
     }
-    let ok = !out.is_empty()
-        && out.len() <= 64
-        && out
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
+    let ok = !out.is_empty() && out.len() <= 64 && out.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
     if ok { out } else { "other".into() }
 }
 
@@ -236,17 +205,12 @@ pub struct DatapathCounters {
 
 pub fn read_datapath(pin_path: &Path) -> Result<DatapathCounters, DataplaneError> {
     let maps = PinnedMaps::open(pin_path)?;
-    Ok(DatapathCounters {
-        global: maps.counters()?,
-        services: maps.service_counters()?,
-    })
+    Ok(DatapathCounters { global: maps.counters()?, services: maps.service_counters()? })
 }
 
 /// A label value, escaped.
 fn esc(v: &str) -> String {
-    v.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -259,21 +223,9 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     let mut o = String::new();
     let p = &state.programmed;
     for (name, help, v) in [
-        (
-            "lb_service_ports_programmed",
-            "ServicePorts programmed by the last successful sync.",
-            p.service_ports,
-        ),
-        (
-            "lb_frontends_programmed",
-            "Frontends (address, port, protocol) programmed by the last successful sync.",
-            p.frontends,
-        ),
-        (
-            "lb_backends_programmed",
-            "Backends programmed by the last successful sync.",
-            p.backends,
-        ),
+        ("lb_service_ports_programmed", "ServicePorts programmed by the last successful sync.", p.service_ports),
+        ("lb_frontends_programmed", "Frontends (address, port, protocol) programmed by the last successful sync.", p.frontends),
+        ("lb_backends_programmed", "Backends programmed by the last successful sync.", p.backends),
     ] {
         header(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
@@ -289,33 +241,16 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     let mut cumulative = 0;
     for (bound, n) in h.bounds.iter().zip(&h.counts) {
         cumulative += n;
-        let _ = writeln!(
-            o,
-            "lb_sync_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
+        let _ = writeln!(o, "lb_sync_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
     }
-    let _ = writeln!(
-        o,
-        "lb_sync_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
-    );
+    let _ = writeln!(o, "lb_sync_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(o, "lb_sync_duration_seconds_sum {}", h.sum);
     let _ = writeln!(o, "lb_sync_duration_seconds_count {}", h.count);
 
-    header(
-        &mut o,
-        "lb_sync_total",
-        "counter",
-        "Syncs of the source to the maps, by result.",
-    );
+    header(&mut o, "lb_sync_total", "counter", "Syncs of the source to the maps, by result.");
     let _ = writeln!(o, "lb_sync_total{{result=\"ok\"}} {}", state.sync_ok);
     let _ = writeln!(o, "lb_sync_total{{result=\"error\"}} {}", state.sync_error);
-    header(
-        &mut o,
-        "lb_sync_errors_total",
-        "counter",
-        "Failed syncs, by reason.",
-    );
+    header(&mut o, "lb_sync_errors_total", "counter", "Failed syncs, by reason.");
     for (reason, n) in &state.sync_errors {
         let _ = writeln!(o, "lb_sync_errors_total{{reason=\"{}\"}} {n}", esc(reason));
     }
@@ -327,55 +262,26 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         "Invalid objects skipped by the compile step, counted when they become invalid, by field.",
     );
     for (reason, n) in &state.rejected_total {
-        let _ = writeln!(
-            o,
-            "lb_objects_rejected_total{{reason=\"{}\"}} {n}",
-            esc(reason)
-        );
+        let _ = writeln!(o, "lb_objects_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
     }
-    header(
-        &mut o,
-        "lb_objects_rejected",
-        "gauge",
-        "Objects currently skipped as invalid.",
-    );
+    header(&mut o, "lb_objects_rejected", "gauge", "Objects currently skipped as invalid.");
     let _ = writeln!(o, "lb_objects_rejected {}", state.rejected.len());
 
     let Some(dp) = datapath else {
         return o;
     };
-    header(
-        &mut o,
-        "lb_datapath_packets_total",
-        "counter",
-        "Datapath counters (packets), by counter.",
-    );
+    header(&mut o, "lb_datapath_packets_total", "counter", "Datapath counters (packets), by counter.");
     for (name, v) in lb_common::COUNTER_NAMES.iter().zip(&dp.global) {
         let _ = writeln!(o, "lb_datapath_packets_total{{counter=\"{name}\"}} {v}");
     }
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
-    let mut per_service: Vec<(&ServicePortName, &SvcStats)> = dp
-        .services
-        .iter()
-        .filter_map(|(id, st)| p.names.get(id).map(|n| (n, st)))
-        .collect();
+    let mut per_service: Vec<(&ServicePortName, &SvcStats)> =
+        dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n, st))).collect();
     per_service.sort_by(|a, b| a.0.cmp(b.0));
     for (name, help, field) in [
-        (
-            "lb_service_packets_total",
-            "Packets translated for a ServicePort.",
-            0,
-        ),
-        (
-            "lb_service_bytes_total",
-            "Bytes translated for a ServicePort.",
-            1,
-        ),
-        (
-            "lb_service_new_flows_total",
-            "New connections of a ServicePort (backend selected).",
-            2,
-        ),
+        ("lb_service_packets_total", "Packets translated for a ServicePort.", 0),
+        ("lb_service_bytes_total", "Bytes translated for a ServicePort.", 1),
+        ("lb_service_new_flows_total", "New connections of a ServicePort (backend selected).", 2),
     ] {
         header(&mut o, name, "counter", help);
         for (spn, st) in &per_service {
@@ -417,13 +323,7 @@ mod tests {
     use crate::model::{Family, Protocol};
 
     fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
-        ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port_name: port.into(),
-            protocol,
-            family: Family::V4,
-        }
+        ServicePortName { namespace: ns.into(), name: name.into(), port_name: port.into(), protocol, family: Family::V4 }
     }
 
     fn lines(s: &str) -> Vec<&str> {
@@ -447,10 +347,7 @@ mod tests {
         ] {
             assert!(lines(&out).contains(&want), "missing {want:?} in\n{out}");
         }
-        assert!(
-            !out.contains("lb_datapath_packets_total"),
-            "no datapath without pins"
-        );
+        assert!(!out.contains("lb_datapath_packets_total"), "no datapath without pins");
         // Every sample has a TYPE line before it, exactly once per family.
         assert_eq!(out.matches("# TYPE lb_sync_total counter").count(), 1);
         assert!(out.contains("# TYPE lb_sync_duration_seconds histogram"));
@@ -477,12 +374,7 @@ mod tests {
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{out}");
         }
-        let sum: f64 = l
-            .iter()
-            .find_map(|l| l.strip_prefix("lb_sync_duration_seconds_sum "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let sum: f64 = l.iter().find_map(|l| l.strip_prefix("lb_sync_duration_seconds_sum ")).unwrap().parse().unwrap();
         assert!((sum - 120.0405).abs() < 1e-9, "{sum}");
         assert!(!out.contains("e-"), "no exponent notation: {out}");
     }
@@ -495,28 +387,15 @@ mod tests {
         m.sync_failed("source");
         let out = render(&m.snapshot(), None);
         let l = lines(&out);
-        assert!(
-            l.contains(&"lb_sync_errors_total{reason=\"map_full\"} 2"),
-            "{out}"
-        );
-        assert!(
-            l.contains(&"lb_sync_errors_total{reason=\"source\"} 1"),
-            "{out}"
-        );
-        assert!(
-            l.contains(&"lb_sync_errors_total{reason=\"map_write\"} 0"),
-            "{out}"
-        );
+        assert!(l.contains(&"lb_sync_errors_total{reason=\"map_full\"} 2"), "{out}");
+        assert!(l.contains(&"lb_sync_errors_total{reason=\"source\"} 1"), "{out}");
+        assert!(l.contains(&"lb_sync_errors_total{reason=\"map_write\"} 0"), "{out}");
         assert!(l.contains(&"lb_sync_total{result=\"error\"} 3"), "{out}");
     }
 
     #[test]
     fn sync_error_reasons_come_from_the_dataplane_error() {
-        let full = anyhow::Error::new(DataplaneError::MapFull {
-            name: "LB_SERVICES",
-            wanted: 10,
-            limit: 5,
-        });
+        let full = anyhow::Error::new(DataplaneError::MapFull { name: "LB_SERVICES", wanted: 10, limit: 5 });
         assert_eq!(sync_error_reason(&full), "map_full");
         let write = anyhow::Error::new(DataplaneError::Map {
             name: "LB_SERVICES",
@@ -525,34 +404,19 @@ mod tests {
         })
         .context("writing the node settings");
         assert_eq!(sync_error_reason(&write), "map_write");
-        assert_eq!(
-            sync_error_reason(&anyhow::anyhow!("something else")),
-            "other"
-        );
+        assert_eq!(sync_error_reason(&anyhow::anyhow!("something else")), "other");
     }
 
     #[test]
     fn rejection_reasons_are_field_paths() {
         for (reason, want) in [
-            (
-                "spec.ports[0].port: 0 is not a port number (1-65535)",
-                "spec.ports.port",
-            ),
+            ("spec.ports[0].port: 0 is not a port number (1-65535)", "spec.ports.port"),
             ("spec.ports[1]: duplicate port 80/TCP", "spec.ports"),
             ("spec: missing", "spec"),
             ("spec.type: unknown type \"Foo\"", "spec.type"),
-            (
-                "metadata.annotations[lb.dev/selection]: \"x\" is not maglev or random",
-                "metadata.annotations",
-            ),
-            (
-                "status.loadBalancer.ingress[0].ip: \"x\" is not an IP address",
-                "status.loadBalancer.ingress.ip",
-            ),
-            (
-                "spec.clusterIPs[1]: \"nope\" is not an IP address",
-                "spec.clusterIPs",
-            ),
+            ("metadata.annotations[lb.dev/selection]: \"x\" is not maglev or random", "metadata.annotations"),
+            ("status.loadBalancer.ingress[0].ip: \"x\" is not an IP address", "status.loadBalancer.ingress.ip"),
+            ("spec.clusterIPs[1]: \"nope\" is not an IP address", "spec.clusterIPs"),
             ("no field path here", "other"),
             ("", "other"),
         ] {
@@ -563,36 +427,21 @@ mod tests {
     #[test]
     fn a_rejected_object_counts_once_while_it_stays_rejected() {
         let m = Metrics::new(None);
-        let bad = |object: &str, reason: &str| Skipped {
-            object: object.into(),
-            reason: reason.into(),
-        };
-        let a = bad(
-            "Service ns/a",
-            "spec.ports[0].port: 0 is not a port number (1-65535)",
-        );
-        let b = bad(
-            "Service ns/b",
-            "spec.ports[2].port: 70000 is not a port number (1-65535)",
-        );
+        let bad = |object: &str, reason: &str| Skipped { object: object.into(), reason: reason.into() };
+        let a = bad("Service ns/a", "spec.ports[0].port: 0 is not a port number (1-65535)");
+        let b = bad("Service ns/b", "spec.ports[2].port: 70000 is not a port number (1-65535)");
         m.set_rejected(std::slice::from_ref(&a));
         m.set_rejected(std::slice::from_ref(&a));
         m.set_rejected(&[a.clone(), b.clone()]);
         let out = render(&m.snapshot(), None);
-        assert!(
-            lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 2"),
-            "{out}"
-        );
+        assert!(lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 2"), "{out}");
         assert!(lines(&out).contains(&"lb_objects_rejected 2"), "{out}");
         // Fixed, then broken again: counted again.
         m.set_rejected(&[]);
         assert!(lines(&render(&m.snapshot(), None)).contains(&"lb_objects_rejected 0"));
         m.set_rejected(&[a]);
         let out = render(&m.snapshot(), None);
-        assert!(
-            lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 3"),
-            "{out}"
-        );
+        assert!(lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 3"), "{out}");
     }
 
     #[test]
@@ -602,11 +451,8 @@ mod tests {
             service_ports: 2,
             frontends: 3,
             backends: 4,
-            names: [
-                (7, spn("default", "kubia", "", Protocol::Tcp)),
-                (3, spn("kube-system", "dns", "dns\"udp", Protocol::Udp)),
-            ]
-            .into(),
+            names: [(7, spn("default", "kubia", "", Protocol::Tcp)), (3, spn("kube-system", "dns", "dns\"udp", Protocol::Udp))]
+                .into(),
         });
         let mut global = vec![0u64; lb_common::CNT_MAX as usize];
         global[lb_common::CNT_PACKETS as usize] = 100;
@@ -614,30 +460,9 @@ mod tests {
         let dp = DatapathCounters {
             global,
             services: vec![
-                (
-                    7,
-                    SvcStats {
-                        packets: 10,
-                        bytes: 1000,
-                        new_flows: 2,
-                    },
-                ),
-                (
-                    3,
-                    SvcStats {
-                        packets: 5,
-                        bytes: 500,
-                        new_flows: 5,
-                    },
-                ),
-                (
-                    99,
-                    SvcStats {
-                        packets: 1,
-                        bytes: 1,
-                        new_flows: 1,
-                    },
-                ), // no longer programmed
+                (7, SvcStats { packets: 10, bytes: 1000, new_flows: 2 }),
+                (3, SvcStats { packets: 5, bytes: 500, new_flows: 5 }),
+                (99, SvcStats { packets: 1, bytes: 1, new_flows: 1 }), // no longer programmed
             ],
         };
         let out = render(&m.snapshot(), Some(&dp));
@@ -656,25 +481,11 @@ mod tests {
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{out}");
         }
-        assert_eq!(
-            l.iter()
-                .filter(|l| l.starts_with("lb_datapath_packets_total"))
-                .count(),
-            lb_common::COUNTER_NAMES.len()
-        );
-        assert_eq!(
-            l.iter()
-                .filter(|l| l.starts_with("lb_service_packets_total"))
-                .count(),
-            2
-        );
+        assert_eq!(l.iter().filter(|l| l.starts_with("lb_datapath_packets_total")).count(), lb_common::COUNTER_NAMES.len());
+        assert_eq!(l.iter().filter(|l| l.starts_with("lb_service_packets_total")).count(), 2);
         // Sorted by labels: default/kubia before kube-system/dns.
-        let kubia = out
-            .find("lb_service_packets_total{service=\"default/kubia\"")
-            .unwrap();
-        let dns = out
-            .find("lb_service_packets_total{service=\"kube-system/dns\"")
-            .unwrap();
+        let kubia = out.find("lb_service_packets_total{service=\"default/kubia\"").unwrap();
+        let dns = out.find("lb_service_packets_total{service=\"kube-system/dns\"").unwrap();
         assert!(kubia < dns);
     }
 
@@ -683,23 +494,13 @@ mod tests {
     #[test]
     fn dual_stack_service_ports_are_separate_series() {
         let m = Metrics::new(None);
-        let v6 = ServicePortName {
-            family: Family::V6,
-            ..spn("default", "kubia", "http", Protocol::Tcp)
-        };
+        let v6 = ServicePortName { family: Family::V6, ..spn("default", "kubia", "http", Protocol::Tcp) };
         m.set_programmed(Programmed {
             names: [(1, spn("default", "kubia", "http", Protocol::Tcp)), (2, v6)].into(),
             ..Programmed::default()
         });
-        let stats = |packets| SvcStats {
-            packets,
-            bytes: 0,
-            new_flows: 0,
-        };
-        let dp = DatapathCounters {
-            global: vec![0; lb_common::CNT_MAX as usize],
-            services: vec![(1, stats(3)), (2, stats(4))],
-        };
+        let stats = |packets| SvcStats { packets, bytes: 0, new_flows: 0 };
+        let dp = DatapathCounters { global: vec![0; lb_common::CNT_MAX as usize], services: vec![(1, stats(3)), (2, stats(4))] };
         let out = render(&m.snapshot(), Some(&dp));
         let l = lines(&out);
         for want in [
@@ -714,41 +515,27 @@ mod tests {
     fn every_sample_line_is_well_formed() {
         let m = Metrics::new(None);
         m.sync_ok(Duration::from_millis(3));
-        m.set_rejected(&[Skipped {
-            object: "Service a/b".into(),
-            reason: "spec: missing".into(),
-        }]);
-        let dp = DatapathCounters {
-            global: vec![1; lb_common::CNT_MAX as usize],
-            services: vec![],
-        };
+        m.set_rejected(&[Skipped { object: "Service a/b".into(), reason: "spec: missing".into() }]);
+        let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![] };
         let out = render(&m.snapshot(), Some(&dp));
         let mut typed = BTreeSet::new();
         for line in out.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                assert!(
-                    typed.insert(rest.split(' ').next().unwrap().to_owned()),
-                    "TYPE twice: {line}"
-                );
+                assert!(typed.insert(rest.split(' ').next().unwrap().to_owned()), "TYPE twice: {line}");
                 continue;
             }
             if line.starts_with("# HELP ") {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').expect(line);
-            value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}"));
             let name = series.split('{').next().unwrap();
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
                 .unwrap_or(name);
             assert!(typed.contains(family), "sample before its TYPE: {line}");
-            assert!(
-                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                "{line}"
-            );
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
         }
     }
 }

@@ -20,29 +20,15 @@ pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[impl std::bo
         addresses: flag_addresses.iter().map(|a| a.to_canonical()).collect(),
         zone: None,
     };
-    if let Some(node) = nodes
-        .iter()
-        .map(std::borrow::Borrow::borrow)
-        .find(|n: &&Node| n.metadata.name.as_deref() == Some(name))
-    {
-        ctx.zone = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_ZONE))
-            .cloned();
-        let addrs = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_deref())
-            .unwrap_or_default();
+    if let Some(node) = nodes.iter().map(std::borrow::Borrow::borrow).find(|n: &&Node| n.metadata.name.as_deref() == Some(name)) {
+        ctx.zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ZONE)).cloned();
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
         for a in addrs {
-            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-                if let Some(ip) = parse_ip_sloppy(&a.address) {
-                    if !ctx.addresses.contains(&ip) {
-                        ctx.addresses.push(ip);
-                    }
-                }
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && let Some(ip) = parse_ip_sloppy(&a.address)
+                && !ctx.addresses.contains(&ip)
+            {
+                ctx.addresses.push(ip);
             }
         }
     }

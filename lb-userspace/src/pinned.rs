@@ -52,8 +52,7 @@ impl PinnedMaps {
     /// The agent-written maps.
     pub fn state(&self) -> Result<MapState> {
         let name = lb_common::SOURCE_RANGES;
-        let trie: LpmTrie<MapData, SourceRangeData, u32> =
-            LpmTrie::try_from(self.map(name)?).map_err(map_err(name, "open"))?;
+        let trie: LpmTrie<MapData, SourceRangeData, u32> = LpmTrie::try_from(self.map(name)?).map_err(map_err(name, "open"))?;
         let source_ranges = trie
             .iter()
             .map(|kv| kv.map(|(k, _)| (k.prefix_len(), k.data())))

@@ -33,15 +33,12 @@ use std::{
 };
 
 use lb_common::{
-    Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY,
-    SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey,
-    ServiceKey, ServiceValue, SourceRangeData, SvcName, v4_mapped,
+    Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
+    SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData, SvcName,
+    v4_mapped,
 };
 
-use crate::model::{
-    Cidr, DesiredState, Endpoint, FrontendKind, Protocol, Selection, ServicePortName,
-    ServicePortState,
-};
+use crate::model::{Cidr, DesiredState, Endpoint, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState};
 
 /// The 16-byte map representation of an address (IPv4-mapped for IPv4).
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
@@ -117,8 +114,7 @@ impl Ids {
     pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
         for (id, be) in &current.backends {
             if let Some(proto) = Protocol::from_number(be.proto) {
-                self.backend
-                    .insert((ip_from16(be.addr), u16::from_be(be.port_be), proto), *id);
+                self.backend.insert((ip_from16(be.addr), u16::from_be(be.port_be), proto), *id);
             }
             self.next_backend = self.next_backend.max(id + 1);
         }
@@ -136,11 +132,7 @@ impl Ids {
         let mut claimed_select: HashSet<u32> = self.select.values().copied().collect();
         for external_pass in [false, true] {
             for (spn, sp) in &desired.services {
-                for fe in sp
-                    .frontends
-                    .iter()
-                    .filter(|f| f.kind.is_external() == external_pass)
-                {
+                for fe in sp.frontends.iter().filter(|f| f.kind.is_external() == external_pass) {
                     let key = service_key(fe.addr, fe.port, spn.protocol);
                     let Some(v) = current.services.get(&key) else {
                         continue;
@@ -148,11 +140,7 @@ impl Ids {
                     if !self.svc.contains_key(spn) && claimed_svc.insert(v.svc_id) {
                         self.svc.insert(spn.clone(), v.svc_id);
                     }
-                    let class = if fe.kind.is_external() {
-                        SetClass::External
-                    } else {
-                        SetClass::Internal
-                    };
+                    let class = if fe.kind.is_external() { SetClass::External } else { SetClass::Internal };
                     self.adopt_select(spn, class, v.select_id, &mut claimed_select);
                     // A separate Cluster table (the other two sets both differ from the Cluster
                     // set). One equal to the internal table has the internal frontends' id,
@@ -207,8 +195,7 @@ impl Ids {
     /// Forgets ids of objects absent from `state`, so the maps stay bounded.
     fn retain_used(&mut self, state: &MapState, desired: &DesiredState) {
         self.svc.retain(|spn, _| desired.services.contains_key(spn));
-        self.select
-            .retain(|(spn, _), _| desired.services.contains_key(spn));
+        self.select.retain(|(spn, _), _| desired.services.contains_key(spn));
         let used: std::collections::HashSet<u32> = state.backends.keys().copied().collect();
         self.backend.retain(|_, id| used.contains(id));
         self.maglev.end_pass();
@@ -225,22 +212,12 @@ fn next_select_id(st: &MapState) -> u32 {
 }
 
 fn service_key(addr: IpAddr, port: u16, proto: Protocol) -> ServiceKey {
-    ServiceKey {
-        addr: addr16(addr),
-        port_be: port.to_be(),
-        proto: proto.number(),
-        _pad: 0,
-    }
+    ServiceKey { addr: addr16(addr), port_be: port.to_be(), proto: proto.number(), _pad: 0 }
 }
 
 /// Address marker key (see [`ServiceKey`]).
 fn marker_key(addr: IpAddr) -> ServiceKey {
-    ServiceKey {
-        addr: addr16(addr),
-        port_be: 0,
-        proto: 0,
-        _pad: 0,
-    }
+    ServiceKey { addr: addr16(addr), port_be: 0, proto: 0, _pad: 0 }
 }
 
 /// Planner settings.
@@ -269,7 +246,8 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> Map
         }
         let mut internal = None;
         if has_internal {
-            let (id, slots) = write_table(&mut st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
+            let (id, slots) =
+                write_table(&mut st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
             internal = Some((id, slots));
             let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
             let value = service_value(svc_id, (id, slots), (id, slots), flags, sp);
@@ -298,8 +276,7 @@ pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> Map
             // of the frontend's family (the compile step keeps just those; as in kube-proxy, a
             // family without ranges is not restricted).
             for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
-                let ranges: Vec<&Cidr> =
-                    sp.source_ranges.iter().filter(|r| r.addr.is_ipv4() == fe.addr.is_ipv4()).collect();
+                let ranges: Vec<&Cidr> = sp.source_ranges.iter().filter(|r| r.addr.is_ipv4() == fe.addr.is_ipv4()).collect();
                 if ranges.is_empty() {
                     continue;
                 }

@@ -12,9 +12,9 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT,
-    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
+    BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, SVC_F_ADDR_MARKER,
+    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue,
+    SourceRangeData,
 };
 
 use super::*;
@@ -24,8 +24,8 @@ fn plan_state(d: &DesiredState, ids: &mut Ids) -> MapState {
     map_state(d, ids, &PlanConfig::default())
 }
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, Protocol, Selection,
-    ServicePortName, ServicePortState,
+    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, Protocol, Selection, ServicePortName,
+    ServicePortState,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -37,29 +37,16 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn spn(name: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: "ns".into(),
-        name: name.into(),
-        port_name: String::new(),
-        protocol,
-        family: Family::V4,
-    }
+    ServicePortName { namespace: "ns".into(), name: name.into(), port_name: String::new(), protocol, family: Family::V4 }
 }
 
 /// The IPv6 ServicePort of the same name.
 fn spn6(name: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        family: Family::V6,
-        ..spn(name, protocol)
-    }
+    ServicePortName { family: Family::V6, ..spn(name, protocol) }
 }
 
 fn fe(addr: &str, port: u16, kind: FrontendKind) -> Frontend {
-    Frontend {
-        addr: ip(addr),
-        port,
-        kind,
-    }
+    Frontend { addr: ip(addr), port, kind }
 }
 
 fn cip(addr: &str, port: u16) -> Frontend {
@@ -71,19 +58,11 @@ fn np(addr: &str, port: u16) -> Frontend {
 }
 
 fn ep(addr: &str, port: u16) -> Endpoint {
-    Endpoint {
-        addr: ip(addr),
-        port,
-        local: false,
-        terminating: false,
-    }
+    Endpoint { addr: ip(addr), port, local: false, terminating: false }
 }
 
 fn set(endpoints: &[Endpoint]) -> EndpointSet {
-    EndpointSet {
-        endpoints: endpoints.to_vec(),
-        drop_if_empty: false,
-    }
+    EndpointSet { endpoints: endpoints.to_vec(), drop_if_empty: false }
 }
 
 /// A ServicePort whose internal and external sets are both `endpoints`.
@@ -101,10 +80,7 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
 }
 
 fn desired(items: Vec<(ServicePortName, ServicePortState)>) -> DesiredState {
-    DesiredState {
-        services: items.into_iter().collect(),
-        rejected: Vec::new(),
-    }
+    DesiredState { services: items.into_iter().collect(), rejected: Vec::new() }
 }
 
 /// A representative desired state: NodePort with ETP=Local and affinity, a shared backend,
@@ -115,18 +91,8 @@ fn sample() -> DesiredState {
     let mut terminating = ep("10.0.1.3", 8080);
     terminating.terminating = true;
     let web_eps = [local.clone(), ep("10.0.1.2", 8080), terminating];
-    let mut web = sp(
-        vec![
-            cip("10.96.0.10", 80),
-            np("10.1.0.10", 30080),
-            np("192.168.0.10", 30080),
-        ],
-        &web_eps,
-    );
-    web.external = EndpointSet {
-        endpoints: vec![local.clone()],
-        drop_if_empty: true,
-    };
+    let mut web = sp(vec![cip("10.96.0.10", 80), np("10.1.0.10", 30080), np("192.168.0.10", 30080)], &web_eps);
+    web.external = EndpointSet { endpoints: vec![local.clone()], drop_if_empty: true };
     web.affinity_timeout_s = Some(300);
 
     let mut itp_local = sp(vec![cip("10.96.0.14", 80)], &[]);
@@ -134,25 +100,10 @@ fn sample() -> DesiredState {
 
     desired(vec![
         (spn("web", Protocol::Tcp), web),
-        (
-            spn("web2", Protocol::Tcp),
-            sp(vec![cip("10.96.0.11", 80)], &[local, ep("10.0.1.9", 8080)]),
-        ),
-        (
-            spn("dns", Protocol::Udp),
-            sp(
-                vec![cip("10.96.0.53", 53)],
-                &[ep("10.0.2.1", 53), ep("10.0.2.2", 53)],
-            ),
-        ),
-        (
-            spn("dns", Protocol::Tcp),
-            sp(vec![cip("10.96.0.53", 53)], &[ep("10.0.2.1", 53)]),
-        ),
-        (
-            spn("empty", Protocol::Tcp),
-            sp(vec![cip("10.96.0.12", 80)], &[]),
-        ),
+        (spn("web2", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[local, ep("10.0.1.9", 8080)])),
+        (spn("dns", Protocol::Udp), sp(vec![cip("10.96.0.53", 53)], &[ep("10.0.2.1", 53), ep("10.0.2.2", 53)])),
+        (spn("dns", Protocol::Tcp), sp(vec![cip("10.96.0.53", 53)], &[ep("10.0.2.1", 53)])),
+        (spn("empty", Protocol::Tcp), sp(vec![cip("10.96.0.12", 80)], &[])),
         (spn("itp-local", Protocol::Tcp), itp_local),
         (
             spn("lb", Protocol::Tcp),
@@ -165,14 +116,8 @@ fn sample() -> DesiredState {
                 &[ep("10.0.3.1", 8443)],
             ),
         ),
-        (
-            spn("sctp", Protocol::Sctp),
-            sp(vec![cip("10.96.0.15", 5060)], &[ep("10.0.4.1", 5060)]),
-        ),
-        (
-            spn6("v6", Protocol::Tcp),
-            sp(vec![cip("fd00:96::10", 80)], &[ep("fd00:1::1", 8080)]),
-        ),
+        (spn("sctp", Protocol::Sctp), sp(vec![cip("10.96.0.15", 5060)], &[ep("10.0.4.1", 5060)])),
+        (spn6("v6", Protocol::Tcp), sp(vec![cip("fd00:96::10", 80)], &[ep("fd00:1::1", 8080)])),
     ])
 }
 
@@ -182,18 +127,11 @@ fn plan(d: &DesiredState) -> MapState {
 
 /// The map key of a frontend, built from explicit bytes (not through the code under test).
 fn key_bytes(addr16: [u8; 16], port: u16, proto: u8) -> ServiceKey {
-    ServiceKey {
-        addr: addr16,
-        port_be: u16::from_ne_bytes(port.to_be_bytes()),
-        proto,
-        _pad: 0,
-    }
+    ServiceKey { addr: addr16, port_be: u16::from_ne_bytes(port.to_be_bytes()), proto, _pad: 0 }
 }
 
 fn v4_bytes(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
 }
 
 fn key_of(addr: &str, port: u16, proto: Protocol) -> ServiceKey {
@@ -213,21 +151,12 @@ fn try_resolve(st: &MapState, k: &ServiceKey) -> Result<Vec<Backend>, String> {
     let v = st.services.get(k).ok_or("no service entry")?;
     (0..v.slot_count)
         .map(|slot| {
-            let sk = SelectKey {
-                select_id: v.select_id,
-                slot,
-            };
-            let id = st
-                .select
-                .get(&sk)
-                .ok_or_else(|| format!("slot {slot} of table {} missing", v.select_id))?;
+            let sk = SelectKey { select_id: v.select_id, slot };
+            let id = st.select.get(&sk).ok_or_else(|| format!("slot {slot} of table {} missing", v.select_id))?;
             if *id == BACKEND_ID_NONE {
                 return Err(format!("slot {slot} of table {} holds id 0", v.select_id));
             }
-            st.backends
-                .get(id)
-                .copied()
-                .ok_or_else(|| format!("backend {id} missing"))
+            st.backends.get(id).copied().ok_or_else(|| format!("backend {id} missing"))
         })
         .collect()
 }
@@ -325,18 +254,9 @@ fn map_state_keys_use_network_byte_order_and_ipv4_mapped_addresses() {
     assert_eq!(np_key.port_be.to_ne_bytes(), [0x75, 0x80]);
     assert!(st.services.contains_key(&np_key));
     // UDP and SCTP protocol numbers; IPv6 addresses verbatim.
-    assert!(
-        st.services
-            .contains_key(&key_bytes(v4_bytes([10, 96, 0, 53]), 53, IPPROTO_UDP))
-    );
-    assert!(
-        st.services
-            .contains_key(&key_bytes(v4_bytes([10, 96, 0, 15]), 5060, IPPROTO_SCTP))
-    );
-    assert!(
-        st.services
-            .contains_key(&key_bytes(ip6("fd00:96::10"), 80, IPPROTO_TCP))
-    );
+    assert!(st.services.contains_key(&key_bytes(v4_bytes([10, 96, 0, 53]), 53, IPPROTO_UDP)));
+    assert!(st.services.contains_key(&key_bytes(v4_bytes([10, 96, 0, 15]), 5060, IPPROTO_SCTP)));
+    assert!(st.services.contains_key(&key_bytes(ip6("fd00:96::10"), 80, IPPROTO_TCP)));
     // Every frontend of every ServicePort has its key.
     let d = sample();
     for (spn, sp) in &d.services {
@@ -347,11 +267,7 @@ fn map_state_keys_use_network_byte_order_and_ipv4_mapped_addresses() {
         }
     }
     // Backends: 10.0.1.1:8080 (0x1f90) IPv4-mapped, network order.
-    let b = st
-        .backends
-        .values()
-        .find(|b| b.addr == v4_bytes([10, 0, 1, 1]))
-        .expect("backend 10.0.1.1");
+    let b = st.backends.values().find(|b| b.addr == v4_bytes([10, 0, 1, 1])).expect("backend 10.0.1.1");
     assert_eq!(b.port_be.to_ne_bytes(), [0x1f, 0x90]);
     assert_eq!(b.proto, IPPROTO_TCP);
     assert!(st.backends.values().any(|b| b.addr == ip6("fd00:1::1")));
@@ -378,27 +294,14 @@ fn map_state_has_exactly_the_frontends_and_one_marker_per_address() {
             addrs.insert(f.addr);
         }
     }
-    let real: BTreeSet<_> = st
-        .services
-        .iter()
-        .filter(|(_, v)| !is_marker(v))
-        .map(|(k, _)| *k)
-        .collect();
+    let real: BTreeSet<_> = st.services.iter().filter(|(_, v)| !is_marker(v)).map(|(k, _)| *k).collect();
     assert_eq!(real, want);
     let markers: BTreeMap<_, _> = st.services.iter().filter(|(_, v)| is_marker(v)).collect();
     assert_eq!(markers.len(), addrs.len());
     for a in addrs {
         let mk = key_bytes(addr16(a), 0, 0);
-        let v = markers
-            .get(&mk)
-            .unwrap_or_else(|| panic!("no marker for {a}"));
-        assert_eq!(
-            **v,
-            ServiceValue {
-                flags: SVC_F_ADDR_MARKER,
-                ..ServiceValue::default()
-            }
-        );
+        let v = markers.get(&mk).unwrap_or_else(|| panic!("no marker for {a}"));
+        assert_eq!(**v, ServiceValue { flags: SVC_F_ADDR_MARKER, ..ServiceValue::default() });
     }
 }
 
@@ -423,26 +326,13 @@ fn map_state_backend_ids_start_at_1_and_0_is_never_used() {
 fn map_state_shares_backends_per_address_port_and_protocol() {
     let st = plan(&sample());
     // 10.0.1.1:8080/TCP serves web (internal and external) and web2: one backend.
-    let n = st
-        .backends
-        .values()
-        .filter(|b| b.addr == v4_bytes([10, 0, 1, 1]))
-        .count();
+    let n = st.backends.values().filter(|b| b.addr == v4_bytes([10, 0, 1, 1])).count();
     assert_eq!(n, 1);
     // 10.0.2.1:53 over TCP and over UDP: two backends.
-    let dns: BTreeSet<u8> = st
-        .backends
-        .values()
-        .filter(|b| b.addr == v4_bytes([10, 0, 2, 1]))
-        .map(|b| b.proto)
-        .collect();
+    let dns: BTreeSet<u8> = st.backends.values().filter(|b| b.addr == v4_bytes([10, 0, 2, 1])).map(|b| b.proto).collect();
     assert_eq!(dns, BTreeSet::from([IPPROTO_TCP, IPPROTO_UDP]));
     // Distinct (addr, port, proto) triples ↔ backends.
-    let triples: BTreeSet<_> = st
-        .backends
-        .values()
-        .map(|b| (b.addr, b.port_be, b.proto))
-        .collect();
+    let triples: BTreeSet<_> = st.backends.values().map(|b| (b.addr, b.port_be, b.proto)).collect();
     assert_eq!(triples.len(), st.backends.len());
 }
 
@@ -454,29 +344,17 @@ fn map_state_tables_resolve_to_the_endpoint_sets() {
     for (spn, sp) in &d.services {
         for f in &sp.frontends {
             let k = key_of(&f.addr.to_string(), f.port, spn.protocol);
-            let set = if f.kind.is_external() {
-                &sp.external
-            } else {
-                &sp.internal
-            };
+            let set = if f.kind.is_external() { &sp.external } else { &sp.internal };
             let got = resolve(&st, &k);
-            let want: Vec<_> = set
-                .endpoints
-                .iter()
-                .map(|e| (addr16(e.addr), e.port.to_be(), spn.protocol.number()))
-                .collect();
+            let want: Vec<_> = set.endpoints.iter().map(|e| (addr16(e.addr), e.port.to_be(), spn.protocol.number())).collect();
             let got_t: Vec<_> = got.iter().map(|b| (b.addr, b.port_be, b.proto)).collect();
             assert_eq!(got_t, want, "{spn} via {f:?}");
             assert_eq!(st.services[&k].slot_count as usize, set.endpoints.len());
         }
     }
     // No stray slots: the select map holds exactly the slots of the tables in use.
-    let tables: BTreeMap<u32, u32> = st
-        .services
-        .values()
-        .filter(|v| !is_marker(v))
-        .map(|v| (v.select_id, v.slot_count))
-        .collect();
+    let tables: BTreeMap<u32, u32> =
+        st.services.values().filter(|v| !is_marker(v)).map(|v| (v.select_id, v.slot_count)).collect();
     assert_eq!(st.select.len() as u32, tables.values().sum::<u32>());
 }
 
@@ -484,13 +362,7 @@ fn map_state_tables_resolve_to_the_endpoint_sets() {
 #[test]
 fn map_state_backend_flags_mark_local_and_terminating_endpoints() {
     let st = plan(&sample());
-    let flags = |a: [u8; 4]| {
-        st.backends
-            .values()
-            .find(|b| b.addr == v4_bytes(a))
-            .unwrap()
-            .flags
-    };
+    let flags = |a: [u8; 4]| st.backends.values().find(|b| b.addr == v4_bytes(a)).unwrap().flags;
     assert_eq!(flags([10, 0, 1, 1]), BACKEND_F_LOCAL);
     assert_eq!(flags([10, 0, 1, 2]), 0);
     assert_eq!(flags([10, 0, 1, 3]), BACKEND_F_TERMINATING);
@@ -511,14 +383,8 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_eq!(cluster.slot_count, 3);
     assert_eq!(node1.slot_count, 1);
     assert_eq!(cluster.flags, SVC_F_AFFINITY);
-    assert_eq!(
-        node1.flags,
-        SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY | SVC_F_SNAT
-    );
-    assert_eq!(
-        (cluster.affinity_timeout_s, node1.affinity_timeout_s),
-        (300, 300)
-    );
+    assert_eq!(node1.flags, SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY | SVC_F_SNAT);
+    assert_eq!((cluster.affinity_timeout_s, node1.affinity_timeout_s), (300, 300));
     // Other ServicePorts have their own svc_id, no affinity.
     let web2 = st.services[&key_of("10.96.0.11", 80, tcp)];
     assert_ne!(web2.svc_id, cluster.svc_id);
@@ -530,10 +396,7 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_ne!(dns_u.select_id, dns_t.select_id);
     assert_eq!((dns_u.slot_count, dns_t.slot_count), (2, 1));
     // LB and externalIP frontends are external, source-NATed under policy Cluster (point 32).
-    for k in [
-        key_of("198.51.100.7", 443, tcp),
-        key_of("203.0.113.5", 443, tcp),
-    ] {
+    for k in [key_of("198.51.100.7", 443, tcp), key_of("203.0.113.5", 443, tcp)] {
         assert_eq!(st.services[&k].flags, SVC_F_EXTERNAL | SVC_F_SNAT);
     }
 }
@@ -543,10 +406,7 @@ fn point_37_38_empty_tables_reject_or_drop() {
     let st = plan(&sample());
     // Point 37: no endpoints anywhere → slot_count 0 without DROP (the datapath rejects).
     let empty = st.services[&key_of("10.96.0.12", 80, Protocol::Tcp)];
-    assert_eq!(
-        (empty.slot_count, empty.flags & SVC_F_DROP_IF_EMPTY),
-        (0, 0)
-    );
+    assert_eq!((empty.slot_count, empty.flags & SVC_F_DROP_IF_EMPTY), (0, 0));
     // Point 38: endpoints only elsewhere under a Local policy → slot_count 0 with DROP.
     let local = st.services[&key_of("10.96.0.14", 80, Protocol::Tcp)];
     assert_eq!((local.slot_count, local.flags), (0, SVC_F_DROP_IF_EMPTY));
@@ -558,10 +418,7 @@ fn point_37_38_empty_tables_reject_or_drop() {
 #[test]
 fn map_state_allocates_no_table_for_a_class_without_frontends() {
     // A ClusterIP-only port has an external set in the model but no external frontend.
-    let d = desired(vec![(
-        spn("a", Protocol::Tcp),
-        sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.1", 8080)]),
-    )]);
+    let d = desired(vec![(spn("a", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.1", 8080)]))]);
     let st = plan(&d);
     let tables: BTreeSet<u32> = st.select.keys().map(|k| k.select_id).collect();
     assert_eq!(tables.len(), 1);
@@ -574,11 +431,7 @@ fn map_state_is_deterministic_and_stable_across_replans() {
     let d = sample();
     let mut ids = Ids::default();
     let first = plan_state(&d, &mut ids);
-    assert_eq!(
-        plan_state(&d, &mut ids),
-        first,
-        "re-planning must not move anything"
-    );
+    assert_eq!(plan_state(&d, &mut ids), first, "re-planning must not move anything");
     assert_eq!(plan(&d), first, "a fresh allocator gives the same result");
     assert!(diff(&first, &plan_state(&d, &mut ids)).is_empty());
 }
@@ -589,78 +442,43 @@ fn map_state_is_deterministic_and_stable_across_replans() {
 fn ids_survive_changes_and_are_never_reused() {
     let one = |eps: &[Endpoint]| {
         desired(vec![
-            (
-                spn("a", Protocol::Tcp),
-                sp(vec![cip("10.96.0.10", 80)], eps),
-            ),
-            (
-                spn("b", Protocol::Tcp),
-                sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)]),
-            ),
+            (spn("a", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], eps)),
+            (spn("b", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)])),
         ])
     };
     let mut ids = Ids::default();
     let s1 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
     let id_of = |st: &MapState, a: [u8; 4]| {
-        *st.backends
-            .iter()
-            .find(|(_, b)| b.addr == v4_bytes(a))
-            .unwrap_or_else(|| panic!("no backend {a:?}"))
-            .0
+        *st.backends.iter().find(|(_, b)| b.addr == v4_bytes(a)).unwrap_or_else(|| panic!("no backend {a:?}")).0
     };
     let id1 = id_of(&s1, [10, 0, 1, 1]);
     let id2 = id_of(&s1, [10, 0, 1, 2]);
     let max1 = *s1.backends.keys().max().unwrap();
     // Adding an endpoint keeps every existing id.
-    let s2 = plan_state(
-        &one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
-        &mut ids,
-    );
-    assert_eq!(
-        (id_of(&s2, [10, 0, 1, 1]), id_of(&s2, [10, 0, 1, 2])),
-        (id1, id2)
-    );
+    let s2 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]), &mut ids);
+    assert_eq!((id_of(&s2, [10, 0, 1, 1]), id_of(&s2, [10, 0, 1, 2])), (id1, id2));
     assert!(id_of(&s2, [10, 0, 1, 3]) > max1);
     let a_key = key_of("10.96.0.10", 80, Protocol::Tcp);
     assert_eq!(s2.services[&a_key].svc_id, s1.services[&a_key].svc_id);
     assert_eq!(s2.services[&a_key].select_id, s1.services[&a_key].select_id);
     // Removing an endpoint and adding it back gives it a fresh id.
     let s3 = plan_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
-    assert!(
-        !s3.backends
-            .values()
-            .any(|b| b.addr == v4_bytes([10, 0, 1, 2]))
-    );
+    assert!(!s3.backends.values().any(|b| b.addr == v4_bytes([10, 0, 1, 2])));
     let s4 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
-    let all_before: BTreeSet<u32> = [&s1, &s2, &s3]
-        .iter()
-        .flat_map(|s| s.backends.keys().copied())
-        .collect();
+    let all_before: BTreeSet<u32> = [&s1, &s2, &s3].iter().flat_map(|s| s.backends.keys().copied()).collect();
     assert!(id_of(&s4, [10, 0, 1, 2]) > *all_before.iter().max().unwrap());
     // A deleted and re-created ServicePort gets fresh svc and table ids.
-    let only_b = desired(vec![(
-        spn("b", Protocol::Tcp),
-        sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)]),
-    )]);
+    let only_b = desired(vec![(spn("b", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)]))]);
     plan_state(&only_b, &mut ids);
     let s5 = plan_state(&one(&[ep("10.0.1.1", 80)]), &mut ids);
     assert!(s5.services[&a_key].svc_id > s4.services.values().map(|v| v.svc_id).max().unwrap());
-    assert!(
-        s5.services[&a_key].select_id > s4.services.values().map(|v| v.select_id).max().unwrap()
-    );
+    assert!(s5.services[&a_key].select_id > s4.services.values().map(|v| v.select_id).max().unwrap());
 }
 
 /// Point 55: one 16-byte address format for both families.
 #[test]
 fn addr16_round_trips_both_families() {
-    for s in [
-        "10.96.0.10",
-        "0.0.0.0",
-        "255.255.255.255",
-        "fd00::1",
-        "::1",
-        "2001:db8::cb00:71fa",
-    ] {
+    for s in ["10.96.0.10", "0.0.0.0", "255.255.255.255", "fd00::1", "::1", "2001:db8::cb00:71fa"] {
         assert_eq!(ip_from16(addr16(ip(s))), ip(s), "{s}");
     }
     assert_eq!(addr16(ip("10.96.0.10")), v4_bytes([10, 96, 0, 10]));
@@ -708,47 +526,23 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
     let mut ids = Ids::default();
     let old = plan_state(
         &desired(vec![
-            (
-                spn("keep", Protocol::Tcp),
-                sp(
-                    vec![cip("10.96.0.10", 80)],
-                    &[ep("10.0.1.1", 80), ep("10.0.1.2", 80)],
-                ),
-            ),
-            (
-                spn("gone", Protocol::Tcp),
-                sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)]),
-            ),
+            (spn("keep", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.1", 80), ep("10.0.1.2", 80)])),
+            (spn("gone", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)])),
         ]),
         &mut ids,
     );
     let new = plan_state(
         &desired(vec![
-            (
-                spn("keep", Protocol::Tcp),
-                sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.2", 80)]),
-            ),
-            (
-                spn("new", Protocol::Tcp),
-                sp(
-                    vec![cip("10.96.0.12", 80)],
-                    &[ep("10.0.3.1", 80), ep("10.0.3.2", 80)],
-                ),
-            ),
+            (spn("keep", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.2", 80)])),
+            (spn("new", Protocol::Tcp), sp(vec![cip("10.96.0.12", 80)], &[ep("10.0.3.1", 80), ep("10.0.3.2", 80)])),
         ]),
         &mut ids,
     );
     let ops = diff(&old, &new);
     let ranks: Vec<u8> = ops.iter().map(rank).collect();
-    assert!(
-        ranks.windows(2).all(|w| w[0] <= w[1]),
-        "ops out of order: {ops:#?}"
-    );
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "ops out of order: {ops:#?}");
     // Every kind of write occurs in this change (no source ranges are involved).
-    assert_eq!(
-        ranks.iter().copied().collect::<BTreeSet<u8>>(),
-        [1, 2, 3, 5, 6, 8, 9, 10].into_iter().collect::<BTreeSet<u8>>()
-    );
+    assert_eq!(ranks.iter().copied().collect::<BTreeSet<u8>>(), [1, 2, 3, 5, 6, 8, 9, 10].into_iter().collect::<BTreeSet<u8>>());
     assert_every_step_readable(&old, &new);
 }
 
@@ -760,48 +554,27 @@ fn diff_is_minimal() {
     let old = plan_state(&d, &mut ids);
     // Changing only web's affinity rewrites only web's frontends.
     let mut d2 = d.clone();
-    d2.services
-        .get_mut(&spn("web", Protocol::Tcp))
-        .unwrap()
-        .affinity_timeout_s = Some(60);
+    d2.services.get_mut(&spn("web", Protocol::Tcp)).unwrap().affinity_timeout_s = Some(60);
     let new = plan_state(&d2, &mut ids);
     let ops = diff(&old, &new);
     assert_eq!(ops.len(), 3, "{ops:#?}");
-    assert!(
-        ops.iter()
-            .all(|op| matches!(op, Op::PutService(_, v) if v.affinity_timeout_s == 60))
-    );
+    assert!(ops.iter().all(|op| matches!(op, Op::PutService(_, v) if v.affinity_timeout_s == 60)));
     // Adding one endpoint to dns/UDP: one backend, one slot, one service value.
     let mut d3 = d.clone();
-    d3.services
-        .get_mut(&spn("dns", Protocol::Udp))
-        .unwrap()
-        .internal
-        .endpoints
-        .push(ep("10.0.2.3", 53));
+    d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap().internal.endpoints.push(ep("10.0.2.3", 53));
     let ops = diff(&old, &plan_state(&d3, &mut ids));
     // One backend, its membership, one slot, one service value.
-    assert_eq!(
-        ops.iter().map(rank).collect::<Vec<_>>(),
-        [1, 2, 3, 5],
-        "{ops:#?}"
-    );
+    assert_eq!(ops.iter().map(rank).collect::<Vec<_>>(), [1, 2, 3, 5], "{ops:#?}");
 }
 
 /// Points 21, 60: scaling down lowers `slot_count` (PutService) before the tail slots go.
 #[test]
 fn diff_scaling_3_to_1_lowers_slot_count_before_deleting_the_tail() {
     let state = |eps: &[Endpoint]| {
-        desired(vec![(
-            spn("web", Protocol::Tcp),
-            sp(vec![cip("10.96.0.10", 80), np("192.168.0.10", 30080)], eps),
-        )])
+        desired(vec![(spn("web", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80), np("192.168.0.10", 30080)], eps))])
     };
     let mut ids = Ids::default();
-    let old = plan_state(
-        &state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
-        &mut ids,
-    );
+    let old = plan_state(&state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]), &mut ids);
     // Keep the middle one, so slot 0 is rewritten too.
     let new = plan_state(&state(&[ep("10.0.1.2", 80)]), &mut ids);
     let ops = diff(&old, &new);
@@ -811,59 +584,30 @@ fn diff_scaling_3_to_1_lowers_slot_count_before_deleting_the_tail() {
         .filter(|(_, op)| matches!(op, Op::PutService(_, v) if v.slot_count == 1))
         .map(|(i, _)| i)
         .collect();
-    let dels: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, op)| matches!(op, Op::DelSelect(k) if k.slot >= 1))
-        .map(|(i, _)| i)
-        .collect();
+    let dels: Vec<usize> =
+        ops.iter().enumerate().filter(|(_, op)| matches!(op, Op::DelSelect(k) if k.slot >= 1)).map(|(i, _)| i).collect();
     assert_eq!(puts.len(), 2, "both frontends get slot_count 1: {ops:#?}");
     assert_eq!(dels.len(), 4, "slots 1 and 2 of both tables go: {ops:#?}");
     assert!(puts.iter().max() < dels.iter().min(), "{ops:#?}");
     // The retargeted slot 0 is written before the services, removed backends go last.
-    let slot0 = ops
-        .iter()
-        .position(|op| matches!(op, Op::PutSelect(k, _) if k.slot == 0))
-        .expect("slot 0 retargeted");
+    let slot0 = ops.iter().position(|op| matches!(op, Op::PutSelect(k, _) if k.slot == 0)).expect("slot 0 retargeted");
     assert!(slot0 < *puts.iter().min().unwrap());
-    let first_del_backend = ops
-        .iter()
-        .position(|op| matches!(op, Op::DelBackend(_)))
-        .unwrap();
+    let first_del_backend = ops.iter().position(|op| matches!(op, Op::DelBackend(_))).unwrap();
     assert!(first_del_backend > *dels.iter().max().unwrap());
-    assert_eq!(
-        ops.iter()
-            .filter(|op| matches!(op, Op::DelBackend(_)))
-            .count(),
-        2
-    );
+    assert_eq!(ops.iter().filter(|op| matches!(op, Op::DelBackend(_))).count(), 2);
     assert_every_step_readable(&old, &new);
 }
 
 /// Points 21, 60: scaling up writes the new slots before raising `slot_count`.
 #[test]
 fn diff_scaling_1_to_3_writes_slots_before_raising_slot_count() {
-    let state = |eps: &[Endpoint]| {
-        desired(vec![(
-            spn("web", Protocol::Tcp),
-            sp(vec![cip("10.96.0.10", 80)], eps),
-        )])
-    };
+    let state = |eps: &[Endpoint]| desired(vec![(spn("web", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], eps))]);
     let mut ids = Ids::default();
     let old = plan_state(&state(&[ep("10.0.1.1", 80)]), &mut ids);
-    let new = plan_state(
-        &state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]),
-        &mut ids,
-    );
+    let new = plan_state(&state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]), &mut ids);
     let ops = diff(&old, &new);
-    let put_svc = ops
-        .iter()
-        .position(|op| matches!(op, Op::PutService(_, v) if v.slot_count == 3))
-        .expect("slot_count raised");
-    let last_slot = ops
-        .iter()
-        .rposition(|op| matches!(op, Op::PutSelect(..)))
-        .unwrap();
+    let put_svc = ops.iter().position(|op| matches!(op, Op::PutService(_, v) if v.slot_count == 3)).expect("slot_count raised");
+    let last_slot = ops.iter().rposition(|op| matches!(op, Op::PutSelect(..))).unwrap();
     assert!(last_slot < put_svc, "{ops:#?}");
     assert_every_step_readable(&old, &new);
 }
@@ -877,30 +621,16 @@ fn diff_every_intermediate_state_is_readable() {
     // web loses two endpoints and gains one, dns/UDP goes, a new service appears, lb changes
     // its external address, and a terminating endpoint becomes ready (flags change in place).
     {
-        let web = changed
-            .services
-            .get_mut(&spn("web", Protocol::Tcp))
-            .unwrap();
-        web.internal.endpoints = vec![
-            ep("10.0.1.2", 8080),
-            ep("10.0.1.3", 8080),
-            ep("10.0.1.7", 8080),
-        ];
+        let web = changed.services.get_mut(&spn("web", Protocol::Tcp)).unwrap();
+        web.internal.endpoints = vec![ep("10.0.1.2", 8080), ep("10.0.1.3", 8080), ep("10.0.1.7", 8080)];
         web.external = set(&[]);
     }
     changed.services.remove(&spn("dns", Protocol::Udp));
-    changed.services.insert(
-        spn("fresh", Protocol::Udp),
-        sp(
-            vec![cip("10.96.0.99", 53)],
-            &[ep("10.0.2.1", 53), ep("10.0.9.9", 53)],
-        ),
-    );
     changed
         .services
-        .get_mut(&spn("lb", Protocol::Tcp))
-        .unwrap()
-        .frontends[1] = fe("198.51.100.8", 443, FrontendKind::LoadBalancer);
+        .insert(spn("fresh", Protocol::Udp), sp(vec![cip("10.96.0.99", 53)], &[ep("10.0.2.1", 53), ep("10.0.9.9", 53)]));
+    changed.services.get_mut(&spn("lb", Protocol::Tcp)).unwrap().frontends[1] =
+        fe("198.51.100.8", 443, FrontendKind::LoadBalancer);
 
     let mut ids = Ids::default();
     let a = plan_state(&base, &mut ids);
@@ -918,13 +648,7 @@ fn apply_of_diff_turns_old_into_new() {
     let base = sample();
     let mut other = base.clone();
     other.services.remove(&spn("web", Protocol::Tcp));
-    other
-        .services
-        .get_mut(&spn("dns", Protocol::Tcp))
-        .unwrap()
-        .internal
-        .endpoints
-        .push(ep("10.0.2.2", 53));
+    other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.2.2", 53));
     let mut ids = Ids::default();
     let states = [
         MapState::default(),
@@ -951,13 +675,7 @@ fn point_59_adopt_after_restart_replans_the_same_state_with_zero_ops() {
     let d = sample();
     // The previous agent ran for a while, so ids are not simply 1..n.
     let mut old_ids = Ids::default();
-    plan_state(
-        &desired(vec![(
-            spn("x", Protocol::Tcp),
-            sp(vec![cip("10.96.9.9", 80)], &[ep("10.9.9.9", 80)]),
-        )]),
-        &mut old_ids,
-    );
+    plan_state(&desired(vec![(spn("x", Protocol::Tcp), sp(vec![cip("10.96.9.9", 80)], &[ep("10.9.9.9", 80)]))]), &mut old_ids);
     let pinned = plan_state(&d, &mut old_ids);
     // New process: fresh ids, adopt what is pinned.
     let mut ids = Ids::default();
@@ -974,37 +692,20 @@ fn point_59_adopt_then_change_allocates_ids_above_the_adopted_ones() {
     let mut ids = Ids::default();
     ids.adopt(&pinned, &d);
     let mut d2 = d.clone();
-    d2.services
-        .get_mut(&spn("web2", Protocol::Tcp))
-        .unwrap()
-        .internal
-        .endpoints
-        .push(ep("10.0.1.10", 8080));
-    d2.services.insert(
-        spn("late", Protocol::Tcp),
-        sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)]),
-    );
+    d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.1.10", 8080));
+    d2.services.insert(spn("late", Protocol::Tcp), sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)]));
     let st = plan_state(&d2, &mut ids);
     let max_backend = *pinned.backends.keys().max().unwrap();
     let max_svc = pinned.services.values().map(|v| v.svc_id).max().unwrap();
     let max_sel = pinned.services.values().map(|v| v.select_id).max().unwrap();
-    let new_backends: Vec<u32> = st
-        .backends
-        .keys()
-        .filter(|id| !pinned.backends.contains_key(id))
-        .copied()
-        .collect();
+    let new_backends: Vec<u32> = st.backends.keys().filter(|id| !pinned.backends.contains_key(id)).copied().collect();
     assert_eq!(new_backends.len(), 2);
     assert!(new_backends.iter().all(|id| *id > max_backend));
     let late = st.services[&key_of("10.96.0.77", 80, Protocol::Tcp)];
     assert!(late.svc_id > max_svc && late.select_id > max_sel);
     // Everything that was already right is left alone.
     let ops = diff(&pinned, &st);
-    assert!(
-        ops.iter()
-            .all(|op| !matches!(op, Op::DelBackend(_) | Op::DelSelect(_) | Op::DelService(_))),
-        "{ops:#?}"
-    );
+    assert!(ops.iter().all(|op| !matches!(op, Op::DelBackend(_) | Op::DelSelect(_) | Op::DelService(_))), "{ops:#?}");
     assert_every_step_readable(&pinned, &st);
 }
 
@@ -1018,10 +719,7 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     ids.adopt(&pinned, &d2);
     let st = plan_state(&d2, &mut ids);
     let ops = diff(&pinned, &st);
-    assert!(
-        ops.iter().all(|op| rank(op) >= 6),
-        "only deletes expected: {ops:#?}"
-    );
+    assert!(ops.iter().all(|op| rank(op) >= 6), "only deletes expected: {ops:#?}");
     // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
     // backend, one name.
     assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1 + 1, "{ops:#?}");
@@ -1032,30 +730,16 @@ fn point_59_adopt_never_gives_two_service_ports_the_same_ids() {
     // While the agent was down, service x's nodePort 30080 was changed to 30081 and the freed
     // 30080 was given to a new service a. The pinned maps still hold x's old entries.
     let x_before = sp(
-        vec![
-            cip("10.96.0.1", 80),
-            np("192.168.0.10", 30080),
-            fe("198.51.100.1", 80, FrontendKind::LoadBalancer),
-        ],
+        vec![cip("10.96.0.1", 80), np("192.168.0.10", 30080), fe("198.51.100.1", 80, FrontendKind::LoadBalancer)],
         &[ep("10.0.1.1", 8080)],
     );
     let pinned = plan(&desired(vec![(spn("x", Protocol::Tcp), x_before)]));
     let now = desired(vec![
-        (
-            spn("a", Protocol::Tcp),
-            sp(
-                vec![cip("10.96.0.2", 80), np("192.168.0.10", 30080)],
-                &[ep("10.0.9.1", 8080)],
-            ),
-        ),
+        (spn("a", Protocol::Tcp), sp(vec![cip("10.96.0.2", 80), np("192.168.0.10", 30080)], &[ep("10.0.9.1", 8080)])),
         (
             spn("x", Protocol::Tcp),
             sp(
-                vec![
-                    cip("10.96.0.1", 80),
-                    np("192.168.0.10", 30081),
-                    fe("198.51.100.1", 80, FrontendKind::LoadBalancer),
-                ],
+                vec![cip("10.96.0.1", 80), np("192.168.0.10", 30081), fe("198.51.100.1", 80, FrontendKind::LoadBalancer)],
                 &[ep("10.0.1.1", 8080)],
             ),
         ),
@@ -1065,73 +749,37 @@ fn point_59_adopt_never_gives_two_service_ports_the_same_ids() {
     let st = plan_state(&now, &mut ids);
     let tcp = Protocol::Tcp;
     // Each frontend reaches its own service's endpoints...
-    assert_eq!(
-        show(&resolve(&st, &key_of("192.168.0.10", 30080, tcp))),
-        ["10.0.9.1:8080/6"]
-    );
-    assert_eq!(
-        show(&resolve(&st, &key_of("198.51.100.1", 80, tcp))),
-        ["10.0.1.1:8080/6"]
-    );
+    assert_eq!(show(&resolve(&st, &key_of("192.168.0.10", 30080, tcp))), ["10.0.9.1:8080/6"]);
+    assert_eq!(show(&resolve(&st, &key_of("198.51.100.1", 80, tcp))), ["10.0.1.1:8080/6"]);
     // ...and the two ServicePorts have distinct affinity scopes and tables.
     let a = st.services[&key_of("10.96.0.2", 80, tcp)];
     let x = st.services[&key_of("10.96.0.1", 80, tcp)];
     assert_ne!(a.svc_id, x.svc_id);
-    let tables_a = [
-        a.select_id,
-        st.services[&key_of("192.168.0.10", 30080, tcp)].select_id,
-    ];
-    let tables_x = [
-        x.select_id,
-        st.services[&key_of("198.51.100.1", 80, tcp)].select_id,
-    ];
-    assert!(
-        tables_a.iter().all(|t| !tables_x.contains(t)),
-        "{tables_a:?} {tables_x:?}"
-    );
+    let tables_a = [a.select_id, st.services[&key_of("192.168.0.10", 30080, tcp)].select_id];
+    let tables_x = [x.select_id, st.services[&key_of("198.51.100.1", 80, tcp)].select_id];
+    assert!(tables_a.iter().all(|t| !tables_x.contains(t)), "{tables_a:?} {tables_x:?}");
 }
 
 #[test]
 fn point_59_adopt_when_ports_swapped_while_down_routes_correctly() {
     // Ports 80 and 81 of one Service swapped names while the agent was down: the adopted ids
     // swap with them, but every frontend must still reach its own endpoints.
-    let named = |name: &str| ServicePortName {
-        port_name: name.into(),
-        ..spn("svc", Protocol::Tcp)
-    };
+    let named = |name: &str| ServicePortName { port_name: name.into(), ..spn("svc", Protocol::Tcp) };
     let before = desired(vec![
-        (
-            named("p"),
-            sp(vec![cip("10.96.0.1", 80)], &[ep("10.0.1.1", 8080)]),
-        ),
-        (
-            named("q"),
-            sp(vec![cip("10.96.0.1", 81)], &[ep("10.0.1.1", 8081)]),
-        ),
+        (named("p"), sp(vec![cip("10.96.0.1", 80)], &[ep("10.0.1.1", 8080)])),
+        (named("q"), sp(vec![cip("10.96.0.1", 81)], &[ep("10.0.1.1", 8081)])),
     ]);
     let after = desired(vec![
-        (
-            named("p"),
-            sp(vec![cip("10.96.0.1", 81)], &[ep("10.0.1.1", 8080)]),
-        ),
-        (
-            named("q"),
-            sp(vec![cip("10.96.0.1", 80)], &[ep("10.0.1.1", 8081)]),
-        ),
+        (named("p"), sp(vec![cip("10.96.0.1", 81)], &[ep("10.0.1.1", 8080)])),
+        (named("q"), sp(vec![cip("10.96.0.1", 80)], &[ep("10.0.1.1", 8081)])),
     ]);
     let pinned = plan(&before);
     let mut ids = Ids::default();
     ids.adopt(&pinned, &after);
     let st = plan_state(&after, &mut ids);
     let tcp = Protocol::Tcp;
-    assert_eq!(
-        show(&resolve(&st, &key_of("10.96.0.1", 81, tcp))),
-        ["10.0.1.1:8080/6"]
-    );
-    assert_eq!(
-        show(&resolve(&st, &key_of("10.96.0.1", 80, tcp))),
-        ["10.0.1.1:8081/6"]
-    );
+    assert_eq!(show(&resolve(&st, &key_of("10.96.0.1", 81, tcp))), ["10.0.1.1:8080/6"]);
+    assert_eq!(show(&resolve(&st, &key_of("10.96.0.1", 80, tcp))), ["10.0.1.1:8081/6"]);
     assert_every_step_readable(&pinned, &st);
 }
 
@@ -1143,20 +791,12 @@ fn point_59_adopt_when_ports_swapped_while_down_routes_correctly() {
 /// same name, the same port, each with its family's frontends and endpoints.
 fn dual_stack() -> DesiredState {
     let mut lb6 = sp(
-        vec![
-            cip("fd00:96::10", 80),
-            np("fd00::10", 30080),
-            fe("2001:db8::7", 80, FrontendKind::LoadBalancer),
-        ],
+        vec![cip("fd00:96::10", 80), np("fd00::10", 30080), fe("2001:db8::7", 80, FrontendKind::LoadBalancer)],
         &[ep("fd00:1::1", 8080), ep("fd00:1::2", 8080)],
     );
     lb6.source_ranges = vec![Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 64 }];
     let mut lb4 = sp(
-        vec![
-            cip("10.96.0.10", 80),
-            np("192.168.0.10", 30080),
-            fe("198.51.100.7", 80, FrontendKind::LoadBalancer),
-        ],
+        vec![cip("10.96.0.10", 80), np("192.168.0.10", 30080), fe("198.51.100.7", 80, FrontendKind::LoadBalancer)],
         &[ep("10.0.1.1", 8080), ep("10.0.1.2", 8080)],
     );
     lb4.source_ranges = vec![Cidr { addr: ip("203.0.113.77"), prefix: 24 }];

@@ -1132,9 +1132,11 @@ fn routes_within(now: &MapState, a: &Allowed) -> Result<(), String> {
         let svc = now.services[&k].svc_id;
         let allowed = |x: &([u8; 16], u16, u8)| {
             [rb.get(&k), ra.get(&k), sb.get(&svc), sa.get(&svc)].iter().any(|s| s.unwrap_or(&empty).contains(x))
-                || contested.get(&svc).unwrap_or(&no_ids).iter().any(|o| {
-                    [sb.get(o), sa.get(o)].iter().any(|s| s.unwrap_or(&empty).contains(x))
-                })
+                || contested
+                    .get(&svc)
+                    .unwrap_or(&no_ids)
+                    .iter()
+                    .any(|o| [sb.get(o), sa.get(o)].iter().any(|s| s.unwrap_or(&empty).contains(x)))
         };
         if let Some(stray) = set.iter().find(|x| !allowed(x)) {
             return Err(format!(

@@ -44,20 +44,11 @@ pub enum SourceError {
 
 /// Every `*.yaml`/`*.yml`/`*.json` file of `dir`, sorted by name.
 pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let read = |source| SourceError::Read {
-        path: dir.to_owned(),
-        source,
-    };
+    let read = |source| SourceError::Read { path: dir.to_owned(), source };
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(read)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-        })
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
         .collect();
     files.sort();
     Ok(files)
@@ -68,30 +59,17 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
 pub fn load_dir(dir: &Path) -> Result<ClusterObjects, SourceError> {
     let mut objects = ClusterObjects::default();
     for path in manifest_files(dir)? {
-        let text = fs::read_to_string(&path).map_err(|source| SourceError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = fs::read_to_string(&path).map_err(|source| SourceError::Read { path: path.clone(), source })?;
         parse_into(&path, &text, &mut objects)?;
     }
     Ok(objects)
 }
 
 /// Parses the documents of one file into `objects`.
-pub fn parse_into(
-    path: &Path,
-    text: &str,
-    objects: &mut ClusterObjects,
-) -> Result<(), SourceError> {
+pub fn parse_into(path: &Path, text: &str, objects: &mut ClusterObjects) -> Result<(), SourceError> {
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let invalid = |field: String, message: String| SourceError::Invalid {
-            path: path.to_owned(),
-            doc: i + 1,
-            field,
-            message,
-        };
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| invalid("(document)".into(), e.to_string()))?;
+        let invalid = |field: String, message: String| SourceError::Invalid { path: path.to_owned(), doc: i + 1, field, message };
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| invalid("(document)".into(), e.to_string()))?;
         add_object(value, "", objects).map_err(|(f, m)| invalid(f, m))?;
     }
     Ok(())
@@ -101,19 +79,12 @@ pub fn parse_into(
 /// object sits in its document (`""` for the document itself, `items[2]` for an item of a
 /// List): errors name the field from the document's root, so with the document number of
 /// the caller they point at the offending line.
-fn add_object(
-    value: serde_yaml::Value,
-    at: &str,
-    objects: &mut ClusterObjects,
-) -> Result<(), (String, String)> {
+fn add_object(value: serde_yaml::Value, at: &str, objects: &mut ClusterObjects) -> Result<(), (String, String)> {
     let within = |(field, message): (String, String)| (field_at(at, &field), message);
     if value.is_null() {
         return Ok(()); // empty document (a trailing `---`) or empty item
     }
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .ok_or_else(|| within(("kind".into(), "missing".into())))?;
+    let kind = value.get("kind").and_then(|k| k.as_str()).ok_or_else(|| within(("kind".into(), "missing".into())))?;
     match kind {
         "Service" => {
             let svc: Service = typed(value).map_err(within)?;
@@ -123,11 +94,7 @@ fn add_object(
         "EndpointSlice" => objects.slices.push(Arc::new(typed(value).map_err(within)?)),
         "Node" => objects.nodes.push(Arc::new(typed(value).map_err(within)?)),
         "List" => {
-            let items = value
-                .get("items")
-                .and_then(|v| v.as_sequence())
-                .cloned()
-                .unwrap_or_default();
+            let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
             for (j, item) in items.into_iter().enumerate() {
                 add_object(item, &field_at(at, &format!("items[{j}]")), objects)?;
             }
@@ -151,14 +118,7 @@ fn field_at(at: &str, field: &str) -> String {
 fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        (
-            if field == "." {
-                "(document)".into()
-            } else {
-                field
-            },
-            e.into_inner().to_string(),
-        )
+        (if field == "." { "(document)".into() } else { field }, e.into_inner().to_string())
     })
 }
 
@@ -173,7 +133,8 @@ fn check_service(svc: &Service) -> Result<(), (String, String)> {
     if spec.type_.as_deref() != Some("ExternalName") && spec.cluster_ip.is_none() {
         return Err((
             "spec.clusterIP".into(),
-            "missing: in a cluster the API server assigns it, in a file it must be written (or \"None\" for a headless service)".into(),
+            "missing: in a cluster the API server assigns it, in a file it must be written (or \"None\" for a headless service)"
+                .into(),
         ));
     }
     Ok(())
@@ -221,49 +182,28 @@ metadata:
         parse_into(Path::new("kubia.yaml"), KUBIA, &mut o).unwrap();
         assert_eq!(o.services.len(), 1);
         assert_eq!(o.slices.len(), 1);
-        assert_eq!(
-            o.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
-            80
-        );
+        assert_eq!(o.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
     }
 
     #[test]
     fn a_bad_field_is_named_with_file_and_document() {
         let bad = KUBIA.replace("  - port: 80\n", "  - port: eighty\n");
-        let err = parse_into(
-            Path::new("dir/kubia.yaml"),
-            &bad,
-            &mut ClusterObjects::default(),
-        )
-        .unwrap_err();
+        let err = parse_into(Path::new("dir/kubia.yaml"), &bad, &mut ClusterObjects::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("dir/kubia.yaml: document 1: spec.ports[0].port:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("dir/kubia.yaml: document 1: spec.ports[0].port:"), "{msg}");
     }
 
     #[test]
     fn missing_cluster_ip_is_an_error_naming_the_field() {
         let bad = KUBIA.replace("  clusterIP: 10.96.0.10\n", "");
-        let err =
-            parse_into(Path::new("k.yaml"), &bad, &mut ClusterObjects::default()).unwrap_err();
+        let err = parse_into(Path::new("k.yaml"), &bad, &mut ClusterObjects::default()).unwrap_err();
         assert!(err.to_string().contains("spec.clusterIP"), "{err}");
     }
 
     #[test]
     fn missing_kind_is_an_error() {
-        let err = parse_into(
-            Path::new("k.yaml"),
-            "apiVersion: v1\nmetadata: {}\n",
-            &mut ClusterObjects::default(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("k.yaml: document 1: kind: missing"),
-            "{err}"
-        );
+        let err = parse_into(Path::new("k.yaml"), "apiVersion: v1\nmetadata: {}\n", &mut ClusterObjects::default()).unwrap_err();
+        assert!(err.to_string().contains("k.yaml: document 1: kind: missing"), "{err}");
     }
 
     /// README: an error names the file, the document and the field; for an item of a `List`
@@ -274,45 +214,22 @@ metadata:
             "{KUBIA}---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {{name: a}}\n\
              - apiVersion: v1\n  kind: Service\n  metadata: {{name: s}}\n  spec:\n    clusterIP: 10.96.0.1\n    ports: [{{port: eighty}}]\n"
         );
-        let err =
-            parse_into(Path::new("l.yaml"), &text, &mut ClusterObjects::default()).unwrap_err();
+        let err = parse_into(Path::new("l.yaml"), &text, &mut ClusterObjects::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("l.yaml: document 4: items[1].spec.ports[0].port:"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("l.yaml: document 4: items[1].spec.ports[0].port:"), "{msg}");
     }
 
     #[test]
     fn list_items_are_checked_like_documents_and_nested_lists_keep_their_path() {
         let nested = "kind: List\nitems:\n- kind: List\n  items:\n  - kind: Deployment\n  - kind: Service\n    metadata: {name: s}\n    spec: {}\n";
-        let err =
-            parse_into(Path::new("n.yaml"), nested, &mut ClusterObjects::default()).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("n.yaml: document 1: items[0].items[1].spec.clusterIP: missing"),
-            "{err}"
-        );
+        let err = parse_into(Path::new("n.yaml"), nested, &mut ClusterObjects::default()).unwrap_err();
+        assert!(err.to_string().starts_with("n.yaml: document 1: items[0].items[1].spec.clusterIP: missing"), "{err}");
         let no_kind = "kind: List\nitems:\n- kind: Node\n  metadata: {name: a}\n- apiVersion: v1\n";
-        let err =
-            parse_into(Path::new("k.yaml"), no_kind, &mut ClusterObjects::default()).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("k.yaml: document 1: items[1].kind: missing"),
-            "{err}"
-        );
+        let err = parse_into(Path::new("k.yaml"), no_kind, &mut ClusterObjects::default()).unwrap_err();
+        assert!(err.to_string().contains("k.yaml: document 1: items[1].kind: missing"), "{err}");
         let not_a_map = "kind: List\nitems:\n- 7\n";
-        let err = parse_into(
-            Path::new("k.yaml"),
-            not_a_map,
-            &mut ClusterObjects::default(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("document 1: items[0].kind: missing"),
-            "{err}"
-        );
+        let err = parse_into(Path::new("k.yaml"), not_a_map, &mut ClusterObjects::default()).unwrap_err();
+        assert!(err.to_string().contains("document 1: items[0].kind: missing"), "{err}");
     }
 
     #[test]
@@ -326,12 +243,7 @@ metadata:
 
     #[test]
     fn broken_yaml_is_an_error_naming_the_file() {
-        let err = parse_into(
-            Path::new("k.yaml"),
-            "kind: [",
-            &mut ClusterObjects::default(),
-        )
-        .unwrap_err();
+        let err = parse_into(Path::new("k.yaml"), "kind: [", &mut ClusterObjects::default()).unwrap_err();
         assert!(err.to_string().starts_with("k.yaml: document 1:"), "{err}");
     }
 }

@@ -40,8 +40,7 @@ use tracing::{debug, error, info, warn};
 use crate::source_file::ClusterObjects;
 
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
-pub const PROXY_LABEL_SELECTOR: &str =
-    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// How long [`KubeSource::changed`] waits after the first change so that the events of one
 /// burst (a rollout's slice updates arrive within a millisecond or two) are one sync. Short on
@@ -60,9 +59,7 @@ pub enum SourceKubeError {
         #[source]
         source: KubeconfigError,
     },
-    #[error(
-        "no Kubernetes client configuration (tried KUBECONFIG, ~/.kube/config and the in-cluster service account)"
-    )]
+    #[error("no Kubernetes client configuration (tried KUBECONFIG, ~/.kube/config and the in-cluster service account)")]
     Infer(#[source] InferConfigError),
     #[error("cannot build the Kubernetes client")]
     Client(#[source] kube::Error),
@@ -75,14 +72,9 @@ pub enum SourceKubeError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, SourceKubeError> {
     let config = match kubeconfig {
         Some(path) => {
-            let err = |source| SourceKubeError::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            };
+            let err = |source| SourceKubeError::Kubeconfig { path: path.to_owned(), source };
             let file = Kubeconfig::read_from(path).map_err(err)?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .map_err(err)?
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(err)?
         }
         None => Config::infer().await.map_err(SourceKubeError::Infer)?,
     };
@@ -105,28 +97,15 @@ impl KubeSource {
     /// when `node_name` is not empty, for this node's Node. Does no I/O itself: it succeeds
     /// while the API server is unreachable, and the reflectors keep retrying.
     pub async fn start(client: Client, node_name: &str) -> Result<Self, SourceKubeError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| SourceKubeError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SourceKubeError::NoRuntime)?;
         let (tx, changes) = watch::channel(0u64);
         let tx = Arc::new(tx);
         let mut tasks = Vec::new();
         let selected = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
-        let services = spawn_reflector(
-            &runtime,
-            Api::<Service>::all(client.clone()),
-            selected.clone(),
-            "services",
-            &tx,
-            &mut tasks,
-        );
-        let slices = spawn_reflector(
-            &runtime,
-            Api::<EndpointSlice>::all(client.clone()),
-            selected,
-            "endpointslices",
-            &tx,
-            &mut tasks,
-        );
+        let services =
+            spawn_reflector(&runtime, Api::<Service>::all(client.clone()), selected.clone(), "services", &tx, &mut tasks);
+        let slices =
+            spawn_reflector(&runtime, Api::<EndpointSlice>::all(client.clone()), selected, "endpointslices", &tx, &mut tasks);
         let nodes = (!node_name.is_empty()).then(|| {
             spawn_reflector(
                 &runtime,
@@ -137,13 +116,7 @@ impl KubeSource {
                 &mut tasks,
             )
         });
-        Ok(Self {
-            services,
-            slices,
-            nodes,
-            changes,
-            tasks,
-        })
+        Ok(Self { services, slices, nodes, changes, tasks })
     }
 
     /// Resolves once every reflector has completed its initial list (point 7: never program
@@ -198,8 +171,7 @@ impl Drop for KubeSource {
 fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
     let mut objects: Vec<Arc<K>> = store.state();
     objects.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref())
-            .cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+        (a.meta().namespace.as_deref(), a.meta().name.as_deref()).cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
     });
     objects
 }
@@ -218,10 +190,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer);
+    let stream = watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()).reflect(writer);
     let changes = changes.clone();
     tasks.push(runtime.spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -278,34 +247,20 @@ mod tests {
     fn selector_is_kube_proxys() {
         assert_eq!(
             PROXY_LABEL_SELECTOR,
-            format!(
-                "!{},!{}",
-                crate::compile::LABEL_SERVICE_PROXY_NAME,
-                crate::compile::LABEL_HEADLESS
-            )
+            format!("!{},!{}", crate::compile::LABEL_SERVICE_PROXY_NAME, crate::compile::LABEL_HEADLESS)
         );
     }
 
     #[tokio::test]
     async fn a_missing_kubeconfig_is_an_error_naming_it() {
-        let err = client(Some(Path::new("/nonexistent/lb-kubeconfig")))
-            .await
-            .err()
-            .expect("no such file");
-        assert!(
-            err.to_string()
-                .contains("cannot load kubeconfig /nonexistent/lb-kubeconfig"),
-            "{err}"
-        );
+        let err = client(Some(Path::new("/nonexistent/lb-kubeconfig"))).await.err().expect("no such file");
+        assert!(err.to_string().contains("cannot load kubeconfig /nonexistent/lb-kubeconfig"), "{err}");
     }
 
     #[test]
     fn start_outside_a_runtime_is_an_error() {
         // A client needs a runtime to be built; start is checked from a runtime-less thread.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = rt.block_on(async {
             let config = Config::new("http://127.0.0.1:1".parse().unwrap());
             Client::try_from(config).unwrap()

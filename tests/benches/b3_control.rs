@@ -126,7 +126,7 @@ fn log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
 /// Seconds from `start` to the last agent log line containing `needle`.
 fn last_log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
     let text = fs::read_to_string(log).ok()?;
-    let line = text.lines().filter(|l| l.contains(needle)).last()?;
+    let line = text.lines().filter(|l| l.contains(needle)).next_back()?;
     log_line_time(line, start)
 }
 
@@ -323,8 +323,10 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     let diff_ms = time(&mut || {
         ops = std::hint::black_box(diff(&before, &after)).len();
     });
-    Ok(json!({"snapshot_ms": snapshot_ms, "compile_ms": compile_ms, "full_compile_ms": full_compile_ms, "plan_ms": plan_ms, "diff_ms": diff_ms, "diff_ops": ops,
-              "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW)}))
+    Ok(
+        json!({"snapshot_ms": snapshot_ms, "compile_ms": compile_ms, "full_compile_ms": full_compile_ms, "plan_ms": plan_ms, "diff_ms": diff_ms, "diff_ops": ops,
+              "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW)}),
+    )
 }
 
 struct Sizes {

@@ -42,7 +42,16 @@ pub struct AgentOptions<'a> {
 impl<'a> AgentOptions<'a> {
     /// An agent for `node_ns` attached to `interfaces`, with nothing else.
     pub fn pods(node_ns: &'a Netns, node_name: &'a str, interfaces: Vec<String>) -> Self {
-        Self { node_ns, node_name, node_ips: vec![], interfaces, external: vec![], cgroup: None, extra_args: vec![], source: None }
+        Self {
+            node_ns,
+            node_name,
+            node_ips: vec![],
+            interfaces,
+            external: vec![],
+            cgroup: None,
+            extra_args: vec![],
+            source: None,
+        }
     }
 }
 
@@ -132,15 +141,15 @@ impl Agent {
     pub fn wait_services(&mut self, what: &str, pred: impl Fn(&[serde_json::Value]) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = &mut self.child {
-                if let Some(status) = child.try_wait()? {
-                    bail!("the agent exited ({status}) before {what}; log:\n{}", self.log_text());
-                }
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("the agent exited ({status}) before {what}; log:\n{}", self.log_text());
             }
-            if let Ok(serde_json::Value::Array(rows)) = self.dump("services") {
-                if pred(&rows) {
-                    return Ok(());
-                }
+            if let Ok(serde_json::Value::Array(rows)) = self.dump("services")
+                && pred(&rows)
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("timed out waiting for {what}; agent log:\n{}", self.log_text());

@@ -230,11 +230,7 @@ impl ApiServer {
             stats: Mutex::new(Stats::default()),
             log: Mutex::new(VecDeque::new()),
         });
-        let mut server = Self {
-            shared,
-            addr,
-            accept: None,
-        };
+        let mut server = Self { shared, addr, accept: None };
         server.spawn_acceptor(listener)?;
         Ok(server)
     }
@@ -271,8 +267,7 @@ impl ApiServer {
             "contexts": [{"name": "lb-test", "context": {"cluster": "lb-test", "user": "lb-test", "namespace": "default"}}],
             "current-context": "lb-test",
         });
-        std::fs::write(path, serde_json::to_string_pretty(&config)?)
-            .with_context(|| format!("writing {}", path.display()))
+        std::fs::write(path, serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Creates or replaces an object (by kind, namespace, name), with the API server's
@@ -289,15 +284,9 @@ impl ApiServer {
     }
 
     fn write(&self, mut object: Value, defaulting: bool) -> anyhow::Result<u64> {
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .context("object has no kind")?
-            .to_owned();
+        let kind = object.get("kind").and_then(Value::as_str).context("object has no kind")?.to_owned();
         let info = kind_info(&kind).with_context(|| format!("unsupported kind {kind}"))?;
-        let obj = object
-            .as_object_mut()
-            .context("object is not a JSON object")?;
+        let obj = object.as_object_mut().context("object is not a JSON object")?;
         match obj.get("apiVersion").and_then(Value::as_str) {
             None => {
                 obj.insert("apiVersion".into(), info.api_version.into());
@@ -305,24 +294,11 @@ impl ApiServer {
             Some(v) if v == info.api_version => {}
             Some(v) => bail!("{kind} has apiVersion {v}, expected {}", info.api_version),
         }
-        let meta = obj
-            .entry("metadata")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .context("metadata is not an object")?;
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .context("metadata.name is missing")?
-            .to_owned();
+        let meta = obj.entry("metadata").or_insert_with(|| json!({})).as_object_mut().context("metadata is not an object")?;
+        let name =
+            meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).context("metadata.name is missing")?.to_owned();
         let namespace = if info.namespaced {
-            let ns = meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .unwrap_or("default")
-                .to_owned();
+            let ns = meta.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("default").to_owned();
             meta.insert("namespace".into(), ns.clone().into());
             ns
         } else {
@@ -340,9 +316,7 @@ impl ApiServer {
                 _ => {}
             }
         }
-        let meta = object["metadata"]
-            .as_object_mut()
-            .context("metadata is not an object")?;
+        let meta = object["metadata"].as_object_mut().context("metadata is not an object")?;
         let old_meta = old.as_ref().and_then(|o| o.get("metadata"));
         let uid = match old_meta.and_then(|m| m.get("uid")) {
             Some(uid) => uid.clone(),
@@ -353,16 +327,11 @@ impl ApiServer {
             }
         };
         meta.insert("uid".into(), uid);
-        let created = old_meta
-            .and_then(|m| m.get("creationTimestamp"))
-            .cloned()
-            .unwrap_or_else(|| rfc3339(SystemTime::now()).into());
+        let created =
+            old_meta.and_then(|m| m.get("creationTimestamp")).cloned().unwrap_or_else(|| rfc3339(SystemTime::now()).into());
         meta.insert("creationTimestamp".into(), created);
         if let Some(old) = &old {
-            meta.insert(
-                "resourceVersion".into(),
-                old["metadata"]["resourceVersion"].clone(),
-            );
+            meta.insert("resourceVersion".into(), old["metadata"]["resourceVersion"].clone());
             if *old == object {
                 return Ok(resource_version_of(old));
             }
@@ -371,12 +340,7 @@ impl ApiServer {
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = rv.to_string().into();
         store.objects.insert(key, object.clone());
-        store.record(Change {
-            rv,
-            kind: info.kind,
-            old,
-            new: Some(object),
-        });
+        store.record(Change { rv, kind: info.kind, old, new: Some(object) });
         self.shared.cond.notify_all();
         Ok(rv)
     }
@@ -388,18 +352,10 @@ impl ApiServer {
         let ns = if info.namespaced { namespace } else { "" };
         let key: Key = (info.kind, ns.to_owned(), name.to_owned());
         let mut store = lock(&self.shared.store);
-        let old = store
-            .objects
-            .remove(&key)
-            .with_context(|| format!("{kind} {namespace}/{name} not found"))?;
+        let old = store.objects.remove(&key).with_context(|| format!("{kind} {namespace}/{name} not found"))?;
         store.rv += 1;
         let rv = store.rv;
-        store.record(Change {
-            rv,
-            kind: info.kind,
-            old: Some(old),
-            new: None,
-        });
+        store.record(Change { rv, kind: info.kind, old: Some(old), new: None });
         self.shared.cond.notify_all();
         Ok(rv)
     }
@@ -408,10 +364,7 @@ impl ApiServer {
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let info = kind_info(kind)?;
         let ns = if info.namespaced { namespace } else { "" };
-        lock(&self.shared.store)
-            .objects
-            .get(&(info.kind, ns.to_owned(), name.to_owned()))
-            .cloned()
+        lock(&self.shared.store).objects.get(&(info.kind, ns.to_owned(), name.to_owned())).cloned()
     }
 
     /// The current (latest) resourceVersion.
@@ -554,25 +507,14 @@ impl Store {
         }
     }
 
-    fn objects_of<'a>(
-        &'a self,
-        kind: &'static str,
-        filter: &'a Filter,
-    ) -> impl Iterator<Item = &'a Value> + 'a {
-        self.objects
-            .iter()
-            .filter(move |((k, _, _), v)| *k == kind && filter.matches(v))
-            .map(|(_, v)| v)
+    fn objects_of<'a>(&'a self, kind: &'static str, filter: &'a Filter) -> impl Iterator<Item = &'a Value> + 'a {
+        self.objects.iter().filter(move |((k, _, _), v)| *k == kind && filter.matches(v)).map(|(_, v)| v)
     }
 
     /// The objects of `kind` as they were at `rv` (which must be `>= floor`).
     fn state_at(&self, kind: &'static str, rv: u64) -> BTreeMap<Key, Value> {
-        let mut state: BTreeMap<Key, Value> = self
-            .objects
-            .iter()
-            .filter(|((k, _, _), _)| *k == kind)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut state: BTreeMap<Key, Value> =
+            self.objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(k, v)| (k.clone(), v.clone())).collect();
         for change in self.history.iter().rev() {
             if change.rv <= rv {
                 break;
@@ -624,10 +566,7 @@ fn key_of(kind: &'static str, obj: &Value) -> Key {
 }
 
 fn resource_version_of(obj: &Value) -> u64 {
-    obj["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -646,12 +585,8 @@ fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
         .iter()
         .filter(|((k, _, _), _)| *k == "Service")
         .flat_map(|(_, v)| {
-            let mut ports: Vec<u64> = v["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["nodePort"].as_u64())
-                .collect();
+            let mut ports: Vec<u64> =
+                v["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_u64()).collect();
             ports.extend(v["spec"]["healthCheckNodePort"].as_u64());
             ports
         })
@@ -668,22 +603,10 @@ fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
     let Some(s) = spec.as_object_mut() else {
         return;
     };
-    let ty = s
-        .entry("type")
-        .or_insert_with(|| "ClusterIP".into())
-        .as_str()
-        .unwrap_or("ClusterIP")
-        .to_owned();
-    let affinity = s
-        .entry("sessionAffinity")
-        .or_insert_with(|| "None".into())
-        .as_str()
-        .unwrap_or("None")
-        .to_owned();
+    let ty = s.entry("type").or_insert_with(|| "ClusterIP".into()).as_str().unwrap_or("ClusterIP").to_owned();
+    let affinity = s.entry("sessionAffinity").or_insert_with(|| "None".into()).as_str().unwrap_or("None").to_owned();
     if affinity == "ClientIP" {
-        let cfg = s
-            .entry("sessionAffinityConfig")
-            .or_insert_with(|| json!({}));
+        let cfg = s.entry("sessionAffinityConfig").or_insert_with(|| json!({}));
         if cfg["clientIP"]["timeoutSeconds"].is_null() {
             cfg["clientIP"]["timeoutSeconds"] = 10_800.into();
         }
@@ -691,8 +614,7 @@ fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
         s.remove("sessionAffinityConfig");
     }
     let node_ports = matches!(ty.as_str(), "NodePort" | "LoadBalancer")
-        && !(ty == "LoadBalancer"
-            && s.get("allocateLoadBalancerNodePorts") == Some(&Value::Bool(false)));
+        && !(ty == "LoadBalancer" && s.get("allocateLoadBalancerNodePorts") == Some(&Value::Bool(false)));
     if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             if p.get("protocol").is_none_or(Value::is_null) {
@@ -718,28 +640,19 @@ fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
         return;
     }
     if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
-        s.entry("externalTrafficPolicy")
-            .or_insert_with(|| "Cluster".into());
+        s.entry("externalTrafficPolicy").or_insert_with(|| "Cluster".into());
     }
     if ty == "LoadBalancer" {
-        s.entry("allocateLoadBalancerNodePorts")
-            .or_insert_with(|| true.into());
+        s.entry("allocateLoadBalancerNodePorts").or_insert_with(|| true.into());
         if s.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
-            && s.get("healthCheckNodePort")
-                .is_none_or(|n| n.is_null() || n == 0)
+            && s.get("healthCheckNodePort").is_none_or(|n| n.is_null() || n == 0)
         {
-            let np = old_spec
-                .and_then(|os| os["healthCheckNodePort"].as_u64())
-                .unwrap_or_else(|| u64::from(alloc_port(store)));
+            let np = old_spec.and_then(|os| os["healthCheckNodePort"].as_u64()).unwrap_or_else(|| u64::from(alloc_port(store)));
             s.insert("healthCheckNodePort".into(), np.into());
         }
     }
-    s.entry("internalTrafficPolicy")
-        .or_insert_with(|| "Cluster".into());
-    if s.get("clusterIP")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+    s.entry("internalTrafficPolicy").or_insert_with(|| "Cluster".into());
+    if s.get("clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
         let ip = match old_spec.and_then(|os| os["clusterIP"].as_str()) {
             Some(ip) if !ip.is_empty() => ip.to_owned(),
             _ => loop {
@@ -757,17 +670,11 @@ fn default_service(obj: &mut Value, old: Option<&Value>, store: &mut Store) {
         s.insert("clusterIPs".into(), json!([cluster_ip]));
     }
     if s.get("ipFamilies").is_none_or(Value::is_null) {
-        let family = if cluster_ip.contains(':') {
-            "IPv6"
-        } else {
-            "IPv4"
-        };
+        let family = if cluster_ip.contains(':') { "IPv6" } else { "IPv4" };
         s.insert("ipFamilies".into(), json!([family]));
     }
-    s.entry("ipFamilyPolicy")
-        .or_insert_with(|| "SingleStack".into());
-    o.entry("status")
-        .or_insert_with(|| json!({"loadBalancer": {}}));
+    s.entry("ipFamilyPolicy").or_insert_with(|| "SingleStack".into());
+    o.entry("status").or_insert_with(|| json!({"loadBalancer": {}}));
 }
 
 fn default_endpoint_slice(obj: &mut Value) {
@@ -775,12 +682,7 @@ fn default_endpoint_slice(obj: &mut Value) {
     // `endpoints` and `ports` have no omitempty: a nil slice is served as null.
     o.entry("endpoints").or_insert(Value::Null);
     let ports = o.entry("ports").or_insert(Value::Null);
-    for p in ports
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object_mut)
-    {
+    for p in ports.as_array_mut().into_iter().flatten().filter_map(Value::as_object_mut) {
         if p.get("protocol").is_none_or(Value::is_null) {
             p.insert("protocol".into(), "TCP".into());
         }
@@ -819,27 +721,15 @@ impl LabelReq {
 
 fn label_key(k: &str) -> Result<String, String> {
     let k = k.trim();
-    let ok = !k.is_empty()
-        && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if ok {
-        Ok(k.to_owned())
-    } else {
-        Err(format!("invalid label key {k:?}"))
-    }
+    let ok =
+        !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok { Ok(k.to_owned()) } else { Err(format!("invalid label key {k:?}")) }
 }
 
 fn label_value(v: &str) -> Result<String, String> {
     let v = v.trim();
-    let ok = v.len() <= 63
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(format!("invalid label value {v:?}"))
-    }
+    let ok = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(v.to_owned()) } else { Err(format!("invalid label value {v:?}")) }
 }
 
 fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
@@ -880,17 +770,12 @@ fn parse_label_term(t: &str) -> Result<LabelReq, String> {
         return Ok(LabelReq::NotExists(label_key(k)?));
     }
     if let Some(open) = t.find('(') {
-        let inner = t[open + 1..]
-            .strip_suffix(')')
-            .ok_or_else(|| format!("expected ')' at the end of {t:?}"))?;
+        let inner = t[open + 1..].strip_suffix(')').ok_or_else(|| format!("expected ')' at the end of {t:?}"))?;
         let head = t[..open].trim();
         let (k, op) = head
             .rsplit_once(char::is_whitespace)
             .ok_or_else(|| format!("expected 'key in (...)' or 'key notin (...)', got {t:?}"))?;
-        let values = inner
-            .split(',')
-            .map(label_value)
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = inner.split(',').map(label_value).collect::<Result<Vec<_>, _>>()?;
         return match op {
             "in" => Ok(LabelReq::In(label_key(k)?, values)),
             "notin" => Ok(LabelReq::NotIn(label_key(k)?, values)),
@@ -927,22 +812,13 @@ fn parse_field_selector(s: &str, info: &KindInfo) -> Result<Vec<FieldReq>, Strin
         } else if let Some((p, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
             (p, v, false)
         } else {
-            return Err(format!(
-                "invalid field selector {t:?}: expected field=value"
-            ));
+            return Err(format!("invalid field selector {t:?}: expected field=value"));
         };
         let path = path.trim();
         if !matches!(path, "metadata.name" | "metadata.namespace") && !info.fields.contains(&path) {
-            return Err(format!(
-                "field label not supported: {path} (for {})",
-                info.plural
-            ));
+            return Err(format!("field label not supported: {path} (for {})", info.plural));
         }
-        out.push(FieldReq {
-            path: path.to_owned(),
-            value: value.trim().to_owned(),
-            negate,
-        });
+        out.push(FieldReq { path: path.to_owned(), value: value.trim().to_owned(), negate });
     }
     Ok(out)
 }
@@ -1034,12 +910,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         Some((p, q)) => (p.to_owned(), q.to_owned()),
         None => (target, String::new()),
     };
-    Ok(Some(Request {
-        method,
-        path,
-        query,
-        close,
-    }))
+    Ok(Some(Request { method, path, query, close }))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -1050,10 +921,7 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(byte) => {
                         out.push(byte);
                         i += 2;
@@ -1133,12 +1001,7 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-fn respond_bytes(
-    out: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &[u8],
-) -> io::Result<()> {
+fn respond_bytes(out: &mut TcpStream, code: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
     let mut msg = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\n\r\n",
         reason_phrase(code),
@@ -1168,11 +1031,7 @@ fn write_event(out: &mut TcpStream, event: &Value) -> io::Result<()> {
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, generation: u64) {
     while shared.generation.load(Ordering::SeqCst) == generation {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&raw mut pfd, 1, 50) };
         let Ok((stream, _)) = listener.accept() else {
@@ -1190,12 +1049,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, generation: u64) {
         lock(&shared.conns).insert(id, registered);
         lock(&shared.stats).connections += 1;
         let sh = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("apiserver-conn-{id}"))
-            .spawn(move || {
-                let _ = serve_connection(&sh, stream, generation);
-                lock(&sh.conns).remove(&id);
-            });
+        let spawned = std::thread::Builder::new().name(format!("apiserver-conn-{id}")).spawn(move || {
+            let _ = serve_connection(&sh, stream, generation);
+            lock(&sh.conns).remove(&id);
+        });
         if let Ok(handle) = spawned {
             let mut threads = lock(&shared.threads);
             threads.retain(|t| !t.is_finished());
@@ -1232,15 +1089,8 @@ fn serve_connection(shared: &Shared, stream: TcpStream, generation: u64) -> io::
 enum Route {
     Json(Value),
     Text(&'static str),
-    Collection {
-        info: &'static KindInfo,
-        namespace: Option<String>,
-    },
-    Object {
-        info: &'static KindInfo,
-        namespace: Option<String>,
-        name: String,
-    },
+    Collection { info: &'static KindInfo, namespace: Option<String> },
+    Object { info: &'static KindInfo, namespace: Option<String>, name: String },
     NotFound,
 }
 
@@ -1279,30 +1129,16 @@ fn route(path: &str, port: u16) -> Route {
         };
         match (rest, info.namespaced) {
             ([plural], _) if *plural == info.plural => {
-                return Route::Collection {
-                    info,
-                    namespace: None,
-                };
+                return Route::Collection { info, namespace: None };
             }
             ([plural, name], false) if *plural == info.plural => {
-                return Route::Object {
-                    info,
-                    namespace: None,
-                    name: (*name).to_owned(),
-                };
+                return Route::Object { info, namespace: None, name: (*name).to_owned() };
             }
             (["namespaces", ns, plural], true) if *plural == info.plural => {
-                return Route::Collection {
-                    info,
-                    namespace: Some((*ns).to_owned()),
-                };
+                return Route::Collection { info, namespace: Some((*ns).to_owned()) };
             }
             (["namespaces", ns, plural, name], true) if *plural == info.plural => {
-                return Route::Object {
-                    info,
-                    namespace: Some((*ns).to_owned()),
-                    name: (*name).to_owned(),
-                };
+                return Route::Object { info, namespace: Some((*ns).to_owned()), name: (*name).to_owned() };
             }
             _ => {}
         }
@@ -1339,19 +1175,9 @@ fn resource_list(group_version: &str) -> Value {
 }
 
 /// Serves one request. Returns whether the connection may be reused.
-fn dispatch(
-    shared: &Shared,
-    out: &mut TcpStream,
-    req: &Request,
-    generation: u64,
-) -> io::Result<bool> {
+fn dispatch(shared: &Shared, out: &mut TcpStream, req: &Request, generation: u64) -> io::Result<bool> {
     if req.method != "GET" {
-        respond_status(
-            out,
-            405,
-            "MethodNotAllowed",
-            &format!("the test API server only serves GET, not {}", req.method),
-        )?;
+        respond_status(out, 405, "MethodNotAllowed", &format!("the test API server only serves GET, not {}", req.method))?;
         return Ok(true);
     }
     let q = match Query::parse(&req.query) {
@@ -1364,30 +1190,16 @@ fn dispatch(
     match route(&req.path, shared.port) {
         Route::Json(v) => respond(out, 200, &v)?,
         Route::Text(t) => respond_bytes(out, 200, "text/plain; charset=utf-8", t.as_bytes())?,
-        Route::NotFound => respond_status(
-            out,
-            404,
-            "NotFound",
-            &format!(
-                "the server could not find the requested resource ({})",
-                req.path
-            ),
-        )?,
-        Route::Object {
-            info,
-            namespace,
-            name,
-        } => {
+        Route::NotFound => {
+            respond_status(out, 404, "NotFound", &format!("the server could not find the requested resource ({})", req.path))?
+        }
+        Route::Object { info, namespace, name } => {
             let key: Key = (info.kind, namespace.unwrap_or_default(), name.clone());
             let obj = lock(&shared.store).objects.get(&key).cloned();
             match obj {
                 Some(o) => respond(out, 200, &o)?,
                 None => {
-                    let mut st = status(
-                        404,
-                        "NotFound",
-                        &format!("{} \"{name}\" not found", info.plural),
-                    );
+                    let mut st = status(404, "NotFound", &format!("{} \"{name}\" not found", info.plural));
                     st["details"] = json!({"name": name, "kind": info.plural});
                     respond(out, 404, &st)?;
                 }
@@ -1397,11 +1209,7 @@ fn dispatch(
             let labels = parse_label_selector(q.label_selector.as_deref().unwrap_or(""));
             let fields = parse_field_selector(q.field_selector.as_deref().unwrap_or(""), info);
             let filter = match (labels, fields) {
-                (Ok(labels), Ok(fields)) => Filter {
-                    namespace,
-                    labels,
-                    fields,
-                },
+                (Ok(labels), Ok(fields)) => Filter { namespace, labels, fields },
                 (Err(m), _) | (_, Err(m)) => {
                     respond_status(out, 400, "BadRequest", &m)?;
                     return Ok(true);
@@ -1418,32 +1226,20 @@ fn dispatch(
 }
 
 /// Waits (briefly) until the server has reached `rv`. False: still too large.
-fn wait_for_rv<'a>(
-    shared: &'a Shared,
-    mut store: MutexGuard<'a, Store>,
-    rv: u64,
-) -> (MutexGuard<'a, Store>, bool) {
+fn wait_for_rv<'a>(shared: &'a Shared, mut store: MutexGuard<'a, Store>, rv: u64) -> (MutexGuard<'a, Store>, bool) {
     let deadline = Instant::now() + TOO_LARGE_RV_WAIT;
     while store.rv < rv {
         let now = Instant::now();
         if now >= deadline {
             return (store, false);
         }
-        store = shared
-            .cond
-            .wait_timeout(store, deadline - now)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
+        store = shared.cond.wait_timeout(store, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
     }
     (store, true)
 }
 
 fn too_large(rv: u64) -> (u16, Value) {
-    let mut st = status(
-        504,
-        "Timeout",
-        &format!("Too large resource version: {rv}, current resource version unknown"),
-    );
+    let mut st = status(504, "Timeout", &format!("Too large resource version: {rv}, current resource version unknown"));
     st["details"] = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1});
     (504, st)
 }
@@ -1460,23 +1256,13 @@ fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q: &Query) ->
         Some(s) => match s.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                return (
-                    400,
-                    status(400, "BadRequest", &format!("invalid resourceVersion {s:?}")),
-                );
+                return (400, status(400, "BadRequest", &format!("invalid resourceVersion {s:?}")));
             }
         },
     };
     let (rv, mut items): (u64, VecDeque<Value>) = if let Some(token) = &q.continue_token {
         if requested.is_some() {
-            return (
-                400,
-                status(
-                    400,
-                    "BadRequest",
-                    "specifying resource version is not allowed when using continue",
-                ),
-            );
+            return (400, status(400, "BadRequest", "specifying resource version is not allowed when using continue"));
         }
         let Some(i) = store.continuations.iter().position(|c| &c.token == token) else {
             lock(&shared.stats).expired += 1;
@@ -1489,23 +1275,13 @@ fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q: &Query) ->
                 ),
             );
         };
-        let c = store
-            .continuations
-            .remove(i)
-            .unwrap_or_else(|| unreachable!());
+        let c = store.continuations.remove(i).unwrap_or_else(|| unreachable!());
         (c.rv, c.remaining)
     } else {
         let exact = q.resource_version_match.as_deref() == Some("Exact");
         match requested {
             Some(0) if exact => {
-                return (
-                    422,
-                    status(
-                        422,
-                        "Invalid",
-                        "resourceVersionMatch: Exact requires a non-zero resourceVersion",
-                    ),
-                );
+                return (422, status(422, "Invalid", "resourceVersionMatch: Exact requires a non-zero resourceVersion"));
             }
             Some(n) if n != 0 => {
                 let (s, reached) = wait_for_rv(shared, store, n);
@@ -1519,27 +1295,10 @@ fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q: &Query) ->
         match requested {
             Some(n) if exact && n < store.floor => {
                 lock(&shared.stats).expired += 1;
-                return (
-                    410,
-                    status(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {n} ({})", store.floor),
-                    ),
-                );
+                return (410, status(410, "Expired", &format!("too old resource version: {n} ({})", store.floor)));
             }
-            Some(n) if exact => (
-                n,
-                store
-                    .state_at(info.kind, n)
-                    .into_values()
-                    .filter(|o| filter.matches(o))
-                    .collect(),
-            ),
-            _ => (
-                store.rv,
-                store.objects_of(info.kind, filter).cloned().collect(),
-            ),
+            Some(n) if exact => (n, store.state_at(info.kind, n).into_values().filter(|o| filter.matches(o)).collect()),
+            _ => (store.rv, store.objects_of(info.kind, filter).cloned().collect()),
         }
     };
     // Built-in list responses omit the items' kind and apiVersion.
@@ -1556,11 +1315,7 @@ fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q: &Query) ->
         store.next_token += 1;
         metadata["continue"] = token.clone().into();
         metadata["remainingItemCount"] = rest.len().into();
-        store.continuations.push_back(Continuation {
-            token,
-            rv,
-            remaining: rest,
-        });
+        store.continuations.push_back(Continuation { token, rv, remaining: rest });
         while store.continuations.len() > MAX_CONTINUATIONS {
             store.continuations.pop_front();
         }
@@ -1611,30 +1366,15 @@ fn serve_watch(
     lock(&shared.stats).watches += 1;
     if q.send_initial_events {
         if q.resource_version_match.as_deref() != Some("NotOlderThan") {
-            respond_status(
-                out,
-                422,
-                "Invalid",
-                "sendInitialEvents requires resourceVersionMatch=NotOlderThan",
-            )?;
+            respond_status(out, 422, "Invalid", "sendInitialEvents requires resourceVersionMatch=NotOlderThan")?;
             return Ok(true);
         }
         if !q.bookmarks {
-            respond_status(
-                out,
-                422,
-                "Invalid",
-                "sendInitialEvents requires allowWatchBookmarks=true",
-            )?;
+            respond_status(out, 422, "Invalid", "sendInitialEvents requires allowWatchBookmarks=true")?;
             return Ok(true);
         }
     } else if q.resource_version_match.is_some() {
-        respond_status(
-            out,
-            422,
-            "Invalid",
-            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-        )?;
+        respond_status(out, 422, "Invalid", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")?;
         return Ok(true);
     }
     let requested = match q.resource_version.as_deref().filter(|s| !s.is_empty()) {
@@ -1642,20 +1382,12 @@ fn serve_watch(
         Some(s) => match s.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                respond_status(
-                    out,
-                    400,
-                    "BadRequest",
-                    &format!("invalid resourceVersion {s:?}"),
-                )?;
+                respond_status(out, 400, "BadRequest", &format!("invalid resourceVersion {s:?}"))?;
                 return Ok(true);
             }
         },
     };
-    let timeout = q
-        .timeout_seconds
-        .filter(|&t| t > 0)
-        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let timeout = q.timeout_seconds.filter(|&t| t > 0).map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
     let deadline = Instant::now() + timeout;
 
     let mut store = lock(&shared.store);
@@ -1685,11 +1417,7 @@ fn serve_watch(
             }
         }
         _ => {
-            first.extend(
-                store
-                    .objects_of(info.kind, filter)
-                    .map(|o| json!({"type": "ADDED", "object": o})),
-            );
+            first.extend(store.objects_of(info.kind, filter).map(|o| json!({"type": "ADDED", "object": o})));
             if q.send_initial_events {
                 first.push(bookmark(info, cursor, true));
             }
@@ -1726,11 +1454,7 @@ fn serve_watch(
                 }
                 if cursor < store.floor {
                     // Fell out of the retained history while streaming.
-                    let st = status(
-                        410,
-                        "Expired",
-                        &format!("too old resource version: {cursor} ({})", store.floor),
-                    );
+                    let st = status(410, "Expired", &format!("too old resource version: {cursor} ({})", store.floor));
                     lock(&shared.stats).expired += 1;
                     break Next::End(vec![json!({"type": "ERROR", "object": st})]);
                 }
@@ -1794,12 +1518,7 @@ fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -1815,11 +1534,7 @@ mod tests {
         fn get(server: &ApiServer, target: &str) -> (Self, u16, Vec<(String, String)>) {
             let mut s = TcpStream::connect(server.addr()).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            write!(
-                s,
-                "GET {target} HTTP/1.1\r\nHost: test\r\nAccept: application/json\r\n\r\n"
-            )
-            .unwrap();
+            write!(s, "GET {target} HTTP/1.1\r\nHost: test\r\nAccept: application/json\r\n\r\n").unwrap();
             let mut reader = BufReader::new(s);
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
@@ -1841,13 +1556,7 @@ mod tests {
         /// A non-streaming request: status and JSON body.
         fn json(server: &ApiServer, target: &str) -> (u16, Value) {
             let (mut c, code, headers) = Self::get(server, target);
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .unwrap()
-                .1
-                .parse()
-                .unwrap();
+            let len: usize = headers.iter().find(|(k, _)| k == "content-length").unwrap().1.parse().unwrap();
             let mut body = vec![0; len];
             c.reader.read_exact(&mut body).unwrap();
             (code, serde_json::from_slice(&body).unwrap())
@@ -1867,11 +1576,7 @@ mod tests {
             }
             let mut chunk = vec![0; size + 2];
             self.reader.read_exact(&mut chunk).unwrap();
-            assert!(
-                chunk.ends_with(b"\n\r\n"),
-                "{:?}",
-                String::from_utf8_lossy(&chunk)
-            );
+            assert!(chunk.ends_with(b"\n\r\n"), "{:?}", String::from_utf8_lossy(&chunk));
             let line = &chunk[..size - 1];
             assert!(!line.contains(&b'\n'), "one event per line");
             Some(serde_json::from_slice(line).unwrap())
@@ -1897,11 +1602,7 @@ mod tests {
     }
 
     fn rv(v: &Value) -> u64 {
-        v["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
+        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
     }
 
     #[test]
@@ -1918,10 +1619,7 @@ mod tests {
         assert_eq!(rv(&list), last);
         let items = list["items"].as_array().unwrap();
         assert_eq!(items.len(), 2);
-        assert!(
-            items[0].get("kind").is_none(),
-            "built-in lists omit item kinds"
-        );
+        assert!(items[0].get("kind").is_none(), "built-in lists omit item kinds");
         assert!(list["metadata"].get("continue").is_none());
         let (_, ns) = Conn::json(&server, "/api/v1/namespaces/other/services");
         assert_eq!(ns["items"].as_array().unwrap().len(), 1);
@@ -1946,20 +1644,10 @@ mod tests {
         let token = p1["metadata"]["continue"].as_str().unwrap().to_owned();
         assert_eq!(p1["metadata"]["remainingItemCount"], 3);
         server.delete("Service", "default", "s4").unwrap();
-        let (_, p2) = Conn::json(
-            &server,
-            &format!("/api/v1/services?&limit=2&continue={token}"),
-        );
-        assert_eq!(
-            rv(&p2),
-            rv(&p1),
-            "every page reports the list resourceVersion"
-        );
+        let (_, p2) = Conn::json(&server, &format!("/api/v1/services?&limit=2&continue={token}"));
+        assert_eq!(rv(&p2), rv(&p1), "every page reports the list resourceVersion");
         let token2 = p2["metadata"]["continue"].as_str().unwrap().to_owned();
-        let (_, p3) = Conn::json(
-            &server,
-            &format!("/api/v1/services?&limit=2&continue={token2}"),
-        );
+        let (_, p3) = Conn::json(&server, &format!("/api/v1/services?&limit=2&continue={token2}"));
         assert!(p3["metadata"].get("continue").is_none());
         let names: Vec<_> = [&p1, &p2, &p3]
             .iter()
@@ -1978,19 +1666,13 @@ mod tests {
         let rv1 = server.apply(svc("a", json!({"v": "1"}))).unwrap();
         server.apply(svc("a", json!({"v": "2"}))).unwrap();
         server.apply(svc("b", json!({}))).unwrap();
-        let (_, old) = Conn::json(
-            &server,
-            &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"),
-        );
+        let (_, old) = Conn::json(&server, &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"));
         assert_eq!(rv(&old), rv1);
         let items = old["items"].as_array().unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0]["metadata"]["labels"]["v"], "1");
         server.compact();
-        let (code, _) = Conn::json(
-            &server,
-            &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"),
-        );
+        let (code, _) = Conn::json(&server, &format!("/api/v1/services?resourceVersion={rv1}&resourceVersionMatch=Exact"));
         assert_eq!(code, 410);
     }
 
@@ -2001,9 +1683,7 @@ mod tests {
         let rv1 = server.apply(svc("b", json!({}))).unwrap();
         let (mut w, code, headers) = Conn::get(
             &server,
-            &format!(
-                "/api/v1/namespaces/default/services?&watch=true&timeoutSeconds=30&resourceVersion={rv0}"
-            ),
+            &format!("/api/v1/namespaces/default/services?&watch=true&timeoutSeconds=30&resourceVersion={rv0}"),
         );
         assert_eq!(code, 200);
         assert!(headers.contains(&("transfer-encoding".into(), "chunked".into())));
@@ -2013,22 +1693,12 @@ mod tests {
         assert_eq!(e["object"]["apiVersion"], "v1");
         let rv2 = server.apply(svc("a", json!({"x": "y"}))).unwrap();
         let e = w.change();
-        assert_eq!(
-            (e["type"].as_str(), rv(&e["object"])),
-            (Some("MODIFIED"), rv2)
-        );
+        assert_eq!((e["type"].as_str(), rv(&e["object"])), (Some("MODIFIED"), rv2));
         let rv3 = server.delete("Service", "default", "a").unwrap();
         let e = w.change();
         assert_eq!(e["type"], "DELETED");
-        assert_eq!(
-            rv(&e["object"]),
-            rv3,
-            "DELETED carries the deletion revision"
-        );
-        assert_eq!(
-            e["object"]["metadata"]["labels"]["x"], "y",
-            "and the last state"
-        );
+        assert_eq!(rv(&e["object"]), rv3, "DELETED carries the deletion revision");
+        assert_eq!(e["object"]["metadata"]["labels"]["x"], "y", "and the last state");
         // Other kinds and namespaces share the counter but never appear here.
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
         let rv4 = server.apply(node).unwrap();
@@ -2061,10 +1731,8 @@ mod tests {
         let old = server.apply(svc("a", json!({}))).unwrap();
         server.apply(svc("b", json!({}))).unwrap();
         server.compact();
-        let (mut w, code, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?&watch=true&allowWatchBookmarks=true&resourceVersion={old}"),
-        );
+        let (mut w, code, _) =
+            Conn::get(&server, &format!("/api/v1/services?&watch=true&allowWatchBookmarks=true&resourceVersion={old}"));
         assert_eq!(code, 200, "never a 410 at the HTTP layer for watches");
         let e = w.event().unwrap();
         assert_eq!(e["type"], "ERROR");
@@ -2072,18 +1740,12 @@ mod tests {
         assert_eq!(e["object"]["code"], 410);
         assert_eq!(e["object"]["reason"], "Expired");
         let msg = e["object"]["message"].as_str().unwrap();
-        assert!(
-            msg.starts_with(&format!("too old resource version: {old} (")),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("too old resource version: {old} (")), "{msg}");
         assert_eq!(w.event(), None, "then the stream ends");
         assert_eq!(server.stats().expired, 1);
         // The list after compaction gives a resourceVersion that can be watched.
         let (_, list) = Conn::json(&server, "/api/v1/services");
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?watch=true&resourceVersion={}", rv(&list)),
-        );
+        let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=true&resourceVersion={}", rv(&list)));
         let rv_c = server.apply(svc("c", json!({}))).unwrap();
         assert_eq!(rv(&w.change()["object"]), rv_c);
     }
@@ -2095,15 +1757,9 @@ mod tests {
         let first = server.apply(svc("a", json!({"n": "1"}))).unwrap();
         server.apply(svc("a", json!({"n": "2"}))).unwrap();
         server.apply(svc("a", json!({"n": "3"}))).unwrap();
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?watch=true&resourceVersion={}", first - 1),
-        );
+        let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=true&resourceVersion={}", first - 1));
         assert_eq!(w.event().unwrap()["object"]["code"], 410);
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?watch=true&resourceVersion={first}"),
-        );
+        let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=true&resourceVersion={first}"));
         assert_eq!(w.change()["object"]["metadata"]["labels"]["n"], "2");
     }
 
@@ -2111,10 +1767,7 @@ mod tests {
     fn bookmarks_carry_only_kind_api_version_and_resource_version() {
         let server = ApiServer::start().unwrap();
         server.set_bookmark_interval(Duration::from_millis(50));
-        let (mut w, _, _) = Conn::get(
-            &server,
-            "/apis/discovery.k8s.io/v1/endpointslices?&watch=true&allowWatchBookmarks=true",
-        );
+        let (mut w, _, _) = Conn::get(&server, "/apis/discovery.k8s.io/v1/endpointslices?&watch=true&allowWatchBookmarks=true");
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
         let rv = server.apply(node).unwrap();
         let bm = loop {
@@ -2132,11 +1785,7 @@ mod tests {
         // No bookmarks unless asked for.
         let (mut w, _, _) = Conn::get(&server, "/api/v1/nodes?watch=true&timeoutSeconds=1");
         assert_eq!(w.event().unwrap()["type"], "ADDED");
-        assert_eq!(
-            w.event(),
-            None,
-            "only the timeout ends it, with no bookmark before"
-        );
+        assert_eq!(w.event(), None, "only the timeout ends it, with no bookmark before");
     }
 
     #[test]
@@ -2146,10 +1795,7 @@ mod tests {
         let (mut w, _, _) = Conn::get(&server, "/api/v1/services?watch=true&timeoutSeconds=1");
         assert_eq!(w.event(), None);
         let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-            "{took:?}"
-        );
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
         let s = w.reader.get_mut();
         write!(s, "GET /api/v1/nodes HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut line = String::new();
@@ -2161,59 +1807,30 @@ mod tests {
     fn label_selector_transitions_are_added_and_deleted() {
         let server = ApiServer::start().unwrap();
         server.apply(svc("a", json!({"app": "a"}))).unwrap();
-        let sel =
-            "%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
-        let (_, list) = Conn::json(
-            &server,
-            &format!("/api/v1/services?&labelSelector={sel}&limit=500"),
-        );
+        let sel = "%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
+        let (_, list) = Conn::json(&server, &format!("/api/v1/services?&labelSelector={sel}&limit=500"));
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!(
-                "/api/v1/services?&watch=true&labelSelector={sel}&resourceVersion={}",
-                rv(&list)
-            ),
-        );
-        let rv_out = server
-            .apply(svc(
-                "a",
-                json!({"app": "a", "service.kubernetes.io/service-proxy-name": "other"}),
-            ))
-            .unwrap();
+        let (mut w, _, _) =
+            Conn::get(&server, &format!("/api/v1/services?&watch=true&labelSelector={sel}&resourceVersion={}", rv(&list)));
+        let rv_out = server.apply(svc("a", json!({"app": "a", "service.kubernetes.io/service-proxy-name": "other"}))).unwrap();
         let e = w.change();
         assert_eq!(e["type"], "DELETED");
         assert_eq!(rv(&e["object"]), rv_out, "the event's new revision");
         assert!(
-            e["object"]["metadata"]["labels"]
-                .get("service.kubernetes.io/service-proxy-name")
-                .is_none(),
+            e["object"]["metadata"]["labels"].get("service.kubernetes.io/service-proxy-name").is_none(),
             "the previous content"
         );
         // Changes while not matching are invisible.
-        server
-            .apply(svc(
-                "a",
-                json!({"app": "b", "service.kubernetes.io/service-proxy-name": "other"}),
-            ))
-            .unwrap();
+        server.apply(svc("a", json!({"app": "b", "service.kubernetes.io/service-proxy-name": "other"}))).unwrap();
         let rv_in = server.apply(svc("a", json!({"app": "c"}))).unwrap();
         let e = w.change();
-        assert_eq!(
-            (e["type"].as_str(), rv(&e["object"])),
-            (Some("ADDED"), rv_in)
-        );
+        assert_eq!((e["type"].as_str(), rv(&e["object"])), (Some("ADDED"), rv_in));
         server.apply(svc("a", json!({"app": "d"}))).unwrap();
         assert_eq!(w.change()["type"], "MODIFIED");
-        server
-            .apply(svc("h", json!({"service.kubernetes.io/headless": ""})))
-            .unwrap();
+        server.apply(svc("h", json!({"service.kubernetes.io/headless": ""}))).unwrap();
         let rv_z = server.apply(svc("z", json!({}))).unwrap();
         let e = w.change();
-        assert_eq!(
-            (e["object"]["metadata"]["name"].as_str(), rv(&e["object"])),
-            (Some("z"), rv_z)
-        );
+        assert_eq!((e["object"]["metadata"]["name"].as_str(), rv(&e["object"])), (Some("z"), rv_z));
     }
 
     #[test]
@@ -2243,12 +1860,7 @@ mod tests {
             assert!(parse_label_selector(bad).is_err(), "{bad}");
         }
         let labels = json!({"env": "prod", "k": "v"});
-        let m = |s: &str| {
-            parse_label_selector(s)
-                .unwrap()
-                .iter()
-                .all(|r| r.matches(labels.as_object()))
-        };
+        let m = |s: &str| parse_label_selector(s).unwrap().iter().all(|r| r.matches(labels.as_object()));
         assert!(m("env=prod,k"));
         assert!(m("env in (dev,prod),missing notin (a),gone!=x,!gone"));
         assert!(!m("env!=prod"));
@@ -2261,38 +1873,20 @@ mod tests {
     fn field_selector_on_node_name_and_errors_are_400() {
         let server = ApiServer::start().unwrap();
         for n in ["node-a", "node-b"] {
-            server
-                .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
-                .unwrap();
+            server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})).unwrap();
         }
-        let (_, list) = Conn::json(
-            &server,
-            "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-b&limit=500",
-        );
+        let (_, list) = Conn::json(&server, "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-b&limit=500");
         let items = list["items"].as_array().unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0]["metadata"]["name"], "node-b");
-        let (_, list) = Conn::json(
-            &server,
-            "/api/v1/nodes?fieldSelector=metadata.name!%3Dnode-b",
-        );
+        let (_, list) = Conn::json(&server, "/api/v1/nodes?fieldSelector=metadata.name!%3Dnode-b");
         assert_eq!(list["items"][0]["metadata"]["name"], "node-a");
-        let (mut w, _, _) = Conn::get(
-            &server,
-            "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3Dnode-b",
-        );
+        let (mut w, _, _) = Conn::get(&server, "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3Dnode-b");
         assert_eq!(w.change()["object"]["metadata"]["name"], "node-b");
-        server
-            .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"x": "1"}}}))
-            .unwrap();
-        server
-            .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b", "labels": {"x": "1"}}}))
-            .unwrap();
+        server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"x": "1"}}})).unwrap();
+        server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b", "labels": {"x": "1"}}})).unwrap();
         let e = w.change();
-        assert_eq!(
-            (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
-            (Some("MODIFIED"), Some("node-b"))
-        );
+        assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("MODIFIED"), Some("node-b")));
         let (code, st) = Conn::json(&server, "/api/v1/nodes?fieldSelector=spec.nope%3D1");
         assert_eq!((code, st["reason"].as_str()), (400, Some("BadRequest")));
         let (code, _) = Conn::json(&server, "/api/v1/services?labelSelector=a%20in%20b");
@@ -2310,15 +1904,9 @@ mod tests {
         assert_eq!(w.event().unwrap()["type"], "ADDED");
         let bm = w.event().unwrap();
         assert_eq!(bm["type"], "BOOKMARK");
-        assert_eq!(
-            bm["object"]["metadata"]["annotations"][INITIAL_EVENTS_END],
-            "true"
-        );
+        assert_eq!(bm["object"]["metadata"]["annotations"][INITIAL_EVENTS_END], "true");
         assert_eq!(super::resource_version_of(&bm["object"]), rv);
-        let (code, _) = Conn::json(
-            &server,
-            "/api/v1/services?watch=true&sendInitialEvents=true",
-        );
+        let (code, _) = Conn::json(&server, "/api/v1/services?watch=true&sendInitialEvents=true");
         assert_eq!(code, 422);
     }
 
@@ -2332,10 +1920,7 @@ mod tests {
         assert_eq!(spec["sessionAffinity"], "None");
         assert_eq!(spec["internalTrafficPolicy"], "Cluster");
         assert!(spec.get("externalTrafficPolicy").is_none());
-        assert_eq!(
-            spec["ports"][0],
-            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
-        );
+        assert_eq!(spec["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
         let ip = spec["clusterIP"].as_str().unwrap().to_owned();
         assert!(ip.starts_with("10.96."), "{ip}");
         assert_eq!(spec["clusterIPs"], json!([ip]));
@@ -2343,11 +1928,7 @@ mod tests {
         assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
         assert_eq!(a["status"], json!({"loadBalancer": {}}));
         assert!(a["metadata"]["uid"].is_string() && a["metadata"]["creationTimestamp"].is_string());
-        assert_eq!(
-            server.apply(svc("a", json!({}))).unwrap(),
-            rv,
-            "no-op update"
-        );
+        assert_eq!(server.apply(svc("a", json!({}))).unwrap(), rv, "no-op update");
         // An update keeps the allocated ClusterIP and NodePorts.
         let mut lb = svc("a", json!({}));
         lb["spec"]["type"] = "LoadBalancer".into();
@@ -2359,10 +1940,7 @@ mod tests {
         let np = a["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
         assert!((30_000..=32_767).contains(&np));
         assert!(a["spec"]["healthCheckNodePort"].as_u64().is_some());
-        assert_eq!(
-            a["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
-            10_800
-        );
+        assert_eq!(a["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10_800);
         assert_eq!(a["spec"]["allocateLoadBalancerNodePorts"], true);
         lb["metadata"]["labels"] = json!({"new": "label"});
         server.apply(lb).unwrap();
@@ -2371,25 +1949,15 @@ mod tests {
         let mut headless = svc("h", json!({}));
         headless["spec"]["clusterIP"] = "None".into();
         server.apply(headless).unwrap();
-        assert_eq!(
-            server.get("Service", "default", "h").unwrap()["spec"]["clusterIPs"],
-            json!(["None"])
-        );
+        assert_eq!(server.get("Service", "default", "h").unwrap()["spec"]["clusterIPs"], json!(["None"]));
         let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "a"}},
             "addressType": "IPv4", "ports": [{"port": 8080}]});
         server.apply(slice).unwrap();
         let s = server.get("EndpointSlice", "default", "s").unwrap();
-        assert_eq!(
-            s["ports"],
-            json!([{"port": 8080, "protocol": "TCP", "name": ""}])
-        );
+        assert_eq!(s["ports"], json!([{"port": 8080, "protocol": "TCP", "name": ""}]));
         assert_eq!(s["endpoints"], Value::Null);
-        assert!(
-            server
-                .apply(json!({"kind": "Pod", "metadata": {"name": "p"}}))
-                .is_err()
-        );
+        assert!(server.apply(json!({"kind": "Pod", "metadata": {"name": "p"}})).is_err());
         assert!(server.delete("Service", "default", "nope").is_err());
     }
 
@@ -2401,12 +1969,7 @@ mod tests {
         let (_, api) = Conn::json(&server, "/api");
         assert_eq!(api["versions"], json!(["v1"]));
         let (_, r) = Conn::json(&server, "/api/v1");
-        let names: Vec<_> = r["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].clone())
-            .collect();
+        let names: Vec<_> = r["resources"].as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
         assert_eq!(names, [json!("services"), json!("nodes")]);
         let (_, g) = Conn::json(&server, "/apis");
         assert_eq!(g["groups"][0]["name"], "discovery.k8s.io");
@@ -2421,10 +1984,7 @@ mod tests {
         let mut server = ApiServer::start().unwrap();
         let rv1 = server.apply(svc("a", json!({}))).unwrap();
         let addr = server.addr();
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?watch=true&resourceVersion={rv1}"),
-        );
+        let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=true&resourceVersion={rv1}"));
         assert!(server.wait_for(Duration::from_secs(5), |s| s.open_watches == 1));
         server.stop();
         assert!(!server.is_running());
@@ -2432,29 +1992,17 @@ mod tests {
         let mut rest = Vec::new();
         let _ = w.reader.read_to_end(&mut rest);
         assert!(!rest.ends_with(b"0\r\n\r\n"), "{rest:?}");
-        assert!(
-            TcpStream::connect(addr).is_err(),
-            "connections are refused while stopped"
-        );
+        assert!(TcpStream::connect(addr).is_err(), "connections are refused while stopped");
         let rv2 = server.apply(svc("b", json!({}))).unwrap();
         server.restart().unwrap();
         assert_eq!(server.addr(), addr);
-        let (mut w, _, _) = Conn::get(
-            &server,
-            &format!("/api/v1/services?watch=true&resourceVersion={rv1}"),
-        );
+        let (mut w, _, _) = Conn::get(&server, &format!("/api/v1/services?watch=true&resourceVersion={rv1}"));
         assert_eq!(rv(&w.change()["object"]), rv2, "state and history survive");
         let before = server.request_count();
         let (code, _) = Conn::json(&server, "/api/v1/services");
         assert_eq!(code, 200);
         assert_eq!(server.request_count(), before + 1);
-        assert!(
-            server
-                .requests()
-                .last()
-                .unwrap()
-                .starts_with("GET /api/v1/services")
-        );
+        assert!(server.requests().last().unwrap().starts_with("GET /api/v1/services"));
     }
 
     #[test]
@@ -2468,8 +2016,7 @@ mod tests {
     #[test]
     fn kubeconfig_points_here() {
         let server = ApiServer::start().unwrap();
-        let path =
-            std::env::temp_dir().join(format!("lbt-{}-kubeconfig", crate::netns::unique_token()));
+        let path = std::env::temp_dir().join(format!("lbt-{}-kubeconfig", crate::netns::unique_token()));
         server.kubeconfig(&path).unwrap();
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         std::fs::remove_file(&path).unwrap();

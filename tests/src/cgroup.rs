@@ -43,12 +43,7 @@ impl Cgroup {
     /// A shell command line run inside this cgroup: `sh -c 'echo $$ > procs; exec CMD...'`.
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(r#"echo $$ > "$0/cgroup.procs" && shift && exec "$@""#)
-            .arg(&self.path)
-            .arg("--")
-            .arg(program)
-            .args(args);
+        c.arg("-c").arg(r#"echo $$ > "$0/cgroup.procs" && shift && exec "$@""#).arg(&self.path).arg("--").arg(program).args(args);
         c
     }
 }

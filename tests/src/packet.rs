@@ -27,11 +27,29 @@ pub struct Spec {
 
 impl Spec {
     pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Self {
-        Self { src, dst, proto: PROTO_TCP, tcp_flags: flags, payload: Vec::new(), ip_options: Vec::new(), frag: 0, udp_no_checksum: false }
+        Self {
+            src,
+            dst,
+            proto: PROTO_TCP,
+            tcp_flags: flags,
+            payload: Vec::new(),
+            ip_options: Vec::new(),
+            frag: 0,
+            udp_no_checksum: false,
+        }
     }
 
     pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Self {
-        Self { src, dst, proto: PROTO_UDP, tcp_flags: 0, payload: payload.to_vec(), ip_options: Vec::new(), frag: 0, udp_no_checksum: false }
+        Self {
+            src,
+            dst,
+            proto: PROTO_UDP,
+            tcp_flags: 0,
+            payload: payload.to_vec(),
+            ip_options: Vec::new(),
+            frag: 0,
+            udp_no_checksum: false,
+        }
     }
 
     /// The frame as bytes.
@@ -148,7 +166,6 @@ pub fn verify_checksums(p: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Raw builders: any L4 bytes behind an IPv4 header of one's choosing (fragments, ICMP errors,

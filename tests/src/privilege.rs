@@ -44,8 +44,7 @@ fn probe() -> Option<String> {
 
 /// Skips are failures where privileged tests are expected to run.
 pub fn skip_is_failure() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("LB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var("LB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
 /// Gate for a privileged test named `test`. Returns whether it may run.
@@ -55,10 +54,10 @@ pub fn require(test: &str) -> bool {
         eprintln!("skipping {test} - {why}");
         return false;
     }
-    if let Ok(log) = std::env::var("LB_PRIVILEGED_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{test}");
-        }
+    if let Ok(log) = std::env::var("LB_PRIVILEGED_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log)
+    {
+        let _ = writeln!(f, "{test}");
     }
     true
 }

@@ -123,7 +123,14 @@ impl Topology {
             for (k, node) in topo.nodes.iter().enumerate() {
                 let other = &topo.nodes[1 - k];
                 node.ns.ip(&["route", "add", &format!("10.244.{}.0/24", 1 - k), "via", &other.underlay_ip.to_string()])?;
-                node.ns.ip(&["-6", "route", "add", &format!("fd00:244:{}::/64", 1 - k), "via", &other.underlay_ip6.to_string()])?;
+                node.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:244:{}::/64", 1 - k),
+                    "via",
+                    &other.underlay_ip6.to_string(),
+                ])?;
             }
         }
         Ok(topo)

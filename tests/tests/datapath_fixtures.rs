@@ -14,30 +14,25 @@ use std::{
 };
 
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_RESELECT, CNT_DROP_BAD_L4,
-    CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SOURCE_RANGE,
-    CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_PASS_BAD_L3,
-    CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_SNAT, CNT_VERDICT_DNAT,
-    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP,
-    IPPROTO_UDP, SvcStats, v4_mapped,
+    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_RESELECT, CNT_DROP_BAD_L4, CNT_DROP_FRAGMENT,
+    CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED,
+    CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_SNAT, CNT_VERDICT_DNAT,
+    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP, SvcStats, v4_mapped,
 };
 use lb_tests::packet::{
-        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP,
-        PROTO_TCP, PROTO_UDP, Spec, TCP_ACK, TCP_RST, TCP_SYN, checksum, flow, icmp, icmp_error,
-        ipv4, ipv4_frame, l4_bytes, quote_tcp, tcp, tcp_frame, tcp_segment, udp_datagram, verify_checksums,
-        verify_icmp_checksums, verify_ipv4_checksum, verify_udp_datagram,
-    };
+    ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Spec, TCP_ACK,
+    TCP_RST, TCP_SYN, checksum, flow, icmp, icmp_error, ipv4, ipv4_frame, l4_bytes, quote_tcp, tcp, tcp_frame, tcp_segment,
+    udp_datagram, verify_checksums, verify_icmp_checksums, verify_ipv4_checksum, verify_udp_datagram,
+};
 mod common;
 
 use common::{Ext, Fixture, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_userspace::{
     model::{
-        Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection,
-        ServicePortName, ServicePortState,
+        Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
     pinned::PinnedMaps,
 };
-
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const UDP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -62,7 +57,6 @@ const REMOTE2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 22);
 /// ClusterIP of the NodePort services.
 const NP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const NODEPORT: u16 = 30080;
-
 
 /// A fixture for node [`NODE`]: SNAT to the node address, hairpin address set.
 fn node(test: &str) -> Option<Fixture> {
@@ -90,7 +84,13 @@ fn remote(ip: Ipv4Addr, port: u16) -> Endpoint {
 fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
     let set = EndpointSet { endpoints: eps, drop_if_empty: false };
     (
-        ServicePortName { namespace: "default".into(), name: name.into(), port_name: String::new(), protocol: proto, family: Default::default() },
+        ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: proto,
+            family: Default::default(),
+        },
         ServicePortState {
             frontends: vec![Frontend { addr: IpAddr::V4(vip), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
@@ -106,7 +106,13 @@ fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpo
 
 /// A NodePort service (ClusterIP `vip`:80 and NODE:`nodeport`) with externalTrafficPolicy
 /// Cluster: every endpoint serves external traffic, which is source-NATed to the node.
-fn nodeport_service(name: &str, vip: Ipv4Addr, nodeport: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
+fn nodeport_service(
+    name: &str,
+    vip: Ipv4Addr,
+    nodeport: u16,
+    proto: Protocol,
+    eps: Vec<Endpoint>,
+) -> (ServicePortName, ServicePortState) {
     let (spn, mut sp) = service(name, vip, 80, proto, eps);
     sp.frontends.push(Frontend { addr: IpAddr::V4(NODE), port: nodeport, kind: FrontendKind::NodePort });
     (spn, sp)
@@ -319,7 +325,10 @@ fn with_ipv4_addr(frame: &[u8], off: usize, addr: Ipv4Addr) -> Vec<u8> {
 /// if it is addressed to a service address, and passed untouched otherwise.
 #[test]
 fn point_62_later_fragments_follow_their_first_fragment_and_orphans_to_a_service_are_dropped() {
-    let Some(mut f) = Fixture::new("point_62_later_fragments_follow_their_first_fragment_and_orphans_to_a_service_are_dropped") else { return };
+    let Some(mut f) = Fixture::new("point_62_later_fragments_follow_their_first_fragment_and_orphans_to_a_service_are_dropped")
+    else {
+        return;
+    };
     f.program(&cluster());
     let client = (CLIENT, 5355);
     let payload: Vec<u8> = (0..100u8).collect();
@@ -435,7 +444,10 @@ fn assert_port_unreachable_answers(out: &[u8], orig: &[u8], client: Ipv4Addr, fr
 /// interface the packet came in on (TC_ACT_REDIRECT).
 #[test]
 fn point_37_service_without_endpoints_rejects_tcp_with_rst_and_udp_with_icmp_port_unreachable() {
-    let Some(mut f) = Fixture::new("point_37_service_without_endpoints_rejects_tcp_with_rst_and_udp_with_icmp_port_unreachable") else { return };
+    let Some(mut f) = Fixture::new("point_37_service_without_endpoints_rejects_tcp_with_rst_and_udp_with_icmp_port_unreachable")
+    else {
+        return;
+    };
     f.program(&cluster_with_empty_udp());
     let seq = 0x1234_5678;
     let (verdict, out) = f.run(&tcp_frame((CLIENT, 40013), (EMPTY_VIP, 80), seq, 0, TCP_SYN));
@@ -696,11 +708,7 @@ fn point_22_maglev_removing_one_of_five_backends_keeps_the_flows_of_the_others()
     let survivors: Vec<usize> = (0..old.len()).filter(|i| old[*i] != removed).collect();
     let moved = survivors.iter().filter(|i| old[**i] != new[**i]).count();
     assert!(survivors.len() >= 120, "only {} of 200 flows were on surviving backends", survivors.len());
-    assert!(
-        moved * 10 <= survivors.len(),
-        "{moved} of {} flows whose backend survived moved (at most 10% may)",
-        survivors.len()
-    );
+    assert!(moved * 10 <= survivors.len(), "{moved} of {} flows whose backend survived moved (at most 10% may)", survivors.len());
 }
 
 /// The same with 3 backends going to 2.
@@ -714,11 +722,7 @@ fn point_22_maglev_removing_one_of_three_backends_keeps_the_flows_of_the_others(
     let new = maglev_choices(&mut after, &three[..2]);
     let survivors: Vec<usize> = (0..old.len()).filter(|i| old[*i] != three[2]).collect();
     let moved = survivors.iter().filter(|i| old[**i] != new[**i]).count();
-    assert!(
-        moved * 10 <= survivors.len(),
-        "{moved} of {} flows whose backend survived moved (at most 10% may)",
-        survivors.len()
-    );
+    assert!(moved * 10 <= survivors.len(), "{moved} of {} flows whose backend survived moved (at most 10% may)", survivors.len());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,7 +749,9 @@ fn connect(f: &Fixture, client: Ipv4Addr, sport: u16) -> Ipv4Addr {
 /// goes to one backend; the key is the client address, so different clients spread.
 #[test]
 fn point_24_25_client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
-    let Some(mut f) = Fixture::new("point_24_25_client_ip_affinity_sends_every_connection_of_a_client_to_one_backend") else { return };
+    let Some(mut f) = Fixture::new("point_24_25_client_ip_affinity_sends_every_connection_of_a_client_to_one_backend") else {
+        return;
+    };
     f.program(&sticky_state(Some(10800), &[POD1, POD2, POD3]));
     let chosen: BTreeSet<Ipv4Addr> = (0..20).map(|i| connect(&f, CLIENT, 43000 + i)).collect();
     assert_eq!(chosen.len(), 1, "20 connections of one client went to {chosen:?}");
@@ -904,7 +910,10 @@ fn point_32_41_nodeport_over_xdp_with_cluster_policy_is_snated_and_reverse_trans
 /// The same through the TC fallback of the XDP program.
 #[test]
 fn point_32_41_nodeport_over_tc_fallback_with_cluster_policy_is_snated_and_reverse_translated() {
-    nodeport_cluster_policy("point_32_41_nodeport_over_tc_fallback_with_cluster_policy_is_snated_and_reverse_translated", Ext::Tc);
+    nodeport_cluster_policy(
+        "point_32_41_nodeport_over_tc_fallback_with_cluster_policy_is_snated_and_reverse_translated",
+        Ext::Tc,
+    );
 }
 
 /// A NodePort service with externalTrafficPolicy Local: external traffic goes to local
@@ -1041,7 +1050,8 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
     assert!(backends().contains(&backend.0));
 
     let quote = quote_tcp(client, backend, 1500, 1001);
-    let err = ipv4_frame(backend.0, CLIENT, PROTO_ICMP, 7, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote));
+    let err =
+        ipv4_frame(backend.0, CLIENT, PROTO_ICMP, 7, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote));
     verify_icmp_checksums(&err).expect("the built error");
     let (verdict, out) = f.run(&err);
     assert_eq!(verdict, TC_ACT_OK);
@@ -1060,7 +1070,15 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
     let mut long_quote = quote_tcp(client, backend, 1500, 1001);
     long_quote.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
     long_quote.extend_from_slice(&[0xab; 101]);
-    let err = ipv4_frame(ROUTER, CLIENT, PROTO_ICMP, 8, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &long_quote));
+    let err = ipv4_frame(
+        ROUTER,
+        CLIENT,
+        PROTO_ICMP,
+        8,
+        0,
+        &[],
+        &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &long_quote),
+    );
     let (verdict, out) = f.run(&err);
     assert_eq!(verdict, TC_ACT_OK);
     let h = ipv4(&out);
@@ -1089,7 +1107,8 @@ fn point_58_icmp_errors_about_a_clusterip_flow_are_translated_back() {
 
     // An error quoting a flow that was never translated passes untouched.
     let unknown = quote_tcp((CLIENT, 40031), (POD3, 8080), 1500, 1);
-    let other = ipv4_frame(POD3, CLIENT, PROTO_ICMP, 10, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &unknown));
+    let other =
+        ipv4_frame(POD3, CLIENT, PROTO_ICMP, 10, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &unknown));
     let (verdict, out) = f.run(&other);
     assert_eq!((verdict, out), (TC_ACT_OK, other));
     assert_eq!(f.counter(CNT_ICMP_TRANSLATED), 3);
@@ -1119,7 +1138,8 @@ fn snated_icmp_error(test: &str, ext: Ext) {
     assert_eq!(snat.0, NODE);
 
     let quote = quote_tcp(snat, backend, 1500, 5001);
-    let err = ipv4_frame(backend.0, NODE, PROTO_ICMP, 11, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote));
+    let err =
+        ipv4_frame(backend.0, NODE, PROTO_ICMP, 11, 0, &[], &icmp_error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1400, &quote));
     let (verdict, out) = f.run_ext(ext, &err);
     assert_eq!(verdict, ext.pass());
     let h = ipv4(&out);
@@ -1172,7 +1192,8 @@ fn point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip() {
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(flow(&out).dst, (REMOTE1, 8443));
     // Nor is the ClusterIP from a pod outside the ranges' family of addresses.
-    let (verdict, out) = f.run(&Spec::tcp((Ipv4Addr::new(172, 16, 0, 5), 40002), (Ipv4Addr::new(10, 96, 0, 50), 443), TCP_SYN).build());
+    let (verdict, out) =
+        f.run(&Spec::tcp((Ipv4Addr::new(172, 16, 0, 5), 40002), (Ipv4Addr::new(10, 96, 0, 50), 443), TCP_SYN).build());
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(flow(&out).dst, (REMOTE1, 8443));
     assert_eq!(f.counter(CNT_DROP_SOURCE_RANGE), 3);
@@ -1364,7 +1385,8 @@ fn point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp() {
 #[test]
 fn point_25_affinity_applies_whichever_address_of_the_service_is_used() {
     let Some(mut f) = node("point_25_affinity_applies_whichever_address_of_the_service_is_used") else { return };
-    let (spn, mut sp) = nodeport_service("web", NP_VIP, NODEPORT, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]);
+    let (spn, mut sp) =
+        nodeport_service("web", NP_VIP, NODEPORT, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]);
     sp.affinity_timeout_s = Some(10800);
     f.program(&state([(spn, sp)]));
     for c in 1..=6u8 {

@@ -40,7 +40,8 @@ fn json(agent: &Agent, args: &[&str]) -> Value {
     all.extend(["-o", "json", "--pin-path", &pin]);
     let out = lb(&all);
     assert!(out.status.success(), "lb {all:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb {all:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("lb {all:?} printed invalid JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn table(agent: &Agent, args: &[&str]) -> String {
@@ -73,7 +74,8 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
 
     // lb service list: the Kubernetes name, the frontend, both backends.
     let list = json(&agent, &["service", "list"]);
-    let svc = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
+    let svc =
+        list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
     assert_eq!(svc["frontends"], serde_json::json!(["10.96.3.3:80/TCP"]));
     let backends: Vec<&str> = svc["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
     assert_eq!(backends.len(), 2, "{svc:#}");
@@ -101,8 +103,12 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
 
     // lb status: where the programs are attached, fill levels, versions.
     let status = json(&agent, &["status"]);
-    let attached: Vec<(&str, &str)> =
-        status["attachments"].as_array().unwrap().iter().map(|a| (a["on"].as_str().unwrap(), a["mode"].as_str().unwrap())).collect();
+    let attached: Vec<(&str, &str)> = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["on"].as_str().unwrap(), a["mode"].as_str().unwrap()))
+        .collect();
     assert_eq!(attached.len(), 3, "{status:#}");
     assert!(attached.iter().all(|(_, m)| *m == "tc-pod"), "{status:#}");
     assert_eq!(status["layout_version"], lb_common::LAYOUT_VERSION);
@@ -161,12 +167,19 @@ fn point_55_v6_cli_shows_ipv6_frontends_backends_and_family_names() {
     let body = lb_tests::topology::curl_in(&topo.pods[client].ns, "http://[fd00:96::3:4]/", 5).unwrap();
     assert!(body.starts_with("You've hit kubia-"), "{body}");
     let list = json(&agent, &["service", "list"]);
-    let v6 = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP/IPv6").unwrap_or_else(|| panic!("{list:#}"));
+    let v6 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "demo/kubia:http/TCP/IPv6")
+        .unwrap_or_else(|| panic!("{list:#}"));
     assert_eq!(v6["frontends"], serde_json::json!(["[fd00:96::3:4]:80/TCP"]));
-    let backends: BTreeSet<String> = v6["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()).collect();
+    let backends: BTreeSet<String> =
+        v6["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_owned()).collect();
     assert_eq!(backends, BTreeSet::from([format!("[{a}]:{HTTP_PORT}"), format!("[{b}]:{HTTP_PORT}")]));
     // The IPv4 ClusterIP has no IPv4 endpoints: programmed, empty (it rejects).
-    let v4 = list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
+    let v4 =
+        list.as_array().unwrap().iter().find(|s| s["service"] == "demo/kubia:http/TCP").unwrap_or_else(|| panic!("{list:#}"));
     assert_eq!(v4["backends"].as_array().unwrap().len(), 0);
     let t = table(&agent, &["maps", "dump", "backends"]);
     assert!(t.contains(&format!("[{a}]:{HTTP_PORT}")), "{t}");

@@ -117,12 +117,9 @@ fn kubia(test: &str) -> Option<Kubia> {
     }
     let client = topo.add_pod(0, "client").expect("client pod");
     let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
-    let mut agent = Agent::start(
-        &bins::lb(),
-        &opts,
-        &[("kubia.yaml", &kubia_service()), ("slices.yaml", &slices(&pods, "node-0"))],
-    )
-    .expect("agent");
+    let mut agent =
+        Agent::start(&bins::lb(), &opts, &[("kubia.yaml", &kubia_service()), ("slices.yaml", &slices(&pods, "node-0"))])
+            .expect("agent");
     agent
         .wait_services("kubia programmed with 3 endpoints", |rows| {
             rows.iter().any(|r| r["frontend"] == format!("{KUBIA_VIP}:80") && r["slots"].as_u64() > Some(0))

@@ -109,7 +109,8 @@ fn cluster(test: &str) -> Option<TwoNodeCluster> {
         return None;
     }
     // The LoadBalancer IP is routed to node-0 (as a cloud load balancer would).
-    let manifests = |_: &lb_tests::topology::Topology| vec![("services.yaml".to_owned(), services()), ("slices.yaml".to_owned(), slices())];
+    let manifests =
+        |_: &lb_tests::topology::Topology| vec![("services.yaml".to_owned(), services()), ("slices.yaml".to_owned(), slices())];
     Some(TwoNodeCluster::start(&[(&format!("{LB_IP}/32"), "192.168.77.1")], manifests, &format!("{LB_IP}:80")).expect("cluster"))
 }
 
@@ -129,7 +130,9 @@ fn point_32_nodeport_cluster_policy_reaches_a_pod_on_the_other_node_with_snat() 
 
 #[test]
 fn point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint() {
-    let Some(c) = cluster("point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint") else { return };
+    let Some(c) = cluster("point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint") else {
+        return;
+    };
     let seen = c.body(c.from_client(0, "http://192.168.77.2:30081/clientip"));
     assert_eq!(seen, "192.168.77.100", "policy Local: the backend sees the client's own address");
     // node-0 has no local endpoint: dropped, not rejected (point 38).
@@ -217,12 +220,7 @@ fn point_42_the_node_itself_reaches_clusterips_and_its_nodeports() {
             .command("ip", &["netns", "exec", &node, "curl", "-sS", "--max-time", "3", url])
             .output()
             .expect("curl on the node");
-        assert!(
-            out.status.success(),
-            "{url} from the node: {}\nagent logs:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            c.logs()
-        );
+        assert!(out.status.success(), "{url} from the node: {}\nagent logs:\n{}", String::from_utf8_lossy(&out.stderr), c.logs());
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "You've hit kubia-b");
     }
 }

@@ -81,7 +81,10 @@ fn cluster(test: &str) -> Option<TwoNodeCluster> {
         .concat();
         vec![("services.yaml".to_owned(), services()), ("slices.yaml".to_owned(), all_slices)]
     };
-    Some(TwoNodeCluster::start(&[(&format!("{LB_IP6}/128"), "fd00:77::1")], manifests, &format!("[{LB_IP6}]:80")).expect("cluster"))
+    Some(
+        TwoNodeCluster::start(&[(&format!("{LB_IP6}/128"), "fd00:77::1")], manifests, &format!("[{LB_IP6}]:80"))
+            .expect("cluster"),
+    )
 }
 
 #[test]

@@ -168,7 +168,14 @@ fn lifecycle(test: &str, f: Family) {
 }
 
 /// Runs requests on new connections from `ns` until `stop`, counting answers and failures.
-fn load(ns: &Netns, f: Family, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>, errors: Arc<std::sync::Mutex<Vec<String>>>) {
+fn load(
+    ns: &Netns,
+    f: Family,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     while !stop.load(Ordering::Relaxed) {
         match hit(ns, f) {
             Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
@@ -221,10 +228,21 @@ fn restart_under_load(test: &str, f: Family) {
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("restart under load: {ok} requests answered, {failed} failed");
     assert!(ok > 20, "the load ran ({ok} answers)");
-    assert_eq!(failed, 0, "{failed} of {} requests failed: {:?}\nagent log:\n{}", ok + failed, errors.lock().unwrap(), s.agent.log_text());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {:?}\nagent log:\n{}",
+        ok + failed,
+        errors.lock().unwrap(),
+        s.agent.log_text()
+    );
     // The restarted agent picked up the change made while it was down.
     eventually(ns, f, "the change made while the agent was down", 20, |got| {
         got.iter().all(|r| matches!(r.as_deref(), Ok("kubia-1" | "kubia-2")))
     });
-    assert!(s.agent.log_text().contains("adopted_frontends=2"), "the restarted agent adopted the pinned maps:\n{}", s.agent.log_text());
+    assert!(
+        s.agent.log_text().contains("adopted_frontends=2"),
+        "the restarted agent adopted the pinned maps:\n{}",
+        s.agent.log_text()
+    );
 }

@@ -1112,18 +1112,18 @@ impl Oracle<'_> {
                 } else if m.ports.is_some() && om.ports.map(|p| p.0) != m.ports.map(|p| p.0) {
                     return Err("DNAT changed the source port without SNAT".into());
                 }
-                if let (Some((sp, _)), Some((osp, odp))) = (m.ports, om.ports) {
-                    if !m.frag_first {
-                        feed.flows.push_back(Seen {
-                            client: (om.src, osp),
-                            backend: (om.dst, odp),
-                            proto: m.proto,
-                            orig_client: (m.src, sp),
-                            frontend: (m.dst, m.ports.map_or(0, |p| p.1)),
-                        });
-                        if feed.flows.len() > 256 {
-                            feed.flows.pop_front();
-                        }
+                if let (Some((sp, _)), Some((osp, odp))) = (m.ports, om.ports)
+                    && !m.frag_first
+                {
+                    feed.flows.push_back(Seen {
+                        client: (om.src, osp),
+                        backend: (om.dst, odp),
+                        proto: m.proto,
+                        orig_client: (m.src, sp),
+                        frontend: (m.dst, m.ports.map_or(0, |p| p.1)),
+                    });
+                    if feed.flows.len() > 256 {
+                        feed.flows.pop_front();
                     }
                 }
             }
@@ -1198,7 +1198,7 @@ fn check_reject(inp: &[u8], out: &[u8], m: &Model) -> Result<(), String> {
     if !om.ipv4 || om.src != m.dst || om.dst != m.src || !ip_csum_ok(out, &om) {
         return Err(format!("malformed reject {}", hex(out)));
     }
-    if &out[0..6] != &inp[6..12] || &out[6..12] != &inp[0..6] {
+    if out[0..6] != inp[6..12] || out[6..12] != inp[0..6] {
         return Err("reject not sent back to the sender's MAC".into());
     }
     let (sp, dp) = m.ports.unwrap_or_default();

@@ -29,30 +29,17 @@ struct Cluster {
 impl Cluster {
     fn new() -> Self {
         let server = ApiServer::start().expect("starting the test API server");
-        let kubeconfig = std::env::temp_dir().join(format!(
-            "lbt-{}-kubeconfig",
-            lb_tests::netns::unique_token()
-        ));
+        let kubeconfig = std::env::temp_dir().join(format!("lbt-{}-kubeconfig", lb_tests::netns::unique_token()));
         server.kubeconfig(&kubeconfig).unwrap();
         Self { server, kubeconfig }
     }
 
     /// A kube source on the real client, ready (initial lists complete).
     async fn source(&self, node_name: &str) -> KubeSource {
-        let client = source_kube::client(Some(&self.kubeconfig))
-            .await
-            .expect("kube client");
-        let source = KubeSource::start(client, node_name)
-            .await
-            .expect("starting the kube source");
-        if tokio::time::timeout(WAIT, source.wait_ready())
-            .await
-            .is_err()
-        {
-            panic!(
-                "the kube source was not ready within {WAIT:?}; requests:\n{}",
-                self.requests_tail()
-            );
+        let client = source_kube::client(Some(&self.kubeconfig)).await.expect("kube client");
+        let source = KubeSource::start(client, node_name).await.expect("starting the kube source");
+        if tokio::time::timeout(WAIT, source.wait_ready()).await.is_err() {
+            panic!("the kube source was not ready within {WAIT:?}; requests:\n{}", self.requests_tail());
         }
         source
     }
@@ -102,31 +89,13 @@ async fn wait_until(
 
 fn summary(o: &ClusterObjects) -> String {
     let names = |v: Vec<(Option<String>, Option<String>)>| {
-        v.into_iter()
-            .map(|(ns, n)| format!("{}/{}", ns.unwrap_or_default(), n.unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join(",")
+        v.into_iter().map(|(ns, n)| format!("{}/{}", ns.unwrap_or_default(), n.unwrap_or_default())).collect::<Vec<_>>().join(",")
     };
     format!(
         "services [{}] slices [{}] nodes [{}]",
-        names(
-            o.services
-                .iter()
-                .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
-                .collect()
-        ),
-        names(
-            o.slices
-                .iter()
-                .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
-                .collect()
-        ),
-        names(
-            o.nodes
-                .iter()
-                .map(|s| (None, s.metadata.name.clone()))
-                .collect()
-        ),
+        names(o.services.iter().map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone())).collect()),
+        names(o.slices.iter().map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone())).collect()),
+        names(o.nodes.iter().map(|s| (None, s.metadata.name.clone())).collect()),
     )
 }
 
@@ -134,26 +103,17 @@ fn service_names(o: &ClusterObjects) -> Vec<String> {
     o.services
         .iter()
         .map(|s| {
-            format!(
-                "{}/{}",
-                s.metadata.namespace.as_deref().unwrap_or_default(),
-                s.metadata.name.as_deref().unwrap_or_default()
-            )
+            format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), s.metadata.name.as_deref().unwrap_or_default())
         })
         .collect()
 }
 
 fn slice_endpoints(o: &ClusterObjects, name: &str) -> Option<usize> {
-    o.slices
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(name))
-        .map(|s| s.endpoints.len())
+    o.slices.iter().find(|s| s.metadata.name.as_deref() == Some(name)).map(|s| s.endpoints.len())
 }
 
 fn has_service(o: &ClusterObjects, name: &str) -> bool {
-    o.services
-        .iter()
-        .any(|s| s.metadata.name.as_deref() == Some(name))
+    o.services.iter().any(|s| s.metadata.name.as_deref() == Some(name))
 }
 
 fn has_slice(o: &ClusterObjects, name: &str) -> bool {
@@ -218,58 +178,29 @@ async fn initial_list_is_complete_when_ready() {
 
     let mut src = c.source("node-a").await;
     let snap = src.snapshot();
-    assert_eq!(
-        service_names(&snap),
-        ["default/api", "default/web", "other/db"],
-        "sorted by namespace and name"
-    );
+    assert_eq!(service_names(&snap), ["default/api", "default/web", "other/db"], "sorted by namespace and name");
     assert_eq!(slice_endpoints(&snap, "web-1"), Some(3));
     assert_eq!(slice_endpoints(&snap, "api-1"), Some(1));
     assert_eq!(snap.nodes.len(), 1, "only this node: {}", summary(&snap));
     assert_eq!(snap.nodes[0].metadata.name.as_deref(), Some("node-a"));
-    let web = snap
-        .services
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("web"))
-        .unwrap();
-    assert!(
-        web.metadata
-            .managed_fields
-            .as_ref()
-            .is_none_or(Vec::is_empty),
-        "managedFields are stripped"
-    );
-    let ip = web
-        .spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_deref())
-        .unwrap();
-    assert!(
-        ip.starts_with("10.96."),
-        "the server assigned the ClusterIP: {ip}"
-    );
+    let web = snap.services.iter().find(|s| s.metadata.name.as_deref() == Some("web")).unwrap();
+    assert!(web.metadata.managed_fields.as_ref().is_none_or(Vec::is_empty), "managedFields are stripped");
+    let ip = web.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).unwrap();
+    assert!(ip.starts_with("10.96."), "the server assigned the ClusterIP: {ip}");
     assert!(c.server.stats().lists >= 5, "{:?}", c.server.stats());
 
     // What was asked of the server: kube-proxy's label selector on Services and EndpointSlices,
     // this node by name.
     let requests = c.server.requests();
     let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
-    for path in [
-        "/api/v1/services?",
-        "/apis/discovery.k8s.io/v1/endpointslices?",
-    ] {
+    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
         assert!(
-            requests
-                .iter()
-                .any(|r| r.contains(path) && r.contains(selector) && !r.contains("watch=")),
+            requests.iter().any(|r| r.contains(path) && r.contains(selector) && !r.contains("watch=")),
             "a list of {path} with the selector: {requests:#?}"
         );
     }
     assert!(
-        requests
-            .iter()
-            .any(|r| r.contains("/api/v1/nodes?")
-                && r.contains("fieldSelector=metadata.name%3Dnode-a")),
+        requests.iter().any(|r| r.contains("/api/v1/nodes?") && r.contains("fieldSelector=metadata.name%3Dnode-a")),
         "{requests:#?}"
     );
 
@@ -278,12 +209,7 @@ async fn initial_list_is_complete_when_ready() {
     c.apply(node("node-a", "zone-z"));
     let snap = wait_until(&c, &mut src, "node-a's new zone", |o| {
         o.nodes.iter().any(|n| {
-            n.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("topology.kubernetes.io/zone"))
-                .map(String::as_str)
-                == Some("zone-z")
+            n.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).map(String::as_str) == Some("zone-z")
         })
     })
     .await;
@@ -299,31 +225,18 @@ async fn services_and_slices_are_added_modified_and_deleted() {
 
     c.apply(service("web", json!({})));
     c.apply(slice("web", "web-1", 2, json!({})));
-    wait_until(&c, &mut src, "web and its slice", |o| {
-        has_service(o, "web") && slice_endpoints(o, "web-1") == Some(2)
-    })
-    .await;
+    wait_until(&c, &mut src, "web and its slice", |o| has_service(o, "web") && slice_endpoints(o, "web-1") == Some(2)).await;
 
     let mut changed = service("web", json!({}));
     changed["spec"]["ports"][0]["port"] = 8000.into();
     c.apply(changed);
     wait_until(&c, &mut src, "web's new port", |o| {
-        o.services.iter().any(|s| {
-            s.spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .is_some_and(|p| p[0].port == 8000)
-        })
+        o.services.iter().any(|s| s.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|p| p[0].port == 8000))
     })
     .await;
 
-    c.server
-        .delete("EndpointSlice", "default", "web-1")
-        .unwrap();
-    wait_until(&c, &mut src, "the slice deleted", |o| {
-        !has_slice(o, "web-1")
-    })
-    .await;
+    c.server.delete("EndpointSlice", "default", "web-1").unwrap();
+    wait_until(&c, &mut src, "the slice deleted", |o| !has_slice(o, "web-1")).await;
     c.server.delete("Service", "default", "web").unwrap();
     let snap = wait_until(&c, &mut src, "web deleted", |o| o.services.is_empty()).await;
     assert!(snap.slices.is_empty());
@@ -339,15 +252,8 @@ async fn endpoints_scale_3_1_0_5() {
     // 0: the API server serves `"endpoints": null` for an empty slice.
     for n in [1, 0, 5] {
         c.apply(slice("web", "web-1", n, json!({})));
-        let snap = wait_until(&c, &mut src, &format!("{n} endpoints"), |o| {
-            slice_endpoints(o, "web-1") == Some(n)
-        })
-        .await;
-        let addrs: Vec<&str> = snap.slices[0]
-            .endpoints
-            .iter()
-            .map(|e| e.addresses[0].as_str())
-            .collect();
+        let snap = wait_until(&c, &mut src, &format!("{n} endpoints"), |o| slice_endpoints(o, "web-1") == Some(n)).await;
+        let addrs: Vec<&str> = snap.slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
         let expected: Vec<String> = (1..=n).map(|i| format!("10.244.1.{i}")).collect();
         assert_eq!(addrs, expected);
     }
@@ -363,43 +269,22 @@ async fn opt_out_labels_remove_and_restore_the_service() {
     assert!(has_service(&src.snapshot(), "web"));
 
     // Another proxy takes the Service over; the EndpointSlice controller copies the label.
-    c.apply(service(
-        "web",
-        json!({"app": "web", OPT_OUT: "other-proxy"}),
-    ));
+    c.apply(service("web", json!({"app": "web", OPT_OUT: "other-proxy"})));
     let snap = wait_until(&c, &mut src, "web opted out", |o| !has_service(o, "web")).await;
     assert!(has_service(&snap, "other"));
-    c.apply(slice(
-        "web",
-        "web-1",
-        2,
-        json!({"app": "web", OPT_OUT: "other-proxy"}),
-    ));
-    wait_until(&c, &mut src, "web's slice opted out", |o| {
-        !has_slice(o, "web-1")
-    })
-    .await;
+    c.apply(slice("web", "web-1", 2, json!({"app": "web", OPT_OUT: "other-proxy"})));
+    wait_until(&c, &mut src, "web's slice opted out", |o| !has_slice(o, "web-1")).await;
 
     // Changes while opted out are not seen; removing the label brings the current state back.
-    c.apply(slice(
-        "web",
-        "web-1",
-        4,
-        json!({"app": "web", OPT_OUT: "other-proxy"}),
-    ));
+    c.apply(slice("web", "web-1", 4, json!({"app": "web", OPT_OUT: "other-proxy"})));
     c.apply(service("web", json!({"app": "web"})));
     c.apply(slice("web", "web-1", 4, json!({"app": "web"})));
-    wait_until(&c, &mut src, "web back with 4 endpoints", |o| {
-        has_service(o, "web") && slice_endpoints(o, "web-1") == Some(4)
-    })
-    .await;
+    wait_until(&c, &mut src, "web back with 4 endpoints", |o| has_service(o, "web") && slice_endpoints(o, "web-1") == Some(4))
+        .await;
 
     // The headless label works the same way.
     c.apply(service("web", json!({"app": "web", HEADLESS: ""})));
-    wait_until(&c, &mut src, "web marked headless", |o| {
-        !has_service(o, "web")
-    })
-    .await;
+    wait_until(&c, &mut src, "web marked headless", |o| !has_service(o, "web")).await;
     c.apply(service("web", json!({"app": "web"})));
     wait_until(&c, &mut src, "web back", |o| has_service(o, "web")).await;
 }
@@ -416,19 +301,14 @@ async fn watches_relist_after_410_and_keep_following() {
     let lists = c.server.stats().lists;
     c.server.compact();
     assert!(
-        c.server.wait_for(WAIT, |s| s.expired >= 2
-            && s.lists >= lists + 2
-            && s.open_watches >= 2),
+        c.server.wait_for(WAIT, |s| s.expired >= 2 && s.lists >= lists + 2 && s.open_watches >= 2),
         "no relist after the 410: {:?}\n{}",
         c.server.stats(),
         c.requests_tail()
     );
     c.apply(service("b", json!({})));
     c.apply(slice("b", "b-1", 1, json!({})));
-    wait_until(&c, &mut src, "b after the relist", |o| {
-        has_service(o, "a") && has_service(o, "b") && has_slice(o, "b-1")
-    })
-    .await;
+    wait_until(&c, &mut src, "b after the relist", |o| has_service(o, "a") && has_service(o, "b") && has_slice(o, "b-1")).await;
 
     // Missed changes are reconciled by the relist: while the server is away the objects change
     // and the history is compacted; when it returns the watches get 410, and the relist both
@@ -439,17 +319,12 @@ async fn watches_relist_after_410_and_keep_following() {
     c.server.compact();
     let expired = c.server.stats().expired;
     c.server.restart().unwrap();
-    let snap = wait_until(&c, &mut src, "a gone and c present after the relist", |o| {
-        !has_service(o, "a") && has_service(o, "c")
-    })
-    .await;
+    let snap =
+        wait_until(&c, &mut src, "a gone and c present after the relist", |o| !has_service(o, "a") && has_service(o, "c")).await;
     assert_eq!(service_names(&snap), ["default/b", "default/c"]);
     assert!(c.server.stats().expired > expired, "{:?}", c.server.stats());
     c.apply(service("d", json!({})));
-    wait_until(&c, &mut src, "d after the second relist", |o| {
-        has_service(o, "d")
-    })
-    .await;
+    wait_until(&c, &mut src, "d after the second relist", |o| has_service(o, "d")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,32 +333,21 @@ async fn the_api_server_vanishing_and_returning() {
     c.apply(service("a", json!({})));
     c.apply(slice("a", "a-1", 2, json!({})));
     let mut src = c.source("node-a").await;
-    assert!(
-        c.server.wait_for(WAIT, |s| s.open_watches >= 3),
-        "{:?}",
-        c.server.stats()
-    );
+    assert!(c.server.wait_for(WAIT, |s| s.open_watches >= 3), "{:?}", c.server.stats());
     let lists = c.server.stats().lists;
 
     c.server.stop();
     // Away for a while: the source keeps the last state (the datapath keeps serving it).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let snap = src.snapshot();
-    assert!(
-        has_service(&snap, "a") && slice_endpoints(&snap, "a-1") == Some(2),
-        "{}",
-        summary(&snap)
-    );
+    assert!(has_service(&snap, "a") && slice_endpoints(&snap, "a-1") == Some(2), "{}", summary(&snap));
     c.apply(service("b", json!({}))); // made while the clients cannot see it
 
     c.server.restart().unwrap();
     c.apply(slice("a", "a-1", 5, json!({})));
     c.apply(node("node-a", "zone-a"));
     wait_until(&c, &mut src, "every change after the outage", |o| {
-        has_service(o, "a")
-            && has_service(o, "b")
-            && slice_endpoints(o, "a-1") == Some(5)
-            && o.nodes.len() == 1
+        has_service(o, "a") && has_service(o, "b") && slice_endpoints(o, "a-1") == Some(5) && o.nodes.len() == 1
     })
     .await;
     // The watches resumed from their resourceVersions: no relist was needed.
@@ -493,8 +357,5 @@ async fn the_api_server_vanishing_and_returning() {
     c.server.stop();
     c.server.restart().unwrap();
     c.server.delete("Service", "default", "b").unwrap();
-    wait_until(&c, &mut src, "b deleted after the second outage", |o| {
-        !has_service(o, "b")
-    })
-    .await;
+    wait_until(&c, &mut src, "b deleted after the second outage", |o| !has_service(o, "b")).await;
 }

@@ -51,10 +51,7 @@ fn yaml_files(with_kustomization: bool) -> Vec<PathBuf> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned()
+    p.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }
 
 /// Every object in `deploy/`, by kind.
@@ -70,26 +67,17 @@ struct Manifests {
 
 fn load() -> Manifests {
     let files = yaml_files(false);
-    assert!(
-        !files.is_empty(),
-        "no manifests in {}",
-        deploy_dir().display()
-    );
+    assert!(!files.is_empty(), "no manifests in {}", deploy_dir().display());
     let mut m = Manifests::default();
     for file in files {
-        let text =
-            fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        let text = fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let at = format!("deploy/{}: document {}", file_name(&file), i + 1);
             let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{at}: {e}"));
             if value.is_null() {
                 continue; // an empty document, e.g. after a trailing `---`
             }
-            let kind = value
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_else(|| panic!("{at}: no `kind`"))
-                .to_owned();
+            let kind = value.get("kind").and_then(Value::as_str).unwrap_or_else(|| panic!("{at}: no `kind`")).to_owned();
             match kind.as_str() {
                 Namespace::KIND => m.namespaces.push(typed(&at, value)),
                 ServiceAccount::KIND => m.service_accounts.push(typed(&at, value)),
@@ -111,14 +99,8 @@ fn load() -> Manifests {
 /// Parses one document into `T`, checking its `apiVersion` and that nothing was dropped.
 fn typed<T: Resource + Serialize + DeserializeOwned>(at: &str, value: Value) -> T {
     let api_version = value.get("apiVersion").and_then(Value::as_str);
-    assert_eq!(
-        api_version,
-        Some(T::API_VERSION),
-        "{at}: apiVersion of a {}",
-        T::KIND
-    );
-    let object: T = serde_yaml::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("{at}: not a valid {}: {e}", T::KIND));
+    assert_eq!(api_version, Some(T::API_VERSION), "{at}: apiVersion of a {}", T::KIND);
+    let object: T = serde_yaml::from_value(value.clone()).unwrap_or_else(|e| panic!("{at}: not a valid {}: {e}", T::KIND));
     let back = serde_yaml::to_value(&object).expect("serializing a k8s-openapi object");
     if let Some(difference) = first_difference("", &value, &back) {
         panic!(
@@ -135,9 +117,7 @@ fn first_difference(path: &str, written: &Value, parsed: &Value) -> Option<Strin
     match (written, parsed) {
         (Value::Mapping(w), Value::Mapping(p)) => {
             for (key, wv) in w {
-                let key_text = key
-                    .as_str()
-                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                let key_text = key.as_str().map_or_else(|| format!("{key:?}"), str::to_owned);
                 let here = format!("{path}.{key_text}");
                 match p.get(key) {
                     None => return Some(format!("`{here}` is lost when parsed")),
@@ -148,15 +128,11 @@ fn first_difference(path: &str, written: &Value, parsed: &Value) -> Option<Strin
                     }
                 }
             }
-            p.keys()
-                .find(|k| !w.contains_key(*k))
-                .map(|k| format!("`{path}.{k:?}` appears when parsed"))
+            p.keys().find(|k| !w.contains_key(*k)).map(|k| format!("`{path}.{k:?}` appears when parsed"))
         }
-        (Value::Sequence(w), Value::Sequence(p)) if w.len() == p.len() => w
-            .iter()
-            .zip(p)
-            .enumerate()
-            .find_map(|(i, (wv, pv))| first_difference(&format!("{path}[{i}]"), wv, pv)),
+        (Value::Sequence(w), Value::Sequence(p)) if w.len() == p.len() => {
+            w.iter().zip(p).enumerate().find_map(|(i, (wv, pv))| first_difference(&format!("{path}[{i}]"), wv, pv))
+        }
         _ if written == parsed => None,
         _ => Some(format!("`{path}` is {written:?} but parses as {parsed:?}")),
     }
@@ -172,19 +148,12 @@ fn daemon_set(m: &Manifests) -> &DaemonSet {
 }
 
 fn pod_spec(ds: &DaemonSet) -> &PodSpec {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("DaemonSet has a pod template spec")
+    ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("DaemonSet has a pod template spec")
 }
 
 fn agent_container(ds: &DaemonSet) -> &Container {
     let spec = pod_spec(ds);
-    assert_eq!(
-        spec.containers.len(),
-        1,
-        "the lb pod runs one container, the agent"
-    );
+    assert_eq!(spec.containers.len(), 1, "the lb pod runs one container, the agent");
     &spec.containers[0]
 }
 
@@ -193,10 +162,7 @@ fn agent_container(ds: &DaemonSet) -> &Container {
 /// which leaves an unknown reference as it is, an unresolvable reference fails.
 fn resolved_command(m: &Manifests) -> Vec<String> {
     let container = agent_container(daemon_set(m));
-    let data = only("ConfigMap", &m.config_maps)
-        .data
-        .clone()
-        .unwrap_or_default();
+    let data = only("ConfigMap", &m.config_maps).data.clone().unwrap_or_default();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     for env in container.env.iter().flatten() {
         let value = if let Some(v) = &env.value {
@@ -239,13 +205,9 @@ fn expand(arg: &str, vars: &BTreeMap<String, String>) -> String {
             out.push('$'); // `$$` is a literal `$`
             rest = tail;
         } else if let Some(inner) = after.strip_prefix('(') {
-            let end = inner
-                .find(')')
-                .unwrap_or_else(|| panic!("unclosed $( in {arg:?}"));
+            let end = inner.find(')').unwrap_or_else(|| panic!("unclosed $( in {arg:?}"));
             let name = &inner[..end];
-            let value = vars
-                .get(name)
-                .unwrap_or_else(|| panic!("command argument {arg:?} uses $({name}), not in env"));
+            let value = vars.get(name).unwrap_or_else(|| panic!("command argument {arg:?} uses $({name}), not in env"));
             out.push_str(value);
             rest = &inner[end + 1..];
         } else {
@@ -260,27 +222,17 @@ fn expand(arg: &str, vars: &BTreeMap<String, String>) -> String {
 /// The value of `--name VALUE` or `--name=VALUE`.
 fn flag<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
     argv.iter().enumerate().find_map(|(i, a)| {
-        if a == name {
-            argv.get(i + 1).map(String::as_str)
-        } else {
-            a.strip_prefix(name).and_then(|r| r.strip_prefix('='))
-        }
+        if a == name { argv.get(i + 1).map(String::as_str) } else { a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) }
     })
 }
 
 fn http_get(what: &str, probe: Option<&Probe>) -> (String, i32, String) {
-    let get = probe
-        .and_then(|p| p.http_get.as_ref())
-        .unwrap_or_else(|| panic!("the agent needs an httpGet {what}"));
+    let get = probe.and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("the agent needs an httpGet {what}"));
     let port = match &get.port {
         IntOrString::Int(p) => *p,
         IntOrString::String(name) => panic!("{what}: port {name:?}: use the number"),
     };
-    (
-        get.host.clone().unwrap_or_default(),
-        port,
-        get.path.clone().unwrap_or_default(),
-    )
+    (get.host.clone().unwrap_or_default(), port, get.path.clone().unwrap_or_default())
 }
 
 #[test]
@@ -308,10 +260,7 @@ fn kustomization_lists_every_manifest() {
         .map(|r| r.as_str().expect("a resource is a path").to_owned())
         .collect();
     let present: BTreeSet<String> = yaml_files(false).iter().map(|p| file_name(p)).collect();
-    assert_eq!(
-        listed, present,
-        "`kubectl apply -k deploy/` must apply every manifest in deploy/ and nothing else"
-    );
+    assert_eq!(listed, present, "`kubectl apply -k deploy/` must apply every manifest in deploy/ and nothing else");
 }
 
 #[test]
@@ -321,30 +270,18 @@ fn namespaced_objects_are_in_lb_system() {
     assert_eq!(ns.metadata.name.as_deref(), Some(NAMESPACE));
     let labels = ns.metadata.labels.clone().unwrap_or_default();
     assert_eq!(
-        labels
-            .get("pod-security.kubernetes.io/enforce")
-            .map(String::as_str),
+        labels.get("pod-security.kubernetes.io/enforce").map(String::as_str),
         Some("privileged"),
         "the agent is privileged: its namespace must allow it under Pod Security Admission"
     );
     for (kind, meta) in [
-        (
-            "ServiceAccount",
-            &only("ServiceAccount", &m.service_accounts).metadata,
-        ),
+        ("ServiceAccount", &only("ServiceAccount", &m.service_accounts).metadata),
         ("ConfigMap", &only("ConfigMap", &m.config_maps).metadata),
         ("DaemonSet", &daemon_set(&m).metadata),
     ] {
-        assert_eq!(
-            meta.namespace.as_deref(),
-            Some(NAMESPACE),
-            "{kind} namespace"
-        );
+        assert_eq!(meta.namespace.as_deref(), Some(NAMESPACE), "{kind} namespace");
     }
-    assert_eq!(
-        only("ConfigMap", &m.config_maps).metadata.name.as_deref(),
-        Some(CONFIG_MAP)
-    );
+    assert_eq!(only("ConfigMap", &m.config_maps).metadata.name.as_deref(), Some(CONFIG_MAP));
 }
 
 #[test]
@@ -352,16 +289,10 @@ fn cluster_role_only_reads_services_endpointslices_and_nodes() {
     let m = load();
     let role = only("ClusterRole", &m.cluster_roles);
     assert_eq!(role.metadata.name.as_deref(), Some(NAME));
-    assert!(
-        role.aggregation_rule.is_none(),
-        "an aggregated role can grow: no aggregationRule"
-    );
+    assert!(role.aggregation_rule.is_none(), "an aggregated role can grow: no aggregationRule");
     let mut granted = BTreeSet::new();
     for (i, rule) in role.rules.iter().flatten().enumerate() {
-        assert!(
-            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
-            "rule {i}: only apiGroups/resources/verbs"
-        );
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "rule {i}: only apiGroups/resources/verbs");
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
@@ -374,19 +305,12 @@ fn cluster_role_only_reads_services_endpointslices_and_nodes() {
         }
     }
     let mut expected = BTreeSet::new();
-    for (group, resource) in [
-        ("", "services"),
-        ("", "nodes"),
-        ("discovery.k8s.io", "endpointslices"),
-    ] {
+    for (group, resource) in [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")] {
         for verb in ["get", "list", "watch"] {
             expected.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
         }
     }
-    assert_eq!(
-        granted, expected,
-        "the agent may get/list/watch services, nodes and endpointslices, and nothing else"
-    );
+    assert_eq!(granted, expected, "the agent may get/list/watch services, nodes and endpointslices, and nothing else");
 }
 
 #[test]
@@ -417,53 +341,29 @@ fn daemon_set_runs_a_privileged_host_network_agent_on_every_node() {
     assert_eq!(ds.metadata.name.as_deref(), Some(NAME));
     let spec = ds.spec.as_ref().expect("DaemonSet spec");
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
-    let labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
     assert!(!selector.is_empty(), "selector.matchLabels");
     for (k, v) in &selector {
-        assert_eq!(
-            labels.get(k),
-            Some(v),
-            "the pod template carries selector label {k}"
-        );
+        assert_eq!(labels.get(k), Some(v), "the pod template carries selector label {k}");
     }
 
     let pod = pod_spec(ds);
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
     assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
-    assert_eq!(
-        pod.priority_class_name.as_deref(),
-        Some("system-node-critical")
-    );
-    assert!(
-        pod.termination_grace_period_seconds.is_some(),
-        "terminationGracePeriodSeconds"
-    );
+    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert!(pod.termination_grace_period_seconds.is_some(), "terminationGracePeriodSeconds");
     assert!(
         pod.tolerations
             .iter()
             .flatten()
-            .any(|t| t.operator.as_deref() == Some("Exists")
-                && t.key.is_none()
-                && t.effect.is_none()),
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
         "a toleration `operator: Exists` (no key, no effect) so it runs on every node"
     );
 
     let update = spec.update_strategy.as_ref().expect("updateStrategy");
     assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
-    let rolling = update
-        .rolling_update
-        .as_ref()
-        .expect("updateStrategy.rollingUpdate");
-    assert_eq!(
-        rolling.max_unavailable,
-        Some(IntOrString::Int(1)),
-        "maxUnavailable: 1"
-    );
+    let rolling = update.rolling_update.as_ref().expect("updateStrategy.rollingUpdate");
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(1)), "maxUnavailable: 1");
     assert!(
         matches!(rolling.max_surge, None | Some(IntOrString::Int(0))),
         "no surge: two agents on one node would share its pins and health port"
@@ -472,14 +372,8 @@ fn daemon_set_runs_a_privileged_host_network_agent_on_every_node() {
     let agent = agent_container(ds);
     let security = agent.security_context.as_ref().expect("securityContext");
     assert_eq!(security.privileged, Some(true), "privileged");
-    let caps: BTreeSet<&str> = security
-        .capabilities
-        .as_ref()
-        .and_then(|c| c.add.as_ref())
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let caps: BTreeSet<&str> =
+        security.capabilities.as_ref().and_then(|c| c.add.as_ref()).into_iter().flatten().map(String::as_str).collect();
     for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"] {
         assert!(caps.contains(cap), "capabilities.add lists {cap}");
     }
@@ -492,11 +386,7 @@ fn daemon_set_runs_a_privileged_host_network_agent_on_every_node() {
         .and_then(|e| e.value_from.as_ref())
         .and_then(|f| f.field_ref.as_ref())
         .map(|f| f.field_path.as_str());
-    assert_eq!(
-        node_name,
-        Some("spec.nodeName"),
-        "NODE_NAME from the downward API"
-    );
+    assert_eq!(node_name, Some("spec.nodeName"), "NODE_NAME from the downward API");
 
     let resources = agent.resources.as_ref().expect("resources");
     let requests = resources.requests.clone().unwrap_or_default();
@@ -512,16 +402,10 @@ fn agent_command_reads_the_api_server() {
     let m = load();
     let argv = resolved_command(&m);
     assert!(
-        argv.first()
-            .is_some_and(|c| c == "lb" || c.ends_with("/lb"))
-            && argv.get(1).is_some_and(|a| a == "agent"),
+        argv.first().is_some_and(|c| c == "lb" || c.ends_with("/lb")) && argv.get(1).is_some_and(|a| a == "agent"),
         "the container runs `lb agent`: {argv:?}"
     );
-    assert_eq!(
-        flag(&argv, "--source"),
-        Some("kube"),
-        "--source kube: {argv:?}"
-    );
+    assert_eq!(flag(&argv, "--source"), Some("kube"), "--source kube: {argv:?}");
 }
 
 #[test]
@@ -536,20 +420,10 @@ fn daemon_set_uses_the_host_bpffs_bidirectionally_and_the_host_cgroup() {
             .map(|v| v.name.clone())
             .unwrap_or_else(|| panic!("a hostPath volume for {path}"))
     };
-    let mounts = agent_container(daemon_set(&m))
-        .volume_mounts
-        .clone()
-        .unwrap_or_default();
+    let mounts = agent_container(daemon_set(&m)).volume_mounts.clone().unwrap_or_default();
     let bpffs = host_path_volume(BPFFS);
-    let mount = mounts
-        .iter()
-        .find(|v| v.name == bpffs)
-        .expect("the bpffs volume is mounted");
-    assert_eq!(
-        mount.mount_propagation.as_deref(),
-        Some("Bidirectional"),
-        "bpffs mountPropagation"
-    );
+    let mount = mounts.iter().find(|v| v.name == bpffs).expect("the bpffs volume is mounted");
+    assert_eq!(mount.mount_propagation.as_deref(), Some("Bidirectional"), "bpffs mountPropagation");
     let argv = resolved_command(&m);
     let pin_path = flag(&argv, "--pin-path").expect("--pin-path");
     assert!(
@@ -558,10 +432,7 @@ fn daemon_set_uses_the_host_bpffs_bidirectionally_and_the_host_cgroup() {
         mount.mount_path
     );
     let cgroup = host_path_volume("/sys/fs/cgroup");
-    let cgroup_mount = mounts
-        .iter()
-        .find(|v| v.name == cgroup)
-        .expect("the host cgroup volume is mounted");
+    let cgroup_mount = mounts.iter().find(|v| v.name == cgroup).expect("the host cgroup volume is mounted");
     assert_eq!(
         flag(&argv, "--cgroup"),
         Some(cgroup_mount.mount_path.as_str()),
@@ -574,21 +445,12 @@ fn probes_hit_healthz_on_the_agent_health_listener() {
     let m = load();
     let agent = agent_container(daemon_set(&m));
     let argv = resolved_command(&m);
-    let health: SocketAddr = flag(&argv, "--health-addr")
-        .expect("--health-addr")
-        .parse()
-        .expect("--health-addr is IP:PORT");
-    for (what, probe) in [
-        ("readinessProbe", agent.readiness_probe.as_ref()),
-        ("livenessProbe", agent.liveness_probe.as_ref()),
-    ] {
+    let health: SocketAddr = flag(&argv, "--health-addr").expect("--health-addr").parse().expect("--health-addr is IP:PORT");
+    for (what, probe) in [("readinessProbe", agent.readiness_probe.as_ref()), ("livenessProbe", agent.liveness_probe.as_ref())] {
         let (host, port, path) = http_get(what, probe);
         assert_eq!(path, "/healthz", "{what} path");
         assert_eq!(port, HEALTH_PORT, "{what} port");
-        assert_eq!(
-            host, "127.0.0.1",
-            "{what} host: the listener is on the node's loopback"
-        );
+        assert_eq!(host, "127.0.0.1", "{what} host: the listener is on the node's loopback");
         assert_eq!(
             format!("{host}:{port}").parse::<SocketAddr>().ok(),
             Some(health),
@@ -612,27 +474,13 @@ fn no_listener_binds_every_address() {
              is exposed on the node"
         );
     }
-    let data = only("ConfigMap", &m.config_maps)
-        .data
-        .clone()
-        .unwrap_or_default();
+    let data = only("ConfigMap", &m.config_maps).data.clone().unwrap_or_default();
     let agent = agent_container(daemon_set(&m));
-    let probe_hosts = [
-        agent.readiness_probe.as_ref(),
-        agent.liveness_probe.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|p| p.http_get.as_ref().and_then(|g| g.host.clone()));
-    for value in argv
-        .iter()
-        .cloned()
-        .chain(data.into_values())
-        .chain(probe_hosts)
-    {
-        assert!(
-            !value.contains("0.0.0.0") && !value.contains("[::]"),
-            "{value:?}: nothing listens on every address"
-        );
+    let probe_hosts = [agent.readiness_probe.as_ref(), agent.liveness_probe.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.http_get.as_ref().and_then(|g| g.host.clone()));
+    for value in argv.iter().cloned().chain(data.into_values()).chain(probe_hosts) {
+        assert!(!value.contains("0.0.0.0") && !value.contains("[::]"), "{value:?}: nothing listens on every address");
     }
 }

@@ -50,23 +50,11 @@ const DEMO_KUBIA: &str = include_str!("../demo/kubia.yaml");
 
 /// The manifests `deploy` applies (through its overlay), shown by `--dry-run`.
 const DEPLOY_MANIFESTS: [(&str, &str); 5] = [
-    (
-        "deploy/kustomization.yaml",
-        include_str!("../../deploy/kustomization.yaml"),
-    ),
-    (
-        "deploy/namespace.yaml",
-        include_str!("../../deploy/namespace.yaml"),
-    ),
+    ("deploy/kustomization.yaml", include_str!("../../deploy/kustomization.yaml")),
+    ("deploy/namespace.yaml", include_str!("../../deploy/namespace.yaml")),
     ("deploy/rbac.yaml", include_str!("../../deploy/rbac.yaml")),
-    (
-        "deploy/configmap.yaml",
-        include_str!("../../deploy/configmap.yaml"),
-    ),
-    (
-        "deploy/daemonset.yaml",
-        include_str!("../../deploy/daemonset.yaml"),
-    ),
+    ("deploy/configmap.yaml", include_str!("../../deploy/configmap.yaml")),
+    ("deploy/daemonset.yaml", include_str!("../../deploy/daemonset.yaml")),
 ];
 
 #[derive(clap::Args)]
@@ -108,17 +96,11 @@ pub enum Step {
     /// Write a file; `${VAR}` in it is replaced by an earlier [`Step::Capture`].
     Write { path: String, contents: String },
     /// A manifest the next `kubectl apply` sends; only printed (by `--dry-run`).
-    Show {
-        path: &'static str,
-        contents: &'static str,
-    },
+    Show { path: &'static str, contents: &'static str },
     /// Run a command.
     Run(Vec<String>),
     /// Run a command and keep its trimmed output as `${var}` for later steps.
-    Capture {
-        var: &'static str,
-        argv: Vec<String>,
-    },
+    Capture { var: &'static str, argv: Vec<String> },
 }
 
 /// A command line from whitespace-separated words (none of the plans' words contain spaces,
@@ -136,10 +118,7 @@ fn work_file(name: &str) -> String {
 }
 
 fn node_names() -> Vec<String> {
-    let mut nodes = vec![
-        format!("{CLUSTER}-control-plane"),
-        format!("{CLUSTER}-worker"),
-    ];
+    let mut nodes = vec![format!("{CLUSTER}-control-plane"), format!("{CLUSTER}-worker")];
     nodes.extend((2..=WORKERS).map(|i| format!("{CLUSTER}-worker{i}")));
     nodes
 }
@@ -191,9 +170,7 @@ patches:
 /// the `clusterIP` written in for the demo: here the API server assigns it.
 fn kubia_service() -> String {
     let first = DEMO_KUBIA.split("\n---").next().unwrap_or_default();
-    let mut service = String::from(
-        "# The kubia Service of xtask/demo/kubia.yaml; the API server assigns its ClusterIP.\n",
-    );
+    let mut service = String::from("# The kubia Service of xtask/demo/kubia.yaml; the API server assigns its ClusterIP.\n");
     for line in first.lines() {
         let t = line.trim_start();
         if !t.starts_with('#') && !t.starts_with("clusterIP:") {
@@ -308,58 +285,37 @@ pub fn plan(action: Action) -> Vec<Step> {
         Action::Up => {
             let config = work_file("kind-config.yaml");
             vec![
-                Step::Write {
-                    path: config.clone(),
-                    contents: kind_config(),
-                },
-                Step::Run(cmd(&format!(
-                    "kind create cluster --name {CLUSTER} --config {config} --wait 2m"
-                ))),
+                Step::Write { path: config.clone(), contents: kind_config() },
+                Step::Run(cmd(&format!("kind create cluster --name {CLUSTER} --config {config} --wait 2m"))),
             ]
         }
         Action::Deploy => {
             let mut steps = vec![
                 Step::Run(cmd(&format!("docker build -t {image} ."))),
-                Step::Run(cmd(&format!(
-                    "kind load docker-image {image} --name {CLUSTER}"
-                ))),
+                Step::Run(cmd(&format!("kind load docker-image {image} --name {CLUSTER}"))),
             ];
             // The hostPath /sys/fs/bpf must be a bpffs for the pins to outlive the agent; kind's
             // node containers do not necessarily mount one.
             for node in node_names() {
                 let mut argv = cmd(&format!("docker exec {node} sh -c"));
-                argv.push(
-                    r#"grep -q " /sys/fs/bpf bpf " /proc/mounts || mount -t bpf bpf /sys/fs/bpf"#
-                        .to_owned(),
-                );
+                argv.push(r#"grep -q " /sys/fs/bpf bpf " /proc/mounts || mount -t bpf bpf /sys/fs/bpf"#.to_owned());
                 steps.push(Step::Run(argv));
             }
             // Where the kubernetes Service really points: the API server's own address and port.
             let slice = "get endpointslices -n default -l kubernetes.io/service-name=kubernetes -o";
             steps.push(Step::Capture {
                 var: "API_SERVER_HOST",
-                argv: kubectl(&format!(
-                    "{slice} jsonpath={{.items[0].endpoints[0].addresses[0]}}"
-                )),
+                argv: kubectl(&format!("{slice} jsonpath={{.items[0].endpoints[0].addresses[0]}}")),
             });
             steps.push(Step::Capture {
                 var: "API_SERVER_PORT",
                 argv: kubectl(&format!("{slice} jsonpath={{.items[0].ports[0].port}}")),
             });
             let overlay_dir = work_file("overlay");
-            steps.push(Step::Write {
-                path: format!("{overlay_dir}/kustomization.yaml"),
-                contents: overlay(),
-            });
-            steps.extend(
-                DEPLOY_MANIFESTS
-                    .iter()
-                    .map(|&(path, contents)| Step::Show { path, contents }),
-            );
+            steps.push(Step::Write { path: format!("{overlay_dir}/kustomization.yaml"), contents: overlay() });
+            steps.extend(DEPLOY_MANIFESTS.iter().map(|&(path, contents)| Step::Show { path, contents }));
             steps.push(Step::Run(kubectl(&format!("apply -k {overlay_dir}"))));
-            steps.push(Step::Run(kubectl(
-                "-n lb-system rollout status daemonset/lb --timeout=3m",
-            )));
+            steps.push(Step::Run(kubectl("-n lb-system rollout status daemonset/lb --timeout=3m")));
             steps
         }
         Action::Bench => {
@@ -367,31 +323,19 @@ pub fn plan(action: Action) -> Vec<Step> {
             let client = work_file("kubia-client.yaml");
             vec![
                 // lb must be deployed: nothing else translates ClusterIPs in this cluster.
-                Step::Run(kubectl(
-                    "-n lb-system rollout status daemonset/lb --timeout=1m",
-                )),
-                Step::Write {
-                    path: kubia.clone(),
-                    contents: kubia_manifests(),
-                },
-                Step::Write {
-                    path: client.clone(),
-                    contents: client_manifests(),
-                },
+                Step::Run(kubectl("-n lb-system rollout status daemonset/lb --timeout=1m")),
+                Step::Write { path: kubia.clone(), contents: kubia_manifests() },
+                Step::Write { path: client.clone(), contents: client_manifests() },
                 Step::Run(kubectl(&format!("apply -f {kubia}"))),
                 Step::Run(kubectl("rollout status deployment/kubia --timeout=2m")),
                 // A Job's pod template cannot change: start each bench with a new one.
                 Step::Run(kubectl("delete job kubia-client --ignore-not-found --wait")),
                 Step::Run(kubectl(&format!("apply -f {client}"))),
-                Step::Run(kubectl(
-                    "wait --for=condition=complete job/kubia-client --timeout=3m",
-                )),
+                Step::Run(kubectl("wait --for=condition=complete job/kubia-client --timeout=3m")),
                 Step::Run(kubectl("logs job/kubia-client")),
             ]
         }
-        Action::Down => vec![Step::Run(cmd(&format!(
-            "kind delete cluster --name {CLUSTER}"
-        )))],
+        Action::Down => vec![Step::Run(cmd(&format!("kind delete cluster --name {CLUSTER}")))],
     }
 }
 
@@ -420,18 +364,10 @@ fn installed(program: &str) -> bool {
 
 /// What keeps the plan from running here, e.g. `["kind is not installed"]`.
 fn problems(tools: &[String]) -> Vec<String> {
-    let mut problems: Vec<String> = tools
-        .iter()
-        .filter(|t| !installed(t))
-        .map(|t| format!("{t} is not installed"))
-        .collect();
+    let mut problems: Vec<String> = tools.iter().filter(|t| !installed(t)).map(|t| format!("{t} is not installed")).collect();
     if tools.iter().any(|t| t == "docker") && installed("docker") {
-        let daemon = Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let daemon =
+            Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
         if !daemon {
             problems.push("the docker daemon is not reachable (`docker info` fails)".to_owned());
         }
@@ -452,10 +388,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tools = tools(&steps);
     let problems = problems(&tools);
     if args.dry_run {
-        print!(
-            "{}",
-            script(args.action, &steps, &root(), &tools, &problems)
-        );
+        print!("{}", script(args.action, &steps, &root(), &tools, &problems));
         return Ok(());
     }
     if !problems.is_empty() {
@@ -471,11 +404,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 /// Replaces `${VAR}` for every captured variable; a variable the plan captures later (or never)
 /// is an error rather than an empty string.
-fn substitute(
-    text: &str,
-    vars: &BTreeMap<&str, String>,
-    pending: &[&str],
-) -> anyhow::Result<String> {
+fn substitute(text: &str, vars: &BTreeMap<&str, String>, pending: &[&str]) -> anyhow::Result<String> {
     let mut out = text.to_owned();
     for (var, value) in vars {
         out = out.replace(&format!("${{{var}}}"), value);
@@ -501,17 +430,12 @@ fn execute(steps: &[Step]) -> anyhow::Result<()> {
     let all_vars = captured_vars(steps);
     let mut vars: BTreeMap<&str, String> = BTreeMap::new();
     for step in steps {
-        let pending: Vec<&str> = all_vars
-            .iter()
-            .copied()
-            .filter(|v| !vars.contains_key(v))
-            .collect();
+        let pending: Vec<&str> = all_vars.iter().copied().filter(|v| !vars.contains_key(v)).collect();
         match step {
             Step::Write { path, contents } => {
                 let file = root.join(path);
                 if let Some(dir) = file.parent() {
-                    fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 }
                 fs::write(&file, substitute(contents, &vars, &pending)?)
                     .with_context(|| format!("writing {}", file.display()))?;
@@ -538,11 +462,7 @@ fn execute(steps: &[Step]) -> anyhow::Result<()> {
                     .with_context(|| format!("running {}", argv[0]))?;
                 let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 if !out.status.success() || value.is_empty() {
-                    bail!(
-                        "`{}` gave no value for {var} ({})",
-                        shell_line(argv),
-                        out.status
-                    );
+                    bail!("`{}` gave no value for {var} ({})", shell_line(argv), out.status);
                 }
                 println!("kind: {var}={value}");
                 vars.insert(var, value);
@@ -553,47 +473,25 @@ fn execute(steps: &[Step]) -> anyhow::Result<()> {
 }
 
 fn sh_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
-    if plain {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
 fn shell_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| sh_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 /// The plan as a shell script: what `--dry-run` prints.
-fn script(
-    action: Action,
-    steps: &[Step],
-    root: &Path,
-    tools: &[String],
-    problems: &[String],
-) -> String {
+fn script(action: Action, steps: &[Step], root: &Path, tools: &[String], problems: &[String]) -> String {
     let vars = captured_vars(steps);
     let mut out = String::new();
     let name = action.name();
-    let _ = writeln!(
-        out,
-        "# `cargo xtask kind {name} --dry-run`: what `cargo xtask kind {name}` would run. Nothing was run."
-    );
+    let _ = writeln!(out, "# `cargo xtask kind {name} --dry-run`: what `cargo xtask kind {name}` would run. Nothing was run.");
     let _ = writeln!(
         out,
         "# Needs {}{}.",
         and_list(tools),
-        if problems.is_empty() {
-            String::new()
-        } else {
-            format!("; on this machine {}", and_list(problems))
-        }
+        if problems.is_empty() { String::new() } else { format!("; on this machine {}", and_list(problems)) }
     );
     let _ = writeln!(out, "set -eu\ncd {}", sh_quote(&root.display().to_string()));
     let mut dirs: Vec<&str> = Vec::new();
@@ -611,18 +509,10 @@ fn script(
                 // in, as `execute` does); otherwise the text is literal.
                 let expands = vars.iter().any(|v| contents.contains(&format!("${{{v}}}")));
                 let delimiter = if expands { "EOF" } else { "'EOF'" };
-                let _ = writeln!(
-                    out,
-                    "cat > {} <<{delimiter}\n{}EOF",
-                    sh_quote(path),
-                    contents
-                );
+                let _ = writeln!(out, "cat > {} <<{delimiter}\n{}EOF", sh_quote(path), contents);
             }
             Step::Show { path, contents } => {
-                let _ = writeln!(
-                    out,
-                    "# --- {path} (applied through the overlay by the next command):"
-                );
+                let _ = writeln!(out, "# --- {path} (applied through the overlay by the next command):");
                 for line in contents.lines() {
                     let _ = writeln!(out, "#   {line}");
                 }
@@ -666,25 +556,12 @@ mod tests {
     fn up_creates_a_cluster_without_kube_proxy_and_two_workers() {
         let steps = plan(Action::Up);
         let config = written(&steps, "target/kind/kind-config.yaml");
-        assert!(
-            config.contains("networking:\n  kubeProxyMode: \"none\"\n"),
-            "{config}"
-        );
+        assert!(config.contains("networking:\n  kubeProxyMode: \"none\"\n"), "{config}");
         assert_eq!(config.matches("- role: worker").count(), 2, "{config}");
-        assert_eq!(
-            config.matches("- role: control-plane").count(),
-            1,
-            "{config}"
-        );
-        assert_eq!(
-            runs(&steps),
-            ["kind create cluster --name lb --config target/kind/kind-config.yaml --wait 2m"]
-        );
+        assert_eq!(config.matches("- role: control-plane").count(), 1, "{config}");
+        assert_eq!(runs(&steps), ["kind create cluster --name lb --config target/kind/kind-config.yaml --wait 2m"]);
         let script = script(Action::Up, &steps, Path::new("/repo"), &tools(&steps), &[]);
-        assert!(
-            script.contains("kubeProxyMode: \"none\""),
-            "the dry run prints the kind config"
-        );
+        assert!(script.contains("kubeProxyMode: \"none\""), "the dry run prints the kind config");
     }
 
     #[test]
@@ -692,78 +569,36 @@ mod tests {
         let steps = plan(Action::Deploy);
         let runs = runs(&steps);
         let position = |prefix: &str| {
-            runs.iter()
-                .position(|r| r.starts_with(prefix))
-                .unwrap_or_else(|| panic!("the plan runs `{prefix}...`: {runs:#?}"))
+            runs.iter().position(|r| r.starts_with(prefix)).unwrap_or_else(|| panic!("the plan runs `{prefix}...`: {runs:#?}"))
         };
         let build = position("docker build -t lb:dev .");
         let load = position("kind load docker-image lb:dev --name lb");
         let apply = position("kubectl --context kind-lb apply -k target/kind/overlay");
-        assert!(
-            build < load && load < apply,
-            "build, load, then apply: {runs:#?}"
-        );
+        assert!(build < load && load < apply, "build, load, then apply: {runs:#?}");
         for node in ["lb-control-plane", "lb-worker", "lb-worker2"] {
-            assert!(
-                position(&format!("docker exec {node} ")) < apply,
-                "bpffs on {node} before the apply"
-            );
+            assert!(position(&format!("docker exec {node} ")) < apply, "bpffs on {node} before the apply");
         }
         // The overlay is deploy/ (so the RBAC in it) with the local image and the API server.
         let overlay = written(&steps, "target/kind/overlay/kustomization.yaml");
-        assert!(
-            overlay.contains("resources:\n  - ../../../deploy\n"),
-            "{overlay}"
-        );
-        assert!(
-            overlay.contains("newName: lb\n    newTag: dev"),
-            "{overlay}"
-        );
-        assert!(
-            overlay.contains("api-server-host: \"${API_SERVER_HOST}\""),
-            "{overlay}"
-        );
+        assert!(overlay.contains("resources:\n  - ../../../deploy\n"), "{overlay}");
+        assert!(overlay.contains("newName: lb\n    newTag: dev"), "{overlay}");
+        assert!(overlay.contains("api-server-host: \"${API_SERVER_HOST}\""), "{overlay}");
         let kustomization = DEPLOY_MANIFESTS[0].1;
-        assert!(
-            kustomization.contains("- rbac.yaml"),
-            "deploy/ applies rbac.yaml"
-        );
+        assert!(kustomization.contains("- rbac.yaml"), "deploy/ applies rbac.yaml");
         let rbac = steps
             .iter()
             .find_map(|s| match s {
-                Step::Show {
-                    path: "deploy/rbac.yaml",
-                    contents,
-                } => Some(*contents),
+                Step::Show { path: "deploy/rbac.yaml", contents } => Some(*contents),
                 _ => None,
             })
             .expect("the dry run shows deploy/rbac.yaml");
-        for kind in [
-            "kind: ServiceAccount",
-            "kind: ClusterRole",
-            "kind: ClusterRoleBinding",
-        ] {
+        for kind in ["kind: ServiceAccount", "kind: ClusterRole", "kind: ClusterRoleBinding"] {
             assert!(rbac.contains(kind), "rbac.yaml has a {kind}");
         }
-        let script = script(
-            Action::Deploy,
-            &steps,
-            Path::new("/repo"),
-            &tools(&steps),
-            &[],
-        );
-        assert!(
-            script.contains("\nkubectl --context kind-lb apply -k target/kind/overlay\n"),
-            "{script}"
-        );
-        assert!(
-            script.contains("#   kind: ClusterRole\n"),
-            "the dry run prints the RBAC it applies"
-        );
-        assert!(
-            script.contains("API_SERVER_HOST=$(kubectl --context kind-lb get endpointslices"),
-            "{script}"
-        );
+        let script = script(Action::Deploy, &steps, Path::new("/repo"), &tools(&steps), &[]);
+        assert!(script.contains("\nkubectl --context kind-lb apply -k target/kind/overlay\n"), "{script}");
+        assert!(script.contains("#   kind: ClusterRole\n"), "the dry run prints the RBAC it applies");
+        assert!(script.contains("API_SERVER_HOST=$(kubectl --context kind-lb get endpointslices"), "{script}");
     }
 
     #[test]
@@ -776,16 +611,9 @@ mod tests {
                 match step {
                     Step::Capture { var, .. } => seen.push(*var),
                     Step::Write { path, contents } => {
-                        let uses: Vec<&str> = vars
-                            .iter()
-                            .copied()
-                            .filter(|v| contents.contains(&format!("${{{v}}}")))
-                            .collect();
+                        let uses: Vec<&str> = vars.iter().copied().filter(|v| contents.contains(&format!("${{{v}}}"))).collect();
                         for v in &uses {
-                            assert!(
-                                seen.contains(v),
-                                "{path} uses ${{{v}}} before it is captured"
-                            );
+                            assert!(seen.contains(v), "{path} uses ${{{v}}} before it is captured");
                         }
                         if !uses.is_empty() {
                             // The dry run's unquoted heredoc must expand nothing else.
@@ -793,10 +621,7 @@ mod tests {
                             for v in &uses {
                                 rest = rest.replace(&format!("${{{v}}}"), "");
                             }
-                            assert!(
-                                !rest.contains(['$', '`', '\\']),
-                                "{path}: only ${{VAR}} may be special"
-                            );
+                            assert!(!rest.contains(['$', '`', '\\']), "{path}: only ${{VAR}} may be special");
                         }
                     }
                     Step::Run(argv) => assert!(!argv.iter().any(|a| a.contains("${")), "{argv:?}"),
@@ -806,12 +631,7 @@ mod tests {
         }
         let vars = BTreeMap::from([("API_SERVER_HOST", "172.18.0.3".to_owned())]);
         assert_eq!(
-            substitute(
-                "h: \"${API_SERVER_HOST}\" ${KUBIA_SERVICE_HOST}",
-                &vars,
-                &["API_SERVER_PORT"]
-            )
-            .unwrap(),
+            substitute("h: \"${API_SERVER_HOST}\" ${KUBIA_SERVICE_HOST}", &vars, &["API_SERVER_PORT"]).unwrap(),
             "h: \"172.18.0.3\" ${KUBIA_SERVICE_HOST}"
         );
         assert!(substitute("p: ${API_SERVER_PORT}", &vars, &["API_SERVER_PORT"]).is_err());
@@ -820,41 +640,18 @@ mod tests {
     #[test]
     fn bench_uses_the_demo_service_without_its_demo_cluster_ip() {
         let service = kubia_service();
-        for needle in [
-            "kind: Service",
-            "name: kubia",
-            "port: 80",
-            "targetPort: 8080",
-            "app: kubia",
-        ] {
+        for needle in ["kind: Service", "name: kubia", "port: 80", "targetPort: 8080", "app: kubia"] {
             assert!(service.contains(needle), "{needle}: {service}");
         }
-        assert!(
-            !service.contains("clusterIP"),
-            "the API server assigns the ClusterIP: {service}"
-        );
-        assert!(
-            !service.contains("EndpointSlice"),
-            "the EndpointSlice controller writes those"
-        );
+        assert!(!service.contains("clusterIP"), "the API server assigns the ClusterIP: {service}");
+        assert!(!service.contains("EndpointSlice"), "the EndpointSlice controller writes those");
         let steps = plan(Action::Bench);
         let runs = runs(&steps);
-        assert_eq!(
-            runs[0],
-            "kubectl --context kind-lb -n lb-system rollout status daemonset/lb --timeout=1m"
-        );
-        assert!(
-            runs.contains(&"kubectl --context kind-lb apply -f target/kind/kubia.yaml".to_owned())
-        );
-        assert!(
-            runs.last()
-                .is_some_and(|r| r == "kubectl --context kind-lb logs job/kubia-client")
-        );
+        assert_eq!(runs[0], "kubectl --context kind-lb -n lb-system rollout status daemonset/lb --timeout=1m");
+        assert!(runs.contains(&"kubectl --context kind-lb apply -f target/kind/kubia.yaml".to_owned()));
+        assert!(runs.last().is_some_and(|r| r == "kubectl --context kind-lb logs job/kubia-client"));
         let client = written(&steps, "target/kind/kubia-client.yaml");
-        assert!(
-            client.contains("kind: Job") && client.contains("${KUBIA_SERVICE_HOST}"),
-            "{client}"
-        );
+        assert!(client.contains("kind: Job") && client.contains("${KUBIA_SERVICE_HOST}"), "{client}");
     }
 
     #[test]
@@ -872,10 +669,7 @@ mod tests {
             assert_eq!(tools[..2], ["docker", "kind"], "{action:?}");
         }
         assert_eq!(tools(&plan(Action::Deploy)), ["docker", "kind", "kubectl"]);
-        assert_eq!(
-            and_list(&["docker".into(), "kind".into(), "kubectl".into()]),
-            "docker, kind and kubectl"
-        );
+        assert_eq!(and_list(&["docker".into(), "kind".into(), "kubectl".into()]), "docker, kind and kubectl");
     }
 
     #[test]

@@ -24,7 +24,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: trivial libc call.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("setup needs root: it installs packages, mounts bpffs and loads BPF programs; run it as root (sudo -E cargo xtask ...)");
+        bail!(
+            "setup needs root: it installs packages, mounts bpffs and loads BPF programs; run it as root (sudo -E cargo xtask ...)"
+        );
     }
     apt_packages()?;
     let toolchain = rust_toolchain()?;
@@ -113,9 +115,10 @@ pub fn path_with_cargo_bin() -> OsString {
 /// LLVM 22), as `../shared/reference/toolchain.md` describes.
 fn bpf_linker() -> anyhow::Result<()> {
     let linker = cargo_bin().join("bpf-linker");
-    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-    });
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
     if works {
         println!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
         return Ok(());

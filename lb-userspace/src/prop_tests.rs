@@ -1109,6 +1109,13 @@ struct Allowed {
     /// change: while it moves, each one's frontends may briefly select the other's backends
     /// (a misconfiguration the API server allows: two Services claiming one externalIP).
     contested: BTreeMap<u32, BTreeSet<u32>>,
+    /// Per ServicePort, the backends its own tables (those its frontends pointed at before)
+    /// hold after the change, unless a frontend of another ServicePort points at them then.
+    /// A frontend being removed while its ServicePort's endpoints change selects these until
+    /// its delete (the upserts come first): its own Service's new endpoints, even when the
+    /// ServicePort keeps no frontend of its own after the change (they all went to another
+    /// ServicePort claiming the same addresses).
+    own_after: BTreeMap<u32, BTreeSet<([u8; 16], u16, u8)>>,
 }
 
 impl Allowed {
@@ -1120,18 +1127,57 @@ impl Allowed {
                 contested.entry(a.svc_id).or_default().insert(b.svc_id);
             }
         }
-        Self { rb: routes(before), ra: routes(after), sb: svc_routes(before), sa: svc_routes(after), contested }
+        Self {
+            rb: routes(before),
+            ra: routes(after),
+            sb: svc_routes(before),
+            sa: svc_routes(after),
+            contested,
+            own_after: own_tables_after(before, after),
+        }
     }
 }
 
+/// See [`Allowed::own_after`].
+fn own_tables_after(before: &MapState, after: &MapState) -> BTreeMap<u32, BTreeSet<([u8; 16], u16, u8)>> {
+    let frontends = |st: &MapState| -> Vec<(u32, u32)> {
+        st.services
+            .values()
+            .filter(|v| v.flags & SVC_F_ADDR_MARKER == 0)
+            .flat_map(|v| [(v.svc_id, v.select_id), (v.svc_id, v.cluster_select_id)])
+            .collect()
+    };
+    let owners_after: BTreeMap<u32, BTreeSet<u32>> = frontends(after).into_iter().fold(BTreeMap::new(), |mut m, (svc, t)| {
+        m.entry(t).or_default().insert(svc);
+        m
+    });
+    let mut out: BTreeMap<u32, BTreeSet<_>> = BTreeMap::new();
+    for (svc, table) in frontends(before) {
+        if owners_after.get(&table).is_some_and(|o| o.iter().any(|s| *s != svc)) {
+            continue;
+        }
+        let ids = after
+            .select
+            .iter()
+            .filter(|(k, _)| k.select_id == table)
+            .map(|(_, id)| *id)
+            .chain(after.maglev.iter().filter(|(k, _)| k.select_id == table).flat_map(|(_, c)| c.ids));
+        let set = out.entry(svc).or_default();
+        set.extend(ids.filter_map(|id| after.backends.get(&id)).map(|be| (be.addr, be.port_be, be.proto)));
+    }
+    out
+}
+
 fn routes_within(now: &MapState, a: &Allowed) -> Result<(), String> {
-    let Allowed { rb, ra, sb, sa, contested } = a;
+    let Allowed { rb, ra, sb, sa, contested, own_after } = a;
     let empty = BTreeSet::new();
     let no_ids = BTreeSet::new();
     for (k, set) in routes(now) {
         let svc = now.services[&k].svc_id;
         let allowed = |x: &([u8; 16], u16, u8)| {
-            [rb.get(&k), ra.get(&k), sb.get(&svc), sa.get(&svc)].iter().any(|s| s.unwrap_or(&empty).contains(x))
+            [rb.get(&k), ra.get(&k), sb.get(&svc), sa.get(&svc), own_after.get(&svc)]
+                .iter()
+                .any(|s| s.unwrap_or(&empty).contains(x))
                 || contested
                     .get(&svc)
                     .unwrap_or(&no_ids)

@@ -163,8 +163,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
             last_sweep = Instant::now();
             match dp.sweep_conntrack() {
-                Ok(0) => {}
-                Ok(n) => info!(entries = n, "swept idle conntrack entries"),
+                Ok(sweep) => {
+                    metrics.set_conntrack_entries(sweep.remaining);
+                    if sweep.removed > 0 {
+                        info!(entries = sweep.removed, remaining = sweep.remaining, "swept idle conntrack entries");
+                    }
+                }
                 Err(e) => warn!(error = format!("{e:#}"), "conntrack sweep failed"),
             }
         }

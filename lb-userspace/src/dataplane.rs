@@ -427,13 +427,15 @@ impl Dataplane {
     }
 
     /// Deletes conntrack entries idle longer than their lifetime (the LRU reclaims the rest
-    /// under pressure). Returns how many were deleted.
-    pub fn sweep_conntrack(&mut self) -> Result<usize> {
+    /// under pressure).
+    pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
         let now = monotonic_ns();
+        let mut listed = 0;
         let stale: Vec<CtKey> = self
             .conntrack
             .iter()
             .filter_map(std::result::Result::ok)
+            .inspect(|_| listed += 1)
             .filter(|(k, v)| now.saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k, v))
             .map(|(k, _)| k)
             .collect();
@@ -452,8 +454,17 @@ impl Dataplane {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok(Sweep { removed, remaining: listed - removed })
     }
+}
+
+/// What a conntrack sweep did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    /// Idle entries deleted.
+    pub removed: usize,
+    /// Entries left in the table (two per flow), out of [`lb_common::CONNTRACK_MAX`].
+    pub remaining: usize,
 }
 
 fn is_delete(op: &Op) -> bool {

@@ -87,6 +87,8 @@ pub struct State {
     pub rejected_total: BTreeMap<String, u64>,
     /// `(object, reason)` currently rejected.
     pub rejected: BTreeSet<(String, String)>,
+    /// Conntrack entries counted by the last sweep (`None` before the first).
+    pub conntrack_entries: Option<usize>,
 }
 
 impl Default for State {
@@ -99,6 +101,7 @@ impl Default for State {
             sync_errors: SYNC_ERROR_REASONS.iter().map(|r| ((*r).to_owned(), 0)).collect(),
             rejected_total: BTreeMap::new(),
             rejected: BTreeSet::new(),
+            conntrack_entries: None,
         }
     }
 }
@@ -148,6 +151,11 @@ impl Metrics {
             *s.rejected_total.entry(reason).or_default() += 1;
         }
         s.rejected = now;
+    }
+
+    /// The conntrack table's fill, as the last sweep counted it.
+    pub fn set_conntrack_entries(&self, entries: usize) {
+        self.lock().conntrack_entries = Some(entries);
     }
 
     pub fn snapshot(&self) -> State {
@@ -229,6 +237,20 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     ] {
         header(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
+    }
+    // Counting a 131,072-entry LRU map at every scrape would cost the scraper; the agent counts
+    // it at every conntrack sweep instead. Alert on entries / capacity: a full table evicts
+    // live flows (BENCHMARKS.md, B2: conntrack sizing).
+    header(
+        &mut o,
+        "lb_conntrack_capacity",
+        "gauge",
+        "Capacity of the conntrack table (entries; two per flow, one per direction).",
+    );
+    let _ = writeln!(o, "lb_conntrack_capacity {}", lb_common::CONNTRACK_MAX);
+    if let Some(n) = state.conntrack_entries {
+        header(&mut o, "lb_conntrack_entries", "gauge", "Conntrack entries counted by the agent's last sweep (every 30 s).");
+        let _ = writeln!(o, "lb_conntrack_entries {n}");
     }
 
     let h = &state.sync_duration;
@@ -352,6 +374,18 @@ mod tests {
         assert_eq!(out.matches("# TYPE lb_sync_total counter").count(), 1);
         assert!(out.contains("# TYPE lb_sync_duration_seconds histogram"));
         assert!(out.ends_with('\n'));
+    }
+
+    #[test]
+    fn conntrack_fill_is_exported_once_a_sweep_counted_it() {
+        let m = Metrics::new(None);
+        let out = render(&m.snapshot(), None);
+        assert!(lines(&out).contains(&"lb_conntrack_capacity 131072"), "{out}");
+        assert!(!out.contains("lb_conntrack_entries"), "no count before the first sweep:\n{out}");
+        m.set_conntrack_entries(4_242);
+        let out = render(&m.snapshot(), None);
+        assert!(lines(&out).contains(&"lb_conntrack_entries 4242"), "{out}");
+        assert_eq!(out.matches("# TYPE lb_conntrack_entries gauge").count(), 1);
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct NodeContext {
     pub zone: Option<String>,
 }
 
+/// An object's namespace, with the API's default for objects that name none.
+pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
 /// Label that opts a Service out of this proxy (point 4).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Label that marks a Service headless for proxies (point 4).
@@ -129,7 +134,7 @@ fn compile_families(
     let indexes: Vec<(Family, SlicesByService)> = families.iter().map(|f| (*f, index_slices(slices, *f))).collect();
     for svc in services {
         let svc: &Service = svc.borrow();
-        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = namespace_of(&svc.metadata).to_owned();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mut ports = Vec::new();
         let mut health_check: Option<HealthCheck> = None;
@@ -190,7 +195,7 @@ fn index_slices(slices: &[impl Borrow<EndpointSlice>], family: Family) -> Slices
         if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
             continue;
         }
-        let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = namespace_of(&slice.metadata).to_owned();
         by_service.entry((ns, svc.clone())).or_default().push(slice);
     }
     by_service

@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
-    compile::{LABEL_SERVICE_NAME, NodeContext, compile_all},
+    compile::{LABEL_SERVICE_NAME, NodeContext, compile_all, namespace_of},
     model::{DesiredState, HealthChecks},
 };
 
@@ -30,11 +30,6 @@ struct Compiled {
     slices: Vec<Arc<EndpointSlice>>,
     desired: DesiredState,
     health_checks: HealthChecks,
-}
-
-/// Namespace of an object, with the API's default.
-fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.namespace.as_deref().unwrap_or("default")
 }
 
 impl CompileMemo {
@@ -55,14 +50,14 @@ impl CompileMemo {
         let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
         for slice in slices {
             if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) {
-                slices_of.entry((namespace(&slice.metadata), svc.as_str())).or_default().push(slice);
+                slices_of.entry((namespace_of(&slice.metadata), svc.as_str())).or_default().push(slice);
             }
         }
         let mut desired = DesiredState::default();
         let mut health_checks = HealthChecks::new();
         let mut live = HashMap::with_capacity(services.len());
         for svc in services {
-            let key = (namespace(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
+            let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
             let own: &[&Arc<EndpointSlice>] = slices_of.get(&key).map_or(&[], Vec::as_slice);
             let owned_key = (key.0.to_owned(), key.1.to_owned());
             let compiled = match self.by_service.remove(&owned_key) {

@@ -4,6 +4,12 @@
 //! node computes the same table for the same endpoint set and a flow hashes to the same backend
 //! on every node.
 
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
 /// Table sizes the agent chooses from: primes, each four times the previous, so that a service's
 /// size changes rarely (every change remaps new flows; conntrack keeps the established ones).
 pub const TABLE_SIZES: [u32; 4] = [1021, 4093, 16381, 65521];
@@ -93,7 +99,7 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
 /// ([`TableCache::end_pass`]), so the cache holds at most one table per live endpoint set.
 #[derive(Clone, Default)]
 pub struct TableCache {
-    tables: std::collections::HashMap<(Vec<(std::net::IpAddr, u16)>, u32), (std::sync::Arc<[u16]>, u64)>,
+    tables: HashMap<(Vec<(IpAddr, u16)>, u32), (Arc<[u16]>, u64)>,
     pass: u64,
 }
 
@@ -106,17 +112,21 @@ impl std::fmt::Debug for TableCache {
 impl TableCache {
     /// The table of size `m` for `endpoints` (address, port), in their order: slot → index
     /// into `endpoints` (what [`table`] returns for their `address:port` names).
-    pub fn table(&mut self, endpoints: &[(std::net::IpAddr, u16)], m: u32) -> std::sync::Arc<[u16]> {
+    pub fn table(&mut self, endpoints: Vec<(IpAddr, u16)>, m: u32) -> Arc<[u16]> {
         let pass = self.pass;
-        if let Some((t, used)) = self.tables.get_mut(&(endpoints.to_vec(), m)) {
-            *used = pass;
-            return t.clone();
+        match self.tables.entry((endpoints, m)) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().1 = pass;
+                e.get().0.clone()
+            }
+            Entry::Vacant(e) => {
+                let names: Vec<String> = e.key().0.iter().map(|(a, p)| SocketAddr::new(*a, *p).to_string()).collect();
+                // Indices fit 16 bits: a service has at most BACKENDS_MAX (65,536) backends.
+                let t: Arc<[u16]> = table(&names, m).into_iter().map(|i| i as u16).collect();
+                e.insert((t.clone(), pass));
+                t
+            }
         }
-        let names: Vec<String> = endpoints.iter().map(|(a, p)| std::net::SocketAddr::new(*a, *p).to_string()).collect();
-        // Indices fit 16 bits: a service has at most BACKENDS_MAX (65,536) backends.
-        let t: std::sync::Arc<[u16]> = table(&names, m).into_iter().map(|i| i as u16).collect();
-        self.tables.insert((endpoints.to_vec(), m), (t.clone(), pass));
-        t
     }
 
     /// Ends one plan: forgets the tables it did not use.
@@ -251,23 +261,23 @@ mod tests {
 
     #[test]
     fn the_cache_returns_the_same_tables_and_forgets_unused_ones() {
-        let eps = |n: usize| -> Vec<(std::net::IpAddr, u16)> {
-            names(n).iter().map(|s| s.parse::<std::net::SocketAddr>().unwrap()).map(|a| (a.ip(), a.port())).collect()
+        let eps = |n: usize| -> Vec<(IpAddr, u16)> {
+            names(n).iter().map(|s| s.parse::<SocketAddr>().unwrap()).map(|a| (a.ip(), a.port())).collect()
         };
         let mut cache = TableCache::default();
-        let t3 = cache.table(&eps(3), 1021);
+        let t3 = cache.table(eps(3), 1021);
         let direct: Vec<u16> = table(&names(3), 1021).into_iter().map(|i| i as u16).collect();
         assert_eq!(&t3[..], &direct[..]);
-        assert!(std::sync::Arc::ptr_eq(&t3, &cache.table(&eps(3), 1021)), "a hit is the same table");
-        cache.table(&eps(5), 1021);
+        assert!(Arc::ptr_eq(&t3, &cache.table(eps(3), 1021)), "a hit is the same table");
+        cache.table(eps(5), 1021);
         cache.end_pass();
         assert_eq!(cache.len(), 2);
         // The next pass uses only the 5-endpoint table: the 3-endpoint one is dropped.
-        cache.table(&eps(5), 1021);
+        cache.table(eps(5), 1021);
         cache.end_pass();
         assert_eq!(cache.len(), 1);
         // Same endpoints, other size: another table.
-        assert_ne!(cache.table(&eps(5), 4093).len(), 1021);
+        assert_ne!(cache.table(eps(5), 4093).len(), 1021);
     }
 
     #[test]

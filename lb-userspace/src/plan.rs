@@ -366,7 +366,7 @@ fn write_table(
     }
     let addrs: Vec<(IpAddr, u16)> = endpoints.iter().map(|e| (e.addr, e.port)).collect();
     let m = crate::maglev::table_size(addrs.len(), cfg.maglev_table_size);
-    let table = ids.maglev.table(&addrs, m);
+    let table = ids.maglev.table(addrs, m);
     for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
         let mut c = MaglevChunk::default();
         for (i, idx) in slots.iter().enumerate() {

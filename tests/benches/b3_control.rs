@@ -126,7 +126,7 @@ fn log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
 /// Seconds from `start` to the last agent log line containing `needle`.
 fn last_log_time(log: &Path, needle: &str, start: SystemTime) -> Option<f64> {
     let text = fs::read_to_string(log).ok()?;
-    let line = text.lines().filter(|l| l.contains(needle)).next_back()?;
+    let line = text.lines().rfind(|l| l.contains(needle))?;
     log_line_time(line, start)
 }
 

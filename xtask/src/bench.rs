@@ -669,9 +669,9 @@ impl Report {
                     "| {} | {:.0} ms | {:.1} ms | {:.1} ms; {:.1} ms | {:.1} ms | {:.1} ms | {} |",
                     num(f(&x["services"]), 0),
                     f(&p["coalesce_window_ms"]),
-                    f(if p["snapshot_ms"].is_null() { &p["clone_ms"] } else { &p["snapshot_ms"] }),
+                    f(&p["snapshot_ms"]),
                     f(&p["compile_ms"]),
-                    f(if p["full_compile_ms"].is_null() { &p["compile_ms"] } else { &p["full_compile_ms"] }),
+                    f(&p["full_compile_ms"]),
                     f(&p["plan_ms"]),
                     f(&p["diff_ms"]),
                     p["diff_ops"]

@@ -19,9 +19,10 @@ use crate::{
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
     health::{HealthCheckServers, ProxyHealth, health_handler, http::spawn_listener},
     metrics::{Metrics, Programmed, metrics_handler, sync_error_reason},
-    model::{DesiredState, HealthChecks, ServicePortName},
+    model::{DesiredState, HealthChecks, ServicePortName, Skipped},
     node::node_context,
-    plan::{Ids, MapState, PlanConfig, addr16, map_state},
+    plan::{MapState, PlanConfig, addr16},
+    planner::Planner,
     source_file::{self, ClusterObjects},
     source_kube::KubeSource,
 };
@@ -101,6 +102,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         spawn_listener("metrics (/metrics)", addr, metrics_handler(metrics.clone()));
     }
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath")?;
+    metrics.set_map_sizes(*dp.limits());
     info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
     attach_all(&mut dp, &cfg)?;
 
@@ -114,9 +116,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let mut sync = Sync {
         compile: CompileMemo::default(),
-        ids: Ids::default(),
+        planner: Planner::new(cfg.plan),
         first: true,
-        last: None,
+        rejected: Vec::new(),
         node: None,
         health_checks: HealthChecks::new(),
         metrics: metrics.clone(),
@@ -266,9 +268,11 @@ impl Feed {
 struct Sync {
     /// Compile results of unchanged Services, kept between syncs.
     compile: CompileMemo,
-    ids: Ids,
+    /// The map state, planned again only for ServicePorts that changed.
+    planner: Planner,
     first: bool,
-    last: Option<DesiredState>,
+    /// Invalid objects of the last sync (each is logged when it first shows).
+    rejected: Vec<Skipped>,
     node: Option<NodeContext>,
     /// Health-check node ports of the last applied state.
     health_checks: HealthChecks,
@@ -286,34 +290,41 @@ impl Sync {
         // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
         let (desired, health_checks) = self.compile.compile(&objects.services, &objects.slices, &node);
         self.metrics.set_rejected(&desired.rejected);
-        if self.last.as_ref() == Some(&desired) {
-            self.health_checks = health_checks;
-            return Ok(());
-        }
-        for r in &desired.rejected {
-            warn!(object = %r.object, reason = %r.reason, "skipped invalid object");
+        if desired.rejected != self.rejected {
+            for r in desired.rejected.iter().filter(|r| !self.rejected.contains(r)) {
+                warn!(object = %r.object, reason = %r.reason, "skipped invalid object");
+            }
+            self.rejected = desired.rejected.clone();
         }
         if self.first {
-            self.ids.adopt(dp.state(), &desired);
+            self.planner.adopt(dp.state(), &desired);
         }
-        let state = map_state(&desired, &mut self.ids, &cfg.plan);
-        let writes = dp.apply(&state)?;
+        // Unchanged ServicePorts keep their plan; only what changed (or failed to apply last
+        // time) is compared with the maps.
+        let replanned = self.planner.plan(&desired);
+        self.health_checks = health_checks;
+        if replanned == 0 && self.planner.pending().is_empty() {
+            return Ok(());
+        }
+        let state = self.planner.state();
+        let writes = dp.apply_touched(state, self.planner.pending())?;
+        self.planner.applied();
         self.first = false;
+        let state = self.planner.state();
         self.metrics.set_programmed(Programmed {
             service_ports: desired.services.len(),
             frontends: state.services.keys().filter(|k| k.proto != 0).count(),
             backends: state.backends.len(),
-            names: service_port_names(&desired, &state),
+            names: service_port_names(&desired, state),
         });
         info!(
             service_ports = desired.services.len(),
+            replanned,
             frontends = state.services.len(),
             backends = state.backends.len(),
             writes,
             "synced"
         );
-        self.last = Some(desired);
-        self.health_checks = health_checks;
         Ok(())
     }
 }
@@ -387,6 +398,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::plan::{Ids, map_state};
 
     fn service(name: &str, cluster_ip: &str, ports: serde_json::Value) -> Service {
         serde_json::from_value(json!({

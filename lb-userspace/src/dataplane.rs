@@ -34,7 +34,11 @@ use lb_common::{
     ServiceValue, SourceRangeData, SvcName,
 };
 
-use crate::plan::{MapState, Op};
+use crate::{
+    map_sizes::{self, MapSizes},
+    plan::{MapState, Op},
+    planner::Touched,
+};
 
 /// Where the agent pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
@@ -109,13 +113,13 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
     pub pin_path: PathBuf,
-    /// Override of [`lb_common::CONNTRACK_MAX`] (only applies when the maps are created).
-    pub conntrack_max: Option<u32>,
+    /// Map capacities asked for when the maps are created (pinned maps keep theirs).
+    pub sizes: MapSizes,
 }
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), conntrack_max: None }
+        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), sizes: MapSizes::default() }
     }
 }
 
@@ -168,6 +172,8 @@ pub struct Dataplane {
     source_ranges: LpmTrie<MapData, SourceRangeData, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     names: HashMap<MapData, u32, SvcName>,
+    /// The maps' real capacities.
+    limits: MapSizes,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
 }
@@ -188,10 +194,19 @@ impl Dataplane {
 
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_path);
-        if let Some(n) = config.conntrack_max {
-            loader.map_max_entries(lb_common::CONNTRACK, n);
-        }
+        config.sizes.request(&mut loader);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let limits = MapSizes::actual(&config.sizes, |name| ebpf.map(name).and_then(map_sizes::max_entries));
+        for ((name, want), (_, got)) in config.sizes.by_name().into_iter().zip(limits.by_name()) {
+            if got != want {
+                tracing::warn!(
+                    map = name,
+                    pinned = got,
+                    requested = want,
+                    "a pinned map keeps the size it was created with; `lb agent --cleanup` (drops live connections) and a restart resize it"
+                );
+            }
+        }
         for name in [lb_common::PROG_TC_POD, lb_common::PROG_TC_EXT] {
             classifier_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
@@ -212,6 +227,7 @@ impl Dataplane {
             names: take_map(&mut ebpf, lb_common::SVC_NAMES)?,
             ebpf,
             pin_path,
+            limits,
             shadow: MapState::default(),
         };
         dp.shadow = dp.read_state()?;
@@ -220,6 +236,11 @@ impl Dataplane {
 
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
+    }
+
+    /// The maps' real capacities (an adopted pin keeps the size it was created with).
+    pub fn limits(&self) -> &MapSizes {
+        &self.limits
     }
 
     /// What the agent-written maps hold now.
@@ -376,22 +397,35 @@ impl Dataplane {
     /// Makes the maps hold `desired` with the minimal writes, in the safe order. Capacity is
     /// checked before the first write, so a state that does not fit changes nothing.
     pub fn apply(&mut self, desired: &MapState) -> Result<usize> {
-        check_capacity(lb_common::SERVICES, desired.services.len(), lb_common::SERVICES_MAX)?;
-        check_capacity(lb_common::BACKENDS, desired.backends.len(), lb_common::BACKENDS_MAX)?;
-        check_capacity(lb_common::SELECT, desired.select.len(), lb_common::SELECT_MAX)?;
-        check_capacity(lb_common::MAGLEV, desired.maglev.len(), lb_common::MAGLEV_CHUNKS_MAX)?;
-        check_capacity(lb_common::MEMBERS, desired.members.len(), lb_common::MEMBERS_MAX)?;
-        check_capacity(lb_common::SOURCE_RANGES, desired.source_ranges.len(), lb_common::SOURCE_RANGES_MAX)?;
-        check_capacity(lb_common::SVC_NAMES, desired.names.len(), lb_common::SVC_NAMES_MAX)?;
-        let mut ops = crate::plan::diff(&self.shadow, desired);
-        if let Some((name, peak, limit)) = transition_overflow(&self.shadow, &ops) {
+        let ops = crate::plan::diff(&self.shadow, desired);
+        self.apply_ops(desired, ops)
+    }
+
+    /// [`Dataplane::apply`] when only `touched` keys can differ from what the maps hold (the
+    /// incremental planner's [`Touched`]): the diff looks at those keys only.
+    pub fn apply_touched(&mut self, desired: &MapState, touched: &Touched) -> Result<usize> {
+        let ops = crate::planner::diff_touched(&self.shadow, desired, touched);
+        self.apply_ops(desired, ops)
+    }
+
+    /// Writes `ops`, which turn the maps into `desired`.
+    fn apply_ops(&mut self, desired: &MapState, mut ops: Vec<Op>) -> Result<usize> {
+        let l = &self.limits;
+        check_capacity(lb_common::SERVICES, desired.services.len(), l.services)?;
+        check_capacity(lb_common::BACKENDS, desired.backends.len(), l.backends)?;
+        check_capacity(lb_common::SELECT, desired.select.len(), l.select)?;
+        check_capacity(lb_common::MAGLEV, desired.maglev.len(), l.maglev)?;
+        check_capacity(lb_common::MEMBERS, desired.members.len(), l.members)?;
+        check_capacity(lb_common::SOURCE_RANGES, desired.source_ranges.len(), l.source_ranges)?;
+        check_capacity(lb_common::SVC_NAMES, desired.names.len(), l.names)?;
+        if let Some((name, peak, limit)) = transition_overflow(&self.shadow, &ops, l) {
             // Upserts-before-deletes would need old and new entries at once: more than the map
             // holds. Delete first instead; flows of the services being changed may see a
             // missing entry for the duration of this apply (milliseconds), which beats never
             // converging.
             tracing::warn!(map = name, peak, limit, "change does not fit alongside the state it replaces; deleting first");
             ops.sort_by_key(|op| !is_delete(op));
-            if let Some((name, wanted, limit)) = transition_overflow(&self.shadow, &ops) {
+            if let Some((name, wanted, limit)) = transition_overflow(&self.shadow, &ops, &self.limits) {
                 return Err(DataplaneError::MapFull { name, wanted, limit });
             }
         }
@@ -463,7 +497,7 @@ impl Dataplane {
 pub struct Sweep {
     /// Idle entries deleted.
     pub removed: usize,
-    /// Entries left in the table (two per flow), out of [`lb_common::CONNTRACK_MAX`].
+    /// Entries left in the table (two per flow), out of [`Dataplane::limits`]' `conntrack`.
     pub remaining: usize,
 }
 
@@ -482,16 +516,16 @@ fn is_delete(op: &Op) -> bool {
 
 /// Walks `ops` from `shadow`, counting each map's entries: the first map whose count would exceed
 /// its capacity at some point, as (name, peak, limit).
-fn transition_overflow(shadow: &MapState, ops: &[Op]) -> Option<(&'static str, usize, u32)> {
+fn transition_overflow(shadow: &MapState, ops: &[Op], limits: &MapSizes) -> Option<(&'static str, usize, u32)> {
     use lb_common as c;
     let maps: [(&'static str, u32); 7] = [
-        (c::SERVICES, c::SERVICES_MAX),
-        (c::BACKENDS, c::BACKENDS_MAX),
-        (c::SELECT, c::SELECT_MAX),
-        (c::MAGLEV, c::MAGLEV_CHUNKS_MAX),
-        (c::MEMBERS, c::MEMBERS_MAX),
-        (c::SOURCE_RANGES, c::SOURCE_RANGES_MAX),
-        (c::SVC_NAMES, c::SVC_NAMES_MAX),
+        (c::SERVICES, limits.services),
+        (c::BACKENDS, limits.backends),
+        (c::SELECT, limits.select),
+        (c::MAGLEV, limits.maglev),
+        (c::MEMBERS, limits.members),
+        (c::SOURCE_RANGES, limits.source_ranges),
+        (c::SVC_NAMES, limits.names),
     ];
     let mut count = [
         shadow.services.len(),
@@ -671,12 +705,13 @@ mod tests {
         shadow.backends.extend((0..max).map(|id| (id, Backend::default())));
         let mut ops: Vec<Op> = (max..max + 10).map(|id| Op::PutBackend(id, Backend::default())).collect();
         ops.extend((0..10).map(Op::DelBackend));
-        assert_eq!(transition_overflow(&shadow, &ops), Some((lb_common::BACKENDS, max as usize + 10, max)));
+        let limits = MapSizes::default();
+        assert_eq!(transition_overflow(&shadow, &ops, &limits), Some((lb_common::BACKENDS, max as usize + 10, max)));
         ops.sort_by_key(|op| !is_delete(op));
         assert!(matches!(ops[0], Op::DelBackend(0)));
-        assert_eq!(transition_overflow(&shadow, &ops), None);
+        assert_eq!(transition_overflow(&shadow, &ops, &limits), None);
         // Updates in place never grow a map.
         let updates: Vec<Op> = (0..max).map(|id| Op::PutBackend(id, Backend { port_be: 1, ..Backend::default() })).collect();
-        assert_eq!(transition_overflow(&shadow, &updates), None);
+        assert_eq!(transition_overflow(&shadow, &updates, &limits), None);
     }
 }

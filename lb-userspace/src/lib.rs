@@ -8,12 +8,14 @@ pub mod dataplane;
 pub mod dump;
 pub mod health;
 pub mod maglev;
+pub mod map_sizes;
 pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod node;
 pub mod pinned;
 pub mod plan;
+pub mod planner;
 #[cfg(test)]
 mod prop_tests;
 pub mod source_file;

@@ -12,6 +12,7 @@ use lb_userspace::{
     agent::{self, AgentConfig, Source},
     dataplane::{self, DEFAULT_PIN_PATH, DataplaneConfig, ExternalMode},
     dump::{self, Output, Table},
+    map_sizes::MapSizes,
     pinned::PinnedMaps,
     plan::PlanConfig,
 };
@@ -117,7 +118,7 @@ struct AgentArgs {
     #[arg(long, default_value = "61000-65000", value_parser = parse_port_range)]
     snat_ports: (u16, u16),
     /// Maglev table size (a prime up to 65521) for every service; default: per service, the
-    /// smallest of 251, 509, 1021, ... at least 100 x its backends.
+    /// smallest of 1021, 4093, 16381 and 65521 at least 100 x its backends.
     #[arg(long, value_parser = parse_maglev_size)]
     maglev_table_size: Option<u32>,
     /// This node's name (endpoints with this `nodeName` are local).
@@ -130,9 +131,18 @@ struct AgentArgs {
     /// itself stays in its own namespace.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
-    /// Capacity of the conntrack map when it is created.
-    #[arg(long)]
-    conntrack_max: Option<u32>,
+    /// Capacity of the conntrack map when it is created (two entries per flow; an LRU, so its
+    /// memory is taken up front).
+    #[arg(long, value_name = "ENTRIES", default_value_t = lb_common::CONNTRACK_MAX,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    conntrack_max: u32,
+    /// Size the service maps for this many Services (ServicePorts) of up to 10 endpoints each:
+    /// LB_SERVICES 4N, LB_MAGLEV 16N chunks, LB_SELECT and LB_MEMBERS 10N, LB_SVC_STATS and
+    /// LB_SVC_NAMES 2N, never below the defaults (which hold about 16,000). Their memory is taken
+    /// as they fill. Applies when the maps are created: pinned maps keep their size until
+    /// `--cleanup`. Example: --services-max 100000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    services_max: Option<u32>,
     /// How often the file source is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
@@ -213,6 +223,14 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl AgentArgs {
+    /// The map capacities asked for by `--services-max` and `--conntrack-max`.
+    fn map_sizes(&self) -> MapSizes {
+        let scaled = self.services_max.map_or_else(MapSizes::default, MapSizes::for_services);
+        MapSizes { conntrack: self.conntrack_max, ..scaled }
+    }
+}
+
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
@@ -225,9 +243,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!(pin_path = %args.pin_path.display(), "removed pinned maps and links");
         return Ok(());
     }
+    let sizes = args.map_sizes();
     let cfg = AgentConfig {
         source: args.source,
-        dataplane: DataplaneConfig { pin_path: args.pin_path, conntrack_max: args.conntrack_max },
+        dataplane: DataplaneConfig { pin_path: args.pin_path, sizes },
         pod_interfaces: args.pod_iface,
         external_interfaces: args.ext_iface,
         external_mode: args.xdp_mode,
@@ -344,5 +363,21 @@ mod tests {
         let Command::Agent(a) = cli.command else { panic!() };
         assert_eq!(a.hairpin_ip6, "fd00:1::7".parse::<Ipv6Addr>().unwrap());
         assert!(Cli::try_parse_from(["lb", "agent", "--hairpin-ip6", "169.254.42.1"]).is_err());
+    }
+
+    #[test]
+    fn map_sizes_scale_with_services_max_and_default_otherwise() {
+        let agent = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["lb", "agent"], args].concat()).unwrap();
+            let Command::Agent(a) = cli.command else { panic!() };
+            a.map_sizes()
+        };
+        assert_eq!(agent(&[]), MapSizes::default());
+        let big = agent(&["--services-max", "100000", "--conntrack-max", "262144"]);
+        assert_eq!(big, MapSizes { conntrack: 262_144, ..MapSizes::for_services(100_000) });
+        assert!(big.maglev > lb_common::MAGLEV_CHUNKS_MAX);
+        assert!(Cli::try_parse_from(["lb", "agent", "--services-max", "0"]).is_err());
+        assert!(Cli::try_parse_from(["lb", "agent", "--services-max", "2000000"]).is_err());
+        assert!(Cli::try_parse_from(["lb", "agent", "--conntrack-max", "1"]).is_err());
     }
 }

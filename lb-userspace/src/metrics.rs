@@ -29,6 +29,7 @@ use tracing::debug;
 use crate::{
     dataplane::DataplaneError,
     health::http::{self, Handler, Response},
+    map_sizes::MapSizes,
     model::{ServicePortName, Skipped},
     pinned::PinnedMaps,
 };
@@ -89,6 +90,8 @@ pub struct State {
     pub rejected: BTreeSet<(String, String)>,
     /// Conntrack entries counted by the last sweep (`None` before the first).
     pub conntrack_entries: Option<usize>,
+    /// The maps' real capacities (the defaults until the datapath is loaded).
+    pub map_sizes: MapSizes,
 }
 
 impl Default for State {
@@ -102,6 +105,7 @@ impl Default for State {
             rejected_total: BTreeMap::new(),
             rejected: BTreeSet::new(),
             conntrack_entries: None,
+            map_sizes: MapSizes::default(),
         }
     }
 }
@@ -151,6 +155,11 @@ impl Metrics {
             *s.rejected_total.entry(reason).or_default() += 1;
         }
         s.rejected = now;
+    }
+
+    /// The capacities of the loaded maps.
+    pub fn set_map_sizes(&self, sizes: MapSizes) {
+        self.lock().map_sizes = sizes;
     }
 
     /// The conntrack table's fill, as the last sweep counted it.
@@ -247,7 +256,11 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         "gauge",
         "Capacity of the conntrack table (entries; two per flow, one per direction).",
     );
-    let _ = writeln!(o, "lb_conntrack_capacity {}", lb_common::CONNTRACK_MAX);
+    let _ = writeln!(o, "lb_conntrack_capacity {}", state.map_sizes.conntrack);
+    header(&mut o, "lb_map_capacity", "gauge", "Capacity of each agent-sized map, in entries (`lb status` shows the fill).");
+    for (name, n) in state.map_sizes.by_name() {
+        let _ = writeln!(o, "lb_map_capacity{{map=\"{name}\"}} {n}");
+    }
     if let Some(n) = state.conntrack_entries {
         header(&mut o, "lb_conntrack_entries", "gauge", "Conntrack entries counted by the agent's last sweep (every 30 s).");
         let _ = writeln!(o, "lb_conntrack_entries {n}");
@@ -381,6 +394,10 @@ mod tests {
         let m = Metrics::new(None);
         let out = render(&m.snapshot(), None);
         assert!(lines(&out).contains(&"lb_conntrack_capacity 131072"), "{out}");
+        assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 262144"), "{out}");
+        m.set_map_sizes(MapSizes::for_services(100_000));
+        let out = render(&m.snapshot(), None);
+        assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 1600000"), "{out}");
         assert!(!out.contains("lb_conntrack_entries"), "no count before the first sweep:\n{out}");
         m.set_conntrack_entries(4_242);
         let out = render(&m.snapshot(), None);

@@ -192,8 +192,29 @@ impl Ids {
         id
     }
 
+    /// Forgets the svc_id and table ids of ServicePort `spn` (gone from the desired state).
+    pub(crate) fn forget_service_port(&mut self, spn: &ServicePortName) {
+        self.svc.remove(spn);
+        for class in [SetClass::Internal, SetClass::External, SetClass::Cluster] {
+            self.select.remove(&(spn.clone(), class));
+        }
+    }
+
+    /// Forgets the id of a backend no longer in the maps (a later reuse of its address gets a
+    /// new id).
+    pub(crate) fn forget_backend(&mut self, be: &Backend) {
+        if let Some(proto) = Protocol::from_number(be.proto) {
+            self.backend.remove(&(ip_from16(be.addr), u16::from_be(be.port_be), proto));
+        }
+    }
+
+    /// Ends a planning pass: Maglev tables not used since the last one are dropped.
+    pub(crate) fn end_pass(&mut self) {
+        self.maglev.end_pass();
+    }
+
     /// Forgets ids of objects absent from `state`, so the maps stay bounded.
-    fn retain_used(&mut self, state: &MapState, desired: &DesiredState) {
+    pub(crate) fn retain_used(&mut self, state: &MapState, desired: &DesiredState) {
         self.svc.retain(|spn, _| desired.services.contains_key(spn));
         self.select.retain(|(spn, _), _| desired.services.contains_key(spn));
         let used: std::collections::HashSet<u32> = state.backends.keys().copied().collect();
@@ -232,66 +253,73 @@ pub struct PlanConfig {
 pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> MapState {
     let mut st = MapState::default();
     for (spn, sp) in &desired.services {
-        let svc_id = ids.svc_id(spn);
-        st.names.insert(svc_id, SvcName::new(&spn.to_string()));
-        let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
-        let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
-        let maglev = sp.selection == Selection::Maglev;
-        let mut base = 0;
-        if maglev {
-            base |= SVC_F_MAGLEV;
-        }
-        if sp.affinity_timeout_s.is_some() {
-            base |= SVC_F_AFFINITY;
-        }
-        let mut internal = None;
-        if has_internal {
-            let (id, slots) =
-                write_table(&mut st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
-            internal = Some((id, slots));
-            let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
-            let value = service_value(svc_id, (id, slots), (id, slots), flags, sp);
-            insert_frontends(&mut st, sp, spn.protocol, false, value);
-        }
-        if has_external {
-            let ext = write_table(&mut st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg);
-            // Point 34: this node's pods and the node itself get the Cluster set on external
-            // frontends. Reuse an identical table rather than writing it twice.
-            let cluster = if sp.external.endpoints == sp.cluster {
-                ext
-            } else if let (Some(int), true) = (internal, sp.internal.endpoints == sp.cluster) {
-                int
-            } else {
-                write_table(&mut st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg)
-            };
-            let mut flags = base | SVC_F_EXTERNAL;
-            if sp.external.drop_if_empty {
-                flags |= SVC_F_DROP_IF_EMPTY;
-            }
-            if sp.external_snat {
-                flags |= SVC_F_SNAT;
-            }
-            insert_frontends(&mut st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, flags, sp));
-            // Point 48: source ranges restrict LoadBalancer frontends only, and only with ranges
-            // of the frontend's family (the compile step keeps just those; as in kube-proxy, a
-            // family without ranges is not restricted).
-            for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
-                let ranges: Vec<&Cidr> = sp.source_ranges.iter().filter(|r| r.addr.is_ipv4() == fe.addr.is_ipv4()).collect();
-                if ranges.is_empty() {
-                    continue;
-                }
-                let key = service_key(fe.addr, fe.port, spn.protocol);
-                if let Some(v) = st.services.get_mut(&key) {
-                    v.flags |= SVC_F_SOURCE_RANGES;
-                }
-                for r in ranges {
-                    st.source_ranges.insert(source_range(fe.addr, r));
-                }
-            }
-        }
+        plan_service(&mut st, ids, spn, sp, cfg);
     }
     ids.retain_used(&st, desired);
     st
+}
+
+/// Writes one ServicePort's entries into `st`: its name, its tables (with their backends and
+/// members), its frontends with their address markers, and its source ranges. Entries it shares
+/// with other ServicePorts (backends, markers, a frontend two Services claim) are overwritten:
+/// in [`map_state`] the last ServicePort in name order wins.
+pub(crate) fn plan_service(st: &mut MapState, ids: &mut Ids, spn: &ServicePortName, sp: &ServicePortState, cfg: &PlanConfig) {
+    let svc_id = ids.svc_id(spn);
+    st.names.insert(svc_id, SvcName::new(&spn.to_string()));
+    let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
+    let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
+    let maglev = sp.selection == Selection::Maglev;
+    let mut base = 0;
+    if maglev {
+        base |= SVC_F_MAGLEV;
+    }
+    if sp.affinity_timeout_s.is_some() {
+        base |= SVC_F_AFFINITY;
+    }
+    let mut internal = None;
+    if has_internal {
+        let (id, slots) = write_table(st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
+        internal = Some((id, slots));
+        let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
+        let value = service_value(svc_id, (id, slots), (id, slots), flags, sp);
+        insert_frontends(st, sp, spn.protocol, false, value);
+    }
+    if has_external {
+        let ext = write_table(st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg);
+        // Point 34: this node's pods and the node itself get the Cluster set on external
+        // frontends. Reuse an identical table rather than writing it twice.
+        let cluster = if sp.external.endpoints == sp.cluster {
+            ext
+        } else if let (Some(int), true) = (internal, sp.internal.endpoints == sp.cluster) {
+            int
+        } else {
+            write_table(st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg)
+        };
+        let mut flags = base | SVC_F_EXTERNAL;
+        if sp.external.drop_if_empty {
+            flags |= SVC_F_DROP_IF_EMPTY;
+        }
+        if sp.external_snat {
+            flags |= SVC_F_SNAT;
+        }
+        insert_frontends(st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, flags, sp));
+        // Point 48: source ranges restrict LoadBalancer frontends only, and only with ranges
+        // of the frontend's family (the compile step keeps just those; as in kube-proxy, a
+        // family without ranges is not restricted).
+        for fe in sp.frontends.iter().filter(|f| f.kind == FrontendKind::LoadBalancer) {
+            let ranges: Vec<&Cidr> = sp.source_ranges.iter().filter(|r| r.addr.is_ipv4() == fe.addr.is_ipv4()).collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let key = service_key(fe.addr, fe.port, spn.protocol);
+            if let Some(v) = st.services.get_mut(&key) {
+                v.flags |= SVC_F_SOURCE_RANGES;
+            }
+            for r in ranges {
+                st.source_ranges.insert(source_range(fe.addr, r));
+            }
+        }
+    }
 }
 
 fn service_value(svc_id: u32, own: (u32, u32), cluster: (u32, u32), flags: u32, sp: &ServicePortState) -> ServiceValue {

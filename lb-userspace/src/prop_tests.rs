@@ -1332,3 +1332,70 @@ fn restart_never_reuses_a_pinned_cluster_table_id() {
         }
     }
 }
+
+// =============================================================================================
+// planner: the incremental plan equals the full plan, and its touched keys cover the diff
+// =============================================================================================
+
+/// One step of a cluster's life: replace, add or remove a ServicePort; then the agent either
+/// applies (the maps catch up) or fails to (they keep the last applied state), and sometimes
+/// restarts (a new planner adopts what the maps hold).
+#[derive(Clone, Debug)]
+struct Edit {
+    at: usize,
+    sp: Option<SpGen>,
+    applied: bool,
+    restart: bool,
+}
+
+fn edit_gen() -> impl Strategy<Value = Edit> {
+    (0usize..8, prop::option::weighted(0.8, sp_gen()), prop::bool::weighted(0.85), prop::bool::weighted(0.1))
+        .prop_map(|(at, sp, applied, restart)| Edit { at, sp, applied, restart })
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// planner module docs: after every edit the incremental planner's state is exactly the full
+    /// plan of the same desired state (same ids: the full plan runs with its own `Ids` through
+    /// the same sequence), and the writes computed from its touched keys are exactly the full
+    /// diff from what the maps hold, including after failed applies and restarts.
+    #[test]
+    fn the_incremental_plan_is_the_full_plan_and_its_touched_keys_cover_the_diff(
+        base in prop::collection::vec(sp_gen(), 0..8),
+        edits in prop::collection::vec(edit_gen(), 1..10),
+        cfg in prop::sample::select(vec![13u32, 67]).prop_map(|m| PlanConfig { maglev_table_size: Some(m) }),
+    ) {
+        use crate::planner::{Planner, diff_touched};
+        let mut sps = base;
+        let mut planner = Planner::new(cfg);
+        let mut ids = Ids::default();
+        let mut maps = MapState::default();
+        for (i, e) in std::iter::once(None).chain(edits.iter().map(Some)).enumerate() {
+            if let Some(e) = e {
+                match &e.sp {
+                    Some(g) if e.at < sps.len() => sps[e.at] = g.clone(),
+                    Some(g) => sps.push(g.clone()),
+                    None if !sps.is_empty() => { let n = e.at % sps.len(); sps.remove(n); }
+                    None => {}
+                }
+            }
+            let desired = build_desired(&sps);
+            if e.is_some_and(|e| e.restart) {
+                planner = Planner::new(cfg);
+                planner.adopt(&maps, &desired);
+                ids = Ids::default();
+                ids.adopt(&maps, &desired);
+            }
+            planner.plan(&desired);
+            let full = map_state(&desired, &mut ids, &cfg);
+            prop_assert_eq!(planner.state(), &full, "step {}: the incremental plan differs from the full plan", i);
+            let ops = diff_touched(&maps, planner.state(), planner.pending());
+            prop_assert_eq!(&ops, &diff(&maps, &full), "step {}: the touched keys miss writes", i);
+            if e.is_none_or(|e| e.applied) {
+                maps.apply(&ops);
+                planner.applied();
+            }
+        }
+    }
+}

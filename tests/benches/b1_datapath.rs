@@ -1,7 +1,8 @@
 //! B1: per-packet cost of the real datapath through BPF_PROG_TEST_RUN.
 //!
 //! The real eBPF object is loaded by `Dataplane::load` and programmed through the agent's own
-//! compile → plan → apply path with 3 services up to the largest round number the maps hold.
+//! compile → plan → apply path with 3 up to 100,000 services, the maps sized as `lb agent
+//! --services-max N` sizes them.
 //!
 //! # Why a wrapper
 //! Non-live BPF_PROG_TEST_RUN runs the program `repeat` times on one buffer and never restores
@@ -47,6 +48,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
+    map_sizes::MapSizes,
     pinned::PinnedMaps,
     plan::{Ids, PlanConfig, map_state},
 };
@@ -435,6 +437,8 @@ struct Lab {
     pin: PathBuf,
     fill: usize,
     program_s: f64,
+    /// Kernel memory of all maps once programmed, bytes.
+    map_bytes: u64,
 }
 
 impl Drop for Lab {
@@ -453,7 +457,10 @@ impl Lab {
 
     fn load(services: Option<u32>, svcs: &[Svc], dummies: Vec<Svc>, pin: &std::path::Path) -> anyhow::Result<Self> {
         let pin = pin.to_owned();
-        let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), conntrack_max: None })?;
+        // Sized as `lb agent --services-max N` would (the defaults hold about 16,000 services),
+        // with headroom for the measured services' own tables.
+        let sizes = MapSizes::for_services(services.unwrap_or(0) + 1_000);
+        let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes })?;
         dp.set_config(&lb_common::Config {
             snat_addr: v4_mapped(common::NODE_IP.octets()),
             hairpin_addr: v4_mapped([169, 254, 42, 1]),
@@ -468,7 +475,8 @@ impl Lab {
         dp.apply(&st)?;
         let program_s = t.elapsed().as_secs_f64();
         let fill = dp.state().services.len();
-        Ok(Self { services, dummies, dp, pin, fill, program_s })
+        let map_bytes = map_memory(&pin);
+        Ok(Self { services, dummies, dp, pin, fill, program_s, map_bytes })
     }
 
     fn label(&self) -> String {
@@ -852,15 +860,19 @@ fn prepare<'a>(
     Ok(Some(Prepared { lab, hook, harness: Some(harness), direct: None, repeat, expect, prep, out }))
 }
 
-/// The largest round number of 3-endpoint ClusterIP services the maps hold (100,000 do not
-/// fit): each takes 2 LB_SERVICES entries (frontend, address marker) and its Maglev table's
-/// chunks. Returns (that number, Maglev chunks per service).
-fn capacity() -> (u32, u32) {
-    let chunks = lb_userspace::maglev::table_size(3, None).div_ceil(lb_common::MAGLEV_CHUNK);
-    let fit = (lb_common::SERVICES_MAX / 2).min(lb_common::MAGLEV_CHUNKS_MAX / chunks);
-    // Round down, leaving room for the 3 measured services.
-    let round = if fit > 10_000 { 1_000 } else { 100 };
-    ((fit - 3) / round * round, chunks)
+/// Kernel memory of the pinned maps under `pin`, in bytes: the `memlock` the kernel reports for
+/// each map (for the hash maps created with `BPF_F_NO_PREALLOC`, the entries in use plus the
+/// bucket array).
+fn map_memory(pin: &std::path::Path) -> u64 {
+    lb_common::ALL_MAPS
+        .iter()
+        .filter_map(|name| MapData::from_pin(pin.join(name)).ok())
+        .filter_map(|data| {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -869,13 +881,7 @@ fn main() -> anyhow::Result<()> {
     let sizes = if opts.quick {
         Sizes { runs: 5, hit_repeat: 50_000, new_repeat: 5_000, np_new_repeat: 1_000, scales: vec![3, 10_000] }
     } else {
-        Sizes {
-            runs: 7,
-            hit_repeat: 200_000,
-            new_repeat: 20_000,
-            np_new_repeat: 1_000,
-            scales: vec![3, 1_000, 10_000, capacity().0],
-        }
+        Sizes { runs: 7, hit_repeat: 200_000, new_repeat: 20_000, np_new_repeat: 1_000, scales: vec![3, 1_000, 10_000, 100_000] }
     };
     // The kernel runs test_run on the caller's CPU: one CPU for every run.
     let cpu = ncpus() - 1;
@@ -894,11 +900,12 @@ fn main() -> anyhow::Result<()> {
         all.extend(dummies.iter().cloned());
         let lab = Lab::new(Some(n), &all, dummies)?;
         println!(
-            "b1: {}: {} of {} LB_SERVICES entries, programmed in {:.2} s",
+            "b1: {}: {} of {} LB_SERVICES entries, programmed in {:.2} s, maps take {} MiB of kernel memory",
             lab.label(),
             lab.fill,
-            lb_common::SERVICES_MAX,
-            lab.program_s
+            lab.dp.limits().services,
+            lab.program_s,
+            lab.map_bytes >> 20
         );
         labs.push(lab);
     }
@@ -963,9 +970,15 @@ fn main() -> anyhow::Result<()> {
     for (lab, cases) in labs.iter().zip(&by_lab) {
         let cases: Vec<Value> = cases.iter().map(CaseOut::json).collect();
         match lab.services {
-            Some(n) => {
-                rows.push(json!({"services": n, "services_map_entries": lab.fill, "program_s": lab.program_s, "cases": cases}))
-            }
+            Some(n) => rows.push(json!({
+                "services": n,
+                "services_map_entries": lab.fill,
+                "maglev_map_entries": lab.dp.state().maglev.len(),
+                "map_sizes": lab.dp.limits(),
+                "map_bytes": lab.map_bytes,
+                "program_s": lab.program_s,
+                "cases": cases,
+            })),
             None => big_row = json!({"services": 1, "backends": 1000, "program_s": lab.program_s, "cases": cases}),
         }
     }
@@ -978,17 +991,8 @@ fn main() -> anyhow::Result<()> {
         "setup_s": setup_s,
         "rows": rows,
         "big": big_row,
-        "capacity": {
-            "largest_row": capacity().0,
-            "services_max": lb_common::SERVICES_MAX,
-            "entries_per_clusterip_service": 2,
-            "max_by_services_map": lb_common::SERVICES_MAX / 2,
-            "maglev_table_size_3_endpoints": lb_userspace::maglev::table_size(3, None),
-            "maglev_chunks_per_service": capacity().1,
-            "maglev_chunks_max": lb_common::MAGLEV_CHUNKS_MAX,
-            "max_by_maglev_map": lb_common::MAGLEV_CHUNKS_MAX / capacity().1,
-            "backends_max": lb_common::BACKENDS_MAX,
-        },
+        "default_sizes": MapSizes::default(),
+        "maglev_table_size_3_endpoints": lb_userspace::maglev::table_size(3, None),
     });
     drop(labs);
     common::write_results(&opts, "b1", results);

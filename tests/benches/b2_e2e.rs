@@ -32,6 +32,7 @@ use common::{Opts, Svc, median, percentile};
 use lb_tests::{bins, netns::unique_token, topology::Topology};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
+    map_sizes::MapSizes,
     pinned::PinnedMaps,
     plan::{Ids, PlanConfig, map_state},
 };
@@ -99,7 +100,7 @@ impl Setup {
         if mode == Mode::Lb {
             let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b2-{}", unique_token()));
             s.pin = Some(pin.clone());
-            let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin, conntrack_max: None })?;
+            let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin, sizes: MapSizes::default() })?;
             dp.set_config(&lb_common::Config {
                 snat_addr: lb_common::v4_mapped(common::NODE_IP.octets()),
                 hairpin_addr: lb_common::v4_mapped([169, 254, 42, 1]),

@@ -253,8 +253,9 @@ fn change_latency(api: &ApiServer, agent: &AgentProc, svc: &mut Svc, new_ip: Ipv
 
 /// The agent's per-sync work measured in this process with the same library, as the agent
 /// does it: the snapshot of the watch caches (shared objects, sorted), compile of both
-/// families through the agent's memo (the changed Service only; a full compile is timed too), plan with the Maglev tables of the previous sync cached (one service's table is
-/// recomputed), diff after one endpoint change. Medians of 3, in milliseconds.
+/// families through the agent's memo (the changed Service only; a full compile is timed too),
+/// the incremental plan and the diff of its touched keys after one endpoint change (the full
+/// plan and diff are timed too). Medians of 3, in milliseconds.
 fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     use std::sync::Arc;
 
@@ -263,6 +264,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
         compile::{NodeContext, compile_all},
         compile_memo::CompileMemo,
         plan::{Ids, PlanConfig, diff, map_state},
+        planner::{Planner, diff_touched},
     };
     let services: Vec<Arc<Service>> =
         svcs.iter().map(|s| serde_json::from_value(s.service_json()).map(Arc::new)).collect::<Result<_, _>>()?;
@@ -309,24 +311,51 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     });
     slices[svcs.len() / 2] = old_slice;
     let (desired, _) = compile_all(&services, &slices, &node);
-    let mut ids = Ids::default();
-    let before = map_state(&desired, &mut ids, &PlanConfig::default());
     slices[svcs.len() / 2] = new_slice;
     let (desired2, _) = compile_all(&services, &slices, &node);
-    // Each repetition plans the changed state from the ids and Maglev tables of the state
-    // before the change, as the agent's next sync does.
-    let plan_ms = time(&mut || {
+    // The full plan, for comparison: every table planned from the ids and Maglev tables of
+    // the state before the change.
+    let mut ids = Ids::default();
+    let before = map_state(&desired, &mut ids, &PlanConfig::default());
+    let full_plan_ms = time(&mut || {
         std::hint::black_box(map_state(&desired2, &mut ids.clone(), &PlanConfig::default()));
     });
     let after = map_state(&desired2, &mut ids, &PlanConfig::default());
-    let mut ops = 0;
-    let diff_ms = time(&mut || {
-        ops = std::hint::black_box(diff(&before, &after)).len();
+    let full_diff_ms = time(&mut || {
+        std::hint::black_box(diff(&before, &after));
     });
-    Ok(
-        json!({"snapshot_ms": snapshot_ms, "compile_ms": compile_ms, "full_compile_ms": full_compile_ms, "plan_ms": plan_ms, "diff_ms": diff_ms, "diff_ops": ops,
-              "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW)}),
-    )
+    // The agent's incremental planner: each repetition flips the changed Service between its
+    // two versions, plans (that ServicePort again, the rest compared) and diffs its touched
+    // keys against what the maps hold.
+    let mut planner = Planner::new(PlanConfig::default());
+    planner.plan(&desired);
+    let mut maps = planner.state().clone();
+    planner.applied();
+    let (mut flip, mut ops) = (false, 0);
+    let (mut plan_t, mut diff_t) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        flip = !flip;
+        let t = Instant::now();
+        std::hint::black_box(planner.plan(if flip { &desired2 } else { &desired }));
+        plan_t.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let d = std::hint::black_box(diff_touched(&maps, planner.state(), planner.pending()));
+        diff_t.push(ms(t.elapsed()));
+        ops = d.len();
+        maps.apply(&d);
+        planner.applied();
+    }
+    anyhow::ensure!(&maps == planner.state(), "the incremental plan's writes give its state");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    Ok(json!({
+        "snapshot_ms": snapshot_ms, "compile_ms": compile_ms, "full_compile_ms": full_compile_ms,
+        "plan_ms": median(plan_t), "diff_ms": median(diff_t), "diff_ops": ops,
+        "full_plan_ms": full_plan_ms, "full_diff_ms": full_diff_ms,
+        "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW),
+    }))
 }
 
 struct Sizes {

@@ -52,6 +52,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
+    map_sizes::MapSizes,
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
@@ -355,7 +356,7 @@ impl Fixture {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let cfg = DataplaneConfig {
             pin_path: format!("/sys/fs/bpf/lbt-fuzz-{}-{n}", unique_token()).into(),
-            conntrack_max: Some(65_536),
+            sizes: MapSizes { conntrack: 65_536, ..MapSizes::default() },
         };
         let mut dp = Dataplane::load(&cfg).expect("loading the datapath");
         dp.set_config(&lb_common::Config {

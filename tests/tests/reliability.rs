@@ -47,6 +47,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, cleanup},
+    map_sizes::MapSizes,
     model::{
         DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
@@ -65,13 +66,17 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(test: &str, conntrack_max: Option<u32>) -> Option<Self> {
+    fn new(test: &str, conntrack_max: u32) -> Option<Self> {
+        Self::with_sizes(test, MapSizes { conntrack: conntrack_max, ..MapSizes::default() })
+    }
+
+    fn with_sizes(test: &str, sizes: MapSizes) -> Option<Self> {
         if !privilege::require(test) {
             return None;
         }
         static N: AtomicU32 = AtomicU32::new(0);
         let pin_path: PathBuf = format!("/sys/fs/bpf/lbt-rel-{}-{}", unique_token(), N.fetch_add(1, Ordering::Relaxed)).into();
-        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), conntrack_max }).expect("loading the datapath");
+        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes }).expect("loading the datapath");
         Some(Self { dp: Some(dp), pin_path, ids: Ids::default() })
     }
 
@@ -182,7 +187,7 @@ fn assert_map_full(err: &DataplaneError, map: &str, limit: u32) {
 
 #[test]
 fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
-    let Some(mut f) = Fixture::new("full_maps_are_refused_before_any_write_naming_the_map_and_its_limit", Some(4096)) else {
+    let Some(mut f) = Fixture::new("full_maps_are_refused_before_any_write_naming_the_map_and_its_limit", 4096) else {
         return;
     };
     let programmed = f.program(&base_state());
@@ -260,10 +265,44 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
 
 /// A change that fits the capacity, but not alongside the state it replaces: upserts come
 /// before deletes (the safe order), so for a moment both are in the map.
+/// `--services-max`: maps sized for 40,000 services hold a state the defaults refuse (80,000
+/// frontends and markers, 640,000 Maglev chunks), serve it, and keep their size when an agent
+/// with default sizes adopts the pins (a restart never shrinks a map under its entries).
+#[test]
+fn maps_sized_for_more_services_hold_them_and_keep_their_size_across_a_restart() {
+    let n = 40_000;
+    let sizes = MapSizes::for_services(n);
+    let Some(mut f) = Fixture::with_sizes("maps_sized_for_more_services_hold_them_and_keep_their_size_across_a_restart", sizes)
+    else {
+        return;
+    };
+    assert_eq!(f.dp().limits(), &sizes, "fresh maps get the requested sizes");
+    let mut d = many_services(n - 10, 11); // and the base state's few
+    for sp in d.services.values_mut() {
+        sp.selection = Selection::Maglev; // the default for Services without the random annotation
+    }
+    let big = map_state(&d, &mut f.ids.clone(), &PlanConfig::default());
+    let fill = (big.services.len(), big.maglev.len());
+    assert!(fill.0 > lb_common::SERVICES_MAX as usize && fill.1 > lb_common::MAGLEV_CHUNKS_MAX as usize, "{fill:?}");
+    f.dp().apply(&big).expect("a state over the default capacities applies to maps sized for it");
+
+    // An agent started without --services-max adopts the pins: same sizes, same state.
+    f.dp = None;
+    let dp = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), sizes: MapSizes::default() }).expect("adopting");
+    assert_eq!(dp.limits(), &sizes, "adopted maps report the size they were created with");
+    assert_eq!(dp.state(), &big, "and keep every entry");
+    f.dp = Some(dp);
+    // The last service (ClusterIP 11.0.156.53, one endpoint 10.250.156.53:8080) is served.
+    let last = n - 11;
+    let vip = Ipv4Addr::new(11, (last >> 16) as u8, (last >> 8) as u8, last as u8);
+    let (verdict, out) = f.run(&Spec::tcp((Ipv4Addr::new(10, 244, 0, 50), 40000), (vip, 80), TCP_SYN).build());
+    assert_eq!(verdict, 0);
+    assert_eq!(flow(&out).dst, (Ipv4Addr::new(10, 250, (last >> 8) as u8, last as u8), 8080));
+}
+
 #[test]
 fn a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing() {
-    let Some(mut f) = Fixture::new("a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing", Some(4096))
-    else {
+    let Some(mut f) = Fixture::new("a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing", 4096) else {
         return;
     };
     let old = f.program(&many_services(20_000, 11));
@@ -319,7 +358,7 @@ struct FlowFate {
 #[test]
 fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     const CT_MAX: u32 = 1024;
-    let Some(mut f) = Fixture::new("conntrack_pressure_keeps_active_flows_and_evicts_idle_ones", Some(CT_MAX)) else { return };
+    let Some(mut f) = Fixture::new("conntrack_pressure_keeps_active_flows_and_evicts_idle_ones", CT_MAX) else { return };
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     f.program(&base_state());
     let ct: BpfHashMap<MapData, CtKey, CtValue> =
@@ -417,7 +456,7 @@ fn raw_pins(pin: &Path) -> (BTreeMap<ServiceKey, ServiceValue>, BTreeSet<String>
 
 #[test]
 fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
-    let Some(mut f) = Fixture::new("pins_of_another_layout_version_are_refused_and_left_unchanged", Some(4096)) else { return };
+    let Some(mut f) = Fixture::new("pins_of_another_layout_version_are_refused_and_left_unchanged", 4096) else { return };
     f.program(&base_state());
     f.dp = None; // the agent exits; its maps stay pinned
     let pin = f.pin_path.clone();
@@ -432,7 +471,7 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let before = raw_pins(&pin);
     assert!(!before.0.is_empty());
 
-    let err = match Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), conntrack_max: None }) {
+    let err = match Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes: MapSizes::default() }) {
         Err(e) => e,
         Ok(_) => panic!("pins of layout {} were adopted by a build of layout {LAYOUT_VERSION}", LAYOUT_VERSION + 1),
     };
@@ -1151,7 +1190,7 @@ fn soak() {
 /// delete the new, live entries.
 #[test]
 fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
-    let Some(f) = Fixture::new("the_conntrack_sweep_never_deletes_entries_of_live_flows", Some(262_144)) else { return };
+    let Some(f) = Fixture::new("the_conntrack_sweep_never_deletes_entries_of_live_flows", 262_144) else { return };
     let mut f = f;
     f.program(&base_state());
     let vip = Ipv4Addr::new(10, 96, 0, 10);
@@ -1186,7 +1225,7 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
         ct.insert(rev, v, 0).unwrap();
     }
     // A second handle on the same pins sweeps while new connections reuse the ports.
-    let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), conntrack_max: None }).unwrap();
+    let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), sizes: MapSizes::default() }).unwrap();
     let stop = AtomicBool::new(false);
     let (mut created, mut lost, mut swept) = (0u32, 0u32, 0usize);
     let mut flows = Vec::new();

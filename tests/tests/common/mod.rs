@@ -13,6 +13,7 @@ use lb_common::{PROG_TC_EXT, PROG_TC_POD, ServiceKey};
 use lb_tests::{netns::unique_token, privilege};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
+    map_sizes::MapSizes,
     model::DesiredState,
     pinned::PinnedMaps,
     plan::{Ids, PlanConfig, addr16, map_state},
@@ -63,8 +64,10 @@ impl Fixture {
         // distinct however many fixtures the tests create.
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let cfg =
-            DataplaneConfig { pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(), conntrack_max: Some(4096) };
+        let cfg = DataplaneConfig {
+            pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(),
+            sizes: MapSizes { conntrack: 4096, ..MapSizes::default() },
+        };
         // A failed load must not leave pins behind.
         let dp = Dataplane::load(&cfg).unwrap_or_else(|e| {
             let _ = cleanup(&cfg.pin_path);

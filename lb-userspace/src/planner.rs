@@ -1,0 +1,395 @@
+//! The plan of one sync, kept up to date incrementally: only ServicePorts whose desired state
+//! changed are planned again, and the map state is patched rather than rebuilt. Each sync then
+//! costs a comparison per ServicePort plus work proportional to what changed, where
+//! [`map_state`](crate::plan::map_state) costs a full plan of every table.
+//!
+//! # Equal to the full plan
+//! [`Planner::plan`] always leaves [`Planner::state`] equal to what `map_state` gives for the
+//! same sequence of desired states (the tests hold it to that), with the same ids:
+//! - A ServicePort owns its name (by svc_id) and its selection tables, Maglev chunks and members
+//!   (by select_id): nobody else writes them, so they are removed and written whole.
+//! - Backends, address markers, a frontend two Services claim and source ranges can come from
+//!   several ServicePorts. Each such key keeps every ServicePort's value, and the map holds the
+//!   one of the last ServicePort in name order, as the full plan's last write.
+//! - Changed ServicePorts are planned in name order, so new ids are allocated in the order the
+//!   full plan allocates them; a backend left without users is forgotten only at the end of the
+//!   pass (the full plan forgets it only if no ServicePort uses it any more).
+//!
+//! # What changed
+//! The keys a plan may have changed accumulate in [`Planner::pending`] until the caller reports
+//! them applied ([`Planner::applied`]), so that a failed apply is retried in full by the next.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeData};
+
+use crate::{
+    model::{DesiredState, ServicePortName, ServicePortState},
+    plan::{Ids, MapState, Op, PlanConfig, diff, plan_service},
+};
+
+/// Keys that may differ between the maps and [`Planner::state`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub services: BTreeSet<ServiceKey>,
+    pub backends: BTreeSet<u32>,
+    /// Tables: their selection slots, Maglev chunks and members.
+    pub tables: BTreeSet<u32>,
+    pub source_ranges: BTreeSet<(u32, SourceRangeData)>,
+    pub names: BTreeSet<u32>,
+    /// Everything may differ (before the first apply): diff the whole state.
+    pub all: bool,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        !self.all
+            && self.services.is_empty()
+            && self.backends.is_empty()
+            && self.tables.is_empty()
+            && self.source_ranges.is_empty()
+            && self.names.is_empty()
+    }
+}
+
+/// What one ServicePort contributed to the maps.
+#[derive(Debug, Default)]
+struct Fragment {
+    svc_id: Option<u32>,
+    tables: Vec<u32>,
+    backends: Vec<(u32, Backend)>,
+    services: Vec<(ServiceKey, ServiceValue)>,
+    source_ranges: Vec<(u32, SourceRangeData)>,
+}
+
+/// A key several ServicePorts may write: each one's value; the last in name order is in the map.
+type Shared<K, V> = HashMap<K, BTreeMap<ServicePortName, V>>;
+
+/// The incremental planner (module docs).
+pub struct Planner {
+    ids: Ids,
+    cfg: PlanConfig,
+    /// Every planned ServicePort: the state it was planned from and what it wrote.
+    planned: BTreeMap<ServicePortName, (ServicePortState, Fragment)>,
+    state: MapState,
+    backends: Shared<u32, Backend>,
+    services: Shared<ServiceKey, ServiceValue>,
+    source_ranges: Shared<(u32, SourceRangeData), ()>,
+    pending: Touched,
+    /// Ids were adopted: the next pass forgets every id its state does not use, as the full
+    /// plan does after adopting.
+    adopted: bool,
+}
+
+impl Planner {
+    pub fn new(cfg: PlanConfig) -> Self {
+        Self {
+            ids: Ids::default(),
+            cfg,
+            planned: BTreeMap::new(),
+            state: MapState::default(),
+            backends: HashMap::new(),
+            services: HashMap::new(),
+            source_ranges: HashMap::new(),
+            pending: Touched { all: true, ..Touched::default() },
+            adopted: false,
+        }
+    }
+
+    /// Learns the ids of a running datapath's maps before the first plan ([`Ids::adopt`]).
+    pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
+        self.ids.adopt(current, desired);
+        self.adopted = true;
+    }
+
+    /// What the maps should hold for the last planned desired state.
+    pub fn state(&self) -> &MapState {
+        &self.state
+    }
+
+    /// Keys that may differ from the maps since the last [`Planner::applied`].
+    pub fn pending(&self) -> &Touched {
+        &self.pending
+    }
+
+    /// The maps now hold [`Planner::state`].
+    pub fn applied(&mut self) {
+        self.pending = Touched::default();
+    }
+
+    /// Brings [`Planner::state`] to the plan of `desired`; returns how many ServicePorts were
+    /// planned again.
+    pub fn plan(&mut self, desired: &DesiredState) -> usize {
+        // Changed, new and removed ServicePorts, in name order (one walk over both maps).
+        let mut redo: Vec<ServicePortName> = Vec::new();
+        let mut old = self.planned.iter().peekable();
+        for (spn, sp) in &desired.services {
+            while let Some((gone, _)) = old.next_if(|(o, _)| *o < spn) {
+                redo.push(gone.clone());
+            }
+            match old.next_if(|(o, _)| *o == spn) {
+                Some((_, (was, _))) if was == sp => {}
+                _ => redo.push(spn.clone()),
+            }
+        }
+        redo.extend(old.map(|(gone, _)| gone.clone()));
+
+        let mut unused_backends = Vec::new();
+        for spn in &redo {
+            if let Some((_, frag)) = self.planned.remove(spn) {
+                self.withdraw(spn, &frag, &mut unused_backends);
+            }
+            match desired.services.get(spn) {
+                Some(sp) => {
+                    let frag = self.contribute(spn, sp);
+                    self.planned.insert(spn.clone(), (sp.clone(), frag));
+                }
+                None => self.ids.forget_service_port(spn),
+            }
+        }
+        if std::mem::take(&mut self.adopted) {
+            self.ids.retain_used(&self.state, desired);
+            return redo.len();
+        }
+        for (id, be) in unused_backends {
+            // Unless a ServicePort planned later in the pass took it up again.
+            if !self.backends.contains_key(&id) {
+                self.ids.forget_backend(&be);
+            }
+        }
+        self.ids.end_pass();
+        redo.len()
+    }
+
+    /// Plans `sp` alone and merges its entries into the state.
+    fn contribute(&mut self, spn: &ServicePortName, sp: &ServicePortState) -> Fragment {
+        let mut own = MapState::default();
+        plan_service(&mut own, &mut self.ids, spn, sp, &self.cfg);
+        let mut tables: BTreeSet<u32> = own.select.keys().map(|k| k.select_id).collect();
+        tables.extend(own.maglev.keys().map(|k| k.select_id));
+        tables.extend(own.members.iter().map(|k| k.select_id));
+        let frag = Fragment {
+            svc_id: own.names.keys().next().copied(),
+            tables: tables.into_iter().collect(),
+            backends: own.backends.into_iter().collect(),
+            services: own.services.into_iter().collect(),
+            source_ranges: own.source_ranges.into_iter().collect(),
+        };
+        let p = &mut self.pending;
+        for (id, name) in own.names {
+            self.state.names.insert(id, name);
+            p.names.insert(id);
+        }
+        for &t in &frag.tables {
+            p.tables.insert(t);
+        }
+        self.state.select.extend(own.select);
+        self.state.maglev.extend(own.maglev);
+        self.state.members.extend(own.members);
+        for (id, be) in &frag.backends {
+            add_shared(&mut self.backends, &mut self.state.backends, spn, *id, *be);
+            p.backends.insert(*id);
+        }
+        for (key, v) in &frag.services {
+            add_shared(&mut self.services, &mut self.state.services, spn, *key, *v);
+            p.services.insert(*key);
+        }
+        for r in &frag.source_ranges {
+            self.source_ranges.entry(*r).or_default().insert(spn.clone(), ());
+            self.state.source_ranges.insert(*r);
+            p.source_ranges.insert(*r);
+        }
+        frag
+    }
+
+    /// Removes what `spn` contributed; backends it was the last user of go to `unused`.
+    fn withdraw(&mut self, spn: &ServicePortName, frag: &Fragment, unused: &mut Vec<(u32, Backend)>) {
+        let p = &mut self.pending;
+        if let Some(id) = frag.svc_id {
+            self.state.names.remove(&id);
+            p.names.insert(id);
+        }
+        for &t in &frag.tables {
+            remove_range(
+                &mut self.state.select,
+                SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX },
+            );
+            remove_range(
+                &mut self.state.maglev,
+                MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX },
+            );
+            let members: Vec<MemberKey> = self
+                .state
+                .members
+                .range(MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX })
+                .copied()
+                .collect();
+            for m in members {
+                self.state.members.remove(&m);
+            }
+            p.tables.insert(t);
+        }
+        for (id, be) in &frag.backends {
+            if remove_shared(&mut self.backends, &mut self.state.backends, spn, *id) {
+                unused.push((*id, *be));
+            }
+            p.backends.insert(*id);
+        }
+        for (key, _) in &frag.services {
+            remove_shared(&mut self.services, &mut self.state.services, spn, *key);
+            p.services.insert(*key);
+        }
+        for r in &frag.source_ranges {
+            if let Some(by) = self.source_ranges.get_mut(r) {
+                by.remove(spn);
+                if by.is_empty() {
+                    self.source_ranges.remove(r);
+                    self.state.source_ranges.remove(r);
+                }
+            }
+            p.source_ranges.insert(*r);
+        }
+    }
+}
+
+/// Records `spn`'s value for `key` and puts the last ServicePort's value in `map`.
+fn add_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
+    shared: &mut Shared<K, V>,
+    map: &mut BTreeMap<K, V>,
+    spn: &ServicePortName,
+    key: K,
+    v: V,
+) {
+    let by = shared.entry(key).or_default();
+    by.insert(spn.clone(), v);
+    if let Some((_, last)) = by.last_key_value() {
+        map.insert(key, *last);
+    }
+}
+
+/// Drops `spn`'s value for `key`; the map gets the last remaining value, or loses the key.
+/// Returns whether no ServicePort writes the key any more.
+fn remove_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
+    shared: &mut Shared<K, V>,
+    map: &mut BTreeMap<K, V>,
+    spn: &ServicePortName,
+    key: K,
+) -> bool {
+    let Some(by) = shared.get_mut(&key) else {
+        return false;
+    };
+    by.remove(spn);
+    match by.last_key_value() {
+        Some((_, last)) => {
+            map.insert(key, *last);
+            false
+        }
+        None => {
+            shared.remove(&key);
+            map.remove(&key);
+            true
+        }
+    }
+}
+
+fn remove_range<K: Ord + Copy, V>(map: &mut BTreeMap<K, V>, range: std::ops::RangeInclusive<K>) {
+    let keys: Vec<K> = map.range(range).map(|(k, _)| *k).collect();
+    for k in keys {
+        map.remove(&k);
+    }
+}
+
+/// The writes that turn `old` into `new`, looking only at `touched` keys: exactly
+/// [`diff`](crate::plan::diff)`(old, new)` when every key that differs is touched, at the cost of
+/// the touched keys instead of the whole state.
+pub fn diff_touched(old: &MapState, new: &MapState, touched: &Touched) -> Vec<Op> {
+    if touched.all {
+        return diff(old, new);
+    }
+    let (a, b) = (restrict(old, touched), restrict(new, touched));
+    diff(&a, &b)
+}
+
+/// The part of `st` under `touched` keys.
+fn restrict(st: &MapState, touched: &Touched) -> MapState {
+    fn pick<K: Ord + Copy, V: Copy>(from: &BTreeMap<K, V>, keys: &BTreeSet<K>) -> BTreeMap<K, V> {
+        keys.iter().filter_map(|k| from.get(k).map(|v| (*k, *v))).collect()
+    }
+    let mut out = MapState {
+        services: pick(&st.services, &touched.services),
+        backends: pick(&st.backends, &touched.backends),
+        names: pick(&st.names, &touched.names),
+        source_ranges: touched.source_ranges.iter().filter(|r| st.source_ranges.contains(r)).copied().collect(),
+        ..MapState::default()
+    };
+    for &t in &touched.tables {
+        let slots = SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX };
+        out.select.extend(st.select.range(slots).map(|(k, v)| (*k, *v)));
+        let chunks = MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX };
+        out.maglev.extend(st.maglev.range(chunks).map(|(k, v)| (*k, *v)));
+        let members = MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX };
+        out.members.extend(st.members.range(members).copied());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection};
+
+    fn port(name: &str, vip: u8, backends: &[u8]) -> (ServicePortName, ServicePortState) {
+        let eps: Vec<Endpoint> = backends
+            .iter()
+            .map(|b| Endpoint { addr: Ipv4Addr::new(10, 244, 0, *b).into(), port: 8080, local: true, terminating: false })
+            .collect();
+        let set = EndpointSet { endpoints: eps.clone(), drop_if_empty: false };
+        let spn = ServicePortName {
+            namespace: "ns".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            family: crate::compile::Family::V4,
+        };
+        let sp = ServicePortState {
+            frontends: vec![Frontend { addr: Ipv4Addr::new(10, 96, 0, vip).into(), port: 80, kind: FrontendKind::ClusterIp }],
+            internal: set.clone(),
+            external: set,
+            cluster: eps,
+            external_snat: true,
+            source_ranges: vec![],
+            affinity_timeout_s: None,
+            selection: Selection::Maglev,
+        };
+        (spn, sp)
+    }
+
+    /// Module docs: only changed ServicePorts are planned again; a backend two of them share
+    /// stays while either uses it; what a plan touched is what the next apply looks at.
+    #[test]
+    fn only_changed_service_ports_are_planned_and_shared_backends_stay_while_used() {
+        let mut d = DesiredState::default();
+        d.services.extend([port("a", 1, &[1, 2]), port("b", 2, &[2, 3])]);
+        let mut p = Planner::new(PlanConfig::default());
+        assert_eq!(p.plan(&d), 2);
+        assert!(p.pending().all, "before the first apply everything is compared");
+        p.applied();
+        assert_eq!(p.plan(&d), 0, "nothing changed, nothing planned");
+        assert!(p.pending().is_empty());
+        assert_eq!(p.state().backends.len(), 3);
+
+        // a drops 10.244.0.2, which b still uses; then b goes, and 10.244.0.2 with it.
+        d.services.extend([port("a", 1, &[1])]);
+        assert_eq!(p.plan(&d), 1);
+        assert_eq!(p.state().backends.len(), 3, "b still uses 10.244.0.2");
+        assert!(!p.pending().tables.is_empty() && p.pending().services.len() == 2, "a's frontend and marker");
+        p.applied();
+        d.services.retain(|spn, _| spn.name == "a");
+        assert_eq!(p.plan(&d), 1);
+        assert_eq!(p.state().backends.len(), 1);
+        let left: Vec<[u8; 16]> = p.state().backends.values().map(|b| b.addr).collect();
+        assert_eq!(left, vec![lb_common::v4_mapped([10, 244, 0, 1])]);
+    }
+}

@@ -302,7 +302,7 @@ impl Sync {
         // Unchanged ServicePorts keep their plan; only what changed (or failed to apply last
         // time) is compared with the maps.
         let replanned = self.planner.plan(&desired);
-        self.health_checks = health_checks;
+        self.health_checks.clone_from(health_checks);
         if replanned == 0 && self.planner.pending().is_empty() {
             return Ok(());
         }

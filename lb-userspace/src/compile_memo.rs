@@ -8,7 +8,10 @@
 //! from its own objects only: its spec and the slices labelled with its name in its
 //! namespace); the tests below hold it to that.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -17,11 +20,16 @@ use crate::{
     model::{DesiredState, HealthChecks},
 };
 
-/// Compile results by Service, valid for one node context.
+/// Compile results by Service, valid for one node context, and their union, patched in place.
 #[derive(Default)]
 pub struct CompileMemo {
     node: Option<NodeContext>,
     by_service: HashMap<(String, String), Compiled>,
+    desired: DesiredState,
+    health_checks: HealthChecks,
+    /// The last call saw two Service objects with one namespace/name: the union is not the
+    /// sum of the memo's entries, so the next call rebuilds it.
+    rebuild: bool,
 }
 
 /// One Service's objects (as the pointers it was compiled from) and what they compiled to.
@@ -34,15 +42,18 @@ struct Compiled {
 
 impl CompileMemo {
     /// [`compile_all`] of `services` and `slices` for `node`, compiling only the Services whose
-    /// Service object or EndpointSlices are not the ones of the last call.
+    /// Service object or EndpointSlices are not the ones of the last call, and patching the
+    /// last result with theirs (the rest is neither compiled nor copied).
     pub fn compile(
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
         node: &NodeContext,
-    ) -> (DesiredState, HealthChecks) {
+    ) -> (&DesiredState, &HealthChecks) {
         if self.node.as_ref() != Some(node) {
             self.by_service.clear();
+            self.desired = DesiredState::default();
+            self.health_checks.clear();
             self.node = Some(node.clone());
         }
         // Slices by the Service they name (in input order), whatever their family or labels:
@@ -53,9 +64,12 @@ impl CompileMemo {
                 slices_of.entry((namespace_of(&slice.metadata), svc.as_str())).or_default().push(slice);
             }
         }
-        let mut desired = DesiredState::default();
-        let mut health_checks = HealthChecks::new();
-        let mut live = HashMap::with_capacity(services.len());
+        let mut live: HashMap<(String, String), Compiled> = HashMap::with_capacity(services.len());
+        // Entries replaced or gone, and the keys of new ones: what the union is patched with.
+        let mut stale: Vec<Compiled> = Vec::new();
+        let mut fresh: Vec<(String, String)> = Vec::new();
+        // Duplicates' own results (compile_all programs them too), in input order.
+        let mut duplicates: Vec<((String, String), Compiled)> = Vec::new();
         for svc in services {
             let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
             let own: &[&Arc<EndpointSlice>] = slices_of.get(&key).map_or(&[], Vec::as_slice);
@@ -68,22 +82,71 @@ impl CompileMemo {
                 {
                     c
                 }
-                _ => {
+                old => {
+                    stale.extend(old);
+                    fresh.push(owned_key.clone());
                     let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
                     let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
                     Compiled { service: svc.clone(), slices: own, desired, health_checks }
                 }
             };
-            desired.services.extend(compiled.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
-            desired.rejected.extend(compiled.desired.rejected.iter().cloned());
-            health_checks.extend(compiled.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
             // Two Service objects with one namespace/name (not from an API server; files can
             // hold duplicates) keep the first's entry; both are compiled as compile_all does.
-            live.entry(owned_key).or_insert(compiled);
+            match live.entry(owned_key) {
+                Entry::Vacant(e) => {
+                    e.insert(compiled);
+                }
+                Entry::Occupied(e) => duplicates.push((e.key().clone(), compiled)),
+            }
         }
-        // Services gone since the last call are forgotten.
+        // Services gone since the last call.
+        stale.extend(self.by_service.drain().map(|(_, c)| c));
         self.by_service = live;
-        (desired, health_checks)
+
+        if std::mem::replace(&mut self.rebuild, !duplicates.is_empty()) || !duplicates.is_empty() {
+            self.rebuild_union(services, &duplicates);
+        } else {
+            for old in &stale {
+                for spn in old.desired.services.keys() {
+                    self.desired.services.remove(spn);
+                }
+                for key in old.health_checks.keys() {
+                    self.health_checks.remove(key);
+                }
+            }
+            for key in &fresh {
+                let c = &self.by_service[key];
+                self.desired.services.extend(c.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+                self.health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
+            }
+            // Rejections in input order, as compile_all lists them (usually none: no copies).
+            self.desired.rejected.clear();
+            for svc in services {
+                let key = (namespace_of(&svc.metadata).to_owned(), svc.metadata.name.clone().unwrap_or_default());
+                if let Some(c) = self.by_service.get(&key) {
+                    self.desired.rejected.extend(c.desired.rejected.iter().cloned());
+                }
+            }
+        }
+        (&self.desired, &self.health_checks)
+    }
+
+    /// The union of every Service's result in input order, duplicates included: what
+    /// compile_all gives when two Service objects share a namespace/name.
+    fn rebuild_union(&mut self, services: &[Arc<Service>], duplicates: &[((String, String), Compiled)]) {
+        let mut desired = DesiredState::default();
+        let mut health_checks = HealthChecks::new();
+        let mut first_seen = std::collections::HashSet::new();
+        let mut extra = duplicates.iter();
+        for svc in services {
+            let key = (namespace_of(&svc.metadata).to_owned(), svc.metadata.name.clone().unwrap_or_default());
+            let c = if first_seen.insert(key.clone()) { &self.by_service[&key] } else { &extra.next().expect("a duplicate").1 };
+            desired.services.extend(c.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+            desired.rejected.extend(c.desired.rejected.iter().cloned());
+            health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        self.desired = desired;
+        self.health_checks = health_checks;
     }
 }
 
@@ -137,7 +200,8 @@ mod tests {
         ];
         let check =
             |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
-                let got = memo.compile(services, slices, n);
+                let (d, hc) = memo.compile(services, slices, n);
+                let got = (d.clone(), hc.clone());
                 assert_eq!(got, compile_all(services, slices, n), "{step}");
                 got
             };
@@ -170,5 +234,13 @@ mod tests {
         // A slice moved to another Service by its label.
         slices[0] = slice("a-1", "b", &["10.244.0.1"], "n2");
         check(&mut memo, &services, &slices, &node("n2"), "slice relabelled");
+        // Two Service objects with one namespace/name (files can hold that), then one again.
+        services.push(service("a", "10.96.0.7", "Local"));
+        check(&mut memo, &services, &slices, &node("n2"), "duplicate added");
+        check(&mut memo, &services, &slices, &node("n2"), "duplicate unchanged");
+        services.pop();
+        check(&mut memo, &services, &slices, &node("n2"), "duplicate removed");
+        services[1] = service("b", "10.96.0.8", "Cluster");
+        check(&mut memo, &services, &slices, &node("n2"), "after the duplicate, a change");
     }
 }

@@ -378,7 +378,7 @@ impl Dataplane {
         }
         for kv in self.maglev.iter() {
             let (k, v) = kv.map_err(map_err(lb_common::MAGLEV, "read"))?;
-            st.maglev.insert(k, v);
+            st.maglev.insert(k, std::sync::Arc::new(v));
         }
         for k in self.members.keys() {
             st.members.insert(k.map_err(map_err(lb_common::MEMBERS, "read"))?);
@@ -446,7 +446,7 @@ impl Dataplane {
             Op::PutBackend(id, be) => self.backends.insert(id, be, 0).map_err(put(BACKENDS)),
             Op::PutMember(k) => self.members.insert(k, 1, 0).map_err(put(MEMBERS)),
             Op::PutSelect(k, v) => self.select.insert(k, v, 0).map_err(put(SELECT)),
-            Op::PutMaglev(k, v) => self.maglev.insert(k, v, 0).map_err(put(MAGLEV)),
+            Op::PutMaglev(k, v) => self.maglev.insert(k, v.as_ref(), 0).map_err(put(MAGLEV)),
             Op::PutSourceRange(l, d) => self.source_ranges.insert(&LpmKey::new(*l, *d), 1, 0).map_err(put(SOURCE_RANGES)),
             Op::PutService(k, v) => self.services.insert(k, v, 0).map_err(put(SERVICES)),
             Op::DelService(k) => ignore_missing(self.services.remove(k)).map_err(del(SERVICES)),

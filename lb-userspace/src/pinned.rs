@@ -62,7 +62,7 @@ impl PinnedMaps {
             services: self.hash(lb_common::SERVICES)?.into_iter().collect(),
             backends: self.hash(lb_common::BACKENDS)?.into_iter().collect(),
             select: self.hash(lb_common::SELECT)?.into_iter().collect(),
-            maglev: self.hash(lb_common::MAGLEV)?.into_iter().collect(),
+            maglev: self.hash(lb_common::MAGLEV)?.into_iter().map(|(k, v)| (k, std::sync::Arc::new(v))).collect(),
             members: self.hash::<MemberKey, u32>(lb_common::MEMBERS)?.into_iter().map(|(k, _)| k).collect(),
             source_ranges,
             names: self.hash(lb_common::SVC_NAMES)?.into_iter().collect(),

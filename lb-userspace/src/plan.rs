@@ -30,6 +30,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -63,7 +64,9 @@ pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub select: BTreeMap<SelectKey, u32>,
-    pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
+    /// Chunks are shared (`Arc`) between the planned state, the shadow of the maps and the
+    /// writes between them: a 256-byte value is stored once.
+    pub maglev: BTreeMap<MaglevKey, Arc<MaglevChunk>>,
     pub members: BTreeSet<MemberKey>,
     /// LPM entries: (prefix length, data).
     pub source_ranges: BTreeSet<(u32, SourceRangeData)>,
@@ -400,7 +403,7 @@ fn write_table(
         for (i, idx) in slots.iter().enumerate() {
             c.ids[i] = backend_ids[*idx as usize];
         }
-        st.maglev.insert(MaglevKey { select_id, chunk: chunk as u32 }, c);
+        st.maglev.insert(MaglevKey { select_id, chunk: chunk as u32 }, Arc::new(c));
     }
     (select_id, m)
 }
@@ -412,7 +415,7 @@ pub enum Op {
     PutBackend(u32, Backend),
     PutMember(MemberKey),
     PutSelect(SelectKey, u32),
-    PutMaglev(MaglevKey, MaglevChunk),
+    PutMaglev(MaglevKey, Arc<MaglevChunk>),
     PutSourceRange(u32, SourceRangeData),
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
@@ -437,7 +440,7 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
     ops.extend(backends.upserts.iter().map(|(id, be)| Op::PutBackend(**id, **be)));
     ops.extend(new.members.difference(&old.members).map(|k| Op::PutMember(*k)));
     ops.extend(select.upserts.iter().map(|(k, v)| Op::PutSelect(**k, **v)));
-    ops.extend(maglev.upserts.iter().map(|(k, v)| Op::PutMaglev(**k, **v)));
+    ops.extend(maglev.upserts.iter().map(|(k, v)| Op::PutMaglev(**k, Arc::clone(v))));
     ops.extend(new.source_ranges.difference(&old.source_ranges).map(|(l, d)| Op::PutSourceRange(*l, *d)));
     ops.extend(services.upserts.iter().map(|(k, v)| Op::PutService(**k, **v)));
     ops.extend(services.removed.iter().map(|k| Op::DelService(**k)));
@@ -512,7 +515,7 @@ impl MapState {
                     self.names.remove(id);
                 }
                 Op::PutMaglev(k, v) => {
-                    self.maglev.insert(*k, *v);
+                    self.maglev.insert(*k, Arc::clone(v));
                 }
                 Op::PutSourceRange(l, d) => {
                     self.source_ranges.insert((*l, *d));

@@ -19,7 +19,10 @@
 //! The keys a plan may have changed accumulate in [`Planner::pending`] until the caller reports
 //! them applied ([`Planner::applied`]), so that a failed apply is retried in full by the next.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeData};
 
@@ -62,15 +65,16 @@ struct Fragment {
     source_ranges: Vec<(u32, SourceRangeData)>,
 }
 
-/// A key several ServicePorts may write: each one's value; the last in name order is in the map.
-type Shared<K, V> = HashMap<K, BTreeMap<ServicePortName, V>>;
+/// A key several ServicePorts may write: each one's value, in name order (usually one or two);
+/// the last one's is in the map.
+type Shared<K, V> = HashMap<K, Vec<(Arc<ServicePortName>, V)>>;
 
 /// The incremental planner (module docs).
 pub struct Planner {
     ids: Ids,
     cfg: PlanConfig,
     /// Every planned ServicePort: the state it was planned from and what it wrote.
-    planned: BTreeMap<ServicePortName, (ServicePortState, Fragment)>,
+    planned: BTreeMap<Arc<ServicePortName>, (ServicePortState, Fragment)>,
     state: MapState,
     backends: Shared<u32, Backend>,
     services: Shared<ServiceKey, ServiceValue>,
@@ -124,15 +128,15 @@ impl Planner {
         let mut redo: Vec<ServicePortName> = Vec::new();
         let mut old = self.planned.iter().peekable();
         for (spn, sp) in &desired.services {
-            while let Some((gone, _)) = old.next_if(|(o, _)| *o < spn) {
-                redo.push(gone.clone());
+            while let Some((gone, _)) = old.next_if(|(o, _)| o.as_ref() < spn) {
+                redo.push(ServicePortName::clone(gone));
             }
-            match old.next_if(|(o, _)| *o == spn) {
+            match old.next_if(|(o, _)| o.as_ref() == spn) {
                 Some((_, (was, _))) if was == sp => {}
                 _ => redo.push(spn.clone()),
             }
         }
-        redo.extend(old.map(|(gone, _)| gone.clone()));
+        redo.extend(old.map(|(gone, _)| ServicePortName::clone(gone)));
 
         let mut unused_backends = Vec::new();
         for spn in &redo {
@@ -141,8 +145,9 @@ impl Planner {
             }
             match desired.services.get(spn) {
                 Some(sp) => {
-                    let frag = self.contribute(spn, sp);
-                    self.planned.insert(spn.clone(), (sp.clone(), frag));
+                    let spn = Arc::new(spn.clone());
+                    let frag = self.contribute(&spn, sp);
+                    self.planned.insert(spn, (sp.clone(), frag));
                 }
                 None => self.ids.forget_service_port(spn),
             }
@@ -162,7 +167,7 @@ impl Planner {
     }
 
     /// Plans `sp` alone and merges its entries into the state.
-    fn contribute(&mut self, spn: &ServicePortName, sp: &ServicePortState) -> Fragment {
+    fn contribute(&mut self, spn: &Arc<ServicePortName>, sp: &ServicePortState) -> Fragment {
         let mut own = MapState::default();
         plan_service(&mut own, &mut self.ids, spn, sp, &self.cfg);
         let mut tables: BTreeSet<u32> = own.select.keys().map(|k| k.select_id).collect();
@@ -195,7 +200,7 @@ impl Planner {
             p.services.insert(*key);
         }
         for r in &frag.source_ranges {
-            self.source_ranges.entry(*r).or_default().insert(spn.clone(), ());
+            add_shared(&mut self.source_ranges, &mut BTreeMap::new(), spn, *r, ());
             self.state.source_ranges.insert(*r);
             p.source_ranges.insert(*r);
         }
@@ -240,12 +245,8 @@ impl Planner {
             p.services.insert(*key);
         }
         for r in &frag.source_ranges {
-            if let Some(by) = self.source_ranges.get_mut(r) {
-                by.remove(spn);
-                if by.is_empty() {
-                    self.source_ranges.remove(r);
-                    self.state.source_ranges.remove(r);
-                }
+            if remove_shared(&mut self.source_ranges, &mut BTreeMap::new(), spn, *r) {
+                self.state.source_ranges.remove(r);
             }
             p.source_ranges.insert(*r);
         }
@@ -256,13 +257,16 @@ impl Planner {
 fn add_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
     shared: &mut Shared<K, V>,
     map: &mut BTreeMap<K, V>,
-    spn: &ServicePortName,
+    spn: &Arc<ServicePortName>,
     key: K,
     v: V,
 ) {
     let by = shared.entry(key).or_default();
-    by.insert(spn.clone(), v);
-    if let Some((_, last)) = by.last_key_value() {
+    match by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
+        Ok(i) => by[i].1 = v,
+        Err(i) => by.insert(i, (spn.clone(), v)),
+    }
+    if let Some((_, last)) = by.last() {
         map.insert(key, *last);
     }
 }
@@ -278,8 +282,10 @@ fn remove_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
     let Some(by) = shared.get_mut(&key) else {
         return false;
     };
-    by.remove(spn);
-    match by.last_key_value() {
+    if let Ok(i) = by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
+        by.remove(i);
+    }
+    match by.last() {
         Some((_, last)) => {
             map.insert(key, *last);
             false
@@ -326,7 +332,7 @@ fn restrict(st: &MapState, touched: &Touched) -> MapState {
         let slots = SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX };
         out.select.extend(st.select.range(slots).map(|(k, v)| (*k, *v)));
         let chunks = MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX };
-        out.maglev.extend(st.maglev.range(chunks).map(|(k, v)| (*k, *v)));
+        out.maglev.extend(st.maglev.range(chunks).map(|(k, v)| (*k, Arc::clone(v))));
         let members = MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX };
         out.members.extend(st.members.range(members).copied());
     }

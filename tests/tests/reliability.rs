@@ -227,7 +227,7 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
     cases.push((lb_common::SELECT, lb_common::SELECT_MAX, st));
     let mut st = before.clone();
     for chunk in 0..over(lb_common::MAGLEV_CHUNKS_MAX) as u32 {
-        st.maglev.insert(MaglevKey { select_id: 900, chunk }, lb_common::MaglevChunk::default());
+        st.maglev.insert(MaglevKey { select_id: 900, chunk }, Default::default());
     }
     cases.push((lb_common::MAGLEV, lb_common::MAGLEV_CHUNKS_MAX, st));
     let mut st = before.clone();

@@ -288,7 +288,8 @@ impl Sync {
             self.node = Some(node.clone());
         }
         // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
-        let (desired, health_checks) = self.compile.compile(&objects.services, &objects.slices, &node);
+        let out = self.compile.compile(&objects.services, &objects.slices, &node);
+        let desired = out.desired;
         self.metrics.set_rejected(&desired.rejected);
         if desired.rejected != self.rejected {
             for r in desired.rejected.iter().filter(|r| !self.rejected.contains(r)) {
@@ -297,12 +298,13 @@ impl Sync {
             self.rejected = desired.rejected.clone();
         }
         if self.first {
-            self.planner.adopt(dp.state(), &desired);
+            self.planner.adopt(dp.state(), desired);
         }
-        // Unchanged ServicePorts keep their plan; only what changed (or failed to apply last
-        // time) is compared with the maps.
-        let replanned = self.planner.plan(&desired);
-        self.health_checks.clone_from(health_checks);
+        // Unchanged ServicePorts keep their plan; only the ones the compile step reports as
+        // changed are compared, and only what they touched (or what failed to apply last time)
+        // is compared with the maps.
+        let replanned = self.planner.plan_changed(desired, &out.changed);
+        self.health_checks.clone_from(out.health_checks);
         if replanned == 0 && self.planner.pending().is_empty() {
             return Ok(());
         }
@@ -315,7 +317,7 @@ impl Sync {
             service_ports: desired.services.len(),
             frontends: state.services.keys().filter(|k| k.proto != 0).count(),
             backends: state.backends.len(),
-            names: service_port_names(&desired, state),
+            names: service_port_names(desired, state),
         });
         info!(
             service_ports = desired.services.len(),

@@ -8,28 +8,38 @@
 //! from its own objects only: its spec and the slices labelled with its name in its
 //! namespace); the tests below hold it to that.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::{
     compile::{LABEL_SERVICE_NAME, NodeContext, compile_all, namespace_of},
     model::{DesiredState, HealthChecks},
+    planner::Changed,
 };
 
 /// Compile results by Service, valid for one node context, and their union, patched in place.
 #[derive(Default)]
 pub struct CompileMemo {
     node: Option<NodeContext>,
-    by_service: HashMap<(String, String), Compiled>,
+    /// By namespace, then name (two levels, so that a lookup borrows the object's strings).
+    by_service: HashMap<String, HashMap<String, Compiled>>,
+    /// Number of the current call; an entry not seen in it belongs to a deleted Service.
+    pass: u64,
     desired: DesiredState,
     health_checks: HealthChecks,
     /// The last call saw two Service objects with one namespace/name: the union is not the
     /// sum of the memo's entries, so the next call rebuilds it.
     rebuild: bool,
+}
+
+/// One call's result: the desired state, health checks, and which ServicePorts may differ
+/// from the previous call's (for [`Planner::plan_changed`](crate::planner::Planner::plan_changed);
+/// every call's must reach the planner, as the agent's syncs do).
+pub struct CompileOutput<'a> {
+    pub desired: &'a DesiredState,
+    pub health_checks: &'a HealthChecks,
+    pub changed: Changed,
 }
 
 /// One Service's objects (as the pointers it was compiled from) and what they compiled to.
@@ -38,24 +48,25 @@ struct Compiled {
     slices: Vec<Arc<EndpointSlice>>,
     desired: DesiredState,
     health_checks: HealthChecks,
+    /// The last call that saw this Service.
+    seen: u64,
 }
 
 impl CompileMemo {
     /// [`compile_all`] of `services` and `slices` for `node`, compiling only the Services whose
     /// Service object or EndpointSlices are not the ones of the last call, and patching the
     /// last result with theirs (the rest is neither compiled nor copied).
-    pub fn compile(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        node: &NodeContext,
-    ) -> (&DesiredState, &HealthChecks) {
-        if self.node.as_ref() != Some(node) {
+    pub fn compile(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: &NodeContext) -> CompileOutput<'_> {
+        let mut changed = Changed::Only(Default::default());
+        if self.node.as_ref() != Some(node) || self.pass == 0 {
+            changed = Changed::All;
             self.by_service.clear();
             self.desired = DesiredState::default();
             self.health_checks.clear();
             self.node = Some(node.clone());
         }
+        self.pass += 1;
+        let pass = self.pass;
         // Slices by the Service they name (in input order), whatever their family or labels:
         // compile filters them exactly as it filters the full list.
         let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
@@ -64,83 +75,88 @@ impl CompileMemo {
                 slices_of.entry((namespace_of(&slice.metadata), svc.as_str())).or_default().push(slice);
             }
         }
-        let mut live: HashMap<(String, String), Compiled> = HashMap::with_capacity(services.len());
-        // Entries replaced or gone, and the keys of new ones: what the union is patched with.
+        // Replaced entries and the keys of new ones: what the union is patched with.
         let mut stale: Vec<Compiled> = Vec::new();
-        let mut fresh: Vec<(String, String)> = Vec::new();
+        let mut fresh: Vec<(&str, &str)> = Vec::new();
         // Duplicates' own results (compile_all programs them too), in input order.
-        let mut duplicates: Vec<((String, String), Compiled)> = Vec::new();
+        let mut duplicates: Vec<Compiled> = Vec::new();
         for svc in services {
-            let key = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
-            let own: &[&Arc<EndpointSlice>] = slices_of.get(&key).map_or(&[], Vec::as_slice);
-            let owned_key = (key.0.to_owned(), key.1.to_owned());
-            let compiled = match self.by_service.remove(&owned_key) {
+            let (ns, name) = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
+            let own: &[&Arc<EndpointSlice>] = slices_of.get(&(ns, name)).map_or(&[], Vec::as_slice);
+            let entry = self.by_service.get_mut(ns).and_then(|by_name| by_name.get_mut(name));
+            match entry {
+                Some(c) if c.seen == pass => {
+                    // Two Service objects with one namespace/name (not from an API server;
+                    // files can hold duplicates): the first keeps the entry, both are
+                    // compiled as compile_all does.
+                    duplicates.push(compile_one(svc, own, node, pass));
+                }
                 Some(c)
                     if Arc::ptr_eq(&c.service, svc)
                         && c.slices.len() == own.len()
                         && c.slices.iter().zip(own).all(|(a, b)| Arc::ptr_eq(a, b)) =>
                 {
-                    c
+                    c.seen = pass;
                 }
-                old => {
-                    stale.extend(old);
-                    fresh.push(owned_key.clone());
-                    let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
-                    let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
-                    Compiled { service: svc.clone(), slices: own, desired, health_checks }
+                Some(c) => {
+                    stale.push(std::mem::replace(c, compile_one(svc, own, node, pass)));
+                    fresh.push((ns, name));
                 }
-            };
-            // Two Service objects with one namespace/name (not from an API server; files can
-            // hold duplicates) keep the first's entry; both are compiled as compile_all does.
-            match live.entry(owned_key) {
-                Entry::Vacant(e) => {
-                    e.insert(compiled);
+                None => {
+                    let by_name = self.by_service.entry(ns.to_owned()).or_default();
+                    by_name.insert(name.to_owned(), compile_one(svc, own, node, pass));
+                    fresh.push((ns, name));
                 }
-                Entry::Occupied(e) => duplicates.push((e.key().clone(), compiled)),
             }
         }
         // Services gone since the last call.
-        stale.extend(self.by_service.drain().map(|(_, c)| c));
-        self.by_service = live;
+        for by_name in self.by_service.values_mut() {
+            let gone: Vec<String> = by_name.iter().filter(|(_, c)| c.seen != pass).map(|(n, _)| n.clone()).collect();
+            stale.extend(gone.iter().filter_map(|n| by_name.remove(n)));
+        }
+        self.by_service.retain(|_, by_name| !by_name.is_empty());
 
         if std::mem::replace(&mut self.rebuild, !duplicates.is_empty()) || !duplicates.is_empty() {
             self.rebuild_union(services, &duplicates);
+            changed = Changed::All;
         } else {
+            let mut spns = std::collections::BTreeSet::new();
             for old in &stale {
                 for spn in old.desired.services.keys() {
                     self.desired.services.remove(spn);
+                    spns.insert(spn.clone());
                 }
                 for key in old.health_checks.keys() {
                     self.health_checks.remove(key);
                 }
             }
-            for key in &fresh {
-                let c = &self.by_service[key];
+            for (ns, name) in fresh {
+                let c = &self.by_service[ns][name];
+                spns.extend(c.desired.services.keys().cloned());
                 self.desired.services.extend(c.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
                 self.health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
             }
             // Rejections in input order, as compile_all lists them (usually none: no copies).
             self.desired.rejected.clear();
             for svc in services {
-                let key = (namespace_of(&svc.metadata).to_owned(), svc.metadata.name.clone().unwrap_or_default());
-                if let Some(c) = self.by_service.get(&key) {
-                    self.desired.rejected.extend(c.desired.rejected.iter().cloned());
-                }
+                let c = &self.by_service[namespace_of(&svc.metadata)][svc.metadata.name.as_deref().unwrap_or_default()];
+                self.desired.rejected.extend(c.desired.rejected.iter().cloned());
             }
+            changed.merge(Changed::Only(spns));
         }
-        (&self.desired, &self.health_checks)
+        CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed }
     }
 
     /// The union of every Service's result in input order, duplicates included: what
     /// compile_all gives when two Service objects share a namespace/name.
-    fn rebuild_union(&mut self, services: &[Arc<Service>], duplicates: &[((String, String), Compiled)]) {
+    fn rebuild_union(&mut self, services: &[Arc<Service>], duplicates: &[Compiled]) {
         let mut desired = DesiredState::default();
         let mut health_checks = HealthChecks::new();
         let mut first_seen = std::collections::HashSet::new();
         let mut extra = duplicates.iter();
         for svc in services {
-            let key = (namespace_of(&svc.metadata).to_owned(), svc.metadata.name.clone().unwrap_or_default());
-            let c = if first_seen.insert(key.clone()) { &self.by_service[&key] } else { &extra.next().expect("a duplicate").1 };
+            let (ns, name) = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
+            let c = if first_seen.insert((ns, name)) { &self.by_service[ns][name] } else { extra.next().expect("a duplicate") };
             desired.services.extend(c.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
             desired.rejected.extend(c.desired.rejected.iter().cloned());
             health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
@@ -148,6 +164,13 @@ impl CompileMemo {
         self.desired = desired;
         self.health_checks = health_checks;
     }
+}
+
+/// Compiles one Service with its slices.
+fn compile_one(svc: &Arc<Service>, own: &[&Arc<EndpointSlice>], node: &NodeContext, pass: u64) -> Compiled {
+    let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
+    let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
+    Compiled { service: svc.clone(), slices: own, desired, health_checks, seen: pass }
 }
 
 #[cfg(test)]
@@ -200,9 +223,19 @@ mod tests {
         ];
         let check =
             |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
-                let (d, hc) = memo.compile(services, slices, n);
-                let got = (d.clone(), hc.clone());
+                let before = memo.desired.clone();
+                let out = memo.compile(services, slices, n);
+                let got = (out.desired.clone(), out.health_checks.clone());
                 assert_eq!(got, compile_all(services, slices, n), "{step}");
+                // Every ServicePort that differs from the last call's is reported.
+                if let Changed::Only(spns) = out.changed {
+                    let keys: std::collections::BTreeSet<_> = before.services.keys().chain(got.0.services.keys()).collect();
+                    for spn in keys {
+                        if before.services.get(spn) != got.0.services.get(spn) {
+                            assert!(spns.contains(spn), "{step}: {spn} changed, not reported");
+                        }
+                    }
+                }
                 got
             };
         let first = check(&mut memo, &services, &slices, &node("n1"), "initial");

@@ -10,6 +10,9 @@ use std::{
     sync::Arc,
 };
 
+/// A table's endpoints (in the caller's order) and size.
+type TableKey = (Vec<(IpAddr, u16)>, u32);
+
 /// Table sizes the agent chooses from: primes, each four times the previous, so that a service's
 /// size changes rarely (every change remaps new flows; conntrack keeps the established ones).
 pub const TABLE_SIZES: [u32; 4] = [1021, 4093, 16381, 65521];
@@ -99,7 +102,7 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
 /// ([`TableCache::end_pass`]), so the cache holds at most one table per live endpoint set.
 #[derive(Clone, Default)]
 pub struct TableCache {
-    tables: HashMap<(Vec<(IpAddr, u16)>, u32), (Arc<[u16]>, u64)>,
+    tables: HashMap<TableKey, (Arc<[u16]>, u64)>,
     pass: u64,
 }
 

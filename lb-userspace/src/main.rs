@@ -45,7 +45,7 @@ enum Command {
         lb agent --source kube --ext-iface eth0 --cgroup /sys/fs/cgroup --pod-iface lxc1\n  \
         # Remove everything a previous agent left pinned and attached:\n  \
         lb agent --cleanup --pin-path /sys/fs/bpf/lb")]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Inspect the maps of a running agent.
     Maps {
         #[command(subcommand)]
@@ -187,7 +187,7 @@ enum MapsCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Maps { command: MapsCommand::Dump { table, pin_path, output } } => {
             let maps = open_pins(&pin_path)?;
             print!("{}", dump::dump(&maps, table, output)?);

@@ -25,6 +25,7 @@
 //! target valid before anything points at it, and every delete removes the pointer first:
 //! 1. upsert backends, 2. upsert selection slots, 3. upsert services,
 //! 4. delete services, 5. delete selection slots, 6. delete backends.
+//!
 //! A shrinking table has its `slot_count` lowered (step 3) before its tail slots go (step 5).
 
 use std::{

@@ -55,6 +55,26 @@ impl Touched {
     }
 }
 
+/// Which ServicePorts may differ from the last desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Any of them.
+    All,
+    /// Only these (a superset of those that do).
+    Only(BTreeSet<ServicePortName>),
+}
+
+impl Changed {
+    /// Adds `other`'s ServicePorts.
+    pub fn merge(&mut self, other: Changed) {
+        match (&mut *self, other) {
+            (Changed::All, _) => {}
+            (_, Changed::All) => *self = Changed::All,
+            (Changed::Only(a), Changed::Only(b)) => a.extend(b),
+        }
+    }
+}
+
 /// What one ServicePort contributed to the maps.
 #[derive(Debug, Default)]
 struct Fragment {
@@ -121,25 +141,62 @@ impl Planner {
         self.pending = Touched::default();
     }
 
-    /// Brings [`Planner::state`] to the plan of `desired`; returns how many ServicePorts were
-    /// planned again.
+    /// Brings [`Planner::state`] to the plan of `desired`, comparing every ServicePort with the
+    /// one last planned; returns how many were planned again.
     pub fn plan(&mut self, desired: &DesiredState) -> usize {
-        // Changed, new and removed ServicePorts, in name order (one walk over both maps).
+        self.plan_changed(desired, &Changed::All)
+    }
+
+    /// [`Planner::plan`] when only the ServicePorts in `changed` can differ from the last
+    /// desired state (what [`CompileMemo`](crate::compile_memo::CompileMemo) reports): only
+    /// those are compared.
+    pub fn plan_changed(&mut self, desired: &DesiredState, changed: &Changed) -> usize {
+        let redo = match changed {
+            Changed::All => self.differing(desired),
+            Changed::Only(spns) => spns
+                .iter()
+                .filter(|spn| match (self.planned.get(*spn), desired.services.get(*spn)) {
+                    (Some((was, _)), Some(sp)) => was != sp,
+                    (None, None) => false,
+                    _ => true,
+                })
+                .cloned()
+                .collect(),
+        };
+        self.replan(desired, &redo);
+        redo.len()
+    }
+
+    /// Changed, new and removed ServicePorts, in name order (one walk over both maps).
+    fn differing(&self, desired: &DesiredState) -> Vec<ServicePortName> {
+        use std::cmp::Ordering;
         let mut redo: Vec<ServicePortName> = Vec::new();
         let mut old = self.planned.iter().peekable();
         for (spn, sp) in &desired.services {
-            while let Some((gone, _)) = old.next_if(|(o, _)| o.as_ref() < spn) {
-                redo.push(ServicePortName::clone(gone));
-            }
-            match old.next_if(|(o, _)| o.as_ref() == spn) {
-                Some((_, (was, _))) if was == sp => {}
-                _ => redo.push(spn.clone()),
+            loop {
+                match old.peek().map(|(o, _)| o.as_ref().cmp(spn)) {
+                    Some(Ordering::Less) => redo.extend(old.next().map(|(gone, _)| ServicePortName::clone(gone))),
+                    Some(Ordering::Equal) => {
+                        if old.next().is_some_and(|(_, (was, _))| was != sp) {
+                            redo.push(spn.clone());
+                        }
+                        break;
+                    }
+                    Some(Ordering::Greater) | None => {
+                        redo.push(spn.clone());
+                        break;
+                    }
+                }
             }
         }
         redo.extend(old.map(|(gone, _)| ServicePortName::clone(gone)));
+        redo
+    }
 
+    /// Withdraws and plans again the ServicePorts `redo` (in name order).
+    fn replan(&mut self, desired: &DesiredState, redo: &[ServicePortName]) {
         let mut unused_backends = Vec::new();
-        for spn in &redo {
+        for spn in redo {
             if let Some((_, frag)) = self.planned.remove(spn) {
                 self.withdraw(spn, &frag, &mut unused_backends);
             }
@@ -154,7 +211,7 @@ impl Planner {
         }
         if std::mem::take(&mut self.adopted) {
             self.ids.retain_used(&self.state, desired);
-            return redo.len();
+            return;
         }
         for (id, be) in unused_backends {
             // Unless a ServicePort planned later in the pass took it up again.
@@ -163,7 +220,6 @@ impl Planner {
             }
         }
         self.ids.end_pass();
-        redo.len()
     }
 
     /// Plans `sp` alone and merges its entries into the state.

@@ -3,7 +3,6 @@
 //! restart, a crash).
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,9 +18,9 @@ use crate::{
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
     health::{HealthCheckServers, ProxyHealth, health_handler, http::spawn_listener},
     metrics::{Metrics, Programmed, metrics_handler, sync_error_reason},
-    model::{DesiredState, HealthChecks, ServicePortName, Skipped},
+    model::{HealthChecks, Skipped},
     node::node_context,
-    plan::{MapState, PlanConfig, addr16},
+    plan::{PlanConfig, addr16},
     planner::Planner,
     source_file::{self, ClusterObjects},
     source_kube::KubeSource,
@@ -317,7 +316,7 @@ impl Sync {
             service_ports: desired.services.len(),
             frontends: state.services.keys().filter(|k| k.proto != 0).count(),
             backends: state.backends.len(),
-            names: service_port_names(desired, state),
+            names: self.planner.svc_names().clone(),
         });
         info!(
             service_ports = desired.services.len(),
@@ -329,25 +328,6 @@ impl Sync {
         );
         Ok(())
     }
-}
-
-/// `svc_id` → ServicePort, for the per-service datapath counters: every frontend in the maps
-/// carries the `svc_id` of the one ServicePort it was planned from.
-fn service_port_names(desired: &DesiredState, state: &MapState) -> BTreeMap<u32, ServicePortName> {
-    let mut names = BTreeMap::new();
-    for (spn, sp) in &desired.services {
-        // The ClusterIP first: a NodePort claimed by two services belongs to only one of them.
-        let (internal, external): (Vec<_>, Vec<_>) = sp.frontends.iter().partition(|f| !f.kind.is_external());
-        let id = internal.into_iter().chain(external).find_map(|fe| {
-            let key =
-                lb_common::ServiceKey { addr: addr16(fe.addr), port_be: fe.port.to_be(), proto: spn.protocol.number(), _pad: 0 };
-            state.services.get(&key).map(|v| v.svc_id)
-        });
-        if let Some(id) = id {
-            names.insert(id, spn.clone());
-        }
-    }
-    names
 }
 
 /// Point 50: `/healthz` fails while this node's Node object is being deleted.
@@ -393,6 +373,8 @@ fn file_stamps(dir: &Path) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
@@ -425,10 +407,10 @@ mod tests {
         ];
         let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
         let desired = crate::compile::compile(&services, &[] as &[EndpointSlice], &node, crate::model::Family::V4);
-        let mut ids = Ids::default();
-        let state = map_state(&desired, &mut ids, &PlanConfig::default());
-        let names = service_port_names(&desired, &state);
-        let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        let mut planner = Planner::new(PlanConfig::default());
+        planner.plan(&desired);
+        let state = planner.state();
+        let got: BTreeMap<String, u32> = planner.svc_names().iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
         assert_eq!(got.len(), 3, "{got:?}");
         for spn in desired.services.keys() {
             let id = got[&spn.to_string()];
@@ -459,9 +441,11 @@ mod tests {
             zone: None,
         };
         let (desired, _) = crate::compile::compile_all(&[web], &[] as &[EndpointSlice], &node);
-        let state = map_state(&desired, &mut Ids::default(), &PlanConfig::default());
-        let names = service_port_names(&desired, &state);
-        let got: BTreeMap<String, u32> = names.iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        let mut planner = Planner::new(PlanConfig::default());
+        planner.plan(&desired);
+        let state = planner.state();
+        assert_eq!(state, &map_state(&desired, &mut Ids::default(), &PlanConfig::default()));
+        let got: BTreeMap<String, u32> = planner.svc_names().iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
         assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), ["ns/web:http/TCP", "ns/web:http/TCP/IPv6"]);
         assert_ne!(got["ns/web:http/TCP"], got["ns/web:http/TCP/IPv6"]);
         let id_of = |addr: &str, port: u16| {

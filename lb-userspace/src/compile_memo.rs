@@ -69,12 +69,7 @@ impl CompileMemo {
         let pass = self.pass;
         // Slices by the Service they name (in input order), whatever their family or labels:
         // compile filters them exactly as it filters the full list.
-        let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
-        for slice in slices {
-            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) {
-                slices_of.entry((namespace_of(&slice.metadata), svc.as_str())).or_default().push(slice);
-            }
-        }
+        let slices_of = SlicesByService::new(slices);
         // Replaced entries and the keys of new ones: what the union is patched with.
         let mut stale: Vec<Compiled> = Vec::new();
         let mut fresh: Vec<(&str, &str)> = Vec::new();
@@ -82,29 +77,25 @@ impl CompileMemo {
         let mut duplicates: Vec<Compiled> = Vec::new();
         for svc in services {
             let (ns, name) = (namespace_of(&svc.metadata), svc.metadata.name.as_deref().unwrap_or_default());
-            let own: &[&Arc<EndpointSlice>] = slices_of.get(&(ns, name)).map_or(&[], Vec::as_slice);
+            let own = slices_of.of(ns, name);
             let entry = self.by_service.get_mut(ns).and_then(|by_name| by_name.get_mut(name));
             match entry {
                 Some(c) if c.seen == pass => {
                     // Two Service objects with one namespace/name (not from an API server;
                     // files can hold duplicates): the first keeps the entry, both are
                     // compiled as compile_all does.
-                    duplicates.push(compile_one(svc, own, node, pass));
+                    duplicates.push(compile_one(svc, own.collect(), node, pass));
                 }
-                Some(c)
-                    if Arc::ptr_eq(&c.service, svc)
-                        && c.slices.len() == own.len()
-                        && c.slices.iter().zip(own).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-                {
+                Some(c) if Arc::ptr_eq(&c.service, svc) && same_slices(&c.slices, own.clone()) => {
                     c.seen = pass;
                 }
                 Some(c) => {
-                    stale.push(std::mem::replace(c, compile_one(svc, own, node, pass)));
+                    stale.push(std::mem::replace(c, compile_one(svc, own.collect(), node, pass)));
                     fresh.push((ns, name));
                 }
                 None => {
                     let by_name = self.by_service.entry(ns.to_owned()).or_default();
-                    by_name.insert(name.to_owned(), compile_one(svc, own, node, pass));
+                    by_name.insert(name.to_owned(), compile_one(svc, own.collect(), node, pass));
                     fresh.push((ns, name));
                 }
             }
@@ -130,17 +121,20 @@ impl CompileMemo {
                     self.health_checks.remove(key);
                 }
             }
-            for (ns, name) in fresh {
+            for &(ns, name) in &fresh {
                 let c = &self.by_service[ns][name];
                 spns.extend(c.desired.services.keys().cloned());
                 self.desired.services.extend(c.desired.services.iter().map(|(k, v)| (k.clone(), v.clone())));
                 self.health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
             }
-            // Rejections in input order, as compile_all lists them (usually none: no copies).
-            self.desired.rejected.clear();
-            for svc in services {
-                let c = &self.by_service[namespace_of(&svc.metadata)][svc.metadata.name.as_deref().unwrap_or_default()];
-                self.desired.rejected.extend(c.desired.rejected.iter().cloned());
+            // Rejections in input order, as compile_all lists them (none, usually: then no walk).
+            let rejecting = stale.iter().chain(fresh.iter().map(|(ns, name)| &self.by_service[*ns][*name]));
+            if !self.desired.rejected.is_empty() || rejecting.into_iter().any(|c| !c.desired.rejected.is_empty()) {
+                self.desired.rejected.clear();
+                for svc in services {
+                    let c = &self.by_service[namespace_of(&svc.metadata)][svc.metadata.name.as_deref().unwrap_or_default()];
+                    self.desired.rejected.extend(c.desired.rejected.iter().cloned());
+                }
             }
             changed.merge(Changed::Only(spns));
         }
@@ -167,10 +161,55 @@ impl CompileMemo {
 }
 
 /// Compiles one Service with its slices.
-fn compile_one(svc: &Arc<Service>, own: &[&Arc<EndpointSlice>], node: &NodeContext, pass: u64) -> Compiled {
-    let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
+fn compile_one(svc: &Arc<Service>, own: Vec<Arc<EndpointSlice>>, node: &NodeContext, pass: u64) -> Compiled {
     let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
     Compiled { service: svc.clone(), slices: own, desired, health_checks, seen: pass }
+}
+
+/// Whether `memo` holds exactly the slices `now` lists, in order.
+fn same_slices<'a>(memo: &[Arc<EndpointSlice>], mut now: impl Iterator<Item = Arc<EndpointSlice>> + 'a) -> bool {
+    memo.iter().all(|a| now.next().is_some_and(|b| Arc::ptr_eq(a, &b))) && now.next().is_none()
+}
+
+/// EndpointSlices grouped by the Service they name, in input order, without a list per
+/// Service: each slice links to the next of the same Service.
+struct SlicesByService<'a> {
+    slices: &'a [Arc<EndpointSlice>],
+    /// (first, last) slice index per Service.
+    ends: HashMap<(&'a str, &'a str), (u32, u32)>,
+    next: Vec<u32>,
+}
+
+impl<'a> SlicesByService<'a> {
+    const END: u32 = u32::MAX;
+
+    fn new(slices: &'a [Arc<EndpointSlice>]) -> Self {
+        let mut ends: HashMap<(&str, &str), (u32, u32)> = HashMap::with_capacity(slices.len());
+        let mut next = vec![Self::END; slices.len()];
+        for (i, slice) in slices.iter().enumerate() {
+            let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) else { continue };
+            let i = i as u32;
+            ends.entry((namespace_of(&slice.metadata), svc.as_str()))
+                .and_modify(|(_, last)| {
+                    next[*last as usize] = i;
+                    *last = i;
+                })
+                .or_insert((i, i));
+        }
+        Self { slices, ends, next }
+    }
+
+    /// The slices of Service `ns/name`, in input order.
+    fn of(&self, ns: &str, name: &str) -> impl Iterator<Item = Arc<EndpointSlice>> + Clone + '_ {
+        let mut at = self.ends.get(&(ns, name)).map_or(Self::END, |(first, _)| *first);
+        std::iter::from_fn(move || {
+            let i = at;
+            (i != Self::END).then(|| {
+                at = self.next[i as usize];
+                Arc::clone(&self.slices[i as usize])
+            })
+        })
+    }
 }
 
 #[cfg(test)]

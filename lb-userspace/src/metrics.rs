@@ -74,7 +74,7 @@ pub struct Programmed {
     pub frontends: usize,
     pub backends: usize,
     /// `svc_id` of every programmed ServicePort, to name the per-service datapath counters.
-    pub names: BTreeMap<u32, ServicePortName>,
+    pub names: BTreeMap<u32, Arc<ServicePortName>>,
 }
 
 /// Everything the agent records, as exported.
@@ -311,7 +311,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     }
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
     let mut per_service: Vec<(&ServicePortName, &SvcStats)> =
-        dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n, st))).collect();
+        dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n.as_ref(), st))).collect();
     per_service.sort_by(|a, b| a.0.cmp(b.0));
     for (name, help, field) in [
         ("lb_service_packets_total", "Packets translated for a ServicePort.", 0),
@@ -502,8 +502,11 @@ mod tests {
             service_ports: 2,
             frontends: 3,
             backends: 4,
-            names: [(7, spn("default", "kubia", "", Protocol::Tcp)), (3, spn("kube-system", "dns", "dns\"udp", Protocol::Udp))]
-                .into(),
+            names: [
+                (7, Arc::new(spn("default", "kubia", "", Protocol::Tcp))),
+                (3, Arc::new(spn("kube-system", "dns", "dns\"udp", Protocol::Udp))),
+            ]
+            .into(),
         });
         let mut global = vec![0u64; lb_common::CNT_MAX as usize];
         global[lb_common::CNT_PACKETS as usize] = 100;
@@ -547,7 +550,7 @@ mod tests {
         let m = Metrics::new(None);
         let v6 = ServicePortName { family: Family::V6, ..spn("default", "kubia", "http", Protocol::Tcp) };
         m.set_programmed(Programmed {
-            names: [(1, spn("default", "kubia", "http", Protocol::Tcp)), (2, v6)].into(),
+            names: [(1, Arc::new(spn("default", "kubia", "http", Protocol::Tcp))), (2, Arc::new(v6))].into(),
             ..Programmed::default()
         });
         let stats = |packets| SvcStats { packets, bytes: 0, new_flows: 0 };

@@ -99,6 +99,8 @@ pub struct Planner {
     backends: Shared<u32, Backend>,
     services: Shared<ServiceKey, ServiceValue>,
     source_ranges: Shared<(u32, SourceRangeData), ()>,
+    /// Every planned ServicePort by its svc_id (names for the per-service counters).
+    svc_names: BTreeMap<u32, Arc<ServicePortName>>,
     pending: Touched,
     /// Ids were adopted: the next pass forgets every id its state does not use, as the full
     /// plan does after adopting.
@@ -115,6 +117,7 @@ impl Planner {
             backends: HashMap::new(),
             services: HashMap::new(),
             source_ranges: HashMap::new(),
+            svc_names: BTreeMap::new(),
             pending: Touched { all: true, ..Touched::default() },
             adopted: false,
         }
@@ -129,6 +132,12 @@ impl Planner {
     /// What the maps should hold for the last planned desired state.
     pub fn state(&self) -> &MapState {
         &self.state
+    }
+
+    /// Every planned ServicePort by its svc_id: the id its frontends carry, unless another
+    /// ServicePort claims the same frontend.
+    pub fn svc_names(&self) -> &BTreeMap<u32, Arc<ServicePortName>> {
+        &self.svc_names
     }
 
     /// Keys that may differ from the maps since the last [`Planner::applied`].
@@ -239,6 +248,7 @@ impl Planner {
         let p = &mut self.pending;
         for (id, name) in own.names {
             self.state.names.insert(id, name);
+            self.svc_names.insert(id, spn.clone());
             p.names.insert(id);
         }
         for &t in &frag.tables {
@@ -268,6 +278,7 @@ impl Planner {
         let p = &mut self.pending;
         if let Some(id) = frag.svc_id {
             self.state.names.remove(&id);
+            self.svc_names.remove(&id);
             p.names.insert(id);
         }
         for &t in &frag.tables {

@@ -78,6 +78,8 @@ pub struct AgentConfig {
     pub health_addr: Option<SocketAddr>,
     /// `/healthz` fails once a change has waited longer than twice this.
     pub sync_period: Duration,
+    /// How often the maps are read back and anything changed outside the agent rewritten.
+    pub repair_period: Duration,
 }
 
 /// Default IPv6 hairpin source (`--hairpin-ip6`): `fd00:6c62::1`, in a unique local prefix
@@ -124,6 +126,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let mut health_check_ports = HealthCheckServers::new(cfg.netns.clone(), health.clone());
     let mut last_sweep = Instant::now();
+    let mut last_repair = Instant::now();
     // A snapshot whose sync failed (a full map, a transient map error) is retried every tick,
     // with the time its oldest unapplied change was seen (the start of the sync latency).
     let mut pending: Option<(ClusterObjects, Instant)> = None;
@@ -161,6 +164,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // Point 49: health-check node ports follow the applied state (failed binds retry).
         let node_addresses = sync.node.as_ref().map(|n| n.addresses.as_slice()).unwrap_or_default();
         health_check_ports.reconcile(&sync.health_checks, node_addresses).await;
+        // Drift repair (kube-proxy's periodic full sync): only with nothing pending, so the
+        // maps are compared with a plan they already hold.
+        if pending.is_none() && !sync.first && last_repair.elapsed() >= cfg.repair_period {
+            last_repair = Instant::now();
+            match dp.repair(sync.planner.state()) {
+                Ok(0) => {}
+                Ok(writes) => {
+                    metrics.repaired(writes);
+                    warn!(writes, "repaired map entries that differed from the plan (changed outside the agent)");
+                }
+                Err(e) => warn!(error = format!("{e:#}"), "repairing the maps failed; retrying next period"),
+            }
+        }
         if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
             last_sweep = Instant::now();
             match dp.sweep_conntrack() {

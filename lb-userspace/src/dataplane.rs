@@ -361,6 +361,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Re-reads the maps from the kernel and rewrites whatever differs from `desired`: entries
+    /// changed or deleted outside the agent (`bpftool map update`, another tool) are repaired,
+    /// strays removed. Returns the number of writes (0 when nothing drifted).
+    pub fn repair(&mut self, desired: &MapState) -> Result<usize> {
+        self.shadow = self.read_state()?;
+        self.apply(desired)
+    }
+
     /// Reads the agent-written maps back.
     fn read_state(&self) -> Result<MapState> {
         let mut st = MapState::default();

@@ -92,6 +92,8 @@ pub struct State {
     pub conntrack_entries: Option<usize>,
     /// The maps' real capacities (the defaults until the datapath is loaded).
     pub map_sizes: MapSizes,
+    /// Map entries rewritten by drift repair.
+    pub repaired: u64,
 }
 
 impl Default for State {
@@ -106,6 +108,7 @@ impl Default for State {
             rejected: BTreeSet::new(),
             conntrack_entries: None,
             map_sizes: MapSizes::default(),
+            repaired: 0,
         }
     }
 }
@@ -155,6 +158,11 @@ impl Metrics {
             *s.rejected_total.entry(reason).or_default() += 1;
         }
         s.rejected = now;
+    }
+
+    /// Drift repair rewrote `writes` map entries.
+    pub fn repaired(&self, writes: usize) {
+        self.lock().repaired += writes as u64;
     }
 
     /// The capacities of the loaded maps.
@@ -257,6 +265,13 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         "Capacity of the conntrack table (entries; two per flow, one per direction).",
     );
     let _ = writeln!(o, "lb_conntrack_capacity {}", state.map_sizes.conntrack);
+    header(
+        &mut o,
+        "lb_map_repairs_total",
+        "counter",
+        "Map entries rewritten because they differed from the plan (changed outside the agent).",
+    );
+    let _ = writeln!(o, "lb_map_repairs_total {}", state.repaired);
     header(&mut o, "lb_map_capacity", "gauge", "Capacity of each agent-sized map, in entries (`lb status` shows the fill).");
     for (name, n) in state.map_sizes.by_name() {
         let _ = writeln!(o, "lb_map_capacity{{map=\"{name}\"}} {n}");

@@ -104,6 +104,10 @@ struct Kubia {
 }
 
 fn kubia(test: &str) -> Option<Kubia> {
+    kubia_with(test, &[])
+}
+
+fn kubia_with(test: &str, extra_args: &[&str]) -> Option<Kubia> {
     if !privilege::require(test) {
         return None;
     }
@@ -116,7 +120,8 @@ fn kubia(test: &str) -> Option<Kubia> {
         pods.push((name, topo.pods[i].ip.to_string()));
     }
     let client = topo.add_pod(0, "client").expect("client pod");
-    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    opts.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
     let mut agent =
         Agent::start(&bins::lb(), &opts, &[("kubia.yaml", &kubia_service()), ("slices.yaml", &slices(&pods, "node-0"))])
             .expect("agent");
@@ -126,6 +131,37 @@ fn kubia(test: &str) -> Option<Kubia> {
         })
         .expect("sync");
     Some(Kubia { topo, agent, client })
+}
+
+/// Drift repair, as kube-proxy's periodic full sync repairs its rules: a frontend deleted from
+/// the pinned maps behind the agent's back (as `bpftool map delete` would) is written again
+/// within the repair period, and the ClusterIP answers again.
+#[test]
+fn a_frontend_deleted_outside_the_agent_is_repaired() {
+    use aya::maps::{HashMap as AyaHashMap, Map, MapData};
+    let Some(mut k) = kubia_with("a_frontend_deleted_outside_the_agent_is_repaired", &["--repair-period", "1s"]) else {
+        return;
+    };
+    k.topo.curl(k.client, &format!("http://{KUBIA_VIP}/"), 5).expect("curl before");
+    let key = lb_common::ServiceKey {
+        addr: lb_common::v4_mapped(KUBIA_VIP.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+        port_be: 80u16.to_be(),
+        proto: lb_common::IPPROTO_TCP,
+        _pad: 0,
+    };
+    let data = MapData::from_pin(k.agent.pin_path.join(lb_common::SERVICES)).expect("pinned services map");
+    let mut services: AyaHashMap<MapData, lb_common::ServiceKey, lb_common::ServiceValue> =
+        AyaHashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map");
+    services.remove(&key).expect("deleting the kubia frontend");
+    k.agent
+        .wait_services("the deleted frontend written again", |rows| {
+            rows.iter().any(|r| r["frontend"] == format!("{KUBIA_VIP}:80"))
+        })
+        .expect("repair");
+    let body = k.topo.curl(k.client, &format!("http://{KUBIA_VIP}/"), 5).expect("curl after the repair");
+    assert!(body.contains("You've hit"), "{body:?}");
+    let log = k.agent.log_text();
+    assert!(log.contains("repaired map entries"), "the repair is logged:\n{log}");
 }
 
 #[test]

@@ -454,6 +454,30 @@ fn raw_pins(pin: &Path) -> (BTreeMap<ServiceKey, ServiceValue>, BTreeSet<String>
     (services, files, meta.get(&0, 0).unwrap())
 }
 
+/// Drift repair (`Dataplane::repair`, run by the agent every `--repair-period`): entries
+/// deleted, changed or added in the pinned maps by someone else are put back as planned, and a
+/// second repair finds nothing to do.
+#[test]
+fn maps_changed_outside_the_agent_are_repaired_to_the_plan() {
+    let Some(mut f) = Fixture::new("maps_changed_outside_the_agent_are_repaired_to_the_plan", 4096) else { return };
+    let programmed = f.program(&base_state());
+    let mut services: BpfHashMap<MapData, ServiceKey, ServiceValue> = BpfHashMap::try_from(
+        Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::SERVICES)).expect("pin")).expect("map"),
+    )
+    .expect("hash map");
+    let (first, value) = programmed.services.iter().find(|(k, _)| k.proto != 0).map(|(k, v)| (*k, *v)).expect("a frontend");
+    let (second, _) = programmed.services.iter().filter(|(k, _)| k.proto != 0).nth(1).map(|(k, v)| (*k, *v)).expect("two");
+    services.remove(&first).expect("delete");
+    services.insert(second, ServiceValue { slot_count: 0, ..value }, 0).expect("change");
+    let stray = ServiceKey { addr: v4_mapped([10, 96, 9, 9]), port_be: 80u16.to_be(), proto: 6, _pad: 0 };
+    services.insert(stray, value, 0).expect("add");
+    assert_ne!(f.pinned(), programmed);
+
+    assert_eq!(f.dp().repair(&programmed).expect("repair"), 3, "one rewrite, one put back, one stray removed");
+    assert_eq!(f.pinned(), programmed, "the maps hold the plan again");
+    assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted since");
+}
+
 #[test]
 fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let Some(mut f) = Fixture::new("pins_of_another_layout_version_are_refused_and_left_unchanged", 4096) else { return };

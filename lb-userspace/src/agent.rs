@@ -296,6 +296,7 @@ struct Sync {
 
 impl Sync {
     fn apply(&mut self, dp: &mut Dataplane, cfg: &AgentConfig, objects: &ClusterObjects) -> anyhow::Result<()> {
+        let started = Instant::now();
         let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
         if self.node.as_ref() != Some(&node) {
             let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
@@ -340,6 +341,7 @@ impl Sync {
             frontends = state.services.len(),
             backends = state.backends.len(),
             writes,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
             "synced"
         );
         Ok(())

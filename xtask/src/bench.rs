@@ -666,6 +666,16 @@ impl Report {
                      API server write, so the latency is the agent's, not the polling's.",
                     f(&logged["median"])
                 );
+                let took = &c["agent_sync_ms"];
+                if took.is_object() {
+                    let _ = writeln!(
+                        md,
+                        "The sync itself (snapshot, compile, plan, map writes; the `took_ms` of that line) took {:.1} ms \
+                         (median, p99 {:.1} ms); the rest is the watch delivery and the coalescing window.",
+                        f(&took["median"]),
+                        f(&took["p99"])
+                    );
+                }
             }
         }
         let pipes: Vec<&Value> = r["lb"].as_array().into_iter().flatten().filter(|x| x["pipeline"].is_object()).collect();

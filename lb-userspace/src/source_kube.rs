@@ -10,7 +10,9 @@
 //!   jitter): a lost connection resumes from the last resourceVersion, a 410 relists, and a relist
 //!   replaces a store atomically once complete. Errors are logged, never returned: while the API
 //!   server is away the stores keep the last state and the datapath keeps serving it.
-//! - `managedFields` are dropped before objects are stored.
+//! - Objects are slimmed before they are stored ([`Slim`]): managedFields, annotations other
+//!   than lb's, endpoints' targetRefs and a Node's status beyond its addresses never reach
+//!   the caches.
 
 use std::{
     fmt::Debug,
@@ -176,7 +178,50 @@ fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>
     objects
 }
 
-/// Spawns `watcher → backoff → strip managedFields → reflector` for one resource, bumping
+/// What the watch caches keep of an object: only what the compile step and the agent read.
+/// Real clusters' objects carry much more (managedFields, `kubectl apply`'s last-applied
+/// annotation, a Node's image list, every endpoint's targetRef), which would otherwise live
+/// in memory once per object for the agent's lifetime.
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+impl Slim for Service {
+    /// Drops managedFields and every annotation but the selection one.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        if let Some(a) = self.metadata.annotations.as_mut() {
+            a.retain(|k, _| k == crate::compile::ANNOTATION_SELECTION);
+        }
+    }
+}
+
+impl Slim for EndpointSlice {
+    /// Drops managedFields, annotations, and each endpoint's targetRef and deprecatedTopology
+    /// (addresses, conditions, nodeName, zone and hints stay).
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        for ep in &mut self.endpoints {
+            ep.target_ref = None;
+            ep.deprecated_topology = None;
+        }
+    }
+}
+
+impl Slim for Node {
+    /// Keeps the name, labels (zone), deletion timestamp and addresses.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.spec = None;
+        if let Some(status) = self.status.as_mut() {
+            *status = k8s_openapi::api::core::v1::NodeStatus { addresses: status.addresses.take(), ..Default::default() };
+        }
+    }
+}
+
+/// Spawns `watcher → backoff → slim → reflector` for one resource, bumping
 /// `changes` whenever the store changes. Returns the store's reader.
 fn spawn_reflector<K>(
     runtime: &tokio::runtime::Handle,
@@ -187,10 +232,10 @@ fn spawn_reflector<K>(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()).reflect(writer);
+    let stream = watcher(api, config).default_backoff().modify(Slim::slim).reflect(writer);
     let changes = changes.clone();
     tasks.push(runtime.spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -242,6 +287,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The caches keep what compile and the agent read, and drop the bulk.
+    #[test]
+    fn stored_objects_keep_only_what_is_read() {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "a", "namespace": "ns", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}", (crate::compile::ANNOTATION_SELECTION): "random" },
+                "managedFields": [{ "manager": "kubectl" }] },
+            "spec": { "clusterIP": "10.96.0.1", "ports": [{ "port": 80 }] },
+        }))
+        .unwrap();
+        svc.slim();
+        assert_eq!(svc.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert!(svc.metadata.managed_fields.is_none() && svc.spec.is_some());
+        let mut slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "a-1", "namespace": "ns", "labels": { "kubernetes.io/service-name": "a" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": ["10.244.0.1"], "nodeName": "n1", "zone": "z",
+                            "targetRef": { "kind": "Pod", "name": "a-xyz", "uid": "1234" },
+                            "hints": { "forZones": [{ "name": "z" }] } }],
+        }))
+        .unwrap();
+        slice.slim();
+        let ep = &slice.endpoints[0];
+        assert!(ep.target_ref.is_none() && ep.hints.is_some() && ep.node_name.is_some() && ep.zone.is_some());
+        assert!(slice.metadata.labels.is_some());
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "n1", "labels": { "topology.kubernetes.io/zone": "z" }, "deletionTimestamp": "2026-01-01T00:00:00Z" },
+            "status": { "addresses": [{ "type": "InternalIP", "address": "192.168.0.10" }],
+                        "images": [{ "names": ["registry/big:1"], "sizeBytes": 1 }] },
+        }))
+        .unwrap();
+        node.slim();
+        let status = node.status.as_ref().unwrap();
+        assert!(status.images.is_none() && status.addresses.as_ref().unwrap().len() == 1);
+        assert!(node.metadata.labels.is_some() && node.metadata.deletion_timestamp.is_some());
+    }
 
     #[test]
     fn selector_is_kube_proxys() {

@@ -27,7 +27,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    Api, Client, Config, Resource, ResourceExt as _,
+    Api, Client, Config, Resource,
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{
         WatchStreamExt as _,

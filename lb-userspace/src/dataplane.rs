@@ -526,15 +526,9 @@ fn is_delete(op: &Op) -> bool {
 /// its capacity at some point, as (name, peak, limit).
 fn transition_overflow(shadow: &MapState, ops: &[Op], limits: &MapSizes) -> Option<(&'static str, usize, u32)> {
     use lb_common as c;
-    let maps: [(&'static str, u32); 7] = [
-        (c::SERVICES, limits.services),
-        (c::BACKENDS, limits.backends),
-        (c::SELECT, limits.select),
-        (c::MAGLEV, limits.maglev),
-        (c::MEMBERS, limits.members),
-        (c::SOURCE_RANGES, limits.source_ranges),
-        (c::SVC_NAMES, limits.names),
-    ];
+    // In the order of `count` below.
+    let maps = [c::SERVICES, c::BACKENDS, c::SELECT, c::MAGLEV, c::MEMBERS, c::SOURCE_RANGES, c::SVC_NAMES]
+        .map(|name| (name, limits.of(name).unwrap_or(u32::MAX)));
     let mut count = [
         shadow.services.len(),
         shadow.backends.len(),

@@ -1,7 +1,8 @@
 //! The plan of one sync, kept up to date incrementally: only ServicePorts whose desired state
 //! changed are planned again, and the map state is patched rather than rebuilt. Each sync then
-//! costs a comparison per ServicePort plus work proportional to what changed, where
-//! [`map_state`](crate::plan::map_state) costs a full plan of every table.
+//! costs a comparison per ServicePort ([`Planner::plan`]), or only per ServicePort the compile
+//! step reports as changed ([`Planner::plan_changed`]), plus work proportional to what changed,
+//! where [`map_state`](crate::plan::map_state) costs a full plan of every table.
 //!
 //! # Equal to the full plan
 //! [`Planner::plan`] always leaves [`Planner::state`] equal to what `map_state` gives for the

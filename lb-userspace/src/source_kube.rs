@@ -44,10 +44,11 @@ use crate::source_file::ClusterObjects;
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
-/// How long [`KubeSource::changed`] waits after the first change so that the events of one
-/// burst (a rollout's slice updates arrive within a millisecond or two) are one sync. Short on
-/// purpose: it adds to every change's latency, and events that arrive while a sync runs are
-/// batched into the next one anyway.
+/// The shortest time between two wake-ups of [`KubeSource::changed`]. A change after a quiet
+/// period wakes the agent at once (as kube-proxy's bounded-frequency runner does); changes
+/// within the window of the last wake-up wait for its end, so a burst (a rollout's slice updates
+/// arrive within a millisecond or two) costs at most one sync per window. Events that arrive
+/// while a sync runs are batched into the next one anyway.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 
 /// While a watch keeps failing, one warning per this period (the others are debug).
@@ -92,6 +93,8 @@ pub struct KubeSource {
     nodes: Option<Store<Node>>,
     changes: watch::Receiver<u64>,
     tasks: Vec<JoinHandle<()>>,
+    /// When [`KubeSource::changed`] last resolved.
+    last_wake: Option<tokio::time::Instant>,
 }
 
 impl KubeSource {
@@ -118,7 +121,7 @@ impl KubeSource {
                 &mut tasks,
             )
         });
-        Ok(Self { services, slices, nodes, changes, tasks })
+        Ok(Self { services, slices, nodes, changes, tasks, last_wake: None })
     }
 
     /// Resolves once every reflector has completed its initial list (point 7: never program
@@ -147,9 +150,10 @@ impl KubeSource {
         }
     }
 
-    /// Resolves when any store changed since the last call, after [`COALESCE_WINDOW`] so a burst
-    /// of events is one wake-up. Take a [`snapshot`](Self::snapshot) afterwards. Cancel-safe:
-    /// a change is only consumed when this resolves, so it can race a timer in `select!`.
+    /// Resolves when any store changed since the last call: at once after a quiet period, else
+    /// at the end of the [`COALESCE_WINDOW`] that began with the last wake-up. Take a
+    /// [`snapshot`](Self::snapshot) afterwards. Cancel-safe: a change is only consumed when this
+    /// resolves, so it can race a timer in `select!`.
     pub async fn changed(&mut self) {
         // A clone shares the seen version without consuming it.
         let mut probe = self.changes.clone();
@@ -157,7 +161,10 @@ impl KubeSource {
             // Every reflector task is gone (only when the runtime shuts down).
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(COALESCE_WINDOW).await;
+        if let Some(last) = self.last_wake {
+            tokio::time::sleep_until(last + COALESCE_WINDOW).await;
+        }
+        self.last_wake = Some(tokio::time::Instant::now());
         self.changes.borrow_and_update();
     }
 }

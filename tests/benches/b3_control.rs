@@ -456,7 +456,7 @@ fn main() -> anyhow::Result<()> {
         drop(out);
         let pipe = pipeline(&svcs)?;
         println!(
-            "b3: {n} services: one sync's work in-process: snapshot {:.1} ms, compile {:.1} ms, plan {:.1} ms, diff {:.1} ms ({} map writes), plus the {:.0} ms coalescing window",
+            "b3: {n} services: one sync's work in-process: snapshot {:.1} ms, compile {:.1} ms, plan {:.1} ms, diff {:.1} ms ({} map writes); syncs at most every {:.0} ms",
             f64_of(&pipe["snapshot_ms"]),
             f64_of(&pipe["compile_ms"]),
             f64_of(&pipe["plan_ms"]),

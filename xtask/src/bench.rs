@@ -671,7 +671,8 @@ impl Report {
                     let _ = writeln!(
                         md,
                         "The sync itself (snapshot, compile, plan, map writes; the `took_ms` of that line) took {:.1} ms \
-                         (median, p99 {:.1} ms); the rest is the watch delivery and the coalescing window.",
+                         (median, p99 {:.1} ms); the rest is the watch delivery (an isolated change is synced at once; \
+                         changes within the coalescing window of the last sync wait for its end).",
                         f(&took["median"]),
                         f(&took["p99"])
                     );
@@ -686,7 +687,7 @@ impl Report {
                  walks every Service to find them, comparing pointers), plans again only the ServicePorts that \
                  compile reports as changed, and diffs only the keys that plan touched. The full compile, plan \
                  and diff of the whole state are shown beside them:\n\n\
-                 | services | coalescing window | snapshot (shared objects, sorted) | compile (memo; full) | plan (incremental; full) | diff (touched keys; full) | map writes for one endpoint change |\n\
+                 | services | coalescing window (min. time between syncs) | snapshot (shared objects, sorted) | compile (memo; full) | plan (incremental; full) | diff (touched keys; full) | map writes for one endpoint change |\n\
                  | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
             for x in pipes {

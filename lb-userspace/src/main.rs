@@ -43,6 +43,8 @@ enum Command {
         lb agent --source file:./manifests --pod-iface lxc1 --pod-iface lxc2 --node-name node-a --node-ip 192.168.1.10\n  \
         # In a cluster, with NodePorts on eth0 over XDP and the node's own processes translated:\n  \
         lb agent --source kube --ext-iface eth0 --cgroup /sys/fs/cgroup --pod-iface lxc1\n  \
+        # A large cluster: maps sized for 100,000 Services, drift repaired every 10 minutes:\n  \
+        lb agent --source kube --ext-iface eth0 --services-max 100000 --repair-period 10m\n  \
         # Remove everything a previous agent left pinned and attached:\n  \
         lb agent --cleanup --pin-path /sys/fs/bpf/lb")]
     Agent(Box<AgentArgs>),

@@ -107,7 +107,9 @@ impl CompileMemo {
         }
         self.by_service.retain(|_, by_name| !by_name.is_empty());
 
-        if std::mem::replace(&mut self.rebuild, !duplicates.is_empty()) || !duplicates.is_empty() {
+        // Duplicates now or at the last call: the union is rebuilt rather than patched.
+        let had_duplicates = std::mem::replace(&mut self.rebuild, !duplicates.is_empty());
+        if had_duplicates || self.rebuild {
             self.rebuild_union(services, &duplicates);
             changed = Changed::All;
         } else {
@@ -128,8 +130,8 @@ impl CompileMemo {
                 self.health_checks.extend(c.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
             }
             // Rejections in input order, as compile_all lists them (none, usually: then no walk).
-            let rejecting = stale.iter().chain(fresh.iter().map(|(ns, name)| &self.by_service[*ns][*name]));
-            if !self.desired.rejected.is_empty() || rejecting.into_iter().any(|c| !c.desired.rejected.is_empty()) {
+            let mut touched = stale.iter().chain(fresh.iter().map(|(ns, name)| &self.by_service[*ns][*name]));
+            if !self.desired.rejected.is_empty() || touched.any(|c| !c.desired.rejected.is_empty()) {
                 self.desired.rejected.clear();
                 for svc in services {
                     let c = &self.by_service[namespace_of(&svc.metadata)][svc.metadata.name.as_deref().unwrap_or_default()];

@@ -259,15 +259,15 @@ impl Planner {
         self.state.maglev.extend(own.maglev);
         self.state.members.extend(own.members);
         for (id, be) in &frag.backends {
-            add_shared(&mut self.backends, &mut self.state.backends, spn, *id, *be);
+            self.state.backends.insert(*id, add_shared(&mut self.backends, spn, *id, *be));
             p.backends.insert(*id);
         }
         for (key, v) in &frag.services {
-            add_shared(&mut self.services, &mut self.state.services, spn, *key, *v);
+            self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v));
             p.services.insert(*key);
         }
         for r in &frag.source_ranges {
-            add_shared(&mut self.source_ranges, &mut BTreeMap::new(), spn, *r, ());
+            add_shared(&mut self.source_ranges, spn, *r, ());
             self.state.source_ranges.insert(*r);
             p.source_ranges.insert(*r);
         }
@@ -283,37 +283,39 @@ impl Planner {
             p.names.insert(id);
         }
         for &t in &frag.tables {
-            remove_range(
-                &mut self.state.select,
-                SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX },
-            );
-            remove_range(
-                &mut self.state.maglev,
-                MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX },
-            );
-            let members: Vec<MemberKey> = self
-                .state
-                .members
-                .range(MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX })
-                .copied()
-                .collect();
-            for m in members {
-                self.state.members.remove(&m);
+            let slots: Vec<SelectKey> = self.state.select.range(slots_of(t)).map(|(k, _)| *k).collect();
+            let chunks: Vec<MaglevKey> = self.state.maglev.range(chunks_of(t)).map(|(k, _)| *k).collect();
+            let members: Vec<MemberKey> = self.state.members.range(members_of(t)).copied().collect();
+            for k in &slots {
+                self.state.select.remove(k);
+            }
+            for k in &chunks {
+                self.state.maglev.remove(k);
+            }
+            for k in &members {
+                self.state.members.remove(k);
             }
             p.tables.insert(t);
         }
         for (id, be) in &frag.backends {
-            if remove_shared(&mut self.backends, &mut self.state.backends, spn, *id) {
+            if let Some(last) = remove_shared(&mut self.backends, spn, *id) {
+                self.state.backends.insert(*id, last);
+            } else {
+                self.state.backends.remove(id);
                 unused.push((*id, *be));
             }
             p.backends.insert(*id);
         }
         for (key, _) in &frag.services {
-            remove_shared(&mut self.services, &mut self.state.services, spn, *key);
+            if let Some(last) = remove_shared(&mut self.services, spn, *key) {
+                self.state.services.insert(*key, last);
+            } else {
+                self.state.services.remove(key);
+            }
             p.services.insert(*key);
         }
         for r in &frag.source_ranges {
-            if remove_shared(&mut self.source_ranges, &mut BTreeMap::new(), spn, *r) {
+            if remove_shared(&mut self.source_ranges, spn, *r).is_none() {
                 self.state.source_ranges.remove(r);
             }
             p.source_ranges.insert(*r);
@@ -321,56 +323,41 @@ impl Planner {
     }
 }
 
-/// Records `spn`'s value for `key` and puts the last ServicePort's value in `map`.
-fn add_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
-    shared: &mut Shared<K, V>,
-    map: &mut BTreeMap<K, V>,
-    spn: &Arc<ServicePortName>,
-    key: K,
-    v: V,
-) {
+/// Records `spn`'s value for `key`; returns the value the map holds: the last ServicePort's.
+fn add_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, spn: &Arc<ServicePortName>, key: K, v: V) -> V {
     let by = shared.entry(key).or_default();
     match by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
         Ok(i) => by[i].1 = v,
         Err(i) => by.insert(i, (spn.clone(), v)),
     }
-    if let Some((_, last)) = by.last() {
-        map.insert(key, *last);
-    }
+    by.last().map_or(v, |(_, last)| *last)
 }
 
-/// Drops `spn`'s value for `key`; the map gets the last remaining value, or loses the key.
-/// Returns whether no ServicePort writes the key any more.
-fn remove_shared<K: Copy + Eq + std::hash::Hash + Ord, V: Copy>(
-    shared: &mut Shared<K, V>,
-    map: &mut BTreeMap<K, V>,
-    spn: &ServicePortName,
-    key: K,
-) -> bool {
-    let Some(by) = shared.get_mut(&key) else {
-        return false;
-    };
+/// Drops `spn`'s value for `key`; returns the value the map holds now (the last remaining
+/// ServicePort's), or `None` when no ServicePort writes the key any more.
+fn remove_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, spn: &ServicePortName, key: K) -> Option<V> {
+    let by = shared.get_mut(&key)?;
     if let Ok(i) = by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
         by.remove(i);
     }
-    match by.last() {
-        Some((_, last)) => {
-            map.insert(key, *last);
-            false
-        }
-        None => {
-            shared.remove(&key);
-            map.remove(&key);
-            true
-        }
+    let last = by.last().map(|(_, v)| *v);
+    if last.is_none() {
+        shared.remove(&key);
     }
+    last
 }
 
-fn remove_range<K: Ord + Copy, V>(map: &mut BTreeMap<K, V>, range: std::ops::RangeInclusive<K>) {
-    let keys: Vec<K> = map.range(range).map(|(k, _)| *k).collect();
-    for k in keys {
-        map.remove(&k);
-    }
+/// The keys of table `t` in LB_SELECT, LB_MAGLEV and LB_MEMBERS.
+fn slots_of(t: u32) -> std::ops::RangeInclusive<SelectKey> {
+    SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX }
+}
+
+fn chunks_of(t: u32) -> std::ops::RangeInclusive<MaglevKey> {
+    MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX }
+}
+
+fn members_of(t: u32) -> std::ops::RangeInclusive<MemberKey> {
+    MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX }
 }
 
 /// The writes that turn `old` into `new`, looking only at `touched` keys: exactly
@@ -397,12 +384,9 @@ fn restrict(st: &MapState, touched: &Touched) -> MapState {
         ..MapState::default()
     };
     for &t in &touched.tables {
-        let slots = SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX };
-        out.select.extend(st.select.range(slots).map(|(k, v)| (*k, *v)));
-        let chunks = MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX };
-        out.maglev.extend(st.maglev.range(chunks).map(|(k, v)| (*k, Arc::clone(v))));
-        let members = MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX };
-        out.members.extend(st.members.range(members).copied());
+        out.select.extend(st.select.range(slots_of(t)).map(|(k, v)| (*k, *v)));
+        out.maglev.extend(st.maglev.range(chunks_of(t)).map(|(k, v)| (*k, Arc::clone(v))));
+        out.members.extend(st.members.range(members_of(t)).copied());
     }
     out
 }

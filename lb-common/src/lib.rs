@@ -36,6 +36,11 @@
 //! - [`FRAGS`]: LRU of IPv4 fragment ids → ports, so later fragments follow the first.
 //! - [`CONFIG`]: node-wide settings the agent writes (SNAT address, hairpin address, SNAT ports).
 //! - [`META`]: one record with the layout version, so a new agent knows what it is adopting.
+//! - [`SOCK_REVNAT`]: LRU of (socket, backend) → frontend, so a node process's UDP replies show
+//!   the address it sent to.
+//! - [`SVC_NAMES`]: ServicePort names by `svc_id`, for the CLI (never read by the datapath).
+//! - [`AGENT`]: the running agent's own account (pid, syncs, problems), for `lb status` (never
+//!   read by the datapath).
 #![no_std]
 
 use core::mem::size_of;
@@ -64,9 +69,10 @@ pub const FRAGS: &str = "LB_FRAGS";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const SVC_NAMES: &str = "LB_SVC_NAMES";
+pub const AGENT: &str = "LB_AGENT";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -82,6 +88,7 @@ pub const ALL_MAPS: [&str; 16] = [
     CONFIG,
     SOCK_REVNAT,
     SVC_NAMES,
+    AGENT,
     META,
 ];
 
@@ -96,6 +103,11 @@ pub const PROG_TC_POD: &str = "lb_tc_pod_ingress";
 pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
 /// TC ingress fallback of [`PROG_XDP_EXT`] for devices where XDP cannot attach.
 pub const PROG_TC_EXT: &str = "lb_tc_ext_ingress";
+/// TC egress on pod and external interfaces: reverse NAT of the replies the node's own stack
+/// sends for a backend that is one of the node's addresses (a hostNetwork pod, the API server
+/// on a control-plane node). Those replies are routed by the node and leave through an egress,
+/// never through an ingress where the other programs run.
+pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// cgroup connect4: socket-level translation for processes in the node's namespace.
 pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
 /// cgroup sendmsg4: the same for unconnected UDP sends.
@@ -200,7 +212,12 @@ pub struct ServiceValue {
     /// semantics even with `externalTrafficPolicy: Local`). Equal to the main set otherwise.
     pub cluster_select_id: u32,
     pub cluster_slot_count: u32,
-    pub _pad: u32,
+    /// The ServicePort's serving endpoints (ready, or serving while terminating, on any node),
+    /// as members of this table in [`MEMBERS`] (it may have no slots of its own): a UDP flow
+    /// keeps its backend only while the backend is one of them (point 57). 0 = not written (maps
+    /// pinned by an older agent): the flow then keeps its backend while the backend exists.
+    /// Host byte order.
+    pub serving_select_id: u32,
 }
 const _: () = assert!(size_of::<ServiceValue>() == 32);
 
@@ -247,6 +264,11 @@ const _: () = assert!(size_of::<Backend>() == 20);
 pub const BACKEND_F_LOCAL: u8 = 1 << 0;
 /// The endpoint is terminating (used only through the serving-terminating fallback).
 pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
+/// The endpoint's address is one of this node's own (a hostNetwork pod, the API server on a
+/// control-plane node; point 63). Traffic to it is delivered by the node's own stack, so it is
+/// never source-NATed (kube-proxy masquerades only what leaves the node), and its replies are
+/// translated back by [`PROG_TC_EGRESS`] on their way out.
+pub const BACKEND_F_HOST: u8 = 1 << 2;
 
 // ---------------------------------------------------------------------------------------------
 // LB_SELECT
@@ -493,6 +515,59 @@ impl SvcName {
 }
 
 // ---------------------------------------------------------------------------------------------
+// LB_AGENT
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of [`AgentStatus::last_error`].
+pub const AGENT_ERROR_LEN: usize = 512;
+/// Bytes of [`AgentStatus::problems`].
+pub const AGENT_PROBLEMS_LEN: usize = 3072;
+
+/// What the agent owning the pins says about itself, for `lb status` in another process: written
+/// by the agent whenever it changes, never read by the datapath. Text fields are UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Process id of the agent that wrote this record; 0 = never written.
+    pub pid: u32,
+    /// Lines in `problems`, and problems in all (more than fit are counted, not listed).
+    pub problems_shown: u32,
+    pub problems_total: u32,
+    pub _pad: u32,
+    /// Milliseconds since the Unix epoch (CLOCK_REALTIME): when the agent started, its last
+    /// successful sync (0 = none yet) and its last failed sync (0 = none).
+    pub started_unix_ms: u64,
+    pub last_sync_unix_ms: u64,
+    pub last_error_unix_ms: u64,
+    /// Bytes in use of `last_error` and `problems`.
+    pub last_error_len: u32,
+    pub problems_len: u32,
+    /// The last failed sync's error, its first line saying what to do.
+    pub last_error: [u8; AGENT_ERROR_LEN],
+    /// What is wrong now (an invalid manifest, a rejected object, ...), one per line.
+    pub problems: [u8; AGENT_PROBLEMS_LEN],
+}
+const _: () = assert!(size_of::<AgentStatus>() == 3632);
+
+impl Default for AgentStatus {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            problems_shown: 0,
+            problems_total: 0,
+            _pad: 0,
+            started_unix_ms: 0,
+            last_sync_unix_ms: 0,
+            last_error_unix_ms: 0,
+            last_error_len: 0,
+            problems_len: 0,
+            last_error: [0; AGENT_ERROR_LEN],
+            problems: [0; AGENT_PROBLEMS_LEN],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // LB_CONFIG
 // ---------------------------------------------------------------------------------------------
 
@@ -652,8 +727,8 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, Backend, Config, CtKey, CtValue, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta,
-        SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
+        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FragKey, FragValue, MaglevChunk, MaglevKey,
+        MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
@@ -677,6 +752,7 @@ mod pod {
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for SvcName {}
+    unsafe impl aya::Pod for AgentStatus {}
 }
 
 #[cfg(test)]

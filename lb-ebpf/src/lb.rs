@@ -13,14 +13,22 @@
 //!   terminating gracefully can finish its connections, and a pod that is gone simply stops
 //!   answering (the client times out or gets a RST from whoever holds the address). New
 //!   connections never select it (point 21).
-//! - UDP flows select a new backend on their next packet (point 57: kube-proxy deletes UDP
-//!   conntrack entries of removed endpoints).
+//! - UDP flows select a new backend on their next packet once theirs is no longer a serving
+//!   endpoint of *their* ServicePort (point 57: kube-proxy deletes UDP conntrack entries whose
+//!   endpoint no longer serves that Service), even while the pod still serves another Service.
+//!
+//! # Backends on the node's own address (point 63)
+//! A hostNetwork endpoint is served by this node's stack. Traffic to it is never source-NATed
+//! (kube-proxy masquerades only what leaves the node), and its replies leave the node's stack
+//! through an egress (the pod interface towards a local client, the external interface towards
+//! an outside one), where `lb_tc_egress` ([`Hook::Egress`]) translates them: that hook runs
+//! only the reply stages, never a frontend lookup.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY,
-    CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4, CNT_DROP_CT_INSERT,
-    CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SNAT_PORTS,
+    AffinityKey, AffinityValue, BACKEND_F_HOST, Backend, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY,
+    CFG_F_SNAT6_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4,
+    CNT_DROP_CT_INSERT, CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SNAT_PORTS,
     CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
     CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
     CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey, FragValue, IPPROTO_TCP,
@@ -48,6 +56,9 @@ pub enum Hook {
     Pod,
     /// Ingress from outside the node (XDP, or its TC fallback).
     External,
+    /// Egress of pod and external interfaces: only replies (and ICMP errors) of translated
+    /// flows, the ones the node's own stack sends for a host backend (point 63).
+    Egress,
 }
 
 /// An address (16-byte format) and port (network byte order) to write.
@@ -246,7 +257,7 @@ pub fn decide(data: usize, end: usize, hook: Hook) -> Result<(Action, &'static P
         Parsed::BadL3 => return Ok((Action { kind: Kind::Pass, reason: CNT_PASS_BAD_L3 }, p)),
         Parsed::Ip => {}
     }
-    let action = process(p);
+    let action = process(p, hook != Hook::Egress);
     let action = match action.kind {
         Kind::NewFlow => new_flow(p, hook),
         Kind::Reply => reply(p),
@@ -257,9 +268,10 @@ pub fn decide(data: usize, end: usize, hook: Hook) -> Result<(Action, &'static P
 }
 
 /// Decides what to do with a parsed packet: the verdict, or the next stage the entry point
-/// must call (`Kind::NewFlow`, `Kind::Reply`, `Kind::IcmpError`).
+/// must call (`Kind::NewFlow`, `Kind::Reply`, `Kind::IcmpError`). Without `frontends` (the
+/// egress hook) a packet is only ever a reply.
 #[inline(never)]
-pub fn process(p: &mut Packet) -> Action {
+pub fn process(p: &mut Packet, frontends: bool) -> Action {
     if p.is_icmp_error {
         return Action::next(Kind::IcmpError);
     }
@@ -293,6 +305,9 @@ pub fn process(p: &mut Packet) -> Action {
         let _ = LB_FRAGS.insert(&sc.frag, &sc.fragv, 0);
     }
 
+    if !frontends {
+        return Action::next(Kind::Reply);
+    }
     let key = ServiceKey { addr: p.dst, port_be: p.dport_be, proto: p.proto, _pad: 0 };
     // SAFETY: the value is copied out immediately; userspace replaces whole values.
     if let Some(svc) = unsafe { LB_SERVICES.get(&key) } {
@@ -405,11 +420,12 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
         // A SYN on a closing entry is a new connection reusing the 4-tuple.
         let reused = new_syn && flags & CT_F_CLOSING != 0;
         if alive && !reused && svc_id == svc.svc_id {
-            // Datagram flows follow endpoint removal: keep the backend only while it exists.
-            let keep = p.proto == IPPROTO_TCP || {
-                let be = LB_BACKENDS.get_ptr(backend_id);
-                // SAFETY: map value pointer, valid for this program run.
-                be.is_some_and(|be| unsafe { (*be).addr == nat && (*be).port_be == nat_port_be })
+            // Datagram flows follow endpoint removal (point 57): the backend is kept only while
+            // it serves this ServicePort. (0: maps written by an older agent, not yet synced.)
+            let keep = p.proto == IPPROTO_TCP || svc.serving_select_id == 0 || {
+                let member = MemberKey { select_id: svc.serving_select_id, backend_id };
+                // SAFETY: presence check only.
+                unsafe { LB_MEMBERS.get(&member) }.is_some()
             };
             // A retransmitted SYN whose reply entry is gone (LRU eviction, a sweep) would never
             // get its SYN-ACK translated: start the connection afresh instead. Only SYNs pay
@@ -577,9 +593,6 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
     let cfg = unsafe { &*cfg };
     // External traffic to a policy-Cluster frontend, and ClusterIP traffic from outside, is
     // masqueraded (points 31, 32); a pod reaching itself is source-NATed to the hairpin address
-    // so its own reply comes back through the node (point 51).
-    // External traffic to a policy-Cluster frontend, and ClusterIP traffic from outside, is
-    // masqueraded (points 31, 32); a pod reaching itself is source-NATed to the hairpin address
     // so its own reply comes back through the node (point 51). (Plain values, not Options: see
     // `Rewrite`.)
     let mut snat = false;
@@ -589,7 +602,10 @@ fn establish(p: &Packet, svc: &ServiceValue, hook: Hook, backend_id: u32, be: &B
     } else {
         (cfg.flags & CFG_F_SNAT_READY != 0, cfg.flags & CFG_F_HAIRPIN_READY != 0)
     };
-    if hook == Hook::External && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
+    // A backend on the node's own address (point 63) is never source-NATed: the node's stack
+    // answers it, and `Hook::Egress` translates the reply on its way out.
+    let host_backend = be.flags & BACKEND_F_HOST != 0;
+    if hook == Hook::External && !host_backend && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
         if snat_ready {
             count(CNT_SNAT);
             snat = true;

@@ -12,10 +12,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX, CONNTRACK_MAX, Config, CtKey,
-    CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, SELECT_MAX,
-    SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
+    AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX, CONNTRACK_MAX,
+    Config, CtKey, CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey,
+    Meta, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
 };
 
 #[map]
@@ -64,6 +64,10 @@ pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Names of ServicePorts by svc_id, for other processes (`lb service list`); never read here.
 #[map]
 pub static LB_SVC_NAMES: HashMap<u32, SvcName> = HashMap::pinned(SVC_NAMES_MAX, BPF_F_NO_PREALLOC);
+
+/// The agent's own account for `lb status` (pid, syncs, problems); never read here.
+#[map]
+pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
 
 #[map]
 pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REVNAT_MAX, 0);

@@ -4,6 +4,11 @@
 //!   routes them, so the kernel forwards the translated packet like any other.
 //! - `lb_tc_ext_ingress` is the TC fallback of the XDP program for external interfaces whose
 //!   driver cannot run XDP: same logic, skb rewrite.
+//! - `lb_tc_egress` runs on egress of pod and external interfaces and only translates replies:
+//!   those of a backend on the node's own address (a hostNetwork pod, point 63), which the
+//!   node's stack sends out without passing any ingress hook (towards a local pod through its
+//!   interface, towards an outside client through the external one). Other packets pass: a
+//!   reply entry is keyed backend → client, which no packet translated at ingress carries.
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -40,6 +45,11 @@ pub fn lb_tc_pod_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
     run(&ctx, Hook::External)
+}
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    run(&ctx, Hook::Egress)
 }
 
 /// Every packet ends in exactly one verdict counter.

@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::{
+    agent_status::{AgentReport, unix_ms},
     compile::NodeContext,
     compile_memo::CompileMemo,
     dataplane::{Dataplane, DataplaneConfig, ExternalMode},
@@ -22,7 +23,7 @@ use crate::{
     node::node_context,
     plan::{PlanConfig, addr16},
     planner::Planner,
-    source_file::{self, ClusterObjects},
+    source_file::{ClusterObjects, FileSource},
     source_kube::KubeSource,
 };
 
@@ -104,6 +105,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath")?;
     metrics.set_map_sizes(*dp.limits());
+    let mut report = AgentReport::new();
+    let mut written = report.encode();
+    dp.set_agent_status(&written).context("writing the agent status")?;
     info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
     attach_all(&mut dp, &cfg)?;
 
@@ -131,7 +135,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // with the time its oldest unapplied change was seen (the start of the sync latency).
     let mut pending: Option<(ClusterObjects, Instant)> = None;
     loop {
-        let polled = feed.poll();
+        let polled = feed.poll(&metrics);
         let seen = Instant::now();
         match polled {
             Ok(Some(objects)) => {
@@ -153,12 +157,25 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 Ok(()) => {
                     metrics.sync_ok(since.elapsed());
                     health.updated(Instant::now(), SystemTime::now());
+                    report.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
                     pending = None;
                 }
                 Err(e) => {
                     metrics.sync_failed(sync_error_reason(&e));
                     warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state, retrying");
+                    report.last_error = Some((unix_ms(SystemTime::now()), format!("{e:#}")));
                 }
+            }
+        }
+        // `lb status` reads what the agent says of itself; written only when it changed.
+        report.problems = feed.problems();
+        report.problems.extend(sync.rejected.iter().map(|r| format!("skipped {}: {}", r.object, r.reason)));
+        report.problems_total = report.problems.len();
+        let status = report.encode();
+        if status != written {
+            match dp.set_agent_status(&status) {
+                Ok(()) => written = status,
+                Err(e) => warn!(error = format!("{e:#}"), "writing the agent status for `lb status` failed"),
             }
         }
         // Point 49: health-check node ports follow the applied state (failed binds retry).
@@ -231,14 +248,14 @@ fn attach_all(dp: &mut Dataplane, cfg: &AgentConfig) -> anyhow::Result<()> {
 
 /// The object source, as a stream of snapshots.
 enum Feed {
-    File { dir: PathBuf, stamps: Option<Vec<(PathBuf, SystemTime, u64)>> },
+    File(FileSource),
     Kube { source: KubeSource, changed: bool },
 }
 
 impl Feed {
     async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
         Ok(match &cfg.source {
-            Source::File(dir) => Self::File { dir: dir.clone(), stamps: None },
+            Source::File(dir) => Self::File(FileSource::new(dir)),
             Source::Kube(kubeconfig) => {
                 let client = crate::source_kube::client(kubeconfig.as_deref()).await.context("connecting to the API server")?;
                 let source = KubeSource::start(client, &cfg.node_name).await.context("starting the watches")?;
@@ -250,19 +267,35 @@ impl Feed {
         })
     }
 
-    /// A new snapshot when something changed since the last one.
-    fn poll(&mut self) -> anyhow::Result<Option<ClusterObjects>> {
+    /// A new snapshot when something changed since the last one. A manifest file that turned
+    /// invalid is reported here once (log and metric) and keeps its last good objects; the
+    /// other files' changes go on.
+    fn poll(&mut self, metrics: &Metrics) -> anyhow::Result<Option<ClusterObjects>> {
         match self {
-            Self::File { dir, stamps } => {
-                let now = file_stamps(dir)?;
-                if stamps.as_ref() == Some(&now) {
-                    return Ok(None);
+            Self::File(files) => {
+                let polled = files.poll().with_context(|| format!("reading the manifests in {}", files.dir().display()))?;
+                for e in &polled.failed {
+                    metrics.sync_failed("source");
+                    warn!(
+                        error = format!("{:#}", anyhow::Error::from(Arc::clone(e))),
+                        "invalid manifest: fix the file; its last good objects stay programmed, the other files are read as usual"
+                    );
                 }
-                // A broken file is reported once; the next edit is read again.
-                *stamps = Some(now);
-                Ok(Some(source_file::load_dir(dir)?))
+                for path in &polled.recovered {
+                    info!(file = %path.display(), "manifest valid again");
+                }
+                metrics.set_invalid_files(files.errors().count());
+                Ok(polled.objects)
             }
             Self::Kube { source, changed } => Ok(std::mem::take(changed).then(|| source.snapshot())),
+        }
+    }
+
+    /// What is wrong with the source now (one line each), for `lb status`.
+    fn problems(&self) -> Vec<String> {
+        match self {
+            Self::File(files) => files.errors().map(|e| format!("invalid manifest: {e}")).collect(),
+            Self::Kube { .. } => Vec::new(),
         }
     }
 
@@ -377,16 +410,6 @@ fn node_config(node: &NodeContext, hairpin: (Ipv4Addr, Ipv6Addr), snat_ports: (u
         snat_port_max: snat_ports.1,
         flags,
     }
-}
-
-/// Name, modification time and length of every manifest: cheap change detection.
-fn file_stamps(dir: &Path) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
-    let mut out = Vec::new();
-    for p in source_file::manifest_files(dir)? {
-        let m = std::fs::metadata(&p)?;
-        out.push((p, m.modified()?, m.len()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

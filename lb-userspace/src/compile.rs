@@ -327,6 +327,7 @@ fn compile_service(
         }
         let eps = categorize(raw, node);
         let cluster = eps.cluster.clone();
+        let serving = eps.serving;
         let internal = if itp_local {
             EndpointSet { endpoints: eps.local.clone(), drop_if_empty: eps.has_any }
         } else {
@@ -344,6 +345,7 @@ fn compile_service(
                 internal,
                 external,
                 cluster,
+                serving,
                 external_snat: !etp_local,
                 source_ranges: source_ranges.clone(),
                 affinity_timeout_s,
@@ -516,6 +518,8 @@ fn is_local(r: &RawEndpoint, node: &NodeContext) -> bool {
 struct Categorized {
     cluster: Vec<Endpoint>,
     local: Vec<Endpoint>,
+    /// Point 57: every endpoint a UDP flow may stay on (ready, or serving while terminating).
+    serving: Vec<Endpoint>,
     /// The ServicePort has usable endpoints anywhere (`hasEndpoints`).
     has_any: bool,
 }
@@ -523,7 +527,14 @@ struct Categorized {
 /// Point 19 (and 53 for hints): the Cluster and Local endpoint sets, each with its own
 /// serving-terminating fallback.
 fn categorize(raw: Vec<RawEndpoint>, node: &NodeContext) -> Categorized {
-    let to_ep = |r: &RawEndpoint| Endpoint { addr: r.addr, port: r.port, local: is_local(r, node), terminating: r.terminating };
+    let to_ep = |r: &RawEndpoint| Endpoint {
+        addr: r.addr,
+        port: r.port,
+        local: is_local(r, node),
+        terminating: r.terminating,
+        // Point 63: a hostNetwork endpoint, served by this node's own stack.
+        host: node.addresses.contains(&r.addr),
+    };
     let ready: Vec<&RawEndpoint> = raw.iter().filter(|r| r.ready).collect();
     let fallback: Vec<&RawEndpoint> = raw.iter().filter(|r| r.serving && r.terminating).collect();
 
@@ -537,7 +548,9 @@ fn categorize(raw: Vec<RawEndpoint>, node: &NodeContext) -> Categorized {
     cluster.sort();
     local.sort();
     let has_any = !ready.is_empty() || !fallback.is_empty();
-    Categorized { cluster, local, has_any }
+    // `raw` is sorted by address and port, so this is too.
+    let serving: Vec<Endpoint> = raw.iter().filter(|r| r.ready || r.serving).map(to_ep).collect();
+    Categorized { cluster, local, serving, has_any }
 }
 
 /// Point 53: node hints first, then zone hints; otherwise all ready endpoints.

@@ -760,6 +760,41 @@ fn point_19_ready_and_terminating_endpoint_is_used_as_ready() {
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080", "10.0.1.2:8080"]);
 }
 
+/// Point 57: the serving set a UDP flow may stay on is every endpoint that is ready or still
+/// serving, on any node, whatever the traffic policy and topology pick for new flows.
+#[test]
+fn point_57_the_serving_set_keeps_terminating_endpoints_that_still_serve() {
+    let s = policy_svc("web", "Local", "Cluster");
+    let sl = slice(
+        "web",
+        "web-1",
+        unnamed_port(8080),
+        json!([
+            ep("10.0.1.1", OTHER_NODE),
+            ep_terminating("10.0.1.2", NODE),
+            ep_cond("10.0.1.3", OTHER_NODE, false, false, true),
+            ep("10.0.1.4", NODE),
+        ]),
+    );
+    let st = v4(&[s], &[sl]);
+    let p = tcp(&st, "web");
+    assert_eq!(eps(&p.internal), ["10.0.1.4:8080"], "ITP Local: the local ready endpoint");
+    assert_eq!(eps(&EndpointSet { endpoints: p.cluster.clone(), drop_if_empty: false }), ["10.0.1.1:8080", "10.0.1.4:8080"]);
+    let serving = EndpointSet { endpoints: p.serving.clone(), drop_if_empty: false };
+    assert_eq!(eps(&serving), ["10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.4:8080"], "not the one that stopped serving");
+}
+
+/// Point 63: an endpoint whose address is one of this node's (a hostNetwork pod) is marked so
+/// the datapath neither source-NATs traffic to it nor misses its replies.
+#[test]
+fn point_63_an_endpoint_on_a_node_address_is_marked_host() {
+    let s = simple_svc("web", "10.96.0.10");
+    let sl = slice("web", "web-1", unnamed_port(8080), json!([ep("10.1.0.10", NODE), ep("10.1.0.11", OTHER_NODE)]));
+    let st = v4(&[s], &[sl]);
+    let hosts: Vec<(String, bool)> = tcp(&st, "web").internal.endpoints.iter().map(|e| (e.addr.to_string(), e.host)).collect();
+    assert_eq!(hosts, [("10.1.0.10".to_owned(), true), ("10.1.0.11".to_owned(), false)]);
+}
+
 /// A NodePort Service with the given traffic policies.
 fn policy_svc(name: &str, itp: &str, etp: &str) -> Service {
     svc(

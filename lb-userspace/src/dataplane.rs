@@ -207,7 +207,7 @@ impl Dataplane {
                 );
             }
         }
-        for name in [lb_common::PROG_TC_POD, lb_common::PROG_TC_EXT] {
+        for name in [lb_common::PROG_TC_POD, lb_common::PROG_TC_EXT, lb_common::PROG_TC_EGRESS] {
             classifier_mut(&mut ebpf, name)?.load().map_err(|source| DataplaneError::Program { name, source })?;
         }
         xdp_mut(&mut ebpf)?.load().map_err(|source| DataplaneError::Program { name: lb_common::PROG_XDP_EXT, source })?;
@@ -272,16 +272,40 @@ impl Dataplane {
         arr.set(0, *cfg, 0).map_err(map_err(name, "write"))
     }
 
-    /// Attaches the pod program to TC ingress of `iface`, replacing the program in a link a
-    /// previous agent pinned (atomically, no packet unprocessed) or creating and pinning one.
+    /// Writes the agent's account of itself for `lb status` (see [`crate::agent_status`]).
+    pub fn set_agent_status(&mut self, status: &lb_common::AgentStatus) -> Result<()> {
+        let name = lb_common::AGENT;
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+        let mut arr: Array<&mut MapData, lb_common::AgentStatus> = Array::try_from(map).map_err(map_err(name, "open"))?;
+        arr.set(0, *status, 0).map_err(map_err(name, "write"))
+    }
+
+    /// Attaches the pod program to TC ingress of `iface` and the reply program to its egress,
+    /// replacing the programs in links a previous agent pinned (atomically, no packet
+    /// unprocessed) or creating and pinning them.
     pub fn attach_pod_interface(&mut self, iface: &str) -> Result<()> {
         let path = self.pin_path.join(format!("link_{iface}_tc-pod"));
-        attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_POD)?, iface, &path)
+        attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_POD)?, iface, TcAttachType::Ingress, &path)?;
+        self.attach_egress(iface)
+    }
+
+    /// Attaches the reply program to TC egress of `iface` (point 63: replies the node's own
+    /// stack sends for a backend on one of its addresses leave through an egress).
+    fn attach_egress(&mut self, iface: &str) -> Result<()> {
+        let path = self.pin_path.join(format!("link_{iface}_tc-egress"));
+        attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_EGRESS)?, iface, TcAttachType::Egress, &path)
     }
 
     /// Attaches the external program to `iface` in `mode` (auto: native XDP, else generic),
-    /// replacing a pinned attachment of the same kind atomically. Returns the mode in effect.
+    /// replacing a pinned attachment of the same kind atomically, and the reply program to its
+    /// TC egress. Returns the mode in effect.
     pub fn attach_external(&mut self, iface: &str, mode: ExternalMode) -> Result<ExternalMode> {
+        let mode = self.attach_external_ingress(iface, mode)?;
+        self.attach_egress(iface)?;
+        Ok(mode)
+    }
+
+    fn attach_external_ingress(&mut self, iface: &str, mode: ExternalMode) -> Result<ExternalMode> {
         let attach_err = |source| DataplaneError::Attach { iface: iface.to_owned(), source };
         let wanted: &[ExternalMode] = match mode {
             ExternalMode::Auto => &[ExternalMode::Native, ExternalMode::Generic],
@@ -298,7 +322,7 @@ impl Dataplane {
         }
         if mode == ExternalMode::Tc {
             let path = self.link_path(iface, ExternalMode::Tc);
-            attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_EXT)?, iface, &path)?;
+            attach_tcx(classifier_mut(&mut self.ebpf, lb_common::PROG_TC_EXT)?, iface, TcAttachType::Ingress, &path)?;
             return Ok(ExternalMode::Tc);
         }
         let mut last = None;
@@ -606,9 +630,9 @@ fn sock_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Cgroup
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::Missing { kind: "program", name })
 }
 
-/// Attaches `prog` to TC ingress of `iface` through a TCX link pinned at `path`, reusing (and
-/// atomically updating) a link already pinned there.
-fn attach_tcx(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Result<()> {
+/// Attaches `prog` to TC `direction` of `iface` through a TCX link pinned at `path`, reusing
+/// (and atomically updating) a link already pinned there.
+fn attach_tcx(prog: &mut SchedClassifier, iface: &str, direction: TcAttachType, path: &Path) -> Result<()> {
     let attach_err = |source| DataplaneError::Attach { iface: iface.to_owned(), source };
     if let Ok(old) = PinnedLink::from_pin(path) {
         let reused = SchedClassifierLink::try_from(FdLink::from(old))
@@ -624,9 +648,7 @@ fn attach_tcx(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Result<()
             }
         }
     }
-    let id = prog
-        .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .map_err(attach_err)?;
+    let id = prog.attach_with_options(iface, direction, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
     let fd_link = FdLink::try_from(link).map_err(|e| attach_err(ProgramError::IOError(io::Error::other(e))))?;
     pin_link(fd_link, iface, path)

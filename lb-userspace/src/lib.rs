@@ -2,6 +2,7 @@
 //! the privileged tests drive the same code.
 
 pub mod agent;
+pub mod agent_status;
 pub mod compile;
 pub mod compile_memo;
 pub mod dataplane;

@@ -12,6 +12,7 @@
 //! | `lb_sync_errors_total` | counter | `reason` = `map_full`, `map_write`, `source`, `other` |
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_rejected` | gauge | |
+//! | `lb_source_invalid_files` | gauge | |
 //! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
 //! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
 
@@ -94,6 +95,8 @@ pub struct State {
     pub map_sizes: MapSizes,
     /// Map entries rewritten by drift repair.
     pub repaired: u64,
+    /// Manifest files whose current content is invalid (file source).
+    pub invalid_files: usize,
 }
 
 impl Default for State {
@@ -109,6 +112,7 @@ impl Default for State {
             conntrack_entries: None,
             map_sizes: MapSizes::default(),
             repaired: 0,
+            invalid_files: 0,
         }
     }
 }
@@ -158,6 +162,11 @@ impl Metrics {
             *s.rejected_total.entry(reason).or_default() += 1;
         }
         s.rejected = now;
+    }
+
+    /// How many manifest files are invalid now (their last good objects stay programmed).
+    pub fn set_invalid_files(&self, n: usize) {
+        self.lock().invalid_files = n;
     }
 
     /// Drift repair rewrote `writes` map entries.
@@ -316,6 +325,13 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     }
     header(&mut o, "lb_objects_rejected", "gauge", "Objects currently skipped as invalid.");
     let _ = writeln!(o, "lb_objects_rejected {}", state.rejected.len());
+    header(
+        &mut o,
+        "lb_source_invalid_files",
+        "gauge",
+        "Manifest files whose content is invalid now (file source; their last good objects stay programmed).",
+    );
+    let _ = writeln!(o, "lb_source_invalid_files {}", state.invalid_files);
 
     let Some(dp) = datapath else {
         return o;

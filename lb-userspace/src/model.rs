@@ -162,6 +162,10 @@ pub struct Endpoint {
     pub local: bool,
     /// Used through the serving-and-terminating fallback.
     pub terminating: bool,
+    /// The address is one of this node's own (a hostNetwork pod, the API server on a
+    /// control-plane node; point 63): the node's stack serves it, so external traffic to it is
+    /// not source-NATed and its replies are translated on the node's egress.
+    pub host: bool,
 }
 
 /// The endpoint set for one class of traffic (internal or external).
@@ -203,6 +207,9 @@ pub struct ServicePortState {
     /// The Cluster set (ready endpoints anywhere, with the terminating fallback): what traffic
     /// from this node's pods and from the node itself gets on external frontends (point 34).
     pub cluster: Vec<Endpoint>,
+    /// Every serving endpoint (ready, or serving while terminating; any node, no topology),
+    /// sorted: a UDP flow keeps its backend only while it is one of these (point 57).
+    pub serving: Vec<Endpoint>,
     /// External traffic is source-NATed to the node (`externalTrafficPolicy: Cluster`).
     pub external_snat: bool,
     /// `loadBalancerSourceRanges` of this family (applies to LoadBalancer frontends only).

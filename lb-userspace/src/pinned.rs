@@ -81,6 +81,14 @@ impl PinnedMaps {
         arr.get(&0, 0).map_err(map_err(name, "read"))
     }
 
+    /// The account of the agent that owns the pins; `None` when none was ever written (or
+    /// the pins predate the record).
+    pub fn agent(&self) -> Option<crate::agent_status::AgentReport> {
+        let name = lb_common::AGENT;
+        let arr: aya::maps::Array<MapData, lb_common::AgentStatus> = aya::maps::Array::try_from(self.map(name).ok()?).ok()?;
+        crate::agent_status::AgentReport::decode(&arr.get(&0, 0).ok()?)
+    }
+
     pub fn affinity(&self) -> Result<Vec<(lb_common::AffinityKey, lb_common::AffinityValue)>> {
         self.hash(lb_common::AFFINITY)
     }

@@ -82,6 +82,9 @@ pub enum SetClass {
     External,
     /// The Cluster set of a service whose external and internal sets both differ from it.
     Cluster,
+    /// The serving endpoints (members only, no slots) of a service whose serving set differs
+    /// from its internal and external sets (point 57).
+    Serving,
 }
 
 /// Id allocation, stable across applies.
@@ -155,6 +158,18 @@ impl Ids {
                 }
             }
         }
+        // A separate serving table (point 57), once every slot table above is claimed: a serving
+        // id equal to one of them is that table. 0, from an older agent, is no table.
+        for (spn, sp) in &desired.services {
+            for fe in &sp.frontends {
+                let Some(v) = current.services.get(&service_key(fe.addr, fe.port, spn.protocol)) else {
+                    continue;
+                };
+                if v.serving_select_id != 0 && self.svc.get(spn) == Some(&v.svc_id) {
+                    self.adopt_select(spn, SetClass::Serving, v.serving_select_id, &mut claimed_select);
+                }
+            }
+        }
     }
 
     /// Gives table `id` to `(spn, class)` unless either already has its table.
@@ -199,7 +214,7 @@ impl Ids {
     /// Forgets the svc_id and table ids of ServicePort `spn` (gone from the desired state).
     pub(crate) fn forget_service_port(&mut self, spn: &ServicePortName) {
         self.svc.remove(spn);
-        for class in [SetClass::Internal, SetClass::External, SetClass::Cluster] {
+        for class in [SetClass::Internal, SetClass::External, SetClass::Cluster, SetClass::Serving] {
             self.select.remove(&(spn.clone(), class));
         }
     }
@@ -230,7 +245,7 @@ impl Ids {
 /// The lowest select id above every table of `st`: those the services point at (own and
 /// Cluster tables) and those holding slots, Maglev chunks or members.
 fn next_select_id(st: &MapState) -> u32 {
-    let services = st.services.values().flat_map(|v| [v.select_id, v.cluster_select_id]);
+    let services = st.services.values().flat_map(|v| [v.select_id, v.cluster_select_id, v.serving_select_id]);
     let tables = st.select.keys().map(|k| k.select_id).chain(st.maglev.keys().map(|k| k.select_id));
     let members = st.members.iter().map(|k| k.select_id);
     services.chain(tables).chain(members).max().map_or(1, |id| id.saturating_add(1))
@@ -280,25 +295,35 @@ pub(crate) fn plan_service(st: &mut MapState, ids: &mut Ids, spn: &ServicePortNa
     if sp.affinity_timeout_s.is_some() {
         base |= SVC_F_AFFINITY;
     }
-    let mut internal = None;
-    if has_internal {
-        let (id, slots) = write_table(st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg);
-        internal = Some((id, slots));
-        let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
-        let value = service_value(svc_id, (id, slots), (id, slots), flags, sp);
-        insert_frontends(st, sp, spn.protocol, false, value);
-    }
-    if has_external {
-        let ext = write_table(st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg);
-        // Point 34: this node's pods and the node itself get the Cluster set on external
-        // frontends. Reuse an identical table rather than writing it twice.
-        let cluster = if sp.external.endpoints == sp.cluster {
+    let internal =
+        has_internal.then(|| write_table(st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg));
+    let external =
+        has_external.then(|| write_table(st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg));
+    // Point 34: this node's pods and the node itself get the Cluster set on external frontends.
+    // Reuse an identical table rather than writing it twice.
+    let cluster = external.map(|ext| {
+        if sp.external.endpoints == sp.cluster {
             ext
         } else if let (Some(int), true) = (internal, sp.internal.endpoints == sp.cluster) {
             int
         } else {
             write_table(st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg)
-        };
+        }
+    });
+    // Point 57: the serving set, usually equal to one of the tables above (every endpoint ready,
+    // no topology, no Local policy): then that table's members are its members.
+    let serving = match (internal, external, cluster) {
+        (Some((id, _)), _, _) if sp.internal.endpoints == sp.serving => id,
+        (_, Some((id, _)), _) if sp.external.endpoints == sp.serving => id,
+        (_, _, Some((id, _))) if sp.cluster == sp.serving => id,
+        _ => write_members(st, ids, (spn, SetClass::Serving), &sp.serving, spn.protocol),
+    };
+    if let Some(own) = internal {
+        let flags = base | if sp.internal.drop_if_empty { SVC_F_DROP_IF_EMPTY } else { 0 };
+        let value = service_value(svc_id, own, own, serving, flags, sp);
+        insert_frontends(st, sp, spn.protocol, false, value);
+    }
+    if let (Some(ext), Some(cluster)) = (external, cluster) {
         let mut flags = base | SVC_F_EXTERNAL;
         if sp.external.drop_if_empty {
             flags |= SVC_F_DROP_IF_EMPTY;
@@ -306,7 +331,7 @@ pub(crate) fn plan_service(st: &mut MapState, ids: &mut Ids, spn: &ServicePortNa
         if sp.external_snat {
             flags |= SVC_F_SNAT;
         }
-        insert_frontends(st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, flags, sp));
+        insert_frontends(st, sp, spn.protocol, true, service_value(svc_id, ext, cluster, serving, flags, sp));
         // Point 48: source ranges restrict LoadBalancer frontends only, and only with ranges
         // of the frontend's family (the compile step keeps just those; as in kube-proxy, a
         // family without ranges is not restricted).
@@ -326,7 +351,14 @@ pub(crate) fn plan_service(st: &mut MapState, ids: &mut Ids, spn: &ServicePortNa
     }
 }
 
-fn service_value(svc_id: u32, own: (u32, u32), cluster: (u32, u32), flags: u32, sp: &ServicePortState) -> ServiceValue {
+fn service_value(
+    svc_id: u32,
+    own: (u32, u32),
+    cluster: (u32, u32),
+    serving_select_id: u32,
+    flags: u32,
+    sp: &ServicePortState,
+) -> ServiceValue {
     ServiceValue {
         svc_id,
         select_id: own.0,
@@ -335,7 +367,7 @@ fn service_value(svc_id: u32, own: (u32, u32), cluster: (u32, u32), flags: u32, 
         affinity_timeout_s: sp.affinity_timeout_s.unwrap_or(0),
         cluster_select_id: cluster.0,
         cluster_slot_count: cluster.1,
-        _pad: 0,
+        serving_select_id,
     }
 }
 
@@ -373,20 +405,7 @@ fn write_table(
     cfg: &PlanConfig,
 ) -> (u32, u32) {
     let select_id = ids.select_id(spn, class);
-    let mut backend_ids = Vec::with_capacity(endpoints.len());
-    for ep in endpoints {
-        let id = ids.backend_id(ep, proto);
-        let mut flags = 0;
-        if ep.local {
-            flags |= lb_common::BACKEND_F_LOCAL;
-        }
-        if ep.terminating {
-            flags |= lb_common::BACKEND_F_TERMINATING;
-        }
-        st.backends.insert(id, Backend { addr: addr16(ep.addr), port_be: ep.port.to_be(), proto: proto.number(), flags });
-        st.members.insert(MemberKey { select_id, backend_id: id });
-        backend_ids.push(id);
-    }
+    let backend_ids = add_members(st, ids, select_id, endpoints, proto);
     if backend_ids.is_empty() {
         return (select_id, 0);
     }
@@ -407,6 +426,42 @@ fn write_table(
         st.maglev.insert(MaglevKey { select_id, chunk: chunk as u32 }, Arc::new(c));
     }
     (select_id, m)
+}
+
+/// Writes a table that has members only (no slots): its backends and membership; returns its id.
+fn write_members(
+    st: &mut MapState,
+    ids: &mut Ids,
+    (spn, class): (&ServicePortName, SetClass),
+    endpoints: &[Endpoint],
+    proto: Protocol,
+) -> u32 {
+    let select_id = ids.select_id(spn, class);
+    add_members(st, ids, select_id, endpoints, proto);
+    select_id
+}
+
+/// Writes the backends of `endpoints` and their membership in table `select_id`; returns
+/// their backend ids in order.
+fn add_members(st: &mut MapState, ids: &mut Ids, select_id: u32, endpoints: &[Endpoint], proto: Protocol) -> Vec<u32> {
+    let mut backend_ids = Vec::with_capacity(endpoints.len());
+    for ep in endpoints {
+        let id = ids.backend_id(ep, proto);
+        let mut flags = 0;
+        if ep.local {
+            flags |= lb_common::BACKEND_F_LOCAL;
+        }
+        if ep.terminating {
+            flags |= lb_common::BACKEND_F_TERMINATING;
+        }
+        if ep.host {
+            flags |= lb_common::BACKEND_F_HOST;
+        }
+        st.backends.insert(id, Backend { addr: addr16(ep.addr), port_be: ep.port.to_be(), proto: proto.number(), flags });
+        st.members.insert(MemberKey { select_id, backend_id: id });
+        backend_ids.push(id);
+    }
+    backend_ids
 }
 
 /// One map write.

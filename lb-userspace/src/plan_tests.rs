@@ -58,7 +58,7 @@ fn np(addr: &str, port: u16) -> Frontend {
 }
 
 fn ep(addr: &str, port: u16) -> Endpoint {
-    Endpoint { addr: ip(addr), port, local: false, terminating: false }
+    Endpoint { addr: ip(addr), port, local: false, terminating: false, host: false }
 }
 
 fn set(endpoints: &[Endpoint]) -> EndpointSet {
@@ -72,6 +72,7 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
         internal: set(endpoints),
         external: set(endpoints),
         cluster: endpoints.to_vec(),
+        serving: endpoints.to_vec(),
         external_snat: true,
         source_ranges: Vec::new(),
         affinity_timeout_s: None,
@@ -561,7 +562,9 @@ fn diff_is_minimal() {
     assert!(ops.iter().all(|op| matches!(op, Op::PutService(_, v) if v.affinity_timeout_s == 60)));
     // Adding one endpoint to dns/UDP: one backend, one slot, one service value.
     let mut d3 = d.clone();
-    d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap().internal.endpoints.push(ep("10.0.2.3", 53));
+    let dns = d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap();
+    dns.internal.endpoints.push(ep("10.0.2.3", 53));
+    dns.serving.push(ep("10.0.2.3", 53));
     let ops = diff(&old, &plan_state(&d3, &mut ids));
     // One backend, its membership, one slot, one service value.
     assert_eq!(ops.iter().map(rank).collect::<Vec<_>>(), [1, 2, 3, 5], "{ops:#?}");
@@ -919,4 +922,36 @@ fn point_55_adding_the_second_family_leaves_the_first_alone() {
         assert_eq!(after.services.get(k), Some(v), "IPv4 entry rewritten");
     }
     assert_every_step_readable(&before, &after);
+}
+
+/// Point 57: the serving set shares a selection table's members when it equals the table's set,
+/// and is a members-only table of its own otherwise; frontends point at it either way, and an
+/// agent restarted on the maps adopts it.
+#[test]
+fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
+    let eps = [ep("10.0.1.1", 80), ep("10.0.1.2", 80)];
+    let mut all_ready = sp(vec![cip("10.96.0.10", 80)], &eps);
+    all_ready.serving = eps.to_vec();
+    let d = desired(vec![(spn("web", Protocol::Udp), all_ready.clone())]);
+    let st = plan_state(&d, &mut Ids::default());
+    let v = st.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
+    assert_eq!(v.serving_select_id, v.select_id, "the internal table's members are the serving set");
+
+    let mut draining = all_ready;
+    draining.internal.endpoints.truncate(1);
+    draining.cluster.truncate(1);
+    draining.external.endpoints.truncate(1);
+    let d2 = desired(vec![(spn("web", Protocol::Udp), draining)]);
+    let mut ids = Ids::default();
+    let st2 = plan_state(&d2, &mut ids);
+    let v = *st2.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
+    assert_ne!(v.serving_select_id, v.select_id);
+    let serving: Vec<u32> = st2.members.iter().filter(|m| m.select_id == v.serving_select_id).map(|m| m.backend_id).collect();
+    assert_eq!(serving.len(), 2, "both endpoints still serve");
+    assert!(!st2.select.keys().any(|k| k.select_id == v.serving_select_id), "members only, no slots");
+    assert_every_step_readable(&st, &st2);
+    // A restarted agent adopts the same ids and writes nothing.
+    let mut fresh = Ids::default();
+    fresh.adopt(&st2, &d2);
+    assert_eq!(plan_state(&d2, &mut fresh), st2);
 }

@@ -401,7 +401,13 @@ mod tests {
     fn port(name: &str, vip: u8, backends: &[u8]) -> (ServicePortName, ServicePortState) {
         let eps: Vec<Endpoint> = backends
             .iter()
-            .map(|b| Endpoint { addr: Ipv4Addr::new(10, 244, 0, *b).into(), port: 8080, local: true, terminating: false })
+            .map(|b| Endpoint {
+                addr: Ipv4Addr::new(10, 244, 0, *b).into(),
+                port: 8080,
+                local: true,
+                terminating: false,
+                host: false,
+            })
             .collect();
         let set = EndpointSet { endpoints: eps.clone(), drop_if_empty: false };
         let spn = ServicePortName {
@@ -415,7 +421,8 @@ mod tests {
             frontends: vec![Frontend { addr: Ipv4Addr::new(10, 96, 0, vip).into(), port: 80, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
             external: set,
-            cluster: eps,
+            cluster: eps.clone(),
+            serving: eps,
             external_snat: true,
             source_ranges: vec![],
             affinity_timeout_s: None,

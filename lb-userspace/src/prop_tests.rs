@@ -983,24 +983,30 @@ fn build_desired(sps: &[SpGen]) -> DesiredState {
                 port: if g.protocol == Protocol::Udp { 9000 } else { 8080 },
                 local: *local,
                 terminating: *terminating,
+                host: *local && i % 4 == 0,
             })
             .collect();
         eps.sort();
         eps.dedup_by(|a, b| a.addr == b.addr && a.port == b.port);
-        let local: Vec<Endpoint> = eps.iter().filter(|e| e.local).cloned().collect();
+        // Terminating endpoints are selected only when nothing else is (point 19), but stay
+        // serving (point 57): the serving set then differs from every selection table.
+        let ready: Vec<Endpoint> = eps.iter().filter(|e| !e.terminating).cloned().collect();
+        let cluster = if ready.is_empty() { eps.clone() } else { ready };
+        let local: Vec<Endpoint> = cluster.iter().filter(|e| e.local).cloned().collect();
         let has_any = !eps.is_empty();
         let set = |local_only: bool| {
             if local_only {
                 EndpointSet { endpoints: local.clone(), drop_if_empty: has_any }
             } else {
-                EndpointSet { endpoints: eps.clone(), drop_if_empty: false }
+                EndpointSet { endpoints: cluster.clone(), drop_if_empty: false }
             }
         };
         let sp = ServicePortState {
             frontends,
             internal: set(g.itp_local),
             external: set(g.etp_local),
-            cluster: eps.clone(),
+            cluster: cluster.clone(),
+            serving: eps.clone(),
             external_snat: !g.etp_local,
             source_ranges: g
                 .ranges

@@ -1,11 +1,17 @@
 //! The file source: Services, EndpointSlices and Nodes read from the YAML manifests in a
 //! directory (`lb agent --source file:DIR`). Any number of documents per file; objects of other
 //! kinds (Deployments, Pods, ...) are ignored so a directory of real manifests works as is.
+//!
+//! Each file stands alone ([`FileSource`]): a file that does not parse (or holds an invalid
+//! document) keeps its last good objects, and every other file goes on being read, so one bad
+//! edit never freezes the rest of the directory.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     sync::Arc,
+    time::SystemTime,
 };
 
 use k8s_openapi::api::{
@@ -54,15 +60,133 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(files)
 }
 
-/// Reads every manifest in `dir`. The first invalid document fails the whole read, so a
-/// half-edited directory never replaces the last good state.
-pub fn load_dir(dir: &Path) -> Result<ClusterObjects, SourceError> {
+/// The objects of one manifest file.
+pub fn load_file(path: &Path) -> Result<ClusterObjects, SourceError> {
+    let text = fs::read_to_string(path).map_err(|source| SourceError::Read { path: path.to_owned(), source })?;
     let mut objects = ClusterObjects::default();
-    for path in manifest_files(dir)? {
-        let text = fs::read_to_string(&path).map_err(|source| SourceError::Read { path: path.clone(), source })?;
-        parse_into(&path, &text, &mut objects)?;
-    }
+    parse_into(path, &text, &mut objects)?;
     Ok(objects)
+}
+
+impl ClusterObjects {
+    /// Adds `other`'s objects (shared, not copied).
+    pub fn extend(&mut self, other: &ClusterObjects) {
+        self.services.extend(other.services.iter().cloned());
+        self.slices.extend(other.slices.iter().cloned());
+        self.nodes.extend(other.nodes.iter().cloned());
+    }
+}
+
+/// What a file looked like when it was last read: modification time and length.
+type Stamp = (SystemTime, u64);
+
+/// One manifest file: its last good objects, and the error of its current content if it has
+/// one.
+struct FileState {
+    stamp: Stamp,
+    objects: ClusterObjects,
+    error: Option<Arc<SourceError>>,
+}
+
+/// What a [`FileSource::poll`] found.
+#[derive(Debug, Default)]
+pub struct FilePoll {
+    /// Some file's objects changed: the objects of every file now.
+    pub objects: Option<ClusterObjects>,
+    /// Files whose new content is invalid (their last good objects stay).
+    pub failed: Vec<Arc<SourceError>>,
+    /// Files that were invalid and now read again.
+    pub recovered: Vec<PathBuf>,
+}
+
+/// The manifests of a directory, read file by file: only files whose stamp changed are read
+/// again, and a file that fails keeps its last good objects (module docs).
+pub struct FileSource {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// The directory could not be listed at the last poll (reported once).
+    listing_failed: bool,
+}
+
+impl FileSource {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_owned(), files: BTreeMap::new(), listing_failed: false }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the files that changed since the last poll. Fails only when the directory cannot
+    /// be listed, and then only the first time in a row (the objects stay as they were).
+    pub fn poll(&mut self) -> Result<FilePoll, SourceError> {
+        let listed = match stamps(&self.dir) {
+            Ok(l) => {
+                self.listing_failed = false;
+                l
+            }
+            Err(e) if std::mem::replace(&mut self.listing_failed, true) => {
+                tracing::debug!(error = %e, "the manifest directory is still unreadable");
+                return Ok(FilePoll::default());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = FilePoll::default();
+        let before = self.files.len();
+        self.files.retain(|path, _| listed.contains_key(path));
+        let mut changed = self.files.len() != before;
+        for (path, stamp) in listed {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let result = load_file(&path);
+            let state = self.files.entry(path.clone()).or_insert_with(|| FileState {
+                stamp,
+                objects: ClusterObjects::default(),
+                error: None,
+            });
+            state.stamp = stamp;
+            match result {
+                Ok(objects) => {
+                    if state.error.take().is_some() {
+                        out.recovered.push(path);
+                    }
+                    state.objects = objects;
+                    changed = true;
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    state.error = Some(e.clone());
+                    out.failed.push(e);
+                }
+            }
+        }
+        if changed {
+            let mut all = ClusterObjects::default();
+            for f in self.files.values() {
+                all.extend(&f.objects);
+            }
+            out.objects = Some(all);
+        }
+        Ok(out)
+    }
+
+    /// The errors of the files that are invalid now, in file order.
+    pub fn errors(&self) -> impl Iterator<Item = &SourceError> {
+        self.files.values().filter_map(|f| f.error.as_deref())
+    }
+}
+
+/// The stamp of every manifest in `dir`.
+fn stamps(dir: &Path) -> Result<BTreeMap<PathBuf, Stamp>, SourceError> {
+    let mut out = BTreeMap::new();
+    for path in manifest_files(dir)? {
+        // A file removed between the listing and here is simply not listed.
+        if let Ok(m) = fs::metadata(&path) {
+            out.insert(path, (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        }
+    }
+    Ok(out)
 }
 
 /// Parses the documents of one file into `objects`.
@@ -239,6 +363,92 @@ metadata:
         let mut o = ClusterObjects::default();
         parse_into(Path::new("l.yaml"), text, &mut o).unwrap();
         assert_eq!((o.nodes.len(), o.services.len()), (1, 1));
+    }
+
+    /// A scratch manifest directory, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("lb-source-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+
+        /// Writes a file with a new modification time (a stamp the poll must see as new).
+        fn write(&self, name: &str, text: &str) {
+            let path = self.0.join(name);
+            fs::write(&path, text).unwrap();
+            let later = SystemTime::now() + std::time::Duration::from_secs(fs::read_dir(&self.0).unwrap().count() as u64 * 3600);
+            fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn service_doc(name: &str, ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n")
+    }
+
+    fn names(o: &ClusterObjects) -> Vec<String> {
+        let mut n: Vec<String> = o.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        n.sort();
+        n
+    }
+
+    /// Issue 13: a broken file keeps its last good objects and never holds back the others.
+    #[test]
+    fn a_broken_file_keeps_its_last_good_objects_and_the_others_go_on() {
+        let dir = Dir::new("broken");
+        dir.write("a.yaml", &service_doc("a", "10.96.0.1"));
+        dir.write("b.yaml", &service_doc("b", "10.96.0.2"));
+        let mut src = FileSource::new(&dir.0);
+        let first = src.poll().unwrap();
+        assert_eq!(names(first.objects.as_ref().unwrap()), ["a", "b"]);
+        assert!(src.poll().unwrap().objects.is_none(), "nothing changed");
+
+        // b breaks: reported once, b's last good Service stays.
+        dir.write("b.yaml", "kind: [");
+        let broken = src.poll().unwrap();
+        assert_eq!(broken.failed.len(), 1);
+        assert!(broken.failed[0].to_string().contains("b.yaml: document 1"), "{}", broken.failed[0]);
+        assert!(broken.objects.is_none(), "b's objects did not change");
+        assert!(src.poll().unwrap().failed.is_empty(), "reported once");
+        assert_eq!(src.errors().count(), 1);
+
+        // a changes meanwhile: applied at once, with b's last good objects.
+        dir.write("a.yaml", &format!("{}---\n{}", service_doc("a", "10.96.0.1"), service_doc("c", "10.96.0.3")));
+        assert_eq!(names(src.poll().unwrap().objects.as_ref().unwrap()), ["a", "b", "c"]);
+        // A Service without clusterIP in b is an invalid document: b still keeps its last good.
+        dir.write("b.yaml", "kind: Service\nmetadata: {name: b2}\nspec: {ports: [{port: 80}]}\n");
+        let p = src.poll().unwrap();
+        assert!(p.failed[0].to_string().contains("spec.clusterIP"), "{}", p.failed[0]);
+
+        // b is fixed: recovered, and its new content is used.
+        dir.write("b.yaml", &service_doc("b2", "10.96.0.4"));
+        let fixed = src.poll().unwrap();
+        assert_eq!(fixed.recovered, vec![dir.0.join("b.yaml")]);
+        assert_eq!(names(fixed.objects.as_ref().unwrap()), ["a", "b2", "c"]);
+        assert_eq!(src.errors().count(), 0);
+
+        // A new file that is broken from the start contributes nothing; a deleted file's objects go.
+        dir.write("d.yaml", "kind: Service\nmetadata: {}\n");
+        assert_eq!(src.poll().unwrap().failed.len(), 1);
+        fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        assert_eq!(names(src.poll().unwrap().objects.as_ref().unwrap()), ["b2"]);
+    }
+
+    #[test]
+    fn an_unreadable_directory_is_reported_once() {
+        let mut src = FileSource::new(Path::new("/nonexistent/lb-manifests"));
+        let err = src.poll().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/lb-manifests"), "{err}");
+        assert!(src.poll().is_ok(), "not again while it stays unreadable");
     }
 
     #[test]

@@ -137,6 +137,12 @@ impl Agent {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `lb status -o json` against this agent's pins.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = run(Command::new(&self.lb).args(["status", "-o", "json", "--pin-path"]).arg(&self.pin_path))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Waits until `pred` holds for the services table (frontends as JSON rows).
     pub fn wait_services(&mut self, what: &str, pred: impl Fn(&[serde_json::Value]) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);

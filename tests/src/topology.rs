@@ -39,6 +39,8 @@ pub struct Node {
     pub underlay_ip: Ipv4Addr,
     /// `fd00:77::{k+1}`.
     pub underlay_ip6: Ipv6Addr,
+    /// Servers in the node's own namespace (hostNetwork pods); stopped before the namespace.
+    servers: Vec<ServerGuard>,
     pub ns: Netns,
 }
 
@@ -85,6 +87,18 @@ pub struct Topology {
     underlay: Netns,
 }
 
+/// A namespace of the topology. IPv6 duplicate address detection is off in it: a fresh link's
+/// link-local address stays tentative for a second or two otherwise, and a node cannot send
+/// neighbour solicitations for forwarded traffic meanwhile (the first packet between two nodes
+/// would wait for the 1 s retransmission). A real cluster's interfaces have long settled.
+fn namespace(name: &str) -> anyhow::Result<Netns> {
+    let ns = Netns::new(name)?;
+    for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+        ns.sysctl(key, "0")?;
+    }
+    Ok(ns)
+}
+
 /// Turns TX checksum offload off on `iface` in `ns` (see the module docs).
 fn complete_checksums(ns: &Netns, iface: &str) -> anyhow::Result<()> {
     crate::netns::run(ns.command("ethtool").args(["-K", iface, "tx", "off"]))?;
@@ -98,12 +112,12 @@ impl Topology {
             bail!("topologies have 1 or 2 nodes");
         }
         let token = unique_token();
-        let underlay = Netns::new(&format!("lbt{token}-ul"))?;
+        let underlay = namespace(&format!("lbt{token}-ul"))?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
         let mut topo = Self { token, pods: Vec::new(), clients: Vec::new(), nodes: Vec::new(), underlay };
         for k in 0..n_nodes {
-            let ns = Netns::new(&format!("lbt{}-node{k}", topo.token))?;
+            let ns = namespace(&format!("lbt{}-node{k}", topo.token))?;
             for (key, value) in [
                 ("net.ipv4.ip_forward", "1"),
                 ("net.ipv4.conf.all.rp_filter", "0"),
@@ -117,7 +131,7 @@ impl Topology {
             let underlay_ip = Ipv4Addr::new(192, 168, 77, k as u8 + 1);
             let underlay_ip6 = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, k as u16 + 1);
             topo.plug(&ns, &format!("n{k}"), underlay_ip, underlay_ip6, "u0")?;
-            topo.nodes.push(Node { name: format!("node-{k}"), underlay_ip, underlay_ip6, ns });
+            topo.nodes.push(Node { name: format!("node-{k}"), underlay_ip, underlay_ip6, servers: Vec::new(), ns });
         }
         if n_nodes == 2 {
             for (k, node) in topo.nodes.iter().enumerate() {
@@ -157,7 +171,7 @@ impl Topology {
         let i = self.clients.len();
         let ip = Ipv4Addr::new(192, 168, 77, 100 + i as u8);
         let ip6 = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100 + i as u16);
-        let ns = Netns::new(&format!("lbt{}-{name}", self.token))?;
+        let ns = namespace(&format!("lbt{}-{name}", self.token))?;
         self.plug(&ns, &format!("c{i}"), ip, ip6, "eth0")?;
         self.clients.push(Client { name: name.to_owned(), ip, ip6, ns });
         Ok(i)
@@ -170,7 +184,7 @@ impl Topology {
         let ip = Ipv4Addr::new(10, 244, node as u8, 10 + on_node as u8);
         let ip6 = Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 0x10 + on_node as u16);
         let host_if = format!("lbt{}h{i}", self.token);
-        let ns = Netns::new(&format!("lbt{}-{name}", self.token))?;
+        let ns = namespace(&format!("lbt{}-{name}", self.token))?;
         let node_ns = &self.nodes[node].ns;
         let tmp = format!("lbt{}p{i}", self.token);
         node_ns.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &tmp, "netns", ns.name()])?;
@@ -239,6 +253,39 @@ impl Topology {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+        Ok(())
+    }
+
+    /// Starts the test workload in node `k`'s own namespace, as a hostNetwork pod would run:
+    /// HTTP on `http` answering `You've hit NAME` and a UDP echo on `udp`, on every node address
+    /// (the endpoint address of such a pod is the node's); waits until it accepts connections.
+    pub fn start_node_workload(
+        &mut self,
+        k: usize,
+        name: &str,
+        testpod: &std::path::Path,
+        http: u16,
+        udp: u16,
+    ) -> anyhow::Result<()> {
+        let node = &mut self.nodes[k];
+        let child = node
+            .ns
+            .command(testpod)
+            .args(["--name", name, "--http", &http.to_string(), "--udp", &udp.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the node workload")?;
+        node.servers.push(ServerGuard(child));
+        let addr = SocketAddr::from((node.underlay_ip, http));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node.ns.run_in(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())? {
+            if Instant::now() > deadline {
+                bail!("workload on {} did not start listening on {http}", node.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ use lb_common::{
     CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_RESELECT, CNT_DROP_BAD_L4, CNT_DROP_FRAGMENT,
     CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED,
     CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_SNAT, CNT_VERDICT_DNAT,
-    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP, SvcStats, v4_mapped,
+    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP, PROG_TC_EGRESS,
+    SvcStats, v4_mapped,
 };
 use lb_tests::packet::{
     ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Spec, TCP_ACK,
@@ -74,11 +75,11 @@ fn node(test: &str) -> Option<Fixture> {
 }
 
 fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { addr: IpAddr::V4(ip), port, local: true, terminating: false }
+    Endpoint { addr: IpAddr::V4(ip), port, local: true, terminating: false, host: false }
 }
 
 fn remote(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { addr: IpAddr::V4(ip), port, local: false, terminating: false }
+    Endpoint { addr: IpAddr::V4(ip), port, local: false, terminating: false, host: false }
 }
 
 fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
@@ -95,6 +96,7 @@ fn service(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpo
             frontends: vec![Frontend { addr: IpAddr::V4(vip), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
             cluster: set.endpoints.clone(),
+            serving: set.endpoints.clone(),
             external: set,
             external_snat: true,
             source_ranges: Vec::new(),
@@ -544,8 +546,9 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
     // Remove both backends from both services.
     let mut d = cluster();
     for sp in d.services.values_mut() {
-        for set in [&mut sp.internal, &mut sp.external] {
-            set.endpoints.retain(|e| e.addr != IpAddr::V4(udp_backend) && e.addr != IpAddr::V4(tcp_backend));
+        let gone = |e: &Endpoint| e.addr == IpAddr::V4(udp_backend) || e.addr == IpAddr::V4(tcp_backend);
+        for set in [&mut sp.internal.endpoints, &mut sp.external.endpoints, &mut sp.cluster, &mut sp.serving] {
+            set.retain(|e| !gone(e));
         }
     }
     f.program(&d);
@@ -565,6 +568,122 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
         let dst = flow(&f.run(&syn(42000 + i)).1).dst.0;
         assert!(dst != tcp_backend && dst != udp_backend, "new connection sent to removed backend {dst}");
     }
+}
+
+/// Point 57, per Service: a UDP flow leaves a backend that left *its* Service, although the pod
+/// still serves another Service (its backend entry stays in the maps).
+#[test]
+fn point_57_udp_flow_leaves_a_backend_removed_from_its_service_while_another_keeps_it() {
+    let Some(mut f) = Fixture::new("point_57_udp_flow_leaves_a_backend_removed_from_its_service_while_another_keeps_it") else {
+        return;
+    };
+    let other = |eps| service("syslog", Ipv4Addr::new(10, 96, 0, 21), 514, Protocol::Udp, eps);
+    let mut d = cluster();
+    d.services.extend([other(vec![ep(POD1, 9000), ep(POD2, 9000)])]);
+    f.program(&d);
+    let udp = Spec::udp((CLIENT, 5360), (UDP_VIP, 53), b"q").build();
+    let old = flow(&f.run(&udp).1).dst.0;
+    let new = if old == POD1 { POD2 } else { POD1 };
+    // A blue/green switch: dns now selects only `new`; syslog keeps both pods.
+    let mut d = cluster();
+    d.services
+        .extend([service("dns", UDP_VIP, 53, Protocol::Udp, vec![ep(new, 9000)]), other(vec![ep(POD1, 9000), ep(POD2, 9000)])]);
+    f.program(&d);
+    assert!(f.dp.state().backends.values().any(|b| b.addr == v4_mapped(old.octets())), "the old pod is still a backend");
+    let (verdict, out) = f.run(&udp);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(flow(&out).dst, (new, 9000), "the same client port reaches the new endpoint");
+    verify_checksums(&out).unwrap();
+    assert_eq!(f.counter(CNT_CT_RESELECT), 1);
+    // The flow now stays on `new`.
+    for _ in 0..5 {
+        assert_eq!(flow(&f.run(&udp).1).dst, (new, 9000));
+    }
+}
+
+/// Point 57 keeps what kube-proxy keeps: a terminating endpoint that still serves is no longer
+/// selected by new flows (point 19), but an existing UDP flow stays on it.
+#[test]
+fn point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves() {
+    let Some(mut f) = Fixture::new("point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves") else { return };
+    f.program(&cluster());
+    let udp = Spec::udp((CLIENT, 5361), (UDP_VIP, 53), b"q").build();
+    let old = flow(&f.run(&udp).1).dst.0;
+    let other = if old == POD1 { POD2 } else { POD1 };
+    let mut d = cluster();
+    let (_, dns) = d.services.iter_mut().find(|(n, _)| n.name == "dns").unwrap();
+    for set in [&mut dns.internal.endpoints, &mut dns.external.endpoints, &mut dns.cluster] {
+        set.retain(|e| e.addr == IpAddr::V4(other));
+    }
+    for e in &mut dns.serving {
+        e.terminating = e.addr == IpAddr::V4(old);
+    }
+    f.program(&d);
+    for _ in 0..5 {
+        assert_eq!(flow(&f.run(&udp).1).dst, (old, 9000), "a flow stays on a serving endpoint");
+    }
+    assert_eq!(f.counter(CNT_CT_RESELECT), 0);
+    for sport in 6000..6020 {
+        let out = f.run(&Spec::udp((CLIENT, sport), (UDP_VIP, 53), b"q").build()).1;
+        assert_eq!(flow(&out).dst, (other, 9000), "new flows select only ready endpoints");
+    }
+}
+
+/// An endpoint on the node's own address (a hostNetwork pod): the frontend's service whose one
+/// endpoint is NODE:8080.
+fn host_backend_service() -> DesiredState {
+    let mut host = ep(NODE, 8080);
+    host.host = true;
+    state([nodeport_service("ingress", NP_VIP, NODEPORT, Protocol::Tcp, vec![host])])
+}
+
+/// Point 63, external client: the NodePort SYN reaches the node's own socket with the client's
+/// address (no SNAT, as kube-proxy delivers it), and the node's SYN-ACK, which leaves through
+/// the external interface's egress, is translated back to the NodePort there.
+#[test]
+fn point_63_nodeport_to_a_host_backend_keeps_the_client_and_its_reply_is_translated_on_egress() {
+    let Some(mut f) = node("point_63_nodeport_to_a_host_backend_keeps_the_client_and_its_reply_is_translated_on_egress") else {
+        return;
+    };
+    f.program(&host_backend_service());
+    for ext in [Ext::Xdp, Ext::Tc] {
+        let sport = if ext == Ext::Xdp { 40700 } else { 40701 };
+        let (verdict, out) = f.run_ext(ext, &tcp_frame((EXT_CLIENT, sport), (NODE, NODEPORT), 1, 0, TCP_SYN));
+        assert_eq!(verdict, ext.pass(), "{ext:?}");
+        assert_eq!(flow(&out).src, (EXT_CLIENT, sport), "{ext:?}: the host backend sees the client");
+        assert_eq!(flow(&out).dst, (NODE, 8080), "{ext:?}");
+        verify_checksums(&out).unwrap();
+        let reply = tcp_frame((NODE, 8080), (EXT_CLIENT, sport), 7, 2, TCP_SYN | TCP_ACK);
+        let (verdict, back) = f.run_tc(PROG_TC_EGRESS, &reply);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!((flow(&back).src, flow(&back).dst), ((NODE, NODEPORT), (EXT_CLIENT, sport)), "{ext:?}");
+        verify_checksums(&back).unwrap();
+    }
+    assert_eq!(f.counter(CNT_SNAT), 0);
+    assert_eq!(f.counter(CNT_VERDICT_REVNAT), 2);
+    // Anything else leaving the node passes untouched.
+    let other = tcp_frame((NODE, 8080), (EXT_CLIENT, 9999), 7, 2, TCP_ACK);
+    let (verdict, out) = f.run_tc(PROG_TC_EGRESS, &other);
+    assert_eq!((verdict, out), (TC_ACT_OK, other));
+}
+
+/// Point 63, pod client: a pod reaching a ClusterIP whose endpoint is the node itself; the
+/// node's reply leaves through the pod interface's egress and is translated there.
+#[test]
+fn point_63_clusterip_from_a_pod_to_a_host_backend_is_translated_back_on_the_pod_egress() {
+    let Some(mut f) = node("point_63_clusterip_from_a_pod_to_a_host_backend_is_translated_back_on_the_pod_egress") else {
+        return;
+    };
+    f.program(&host_backend_service());
+    let (verdict, out) = f.run(&Spec::tcp((CLIENT, 40710), (NP_VIP, 80), TCP_SYN).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!((flow(&out).src, flow(&out).dst), ((CLIENT, 40710), (NODE, 8080)));
+    let reply = Spec::tcp((NODE, 8080), (CLIENT, 40710), TCP_SYN | TCP_ACK).build();
+    let (verdict, back) = f.run_tc(PROG_TC_EGRESS, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!((flow(&back).src, flow(&back).dst), ((NP_VIP, 80), (CLIENT, 40710)));
+    verify_checksums(&back).unwrap();
+    assert_eq!(f.counter(CNT_VERDICT_REVNAT), 1);
 }
 
 /// Point 23: a connection whose reply entry was lost (LRU eviction under pressure) before the

@@ -68,7 +68,7 @@ fn hairpin() -> Ipv6Addr {
 }
 
 fn ep(ip: Ipv6Addr, port: u16, local: bool) -> Endpoint {
-    Endpoint { addr: IpAddr::V6(ip), port, local, terminating: false }
+    Endpoint { addr: IpAddr::V6(ip), port, local, terminating: false, host: false }
 }
 
 fn port_state(frontends: Vec<Frontend>, eps: Vec<Endpoint>, selection: Selection) -> ServicePortState {
@@ -77,6 +77,7 @@ fn port_state(frontends: Vec<Frontend>, eps: Vec<Endpoint>, selection: Selection
         frontends,
         internal: set.clone(),
         cluster: set.endpoints.clone(),
+        serving: set.endpoints.clone(),
         external: set,
         external_snat: true,
         source_ranges: Vec::new(),
@@ -944,8 +945,9 @@ fn point_57_v6_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays() {
     // Remove both backends from both services.
     let mut d = twin_cluster();
     for sp in d.services.values_mut() {
-        for set in [&mut sp.internal, &mut sp.external] {
-            set.endpoints.retain(|e| e.addr != IpAddr::V6(udp_backend) && e.addr != IpAddr::V6(tcp_backend));
+        let gone = |e: &Endpoint| e.addr == IpAddr::V6(udp_backend) || e.addr == IpAddr::V6(tcp_backend);
+        for set in [&mut sp.internal.endpoints, &mut sp.external.endpoints, &mut sp.cluster, &mut sp.serving] {
+            set.retain(|e| !gone(e));
         }
     }
     f.program(&d);

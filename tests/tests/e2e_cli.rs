@@ -109,8 +109,11 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
         .iter()
         .map(|a| (a["on"].as_str().unwrap(), a["mode"].as_str().unwrap()))
         .collect();
-    assert_eq!(attached.len(), 3, "{status:#}");
-    assert!(attached.iter().all(|(_, m)| *m == "tc-pod"), "{status:#}");
+    // Each pod interface: the pod program on ingress, the reply program on egress.
+    assert_eq!(attached.len(), 6, "{status:#}");
+    for mode in ["tc-pod", "tc-egress"] {
+        assert_eq!(attached.iter().filter(|(_, m)| *m == mode).count(), 3, "{status:#}");
+    }
     assert_eq!(status["layout_version"], lb_common::LAYOUT_VERSION);
     assert_eq!(status["agent_version"], env!("CARGO_PKG_VERSION"));
     let services_fill = status["maps"].as_array().unwrap().iter().find(|m| m["map"] == "LB_SERVICES").unwrap();

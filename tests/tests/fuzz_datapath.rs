@@ -1,7 +1,8 @@
 //! Reliability scenario 1 (issue 7): fuzzed packets through BPF_PROG_TEST_RUN.
 //!
-//! Each of the three packet programs — the pod TC program (`lb_tc_pod_ingress`), the external TC
-//! fallback (`lb_tc_ext_ingress`) and XDP (`lb_xdp_ext`) — is loaded into the real kernel with a
+//! Each of the four packet programs — the pod TC program (`lb_tc_pod_ingress`), the external TC
+//! fallback (`lb_tc_ext_ingress`), XDP (`lb_xdp_ext`) and the egress reply program
+//! (`lb_tc_egress`) — is loaded into the real kernel with a
 //! programmed state (ClusterIP TCP and UDP, NodePort with SNAT, a LoadBalancer IP with source
 //! ranges, services without endpoints, ClientIP affinity, an `externalTrafficPolicy: Local`
 //! NodePort without local endpoints) and fed at least 100,000 random and mutated frames, one
@@ -22,6 +23,9 @@
 //! - a complete TCP/UDP packet to a frontend never leaves untranslated; drops happen only to
 //!   service addresses; rejects only for services without endpoints, and are well-formed RSTs
 //!   or ICMP port unreachables with valid checksums;
+//! - the egress program never translates towards a backend nor rejects: it passes, drops only
+//!   what the others drop to service addresses, and reverse-translates replies (the flows whose
+//!   replies it sees are first created through the pod program);
 //! - at the end: packets = pass + dnat + revnat + drop + reject, drop reasons add up to the
 //!   drops and reject kinds to the rejects.
 //!
@@ -43,7 +47,8 @@ use aya::{
 use lb_common::{
     CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_DROP_BAD_L4, CNT_DROP_SNAT_PORTS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
     CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DNAT, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
-    CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtKey, CtValue, PROG_TC_EXT, PROG_TC_POD, v4_mapped,
+    CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtKey, CtValue, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD,
+    v4_mapped,
 };
 use lb_tests::{
     netns::unique_token,
@@ -100,12 +105,14 @@ enum Prog {
     PodTc,
     ExtTc,
     Xdp,
+    /// Replies only (point 63); never a DNAT or a reject.
+    Egress,
 }
 
 impl Prog {
     fn valid(self, v: i32) -> bool {
         match self {
-            Self::PodTc | Self::ExtTc => [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&v),
+            Self::PodTc | Self::ExtTc | Self::Egress => [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&v),
             Self::Xdp => [XDP_DROP, XDP_PASS, XDP_TX].contains(&v),
         }
     }
@@ -123,7 +130,15 @@ impl Prog {
     }
 
     fn external(self) -> bool {
-        self != Self::PodTc
+        matches!(self, Self::ExtTc | Self::Xdp)
+    }
+
+    /// The verdicts a run of this program must reach (the generator covers them).
+    fn reachable(self) -> &'static [Verdict] {
+        match self {
+            Self::Egress => &[Verdict::Pass, Verdict::Revnat, Verdict::Drop],
+            _ => &[Verdict::Pass, Verdict::Dnat, Verdict::Revnat, Verdict::Drop, Verdict::Reject],
+        }
     }
 }
 
@@ -210,7 +225,7 @@ struct Fe {
 }
 
 fn ep(ip: Ipv4Addr, port: u16, local: bool) -> Endpoint {
-    Endpoint { addr: IpAddr::V4(ip), port, local, terminating: false }
+    Endpoint { addr: IpAddr::V4(ip), port, local, terminating: false, host: false }
 }
 
 fn fe(addr: Ipv4Addr, port: u16, kind: FrontendKind) -> Frontend {
@@ -237,6 +252,7 @@ fn service_port(
             frontends,
             internal: set.clone(),
             cluster: set.endpoints.clone(),
+            serving: set.endpoints.clone(),
             external: set,
             external_snat: true,
             source_ranges: Vec::new(),
@@ -385,6 +401,7 @@ impl Fixture {
             Prog::PodTc => self.dp.classifier(PROG_TC_POD).expect("program").test_run(opts),
             Prog::ExtTc => self.dp.classifier(PROG_TC_EXT).expect("program").test_run(opts),
             Prog::Xdp => self.dp.xdp_program().expect("program").test_run(opts),
+            Prog::Egress => self.dp.classifier(PROG_TC_EGRESS).expect("program").test_run(opts),
         }
         .ok()?;
         out.truncate(res.data_size_out as usize);
@@ -649,7 +666,7 @@ impl Gen {
     }
 
     /// A well-formed packet to a frontend (or near one).
-    fn to_service(&mut self) -> Vec<u8> {
+    fn service_frame(&mut self) -> Vec<u8> {
         let f = self.fes[self.rng.below(self.fes.len())].clone();
         let proto = if self.rng.chance(90) { f.proto } else { self.rng.pick(&[TCP, UDP]) };
         let port = if self.rng.chance(92) { f.port } else { self.rng.u16() };
@@ -810,7 +827,7 @@ impl Gen {
     }
 
     fn vlan(&mut self) -> Vec<u8> {
-        let mut f = self.to_service();
+        let mut f = self.service_frame();
         let tpid: u16 = self.rng.pick(&[0x8100, 0x88a8]);
         let mut tag = tpid.to_be_bytes().to_vec();
         tag.extend_from_slice(&(self.rng.u16() & 0x0fff).to_be_bytes());
@@ -901,7 +918,7 @@ impl Gen {
 
     fn frame(&mut self) -> Vec<u8> {
         match self.rng.below(100) {
-            0..=29 => self.to_service(),
+            0..=29 => self.service_frame(),
             30..=44 => self.reply(),
             45..=49 => self.icmp_error(),
             50..=54 => self.later_fragment(),
@@ -911,7 +928,7 @@ impl Gen {
             68..=70 => self.non_ip(),
             71..=75 => self.random_bytes(),
             76..=89 => {
-                let f = self.to_service();
+                let f = self.service_frame();
                 self.mutate(f)
             }
             _ => {
@@ -990,6 +1007,7 @@ impl Oracle<'_> {
     }
 
     /// Checks one run; `Err` describes the violation.
+    #[allow(clippy::too_many_arguments, reason = "one run: its fixture, frames, verdict and books")]
     fn check(
         &self,
         f: &Fixture,
@@ -1029,12 +1047,16 @@ impl Oracle<'_> {
         }
         let to_service_addr = m.ipv4 && self.service_addrs.contains(&m.dst);
         let to_frontend = m.ports.and_then(|(_, dp)| self.frontend(m.dst, dp, m.proto));
+        if self.prog == Prog::Egress && matches!(verdict, Verdict::Dnat | Verdict::Reject) {
+            return Err(format!("the egress program ended a packet in {verdict:?}: it only translates replies"));
+        }
         match verdict {
             Verdict::Pass => {
                 if out != inp {
                     return Err("a passed packet was modified".into());
                 }
-                if let Some(fe) = to_frontend {
+                // Egress never looks up frontends: the ingress hooks translate those.
+                if let Some(fe) = to_frontend.filter(|_| self.prog != Prog::Egress) {
                     return Err(format!("a complete {} packet to frontend {}:{} left untranslated", m.proto, fe.addr, fe.port));
                 }
             }
@@ -1255,6 +1277,36 @@ fn fuzz(test: &str, prog: Prog) {
         failures: Vec::new(),
         failed: 0,
     };
+    // The egress program translates replies of flows the ingress hooks created: create some
+    // through the pod program first (checked by its own oracle), then count from there.
+    let baseline: Vec<u64> = if prog == Prog::Egress {
+        let pod = Oracle { prog: Prog::PodTc, fes: &fes, service_addrs: oracle.service_addrs.clone() };
+        let mut pod_books = Books {
+            runs: 0,
+            refused: 0,
+            by_verdict: BTreeMap::new(),
+            rst_answered: 0,
+            cross_family: BTreeMap::new(),
+            failures: Vec::new(),
+            failed: 0,
+        };
+        for _ in 0..2000 {
+            let frame = feed.frame();
+            let before = f.counter(CNT_VERDICT_DNAT);
+            if let Some((rv, out)) = f.run(Prog::PodTc, &frame)
+                && f.counter(CNT_VERDICT_DNAT) > before
+            {
+                // The pod oracle checks the DNAT and records the flow for the generator's replies.
+                if let Err(why) = pod.check(&f, &frame, Verdict::Dnat, rv, &out, &mut pod_books, &mut feed) {
+                    panic!("pod program while creating flows: {why}");
+                }
+            }
+        }
+        assert!(!feed.flows.is_empty(), "the pod program created no flow for the egress program to answer");
+        (0..lb_common::CNT_MAX).map(|k| f.counter(k)).collect()
+    } else {
+        vec![0; lb_common::CNT_MAX as usize]
+    };
     let started = Instant::now();
     let mut before = f.counters(&COUNTED);
     let mut i = 0u64;
@@ -1286,7 +1338,7 @@ fn fuzz(test: &str, prog: Prog) {
     }
     let elapsed = started.elapsed();
     // The books: every packet ends in exactly one verdict; reasons add up.
-    let all: Vec<u64> = (0..lb_common::CNT_MAX).map(|k| f.counter(k)).collect();
+    let all: Vec<u64> = (0..lb_common::CNT_MAX).map(|k| f.counter(k) - baseline[k as usize]).collect();
     let verdicts: u64 = VERDICTS.iter().map(|(_, k)| all[*k as usize]).sum();
     let drop_reasons: u64 = (CNT_DROP_BAD_L4..=CNT_DROP_SNAT_PORTS).map(|k| all[k as usize]).sum();
     let by: Vec<String> = VERDICTS.iter().map(|(v, k)| format!("{v:?}={}", all[*k as usize])).collect();
@@ -1318,8 +1370,8 @@ fn fuzz(test: &str, prog: Prog) {
     assert_eq!(all[CNT_REJECT_TCP as usize] + all[CNT_REJECT_ICMP as usize], all[CNT_VERDICT_REJECT as usize]);
     assert!(all[CNT_PASS_NOT_IP as usize] + all[CNT_PASS_BAD_L3 as usize] <= all[CNT_VERDICT_PASS as usize]);
     // The fuzz reached every verdict (a generator that stopped producing a kind would hide it).
-    for (v, k) in VERDICTS {
-        assert!(all[k as usize] > 0, "no packet ended in {v:?}: the generator no longer covers it");
+    for (v, k) in VERDICTS.iter().filter(|(v, _)| prog.reachable().contains(v)) {
+        assert!(all[*k as usize] > 0, "no packet ended in {v:?}: the generator no longer covers it");
     }
 }
 
@@ -1336,6 +1388,11 @@ fn fuzz_external_tc_fallback_100k_packets() {
 #[test]
 fn fuzz_xdp_program_100k_packets() {
     fuzz("fuzz_xdp_program_100k_packets", Prog::Xdp);
+}
+
+#[test]
+fn fuzz_egress_program_100k_packets() {
+    fuzz("fuzz_egress_program_100k_packets", Prog::Egress);
 }
 
 /// An IPv6 frame `src → dst` carrying a TCP SYN with a valid checksum.
@@ -1367,7 +1424,7 @@ fn ipv6_packets_to_ipv4_mapped_service_addresses_are_not_translated() {
     let client = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 5];
     for (dst, port) in [(Ipv4Addr::new(10, 96, 0, 10), 80), (Ipv4Addr::new(10, 96, 0, 30), 80)] {
         let frame = ipv6_syn(client, 40000, v4_mapped(dst.octets()), port);
-        for prog in [Prog::PodTc, Prog::ExtTc, Prog::Xdp] {
+        for prog in [Prog::PodTc, Prog::ExtTc, Prog::Xdp, Prog::Egress] {
             let (rv, out) = f.run(prog, &frame).expect("test run");
             assert!(
                 rv == TC_ACT_OK || rv == XDP_PASS && prog == Prog::Xdp,

@@ -113,7 +113,7 @@ impl Drop for Fixture {
 }
 
 fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { addr: ip.into(), port, local: true, terminating: false }
+    Endpoint { addr: ip.into(), port, local: true, terminating: false, host: false }
 }
 
 fn clusterip(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
@@ -130,6 +130,7 @@ fn clusterip(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<End
             frontends: vec![Frontend { addr: vip.into(), port, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
             cluster: set.endpoints.clone(),
+            serving: set.endpoints.clone(),
             external: set,
             external_snat: true,
             source_ranges: vec![],

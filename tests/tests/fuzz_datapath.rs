@@ -943,6 +943,7 @@ impl Gen {
 // The oracle.
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Default)]
 struct Books {
     runs: u64,
     refused: u64,
@@ -1268,28 +1269,12 @@ fn fuzz(test: &str, prog: Prog) {
     let fes = frontends(&d);
     let oracle = Oracle { prog, fes: &fes, service_addrs: fes.iter().map(|x| x.addr).collect() };
     let mut feed = Gen { rng: Rng(seed), fes: fes.clone(), flows: VecDeque::new(), frags: VecDeque::new() };
-    let mut books = Books {
-        runs: 0,
-        refused: 0,
-        by_verdict: BTreeMap::new(),
-        rst_answered: 0,
-        cross_family: BTreeMap::new(),
-        failures: Vec::new(),
-        failed: 0,
-    };
+    let mut books = Books::default();
     // The egress program translates replies of flows the ingress hooks created: create some
     // through the pod program first (checked by its own oracle), then count from there.
     let baseline: Vec<u64> = if prog == Prog::Egress {
         let pod = Oracle { prog: Prog::PodTc, fes: &fes, service_addrs: oracle.service_addrs.clone() };
-        let mut pod_books = Books {
-            runs: 0,
-            refused: 0,
-            by_verdict: BTreeMap::new(),
-            rst_answered: 0,
-            cross_family: BTreeMap::new(),
-            failures: Vec::new(),
-            failed: 0,
-        };
+        let mut pod_books = Books::default();
         for _ in 0..2000 {
             let frame = feed.frame();
             let before = f.counter(CNT_VERDICT_DNAT);

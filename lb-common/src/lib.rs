@@ -162,6 +162,20 @@ pub const CT_TCP_LIFETIME_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TCP_CLOSING_LIFETIME_NS: u64 = 10 * 1_000_000_000;
 /// UDP and other datagram flows.
 pub const CT_UDP_LIFETIME_NS: u64 = 60 * 1_000_000_000;
+/// How long a conntrack entry lives after its last packet: the one rule the datapath applies on
+/// every lookup and the agent's sweep applies to idle entries. `flags` are the entry's `CT_F_*`.
+#[inline(always)]
+#[must_use]
+pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
+    if proto != IPPROTO_TCP {
+        CT_UDP_LIFETIME_NS
+    } else if flags & CT_F_CLOSING != 0 {
+        CT_TCP_CLOSING_LIFETIME_NS
+    } else {
+        CT_TCP_LIFETIME_NS
+    }
+}
+
 /// A fragment id entry lives this long (reassembly timeouts are 30 s on Linux).
 pub const FRAG_LIFETIME_NS: u64 = 30 * 1_000_000_000;
 
@@ -419,6 +433,17 @@ pub struct SourceRangeData {
     pub source: [u8; 16],
 }
 const _: () = assert!(size_of::<SourceRangeData>() == 32);
+
+/// A key of [`SOURCE_RANGES`] as the kernel's LPM trie stores it (`struct bpf_lpm_trie_key`:
+/// the prefix length in bits, host byte order, then the data); the datapath builds the same
+/// layout with aya's `lpm_trie::Key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SourceRangeKey {
+    pub prefix_len: u32,
+    pub data: SourceRangeData,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 36);
 
 // ---------------------------------------------------------------------------------------------
 // LB_FRAGS
@@ -728,7 +753,8 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 mod pod {
     use super::{
         AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FragKey, FragValue, MaglevChunk, MaglevKey,
-        MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
+        MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcName,
+        SvcStats,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
@@ -746,6 +772,7 @@ mod pod {
     unsafe impl aya::Pod for MaglevChunk {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for SourceRangeData {}
+    unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for Config {}

@@ -30,10 +30,10 @@ use lb_common::{
     CFG_F_SNAT6_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_CT_RESELECT, CNT_DROP_BACKEND_MISSING, CNT_DROP_BAD_L4,
     CNT_DROP_CT_INSERT, CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SNAT_PORTS,
     CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED, CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
-    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
-    CT_TCP_CLOSING_LIFETIME_NS, CT_TCP_LIFETIME_NS, CT_UDP_LIFETIME_NS, FRAG_LIFETIME_NS, FragKey, FragValue, IPPROTO_TCP,
-    MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
-    SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
+    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FRAG_LIFETIME_NS,
+    FragKey, FragValue, IPPROTO_TCP, MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
+    SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
+    ct_lifetime_ns,
 };
 
 use crate::{
@@ -201,17 +201,6 @@ fn random() -> u32 {
     unsafe { bpf_get_prandom_u32() }
 }
 
-#[inline(always)]
-fn lifetime_ns(proto: u8, flags: u16) -> u64 {
-    if proto != IPPROTO_TCP {
-        CT_UDP_LIFETIME_NS
-    } else if flags & CT_F_CLOSING != 0 {
-        CT_TCP_CLOSING_LIFETIME_NS
-    } else {
-        CT_TCP_LIFETIME_NS
-    }
-}
-
 /// Refreshes an entry for a packet of its flow; marks it closing on FIN/RST.
 #[inline(always)]
 fn touch(ct: *mut lb_common::CtValue, tcp_flags: u8, now: u64) {
@@ -332,7 +321,7 @@ pub fn reply(p: &Packet) -> Action {
     let now = now_ns();
     // SAFETY: pointer from a map lookup, valid for this program run.
     let v = unsafe { *ct };
-    if now.wrapping_sub(v.last_seen_ns) > lifetime_ns(p.proto, v.flags) {
+    if now.wrapping_sub(v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
         return Action::pass();
     }
     touch(ct, p.tcp_flags, now);
@@ -416,7 +405,7 @@ fn forward(p: &Packet, svc: &ServiceValue) -> Action {
             unsafe { ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id, (*ct).nat_port_be, (*ct).snat_port_be) };
         // SAFETY: as above.
         let (nat, snat) = unsafe { ((*ct).nat_addr, (*ct).snat_addr) };
-        let alive = now.wrapping_sub(last_seen) <= lifetime_ns(p.proto, flags);
+        let alive = now.wrapping_sub(last_seen) <= ct_lifetime_ns(p.proto, flags);
         // A SYN on a closing entry is a new connection reusing the 4-tuple.
         let reused = new_syn && flags & CT_F_CLOSING != 0;
         if alive && !reused && svc_id == svc.svc_id {

@@ -25,12 +25,17 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::{
-    compile::{Family, NodeContext, compile},
+    compile::compile,
+    maps::{MapState, Op, diff},
     model::{
-        Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
+        Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, NodeContext, Protocol, Selection,
+        ServicePortName, ServicePortState,
     },
-    plan::{Ids, MapState, Op, PlanConfig, diff, map_state},
-    source_file::{ClusterObjects, SourceError, parse_into},
+    plan::{Ids, PlanConfig, map_state},
+    source::{
+        ClusterObjects,
+        file::{SourceError, parse_into},
+    },
 };
 
 /// `cases` cases (`PROPTEST_CASES` overrides), no regression files written into the tree.
@@ -472,10 +477,10 @@ impl SvcGen {
     fn to_service(&self) -> Service {
         let mut labels = serde_json::Map::new();
         if self.labels & 1 != 0 {
-            labels.insert(crate::compile::LABEL_SERVICE_PROXY_NAME.into(), json!("other-proxy"));
+            labels.insert(crate::model::kubernetes::LABEL_SERVICE_PROXY_NAME.into(), json!("other-proxy"));
         }
         if self.labels & 2 != 0 {
-            labels.insert(crate::compile::LABEL_HEADLESS.into(), json!(""));
+            labels.insert(crate::model::kubernetes::LABEL_HEADLESS.into(), json!(""));
         }
         if self.labels & 4 != 0 {
             labels.insert("app".into(), json!(self.name));
@@ -485,7 +490,7 @@ impl SvcGen {
         insert_opt(&mut meta, "namespace", self.namespace);
         meta.insert("labels".into(), Value::Object(labels));
         if let Some(s) = self.selection {
-            meta.insert("annotations".into(), json!({ crate::compile::ANNOTATION_SELECTION: s }));
+            meta.insert("annotations".into(), json!({ crate::model::kubernetes::ANNOTATION_SELECTION: s }));
         }
         let mut obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": meta});
         if !self.has_spec {
@@ -712,13 +717,13 @@ impl SliceGen {
     fn to_slice(&self, n: usize) -> EndpointSlice {
         let mut labels = serde_json::Map::new();
         if self.labels & 1 == 0 {
-            labels.insert(crate::compile::LABEL_SERVICE_NAME.into(), json!(self.service));
+            labels.insert(crate::model::kubernetes::LABEL_SERVICE_NAME.into(), json!(self.service));
         }
         if self.labels & 2 != 0 {
-            labels.insert(crate::compile::LABEL_SERVICE_PROXY_NAME.into(), json!("x"));
+            labels.insert(crate::model::kubernetes::LABEL_SERVICE_PROXY_NAME.into(), json!("x"));
         }
         if self.labels & 4 != 0 {
-            labels.insert(crate::compile::LABEL_HEADLESS.into(), json!(""));
+            labels.insert(crate::model::kubernetes::LABEL_HEADLESS.into(), json!(""));
         }
         let mut meta = serde_json::Map::new();
         meta.insert("name".into(), json!(format!("{}-{n}", self.service)));
@@ -834,7 +839,7 @@ proptest! {
                 Expect::Valid => {
                     prop_assert!(rejected.is_empty(), "{} is valid but was rejected: {:?}", object, rejected);
                     prop_assert_eq!(programmed.len(), s.ports.len(), "{} has {} ports, {} programmed", &object, s.ports.len(), programmed.len());
-                    let cip = crate::compile::parse_ip_sloppy(IPS[s.cluster_ip].0).unwrap();
+                    let cip = crate::model::parse_ip_sloppy(IPS[s.cluster_ip].0).unwrap();
                     for p in &s.ports {
                         let proto = Protocol::from_k8s(p.protocol).unwrap();
                         let sp = programmed.iter().find(|(k, _)| k.port_name == p.name.unwrap_or("") && k.protocol == proto).map(|(_, v)| *v);
@@ -1052,11 +1057,11 @@ fn resolves(st: &MapState) -> Result<(), String> {
                 }
             }
         }
-        if v.flags & SVC_F_SOURCE_RANGES != 0 && !st.source_ranges.iter().any(|(_, d)| d.frontend == k.addr) {
+        if v.flags & SVC_F_SOURCE_RANGES != 0 && !st.source_ranges.keys().any(|r| r.data.frontend == k.addr) {
             return Err(format!("frontend {k:?} restricts sources but has no range (everything dropped)"));
         }
     }
-    for MemberKey { select_id, backend_id } in &st.members {
+    for MemberKey { select_id, backend_id } in st.members.keys() {
         if !st.backends.contains_key(backend_id) {
             return Err(format!("member {backend_id} of table {select_id} is not a backend"));
         }
@@ -1193,9 +1198,9 @@ fn routes_within(now: &MapState, a: &Allowed) -> Result<(), String> {
         if let Some(stray) = set.iter().find(|x| !allowed(x)) {
             return Err(format!(
                 "frontend {}:{} selects backend {}:{}, which it selects neither before nor after the change",
-                crate::plan::ip_from16(k.addr),
+                crate::maps::ip_from16(k.addr),
                 u16::from_be(k.port_be),
-                crate::plan::ip_from16(stray.0),
+                crate::maps::ip_from16(stray.0),
                 u16::from_be(stray.1)
             ));
         }
@@ -1372,7 +1377,7 @@ proptest! {
         edits in prop::collection::vec(edit_gen(), 1..10),
         cfg in prop::sample::select(vec![13u32, 67]).prop_map(|m| PlanConfig { maglev_table_size: Some(m) }),
     ) {
-        use crate::planner::{Changed, Planner, diff_touched};
+        use crate::{compile::memo::Changed, maps::touched::diff_touched, plan::Planner};
         let mut sps = base;
         let mut planner = Planner::new(cfg);
         // The same, told which ServicePorts changed (as the agent's compile memo tells it).

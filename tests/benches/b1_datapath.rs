@@ -48,8 +48,8 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
-    map_sizes::MapSizes,
-    pinned::PinnedMaps,
+    maps::pinned::PinnedMaps,
+    maps::sizes::MapSizes,
     plan::{Ids, PlanConfig, map_state},
 };
 use serde_json::{Value, json};
@@ -992,7 +992,7 @@ fn main() -> anyhow::Result<()> {
         "rows": rows,
         "big": big_row,
         "default_sizes": MapSizes::default(),
-        "maglev_table_size_3_endpoints": lb_userspace::maglev::table_size(3, None),
+        "maglev_table_size_3_endpoints": lb_userspace::plan::maglev::table_size(3, None),
     });
     drop(labs);
     common::write_results(&opts, "b1", results);

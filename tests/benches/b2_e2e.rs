@@ -32,8 +32,8 @@ use common::{Opts, Svc, median, percentile};
 use lb_tests::{bins, netns::unique_token, topology::Topology};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
-    map_sizes::MapSizes,
-    pinned::PinnedMaps,
+    maps::pinned::PinnedMaps,
+    maps::sizes::MapSizes,
     plan::{Ids, PlanConfig, map_state},
 };
 use serde_json::{Value, json};

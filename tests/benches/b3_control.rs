@@ -272,10 +272,14 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
 
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use lb_userspace::{
-        compile::{NodeContext, compile_all},
-        compile_memo::CompileMemo,
-        plan::{Ids, PlanConfig, diff, map_state},
-        planner::{Changed, Planner, diff_touched},
+        compile::compile_all,
+        compile::memo::Changed,
+        compile::memo::CompileMemo,
+        maps::diff,
+        maps::touched::diff_touched,
+        model::NodeContext,
+        plan::Planner,
+        plan::{Ids, PlanConfig, map_state},
     };
     let services: Vec<Arc<Service>> =
         svcs.iter().map(|s| serde_json::from_value(s.service_json()).map(Arc::new)).collect::<Result<_, _>>()?;
@@ -369,7 +373,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
         "snapshot_ms": snapshot_ms, "compile_ms": compile_ms, "full_compile_ms": full_compile_ms,
         "plan_ms": median(plan_t), "diff_ms": median(diff_t), "diff_ops": ops,
         "full_plan_ms": full_plan_ms, "full_diff_ms": full_diff_ms,
-        "coalesce_window_ms": ms(lb_userspace::source_kube::COALESCE_WINDOW),
+        "coalesce_window_ms": ms(lb_userspace::source::kube::COALESCE_WINDOW),
     }))
 }
 

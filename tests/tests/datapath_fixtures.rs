@@ -29,10 +29,10 @@ mod common;
 
 use common::{Ext, Fixture, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX};
 use lb_userspace::{
+    maps::pinned::PinnedMaps,
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
-    pinned::PinnedMaps,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

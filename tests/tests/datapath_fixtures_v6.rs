@@ -27,11 +27,11 @@ use lb_tests::{
     },
 };
 use lb_userspace::{
+    maps::pinned::PinnedMaps,
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, Protocol, Selection, ServicePortName,
         ServicePortState,
     },
-    pinned::PinnedMaps,
 };
 
 const TCP_SYN: u8 = 0x02;

@@ -57,7 +57,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
-    map_sizes::MapSizes,
+    maps::sizes::MapSizes,
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },

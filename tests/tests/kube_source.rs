@@ -7,9 +7,9 @@ use std::{
 };
 
 use lb_tests::apiserver::ApiServer;
-use lb_userspace::{
-    source_file::ClusterObjects,
-    source_kube::{self, KubeSource},
+use lb_userspace::source::{
+    ClusterObjects,
+    kube::{self as kube_source, KubeSource},
 };
 use serde_json::{Value, json};
 
@@ -36,7 +36,7 @@ impl Cluster {
 
     /// A kube source on the real client, ready (initial lists complete).
     async fn source(&self, node_name: &str) -> KubeSource {
-        let client = source_kube::client(Some(&self.kubeconfig)).await.expect("kube client");
+        let client = kube_source::client(Some(&self.kubeconfig)).await.expect("kube client");
         let source = KubeSource::start(client, node_name).await.expect("starting the kube source");
         if tokio::time::timeout(WAIT, source.wait_ready()).await.is_err() {
             panic!("the kube source was not ready within {WAIT:?}; requests:\n{}", self.requests_tail());

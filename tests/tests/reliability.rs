@@ -47,12 +47,14 @@ use lb_tests::{
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, cleanup},
-    map_sizes::MapSizes,
+    maps::MapError,
+    maps::MapState,
+    maps::pinned::PinnedMaps,
+    maps::sizes::MapSizes,
     model::{
         DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
-    pinned::PinnedMaps,
-    plan::{Ids, MapState, PlanConfig, map_state},
+    plan::{Ids, PlanConfig, map_state},
 };
 
 // =============================================================================================
@@ -176,7 +178,7 @@ fn many_services(n: u32, first_octet: u8) -> DesiredState {
 
 fn assert_map_full(err: &DataplaneError, map: &str, limit: u32) {
     match err {
-        DataplaneError::MapFull { name, wanted, limit: l } => {
+        DataplaneError::Map(MapError::Full { name, wanted, limit: l }) => {
             assert_eq!((*name, *l), (map, limit), "{err}");
             assert!(*wanted > limit as usize, "{err}");
         }
@@ -233,18 +235,16 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
     cases.push((lb_common::MAGLEV, lb_common::MAGLEV_CHUNKS_MAX, st));
     let mut st = before.clone();
     for backend_id in 0..over(lb_common::MEMBERS_MAX) as u32 {
-        st.members.insert(lb_common::MemberKey { select_id: 900, backend_id });
+        st.members.insert(lb_common::MemberKey { select_id: 900, backend_id }, ());
     }
     cases.push((lb_common::MEMBERS, lb_common::MEMBERS_MAX, st));
     let mut st = before.clone();
     for i in 0..over(lb_common::SOURCE_RANGES_MAX) as u32 {
-        st.source_ranges.insert((
-            256,
-            lb_common::SourceRangeData {
-                frontend: v4_mapped([198, 51, 100, 7]),
-                source: v4_mapped([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
-            },
-        ));
+        let data = lb_common::SourceRangeData {
+            frontend: v4_mapped([198, 51, 100, 7]),
+            source: v4_mapped([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+        };
+        st.source_ranges.insert(lb_common::SourceRangeKey { prefix_len: 256, data }, ());
     }
     cases.push((lb_common::SOURCE_RANGES, lb_common::SOURCE_RANGES_MAX, st));
     for (name, limit, st) in cases {
@@ -501,7 +501,7 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
         Ok(_) => panic!("pins of layout {} were adopted by a build of layout {LAYOUT_VERSION}", LAYOUT_VERSION + 1),
     };
     match &err {
-        DataplaneError::LayoutMismatch { found, expected, .. } => {
+        DataplaneError::Map(MapError::LayoutVersion { found, expected, .. }) => {
             assert_eq!((*found, *expected), (LAYOUT_VERSION + 1, LAYOUT_VERSION))
         }
         other => panic!("expected LayoutMismatch, got {other:?}"),
@@ -509,7 +509,7 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let msg = err.to_string();
     assert!(msg.contains("layout version") && msg.contains(&format!("lb agent --cleanup --pin-path {}", pin.display())), "{msg}");
     assert_eq!(raw_pins(&pin), before, "the refused load changed the pins");
-    assert!(matches!(PinnedMaps::open(&pin), Err(DataplaneError::LayoutMismatch { .. })), "the CLI refuses them too");
+    assert!(matches!(PinnedMaps::open(&pin), Err(MapError::LayoutVersion { .. })), "the CLI refuses them too");
 
     // The agent binary: exits with the message, changes nothing.
     let dir = std::env::temp_dir().join(format!("lbt-{}-layout", unique_token()));

@@ -216,12 +216,12 @@ pub fn desired(svcs: &[Svc]) -> lb_userspace::model::DesiredState {
     let services: Vec<Service> = svcs.iter().map(|s| serde_json::from_value(s.service_json()).expect("Service")).collect();
     let slices: Vec<EndpointSlice> =
         svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
-    let node = lb_userspace::compile::NodeContext {
+    let node = lb_userspace::model::NodeContext {
         name: NODE_NAME.into(),
         addresses: vec![std::net::IpAddr::V4(NODE_IP)],
         ..Default::default()
     };
-    let d = lb_userspace::compile::compile(&services, &slices, &node, lb_userspace::compile::Family::V4);
+    let d = lb_userspace::compile::compile(&services, &slices, &node, lb_userspace::model::Family::V4);
     assert!(d.rejected.is_empty(), "the bench cluster has invalid objects: {:?}", d.rejected);
     d
 }

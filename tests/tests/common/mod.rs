@@ -13,10 +13,11 @@ use lb_common::{PROG_TC_EXT, PROG_TC_POD, ServiceKey};
 use lb_tests::{netns::unique_token, privilege};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
-    map_sizes::MapSizes,
+    maps::addr16,
+    maps::pinned::PinnedMaps,
+    maps::sizes::MapSizes,
     model::DesiredState,
-    pinned::PinnedMaps,
-    plan::{Ids, PlanConfig, addr16, map_state},
+    plan::{Ids, PlanConfig, map_state},
 };
 
 pub const TC_ACT_OK: i32 = 0;

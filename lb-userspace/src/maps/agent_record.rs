@@ -1,9 +1,9 @@
 //! The agent's account of itself for `lb status` in another process: when it started, its last
-//! successful and failed syncs, and what is wrong now (an invalid manifest, a rejected object).
-//! The agent writes it to the pinned `LB_AGENT` record ([`lb_common::AgentStatus`]) whenever it
-//! changes; the CLI reads it back. The datapath never reads it.
+//! successful and failed syncs, and what is wrong now (an invalid manifest, a rejected object),
+//! and its encoding in the pinned `LB_AGENT` record ([`lb_common::AgentStatus`]). The agent
+//! writes it whenever it changes; the CLI reads it back; the datapath never reads it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lb_common::{AGENT_ERROR_LEN, AGENT_PROBLEMS_LEN, AgentStatus};
 use serde::Serialize;
@@ -97,18 +97,6 @@ impl AgentReport {
     }
 }
 
-/// How long ago `unix_ms` was, from `now`, for people: `4s`, `3m12s`, `2h5m`, `3d4h`.
-pub fn ago(unix_ms: u64, now: SystemTime) -> String {
-    let then = UNIX_EPOCH + Duration::from_millis(unix_ms);
-    let s = now.duration_since(then).unwrap_or_default().as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,15 +126,5 @@ mod tests {
         let long = AgentReport { pid: 1, last_error: Some((1, "ü".repeat(400))), ..AgentReport::default() }.encode();
         let text = AgentReport::decode(&long).unwrap().last_error.unwrap().1;
         assert!(text.len() <= AGENT_ERROR_LEN && text.chars().all(|c| c == 'ü'));
-    }
-
-    #[test]
-    fn ages_read_like_durations() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let ms = |s: u64| (1_000_000 - s) * 1000;
-        assert_eq!(ago(ms(4), now), "4s");
-        assert_eq!(ago(ms(192), now), "3m12s");
-        assert_eq!(ago(ms(7500), now), "2h5m");
-        assert_eq!(ago(ms(3 * 86400 + 4 * 3600), now), "3d4h");
     }
 }

@@ -25,65 +25,26 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeData};
+use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey};
 
+use super::{Ids, PlanConfig, service::plan_service};
 use crate::{
+    compile::memo::Changed,
+    maps::{
+        MapState,
+        touched::{Touched, chunks_of, members_of, slots_of},
+    },
     model::{DesiredState, ServicePortName, ServicePortState},
-    plan::{Ids, MapState, Op, PlanConfig, diff, plan_service},
 };
-
-/// Keys that may differ between the maps and [`Planner::state`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Touched {
-    pub services: BTreeSet<ServiceKey>,
-    pub backends: BTreeSet<u32>,
-    /// Tables: their selection slots, Maglev chunks and members.
-    pub tables: BTreeSet<u32>,
-    pub source_ranges: BTreeSet<(u32, SourceRangeData)>,
-    pub names: BTreeSet<u32>,
-    /// Everything may differ (before the first apply): diff the whole state.
-    pub all: bool,
-}
-
-impl Touched {
-    pub fn is_empty(&self) -> bool {
-        !self.all
-            && self.services.is_empty()
-            && self.backends.is_empty()
-            && self.tables.is_empty()
-            && self.source_ranges.is_empty()
-            && self.names.is_empty()
-    }
-}
-
-/// Which ServicePorts may differ from the last desired state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Changed {
-    /// Any of them.
-    All,
-    /// Only these (a superset of those that do).
-    Only(BTreeSet<ServicePortName>),
-}
-
-impl Changed {
-    /// Adds `other`'s ServicePorts.
-    pub fn merge(&mut self, other: Changed) {
-        match (&mut *self, other) {
-            (Changed::All, _) => {}
-            (_, Changed::All) => *self = Changed::All,
-            (Changed::Only(a), Changed::Only(b)) => a.extend(b),
-        }
-    }
-}
 
 /// What one ServicePort contributed to the maps.
 #[derive(Debug, Default)]
-struct Fragment {
+struct Contribution {
     svc_id: Option<u32>,
     tables: Vec<u32>,
     backends: Vec<(u32, Backend)>,
     services: Vec<(ServiceKey, ServiceValue)>,
-    source_ranges: Vec<(u32, SourceRangeData)>,
+    source_ranges: Vec<SourceRangeKey>,
 }
 
 /// A key several ServicePorts may write: each one's value, in name order (usually one or two);
@@ -95,11 +56,11 @@ pub struct Planner {
     ids: Ids,
     cfg: PlanConfig,
     /// Every planned ServicePort: the state it was planned from and what it wrote.
-    planned: BTreeMap<Arc<ServicePortName>, (ServicePortState, Fragment)>,
+    planned: BTreeMap<Arc<ServicePortName>, (ServicePortState, Contribution)>,
     state: MapState,
     backends: Shared<u32, Backend>,
     services: Shared<ServiceKey, ServiceValue>,
-    source_ranges: Shared<(u32, SourceRangeData), ()>,
+    source_ranges: Shared<SourceRangeKey, ()>,
     /// Every planned ServicePort by its svc_id (names for the per-service counters).
     svc_names: BTreeMap<u32, Arc<ServicePortName>>,
     pending: Touched,
@@ -207,14 +168,14 @@ impl Planner {
     fn replan(&mut self, desired: &DesiredState, redo: &[ServicePortName]) {
         let mut unused_backends = Vec::new();
         for spn in redo {
-            if let Some((_, frag)) = self.planned.remove(spn) {
-                self.withdraw(spn, &frag, &mut unused_backends);
+            if let Some((_, contribution)) = self.planned.remove(spn) {
+                self.withdraw(spn, &contribution, &mut unused_backends);
             }
             match desired.services.get(spn) {
                 Some(sp) => {
                     let spn = Arc::new(spn.clone());
-                    let frag = self.contribute(&spn, sp);
-                    self.planned.insert(spn, (sp.clone(), frag));
+                    let contribution = self.contribute(&spn, sp);
+                    self.planned.insert(spn, (sp.clone(), contribution));
                 }
                 None => self.ids.forget_service_port(spn),
             }
@@ -233,18 +194,18 @@ impl Planner {
     }
 
     /// Plans `sp` alone and merges its entries into the state.
-    fn contribute(&mut self, spn: &Arc<ServicePortName>, sp: &ServicePortState) -> Fragment {
+    fn contribute(&mut self, spn: &Arc<ServicePortName>, sp: &ServicePortState) -> Contribution {
         let mut own = MapState::default();
         plan_service(&mut own, &mut self.ids, spn, sp, &self.cfg);
         let mut tables: BTreeSet<u32> = own.select.keys().map(|k| k.select_id).collect();
         tables.extend(own.maglev.keys().map(|k| k.select_id));
-        tables.extend(own.members.iter().map(|k| k.select_id));
-        let frag = Fragment {
+        tables.extend(own.members.keys().map(|k| k.select_id));
+        let contribution = Contribution {
             svc_id: own.names.keys().next().copied(),
             tables: tables.into_iter().collect(),
             backends: own.backends.into_iter().collect(),
             services: own.services.into_iter().collect(),
-            source_ranges: own.source_ranges.into_iter().collect(),
+            source_ranges: own.source_ranges.into_keys().collect(),
         };
         let p = &mut self.pending;
         for (id, name) in own.names {
@@ -252,40 +213,40 @@ impl Planner {
             self.svc_names.insert(id, spn.clone());
             p.names.insert(id);
         }
-        for &t in &frag.tables {
+        for &t in &contribution.tables {
             p.tables.insert(t);
         }
         self.state.select.extend(own.select);
         self.state.maglev.extend(own.maglev);
         self.state.members.extend(own.members);
-        for (id, be) in &frag.backends {
+        for (id, be) in &contribution.backends {
             self.state.backends.insert(*id, add_shared(&mut self.backends, spn, *id, *be));
             p.backends.insert(*id);
         }
-        for (key, v) in &frag.services {
+        for (key, v) in &contribution.services {
             self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v));
             p.services.insert(*key);
         }
-        for r in &frag.source_ranges {
+        for r in &contribution.source_ranges {
             add_shared(&mut self.source_ranges, spn, *r, ());
-            self.state.source_ranges.insert(*r);
+            self.state.source_ranges.insert(*r, ());
             p.source_ranges.insert(*r);
         }
-        frag
+        contribution
     }
 
     /// Removes what `spn` contributed; backends it was the last user of go to `unused`.
-    fn withdraw(&mut self, spn: &ServicePortName, frag: &Fragment, unused: &mut Vec<(u32, Backend)>) {
+    fn withdraw(&mut self, spn: &ServicePortName, own: &Contribution, unused: &mut Vec<(u32, Backend)>) {
         let p = &mut self.pending;
-        if let Some(id) = frag.svc_id {
+        if let Some(id) = own.svc_id {
             self.state.names.remove(&id);
             self.svc_names.remove(&id);
             p.names.insert(id);
         }
-        for &t in &frag.tables {
+        for &t in &own.tables {
             let slots: Vec<SelectKey> = self.state.select.range(slots_of(t)).map(|(k, _)| *k).collect();
             let chunks: Vec<MaglevKey> = self.state.maglev.range(chunks_of(t)).map(|(k, _)| *k).collect();
-            let members: Vec<MemberKey> = self.state.members.range(members_of(t)).copied().collect();
+            let members: Vec<MemberKey> = self.state.members.range(members_of(t)).map(|(k, _)| *k).collect();
             for k in &slots {
                 self.state.select.remove(k);
             }
@@ -297,7 +258,7 @@ impl Planner {
             }
             p.tables.insert(t);
         }
-        for (id, be) in &frag.backends {
+        for (id, be) in &own.backends {
             if let Some(last) = remove_shared(&mut self.backends, spn, *id) {
                 self.state.backends.insert(*id, last);
             } else {
@@ -306,7 +267,7 @@ impl Planner {
             }
             p.backends.insert(*id);
         }
-        for (key, _) in &frag.services {
+        for (key, _) in &own.services {
             if let Some(last) = remove_shared(&mut self.services, spn, *key) {
                 self.state.services.insert(*key, last);
             } else {
@@ -314,7 +275,7 @@ impl Planner {
             }
             p.services.insert(*key);
         }
-        for r in &frag.source_ranges {
+        for r in &own.source_ranges {
             if remove_shared(&mut self.source_ranges, spn, *r).is_none() {
                 self.state.source_ranges.remove(r);
             }
@@ -347,50 +308,6 @@ fn remove_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, sp
     last
 }
 
-/// The keys of table `t` in LB_SELECT, LB_MAGLEV and LB_MEMBERS.
-fn slots_of(t: u32) -> std::ops::RangeInclusive<SelectKey> {
-    SelectKey { select_id: t, slot: 0 }..=SelectKey { select_id: t, slot: u32::MAX }
-}
-
-fn chunks_of(t: u32) -> std::ops::RangeInclusive<MaglevKey> {
-    MaglevKey { select_id: t, chunk: 0 }..=MaglevKey { select_id: t, chunk: u32::MAX }
-}
-
-fn members_of(t: u32) -> std::ops::RangeInclusive<MemberKey> {
-    MemberKey { select_id: t, backend_id: 0 }..=MemberKey { select_id: t, backend_id: u32::MAX }
-}
-
-/// The writes that turn `old` into `new`, looking only at `touched` keys: exactly
-/// [`diff`](crate::plan::diff)`(old, new)` when every key that differs is touched, at the cost of
-/// the touched keys instead of the whole state.
-pub fn diff_touched(old: &MapState, new: &MapState, touched: &Touched) -> Vec<Op> {
-    if touched.all {
-        return diff(old, new);
-    }
-    let (a, b) = (restrict(old, touched), restrict(new, touched));
-    diff(&a, &b)
-}
-
-/// The part of `st` under `touched` keys.
-fn restrict(st: &MapState, touched: &Touched) -> MapState {
-    fn pick<K: Ord + Copy, V: Copy>(from: &BTreeMap<K, V>, keys: &BTreeSet<K>) -> BTreeMap<K, V> {
-        keys.iter().filter_map(|k| from.get(k).map(|v| (*k, *v))).collect()
-    }
-    let mut out = MapState {
-        services: pick(&st.services, &touched.services),
-        backends: pick(&st.backends, &touched.backends),
-        names: pick(&st.names, &touched.names),
-        source_ranges: touched.source_ranges.iter().filter(|r| st.source_ranges.contains(r)).copied().collect(),
-        ..MapState::default()
-    };
-    for &t in &touched.tables {
-        out.select.extend(st.select.range(slots_of(t)).map(|(k, v)| (*k, *v)));
-        out.maglev.extend(st.maglev.range(chunks_of(t)).map(|(k, v)| (*k, Arc::clone(v))));
-        out.members.extend(st.members.range(members_of(t)).copied());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -415,7 +332,7 @@ mod tests {
             name: name.into(),
             port_name: String::new(),
             protocol: Protocol::Tcp,
-            family: crate::compile::Family::V4,
+            family: crate::model::Family::V4,
         };
         let sp = ServicePortState {
             frontends: vec![Frontend { addr: Ipv4Addr::new(10, 96, 0, vip).into(), port: 80, kind: FrontendKind::ClusterIp }],

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::compile::{NodeContext, parse_ip_sloppy};
+use crate::model::{NodeContext, parse_ip_sloppy};
 
 /// Zone label read for topology hints (point 53).
 pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";

@@ -12,11 +12,31 @@ use std::{collections::HashMap, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::{
-    compile::{LABEL_SERVICE_NAME, NodeContext, compile_all, namespace_of},
-    model::{DesiredState, HealthChecks},
-    planner::Changed,
+use super::compile_all;
+use crate::model::{
+    DesiredState, HealthChecks, ServicePortName,
+    kubernetes::{LABEL_SERVICE_NAME, NodeContext, namespace_of},
 };
+
+/// Which ServicePorts may differ from the last desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Any of them.
+    All,
+    /// Only these (a superset of those that do).
+    Only(std::collections::BTreeSet<ServicePortName>),
+}
+
+impl Changed {
+    /// Adds `other`'s ServicePorts.
+    pub fn merge(&mut self, other: Changed) {
+        match (&mut *self, other) {
+            (Changed::All, _) => {}
+            (_, Changed::All) => *self = Changed::All,
+            (Changed::Only(a), Changed::Only(b)) => a.extend(b),
+        }
+    }
+}
 
 /// Compile results by Service, valid for one node context, and their union, patched in place.
 #[derive(Default)]
@@ -34,7 +54,7 @@ pub struct CompileMemo {
 }
 
 /// One call's result: the desired state, health checks, and which ServicePorts may differ
-/// from the previous call's (for [`Planner::plan_changed`](crate::planner::Planner::plan_changed);
+/// from the previous call's (for [`Planner::plan_changed`](crate::plan::Planner::plan_changed);
 /// every call's must reach the planner, as the agent's syncs do).
 pub struct CompileOutput<'a> {
     pub desired: &'a DesiredState,

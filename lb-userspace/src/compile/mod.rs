@@ -14,71 +14,19 @@
 use std::{
     borrow::Borrow,
     collections::{BTreeMap, BTreeSet, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol, Selection,
+    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol, Selection,
     ServicePortName, ServicePortState, Skipped,
+    kubernetes::{
+        ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
+        MAX_AFFINITY_TIMEOUT_S, NodeContext, namespace_of, parse_ip_sloppy,
+    },
 };
-
-/// Address family being programmed (kube-proxy runs one proxier per family, point 55). Defined
-/// in [`crate::model`]; re-exported here where it always was.
-pub use crate::model::Family;
-
-/// What the compile step needs to know about the node it programs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeContext {
-    /// `spec.nodeName` of local endpoints.
-    pub name: String,
-    /// Addresses NodePorts are served on (point 41), both families: each family's NodePorts
-    /// are served on the addresses of that family only (point 55). The first IPv4 and the
-    /// first IPv6 address are also the SNAT sources of external traffic (`lb agent`).
-    pub addresses: Vec<IpAddr>,
-    /// `topology.kubernetes.io/zone` of this node, for zone hints (point 53).
-    pub zone: Option<String>,
-}
-
-/// An object's namespace, with the API's default for objects that name none.
-pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.namespace.as_deref().unwrap_or("default")
-}
-
-/// Label that opts a Service out of this proxy (point 4).
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// Label that marks a Service headless for proxies (point 4).
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-/// Label linking an EndpointSlice to its Service (point 6).
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// Annotation choosing the backend selection of a Service: `maglev` (default) or `random`.
-pub const ANNOTATION_SELECTION: &str = "lb.dev/selection";
-/// API default of `sessionAffinityConfig.clientIP.timeoutSeconds` (point 24).
-pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
-/// Maximum accepted affinity timeout (point 24).
-pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
-
-/// Parses an IP the way Kubernetes does (`ParseIPSloppy`): IPv4 octets with leading zeros are
-/// decimal, never octal (point 61). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4
-/// address, as in Go's `net.IP` (`To4()` succeeds, so Kubernetes counts it as IPv4): in the
-/// maps it is the very same 16 bytes, so it must never become an IPv6 frontend or backend.
-pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    if s.contains(':') {
-        return s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-    }
-    let mut octets = [0u8; 4];
-    let mut n = 0;
-    for part in s.split('.') {
-        if n == 4 || part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        octets[n] = part.parse::<u8>().ok()?;
-        n += 1;
-    }
-    (n == 4).then(|| IpAddr::V4(Ipv4Addr::from(octets)))
-}
 
 /// Compiles every Service and EndpointSlice into the desired state of one node and one family
 /// (what one kube-proxy proxier programs). Every ServicePort it returns has
@@ -575,10 +523,10 @@ fn topology_filter<'a>(ready: &[&'a RawEndpoint], node: &NodeContext) -> Vec<&'a
     ready.to_vec()
 }
 
+pub mod memo;
+
 #[cfg(test)]
-#[path = "compile_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "compile_health_tests.rs"]
 mod health_tests;

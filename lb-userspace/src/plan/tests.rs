@@ -14,10 +14,11 @@ use std::{
 use lb_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, SVC_F_ADDR_MARKER,
     SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue,
-    SourceRangeData,
+    SourceRangeData, SourceRangeKey,
 };
 
-use super::*;
+use super::{PlanConfig, ids::Ids, map_state, service::source_range};
+use crate::maps::{MapState, Op, addr16, diff, ip_from16};
 
 /// The planner with default settings.
 fn plan_state(d: &DesiredState, ids: &mut Ids) -> MapState {
@@ -842,19 +843,23 @@ fn point_55_each_family_has_its_own_svc_id_and_tables() {
 /// address is stored as is) and its host bits cleared; an IPv4 range with 128 + 96 + n.
 #[test]
 fn point_48_ipv6_source_range_keys() {
-    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 64 });
+    let SourceRangeKey { prefix_len: len, data } =
+        source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 64 });
     assert_eq!(len, 128 + 64);
     assert_eq!(data.frontend, ip6("2001:db8::7"));
     assert_eq!(data.source, ip6("2001:db8:1:2::"), "host bits cleared");
-    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 51 });
+    let SourceRangeKey { prefix_len: len, data } =
+        source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8:1:2:3::"), prefix: 51 });
     assert_eq!(len, 128 + 51);
     assert_eq!(data.source, ip6("2001:db8:1::"), "/51 keeps 3 bits of the 4th group (2 = 0b000..010)");
-    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("::"), prefix: 0 });
+    let SourceRangeKey { prefix_len: len, data } = source_range(ip("2001:db8::7"), &Cidr { addr: ip("::"), prefix: 0 });
     assert_eq!((len, data.source), (128, [0; 16]), "::/0 matches every IPv6 source");
-    let (len, data) = source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8::1"), prefix: 128 });
+    let SourceRangeKey { prefix_len: len, data } =
+        source_range(ip("2001:db8::7"), &Cidr { addr: ip("2001:db8::1"), prefix: 128 });
     assert_eq!((len, data.source), (256, ip6("2001:db8::1")));
     // IPv4: mapped, 96 + n.
-    let (len, data) = source_range(ip("198.51.100.7"), &Cidr { addr: ip("203.0.113.77"), prefix: 24 });
+    let SourceRangeKey { prefix_len: len, data } =
+        source_range(ip("198.51.100.7"), &Cidr { addr: ip("203.0.113.77"), prefix: 24 });
     assert_eq!(len, 128 + 96 + 24);
     assert_eq!(data.frontend, v4_bytes([198, 51, 100, 7]));
     assert_eq!(data.source, v4_bytes([203, 0, 113, 0]));
@@ -870,9 +875,10 @@ fn point_48_55_source_ranges_are_planned_per_family() {
     for k in ["10.96.0.10", "fd00:96::10"] {
         assert_eq!(st.services[&key_of(k, 80, Protocol::Tcp)].flags & SVC_F_SOURCE_RANGES, 0, "ClusterIP {k}");
     }
-    let want: BTreeSet<(u32, SourceRangeData)> = [
-        (128 + 96 + 24, SourceRangeData { frontend: v4_bytes([198, 51, 100, 7]), source: v4_bytes([203, 0, 113, 0]) }),
-        (128 + 64, SourceRangeData { frontend: ip6("2001:db8::7"), source: ip6("2001:db8:1:2::") }),
+    let range = |prefix_len, frontend, source| (SourceRangeKey { prefix_len, data: SourceRangeData { frontend, source } }, ());
+    let want: BTreeMap<SourceRangeKey, ()> = [
+        range(128 + 96 + 24, v4_bytes([198, 51, 100, 7]), v4_bytes([203, 0, 113, 0])),
+        range(128 + 64, ip6("2001:db8::7"), ip6("2001:db8:1:2::")),
     ]
     .into();
     assert_eq!(st.source_ranges, want);
@@ -889,7 +895,7 @@ fn point_48_ranges_of_the_other_family_do_not_restrict() {
     let st = plan(&d);
     let lb6 = st.services[&key_of("2001:db8::7", 80, Protocol::Tcp)];
     assert_eq!(lb6.flags & SVC_F_SOURCE_RANGES, 0);
-    assert!(st.source_ranges.iter().all(|(_, r)| r.frontend != ip6("2001:db8::7")), "{:?}", st.source_ranges);
+    assert!(st.source_ranges.keys().all(|r| r.data.frontend != ip6("2001:db8::7")), "{:?}", st.source_ranges);
 }
 
 /// Point 59 with dual-stack: a restarted agent adopts both families' ids and rewrites nothing.
@@ -946,7 +952,7 @@ fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     let st2 = plan_state(&d2, &mut ids);
     let v = *st2.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
     assert_ne!(v.serving_select_id, v.select_id);
-    let serving: Vec<u32> = st2.members.iter().filter(|m| m.select_id == v.serving_select_id).map(|m| m.backend_id).collect();
+    let serving: Vec<u32> = st2.members.keys().filter(|m| m.select_id == v.serving_select_id).map(|m| m.backend_id).collect();
     assert_eq!(serving.len(), 2, "both endpoints still serve");
     assert!(!st2.select.keys().any(|k| k.select_id == v.serving_select_id), "members only, no slots");
     assert_every_step_readable(&st, &st2);

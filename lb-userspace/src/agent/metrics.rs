@@ -27,12 +27,10 @@ use std::{
 use lb_common::SvcStats;
 use tracing::debug;
 
+use super::http::{self, Handler, Response};
 use crate::{
-    dataplane::DataplaneError,
-    health::http::{self, Handler, Response},
-    map_sizes::MapSizes,
+    maps::{pinned::PinnedMaps, sizes::MapSizes},
     model::{ServicePortName, Skipped},
-    pinned::PinnedMaps,
 };
 
 /// Upper bounds of the sync duration buckets, in seconds.
@@ -201,15 +199,6 @@ impl Metrics {
     }
 }
 
-/// The `reason` label of a sync error.
-pub fn sync_error_reason(e: &anyhow::Error) -> &'static str {
-    match e.chain().find_map(|c| c.downcast_ref::<DataplaneError>()) {
-        Some(DataplaneError::MapFull { .. }) => "map_full",
-        Some(DataplaneError::Map { .. }) => "map_write",
-        _ => "other",
-    }
-}
-
 /// The `reason` label of a rejected object: the field path its reason starts with, list
 /// indices and map keys removed (`spec.ports[0].port: ...` → `spec.ports.port`), so the label
 /// takes a bounded set of values.
@@ -237,7 +226,7 @@ pub struct DatapathCounters {
     pub services: Vec<(u32, SvcStats)>,
 }
 
-pub fn read_datapath(pin_path: &Path) -> Result<DatapathCounters, DataplaneError> {
+pub fn read_datapath(pin_path: &Path) -> Result<DatapathCounters, crate::maps::MapError> {
     let maps = PinnedMaps::open(pin_path)?;
     Ok(DatapathCounters { global: maps.counters()?, services: maps.service_counters()? })
 }
@@ -477,16 +466,12 @@ mod tests {
 
     #[test]
     fn sync_error_reasons_come_from_the_dataplane_error() {
-        let full = anyhow::Error::new(DataplaneError::MapFull { name: "LB_SERVICES", wanted: 10, limit: 5 });
-        assert_eq!(sync_error_reason(&full), "map_full");
-        let write = anyhow::Error::new(DataplaneError::Map {
-            name: "LB_SERVICES",
-            op: "write",
-            source: aya::maps::MapError::KeyNotFound,
-        })
-        .context("writing the node settings");
-        assert_eq!(sync_error_reason(&write), "map_write");
-        assert_eq!(sync_error_reason(&anyhow::anyhow!("something else")), "other");
+        use crate::{agent::sync::SyncError, dataplane::DataplaneError, maps::MapError};
+        let full = SyncError::Apply(DataplaneError::Map(MapError::Full { name: "LB_SERVICES", wanted: 10, limit: 5 }));
+        assert_eq!(full.reason(), "map_full");
+        let write = MapError::Write { name: "LB_CONFIG", source: std::io::Error::from_raw_os_error(libc::EPERM) };
+        assert_eq!(SyncError::NodeSettings(DataplaneError::Map(write)).reason(), "map_write");
+        assert_eq!(SyncError::Apply(DataplaneError::NoObject).reason(), "other");
     }
 
     #[test]

@@ -14,20 +14,10 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
 
-/// The objects the agent consumes, shared (a snapshot of the watch caches copies pointers,
-/// not objects).
-#[derive(Clone, Debug, Default)]
-pub struct ClusterObjects {
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
-    pub nodes: Vec<Arc<Node>>,
-}
+use super::ClusterObjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -66,15 +56,6 @@ pub fn load_file(path: &Path) -> Result<ClusterObjects, SourceError> {
     let mut objects = ClusterObjects::default();
     parse_into(path, &text, &mut objects)?;
     Ok(objects)
-}
-
-impl ClusterObjects {
-    /// Adds `other`'s objects (shared, not copied).
-    pub fn extend(&mut self, other: &ClusterObjects) {
-        self.services.extend(other.services.iter().cloned());
-        self.slices.extend(other.slices.iter().cloned());
-        self.nodes.extend(other.nodes.iter().cloned());
-    }
 }
 
 /// What a file looked like when it was last read: modification time and length.

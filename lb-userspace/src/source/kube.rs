@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, error, info, warn};
 
-use crate::source_file::ClusterObjects;
+use super::ClusterObjects;
 
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -198,7 +198,7 @@ impl Slim for Service {
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
         if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == crate::compile::ANNOTATION_SELECTION);
+            a.retain(|k, _| k == crate::model::kubernetes::ANNOTATION_SELECTION);
         }
     }
 }
@@ -300,7 +300,7 @@ mod tests {
     fn stored_objects_keep_only_what_is_read() {
         let mut svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "a", "namespace": "ns", "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": "{...}", (crate::compile::ANNOTATION_SELECTION): "random" },
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}", (crate::model::kubernetes::ANNOTATION_SELECTION): "random" },
                 "managedFields": [{ "manager": "kubectl" }] },
             "spec": { "clusterIP": "10.96.0.1", "ports": [{ "port": 80 }] },
         }))
@@ -336,7 +336,7 @@ mod tests {
     fn selector_is_kube_proxys() {
         assert_eq!(
             PROXY_LABEL_SELECTOR,
-            format!("!{},!{}", crate::compile::LABEL_SERVICE_PROXY_NAME, crate::compile::LABEL_HEADLESS)
+            format!("!{},!{}", crate::model::kubernetes::LABEL_SERVICE_PROXY_NAME, crate::model::kubernetes::LABEL_HEADLESS)
         );
     }
 

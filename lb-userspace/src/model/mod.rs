@@ -5,6 +5,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::Serialize;
 
+pub mod kubernetes;
+
+pub use kubernetes::{NodeContext, parse_ip_sloppy};
+
 /// An L4 protocol a ServicePort can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Protocol {

@@ -1,0 +1,76 @@
+//! The object source as the agent loop sees it: a snapshot when something changed, the file
+//! source's problems (for `lb status`), and a wait for the next change or poll tick.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use super::{AgentConfig, Source, metrics::Metrics};
+use crate::source::{ClusterObjects, file::FileSource, kube::KubeSource};
+
+/// The object source, as a stream of snapshots.
+pub(super) enum Feed {
+    File(FileSource),
+    Kube { source: KubeSource, changed: bool },
+}
+
+impl Feed {
+    pub(super) async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(match &cfg.source {
+            Source::File(dir) => Self::File(FileSource::new(dir)),
+            Source::Kube(kubeconfig) => {
+                let client = crate::source::kube::client(kubeconfig.as_deref()).await.context("connecting to the API server")?;
+                let source = KubeSource::start(client, &cfg.node_name).await.context("starting the watches")?;
+                info!("waiting for the initial lists of Services, EndpointSlices and Nodes");
+                // Point 7: nothing is programmed (or flushed) before every initial list is in.
+                source.wait_ready().await;
+                Self::Kube { source, changed: true }
+            }
+        })
+    }
+
+    /// A new snapshot when something changed since the last one. A manifest file that turned
+    /// invalid is reported here once (log and metric) and keeps its last good objects; the
+    /// other files' changes go on.
+    pub(super) fn poll(&mut self, metrics: &Metrics) -> anyhow::Result<Option<ClusterObjects>> {
+        match self {
+            Self::File(files) => {
+                let polled = files.poll().with_context(|| format!("reading the manifests in {}", files.dir().display()))?;
+                for e in &polled.failed {
+                    metrics.sync_failed("source");
+                    warn!(
+                        error = format!("{:#}", anyhow::Error::from(Arc::clone(e))),
+                        "invalid manifest: fix the file; its last good objects stay programmed, the other files are read as usual"
+                    );
+                }
+                for path in &polled.recovered {
+                    info!(file = %path.display(), "manifest valid again");
+                }
+                metrics.set_invalid_files(files.errors().count());
+                Ok(polled.objects)
+            }
+            Self::Kube { source, changed } => Ok(std::mem::take(changed).then(|| source.snapshot())),
+        }
+    }
+
+    /// What is wrong with the source now (one line each), for `lb status`.
+    pub(super) fn problems(&self) -> Vec<String> {
+        match self {
+            Self::File(files) => files.errors().map(|e| format!("invalid manifest: {e}")).collect(),
+            Self::Kube { .. } => Vec::new(),
+        }
+    }
+
+    /// Waits for the next change (kube) or poll tick (files).
+    pub(super) async fn wait(&mut self, poll: Duration) {
+        match self {
+            Self::File { .. } => tokio::time::sleep(poll).await,
+            // A tick also when nothing changes: sweeps and retries run in a quiet cluster too.
+            Self::Kube { source, changed } => tokio::select! {
+                () = source.changed() => *changed = true,
+                () = tokio::time::sleep(poll) => {}
+            },
+        }
+    }
+}

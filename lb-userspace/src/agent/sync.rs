@@ -1,0 +1,299 @@
+//! One sync: the source's objects compiled (only the Services that changed), planned (only the
+//! ServicePorts that changed) and applied (only the keys the plan touched), with the node's
+//! settings written when the node changed.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::{
+    AgentConfig,
+    metrics::{Metrics, Programmed},
+};
+use crate::{
+    compile::memo::CompileMemo,
+    dataplane::{Dataplane, DataplaneError},
+    maps::addr16,
+    model::{HealthChecks, NodeContext, Skipped},
+    plan::Planner,
+    source::{ClusterObjects, node::node_context},
+};
+
+/// Why a sync failed: the datapath kept the last applied state.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("writing the node settings (SNAT and hairpin addresses)")]
+    NodeSettings(#[source] DataplaneError),
+    #[error("applying the plan to the maps")]
+    Apply(#[source] DataplaneError),
+}
+
+impl SyncError {
+    /// The `reason` label of `lb_sync_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NodeSettings(e) | Self::Apply(e) => e.reason(),
+        }
+    }
+}
+
+/// State carried between syncs.
+pub(super) struct SyncState {
+    /// Compile results of unchanged Services, kept between syncs.
+    compile: CompileMemo,
+    /// The map state, planned again only for ServicePorts that changed.
+    pub(super) planner: Planner,
+    /// No sync has been applied yet (the planner adopts the pinned ids at the first).
+    pub(super) first: bool,
+    /// Invalid objects of the last sync (each is logged when it first shows).
+    pub(super) rejected: Vec<Skipped>,
+    pub(super) node: Option<NodeContext>,
+    /// Health-check node ports of the last applied state.
+    pub(super) health_checks: HealthChecks,
+    metrics: Arc<Metrics>,
+}
+
+impl SyncState {
+    pub(super) fn new(plan: crate::plan::PlanConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            compile: CompileMemo::default(),
+            planner: Planner::new(plan),
+            first: true,
+            rejected: Vec::new(),
+            node: None,
+            health_checks: HealthChecks::new(),
+            metrics,
+        }
+    }
+
+    pub(super) fn apply(&mut self, dp: &mut Dataplane, cfg: &AgentConfig, objects: &ClusterObjects) -> Result<(), SyncError> {
+        let started = Instant::now();
+        let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
+        if self.node.as_ref() != Some(&node) {
+            let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
+            dp.set_config(&settings).map_err(SyncError::NodeSettings)?;
+            self.node = Some(node.clone());
+        }
+        // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
+        let out = self.compile.compile(&objects.services, &objects.slices, &node);
+        let desired = out.desired;
+        self.metrics.set_rejected(&desired.rejected);
+        if desired.rejected != self.rejected {
+            for r in desired.rejected.iter().filter(|r| !self.rejected.contains(r)) {
+                warn!(object = %r.object, reason = %r.reason, "skipped invalid object");
+            }
+            self.rejected = desired.rejected.clone();
+        }
+        if self.first {
+            self.planner.adopt(dp.state(), desired);
+        }
+        // Unchanged ServicePorts keep their plan; only the ones the compile step reports as
+        // changed are compared, and only what they touched (or what failed to apply last time)
+        // is compared with the maps.
+        let replanned = self.planner.plan_changed(desired, &out.changed);
+        self.health_checks.clone_from(out.health_checks);
+        if replanned == 0 && self.planner.pending().is_empty() {
+            return Ok(());
+        }
+        let state = self.planner.state();
+        let writes = dp.apply_touched(state, self.planner.pending()).map_err(SyncError::Apply)?;
+        self.planner.applied();
+        self.first = false;
+        let state = self.planner.state();
+        self.metrics.set_programmed(Programmed {
+            service_ports: desired.services.len(),
+            frontends: state.services.keys().filter(|k| k.proto != 0).count(),
+            backends: state.backends.len(),
+            names: self.planner.svc_names().clone(),
+        });
+        info!(
+            service_ports = desired.services.len(),
+            replanned,
+            frontends = state.services.len(),
+            backends = state.backends.len(),
+            writes,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "synced"
+        );
+        Ok(())
+    }
+}
+
+/// Point 50: `/healthz` fails while this node's Node object is being deleted.
+pub(super) fn node_eligible(node_name: &str, nodes: &[impl std::borrow::Borrow<k8s_openapi::api::core::v1::Node>]) -> bool {
+    !nodes.iter().map(std::borrow::Borrow::borrow).any(|n: &k8s_openapi::api::core::v1::Node| {
+        n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some()
+    })
+}
+
+/// Node-wide datapath settings, per family: the node's first IPv4 address (IPv4-mapped) and
+/// first IPv6 address (as is) as SNAT sources of external traffic, flagged ready only when the
+/// node has one; the two hairpin addresses, always set.
+fn node_config(node: &NodeContext, hairpin: (Ipv4Addr, Ipv6Addr), snat_ports: (u16, u16)) -> lb_common::Config {
+    let snat = node.addresses.iter().find(|a| a.is_ipv4()).copied();
+    let snat6 = node.addresses.iter().find(|a| a.is_ipv6()).copied();
+    let mut flags = lb_common::CFG_F_HAIRPIN_READY | lb_common::CFG_F_HAIRPIN6_READY;
+    if snat.is_some() {
+        flags |= lb_common::CFG_F_SNAT_READY;
+    }
+    if snat6.is_some() {
+        flags |= lb_common::CFG_F_SNAT6_READY;
+    }
+    lb_common::Config {
+        snat_addr: snat.map(addr16).unwrap_or_default(),
+        hairpin_addr: addr16(IpAddr::V4(hairpin.0)),
+        snat6_addr: snat6.map(addr16).unwrap_or_default(),
+        hairpin6_addr: addr16(IpAddr::V6(hairpin.1)),
+        snat_port_min: snat_ports.0,
+        snat_port_max: snat_ports.1,
+        flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        agent::DEFAULT_HAIRPIN6_ADDR,
+        plan::{Ids, PlanConfig, map_state},
+    };
+
+    fn service(name: &str, cluster_ip: &str, ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "type": "NodePort", "clusterIP": cluster_ip, "ports": ports },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn svc_ids_name_the_service_ports_they_were_planned_from() {
+        let services = [
+            service(
+                "web",
+                "10.96.0.1",
+                json!([
+                    { "name": "http", "port": 80, "nodePort": 30080 },
+                    { "name": "dns", "port": 53, "protocol": "UDP" },
+                ]),
+            ),
+            service("api", "10.96.0.2", json!([{ "port": 443, "nodePort": 30443 }])),
+        ];
+        let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
+        let desired = crate::compile::compile(&services, &[] as &[EndpointSlice], &node, crate::model::Family::V4);
+        let mut planner = Planner::new(PlanConfig::default());
+        planner.plan(&desired);
+        let state = planner.state();
+        let got: BTreeMap<String, u32> = planner.svc_names().iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        for spn in desired.services.keys() {
+            let id = got[&spn.to_string()];
+            // Every frontend of the ServicePort carries that id.
+            for fe in &desired.services[spn].frontends {
+                let key = lb_common::ServiceKey {
+                    addr: addr16(fe.addr),
+                    port_be: fe.port.to_be(),
+                    proto: spn.protocol.number(),
+                    _pad: 0,
+                };
+                assert_eq!(state.services[&key].svc_id, id, "{spn} {fe:?}");
+            }
+        }
+    }
+
+    /// Point 55: a dual-stack Service is two ServicePorts, one per family, each with its own
+    /// svc_id and name (`/IPv6` for the IPv6 one), and each frontend carries its family's id.
+    #[test]
+    fn point_55_dual_stack_service_ports_get_one_svc_id_and_name_per_family() {
+        let mut web = service("web", "10.96.0.1", json!([{ "name": "http", "port": 80, "nodePort": 30080 }]));
+        let spec = web.spec.as_mut().unwrap();
+        spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        spec.cluster_ips = Some(vec!["10.96.0.1".into(), "fd00:96::1".into()]);
+        let node = NodeContext {
+            name: "n".into(),
+            addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            zone: None,
+        };
+        let (desired, _) = crate::compile::compile_all(&[web], &[] as &[EndpointSlice], &node);
+        let mut planner = Planner::new(PlanConfig::default());
+        planner.plan(&desired);
+        let state = planner.state();
+        assert_eq!(state, &map_state(&desired, &mut Ids::default(), &PlanConfig::default()));
+        let got: BTreeMap<String, u32> = planner.svc_names().iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
+        assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), ["ns/web:http/TCP", "ns/web:http/TCP/IPv6"]);
+        assert_ne!(got["ns/web:http/TCP"], got["ns/web:http/TCP/IPv6"]);
+        let id_of = |addr: &str, port: u16| {
+            let key = lb_common::ServiceKey {
+                addr: addr16(addr.parse().unwrap()),
+                port_be: port.to_be(),
+                proto: lb_common::IPPROTO_TCP,
+                _pad: 0,
+            };
+            state.services[&key].svc_id
+        };
+        assert_eq!(id_of("10.96.0.1", 80), got["ns/web:http/TCP"]);
+        assert_eq!(id_of("192.168.0.10", 30080), got["ns/web:http/TCP"]);
+        assert_eq!(id_of("fd00:96::1", 80), got["ns/web:http/TCP/IPv6"]);
+        assert_eq!(id_of("fd00::10", 30080), got["ns/web:http/TCP/IPv6"]);
+        // The names record (what `lb service list` reads) says the same.
+        assert_eq!(state.names[&got["ns/web:http/TCP/IPv6"]].as_str(), "ns/web:http/TCP/IPv6");
+    }
+
+    #[test]
+    fn node_settings_per_family() {
+        let hairpin = (Ipv4Addr::new(169, 254, 42, 1), DEFAULT_HAIRPIN6_ADDR);
+        let dual = NodeContext {
+            name: "n".into(),
+            addresses: ["fd00::10", "192.168.0.10", "fd00::11", "10.1.0.10"].iter().map(|a| a.parse().unwrap()).collect(),
+            zone: None,
+        };
+        let c = node_config(&dual, hairpin, (61000, 65000));
+        assert_eq!(c.snat_addr, lb_common::v4_mapped([192, 168, 0, 10]), "first IPv4, IPv4-mapped");
+        assert_eq!(c.snat6_addr, "fd00::10".parse::<Ipv6Addr>().unwrap().octets(), "first IPv6, as is");
+        assert_eq!(c.hairpin_addr, lb_common::v4_mapped([169, 254, 42, 1]));
+        assert_eq!(c.hairpin6_addr, [0xfd, 0, 0x6c, 0x62, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!((c.snat_port_min, c.snat_port_max), (61000, 65000));
+        let all = lb_common::CFG_F_SNAT_READY
+            | lb_common::CFG_F_HAIRPIN_READY
+            | lb_common::CFG_F_SNAT6_READY
+            | lb_common::CFG_F_HAIRPIN6_READY;
+        assert_eq!(c.flags, all);
+
+        // IPv4-only node: no IPv6 SNAT source, flag clear; hairpin addresses still set.
+        let v4only = NodeContext { addresses: vec!["192.168.0.10".parse().unwrap()], ..dual.clone() };
+        let c = node_config(&v4only, hairpin, (61000, 65000));
+        assert_eq!(c.snat6_addr, [0; 16]);
+        assert_eq!(c.flags, all & !lb_common::CFG_F_SNAT6_READY);
+        // IPv6-only node.
+        let v6only = NodeContext { addresses: vec!["fd00::10".parse().unwrap()], ..dual };
+        let c = node_config(&v6only, hairpin, (61000, 65000));
+        assert_eq!(c.snat_addr, [0; 16]);
+        assert_eq!(c.flags, all & !lb_common::CFG_F_SNAT_READY);
+    }
+
+    #[test]
+    fn point_50_a_node_being_deleted_is_not_eligible() {
+        let node = |name: &str, deleting: bool| -> Node {
+            let mut meta = json!({ "name": name });
+            if deleting {
+                meta["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+            }
+            serde_json::from_value(json!({ "metadata": meta })).unwrap()
+        };
+        assert!(node_eligible("a", &[] as &[Node]));
+        assert!(node_eligible("a", &[node("a", false), node("b", true)]));
+        assert!(!node_eligible("a", &[node("a", true)]));
+    }
+}

@@ -1,0 +1,146 @@
+//! The `lb` command line: `lb agent` runs the agent ([`agent`]); the other commands read a
+//! running agent's pins from another process ([`maps`], [`service`], [`stats`], [`status`]) and
+//! print tables or JSON ([`output`]). `src/main.rs` only calls [`main`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::maps::{DEFAULT_PIN_PATH, pinned::PinnedMaps};
+
+mod agent;
+pub mod maps;
+pub mod output;
+pub mod service;
+pub mod stats;
+pub mod status;
+
+use agent::AgentArgs;
+use maps::Table;
+use output::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "In-kernel Kubernetes Service load balancer (eBPF datapath + agent)",
+    after_help = "Examples:\n  \
+        lb agent --source kube --ext-iface eth0 --pod-iface lxc1 --cgroup /sys/fs/cgroup\n  \
+        lb agent --source file:/etc/lb/manifests --pod-iface veth-pod1 --node-name node-a\n  \
+        lb service list\n  \
+        lb maps dump conntrack -o json\n  \
+        lb status\n  \
+        lb agent --cleanup"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load the datapath, attach it, and program it from Kubernetes objects.
+    #[command(after_help = "Examples:\n  \
+        # Program the datapath from the manifests in a directory, watching it for changes:\n  \
+        lb agent --source file:./manifests --pod-iface lxc1 --pod-iface lxc2 --node-name node-a --node-ip 192.168.1.10\n  \
+        # In a cluster, with NodePorts on eth0 over XDP and the node's own processes translated:\n  \
+        lb agent --source kube --ext-iface eth0 --cgroup /sys/fs/cgroup --pod-iface lxc1\n  \
+        # A large cluster: maps sized for 100,000 Services, drift repaired every 10 minutes:\n  \
+        lb agent --source kube --ext-iface eth0 --services-max 100000 --repair-period 10m\n  \
+        # Remove everything a previous agent left pinned and attached:\n  \
+        lb agent --cleanup --pin-path /sys/fs/bpf/lb")]
+    Agent(Box<AgentArgs>),
+    /// Inspect the maps of a running agent.
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+    /// Services as the datapath holds them: each frontend and its backends.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Per-service and per-backend counters, verdicts and drop reasons.
+    #[command(after_help = "Examples:\n  lb stats\n  lb stats -o json")]
+    Stats(ReadArgs),
+    /// Where the programs are attached, map fill levels, layout and agent versions.
+    #[command(after_help = "Examples:\n  lb status\n  lb status --pin-path /sys/fs/bpf/lb -o json")]
+    Status(ReadArgs),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Every frontend with its backends and their state (like `cilium service list`).
+    #[command(after_help = "Examples:\n  lb service list\n  lb service list -o json")]
+    List(ReadArgs),
+}
+
+/// Options of the commands that read a running agent's pinned maps.
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// bpffs directory of the agent.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pin_path: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum MapsCommand {
+    /// Print one map of a running agent.
+    #[command(
+        after_help = "Examples:\n  lb maps dump services\n  lb maps dump backends -o json\n  lb maps dump stats --pin-path /sys/fs/bpf/lb"
+    )]
+    Dump {
+        /// The map to print.
+        table: Table,
+        /// bpffs directory of the agent.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => agent::run(*args),
+        Command::Maps { command: MapsCommand::Dump { table, pin_path, output } } => {
+            let maps = open_pins(&pin_path)?;
+            print!("{}", maps::dump(&maps, table, output)?);
+            Ok(())
+        }
+        Command::Service { command: ServiceCommand::List(args) } => {
+            print!("{}", service::list(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+        Command::Stats(args) => {
+            print!("{}", stats::show(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+        Command::Status(args) => {
+            print!("{}", status::show(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+    }
+}
+
+/// The pinned maps of a running agent, with errors that say what to check.
+fn open_pins(pin_path: &Path) -> anyhow::Result<PinnedMaps> {
+    require_root("reading pinned maps")?;
+    PinnedMaps::open(pin_path)
+        .with_context(|| format!("no lb agent maps at {} (is the agent running? is --pin-path right?)", pin_path.display()))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("{what} needs root (CAP_BPF and CAP_SYS_ADMIN); run with sudo");
+    }
+    Ok(())
+}

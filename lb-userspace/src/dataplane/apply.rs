@@ -1,0 +1,104 @@
+//! Applying a planned state to the maps: the writes of the map table's [`diff`] in its safe
+//! order, a capacity check of every map before the first write (a state that does not fit
+//! changes nothing), and drift repair (the maps read back and rewritten where someone else
+//! changed them).
+
+use super::{Dataplane, Result};
+use crate::maps::{
+    MapError, MapId, MapState, Op, diff,
+    sizes::MapSizes,
+    touched::{Touched, diff_touched},
+};
+
+impl Dataplane {
+    /// Re-reads the maps from the kernel and rewrites whatever differs from `desired`: entries
+    /// changed or deleted outside the agent (`bpftool map update`, another tool) are repaired,
+    /// strays removed. Returns the number of writes (0 when nothing drifted).
+    pub fn repair(&mut self, desired: &MapState) -> Result<usize> {
+        self.shadow = self.maps.read()?;
+        self.apply(desired)
+    }
+
+    /// Makes the maps hold `desired` with the minimal writes, in the safe order. Capacity is
+    /// checked before the first write, so a state that does not fit changes nothing.
+    pub fn apply(&mut self, desired: &MapState) -> Result<usize> {
+        let ops = diff(&self.shadow, desired);
+        self.apply_ops(desired, ops)
+    }
+
+    /// [`Dataplane::apply`] when only `touched` keys can differ from what the maps hold (the
+    /// incremental planner's pending keys): the diff looks at those keys only.
+    pub fn apply_touched(&mut self, desired: &MapState, touched: &Touched) -> Result<usize> {
+        let ops = diff_touched(&self.shadow, desired, touched);
+        self.apply_ops(desired, ops)
+    }
+
+    /// Writes `ops`, which turn the maps into `desired`.
+    fn apply_ops(&mut self, desired: &MapState, mut ops: Vec<Op>) -> Result<usize> {
+        for (map, wanted) in MapId::ALL.iter().zip(desired.counts()) {
+            let limit = map.capacity(&self.limits);
+            if wanted > limit as usize {
+                return Err(MapError::Full { name: map.name(), wanted, limit }.into());
+            }
+        }
+        if let Some((map, peak, limit)) = transition_overflow(&self.shadow, &ops, &self.limits) {
+            // Upserts-before-deletes would need old and new entries at once: more than the map
+            // holds. Delete first instead; flows of the services being changed may see a
+            // missing entry for the duration of this apply (milliseconds), which beats never
+            // converging.
+            tracing::warn!(map = map.name(), peak, limit, "change does not fit alongside the state it replaces; deleting first");
+            ops.sort_by_key(|op| !op.is_delete());
+            if let Some((map, wanted, limit)) = transition_overflow(&self.shadow, &ops, &self.limits) {
+                return Err(MapError::Full { name: map.name(), wanted, limit }.into());
+            }
+        }
+        for op in &ops {
+            self.maps.write(op)?;
+            self.shadow.apply(std::slice::from_ref(op));
+        }
+        Ok(ops.len())
+    }
+}
+
+/// Walks `ops` from `shadow`, counting each map's entries: the first map whose count would
+/// exceed its capacity at some point, as (map, peak, limit).
+fn transition_overflow(shadow: &MapState, ops: &[Op], limits: &MapSizes) -> Option<(MapId, usize, u32)> {
+    let mut count = shadow.counts();
+    let mut peak = count;
+    for op in ops {
+        let i = op.map() as usize;
+        if op.is_delete() {
+            count[i] -= 1;
+        } else if op.adds_to(shadow) {
+            count[i] += 1;
+            peak[i] = peak[i].max(count[i]);
+        }
+    }
+    MapId::ALL.iter().zip(peak).map(|(m, p)| (*m, p, m.capacity(limits))).find(|(_, p, limit)| *p > *limit as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Backend;
+
+    use super::*;
+
+    /// A full backends map whose every backend is replaced by a new id: in the safe order the
+    /// map would hold old and new at once.
+    #[test]
+    fn a_replacement_of_a_full_map_is_detected_and_fits_when_deleting_first() {
+        let max = lb_common::BACKENDS_MAX;
+        let mut shadow = MapState::default();
+        shadow.backends.extend((0..max).map(|id| (id, Backend::default())));
+        let mut ops: Vec<Op> = (max..max + 10).map(|id| Op::PutBackend(id, Backend::default())).collect();
+        ops.extend((0..10).map(Op::DelBackend));
+        let limits = MapSizes::default();
+        assert_eq!(transition_overflow(&shadow, &ops, &limits), Some((MapId::Backends, max as usize + 10, max)));
+        ops.sort_by_key(|op| !op.is_delete());
+        assert!(matches!(ops[0], Op::DelBackend(0)));
+        assert_eq!(transition_overflow(&shadow, &ops, &limits), None);
+        // Updates in place never grow a map.
+        let updates: Vec<Op> = (0..max).map(|id| Op::PutBackend(id, Backend { port_be: 1, ..Backend::default() })).collect();
+        assert_eq!(transition_overflow(&shadow, &updates, &limits), None);
+    }
+}

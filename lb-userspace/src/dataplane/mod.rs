@@ -1,0 +1,227 @@
+//! The one writer of the kernel side: loads the embedded eBPF object, pins and adopts its maps
+//! ([`layout`]), attaches its programs ([`attach`]), applies planned states to the maps through
+//! the map table ([`apply`]) and sweeps conntrack ([`conntrack`]).
+//!
+//! # Pins and restarts
+//! Everything lives under one bpffs directory (`--pin-path`, default
+//! [`DEFAULT_PIN_PATH`]), so two agents with different directories never share state:
+//! - maps: `<pin>/LB_*`, adopted with their contents by the next agent;
+//! - attachments: links pinned at `<pin>/link_<where>_<kind>` (`link_eth0_xdp-native`,
+//!   `link_lxc1_tc-pod`, `link_cgroup_connect4`, ...). A restarting agent atomically swaps its
+//!   freshly loaded program into an existing TC or XDP link (`bpf_link_update`), and attaches
+//!   its socket programs before releasing the old ones, so no packet or connect() ever meets a
+//!   hook without a program.
+//!
+//! An agent that exits leaves all of it in place: the datapath keeps serving the last state.
+//! [`cleanup`] removes the directory, which detaches the links and frees the maps.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData},
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use lb_common::{AgentStatus, Config, CtKey, CtValue};
+
+pub use crate::maps::DEFAULT_PIN_PATH;
+use crate::maps::{KernelMaps, MapError, MapState, sizes::MapSizes};
+
+pub mod apply;
+pub mod attach;
+pub mod conntrack;
+mod layout;
+
+pub use attach::ExternalMode;
+pub use layout::cleanup;
+
+/// The eBPF object, built by `build.rs` through aya-build and embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this lb binary was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild without it")]
+    NoObject,
+    #[error("failed to create the pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to load the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no program named {name}")]
+    MissingProgram { name: &'static str },
+    #[error("failed to load program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to attach to interface {iface}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to attach the socket programs to cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to pin the link of {what} at {path}")]
+    PinLink {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("failed to remove {path}")]
+    Cleanup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DataplaneError {
+    /// The `reason` label of a sync that failed with this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Map(MapError::Full { .. }) => "map_full",
+            Self::Map(_) => "map_write",
+            _ => "other",
+        }
+    }
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    pub pin_path: PathBuf,
+    /// Map capacities asked for when the maps are created (pinned maps keep theirs).
+    pub sizes: MapSizes,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), sizes: MapSizes::default() }
+    }
+}
+
+/// The loaded datapath and the agent-written maps, with a shadow copy of their contents.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    /// The agent-written maps (the map table).
+    maps: KernelMaps,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// The maps' real capacities.
+    limits: MapSizes,
+    /// What the maps hold (read at load, then updated with every applied op).
+    shadow: MapState,
+}
+
+impl Dataplane {
+    /// Loads the programs and creates or adopts the pinned maps under `config.pin_path`.
+    pub fn load(config: &DataplaneConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let pin_path = config.pin_path.clone();
+        std::fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
+        crate::maps::layout::check(&pin_path)?;
+
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_path);
+        config.sizes.request(&mut loader);
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let limits = MapSizes::actual(&config.sizes, |name| ebpf.map(name).and_then(crate::maps::sizes::max_entries));
+        for ((name, want), (_, got)) in config.sizes.by_name().into_iter().zip(limits.by_name()) {
+            if got != want {
+                tracing::warn!(
+                    map = name,
+                    pinned = got,
+                    requested = want,
+                    "a pinned map keeps the size it was created with; `lb agent --cleanup` (drops live connections) and a restart resize it"
+                );
+            }
+        }
+        attach::load_programs(&mut ebpf)?;
+        layout::write(&mut ebpf)?;
+
+        let maps = KernelMaps::open(|name| take_map_data(&mut ebpf, name))?;
+        let name = lb_common::CONNTRACK;
+        let conntrack =
+            HashMap::try_from(ebpf.take_map(name).ok_or(MapError::Missing { name })?).map_err(MapError::typed(name, "open"))?;
+        let shadow = maps.read()?;
+        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow })
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    /// The maps' real capacities (an adopted pin keeps the size it was created with).
+    pub fn limits(&self) -> &MapSizes {
+        &self.limits
+    }
+
+    /// What the agent-written maps hold now.
+    pub fn state(&self) -> &MapState {
+        &self.shadow
+    }
+
+    /// The pod-interface TC program (for BPF_PROG_TEST_RUN in tests).
+    pub fn tc_program(&self) -> Result<&SchedClassifier> {
+        self.classifier(lb_common::PROG_TC_POD)
+    }
+
+    /// A TC program by name ([`lb_common::PROG_TC_POD`], [`lb_common::PROG_TC_EXT`] or
+    /// [`lb_common::PROG_TC_EGRESS`]).
+    pub fn classifier(&self, name: &'static str) -> Result<&SchedClassifier> {
+        self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::MissingProgram { name })
+    }
+
+    /// The external-interface XDP program (for BPF_PROG_TEST_RUN in tests).
+    pub fn xdp_program(&self) -> Result<&Xdp> {
+        let name = lb_common::PROG_XDP_EXT;
+        self.ebpf.program(name).and_then(|p| p.try_into().ok()).ok_or(DataplaneError::MissingProgram { name })
+    }
+
+    /// Writes the node-wide settings (SNAT and hairpin addresses, SNAT port range).
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        self.set_record(lb_common::CONFIG, *cfg)
+    }
+
+    /// Writes the agent's account of itself for `lb status` (see
+    /// [`crate::maps::agent_record`]).
+    pub fn set_agent_status(&mut self, status: &AgentStatus) -> Result<()> {
+        self.set_record(lb_common::AGENT, *status)
+    }
+
+    /// Writes the one record of array map `name`.
+    fn set_record<T: aya::Pod>(&mut self, name: &'static str, value: T) -> Result<()> {
+        let map = self.ebpf.map_mut(name).ok_or(MapError::Missing { name })?;
+        let mut arr: Array<&mut MapData, T> = Array::try_from(map).map_err(MapError::typed(name, "open"))?;
+        Ok(arr.set(0, value, 0).map_err(MapError::typed(name, "write"))?)
+    }
+}
+
+/// The data of map `name`, taken out of the loaded object.
+fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> std::result::Result<MapData, MapError> {
+    match ebpf.take_map(name).ok_or(MapError::Missing { name })? {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::LpmTrie(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::PerCpuHashMap(d) => {
+            Ok(d)
+        }
+        _ => Err(MapError::Missing { name }),
+    }
+}

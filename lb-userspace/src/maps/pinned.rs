@@ -1,0 +1,146 @@
+//! Read-only view of a running agent's pinned maps and links, from another process: what
+//! `lb maps dump`, `lb service list`, `lb stats` and `lb status` print, and what the metrics
+//! read at scrape time. The agent-written maps are read through the map table.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use lb_common::{CNT_MAX, CtKey, CtValue, SvcStats};
+
+use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
+
+pub struct PinnedMaps {
+    pin_path: PathBuf,
+    maps: KernelMaps,
+}
+
+/// A conntrack entry as read from the map.
+pub type CtEntry = (CtKey, CtValue);
+
+type Result<T, E = MapError> = std::result::Result<T, E>;
+
+impl PinnedMaps {
+    /// Opens the pins under `pin_path`; fails when there are none or their layout differs.
+    pub fn open(pin_path: &Path) -> Result<Self> {
+        layout::check(pin_path)?;
+        let maps = KernelMaps::open(|name| pin(pin_path, name))?;
+        Ok(Self { pin_path: pin_path.to_owned(), maps })
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    fn map(&self, name: &'static str) -> Result<Map> {
+        Map::from_map_data(pin(&self.pin_path, name)?).map_err(MapError::typed(name, "open"))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let map: HashMap<MapData, K, V> = HashMap::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        map.iter().collect::<Result<Vec<_>, _>>().map_err(MapError::typed(name, "read"))
+    }
+
+    /// The agent-written maps.
+    pub fn state(&self) -> Result<MapState> {
+        self.maps.read()
+    }
+
+    pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
+        self.hash(lb_common::CONNTRACK)
+    }
+
+    /// The layout and agent version record.
+    pub fn meta(&self) -> Result<lb_common::Meta> {
+        let name = lb_common::META;
+        let arr: aya::maps::Array<MapData, lb_common::Meta> =
+            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        arr.get(&0, 0).map_err(MapError::typed(name, "read"))
+    }
+
+    /// The account of the agent that owns the pins; `None` when none was ever written (or
+    /// the pins predate the record).
+    pub fn agent(&self) -> Option<super::agent_record::AgentReport> {
+        let name = lb_common::AGENT;
+        let arr: aya::maps::Array<MapData, lb_common::AgentStatus> = aya::maps::Array::try_from(self.map(name).ok()?).ok()?;
+        super::agent_record::AgentReport::decode(&arr.get(&0, 0).ok()?)
+    }
+
+    pub fn affinity(&self) -> Result<Vec<(lb_common::AffinityKey, lb_common::AffinityValue)>> {
+        self.hash(lb_common::AFFINITY)
+    }
+
+    /// Global counters summed over CPUs, indexed by `CNT_*`.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        let name = lb_common::STATS;
+        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        (0..CNT_MAX).map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).map_err(MapError::typed(name, "read"))).collect()
+    }
+
+    /// Per-service counters summed over CPUs, by `svc_id`.
+    pub fn service_counters(&self) -> Result<Vec<(u32, SvcStats)>> {
+        self.per_cpu_stats(lb_common::SVC_STATS)
+    }
+
+    /// Per-backend counters summed over CPUs, by backend id.
+    pub fn backend_counters(&self) -> Result<Vec<(u32, SvcStats)>> {
+        self.per_cpu_stats(lb_common::BACKEND_STATS)
+    }
+
+    fn per_cpu_stats(&self, name: &'static str) -> Result<Vec<(u32, SvcStats)>> {
+        let map: PerCpuHashMap<MapData, u32, SvcStats> =
+            PerCpuHashMap::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        map.iter()
+            .map(|kv| {
+                kv.map(|(k, vals)| {
+                    let sum = vals.iter().fold(SvcStats::default(), |a, v| SvcStats {
+                        packets: a.packets + v.packets,
+                        bytes: a.bytes + v.bytes,
+                        new_flows: a.new_flows + v.new_flows,
+                    });
+                    (k, sum)
+                })
+                .map_err(MapError::typed(name, "read"))
+            })
+            .collect()
+    }
+
+    /// The link pins: `(interface or "cgroup", attachment kind)`, e.g. `("eth0", "xdp-native")`.
+    pub fn attachments(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(&self.pin_path) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some((what, kind)) = name.strip_prefix("link_").and_then(|r| r.rsplit_once('_')) {
+                    out.push((what.to_owned(), kind.to_owned()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Entries in use and capacity of every map: `(name, entries, capacity)`; entries is
+    /// `None` for arrays (always full by construction).
+    pub fn fill_levels(&self) -> Vec<(&'static str, Option<usize>, u32)> {
+        lb_common::ALL_MAPS
+            .iter()
+            .filter_map(|name| {
+                let data = pin(&self.pin_path, name).ok()?;
+                let info = data.info().ok()?;
+                let array = matches!(info.map_type(), Ok(aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray));
+                let max = info.max_entries();
+                let raw = RawMap::new(name, data, info.key_size() as usize, info.value_size() as usize).ok()?;
+                let used = if array { None } else { raw.len().ok() };
+                Some((*name, used, max))
+            })
+            .collect()
+    }
+}
+
+/// The pinned map `name` under `pin_path`.
+fn pin(pin_path: &Path, name: &'static str) -> Result<MapData> {
+    MapData::from_pin(pin_path.join(name)).map_err(|source| MapError::Open { name, source })
+}

@@ -1,0 +1,139 @@
+//! One kernel map as bytes: lookup, update, delete and key walks through the `bpf()` syscall on
+//! the map's descriptor. Every agent-written map is reached through this one type (the map
+//! table gives each its key and value encoding), whatever its kind: a hash map and an LPM trie
+//! answer the same element commands.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::maps::MapData;
+
+use super::MapError;
+
+/// `bpf()` commands (include/uapi/linux/bpf.h, `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+
+/// The attribute of the element commands (`union bpf_attr`, the `BPF_MAP_*_ELEM` member).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value`, or `next_key` for `BPF_MAP_GET_NEXT_KEY`.
+    value: u64,
+    flags: u64,
+}
+
+/// A kernel map with its name and element sizes, checked against what the table expects.
+pub struct RawMap {
+    name: &'static str,
+    data: MapData,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+}
+
+impl RawMap {
+    /// Wraps `data`, refusing a map whose key or value size is not the expected one (a map of
+    /// another layout would be misread byte for byte).
+    pub fn new(name: &'static str, data: MapData, key_size: usize, value_size: usize) -> Result<Self, MapError> {
+        let info = data.info().map_err(|source| MapError::Open { name, source })?;
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key_size, value_size) {
+            return Err(MapError::Layout { name, expected: (key_size, value_size), found });
+        }
+        Ok(Self { name, data, key_size, value_size, max_entries: info.max_entries() })
+    }
+
+    /// The capacity the kernel gave the map.
+    pub fn max_entries(&self) -> u32 {
+        self.max_entries
+    }
+
+    fn call(&self, cmd: u32, key: *const u8, value: *const u8, flags: u64) -> io::Result<()> {
+        let attr =
+            ElemAttr { map_fd: self.data.fd().as_fd().as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags };
+        // SAFETY: an element command on our own map descriptor; `key` and `value` point to
+        // buffers of the map's key and value sizes (checked by the callers) that outlive the
+        // call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw const attr, size_of::<ElemAttr>() as u32) };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
+    /// Writes `key` → `value` (creating or replacing).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
+        assert_eq!((key.len(), value.len()), (self.key_size, self.value_size), "{}: element size", self.name);
+        self.call(BPF_MAP_UPDATE_ELEM, key.as_ptr(), value.as_ptr(), 0)
+            .map_err(|source| MapError::Write { name: self.name, source })
+    }
+
+    /// Deletes `key`; a key that is not there is not an error (deletes are idempotent).
+    pub fn delete(&self, key: &[u8]) -> Result<(), MapError> {
+        assert_eq!(key.len(), self.key_size, "{}: key size", self.name);
+        match self.call(BPF_MAP_DELETE_ELEM, key.as_ptr(), std::ptr::null(), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(|source| MapError::Delete { name: self.name, source }),
+        }
+    }
+
+    /// The value of `key`, if the map holds it.
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
+        assert_eq!(key.len(), self.key_size, "{}: key size", self.name);
+        let mut value = vec![0u8; self.value_size];
+        match self.call(BPF_MAP_LOOKUP_ELEM, key.as_ptr(), value.as_mut_ptr(), 0) {
+            Ok(()) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(source) => Err(MapError::Read { name: self.name, source }),
+        }
+    }
+
+    /// Every key, in the kernel's order. A key deleted during the walk may end it early on some
+    /// map kinds (the kernel then restarts from the first key): callers that need a stable
+    /// view read while no one else writes.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>, MapError> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut next = vec![0u8; self.key_size];
+            let prev = keys.last().map_or(std::ptr::null(), |k| k.as_ptr());
+            match self.call(BPF_MAP_GET_NEXT_KEY, prev, next.as_mut_ptr(), 0) {
+                Ok(()) => keys.push(next),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(source) => return Err(MapError::Read { name: self.name, source }),
+            }
+        }
+    }
+
+    /// Every entry, as (key, value) bytes. An entry deleted between the key walk and its lookup
+    /// is left out.
+    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MapError> {
+        let mut out = Vec::new();
+        for key in self.keys()? {
+            if let Some(value) = self.lookup(&key)? {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many keys the map holds now (a walk that keeps no key but the last).
+    pub fn len(&self) -> Result<usize, MapError> {
+        let (mut key, mut next) = (vec![0u8; self.key_size], vec![0u8; self.key_size]);
+        let mut n = 0;
+        loop {
+            let prev = if n == 0 { std::ptr::null() } else { key.as_ptr() };
+            match self.call(BPF_MAP_GET_NEXT_KEY, prev, next.as_mut_ptr(), 0) {
+                Ok(()) => {
+                    n += 1;
+                    std::mem::swap(&mut key, &mut next);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+                Err(source) => return Err(MapError::Read { name: self.name, source }),
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The map table: every map the agent writes, described once. From this one list come the
+//! shadow of the maps ([`MapState`], one ordered map each), the writes ([`Op`], a put and a
+//! delete each), their safe order ([`diff`]), their effect on a shadow ([`MapState::apply`]),
+//! the kernel handles that read and write them ([`KernelMaps`]), and each map's capacity in
+//! [`MapSizes`].
+//!
+//! # Adding a map
+//! Declare its key and value types and its name in `lb_common` (and the map in `lb-ebpf`), add
+//! a line here, give it a capacity in [`MapSizes`], and compute its contents in the planner
+//! (`plan`). Nothing else names it: the dataplane, the pinned reader, the capacity checks and
+//! the drift repair all go through this table.
+//!
+//! # Order
+//! The datapath follows service → selection slot → backend. Writes therefore go in table order
+//! (every target is valid before anything points at it) and deletes in reverse (every pointer is
+//! gone before its target): names, backends, members, selection slots, Maglev chunks, source
+//! ranges, then frontends. Source ranges are written before the frontend that enables them and
+//! removed after it.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aya::maps::MapData;
+use lb_common::{Backend, MaglevChunk, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcName};
+
+use super::{MapError, codec::Kernel, raw::RawMap, sizes::MapSizes};
+
+macro_rules! agent_maps {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident ($id:ident): $name:path, $key:ty => $value:ty, $put:ident / $del:ident, capacity $cap:ident;
+    )*) => {
+        /// One agent-written map.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum MapId {
+            $($id,)*
+        }
+
+        impl MapId {
+            /// Every agent-written map, in write order.
+            pub const ALL: &'static [MapId] = &[$(MapId::$id,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The map's name (its symbol in the eBPF object and its pin file).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(MapId::$id => $name,)*
+                }
+            }
+
+            /// The map's capacity in `sizes`.
+            pub fn capacity(self, sizes: &MapSizes) -> u32 {
+                match self {
+                    $(MapId::$id => sizes.$cap,)*
+                }
+            }
+
+            /// The map called `name`.
+            pub fn by_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|m| m.name() == name)
+            }
+        }
+
+        /// What the agent-written maps hold, or should hold: one ordered map per map.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct MapState {
+            $(
+                $(#[doc = $doc])*
+                pub $field: BTreeMap<$key, $value>,
+            )*
+        }
+
+        /// One map write.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Op {
+            $($put($key, $value), $del($key),)*
+        }
+
+        impl Op {
+            /// The map it writes.
+            pub fn map(&self) -> MapId {
+                match self {
+                    $(Op::$put(..) | Op::$del(..) => MapId::$id,)*
+                }
+            }
+
+            pub fn is_delete(&self) -> bool {
+                match self {
+                    $(Op::$put(..) => false, Op::$del(..) => true,)*
+                }
+            }
+
+            /// The write adds a key that `st` does not hold (an update in place does not).
+            pub fn adds_to(&self, st: &MapState) -> bool {
+                match self {
+                    $(Op::$put(k, _) => !st.$field.contains_key(k), Op::$del(_) => false,)*
+                }
+            }
+        }
+
+        impl MapState {
+            /// Applies `ops` to this shadow (what the kernel maps hold after the same ops).
+            pub fn apply(&mut self, ops: &[Op]) {
+                for op in ops {
+                    match op {
+                        $(
+                            Op::$put(k, v) => {
+                                self.$field.insert(*k, v.clone());
+                            }
+                            Op::$del(k) => {
+                                self.$field.remove(k);
+                            }
+                        )*
+                    }
+                }
+            }
+
+            /// Entries of each map, in [`MapId::ALL`] order.
+            pub fn counts(&self) -> [usize; MapId::COUNT] {
+                [$(self.$field.len(),)*]
+            }
+        }
+
+        /// The minimal writes that turn `old` into `new`, in the safe order (module docs).
+        pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
+            let mut ops = Vec::new();
+            let mut deletes: Vec<Vec<Op>> = Vec::with_capacity(MapId::COUNT);
+            $(
+                let delta = merge(&old.$field, &new.$field);
+                ops.extend(delta.upserts.into_iter().map(|(k, v)| Op::$put(*k, v.clone())));
+                deletes.push(delta.removed.into_iter().map(|k| Op::$del(*k)).collect());
+            )*
+            ops.extend(deletes.into_iter().rev().flatten());
+            ops
+        }
+
+        /// The kernel's agent-written maps, each checked to have the table's key and value
+        /// sizes.
+        pub struct KernelMaps {
+            $($field: RawMap,)*
+        }
+
+        impl KernelMaps {
+            /// Opens every map of the table through `open` (a loaded object's maps, or pins).
+            pub fn open(mut open: impl FnMut(&'static str) -> Result<MapData, MapError>) -> Result<Self, MapError> {
+                Ok(Self {
+                    $($field: RawMap::new($name, open($name)?, <$key as Kernel>::SIZE, <$value as Kernel>::SIZE)?,)*
+                })
+            }
+
+            /// Reads every map back.
+            pub fn read(&self) -> Result<MapState, MapError> {
+                Ok(MapState {
+                    $(
+                        $field: self
+                            .$field
+                            .entries()?
+                            .iter()
+                            .map(|(k, v)| (<$key as Kernel>::from_bytes(k), <$value as Kernel>::from_bytes(v)))
+                            .collect(),
+                    )*
+                })
+            }
+
+            /// Performs one write.
+            pub fn write(&self, op: &Op) -> Result<(), MapError> {
+                match op {
+                    $(
+                        Op::$put(k, v) => self.$field.update(&k.to_bytes(), &v.to_bytes()),
+                        Op::$del(k) => self.$field.delete(&k.to_bytes()),
+                    )*
+                }
+            }
+
+            /// The capacities the kernel gave the maps (a pinned map keeps the size it was
+            /// created with), in [`MapId::ALL`] order.
+            pub fn capacities(&self) -> [(MapId, u32); MapId::COUNT] {
+                [$((MapId::$id, self.$field.max_entries()),)*]
+            }
+        }
+    };
+}
+
+agent_maps! {
+    /// ServicePort names by svc_id, for `lb service list` and the metrics in other processes.
+    names (Names): lb_common::SVC_NAMES, u32 => SvcName, PutName / DelName, capacity names;
+    /// Backends by id (0 is never used).
+    backends (Backends): lb_common::BACKENDS, u32 => Backend, PutBackend / DelBackend, capacity backends;
+    /// Set membership of a backend in a selection table (affinity checks, point 27; the serving
+    /// set of UDP flows, point 57).
+    members (Members): lb_common::MEMBERS, MemberKey => (), PutMember / DelMember, capacity members;
+    /// Slots of random-selection tables.
+    select (Select): lb_common::SELECT, SelectKey => u32, PutSelect / DelSelect, capacity select;
+    /// Chunks of Maglev tables, each held once however many states share it.
+    maglev (Maglev): lb_common::MAGLEV, MaglevKey => Arc<MaglevChunk>, PutMaglev / DelMaglev, capacity maglev;
+    /// Allowed (LoadBalancer IP, source prefix) pairs of `loadBalancerSourceRanges`.
+    source_ranges (SourceRanges): lb_common::SOURCE_RANGES, SourceRangeKey => (), PutSourceRange / DelSourceRange,
+        capacity source_ranges;
+    /// Frontends and address markers.
+    services (Services): lb_common::SERVICES, ServiceKey => ServiceValue, PutService / DelService, capacity services;
+}
+
+/// What differs between two versions of one map.
+struct MapDelta<'a, K, V> {
+    /// Keys that are new or whose value changed, with the new value, in key order.
+    upserts: Vec<(&'a K, &'a V)>,
+    /// Keys only in the old map, in key order.
+    removed: Vec<&'a K>,
+}
+
+/// One ordered walk over both maps (linear, no lookup per key): a sync of a large, mostly
+/// unchanged state costs a comparison per entry.
+fn merge<'a, K: Ord, V: PartialEq>(old: &'a BTreeMap<K, V>, new: &'a BTreeMap<K, V>) -> MapDelta<'a, K, V> {
+    use std::cmp::Ordering;
+    let mut delta = MapDelta { upserts: Vec::new(), removed: Vec::new() };
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => delta.removed.extend(o.by_ref().map(|(k, _)| k)),
+            (None, Some(_)) => delta.upserts.extend(n.by_ref()),
+            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
+                Ordering::Less => {
+                    delta.removed.push(*ok);
+                    o.next();
+                }
+                Ordering::Greater => {
+                    delta.upserts.push((*nk, *nv));
+                    n.next();
+                }
+                Ordering::Equal => {
+                    if ov != nv {
+                        delta.upserts.push((*nk, *nv));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
+    delta
+}

@@ -1,0 +1,25 @@
+//! From the desired state to map contents: ids ([`ids`]), one ServicePort's entries
+//! ([`service`]), Maglev tables ([`maglev`]), the incremental planner the agent runs
+//! ([`incremental`]) and the full plan it is tested against ([`full`]). Pure: the kernel only
+//! sees the result, through `dataplane`, as a [`crate::maps::MapState`].
+
+pub mod full;
+pub mod ids;
+pub mod incremental;
+pub mod maglev;
+pub mod service;
+
+pub use full::map_state;
+pub use ids::Ids;
+pub use incremental::Planner;
+
+/// Planner settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Maglev table size for every service (a prime); `None` picks per service the smallest
+    /// size at least 100 × its backends ([`crate::maglev::table_size`]).
+    pub maglev_table_size: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests;

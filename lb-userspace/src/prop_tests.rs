@@ -829,7 +829,7 @@ proptest! {
                 }
                 Expect::Invalid => {
                     prop_assert_eq!(rejected.len(), 1, "{} is invalid and must be rejected once: {:?} (programmed {:?})", &object, &state.rejected, programmed.keys().collect::<Vec<_>>());
-                    let reason = &rejected[0].reason;
+                    let reason = rejected[0].reason.to_string();
                     prop_assert!(
                         ["spec", "metadata", "status"].iter().any(|f| reason.starts_with(f)),
                         "the reason must name the field: {:?}", reason

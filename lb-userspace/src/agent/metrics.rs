@@ -153,13 +153,15 @@ impl Metrics {
     /// The objects the compile step rejected: each newly rejected `(object, reason)` counts
     /// once, however many syncs see it again.
     pub fn set_rejected(&self, rejected: &[Skipped]) {
-        let now: BTreeSet<(String, String)> = rejected.iter().map(|r| (r.object.clone(), r.reason.clone())).collect();
+        let now: BTreeMap<(String, String), &'static str> =
+            rejected.iter().map(|r| ((r.object.clone(), r.reason.to_string()), r.reason.field.label())).collect();
         let mut s = self.lock();
-        let new: Vec<String> = now.difference(&s.rejected).map(|(_, reason)| rejection_reason(reason)).collect();
-        for reason in new {
-            *s.rejected_total.entry(reason).or_default() += 1;
+        for (key, label) in &now {
+            if !s.rejected.contains(key) {
+                *s.rejected_total.entry((*label).to_owned()).or_default() += 1;
+            }
         }
-        s.rejected = now;
+        s.rejected = now.into_keys().collect();
     }
 
     /// How many manifest files are invalid now (their last good objects stay programmed).
@@ -197,25 +199,6 @@ impl Metrics {
         });
         render(&self.snapshot(), datapath.as_ref())
     }
-}
-
-/// The `reason` label of a rejected object: the field path its reason starts with, list
-/// indices and map keys removed (`spec.ports[0].port: ...` → `spec.ports.port`), so the label
-/// takes a bounded set of values.
-pub fn rejection_reason(reason: &str) -> String {
-    let mut out = String::new();
-    let mut depth = 0usize;
-    for c in reason.chars() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.saturating_sub(1),
-            ':' if depth == 0 => break,
-            _ if depth > 0 => {}
-            c => out.push(c),
-        }
-    }
-    let ok = !out.is_empty() && out.len() <= 64 && out.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
-    if ok { out } else { "other".into() }
 }
 
 /// The datapath's counters, summed over CPUs.
@@ -475,28 +458,14 @@ mod tests {
     }
 
     #[test]
-    fn rejection_reasons_are_field_paths() {
-        for (reason, want) in [
-            ("spec.ports[0].port: 0 is not a port number (1-65535)", "spec.ports.port"),
-            ("spec.ports[1]: duplicate port 80/TCP", "spec.ports"),
-            ("spec: missing", "spec"),
-            ("spec.type: unknown type \"Foo\"", "spec.type"),
-            ("metadata.annotations[lb.dev/selection]: \"x\" is not maglev or random", "metadata.annotations"),
-            ("status.loadBalancer.ingress[0].ip: \"x\" is not an IP address", "status.loadBalancer.ingress.ip"),
-            ("spec.clusterIPs[1]: \"nope\" is not an IP address", "spec.clusterIPs"),
-            ("no field path here", "other"),
-            ("", "other"),
-        ] {
-            assert_eq!(rejection_reason(reason), want, "{reason}");
-        }
-    }
-
-    #[test]
     fn a_rejected_object_counts_once_while_it_stays_rejected() {
         let m = Metrics::new(None);
-        let bad = |object: &str, reason: &str| Skipped { object: object.into(), reason: reason.into() };
-        let a = bad("Service ns/a", "spec.ports[0].port: 0 is not a port number (1-65535)");
-        let b = bad("Service ns/b", "spec.ports[2].port: 70000 is not a port number (1-65535)");
+        let bad = |object: &str, at: &str, what: &str| Skipped {
+            object: object.into(),
+            reason: crate::model::Rejection::new(crate::model::RejectedField::PortNumber, at, what),
+        };
+        let a = bad("Service ns/a", "spec.ports[0].port", "0 is not a port number (1-65535)");
+        let b = bad("Service ns/b", "spec.ports[2].port", "70000 is not a port number (1-65535)");
         m.set_rejected(std::slice::from_ref(&a));
         m.set_rejected(std::slice::from_ref(&a));
         m.set_rejected(&[a.clone(), b.clone()]);
@@ -585,7 +554,8 @@ mod tests {
     fn every_sample_line_is_well_formed() {
         let m = Metrics::new(None);
         m.sync_ok(Duration::from_millis(3));
-        m.set_rejected(&[Skipped { object: "Service a/b".into(), reason: "spec: missing".into() }]);
+        let reason = crate::model::Rejection::of(crate::model::RejectedField::Spec, "missing");
+        m.set_rejected(&[Skipped { object: "Service a/b".into(), reason }]);
         let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![] };
         let out = render(&m.snapshot(), Some(&dp));
         let mut typed = BTreeSet::new();

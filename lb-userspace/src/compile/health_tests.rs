@@ -166,7 +166,7 @@ fn point_49_an_invalid_health_check_port_rejects_the_service() {
         compile_with_health_checks(&[lb_svc("web", "Local", Some(70000))], &[] as &[EndpointSlice], &node(), Family::V4);
     assert!(hc.is_empty());
     assert_eq!(desired.rejected.len(), 1);
-    assert!(desired.rejected[0].reason.starts_with("spec.healthCheckNodePort: 70000"), "{:?}", desired.rejected);
+    assert!(desired.rejected[0].reason.to_string().starts_with("spec.healthCheckNodePort: 70000"), "{:?}", desired.rejected);
     // Ignored where no health check is needed.
     let (desired, _) =
         compile_with_health_checks(&[lb_svc("web", "Cluster", Some(70000))], &[] as &[EndpointSlice], &node(), Family::V4);

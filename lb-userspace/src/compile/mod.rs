@@ -20,8 +20,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol, Selection,
-    ServicePortName, ServicePortState, Skipped,
+    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
+    RejectedField, Rejection, Selection, ServicePortName, ServicePortState, Skipped,
     kubernetes::{
         ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
         MAX_AFFINITY_TIMEOUT_S, NodeContext, namespace_of, parse_ip_sloppy,
@@ -86,7 +86,7 @@ fn compile_families(
         let name = svc.metadata.name.clone().unwrap_or_default();
         let mut ports = Vec::new();
         let mut health_check: Option<HealthCheck> = None;
-        let mut reasons: Vec<String> = Vec::new();
+        let mut reasons: Vec<Rejection> = Vec::new();
         for (family, slices_by_service) in &indexes {
             match compile_service(svc, &ns, &name, slices_by_service, node, *family) {
                 Ok((family_ports, family_check)) => {
@@ -122,7 +122,7 @@ enum CompileSkip {
     /// Not ours to program (headless, ExternalName, opted out, other family).
     ByDesign,
     /// Invalid: skipped with a reason, reported and counted.
-    Invalid(String),
+    Invalid(Rejection),
 }
 
 /// EndpointSlices by `(namespace, service name)`.
@@ -160,7 +160,7 @@ fn compile_service(
     node: &NodeContext,
     family: Family,
 ) -> Result<CompiledService, CompileSkip> {
-    let invalid = |r: String| CompileSkip::Invalid(r);
+    let invalid = CompileSkip::Invalid;
     // Point 4: label opt-outs.
     if let Some(labels) = &svc.metadata.labels
         && (labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS))
@@ -168,7 +168,7 @@ fn compile_service(
         return Err(CompileSkip::ByDesign);
     }
     let Some(spec) = &svc.spec else {
-        return Err(invalid("spec: missing".into()));
+        return Err(invalid(Rejection::of(RejectedField::Spec, "missing")));
     };
     // Point 2: ExternalName is never proxied.
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -190,10 +190,10 @@ fn compile_service(
         "ClusterIP" => (false, false),
         "NodePort" => (true, false),
         "LoadBalancer" => (true, true),
-        other => return Err(invalid(format!("spec.type: unknown type {other:?}"))),
+        other => return Err(invalid(Rejection::of(RejectedField::Type, format!("unknown type {other:?}")))),
     };
 
-    let external_ips = parse_ip_list(spec.external_ips.as_deref(), family, "spec.externalIPs").map_err(invalid)?;
+    let external_ips = external_ips(spec.external_ips.as_deref(), family).map_err(invalid)?;
     let lb_ips: Vec<IpAddr> = if lb { lb_ingress_ips(svc, family).map_err(invalid)? } else { Vec::new() };
     let externally_accessible = nodeport_allowed || !external_ips.is_empty() || !lb_ips.is_empty();
     // Points 29, 30.
@@ -204,7 +204,12 @@ fn compile_service(
         None | Some("maglev") => Selection::Maglev,
         Some("random") => Selection::Random,
         Some(other) => {
-            return Err(invalid(format!("metadata.annotations[{ANNOTATION_SELECTION}]: {other:?} is not maglev or random")));
+            let at = format!("metadata.annotations[{ANNOTATION_SELECTION}]");
+            return Err(invalid(Rejection::new(
+                RejectedField::SelectionAnnotation,
+                at,
+                format!("{other:?} is not maglev or random"),
+            )));
         }
     };
     // Point 48.
@@ -217,7 +222,9 @@ fn compile_service(
     let health_check_port = match spec.health_check_node_port.filter(|_| needs_health_check) {
         None | Some(0) => None,
         Some(n) => {
-            Some(valid_port(n).ok_or_else(|| invalid(format!("spec.healthCheckNodePort: {n} is not a port number (1-65535)")))?)
+            let bad =
+                || invalid(Rejection::of(RejectedField::HealthCheckNodePort, format!("{n} is not a port number (1-65535)")));
+            Some(valid_port(n).ok_or_else(bad)?)
         }
     };
     // Distinct IPs of ready local endpoints over every port (`LocalReadyEndpoints`).
@@ -225,7 +232,7 @@ fn compile_service(
 
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
-        return Err(invalid("spec.ports: a Service needs at least one port".into()));
+        return Err(invalid(Rejection::of(RejectedField::Ports, "a Service needs at least one port")));
     }
     // Point 11: ports are keyed by (port, protocol); names must be unique too.
     let mut seen_ports = HashSet::new();
@@ -235,21 +242,30 @@ fn compile_service(
     let svc_slices = slices.get(&(ns.to_owned(), name.to_owned())).unwrap_or(&empty);
     for (i, port) in ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");
-        let protocol = Protocol::from_k8s(port.protocol.as_deref())
-            .ok_or_else(|| invalid(format!("{field}.protocol: unknown protocol {:?}", port.protocol.as_deref().unwrap_or(""))))?;
-        let number = valid_port(port.port)
-            .ok_or_else(|| invalid(format!("{field}.port: {} is not a port number (1-65535)", port.port)))?;
+        let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+            let what = format!("unknown protocol {:?}", port.protocol.as_deref().unwrap_or(""));
+            invalid(Rejection::new(RejectedField::PortProtocol, format!("{field}.protocol"), what))
+        })?;
+        let number = valid_port(port.port).ok_or_else(|| {
+            let what = format!("{} is not a port number (1-65535)", port.port);
+            invalid(Rejection::new(RejectedField::PortNumber, format!("{field}.port"), what))
+        })?;
         if !seen_ports.insert((number, protocol)) {
-            return Err(invalid(format!("{field}: duplicate port {number}/{protocol}")));
+            return Err(invalid(Rejection::new(RejectedField::Ports, field, format!("duplicate port {number}/{protocol}"))));
         }
         let port_name = port.name.clone().unwrap_or_default();
         if !seen_names.insert((port_name.clone(), protocol)) {
-            return Err(invalid(format!("{field}.name: duplicate port name {port_name:?}")));
+            let what = format!("duplicate port name {port_name:?}");
+            return Err(invalid(Rejection::new(RejectedField::PortName, format!("{field}.name"), what)));
         }
         let node_port = match port.node_port {
             None | Some(0) => None,
             Some(n) => {
-                Some(valid_port(n).ok_or_else(|| invalid(format!("{field}.nodePort: {n} is not a port number (1-65535)")))?)
+                let what = format!("{n} is not a port number (1-65535)");
+                Some(
+                    valid_port(n)
+                        .ok_or_else(|| invalid(Rejection::new(RejectedField::NodePort, format!("{field}.nodePort"), what)))?,
+                )
             }
         };
 
@@ -310,12 +326,13 @@ fn valid_port(p: i32) -> Option<u16> {
 }
 
 /// Point 5: `GetClusterIPByFamily`.
-fn cluster_ip_for_family(spec: &k8s_openapi::api::core::v1::ServiceSpec, family: Family) -> Result<Option<IpAddr>, String> {
+fn cluster_ip_for_family(spec: &k8s_openapi::api::core::v1::ServiceSpec, family: Family) -> Result<Option<IpAddr>, Rejection> {
     let families = spec.ip_families.as_deref().unwrap_or_default();
     let ips = spec.cluster_ips.as_deref().unwrap_or_default();
     if families.is_empty() || ips.is_empty() {
         let raw = spec.cluster_ip.as_deref().unwrap_or("");
-        let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("spec.clusterIP: {raw:?} is not an IP address"))?;
+        let ip = parse_ip_sloppy(raw)
+            .ok_or_else(|| Rejection::of(RejectedField::ClusterIp, format!("{raw:?} is not an IP address")))?;
         return Ok(family.matches(&ip).then_some(ip));
     }
     for (i, fam) in families.iter().enumerate() {
@@ -323,17 +340,26 @@ fn cluster_ip_for_family(spec: &k8s_openapi::api::core::v1::ServiceSpec, family:
             let Some(raw) = ips.get(i) else {
                 return Ok(None);
             };
-            let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("spec.clusterIPs[{i}]: {raw:?} is not an IP address"))?;
+            let ip = parse_ip_sloppy(raw).ok_or_else(|| {
+                Rejection::new(
+                    RejectedField::ClusterIps,
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{raw:?} is not an IP address"),
+                )
+            })?;
             return Ok(family.matches(&ip).then_some(ip));
         }
     }
     Ok(None)
 }
 
-fn parse_ip_list(list: Option<&[String]>, family: Family, field: &str) -> Result<Vec<IpAddr>, String> {
+/// Point 46: the addresses of `spec.externalIPs` of this family.
+fn external_ips(list: Option<&[String]>, family: Family) -> Result<Vec<IpAddr>, Rejection> {
     let mut out = Vec::new();
     for (i, raw) in list.unwrap_or_default().iter().enumerate() {
-        let ip = parse_ip_sloppy(raw).ok_or_else(|| format!("{field}[{i}]: {raw:?} is not an IP address"))?;
+        let ip = parse_ip_sloppy(raw).ok_or_else(|| {
+            Rejection::new(RejectedField::ExternalIps, format!("spec.externalIPs[{i}]"), format!("{raw:?} is not an IP address"))
+        })?;
         if family.matches(&ip) {
             out.push(ip);
         }
@@ -342,10 +368,13 @@ fn parse_ip_list(list: Option<&[String]>, family: Family, field: &str) -> Result
 }
 
 /// Point 48: CIDRs, whitespace-trimmed, of this family.
-fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, String> {
+fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, Rejection> {
     let mut out = Vec::new();
     for (i, raw) in list.unwrap_or_default().iter().enumerate() {
-        let bad = || format!("spec.loadBalancerSourceRanges[{i}]: {raw:?} is not a CIDR");
+        let bad = || {
+            let at = format!("spec.loadBalancerSourceRanges[{i}]");
+            Rejection::new(RejectedField::LoadBalancerSourceRanges, at, format!("{raw:?} is not a CIDR"))
+        };
         let (ip, len) = raw.trim().split_once('/').ok_or_else(bad)?;
         let addr = parse_ip_sloppy(ip).ok_or_else(bad)?;
         let prefix: u8 = len.parse().map_err(|_| bad())?;
@@ -361,7 +390,7 @@ fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, Str
 }
 
 /// Point 47: ingress entries with an IP and `ipMode` unset or `VIP`.
-fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> {
+fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, Rejection> {
     let ingress =
         svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_deref()).unwrap_or_default();
     let mut out = Vec::new();
@@ -372,8 +401,10 @@ fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> 
         if !matches!(ing.ip_mode.as_deref(), None | Some("VIP")) {
             continue;
         }
-        let ip =
-            parse_ip_sloppy(raw).ok_or_else(|| format!("status.loadBalancer.ingress[{i}].ip: {raw:?} is not an IP address"))?;
+        let ip = parse_ip_sloppy(raw).ok_or_else(|| {
+            let at = format!("status.loadBalancer.ingress[{i}].ip");
+            Rejection::new(RejectedField::LoadBalancerIngressIp, at, format!("{raw:?} is not an IP address"))
+        })?;
         if family.matches(&ip) {
             out.push(ip);
         }
@@ -382,7 +413,7 @@ fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, String> 
 }
 
 /// Point 24.
-fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Option<u32>, String> {
+fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Option<u32>, Rejection> {
     match spec.session_affinity.as_deref() {
         None | Some("None") => Ok(None),
         Some("ClientIP") => {
@@ -391,11 +422,11 @@ fn affinity_timeout(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Op
                 None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT_S)),
                 Some(t) if t > 0 && t as u32 <= MAX_AFFINITY_TIMEOUT_S => Ok(Some(t as u32)),
                 Some(t) => {
-                    Err(format!("spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is outside 1-{MAX_AFFINITY_TIMEOUT_S}"))
+                    Err(Rejection::of(RejectedField::AffinityTimeout, format!("{t} is outside 1-{MAX_AFFINITY_TIMEOUT_S}")))
                 }
             }
         }
-        Some(other) => Err(format!("spec.sessionAffinity: unknown value {other:?}")),
+        Some(other) => Err(Rejection::of(RejectedField::SessionAffinity, format!("unknown value {other:?}"))),
     }
 }
 

@@ -184,6 +184,21 @@ fn names(st: &DesiredState) -> BTreeSet<String> {
     st.services.keys().map(|k| k.name.clone()).collect()
 }
 
+/// `spec.ports[0].port` → `spec.ports.port`: a path with its list indices and map keys removed.
+fn without_indices(at: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for c in at.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Asserts that exactly `bad` was rejected, once, with a reason containing `field`; that no
 /// port of it was programmed; and that `good` compiled exactly as it does alone.
 fn assert_rejected(bad: Service, field: &str) {
@@ -194,7 +209,10 @@ fn assert_rejected(bad: Service, field: &str) {
     let st = v4(&[bad, good], &[bad_slice, good_slice]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
     assert_eq!(st.rejected[0].object, "Service ns/bad");
-    assert!(st.rejected[0].reason.contains(field), "reason {:?} does not name {field:?}", st.rejected[0].reason);
+    let reason = &st.rejected[0].reason;
+    assert!(reason.to_string().contains(field), "reason {reason} does not name {field:?}");
+    // The metric label is the field's path without list indices and map keys.
+    assert_eq!(reason.field.label(), without_indices(&reason.at), "{reason}");
     assert!(st.services.keys().all(|k| k.name != "bad"), "a port of a rejected Service was programmed");
     assert_eq!(st.services, alone.services, "the valid Service was affected");
 }
@@ -1598,7 +1616,7 @@ fn point_48_55_source_ranges_per_family() {
     // An invalid range of either family rejects the Service once, in no family programmed.
     let st = all(&[lb("bad", json!(["10.0.0.0/8", "2001:db8::/129"]))], &[]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
-    assert!(st.rejected[0].reason.starts_with("spec.loadBalancerSourceRanges[1]"), "{:?}", st.rejected);
+    assert!(st.rejected[0].reason.to_string().starts_with("spec.loadBalancerSourceRanges[1]"), "{:?}", st.rejected);
     assert!(st.services.is_empty());
 }
 
@@ -1627,7 +1645,7 @@ fn point_55_a_service_invalid_in_one_family_is_rejected_once() {
     let st = all(&[bad, good], &[]);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
     assert_eq!(st.rejected[0].object, "Service ns/bad");
-    assert!(st.rejected[0].reason.starts_with("spec.clusterIPs[1]"), "{:?}", st.rejected);
+    assert!(st.rejected[0].reason.to_string().starts_with("spec.clusterIPs[1]"), "{:?}", st.rejected);
     assert_eq!(spns(&st), ["ns/good:http/TCP", "ns/good:http/TCP/IPv6"]);
     // An error both families see (a bad port) is reported once too.
     let mut twice = dual_svc("twice", "ClusterIP", &["IPv4", "IPv6"], json!({}));

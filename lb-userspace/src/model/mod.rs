@@ -228,7 +228,80 @@ pub struct ServicePortState {
 pub struct Skipped {
     /// `Service ns/name` or `EndpointSlice ns/name`.
     pub object: String,
-    pub reason: String,
+    pub reason: Rejection,
+}
+
+/// The field of a Service that made the compile step refuse it; its [`RejectedField::label`]
+/// is the `reason` label of `lb_objects_rejected_total` (a bounded set of values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum RejectedField {
+    Spec,
+    Type,
+    SelectionAnnotation,
+    HealthCheckNodePort,
+    Ports,
+    PortProtocol,
+    PortNumber,
+    PortName,
+    NodePort,
+    ClusterIp,
+    ClusterIps,
+    ExternalIps,
+    LoadBalancerIngressIp,
+    LoadBalancerSourceRanges,
+    SessionAffinity,
+    AffinityTimeout,
+}
+
+impl RejectedField {
+    /// The field's path without list indices or map keys.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Spec => "spec",
+            Self::Type => "spec.type",
+            Self::SelectionAnnotation => "metadata.annotations",
+            Self::HealthCheckNodePort => "spec.healthCheckNodePort",
+            Self::Ports => "spec.ports",
+            Self::PortProtocol => "spec.ports.protocol",
+            Self::PortNumber => "spec.ports.port",
+            Self::PortName => "spec.ports.name",
+            Self::NodePort => "spec.ports.nodePort",
+            Self::ClusterIp => "spec.clusterIP",
+            Self::ClusterIps => "spec.clusterIPs",
+            Self::ExternalIps => "spec.externalIPs",
+            Self::LoadBalancerIngressIp => "status.loadBalancer.ingress.ip",
+            Self::LoadBalancerSourceRanges => "spec.loadBalancerSourceRanges",
+            Self::SessionAffinity => "spec.sessionAffinity",
+            Self::AffinityTimeout => "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+        }
+    }
+}
+
+/// Why the compile step refused a Service: the field, where it is in the object (with indices:
+/// `spec.ports[0].port`), and what is wrong. Shown as `spec.ports[0].port: 0 is not a port
+/// number (1-65535)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub field: RejectedField,
+    pub at: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(field: RejectedField, at: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field, at: at.into(), message: message.into() }
+    }
+
+    /// At the field itself (no index).
+    pub fn of(field: RejectedField, message: impl Into<String>) -> Self {
+        Self::new(field, field.label(), message)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
 }
 
 /// A Service's health-check node port (`spec.healthCheckNodePort`, point 49): served for

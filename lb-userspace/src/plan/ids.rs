@@ -18,7 +18,7 @@ use std::{
 
 use lb_common::Backend;
 
-use super::service::service_key;
+use super::keys::service_key;
 use crate::{
     maps::{MapState, ip_from16},
     model::{DesiredState, Endpoint, Protocol, ServicePortName},

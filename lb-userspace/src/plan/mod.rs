@@ -6,6 +6,7 @@
 pub mod full;
 pub mod ids;
 pub mod incremental;
+mod keys;
 pub mod maglev;
 pub mod service;
 

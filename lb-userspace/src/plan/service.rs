@@ -11,13 +11,14 @@ use std::{net::IpAddr, sync::Arc};
 
 use lb_common::{
     Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
-    SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData,
-    SourceRangeKey, SvcName,
+    SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData, SourceRangeKey,
+    SvcName,
 };
 
 use super::{
     PlanConfig,
     ids::{Ids, SetClass},
+    keys::{marker_key, service_key},
 };
 use crate::{
     maps::{MapState, addr16},
@@ -208,13 +209,4 @@ fn add_members(st: &mut MapState, ids: &mut Ids, select_id: u32, endpoints: &[En
         backend_ids.push(id);
     }
     backend_ids
-}
-
-pub(crate) fn service_key(addr: IpAddr, port: u16, proto: Protocol) -> ServiceKey {
-    ServiceKey { addr: addr16(addr), port_be: port.to_be(), proto: proto.number(), _pad: 0 }
-}
-
-/// Address marker key (see [`ServiceKey`]).
-fn marker_key(addr: IpAddr) -> ServiceKey {
-    ServiceKey { addr: addr16(addr), port_be: 0, proto: 0, _pad: 0 }
 }

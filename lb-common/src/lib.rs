@@ -33,7 +33,7 @@
 //! - [`SVC_STATS`]: per-CPU per-service counters.
 //! - [`BACKEND_STATS`]: per-CPU per-backend counters.
 //! - [`SOURCE_RANGES`]: LPM trie of `loadBalancerSourceRanges` per LoadBalancer IP.
-//! - [`FRAGS`]: LRU of IPv4 fragment ids → ports, so later fragments follow the first.
+//! - [`FRAGS`]: LRU of fragment ids (IPv4 and IPv6) → ports, so later fragments follow the first.
 //! - [`CONFIG`]: node-wide settings the agent writes (SNAT address, hairpin address, SNAT ports).
 //! - [`META`]: one record with the layout version, so a new agent knows what it is adopting.
 //! - [`SOCK_REVNAT`]: LRU of (socket, backend) → frontend, so a node process's UDP replies show
@@ -625,18 +625,20 @@ pub const CFG_F_SNAT6_READY: u32 = 1 << 2;
 pub const CFG_F_HAIRPIN6_READY: u32 = 1 << 3;
 
 // ---------------------------------------------------------------------------------------------
-// LB_SVC_STATS
+// LB_SVC_STATS, LB_BACKEND_STATS
 // ---------------------------------------------------------------------------------------------
 
+/// Per-CPU traffic counters of one ServicePort (`LB_SVC_STATS`, by `svc_id`) or one backend
+/// (`LB_BACKEND_STATS`, by backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SvcStats {
+pub struct FlowCounters {
     pub packets: u64,
     pub bytes: u64,
     /// New connections (flows that selected a backend).
     pub new_flows: u64,
 }
-const _: () = assert!(size_of::<SvcStats>() == 24);
+const _: () = assert!(size_of::<FlowCounters>() == 24);
 
 // ---------------------------------------------------------------------------------------------
 // LB_META
@@ -674,9 +676,10 @@ pub const CNT_VERDICT_REJECT: u32 = 5;
 pub const CNT_NEW_FLOWS: u32 = 6;
 /// Forward packets that hit an existing conntrack entry.
 pub const CNT_CT_HIT: u32 = 7;
-/// Pass reason: not IPv4 (other ethertype).
+/// Pass reason: neither IPv4 nor IPv6 (another ethertype, VLAN-tagged frames included).
 pub const CNT_PASS_NOT_IP: u32 = 8;
-/// Pass reason: IPv4 header invalid or truncated (the kernel's IP input drops these).
+/// Pass reason: an IPv4 or IPv6 header that is invalid or truncated (the kernel's IP input drops
+/// these).
 pub const CNT_PASS_BAD_L3: u32 = 9;
 /// Drop reason: packet to a service address whose TCP/UDP header is truncated.
 pub const CNT_DROP_BAD_L4: u32 = 10;
@@ -752,9 +755,9 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FragKey, FragValue, MaglevChunk, MaglevKey,
-        MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcName,
-        SvcStats,
+        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FlowCounters, FragKey, FragValue, MaglevChunk,
+        MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData,
+        SourceRangeKey, SvcName,
     };
     // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
@@ -766,7 +769,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for SvcStats {}
+    unsafe impl aya::Pod for FlowCounters {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for MaglevKey {}
     unsafe impl aya::Pod for MaglevChunk {}

@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX, CONNTRACK_MAX,
-    Config, CtKey, CtValue, FRAGS_MAX, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey,
-    Meta, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName, SvcStats,
+    Config, CtKey, CtValue, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey,
+    MemberKey, Meta, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName,
 };
 
 #[map]
@@ -38,7 +38,7 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pin
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CNT_MAX, 0);
 
 #[map]
-pub static LB_SVC_STATS: PerCpuHashMap<u32, SvcStats> = PerCpuHashMap::pinned(SVC_STATS_MAX, BPF_F_NO_PREALLOC);
+pub static LB_SVC_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(SVC_STATS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_META: Array<Meta> = Array::pinned(1, 0);
@@ -50,7 +50,7 @@ pub static LB_MAGLEV: HashMap<MaglevKey, MaglevChunk> = HashMap::pinned(MAGLEV_C
 pub static LB_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MEMBERS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LB_BACKEND_STATS: PerCpuHashMap<u32, SvcStats> = PerCpuHashMap::pinned(BACKEND_STATS_MAX, BPF_F_NO_PREALLOC);
+pub static LB_BACKEND_STATS: PerCpuHashMap<u32, FlowCounters> = PerCpuHashMap::pinned(BACKEND_STATS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);
@@ -132,7 +132,7 @@ pub fn count_flow(svc_id: u32, backend_id: u32, bytes: u32, new_flow: bool) {
 }
 
 #[inline(always)]
-fn count_in(map: &PerCpuHashMap<u32, SvcStats>, id: u32, bytes: u32, new_flow: bool) {
+fn count_in(map: &PerCpuHashMap<u32, FlowCounters>, id: u32, bytes: u32, new_flow: bool) {
     if let Some(s) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU value, only this CPU writes it while this program runs.
         unsafe {
@@ -143,7 +143,7 @@ fn count_in(map: &PerCpuHashMap<u32, SvcStats>, id: u32, bytes: u32, new_flow: b
             }
         }
     } else {
-        let s = SvcStats { packets: 1, bytes: u64::from(bytes), new_flows: u64::from(new_flow) };
+        let s = FlowCounters { packets: 1, bytes: u64::from(bytes), new_flows: u64::from(new_flow) };
         // A full map only loses these counters, never the packet.
         let _ = map.insert(id, s, 0);
     }

@@ -178,8 +178,9 @@ pub struct Inner {
     pub l4_off: u8,
 }
 
-/// A packet's flow description plus the offsets a rewrite needs. Kept small: it lives on the
-/// 512-byte BPF stack next to the map keys.
+/// A packet's flow description plus the offsets a rewrite needs. It lives in a per-CPU map
+/// (`maps::LB_PKT`), not on the 512-byte BPF stack, which could not hold it next to the map
+/// keys of the deepest call chain.
 #[derive(Clone, Copy, Default)]
 pub struct Packet {
     /// Addresses in the 16-byte format (IPv4-mapped for IPv4), network byte order.

@@ -31,7 +31,7 @@ use crate::{
         Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, NodeContext, Protocol, Selection,
         ServicePortName, ServicePortState,
     },
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
     source::{
         ClusterObjects,
         file::{SourceError, parse_into},
@@ -1215,7 +1215,7 @@ fn plan_cfg() -> impl Strategy<Value = PlanConfig> {
 proptest! {
     #![proptest_config(config(96))]
 
-    /// A sequence of desired states applied as the agent does (one `Ids`, sometimes a restart
+    /// A sequence of desired states applied as the agent does (one `PlanMemory`, sometimes a restart
     /// that adopts what is programmed): after every single op of every diff the maps resolve,
     /// and the last op leaves exactly the planned state.
     #[test]
@@ -1224,13 +1224,13 @@ proptest! {
         // Maglev tables of 1, 2 and 4 chunks (the default 1021 slots only makes this slower).
         cfg in prop::sample::select(vec![13u32, 67, 251]).prop_map(|m| PlanConfig { maglev_table_size: Some(m) }),
     ) {
-        let mut ids = Ids::default();
+        let mut ids = PlanMemory::default();
         let mut cur = MapState::default();
         let mut writes = 0usize;
         for (i, (sps, restart)) in steps.iter().enumerate() {
             let desired = build_desired(sps);
             if *restart {
-                ids = Ids::default();
+                ids = PlanMemory::default();
                 ids.adopt(&cur, &desired);
             }
             let next = map_state(&desired, &mut ids, &cfg);
@@ -1284,8 +1284,8 @@ proptest! {
             sp.frontends.retain(|f| claimed.insert((f.addr, f.port, spn.protocol)));
         }
         desired.services.retain(|_, sp| !sp.frontends.is_empty());
-        let programmed = map_state(&desired, &mut Ids::default(), &cfg);
-        let mut ids = Ids::default();
+        let programmed = map_state(&desired, &mut PlanMemory::default(), &cfg);
+        let mut ids = PlanMemory::default();
         ids.adopt(&programmed, &desired);
         let again = map_state(&desired, &mut ids, &cfg);
         let ops = diff(&programmed, &again);
@@ -1298,7 +1298,7 @@ proptest! {
 #[test]
 fn sanity_three_table_service_plans_three_tables() {
     let desired = build_desired(&three_table_service());
-    let st = map_state(&desired, &mut Ids::default(), &PlanConfig::default());
+    let st = map_state(&desired, &mut PlanMemory::default(), &PlanConfig::default());
     let tables: BTreeSet<u32> = st
         .services
         .values()
@@ -1327,10 +1327,10 @@ fn restart_never_reuses_a_pinned_cluster_table_id() {
     };
     let cfg = PlanConfig::default();
     let first = build_desired(std::slice::from_ref(&a));
-    let programmed = map_state(&first, &mut Ids::default(), &cfg);
+    let programmed = map_state(&first, &mut PlanMemory::default(), &cfg);
     // The agent restarts; meanwhile Service s0 was created.
     let second = build_desired(&[b, a]);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&programmed, &second);
     let next = map_state(&second, &mut ids, &cfg);
     let mut cur = programmed.clone();
@@ -1368,7 +1368,7 @@ proptest! {
     #![proptest_config(config(256))]
 
     /// planner module docs: after every edit the incremental planner's state is exactly the full
-    /// plan of the same desired state (same ids: the full plan runs with its own `Ids` through
+    /// plan of the same desired state (same ids: the full plan runs with its own `PlanMemory` through
     /// the same sequence), and the writes computed from its touched keys are exactly the full
     /// diff from what the maps hold, including after failed applies and restarts.
     #[test]
@@ -1383,7 +1383,7 @@ proptest! {
         // The same, told which ServicePorts changed (as the agent's compile memo tells it).
         let mut hinted = Planner::new(cfg);
         let mut last = DesiredState::default();
-        let mut ids = Ids::default();
+        let mut ids = PlanMemory::default();
         let mut maps = MapState::default();
         for (i, e) in std::iter::once(None).chain(edits.iter().map(Some)).enumerate() {
             if let Some(e) = e {
@@ -1401,7 +1401,7 @@ proptest! {
                 hinted = Planner::new(cfg);
                 hinted.adopt(&maps, &desired);
                 last = DesiredState::default();
-                ids = Ids::default();
+                ids = PlanMemory::default();
                 ids.adopt(&maps, &desired);
             }
             planner.plan(&desired);

@@ -50,7 +50,7 @@ use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::pinned::PinnedMaps,
     maps::sizes::MapSizes,
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
 };
 use serde_json::{Value, json};
 
@@ -471,7 +471,7 @@ impl Lab {
         })?;
         let t = Instant::now();
         let d = common::desired(svcs);
-        let st = map_state(&d, &mut Ids::default(), &PlanConfig::default());
+        let st = map_state(&d, &mut PlanMemory::default(), &PlanConfig::default());
         dp.apply(&st)?;
         let program_s = t.elapsed().as_secs_f64();
         let fill = dp.state().services.len();

@@ -34,7 +34,7 @@ use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::pinned::PinnedMaps,
     maps::sizes::MapSizes,
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
 };
 use serde_json::{Value, json};
 
@@ -66,7 +66,7 @@ struct Setup {
     mode: Mode,
     // Declared first: the datapath is released before its namespaces go.
     dp: Option<Dataplane>,
-    ids: Ids,
+    ids: PlanMemory,
     pin: Option<PathBuf>,
     topo: Topology,
     client: usize,
@@ -96,7 +96,7 @@ impl Setup {
         let client = topo.add_pod(0, "client")?;
         // A wide ephemeral range for the client: it opens thousands of connections a second.
         topo.pods[client].ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-        let mut s = Self { mode, dp: None, ids: Ids::default(), pin: None, topo, client, servers, load_s: 0.0 };
+        let mut s = Self { mode, dp: None, ids: PlanMemory::default(), pin: None, topo, client, servers, load_s: 0.0 };
         if mode == Mode::Lb {
             let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b2-{}", unique_token()));
             s.pin = Some(pin.clone());

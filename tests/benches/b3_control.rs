@@ -279,7 +279,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
         maps::touched::diff_touched,
         model::NodeContext,
         plan::Planner,
-        plan::{Ids, PlanConfig, map_state},
+        plan::{PlanConfig, PlanMemory, map_state},
     };
     let services: Vec<Arc<Service>> =
         svcs.iter().map(|s| serde_json::from_value(s.service_json()).map(Arc::new)).collect::<Result<_, _>>()?;
@@ -330,7 +330,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     let (desired2, _) = compile_all(&services, &slices, &node);
     // The full plan, for comparison: every table planned from the ids and Maglev tables of
     // the state before the change.
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let before = map_state(&desired, &mut ids, &PlanConfig::default());
     let full_plan_ms = time(&mut || {
         std::hint::black_box(map_state(&desired2, &mut ids.clone(), &PlanConfig::default()));

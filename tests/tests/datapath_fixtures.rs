@@ -17,8 +17,8 @@ use lb_common::{
     CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_RESELECT, CNT_DROP_BAD_L4, CNT_DROP_FRAGMENT,
     CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_SOURCE_RANGE, CNT_FRAG_FOLLOWED, CNT_HAIRPIN, CNT_ICMP_TRANSLATED,
     CNT_NEW_FLOWS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_SNAT, CNT_VERDICT_DNAT,
-    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, IPPROTO_TCP, IPPROTO_UDP, PROG_TC_EGRESS,
-    SvcStats, v4_mapped,
+    CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, FlowCounters, IPPROTO_TCP, IPPROTO_UDP,
+    PROG_TC_EGRESS, v4_mapped,
 };
 use lb_tests::packet::{
     ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MAC_DST, MAC_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Spec, TCP_ACK,
@@ -1337,7 +1337,7 @@ fn point_48_load_balancer_source_ranges_restrict_only_the_load_balancer_ip() {
 // Per-service and per-backend counters
 // ---------------------------------------------------------------------------------------------
 
-fn stats_of(v: &[(u32, SvcStats)], id: u32) -> SvcStats {
+fn stats_of(v: &[(u32, FlowCounters)], id: u32) -> FlowCounters {
     v.iter().find(|(k, _)| *k == id).map(|(_, s)| *s).unwrap_or_default()
 }
 
@@ -1361,15 +1361,15 @@ fn point_23_per_service_and_per_backend_counters_count_every_packet_of_a_flow() 
     let pins = PinnedMaps::open(f.dp.pin_path()).expect("open pins");
     let svc = f.svc_id(VIP, 80, IPPROTO_TCP);
     let be = f.backend_id(backend.0, 8080, IPPROTO_TCP);
-    let expected = SvcStats { packets: 8, bytes: 8 * 40, new_flows: 1 };
+    let expected = FlowCounters { packets: 8, bytes: 8 * 40, new_flows: 1 };
     assert_eq!(stats_of(&pins.service_counters().expect("service counters"), svc), expected);
     assert_eq!(stats_of(&pins.backend_counters().expect("backend counters"), be), expected);
     for other in [POD1, POD2, POD3].into_iter().filter(|p| *p != backend.0) {
         let id = f.backend_id(other, 8080, IPPROTO_TCP);
-        assert_eq!(stats_of(&pins.backend_counters().unwrap(), id), SvcStats::default(), "backend {other} saw no packet");
+        assert_eq!(stats_of(&pins.backend_counters().unwrap(), id), FlowCounters::default(), "backend {other} saw no packet");
     }
     let dns = f.svc_id(UDP_VIP, 53, IPPROTO_UDP);
-    assert_eq!(stats_of(&pins.service_counters().unwrap(), dns), SvcStats::default());
+    assert_eq!(stats_of(&pins.service_counters().unwrap(), dns), FlowCounters::default());
 }
 
 // ---------------------------------------------------------------------------------------------

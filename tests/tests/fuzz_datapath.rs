@@ -61,7 +61,7 @@ use lb_userspace::{
     model::{
         Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
 };
 
 const TC_ACT_OK: i32 = 0;
@@ -384,7 +384,7 @@ impl Fixture {
             ..Default::default()
         })
         .expect("node config");
-        let st = map_state(&desired(), &mut Ids::default(), &PlanConfig::default());
+        let st = map_state(&desired(), &mut PlanMemory::default(), &PlanConfig::default());
         dp.apply(&st).expect("programming the maps");
         let open = |name: &str| Map::from_map_data(MapData::from_pin(cfg.pin_path.join(name)).expect("pin")).expect("map");
         let stats = PerCpuArray::try_from(open(lb_common::STATS)).expect("stats map");

@@ -54,7 +54,7 @@ use lb_userspace::{
     model::{
         DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
     },
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
 };
 
 // =============================================================================================
@@ -64,7 +64,7 @@ use lb_userspace::{
 struct Fixture {
     dp: Option<Dataplane>,
     pin_path: PathBuf,
-    ids: Ids,
+    ids: PlanMemory,
 }
 
 impl Fixture {
@@ -79,7 +79,7 @@ impl Fixture {
         static N: AtomicU32 = AtomicU32::new(0);
         let pin_path: PathBuf = format!("/sys/fs/bpf/lbt-rel-{}-{}", unique_token(), N.fetch_add(1, Ordering::Relaxed)).into();
         let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes }).expect("loading the datapath");
-        Some(Self { dp: Some(dp), pin_path, ids: Ids::default() })
+        Some(Self { dp: Some(dp), pin_path, ids: PlanMemory::default() })
     }
 
     fn dp(&mut self) -> &mut Dataplane {

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::SvcStats;
+use lb_common::FlowCounters;
 use tracing::debug;
 
 use super::http::{self, Handler, Response};
@@ -206,7 +206,7 @@ impl Metrics {
 pub struct DatapathCounters {
     /// Indexed like [`lb_common::COUNTER_NAMES`].
     pub global: Vec<u64>,
-    pub services: Vec<(u32, SvcStats)>,
+    pub services: Vec<(u32, FlowCounters)>,
 }
 
 pub fn read_datapath(pin_path: &Path) -> Result<DatapathCounters, crate::maps::MapError> {
@@ -313,7 +313,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         let _ = writeln!(o, "lb_datapath_packets_total{{counter=\"{name}\"}} {v}");
     }
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
-    let mut per_service: Vec<(&ServicePortName, &SvcStats)> =
+    let mut per_service: Vec<(&ServicePortName, &FlowCounters)> =
         dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n.as_ref(), st))).collect();
     per_service.sort_by(|a, b| a.0.cmp(b.0));
     for (name, help, field) in [
@@ -499,9 +499,9 @@ mod tests {
         let dp = DatapathCounters {
             global,
             services: vec![
-                (7, SvcStats { packets: 10, bytes: 1000, new_flows: 2 }),
-                (3, SvcStats { packets: 5, bytes: 500, new_flows: 5 }),
-                (99, SvcStats { packets: 1, bytes: 1, new_flows: 1 }), // no longer programmed
+                (7, FlowCounters { packets: 10, bytes: 1000, new_flows: 2 }),
+                (3, FlowCounters { packets: 5, bytes: 500, new_flows: 5 }),
+                (99, FlowCounters { packets: 1, bytes: 1, new_flows: 1 }), // no longer programmed
             ],
         };
         let out = render(&m.snapshot(), Some(&dp));
@@ -538,7 +538,7 @@ mod tests {
             names: [(1, Arc::new(spn("default", "kubia", "http", Protocol::Tcp))), (2, Arc::new(v6))].into(),
             ..Programmed::default()
         });
-        let stats = |packets| SvcStats { packets, bytes: 0, new_flows: 0 };
+        let stats = |packets| FlowCounters { packets, bytes: 0, new_flows: 0 };
         let dp = DatapathCounters { global: vec![0; lb_common::CNT_MAX as usize], services: vec![(1, stats(3)), (2, stats(4))] };
         let out = render(&m.snapshot(), Some(&dp));
         let l = lines(&out);

@@ -167,7 +167,7 @@ mod tests {
     use super::*;
     use crate::{
         agent::DEFAULT_HAIRPIN6_ADDR,
-        plan::{Ids, PlanConfig, map_state},
+        plan::{PlanConfig, PlanMemory, map_state},
     };
 
     fn service(name: &str, cluster_ip: &str, ports: serde_json::Value) -> Service {
@@ -230,7 +230,7 @@ mod tests {
         let mut planner = Planner::new(PlanConfig::default());
         planner.plan(&desired);
         let state = planner.state();
-        assert_eq!(state, &map_state(&desired, &mut Ids::default(), &PlanConfig::default()));
+        assert_eq!(state, &map_state(&desired, &mut PlanMemory::default(), &PlanConfig::default()));
         let got: BTreeMap<String, u32> = planner.svc_names().iter().map(|(id, spn)| (spn.to_string(), *id)).collect();
         assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), ["ns/web:http/TCP", "ns/web:http/TCP/IPv6"]);
         assert_ne!(got["ns/web:http/TCP"], got["ns/web:http/TCP/IPv6"]);

@@ -98,7 +98,7 @@ pub(super) mod tests {
     pub(in crate::cli) fn dual_stack_state() -> MapState {
         use crate::{
             model::NodeContext,
-            plan::{Ids, PlanConfig, map_state},
+            plan::{PlanConfig, PlanMemory, map_state},
         };
         let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "web", "namespace": "ns" },
@@ -127,7 +127,7 @@ pub(super) mod tests {
             zone: None,
         };
         let (desired, _) = crate::compile::compile_all(&[svc], &[slice("IPv4", "10.0.1.1"), slice("IPv6", "fd00:1::1")], &node);
-        map_state(&desired, &mut Ids::default(), &PlanConfig::default())
+        map_state(&desired, &mut PlanMemory::default(), &PlanConfig::default())
     }
 
     /// Point 55: `lb service list` shows both families of a dual-stack Service as their own rows

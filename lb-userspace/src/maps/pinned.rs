@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
-use lb_common::{CNT_MAX, CtKey, CtValue, SvcStats};
+use lb_common::{CNT_MAX, CtKey, CtValue, FlowCounters};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
 
@@ -80,22 +80,22 @@ impl PinnedMaps {
     }
 
     /// Per-service counters summed over CPUs, by `svc_id`.
-    pub fn service_counters(&self) -> Result<Vec<(u32, SvcStats)>> {
+    pub fn service_counters(&self) -> Result<Vec<(u32, FlowCounters)>> {
         self.per_cpu_stats(lb_common::SVC_STATS)
     }
 
     /// Per-backend counters summed over CPUs, by backend id.
-    pub fn backend_counters(&self) -> Result<Vec<(u32, SvcStats)>> {
+    pub fn backend_counters(&self) -> Result<Vec<(u32, FlowCounters)>> {
         self.per_cpu_stats(lb_common::BACKEND_STATS)
     }
 
-    fn per_cpu_stats(&self, name: &'static str) -> Result<Vec<(u32, SvcStats)>> {
-        let map: PerCpuHashMap<MapData, u32, SvcStats> =
+    fn per_cpu_stats(&self, name: &'static str) -> Result<Vec<(u32, FlowCounters)>> {
+        let map: PerCpuHashMap<MapData, u32, FlowCounters> =
             PerCpuHashMap::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
         map.iter()
             .map(|kv| {
                 kv.map(|(k, vals)| {
-                    let sum = vals.iter().fold(SvcStats::default(), |a, v| SvcStats {
+                    let sum = vals.iter().fold(FlowCounters::default(), |a, v| FlowCounters {
                         packets: a.packets + v.packets,
                         bytes: a.bytes + v.bytes,
                         new_flows: a.new_flows + v.new_flows,

@@ -2,11 +2,11 @@
 //! incrementally ([`super::incremental::Planner`]); this is the oracle the tests hold the
 //! incremental plan to, and what a fixture that programs a whole state at once uses.
 
-use super::{PlanConfig, ids::Ids, service::plan_service};
+use super::{PlanConfig, memory::PlanMemory, service::plan_service};
 use crate::{maps::MapState, model::DesiredState};
 
 /// Computes the map contents for `desired`, allocating ids as needed.
-pub fn map_state(desired: &DesiredState, ids: &mut Ids, cfg: &PlanConfig) -> MapState {
+pub fn map_state(desired: &DesiredState, ids: &mut PlanMemory, cfg: &PlanConfig) -> MapState {
     let mut st = MapState::default();
     for (spn, sp) in &desired.services {
         plan_service(&mut st, ids, spn, sp, cfg);

@@ -27,7 +27,7 @@ use std::{
 
 use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey};
 
-use super::{Ids, PlanConfig, service::plan_service};
+use super::{PlanConfig, PlanMemory, service::plan_service};
 use crate::{
     compile::memo::Changed,
     maps::{
@@ -53,7 +53,7 @@ type Shared<K, V> = HashMap<K, Vec<(Arc<ServicePortName>, V)>>;
 
 /// The incremental planner (module docs).
 pub struct Planner {
-    ids: Ids,
+    ids: PlanMemory,
     cfg: PlanConfig,
     /// Every planned ServicePort: the state it was planned from and what it wrote.
     planned: BTreeMap<Arc<ServicePortName>, (ServicePortState, Contribution)>,
@@ -72,7 +72,7 @@ pub struct Planner {
 impl Planner {
     pub fn new(cfg: PlanConfig) -> Self {
         Self {
-            ids: Ids::default(),
+            ids: PlanMemory::default(),
             cfg,
             planned: BTreeMap::new(),
             state: MapState::default(),
@@ -85,7 +85,7 @@ impl Planner {
         }
     }
 
-    /// Learns the ids of a running datapath's maps before the first plan ([`Ids::adopt`]).
+    /// Learns the ids of a running datapath's maps before the first plan ([`PlanMemory::adopt`]).
     pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
         self.ids.adopt(current, desired);
         self.adopted = true;

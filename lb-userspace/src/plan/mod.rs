@@ -4,15 +4,15 @@
 //! sees the result, through `dataplane`, as a [`crate::maps::MapState`].
 
 pub mod full;
-pub mod ids;
 pub mod incremental;
 mod keys;
 pub mod maglev;
+pub mod memory;
 pub mod service;
 
 pub use full::map_state;
-pub use ids::Ids;
 pub use incremental::Planner;
+pub use memory::PlanMemory;
 
 /// Planner settings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use lb_common::{
 
 use super::{
     PlanConfig,
-    ids::{Ids, SetClass},
     keys::{marker_key, service_key},
+    memory::{PlanMemory, SetClass},
 };
 use crate::{
     maps::{MapState, addr16},
@@ -29,7 +29,13 @@ use crate::{
 /// members), its frontends with their address markers, and its source ranges. Entries it shares
 /// with other ServicePorts (backends, markers, a frontend two Services claim) are overwritten:
 /// in [`map_state`] the last ServicePort in name order wins.
-pub(crate) fn plan_service(st: &mut MapState, ids: &mut Ids, spn: &ServicePortName, sp: &ServicePortState, cfg: &PlanConfig) {
+pub(crate) fn plan_service(
+    st: &mut MapState,
+    ids: &mut PlanMemory,
+    spn: &ServicePortName,
+    sp: &ServicePortState,
+    cfg: &PlanConfig,
+) {
     let svc_id = ids.svc_id(spn);
     st.names.insert(svc_id, SvcName::new(&spn.to_string()));
     let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
@@ -144,7 +150,7 @@ pub fn source_range(frontend: IpAddr, range: &Cidr) -> SourceRangeKey {
 /// its id and slot count (0 = empty).
 fn write_table(
     st: &mut MapState,
-    ids: &mut Ids,
+    ids: &mut PlanMemory,
     (spn, class): (&ServicePortName, SetClass),
     endpoints: &[Endpoint],
     proto: Protocol,
@@ -178,7 +184,7 @@ fn write_table(
 /// Writes a table that has members only (no slots): its backends and membership; returns its id.
 fn write_members(
     st: &mut MapState,
-    ids: &mut Ids,
+    ids: &mut PlanMemory,
     (spn, class): (&ServicePortName, SetClass),
     endpoints: &[Endpoint],
     proto: Protocol,
@@ -190,7 +196,7 @@ fn write_members(
 
 /// Writes the backends of `endpoints` and their membership in table `select_id`; returns
 /// their backend ids in order.
-fn add_members(st: &mut MapState, ids: &mut Ids, select_id: u32, endpoints: &[Endpoint], proto: Protocol) -> Vec<u32> {
+fn add_members(st: &mut MapState, ids: &mut PlanMemory, select_id: u32, endpoints: &[Endpoint], proto: Protocol) -> Vec<u32> {
     let mut backend_ids = Vec::with_capacity(endpoints.len());
     for ep in endpoints {
         let id = ids.backend_id(ep, proto);

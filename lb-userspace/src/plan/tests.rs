@@ -1,5 +1,5 @@
 //! Unit tests of the map planner: desired state → map contents (`map_state`), id allocation and
-//! adoption (`Ids`), minimal ordered writes (`diff`) and the shadow copy (`MapState::apply`).
+//! adoption (`PlanMemory`), minimal ordered writes (`diff`) and the shadow copy (`MapState::apply`).
 //! Point numbers refer to the semantics reference (`k8s-service-semantics.md`, section 1): in
 //! the test name (`point_NN_...`) or in the test's doc comment.
 //!
@@ -17,11 +17,11 @@ use lb_common::{
     SourceRangeData, SourceRangeKey,
 };
 
-use super::{PlanConfig, ids::Ids, map_state, service::source_range};
+use super::{PlanConfig, map_state, memory::PlanMemory, service::source_range};
 use crate::maps::{MapState, Op, addr16, diff, ip_from16};
 
 /// The planner with default settings.
-fn plan_state(d: &DesiredState, ids: &mut Ids) -> MapState {
+fn plan_state(d: &DesiredState, ids: &mut PlanMemory) -> MapState {
     map_state(d, ids, &PlanConfig::default())
 }
 use crate::model::{
@@ -124,7 +124,7 @@ fn sample() -> DesiredState {
 }
 
 fn plan(d: &DesiredState) -> MapState {
-    plan_state(d, &mut Ids::default())
+    plan_state(d, &mut PlanMemory::default())
 }
 
 /// The map key of a frontend, built from explicit bytes (not through the code under test).
@@ -431,7 +431,7 @@ fn map_state_allocates_no_table_for_a_class_without_frontends() {
 #[test]
 fn map_state_is_deterministic_and_stable_across_replans() {
     let d = sample();
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let first = plan_state(&d, &mut ids);
     assert_eq!(plan_state(&d, &mut ids), first, "re-planning must not move anything");
     assert_eq!(plan(&d), first, "a fresh allocator gives the same result");
@@ -448,7 +448,7 @@ fn ids_survive_changes_and_are_never_reused() {
             (spn("b", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)])),
         ])
     };
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let s1 = plan_state(&one(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80)]), &mut ids);
     let id_of = |st: &MapState, a: [u8; 4]| {
         *st.backends.iter().find(|(_, b)| b.addr == v4_bytes(a)).unwrap_or_else(|| panic!("no backend {a:?}")).0
@@ -525,7 +525,7 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
 /// delete backends, so new connections never see a dangling or removed backend.
 #[test]
 fn diff_orders_backends_select_services_then_deletes_in_reverse() {
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let old = plan_state(
         &desired(vec![
             (spn("keep", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.1", 80), ep("10.0.1.2", 80)])),
@@ -552,7 +552,7 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
 #[test]
 fn diff_is_minimal() {
     let d = sample();
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let old = plan_state(&d, &mut ids);
     // Changing only web's affinity rewrites only web's frontends.
     let mut d2 = d.clone();
@@ -577,7 +577,7 @@ fn diff_scaling_3_to_1_lowers_slot_count_before_deleting_the_tail() {
     let state = |eps: &[Endpoint]| {
         desired(vec![(spn("web", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80), np("192.168.0.10", 30080)], eps))])
     };
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let old = plan_state(&state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]), &mut ids);
     // Keep the middle one, so slot 0 is rewritten too.
     let new = plan_state(&state(&[ep("10.0.1.2", 80)]), &mut ids);
@@ -606,7 +606,7 @@ fn diff_scaling_3_to_1_lowers_slot_count_before_deleting_the_tail() {
 #[test]
 fn diff_scaling_1_to_3_writes_slots_before_raising_slot_count() {
     let state = |eps: &[Endpoint]| desired(vec![(spn("web", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], eps))]);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let old = plan_state(&state(&[ep("10.0.1.1", 80)]), &mut ids);
     let new = plan_state(&state(&[ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)]), &mut ids);
     let ops = diff(&old, &new);
@@ -636,7 +636,7 @@ fn diff_every_intermediate_state_is_readable() {
     changed.services.get_mut(&spn("lb", Protocol::Tcp)).unwrap().frontends[1] =
         fe("198.51.100.8", 443, FrontendKind::LoadBalancer);
 
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let a = plan_state(&base, &mut ids);
     let b = plan_state(&changed, &mut ids);
     let c = plan_state(&DesiredState::default(), &mut ids);
@@ -653,7 +653,7 @@ fn apply_of_diff_turns_old_into_new() {
     let mut other = base.clone();
     other.services.remove(&spn("web", Protocol::Tcp));
     other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.2.2", 53));
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let states = [
         MapState::default(),
         plan_state(&base, &mut ids),
@@ -671,18 +671,18 @@ fn apply_of_diff_turns_old_into_new() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Restart adoption (Ids::adopt)
+// Restart adoption (PlanMemory::adopt)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn point_59_adopt_after_restart_replans_the_same_state_with_zero_ops() {
     let d = sample();
     // The previous agent ran for a while, so ids are not simply 1..n.
-    let mut old_ids = Ids::default();
+    let mut old_ids = PlanMemory::default();
     plan_state(&desired(vec![(spn("x", Protocol::Tcp), sp(vec![cip("10.96.9.9", 80)], &[ep("10.9.9.9", 80)]))]), &mut old_ids);
     let pinned = plan_state(&d, &mut old_ids);
     // New process: fresh ids, adopt what is pinned.
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d);
     let replanned = plan_state(&d, &mut ids);
     assert_eq!(replanned, pinned);
@@ -693,7 +693,7 @@ fn point_59_adopt_after_restart_replans_the_same_state_with_zero_ops() {
 fn point_59_adopt_then_change_allocates_ids_above_the_adopted_ones() {
     let d = sample();
     let pinned = plan(&d);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d);
     let mut d2 = d.clone();
     d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.1.10", 8080));
@@ -719,7 +719,7 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     let pinned = plan(&d);
     let mut d2 = d.clone();
     d2.services.remove(&spn("lb", Protocol::Tcp));
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d2);
     let st = plan_state(&d2, &mut ids);
     let ops = diff(&pinned, &st);
@@ -748,7 +748,7 @@ fn point_59_adopt_never_gives_two_service_ports_the_same_ids() {
             ),
         ),
     ]);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &now);
     let st = plan_state(&now, &mut ids);
     let tcp = Protocol::Tcp;
@@ -778,7 +778,7 @@ fn point_59_adopt_when_ports_swapped_while_down_routes_correctly() {
         (named("q"), sp(vec![cip("10.96.0.1", 80)], &[ep("10.0.1.1", 8081)])),
     ]);
     let pinned = plan(&before);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &after);
     let st = plan_state(&after, &mut ids);
     let tcp = Protocol::Tcp;
@@ -903,7 +903,7 @@ fn point_48_ranges_of_the_other_family_do_not_restrict() {
 fn point_59_adopting_a_dual_stack_state_rewrites_nothing() {
     let d = dual_stack();
     let pinned = plan(&d);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d);
     let st = plan_state(&d, &mut ids);
     assert_eq!(diff(&pinned, &st), []);
@@ -916,7 +916,7 @@ fn point_55_adding_the_second_family_leaves_the_first_alone() {
     let full = dual_stack();
     let mut v4only = full.clone();
     v4only.services.remove(&spn6("web", Protocol::Tcp));
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let before = plan_state(&v4only, &mut ids);
     let after = plan_state(&full, &mut ids);
     let ops = diff(&before, &after);
@@ -939,7 +939,7 @@ fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     let mut all_ready = sp(vec![cip("10.96.0.10", 80)], &eps);
     all_ready.serving = eps.to_vec();
     let d = desired(vec![(spn("web", Protocol::Udp), all_ready.clone())]);
-    let st = plan_state(&d, &mut Ids::default());
+    let st = plan_state(&d, &mut PlanMemory::default());
     let v = st.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
     assert_eq!(v.serving_select_id, v.select_id, "the internal table's members are the serving set");
 
@@ -948,7 +948,7 @@ fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     draining.cluster.truncate(1);
     draining.external.endpoints.truncate(1);
     let d2 = desired(vec![(spn("web", Protocol::Udp), draining)]);
-    let mut ids = Ids::default();
+    let mut ids = PlanMemory::default();
     let st2 = plan_state(&d2, &mut ids);
     let v = *st2.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
     assert_ne!(v.serving_select_id, v.select_id);
@@ -957,7 +957,7 @@ fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     assert!(!st2.select.keys().any(|k| k.select_id == v.serving_select_id), "members only, no slots");
     assert_every_step_readable(&st, &st2);
     // A restarted agent adopts the same ids and writes nothing.
-    let mut fresh = Ids::default();
+    let mut fresh = PlanMemory::default();
     fresh.adopt(&st2, &d2);
     assert_eq!(plan_state(&d2, &mut fresh), st2);
 }

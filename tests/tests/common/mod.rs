@@ -17,7 +17,7 @@ use lb_userspace::{
     maps::pinned::PinnedMaps,
     maps::sizes::MapSizes,
     model::DesiredState,
-    plan::{Ids, PlanConfig, map_state},
+    plan::{PlanConfig, PlanMemory, map_state},
 };
 
 pub const TC_ACT_OK: i32 = 0;
@@ -53,7 +53,7 @@ impl Ext {
 /// A loaded datapath with its own pins, removed on drop.
 pub struct Fixture {
     pub dp: Dataplane,
-    pub ids: Ids,
+    pub ids: PlanMemory,
 }
 
 impl Fixture {
@@ -74,7 +74,7 @@ impl Fixture {
             let _ = cleanup(&cfg.pin_path);
             panic!("loading the datapath: {e:?}")
         });
-        Some(Self { dp, ids: Ids::default() })
+        Some(Self { dp, ids: PlanMemory::default() })
     }
 
     /// A fixture whose node settings (SNAT and hairpin addresses, SNAT ports) are `cfg`.

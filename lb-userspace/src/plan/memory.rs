@@ -1,4 +1,5 @@
-//! Id allocation, stable across applies and restarts.
+//! What planning remembers from one plan to the next ([`PlanMemory`]): the ids it gave out,
+//! stable across applies and restarts, and the Maglev tables of the endpoint sets it saw.
 //!
 //! - `svc_id`: one per ServicePort (affinity scope, per-service counters).
 //! - `select_id`: one per (ServicePort, endpoint set) table ([`SetClass`]); frontends of the
@@ -8,7 +9,7 @@
 //!
 //! Ids are never reused within a process lifetime (a reused id could make a stale conntrack
 //! entry look current). A restarted agent re-learns the ids of what is already programmed from
-//! the pinned maps ([`Ids::adopt`]), so adopting a running datapath rewrites nothing that is
+//! the pinned maps ([`PlanMemory::adopt`]), so adopting a running datapath rewrites nothing that is
 //! already right.
 
 use std::{
@@ -36,9 +37,9 @@ pub enum SetClass {
     Serving,
 }
 
-/// Id allocation, stable across applies.
+/// The ids given out (never reused) and the Maglev tables computed, kept between plans.
 #[derive(Clone, Debug)]
-pub struct Ids {
+pub struct PlanMemory {
     svc: HashMap<ServicePortName, u32>,
     select: HashMap<(ServicePortName, SetClass), u32>,
     backend: HashMap<(IpAddr, u16, Protocol), u32>,
@@ -49,7 +50,7 @@ pub struct Ids {
     pub(super) maglev: super::maglev::TableCache,
 }
 
-impl Default for Ids {
+impl Default for PlanMemory {
     fn default() -> Self {
         Self {
             svc: HashMap::new(),
@@ -63,7 +64,7 @@ impl Default for Ids {
     }
 }
 
-impl Ids {
+impl PlanMemory {
     /// Learns the ids already in use in `current` (read from pinned maps) for the objects of
     /// `desired` (their own and Cluster tables), so that re-planning the same state yields the
     /// same entries. Ids of pinned objects not adopted are never allocated again.

@@ -759,30 +759,39 @@ mod pod {
         MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData,
         SourceRangeKey, SvcName,
     };
-    // SAFETY: all types are repr(C), made of integers and byte arrays, with no implicit padding
-    // (checked by the size assertions above), so every bit pattern is valid.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for SelectKey {}
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for FlowCounters {}
-    unsafe impl aya::Pod for Meta {}
-    unsafe impl aya::Pod for MaglevKey {}
-    unsafe impl aya::Pod for MaglevChunk {}
-    unsafe impl aya::Pod for MemberKey {}
-    unsafe impl aya::Pod for SourceRangeData {}
-    unsafe impl aya::Pod for SourceRangeKey {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragValue {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for SockRevKey {}
-    unsafe impl aya::Pod for SockRevValue {}
-    unsafe impl aya::Pod for SvcName {}
-    unsafe impl aya::Pod for AgentStatus {}
+    /// Implements `aya::Pod` for the map types.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: every map type is repr(C), made of integers and byte arrays, with no
+            // implicit padding (checked by the size assertions above): every bit pattern is a
+            // value.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        Backend,
+        SelectKey,
+        CtKey,
+        CtValue,
+        AffinityKey,
+        AffinityValue,
+        FlowCounters,
+        Meta,
+        MaglevKey,
+        MaglevChunk,
+        MemberKey,
+        SourceRangeData,
+        SourceRangeKey,
+        FragKey,
+        FragValue,
+        Config,
+        SockRevKey,
+        SockRevValue,
+        SvcName,
+        AgentStatus
+    );
 }
 
 #[cfg(test)]

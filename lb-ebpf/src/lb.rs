@@ -228,7 +228,7 @@ fn set_ct_key(k: &mut lb_common::CtKey, src: [u8; 16], sport_be: u16, dst: [u8; 
 
 #[inline(always)]
 fn is_service_addr(addr: [u8; 16]) -> bool {
-    let marker = ServiceKey { addr: addr, port_be: 0, proto: 0, _pad: 0 };
+    let marker = ServiceKey { addr, port_be: 0, proto: 0, _pad: 0 };
     // SAFETY: read-only lookup; the value is not used.
     unsafe { LB_SERVICES.get(&marker) }.is_some()
 }

@@ -2,6 +2,10 @@
 //! exactly one verdict. No per-packet logging: counters are the observability.
 #![no_std]
 #![no_main]
+// Map keys and values go by reference on purpose: passed by value to aya-ebpf's generic
+// `Borrow<K>` parameters they would be copied onto the 512-byte BPF stack (40-byte conntrack
+// keys, the per-CPU scratch's whole point).
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod csum;
 mod lb;

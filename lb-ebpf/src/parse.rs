@@ -273,10 +273,8 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     }
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => parse_l4(c, p, l4_off, tot_len - ihl),
-        IPPROTO_ICMP => {
-            if !p.frag_first {
-                parse_icmp_error(c, p, l4_off, tot_len - ihl, false);
-            }
+        IPPROTO_ICMP if !p.frag_first => {
+            parse_icmp_error(c, p, l4_off, tot_len - ihl, false);
         }
         _ => {}
     }
@@ -362,10 +360,8 @@ fn parse_v6(c: &Cursor, p: &mut Packet) -> Parsed {
     }
     match next {
         IPPROTO_TCP | IPPROTO_UDP => parse_l4(c, p, off, payload - ext),
-        IPPROTO_ICMPV6 => {
-            if !p.frag_first {
-                parse_icmp_error(c, p, off, payload - ext, true);
-            }
+        IPPROTO_ICMPV6 if !p.frag_first => {
+            parse_icmp_error(c, p, off, payload - ext, true);
         }
         _ => {}
     }
@@ -442,7 +438,7 @@ fn parse_icmp_error(c: &Cursor, p: &mut Packet, icmp_off: usize, icmp_len: usize
         // SAFETY: bounds checked by `peek_at`.
         let ip = unsafe { core::ptr::read_unaligned(ip) };
         let h = usize::from(ip.version_ihl & 0x0f) * 4;
-        if ip.version_ihl >> 4 != 4 || h < IPV4_MIN_HLEN || h > 60 {
+        if ip.version_ihl >> 4 != 4 || !(IPV4_MIN_HLEN..=60).contains(&h) {
             return;
         }
         ihl = h;

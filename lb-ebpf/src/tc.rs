@@ -11,7 +11,7 @@
 //!   reply entry is keyed backend → client, which no packet translated at ingress carries.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail},
     macros::classifier,
     programs::TcContext,
@@ -61,7 +61,7 @@ fn run(ctx: &TcContext, hook: Hook) -> i32 {
         Err(reason) => {
             count(reason);
             count(CNT_VERDICT_DROP);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -83,13 +83,13 @@ fn try_run(ctx: &TcContext, hook: Hook) -> Result<i32, u32> {
             let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
             apply_nat(ctx, p, &sc.nat)?;
             count(sc.nat.verdict);
-            Ok(TC_ACT_OK as i32)
+            Ok(TC_ACT_OK)
         }
         Kind::Icmp => {
             let sc = scratch().ok_or(CNT_DROP_REWRITE)?;
             apply_icmp(ctx.data(), ctx.data_end(), p, &sc.icmp).ok_or(CNT_DROP_REWRITE)?;
             count(lb_common::CNT_VERDICT_REVNAT);
-            Ok(TC_ACT_OK as i32)
+            Ok(TC_ACT_OK)
         }
         Kind::Reject => reject(ctx, p),
         // Pass (and stage kinds, which cannot remain after `decide`).
@@ -104,7 +104,7 @@ fn pass(reason: u32) -> i32 {
         count(reason);
     }
     count(CNT_VERDICT_PASS);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[inline(never)]
@@ -169,12 +169,12 @@ fn rewrite(
             ctx.store(l3 + addr_off, &v4, 0).map_err(|_| CNT_DROP_REWRITE)?;
         }
     }
-    if let Some((csum_off, mangled)) = l4 {
-        if old_port_be != new.port_be {
-            ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new.port_be), mangled | 2)
-                .map_err(|_| CNT_DROP_REWRITE)?;
-            ctx.store(usize::from(p.l4_off) + port_off, &new.port_be, 0).map_err(|_| CNT_DROP_REWRITE)?;
-        }
+    if let Some((csum_off, mangled)) = l4
+        && old_port_be != new.port_be
+    {
+        ctx.l4_csum_replace(csum_off, u64::from(old_port_be), u64::from(new.port_be), mangled | 2)
+            .map_err(|_| CNT_DROP_REWRITE)?;
+        ctx.store(usize::from(p.l4_off) + port_off, &new.port_be, 0).map_err(|_| CNT_DROP_REWRITE)?;
     }
     Ok(())
 }
@@ -186,7 +186,7 @@ fn reject(ctx: &TcContext, p: &Packet) -> Result<i32, u32> {
     let Some(orig) = capture(ctx.data(), ctx.data_end(), p) else {
         return Err(CNT_DROP_NO_BACKEND);
     };
-    let skb = ctx.skb.skb as *mut __sk_buff;
+    let skb = ctx.skb.skb;
     if p.proto == IPPROTO_TCP {
         // SAFETY: helper on our own context.
         if unsafe { bpf_skb_change_tail(skb.cast(), rst_len(p.is_v6) as u32, 0) } != 0 {

@@ -554,7 +554,7 @@ fn lookup_insns(map: RawFd, key: &[u8], verdict: u32) -> Vec<u64> {
 
 fn pod_bytes<T: aya::Pod>(v: &T) -> Vec<u8> {
     // SAFETY: `T` is a plain-old-data map key (`repr(C)`, no padding holes the kernel reads).
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 /// What to do before each run of a case.

@@ -32,7 +32,7 @@ pub struct AgentOptions<'a> {
     /// External interfaces (XDP, or `--xdp-mode` from `extra_args`).
     pub external: Vec<String>,
     /// cgroup v2 directory for socket-level translation.
-    pub cgroup: Option<std::path::PathBuf>,
+    pub cgroup: Option<PathBuf>,
     /// Further `lb agent` arguments.
     pub extra_args: Vec<String>,
     /// `--source` other than the agent's own manifest directory (e.g. `kube:KUBECONFIG`).

@@ -1773,7 +1773,7 @@ mod tests {
         let bm = loop {
             let e = w.event().unwrap();
             assert_eq!(e["type"], "BOOKMARK");
-            if super::resource_version_of(&e["object"]) == rv {
+            if resource_version_of(&e["object"]) == rv {
                 break e;
             }
         };
@@ -1905,7 +1905,7 @@ mod tests {
         let bm = w.event().unwrap();
         assert_eq!(bm["type"], "BOOKMARK");
         assert_eq!(bm["object"]["metadata"]["annotations"][INITIAL_EVENTS_END], "true");
-        assert_eq!(super::resource_version_of(&bm["object"]), rv);
+        assert_eq!(resource_version_of(&bm["object"]), rv);
         let (code, _) = Conn::json(&server, "/api/v1/services?watch=true&sendInitialEvents=true");
         assert_eq!(code, 422);
     }

@@ -203,7 +203,7 @@ fn v6_extension_headers_policy() {
     assert_eq!(dport, 8080, "the port behind the extension header was rewritten");
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap());
     assert!(pods().contains(&dst));
-    let sum = lb_tests::packet::checksum(l4, lb_tests::packet6::pseudo_sum(client(), dst, NEXT_TCP, l4.len()));
+    let sum = checksum(l4, pseudo_sum(client(), dst, NEXT_TCP, l4.len()));
     assert_eq!(sum, 0, "TCP checksum behind the extension header");
     // An AH header is not followed: to a service address it is dropped, never leaked.
     let mut ah = vec![NEXT_TCP, 4, 0, 0];

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod kind;
+mod lint;
 mod setup;
 mod soak;
 mod test;
@@ -23,6 +24,9 @@ struct Cli {
 enum Cmd {
     /// Install what is missing (apt packages, rust-src, bpf-linker) and mount bpffs. Idempotent.
     Setup,
+    /// The lint gates of CI: rustfmt --check, and clippy -D warnings on the workspace and the
+    /// eBPF crate.
+    Lint,
     /// Set up, then build the `lb` binary (with its embedded eBPF object) and the test workload.
     Build,
     /// Set up, build, and run every test tier: unit, BPF_PROG_TEST_RUN fixtures, netns end-to-end.
@@ -52,6 +56,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
+        Cmd::Lint => lint::run(),
         Cmd::Build => {
             setup::run()?;
             build()?;

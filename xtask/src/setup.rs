@@ -70,13 +70,18 @@ fn apt_packages() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Nightly if installed; stable otherwise (the build then uses RUSTC_BOOTSTRAP, see build.rs).
-fn rust_toolchain() -> anyhow::Result<String> {
+/// The toolchain that builds the eBPF crate: nightly if installed; stable otherwise (the build
+/// then uses RUSTC_BOOTSTRAP, see build.rs).
+pub fn ebpf_toolchain() -> anyhow::Result<String> {
     let out = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup (is it installed?)")?;
     let list = String::from_utf8_lossy(&out.stdout);
-    let tc = if list.lines().any(|l| l.starts_with("nightly")) { "nightly" } else { "stable" };
+    Ok(if list.lines().any(|l| l.starts_with("nightly")) { "nightly" } else { "stable" }.to_owned())
+}
+
+fn rust_toolchain() -> anyhow::Result<String> {
+    let tc = ebpf_toolchain()?;
     println!("setup: eBPF toolchain: {tc}{}", if tc == "stable" { " (no nightly installed; using RUSTC_BOOTSTRAP)" } else { "" });
-    Ok(tc.to_owned())
+    Ok(tc)
 }
 
 fn rust_src(toolchain: &str) -> anyhow::Result<()> {

@@ -492,7 +492,7 @@ mod tests {
         }
     }
 
-    async fn request(addr: SocketAddr, raw: &str) -> std::io::Result<Got> {
+    async fn request(addr: SocketAddr, raw: &str) -> io::Result<Got> {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(raw.as_bytes()).await?;
         let mut buf = Vec::new();

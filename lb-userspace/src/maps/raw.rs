@@ -29,6 +29,9 @@ struct ElemAttr {
     flags: u64,
 }
 
+/// A key and its value, as bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// A kernel map with its name and element sizes, checked against what the table expects.
 pub struct RawMap {
     name: &'static str,
@@ -110,7 +113,7 @@ impl RawMap {
 
     /// Every entry, as (key, value) bytes. An entry deleted between the key walk and its lookup
     /// is left out.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MapError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, MapError> {
         let mut out = Vec::new();
         for key in self.keys()? {
             if let Some(value) = self.lookup(&key)? {

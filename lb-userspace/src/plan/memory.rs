@@ -186,7 +186,7 @@ impl PlanMemory {
     pub(crate) fn retain_used(&mut self, state: &MapState, desired: &DesiredState) {
         self.svc.retain(|spn, _| desired.services.contains_key(spn));
         self.select.retain(|(spn, _), _| desired.services.contains_key(spn));
-        let used: std::collections::HashSet<u32> = state.backends.keys().copied().collect();
+        let used: HashSet<u32> = state.backends.keys().copied().collect();
         self.backend.retain(|_, id| used.contains(id));
         self.maglev.end_pass();
     }

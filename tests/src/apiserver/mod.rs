@@ -46,7 +46,18 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+use self::{
+    kinds::{KINDS, KindInfo, kind_info},
+    selectors::Filter,
+};
+
+mod kinds;
+mod selectors;
+
+#[cfg(test)]
+mod client;
 
 /// How long a watch lasts without `timeoutSeconds` (the real server picks 30–60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -58,62 +69,6 @@ const MAX_CONTINUATIONS: usize = 64;
 const MAX_REQUEST_LOG: usize = 10_000;
 /// Bookmark that ends the initial events of a streaming list.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
-
-/// A resource type the server knows.
-#[derive(Debug)]
-struct KindInfo {
-    kind: &'static str,
-    list_kind: &'static str,
-    api_version: &'static str,
-    /// Path segments of the group version: `["api", "v1"]`, `["apis", "discovery.k8s.io", "v1"]`.
-    group_path: &'static [&'static str],
-    plural: &'static str,
-    singular: &'static str,
-    short_names: &'static [&'static str],
-    namespaced: bool,
-    /// Field selector labels besides `metadata.name` and `metadata.namespace`.
-    fields: &'static [&'static str],
-}
-
-const KINDS: &[KindInfo] = &[
-    KindInfo {
-        kind: "Service",
-        list_kind: "ServiceList",
-        api_version: "v1",
-        group_path: &["api", "v1"],
-        plural: "services",
-        singular: "service",
-        short_names: &["svc"],
-        namespaced: true,
-        fields: &["spec.clusterIP", "spec.type"],
-    },
-    KindInfo {
-        kind: "EndpointSlice",
-        list_kind: "EndpointSliceList",
-        api_version: "discovery.k8s.io/v1",
-        group_path: &["apis", "discovery.k8s.io", "v1"],
-        plural: "endpointslices",
-        singular: "endpointslice",
-        short_names: &[],
-        namespaced: true,
-        fields: &[],
-    },
-    KindInfo {
-        kind: "Node",
-        list_kind: "NodeList",
-        api_version: "v1",
-        group_path: &["api", "v1"],
-        plural: "nodes",
-        singular: "node",
-        short_names: &["no"],
-        namespaced: false,
-        fields: &["spec.unschedulable"],
-    },
-];
-
-fn kind_info(kind: &str) -> Option<&'static KindInfo> {
-    KINDS.iter().find(|k| k.kind == kind)
-}
 
 /// Counters for assertions in tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -693,170 +648,6 @@ fn default_endpoint_slice(obj: &mut Value) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Selectors (§3.5 rule 9)
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum LabelReq {
-    Eq(String, String),
-    NotEq(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
-impl LabelReq {
-    fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        match self {
-            Self::Eq(k, v) => get(k) == Some(v),
-            Self::NotEq(k, v) => get(k) != Some(v),
-            Self::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Self::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
-            Self::Exists(k) => get(k).is_some(),
-            Self::NotExists(k) => get(k).is_none(),
-        }
-    }
-}
-
-fn label_key(k: &str) -> Result<String, String> {
-    let k = k.trim();
-    let ok =
-        !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if ok { Ok(k.to_owned()) } else { Err(format!("invalid label key {k:?}")) }
-}
-
-fn label_value(v: &str) -> Result<String, String> {
-    let v = v.trim();
-    let ok = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(v.to_owned()) } else { Err(format!("invalid label value {v:?}")) }
-}
-
-fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
-    if s.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut terms = Vec::new();
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err(format!("unbalanced ')' in {s:?}"));
-                }
-            }
-            ',' if depth == 0 => {
-                terms.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err(format!("unbalanced '(' in {s:?}"));
-    }
-    terms.push(&s[start..]);
-    terms.into_iter().map(parse_label_term).collect()
-}
-
-fn parse_label_term(t: &str) -> Result<LabelReq, String> {
-    let t = t.trim();
-    if t.is_empty() {
-        return Err("empty label requirement".into());
-    }
-    if let Some(k) = t.strip_prefix('!') {
-        return Ok(LabelReq::NotExists(label_key(k)?));
-    }
-    if let Some(open) = t.find('(') {
-        let inner = t[open + 1..].strip_suffix(')').ok_or_else(|| format!("expected ')' at the end of {t:?}"))?;
-        let head = t[..open].trim();
-        let (k, op) = head
-            .rsplit_once(char::is_whitespace)
-            .ok_or_else(|| format!("expected 'key in (...)' or 'key notin (...)', got {t:?}"))?;
-        let values = inner.split(',').map(label_value).collect::<Result<Vec<_>, _>>()?;
-        return match op {
-            "in" => Ok(LabelReq::In(label_key(k)?, values)),
-            "notin" => Ok(LabelReq::NotIn(label_key(k)?, values)),
-            _ => Err(format!("unknown set operator {op:?} in {t:?}")),
-        };
-    }
-    if let Some((k, v)) = t.split_once("!=") {
-        return Ok(LabelReq::NotEq(label_key(k)?, label_value(v)?));
-    }
-    if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-        return Ok(LabelReq::Eq(label_key(k)?, label_value(v)?));
-    }
-    Ok(LabelReq::Exists(label_key(t)?))
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FieldReq {
-    path: String,
-    value: String,
-    negate: bool,
-}
-
-fn parse_field_selector(s: &str, info: &KindInfo) -> Result<Vec<FieldReq>, String> {
-    let mut out = Vec::new();
-    for t in s.split(',').map(str::trim) {
-        if t.is_empty() {
-            if s.trim().is_empty() {
-                break;
-            }
-            return Err("empty field requirement".into());
-        }
-        let (path, value, negate) = if let Some((p, v)) = t.split_once("!=") {
-            (p, v, true)
-        } else if let Some((p, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-            (p, v, false)
-        } else {
-            return Err(format!("invalid field selector {t:?}: expected field=value"));
-        };
-        let path = path.trim();
-        if !matches!(path, "metadata.name" | "metadata.namespace") && !info.fields.contains(&path) {
-            return Err(format!("field label not supported: {path} (for {})", info.plural));
-        }
-        out.push(FieldReq { path: path.to_owned(), value: value.trim().to_owned(), negate });
-    }
-    Ok(out)
-}
-
-/// Which objects of a collection a request sees.
-#[derive(Clone, Debug, Default)]
-struct Filter {
-    namespace: Option<String>,
-    labels: Vec<LabelReq>,
-    fields: Vec<FieldReq>,
-}
-
-impl Filter {
-    fn matches(&self, obj: &Value) -> bool {
-        let meta = &obj["metadata"];
-        if let Some(ns) = &self.namespace
-            && meta["namespace"].as_str() != Some(ns)
-        {
-            return false;
-        }
-        let labels = meta["labels"].as_object();
-        self.labels.iter().all(|r| r.matches(labels))
-            && self.fields.iter().all(|f| {
-                let mut v = obj;
-                for seg in f.path.split('.') {
-                    v = &v[seg];
-                }
-                let actual = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                };
-                (actual == f.value) != f.negate
-            })
-    }
-}
-
-// ------------------------------------------------------------------------------------------
 // HTTP
 
 #[derive(Debug)]
@@ -1206,11 +997,9 @@ fn dispatch(shared: &Shared, out: &mut TcpStream, req: &Request, generation: u64
             }
         }
         Route::Collection { info, namespace } => {
-            let labels = parse_label_selector(q.label_selector.as_deref().unwrap_or(""));
-            let fields = parse_field_selector(q.field_selector.as_deref().unwrap_or(""), info);
-            let filter = match (labels, fields) {
-                (Ok(labels), Ok(fields)) => Filter { namespace, labels, fields },
-                (Err(m), _) | (_, Err(m)) => {
+            let filter = match Filter::new(info, namespace, q.label_selector.as_deref(), q.field_selector.as_deref()) {
+                Ok(filter) => filter,
+                Err(m) => {
                     respond_status(out, 400, "BadRequest", &m)?;
                     return Ok(true);
                 }
@@ -1524,86 +1313,7 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A minimal HTTP/1.1 client for the tests: one request per connection.
-    struct Conn {
-        reader: BufReader<TcpStream>,
-    }
-
-    impl Conn {
-        fn get(server: &ApiServer, target: &str) -> (Self, u16, Vec<(String, String)>) {
-            let mut s = TcpStream::connect(server.addr()).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            write!(s, "GET {target} HTTP/1.1\r\nHost: test\r\nAccept: application/json\r\n\r\n").unwrap();
-            let mut reader = BufReader::new(s);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let code = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                let (k, v) = h.split_once(':').unwrap();
-                headers.push((k.to_ascii_lowercase(), v.trim().to_owned()));
-            }
-            (Self { reader }, code, headers)
-        }
-
-        /// A non-streaming request: status and JSON body.
-        fn json(server: &ApiServer, target: &str) -> (u16, Value) {
-            let (mut c, code, headers) = Self::get(server, target);
-            let len: usize = headers.iter().find(|(k, _)| k == "content-length").unwrap().1.parse().unwrap();
-            let mut body = vec![0; len];
-            c.reader.read_exact(&mut body).unwrap();
-            (code, serde_json::from_slice(&body).unwrap())
-        }
-
-        /// The next line of a chunked watch body (`None` at the terminating chunk). Checks that
-        /// every chunk is exactly one newline-terminated JSON document.
-        fn event(&mut self) -> Option<Value> {
-            let mut size = String::new();
-            self.reader.read_line(&mut size).unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                let mut end = String::new();
-                self.reader.read_line(&mut end).unwrap();
-                assert_eq!(end, "\r\n", "no trailers");
-                return None;
-            }
-            let mut chunk = vec![0; size + 2];
-            self.reader.read_exact(&mut chunk).unwrap();
-            assert!(chunk.ends_with(b"\n\r\n"), "{:?}", String::from_utf8_lossy(&chunk));
-            let line = &chunk[..size - 1];
-            assert!(!line.contains(&b'\n'), "one event per line");
-            Some(serde_json::from_slice(line).unwrap())
-        }
-
-        /// Next event that is not a bookmark.
-        fn change(&mut self) -> Value {
-            loop {
-                let e = self.event().expect("stream ended");
-                if e["type"] != "BOOKMARK" {
-                    return e;
-                }
-            }
-        }
-    }
-
-    fn svc(name: &str, labels: Value) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default", "labels": labels},
-            "spec": {"ports": [{"port": 80}], "selector": {"app": name}},
-        })
-    }
-
-    fn rv(v: &Value) -> u64 {
-        v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
-    }
+    use crate::apiserver::client::{Conn, rv, svc};
 
     #[test]
     fn list_has_kind_api_version_and_resource_version() {
@@ -1831,66 +1541,6 @@ mod tests {
         let rv_z = server.apply(svc("z", json!({}))).unwrap();
         let e = w.change();
         assert_eq!((e["object"]["metadata"]["name"].as_str(), rv(&e["object"])), (Some("z"), rv_z));
-    }
-
-    #[test]
-    fn label_selector_syntax() {
-        use LabelReq::*;
-        let p = |s| parse_label_selector(s).unwrap();
-        assert_eq!(p(""), vec![]);
-        assert_eq!(
-            p("a=1,b==2, c!=3,d,!e"),
-            vec![
-                Eq("a".into(), "1".into()),
-                Eq("b".into(), "2".into()),
-                NotEq("c".into(), "3".into()),
-                Exists("d".into()),
-                NotExists("e".into())
-            ]
-        );
-        assert_eq!(
-            p("env in (prod, dev),tier notin (x),k8s.io/x"),
-            vec![
-                In("env".into(), vec!["prod".into(), "dev".into()]),
-                NotIn("tier".into(), vec!["x".into()]),
-                Exists("k8s.io/x".into())
-            ]
-        );
-        for bad in ["a=(", "a in b", "=x", "a,,b", "a b", "x in (a", "a=b c"] {
-            assert!(parse_label_selector(bad).is_err(), "{bad}");
-        }
-        let labels = json!({"env": "prod", "k": "v"});
-        let m = |s: &str| parse_label_selector(s).unwrap().iter().all(|r| r.matches(labels.as_object()));
-        assert!(m("env=prod,k"));
-        assert!(m("env in (dev,prod),missing notin (a),gone!=x,!gone"));
-        assert!(!m("env!=prod"));
-        assert!(!m("env notin (prod)"));
-        assert!(!m("!k"));
-        assert!(!m("missing in (a)"));
-    }
-
-    #[test]
-    fn field_selector_on_node_name_and_errors_are_400() {
-        let server = ApiServer::start().unwrap();
-        for n in ["node-a", "node-b"] {
-            server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})).unwrap();
-        }
-        let (_, list) = Conn::json(&server, "/api/v1/nodes?&fieldSelector=metadata.name%3Dnode-b&limit=500");
-        let items = list["items"].as_array().unwrap();
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0]["metadata"]["name"], "node-b");
-        let (_, list) = Conn::json(&server, "/api/v1/nodes?fieldSelector=metadata.name!%3Dnode-b");
-        assert_eq!(list["items"][0]["metadata"]["name"], "node-a");
-        let (mut w, _, _) = Conn::get(&server, "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3Dnode-b");
-        assert_eq!(w.change()["object"]["metadata"]["name"], "node-b");
-        server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"x": "1"}}})).unwrap();
-        server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b", "labels": {"x": "1"}}})).unwrap();
-        let e = w.change();
-        assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("MODIFIED"), Some("node-b")));
-        let (code, st) = Conn::json(&server, "/api/v1/nodes?fieldSelector=spec.nope%3D1");
-        assert_eq!((code, st["reason"].as_str()), (400, Some("BadRequest")));
-        let (code, _) = Conn::json(&server, "/api/v1/services?labelSelector=a%20in%20b");
-        assert_eq!(code, 400);
     }
 
     #[test]

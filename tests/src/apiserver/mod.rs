@@ -30,8 +30,16 @@
 //! [`ApiServer::restart`] (the server vanishes, every connection is cut, then it listens again
 //! on the same port with the same objects). Dropping the server stops every thread and closes the
 //! port.
+//!
+//! The parts, each on top of the ones before it: `kinds` (the resource types), `selectors`,
+//! `defaults` (API defaulting), `store` (objects, resourceVersions, history, paged-list
+//! snapshots), `shared` (what the threads share), `query` and `status` (request parameters and
+//! error objects), `list`, `watch`, `discovery`, `http` (the server itself), and this module's
+//! [`ApiServer`], the handle tests hold.
 
 mod defaults;
+mod discovery;
+mod http;
 mod kinds;
 mod list;
 mod query;
@@ -45,9 +53,7 @@ mod watch;
 mod client;
 
 use std::{
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{Shutdown, SocketAddr, TcpListener},
     path::Path,
     sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
@@ -59,17 +65,9 @@ use serde_json::{Value, json};
 
 pub use self::shared::Stats;
 use self::{
-    kinds::{KINDS, KindInfo, kind_info},
-    list::list,
-    query::Query,
-    selectors::Filter,
+    kinds::kind_info,
     shared::{Shared, lock},
-    status::status,
-    watch::{Next, Watch},
 };
-
-/// Requests remembered by [`ApiServer::requests`].
-const MAX_REQUEST_LOG: usize = 10_000;
 
 /// The test API server. See the module documentation.
 pub struct ApiServer {
@@ -96,7 +94,7 @@ impl ApiServer {
         self.accept = Some(
             std::thread::Builder::new()
                 .name("apiserver-accept".into())
-                .spawn(move || accept_loop(&shared, &listener, generation))?,
+                .spawn(move || http::accept_loop(&shared, &listener, generation))?,
         );
         Ok(())
     }
@@ -276,378 +274,12 @@ impl Drop for ApiServer {
     }
 }
 
-// ------------------------------------------------------------------------------------------
-// HTTP
-
-#[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    close: bool,
-}
-
-fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Ok(None);
-    };
-    let (method, target) = (method.to_owned(), target.to_owned());
-    let mut close = parts.next() == Some("HTTP/1.0");
-    let mut content_length = 0u64;
-    for _ in 0..200 {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 {
-            return Ok(None);
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = h.split_once(':') {
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "connection" => close = value.eq_ignore_ascii_case("close"),
-                "content-length" => content_length = value.parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    if content_length > 0 {
-        io::copy(&mut r.by_ref().take(content_length), &mut io::sink())?;
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), q.to_owned()),
-        None => (target, String::new()),
-    };
-    Ok(Some(Request { method, path, query, close }))
-}
-
-fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        410 => "Gone",
-        422 => "Unprocessable Entity",
-        500 => "Internal Server Error",
-        504 => "Gateway Timeout",
-        _ => "Unknown",
-    }
-}
-
-fn respond_bytes(out: &mut TcpStream, code: u16, content_type: &str, body: &[u8]) -> io::Result<()> {
-    let mut msg = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\n\r\n",
-        reason_phrase(code),
-        body.len()
-    )
-    .into_bytes();
-    msg.extend_from_slice(body);
-    out.write_all(&msg)
-}
-
-fn respond(out: &mut TcpStream, code: u16, body: &Value) -> io::Result<()> {
-    respond_bytes(out, code, "application/json", body.to_string().as_bytes())
-}
-
-fn respond_status(out: &mut TcpStream, code: u16, reason: &str, message: &str) -> io::Result<()> {
-    respond(out, code, &status(code, reason, message))
-}
-
-/// One event per chunk, one line per event.
-fn write_event(out: &mut TcpStream, event: &Value) -> io::Result<()> {
-    let line = format!("{event}\n");
-    let mut chunk = format!("{:x}\r\n", line.len()).into_bytes();
-    chunk.extend_from_slice(line.as_bytes());
-    chunk.extend_from_slice(b"\r\n");
-    out.write_all(&chunk)
-}
-
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, generation: u64) {
-    while shared.generation.load(Ordering::SeqCst) == generation {
-        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&raw mut pfd, 1, 50) };
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
-        };
-        if shared.generation.load(Ordering::SeqCst) != generation {
-            break;
-        }
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_nodelay(true);
-        let Ok(registered) = stream.try_clone() else {
-            continue;
-        };
-        let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        lock(&shared.conns).insert(id, registered);
-        lock(&shared.stats).connections += 1;
-        let sh = shared.clone();
-        let spawned = std::thread::Builder::new().name(format!("apiserver-conn-{id}")).spawn(move || {
-            let _ = serve_connection(&sh, stream, generation);
-            lock(&sh.conns).remove(&id);
-        });
-        if let Ok(handle) = spawned {
-            let mut threads = lock(&shared.threads);
-            threads.retain(|t| !t.is_finished());
-            threads.push(handle);
-        }
-    }
-}
-
-fn serve_connection(shared: &Shared, stream: TcpStream, generation: u64) -> io::Result<()> {
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    while let Some(req) = read_request(&mut reader)? {
-        if shared.generation.load(Ordering::SeqCst) != generation {
-            break;
-        }
-        {
-            let mut log = lock(&shared.log);
-            if log.len() >= MAX_REQUEST_LOG {
-                log.pop_front();
-            }
-            let sep = if req.query.is_empty() { "" } else { "?" };
-            log.push_back(format!("{} {}{sep}{}", req.method, req.path, req.query));
-        }
-        lock(&shared.stats).requests += 1;
-        let keep = dispatch(shared, &mut out, &req, generation)?;
-        if !keep || req.close {
-            break;
-        }
-    }
-    let _ = out.shutdown(Shutdown::Both);
-    Ok(())
-}
-
-enum Route {
-    Json(Value),
-    Text(&'static str),
-    Collection { info: &'static KindInfo, namespace: Option<String> },
-    Object { info: &'static KindInfo, namespace: Option<String>, name: String },
-    NotFound,
-}
-
-fn route(path: &str, port: u16) -> Route {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segs.as_slice() {
-        ["healthz" | "livez" | "readyz"] => return Route::Text("ok"),
-        ["version"] => return Route::Json(version_info()),
-        ["api"] => {
-            return Route::Json(json!({
-                "kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{port}")}],
-            }));
-        }
-        ["apis"] => {
-            return Route::Json(json!({
-                "kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [api_group("discovery.k8s.io")],
-            }));
-        }
-        ["apis", "discovery.k8s.io"] => {
-            let mut g = api_group("discovery.k8s.io");
-            g["kind"] = "APIGroup".into();
-            g["apiVersion"] = "v1".into();
-            return Route::Json(g);
-        }
-        ["api", "v1"] => return Route::Json(resource_list("v1")),
-        ["apis", "discovery.k8s.io", "v1"] => {
-            return Route::Json(resource_list("discovery.k8s.io/v1"));
-        }
-        _ => {}
-    }
-    for info in KINDS {
-        let Some(rest) = segs.strip_prefix(info.group_path) else {
-            continue;
-        };
-        match (rest, info.namespaced) {
-            ([plural], _) if *plural == info.plural => {
-                return Route::Collection { info, namespace: None };
-            }
-            ([plural, name], false) if *plural == info.plural => {
-                return Route::Object { info, namespace: None, name: (*name).to_owned() };
-            }
-            (["namespaces", ns, plural], true) if *plural == info.plural => {
-                return Route::Collection { info, namespace: Some((*ns).to_owned()) };
-            }
-            (["namespaces", ns, plural, name], true) if *plural == info.plural => {
-                return Route::Object { info, namespace: Some((*ns).to_owned()), name: (*name).to_owned() };
-            }
-            _ => {}
-        }
-    }
-    Route::NotFound
-}
-
-fn version_info() -> Value {
-    json!({
-        "major": "1", "minor": "34", "gitVersion": "v1.34.0-lb-test",
-        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
-        "platform": "linux/amd64",
-    })
-}
-
-fn api_group(name: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
-    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
-}
-
-fn resource_list(group_version: &str) -> Value {
-    let resources: Vec<Value> = KINDS
-        .iter()
-        .filter(|k| k.api_version == group_version)
-        .map(|k| {
-            json!({
-                "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
-                "kind": k.kind, "verbs": ["get", "list", "watch"], "shortNames": k.short_names,
-            })
-        })
-        .collect();
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
-}
-
-/// Serves one request. Returns whether the connection may be reused.
-fn dispatch(shared: &Shared, out: &mut TcpStream, req: &Request, generation: u64) -> io::Result<bool> {
-    if req.method != "GET" {
-        respond_status(out, 405, "MethodNotAllowed", &format!("the test API server only serves GET, not {}", req.method))?;
-        return Ok(true);
-    }
-    let q = match Query::parse(&req.query) {
-        Ok(q) => q,
-        Err(m) => {
-            respond_status(out, 400, "BadRequest", &m)?;
-            return Ok(true);
-        }
-    };
-    match route(&req.path, shared.port) {
-        Route::Json(v) => respond(out, 200, &v)?,
-        Route::Text(t) => respond_bytes(out, 200, "text/plain; charset=utf-8", t.as_bytes())?,
-        Route::NotFound => {
-            respond_status(out, 404, "NotFound", &format!("the server could not find the requested resource ({})", req.path))?
-        }
-        Route::Object { info, namespace, name } => {
-            let obj = lock(&shared.store).get(info, namespace.as_deref().unwrap_or_default(), &name).cloned();
-            match obj {
-                Some(o) => respond(out, 200, &o)?,
-                None => {
-                    let mut st = status(404, "NotFound", &format!("{} \"{name}\" not found", info.plural));
-                    st["details"] = json!({"name": name, "kind": info.plural});
-                    respond(out, 404, &st)?;
-                }
-            }
-        }
-        Route::Collection { info, namespace } => {
-            let filter = match Filter::new(info, namespace, q.label_selector.as_deref(), q.field_selector.as_deref()) {
-                Ok(filter) => filter,
-                Err(m) => {
-                    respond_status(out, 400, "BadRequest", &m)?;
-                    return Ok(true);
-                }
-            };
-            if q.watch {
-                return stream_watch(shared, out, info, &filter, &q, generation);
-            }
-            let (code, body) = list(shared, info, &filter, &q);
-            respond(out, code, &body)?;
-        }
-    }
-    Ok(true)
-}
-
-/// Serves a watch request: a refusal is a plain response; otherwise a 200 whose chunked body
-/// carries the events until the stream ends with the terminating chunk (the connection stays
-/// usable) or is cut because the server stops. Returns whether the connection may be reused.
-fn stream_watch(
-    shared: &Shared,
-    out: &mut TcpStream,
-    info: &'static KindInfo,
-    filter: &Filter,
-    q: &Query,
-    generation: u64,
-) -> io::Result<bool> {
-    let mut watch = match Watch::start(shared, info, filter, q, generation) {
-        Ok(watch) => watch,
-        Err((code, body)) => {
-            respond(out, code, &body)?;
-            return Ok(true);
-        }
-    };
-    out.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )?;
-    loop {
-        match watch.next() {
-            Next::Send(events) => {
-                for e in &events {
-                    write_event(out, e)?;
-                }
-            }
-            Next::End(events) => {
-                for e in &events {
-                    write_event(out, e)?;
-                }
-                out.write_all(b"0\r\n\r\n")?;
-                return Ok(true);
-            }
-            Next::Cut => {
-                let _ = out.shutdown(Shutdown::Both);
-                return Ok(false);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{io::Read as _, net::TcpStream};
+
     use super::*;
     use crate::apiserver::client::{Conn, rv, svc};
-
-    #[test]
-    fn timeout_seconds_ends_the_stream_cleanly_and_the_connection_is_reused() {
-        let server = ApiServer::start().unwrap();
-        let started = Instant::now();
-        let (mut w, _, _) = Conn::get(&server, "/api/v1/services?watch=true&timeoutSeconds=1");
-        assert_eq!(w.event(), None);
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{took:?}");
-        let s = w.reader.get_mut();
-        write!(s, "GET /api/v1/nodes HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        let mut line = String::new();
-        w.reader.read_line(&mut line).unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-    }
-
-    #[test]
-    fn discovery_and_health_endpoints() {
-        let server = ApiServer::start().unwrap();
-        let (_, v) = Conn::json(&server, "/version");
-        assert_eq!(v["major"], "1");
-        let (_, api) = Conn::json(&server, "/api");
-        assert_eq!(api["versions"], json!(["v1"]));
-        let (_, r) = Conn::json(&server, "/api/v1");
-        let names: Vec<_> = r["resources"].as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
-        assert_eq!(names, [json!("services"), json!("nodes")]);
-        let (_, g) = Conn::json(&server, "/apis");
-        assert_eq!(g["groups"][0]["name"], "discovery.k8s.io");
-        let (_, code, _) = Conn::get(&server, "/healthz");
-        assert_eq!(code, 200);
-        let (code, _) = Conn::json(&server, "/api/v1/pods");
-        assert_eq!(code, 404);
-    }
 
     #[test]
     fn stop_cuts_connections_and_restart_listens_on_the_same_port() {

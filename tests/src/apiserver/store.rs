@@ -268,6 +268,10 @@ pub(super) fn resource_version_of(obj: &Value) -> u64 {
 }
 
 /// RFC 3339 UTC with second precision, as Kubernetes writes timestamps.
+///
+/// The agent has the same formatter (`lb_userspace::health::rfc3339`), but this library must
+/// not depend on lb-userspace (xtask builds it before bpf-linker is installed); a unit test
+/// checks that the two agree.
 fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -295,5 +299,16 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-01-01T01:02:03Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn timestamps_match_the_agents_formatter() {
+        // Instants a week, an hour and a second apart (so the time of day moves too) from 1970
+        // to past 2200: every month of every year, leap days and century years included.
+        let step = 7 * 86_400 + 3_601;
+        for secs in (0..7_300_000_000u64).step_by(step) {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(rfc3339(t), lb_userspace::health::rfc3339(Some(t)), "{secs}");
+        }
     }
 }

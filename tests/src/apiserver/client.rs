@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiServer;
 
+/// One connection to the server under test, past the response headers.
 pub(super) struct Conn {
     pub(super) reader: BufReader<TcpStream>,
 }

@@ -35,6 +35,7 @@ pub struct Stats {
     pub connections: u64,
 }
 
+/// The state every thread of one server holds a reference to.
 pub(super) struct Shared {
     pub(super) store: Mutex<Store>,
     /// Signalled on every change, compaction, watch close and stop.

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+/// A failure `Status` with this HTTP status code, reason (`NotFound`, `Expired`, ...) and message.
 pub(super) fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},

@@ -42,6 +42,7 @@ struct Continuation {
     remaining: VecDeque<Value>,
 }
 
+/// Everything the server stores, behind one lock.
 #[derive(Debug)]
 pub(super) struct Store {
     /// The last resourceVersion handed out.

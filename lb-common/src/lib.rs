@@ -179,6 +179,35 @@ pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
 /// A fragment id entry lives this long (reassembly timeouts are 30 s on Linux).
 pub const FRAG_LIFETIME_NS: u64 = 30 * 1_000_000_000;
 
+/// A UTC calendar time (proleptic Gregorian calendar), for the timestamps people and Kubernetes
+/// read (`lastUpdated`, `creationTimestamp`, report dates). Not a map type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+/// The UTC calendar time `secs` seconds after the Unix epoch (Howard Hinnant's
+/// `civil_from_days`).
+#[must_use]
+pub const fn utc_time(secs: u64) -> UtcTime {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    UtcTime { year, month, day, hour: (rem / 3600) as u32, minute: (rem / 60 % 60) as u32, second: (rem % 60) as u32 }
+}
+
 /// An IPv4 address in the 16-byte format: `::ffff:a.b.c.d`.
 #[must_use]
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
@@ -806,6 +835,15 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn utc_times_are_calendar_dates() {
+        let t = utc_time(1_767_225_600 + 3_723);
+        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second), (2026, 1, 1, 1, 2, 3));
+        let leap = utc_time(951_782_400);
+        assert_eq!((leap.year, leap.month, leap.day), (2000, 2, 29));
+        assert_eq!(utc_time(0), UtcTime { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0 });
     }
 
     #[test]

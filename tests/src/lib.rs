@@ -1,7 +1,7 @@
 //! Test harness shared by the privileged tests in `tests/tests/`, the benches and `cargo xtask
 //! demo`: network namespaces with cleanup on drop, the pod topology, the agent process, the
-//! modelled node's addresses, packet building and checksum checks, the programs' verdicts, and
-//! the privilege gate.
+//! modelled node's addresses, packet building, parsing and checksum checks, the programs'
+//! verdicts, and the privilege gate.
 
 pub mod addresses;
 pub mod agent;
@@ -11,7 +11,6 @@ pub mod cgroup;
 pub mod cluster;
 pub mod netns;
 pub mod packet;
-pub mod packet6;
 pub mod privilege;
 pub mod topology;
 pub mod verdict;

@@ -30,7 +30,7 @@
 mod common;
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::PathBuf,
     time::Instant,
@@ -39,12 +39,14 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use common::{Opts, Svc, median, min, ncpus};
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_DROP_SNAT_PORTS, CNT_NEW_FLOWS, CNT_PACKETS,
-    CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS, CNT_VERDICT_REVNAT, CtKey, CtValue, ServiceKey, v4_mapped,
+    CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_DROP_SNAT_PORTS, CNT_NEW_FLOWS, CNT_PACKETS, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS,
+    CNT_VERDICT_REVNAT, CtKey, CtValue, ServiceKey, v4_mapped,
 };
 use lb_tests::{
+    addresses::{CLIENT, EXT_CLIENT, NODE, VIP},
     netns::unique_token,
-    packet::{Spec, TCP_ACK, TCP_SYN, flow},
+    packet::{PROTO_TCP, TCP_ACK, TCP_SYN, parse_flow, tcp_frame},
+    verdict::{TC_ACT_OK, XDP_PASS},
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
@@ -247,11 +249,11 @@ impl Hook {
             Self::Xdp => (0, 4),
         }
     }
-    /// The verdict of a translated or passed packet (TC_ACT_OK, XDP_PASS).
+    /// The verdict of a translated or passed packet.
     fn pass(self) -> u32 {
         match self {
-            Self::Tc => 0,
-            Self::Xdp => 2,
+            Self::Tc => TC_ACT_OK as u32,
+            Self::Xdp => XDP_PASS as u32,
         }
     }
 }
@@ -388,15 +390,10 @@ impl Harness {
 // The measured cluster
 // ---------------------------------------------------------------------------------------------
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const AFF_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const NP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const BIG_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 const NODE_PORT: u16 = 30080;
-/// A pod on this node (client of ClusterIP flows).
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 50);
-/// A host outside the cluster (client of NodePort flows).
-const EXT_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 50);
 
 fn pods(base: [u8; 3], n: u32) -> Vec<Ipv4Addr> {
     (0..n).map(|i| Ipv4Addr::new(base[0], base[1], base[2], 10 + i as u8)).collect()
@@ -461,14 +458,7 @@ impl Lab {
         // with headroom for the measured services' own tables.
         let sizes = MapSizes::for_services(services.unwrap_or(0) + 1_000);
         let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes })?;
-        dp.set_config(&lb_common::Config {
-            snat_addr: v4_mapped(common::NODE_IP.octets()),
-            hairpin_addr: v4_mapped([169, 254, 42, 1]),
-            snat_port_min: 61000,
-            snat_port_max: 65000,
-            flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
-            ..Default::default()
-        })?;
+        dp.set_config(&common::fixture::node_config())?;
         let t = Instant::now();
         let d = common::desired(svcs);
         let st = map_state(&d, &mut PlanMemory::default(), &PlanConfig::default());
@@ -681,12 +671,12 @@ impl Prepared<'_> {
     }
 }
 
-fn syn(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
-    Spec::tcp(src, dst, TCP_SYN).build()
+fn syn(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
+    tcp_frame(src, dst, 1000, 0, TCP_SYN)
 }
 
-fn ack(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
-    Spec::tcp(src, dst, TCP_ACK).build()
+fn ack(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
+    tcp_frame(src, dst, 1000, 0, TCP_ACK)
 }
 
 /// Source ports for `n` distinct flows from one client.
@@ -758,8 +748,8 @@ fn prepare<'a>(
             // The backend Maglev picks for this flow (the same on every run).
             lab.clear_state(false)?;
             let (rv, out) = lab.once(Hook::Tc, &prime_syn[0].1)?;
-            anyhow::ensure!(rv == 0, "the SYN was not translated (verdict {rv})");
-            let backend = flow(&out).dst;
+            anyhow::ensure!(rv == Hook::Tc.pass(), "the SYN was not translated (verdict {rv})");
+            let backend = parse_flow(&out).dst;
             (Hook::Tc, vec![ack(backend, (CLIENT, 40000))], s.hit_repeat, &[CNT_VERDICT_REVNAT], reset(prime_syn))
         }
         "affinity_hit_new_flow" if !big => {
@@ -768,17 +758,17 @@ fn prepare<'a>(
             (Hook::Tc, frames, s.new_repeat, &[CNT_AFFINITY_HIT, CNT_NEW_FLOWS], prep)
         }
         "nodeport_snat_ct_hit" if !big => {
-            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT)))];
+            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, NODE_PORT)))];
             (
                 Hook::Xdp,
-                vec![ack((EXT_CLIENT, 40000), (common::NODE_IP, NODE_PORT))],
+                vec![ack((EXT_CLIENT, 40000), (NODE, NODE_PORT))],
                 s.hit_repeat,
                 &[CNT_CT_HIT, CNT_VERDICT_DNAT],
                 reset(prime),
             )
         }
         "nodeport_snat_new_flow" if !big => {
-            let frames = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (common::NODE_IP, NODE_PORT))).collect();
+            let frames = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (NODE, NODE_PORT))).collect();
             (Hook::Xdp, frames, s.np_new_repeat, &[CNT_NEW_FLOWS, CNT_SNAT], reset(vec![]))
         }
         "new_flow_cycling_services" | "ct_hit_cycling_services" if !lab.dummies.is_empty() => {
@@ -800,15 +790,7 @@ fn prepare<'a>(
                     ServiceKey { addr: v4_mapped(VIP.octets()), port_be: 80u16.to_be(), proto: lb_common::IPPROTO_TCP, _pad: 0 };
                 (lab.map_fd(lb_common::SERVICES)?, pod_bytes(&k), Prep::Nothing)
             } else {
-                let k = CtKey {
-                    src: v4_mapped(CLIENT.octets()),
-                    dst: v4_mapped(VIP.octets()),
-                    sport_be: 40000u16.to_be(),
-                    dport_be: 80u16.to_be(),
-                    proto: lb_common::IPPROTO_TCP,
-                    dir: lb_common::CT_DIR_FORWARD,
-                    _pad: [0; 2],
-                };
+                let k = common::fixture::conntrack_key((CLIENT, 40000), (VIP, 80), PROTO_TCP, lb_common::CT_DIR_FORWARD);
                 (lab.map_fd(lb_common::CONNTRACK)?, pod_bytes(&k), reset(prime_syn))
             };
             let prog = load_prog(PROG_SCHED_CLS, 0, &lookup_insns(map.as_raw_fd(), &key, 0), "bench_lookup")?;

@@ -29,7 +29,7 @@ use std::{
 };
 
 use common::{Opts, Svc, median, percentile};
-use lb_tests::{bins, netns::unique_token, topology::Topology};
+use lb_tests::{addresses::VIP, bins, netns::unique_token, topology::Topology};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::pinned::PinnedMaps,
@@ -37,8 +37,6 @@ use lb_userspace::{
     plan::{PlanConfig, PlanMemory, map_state},
 };
 use serde_json::{Value, json};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
@@ -101,14 +99,7 @@ impl Setup {
             let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b2-{}", unique_token()));
             s.pin = Some(pin.clone());
             let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin, sizes: MapSizes::default() })?;
-            dp.set_config(&lb_common::Config {
-                snat_addr: lb_common::v4_mapped(common::NODE_IP.octets()),
-                hairpin_addr: lb_common::v4_mapped([169, 254, 42, 1]),
-                snat_port_min: 61000,
-                snat_port_max: 65000,
-                flags: lb_common::CFG_F_SNAT_READY | lb_common::CFG_F_HAIRPIN_READY,
-                ..Default::default()
-            })?;
+            dp.set_config(&common::fixture::node_config())?;
             let node_ns = PathBuf::from(s.topo.nodes[0].ns.path());
             for iface in s.topo.pod_interfaces(0) {
                 lb_userspace::netns::run_in(Some(&node_ns), || dp.attach_pod_interface(&iface))??;

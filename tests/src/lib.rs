@@ -1,7 +1,9 @@
-//! Test harness shared by the privileged tests in `tests/tests/` and by `cargo xtask demo`:
-//! network namespaces with cleanup on drop, the pod topology, the agent process, packet
-//! building and checksum checks, and the privilege gate.
+//! Test harness shared by the privileged tests in `tests/tests/`, the benches and `cargo xtask
+//! demo`: network namespaces with cleanup on drop, the pod topology, the agent process, the
+//! modelled node's addresses, packet building, parsing and checksum checks, the programs'
+//! verdicts, and the privilege gate.
 
+pub mod addresses;
 pub mod agent;
 pub mod apiserver;
 pub mod bins;
@@ -9,6 +11,6 @@ pub mod cgroup;
 pub mod cluster;
 pub mod netns;
 pub mod packet;
-pub mod packet6;
 pub mod privilege;
 pub mod topology;
+pub mod verdict;

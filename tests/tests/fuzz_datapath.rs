@@ -35,8 +35,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
-    sync::atomic::{AtomicU32, Ordering},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Instant,
 };
 
@@ -45,54 +44,33 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_SNAT_READY, CNT_DROP_BAD_L4, CNT_DROP_SNAT_PORTS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP,
-    CNT_REJECT_ICMP, CNT_REJECT_TCP, CNT_VERDICT_DNAT, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
-    CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtKey, CtValue, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD,
-    v4_mapped,
+    CNT_DROP_BAD_L4, CNT_DROP_SNAT_PORTS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP,
+    CNT_VERDICT_DNAT, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY,
+    CT_F_SNAT, CtKey, CtValue, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD, v4_mapped,
 };
 use lb_tests::{
-    netns::unique_token,
-    packet::{checksum, icmp_error, ipv4_frame, ipv4_header},
-    privilege,
+    addresses::{CLIENT, EXT_CLIENT, HAIRPIN, LB_IP, NODE, POD1, POD2, POD3, REMOTE1, REMOTE2, ROUTER, SNAT_PORTS, VIP},
+    packet::{
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_SYN, checksum, fix_ipv4_header_checksum, icmp_error, ipv4_frame,
+        ipv4_header, ipv6_frame, pseudo_header_sum, tcp_frame, tcp_segment, udp_datagram,
+    },
+    verdict::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
-    dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::sizes::MapSizes,
-    model::{
-        Cidr, DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
-    },
-    plan::{PlanConfig, PlanMemory, map_state},
+    model::{Cidr, DesiredState, EndpointSet, Frontend, FrontendKind, Protocol, Selection},
 };
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
-const XDP_DROP: i32 = 1;
-const XDP_PASS: i32 = 2;
-const XDP_TX: i32 = 3;
+mod common;
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
-const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
-const SNAT_MIN: u16 = 61000;
-const SNAT_MAX: u16 = 65000;
-const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const POD1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
-const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 12);
-const POD3: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 13);
-const REMOTE1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 21);
-const REMOTE2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 22);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+use common::{conntrack_key, desired_state, endpoint, node_config, service_port};
 
 /// Clients: pods of this node, hosts outside (inside and outside the source ranges).
 const CLIENTS: [Ipv4Addr; 8] = [
-    Ipv4Addr::new(10, 244, 0, 50),
+    CLIENT,
     Ipv4Addr::new(10, 244, 0, 51),
     POD1,
-    Ipv4Addr::new(192, 168, 77, 50),
+    EXT_CLIENT,
     Ipv4Addr::new(192, 168, 77, 120),
     Ipv4Addr::new(10, 1, 2, 3),
     Ipv4Addr::new(172, 16, 0, 9),
@@ -224,57 +202,22 @@ struct Fe {
     empty: bool,
 }
 
-fn ep(ip: Ipv4Addr, port: u16, local: bool) -> Endpoint {
-    Endpoint { addr: IpAddr::V4(ip), port, local, terminating: false, host: false }
-}
-
 fn fe(addr: Ipv4Addr, port: u16, kind: FrontendKind) -> Frontend {
     Frontend { addr: IpAddr::V4(addr), port, kind }
-}
-
-fn service_port(
-    name: &str,
-    proto: Protocol,
-    frontends: Vec<Frontend>,
-    eps: Vec<Endpoint>,
-    selection: Selection,
-) -> (ServicePortName, ServicePortState) {
-    let set = EndpointSet { endpoints: eps, drop_if_empty: false };
-    (
-        ServicePortName {
-            namespace: "fuzz".into(),
-            name: name.into(),
-            port_name: String::new(),
-            protocol: proto,
-            family: Default::default(),
-        },
-        ServicePortState {
-            frontends,
-            internal: set.clone(),
-            cluster: set.endpoints.clone(),
-            serving: set.endpoints.clone(),
-            external: set,
-            external_snat: true,
-            source_ranges: Vec::new(),
-            affinity_timeout_s: None,
-            selection,
-        },
-    )
 }
 
 /// The fuzzed cluster: every kind of frontend the datapath handles.
 fn desired() -> DesiredState {
     use FrontendKind::{ClusterIp, LoadBalancer, NodePort};
     let ip = |d: u8| Ipv4Addr::new(10, 96, 0, d);
-    let three = || vec![ep(POD1, 8080, true), ep(POD2, 8080, true), ep(POD3, 8080, true)];
-    let mut d = DesiredState::default();
-    d.services.extend([
+    let three = || vec![endpoint(POD1, 8080, true), endpoint(POD2, 8080, true), endpoint(POD3, 8080, true)];
+    let mut d = desired_state([
         service_port("kubia", Protocol::Tcp, vec![fe(ip(10), 80, ClusterIp)], three(), Selection::Random),
         service_port(
             "dns",
             Protocol::Udp,
             vec![fe(ip(20), 53, ClusterIp)],
-            vec![ep(POD1, 9000, true), ep(POD2, 9000, true)],
+            vec![endpoint(POD1, 9000, true), endpoint(POD2, 9000, true)],
             Selection::Maglev,
         ),
         service_port("empty", Protocol::Tcp, vec![fe(ip(30), 80, ClusterIp)], vec![], Selection::Random),
@@ -283,14 +226,14 @@ fn desired() -> DesiredState {
             "web",
             Protocol::Tcp,
             vec![fe(ip(40), 80, ClusterIp), fe(NODE, 30080, NodePort)],
-            vec![ep(REMOTE1, 8080, false), ep(REMOTE2, 8080, false)],
+            vec![endpoint(REMOTE1, 8080, false), endpoint(REMOTE2, 8080, false)],
             Selection::Maglev,
         ),
         service_port(
             "web-udp",
             Protocol::Udp,
             vec![fe(ip(41), 53, ClusterIp), fe(NODE, 30053, NodePort)],
-            vec![ep(REMOTE1, 9000, false), ep(POD2, 9000, true)],
+            vec![endpoint(REMOTE1, 9000, false), endpoint(POD2, 9000, true)],
             Selection::Random,
         ),
     ]);
@@ -299,7 +242,7 @@ fn desired() -> DesiredState {
         "lb",
         Protocol::Tcp,
         vec![fe(ip(50), 443, ClusterIp), fe(NODE, 30443, NodePort), fe(LB_IP, 443, LoadBalancer)],
-        vec![ep(POD1, 8443, true), ep(REMOTE1, 8443, false)],
+        vec![endpoint(POD1, 8443, true), endpoint(REMOTE1, 8443, false)],
         Selection::Random,
     );
     sp.source_ranges = vec![
@@ -309,7 +252,7 @@ fn desired() -> DesiredState {
     d.services.insert(spn, sp);
     // ClientIP affinity, TCP and UDP on one address.
     for (proto, port, eps) in
-        [(Protocol::Tcp, 80, three()), (Protocol::Udp, 53, vec![ep(POD1, 9000, true), ep(POD3, 9000, true)])]
+        [(Protocol::Tcp, 80, three()), (Protocol::Udp, 53, vec![endpoint(POD1, 9000, true), endpoint(POD3, 9000, true)])]
     {
         let (spn, mut sp) = service_port("sticky", proto, vec![fe(ip(60), port, ClusterIp)], eps, Selection::Random);
         sp.affinity_timeout_s = Some(10_800);
@@ -321,7 +264,7 @@ fn desired() -> DesiredState {
         "local",
         Protocol::Tcp,
         vec![fe(ip(70), 80, ClusterIp), fe(NODE, 30081, NodePort)],
-        vec![ep(REMOTE2, 8080, false)],
+        vec![endpoint(REMOTE2, 8080, false)],
         Selection::Maglev,
     );
     sp.external = EndpointSet { endpoints: vec![], drop_if_empty: true };
@@ -357,39 +300,24 @@ fn frontends(d: &DesiredState) -> Vec<Fe> {
 // The loaded datapath.
 // ---------------------------------------------------------------------------------------------
 
-struct Fixture {
-    dp: Dataplane,
+/// The fuzzed datapath: the shared fixture (the modelled node's config, [`desired`] programmed,
+/// a conntrack large enough for every flow of a run) and handles on its counters and conntrack.
+struct Datapath {
+    loaded: common::Fixture,
     stats: PerCpuArray<MapData, u64>,
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
 }
 
-impl Fixture {
+impl Datapath {
     fn new(test: &str) -> Option<Self> {
-        if !privilege::require(test) {
-            return None;
-        }
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let cfg = DataplaneConfig {
-            pin_path: format!("/sys/fs/bpf/lbt-fuzz-{}-{n}", unique_token()).into(),
-            sizes: MapSizes { conntrack: 65_536, ..MapSizes::default() },
-        };
-        let mut dp = Dataplane::load(&cfg).expect("loading the datapath");
-        dp.set_config(&lb_common::Config {
-            snat_addr: v4_mapped(NODE.octets()),
-            hairpin_addr: v4_mapped(HAIRPIN.octets()),
-            snat_port_min: SNAT_MIN,
-            snat_port_max: SNAT_MAX,
-            flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY,
-            ..Default::default()
-        })
-        .expect("node config");
-        let st = map_state(&desired(), &mut PlanMemory::default(), &PlanConfig::default());
-        dp.apply(&st).expect("programming the maps");
-        let open = |name: &str| Map::from_map_data(MapData::from_pin(cfg.pin_path.join(name)).expect("pin")).expect("map");
+        let mut loaded = common::Fixture::with_sizes(test, MapSizes { conntrack: 65_536, ..MapSizes::default() })?;
+        loaded.dp.set_config(&node_config()).expect("node config");
+        loaded.program(&desired());
+        let pins = loaded.dp.pin_path().to_owned();
+        let open = |name: &str| Map::from_map_data(MapData::from_pin(pins.join(name)).expect("pin")).expect("map");
         let stats = PerCpuArray::try_from(open(lb_common::STATS)).expect("stats map");
         let conntrack = BpfHashMap::try_from(open(lb_common::CONNTRACK)).expect("conntrack map");
-        Some(Self { dp, stats, conntrack })
+        Some(Self { loaded, stats, conntrack })
     }
 
     /// One BPF_PROG_TEST_RUN: `None` when the kernel refuses the input (e.g. EINVAL for a frame
@@ -397,11 +325,12 @@ impl Fixture {
     fn run(&self, prog: Prog, frame: &[u8]) -> Option<(i32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..TestRunOptions::default() };
+        let dp = &self.loaded.dp;
         let res = match prog {
-            Prog::PodTc => self.dp.classifier(PROG_TC_POD).expect("program").test_run(opts),
-            Prog::ExtTc => self.dp.classifier(PROG_TC_EXT).expect("program").test_run(opts),
-            Prog::Xdp => self.dp.xdp_program().expect("program").test_run(opts),
-            Prog::Egress => self.dp.classifier(PROG_TC_EGRESS).expect("program").test_run(opts),
+            Prog::PodTc => dp.classifier(PROG_TC_POD).expect("program").test_run(opts),
+            Prog::ExtTc => dp.classifier(PROG_TC_EXT).expect("program").test_run(opts),
+            Prog::Xdp => dp.xdp_program().expect("program").test_run(opts),
+            Prog::Egress => dp.classifier(PROG_TC_EGRESS).expect("program").test_run(opts),
         }
         .ok()?;
         out.truncate(res.data_size_out as usize);
@@ -421,22 +350,7 @@ impl Fixture {
     }
 
     fn ct_entry(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8, dir: u8) -> Option<CtValue> {
-        let key = CtKey {
-            src: v4_mapped(src.0.octets()),
-            dst: v4_mapped(dst.0.octets()),
-            sport_be: src.1.to_be(),
-            dport_be: dst.1.to_be(),
-            proto,
-            dir,
-            _pad: [0; 2],
-        };
-        self.conntrack.get(&key, 0).ok()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = cleanup(self.dp.pin_path());
+        self.conntrack.get(&conntrack_key(src, dst, proto, dir), 0).ok()
     }
 }
 
@@ -510,18 +424,18 @@ fn model(b: &[u8]) -> Model {
     }
     let l4 = m.l4_off;
     match m.proto {
-        TCP | UDP => {
-            let min = if m.proto == TCP { 20 } else { 8 };
+        PROTO_TCP | PROTO_UDP => {
+            let min = if m.proto == PROTO_TCP { 20 } else { 8 };
             if b.len() < l4 + min || tot_len < ihl + min {
                 m.l4_truncated = true;
                 return m;
             }
             m.ports = Some((be16(b, l4), be16(b, l4 + 2)));
-            if m.proto == TCP {
+            if m.proto == PROTO_TCP {
                 m.tcp_flags = b[l4 + 13];
             }
         }
-        ICMP if !m.frag_first => {
+        PROTO_ICMP if !m.frag_first => {
             // type in {3, 11, 12}; quoted IPv4 header valid; TCP/UDP; 8 quoted bytes.
             if b.len() < l4 + 2 || ![3u8, 11, 12].contains(&b[l4]) {
                 return m;
@@ -532,7 +446,7 @@ fn model(b: &[u8]) -> Model {
             }
             let iihl = usize::from(b[il3] & 0x0f) * 4;
             let iproto = b[il3 + 9];
-            if b[il3] >> 4 != 4 || iihl < 20 || (iproto != TCP && iproto != UDP) {
+            if b[il3] >> 4 != 4 || iihl < 20 || (iproto != PROTO_TCP && iproto != PROTO_UDP) {
                 return m;
             }
             let il4 = il3 + iihl;
@@ -570,14 +484,10 @@ fn l4_csum(b: &[u8], m: &Model) -> L4Csum {
         return L4Csum::NotApplicable;
     }
     let seg = &b[m.l4_off..14 + m.tot_len];
-    if m.proto == UDP && seg[6] == 0 && seg[7] == 0 {
+    if m.proto == PROTO_UDP && seg[6] == 0 && seg[7] == 0 {
         return L4Csum::None;
     }
-    let mut pseudo = 0u32;
-    for a in [m.src.octets(), m.dst.octets()] {
-        pseudo += u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]));
-    }
-    pseudo += u32::from(m.proto) + seg.len() as u32;
+    let pseudo = pseudo_header_sum(m.src.into(), m.dst.into(), m.proto, seg.len());
     if checksum(seg, pseudo) == 0 { L4Csum::Valid } else { L4Csum::Invalid }
 }
 
@@ -649,14 +559,14 @@ impl Gen {
     }
 
     /// A TCP or UDP L4 segment with a valid checksum for `src → dst`.
-    fn segment(&mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> Vec<u8> {
+    fn segment(&mut self, src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, proto: u8) -> Vec<u8> {
         let n = self.rng.below(48);
         let payload = self.rng.bytes(n);
-        if proto == TCP {
+        if proto == PROTO_TCP {
             let flags = self.tcp_flags();
-            lb_tests::packet::tcp_segment(src, dst, self.rng.next() as u32, self.rng.next() as u32, flags, &payload)
+            tcp_segment(src, dst, self.rng.next() as u32, self.rng.next() as u32, flags, &payload)
         } else {
-            let mut d = lb_tests::packet::udp_datagram(src, dst, &payload);
+            let mut d = udp_datagram(src, dst, &payload);
             if self.rng.chance(5) {
                 d[6] = 0;
                 d[7] = 0;
@@ -668,7 +578,7 @@ impl Gen {
     /// A well-formed packet to a frontend (or near one).
     fn service_frame(&mut self) -> Vec<u8> {
         let f = self.fes[self.rng.below(self.fes.len())].clone();
-        let proto = if self.rng.chance(90) { f.proto } else { self.rng.pick(&[TCP, UDP]) };
+        let proto = if self.rng.chance(90) { f.proto } else { self.rng.pick(&[PROTO_TCP, PROTO_UDP]) };
         let port = if self.rng.chance(92) { f.port } else { self.rng.u16() };
         let src = (self.rng.pick(&CLIENTS), self.sport());
         let seg = self.segment(src, (f.addr, port), proto);
@@ -691,7 +601,7 @@ impl Gen {
             Some(s) if self.rng.chance(85) => (s.backend, s.client, s.proto),
             _ => {
                 let be = self.rng.pick(&[(POD1, 8080), (POD2, 9000), (REMOTE1, 8080), (REMOTE1, 8443)]);
-                (be, (self.rng.pick(&CLIENTS), self.sport()), self.rng.pick(&[TCP, UDP]))
+                (be, (self.rng.pick(&CLIENTS), self.sport()), self.rng.pick(&[PROTO_TCP, PROTO_UDP]))
             }
         };
         let seg = self.segment(from, to, proto);
@@ -706,9 +616,9 @@ impl Gen {
             None => Seen {
                 client: (CLIENTS[0], 40000),
                 backend: (POD1, 8080),
-                proto: TCP,
+                proto: PROTO_TCP,
                 orig_client: (CLIENTS[0], 40000),
-                frontend: (Ipv4Addr::new(10, 96, 0, 10), 80),
+                frontend: (VIP, 80),
             },
         };
         // Either about a packet the backend received (from the backend or a router, to the
@@ -722,21 +632,21 @@ impl Gen {
         quoted.extend_from_slice(&qdst.1.to_be_bytes());
         quoted.extend_from_slice(&self.rng.bytes(4));
         let (ty, code) = self.rng.pick(&[(3u8, 4u8), (3, 1), (11, 0), (12, 0), (3, 3)]);
-        let msg = icmp_error(ty, code, [0, 0, 0x05, 0x78], &quoted);
         let (from, to) = if about_reply {
             (if self.rng.chance(50) { s.orig_client.0 } else { ROUTER }, s.frontend.0)
         } else {
             (if self.rng.chance(50) { s.backend.0 } else { ROUTER }, s.client.0)
         };
+        let msg = icmp_error(from.into(), to.into(), ty, code, [0, 0, 0x05, 0x78], &quoted);
         let opts = if self.rng.chance(10) { self.options() } else { Vec::new() };
-        ipv4_frame(from, to, ICMP, self.rng.u16(), 0, &opts, &msg)
+        ipv4_frame(from, to, PROTO_ICMP, self.rng.u16(), 0, &opts, &msg)
     }
 
     /// A later fragment of a first fragment sent before, or an orphan.
     fn later_fragment(&mut self) -> Vec<u8> {
         let (src, dst, id, proto) = match self.frags.get(self.rng.below(self.frags.len().max(1))).copied() {
             Some(f) if self.rng.chance(80) => f,
-            _ => (self.rng.pick(&CLIENTS), self.addr(), self.rng.u16(), self.rng.pick(&[TCP, UDP, ICMP])),
+            _ => (self.rng.pick(&CLIENTS), self.addr(), self.rng.u16(), self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP])),
         };
         let off = self.rng.range(1, 0x1fff) as u16;
         let more = if self.rng.chance(50) { 0x2000 } else { 0 };
@@ -749,10 +659,10 @@ impl Gen {
     fn other(&mut self) -> Vec<u8> {
         let (src, dst) = ((self.addr(), self.sport()), (self.addr(), self.rng.u16()));
         let any = self.rng.u8();
-        let proto = self.rng.pick(&[TCP, UDP, ICMP, 132, 47, any]);
+        let proto = self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP, 132, 47, any]);
         let l4 = match proto {
-            TCP | UDP => self.segment(src, dst, proto),
-            ICMP => {
+            PROTO_TCP | PROTO_UDP => self.segment(src, dst, proto),
+            PROTO_ICMP => {
                 let mut m = vec![8, 0, 0, 0, 0, 1, 0, 1]; // echo request
                 m.extend(self.rng.bytes(16));
                 let c = checksum(&m, 0);
@@ -765,65 +675,42 @@ impl Gen {
     }
 
     fn ipv6(&mut self) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
         if self.rng.chance(50) {
-            // A complete TCP/UDP segment with a valid checksum, to an IPv4 frontend's address in
-            // IPv4-mapped form (never valid on the wire) or to an IPv6 address no service has.
+            // A complete TCP/UDP segment (its checksum valid, or UDP's "none"), to an IPv4
+            // frontend's address in IPv4-mapped form (never valid on the wire) or to an IPv6
+            // address no service has.
             let fe = self.fes[self.rng.below(self.fes.len())].clone();
-            let dst: [u8; 16] = if self.rng.chance(70) {
-                v4_mapped(fe.addr.octets())
+            let dst = if self.rng.chance(70) {
+                fe.addr.to_ipv6_mapped()
             } else {
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, self.rng.u8()]
+                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.rng.u8().into())
             };
-            let src: [u8; 16] = if self.rng.chance(50) {
-                v4_mapped(self.rng.pick(&CLIENTS).octets())
+            let src = if self.rng.chance(50) {
+                self.rng.pick(&CLIENTS).to_ipv6_mapped()
             } else {
-                [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, self.rng.u8()]
+                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 | u16::from(self.rng.u8()))
             };
-            let proto = if self.rng.chance(80) { fe.proto } else { self.rng.pick(&[TCP, UDP]) };
-            // The segment is built for IPv4 pseudo-header sums; the checksum is redone below.
+            let proto = if self.rng.chance(80) { fe.proto } else { self.rng.pick(&[PROTO_TCP, PROTO_UDP]) };
             let sport = self.sport();
-            let mut seg = self.segment((CLIENTS[0], sport), (fe.addr, fe.port), proto);
-            let csum_off = if proto == TCP { 16 } else { 6 };
-            seg[csum_off] = 0;
-            seg[csum_off + 1] = 0;
-            let mut pseudo = 0u32;
-            for a in [src, dst] {
-                for w in a.chunks(2) {
-                    pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
-                }
-            }
-            pseudo += seg.len() as u32 + u32::from(proto);
-            let mut c = checksum(&seg, pseudo);
-            if proto == UDP && c == 0 {
-                c = 0xffff;
-            }
-            seg[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-            f.push(proto);
-            f.push(64);
-            f.extend_from_slice(&src);
-            f.extend_from_slice(&dst);
-            f.extend(seg);
-            return f;
+            let seg = self.segment((src, sport), (dst, fe.port), proto);
+            return ipv6_frame(src, dst, proto, &[], &seg);
         }
-        let payload = self.rng.below(64);
-        f.extend_from_slice(&[0x60, 0, 0, 0]);
-        f.extend_from_slice(&(payload as u16).to_be_bytes());
-        f.push(self.rng.pick(&[TCP, UDP, 58]));
-        f.push(64);
+        let payload_len = self.rng.below(64);
+        let next = self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMPV6]);
         // Sources and destinations include IPv4-mapped service addresses.
-        for _ in 0..2 {
-            if self.rng.chance(50) {
-                let a = self.fes[self.rng.below(self.fes.len())].addr;
-                f.extend_from_slice(&v4_mapped(a.octets()));
-            } else {
-                f.extend(self.rng.bytes(16));
-            }
+        let src = self.ipv6_address();
+        let dst = self.ipv6_address();
+        let payload = self.rng.bytes(payload_len);
+        ipv6_frame(src, dst, next, &[], &payload)
+    }
+
+    /// A frontend's address in IPv4-mapped form, or random bytes.
+    fn ipv6_address(&mut self) -> Ipv6Addr {
+        if self.rng.chance(50) {
+            self.fes[self.rng.below(self.fes.len())].addr.to_ipv6_mapped()
+        } else {
+            Ipv6Addr::from(<[u8; 16]>::try_from(self.rng.bytes(16)).expect("16 bytes"))
         }
-        f.extend(self.rng.bytes(payload));
-        f
     }
 
     fn vlan(&mut self) -> Vec<u8> {
@@ -886,7 +773,7 @@ impl Gen {
                     let v = self.rng.pick(&[0x2000u16, 0x2001, 0x0001, 0x1fff, 0x3fff, 0x4000, 0x8000, any]);
                     f[20..22].copy_from_slice(&v.to_be_bytes());
                 }
-                8 if n > 23 => f[23] = self.rng.pick(&[TCP, UDP, ICMP, 132, 0, 255]),
+                8 if n > 23 => f[23] = self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP, 132, 0, 255]),
                 // A byte inside the L4 header (ports, flags, data offset, lengths).
                 9 if n > 34 => {
                     let i = self.rng.range(34, n - 1);
@@ -907,10 +794,7 @@ impl Gen {
         if self.rng.chance(70) && f.len() >= 34 && f[12..14] == [0x08, 0x00] {
             let ihl = usize::from(f[14] & 0x0f) * 4;
             if ihl >= 20 && f.len() >= 14 + ihl {
-                f[24] = 0;
-                f[25] = 0;
-                let c = checksum(&f[14..14 + ihl], 0);
-                f[24..26].copy_from_slice(&c.to_be_bytes());
+                fix_ipv4_header_checksum(&mut f);
             }
         }
         f
@@ -971,7 +855,7 @@ fn nat_may_change(m: &Model, i: usize) -> bool {
     }
     if m.ports.is_some() {
         let l4 = m.l4_off;
-        let csum = l4 + if m.proto == TCP { 16 } else { 6 };
+        let csum = l4 + if m.proto == PROTO_TCP { 16 } else { 6 };
         return (l4..l4 + 4).contains(&i) || (csum..csum + 2).contains(&i);
     }
     false
@@ -1011,7 +895,7 @@ impl Oracle<'_> {
     #[allow(clippy::too_many_arguments, reason = "one run: its fixture, frames, verdict and books")]
     fn check(
         &self,
-        f: &Fixture,
+        f: &Datapath,
         inp: &[u8],
         verdict: Verdict,
         rv: i32,
@@ -1079,7 +963,7 @@ impl Oracle<'_> {
                 if !fe.empty {
                     return Err(format!("rejected a packet to {}:{}, which has endpoints", fe.addr, fe.port));
                 }
-                if m.proto == TCP && m.tcp_flags & 0x04 != 0 {
+                if m.proto == PROTO_TCP && m.tcp_flags & 0x04 != 0 {
                     books.rst_answered += 1;
                     return Err("a RST was answered with a RST (RFC 793: never)".into());
                 }
@@ -1121,14 +1005,14 @@ impl Oracle<'_> {
                 }
                 if om.src != m.src {
                     let ok = if self.prog.external() {
-                        om.src == NODE && om.ports.is_none_or(|(sp, _)| (SNAT_MIN..=SNAT_MAX).contains(&sp))
+                        om.src == NODE && om.ports.is_none_or(|(sp, _)| SNAT_PORTS.contains(&sp))
                     } else {
                         // Hairpin (point 51): the client's port is kept when free, else one
                         // from the SNAT range (two frontends of one backend, same client port).
                         om.src == HAIRPIN
                             && om.dst == m.src
                             && (om.ports.map(|p| p.0) == m.ports.map(|p| p.0)
-                                || om.ports.is_some_and(|(sp, _)| (SNAT_MIN..=SNAT_MAX).contains(&sp)))
+                                || om.ports.is_some_and(|(sp, _)| SNAT_PORTS.contains(&sp)))
                     };
                     if !ok {
                         return Err(format!("DNAT rewrote the source {} -> {} unexpectedly", m.src, om.src));
@@ -1226,15 +1110,15 @@ fn check_reject(inp: &[u8], out: &[u8], m: &Model) -> Result<(), String> {
         return Err("reject not sent back to the sender's MAC".into());
     }
     let (sp, dp) = m.ports.unwrap_or_default();
-    if m.proto == TCP {
-        if out.len() != 54 || om.proto != TCP || om.ports != Some((dp, sp)) || out[14 + 20 + 13] & 0x04 == 0 {
+    if m.proto == PROTO_TCP {
+        if out.len() != 54 || om.proto != PROTO_TCP || om.ports != Some((dp, sp)) || out[14 + 20 + 13] & 0x04 == 0 {
             return Err(format!("malformed RST {}", hex(out)));
         }
         if l4_csum(out, &om) != L4Csum::Valid {
             return Err("RST with a wrong TCP checksum".into());
         }
     } else {
-        if out.len() != 70 || om.proto != ICMP || out[34] != 3 || out[35] != 3 || out[42..70] != inp[14..42] {
+        if out.len() != 70 || om.proto != PROTO_ICMP || out[34] != 3 || out[35] != 3 || out[42..70] != inp[14..42] {
             return Err(format!("malformed ICMP port unreachable {}", hex(out)));
         }
         if icmp_csum_ok(out, &om) != Some(true) {
@@ -1260,7 +1144,7 @@ const COUNTED: [u32; 6] =
     [CNT_PACKETS, CNT_VERDICT_PASS, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CNT_VERDICT_DROP, CNT_VERDICT_REJECT];
 
 fn fuzz(test: &str, prog: Prog) {
-    let Some(f) = Fixture::new(test) else { return };
+    let Some(f) = Datapath::new(test) else { return };
     let base = base_seed();
     let seed = base ^ (prog as u64) << 56;
     let n = packets();
@@ -1380,35 +1264,15 @@ fn fuzz_egress_program_100k_packets() {
     fuzz("fuzz_egress_program_100k_packets", Prog::Egress);
 }
 
-/// An IPv6 frame `src → dst` carrying a TCP SYN with a valid checksum.
-fn ipv6_syn(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let mut seg = lb_tests::packet::tcp_segment((Ipv4Addr::UNSPECIFIED, sport), (Ipv4Addr::UNSPECIFIED, dport), 1, 0, 0x02, &[]);
-    seg[16] = 0;
-    seg[17] = 0;
-    let mut pseudo = u32::from(TCP) + seg.len() as u32;
-    for w in src.chunks(2).chain(dst.chunks(2)) {
-        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    let c = checksum(&seg, pseudo);
-    seg[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd, 0x60, 0, 0, 0];
-    f.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[TCP, 64]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&dst);
-    f.extend(seg);
-    f
-}
-
 /// IPv4-mapped addresses (`::ffff:a.b.c.d`) are the maps' internal spelling of IPv4 and never
 /// valid on an IPv6 wire (RFC 4291 §2.5.5.2; Linux drops IPv6 packets with such a source). An
 /// IPv6 packet to `::ffff:<ClusterIP>` must not be taken for the IPv4 Service.
 #[test]
 fn ipv6_packets_to_ipv4_mapped_service_addresses_are_not_translated() {
-    let Some(f) = Fixture::new("ipv6_packets_to_ipv4_mapped_service_addresses_are_not_translated") else { return };
-    let client = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 5];
-    for (dst, port) in [(Ipv4Addr::new(10, 96, 0, 10), 80), (Ipv4Addr::new(10, 96, 0, 30), 80)] {
-        let frame = ipv6_syn(client, 40000, v4_mapped(dst.octets()), port);
+    let Some(f) = Datapath::new("ipv6_packets_to_ipv4_mapped_service_addresses_are_not_translated") else { return };
+    let client = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x105);
+    for (dst, port) in [(VIP, 80), (Ipv4Addr::new(10, 96, 0, 30), 80)] {
+        let frame = tcp_frame((client, 40000), (dst.to_ipv6_mapped(), port), 1, 0, TCP_SYN);
         for prog in [Prog::PodTc, Prog::ExtTc, Prog::Xdp, Prog::Egress] {
             let (rv, out) = f.run(prog, &frame).expect("test run");
             assert!(

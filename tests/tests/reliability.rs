@@ -37,25 +37,28 @@ use lb_common::{
     SVC_F_MAGLEV, SelectKey, ServiceKey, ServiceValue, v4_mapped,
 };
 use lb_tests::{
+    addresses::{self, CLIENT, POD1, POD2, POD3, UDP_VIP},
     agent::{Agent, AgentOptions},
     apiserver::ApiServer,
     bins,
     netns::{Netns, unique_token},
-    packet::{Spec, TCP_ACK, TCP_SYN, flow},
+    packet::{PROTO_TCP, TCP_ACK, TCP_SYN, parse_flow, tcp_frame},
     privilege,
     topology::{ECHO_PORT, HTTP_PORT, Topology, UDP_PORT},
+    verdict::TC_ACT_OK,
 };
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, DataplaneError, cleanup},
-    maps::MapError,
-    maps::MapState,
     maps::pinned::PinnedMaps,
     maps::sizes::MapSizes,
-    model::{
-        DesiredState, Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState,
-    },
+    maps::{MapError, MapState},
+    model::{DesiredState, Endpoint, Protocol, Selection},
     plan::{PlanConfig, PlanMemory, map_state},
 };
+
+mod common;
+
+use common::{clusterip_service, conntrack_key, desired_state, endpoint};
 
 // =============================================================================================
 // Shared: a loaded datapath with its own pins
@@ -114,49 +117,17 @@ impl Drop for Fixture {
     }
 }
 
+/// An endpoint on this node.
 fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { addr: ip.into(), port, local: true, terminating: false, host: false }
-}
-
-fn clusterip(name: &str, vip: Ipv4Addr, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> (ServicePortName, ServicePortState) {
-    let set = EndpointSet { endpoints: eps, drop_if_empty: false };
-    (
-        ServicePortName {
-            namespace: "rel".into(),
-            name: name.into(),
-            port_name: String::new(),
-            protocol: proto,
-            family: Default::default(),
-        },
-        ServicePortState {
-            frontends: vec![Frontend { addr: vip.into(), port, kind: FrontendKind::ClusterIp }],
-            internal: set.clone(),
-            cluster: set.endpoints.clone(),
-            serving: set.endpoints.clone(),
-            external: set,
-            external_snat: true,
-            source_ranges: vec![],
-            affinity_timeout_s: None,
-            selection: Selection::Random,
-        },
-    )
+    endpoint(ip, port, true)
 }
 
 /// A few real services: what must survive a refused apply untouched.
 fn base_state() -> DesiredState {
-    let pod = |d| Ipv4Addr::new(10, 244, 0, d);
-    let mut d = DesiredState::default();
-    d.services.extend([
-        clusterip(
-            "kubia",
-            Ipv4Addr::new(10, 96, 0, 10),
-            80,
-            Protocol::Tcp,
-            vec![ep(pod(11), 8080), ep(pod(12), 8080), ep(pod(13), 8080)],
-        ),
-        clusterip("dns", Ipv4Addr::new(10, 96, 0, 20), 53, Protocol::Udp, vec![ep(pod(11), 9000)]),
-    ]);
-    d
+    desired_state([
+        clusterip_service("kubia", addresses::VIP, 80, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]),
+        clusterip_service("dns", UDP_VIP, 53, Protocol::Udp, vec![ep(POD1, 9000)]),
+    ])
 }
 
 // =============================================================================================
@@ -170,7 +141,7 @@ fn many_services(n: u32, first_octet: u8) -> DesiredState {
     for i in 0..n {
         let vip = Ipv4Addr::new(first_octet, (i >> 16) as u8, (i >> 8) as u8, i as u8);
         let be = Ipv4Addr::new(10, 250 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
-        let (spn, sp) = clusterip(&format!("s{i}"), vip, 80, Protocol::Tcp, vec![ep(be, 8080)]);
+        let (spn, sp) = clusterip_service(&format!("s{i}"), vip, 80, Protocol::Tcp, vec![ep(be, 8080)]);
         d.services.insert(spn, sp);
     }
     d
@@ -254,10 +225,9 @@ fn full_maps_are_refused_before_any_write_naming_the_map_and_its_limit() {
         books.push(format!("{name}: refused: {err}"));
     }
     // The datapath still serves the base state, and a state that fits still applies.
-    let (verdict, out) =
-        f.run(&Spec::tcp((Ipv4Addr::new(10, 244, 0, 50), 40000), (Ipv4Addr::new(10, 96, 0, 10), 80), TCP_SYN).build());
-    assert_eq!(verdict, 0);
-    assert_eq!(flow(&out).dst.1, 8080, "the base state is still served");
+    let (verdict, out) = f.run(&tcp_frame((CLIENT, 40000), (addresses::VIP, 80), 1000, 0, TCP_SYN));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_flow(&out).dst.port(), 8080, "the base state is still served");
     let fits = map_state(&many_services(1000, 11), &mut f.ids, &PlanConfig::default());
     f.dp().apply(&fits).expect("a state that fits applies");
     assert_eq!(f.pinned(), fits);
@@ -296,9 +266,9 @@ fn maps_sized_for_more_services_hold_them_and_keep_their_size_across_a_restart()
     // The last service (ClusterIP 11.0.156.53, one endpoint 10.250.156.53:8080) is served.
     let last = n - 11;
     let vip = Ipv4Addr::new(11, (last >> 16) as u8, (last >> 8) as u8, last as u8);
-    let (verdict, out) = f.run(&Spec::tcp((Ipv4Addr::new(10, 244, 0, 50), 40000), (vip, 80), TCP_SYN).build());
-    assert_eq!(verdict, 0);
-    assert_eq!(flow(&out).dst, (Ipv4Addr::new(10, 250, (last >> 8) as u8, last as u8), 8080));
+    let (verdict, out) = f.run(&tcp_frame((CLIENT, 40000), (vip, 80), 1000, 0, TCP_SYN));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_flow(&out).dst, (Ipv4Addr::new(10, 250, (last >> 8) as u8, last as u8), 8080).into());
 }
 
 #[test]
@@ -332,17 +302,13 @@ fn a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing
 // Scenario 3: conntrack pressure
 // =============================================================================================
 
-fn ct_entry(map: &BpfHashMap<MapData, CtKey, CtValue>, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), dir: u8) -> Option<CtValue> {
-    let key = CtKey {
-        src: v4_mapped(src.0.octets()),
-        dst: v4_mapped(dst.0.octets()),
-        sport_be: src.1.to_be(),
-        dport_be: dst.1.to_be(),
-        proto: 6,
-        dir,
-        _pad: [0; 2],
-    };
-    map.get(&key, 0).ok()
+fn ct_entry(
+    map: &BpfHashMap<MapData, CtKey, CtValue>,
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
+    dir: u8,
+) -> Option<CtValue> {
+    map.get(&conntrack_key(src, dst, PROTO_TCP, dir), 0).ok()
 }
 
 /// One long-lived flow under conntrack pressure: (forward entry kept, reply entry kept, packets
@@ -360,7 +326,7 @@ struct FlowFate {
 fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     const CT_MAX: u32 = 1024;
     let Some(mut f) = Fixture::new("conntrack_pressure_keeps_active_flows_and_evicts_idle_ones", CT_MAX) else { return };
-    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let vip = addresses::VIP;
     f.program(&base_state());
     let ct: BpfHashMap<MapData, CtKey, CtValue> =
         BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
@@ -379,29 +345,29 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     let mut flows = Vec::new();
     for (i, _) in clients.iter().enumerate() {
         let client = (Ipv4Addr::new(10, 244, 0, 50 + i as u8), 40000);
-        let (v, out) = f.run(&Spec::tcp(client, (vip, 80), TCP_SYN).build());
-        assert_eq!(v, 0);
-        flows.push((client, flow(&out).dst));
+        let (v, out) = f.run(&tcp_frame(client, (vip, 80), 1000, 0, TCP_SYN));
+        assert_eq!(v, TC_ACT_OK);
+        flows.push((client, parse_flow(&out).dst));
         fates.push(FlowFate::default());
     }
     const NEW_FLOWS: u32 = 16 * CT_MAX;
     for n in 1..=NEW_FLOWS {
         let src = (Ipv4Addr::new(10, 245, (n >> 8) as u8, n as u8), 1024 + (n % 60000) as u16);
-        let (v, _) = f.run(&Spec::tcp(src, (vip, 80), TCP_SYN).build());
-        assert_eq!(v, 0, "new flow {n}: every new flow is translated even with the table full");
+        let (v, _) = f.run(&tcp_frame(src, (vip, 80), 1000, 0, TCP_SYN));
+        assert_eq!(v, TC_ACT_OK, "new flow {n}: every new flow is translated even with the table full");
         for (i, (_, every, both)) in clients.iter().enumerate() {
             if *every == 0 || n % every != 0 {
                 continue;
             }
             let (client, backend) = flows[i];
-            let (_, out) = f.run(&Spec::tcp(client, (vip, 80), TCP_ACK).build());
+            let (_, out) = f.run(&tcp_frame(client, (vip, 80), 1000, 0, TCP_ACK));
             fates[i].checks += 1;
-            if flow(&out).dst != backend {
+            if parse_flow(&out).dst != backend {
                 fates[i].moved += 1;
             }
             if *both {
-                let (_, back) = f.run(&Spec::tcp(backend, client, TCP_ACK).build());
-                if flow(&back).src != (vip, 80) {
+                let (_, back) = f.run(&tcp_frame(backend, client, 1000, 0, TCP_ACK));
+                if parse_flow(&back).src != (vip, 80).into() {
                     fates[i].replies_untranslated += 1;
                 }
             }
@@ -417,10 +383,10 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     }
     // The idle flow's next packets: a reply from its backend, then a client packet.
     let (idle_client, idle_backend) = flows[4];
-    let (_, back) = f.run(&Spec::tcp(idle_backend, idle_client, TCP_ACK).build());
-    let idle_reply_translated = flow(&back).src == (vip, 80);
-    let (_, out) = f.run(&Spec::tcp(idle_client, (vip, 80), TCP_ACK).build());
-    let idle_same_backend = flow(&out).dst == idle_backend;
+    let (_, back) = f.run(&tcp_frame(idle_backend, idle_client, 1000, 0, TCP_ACK));
+    let idle_reply_translated = parse_flow(&back).src == (vip, 80).into();
+    let (_, out) = f.run(&tcp_frame(idle_client, (vip, 80), 1000, 0, TCP_ACK));
+    let idle_same_backend = parse_flow(&out).dst == idle_backend;
     eprintln!(
         "conntrack pressure: LB_CONNTRACK max {CT_MAX}, {NEW_FLOWS} new flows (2 entries each) in {:.1} s, {entries} entries at the end\n  {}\n  idle flow afterwards: reply translated = {idle_reply_translated}, next client packet to the same backend = {idle_same_backend}",
         started.elapsed().as_secs_f64(),
@@ -1218,33 +1184,15 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
     let Some(f) = Fixture::new("the_conntrack_sweep_never_deletes_entries_of_live_flows", 262_144) else { return };
     let mut f = f;
     f.program(&base_state());
-    let vip = Ipv4Addr::new(10, 96, 0, 10);
-    let client = Ipv4Addr::new(10, 244, 0, 50);
+    let (vip, client) = (addresses::VIP, CLIENT);
     let mut ct: BpfHashMap<MapData, CtKey, CtValue> =
         BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
             .unwrap();
     // 60,000 flows of this client that ended long ago (closing, last packet at boot time).
     const PORTS: u16 = 60_000;
-    let backend = v4_mapped([10, 244, 0, 11]);
     for port in 1..=PORTS {
-        let fwd = CtKey {
-            src: v4_mapped(client.octets()),
-            dst: v4_mapped(vip.octets()),
-            sport_be: port.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: 6,
-            dir: CT_DIR_FORWARD,
-            _pad: [0; 2],
-        };
-        let rev = CtKey {
-            src: backend,
-            dst: v4_mapped(client.octets()),
-            sport_be: 8080u16.to_be(),
-            dport_be: port.to_be(),
-            proto: 6,
-            dir: CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
+        let fwd = conntrack_key((client, port), (vip, 80), PROTO_TCP, CT_DIR_FORWARD);
+        let rev = conntrack_key((POD1, 8080), (client, port), PROTO_TCP, CT_DIR_REPLY);
         let v = CtValue { last_seen_ns: 1, flags: lb_common::CT_F_CLOSING, ..CtValue::default() };
         ct.insert(fwd, v, 0).unwrap();
         ct.insert(rev, v, 0).unwrap();
@@ -1265,10 +1213,10 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
         let started = Instant::now();
         let mut port = 1u16;
         while started.elapsed() < Duration::from_secs(5) && port < PORTS {
-            let (v, out) = f.run(&Spec::tcp((client, port), (vip, 80), TCP_SYN).build());
-            assert_eq!(v, 0);
+            let (v, out) = f.run(&tcp_frame((client, port), (vip, 80), 1000, 0, TCP_SYN));
+            assert_eq!(v, TC_ACT_OK);
             created += 1;
-            let be = flow(&out).dst;
+            let be = parse_flow(&out).dst;
             std::thread::sleep(Duration::from_micros(200));
             let fwd = ct_entry(&ct, (client, port), (vip, 80), CT_DIR_FORWARD);
             let rev = ct_entry(&ct, be, (client, port), CT_DIR_REPLY);

@@ -1,8 +1,9 @@
 //! Shared by the benchmark binaries (`b1_datapath`, `b2_e2e`, `b3_control`): options, statistics,
 //! the synthetic cluster (Services, EndpointSlices, the pod-IP pool), kube-proxy-style iptables
 //! and nftables rulesets generated from the same cluster, and the JSON results file that
-//! `cargo xtask bench` turns into BENCHMARKS.md.
-#![allow(dead_code)]
+//! `cargo xtask bench` turns into BENCHMARKS.md. The node everything runs on is the modelled
+//! node of `lb_tests::addresses`, configured like the datapath tests' ([`fixture`]).
+#![allow(dead_code, reason = "each bench uses part of it")]
 
 use std::{
     fmt::Write as _,
@@ -11,7 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_tests::addresses::NODE;
 use serde_json::{Value, json};
+
+/// The datapath tests' fixture (`tests/tests/common`): the modelled node's config, conntrack keys.
+#[path = "../../tests/common/mod.rs"]
+pub mod fixture;
 
 /// Command-line options of a bench binary (`cargo bench -p lb-tests --bench NAME -- [--quick]
 /// [--out FILE]`). Cargo adds `--bench` itself; unknown arguments are ignored.
@@ -110,9 +116,9 @@ pub fn summary(v: &[f64]) -> Value {
 // ---------------------------------------------------------------------------------------------
 
 pub const NAMESPACE: &str = "bench";
-/// The node everything runs on (its name and underlay address, as in `lb_tests::topology`).
+/// The node everything runs on (its name as in `lb_tests::topology`; its address is
+/// `lb_tests::addresses::NODE`, node 0's underlay address).
 pub const NODE_NAME: &str = "node-0";
-pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
@@ -210,7 +216,7 @@ impl Svc {
 }
 
 /// The desired state lb would compute for `svcs` on node [`NODE_NAME`] with address
-/// [`NODE_IP`]: the agent's own compile step over the API objects.
+/// `lb_tests::addresses::NODE`: the agent's own compile step over the API objects.
 pub fn desired(svcs: &[Svc]) -> lb_userspace::model::DesiredState {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     let services: Vec<Service> = svcs.iter().map(|s| serde_json::from_value(s.service_json()).expect("Service")).collect();
@@ -218,7 +224,7 @@ pub fn desired(svcs: &[Svc]) -> lb_userspace::model::DesiredState {
         svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
     let node = lb_userspace::model::NodeContext {
         name: NODE_NAME.into(),
-        addresses: vec![std::net::IpAddr::V4(NODE_IP)],
+        addresses: vec![std::net::IpAddr::V4(NODE)],
         ..Default::default()
     };
     let d = lb_userspace::compile::compile(&services, &slices, &node, lb_userspace::model::Family::V4);

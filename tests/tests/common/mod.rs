@@ -1,31 +1,35 @@
-//! The BPF_PROG_TEST_RUN fixture shared by the IPv4 and IPv6 datapath tests: the real eBPF
-//! object loaded into the real kernel with its own pins (removed on drop), programmed through
-//! the agent's own planner and `Dataplane`, and each program run on single frames.
-#![allow(dead_code, reason = "each test file uses part of the fixture")]
+//! The BPF_PROG_TEST_RUN fixture shared by the datapath tests (and the benches): the real eBPF
+//! object loaded into the real kernel with its own pins (removed on drop), programmed through the
+//! agent's own planner and `Dataplane`, each program run on single frames; the modelled node's
+//! config; conntrack keys; and builders of the desired state the tests program.
+#![allow(dead_code, reason = "each test file and bench uses part of the fixture")]
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{PROG_TC_EXT, PROG_TC_POD, ServiceKey};
-use lb_tests::{netns::unique_token, privilege};
+use lb_common::{
+    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtKey, PROG_TC_EXT, PROG_TC_POD, ServiceKey,
+};
+use lb_tests::{
+    addresses::{HAIRPIN, HAIRPIN6, NODE, NODE6, SNAT_PORTS},
+    netns::unique_token,
+    privilege,
+    verdict::{TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::addr16,
     maps::pinned::PinnedMaps,
     maps::sizes::MapSizes,
-    model::DesiredState,
+    model::{
+        DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, Protocol, Selection, ServicePortName,
+        ServicePortState,
+    },
     plan::{PlanConfig, PlanMemory, map_state},
 };
-
-pub const TC_ACT_OK: i32 = 0;
-pub const TC_ACT_SHOT: i32 = 2;
-pub const TC_ACT_REDIRECT: i32 = 7;
-pub const XDP_DROP: i32 = 1;
-pub const XDP_PASS: i32 = 2;
-pub const XDP_TX: i32 = 3;
 
 /// The external entry points of a node: XDP, or its TC fallback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +54,20 @@ impl Ext {
     }
 }
 
+/// The config the agent writes for the modelled node ([`lb_tests::addresses`]), both families:
+/// SNAT to the node's addresses from the default SNAT ports, the default hairpin sources.
+pub fn node_config() -> lb_common::Config {
+    lb_common::Config {
+        snat_addr: addr16(NODE.into()),
+        hairpin_addr: addr16(HAIRPIN.into()),
+        snat6_addr: NODE6.octets(),
+        hairpin6_addr: HAIRPIN6.octets(),
+        snat_port_min: *SNAT_PORTS.start(),
+        snat_port_max: *SNAT_PORTS.end(),
+        flags: CFG_F_SNAT_READY | CFG_F_HAIRPIN_READY | CFG_F_SNAT6_READY | CFG_F_HAIRPIN6_READY,
+    }
+}
+
 /// A loaded datapath with its own pins, removed on drop.
 pub struct Fixture {
     pub dp: Dataplane,
@@ -57,7 +75,13 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A datapath without node config (no SNAT, no hairpin) and a 4096-entry conntrack.
     pub fn new(test: &str) -> Option<Self> {
+        Self::with_sizes(test, MapSizes { conntrack: 4096, ..MapSizes::default() })
+    }
+
+    /// A datapath whose maps have `sizes`.
+    pub fn with_sizes(test: &str, sizes: MapSizes) -> Option<Self> {
         if !privilege::require(test) {
             return None;
         }
@@ -65,10 +89,7 @@ impl Fixture {
         // distinct however many fixtures the tests create.
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let cfg = DataplaneConfig {
-            pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(),
-            sizes: MapSizes { conntrack: 4096, ..MapSizes::default() },
-        };
+        let cfg = DataplaneConfig { pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(), sizes };
         // A failed load must not leave pins behind.
         let dp = Dataplane::load(&cfg).unwrap_or_else(|e| {
             let _ = cleanup(&cfg.pin_path);
@@ -77,10 +98,10 @@ impl Fixture {
         Some(Self { dp, ids: PlanMemory::default() })
     }
 
-    /// A fixture whose node settings (SNAT and hairpin addresses, SNAT ports) are `cfg`.
-    pub fn with_config(test: &str, cfg: &lb_common::Config) -> Option<Self> {
+    /// A fixture of the modelled node: [`node_config`].
+    pub fn node(test: &str) -> Option<Self> {
         let mut f = Self::new(test)?;
-        f.dp.set_config(cfg).expect("writing the node config");
+        f.dp.set_config(&node_config()).expect("writing the node config");
         Some(f)
     }
 
@@ -151,4 +172,74 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = cleanup(self.dp.pin_path());
     }
+}
+
+/// The conntrack key of a `proto` packet `src → dst` seen in direction `dir` (`CT_DIR_*`).
+pub fn conntrack_key(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, proto: u8, dir: u8) -> CtKey {
+    let (src, dst) = (src.into(), dst.into());
+    CtKey {
+        src: addr16(src.ip()),
+        dst: addr16(dst.ip()),
+        sport_be: src.port().to_be(),
+        dport_be: dst.port().to_be(),
+        proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The desired state the tests program
+// ---------------------------------------------------------------------------------------------
+
+/// An endpoint `ip:port` on this node (`local`) or another, ready.
+pub fn endpoint(ip: impl Into<IpAddr>, port: u16, local: bool) -> Endpoint {
+    Endpoint { addr: ip.into(), port, local, terminating: false, host: false }
+}
+
+/// A ServicePort of namespace `default` in the family of its first frontend, whose endpoints
+/// serve every class of traffic (externalTrafficPolicy and internalTrafficPolicy Cluster, no
+/// affinity, no source ranges, external traffic source-NATed).
+pub fn service_port(
+    name: &str,
+    proto: Protocol,
+    frontends: Vec<Frontend>,
+    endpoints: Vec<Endpoint>,
+    selection: Selection,
+) -> (ServicePortName, ServicePortState) {
+    let set = EndpointSet { endpoints, drop_if_empty: false };
+    let family = Family::of(&frontends.first().expect("a ServicePort has a frontend").addr);
+    (
+        ServicePortName { namespace: "default".into(), name: name.into(), port_name: String::new(), protocol: proto, family },
+        ServicePortState {
+            frontends,
+            internal: set.clone(),
+            cluster: set.endpoints.clone(),
+            serving: set.endpoints.clone(),
+            external: set,
+            external_snat: true,
+            source_ranges: Vec::new(),
+            affinity_timeout_s: None,
+            selection,
+        },
+    )
+}
+
+/// A ClusterIP ServicePort `vip:port` selecting at random (see [`service_port`]).
+pub fn clusterip_service(
+    name: &str,
+    vip: impl Into<IpAddr>,
+    port: u16,
+    proto: Protocol,
+    endpoints: Vec<Endpoint>,
+) -> (ServicePortName, ServicePortState) {
+    let frontend = Frontend { addr: vip.into(), port, kind: FrontendKind::ClusterIp };
+    service_port(name, proto, vec![frontend], endpoints, Selection::Random)
+}
+
+/// The desired state of these ServicePorts.
+pub fn desired_state(services: impl IntoIterator<Item = (ServicePortName, ServicePortState)>) -> DesiredState {
+    let mut d = DesiredState::default();
+    d.services.extend(services);
+    d
 }

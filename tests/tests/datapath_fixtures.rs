@@ -1,7 +1,6 @@
 //! Tier 1: BPF_PROG_TEST_RUN fixtures, IPv4 and IPv6. The real eBPF object is loaded into the
 //! real kernel, its maps are programmed through the agent's own planner and `Dataplane`, and
-//! packets go in to come out with a verdict. Point numbers refer to k8s-service-semantics.md
-//! section 1.
+//! packets go in to come out with a verdict. Point numbers refer to docs/semantics.md.
 //!
 //! Four programs are exercised: the pod-interface TC program (`Fixture::run`), the external XDP
 //! program (`Fixture::run_xdp`), its TC fallback (`Fixture::run_ext` with `Ext::Tc`) and the

@@ -1,6 +1,6 @@
 //! Tier 2: end-to-end through real network namespaces. A node namespace, pod namespaces with the
 //! test workload, the real `lb` agent reading real manifests, and real clients (curl, TCP and
-//! UDP sockets inside the client pod). Point numbers refer to k8s-service-semantics.md §1.
+//! UDP sockets inside the client pod). Point numbers refer to docs/semantics.md.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,7 +1,7 @@
 //! Tier 2, the complete datapath end to end: two node namespaces and external clients on an
 //! underlay, pods behind each node, one real `lb` agent per node (XDP on the node's external
 //! interface, TC on its pod interfaces, socket hooks on a test cgroup), real curl and sockets.
-//! Point numbers refer to k8s-service-semantics.md §1.
+//! Point numbers refer to docs/semantics.md.
 
 use std::{
     collections::BTreeSet,

@@ -1,7 +1,7 @@
 //! The IPv6 twins of the end-to-end tests, on a dual-stack two-node cluster: every Service has
 //! an IPv4 and an IPv6 ClusterIP (`ipFamilies: [IPv4, IPv6]`), EndpointSlices of both address
 //! types, and real clients over IPv6 (curl -6, sockets). Point numbers refer to
-//! k8s-service-semantics.md §1 (55: dual-stack).
+//! docs/semantics.md (55: dual-stack).
 
 use std::{
     collections::BTreeSet,

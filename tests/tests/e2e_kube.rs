@@ -1,7 +1,7 @@
 //! The agent's Kubernetes control plane end to end: the real `lb agent --source kube` (kube-rs
 //! list/watch) against the in-process API server, programming the real datapath in a netns
 //! node, checked with real HTTP requests from a client pod. Point numbers refer to
-//! k8s-service-semantics.md §1.
+//! docs/semantics.md.
 
 use std::{
     collections::BTreeSet,

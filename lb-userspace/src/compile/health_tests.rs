@@ -1,5 +1,5 @@
 //! Unit tests of the health-check node ports the compile step derives (point 49 of
-//! `k8s-service-semantics.md`, section 1): which Services need one, and the number of local
+//! `docs/semantics.md`): which Services need one, and the number of local
 //! ready endpoints it reports.
 
 use std::net::IpAddr;

@@ -1,6 +1,6 @@
 //! The pure compile step: (Services, EndpointSlices, this node) → [`DesiredState`], with
 //! kube-proxy's semantics. Point numbers refer to the semantics reference
-//! (`k8s-service-semantics.md`, section 1); the unit tests below name them.
+//! (`docs/semantics.md`); the unit tests below name them.
 //!
 //! # Dual-stack (points 5, 15, 46-48, 55)
 //! kube-proxy runs one proxier per family. Our maps hold both families (16-byte addresses), so

@@ -1,5 +1,5 @@
 //! Unit tests of the pure compile step. Every test names the point of the semantics reference
-//! (`k8s-service-semantics.md`, section 1) it proves (`point_NN_...`), or cites it in its doc
+//! (`docs/semantics.md`) it proves (`point_NN_...`), or cites it in its doc
 //! comment (the `bad_input_*` tests).
 //!
 //! Objects are written as JSON (or YAML) the way the API server would serve them and

@@ -1,6 +1,6 @@
 //! Unit tests of the map planner: desired state → map contents (`map_state`), id allocation and
 //! adoption (`PlanMemory`), minimal ordered writes (`diff`) and the shadow copy (`MapState::apply`).
-//! Point numbers refer to the semantics reference (`k8s-service-semantics.md`, section 1): in
+//! Point numbers refer to `docs/semantics.md`: in
 //! the test name (`point_NN_...`) or in the test's doc comment.
 //!
 //! The desired states are written directly in model types, so these tests do not depend on the

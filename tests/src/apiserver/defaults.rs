@@ -1,4 +1,4 @@
-//! API defaulting (`k8s-service-semantics.md` §3.2, §3.3): what the real API server fills in
+//! API defaulting (the API server's defaulting of Services and EndpointSlices): what the real API server fills in
 //! before it stores a Service (type, sessionAffinity and its timeout, protocols, targetPort,
 //! traffic policies, ClusterIP and NodePort allocation, clusterIPs, ipFamilies, status) or an
 //! EndpointSlice (`endpoints`/`ports` served as null when absent, port protocol and name).

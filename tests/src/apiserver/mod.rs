@@ -1,5 +1,5 @@
 //! An in-process Kubernetes API server for tests: real list/watch over HTTP/1.1, on std threads,
-//! following `k8s-service-semantics.md` §3 so that the real kube-rs client and
+//! following the Kubernetes API conventions (lists, watches, resourceVersions) so that the real kube-rs client and
 //! `kube_runtime::watcher` can be pointed at it.
 //!
 //! What it serves (GET only; objects are written with [`ApiServer::apply`] and

@@ -1,4 +1,4 @@
-//! Label and field selectors (`k8s-service-semantics.md` §3.5 rule 9): parsing the
+//! Label and field selectors (the API server's watch rules): parsing the
 //! `labelSelector` (`=`, `==`, `!=`, `in`, `notin`, `k`, `!k`, comma = AND) and `fieldSelector`
 //! (`metadata.name`, `metadata.namespace` and the kind's own fields; `=`, `==`, `!=`) query
 //! parameters, and the [`Filter`] that decides which objects of a collection a request sees.

@@ -1,4 +1,4 @@
-//! The `lb` command line: `lb agent` runs the agent ([`agent`]); the other commands read a
+//! The `lb` command line: `lb agent` runs the agent (`agent.rs`); the other commands read a
 //! running agent's pins from another process ([`maps`], [`service`], [`stats`], [`status`]) and
 //! print tables or JSON ([`output`]). `src/main.rs` only calls [`main`].
 

@@ -1,5 +1,5 @@
 //! The one writer of the kernel side: loads the embedded eBPF object, pins and adopts its maps
-//! ([`layout`]), attaches its programs ([`attach`]), applies planned states to the maps through
+//! (`layout.rs`), attaches its programs ([`attach`]), applies planned states to the maps through
 //! the map table ([`apply`]) and sweeps conntrack ([`conntrack`]).
 //!
 //! # Pins and restarts

@@ -1,6 +1,6 @@
 //! The kernel image: what the maps the agent writes hold ([`MapState`]), the writes that change
 //! them ([`Op`], ordered safely by [`diff`]), and their kernel handles ([`KernelMaps`]) — all
-//! from the one map table ([`table`]) — plus the addresses' 16-byte form, the maps' sizes, the
+//! from the one map table (`table.rs`) — plus the addresses' 16-byte form, the maps' sizes, the
 //! keys a plan touched, the agent's status record and the read-only view other processes take
 //! of the pins. Nothing here plans or decides: `plan` computes states, `dataplane` writes them.
 

@@ -119,7 +119,7 @@ impl Planner {
     }
 
     /// [`Planner::plan`] when only the ServicePorts in `changed` can differ from the last
-    /// desired state (what [`CompileMemo`](crate::compile_memo::CompileMemo) reports): only
+    /// desired state (what [`CompileMemo`](crate::compile::memo::CompileMemo) reports): only
     /// those are compared.
     pub fn plan_changed(&mut self, desired: &DesiredState, changed: &Changed) -> usize {
         let redo = match changed {

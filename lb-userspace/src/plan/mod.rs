@@ -1,7 +1,7 @@
-//! From the desired state to map contents: ids ([`ids`]), one ServicePort's entries
-//! ([`service`]), Maglev tables ([`maglev`]), the incremental planner the agent runs
-//! ([`incremental`]) and the full plan it is tested against ([`full`]). Pure: the kernel only
-//! sees the result, through `dataplane`, as a [`crate::maps::MapState`].
+//! From the desired state to map contents: what planning remembers between plans ([`memory`]:
+//! ids and Maglev tables), one ServicePort's entries ([`service`]), Maglev tables ([`maglev`]), the
+//! incremental planner the agent runs ([`incremental`]) and the full plan it is tested against
+//! ([`full`]). Pure: the kernel only sees the result, through `dataplane`, as a [`crate::maps::MapState`].
 
 pub mod full;
 pub mod incremental;
@@ -18,7 +18,7 @@ pub use memory::PlanMemory;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanConfig {
     /// Maglev table size for every service (a prime); `None` picks per service the smallest
-    /// size at least 100 × its backends ([`crate::maglev::table_size`]).
+    /// size at least 100 × its backends ([`crate::plan::maglev::table_size`]).
     pub maglev_table_size: Option<u32>,
 }
 

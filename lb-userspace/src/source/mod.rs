@@ -1,4 +1,4 @@
-//! Where the agent's Kubernetes objects come from: YAML files ([`file`]), the API server through
+//! Where the agent's Kubernetes objects come from: YAML files ([`mod@file`]), the API server through
 //! kube-rs ([`kube`]), and this node's identity ([`node`]). Each hands the agent snapshots of
 //! shared objects ([`ClusterObjects`]).
 

@@ -31,6 +31,13 @@ pub struct Args {
     /// Only write BENCHMARKS.md and the plots again from the last results (no set-up, no runs).
     #[arg(long)]
     report_only: bool,
+    /// With `--only b1`: also measure commit REV's datapath in the same run (its own bench,
+    /// built from an export of REV), in interleaved windows, and report each case's ratio.
+    #[arg(long, value_name = "REV", requires = "only")]
+    against: Option<String>,
+    /// Interleaved windows of `--against` (each runs both benches once).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    windows: u32,
 }
 
 const BENCHES: [(&str, &str); 3] = [("b1", "b1_datapath"), ("b2", "b2_e2e"), ("b3", "b3_control")];
@@ -46,6 +53,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let report_dir = if args.quick { out_dir.clone() } else { root() };
     if args.report_only {
         return report(&out_dir, &report_dir, started);
+    }
+    if args.against.is_some() && args.only.as_deref() != Some("b1") {
+        bail!("--against compares the datapath: use it with --only b1");
     }
     crate::setup::run()?;
     println!("bench: build: lb and lb-testpod (release, with the eBPF datapath)");
@@ -78,6 +88,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if let Some(o) = &args.only {
         let _ = write!(command, " --only {o}");
+    }
+    if let Some(rev) = &args.against {
+        let _ = write!(command, " --against {rev} --windows {}", args.windows);
+        let old = crate::against::build_old(rev, &target)?;
+        let new_exe = crate::against::bench_exe(&root(), None)?;
+        let out = out_dir.join("b1.json");
+        let t = Instant::now();
+        let results = crate::against::run_windows(&new_exe, &old, args.windows as usize, args.quick, &out_dir)?;
+        std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+        annotate(&out, &command, t.elapsed().as_secs_f64())?;
+        println!("bench: benchmarks ran in {:.0} s", runs_started.elapsed().as_secs_f64());
+        return report(&out_dir, &report_dir, started);
     }
     for (short, name) in BENCHES {
         if args.only.as_deref().is_some_and(|o| o != short) {
@@ -414,6 +436,7 @@ impl Report {
         let r = &b1["results"];
         md.push_str("## B1: per-packet cost (BPF_PROG_TEST_RUN)\n\n");
         let _ = writeln!(md, "{}\n", Self::header(b1));
+        Self::b1_against_md(b1, md);
         let _ = writeln!(
             md,
             "ns per packet, median (and minimum) of {} runs (each run: {} iterations for hit paths, {} new flows, {} NodePort new flows); \
@@ -536,6 +559,42 @@ impl Report {
             f(&r["setup_s"]),
         );
         md.push_str("![B1 per-packet cost](bench-results/b1-per-packet.svg)\n\n");
+    }
+
+    /// The same-run comparison with an earlier commit (`--against`), when the run made one.
+    fn b1_against_md(b1: &Value, md: &mut String) {
+        let a = &b1["against"];
+        let Some(cases) = a["cases"].as_array() else { return };
+        let _ = writeln!(
+            md,
+            "**Against {} ({}), same run.** Both datapaths' benches ran in {} interleaved windows; ns are the medians \
+             pooled over the windows, the ratio is the median over the windows of this tree's median over {}'s from the \
+             same window. Targets (issue 15) are ratios.\n",
+            a["rev"].as_str().unwrap_or("?"),
+            a["sha"].as_str().unwrap_or("?"),
+            a["windows"],
+            a["rev"].as_str().unwrap_or("?"),
+        );
+        md.push_str(
+            "| case | services | ns | ns before | ratio | target | |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        );
+        for c in cases {
+            let name = c["case"].as_str().unwrap_or_default();
+            let label = B1_LABELS.iter().find(|(n, _)| *n == name).map_or(name, |(_, l)| l);
+            let (target, met) = match c["target"].as_f64() {
+                Some(t) => (format!("≤ {t:.2}×"), if c["met"].as_bool() == Some(true) { "met" } else { "**missed**" }),
+                None => ("–".to_owned(), ""),
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {target} | {met} |",
+                num(f(&c["services"]), 0),
+                num(f(&c["ns"]), 0),
+                num(f(&c["against_ns"]), 0),
+                if f(&c["ratio"]).is_finite() { format!("{:.2}×", f(&c["ratio"])) } else { "–".to_owned() },
+            );
+        }
+        md.push('\n');
     }
 
     fn b2_md(&self, md: &mut String) {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, build, demo and tests. Only what cargo cannot express on its own.
 
+mod against;
 mod bench;
 mod demo;
 mod kind;

@@ -18,8 +18,12 @@
 //! # Map model
 //! - [`SERVICES`]: frontend `(address, port, protocol)` → [`ServiceValue`]: which selection table
 //!   to use, how many slots it has, and flags.
-//! - [`BACKENDS`]: backend id → [`Backend`]. Id [`BACKEND_ID_NONE`] (0) is reserved and never
-//!   programmed, so a zero read from a table always means "no backend".
+//! - [`BACKENDS`]: backend id → [`Backend`], an array: ids are dense (the agent reuses an id once
+//!   no conntrack entry names it any more). Id [`BACKEND_ID_NONE`] (0) is never given out, and an
+//!   unused slot is all zeros ([`Backend::is_set`] false).
+//! - [`ADDR_FILTER`]: two bitmaps over a hash of addresses: every frontend address, and every
+//!   backend address. A packet whose destination is no frontend's and whose source is no
+//!   backend's passes after two inlined array reads, without a hash lookup ([`addr_filter_slot`]).
 //! - [`SELECT`]: `(select_id, slot)` → backend id: the dense random-selection table of an
 //!   endpoint set, written by userspace.
 //! - [`MAGLEV`]: `(select_id, chunk)` → 64 backend ids: the Maglev lookup table of an endpoint
@@ -30,8 +34,8 @@
 //! - [`CONNTRACK`]: LRU flow table, one entry per direction of a translated flow.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
 //! - [`STATS`]: per-CPU global counters, indexed by the `CNT_*` constants.
-//! - [`SVC_STATS`]: per-CPU per-service counters.
-//! - [`BACKEND_STATS`]: per-CPU per-backend counters.
+//! - [`SVC_STATS`]: per-CPU per-service counters, an array indexed by `svc_id` (dense ids).
+//! - [`BACKEND_STATS`]: per-CPU per-backend counters, an array indexed by backend id.
 //! - [`SOURCE_RANGES`]: LPM trie of `loadBalancerSourceRanges` per LoadBalancer IP.
 //! - [`FRAGS`]: LRU of fragment ids (IPv4 and IPv6) → ports, so later fragments follow the first.
 //! - [`CONFIG`]: node-wide settings the agent writes (SNAT address, hairpin address, SNAT ports).
@@ -47,7 +51,7 @@ use core::mem::size_of;
 
 /// Bumped whenever any map layout, map name or the meaning of a field changes. The agent refuses
 /// to adopt pinned maps written by a build with a different version (see `lb agent --cleanup`).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Map names (the symbol names in the eBPF object; also the pin file names).
@@ -67,12 +71,13 @@ pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
 pub const FRAGS: &str = "LB_FRAGS";
 pub const CONFIG: &str = "LB_CONFIG";
+pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const SVC_NAMES: &str = "LB_SVC_NAMES";
 pub const AGENT: &str = "LB_AGENT";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -86,6 +91,7 @@ pub const ALL_MAPS: [&str; 17] = [
     SOURCE_RANGES,
     FRAGS,
     CONFIG,
+    ADDR_FILTER,
     SOCK_REVNAT,
     SVC_NAMES,
     AGENT,
@@ -175,6 +181,13 @@ pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
         CT_TCP_LIFETIME_NS
     }
 }
+
+/// A conntrack entry's `last_seen_ns` is rewritten by a packet of its flow only once it is older
+/// than this (or on FIN/RST): an established flow does not write its entry on every packet, which
+/// would bounce a cache line between CPUs; lifetimes are seconds to hours, so the granularity
+/// costs nothing. The datapath reads `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, jiffy
+/// resolution), which the agent's sweep compares with CLOCK_MONOTONIC.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
 /// A fragment id entry lives this long (reassembly timeouts are 30 s on Linux).
 pub const FRAG_LIFETIME_NS: u64 = 30 * 1_000_000_000;
@@ -289,6 +302,15 @@ pub const SVC_F_SOURCE_RANGES: u32 = 1 << 6;
 /// Backend id 0 is reserved: never programmed, means "none".
 pub const BACKEND_ID_NONE: u32 = 0;
 
+impl Backend {
+    /// The slot holds a backend (an unused array slot is all zeros: protocol 0).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_set(&self) -> bool {
+        self.proto != 0
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Backend {
@@ -312,6 +334,38 @@ pub const BACKEND_F_TERMINATING: u8 = 1 << 1;
 /// never source-NATed (kube-proxy masquerades only what leaves the node), and its replies are
 /// translated back by [`PROG_TC_EGRESS`] on their way out.
 pub const BACKEND_F_HOST: u8 = 1 << 2;
+
+// ---------------------------------------------------------------------------------------------
+// LB_ADDR_FILTER
+// ---------------------------------------------------------------------------------------------
+
+/// Bits per bitmap of [`ADDR_FILTER`] (a power of two): at 100,000 addresses about one
+/// non-service packet in ten pays a hash lookup for nothing.
+pub const ADDR_FILTER_BITS: u32 = 1 << 20;
+/// `u64` words of [`ADDR_FILTER`]: the frontend bitmap, then the backend bitmap.
+pub const ADDR_FILTER_WORDS: u32 = 2 * ADDR_FILTER_BITS / 64;
+/// Which bitmap of [`ADDR_FILTER`].
+pub const ADDR_FILTER_FRONTEND: u32 = 0;
+pub const ADDR_FILTER_BACKEND: u32 = 1;
+
+/// The word index and bit of `addr` in bitmap `which` of [`ADDR_FILTER`]: a multiplicative hash
+/// of the 16-byte address (network byte order words read in host order, as the datapath reads
+/// them).
+#[inline(always)]
+#[must_use]
+pub const fn addr_filter_slot(addr: &[u8; 16], which: u32) -> (u32, u64) {
+    let x =
+        (word(addr, 0) ^ word(addr, 4).rotate_left(8) ^ word(addr, 8).rotate_left(16) ^ word(addr, 12)).wrapping_mul(0x9e37_79b1);
+    let bit = x >> (32 - 20);
+    (which * (ADDR_FILTER_BITS / 64) + bit / 64, 1u64 << (bit % 64))
+}
+const _: () = assert!(ADDR_FILTER_BITS == 1 << 20);
+
+/// The 32-bit word at byte `i` of an address, as the bytes lie in memory.
+#[inline(always)]
+const fn word(addr: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]])
+}
 
 // ---------------------------------------------------------------------------------------------
 // LB_SELECT

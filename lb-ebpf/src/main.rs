@@ -1,5 +1,10 @@
-//! The lb datapath. Entry points are thin: parse once, decide in `lb::process`, rewrite, count
-//! exactly one verdict. No per-packet logging: counters are the observability.
+//! The lb datapath. The packet programs share one run path (`run`) behind a small context trait
+//! with an XDP and a TC implementation (`xdp.rs` and `tc.rs` are the entry files), split by
+//! concern: parsing (`parse`), the address filter and frontends (`service`), backend selection
+//! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), translation and
+//! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`),
+//! counters (`counters`) and the per-CPU scratch space (`scratch`). No per-packet logging:
+//! counters are the observability, and every packet ends in exactly one verdict counter.
 #![no_std]
 #![no_main]
 // Map keys and values go by reference on purpose: passed by value to aya-ebpf's generic
@@ -7,12 +12,19 @@
 // keys, the per-CPU scratch's whole point).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod conntrack;
+mod counters;
 mod csum;
-mod lb;
+mod frag;
+mod icmp;
 mod maps;
+mod nat;
 mod parse;
 mod reject;
-mod rewrite;
+mod run;
+mod scratch;
+mod select;
+mod service;
 mod sock;
 mod tc;
 mod xdp;

@@ -61,10 +61,10 @@ pub struct Original {
     pub payload: u32,
 }
 
-/// Reads what the answer needs; `None` when the packet cannot be answered (options or
-/// extension headers, no ports).
+/// Reads what the answer needs into `o` (scratch space: the rejecting subprogram's own frame is
+/// tight); `None` when the packet cannot be answered (options or extension headers, no ports).
 #[inline(always)]
-pub fn capture(data: usize, end: usize, p: &Packet) -> Option<Original> {
+pub fn capture(data: usize, end: usize, p: &Packet, o: &mut Original) -> Option<()> {
     let hlen = if p.is_v6 { 40 } else { 20 };
     if usize::from(p.l4_off) != 14 + hlen || !p.l4_in_packet || p.frag_later {
         return None;
@@ -72,19 +72,17 @@ pub fn capture(data: usize, end: usize, p: &Packet) -> Option<Original> {
     let eth = ptr_at::<[u8; 12]>(data, end, 0)?;
     // SAFETY: bounds checked.
     let eth = unsafe { core::ptr::read_unaligned(eth) };
-    let mut o = Original {
-        eth_dst: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
-        eth_src: [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
-        src: p.src,
-        dst: p.dst,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        seq: 0,
-        ack: 0,
-        tcp_flags: p.tcp_flags,
-        v6: p.is_v6,
-        payload: 0,
-    };
+    o.eth_dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    o.eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    o.src = p.src;
+    o.dst = p.dst;
+    o.sport_be = p.sport_be;
+    o.dport_be = p.dport_be;
+    o.seq = 0;
+    o.ack = 0;
+    o.tcp_flags = p.tcp_flags;
+    o.v6 = p.is_v6;
+    o.payload = 0;
     if p.proto == IPPROTO_TCP {
         let off = if p.is_v6 { 14 + 40 } else { 14 + 20 };
         // Sequence, acknowledgement, data offset: one bounds check.
@@ -96,7 +94,7 @@ pub fn capture(data: usize, end: usize, p: &Packet) -> Option<Original> {
         let doff = u32::from(h[8] >> 4) * 4;
         o.payload = p.ip_len.saturating_sub(hlen as u32 + doff);
     }
-    Some(o)
+    Some(())
 }
 
 /// The sum of a pseudo-header (RFC 793 / RFC 8200 §8.1): addresses, upper-layer length, next

@@ -18,12 +18,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, CNT_SOCK_TRANSLATED, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK, MaglevKey, MemberKey,
-    SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SelectKey, ServiceKey, SockRevKey, SockRevValue, v4_mapped,
+    AffinityKey, AffinityValue, CNT_SOCK_TRANSLATED, IPPROTO_TCP, IPPROTO_UDP, SVC_F_ADDR_MARKER, ServiceKey, SockRevKey,
+    SockRevValue, v4_mapped,
 };
 
-use crate::maps::{
-    LB_AFFINITY, LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_MEMBERS, LB_SELECT, LB_SERVICES, LB_SOCK_REVNAT, count, count_flow,
+use crate::{
+    conntrack::now,
+    counters::{count, count_flow},
+    maps::{LB_CONFIG, LB_SERVICES, LB_SOCK_REVNAT},
+    select::{endpoint_set, pick},
 };
 
 const ALLOW: i32 = 1;
@@ -143,60 +146,21 @@ fn translate(ctx: &SockAddrContext, v6: bool) -> i32 {
     if svc.flags & SVC_F_ADDR_MARKER != 0 {
         return ALLOW;
     }
-    let (select_id, slots) = if svc.flags & SVC_F_EXTERNAL != 0 {
-        (svc.cluster_select_id, svc.cluster_slot_count)
-    } else {
-        (svc.select_id, svc.slot_count)
-    };
-    if slots == 0 {
+    let set = endpoint_set(&svc, true);
+    if set.slots == 0 {
         // SAFETY: helper without pointers.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     }
     // SAFETY: helper on our own context.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    // Affinity is by client address: the node's, as its traffic is seen elsewhere.
     let client = LB_CONFIG.get(0).map_or([0; 16], |c| if v6 { c.snat6_addr } else { c.snat_addr });
-    let affinity = svc.flags & SVC_F_AFFINITY != 0;
-    let akey = AffinityKey { client, svc_id: svc.svc_id };
-    let mut backend_id = 0;
-    if affinity {
-        // SAFETY: copied out immediately.
-        if let Some(a) = unsafe { LB_AFFINITY.get(&akey) }.copied() {
-            // SAFETY: helper without arguments.
-            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-            let fresh = now.wrapping_sub(a.last_used_ns) <= u64::from(svc.affinity_timeout_s) * 1_000_000_000;
-            // SAFETY: presence check only.
-            let member = unsafe { LB_MEMBERS.get(&MemberKey { select_id, backend_id: a.backend_id }) }.is_some();
-            if fresh && member {
-                backend_id = a.backend_id;
-            }
-        }
-    }
-    if backend_id == 0 {
-        // One socket, one choice: the same socket keeps its backend while the set holds.
-        let slot = mix(cookie) % slots;
-        let chosen = if svc.flags & SVC_F_MAGLEV != 0 {
-            let chunk = LB_MAGLEV.get_ptr(&MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK });
-            // SAFETY: index below MAGLEV_CHUNK, inside the chunk the lookup returned.
-            chunk.and_then(|c| unsafe { (*c).ids.get((slot % MAGLEV_CHUNK) as usize).copied() })
-        } else {
-            // SAFETY: copied out immediately.
-            unsafe { LB_SELECT.get(&SelectKey { select_id, slot }) }.copied()
-        };
-        let Some(id) = chosen else {
-            return ALLOW;
-        };
-        backend_id = id;
-    }
-    // SAFETY: copied out immediately.
-    let Some(be) = (unsafe { LB_BACKENDS.get(backend_id) }).copied() else {
+    let (mut akey, mut aval) = (AffinityKey::default(), AffinityValue::default());
+    // One socket, one choice: the same socket keeps its backend while the set holds.
+    let Ok((backend_id, be)) = pick(&svc, set, mix(cookie), (&mut akey, &mut aval), client, now()) else {
         return ALLOW;
     };
-    if affinity {
-        // SAFETY: helper without arguments.
-        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-        let _ = LB_AFFINITY.insert(&akey, &AffinityValue { last_used_ns: now, backend_id, _pad: 0 }, 0);
-    }
     let rkey = SockRevKey { cookie, backend: be.addr, backend_port_be: be.port_be, _pad: [0; 6] };
     let rval = SockRevValue { frontend, frontend_port_be: port, _pad: [0; 6] };
     let _ = LB_SOCK_REVNAT.insert(&rkey, &rval, 0);

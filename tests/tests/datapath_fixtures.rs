@@ -734,10 +734,11 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays<F: Fam
     let (udp_backend, other_dns) = dns_backend_reached::<F>(&f, &query);
     // A TCP flow whose backend is not dns's other backend, so that dns keeps one endpoint after
     // the removal (with none left the UDP flow would be rejected, not moved).
-    let (tcp_sport, tcp_backend) = (40014..40114)
-        .map(|sport| (sport, parse_flow(&f.run(&syn::<F>(sport)).1).dst.ip()))
-        .find(|(_, b)| *b != other_dns)
+    let (tcp_sport, tcp_backend_at) = (40014..40114)
+        .map(|sport| (sport, parse_flow(&f.run(&syn::<F>(sport)).1).dst))
+        .find(|(_, b)| b.ip() != other_dns)
         .expect("100 new flows all went to one backend");
+    let tcp_backend = tcp_backend_at.ip();
 
     // Remove both backends from both services.
     let mut d = cluster::<F>();
@@ -759,6 +760,12 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays<F: Fam
     let (verdict, out) = f.run(&tcp_frame((F::CLIENT, tcp_sport), (F::VIP, 80), 1001, 0, TCP_ACK));
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(parse_flow(&out).dst.ip(), tcp_backend, "established TCP keeps its backend, as with kube-proxy's conntrack");
+    // And its replies are still translated: a removed backend's address stays in the address
+    // filter while a conntrack entry may name it.
+    let (verdict, back) = f.run(&tcp_frame(tcp_backend_at, (F::CLIENT, tcp_sport), 5000, 1002, TCP_ACK));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_flow(&back).src, (F::VIP, 80).into(), "the reply of the removed backend must still come from the ClusterIP");
+    verify_checksums(&back).unwrap();
     // New TCP connections never go to a removed backend (point 21).
     for i in 0..30 {
         let dst = parse_flow(&f.run(&syn::<F>(42000 + i)).1).dst.ip();

@@ -193,6 +193,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     if sweep.removed > 0 {
                         info!(entries = sweep.removed, remaining = sweep.remaining, "swept idle conntrack entries");
                     }
+                    match sync.release_ids(&mut dp, &sweep) {
+                        Ok(0) => {}
+                        Ok(ids) => tracing::debug!(ids, "freed ids no conntrack entry names any more"),
+                        Err(e) => warn!(
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            "freeing ids after the sweep failed; retrying at the next"
+                        ),
+                    }
                 }
                 Err(e) => warn!(error = format!("{e:#}"), "conntrack sweep failed"),
             }

@@ -124,6 +124,35 @@ impl SyncState {
 }
 
 /// Point 50: `/healthz` fails while this node's Node object is being deleted.
+impl SyncState {
+    /// After a conntrack sweep: frees the quarantined ids no remaining entry names (nor the
+    /// maps), zeroes their counters, and applies what that changed (the address filter).
+    pub(super) fn release_ids(
+        &mut self,
+        dp: &mut Dataplane,
+        sweep: &crate::dataplane::conntrack::Sweep,
+    ) -> Result<usize, SyncError> {
+        if self.first {
+            return Ok(0);
+        }
+        let shadow = dp.state();
+        let svc_in_maps: std::collections::HashSet<u32> =
+            shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)).collect();
+        let backends_in_maps: std::collections::HashSet<u32> = shadow.backends.keys().copied().collect();
+        let released = self.planner.release(
+            |id| sweep.svc_ids.contains(&id) || svc_in_maps.contains(&id),
+            |id| sweep.backend_ids.contains(&id) || backends_in_maps.contains(&id),
+        );
+        dp.zero_counters(&released).map_err(SyncError::Apply)?;
+        if self.planner.pending().is_empty() {
+            return Ok(released.svc_ids.len() + released.backends.len());
+        }
+        dp.apply_touched(self.planner.state(), self.planner.pending()).map_err(SyncError::Apply)?;
+        self.planner.applied();
+        Ok(released.svc_ids.len() + released.backends.len())
+    }
+}
+
 pub(super) fn node_eligible(node_name: &str, nodes: &[impl std::borrow::Borrow<k8s_openapi::api::core::v1::Node>]) -> bool {
     !nodes.iter().map(std::borrow::Borrow::borrow).any(|n: &k8s_openapi::api::core::v1::Node| {
         n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some()

@@ -41,6 +41,7 @@ impl Dataplane {
                 return Err(MapError::Full { name: map.name(), wanted, limit }.into());
             }
         }
+        check_ids_fit(desired, &self.limits)?;
         if let Some((map, peak, limit)) = transition_overflow(&self.shadow, &ops, &self.limits) {
             // Upserts-before-deletes would need old and new entries at once: more than the map
             // holds. Delete first instead; flows of the services being changed may see a
@@ -58,6 +59,21 @@ impl Dataplane {
         }
         Ok(ops.len())
     }
+}
+
+/// Ids index arrays: backend ids `LB_BACKENDS` (and `LB_BACKEND_STATS`, of the same size),
+/// svc_ids `LB_SVC_STATS`. An id at or above its array's size would be a backend nobody can read
+/// or a service whose packets go uncounted: the state does not fit.
+fn check_ids_fit(desired: &MapState, limits: &MapSizes) -> std::result::Result<(), MapError> {
+    let top_backend = desired.backends.keys().next_back().copied();
+    if let Some(id) = top_backend.filter(|id| *id >= limits.backends) {
+        return Err(MapError::Full { name: lb_common::BACKENDS, wanted: id as usize + 1, limit: limits.backends });
+    }
+    let top_svc = desired.names.keys().next_back().copied().into_iter().chain(desired.services.values().map(|v| v.svc_id)).max();
+    if let Some(id) = top_svc.filter(|id| *id >= limits.svc_stats) {
+        return Err(MapError::Full { name: lb_common::SVC_STATS, wanted: id as usize + 1, limit: limits.svc_stats });
+    }
+    Ok(())
 }
 
 /// Walks `ops` from `shadow`, counting each map's entries: the first map whose count would
@@ -85,6 +101,21 @@ mod tests {
 
     /// A full backends map whose every backend is replaced by a new id: in the safe order the
     /// map would hold old and new at once.
+    #[test]
+    fn ids_beyond_their_arrays_do_not_fit() {
+        let limits = MapSizes { backends: 8, svc_stats: 4, ..MapSizes::default() };
+        let mut st = MapState::default();
+        st.backends.insert(7, Backend::default());
+        st.names.insert(3, lb_common::SvcName::default());
+        assert!(check_ids_fit(&st, &limits).is_ok());
+        st.backends.insert(8, Backend::default());
+        let e = check_ids_fit(&st, &limits).unwrap_err().to_string();
+        assert_eq!(e, "map LB_BACKENDS is full: 9 entries needed, its limit is 8");
+        st.backends.remove(&8);
+        st.names.insert(4, lb_common::SvcName::default());
+        assert!(check_ids_fit(&st, &limits).unwrap_err().to_string().starts_with("map LB_SVC_STATS is full"));
+    }
+
     #[test]
     fn a_replacement_of_a_full_map_is_detected_and_fits_when_deleting_first() {
         let max = lb_common::BACKENDS_MAX;

@@ -39,7 +39,7 @@ macro_rules! plain {
     )*};
 }
 
-plain!(u32, SvcName, Backend, MemberKey, SelectKey, MaglevKey, MaglevChunk, SourceRangeKey, ServiceKey, ServiceValue);
+plain!(u32, u64, SvcName, Backend, MemberKey, SelectKey, MaglevKey, MaglevChunk, SourceRangeKey, ServiceKey, ServiceValue);
 
 /// A set member: the key is what matters; the kernel value is 1.
 impl Kernel for () {

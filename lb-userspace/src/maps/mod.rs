@@ -17,7 +17,8 @@ pub mod touched;
 pub use addr::{addr16, ip_from16};
 pub use table::{KernelMaps, MapId, MapState, Op, diff};
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps (`bpf_ktime_get_ns()`)
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps
+/// (`bpf_ktime_get_coarse_ns()`, the same clock at jiffy resolution)
 /// in conntrack, affinity and fragment entries.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{CNT_MAX, CtKey, CtValue, FlowCounters};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
@@ -79,30 +79,40 @@ impl PinnedMaps {
         (0..CNT_MAX).map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).map_err(MapError::typed(name, "read"))).collect()
     }
 
-    /// Per-service counters summed over CPUs, by `svc_id`.
+    /// Per-service counters summed over CPUs, by `svc_id`: the ServicePorts `LB_SVC_NAMES`
+    /// names (the array's other slots belong to nobody).
     pub fn service_counters(&self) -> Result<Vec<(u32, FlowCounters)>> {
-        self.per_cpu_stats(lb_common::SVC_STATS)
+        let ids: Vec<u32> = self.hash::<u32, lb_common::SvcName>(lb_common::SVC_NAMES)?.into_iter().map(|(id, _)| id).collect();
+        self.per_cpu_stats(lb_common::SVC_STATS, ids)
     }
 
-    /// Per-backend counters summed over CPUs, by backend id.
+    /// Per-backend counters summed over CPUs, by backend id: the backends `LB_BACKENDS` holds.
     pub fn backend_counters(&self) -> Result<Vec<(u32, FlowCounters)>> {
-        self.per_cpu_stats(lb_common::BACKEND_STATS)
+        let name = lb_common::BACKENDS;
+        let arr: aya::maps::Array<MapData, lb_common::Backend> =
+            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        let mut ids = Vec::new();
+        for (id, be) in arr.iter().enumerate() {
+            if be.map_err(MapError::typed(name, "read"))?.is_set() {
+                ids.push(id as u32);
+            }
+        }
+        self.per_cpu_stats(lb_common::BACKEND_STATS, ids)
     }
 
-    fn per_cpu_stats(&self, name: &'static str) -> Result<Vec<(u32, FlowCounters)>> {
-        let map: PerCpuHashMap<MapData, u32, FlowCounters> =
-            PerCpuHashMap::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
-        map.iter()
-            .map(|kv| {
-                kv.map(|(k, vals)| {
-                    let sum = vals.iter().fold(FlowCounters::default(), |a, v| FlowCounters {
-                        packets: a.packets + v.packets,
-                        bytes: a.bytes + v.bytes,
-                        new_flows: a.new_flows + v.new_flows,
-                    });
-                    (k, sum)
-                })
-                .map_err(MapError::typed(name, "read"))
+    fn per_cpu_stats(&self, name: &'static str, mut ids: Vec<u32>) -> Result<Vec<(u32, FlowCounters)>> {
+        let arr: PerCpuArray<MapData, FlowCounters> =
+            PerCpuArray::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| {
+                let vals = arr.get(&id, 0).map_err(MapError::typed(name, "read"))?;
+                let sum = vals.iter().fold(FlowCounters::default(), |a, v| FlowCounters {
+                    packets: a.packets + v.packets,
+                    bytes: a.bytes + v.bytes,
+                    new_flows: a.new_flows + v.new_flows,
+                });
+                Ok((id, sum))
             })
             .collect()
     }

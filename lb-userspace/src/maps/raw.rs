@@ -39,6 +39,8 @@ pub struct RawMap {
     key_size: usize,
     value_size: usize,
     max_entries: u32,
+    /// An array (every index exists): a delete writes zeros, and an all-zero slot is no entry.
+    array: bool,
 }
 
 impl RawMap {
@@ -50,7 +52,8 @@ impl RawMap {
         if found != (key_size, value_size) {
             return Err(MapError::Layout { name, expected: (key_size, value_size), found });
         }
-        Ok(Self { name, data, key_size, value_size, max_entries: info.max_entries() })
+        let array = matches!(info.map_type(), Ok(aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray));
+        Ok(Self { name, data, key_size, value_size, max_entries: info.max_entries(), array })
     }
 
     /// The capacity the kernel gave the map.
@@ -75,9 +78,13 @@ impl RawMap {
             .map_err(|source| MapError::Write { name: self.name, source })
     }
 
-    /// Deletes `key`; a key that is not there is not an error (deletes are idempotent).
+    /// Deletes `key` (zeroes its slot in an array); a key that is not there is not an error
+    /// (deletes are idempotent).
     pub fn delete(&self, key: &[u8]) -> Result<(), MapError> {
         assert_eq!(key.len(), self.key_size, "{}: key size", self.name);
+        if self.array {
+            return self.update(key, &vec![0u8; self.value_size]);
+        }
         match self.call(BPF_MAP_DELETE_ELEM, key.as_ptr(), std::ptr::null(), 0) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map_err(|source| MapError::Delete { name: self.name, source }),
@@ -112,11 +119,13 @@ impl RawMap {
     }
 
     /// Every entry, as (key, value) bytes. An entry deleted between the key walk and its lookup
-    /// is left out.
+    /// is left out, and so is an array's all-zero slot.
     pub fn entries(&self) -> Result<Vec<Entry>, MapError> {
         let mut out = Vec::new();
         for key in self.keys()? {
-            if let Some(value) = self.lookup(&key)? {
+            if let Some(value) = self.lookup(&key)?
+                && !(self.array && value.iter().all(|b| *b == 0))
+            {
                 out.push((key, value));
             }
         }

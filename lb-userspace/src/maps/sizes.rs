@@ -17,7 +17,8 @@ use lb_common as c;
 pub struct MapSizes {
     /// `LB_SERVICES`: frontends and address markers.
     pub services: u32,
-    /// `LB_BACKENDS`: distinct (address, port) backends.
+    /// `LB_BACKENDS`: distinct (address, port) backends; backend ids are below it (an array,
+    /// and `LB_BACKEND_STATS` has the same size).
     pub backends: u32,
     /// `LB_SELECT`: slots of random-selection tables.
     pub select: u32,
@@ -25,7 +26,7 @@ pub struct MapSizes {
     pub maglev: u32,
     /// `LB_MEMBERS`: (selection table, backend) pairs.
     pub members: u32,
-    /// `LB_SVC_STATS`: per-ServicePort counters.
+    /// `LB_SVC_STATS`: per-ServicePort counters; svc_ids are below it (an array).
     pub svc_stats: u32,
     /// `LB_SVC_NAMES`: the names `lb` shows for each ServicePort.
     pub names: u32,
@@ -33,6 +34,8 @@ pub struct MapSizes {
     pub source_ranges: u32,
     /// `LB_CONNTRACK`: two entries per flow (an LRU: preallocated in full).
     pub conntrack: u32,
+    /// `LB_ADDR_FILTER`: words of the address bitmaps (fixed).
+    pub addr_filter: u32,
 }
 
 impl Default for MapSizes {
@@ -47,6 +50,7 @@ impl Default for MapSizes {
             names: c::SVC_NAMES_MAX,
             source_ranges: c::SOURCE_RANGES_MAX,
             conntrack: c::CONNTRACK_MAX,
+            addr_filter: c::ADDR_FILTER_WORDS,
         }
     }
 }
@@ -114,6 +118,7 @@ impl MapSizes {
         for (name, n) in self.by_name() {
             loader.map_max_entries(name, n);
         }
+        loader.map_max_entries(c::BACKEND_STATS, self.backends);
     }
 
     /// The sizes the loaded maps really have: pinned maps adopted from an earlier agent keep the

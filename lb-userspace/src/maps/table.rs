@@ -6,15 +6,15 @@
 //!
 //! # Adding a map
 //! Declare its key and value types and its name in `lb_common` (and the map in `lb-ebpf`), add
-//! a line here, give it a capacity in [`MapSizes`], and compute its contents in the planner
-//! (`plan`). Nothing else names it: the dataplane, the pinned reader, the capacity checks and
+//! a line here, give it a capacity in [`MapSizes`] (and its value a [`Transition`]), and compute
+//! its contents in the planner (`plan`). Nothing else names it: the dataplane, the pinned reader, the capacity checks and
 //! the drift repair all go through this table.
 //!
 //! # Order
 //! The datapath follows service → selection slot → backend. Writes therefore go in table order
 //! (every target is valid before anything points at it) and deletes in reverse (every pointer is
-//! gone before its target): names, backends, members, selection slots, Maglev chunks, source
-//! ranges, then frontends. Source ranges are written before the frontend that enables them and
+//! gone before its target): the address filter, names, backends, members, selection slots,
+//! Maglev chunks, source ranges, then frontends. Source ranges are written before the frontend that enables them and
 //! removed after it.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -126,8 +126,20 @@ macro_rules! agent_maps {
             let mut deletes: Vec<Vec<Op>> = Vec::with_capacity(MapId::COUNT);
             $(
                 let delta = merge(&old.$field, &new.$field);
-                ops.extend(delta.upserts.into_iter().map(|(k, v)| Op::$put(*k, v.clone())));
-                deletes.push(delta.removed.into_iter().map(|k| Op::$del(*k)).collect());
+                let mut late = Vec::new();
+                for (k, v) in delta.upserts {
+                    match old.$field.get(k).and_then(|o| Transition::widened(o, v)) {
+                        Some(wide) => {
+                            if old.$field.get(k) != Some(&wide) {
+                                ops.push(Op::$put(*k, wide));
+                            }
+                            late.push(Op::$put(*k, v.clone()));
+                        }
+                        None => ops.push(Op::$put(*k, v.clone())),
+                    }
+                }
+                late.extend(delta.removed.into_iter().map(|k| Op::$del(*k)));
+                deletes.push(late);
             )*
             ops.extend(deletes.into_iter().rev().flatten());
             ops
@@ -181,6 +193,9 @@ macro_rules! agent_maps {
 }
 
 agent_maps! {
+    /// The address filter's words (bitmaps of frontend and backend addresses). First: a bit is
+    /// set before any frontend or backend needs it, and cleared only after them.
+    addr_filter (AddrFilter): lb_common::ADDR_FILTER, u32 => u64, PutFilterWord / DelFilterWord, capacity addr_filter;
     /// ServicePort names by svc_id, for `lb service list` and the metrics in other processes.
     names (Names): lb_common::SVC_NAMES, u32 => SvcName, PutName / DelName, capacity names;
     /// Backends by id (0 is never used).
@@ -198,6 +213,30 @@ agent_maps! {
     /// Frontends and address markers.
     services (Services): lb_common::SERVICES, ServiceKey => ServiceValue, PutService / DelService, capacity services;
 }
+
+/// How a value changes in place without ever meaning less than both versions in between: a
+/// bitmap word that loses bits is first written as the union of old and new (in the upsert
+/// phase) and as the new value only with the deletes (after whatever needed the lost bits is
+/// gone). Every other value is simply replaced.
+pub trait Transition: Sized {
+    /// The value to hold between the upserts and the deletes, when it is not `new`.
+    fn widened(_old: &Self, _new: &Self) -> Option<Self> {
+        None
+    }
+}
+
+impl Transition for u64 {
+    fn widened(old: &Self, new: &Self) -> Option<Self> {
+        (old & !new != 0).then_some(old | new)
+    }
+}
+
+impl Transition for u32 {}
+impl Transition for () {}
+impl Transition for SvcName {}
+impl Transition for Backend {}
+impl Transition for ServiceValue {}
+impl Transition for Arc<MaglevChunk> {}
 
 /// What differs between two versions of one map.
 struct MapDelta<'a, K, V> {

@@ -19,6 +19,8 @@ pub struct Touched {
     pub tables: BTreeSet<u32>,
     pub source_ranges: BTreeSet<SourceRangeKey>,
     pub names: BTreeSet<u32>,
+    /// Words of the address filter.
+    pub filter: BTreeSet<u32>,
     /// Everything may differ (before the first apply): diff the whole state.
     pub all: bool,
 }
@@ -31,6 +33,7 @@ impl Touched {
             && self.tables.is_empty()
             && self.source_ranges.is_empty()
             && self.names.is_empty()
+            && self.filter.is_empty()
     }
 }
 
@@ -71,6 +74,7 @@ fn restrict(st: &MapState, touched: &Touched) -> MapState {
         backends: pick(&st.backends, &touched.backends),
         names: pick(&st.names, &touched.names),
         source_ranges: pick(&st.source_ranges, &touched.source_ranges),
+        addr_filter: pick(&st.addr_filter, &touched.filter),
         ..MapState::default()
     };
     for &t in &touched.tables {

@@ -12,5 +12,11 @@ pub fn map_state(desired: &DesiredState, ids: &mut PlanMemory, cfg: &PlanConfig)
         plan_service(&mut st, ids, spn, sp, cfg);
     }
     ids.retain_used(&st, desired);
+    let quarantined: Vec<[u8; 16]> = ids.quarantined_backends().filter_map(|(_, a)| *a).collect();
+    st.addr_filter =
+        super::addr_filter::words(st.services.keys().map(|k| &k.addr), st.backends.values().map(|b| &b.addr).chain(&quarantined));
+    for (word, bits) in ids.sticky_filter() {
+        *st.addr_filter.entry(*word).or_insert(0) |= bits;
+    }
     st
 }

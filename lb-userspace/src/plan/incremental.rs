@@ -25,9 +25,11 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey};
+use lb_common::{
+    ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey,
+};
 
-use super::{PlanConfig, PlanMemory, service::plan_service};
+use super::{PlanConfig, PlanMemory, addr_filter::AddrCounts, memory::Released, service::plan_service};
 use crate::{
     compile::memo::Changed,
     maps::{
@@ -61,6 +63,9 @@ pub struct Planner {
     backends: Shared<u32, Backend>,
     services: Shared<ServiceKey, ServiceValue>,
     source_ranges: Shared<SourceRangeKey, ()>,
+    /// Users of each address in the address filter: frontend keys, backends of ServicePorts and
+    /// quarantined backends.
+    filter: AddrCounts,
     /// Every planned ServicePort by its svc_id (names for the per-service counters).
     svc_names: BTreeMap<u32, Arc<ServicePortName>>,
     pending: Touched,
@@ -79,6 +84,7 @@ impl Planner {
             backends: HashMap::new(),
             services: HashMap::new(),
             source_ranges: HashMap::new(),
+            filter: AddrCounts::default(),
             svc_names: BTreeMap::new(),
             pending: Touched { all: true, ..Touched::default() },
             adopted: false,
@@ -88,6 +94,7 @@ impl Planner {
     /// Learns the ids of a running datapath's maps before the first plan ([`PlanMemory::adopt`]).
     pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
         self.ids.adopt(current, desired);
+        self.filter.sticky(self.ids.sticky_filter(), true, &mut self.state.addr_filter, &mut self.pending.filter);
         self.adopted = true;
     }
 
@@ -110,6 +117,17 @@ impl Planner {
     /// The maps now hold [`Planner::state`].
     pub fn applied(&mut self) {
         self.pending = Touched::default();
+    }
+
+    /// Frees quarantined ids that nothing names any more ([`PlanMemory::release`]); the released
+    /// backends' addresses leave the address filter with the next apply.
+    pub fn release(&mut self, svc_in_use: impl FnMut(u32) -> bool, backend_in_use: impl FnMut(u32) -> bool) -> Released {
+        let released = self.ids.release(svc_in_use, backend_in_use);
+        for addr in released.backends.iter().filter_map(|(_, a)| *a) {
+            self.filter.remove(ADDR_FILTER_BACKEND, addr, &mut self.state.addr_filter, &mut self.pending.filter);
+        }
+        self.filter.sticky(&released.sticky_filter, false, &mut self.state.addr_filter, &mut self.pending.filter);
+        released
     }
 
     /// Brings [`Planner::state`] to the plan of `desired`, comparing every ServicePort with the
@@ -181,13 +199,15 @@ impl Planner {
             }
         }
         if std::mem::take(&mut self.adopted) {
-            self.ids.retain_used(&self.state, desired);
+            for addr in self.ids.retain_used(&self.state, desired) {
+                self.filter.add(ADDR_FILTER_BACKEND, addr, &mut self.state.addr_filter, &mut self.pending.filter);
+            }
             return;
         }
         for (id, be) in unused_backends {
             // Unless a ServicePort planned later in the pass took it up again.
-            if !self.backends.contains_key(&id) {
-                self.ids.forget_backend(&be);
+            if !self.backends.contains_key(&id) && self.ids.forget_backend(&be) {
+                self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut self.pending.filter);
             }
         }
         self.ids.end_pass();
@@ -221,10 +241,12 @@ impl Planner {
         self.state.members.extend(own.members);
         for (id, be) in &contribution.backends {
             self.state.backends.insert(*id, add_shared(&mut self.backends, spn, *id, *be));
+            self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut p.filter);
             p.backends.insert(*id);
         }
         for (key, v) in &contribution.services {
             self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v));
+            self.filter.add(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             p.services.insert(*key);
         }
         for r in &contribution.source_ranges {
@@ -265,6 +287,7 @@ impl Planner {
                 self.state.backends.remove(id);
                 unused.push((*id, *be));
             }
+            self.filter.remove(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut p.filter);
             p.backends.insert(*id);
         }
         for (key, _) in &own.services {
@@ -273,6 +296,7 @@ impl Planner {
             } else {
                 self.state.services.remove(key);
             }
+            self.filter.remove(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             p.services.insert(*key);
         }
         for r in &own.source_ranges {
@@ -373,5 +397,61 @@ mod tests {
         assert_eq!(p.state().backends.len(), 1);
         let left: Vec<[u8; 16]> = p.state().backends.values().map(|b| b.addr).collect();
         assert_eq!(left, vec![lb_common::v4_mapped([10, 244, 0, 1])]);
+    }
+
+    fn filter_has(st: &MapState, addr: [u8; 16], which: u32) -> bool {
+        let (w, bit) = lb_common::addr_filter_slot(&addr, which);
+        st.addr_filter.get(&w).is_some_and(|v| v & bit != 0)
+    }
+
+    /// Module docs of `memory` and `addr_filter`: a removed backend's id waits in quarantine,
+    /// its address still in the filter (replies of its flows are translated), until a sweep
+    /// finds no conntrack entry naming it; then the id is the next one given out and the
+    /// address leaves the filter. The incremental filter equals the full computation throughout.
+    #[test]
+    fn a_freed_backend_id_is_reused_only_after_release_and_its_address_filtered_until_then() {
+        let gone = lb_common::v4_mapped([10, 244, 0, 2]);
+        let full = |p: &Planner| {
+            let quarantined: Vec<[u8; 16]> = p.ids.quarantined_backends().filter_map(|(_, a)| *a).collect();
+            crate::plan::addr_filter::words(
+                p.state().services.keys().map(|k| &k.addr),
+                p.state().backends.values().map(|b| &b.addr).chain(&quarantined),
+            )
+        };
+        let mut d = DesiredState::default();
+        d.services.extend([port("a", 1, &[1, 2])]);
+        let mut p = Planner::new(PlanConfig::default());
+        p.plan(&d);
+        let id_gone = *p.state().backends.iter().find(|(_, b)| b.addr == gone).unwrap().0;
+        d.services.extend([port("a", 1, &[1])]);
+        p.plan(&d);
+        assert!(!p.state().backends.contains_key(&id_gone));
+        assert!(filter_has(p.state(), gone, ADDR_FILTER_BACKEND), "quarantined: replies still translated");
+        assert_eq!(p.state().addr_filter, full(&p));
+        // Still named by a conntrack entry: kept.
+        let r = p.release(|_| false, |id| id == id_gone);
+        assert!(r.backends.is_empty());
+        d.services.extend([port("a", 1, &[1, 3])]);
+        p.plan(&d);
+        assert!(!p.state().backends.contains_key(&id_gone), "not reused while quarantined");
+        // Released: gone from the filter, and the next new backend gets the id.
+        let r = p.release(|_| false, |_| false);
+        assert_eq!(r.backends, vec![(id_gone, Some(gone))]);
+        assert!(!filter_has(p.state(), gone, ADDR_FILTER_BACKEND));
+        assert!(p.pending().filter.contains(&lb_common::addr_filter_slot(&gone, ADDR_FILTER_BACKEND).0));
+        assert_eq!(p.state().addr_filter, full(&p));
+        d.services.extend([port("a", 1, &[1, 3, 4])]);
+        p.plan(&d);
+        let id_new = *p.state().backends.iter().find(|(_, b)| b.addr == lb_common::v4_mapped([10, 244, 0, 4])).unwrap().0;
+        assert_eq!(id_new, id_gone, "the lowest free id is given out first");
+        assert_eq!(p.state().addr_filter, full(&p));
+        // A removed ServicePort's svc_id is quarantined and released the same way.
+        let svc_a = *p.state().names.keys().next().unwrap();
+        d.services.clear();
+        p.plan(&d);
+        assert!(p.state().addr_filter.is_empty() || p.state().addr_filter == full(&p));
+        let r = p.release(|_| false, |_| false);
+        assert_eq!(r.svc_ids, vec![svc_a]);
+        assert!(p.state().addr_filter.is_empty(), "nothing left: {:?}", p.state().addr_filter);
     }
 }

@@ -7,13 +7,21 @@
 //! - backend id: one per (address, port, protocol), shared by every service that uses it; id 0
 //!   is never allocated ([`lb_common::BACKEND_ID_NONE`]).
 //!
-//! Ids are never reused within a process lifetime (a reused id could make a stale conntrack
-//! entry look current). A restarted agent re-learns the ids of what is already programmed from
-//! the pinned maps ([`PlanMemory::adopt`]), so adopting a running datapath rewrites nothing that is
-//! already right.
+//! svc_ids and backend ids are dense: they index the datapath's arrays (`LB_BACKENDS` and the
+//! per-CPU counters), so a freed id is given out again, lowest first. Not at once: a freed id
+//! waits in quarantine until a conntrack sweep has seen no entry that names it
+//! ([`PlanMemory::release`]); until then a UDP flow's membership check or a counter could
+//! mistake the new owner for the old. A quarantined backend's address also stays in the address
+//! filter, so replies of its established flows are still translated (see `addr_filter`).
+//! Select ids are not dense (they only key hash maps) and are never reused within a process.
+//!
+//! A restarted agent re-learns the ids of what is already programmed from the pinned maps
+//! ([`PlanMemory::adopt`]), so adopting a running datapath rewrites nothing that is already
+//! right; ids below the highest one that are not programmed start in quarantine (a conntrack
+//! entry may still name them).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -37,15 +45,89 @@ pub enum SetClass {
     Serving,
 }
 
-/// The ids given out (never reused) and the Maglev tables computed, kept between plans.
+/// Dense ids: the lowest free one is given out first; a freed id is quarantined until a sweep
+/// releases it (module docs).
+#[derive(Clone, Debug)]
+pub struct DensePool<T> {
+    /// Above every id ever given out.
+    next: u32,
+    free: BTreeSet<u32>,
+    /// Freed ids, with what the id named (the backend, for its address).
+    quarantined: BTreeMap<u32, T>,
+}
+
+impl<T> Default for DensePool<T> {
+    fn default() -> Self {
+        Self { next: 1, free: BTreeSet::new(), quarantined: BTreeMap::new() }
+    }
+}
+
+impl<T: Clone> DensePool<T> {
+    fn take(&mut self) -> u32 {
+        if let Some(id) = self.free.pop_first() {
+            return id;
+        }
+        let id = self.next;
+        self.next += 1;
+        id
+    }
+
+    fn quarantine(&mut self, id: u32, what: T) {
+        self.quarantined.insert(id, what);
+    }
+
+    /// Ids known in use (adopted): everything below them that is not in use is quarantined
+    /// with `unknown`.
+    fn adopt(&mut self, used: &BTreeSet<u32>, unknown: T) {
+        let top = used.last().map_or(0, |id| id + 1).max(self.next);
+        for id in self.next..top {
+            if !used.contains(&id) {
+                self.quarantined.insert(id, unknown.clone());
+            }
+        }
+        self.next = top.max(1);
+        self.free.retain(|id| !used.contains(id));
+    }
+
+    /// Frees every quarantined id for which `may_free` holds; returns them with what they named.
+    fn release(&mut self, mut may_free: impl FnMut(u32) -> bool) -> Vec<(u32, T)> {
+        let out: Vec<(u32, T)> =
+            self.quarantined.iter().filter(|(id, _)| may_free(**id)).map(|(id, t)| (*id, t.clone())).collect();
+        for (id, _) in &out {
+            self.quarantined.remove(id);
+            self.free.insert(*id);
+        }
+        out
+    }
+
+    pub fn quarantined(&self) -> impl Iterator<Item = (&u32, &T)> {
+        self.quarantined.iter()
+    }
+}
+
+/// Ids a sweep found no conntrack entry naming, now free for reuse: their counters must be
+/// zeroed before a new owner counts on them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub svc_ids: Vec<u32>,
+    pub backends: Vec<(u32, Option<[u8; 16]>)>,
+    /// The adopted filter words, no longer kept once no id of unknown owner is quarantined.
+    pub sticky_filter: BTreeMap<u32, u64>,
+}
+
+/// The ids given out and the Maglev tables computed, kept between plans.
 #[derive(Clone, Debug)]
 pub struct PlanMemory {
     svc: HashMap<ServicePortName, u32>,
     select: HashMap<(ServicePortName, SetClass), u32>,
     backend: HashMap<(IpAddr, u16, Protocol), u32>,
-    next_svc: u32,
+    svc_pool: DensePool<()>,
+    /// With the quarantined backend's address (`None`: an adopted id of unknown owner).
+    backend_pool: DensePool<Option<[u8; 16]>>,
     next_select: u32,
-    next_backend: u32,
+    /// The pinned address filter's words at adoption, kept set while ids of unknown owner are
+    /// quarantined (see [`PlanMemory::adopt`]).
+    sticky_filter: BTreeMap<u32, u64>,
     /// Maglev tables of the last plan, so that an unchanged endpoint set costs no recompute.
     pub(super) maglev: super::maglev::TableCache,
 }
@@ -56,9 +138,10 @@ impl Default for PlanMemory {
             svc: HashMap::new(),
             select: HashMap::new(),
             backend: HashMap::new(),
-            next_svc: 1,
+            svc_pool: DensePool::default(),
+            backend_pool: DensePool::default(),
             next_select: 1,
-            next_backend: 1,
+            sticky_filter: BTreeMap::new(),
             maglev: super::maglev::TableCache::default(),
         }
     }
@@ -73,11 +156,16 @@ impl PlanMemory {
             if let Some(proto) = Protocol::from_number(be.proto) {
                 self.backend.insert((ip_from16(be.addr), u16::from_be(be.port_be), proto), *id);
             }
-            self.next_backend = self.next_backend.max(id + 1);
         }
-        for v in current.services.values() {
-            self.next_svc = self.next_svc.max(v.svc_id + 1);
+        self.backend_pool.adopt(&current.backends.keys().copied().collect(), None);
+        // Backends quarantined by the previous agent are among the ids of unknown owner: their
+        // addresses are not known, so the pinned filter's bits stay set until those ids are
+        // released.
+        if self.backend_pool.quarantined().any(|(_, addr)| addr.is_none()) {
+            self.sticky_filter.clone_from(&current.addr_filter);
         }
+        let svc_ids: BTreeSet<u32> = current.services.values().map(|v| v.svc_id).chain(current.names.keys().copied()).collect();
+        self.svc_pool.adopt(&svc_ids, ());
         // Every pinned table's id, whoever points at it (a frontend's own or Cluster table, or
         // a table left by an interrupted apply), stays taken: a new table given one of them
         // would have its slots written (step 2) while old values still point at it (step 3).
@@ -134,8 +222,7 @@ impl PlanMemory {
         if let Some(id) = self.svc.get(spn) {
             return *id;
         }
-        let id = self.next_svc;
-        self.next_svc += 1;
+        let id = self.svc_pool.take();
         self.svc.insert(spn.clone(), id);
         id
     }
@@ -155,26 +242,57 @@ impl PlanMemory {
         if let Some(id) = self.backend.get(&key) {
             return *id;
         }
-        let id = self.next_backend;
-        self.next_backend += 1;
+        let id = self.backend_pool.take();
         self.backend.insert(key, id);
         id
     }
 
     /// Forgets the svc_id and table ids of ServicePort `spn` (gone from the desired state).
     pub(crate) fn forget_service_port(&mut self, spn: &ServicePortName) {
-        self.svc.remove(spn);
+        if let Some(id) = self.svc.remove(spn) {
+            self.svc_pool.quarantine(id, ());
+        }
         for class in [SetClass::Internal, SetClass::External, SetClass::Cluster, SetClass::Serving] {
             self.select.remove(&(spn.clone(), class));
         }
     }
 
     /// Forgets the id of a backend no longer in the maps (a later reuse of its address gets a
-    /// new id).
-    pub(crate) fn forget_backend(&mut self, be: &Backend) {
-        if let Some(proto) = Protocol::from_number(be.proto) {
-            self.backend.remove(&(ip_from16(be.addr), u16::from_be(be.port_be), proto));
+    /// new id); the id is quarantined. Returns whether it was.
+    pub(crate) fn forget_backend(&mut self, be: &Backend) -> bool {
+        let Some(proto) = Protocol::from_number(be.proto) else {
+            return false;
+        };
+        let Some(id) = self.backend.remove(&(ip_from16(be.addr), u16::from_be(be.port_be), proto)) else {
+            return false;
+        };
+        self.backend_pool.quarantine(id, Some(be.addr));
+        true
+    }
+
+    /// Quarantined backend ids and addresses (module docs): the addresses stay in the address
+    /// filter.
+    pub fn quarantined_backends(&self) -> impl Iterator<Item = (&u32, &Option<[u8; 16]>)> {
+        self.backend_pool.quarantined()
+    }
+
+    /// Frees the quarantined ids that `in_use` says nothing names any more (a conntrack sweep's
+    /// finding, and not in the kernel's maps).
+    pub fn release(&mut self, mut svc_in_use: impl FnMut(u32) -> bool, mut backend_in_use: impl FnMut(u32) -> bool) -> Released {
+        let released = Released {
+            svc_ids: self.svc_pool.release(|id| !svc_in_use(id)).into_iter().map(|(id, ())| id).collect(),
+            backends: self.backend_pool.release(|id| !backend_in_use(id)),
+            sticky_filter: BTreeMap::new(),
+        };
+        if self.backend_pool.quarantined().any(|(_, addr)| addr.is_none()) {
+            return released;
         }
+        Released { sticky_filter: std::mem::take(&mut self.sticky_filter), ..released }
+    }
+
+    /// Filter words kept from the pinned maps (see [`PlanMemory::adopt`]).
+    pub fn sticky_filter(&self) -> &BTreeMap<u32, u64> {
+        &self.sticky_filter
     }
 
     /// Ends a planning pass: Maglev tables not used since the last one are dropped.
@@ -182,13 +300,28 @@ impl PlanMemory {
         self.maglev.end_pass();
     }
 
-    /// Forgets ids of objects absent from `state`, so the maps stay bounded.
-    pub(crate) fn retain_used(&mut self, state: &MapState, desired: &DesiredState) {
+    /// Forgets ids of objects absent from `state`, so the maps stay bounded; their svc and
+    /// backend ids are quarantined. Returns the addresses of the backends quarantined.
+    pub(crate) fn retain_used(&mut self, state: &MapState, desired: &DesiredState) -> Vec<[u8; 16]> {
+        let gone_svc: Vec<u32> =
+            self.svc.iter().filter(|(spn, _)| !desired.services.contains_key(*spn)).map(|(_, id)| *id).collect();
+        for id in gone_svc {
+            self.svc_pool.quarantine(id, ());
+        }
         self.svc.retain(|spn, _| desired.services.contains_key(spn));
         self.select.retain(|(spn, _), _| desired.services.contains_key(spn));
-        let used: HashSet<u32> = state.backends.keys().copied().collect();
-        self.backend.retain(|_, id| used.contains(id));
+        let gone: Vec<(u32, [u8; 16])> = self
+            .backend
+            .iter()
+            .filter(|(_, id)| !state.backends.contains_key(id))
+            .map(|((addr, _, _), id)| (*id, crate::maps::addr16(*addr)))
+            .collect();
+        for (id, addr) in &gone {
+            self.backend_pool.quarantine(*id, Some(*addr));
+        }
+        self.backend.retain(|_, id| state.backends.contains_key(id));
         self.maglev.end_pass();
+        gone.into_iter().map(|(_, addr)| addr).collect()
     }
 }
 

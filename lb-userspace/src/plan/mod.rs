@@ -3,6 +3,7 @@
 //! incremental planner the agent runs ([`incremental`]) and the full plan it is tested against
 //! ([`full`]). Pure: the kernel only sees the result, through `dataplane`, as a [`crate::maps::MapState`].
 
+pub mod addr_filter;
 pub mod full;
 pub mod incremental;
 mod keys;

@@ -181,8 +181,13 @@ fn show(backends: &[Backend]) -> Vec<String> {
         .collect()
 }
 
+/// The phase of an op in the safe order. The address filter's words are first and last, but a
+/// word losing bits is also written again with the deletes (`maps::table::Transition`):
+/// [`is_filter`] ops are checked by their own test.
 fn rank(op: &Op) -> u8 {
     match op {
+        Op::PutFilterWord(..) => 0,
+        Op::DelFilterWord(..) => 11,
         Op::PutName(..) | Op::PutBackend(..) => 1,
         Op::PutMember(..) => 2,
         Op::PutSelect(..) | Op::PutMaglev(..) => 3,
@@ -196,6 +201,17 @@ fn rank(op: &Op) -> u8 {
     }
 }
 
+/// Address filter writes come before every other write or after every other delete.
+fn assert_filter_ops_at_the_edges(ops: &[Op]) {
+    let first = ops.iter().position(|op| !is_filter(op)).unwrap_or(ops.len());
+    let last = ops.iter().rposition(|op| !is_filter(op)).map_or(0, |i| i + 1);
+    assert!(ops[first..last].iter().all(|op| !is_filter(op)), "a filter write between the others: {ops:#?}");
+}
+
+fn is_filter(op: &Op) -> bool {
+    matches!(op, Op::PutFilterWord(..) | Op::DelFilterWord(..))
+}
+
 fn applied(old: &MapState, ops: &[Op]) -> MapState {
     let mut st = old.clone();
     st.apply(ops);
@@ -206,8 +222,22 @@ fn applied(old: &MapState, ops: &[Op]) -> MapState {
 /// backends it has in `old` or in `new` (readers never see a dangling or foreign entry).
 fn assert_every_step_readable(old: &MapState, new: &MapState) {
     let ops = diff(old, new);
+    let filtered = !old.addr_filter.is_empty() || !new.addr_filter.is_empty();
     for i in 0..=ops.len() {
         let st = applied(old, &ops[..i]);
+        // The address filter lets through every frontend and backend address at every step.
+        let filter_has = |addr: &[u8; 16], which| {
+            let (w, bit) = lb_common::addr_filter_slot(addr, which);
+            st.addr_filter.get(&w).is_some_and(|v| v & bit != 0)
+        };
+        if filtered {
+            for k in st.services.keys() {
+                assert!(filter_has(&k.addr, lb_common::ADDR_FILTER_FRONTEND), "after op {i}: frontend {k:?} filtered out");
+            }
+            for b in st.backends.values() {
+                assert!(filter_has(&b.addr, lb_common::ADDR_FILTER_BACKEND), "after op {i}: backend {b:?} filtered out");
+            }
+        }
         for (k, v) in &st.services {
             if is_marker(v) {
                 continue;
@@ -438,10 +468,11 @@ fn map_state_is_deterministic_and_stable_across_replans() {
     assert!(diff(&first, &plan_state(&d, &mut ids)).is_empty());
 }
 
-/// Points 21, 57, 60: ids are stable across changes and never reused within a process, so a
-/// stale conntrack or affinity entry can never point at a different backend or service.
+/// Points 21, 57, 60: ids are stable across changes and never reused until released (by a
+/// conntrack sweep that finds no entry naming them, `plan::memory`), so a stale conntrack or
+/// affinity entry can never point at a different backend or service.
 #[test]
-fn ids_survive_changes_and_are_never_reused() {
+fn ids_survive_changes_and_stay_unused_until_released() {
     let one = |eps: &[Endpoint]| {
         desired(vec![
             (spn("a", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], eps)),
@@ -512,6 +543,7 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
             + st.maglev.len()
             + st.source_ranges.len()
             + st.services.len()
+            + st.addr_filter.len()
     );
     assert!(up.iter().all(|op| rank(op) <= 5));
     let down = diff(&st, &MapState::default());
@@ -540,7 +572,9 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
         ]),
         &mut ids,
     );
-    let ops = diff(&old, &new);
+    let all_ops = diff(&old, &new);
+    assert_filter_ops_at_the_edges(&all_ops);
+    let ops: Vec<Op> = all_ops.into_iter().filter(|op| !is_filter(op)).collect();
     let ranks: Vec<u8> = ops.iter().map(rank).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "ops out of order: {ops:#?}");
     // Every kind of write occurs in this change (no source ranges are involved).
@@ -559,7 +593,7 @@ fn diff_is_minimal() {
     d2.services.get_mut(&spn("web", Protocol::Tcp)).unwrap().affinity_timeout_s = Some(60);
     let new = plan_state(&d2, &mut ids);
     let ops = diff(&old, &new);
-    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert_eq!(ops.len(), 3, "{ops:#?}"); // no address changed: the filter is not written
     assert!(ops.iter().all(|op| matches!(op, Op::PutService(_, v) if v.affinity_timeout_s == 60)));
     // Adding one endpoint to dns/UDP: one backend, one slot, one service value.
     let mut d3 = d.clone();
@@ -567,8 +601,8 @@ fn diff_is_minimal() {
     dns.internal.endpoints.push(ep("10.0.2.3", 53));
     dns.serving.push(ep("10.0.2.3", 53));
     let ops = diff(&old, &plan_state(&d3, &mut ids));
-    // One backend, its membership, one slot, one service value.
-    assert_eq!(ops.iter().map(rank).collect::<Vec<_>>(), [1, 2, 3, 5], "{ops:#?}");
+    // The new address's bit, one backend, its membership, one slot, one service value.
+    assert_eq!(ops.iter().map(rank).collect::<Vec<_>>(), [0, 1, 2, 3, 5], "{ops:#?}");
 }
 
 /// Points 21, 60: scaling down lowers `slot_count` (PutService) before the tail slots go.
@@ -722,7 +756,7 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d2);
     let st = plan_state(&d2, &mut ids);
-    let ops = diff(&pinned, &st);
+    let ops: Vec<Op> = diff(&pinned, &st).into_iter().filter(|op| !is_filter(op)).collect();
     assert!(ops.iter().all(|op| rank(op) >= 6), "only deletes expected: {ops:#?}");
     // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
     // backend, one name.

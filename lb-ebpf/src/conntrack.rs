@@ -1,0 +1,262 @@
+//! Conntrack: each translated flow has a forward entry (client → frontend, as the datapath first
+//! saw it) and a reply entry (backend → client, or → the SNAT address). An entry lives
+//! `lb_common::ct_lifetime_ns` after its flow's last packet (the agent sweeps idle entries; the
+//! LRU reclaims the least recently used under pressure).
+//!
+//! When a backend leaves its Service:
+//! - TCP flows keep going to it, as kube-proxy's conntrack DNAT entries do: a terminating pod can
+//!   finish its connections, a pod that is gone stops answering. New connections never select
+//!   it (point 21). The forward lookup comes first, before the frontend's: an established flow
+//!   needs no other lookup, and keeps its translation even if its frontend changes or goes (as
+//!   conntrack keeps established connections whatever the rules say now).
+//! - A UDP flow keeps its backend only while the backend serves *its* ServicePort (point 57:
+//!   kube-proxy deletes UDP conntrack entries whose endpoint no longer serves that Service): its
+//!   packets look the frontend up too, and select anew when the backend left its serving set.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+};
+use lb_common::{
+    BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
+    CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD,
+    CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtValue, IPPROTO_TCP, MemberKey, SVC_F_EXTERNAL, SVC_F_SNAT,
+    ServiceKey, ct_lifetime_ns,
+};
+
+use crate::{
+    counters::{count, count_flow},
+    maps::{LB_CONFIG, LB_CONNTRACK, LB_MEMBERS, LB_SERVICES},
+    nat::{Nat, Rewrite},
+    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    run::Hook,
+    scratch::{Flow, Keys},
+};
+
+/// SNAT source ports tried before the flow is dropped.
+const SNAT_TRIES: u32 = 4;
+
+/// The datapath's clock: CLOCK_MONOTONIC at jiffy resolution (no clock read per packet beyond a
+/// memory load; lifetimes are seconds).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+pub fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+/// Fills a conntrack key in place.
+#[inline(always)]
+pub fn set_key(k: &mut CtKey, src: [u8; 16], sport_be: u16, dst: [u8; 16], dport_be: u16, proto: u8, dir: u8) {
+    k.src = src;
+    k.dst = dst;
+    k.sport_be = sport_be;
+    k.dport_be = dport_be;
+    k.proto = proto;
+    k.dir = dir;
+    k._pad = [0; 2];
+}
+
+/// A packet of its flow: marks the entry closing on FIN/RST, and refreshes its time when it is
+/// older than `CT_REFRESH_NS` (not on every packet: see `lb_common::CT_REFRESH_NS`).
+#[inline(always)]
+fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
+    // SAFETY: pointer from a map lookup, valid for this program run. Another CPU may update the
+    // same entry concurrently; these plain stores can only race with each other, harmlessly.
+    unsafe {
+        if tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && (*ct).flags & CT_F_CLOSING == 0 {
+            (*ct).flags |= CT_F_CLOSING;
+            (*ct).last_seen_ns = now;
+        } else if now.wrapping_sub((*ct).last_seen_ns) > CT_REFRESH_NS {
+            (*ct).last_seen_ns = now;
+        }
+    }
+}
+
+/// Writes the translation of a packet of an established flow to a frontend into `out`; false
+/// when there is none (no entry, an expired or reused one, or a UDP flow whose backend left its
+/// ServicePort: select anew).
+#[inline(always)]
+pub fn forward(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
+    set_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.fkey) else {
+        return false;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let (last_seen, flags, svc_id, backend_id) = unsafe { ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id) };
+    let tcp = p.proto == IPPROTO_TCP;
+    let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    // A SYN on a closing entry is a new connection reusing the 4-tuple.
+    if now.wrapping_sub(last_seen) > ct_lifetime_ns(p.proto, flags) || new_syn && flags & CT_F_CLOSING != 0 {
+        return false;
+    }
+    if !tcp && !still_serving(p, svc_id, backend_id) {
+        count(CNT_CT_RESELECT);
+        return false;
+    }
+    // SAFETY: as above.
+    let (nat, nat_port_be, snat, snat_port_be) =
+        unsafe { ((*ct).nat_addr, (*ct).nat_port_be, (*ct).snat_addr, (*ct).snat_port_be) };
+    let snat_on = flags & CT_F_SNAT != 0;
+    // A retransmitted SYN whose reply entry is gone (LRU eviction, a sweep) would never get its
+    // SYN-ACK translated: start the connection afresh instead. Only SYNs pay for this lookup;
+    // nothing is established yet, so choosing again is harmless.
+    if new_syn {
+        let (peer, peer_port_be) = if snat_on { (snat, snat_port_be) } else { (p.src, p.sport_be) };
+        set_key(&mut sc.rkey, nat, nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY);
+        if LB_CONNTRACK.get_ptr(&sc.rkey).is_none() {
+            count(CNT_CT_RESELECT);
+            return false;
+        }
+    }
+    touch(ct, p.tcp_flags, now);
+    count(CNT_CT_HIT);
+    count_flow(svc_id, backend_id, p.ip_len, false);
+    *out = Nat { src: Rewrite::when(snat_on, snat, snat_port_be), dst: Rewrite::to(nat, nat_port_be), verdict: CNT_VERDICT_DNAT };
+    true
+}
+
+/// Point 57: the backend of a datagram flow still serves the flow's ServicePort.
+#[inline(always)]
+fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
+    let key = ServiceKey { addr: p.dst, port_be: p.dport_be, proto: p.proto, _pad: 0 };
+    // SAFETY: copied out immediately.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&key) }).copied() else {
+        return false;
+    };
+    if svc.svc_id != svc_id {
+        return false;
+    }
+    // 0: maps written by an older agent, not yet synced.
+    svc.serving_select_id == 0 || {
+        // SAFETY: presence check only.
+        unsafe { LB_MEMBERS.get(&MemberKey { select_id: svc.serving_select_id, backend_id }) }.is_some()
+    }
+}
+
+/// Writes the reverse translation of a reply (backend → client) of a translated flow into `out`;
+/// false when there is none.
+#[inline(always)]
+pub fn reply(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
+    set_key(&mut sc.rkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_REPLY);
+    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.rkey) else {
+        return false;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let v = unsafe { &*ct };
+    if now.wrapping_sub(v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
+        return false;
+    }
+    *out = Nat {
+        src: Rewrite::to(v.nat_addr, v.nat_port_be),
+        dst: Rewrite::when(v.flags & CT_F_SNAT != 0, v.snat_addr, v.snat_port_be),
+        verdict: CNT_VERDICT_REVNAT,
+    };
+    count_flow(v.svc_id, v.backend_id, p.ip_len, false);
+    touch(ct, p.tcp_flags, now);
+    true
+}
+
+/// Creates both conntrack entries of a new flow to `flow.be`, with SNAT where the traffic needs
+/// it, and writes its translation to `flow.nat`; either both entries are written or neither (a
+/// reply entry whose forward entry cannot be written is deleted again). `Err` is the drop reason.
+#[inline(always)]
+pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u64) -> Result<(), u32> {
+    let (svc, be, backend_id) = (&flow.svc, &flow.be, flow.backend_id);
+    let Some(cfg) = LB_CONFIG.get(0) else {
+        return Err(CNT_DROP_SNAT_PORTS);
+    };
+    let (snat_ready, hairpin_ready) = if p.is_v6 {
+        (cfg.flags & CFG_F_SNAT6_READY != 0, cfg.flags & CFG_F_HAIRPIN6_READY != 0)
+    } else {
+        (cfg.flags & CFG_F_SNAT_READY != 0, cfg.flags & CFG_F_HAIRPIN_READY != 0)
+    };
+    // External traffic to a policy-Cluster frontend, and ClusterIP traffic from outside, is
+    // masqueraded (points 31, 32); a pod reaching itself is source-NATed to the hairpin address
+    // so its own reply comes back through the node (point 51). A backend on the node's own
+    // address (point 63) is never source-NATed: the node's stack answers it, and the egress hook
+    // translates the reply on its way out. (Plain values, not Options: see `nat::Rewrite`.)
+    let mut snat = false;
+    let mut snat_addr = [0u8; 16];
+    let host_backend = be.flags & BACKEND_F_HOST != 0;
+    if hook == Hook::External && !host_backend && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
+        if snat_ready {
+            count(CNT_SNAT);
+            snat = true;
+            snat_addr = if p.is_v6 { cfg.snat6_addr } else { cfg.snat_addr };
+        }
+    } else if hook == Hook::Pod && be.addr == p.src && hairpin_ready {
+        count(CNT_HAIRPIN);
+        snat = true;
+        snat_addr = if p.is_v6 { cfg.hairpin6_addr } else { cfg.hairpin_addr };
+    }
+
+    // The reply entry: backend → client (or → the SNAT address), translated back to
+    // frontend → client.
+    let rv = &mut sc.rval;
+    rv.last_seen_ns = now;
+    rv.nat_addr = p.dst;
+    rv.snat_addr = p.src;
+    rv.backend_id = backend_id;
+    rv.svc_id = svc.svc_id;
+    rv.nat_port_be = p.dport_be;
+    rv.snat_port_be = p.sport_be;
+    rv.flags = if snat { CT_F_SNAT } else { 0 };
+    rv._pad = 0;
+    let mut snat_port_be = 0u16;
+    if !snat {
+        set_key(&mut sc.rkey, be.addr, be.port_be, p.src, p.sport_be, p.proto, CT_DIR_REPLY);
+        LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
+    } else {
+        // External SNAT draws ports from the configured range, which the node's own sockets do
+        // not use; the hairpin address is ours alone, so the client's port is kept when free.
+        // BPF_NOEXIST makes the reply entry the port's reservation: two flows never share a
+        // translated 5-tuple.
+        let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
+        let span = u32::from(max.saturating_sub(min)) + 1;
+        let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
+        set_key(&mut sc.rkey, be.addr, be.port_be, snat_addr, first, p.proto, CT_DIR_REPLY);
+        let mut found = false;
+        let mut i = 0;
+        while i < SNAT_TRIES {
+            if LB_CONNTRACK.insert(&sc.rkey, &sc.rval, u64::from(BPF_NOEXIST)).is_ok() {
+                found = true;
+                break;
+            }
+            sc.rkey.dport_be = ((u32::from(min) + random() % span) as u16).to_be();
+            i += 1;
+        }
+        if !found {
+            return Err(CNT_DROP_SNAT_PORTS);
+        }
+        snat_port_be = sc.rkey.dport_be;
+    }
+    // The forward entry: client → frontend, translated to (SNAT address →) backend.
+    let fv = &mut sc.fval;
+    fv.last_seen_ns = now;
+    fv.nat_addr = be.addr;
+    fv.snat_addr = snat_addr;
+    fv.backend_id = backend_id;
+    fv.svc_id = svc.svc_id;
+    fv.nat_port_be = be.port_be;
+    fv.snat_port_be = snat_port_be;
+    fv.flags = if snat { CT_F_SNAT } else { 0 };
+    fv._pad = 0;
+    set_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    if LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).is_err() {
+        // No half-made flow: its reply entry (and SNAT port) goes too.
+        let _ = LB_CONNTRACK.remove(&sc.rkey);
+        return Err(CNT_DROP_CT_INSERT);
+    }
+    flow.nat = Nat {
+        src: Rewrite::when(snat, snat_addr, snat_port_be),
+        dst: Rewrite::to(flow.be.addr, flow.be.port_be),
+        verdict: CNT_VERDICT_DNAT,
+    };
+    Ok(())
+}

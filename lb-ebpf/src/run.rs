@@ -1,0 +1,221 @@
+//! The one run path of the packet programs: parse once, decide, apply the verdict through the
+//! hook's [`Context`] (XDP or TC), count exactly one verdict. Every stage is inlined into the
+//! entry point, apart from the rare ICMP-error steps.
+//!
+//! # The decision
+//! 1. Not IP, or a broken IP header: pass (with its reason).
+//! 2. An ICMP error quoting a translated flow: translate it (see `icmp`).
+//! 3. The address filter: a destination that is no frontend's and a source that is no
+//!    backend's pass at once (most of a node's traffic).
+//! 4. To a frontend: an established flow's translation (one conntrack lookup), else the frontend
+//!    itself and a new flow (selection, conntrack entries, SNAT where the policy says).
+//! 5. From a backend: the reverse translation of a reply.
+//!
+//! Later fragments take their first fragment's ports; a packet to a service address that cannot
+//! be translated (truncated L4 header, orphan fragment) is dropped, never passed untranslated.
+
+use lb_common::{
+    CNT_DROP_BAD_L4, CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SOURCE_RANGE,
+    CNT_NEW_FLOWS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
+    CNT_VERDICT_REVNAT, IPPROTO_TCP, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES,
+};
+
+use crate::{
+    conntrack::{self, now, random},
+    counters::{count, count_flow},
+    frag, icmp,
+    nat::Nat,
+    parse::{Packet, Parsed, TCP_FLAG_RST, parse},
+    reject::Original,
+    scratch::{Flow, Keys, Scratch, scratch},
+    select::{self, endpoint_set},
+    service::{frontend, is_service_addr, may_be_backend, may_be_frontend, source_allowed},
+};
+
+/// Where a program runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Ingress from a pod on this node (TC on the host side of its interface).
+    Pod,
+    /// Ingress from outside the node (XDP, or its TC fallback).
+    External,
+    /// Egress of pod and external interfaces: only replies (and ICMP errors) of translated
+    /// flows, the ones the node's own stack sends for a backend on its address (point 63).
+    Egress,
+}
+
+/// What happens to a packet.
+pub enum Verdict {
+    /// Passed untouched, with a `CNT_PASS_*` reason or 0.
+    Pass(u32),
+    /// Dropped, with its `CNT_DROP_*` reason.
+    Drop(u32),
+    /// Translated (the translation is in the scratch space's `flow.nat`).
+    Nat,
+    /// An ICMP error translated (the translation is in the scratch space).
+    Icmp,
+    /// Answered with a TCP RST or an ICMP port unreachable (no endpoints, point 37).
+    Reject,
+}
+
+/// What the XDP and TC programs do differently: how the packet is reached, how it is rewritten
+/// and answered, and their return codes.
+pub trait Context {
+    type Ret;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Makes the headers directly accessible (TC: a local packet's may sit in paged data).
+    fn linearize(&self) {}
+    /// Applies a translation to the packet `p` describes.
+    fn nat(&self, p: &Packet, nat: &Nat) -> Result<(), ()>;
+    /// Turns the packet into a RST or an ICMP port unreachable sent back where it came from:
+    /// the return code and the `CNT_REJECT_*` counter, or a drop reason.
+    fn reject(&self, p: &Packet, orig: &mut Original) -> Result<(Self::Ret, u32), u32>;
+    /// The packet goes on (untouched or translated).
+    fn pass(&self) -> Self::Ret;
+    fn drop(&self) -> Self::Ret;
+}
+
+/// Runs a program: every packet ends in exactly one verdict counter.
+#[inline(always)]
+pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
+    count(CNT_PACKETS);
+    // SAFETY: the one reference to the scratch space in this run.
+    let Some(sc) = (unsafe { scratch() }) else {
+        return drop(ctx, CNT_DROP_REWRITE);
+    };
+    ctx.linearize();
+    let verdict = decide(ctx.data(), ctx.data_end(), hook, sc);
+    let p = &sc.pkt;
+    match verdict {
+        Verdict::Pass(reason) => {
+            if reason != 0 {
+                count(reason);
+            }
+            count(CNT_VERDICT_PASS);
+            ctx.pass()
+        }
+        Verdict::Drop(reason) => drop(ctx, reason),
+        Verdict::Nat => match ctx.nat(p, &sc.flow.nat) {
+            Ok(()) => {
+                count(sc.flow.nat.verdict);
+                ctx.pass()
+            }
+            Err(()) => drop(ctx, CNT_DROP_REWRITE),
+        },
+        Verdict::Icmp => match icmp::apply(ctx.data(), ctx.data_end(), p, &sc.keys.icmp) {
+            Some(()) => {
+                count(CNT_VERDICT_REVNAT);
+                ctx.pass()
+            }
+            None => drop(ctx, CNT_DROP_REWRITE),
+        },
+        Verdict::Reject => match ctx.reject(p, &mut sc.keys.orig) {
+            Ok((ret, kind)) => {
+                count(kind);
+                count(CNT_VERDICT_REJECT);
+                ret
+            }
+            Err(reason) => drop(ctx, reason),
+        },
+    }
+}
+
+#[inline(always)]
+fn drop<C: Context>(ctx: &C, reason: u32) -> C::Ret {
+    count(reason);
+    count(CNT_VERDICT_DROP);
+    ctx.drop()
+}
+
+/// The verdict for the packet in `[data, end)` (module docs).
+#[inline(always)]
+fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
+    let Scratch { pkt: p, keys, flow } = sc;
+    match parse(data, end, p) {
+        Parsed::NotIp => return Verdict::Pass(CNT_PASS_NOT_IP),
+        Parsed::BadL3 => return Verdict::Pass(CNT_PASS_BAD_L3),
+        Parsed::Ip => {}
+    }
+    if p.is_icmp_error {
+        return if icmp::translation(p, keys) { Verdict::Icmp } else { Verdict::Pass(0) };
+    }
+    // `to_service`: possibly to a service address (what may not pass untranslated when it cannot
+    // be translated); `to_frontend`: frontends are looked up (never at egress: the ingress hooks
+    // translate those).
+    let to_service = may_be_frontend(&p.dst);
+    let to_frontend = to_service && hook != Hook::Egress;
+    let from_backend = may_be_backend(&p.src);
+    if !to_service && !from_backend {
+        return Verdict::Pass(0);
+    }
+    let now = now();
+    if p.frag_later {
+        if !frag::follow(p, keys, now) {
+            return if to_service && is_service_addr(p.dst) { Verdict::Drop(CNT_DROP_FRAGMENT) } else { Verdict::Pass(0) };
+        }
+    } else if !p.has_ports {
+        return if p.l4_truncated && to_service && is_service_addr(p.dst) {
+            Verdict::Drop(CNT_DROP_BAD_L4)
+        } else {
+            Verdict::Pass(0)
+        };
+    } else if p.frag_first {
+        frag::remember_first(p, keys, now);
+    }
+    if to_frontend {
+        if conntrack::forward(p, keys, &mut flow.nat, now) {
+            return Verdict::Nat;
+        }
+        if frontend(p, &mut flow.svc) {
+            // A later fragment never starts a flow: its first fragment did, or was dropped.
+            if p.frag_later {
+                return Verdict::Drop(CNT_DROP_FRAGMENT);
+            }
+            return new_flow(p, keys, flow, hook, now);
+        }
+    }
+    if from_backend && conntrack::reply(p, keys, &mut flow.nat, now) {
+        return Verdict::Nat;
+    }
+    Verdict::Pass(0)
+}
+
+/// A new flow to frontend `svc`: source ranges, the endpoint set, a backend, its conntrack
+/// entries.
+#[inline(always)]
+fn new_flow(p: &Packet, keys: &mut Keys, flow: &mut Flow, hook: Hook, now: u64) -> Verdict {
+    let svc = &flow.svc;
+    // Point 48: loadBalancerSourceRanges.
+    if svc.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(p) {
+        return Verdict::Drop(CNT_DROP_SOURCE_RANGE);
+    }
+    let set = endpoint_set(svc, hook == Hook::Pod);
+    if set.slots == 0 {
+        // Points 37, 38: no endpoint anywhere → reject; policy Local without a local one → drop.
+        // A RST is never answered (RFC 793), whatever the service.
+        if set.drop_if_empty {
+            return Verdict::Drop(CNT_DROP_NO_LOCAL_BACKEND);
+        }
+        if p.proto == IPPROTO_TCP && p.tcp_flags & TCP_FLAG_RST != 0 {
+            return Verdict::Drop(CNT_DROP_NO_BACKEND);
+        }
+        return Verdict::Reject;
+    }
+    let hash = if svc.flags & SVC_F_MAGLEV != 0 { select::flow_hash(p) } else { random() };
+    match select::pick(svc, set, hash, (&mut keys.akey, &mut keys.aval), p.src, now) {
+        Ok((id, be)) => {
+            flow.backend_id = id;
+            flow.be = be;
+        }
+        Err(reason) => return Verdict::Drop(reason),
+    }
+    match conntrack::establish(p, keys, flow, hook, now) {
+        Ok(()) => {
+            count(CNT_NEW_FLOWS);
+            count_flow(flow.svc.svc_id, flow.backend_id, p.ip_len, true);
+            Verdict::Nat
+        }
+        Err(reason) => Verdict::Drop(reason),
+    }
+}

@@ -1,0 +1,60 @@
+//! Frontends: the address filter that lets most packets pass without a hash lookup, the lookup
+//! of a frontend, the address markers, and `loadBalancerSourceRanges` (point 48).
+
+use lb_common::{
+    ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, SVC_F_ADDR_MARKER, ServiceKey, ServiceValue, SourceRangeData, addr_filter_slot,
+};
+
+use crate::{
+    maps::{LB_ADDR_FILTER, LB_SERVICES, LB_SOURCE_RANGES},
+    parse::Packet,
+};
+
+/// Whether `addr` may be a frontend address: false for certain, true possibly (a hash of every
+/// frontend address sets a bit; two inlined array reads decide for most packets that they are
+/// none of ours).
+#[inline(always)]
+pub fn may_be_frontend(addr: &[u8; 16]) -> bool {
+    filter_has(addr, ADDR_FILTER_FRONTEND)
+}
+
+/// Whether `addr` may be a backend's (the source of a reply to translate).
+#[inline(always)]
+pub fn may_be_backend(addr: &[u8; 16]) -> bool {
+    filter_has(addr, ADDR_FILTER_BACKEND)
+}
+
+#[inline(always)]
+fn filter_has(addr: &[u8; 16], which: u32) -> bool {
+    let (word, bit) = addr_filter_slot(addr, which);
+    LB_ADDR_FILTER.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// Copies the value of the frontend `p` is addressed to into `out`; false when there is none
+/// (or only an address marker).
+#[inline(always)]
+pub fn frontend(p: &Packet, out: &mut ServiceValue) -> bool {
+    let key = ServiceKey { addr: p.dst, port_be: p.dport_be, proto: p.proto, _pad: 0 };
+    // SAFETY: copied out immediately; the agent replaces whole values.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&key) }) else {
+        return false;
+    };
+    *out = *svc;
+    out.flags & SVC_F_ADDR_MARKER == 0
+}
+
+/// `addr` is a frontend's address (its address marker is programmed): traffic to it that cannot
+/// be translated is dropped, never passed on untranslated.
+#[inline(always)]
+pub fn is_service_addr(addr: [u8; 16]) -> bool {
+    let marker = ServiceKey { addr, port_be: 0, proto: 0, _pad: 0 };
+    // SAFETY: presence check only.
+    unsafe { LB_SERVICES.get(&marker) }.is_some()
+}
+
+/// Point 48: the source is inside the LoadBalancer IP's ranges.
+#[inline(always)]
+pub fn source_allowed(p: &Packet) -> bool {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(256, SourceRangeData { frontend: p.dst, source: p.src });
+    LB_SOURCE_RANGES.get(&key).is_some()
+}

@@ -6,7 +6,11 @@
 //! explicit `_pad` fields so that there is no implicit padding (the kernel compares keys
 //! byte-wise, so uninitialised padding would make equal keys differ). No `bool`, `enum`,
 //! `Option` or `usize`. Each type has a compile-time size assertion. Byte order is named on every
-//! field: `_be` fields are network byte order, everything else is host byte order.
+//! field: `_be` fields are network byte order, everything else is host byte order. The keys the
+//! datapath builds on every packet (`CtKey`, `ServiceKey`) and `Backend` carry an explicit
+//! alignment (asserted with their size; it adds no padding): the BPF backend copies a 16-byte
+//! address of a 4-aligned struct with four word moves, but one of a 1- or 2-aligned struct with a
+//! call of its byte-loop `memmove`.
 //!
 //! # Addresses: one 16-byte format for both families
 //! All addresses are stored as 16 bytes in network byte order. IPv4 addresses are stored
@@ -236,7 +240,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 /// A key with `port_be == 0` and `proto == 0` is the *address marker* the agent writes once per
 /// frontend address: it lets the datapath recognise traffic to a service address that it cannot
 /// translate (fragments, truncated L4 headers) and drop it instead of leaking it untranslated.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ServiceKey {
     /// Frontend address, network byte order, IPv4-mapped for IPv4.
@@ -247,7 +251,7 @@ pub struct ServiceKey {
     pub proto: u8,
     pub _pad: u8,
 }
-const _: () = assert!(size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<ServiceKey>() == 20 && align_of::<ServiceKey>() == 4);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -311,7 +315,7 @@ impl Backend {
     }
 }
 
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Backend {
     /// Endpoint address, network byte order, IPv4-mapped for IPv4.
@@ -323,7 +327,7 @@ pub struct Backend {
     /// `BACKEND_F_*` bits.
     pub flags: u8,
 }
-const _: () = assert!(size_of::<Backend>() == 20);
+const _: () = assert!(size_of::<Backend>() == 20 && align_of::<Backend>() == 4);
 
 /// The endpoint runs on this node.
 pub const BACKEND_F_LOCAL: u8 = 1 << 0;
@@ -389,7 +393,7 @@ const _: () = assert!(size_of::<SelectKey>() == 8);
 ///
 /// A translated flow has two entries: `CT_DIR_FORWARD` keyed by client → frontend, and
 /// `CT_DIR_REPLY` keyed by backend → client (the reply as it arrives from the backend).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct CtKey {
     /// Source address, network byte order.
@@ -405,7 +409,7 @@ pub struct CtKey {
     pub dir: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CtKey>() == 40);
+const _: () = assert!(size_of::<CtKey>() == 40 && align_of::<CtKey>() == 8);
 
 pub const CT_DIR_FORWARD: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
@@ -413,7 +417,8 @@ pub const CT_DIR_REPLY: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns()` of the last packet seen in this direction.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet seen in this direction (refreshed at most
+    /// every [`CT_REFRESH_NS`]).
     pub last_seen_ns: u64,
     /// Forward: the backend address written as destination. Reply: the frontend address written
     /// back as source. Network byte order.
@@ -434,6 +439,8 @@ pub struct CtValue {
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<CtValue>() == 56);
+// The datapath copies these addresses with word moves (see the layout rules).
+const _: () = assert!(core::mem::offset_of!(CtValue, nat_addr) % 4 == 0 && core::mem::offset_of!(CtValue, snat_addr) % 4 == 0);
 
 /// A FIN or RST was seen: the entry lives only `CT_TCP_CLOSING_LIFETIME_NS` more.
 pub const CT_F_CLOSING: u16 = 1 << 0;

@@ -27,7 +27,7 @@ use lb_common::{
 use crate::{
     counters::{count, count_flow},
     maps::{LB_CONFIG, LB_CONNTRACK, LB_MEMBERS, LB_SERVICES},
-    nat::{Nat, Rewrite},
+    nat::{Nat, Rewrite, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     run::Hook,
     scratch::{Flow, Keys},
@@ -52,9 +52,9 @@ pub fn random() -> u32 {
 
 /// Fills a conntrack key in place.
 #[inline(always)]
-pub fn set_key(k: &mut CtKey, src: [u8; 16], sport_be: u16, dst: [u8; 16], dport_be: u16, proto: u8, dir: u8) {
-    k.src = src;
-    k.dst = dst;
+pub fn set_key(k: &mut CtKey, src: &[u8; 16], sport_be: u16, dst: &[u8; 16], dport_be: u16, proto: u8, dir: u8) {
+    k.src = *src;
+    k.dst = *dst;
     k.sport_be = sport_be;
     k.dport_be = dport_be;
     k.proto = proto;
@@ -82,9 +82,8 @@ fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
 /// when there is none (no entry, an expired or reused one, or a UDP flow whose backend left its
 /// ServicePort: select anew).
 #[inline(always)]
-pub fn forward(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
-    set_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
-    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.fkey) else {
+pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
+    let Some(ct) = LB_CONNTRACK.get_ptr_mut(p.flow_key(CT_DIR_FORWARD)) else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -108,7 +107,7 @@ pub fn forward(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     // nothing is established yet, so choosing again is harmless.
     if new_syn {
         let (peer, peer_port_be) = if snat_on { (snat, snat_port_be) } else { (p.src, p.sport_be) };
-        set_key(&mut sc.rkey, nat, nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY);
+        set_key(&mut sc.rkey, &nat, nat_port_be, &peer, peer_port_be, p.proto, CT_DIR_REPLY);
         if LB_CONNTRACK.get_ptr(&sc.rkey).is_none() {
             count(CNT_CT_RESELECT);
             return false;
@@ -117,7 +116,14 @@ pub fn forward(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     touch(ct, p.tcp_flags, now);
     count(CNT_CT_HIT);
     count_flow(svc_id, backend_id, p.ip_len, false);
-    *out = Nat { src: Rewrite::when(snat_on, snat, snat_port_be), dst: Rewrite::to(nat, nat_port_be), verdict: CNT_VERDICT_DNAT };
+    // Field by field (a whole `Nat` built and copied compiles to a `memmove` call).
+    out.src.set = snat_on;
+    out.src.to.addr = snat;
+    out.src.to.port_be = snat_port_be;
+    out.dst.set = true;
+    out.dst.to.addr = nat;
+    out.dst.to.port_be = nat_port_be;
+    out.verdict = CNT_VERDICT_DNAT;
     true
 }
 
@@ -142,9 +148,8 @@ fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
 /// Writes the reverse translation of a reply (backend → client) of a translated flow into `out`;
 /// false when there is none.
 #[inline(always)]
-pub fn reply(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
-    set_key(&mut sc.rkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_REPLY);
-    let Some(ct) = LB_CONNTRACK.get_ptr_mut(&sc.rkey) else {
+pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
+    let Some(ct) = LB_CONNTRACK.get_ptr_mut(p.flow_key(CT_DIR_REPLY)) else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -152,11 +157,18 @@ pub fn reply(p: &Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     if now.wrapping_sub(v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
         return false;
     }
-    *out = Nat {
-        src: Rewrite::to(v.nat_addr, v.nat_port_be),
-        dst: Rewrite::when(v.flags & CT_F_SNAT != 0, v.snat_addr, v.snat_port_be),
-        verdict: CNT_VERDICT_REVNAT,
-    };
+    // Field by field (see `forward`).
+    out.src.set = true;
+    out.dst.set = v.flags & CT_F_SNAT != 0;
+    // SAFETY: `CtValue` is 8-aligned with its addresses at offsets 8 and 24; `Endpoint` is
+    // 4-aligned with its address first.
+    unsafe {
+        copy_addr(&mut out.src.to.addr, &v.nat_addr);
+        copy_addr(&mut out.dst.to.addr, &v.snat_addr);
+    }
+    out.src.to.port_be = v.nat_port_be;
+    out.dst.to.port_be = v.snat_port_be;
+    out.verdict = CNT_VERDICT_REVNAT;
     count_flow(v.svc_id, v.backend_id, p.ip_len, false);
     touch(ct, p.tcp_flags, now);
     true
@@ -210,7 +222,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     rv._pad = 0;
     let mut snat_port_be = 0u16;
     if !snat {
-        set_key(&mut sc.rkey, be.addr, be.port_be, p.src, p.sport_be, p.proto, CT_DIR_REPLY);
+        set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY);
         LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
     } else {
         // External SNAT draws ports from the configured range, which the node's own sockets do
@@ -220,7 +232,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
         let span = u32::from(max.saturating_sub(min)) + 1;
         let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
-        set_key(&mut sc.rkey, be.addr, be.port_be, snat_addr, first, p.proto, CT_DIR_REPLY);
+        set_key(&mut sc.rkey, &be.addr, be.port_be, &snat_addr, first, p.proto, CT_DIR_REPLY);
         let mut found = false;
         let mut i = 0;
         while i < SNAT_TRIES {
@@ -247,7 +259,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     fv.snat_port_be = snat_port_be;
     fv.flags = if snat { CT_F_SNAT } else { 0 };
     fv._pad = 0;
-    set_key(&mut sc.fkey, p.src, p.sport_be, p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
     if LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).is_err() {
         // No half-made flow: its reply entry (and SNAT port) goes too.
         let _ = LB_CONNTRACK.remove(&sc.rkey);

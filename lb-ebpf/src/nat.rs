@@ -14,11 +14,31 @@ use crate::{
     parse::{IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
-/// An address (16-byte format) and port (network byte order).
+/// An address (16-byte format) and port (network byte order). Aligned to 4 so that addresses
+/// are copied in and out with word moves (see `lb_common`'s layout rules).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Default)]
 pub struct Endpoint {
     pub addr: [u8; 16],
     pub port_be: u16,
+}
+
+/// Copies a 16-byte address between two 4-aligned places with four word moves. (A plain array
+/// assignment between two places the compiler cannot prove distinct compiles to a call of the
+/// BPF `memmove`, a byte loop; volatile keeps the moves from being merged back into one.)
+///
+/// # Safety
+/// `to` and `from` must be 4-aligned (fields at 4-aligned offsets of 4-aligned `repr(C)`
+/// structs: `CtValue`'s addresses, `Endpoint::addr`).
+#[inline(always)]
+pub unsafe fn copy_addr(to: &mut [u8; 16], from: &[u8; 16]) {
+    let (t, f) = (to.as_mut_ptr().cast::<u32>(), from.as_ptr().cast::<u32>());
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: in bounds; aligned by the caller's promise.
+        unsafe { t.add(i).write_volatile(f.add(i).read_volatile()) };
+        i += 1;
+    }
 }
 
 /// An optional rewrite. (A plain struct, not an `Option<Endpoint>`: every field is always

@@ -25,7 +25,7 @@
 
 use core::mem::size_of;
 
-use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
+use lb_common::{CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -178,9 +178,13 @@ pub struct Inner {
     pub l4_off: u8,
 }
 
-/// A packet's flow description plus the offsets a rewrite needs. It lives in a per-CPU map
-/// (`maps::LB_PKT`), not on the 512-byte BPF stack, which could not hold it next to the map
-/// keys of the deepest call chain.
+/// A packet's flow description plus the offsets a rewrite needs. It lives in the per-CPU
+/// scratch space (`scratch`), not on the 512-byte BPF stack, which could not hold it next to the
+/// map keys of the deepest call chain.
+///
+/// It begins with the layout of a [`CtKey`]: the packet's own 5-tuple is its conntrack key
+/// ([`Packet::flow_key`]), looked up without copying it anywhere.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Default)]
 pub struct Packet {
     /// Addresses in the 16-byte format (IPv4-mapped for IPv4), network byte order.
@@ -188,9 +192,12 @@ pub struct Packet {
     pub dst: [u8; 16],
     pub sport_be: u16,
     pub dport_be: u16,
+    pub proto: u8,
+    /// `CtKey::dir` and its padding: written by [`Packet::flow_key`] (padding always 0).
+    ct_dir: u8,
+    ct_pad: [u8; 2],
     /// IPv4 identification, or the IPv6 fragment header's identification.
     pub frag_id: u32,
-    pub proto: u8,
     pub tcp_flags: u8,
     pub is_v6: bool,
     /// Ports are known: from the L4 header, or from the fragment table for later fragments.
@@ -219,6 +226,78 @@ pub struct Packet {
     pub ip_len: u32,
 }
 
+// `Packet::flow_key` reads the packet's first 40 bytes as a `CtKey`.
+const _: () = {
+    use core::mem::{align_of, offset_of};
+    assert!(offset_of!(Packet, src) == offset_of!(CtKey, src));
+    assert!(offset_of!(Packet, dst) == offset_of!(CtKey, dst));
+    assert!(offset_of!(Packet, sport_be) == offset_of!(CtKey, sport_be));
+    assert!(offset_of!(Packet, dport_be) == offset_of!(CtKey, dport_be));
+    assert!(offset_of!(Packet, proto) == offset_of!(CtKey, proto));
+    assert!(offset_of!(Packet, ct_dir) == offset_of!(CtKey, dir));
+    assert!(offset_of!(Packet, ct_pad) == offset_of!(CtKey, _pad));
+    assert!(offset_of!(Packet, frag_id) >= size_of::<CtKey>());
+    assert!(align_of::<Packet>() >= align_of::<CtKey>());
+};
+
+impl Packet {
+    /// The packet's 5-tuple as the conntrack key of direction `dir` (`CT_DIR_*`): a forward
+    /// entry is keyed by the packet as it arrives from the client, a reply entry by the reply as
+    /// it arrives from the backend.
+    #[inline(always)]
+    pub fn flow_key(&mut self, dir: u8) -> &CtKey {
+        self.ct_dir = dir;
+        // SAFETY: `Packet` is `repr(C)`, at least as aligned as `CtKey`, and its first fields
+        // are `CtKey`'s at the same offsets (asserted above), the padding always 0; every bit
+        // pattern is a valid `CtKey`.
+        unsafe { &*(self as *const Packet).cast::<CtKey>() }
+    }
+
+    /// Clears what a parse may leave unwritten (the addresses and offsets are always written;
+    /// `icmp` is read only when `is_icmp_error`). Field by field with volatile stores: an
+    /// aggregate reset compiles to a call of the BPF `memset`, a byte loop, which cost more than
+    /// the whole rest of a non-service packet's path.
+    #[inline(always)]
+    fn reset(&mut self) {
+        // SAFETY: plain stores to fields of a valid, exclusive reference.
+        unsafe {
+            core::ptr::write_volatile(&mut self.sport_be, 0);
+            core::ptr::write_volatile(&mut self.dport_be, 0);
+            core::ptr::write_volatile(&mut self.frag_id, 0);
+            core::ptr::write_volatile(&mut self.proto, 0);
+            core::ptr::write_volatile(&mut self.ct_dir, 0);
+            core::ptr::write_volatile(&mut self.ct_pad, [0; 2]);
+            core::ptr::write_volatile(&mut self.tcp_flags, 0);
+            core::ptr::write_volatile(&mut self.is_v6, false);
+            core::ptr::write_volatile(&mut self.has_ports, false);
+            core::ptr::write_volatile(&mut self.l4_in_packet, false);
+            core::ptr::write_volatile(&mut self.frag_first, false);
+            core::ptr::write_volatile(&mut self.frag_later, false);
+            core::ptr::write_volatile(&mut self.l4_truncated, false);
+            core::ptr::write_volatile(&mut self.is_icmp_error, false);
+            core::ptr::write_volatile(&mut self.ihl, 0);
+            core::ptr::write_volatile(&mut self.l4_off, 0);
+        }
+    }
+}
+
+/// Writes the IPv4-mapped form of `a` (`::ffff:a.b.c.d`) into `to`, one byte at a time with
+/// volatile stores (a constant prefix built as an array compiles to a `memset` call).
+#[inline(always)]
+pub fn write_v4_mapped(to: &mut [u8; 16], a: [u8; 4]) {
+    let mut i = 0;
+    while i < 16 {
+        let b = match i {
+            10 | 11 => 0xff,
+            12..=15 => a[i - 12],
+            _ => 0,
+        };
+        // SAFETY: in bounds of an exclusive reference.
+        unsafe { core::ptr::write_volatile(&mut to[i], b) };
+        i += 1;
+    }
+}
+
 /// Parses Ethernet + IPv4 or IPv6 + the TCP/UDP ports (or the flow an ICMP error quotes). A BPF
 /// subprogram of its own: its temporaries stay off the entry point's stack frame.
 #[inline(never)]
@@ -229,7 +308,7 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
     };
     // SAFETY: `take` checked the bounds; packet memory may be unaligned.
     let ether_type = u16::from_be(unsafe { core::ptr::read_unaligned(eth) }.ether_type_be);
-    *out = Packet::default();
+    out.reset();
     match ether_type {
         ETH_P_IP => parse_v4(&c, out),
         ETH_P_IPV6 => parse_v6(&c, out),
@@ -258,8 +337,8 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     let frag = u16::from_be(ip.frag_off_be);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
-    p.src = v4_mapped(ip.saddr);
-    p.dst = v4_mapped(ip.daddr);
+    write_v4_mapped(&mut p.src, ip.saddr);
+    write_v4_mapped(&mut p.dst, ip.daddr);
     p.frag_id = u32::from(ip.id_be);
     p.proto = ip.proto;
     p.frag_first = offset == 0 && more;

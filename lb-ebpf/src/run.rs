@@ -175,7 +175,7 @@ fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
             return new_flow(p, keys, flow, hook, now);
         }
     }
-    if from_backend && conntrack::reply(p, keys, &mut flow.nat, now) {
+    if from_backend && conntrack::reply(p, &mut flow.nat, now) {
         return Verdict::Nat;
     }
     Verdict::Pass(0)

@@ -39,7 +39,15 @@ pub fn frontend(p: &Packet, out: &mut ServiceValue) -> bool {
     let Some(svc) = (unsafe { LB_SERVICES.get(&key) }) else {
         return false;
     };
-    *out = *svc;
+    // Field by field: a struct copy from a map value compiles to a `memmove` call (a byte loop).
+    out.svc_id = svc.svc_id;
+    out.select_id = svc.select_id;
+    out.slot_count = svc.slot_count;
+    out.flags = svc.flags;
+    out.affinity_timeout_s = svc.affinity_timeout_s;
+    out.cluster_select_id = svc.cluster_select_id;
+    out.cluster_slot_count = svc.cluster_slot_count;
+    out.serving_select_id = svc.serving_select_id;
     out.flags & SVC_F_ADDR_MARKER == 0
 }
 

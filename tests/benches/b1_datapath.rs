@@ -902,7 +902,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut by_lab: Vec<Vec<CaseOut>> = labs.iter().map(|_| Vec::new()).collect();
-    for name in CASES {
+    // LB_B1_CASES=ct_hit,reply_revnat runs only those cases (for a quick look while working on
+    // one path; the report then lacks the others).
+    let only: Option<Vec<String>> = std::env::var("LB_B1_CASES").ok().map(|v| v.split(',').map(str::to_owned).collect());
+    for name in CASES.into_iter().filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|x| x == c))) {
         let mut prepared = Vec::new();
         for (i, lab) in labs.iter().enumerate() {
             if let Some(p) = prepare(lab, name, &sizes, noop_tc.as_raw_fd(), noop_xdp.as_raw_fd())? {

@@ -27,11 +27,16 @@ use lb_common::{
 use crate::{
     counters::{count, count_flow},
     maps::{LB_CONFIG, LB_CONNTRACK, LB_MEMBERS, LB_SERVICES},
-    nat::{Nat, Rewrite, copy_addr},
+    nat::{Nat, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     run::Hook,
     scratch::{Flow, Keys},
 };
+
+/// The address of no SNAT (a 4-aligned source for `copy_addr`).
+#[repr(C, align(4))]
+struct Aligned([u8; 16]);
+static ZERO_ADDR: Aligned = Aligned([0; 16]);
 
 /// SNAT source ports tried before the flow is dropped.
 const SNAT_TRIES: u32 = 4;
@@ -51,10 +56,17 @@ pub fn random() -> u32 {
 }
 
 /// Fills a conntrack key in place.
+///
+/// # Safety
+/// `src` and `dst` must be 4-aligned (see `nat::copy_addr`): the packet description's, a map
+/// value's or the scratch space's addresses.
 #[inline(always)]
-pub fn set_key(k: &mut CtKey, src: &[u8; 16], sport_be: u16, dst: &[u8; 16], dport_be: u16, proto: u8, dir: u8) {
-    k.src = *src;
-    k.dst = *dst;
+pub unsafe fn set_key(k: &mut CtKey, src: &[u8; 16], sport_be: u16, dst: &[u8; 16], dport_be: u16, proto: u8, dir: u8) {
+    // SAFETY: `CtKey` is 8-aligned with its addresses at 0 and 16; the sources by the caller.
+    unsafe {
+        copy_addr(&mut k.src, src);
+        copy_addr(&mut k.dst, dst);
+    }
     k.sport_be = sport_be;
     k.dport_be = dport_be;
     k.proto = proto;
@@ -98,16 +110,16 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
         count(CNT_CT_RESELECT);
         return false;
     }
-    // SAFETY: as above.
-    let (nat, nat_port_be, snat, snat_port_be) =
-        unsafe { ((*ct).nat_addr, (*ct).nat_port_be, (*ct).snat_addr, (*ct).snat_port_be) };
+    // SAFETY: as above; the entry stays valid for this run.
+    let v = unsafe { &*ct };
     let snat_on = flags & CT_F_SNAT != 0;
     // A retransmitted SYN whose reply entry is gone (LRU eviction, a sweep) would never get its
     // SYN-ACK translated: start the connection afresh instead. Only SYNs pay for this lookup;
     // nothing is established yet, so choosing again is harmless.
     if new_syn {
-        let (peer, peer_port_be) = if snat_on { (snat, snat_port_be) } else { (p.src, p.sport_be) };
-        set_key(&mut sc.rkey, &nat, nat_port_be, &peer, peer_port_be, p.proto, CT_DIR_REPLY);
+        let (peer, peer_port_be) = if snat_on { (&v.snat_addr, v.snat_port_be) } else { (&p.src, p.sport_be) };
+        // SAFETY: addresses of a map value and of the packet description (4-aligned).
+        unsafe { set_key(&mut sc.rkey, &v.nat_addr, v.nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY) };
         if LB_CONNTRACK.get_ptr(&sc.rkey).is_none() {
             count(CNT_CT_RESELECT);
             return false;
@@ -118,11 +130,14 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     count_flow(svc_id, backend_id, p.ip_len, false);
     // Field by field (a whole `Nat` built and copied compiles to a `memmove` call).
     out.src.set = snat_on;
-    out.src.to.addr = snat;
-    out.src.to.port_be = snat_port_be;
     out.dst.set = true;
-    out.dst.to.addr = nat;
-    out.dst.to.port_be = nat_port_be;
+    // SAFETY: `CtValue` and `Endpoint` addresses are 4-aligned.
+    unsafe {
+        copy_addr(&mut out.src.to.addr, &v.snat_addr);
+        copy_addr(&mut out.dst.to.addr, &v.nat_addr);
+    }
+    out.src.to.port_be = v.snat_port_be;
+    out.dst.to.port_be = v.nat_port_be;
     out.verdict = CNT_VERDICT_DNAT;
     true
 }
@@ -193,27 +208,32 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     // so its own reply comes back through the node (point 51). A backend on the node's own
     // address (point 63) is never source-NATed: the node's stack answers it, and the egress hook
     // translates the reply on its way out. (Plain values, not Options: see `nat::Rewrite`.)
+    // (The addresses are referenced, never copied onto the stack: see `nat::copy_addr`.)
     let mut snat = false;
-    let mut snat_addr = [0u8; 16];
+    let mut snat_addr: &[u8; 16] = &ZERO_ADDR.0;
     let host_backend = be.flags & BACKEND_F_HOST != 0;
     if hook == Hook::External && !host_backend && (svc.flags & SVC_F_SNAT != 0 || svc.flags & SVC_F_EXTERNAL == 0) {
         if snat_ready {
             count(CNT_SNAT);
             snat = true;
-            snat_addr = if p.is_v6 { cfg.snat6_addr } else { cfg.snat_addr };
+            snat_addr = if p.is_v6 { &cfg.snat6_addr } else { &cfg.snat_addr };
         }
     } else if hook == Hook::Pod && be.addr == p.src && hairpin_ready {
         count(CNT_HAIRPIN);
         snat = true;
-        snat_addr = if p.is_v6 { cfg.hairpin6_addr } else { cfg.hairpin_addr };
+        snat_addr = if p.is_v6 { &cfg.hairpin6_addr } else { &cfg.hairpin_addr };
     }
 
     // The reply entry: backend → client (or → the SNAT address), translated back to
     // frontend → client.
     let rv = &mut sc.rval;
     rv.last_seen_ns = now;
-    rv.nat_addr = p.dst;
-    rv.snat_addr = p.src;
+    // SAFETY (every `copy_addr` and `set_key` below): addresses of the packet description, the
+    // scratch space, `ZERO_ADDR` and map values, all 4-aligned.
+    unsafe {
+        copy_addr(&mut rv.nat_addr, &p.dst);
+        copy_addr(&mut rv.snat_addr, &p.src);
+    }
     rv.backend_id = backend_id;
     rv.svc_id = svc.svc_id;
     rv.nat_port_be = p.dport_be;
@@ -222,7 +242,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     rv._pad = 0;
     let mut snat_port_be = 0u16;
     if !snat {
-        set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY);
+        unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY) };
         LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
     } else {
         // External SNAT draws ports from the configured range, which the node's own sockets do
@@ -232,7 +252,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
         let span = u32::from(max.saturating_sub(min)) + 1;
         let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
-        set_key(&mut sc.rkey, &be.addr, be.port_be, &snat_addr, first, p.proto, CT_DIR_REPLY);
+        unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, snat_addr, first, p.proto, CT_DIR_REPLY) };
         let mut found = false;
         let mut i = 0;
         while i < SNAT_TRIES {
@@ -251,24 +271,31 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     // The forward entry: client → frontend, translated to (SNAT address →) backend.
     let fv = &mut sc.fval;
     fv.last_seen_ns = now;
-    fv.nat_addr = be.addr;
-    fv.snat_addr = snat_addr;
+    unsafe {
+        copy_addr(&mut fv.nat_addr, &be.addr);
+        copy_addr(&mut fv.snat_addr, snat_addr);
+    }
     fv.backend_id = backend_id;
     fv.svc_id = svc.svc_id;
     fv.nat_port_be = be.port_be;
     fv.snat_port_be = snat_port_be;
     fv.flags = if snat { CT_F_SNAT } else { 0 };
     fv._pad = 0;
-    set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD);
+    unsafe { set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD) };
     if LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).is_err() {
         // No half-made flow: its reply entry (and SNAT port) goes too.
         let _ = LB_CONNTRACK.remove(&sc.rkey);
         return Err(CNT_DROP_CT_INSERT);
     }
-    flow.nat = Nat {
-        src: Rewrite::when(snat, snat_addr, snat_port_be),
-        dst: Rewrite::to(flow.be.addr, flow.be.port_be),
-        verdict: CNT_VERDICT_DNAT,
-    };
+    let nat = &mut flow.nat;
+    nat.src.set = snat;
+    nat.src.to.port_be = snat_port_be;
+    nat.dst.set = true;
+    nat.dst.to.port_be = flow.be.port_be;
+    unsafe {
+        copy_addr(&mut nat.src.to.addr, snat_addr);
+        copy_addr(&mut nat.dst.to.addr, &flow.be.addr);
+    }
+    nat.verdict = CNT_VERDICT_DNAT;
     Ok(())
 }

@@ -36,7 +36,8 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // 1. An error on its way back to the client about a packet the backend received (from the
     //    backend itself or a router on the way): the quoted packet went client (or SNAT
     //    address) → backend, so its flow's reply entry is the quote reversed.
-    set_key(&mut sc.rkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY);
+    // SAFETY: `Inner` is 4-aligned with its addresses first.
+    unsafe { set_key(&mut sc.rkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY) };
     // SAFETY: copied out immediately.
     if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() {
         let snat = v.flags & CT_F_SNAT != 0;
@@ -53,7 +54,8 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // 2. An error from the client (or a router before it) about a reply it received: the quoted
     //    packet went frontend → client, so the flow's forward entry is the quote reversed. It
     //    goes to the backend, about what the backend sent.
-    set_key(&mut sc.fkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD);
+    // SAFETY: as above.
+    unsafe { set_key(&mut sc.fkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD) };
     // SAFETY: copied out immediately.
     let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.fkey) }).copied() else {
         return false;

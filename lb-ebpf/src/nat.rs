@@ -180,7 +180,18 @@ pub fn store<T: Copy>(data: usize, end: usize, off: usize, v: T) -> Option<()> {
 /// Writes an address at `off` in the packet's format (4 or 16 bytes).
 #[inline(always)]
 pub fn store_addr(data: usize, end: usize, off: usize, a: &[u8; 16], v6: bool) -> Option<()> {
-    if v6 { store(data, end, off, *a) } else { store(data, end, off, [a[12], a[13], a[14], a[15]]) }
+    if !v6 {
+        return store(data, end, off, [a[12], a[13], a[14], a[15]]);
+    }
+    let to = crate::parse::ptr_at_mut::<[u8; 16]>(data, end, off)?.cast::<u8>();
+    let mut i = 0;
+    while i < 16 {
+        // SAFETY: inside the 16 bytes bounds-checked above. Volatile byte stores: a 16-byte
+        // unaligned store compiles to a call of the BPF `memmove` (a byte loop with a call).
+        unsafe { to.add(i).write_volatile(a[i]) };
+        i += 1;
+    }
+    Some(())
 }
 
 /// Writes `nat`'s addresses and ports and the IPv4 header checksum into `[data, end)`, by

@@ -163,7 +163,9 @@ pub enum Parsed {
     Ip,
 }
 
-/// The packet an ICMP error quotes (as it was sent by whoever the error goes back to).
+/// The packet an ICMP error quotes (as it was sent by whoever the error goes back to). Aligned
+/// to 4: its addresses are copied with word moves (`nat::copy_addr`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Default)]
 pub struct Inner {
     pub src: [u8; 16],

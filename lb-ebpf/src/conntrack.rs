@@ -228,8 +228,9 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     // frontend → client.
     let rv = &mut sc.rval;
     rv.last_seen_ns = now;
-    // SAFETY (every `copy_addr` and `set_key` below): addresses of the packet description, the
+    // Every `copy_addr` and `set_key` below moves addresses of the packet description, the
     // scratch space, `ZERO_ADDR` and map values, all 4-aligned.
+    // SAFETY: 4-aligned addresses (above).
     unsafe {
         copy_addr(&mut rv.nat_addr, &p.dst);
         copy_addr(&mut rv.snat_addr, &p.src);
@@ -242,6 +243,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     rv._pad = 0;
     let mut snat_port_be = 0u16;
     if !snat {
+        // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY) };
         LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
     } else {
@@ -252,6 +254,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
         let span = u32::from(max.saturating_sub(min)) + 1;
         let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
+        // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, snat_addr, first, p.proto, CT_DIR_REPLY) };
         let mut found = false;
         let mut i = 0;
@@ -271,6 +274,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     // The forward entry: client → frontend, translated to (SNAT address →) backend.
     let fv = &mut sc.fval;
     fv.last_seen_ns = now;
+    // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe {
         copy_addr(&mut fv.nat_addr, &be.addr);
         copy_addr(&mut fv.snat_addr, snat_addr);
@@ -281,6 +285,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     fv.snat_port_be = snat_port_be;
     fv.flags = if snat { CT_F_SNAT } else { 0 };
     fv._pad = 0;
+    // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe { set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD) };
     if LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).is_err() {
         // No half-made flow: its reply entry (and SNAT port) goes too.
@@ -292,6 +297,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     nat.src.to.port_be = snat_port_be;
     nat.dst.set = true;
     nat.dst.to.port_be = flow.be.port_be;
+    // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe {
         copy_addr(&mut nat.src.to.addr, snat_addr);
         copy_addr(&mut nat.dst.to.addr, &flow.be.addr);

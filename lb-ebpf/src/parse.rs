@@ -240,6 +240,7 @@ const _: () = {
     assert!(offset_of!(Packet, ct_pad) == offset_of!(CtKey, _pad));
     assert!(offset_of!(Packet, frag_id) >= size_of::<CtKey>());
     assert!(align_of::<Packet>() >= align_of::<CtKey>());
+    assert!(offset_of!(Packet, src) == 0 && offset_of!(Packet, dst) == 16 && align_of::<Packet>() >= 4);
 };
 
 impl Packet {
@@ -253,6 +254,24 @@ impl Packet {
         // are `CtKey`'s at the same offsets (asserted above), the padding always 0; every bit
         // pattern is a valid `CtKey`.
         unsafe { &*(self as *const Packet).cast::<CtKey>() }
+    }
+
+    /// Writes the IPv4-mapped forms (`::ffff:a.b.c.d`) of `src` and `dst` as eight aligned word
+    /// stores (volatile: zero words merged into a `memset` would compile to a byte-loop call).
+    #[inline(always)]
+    fn set_v4_addrs(&mut self, src: [u8; 4], dst: [u8; 4]) {
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        for (to, a) in [(&mut self.src, src), (&mut self.dst, dst)] {
+            let w = (to as *mut [u8; 16]).cast::<u32>();
+            // SAFETY: `Packet` is 8-aligned with `src` at 0 and `dst` at 16 (asserted above), so
+            // both are 4-aligned; four words are the array's 16 bytes.
+            unsafe {
+                w.write_volatile(0);
+                w.add(1).write_volatile(0);
+                w.add(2).write_volatile(mapped);
+                w.add(3).write_volatile(u32::from_ne_bytes(a));
+            }
+        }
     }
 
     /// Clears what a parse may leave unwritten (the addresses and offsets are always written;
@@ -280,23 +299,6 @@ impl Packet {
             core::ptr::write_volatile(&mut self.ihl, 0);
             core::ptr::write_volatile(&mut self.l4_off, 0);
         }
-    }
-}
-
-/// Writes the IPv4-mapped form of `a` (`::ffff:a.b.c.d`) into `to`, one byte at a time with
-/// volatile stores (a constant prefix built as an array compiles to a `memset` call).
-#[inline(always)]
-pub fn write_v4_mapped(to: &mut [u8; 16], a: [u8; 4]) {
-    let mut i = 0;
-    while i < 16 {
-        let b = match i {
-            10 | 11 => 0xff,
-            12..=15 => a[i - 12],
-            _ => 0,
-        };
-        // SAFETY: in bounds of an exclusive reference.
-        unsafe { core::ptr::write_volatile(&mut to[i], b) };
-        i += 1;
     }
 }
 
@@ -339,8 +341,7 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     let frag = u16::from_be(ip.frag_off_be);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
-    write_v4_mapped(&mut p.src, ip.saddr);
-    write_v4_mapped(&mut p.dst, ip.daddr);
+    p.set_v4_addrs(ip.saddr, ip.daddr);
     p.frag_id = u32::from(ip.id_be);
     p.proto = ip.proto;
     p.frag_first = offset == 0 && more;

@@ -358,8 +358,15 @@ pub const ADDR_FILTER_BACKEND: u32 = 1;
 #[inline(always)]
 #[must_use]
 pub const fn addr_filter_slot(addr: &[u8; 16], which: u32) -> (u32, u64) {
-    let x =
-        (word(addr, 0) ^ word(addr, 4).rotate_left(8) ^ word(addr, 8).rotate_left(16) ^ word(addr, 12)).wrapping_mul(0x9e37_79b1);
+    addr_filter_slot_words([word(addr, 0), word(addr, 4), word(addr, 8), word(addr, 12)], which)
+}
+
+/// [`addr_filter_slot`] of an address given as its four 32-bit words as they lie in memory
+/// (the datapath reads them from an aligned copy with four loads).
+#[inline(always)]
+#[must_use]
+pub const fn addr_filter_slot_words(w: [u32; 4], which: u32) -> (u32, u64) {
+    let x = (w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3]).wrapping_mul(0x9e37_79b1);
     let bit = x >> (32 - 20);
     (which * (ADDR_FILTER_BITS / 64) + bit / 64, 1u64 << (bit % 64))
 }

@@ -92,17 +92,39 @@ pub fn addr_offsets(v6: bool) -> (usize, usize) {
 /// The checksum change of an address replaced (IPv4: its one word; IPv6: four).
 #[inline(always)]
 pub fn addr_delta(old: &[u8; 16], new: &[u8; 16], v6: bool) -> Delta {
+    words_delta(words(old), words(new), v6)
+}
+
+/// [`addr_delta`] of addresses given as their words (read from aligned places with one load
+/// each; `word` reads a byte at a time).
+#[inline(always)]
+pub fn words_delta(old: [u32; 4], new: [u32; 4], v6: bool) -> Delta {
     let mut d = Delta::default();
     if v6 {
         let mut i = 0;
         while i < 4 {
-            d.word(word(old, i), word(new, i));
+            d.word(old[i], new[i]);
             i += 1;
         }
     } else {
-        d.word(word(old, 3), word(new, 3));
+        d.word(old[3], new[3]);
     }
     d
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [word(a, 0), word(a, 1), word(a, 2), word(a, 3)]
+}
+
+impl Endpoint {
+    /// The address as 32-bit words (four aligned loads).
+    #[inline(always)]
+    pub fn addr_words(&self) -> [u32; 4] {
+        let w = (&self.addr as *const [u8; 16]).cast::<u32>();
+        // SAFETY: `Endpoint` is 4-aligned with `addr` first; four words are 16 bytes.
+        unsafe { [w.read(), w.add(1).read(), w.add(2).read(), w.add(3).read()] }
+    }
 }
 
 /// Where a packet's L4 checksum is and how it treats zero.
@@ -130,14 +152,15 @@ pub struct Plan {
 #[inline(always)]
 pub fn plan(p: &Packet, nat: &Nat) -> Plan {
     let mut out = Plan { ip: Delta::default(), pseudo: Delta::default(), ports: Delta::default(), l4: l4_csum(p) };
+    let (src, dst) = p.addr_words();
     if nat.dst.set {
-        let d = addr_delta(&p.dst, &nat.dst.to.addr, p.is_v6);
+        let d = words_delta(dst, nat.dst.to.addr_words(), p.is_v6);
         out.ip.add(d);
         out.pseudo.add(d);
         out.ports.half(p.dport_be, nat.dst.to.port_be);
     }
     if nat.src.set {
-        let d = addr_delta(&p.src, &nat.src.to.addr, p.is_v6);
+        let d = words_delta(src, nat.src.to.addr_words(), p.is_v6);
         out.ip.add(d);
         out.pseudo.add(d);
         out.ports.half(p.sport_be, nat.src.to.port_be);

@@ -274,6 +274,19 @@ impl Packet {
         }
     }
 
+    /// The source and destination addresses as 32-bit words (four aligned loads each).
+    #[inline(always)]
+    pub fn addr_words(&self) -> ([u32; 4], [u32; 4]) {
+        let (s, d) = ((&self.src as *const [u8; 16]).cast::<u32>(), (&self.dst as *const [u8; 16]).cast::<u32>());
+        // SAFETY: `src` and `dst` are 4-aligned (asserted above); four words are 16 bytes.
+        unsafe {
+            (
+                [s.read(), s.add(1).read(), s.add(2).read(), s.add(3).read()],
+                [d.read(), d.add(1).read(), d.add(2).read(), d.add(3).read()],
+            )
+        }
+    }
+
     /// Clears what a parse may leave unwritten (the addresses and offsets are always written;
     /// `icmp` is read only when `is_icmp_error`). Field by field with volatile stores: an
     /// aggregate reset compiles to a call of the BPF `memset`, a byte loop, which cost more than
@@ -323,14 +336,26 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
 #[inline(always)]
 fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     let l3_off = c.off;
-    let Some(ip) = c.peek_at::<Ipv4Hdr>(l3_off) else {
+    let Some(hdr) = c.peek_at::<Ipv4Hdr>(l3_off) else {
         return Parsed::BadL3;
     };
-    // SAFETY: bounds checked by `peek_at`.
-    let ip = unsafe { core::ptr::read_unaligned(ip) };
-    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    let tot_len = usize::from(u16::from_be(ip.tot_len_be));
-    if ip.version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || tot_len < ihl {
+    // Only the fields used, each read where it lies (a copy of the whole header costs a load
+    // and a store per byte). SAFETY: bounds checked by `peek_at`; unaligned reads.
+    let (version_ihl, tot_len_be, id_be, frag_off_be, proto, saddr, daddr) = unsafe {
+        use core::ptr::{addr_of, read_unaligned};
+        (
+            read_unaligned(addr_of!((*hdr).version_ihl)),
+            read_unaligned(addr_of!((*hdr).tot_len_be)),
+            read_unaligned(addr_of!((*hdr).id_be)),
+            read_unaligned(addr_of!((*hdr).frag_off_be)),
+            read_unaligned(addr_of!((*hdr).proto)),
+            read_unaligned(addr_of!((*hdr).saddr)),
+            read_unaligned(addr_of!((*hdr).daddr)),
+        )
+    };
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    let tot_len = usize::from(u16::from_be(tot_len_be));
+    if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || tot_len < ihl {
         return Parsed::BadL3;
     }
     // Options must be present in the packet too.
@@ -338,12 +363,12 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
         return Parsed::BadL3;
     }
     let l4_off = l3_off + ihl;
-    let frag = u16::from_be(ip.frag_off_be);
+    let frag = u16::from_be(frag_off_be);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
-    p.set_v4_addrs(ip.saddr, ip.daddr);
-    p.frag_id = u32::from(ip.id_be);
-    p.proto = ip.proto;
+    p.set_v4_addrs(saddr, daddr);
+    p.frag_id = u32::from(id_be);
+    p.proto = proto;
     p.frag_first = offset == 0 && more;
     p.frag_later = offset != 0;
     p.ihl = ihl as u8;
@@ -353,7 +378,7 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     if p.frag_later {
         return Parsed::Ip;
     }
-    match ip.proto {
+    match proto {
         IPPROTO_TCP | IPPROTO_UDP => parse_l4(c, p, l4_off, tot_len - ihl),
         IPPROTO_ICMP if !p.frag_first => {
             parse_icmp_error(c, p, l4_off, tot_len - ihl, false);

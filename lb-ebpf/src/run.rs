@@ -29,7 +29,7 @@ use crate::{
     reject::Original,
     scratch::{Flow, Keys, Scratch, scratch},
     select::{self, endpoint_set},
-    service::{frontend, is_service_addr, may_be_backend, may_be_frontend, source_allowed},
+    service::{frontend, is_service_addr, may_be_ours, source_allowed},
 };
 
 /// Where a program runs.
@@ -143,9 +143,8 @@ fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
     // `to_service`: possibly to a service address (what may not pass untranslated when it cannot
     // be translated); `to_frontend`: frontends are looked up (never at egress: the ingress hooks
     // translate those).
-    let to_service = may_be_frontend(&p.dst);
+    let (to_service, from_backend) = may_be_ours(p);
     let to_frontend = to_service && hook != Hook::Egress;
-    let from_backend = may_be_backend(&p.src);
     if !to_service && !from_backend {
         return Verdict::Pass(0);
     }

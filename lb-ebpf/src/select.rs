@@ -37,12 +37,12 @@ pub fn endpoint_set(svc: &ServiceValue, from_this_node: bool) -> Set {
 #[inline(always)]
 pub fn flow_hash(p: &crate::parse::Packet) -> u32 {
     let mut h: u32 = 0x9e37_79b9;
-    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let (s, d) = p.addr_words();
     for w in [
-        word(&p.src, 0) ^ word(&p.src, 4) ^ word(&p.src, 8),
-        word(&p.src, 12),
-        word(&p.dst, 0) ^ word(&p.dst, 4) ^ word(&p.dst, 8),
-        word(&p.dst, 12),
+        s[0] ^ s[1] ^ s[2],
+        s[3],
+        d[0] ^ d[1] ^ d[2],
+        d[3],
         (u32::from(p.sport_be) << 16) | u32::from(p.dport_be),
         u32::from(p.proto),
     ] {

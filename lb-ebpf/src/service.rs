@@ -2,7 +2,8 @@
 //! of a frontend, the address markers, and `loadBalancerSourceRanges` (point 48).
 
 use lb_common::{
-    ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, SVC_F_ADDR_MARKER, ServiceKey, ServiceValue, SourceRangeData, addr_filter_slot,
+    ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, SVC_F_ADDR_MARKER, ServiceKey, ServiceValue, SourceRangeData,
+    addr_filter_slot_words,
 };
 
 use crate::{
@@ -10,23 +11,18 @@ use crate::{
     parse::Packet,
 };
 
-/// Whether `addr` may be a frontend address: false for certain, true possibly (a hash of every
-/// frontend address sets a bit; two inlined array reads decide for most packets that they are
-/// none of ours).
+/// Whether the packet's destination may be a frontend address and its source a backend's:
+/// false for certain, true possibly (a hash of every frontend and backend address sets a bit;
+/// two inlined array reads decide for most packets that they are none of ours).
 #[inline(always)]
-pub fn may_be_frontend(addr: &[u8; 16]) -> bool {
-    filter_has(addr, ADDR_FILTER_FRONTEND)
-}
-
-/// Whether `addr` may be a backend's (the source of a reply to translate).
-#[inline(always)]
-pub fn may_be_backend(addr: &[u8; 16]) -> bool {
-    filter_has(addr, ADDR_FILTER_BACKEND)
+pub fn may_be_ours(p: &Packet) -> (bool, bool) {
+    let (src, dst) = p.addr_words();
+    (filter_has(dst, ADDR_FILTER_FRONTEND), filter_has(src, ADDR_FILTER_BACKEND))
 }
 
 #[inline(always)]
-fn filter_has(addr: &[u8; 16], which: u32) -> bool {
-    let (word, bit) = addr_filter_slot(addr, which);
+fn filter_has(addr: [u32; 4], which: u32) -> bool {
+    let (word, bit) = addr_filter_slot_words(addr, which);
     LB_ADDR_FILTER.get(word).is_some_and(|w| w & bit != 0)
 }
 

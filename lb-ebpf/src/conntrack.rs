@@ -128,17 +128,8 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     touch(ct, p.tcp_flags, now);
     count(CNT_CT_HIT);
     count_flow(svc_id, backend_id, p.ip_len, false);
-    // Field by field (a whole `Nat` built and copied compiles to a `memmove` call).
-    out.src.set = snat_on;
-    out.dst.set = true;
-    // SAFETY: `CtValue` and `Endpoint` addresses are 4-aligned.
-    unsafe {
-        copy_addr(&mut out.src.to.addr, &v.snat_addr);
-        copy_addr(&mut out.dst.to.addr, &v.nat_addr);
-    }
-    out.src.to.port_be = v.snat_port_be;
-    out.dst.to.port_be = v.nat_port_be;
-    out.verdict = CNT_VERDICT_DNAT;
+    // SAFETY: a map value's addresses (`CtValue`: 8-aligned, addresses at 8 and 24).
+    unsafe { out.fill((snat_on, &v.snat_addr, v.snat_port_be), (true, &v.nat_addr, v.nat_port_be), CNT_VERDICT_DNAT) };
     true
 }
 
@@ -172,18 +163,9 @@ pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
     if now.wrapping_sub(v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
         return false;
     }
-    // Field by field (see `forward`).
-    out.src.set = true;
-    out.dst.set = v.flags & CT_F_SNAT != 0;
-    // SAFETY: `CtValue` is 8-aligned with its addresses at offsets 8 and 24; `Endpoint` is
-    // 4-aligned with its address first.
-    unsafe {
-        copy_addr(&mut out.src.to.addr, &v.nat_addr);
-        copy_addr(&mut out.dst.to.addr, &v.snat_addr);
-    }
-    out.src.to.port_be = v.nat_port_be;
-    out.dst.to.port_be = v.snat_port_be;
-    out.verdict = CNT_VERDICT_REVNAT;
+    let snat_on = v.flags & CT_F_SNAT != 0;
+    // SAFETY: a map value's addresses (see `forward`).
+    unsafe { out.fill((true, &v.nat_addr, v.nat_port_be), (snat_on, &v.snat_addr, v.snat_port_be), CNT_VERDICT_REVNAT) };
     count_flow(v.svc_id, v.backend_id, p.ip_len, false);
     touch(ct, p.tcp_flags, now);
     true
@@ -292,16 +274,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         let _ = LB_CONNTRACK.remove(&sc.rkey);
         return Err(CNT_DROP_CT_INSERT);
     }
-    let nat = &mut flow.nat;
-    nat.src.set = snat;
-    nat.src.to.port_be = snat_port_be;
-    nat.dst.set = true;
-    nat.dst.to.port_be = flow.be.port_be;
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).
-    unsafe {
-        copy_addr(&mut nat.src.to.addr, snat_addr);
-        copy_addr(&mut nat.dst.to.addr, &flow.be.addr);
-    }
-    nat.verdict = CNT_VERDICT_DNAT;
+    unsafe { flow.nat.fill((snat, snat_addr, snat_port_be), (true, &flow.be.addr, flow.be.port_be), CNT_VERDICT_DNAT) };
     Ok(())
 }

@@ -70,6 +70,27 @@ pub struct Nat {
     pub verdict: u32,
 }
 
+impl Nat {
+    /// Fills the translation in place: `(set, address, port)` for the new source and the new
+    /// destination. Field by field: a whole `Nat` built and copied compiles to a `memmove` call.
+    ///
+    /// # Safety
+    /// Both addresses must be 4-aligned (see [`copy_addr`]).
+    #[inline(always)]
+    pub unsafe fn fill(&mut self, src: (bool, &[u8; 16], u16), dst: (bool, &[u8; 16], u16), verdict: u32) {
+        self.src.set = src.0;
+        self.dst.set = dst.0;
+        // SAFETY: `Endpoint` is 4-aligned with its address first; the sources by the caller.
+        unsafe {
+            copy_addr(&mut self.src.to.addr, src.1);
+            copy_addr(&mut self.dst.to.addr, dst.1);
+        }
+        self.src.to.port_be = src.2;
+        self.dst.to.port_be = dst.2;
+        self.verdict = verdict;
+    }
+}
+
 /// Re-bounds an offset that travelled through memory (the verifier forgets a scalar's range when
 /// it is reassembled from narrower loads). Every header offset is below 256.
 #[inline(always)]

@@ -1,5 +1,7 @@
 //! Everything the kernel side (`lb-ebpf`) and the userspace side (`lb-userspace`) must agree on:
-//! map key and value layouts, map names, capacities, flag bits and counter indices.
+//! map key and value layouts, map names, capacities, flag bits and counter indices. One file on
+//! purpose (longer than our usual 600 lines): it is the whole contract between the two sides,
+//! read top to bottom map by map, and `#![no_std]` code for both.
 //!
 //! # Layout rules
 //! Every map type is `#[repr(C)]`, built only from fixed-width integers and byte arrays, with

@@ -231,7 +231,9 @@ fn change_latency(api: &ApiServer, agent: &AgentProc, svc: &mut Svc, new_ip: Ipv
     let pin = &agent.pin;
     let services: AyaHashMap<MapData, ServiceKey, ServiceValue> = open(pin, lb_common::SERVICES)?;
     let maglev: AyaHashMap<MapData, MaglevKey, MaglevChunk> = open(pin, lb_common::MAGLEV)?;
-    let backends: AyaHashMap<MapData, u32, Backend> = open(pin, lb_common::BACKENDS)?;
+    // An array by dense id (an unused slot is all zeros).
+    let backends: aya::maps::Array<MapData, Backend> =
+        aya::maps::Array::try_from(Map::from_map_data(MapData::from_pin(pin.join(lb_common::BACKENDS))?)?)?;
     let v = services.get(&key(svc.vip, svc.port), 0)?;
     let chunks = v.slot_count.div_ceil(MAGLEV_CHUNK);
     let old_ids = table_ids(&maglev, v.select_id, chunks);

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     process::{Command, Output},
+    time::Duration,
 };
 
 use lb_tests::{
@@ -125,6 +126,60 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
     agent.stop().unwrap();
     topo.curl(client, "http://10.96.3.3/", 5).unwrap();
     assert_eq!(json(&agent, &["service", "list"]).as_array().unwrap().len(), 1);
+}
+
+/// Issue 17, item 1: one owner per pin path. A second agent on the same `--pin-path` is refused
+/// at once with a message naming the owner, and `--cleanup` is refused while the owner runs; the
+/// first agent keeps its maps and keeps serving. Once it is gone (even by SIGKILL) a new agent
+/// starts on the same pins.
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_serving() {
+    if !privilege::require("a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_serving") {
+        return;
+    }
+    let mut topo = Topology::new(1).unwrap();
+    for name in ["kubia-1", "kubia-2"] {
+        let i = topo.add_pod(0, name).unwrap();
+        topo.start_workload(i, &bins::testpod()).unwrap();
+    }
+    let client = topo.add_pod(0, "client").unwrap();
+    let slices = slice(&topo.pod("kubia-1").ip.to_string(), &topo.pod("kubia-2").ip.to_string());
+    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", MANIFESTS), ("slice.yaml", &slices)]).unwrap();
+    agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80")).unwrap();
+    topo.curl(client, "http://10.96.3.3/", 5).unwrap();
+    let pid = agent.pid().unwrap();
+
+    let (exited, code, err) = agent.run_beside(&[], Duration::from_secs(20)).unwrap();
+    assert!(exited && code.is_some_and(|c| c != 0), "the second agent must stop at once with an error: {exited} {code:?}\n{err}");
+    let first = err.lines().find(|l| l.contains("another lb agent owns the pins")).unwrap_or_else(|| panic!("{err}"));
+    assert!(first.contains(&format!("pid {pid}")) && first.contains("--pin-path"), "names the owner and what to do: {first}");
+    let (exited, code, err) = agent.run_beside(&["--cleanup"], Duration::from_secs(20)).unwrap();
+    assert!(exited && code.is_some_and(|c| c != 0) && err.contains("another lb agent owns the pins"), "{code:?}\n{err}");
+
+    // The first agent is unharmed: its Service is listed and served.
+    assert_eq!(json(&agent, &["service", "list"]).as_array().unwrap().len(), 1);
+    for _ in 0..3 {
+        topo.curl(client, "http://10.96.3.3/", 5).unwrap();
+    }
+    // The lock dies with its process: after SIGKILL a new agent adopts the pins.
+    agent.kill().unwrap();
+    agent.start_again().unwrap();
+    let new_pid = agent.pid().map(u64::from);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = json(&agent, &["status"]);
+        if status["agent"]["pid"].as_u64() == new_pid && status["agent"]["running"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted agent never took the pins:\n{status:#}\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    topo.curl(client, "http://10.96.3.3/", 5).unwrap();
 }
 
 #[test]

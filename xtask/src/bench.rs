@@ -3,6 +3,8 @@
 //! then write BENCHMARKS.md (tables, targets, method) and `bench-results/*.svg` from those
 //! files and print a summary. `--quick` (the CI smoke run) writes its report under
 //! `target/bench-out/quick/` instead, so that a smoke run never replaces the published figures.
+//! (Longer than 600 lines: most of it is the report's prose and tables, kept next to the code
+//! that fills them.)
 //!
 //! A section whose bench was not run this time (`--only`) is rendered from its last JSON file,
 //! with that run's own date and command. The hand-written analysis between the

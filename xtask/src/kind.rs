@@ -11,6 +11,9 @@
 //!   answered and the latency percentiles.
 //! - `down`: deletes the cluster.
 //!
+//! (Longer than 600 lines: the four steps share their kind, docker and kubectl plumbing, and each
+//! prints the exact command it runs, as the `--dry-run` mode shows.)
+//!
 //! Each action is one plan ([`plan`], a list of [`Step`]s). `--dry-run` prints it as a shell
 //! script, with the files it writes and the manifests it applies, and runs nothing: it works on
 //! machines without docker and kind. Without `--dry-run`, missing tools are named in one sentence.

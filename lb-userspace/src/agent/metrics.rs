@@ -11,7 +11,7 @@
 //! | `lb_sync_total` | counter | `result` = `ok`, `error` |
 //! | `lb_sync_errors_total` | counter | `reason` = `map_full`, `map_write`, `source`, `other` |
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
-//! | `lb_objects_rejected` | gauge | |
+//! | `lb_objects_invalid` (objects skipped now; its own family, apart from the counter's) | gauge | |
 //! | `lb_source_invalid_files` | gauge | |
 //! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
 //! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
@@ -295,8 +295,8 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     for (reason, n) in &state.rejected_total {
         let _ = writeln!(o, "lb_objects_rejected_total{{reason=\"{}\"}} {n}", esc(reason));
     }
-    header(&mut o, "lb_objects_rejected", "gauge", "Objects currently skipped as invalid.");
-    let _ = writeln!(o, "lb_objects_rejected {}", state.rejected.len());
+    header(&mut o, "lb_objects_invalid", "gauge", "Objects currently skipped as invalid.");
+    let _ = writeln!(o, "lb_objects_invalid {}", state.rejected.len());
     header(
         &mut o,
         "lb_source_invalid_files",

@@ -24,7 +24,7 @@ fn a_fresh_agent_exports_zeroes_and_every_error_reason() {
         "lb_sync_total{result=\"error\"} 0",
         "lb_sync_errors_total{reason=\"map_full\"} 0",
         "lb_sync_errors_total{reason=\"source\"} 0",
-        "lb_objects_rejected 0",
+        "lb_objects_invalid 0",
     ] {
         assert!(lines(&out).contains(&want), "missing {want:?} in\n{out}");
     }
@@ -114,10 +114,10 @@ fn a_rejected_object_counts_once_while_it_stays_rejected() {
     m.set_rejected(&[a.clone(), b.clone()]);
     let out = render(&m.snapshot(), None);
     assert!(lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 2"), "{out}");
-    assert!(lines(&out).contains(&"lb_objects_rejected 2"), "{out}");
+    assert!(lines(&out).contains(&"lb_objects_invalid 2"), "{out}");
     // Fixed, then broken again: counted again.
     m.set_rejected(&[]);
-    assert!(lines(&render(&m.snapshot(), None)).contains(&"lb_objects_rejected 0"));
+    assert!(lines(&render(&m.snapshot(), None)).contains(&"lb_objects_invalid 0"));
     m.set_rejected(&[a]);
     let out = render(&m.snapshot(), None);
     assert!(lines(&out).contains(&"lb_objects_rejected_total{reason=\"spec.ports.port\"} 3"), "{out}");

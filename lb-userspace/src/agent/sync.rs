@@ -110,13 +110,15 @@ impl SyncState {
             backends: state.backends.len(),
             names: self.planner.svc_names().clone(),
         });
+        // `frontends` as `lb service list` and `lb_frontends_programmed` count them (address markers are
+        // not frontends); milliseconds to 0.1.
         info!(
             service_ports = desired.services.len(),
             replanned,
-            frontends = state.services.len(),
+            frontends = state.services.keys().filter(|k| k.proto != 0).count(),
             backends = state.backends.len(),
             writes,
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            took_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
             "synced"
         );
         Ok(())

@@ -122,6 +122,11 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
         .init();
     require_root("the agent")?;
     if args.cleanup {
+        // Never the pins of a running agent: the lock it holds refuses us (`dataplane::lock`).
+        let _lock = match dataplane::lock::PinLock::acquire(&args.pin_path) {
+            Err(dataplane::DataplaneError::PinDir { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            held => Some(held?),
+        };
         dataplane::cleanup(&args.pin_path)?;
         tracing::info!(pin_path = %args.pin_path.display(), "removed pinned maps and links");
         return Ok(());

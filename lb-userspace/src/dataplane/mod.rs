@@ -34,6 +34,7 @@ pub mod apply;
 pub mod attach;
 pub mod conntrack;
 mod layout;
+pub mod lock;
 
 pub use attach::ExternalMode;
 pub use layout::cleanup;
@@ -82,6 +83,11 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Map(#[from] MapError),
+    #[error(
+        "another lb agent owns the pins at {} ({owner}); stop it first, or give this agent its own --pin-path",
+        path.display()
+    )]
+    Locked { path: PathBuf, owner: String },
     #[error("failed to remove {path}")]
     Cleanup {
         path: PathBuf,
@@ -128,6 +134,8 @@ pub struct Dataplane {
     limits: MapSizes,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
+    /// This process owns the pin directory (`lock`).
+    _lock: lock::PinLock,
 }
 
 impl Dataplane {
@@ -138,6 +146,8 @@ impl Dataplane {
         }
         let pin_path = config.pin_path.clone();
         std::fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
+        // Before anything is loaded or adopted: a second agent must not touch the first's maps.
+        let lock = lock::PinLock::acquire(&pin_path)?;
         crate::maps::layout::check(&pin_path)?;
 
         let mut loader = EbpfLoader::new();
@@ -163,7 +173,7 @@ impl Dataplane {
         let conntrack =
             HashMap::try_from(ebpf.take_map(name).ok_or(MapError::Missing { name })?).map_err(MapError::typed(name, "open"))?;
         let shadow = maps.read()?;
-        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow })
+        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow, _lock: lock })
     }
 
     pub fn pin_path(&self) -> &Path {

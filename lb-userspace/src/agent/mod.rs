@@ -99,6 +99,9 @@ const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs until SIGINT or SIGTERM. Returns after leaving the datapath attached and serving.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // One agent per pin directory, before anything listens, loads or adopts
+    // (`dataplane::lock`); held until this function returns.
+    let _pin_lock = crate::dataplane::lock::PinLock::create_and_acquire(&cfg.dataplane.pin_path)?;
     // Up first: /healthz says 503 until the first sync, including while the source starts.
     let health = Arc::new(ProxyHealth::new(cfg.sync_period));
     let metrics = Arc::new(Metrics::new(Some(cfg.dataplane.pin_path.clone())));

@@ -17,6 +17,14 @@ pub struct PinLock {
 }
 
 impl PinLock {
+    /// Creates `pin_path` if needed and takes its lock: what an agent does before it loads
+    /// anything ([`crate::dataplane::Dataplane::load`] itself takes no lock, so that tools and
+    /// tests may open a second handle on pins they own).
+    pub fn create_and_acquire(pin_path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.to_owned(), source })?;
+        Self::acquire(pin_path)
+    }
+
     /// Takes the lock on `pin_path` (which must exist), or says which agent holds it.
     pub fn acquire(pin_path: &Path) -> Result<Self> {
         let dir = File::open(pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.to_owned(), source })?;

@@ -134,8 +134,6 @@ pub struct Dataplane {
     limits: MapSizes,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
-    /// This process owns the pin directory (`lock`).
-    _lock: lock::PinLock,
 }
 
 impl Dataplane {
@@ -146,8 +144,6 @@ impl Dataplane {
         }
         let pin_path = config.pin_path.clone();
         std::fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
-        // Before anything is loaded or adopted: a second agent must not touch the first's maps.
-        let lock = lock::PinLock::acquire(&pin_path)?;
         crate::maps::layout::check(&pin_path)?;
 
         let mut loader = EbpfLoader::new();
@@ -173,7 +169,7 @@ impl Dataplane {
         let conntrack =
             HashMap::try_from(ebpf.take_map(name).ok_or(MapError::Missing { name })?).map_err(MapError::typed(name, "open"))?;
         let shadow = maps.read()?;
-        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow, _lock: lock })
+        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow })
     }
 
     pub fn pin_path(&self) -> &Path {

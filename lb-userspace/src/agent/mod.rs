@@ -22,6 +22,7 @@ mod feed;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod preflight;
 mod status;
 pub(crate) mod sync;
 
@@ -99,6 +100,8 @@ const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs until SIGINT or SIGTERM. Returns after leaving the datapath attached and serving.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Settings first: a start that fails here leaves nothing behind.
+    preflight::check(&cfg)?;
     // One agent per pin directory, before anything listens, loads or adopts
     // (`dataplane::lock`); held until this function returns.
     let _pin_lock = crate::dataplane::lock::PinLock::create_and_acquire(&cfg.dataplane.pin_path)?;

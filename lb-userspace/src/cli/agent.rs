@@ -115,8 +115,11 @@ impl AgentArgs {
 
 /// Runs the agent (or `--cleanup`) as the flags say.
 pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).map_err(|e| {
+        anyhow::anyhow!("--log {:?} (or RUST_LOG): {e}; e.g. --log info or --log info,lb_userspace=debug", args.log)
+    })?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

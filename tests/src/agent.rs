@@ -88,8 +88,13 @@ impl Agent {
         if let Some(cg) = &opts.cgroup {
             args.extend(["--cgroup".to_owned(), cg.display().to_string()]);
         }
-        // Tests run many agents side by side: no listeners on fixed ports.
-        args.extend(["--metrics-addr".to_owned(), "none".to_owned(), "--health-addr".to_owned(), "none".to_owned()]);
+        // Tests run many agents side by side: no listeners on fixed ports (unless a test asks
+        // for one in `extra_args`).
+        for flag in ["--metrics-addr", "--health-addr"] {
+            if !opts.extra_args.iter().any(|a| a == flag) {
+                args.extend([flag.to_owned(), "none".to_owned()]);
+            }
+        }
         args.extend(opts.extra_args.iter().cloned());
         let mut agent = Self { child: None, pin_path, manifests: dir, log, lb: lb.to_owned(), args };
         for (name, yaml) in manifests {

@@ -246,3 +246,62 @@ fn restart_under_load(test: &str, f: Family) {
         s.agent.log_text()
     );
 }
+
+/// `GET /healthz` on `addr`: the status code, or `None` when nothing answers.
+fn healthz(addr: SocketAddr) -> Option<u16> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(c, "GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Point 50 (issue 17, item 4): as kube-proxy, `/healthz` answers 503 while this node carries
+/// the cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint, so that load balancers drain
+/// it, and 200 again once the taint is gone.
+#[test]
+fn point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint() {
+    let test = "point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint";
+    if !privilege::require(test) {
+        return;
+    }
+    let api = ApiServer::start().expect("api server");
+    let kubeconfig = std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token()));
+    api.kubeconfig(&kubeconfig).expect("kubeconfig");
+    let topo = Topology::new(1).expect("topology");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
+    opts.source = Some(format!("kube:{}", kubeconfig.display()));
+    opts.extra_args = vec!["--health-addr".into(), addr.to_string()];
+    let node = |taints: serde_json::Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "node-0" },
+            "spec": { "taints": taints }
+        })
+    };
+    api.apply(node(json!([]))).unwrap();
+    let agent = Agent::start(&bins::lb(), &opts, &[]).expect("agent");
+    let wait_for = |code: u16, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = healthz(addr);
+            if got == Some(code) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: /healthz answered {got:?}, expected {code}\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(200, "synced, node untainted");
+    api.apply(node(json!([
+        { "key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule" }
+    ])))
+    .unwrap();
+    wait_for(503, "tainted ToBeDeletedByClusterAutoscaler");
+    api.apply(node(json!([]))).unwrap();
+    wait_for(200, "taint removed");
+    drop(agent);
+    let _ = std::fs::remove_file(&kubeconfig);
+}

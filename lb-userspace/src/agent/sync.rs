@@ -157,9 +157,15 @@ impl SyncState {
 
 pub(super) fn node_eligible(node_name: &str, nodes: &[impl std::borrow::Borrow<k8s_openapi::api::core::v1::Node>]) -> bool {
     !nodes.iter().map(std::borrow::Borrow::borrow).any(|n: &k8s_openapi::api::core::v1::Node| {
-        n.metadata.name.as_deref() == Some(node_name) && n.metadata.deletion_timestamp.is_some()
+        let tainted =
+            n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+        n.metadata.name.as_deref() == Some(node_name) && (n.metadata.deletion_timestamp.is_some() || tainted)
     })
 }
+
+/// The taint the cluster autoscaler puts on a node it is about to remove; kube-proxy's
+/// `/healthz` then answers 503 so that load balancers drain the node first.
+const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Node-wide datapath settings, per family: the node's first IPv4 address (IPv4-mapped) and
 /// first IPv6 address (as is) as SNAT sources of external traffic, flagged ready only when the
@@ -326,5 +332,21 @@ mod tests {
         assert!(node_eligible("a", &[] as &[Node]));
         assert!(node_eligible("a", &[node("a", false), node("b", true)]));
         assert!(!node_eligible("a", &[node("a", true)]));
+    }
+
+    /// Point 50, as kube-proxy: the cluster autoscaler's deletion taint makes the node ineligible
+    /// too (other taints do not).
+    #[test]
+    fn point_50_a_node_the_autoscaler_is_removing_is_not_eligible() {
+        let tainted = |name: &str, key: &str| -> Node {
+            serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "spec": { "taints": [{ "key": key, "value": "1700000000", "effect": "NoSchedule" }] }
+            }))
+            .unwrap()
+        };
+        assert!(!node_eligible("a", &[tainted("a", "ToBeDeletedByClusterAutoscaler")]));
+        assert!(node_eligible("a", &[tainted("a", "node.kubernetes.io/unschedulable")]));
+        assert!(node_eligible("a", &[tainted("b", "ToBeDeletedByClusterAutoscaler")]));
     }
 }

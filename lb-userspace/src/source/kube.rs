@@ -217,11 +217,12 @@ impl Slim for EndpointSlice {
 }
 
 impl Slim for Node {
-    /// Keeps the name, labels (zone), deletion timestamp and addresses.
+    /// Keeps the name, labels (zone), deletion timestamp, taints (the autoscaler's deletion
+    /// taint turns `/healthz` to 503, point 50) and addresses.
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
-        self.spec = None;
+        self.spec = self.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec { taints: s.taints, ..Default::default() });
         if let Some(status) = self.status.as_mut() {
             *status = k8s_openapi::api::core::v1::NodeStatus { addresses: status.addresses.take(), ..Default::default() };
         }
@@ -322,6 +323,7 @@ mod tests {
         assert!(slice.metadata.labels.is_some());
         let mut node: Node = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "n1", "labels": { "topology.kubernetes.io/zone": "z" }, "deletionTimestamp": "2026-01-01T00:00:00Z" },
+            "spec": { "podCIDR": "10.244.0.0/24", "taints": [{ "key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule" }] },
             "status": { "addresses": [{ "type": "InternalIP", "address": "192.168.0.10" }],
                         "images": [{ "names": ["registry/big:1"], "sizeBytes": 1 }] },
         }))
@@ -329,6 +331,8 @@ mod tests {
         node.slim();
         let status = node.status.as_ref().unwrap();
         assert!(status.images.is_none() && status.addresses.as_ref().unwrap().len() == 1);
+        let spec = node.spec.as_ref().unwrap();
+        assert!(spec.pod_cidr.is_none() && spec.taints.as_ref().unwrap().len() == 1, "{spec:?}");
         assert!(node.metadata.labels.is_some() && node.metadata.deletion_timestamp.is_some());
     }
 

@@ -266,13 +266,20 @@ fn point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint()
     if !privilege::require(test) {
         return;
     }
+    /// Removes the kubeconfig however the test ends.
+    struct Kubeconfig(std::path::PathBuf);
+    impl Drop for Kubeconfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
     let api = ApiServer::start().expect("api server");
-    let kubeconfig = std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token()));
-    api.kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
+    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
     let topo = Topology::new(1).expect("topology");
     let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
-    opts.source = Some(format!("kube:{}", kubeconfig.display()));
+    opts.source = Some(format!("kube:{}", kubeconfig.0.display()));
     opts.extra_args = vec!["--health-addr".into(), addr.to_string()];
     let node = |taints: serde_json::Value| {
         json!({
@@ -302,6 +309,4 @@ fn point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint()
     wait_for(503, "tainted ToBeDeletedByClusterAutoscaler");
     api.apply(node(json!([]))).unwrap();
     wait_for(200, "taint removed");
-    drop(agent);
-    let _ = std::fs::remove_file(&kubeconfig);
 }

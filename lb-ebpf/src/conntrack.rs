@@ -26,10 +26,10 @@ use lb_common::{
 
 use crate::{
     counters::{count, count_flow},
+    hook::Hook,
     maps::{LB_CONFIG, LB_CONNTRACK, LB_MEMBERS, LB_SERVICES},
     nat::{Nat, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    run::Hook,
     scratch::{Flow, Keys},
 };
 

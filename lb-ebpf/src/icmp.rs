@@ -11,21 +11,10 @@ use crate::{
     counters::count,
     csum::Delta,
     maps::LB_CONNTRACK,
-    nat::{Endpoint, Rewrite, addr_delta, addr_offsets, bounded, load, store, store_addr},
+    nat::{Endpoint, IcmpNat, Rewrite, addr_delta, addr_offsets, bounded, load, store, store_addr},
     parse::{IPV4_CSUM_OFF, Packet, UDP_CSUM_OFF},
     scratch::Keys,
 };
-
-/// The translation of an ICMP error about a translated flow, back to what its receiver sent
-/// (outer ports are ignored).
-#[derive(Clone, Copy, Default)]
-pub struct IcmpNat {
-    pub outer_src: Rewrite,
-    pub outer_dst: Rewrite,
-    /// The quoted packet's source and destination.
-    pub inner_src: Rewrite,
-    pub inner_dst: Rewrite,
-}
 
 /// Finds the translation of ICMP error `p` and leaves it in `sc.icmp`; false for an error about
 /// no translated flow. (The result stays in the scratch space: values crossing a subprogram

@@ -3,7 +3,8 @@
 //! concern: parsing (`parse`), the address filter and frontends (`service`), backend selection
 //! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), translation and
 //! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`),
-//! counters (`counters`) and the per-CPU scratch space (`scratch`). No per-packet logging:
+//! counters (`counters`), the hook a program runs at (`hook`) and the per-CPU scratch space and its
+//! map (`scratch`). No per-packet logging:
 //! counters are the observability, and every packet ends in exactly one verdict counter.
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod conntrack;
 mod counters;
 mod csum;
 mod frag;
+mod hook;
 mod icmp;
 mod maps;
 mod nat;

@@ -3,7 +3,8 @@
 //! opens and pins them by those names. Maps written by the agent are pinned, so a restarting
 //! agent adopts them with their contents; its hash maps use `BPF_F_NO_PREALLOC`, so their memory
 //! follows what is programmed, not the capacity. Arrays are read by inlined lookups (no helper
-//! call): the per-packet counters, the address filter and the backends.
+//! call): the per-packet counters, the address filter and the backends. (The private per-CPU
+//! scratch map lives with its module, `scratch`.)
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -89,7 +90,3 @@ pub static LB_SVC_NAMES: HashMap<u32, SvcName> = HashMap::pinned(SVC_NAMES_MAX, 
 /// The agent's own account for `lb status`; never read here.
 #[map]
 pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
-
-/// Per-CPU scratch of a program run (see `scratch`); private, never pinned.
-#[map]
-pub static LB_SCRATCH: PerCpuArray<crate::scratch::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -91,6 +91,18 @@ impl Nat {
     }
 }
 
+/// The translation of an ICMP error about a translated flow, back to what its receiver sent
+/// (outer ports are ignored). Found and applied by `icmp`; here with the other translations, so
+/// that the scratch space that holds one depends on nothing above it.
+#[derive(Clone, Copy, Default)]
+pub struct IcmpNat {
+    pub outer_src: Rewrite,
+    pub outer_dst: Rewrite,
+    /// The quoted packet's source and destination.
+    pub inner_src: Rewrite,
+    pub inner_dst: Rewrite,
+}
+
 /// Re-bounds an offset that travelled through memory (the verifier forgets a scalar's range when
 /// it is reassembled from narrower loads). Every header offset is below 256.
 #[inline(always)]

@@ -23,7 +23,9 @@ use lb_common::{
 use crate::{
     conntrack::{self, now, random},
     counters::{count, count_flow},
-    frag, icmp,
+    frag,
+    hook::Hook,
+    icmp,
     nat::Nat,
     parse::{Packet, Parsed, TCP_FLAG_RST, parse},
     reject::Original,
@@ -31,18 +33,6 @@ use crate::{
     select::{self, endpoint_set},
     service::{frontend, is_service_addr, may_be_ours, source_allowed},
 };
-
-/// Where a program runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// Ingress from a pod on this node (TC on the host side of its interface).
-    Pod,
-    /// Ingress from outside the node (XDP, or its TC fallback).
-    External,
-    /// Egress of pod and external interfaces: only replies (and ICMP errors) of translated
-    /// flows, the ones the node's own stack sends for a backend on its address (point 63).
-    Egress,
-}
 
 /// What happens to a packet.
 pub enum Verdict {

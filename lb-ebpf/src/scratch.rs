@@ -3,9 +3,14 @@
 //! chain) could not hold them next to everything else; a per-CPU array slot is reached by an
 //! inlined lookup.
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use lb_common::{AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, ServiceValue};
 
-use crate::{maps::LB_SCRATCH, nat::Nat, parse::Packet};
+use crate::{nat::Nat, parse::Packet};
+
+/// This CPU's scratch slot; private, never pinned.
+#[map]
+static LB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 pub struct Scratch {
@@ -42,7 +47,7 @@ pub struct Keys {
     pub akey: AffinityKey,
     pub aval: AffinityValue,
     /// The translation `icmp::translation` found for an ICMP error.
-    pub icmp: crate::icmp::IcmpNat,
+    pub icmp: crate::nat::IcmpNat,
     /// What a rejection's answer needs from the packet.
     pub orig: crate::reject::Original,
 }

@@ -23,10 +23,11 @@ use aya_ebpf::{
 use lb_common::{CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_REJECT_ICMP, CNT_REJECT_TCP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
+    hook::Hook,
     nat::{self, Nat},
     parse::{ETH_HLEN, Packet},
     reject::{Original, capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
-    run::{Context, Hook, run},
+    run::{Context, run},
 };
 
 /// Headers we may need in the linear part of the skb: Ethernet, IPv4 with the longest options,

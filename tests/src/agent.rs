@@ -214,33 +214,34 @@ impl Agent {
     /// Runs `lb` with this agent's arguments (plus `extra`) as a second process beside it, to its
     /// end or for at most `limit` (then it is killed): (exited by itself, exit code, stderr).
     pub fn run_beside(&self, extra: &[&str], limit: Duration) -> anyhow::Result<(bool, Option<i32>, String)> {
-        let mut child = Command::new(&self.lb)
-            .args(&self.args)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting a second lb")?;
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break Some(st);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let mut cmd = Command::new(&self.lb);
+        cmd.args(&self.args).args(extra).env("RUST_LOG", "info");
+        let (status, err) = run_limited(&mut cmd, limit)?;
         Ok((status.is_some(), status.and_then(|s| s.code()), err))
     }
+}
+
+/// Runs `cmd` (stdin and stdout closed, stderr captured) to its end or for at most `limit`, then
+/// kills it: (its exit status, `None` when it had to be killed; its stderr).
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> anyhow::Result<(Option<std::process::ExitStatus>, String)> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting lb")?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    Ok((status, err))
 }
 
 impl Drop for Agent {

@@ -2,43 +2,16 @@
 //! line of its error says what is wrong and what to do, and it leaves nothing behind: the pin
 //! directory it would have used is never created.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::TcpListener, path::Path, process::Command, time::Duration};
 
-use lb_tests::{bins, netns::unique_token, privilege};
+use lb_tests::{agent::run_limited, bins, netns::unique_token, privilege};
 
 /// Runs `lb agent ARGS` for at most 20 s: (exit code, `None` if it had to be killed; stderr).
 fn agent(args: &[String]) -> (Option<i32>, String) {
-    let mut child = Command::new(bins::lb())
-        .arg("agent")
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting lb agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("waiting for lb agent") {
-            break st.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    (code, err)
+    let mut cmd = Command::new(bins::lb());
+    cmd.arg("agent").args(args).env_remove("RUST_LOG");
+    let (status, err) = run_limited(&mut cmd, Duration::from_secs(20)).expect("running lb agent");
+    (status.and_then(|s| s.code()), err)
 }
 
 #[test]

@@ -54,11 +54,9 @@ fn table(agent: &Agent, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
-    if !privilege::require("cli_shows_services_backends_counters_and_attachments_of_a_running_agent") {
-        return;
-    }
+/// A node with the two kubia pods and a client pod, and an agent serving the kubia Service
+/// (10.96.3.3:80) from the file source: (topology, client pod, agent).
+fn kubia() -> (Topology, usize, Agent) {
     let mut topo = Topology::new(1).unwrap();
     for name in ["kubia-1", "kubia-2"] {
         let i = topo.add_pod(0, name).unwrap();
@@ -69,6 +67,15 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
     let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
     let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", MANIFESTS), ("slice.yaml", &slices)]).unwrap();
     agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80")).unwrap();
+    (topo, client, agent)
+}
+
+#[test]
+fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
+    if !privilege::require("cli_shows_services_backends_counters_and_attachments_of_a_running_agent") {
+        return;
+    }
+    let (topo, client, mut agent) = kubia();
     for _ in 0..5 {
         topo.curl(client, "http://10.96.3.3/", 5).unwrap();
     }
@@ -137,16 +144,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_serving() {
     if !privilege::require("a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_serving") {
         return;
     }
-    let mut topo = Topology::new(1).unwrap();
-    for name in ["kubia-1", "kubia-2"] {
-        let i = topo.add_pod(0, name).unwrap();
-        topo.start_workload(i, &bins::testpod()).unwrap();
-    }
-    let client = topo.add_pod(0, "client").unwrap();
-    let slices = slice(&topo.pod("kubia-1").ip.to_string(), &topo.pod("kubia-2").ip.to_string());
-    let opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
-    let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", MANIFESTS), ("slice.yaml", &slices)]).unwrap();
-    agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80")).unwrap();
+    let (topo, client, mut agent) = kubia();
     topo.curl(client, "http://10.96.3.3/", 5).unwrap();
     let pid = agent.pid().unwrap();
 

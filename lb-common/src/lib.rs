@@ -657,7 +657,8 @@ pub struct AgentStatus {
     /// Lines in `problems`, and problems in all (more than fit are counted, not listed).
     pub problems_shown: u32,
     pub problems_total: u32,
-    pub _pad: u32,
+    /// Maps the agent grew online since it started (an earlier build wrote 0 here).
+    pub map_resizes: u32,
     /// Milliseconds since the Unix epoch (CLOCK_REALTIME): when the agent started, its last
     /// successful sync (0 = none yet) and its last failed sync (0 = none).
     pub started_unix_ms: u64,
@@ -679,7 +680,7 @@ impl Default for AgentStatus {
             pid: 0,
             problems_shown: 0,
             problems_total: 0,
-            _pad: 0,
+            map_resizes: 0,
             started_unix_ms: 0,
             last_sync_unix_ms: 0,
             last_error_unix_ms: 0,

@@ -457,7 +457,7 @@ impl Lab {
         // Sized as `lb agent --services-max N` would (the defaults hold about 16,000 services),
         // with headroom for the measured services' own tables.
         let sizes = MapSizes::for_services(services.unwrap_or(0) + 1_000);
-        let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes })?;
+        let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes, ..DataplaneConfig::default() })?;
         dp.set_config(&common::fixture::node_config())?;
         let t = Instant::now();
         let d = common::desired(svcs);

@@ -33,7 +33,6 @@ use lb_tests::{addresses::VIP, bins, netns::unique_token, topology::Topology};
 use lb_userspace::{
     dataplane::{Dataplane, DataplaneConfig, cleanup},
     maps::pinned::PinnedMaps,
-    maps::sizes::MapSizes,
     plan::{PlanConfig, PlanMemory, map_state},
 };
 use serde_json::{Value, json};
@@ -98,7 +97,7 @@ impl Setup {
         if mode == Mode::Lb {
             let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b2-{}", unique_token()));
             s.pin = Some(pin.clone());
-            let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin, sizes: MapSizes::default() })?;
+            let mut dp = Dataplane::load(&DataplaneConfig { pin_path: pin, ..DataplaneConfig::default() })?;
             dp.set_config(&common::fixture::node_config())?;
             let node_ns = PathBuf::from(s.topo.nodes[0].ns.path());
             for iface in s.topo.pod_interfaces(0) {

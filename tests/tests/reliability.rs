@@ -81,7 +81,7 @@ impl Fixture {
         }
         static N: AtomicU32 = AtomicU32::new(0);
         let pin_path: PathBuf = format!("/sys/fs/bpf/lbt-rel-{}-{}", unique_token(), N.fetch_add(1, Ordering::Relaxed)).into();
-        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes }).expect("loading the datapath");
+        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes, ..DataplaneConfig::default() }).expect("loading the datapath");
         Some(Self { dp: Some(dp), pin_path, ids: PlanMemory::default() })
     }
 
@@ -259,7 +259,7 @@ fn maps_sized_for_more_services_hold_them_and_keep_their_size_across_a_restart()
 
     // An agent started without --services-max adopts the pins: same sizes, same state.
     f.dp = None;
-    let dp = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), sizes: MapSizes::default() }).expect("adopting");
+    let dp = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), ..DataplaneConfig::default() }).expect("adopting");
     assert_eq!(dp.limits(), &sizes, "adopted maps report the size they were created with");
     assert_eq!(dp.state(), &big, "and keep every entry");
     f.dp = Some(dp);
@@ -462,7 +462,7 @@ fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let before = raw_pins(&pin);
     assert!(!before.0.is_empty());
 
-    let err = match Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), sizes: MapSizes::default() }) {
+    let err = match Dataplane::load(&DataplaneConfig { pin_path: pin.clone(), ..DataplaneConfig::default() }) {
         Err(e) => e,
         Ok(_) => panic!("pins of layout {} were adopted by a build of layout {LAYOUT_VERSION}", LAYOUT_VERSION + 1),
     };
@@ -1198,7 +1198,7 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
         ct.insert(rev, v, 0).unwrap();
     }
     // A second handle on the same pins sweeps while new connections reuse the ports.
-    let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), sizes: MapSizes::default() }).unwrap();
+    let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), ..DataplaneConfig::default() }).unwrap();
     let stop = AtomicBool::new(false);
     let (mut created, mut lost, mut swept) = (0u32, 0u32, 0usize);
     let mut flows = Vec::new();

@@ -10,6 +10,8 @@
 //! | `lb_sync_duration_seconds` | histogram | |
 //! | `lb_sync_total` | counter | `result` = `ok`, `error` |
 //! | `lb_sync_errors_total` | counter | `reason` = `map_full`, `map_write`, `source`, `other` |
+//! | `lb_map_capacity` | gauge | `map` |
+//! | `lb_map_resizes_total` (maps grown online) | counter | `map` |
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_invalid` (objects skipped now; its own family, apart from the counter's) | gauge | |
 //! | `lb_source_invalid_files` | gauge | |
@@ -93,6 +95,8 @@ pub struct State {
     pub map_sizes: MapSizes,
     /// Map entries rewritten by drift repair.
     pub repaired: u64,
+    /// Online growths, by map.
+    pub map_resizes: BTreeMap<&'static str, u64>,
     /// Manifest files whose current content is invalid (file source).
     pub invalid_files: usize,
 }
@@ -110,6 +114,7 @@ impl Default for State {
             conntrack_entries: None,
             map_sizes: MapSizes::default(),
             repaired: 0,
+            map_resizes: BTreeMap::new(),
             invalid_files: 0,
         }
     }
@@ -175,6 +180,11 @@ impl Metrics {
     }
 
     /// The capacities of the loaded maps.
+    /// Map `name` was grown online.
+    pub fn map_resized(&self, name: &'static str) {
+        *self.lock().map_resizes.entry(name).or_default() += 1;
+    }
+
     pub fn set_map_sizes(&self, sizes: MapSizes) {
         self.lock().map_sizes = sizes;
     }
@@ -256,6 +266,10 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     header(&mut o, "lb_map_capacity", "gauge", "Capacity of each agent-sized map, in entries (`lb status` shows the fill).");
     for (name, n) in state.map_sizes.by_name() {
         let _ = writeln!(o, "lb_map_capacity{{map=\"{name}\"}} {n}");
+    }
+    header(&mut o, "lb_map_resizes_total", "counter", "Maps grown online because a state did not fit, by map.");
+    for (name, _) in state.map_sizes.by_name().into_iter().filter(|(n, _)| *n != lb_common::CONNTRACK) {
+        let _ = writeln!(o, "lb_map_resizes_total{{map=\"{name}\"}} {}", state.map_resizes.get(name).copied().unwrap_or(0));
     }
     if let Some(n) = state.conntrack_entries {
         header(&mut o, "lb_conntrack_entries", "gauge", "Conntrack entries counted by the agent's last sweep (every 30 s).");

@@ -19,6 +19,7 @@ use crate::{
 };
 
 mod feed;
+mod grow;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -155,7 +156,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         if let Some((objects, since)) = &pending {
             health.set_node_eligible(node_eligible(&cfg.node_name, &objects.nodes));
-            match sync.apply(&mut dp, &cfg, objects) {
+            match grow::apply_growing(&mut sync, &mut dp, &cfg, objects, &metrics, &mut status) {
                 Ok(()) => {
                     metrics.sync_ok(since.elapsed());
                     health.updated(Instant::now(), SystemTime::now());

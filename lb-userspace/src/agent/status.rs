@@ -30,6 +30,11 @@ impl StatusRecord {
         self.report.last_error = Some((unix_ms(SystemTime::now()), format!("{error:#}")));
     }
 
+    /// Maps were grown online.
+    pub(super) fn grew(&mut self, maps: usize) {
+        self.report.map_resizes = self.report.map_resizes.saturating_add(maps as u32);
+    }
+
     /// What is wrong now, one line each.
     pub(super) fn set_problems(&mut self, problems: Vec<String>) {
         self.report.problems_total = problems.len();

@@ -33,6 +33,14 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// The map a state did not fit, and the entries it needed.
+    pub fn full(&self) -> Option<(&'static str, usize)> {
+        match self {
+            Self::Apply(DataplaneError::Map(crate::maps::MapError::Full { name, wanted, .. })) => Some((name, *wanted)),
+            _ => None,
+        }
+    }
+
     /// The `reason` label of `lb_sync_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {

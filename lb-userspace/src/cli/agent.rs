@@ -77,6 +77,18 @@ pub(super) struct AgentArgs {
     /// `--cleanup`. Example: --services-max 100000.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     services_max: Option<u32>,
+    /// The most map MAP grows to, in entries (repeatable). A state that does not fit a map
+    /// grows it online (new map, entries copied, programs swapped through their pinned links:
+    /// no packet dropped, conntrack kept); up to this ceiling. Services that would need more
+    /// are left out, reported by name and retried. Defaults: LB_BACKENDS 2,097,152,
+    /// LB_SERVICES 16,777,216, LB_SVC_STATS and LB_SVC_NAMES 1,048,576.
+    /// Example: --map-max LB_BACKENDS=500000.
+    #[arg(long = "map-max", value_name = "MAP=ENTRIES", value_parser = parse_map_entries)]
+    map_max: Vec<(&'static str, u32)>,
+    /// The capacity map MAP is created with, in entries (repeatable; after --services-max).
+    /// Rarely needed: maps grow online as the cluster does. Example: --map-size LB_BACKENDS=16.
+    #[arg(long = "map-size", value_name = "MAP=ENTRIES", value_parser = parse_map_entries)]
+    map_size: Vec<(&'static str, u32)>,
     /// How often the file source is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
@@ -109,8 +121,35 @@ impl AgentArgs {
     /// The map capacities asked for by `--services-max` and `--conntrack-max`.
     fn map_sizes(&self) -> MapSizes {
         let scaled = self.services_max.map_or_else(MapSizes::default, MapSizes::for_services);
-        MapSizes { conntrack: self.conntrack_max, ..scaled }
+        let mut sizes = MapSizes { conntrack: self.conntrack_max, ..scaled };
+        for (name, n) in &self.map_size {
+            sizes.set(name, *n);
+        }
+        sizes
     }
+
+    /// The growth ceilings: the defaults with `--map-max` applied.
+    fn max_sizes(&self) -> MapSizes {
+        let mut max = MapSizes::ceilings();
+        for (name, n) in &self.map_max {
+            max.set(name, *n);
+        }
+        max
+    }
+}
+
+/// `--map-max` and `--map-size` (`MAP=ENTRIES`): a map that grows, and at least 1 entry.
+fn parse_map_entries(s: &str) -> Result<(&'static str, u32), String> {
+    let growable: Vec<&'static str> =
+        MapSizes::ceilings().by_name().into_iter().map(|(n, _)| n).filter(|n| *n != lb_common::CONNTRACK).collect();
+    let (name, n) = s.split_once('=').ok_or_else(|| format!("expected MAP=ENTRIES, e.g. LB_BACKENDS=500000, got {s:?}"))?;
+    let name = growable
+        .iter()
+        .copied()
+        .find(|g| *g == name)
+        .ok_or_else(|| format!("{name:?} is not a map that grows; one of {}", growable.join(", ")))?;
+    let n: u32 = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("{n:?} is not a number of entries above 0"))?;
+    Ok((name, n))
 }
 
 /// Runs the agent (or `--cleanup`) as the flags say.
@@ -134,10 +173,10 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!(pin_path = %args.pin_path.display(), "removed pinned maps and links");
         return Ok(());
     }
-    let sizes = args.map_sizes();
+    let (sizes, max_sizes) = (args.map_sizes(), args.max_sizes());
     let cfg = AgentConfig {
         source: args.source,
-        dataplane: DataplaneConfig { pin_path: args.pin_path, sizes },
+        dataplane: DataplaneConfig { pin_path: args.pin_path, sizes, max_sizes },
         pod_interfaces: args.pod_iface,
         external_interfaces: args.ext_iface,
         external_mode: args.xdp_mode,
@@ -274,5 +313,20 @@ mod tests {
         assert!(Cli::try_parse_from(["lb", "agent", "--services-max", "0"]).is_err());
         assert!(Cli::try_parse_from(["lb", "agent", "--services-max", "2000000"]).is_err());
         assert!(Cli::try_parse_from(["lb", "agent", "--conntrack-max", "1"]).is_err());
+    }
+
+    #[test]
+    fn map_max_sets_growth_ceilings_of_maps_that_grow_only() {
+        let cli = Cli::try_parse_from(["lb", "agent", "--map-max", "LB_BACKENDS=500", "--map-max", "LB_SERVICES=9000"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        let max = a.max_sizes();
+        assert_eq!((max.backends, max.services), (500, 9000));
+        assert_eq!(max.maglev, MapSizes::ceilings().maglev);
+        let cli = Cli::try_parse_from(["lb", "agent", "--services-max", "100000", "--map-size", "LB_BACKENDS=16"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.map_sizes(), MapSizes { backends: 16, ..MapSizes::for_services(100_000) });
+        for bad in ["LB_BACKENDS", "LB_CONNTRACK=5", "LB_NOSUCH=5", "LB_BACKENDS=0", "LB_BACKENDS=x"] {
+            assert!(Cli::try_parse_from(["lb", "agent", "--map-max", bad]).is_err(), "{bad}");
+        }
     }
 }

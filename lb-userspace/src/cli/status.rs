@@ -106,6 +106,9 @@ fn agent_lines(agent: Option<&AgentView>, now: std::time::SystemTime) -> String 
         Some(t) => s.push_str(&format!("last sync: {} ago\n", ago(t, now))),
         None => s.push_str("last sync: none yet\n"),
     }
+    if r.map_resizes > 0 {
+        s.push_str(&format!("maps grown online: {} (capacities below)\n", r.map_resizes));
+    }
     if let Some((t, e)) = &r.last_error {
         s.push_str(&format!("last error ({} ago): {e}\n", ago(*t, now)));
     }

@@ -76,6 +76,20 @@ fn check_ids_fit(desired: &MapState, limits: &MapSizes) -> std::result::Result<(
     Ok(())
 }
 
+/// The entries each map needs to hold `desired`: its entry count, and for the arrays indexed by
+/// ids (`LB_BACKENDS`, `LB_SVC_STATS`) the highest id + 1.
+pub(super) fn entries_needed(desired: &MapState) -> Vec<(&'static str, usize)> {
+    let mut out: Vec<(&'static str, usize)> = MapId::ALL.iter().map(|m| m.name()).zip(desired.counts()).collect();
+    if let Some(id) = desired.backends.keys().next_back() {
+        out.push((lb_common::BACKENDS, *id as usize + 1));
+    }
+    let top_svc = desired.names.keys().next_back().copied().into_iter().chain(desired.services.values().map(|v| v.svc_id)).max();
+    if let Some(id) = top_svc {
+        out.push((lb_common::SVC_STATS, id as usize + 1));
+    }
+    out
+}
+
 /// Walks `ops` from `shadow`, counting each map's entries: the first map whose count would
 /// exceed its capacity at some point, as (map, peak, limit).
 fn transition_overflow(shadow: &MapState, ops: &[Op], limits: &MapSizes) -> Option<(MapId, usize, u32)> {

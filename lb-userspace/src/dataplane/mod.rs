@@ -33,6 +33,7 @@ use crate::maps::{KernelMaps, MapError, MapState, sizes::MapSizes};
 pub mod apply;
 pub mod attach;
 pub mod conntrack;
+pub mod grow;
 mod layout;
 pub mod lock;
 
@@ -88,6 +89,12 @@ pub enum DataplaneError {
         path.display()
     )]
     Locked { path: PathBuf, owner: String },
+    #[error("failed to move the pin {path} while growing its map")]
+    Grow {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to remove {path}")]
     Cleanup {
         path: PathBuf,
@@ -115,11 +122,13 @@ pub struct DataplaneConfig {
     pub pin_path: PathBuf,
     /// Map capacities asked for when the maps are created (pinned maps keep theirs).
     pub sizes: MapSizes,
+    /// The most each map grows to online ([`grow`]).
+    pub max_sizes: MapSizes,
 }
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
-        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), sizes: MapSizes::default() }
+        Self { pin_path: PathBuf::from(DEFAULT_PIN_PATH), sizes: MapSizes::default(), max_sizes: MapSizes::ceilings() }
     }
 }
 
@@ -132,6 +141,8 @@ pub struct Dataplane {
     conntrack: HashMap<MapData, CtKey, CtValue>,
     /// The maps' real capacities.
     limits: MapSizes,
+    /// The most each map grows to.
+    max_sizes: MapSizes,
     /// What the maps hold (read at load, then updated with every applied op).
     shadow: MapState,
 }
@@ -142,9 +153,18 @@ impl Dataplane {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
+        let pin_path = &config.pin_path;
+        std::fs::create_dir_all(pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
+        crate::maps::layout::check(pin_path)?;
+        grow::recover_interrupted(pin_path)?;
+        Self::load_object(config, None)
+    }
+
+    /// Loads the object, adopting the maps pinned under `config.pin_path` and creating (and
+    /// pinning) the others. `shadow`: what the adopted maps are known to hold (else they are read
+    /// back).
+    fn load_object(config: &DataplaneConfig, shadow: Option<MapState>) -> Result<Self> {
         let pin_path = config.pin_path.clone();
-        std::fs::create_dir_all(&pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
-        crate::maps::layout::check(&pin_path)?;
 
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_path);
@@ -157,7 +177,7 @@ impl Dataplane {
                     map = name,
                     pinned = got,
                     requested = want,
-                    "a pinned map keeps the size it was created with; `lb agent --cleanup` (drops live connections) and a restart resize it"
+                    "a pinned map keeps the size it was created with until a state needs more room (it then grows online)"
                 );
             }
         }
@@ -168,8 +188,11 @@ impl Dataplane {
         let name = lb_common::CONNTRACK;
         let conntrack =
             HashMap::try_from(ebpf.take_map(name).ok_or(MapError::Missing { name })?).map_err(MapError::typed(name, "open"))?;
-        let shadow = maps.read()?;
-        Ok(Self { ebpf, pin_path, maps, conntrack, limits, shadow })
+        let shadow = match shadow {
+            Some(s) => s,
+            None => maps.read()?,
+        };
+        Ok(Self { ebpf, pin_path, maps, conntrack, limits, max_sizes: config.max_sizes, shadow })
     }
 
     pub fn pin_path(&self) -> &Path {

@@ -22,6 +22,8 @@ pub struct AgentReport {
     pub problems: Vec<String>,
     /// How many problems there are in all (more than `problems.len()` when they did not fit).
     pub problems_total: usize,
+    /// Maps grown online since the agent started.
+    pub map_resizes: u32,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -49,6 +51,7 @@ impl AgentReport {
         let mut st = AgentStatus {
             pid: self.pid,
             problems_total: self.problems_total.max(self.problems.len()) as u32,
+            map_resizes: self.map_resizes,
             started_unix_ms: self.started_unix_ms,
             last_sync_unix_ms: self.last_sync_unix_ms.unwrap_or(0),
             ..AgentStatus::default()
@@ -93,6 +96,7 @@ impl AgentReport {
             last_error: (st.last_error_unix_ms != 0).then(|| (st.last_error_unix_ms, text(&st.last_error, st.last_error_len))),
             problems: if problems.is_empty() { Vec::new() } else { problems.split('\n').map(str::to_owned).collect() },
             problems_total: st.problems_total as usize,
+            map_resizes: st.map_resizes,
         })
     }
 }
@@ -110,6 +114,7 @@ mod tests {
             last_error: Some((3_000, "map LB_BACKENDS is full: 10 entries needed, its limit is 8".into())),
             problems: vec!["invalid manifest: a.yaml: document 2: kind: missing".into(), "rejected Service ns/x: spec".into()],
             problems_total: 2,
+            map_resizes: 3,
         };
         assert_eq!(AgentReport::decode(&r.encode()), Some(r));
         assert_eq!(AgentReport::decode(&AgentStatus::default()), None, "never written");

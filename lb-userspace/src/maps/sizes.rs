@@ -77,6 +77,37 @@ impl MapSizes {
         }
     }
 
+    /// The most each map grows to online unless `--map-max` says otherwise: far above
+    /// Kubernetes' published limits (10,000 Services, 150,000 pods per cluster), below what
+    /// a node's memory can hold. The per-CPU counter arrays (`LB_SVC_STATS`, and
+    /// `LB_BACKEND_STATS` beside `LB_BACKENDS`) cost 24 bytes per entry per CPU, so their
+    /// ceilings are the lowest. Conntrack is not grown (size it with `--conntrack-max`).
+    pub fn ceilings() -> Self {
+        Self {
+            services: 1 << 24,
+            backends: 1 << 21,
+            select: 1 << 25,
+            maglev: 1 << 24,
+            members: 1 << 24,
+            svc_stats: 1 << 20,
+            names: 1 << 20,
+            source_ranges: 1 << 20,
+            conntrack: c::CONNTRACK_MAX,
+            addr_filter: c::ADDR_FILTER_WORDS,
+        }
+    }
+
+    /// The capacity map `name` grows to when `wanted` entries do not fit in `current`: half as
+    /// much again as wanted (so that the next few changes fit too) and at least double, never
+    /// above `ceiling`. `None` when even the ceiling is too small.
+    pub fn grown(current: u32, wanted: usize, ceiling: u32) -> Option<u32> {
+        let wanted = u32::try_from(wanted).ok()?;
+        if wanted > ceiling {
+            return None;
+        }
+        Some(wanted.saturating_add(wanted / 2).max(current.saturating_mul(2)).min(ceiling))
+    }
+
     /// `(map name, capacity)` for every map these sizes cover.
     pub fn by_name(&self) -> [(&'static str, u32); 9] {
         [
@@ -97,7 +128,8 @@ impl MapSizes {
         self.by_name().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
-    fn set(&mut self, name: &str, v: u32) {
+    /// Sets the capacity of map `name` (nothing for a map these sizes do not cover).
+    pub fn set(&mut self, name: &str, v: u32) {
         let slot = match name {
             c::SERVICES => &mut self.services,
             c::BACKENDS => &mut self.backends,
@@ -170,6 +202,18 @@ mod tests {
         assert_eq!((s.backends, s.conntrack), (c::BACKENDS_MAX, c::CONNTRACK_MAX));
         // Saturates rather than wrapping.
         assert_eq!(MapSizes::for_services(u32::MAX).maglev, u32::MAX);
+    }
+
+    #[test]
+    fn growth_leaves_room_doubles_at_least_and_stops_at_the_ceiling() {
+        assert_eq!(MapSizes::grown(65_536, 100_000, 1 << 21), Some(150_000));
+        assert_eq!(MapSizes::grown(65_536, 65_537, 1 << 21), Some(131_072));
+        assert_eq!(MapSizes::grown(64, 100, 120), Some(120));
+        assert_eq!(MapSizes::grown(64, 121, 120), None);
+        let ceil = MapSizes::ceilings();
+        for (name, n) in MapSizes::default().by_name() {
+            assert!(ceil.of(name).unwrap() >= n, "{name}: the ceiling is below the default");
+        }
     }
 
     #[test]

@@ -114,6 +114,13 @@ macro_rules! agent_maps {
                 }
             }
 
+            /// Forgets what map `map` holds (a map created afresh holds nothing).
+            pub fn clear(&mut self, map: MapId) {
+                match map {
+                    $(MapId::$id => self.$field.clear(),)*
+                }
+            }
+
             /// Entries of each map, in [`MapId::ALL`] order.
             pub fn counts(&self) -> [usize; MapId::COUNT] {
                 [$(self.$field.len(),)*]

@@ -1,0 +1,191 @@
+//! Growing maps online. A state that does not fit a map is not an error while the map can still
+//! grow (up to its ceiling, `--map-max`): the datapath is loaded anew with the larger capacity,
+//! as a restarting agent loads it, except that the maps to grow are created afresh.
+//!
+//! 1. The pin of each map to grow is moved aside (`<pin>/replaced_NAME`); the attached programs
+//!    keep using the old map through their own references.
+//! 2. The object is loaded again ([`Dataplane::grow`]): it creates and pins a larger map at
+//!    each freed name and adopts every other pinned map as is (conntrack, affinity and
+//!    fragments included: established flows keep their backends).
+//! 3. The new maps are filled with what the old ones hold, before any program can see them.
+//! 4. The caller attaches the new programs: each pinned link is switched to its new program
+//!    atomically (`bpf_link_update`), so a packet meets either the old programs with the old maps
+//!    or the new programs with the new maps, never a program without its entries.
+//! 5. [`Dataplane::finish_growth`] copies the per-CPU counters of grown counter arrays (no
+//!    attached program writes the old ones any more) and removes the moved-aside pins; the old
+//!    maps are freed with the old programs.
+//!
+//! An agent killed between 1 and 5 leaves `replaced_NAME` behind: the next start puts it back
+//! where no new map took its place and removes it where one did ([`recover_interrupted`]).
+
+use std::{fs, io, path::Path};
+
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::FlowCounters;
+
+use super::{Dataplane, DataplaneConfig, DataplaneError, Result};
+use crate::maps::{MapError, MapId, MapState, sizes::MapSizes};
+
+/// The prefix of a pin moved aside during a growth (bpffs refuses names with a dot).
+const REPLACED_PREFIX: &str = "replaced_";
+
+/// One map that grew, in entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Growth {
+    pub map: &'static str,
+    pub from: u32,
+    pub to: u32,
+}
+
+impl Dataplane {
+    /// The capacities that fit `desired` and `needed` (a map and the entries a failed apply
+    /// found it needs, e.g. old and new entries at once): every map that is too small grown
+    /// ([`MapSizes::grown`]) as far as its ceiling allows. `None` when no map can grow.
+    pub fn sizes_to_fit(&self, desired: &MapState, needed: (&str, usize)) -> Option<MapSizes> {
+        let mut sizes = self.limits;
+        let mut any = false;
+        for (name, wanted) in super::apply::entries_needed(desired).into_iter().chain([needed]) {
+            let (Some(current), Some(ceiling)) = (sizes.of(name), self.max_sizes.of(name)) else {
+                continue;
+            };
+            if wanted <= current as usize {
+                continue;
+            }
+            if let Some(to) = MapSizes::grown(current, wanted, ceiling).filter(|to| *to > current) {
+                sizes.set(name, to);
+                any = true;
+            }
+        }
+        any.then_some(sizes)
+    }
+
+    /// Steps 1 to 3 (module docs): a datapath whose maps have `sizes`, the grown ones filled
+    /// with what this one's hold, its programs loaded but not attached. On failure the pins
+    /// are as they were.
+    pub fn grow(&self, sizes: &MapSizes) -> Result<(Dataplane, Vec<Growth>)> {
+        let growths: Vec<Growth> = self
+            .limits
+            .by_name()
+            .into_iter()
+            .zip(sizes.by_name())
+            .filter(|((_, from), (_, to))| to > from)
+            .map(|((map, from), (_, to))| Growth { map, from, to })
+            .collect();
+        let mut pins: Vec<&'static str> = growths.iter().map(|g| g.map).collect();
+        if pins.contains(&lb_common::BACKENDS) {
+            // Indexed by backend id too: the same size as LB_BACKENDS.
+            pins.push(lb_common::BACKEND_STATS);
+        }
+        move_aside(&self.pin_path, &pins)?;
+        let config = DataplaneConfig { pin_path: self.pin_path.clone(), sizes: *sizes, max_sizes: self.max_sizes };
+        // The adopted maps hold what this datapath's do; the new ones nothing yet.
+        let mut known = self.shadow.clone();
+        for id in growths.iter().filter_map(|g| MapId::by_name(g.map)) {
+            known.clear(id);
+        }
+        let grown = Self::load_object(&config, Some(known)).and_then(|mut new| {
+            new.apply(&self.shadow)?;
+            Ok(new)
+        });
+        match grown {
+            Ok(new) => Ok((new, growths)),
+            Err(e) => {
+                put_back(&self.pin_path, &pins);
+                Err(e)
+            }
+        }
+    }
+
+    /// Step 5 (module docs), once this datapath's programs are attached in `old`'s place.
+    pub fn finish_growth(&mut self, old: Dataplane, growths: &[Growth]) -> Result<()> {
+        let grew = |name: &str| growths.iter().any(|g| g.map == name);
+        let mut copy = Vec::new();
+        if grew(lb_common::SVC_STATS) {
+            copy.push(lb_common::SVC_STATS);
+        }
+        if grew(lb_common::BACKENDS) {
+            copy.push(lb_common::BACKEND_STATS);
+        }
+        let copied = copy.iter().try_for_each(|name| copy_counters(&old, self, name));
+        for g in growths {
+            remove_replaced(&self.pin_path, g.map);
+        }
+        remove_replaced(&self.pin_path, lb_common::BACKEND_STATS);
+        drop(old);
+        copied
+    }
+}
+
+/// Copies the non-zero per-CPU counters of array `name` from `old` to `new` (which is larger).
+fn copy_counters(old: &Dataplane, new: &mut Dataplane, name: &'static str) -> Result<()> {
+    let src = old.ebpf.map(name).ok_or(MapError::Missing { name })?;
+    let src: PerCpuArray<&MapData, FlowCounters> = PerCpuArray::try_from(src).map_err(MapError::typed(name, "open"))?;
+    let dst = new.ebpf.map_mut(name).ok_or(MapError::Missing { name })?;
+    let mut dst: PerCpuArray<&mut MapData, FlowCounters> = PerCpuArray::try_from(dst).map_err(MapError::typed(name, "open"))?;
+    for i in 0..src.len() {
+        let values = src.get(&i, 0).map_err(MapError::typed(name, "read"))?;
+        if values.iter().any(|c| *c != FlowCounters::default()) {
+            dst.set(i, values, 0).map_err(MapError::typed(name, "write"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the pins of `names` aside (all or, on failure, none).
+fn move_aside(pin_path: &Path, names: &[&'static str]) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        let (pin, aside) = paths(pin_path, name);
+        if let Err(source) = fs::rename(&pin, &aside) {
+            put_back(pin_path, &names[..i]);
+            return Err(DataplaneError::Grow { path: pin, source });
+        }
+    }
+    Ok(())
+}
+
+/// Undoes [`move_aside`]: whatever a failed load pinned at the names is removed first.
+fn put_back(pin_path: &Path, names: &[&'static str]) {
+    for name in names {
+        let (pin, aside) = paths(pin_path, name);
+        let _ = fs::remove_file(&pin);
+        if let Err(e) = fs::rename(&aside, &pin) {
+            tracing::error!(pin = %pin.display(), error = %e, "could not put a map's pin back after a failed growth");
+        }
+    }
+}
+
+fn remove_replaced(pin_path: &Path, name: &str) {
+    let (_, aside) = paths(pin_path, name);
+    match fs::remove_file(&aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(pin = %aside.display(), error = %e, "could not remove the pin of a replaced map"),
+    }
+}
+
+fn paths(pin_path: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    (pin_path.join(name), pin_path.join(format!("{REPLACED_PREFIX}{name}")))
+}
+
+/// After an agent died during a growth: a moved-aside map whose name is free again goes back
+/// (the attached programs still use it, with its entries); one whose name a new map holds is
+/// removed (this start adopts the new one and its first sync rewrites whatever it lacks).
+pub(super) fn recover_interrupted(pin_path: &Path) -> Result<()> {
+    let Ok(dir) = fs::read_dir(pin_path) else {
+        return Ok(());
+    };
+    for entry in dir.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_prefix(REPLACED_PREFIX)) else {
+            continue;
+        };
+        let (pin, aside) = paths(pin_path, name);
+        if pin.exists() {
+            remove_replaced(pin_path, name);
+        } else {
+            fs::rename(&aside, &pin).map_err(|source| DataplaneError::Grow { path: aside.clone(), source })?;
+            tracing::warn!(map = name, "restored a map whose growth an earlier agent did not finish");
+        }
+    }
+    Ok(())
+}

@@ -81,7 +81,8 @@ impl Fixture {
         }
         static N: AtomicU32 = AtomicU32::new(0);
         let pin_path: PathBuf = format!("/sys/fs/bpf/lbt-rel-{}-{}", unique_token(), N.fetch_add(1, Ordering::Relaxed)).into();
-        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes, ..DataplaneConfig::default() }).expect("loading the datapath");
+        let dp = Dataplane::load(&DataplaneConfig { pin_path: pin_path.clone(), sizes, ..DataplaneConfig::default() })
+            .expect("loading the datapath");
         Some(Self { dp: Some(dp), pin_path, ids: PlanMemory::default() })
     }
 

@@ -12,6 +12,7 @@
 //! | `lb_sync_errors_total` | counter | `reason` = `map_full`, `map_write`, `source`, `other` |
 //! | `lb_map_capacity` | gauge | `map` |
 //! | `lb_map_resizes_total` (maps grown online) | counter | `map` |
+//! | `lb_services_left_out` (Services not programmed: a map at its ceiling) | gauge | `map` |
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_invalid` (objects skipped now; its own family, apart from the counter's) | gauge | |
 //! | `lb_source_invalid_files` | gauge | |
@@ -97,6 +98,8 @@ pub struct State {
     pub repaired: u64,
     /// Online growths, by map.
     pub map_resizes: BTreeMap<&'static str, u64>,
+    /// Services left out now, by the map they do not fit.
+    pub left_out: BTreeMap<&'static str, usize>,
     /// Manifest files whose current content is invalid (file source).
     pub invalid_files: usize,
 }
@@ -115,6 +118,7 @@ impl Default for State {
             map_sizes: MapSizes::default(),
             repaired: 0,
             map_resizes: BTreeMap::new(),
+            left_out: BTreeMap::new(),
             invalid_files: 0,
         }
     }
@@ -183,6 +187,11 @@ impl Metrics {
     /// Map `name` was grown online.
     pub fn map_resized(&self, name: &'static str) {
         *self.lock().map_resizes.entry(name).or_default() += 1;
+    }
+
+    /// Services left out now, by the map they do not fit.
+    pub fn set_left_out(&self, by_map: BTreeMap<&'static str, usize>) {
+        self.lock().left_out = by_map;
     }
 
     pub fn set_map_sizes(&self, sizes: MapSizes) {
@@ -270,6 +279,15 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     header(&mut o, "lb_map_resizes_total", "counter", "Maps grown online because a state did not fit, by map.");
     for (name, _) in state.map_sizes.by_name().into_iter().filter(|(n, _)| *n != lb_common::CONNTRACK) {
         let _ = writeln!(o, "lb_map_resizes_total{{map=\"{name}\"}} {}", state.map_resizes.get(name).copied().unwrap_or(0));
+    }
+    header(
+        &mut o,
+        "lb_services_left_out",
+        "gauge",
+        "Services not programmed because a map they need is at its ceiling (--map-max), by map.",
+    );
+    for (name, _) in state.map_sizes.by_name().into_iter().filter(|(n, _)| *n != lb_common::CONNTRACK) {
+        let _ = writeln!(o, "lb_services_left_out{{map=\"{name}\"}} {}", state.left_out.get(name).copied().unwrap_or(0));
     }
     if let Some(n) = state.conntrack_entries {
         header(&mut o, "lb_conntrack_entries", "gauge", "Conntrack entries counted by the agent's last sweep (every 30 s).");

@@ -19,7 +19,7 @@ use crate::{
 };
 
 mod feed;
-mod grow;
+mod fit;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -156,7 +156,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         if let Some((objects, since)) = &pending {
             health.set_node_eligible(node_eligible(&cfg.node_name, &objects.nodes));
-            match grow::apply_growing(&mut sync, &mut dp, &cfg, objects, &metrics, &mut status) {
+            match fit::apply_fitting(&mut sync, &mut dp, &cfg, objects, &metrics, &mut status) {
                 Ok(()) => {
                     metrics.sync_ok(since.elapsed());
                     health.updated(Instant::now(), SystemTime::now());
@@ -174,6 +174,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // `lb status` reads what the agent says of itself.
         let mut problems = feed.problems();
         problems.extend(sync.rejected.iter().map(|r| format!("skipped {}: {}", r.object, r.reason)));
+        problems.extend(sync.left_out.iter().map(|(svc, (_, reason))| format!("left out Service {svc}: {reason}")));
         status.set_problems(problems);
         status.write(&mut dp);
         // Point 49: health-check node ports follow the applied state (failed binds retry).

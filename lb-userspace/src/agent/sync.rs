@@ -3,6 +3,7 @@
 //! settings written when the node changed.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Instant,
@@ -62,7 +63,16 @@ pub(super) struct SyncState {
     pub(super) node: Option<NodeContext>,
     /// Health-check node ports of the last applied state.
     pub(super) health_checks: HealthChecks,
+    /// Services (`namespace/name`) the last compile found changed; `None`: possibly all.
+    pub(super) changed_services: Option<BTreeSet<String>>,
+    /// Services left out because they do not fit (`agent::fit`), with the full map and why.
+    pub(super) left_out: BTreeMap<String, (&'static str, String)>,
     metrics: Arc<Metrics>,
+}
+
+/// A Service's `namespace/name`, the key of [`SyncState::left_out`].
+pub(super) fn service_key(svc: &k8s_openapi::api::core::v1::Service) -> String {
+    format!("{}/{}", svc.metadata.namespace.as_deref().unwrap_or("default"), svc.metadata.name.as_deref().unwrap_or_default())
 }
 
 impl SyncState {
@@ -74,11 +84,20 @@ impl SyncState {
             rejected: Vec::new(),
             node: None,
             health_checks: HealthChecks::new(),
+            changed_services: None,
+            left_out: BTreeMap::new(),
             metrics,
         }
     }
 
-    pub(super) fn apply(&mut self, dp: &mut Dataplane, cfg: &AgentConfig, objects: &ClusterObjects) -> Result<(), SyncError> {
+    /// Compiles, plans and applies `objects` without the Services in `without`.
+    pub(super) fn apply(
+        &mut self,
+        dp: &mut Dataplane,
+        cfg: &AgentConfig,
+        objects: &ClusterObjects,
+        without: &BTreeSet<String>,
+    ) -> Result<(), SyncError> {
         let started = Instant::now();
         let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
         if self.node.as_ref() != Some(&node) {
@@ -87,7 +106,20 @@ impl SyncState {
             self.node = Some(node.clone());
         }
         // Both families into one state (point 55): one set of maps holds IPv4 and IPv6.
-        let out = self.compile.compile(&objects.services, &objects.slices, &node);
+        let kept: Vec<Arc<k8s_openapi::api::core::v1::Service>>;
+        let services = if without.is_empty() {
+            &objects.services
+        } else {
+            kept = objects.services.iter().filter(|s| !without.contains(&service_key(s))).cloned().collect();
+            &kept
+        };
+        let out = self.compile.compile(services, &objects.slices, &node);
+        self.changed_services = match &out.changed {
+            crate::compile::memo::Changed::All => None,
+            crate::compile::memo::Changed::Only(spns) => {
+                Some(spns.iter().map(|spn| format!("{}/{}", spn.namespace, spn.name)).collect())
+            }
+        };
         let desired = out.desired;
         self.metrics.set_rejected(&desired.rejected);
         if desired.rejected != self.rejected {
@@ -160,6 +192,47 @@ impl SyncState {
         dp.apply_touched(self.planner.state(), self.planner.pending()).map_err(SyncError::Apply)?;
         self.planner.applied();
         Ok(released.svc_ids.len() + released.backends.len())
+    }
+}
+
+/// Svc ids and backend ids that something may name: programmed in the maps, or in quarantine
+/// (a conntrack entry may still name them).
+pub(super) struct IdsInUse {
+    svc_ids: BTreeSet<u32>,
+    backend_ids: BTreeSet<u32>,
+}
+
+impl SyncState {
+    /// The ids in use now (before a plan that may be taken back).
+    pub(super) fn ids_in_use(&self, dp: &Dataplane) -> IdsInUse {
+        let (mut svc_ids, mut backend_ids) = self.planner.quarantined_ids();
+        let shadow = dp.state();
+        svc_ids.extend(shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)));
+        backend_ids.extend(shadow.backends.keys().copied());
+        IdsInUse { svc_ids, backend_ids }
+    }
+
+    /// After a plan taken back before it reached the maps (a Service that did not fit, left out
+    /// again): frees the ids that plan gave out. They were in no map and in no quarantine
+    /// `before` it and are in no map now, so no conntrack entry can name them; without this
+    /// every attempt would use up ids until the next conntrack sweep.
+    pub(super) fn forget_unprogrammed(&mut self, dp: &mut Dataplane, before: &IdsInUse) -> Result<(), SyncError> {
+        let shadow = dp.state();
+        let svc_in_maps: std::collections::HashSet<u32> =
+            shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)).collect();
+        let released = self.planner.release(
+            |id| before.svc_ids.contains(&id) || svc_in_maps.contains(&id),
+            |id| before.backend_ids.contains(&id) || shadow.backends.contains_key(&id),
+        );
+        if released.svc_ids.is_empty() && released.backends.is_empty() {
+            return Ok(());
+        }
+        dp.zero_counters(&released).map_err(SyncError::Apply)?;
+        if !self.planner.pending().is_empty() {
+            dp.apply_touched(self.planner.state(), self.planner.pending()).map_err(SyncError::Apply)?;
+            self.planner.applied();
+        }
+        Ok(())
     }
 }
 

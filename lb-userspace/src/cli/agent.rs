@@ -125,6 +125,12 @@ impl AgentArgs {
         for (name, n) in &self.map_size {
             sizes.set(name, *n);
         }
+        // A ceiling below the size asked for wins (e.g. --map-max alone, below a default).
+        for (name, max) in &self.map_max {
+            if sizes.of(name).is_some_and(|n| n > *max) {
+                sizes.set(name, *max);
+            }
+        }
         sizes
     }
 
@@ -325,6 +331,9 @@ mod tests {
         let cli = Cli::try_parse_from(["lb", "agent", "--services-max", "100000", "--map-size", "LB_BACKENDS=16"]).unwrap();
         let Command::Agent(a) = cli.command else { panic!() };
         assert_eq!(a.map_sizes(), MapSizes { backends: 16, ..MapSizes::for_services(100_000) });
+        let cli = Cli::try_parse_from(["lb", "agent", "--map-max", "LB_BACKENDS=40"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.map_sizes().backends, 40, "created no larger than its ceiling");
         for bad in ["LB_BACKENDS", "LB_CONNTRACK=5", "LB_NOSUCH=5", "LB_BACKENDS=0", "LB_BACKENDS=x"] {
             assert!(Cli::try_parse_from(["lb", "agent", "--map-max", bad]).is_err(), "{bad}");
         }

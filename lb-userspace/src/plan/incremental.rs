@@ -119,6 +119,11 @@ impl Planner {
         self.pending = Touched::default();
     }
 
+    /// The quarantined svc ids and backend ids ([`PlanMemory::quarantined_ids`]).
+    pub fn quarantined_ids(&self) -> (BTreeSet<u32>, BTreeSet<u32>) {
+        self.ids.quarantined_ids()
+    }
+
     /// Frees quarantined ids that nothing names any more ([`PlanMemory::release`]); the released
     /// backends' addresses leave the address filter with the next apply.
     pub fn release(&mut self, svc_in_use: impl FnMut(u32) -> bool, backend_in_use: impl FnMut(u32) -> bool) -> Released {

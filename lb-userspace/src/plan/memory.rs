@@ -276,6 +276,11 @@ impl PlanMemory {
         self.backend_pool.quarantined()
     }
 
+    /// The quarantined svc ids and backend ids.
+    pub fn quarantined_ids(&self) -> (BTreeSet<u32>, BTreeSet<u32>) {
+        (self.svc_pool.quarantined().map(|(id, _)| *id).collect(), self.backend_pool.quarantined().map(|(id, _)| *id).collect())
+    }
+
     /// Frees the quarantined ids that `in_use` says nothing names any more (a conntrack sweep's
     /// finding, and not in the kernel's maps).
     pub fn release(&mut self, mut svc_in_use: impl FnMut(u32) -> bool, mut backend_in_use: impl FnMut(u32) -> bool) -> Released {

@@ -89,7 +89,11 @@ impl Fixture {
         // distinct however many fixtures the tests create.
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let cfg = DataplaneConfig { pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(), sizes, ..DataplaneConfig::default() };
+        let cfg = DataplaneConfig {
+            pin_path: format!("/sys/fs/bpf/lbt-{}-{n}", unique_token()).into(),
+            sizes,
+            ..DataplaneConfig::default()
+        };
         // A failed load must not leave pins behind.
         let dp = Dataplane::load(&cfg).unwrap_or_else(|e| {
             let _ = cleanup(&cfg.pin_path);

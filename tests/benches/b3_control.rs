@@ -1,6 +1,7 @@
 //! B3: the control plane. The real agent process (`lb agent --source kube:KUBECONFIG`) against
 //! the in-process API server (`lb_tests::apiserver::ApiServer`, real list/watch over HTTP),
-//! with N services of 10 endpoints each:
+//! with N services of 10 endpoints each, every endpoint its own pod (N × 10 distinct addresses,
+//! as in a real cluster):
 //!
 //! - full sync: from spawning the agent to every frontend in the pinned LB_SERVICES map (the
 //!   last frontend the agent writes is looked up every millisecond, then the whole map is
@@ -406,7 +407,7 @@ fn main() -> anyhow::Result<()> {
     let mut change = Value::Null;
     for &n in &sizes.scales {
         let api = ApiServer::start()?;
-        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy(i, ENDPOINTS)).collect();
+        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy_own(i, ENDPOINTS)).collect();
         let t = Instant::now();
         for s in &svcs {
             api.apply(s.service_json())?;
@@ -483,7 +484,7 @@ fn main() -> anyhow::Result<()> {
     let mut base_rows = Vec::new();
     let mut base_change = Value::Null;
     for &n in &sizes.scales {
-        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy(i, ENDPOINTS)).collect();
+        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy_own(i, ENDPOINTS)).collect();
         let ipt = common::iptables_ruleset(&svcs);
         let ipt_full = common::run_with_stdin(ns.name(), &["iptables-restore"], &ipt)?;
         let ipt_noflush = if n <= sizes.noflush_max {
@@ -540,7 +541,7 @@ fn main() -> anyhow::Result<()> {
     drop(ns);
     let results = json!({
         "endpoints_per_service": ENDPOINTS,
-        "pool": common::POOL,
+        "distinct_endpoints": true,
         "agent_listen_flags": listen_flags,
         "lb": lb_rows,
         "lb_change": change,

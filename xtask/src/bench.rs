@@ -653,10 +653,15 @@ impl Report {
         let _ = writeln!(
             md,
             "The real `lb agent --source kube:KUBECONFIG` process against the in-process API server (list/watch over HTTP), \
-             {} endpoints per service drawn from a pool of {} pod IPs. Full sync = agent start → every frontend in the \
-             pinned maps (includes loading the datapath through the verifier and the initial lists). Peak RSS = `VmHWM`.\n",
+             {} endpoints per service, {}. Full sync = agent start → every frontend in the \
+             pinned maps (includes loading the datapath through the verifier, the initial lists and growing the maps \
+             from their defaults). Peak RSS = `VmHWM`.\n",
             r["endpoints_per_service"],
-            num(f(&r["pool"]), 0)
+            if r["distinct_endpoints"] == true {
+                "each its own pod (N × 10 distinct backends, as in a real cluster)".to_owned()
+            } else {
+                format!("drawn from a pool of {} pod IPs", num(f(&r["pool"]), 0))
+            }
         );
         md.push_str("| services | lb full sync | of which: datapath loaded at | initial lists in at | lb peak RSS (VmHWM) | lb RSS at the end | iptables-restore (empty tables) | iptables-restore --noflush (full resync) | nft -f (whole table) |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         let bases = r["baselines"].as_array().cloned().unwrap_or_default();

@@ -45,7 +45,7 @@ pub(super) fn apply_fitting(
     status: &mut StatusRecord,
 ) -> Result<(), SyncError> {
     let mut cx = Ctx { sync, dp, cfg, objects, metrics, status };
-    let in_use = cx.sync.ids_in_use(cx.dp);
+    let quarantined = cx.sync.planner.quarantined_ids();
     // Everything first, the Services left out before included: room may have appeared.
     let err = match cx.apply_growing(&BTreeSet::new()) {
         Ok(()) => {
@@ -55,6 +55,8 @@ pub(super) fn apply_fitting(
         Err(e) if e.full().is_none() => return Err(e),
         Err(e) => e,
     };
+    // The maps are as before that attempt (a state that does not fit writes nothing).
+    let in_use = SyncState::ids_in_use(cx.dp, quarantined);
     // The Services that changed (all of them after a restart) and those left out before.
     let present: BTreeSet<String> = objects.services.iter().map(|s| service_key(s)).collect();
     let mut candidates: BTreeSet<String> = match &cx.sync.changed_services {
@@ -119,7 +121,7 @@ impl Ctx<'_> {
         if group.is_empty() {
             return Ok(());
         }
-        let in_use = self.sync.ids_in_use(self.dp);
+        let in_use = SyncState::ids_in_use(self.dp, self.sync.planner.quarantined_ids());
         for k in group {
             without.remove(k);
         }

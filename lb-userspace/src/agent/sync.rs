@@ -203,9 +203,11 @@ pub(super) struct IdsInUse {
 }
 
 impl SyncState {
-    /// The ids in use now (before a plan that may be taken back).
-    pub(super) fn ids_in_use(&self, dp: &Dataplane) -> IdsInUse {
-        let (mut svc_ids, mut backend_ids) = self.planner.quarantined_ids();
+    /// The ids in use before a plan that may be taken back: `quarantined` as it was before
+    /// that plan ([`crate::plan::Planner::quarantined_ids`], cheap to take before every sync)
+    /// and what the maps hold (unchanged by a plan that did not fit; read only then).
+    pub(super) fn ids_in_use(dp: &Dataplane, quarantined: (BTreeSet<u32>, BTreeSet<u32>)) -> IdsInUse {
+        let (mut svc_ids, mut backend_ids) = quarantined;
         let shadow = dp.state();
         svc_ids.extend(shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)));
         backend_ids.extend(shadow.backends.keys().copied());

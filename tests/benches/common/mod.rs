@@ -165,6 +165,13 @@ impl Svc {
         }
     }
 
+    /// Dummy service `i` with `k` endpoints of its own, as in a real cluster where every
+    /// endpoint is its own pod: 10.128.0.0 + i·k + j (up to 1,048,576 distinct; never addressed).
+    pub fn dummy_own(i: u32, k: u32) -> Self {
+        let ip = |j: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * k + j) % (1 << 20));
+        Self::new(&format!("dummy-{i}"), dummy_vip(i), (0..k).map(ip).collect())
+    }
+
     /// Dummy service `i` with `k` endpoints from the pool.
     pub fn dummy(i: u32, k: u32) -> Self {
         Self::new(&format!("dummy-{i}"), dummy_vip(i), (0..k).map(|j| pool_ip(i * k + j)).collect())

@@ -17,6 +17,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -786,7 +787,7 @@ fn unique(svcs: Vec<SvcGen>) -> Vec<SvcGen> {
 
 /// The ServicePorts `state` holds for one Service.
 fn ports_of<'a>(state: &'a DesiredState, ns: &str, name: &str) -> BTreeMap<&'a ServicePortName, &'a ServicePortState> {
-    state.services.iter().filter(|(k, _)| k.namespace == ns && k.name == name).collect()
+    state.services.iter().filter(|(k, _)| k.namespace == ns && k.name == name).map(|(k, v)| (k, &**v)).collect()
 }
 
 proptest! {
@@ -1025,7 +1026,7 @@ fn build_desired(sps: &[SpGen]) -> DesiredState {
             affinity_timeout_s: g.affinity,
             selection: if g.maglev { Selection::Maglev } else { Selection::Random },
         };
-        d.services.insert(spn, sp);
+        d.services.insert(spn, Arc::new(sp));
     }
     d
 }
@@ -1281,7 +1282,7 @@ proptest! {
         // the first run and possibly another after adoption; the API server never allows it.
         let mut claimed = BTreeSet::new();
         for (spn, sp) in desired.services.iter_mut() {
-            sp.frontends.retain(|f| claimed.insert((f.addr, f.port, spn.protocol)));
+            Arc::make_mut(sp).frontends.retain(|f| claimed.insert((f.addr, f.port, spn.protocol)));
         }
         desired.services.retain(|_, sp| !sp.frontends.is_empty());
         let programmed = map_state(&desired, &mut PlanMemory::default(), &cfg);

@@ -595,7 +595,11 @@ fn point_62_fragmented_datagram_to_a_udp_nodeport_is_translated_over_xdp<F: Fami
 /// kubia, dns and empty, plus a UDP service without endpoints.
 fn cluster_with_empty_udp<F: Family>() -> DesiredState {
     let mut d = cluster::<F>();
-    d.services.extend([clusterip_service("empty-dns", F::EMPTY_UDP_VIP, 53, Protocol::Udp, vec![])]);
+    d.services.extend(
+        [clusterip_service("empty-dns", F::EMPTY_UDP_VIP, 53, Protocol::Udp, vec![])]
+            .into_iter()
+            .map(|(k, v)| (k, std::sync::Arc::new(v))),
+    );
     d
 }
 
@@ -743,6 +747,7 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays<F: Fam
     // Remove both backends from both services.
     let mut d = cluster::<F>();
     for sp in d.services.values_mut() {
+        let sp = std::sync::Arc::make_mut(sp);
         let gone = |e: &Endpoint| e.addr == udp_backend || e.addr == tcp_backend;
         for set in [&mut sp.internal.endpoints, &mut sp.external.endpoints, &mut sp.cluster, &mut sp.serving] {
             set.retain(|e| !gone(e));
@@ -779,16 +784,21 @@ fn point_57_udp_flow_leaves_a_backend_removed_from_its_service_while_another_kee
     let Some(mut f) = Fixture::new(test) else { return };
     let syslog = |eps| clusterip_service("syslog", F::SYSLOG_VIP, 514, Protocol::Udp, eps);
     let mut d = cluster::<F>();
-    d.services.extend([syslog(vec![local(F::POD1, 9000), local(F::POD2, 9000)])]);
+    d.services
+        .extend([syslog(vec![local(F::POD1, 9000), local(F::POD2, 9000)])].into_iter().map(|(k, v)| (k, std::sync::Arc::new(v))));
     f.program(&d);
     let query = udp_frame((F::CLIENT, 5360), (F::UDP_VIP, 53), b"q");
     let (old, new) = dns_backend_reached::<F>(&f, &query);
     // A blue/green switch: dns now selects only `new`; syslog keeps both pods.
     let mut d = cluster::<F>();
-    d.services.extend([
-        clusterip_service("dns", F::UDP_VIP, 53, Protocol::Udp, vec![local(new, 9000)]),
-        syslog(vec![local(F::POD1, 9000), local(F::POD2, 9000)]),
-    ]);
+    d.services.extend(
+        [
+            clusterip_service("dns", F::UDP_VIP, 53, Protocol::Udp, vec![local(new, 9000)]),
+            syslog(vec![local(F::POD1, 9000), local(F::POD2, 9000)]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, std::sync::Arc::new(v))),
+    );
     f.program(&d);
     assert!(f.dp.state().backends.values().any(|b| b.addr == addr16(old)), "the old pod is still a backend");
     let (verdict, out) = f.run(&query);
@@ -810,7 +820,7 @@ fn point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves<F: Family>
     let query = udp_frame((F::CLIENT, 5361), (F::UDP_VIP, 53), b"q");
     let (old, other) = dns_backend_reached::<F>(&f, &query);
     let mut d = cluster::<F>();
-    let (_, dns) = d.services.iter_mut().find(|(n, _)| n.name == "dns").unwrap();
+    let dns = std::sync::Arc::make_mut(d.services.iter_mut().find(|(n, _)| n.name == "dns").unwrap().1);
     for set in [&mut dns.internal.endpoints, &mut dns.external.endpoints, &mut dns.cluster] {
         set.retain(|e| e.addr == other);
     }

@@ -249,14 +249,14 @@ fn desired() -> DesiredState {
         Cidr { addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), prefix: 8 },
         Cidr { addr: IpAddr::V4(Ipv4Addr::new(192, 168, 77, 0)), prefix: 26 },
     ];
-    d.services.insert(spn, sp);
+    d.services.insert(spn, std::sync::Arc::new(sp));
     // ClientIP affinity, TCP and UDP on one address.
     for (proto, port, eps) in
         [(Protocol::Tcp, 80, three()), (Protocol::Udp, 53, vec![endpoint(POD1, 9000, true), endpoint(POD3, 9000, true)])]
     {
         let (spn, mut sp) = service_port("sticky", proto, vec![fe(ip(60), port, ClusterIp)], eps, Selection::Random);
         sp.affinity_timeout_s = Some(10_800);
-        d.services.insert(spn, sp);
+        d.services.insert(spn, std::sync::Arc::new(sp));
     }
     // externalTrafficPolicy: Local without a local endpoint: external traffic is dropped, pods
     // of this node get the Cluster set (point 34).
@@ -269,7 +269,7 @@ fn desired() -> DesiredState {
     );
     sp.external = EndpointSet { endpoints: vec![], drop_if_empty: true };
     sp.external_snat = false;
-    d.services.insert(spn, sp);
+    d.services.insert(spn, std::sync::Arc::new(sp));
     d
 }
 

@@ -143,7 +143,7 @@ fn many_services(n: u32, first_octet: u8) -> DesiredState {
         let vip = Ipv4Addr::new(first_octet, (i >> 16) as u8, (i >> 8) as u8, i as u8);
         let be = Ipv4Addr::new(10, 250 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
         let (spn, sp) = clusterip_service(&format!("s{i}"), vip, 80, Protocol::Tcp, vec![ep(be, 8080)]);
-        d.services.insert(spn, sp);
+        d.services.insert(spn, std::sync::Arc::new(sp));
     }
     d
 }
@@ -251,7 +251,7 @@ fn maps_sized_for_more_services_hold_them_and_keep_their_size_across_a_restart()
     assert_eq!(f.dp().limits(), &sizes, "fresh maps get the requested sizes");
     let mut d = many_services(n - 10, 11); // and the base state's few
     for sp in d.services.values_mut() {
-        sp.selection = Selection::Maglev; // the default for Services without the random annotation
+        std::sync::Arc::make_mut(sp).selection = Selection::Maglev; // the default for Services without the random annotation
     }
     let big = map_state(&d, &mut f.ids.clone(), &PlanConfig::default());
     let fill = (big.services.len(), big.maglev.len());

@@ -15,6 +15,7 @@ use std::{
     borrow::Borrow,
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -107,7 +108,7 @@ fn compile_families(
             }
         }
         if reasons.is_empty() {
-            state.services.extend(ports);
+            state.services.extend(ports.into_iter().map(|(spn, sp)| (spn, Arc::new(sp))));
             if let Some(hc) = health_check {
                 health_checks.insert((ns, name), hc);
             }

@@ -120,13 +120,13 @@ mod tests {
         let limits = MapSizes { backends: 8, svc_stats: 4, ..MapSizes::default() };
         let mut st = MapState::default();
         st.backends.insert(7, Backend::default());
-        st.names.insert(3, lb_common::SvcName::default());
+        st.names.insert(3, std::sync::Arc::default());
         assert!(check_ids_fit(&st, &limits).is_ok());
         st.backends.insert(8, Backend::default());
         let e = check_ids_fit(&st, &limits).unwrap_err().to_string();
         assert_eq!(e, "map LB_BACKENDS is full: 9 entries needed, its limit is 8");
         st.backends.remove(&8);
-        st.names.insert(4, lb_common::SvcName::default());
+        st.names.insert(4, std::sync::Arc::default());
         assert!(check_ids_fit(&st, &limits).unwrap_err().to_string().starts_with("map LB_SVC_STATS is full"));
     }
 

@@ -52,16 +52,17 @@ impl Kernel for () {
     fn from_bytes(_: &[u8]) -> Self {}
 }
 
-/// A Maglev chunk held once by every state that has it.
-impl Kernel for Arc<MaglevChunk> {
-    const SIZE: usize = MaglevChunk::SIZE;
+/// A value held once by every state that has it (Maglev chunks, names): the planned state, the
+/// shadow of the maps and the writes share it, and a write stays small.
+impl<T: Kernel> Kernel for Arc<T> {
+    const SIZE: usize = T::SIZE;
 
     fn to_bytes(&self) -> Vec<u8> {
         self.as_ref().to_bytes()
     }
 
     fn from_bytes(bytes: &[u8]) -> Self {
-        Arc::new(MaglevChunk::from_bytes(bytes))
+        Arc::new(T::from_bytes(bytes))
     }
 }
 

@@ -204,7 +204,7 @@ agent_maps! {
     /// set before any frontend or backend needs it, and cleared only after them.
     addr_filter (AddrFilter): lb_common::ADDR_FILTER, u32 => u64, PutFilterWord / DelFilterWord, capacity addr_filter;
     /// ServicePort names by svc_id, for `lb service list` and the metrics in other processes.
-    names (Names): lb_common::SVC_NAMES, u32 => SvcName, PutName / DelName, capacity names;
+    names (Names): lb_common::SVC_NAMES, u32 => Arc<SvcName>, PutName / DelName, capacity names;
     /// Backends by id (0 is never used).
     backends (Backends): lb_common::BACKENDS, u32 => Backend, PutBackend / DelBackend, capacity backends;
     /// Set membership of a backend in a selection table (affinity checks, point 27; the serving
@@ -240,7 +240,7 @@ impl Transition for u64 {
 
 impl Transition for u32 {}
 impl Transition for () {}
-impl Transition for SvcName {}
+impl Transition for Arc<SvcName> {}
 impl Transition for Backend {}
 impl Transition for ServiceValue {}
 impl Transition for Arc<MaglevChunk> {}

@@ -1,7 +1,7 @@
 //! The desired datapath state in Kubernetes terms: what [`crate::compile`] produces and
 //! [`crate::plan`] turns into map entries. Pure data, no kernel.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -323,7 +323,7 @@ pub type HealthChecks = BTreeMap<(String, String), HealthCheck>;
 /// both ([`crate::compile::compile_all`]), told apart by [`ServicePortName::family`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
-    pub services: BTreeMap<ServicePortName, ServicePortState>,
+    pub services: BTreeMap<ServicePortName, Arc<ServicePortState>>,
     /// Objects that were not programmed because they are invalid (not the ones skipped by
     /// design, such as headless services).
     pub rejected: Vec<Skipped>,

@@ -58,7 +58,8 @@ pub struct Planner {
     ids: PlanMemory,
     cfg: PlanConfig,
     /// Every planned ServicePort: the state it was planned from and what it wrote.
-    planned: BTreeMap<Arc<ServicePortName>, (ServicePortState, Contribution)>,
+    /// The state is shared with the compile step's (one copy of each ServicePort's state).
+    planned: BTreeMap<Arc<ServicePortName>, (Arc<ServicePortState>, Contribution)>,
     state: MapState,
     backends: Shared<u32, Backend>,
     services: Shared<ServiceKey, ServiceValue>,
@@ -344,7 +345,7 @@ mod tests {
     use super::*;
     use crate::model::{Endpoint, EndpointSet, Frontend, FrontendKind, Protocol, Selection};
 
-    fn port(name: &str, vip: u8, backends: &[u8]) -> (ServicePortName, ServicePortState) {
+    fn port(name: &str, vip: u8, backends: &[u8]) -> (ServicePortName, Arc<ServicePortState>) {
         let eps: Vec<Endpoint> = backends
             .iter()
             .map(|b| Endpoint {
@@ -374,7 +375,7 @@ mod tests {
             affinity_timeout_s: None,
             selection: Selection::Maglev,
         };
-        (spn, sp)
+        (spn, Arc::new(sp))
     }
 
     /// Module docs: only changed ServicePorts are planned again; a backend two of them share

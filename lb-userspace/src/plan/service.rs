@@ -37,7 +37,7 @@ pub(crate) fn plan_service(
     cfg: &PlanConfig,
 ) {
     let svc_id = ids.svc_id(spn);
-    st.names.insert(svc_id, SvcName::new(&spn.to_string()));
+    st.names.insert(svc_id, Arc::new(SvcName::new(&spn.to_string())));
     let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
     let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
     let maglev = sp.selection == Selection::Maglev;

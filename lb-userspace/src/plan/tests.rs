@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -82,7 +83,7 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
 }
 
 fn desired(items: Vec<(ServicePortName, ServicePortState)>) -> DesiredState {
-    DesiredState { services: items.into_iter().collect(), rejected: Vec::new() }
+    DesiredState { services: items.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(), rejected: Vec::new() }
 }
 
 /// A representative desired state: NodePort with ETP=Local and affinity, a shared backend,
@@ -590,14 +591,14 @@ fn diff_is_minimal() {
     let old = plan_state(&d, &mut ids);
     // Changing only web's affinity rewrites only web's frontends.
     let mut d2 = d.clone();
-    d2.services.get_mut(&spn("web", Protocol::Tcp)).unwrap().affinity_timeout_s = Some(60);
+    Arc::make_mut(d2.services.get_mut(&spn("web", Protocol::Tcp)).unwrap()).affinity_timeout_s = Some(60);
     let new = plan_state(&d2, &mut ids);
     let ops = diff(&old, &new);
     assert_eq!(ops.len(), 3, "{ops:#?}"); // no address changed: the filter is not written
     assert!(ops.iter().all(|op| matches!(op, Op::PutService(_, v) if v.affinity_timeout_s == 60)));
     // Adding one endpoint to dns/UDP: one backend, one slot, one service value.
     let mut d3 = d.clone();
-    let dns = d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap();
+    let dns = Arc::make_mut(d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap());
     dns.internal.endpoints.push(ep("10.0.2.3", 53));
     dns.serving.push(ep("10.0.2.3", 53));
     let ops = diff(&old, &plan_state(&d3, &mut ids));
@@ -659,15 +660,16 @@ fn diff_every_intermediate_state_is_readable() {
     // web loses two endpoints and gains one, dns/UDP goes, a new service appears, lb changes
     // its external address, and a terminating endpoint becomes ready (flags change in place).
     {
-        let web = changed.services.get_mut(&spn("web", Protocol::Tcp)).unwrap();
+        let web = Arc::make_mut(changed.services.get_mut(&spn("web", Protocol::Tcp)).unwrap());
         web.internal.endpoints = vec![ep("10.0.1.2", 8080), ep("10.0.1.3", 8080), ep("10.0.1.7", 8080)];
         web.external = set(&[]);
     }
     changed.services.remove(&spn("dns", Protocol::Udp));
-    changed
-        .services
-        .insert(spn("fresh", Protocol::Udp), sp(vec![cip("10.96.0.99", 53)], &[ep("10.0.2.1", 53), ep("10.0.9.9", 53)]));
-    changed.services.get_mut(&spn("lb", Protocol::Tcp)).unwrap().frontends[1] =
+    changed.services.insert(
+        spn("fresh", Protocol::Udp),
+        Arc::new(sp(vec![cip("10.96.0.99", 53)], &[ep("10.0.2.1", 53), ep("10.0.9.9", 53)])),
+    );
+    Arc::make_mut(changed.services.get_mut(&spn("lb", Protocol::Tcp)).unwrap()).frontends[1] =
         fe("198.51.100.8", 443, FrontendKind::LoadBalancer);
 
     let mut ids = PlanMemory::default();
@@ -686,7 +688,7 @@ fn apply_of_diff_turns_old_into_new() {
     let base = sample();
     let mut other = base.clone();
     other.services.remove(&spn("web", Protocol::Tcp));
-    other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.2.2", 53));
+    Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.2.2", 53));
     let mut ids = PlanMemory::default();
     let states = [
         MapState::default(),
@@ -730,8 +732,8 @@ fn point_59_adopt_then_change_allocates_ids_above_the_adopted_ones() {
     let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d);
     let mut d2 = d.clone();
-    d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap().internal.endpoints.push(ep("10.0.1.10", 8080));
-    d2.services.insert(spn("late", Protocol::Tcp), sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)]));
+    Arc::make_mut(d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.1.10", 8080));
+    d2.services.insert(spn("late", Protocol::Tcp), Arc::new(sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)])));
     let st = plan_state(&d2, &mut ids);
     let max_backend = *pinned.backends.keys().max().unwrap();
     let max_svc = pinned.services.values().map(|v| v.svc_id).max().unwrap();
@@ -924,7 +926,7 @@ fn point_48_55_source_ranges_are_planned_per_family() {
 #[test]
 fn point_48_ranges_of_the_other_family_do_not_restrict() {
     let mut d = dual_stack();
-    let v6 = d.services.get_mut(&spn6("web", Protocol::Tcp)).unwrap();
+    let v6 = Arc::make_mut(d.services.get_mut(&spn6("web", Protocol::Tcp)).unwrap());
     v6.source_ranges = vec![Cidr { addr: ip("203.0.113.0"), prefix: 24 }];
     let st = plan(&d);
     let lb6 = st.services[&key_of("2001:db8::7", 80, Protocol::Tcp)];

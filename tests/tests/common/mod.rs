@@ -244,6 +244,6 @@ pub fn clusterip_service(
 /// The desired state of these ServicePorts.
 pub fn desired_state(services: impl IntoIterator<Item = (ServicePortName, ServicePortState)>) -> DesiredState {
     let mut d = DesiredState::default();
-    d.services.extend(services);
+    d.services.extend(services.into_iter().map(|(k, v)| (k, std::sync::Arc::new(v))));
     d
 }

@@ -299,7 +299,12 @@ fn mutated_manifests_that_parse_also_compile() {
             }
             let mut o = ClusterObjects::default();
             if parse_into(Path::new("m.yaml"), &text, &mut o).is_ok() {
-                let node = NodeContext { name: "node-a".into(), addresses: vec!["192.168.77.1".parse().unwrap()], zone: None };
+                let node = NodeContext {
+                    external_ip_cidrs: None,
+                    name: "node-a".into(),
+                    addresses: vec!["192.168.77.1".parse().unwrap()],
+                    zone: None,
+                };
                 let _ = compile(&o.services, &o.slices, &node, Family::V4);
                 let _ = compile(&o.services, &o.slices, &node, Family::V6);
             }
@@ -773,6 +778,7 @@ impl SliceGen {
 
 fn node() -> NodeContext {
     NodeContext {
+        external_ip_cidrs: None,
         name: "node-a".into(),
         addresses: vec!["192.168.77.1".parse().unwrap(), "fd00::77:1".parse().unwrap()],
         zone: Some("zone-a".into()),

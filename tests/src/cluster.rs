@@ -57,7 +57,8 @@ impl TwoNodeCluster {
                 interfaces: topo.pod_interfaces(k),
                 external: vec!["u0".to_owned()],
                 cgroup: (k == 0).then(|| cgroup.path().to_owned()),
-                extra_args: vec![],
+                // The documentation prefixes the tests use as externalIPs (none by default).
+                extra_args: vec!["--external-ip-cidrs".into(), "203.0.113.0/24,2001:db8::/32".into()],
                 source: None,
             };
             let mut agent = Agent::start(&bins::lb(), &opts, &files)?;

@@ -77,6 +77,8 @@ pub struct AgentConfig {
     pub hairpin6_addr: Ipv6Addr,
     /// SNAT source ports for external traffic.
     pub snat_ports: (u16, u16),
+    /// Point 46, CVE-2020-8554: the prefixes `spec.externalIPs` may use (`None`: any).
+    pub external_ip_cidrs: Option<Vec<crate::model::Cidr>>,
     pub plan: PlanConfig,
     /// How often the file source is checked for changes.
     pub poll_interval: Duration,

@@ -99,7 +99,8 @@ impl SyncState {
         without: &BTreeSet<String>,
     ) -> Result<(), SyncError> {
         let started = Instant::now();
-        let node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
+        let mut node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
+        node.external_ip_cidrs.clone_from(&cfg.external_ip_cidrs);
         if self.node.as_ref() != Some(&node) {
             let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
             dp.set_config(&settings).map_err(SyncError::NodeSettings)?;
@@ -311,7 +312,12 @@ mod tests {
             ),
             service("api", "10.96.0.2", json!([{ "port": 443, "nodePort": 30443 }])),
         ];
-        let node = NodeContext { name: "n".into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None };
+        let node = NodeContext {
+            external_ip_cidrs: None,
+            name: "n".into(),
+            addresses: vec!["192.168.0.10".parse().unwrap()],
+            zone: None,
+        };
         let desired = crate::compile::compile(&services, &[] as &[EndpointSlice], &node, crate::model::Family::V4);
         let mut planner = Planner::new(PlanConfig::default());
         planner.plan(&desired);
@@ -342,6 +348,7 @@ mod tests {
         spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
         spec.cluster_ips = Some(vec!["10.96.0.1".into(), "fd00:96::1".into()]);
         let node = NodeContext {
+            external_ip_cidrs: None,
             name: "n".into(),
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,
@@ -375,6 +382,7 @@ mod tests {
     fn node_settings_per_family() {
         let hairpin = (Ipv4Addr::new(169, 254, 42, 1), DEFAULT_HAIRPIN6_ADDR);
         let dual = NodeContext {
+            external_ip_cidrs: None,
             name: "n".into(),
             addresses: ["fd00::10", "192.168.0.10", "fd00::11", "10.1.0.10"].iter().map(|a| a.parse().unwrap()).collect(),
             zone: None,

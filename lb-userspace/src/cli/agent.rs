@@ -70,6 +70,15 @@ pub(super) struct AgentArgs {
     #[arg(long, value_name = "ENTRIES", default_value_t = lb_common::CONNTRACK_MAX,
           value_parser = clap::value_parser!(u32).range(2..))]
     conntrack_max: u32,
+    /// The prefixes a Service's `spec.externalIPs` may use, comma-separated, or `any`.
+    /// externalIPs capture traffic to those addresses from every pod and from outside
+    /// (CVE-2020-8554: a Service with `externalIPs: [8.8.8.8]` takes over 8.8.8.8), so by
+    /// default none is allowed: a Service with one is skipped, logged and counted
+    /// (`lb_objects_rejected_total{reason="spec.externalIPs"}`) and listed by `lb status`.
+    /// `any` is kube-proxy's behaviour (leave the policing to an admission controller).
+    /// Example: --external-ip-cidrs 203.0.113.0/24,2001:db8:1::/48.
+    #[arg(long, value_name = "CIDR,...|any", default_value = "", value_parser = parse_external_ip_cidrs)]
+    external_ip_cidrs: ExternalIpCidrs,
     /// Size the service maps for this many Services (ServicePorts) of up to 10 endpoints each:
     /// LB_SERVICES 4N, LB_MAGLEV 16N chunks, LB_SELECT and LB_MEMBERS 10N, LB_SVC_STATS and
     /// LB_SVC_NAMES 2N, never below the defaults (which hold about 16,000). Their memory is taken
@@ -144,6 +153,28 @@ impl AgentArgs {
     }
 }
 
+/// `--external-ip-cidrs`: `None` for `any`.
+#[derive(Clone, Debug)]
+struct ExternalIpCidrs(Option<Vec<crate::model::Cidr>>);
+
+fn parse_external_ip_cidrs(s: &str) -> Result<ExternalIpCidrs, String> {
+    if s.trim() == "any" {
+        return Ok(ExternalIpCidrs(None));
+    }
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("{part:?} is not a CIDR (e.g. 203.0.113.0/24 or 2001:db8::/32), nor `any`");
+        let (addr, prefix) = part.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > if addr.is_ipv4() { 32 } else { 128 } {
+            return Err(bad());
+        }
+        out.push(crate::model::Cidr { addr, prefix });
+    }
+    Ok(ExternalIpCidrs(Some(out)))
+}
+
 /// `--map-max` and `--map-size` (`MAP=ENTRIES`): a map that grows, and at least 1 entry.
 fn parse_map_entries(s: &str) -> Result<(&'static str, u32), String> {
     let growable: Vec<&'static str> =
@@ -193,6 +224,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
         hairpin_addr: args.hairpin_ip,
         hairpin6_addr: args.hairpin_ip6,
         snat_ports: args.snat_ports,
+        external_ip_cidrs: args.external_ip_cidrs.0,
         plan: PlanConfig { maglev_table_size: args.maglev_table_size },
         poll_interval: Duration::from_millis(args.poll_ms),
         metrics_addr: args.metrics_addr.0,
@@ -336,6 +368,24 @@ mod tests {
         assert_eq!(a.map_sizes().backends, 40, "created no larger than its ceiling");
         for bad in ["LB_BACKENDS", "LB_CONNTRACK=5", "LB_NOSUCH=5", "LB_BACKENDS=0", "LB_BACKENDS=x"] {
             assert!(Cli::try_parse_from(["lb", "agent", "--map-max", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn external_ips_are_allowed_only_in_the_given_prefixes_and_none_by_default() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["lb", "agent"], args].concat()).unwrap();
+            let Command::Agent(a) = cli.command else { panic!() };
+            a.external_ip_cidrs.0
+        };
+        assert_eq!(parse(&[]), Some(vec![]), "none allowed by default");
+        assert_eq!(parse(&["--external-ip-cidrs", "any"]), None);
+        let two = parse(&["--external-ip-cidrs", "203.0.113.0/24, 2001:db8::/32"]).unwrap();
+        assert_eq!(two.len(), 2);
+        assert!(two[0].contains("203.0.113.7".parse().unwrap()) && !two[0].contains("8.8.8.8".parse().unwrap()));
+        assert!(two[1].contains("2001:db8::1".parse().unwrap()) && !two[1].contains("203.0.113.7".parse().unwrap()));
+        for bad in ["8.8.8.8", "10.0.0.0/33", "nope/8", "::/129"] {
+            assert!(Cli::try_parse_from(["lb", "agent", "--external-ip-cidrs", bad]).is_err(), "{bad}");
         }
     }
 }

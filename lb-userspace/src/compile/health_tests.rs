@@ -15,7 +15,12 @@ const NODE: &str = "node-a";
 const OTHER_NODE: &str = "node-b";
 
 fn node() -> NodeContext {
-    NodeContext { name: NODE.into(), addresses: vec!["192.168.0.10".parse::<IpAddr>().unwrap()], zone: None }
+    NodeContext {
+        external_ip_cidrs: None,
+        name: NODE.into(),
+        addresses: vec!["192.168.0.10".parse::<IpAddr>().unwrap()],
+        zone: None,
+    }
 }
 
 fn svc(name: &str, spec: Value) -> Service {

@@ -194,7 +194,7 @@ fn compile_service(
         other => return Err(invalid(Rejection::of(RejectedField::Type, format!("unknown type {other:?}")))),
     };
 
-    let external_ips = external_ips(spec.external_ips.as_deref(), family).map_err(invalid)?;
+    let external_ips = external_ips(spec.external_ips.as_deref(), family, node.external_ip_cidrs.as_deref()).map_err(invalid)?;
     let lb_ips: Vec<IpAddr> = if lb { lb_ingress_ips(svc, family).map_err(invalid)? } else { Vec::new() };
     let externally_accessible = nodeport_allowed || !external_ips.is_empty() || !lb_ips.is_empty();
     // Points 29, 30.
@@ -354,13 +354,26 @@ fn cluster_ip_for_family(spec: &k8s_openapi::api::core::v1::ServiceSpec, family:
     Ok(None)
 }
 
-/// Point 46: the addresses of `spec.externalIPs` of this family.
-fn external_ips(list: Option<&[String]>, family: Family) -> Result<Vec<IpAddr>, Rejection> {
+/// Point 46: the addresses of `spec.externalIPs` of this family; every entry (of either family)
+/// must be in `allowed` when it is given (CVE-2020-8554).
+fn external_ips(list: Option<&[String]>, family: Family, allowed: Option<&[Cidr]>) -> Result<Vec<IpAddr>, Rejection> {
     let mut out = Vec::new();
     for (i, raw) in list.unwrap_or_default().iter().enumerate() {
         let ip = parse_ip_sloppy(raw).ok_or_else(|| {
             Rejection::new(RejectedField::ExternalIps, format!("spec.externalIPs[{i}]"), format!("{raw:?} is not an IP address"))
         })?;
+        if let Some(allowed) = allowed
+            && !allowed.iter().any(|c| c.contains(ip))
+        {
+            return Err(Rejection::new(
+                RejectedField::ExternalIps,
+                format!("spec.externalIPs[{i}]"),
+                format!(
+                    "{ip} is outside --external-ip-cidrs (externalIPs capture traffic to any address: CVE-2020-8554); \
+                     allow its prefix with --external-ip-cidrs"
+                ),
+            ));
+        }
         if family.matches(&ip) {
             out.push(ip);
         }

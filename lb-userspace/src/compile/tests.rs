@@ -99,6 +99,7 @@ fn ip(s: &str) -> IpAddr {
 /// This node: two IPv4 addresses and one IPv6 address, zone `zone-a`.
 fn node() -> NodeContext {
     NodeContext {
+        external_ip_cidrs: None,
         name: NODE.into(),
         addresses: vec![ip("192.168.0.10"), ip("10.1.0.10"), ip("fd00::10")],
         zone: Some("zone-a".into()),
@@ -1209,6 +1210,38 @@ fn point_46_external_ips_are_external_frontends_of_the_family() {
     let st6 = v6(&[s], &[]);
     assert_eq!(fes(tcp(&st6, "ext")), set_of(&["cluster [fd00:96::10]:80", "external [2001:db8::cb00:71fa]:80"]));
     assert!(FrontendKind::ExternalIp.is_external());
+}
+
+/// Point 46, CVE-2020-8554: with an allow list (`--external-ip-cidrs`), a Service whose
+/// externalIPs (of either family) fall outside it is rejected whole, naming the entry and the
+/// CVE; one inside is programmed as before; an empty list allows none.
+#[test]
+fn point_46_external_ips_outside_the_allowed_prefixes_reject_the_service() {
+    let ext = |name: &str, ips: serde_json::Value| {
+        svc(name, json!({ "clusterIP": "10.96.0.30", "externalIPs": ips, "ports": [{ "port": 53, "protocol": "UDP" }] }))
+    };
+    let allowed = Some(vec![crate::model::Cidr { addr: "203.0.113.0".parse().unwrap(), prefix: 24 }]);
+    let policed = NodeContext { external_ip_cidrs: allowed, ..node() };
+    let ok = ext("ok", json!(["203.0.113.53"]));
+    let capture = ext("capture", json!(["8.8.8.8"]));
+    let mixed = ext("mixed", json!(["203.0.113.54", "2001:4860:4860::8888"]));
+    let st = compile(&[ok.clone(), capture.clone(), mixed], &[] as &[EndpointSlice], &policed, Family::V4);
+    let rejected: Vec<(&str, String)> = st.rejected.iter().map(|r| (r.object.as_str(), r.reason.to_string())).collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(
+        rejected
+            .iter()
+            .any(|(o, r)| *o == "Service ns/capture" && r.contains("spec.externalIPs[0]") && r.contains("CVE-2020-8554"))
+    );
+    assert!(
+        rejected.iter().any(|(o, r)| *o == "Service ns/mixed" && r.contains("spec.externalIPs[1]")),
+        "the other family's entry counts too"
+    );
+    assert_eq!(st.services.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["ok"]);
+    // No list: kube-proxy's behaviour; an empty list: none.
+    assert!(v4(&[capture.clone()], &[]).rejected.is_empty());
+    let none = NodeContext { external_ip_cidrs: Some(vec![]), ..node() };
+    assert_eq!(compile(&[ok], &[] as &[EndpointSlice], &none, Family::V4).rejected.len(), 1);
 }
 
 /// Point 46 / bad input: an invalid `externalIPs` entry rejects the whole Service (the compile

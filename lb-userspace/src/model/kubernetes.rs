@@ -15,6 +15,10 @@ pub struct NodeContext {
     pub addresses: Vec<IpAddr>,
     /// `topology.kubernetes.io/zone` of this node, for zone hints (point 53).
     pub zone: Option<String>,
+    /// Point 46, CVE-2020-8554: the prefixes every `spec.externalIPs` entry must fall in
+    /// (`lb agent --external-ip-cidrs`); a Service with an entry outside them is rejected.
+    /// `None`: any address, as kube-proxy.
+    pub external_ip_cidrs: Option<Vec<super::Cidr>>,
 }
 
 /// An object's namespace, with the API's default for objects that name none.

@@ -200,6 +200,23 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// `ip` is in this prefix (an address of the other family never is).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix.min(128))).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Everything the datapath needs for one ServicePort.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServicePortState {

@@ -1217,10 +1217,10 @@ fn point_46_external_ips_are_external_frontends_of_the_family() {
 /// CVE; one inside is programmed as before; an empty list allows none.
 #[test]
 fn point_46_external_ips_outside_the_allowed_prefixes_reject_the_service() {
-    let ext = |name: &str, ips: serde_json::Value| {
+    let ext = |name: &str, ips: Value| {
         svc(name, json!({ "clusterIP": "10.96.0.30", "externalIPs": ips, "ports": [{ "port": 53, "protocol": "UDP" }] }))
     };
-    let allowed = Some(vec![crate::model::Cidr { addr: "203.0.113.0".parse().unwrap(), prefix: 24 }]);
+    let allowed = Some(vec![Cidr { addr: "203.0.113.0".parse().unwrap(), prefix: 24 }]);
     let policed = NodeContext { external_ip_cidrs: allowed, ..node() };
     let ok = ext("ok", json!(["203.0.113.53"]));
     let capture = ext("capture", json!(["8.8.8.8"]));

@@ -6,7 +6,14 @@
 # (aya-build compiles lb-ebpf with `rustup run nightly cargo build -Z build-std=core`) and
 # bpf-linker 0.13 built against the libLLVM that ships inside the nightly toolchain (Debian 12 has
 # no LLVM 22; the linker's LLVM major must match the rustc that emits the eBPF bitcode).
+# The runtime base, tagged; pin it by digest where the image is built (`docker buildx imagetools
+# inspect gcr.io/distroless/cc-debian12:latest`, then --build-arg RUNTIME_IMAGE=...@sha256:...).
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:latest
+
 FROM rust:1.95-bookworm AS builder
+
+# A failing command anywhere in a RUN pipe fails the build (`ldd ... | grep` below).
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ARG BPF_LINKER_VERSION=0.13.0
 ENV CARGO_TERM_COLOR=never
@@ -36,7 +43,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # Runtime: glibc and libgcc_s only (what `lb` links), no shell, no package manager. Runs as root:
 # the agent loads BPF programs (the DaemonSet makes it privileged).
-FROM gcr.io/distroless/cc-debian12
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="lb" \
       org.opencontainers.image.description="eBPF Kubernetes Service load balancer (agent and CLI)" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"

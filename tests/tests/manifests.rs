@@ -306,11 +306,11 @@ fn cluster_role_only_reads_services_endpointslices_and_nodes() {
     }
     let mut expected = BTreeSet::new();
     for (group, resource) in [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")] {
-        for verb in ["get", "list", "watch"] {
+        for verb in ["list", "watch"] {
             expected.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
         }
     }
-    assert_eq!(granted, expected, "the agent may get/list/watch services, nodes and endpointslices, and nothing else");
+    assert_eq!(granted, expected, "the agent may list/watch services, nodes and endpointslices, and nothing else");
 }
 
 #[test]
@@ -441,14 +441,19 @@ fn daemon_set_uses_the_host_bpffs_bidirectionally_and_the_host_cgroup() {
 }
 
 #[test]
-fn probes_hit_healthz_on_the_agent_health_listener() {
+fn probes_hit_the_agent_health_listener_readiness_on_healthz_liveness_on_livez() {
     let m = load();
     let agent = agent_container(daemon_set(&m));
     let argv = resolved_command(&m);
     let health: SocketAddr = flag(&argv, "--health-addr").expect("--health-addr").parse().expect("--health-addr is IP:PORT");
-    for (what, probe) in [("readinessProbe", agent.readiness_probe.as_ref()), ("livenessProbe", agent.liveness_probe.as_ref())] {
+    // Liveness on /livez: /healthz is 503 on a node being deleted (point 50), and restarting
+    // the agent there would loop.
+    for (what, probe, want) in [
+        ("readinessProbe", agent.readiness_probe.as_ref(), "/healthz"),
+        ("livenessProbe", agent.liveness_probe.as_ref(), "/livez"),
+    ] {
         let (host, port, path) = http_get(what, probe);
-        assert_eq!(path, "/healthz", "{what} path");
+        assert_eq!(path, want, "{what} path");
         assert_eq!(port, HEALTH_PORT, "{what} port");
         assert_eq!(host, "127.0.0.1", "{what} host: the listener is on the node's loopback");
         assert_eq!(
@@ -483,4 +488,49 @@ fn no_listener_binds_every_address() {
     for value in argv.iter().cloned().chain(data.into_values()).chain(probe_hosts) {
         assert!(!value.contains("0.0.0.0") && !value.contains("[::]"), "{value:?}: nothing listens on every address");
     }
+}
+
+/// Kubernetes versions the manifests are validated against: the oldest we support and the
+/// newest the validator knows.
+const SCHEMA_VERSIONS: [&str; 3] = ["1.30", "1.33", "1.37"];
+
+/// `python3 -m kubernetes_validate --strict -k VERSION FILES...` (installed by `cargo xtask
+/// setup`): `Some((passed, output))`, or `None` when it is not installed.
+fn kubernetes_validate(version: &str, files: &[PathBuf]) -> Option<(bool, String)> {
+    let out = std::process::Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+        .args(files)
+        .output()
+        .ok()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if text.contains("No module named kubernetes_validate") {
+        return None;
+    }
+    Some((out.status.success(), text))
+}
+
+/// Every manifest is valid for the API server of three Kubernetes versions, checked by a real
+/// schema validator in strict mode (unknown fields are errors), and a manifest with a misspelled
+/// field is caught by the same check.
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas_of_three_versions() {
+    let files = yaml_files(false);
+    for version in SCHEMA_VERSIONS {
+        let Some((ok, out)) = kubernetes_validate(version, &files) else {
+            assert!(std::env::var("CI").is_err(), "kubernetes-validate is missing (cargo xtask setup installs it)");
+            eprintln!("SKIPPED: kubernetes-validate is not installed; run cargo xtask setup");
+            return;
+        };
+        assert!(ok, "the manifests are invalid for Kubernetes {version}:\n{out}");
+        assert!(out.contains("daemonset/lb") && out.contains("clusterrole/lb"), "{out}");
+    }
+    // The check can fail: a misspelled field in a copy of the DaemonSet.
+    let daemonset = fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
+    let broken = daemonset.replacen("mountPropagation:", "mountPropogation:", 1);
+    assert_ne!(broken, daemonset);
+    let path = std::env::temp_dir().join(format!("lb-manifest-check-{}.yaml", std::process::id()));
+    fs::write(&path, broken).unwrap();
+    let (ok, out) = kubernetes_validate(SCHEMA_VERSIONS[0], std::slice::from_ref(&path)).unwrap();
+    let _ = fs::remove_file(&path);
+    assert!(!ok, "a misspelled field passed:\n{out}");
 }

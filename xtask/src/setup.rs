@@ -35,7 +35,50 @@ pub fn run() -> anyhow::Result<()> {
     bpffs()?;
     cgroup2()?;
     capabilities()?;
+    manifest_validator()?;
     Ok(())
+}
+
+/// The Kubernetes schema validator the manifest tests run (`python3 -m kubernetes_validate`,
+/// from PyPI; it carries the OpenAPI schemas of many Kubernetes versions, so it needs no
+/// network once installed).
+fn manifest_validator() -> anyhow::Result<()> {
+    let present = || {
+        Command::new("python3")
+            .args(["-c", "import kubernetes_validate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present() {
+        println!("setup: kubernetes-validate (manifest schemas): present");
+        return Ok(());
+    }
+    println!("setup: kubernetes-validate (manifest schemas): installing with pip");
+    if !have("pip3") && !Command::new("python3").args(["-m", "pip", "--version"]).status().is_ok_and(|s| s.success()) {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "python3-pip"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get install python3-pip")?;
+        if !status.success() {
+            bail!("apt-get install python3-pip failed");
+        }
+    }
+    // A Debian system Python refuses plain installs (PEP 668): then into it regardless, as root.
+    for extra in [&[][..], &["--break-system-packages"][..]] {
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"])
+            .args(extra)
+            .status()
+            .context("running python3 -m pip")?
+            .success();
+        if ok && present() {
+            return Ok(());
+        }
+    }
+    bail!("installing kubernetes-validate with pip failed (python3 -m pip install kubernetes-validate)")
 }
 
 fn have(cmd: &str) -> bool {

@@ -105,6 +105,9 @@ const CT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Settings first: a start that fails here leaves nothing behind.
     preflight::check(&cfg)?;
+    // A start that fails after this point removes what it pinned, but only when nothing was
+    // pinned before it: never what a previous agent left serving.
+    let fresh = FreshStart::check(&cfg.dataplane.pin_path);
     // One agent per pin directory, before anything listens, loads or adopts
     // (`dataplane::lock`); held until this function returns.
     let _pin_lock = crate::dataplane::lock::PinLock::create_and_acquire(&cfg.dataplane.pin_path)?;
@@ -117,18 +120,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(addr) = cfg.metrics_addr {
         spawn_listener("metrics (/metrics)", addr, metrics_handler(metrics.clone()));
     }
-    let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath")?;
+    let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath").map_err(|e| fresh.undo(e))?;
     metrics.set_map_sizes(*dp.limits());
     let mut status = StatusRecord::new();
     status.write(&mut dp);
     info!(pin_path = %dp.pin_path().display(), adopted_frontends = dp.state().services.len(), "datapath loaded");
-    attach_all(&mut dp, &cfg)?;
+    if let Err(e) = attach_all(&mut dp, &cfg) {
+        drop(dp);
+        return Err(fresh.undo(e));
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Starting the source may wait for the API server; a signal meanwhile ends the agent
     // cleanly (the datapath keeps serving what the pinned maps hold).
     let mut feed = tokio::select! {
-        feed = Feed::start(&cfg) => feed?,
+        feed = Feed::start(&cfg) => match feed {
+            Ok(feed) => feed,
+            Err(e) => {
+                drop(dp);
+                return Err(fresh.undo(e));
+            }
+        },
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
     };
@@ -223,6 +235,34 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     info!("shutting down; the datapath stays attached and serving");
     Ok(())
+}
+
+/// Whether this start found the pin directory empty (or absent), so that a start failing after
+/// it pinned something can remove it all.
+struct FreshStart {
+    pin_path: Option<PathBuf>,
+}
+
+impl FreshStart {
+    fn check(pin_path: &std::path::Path) -> Self {
+        let empty = std::fs::read_dir(pin_path).map_or(true, |mut d| d.next().is_none());
+        Self { pin_path: empty.then(|| pin_path.to_owned()) }
+    }
+
+    /// After a failed start: removes the pin directory if this start created everything in it
+    /// (detaching what it attached); returns the error, with a note when something was kept.
+    fn undo(&self, e: anyhow::Error) -> anyhow::Error {
+        match &self.pin_path {
+            Some(pin) => match crate::dataplane::cleanup(pin) {
+                Ok(()) => {
+                    warn!(pin_path = %pin.display(), "start failed: removed the maps and links it had pinned");
+                    e
+                }
+                Err(c) => e.context(format!("and removing what it pinned under {} failed too: {c}", pin.display())),
+            },
+            None => e,
+        }
+    }
 }
 
 /// Attaches every program where the configuration says.

@@ -106,7 +106,8 @@ fn a_start_failing_after_pinning_removes_only_what_it_created() {
     // Fresh: nothing pinned before, nothing after (and no program left on lbv0).
     let (code, err) = agent(&failing);
     assert!(code.is_some_and(|c| c != 0), "native XDP on a bridge must fail the start:\n{err}");
-    assert!(err.contains("br9"), "{err}");
+    let first = err.lines().find(|l| l.starts_with("Error:")).unwrap_or_else(|| panic!("no error line:\n{err}"));
+    assert!(first.contains("br9") && first.contains("--xdp-mode generic"), "the first line should say what to do: {first}");
     assert!(!Path::new(&pin).exists(), "the pins of the failed start were left at {pin}:\n{err}");
     let tc = ns.command("tc").args(["filter", "show", "dev", "lbv0", "ingress"]).output().unwrap();
     let links = Command::new("bpftool").args(["link", "show"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());

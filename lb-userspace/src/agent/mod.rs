@@ -269,9 +269,9 @@ impl FreshStart {
 fn attach_all(dp: &mut Dataplane, cfg: &AgentConfig) -> anyhow::Result<()> {
     let ns = cfg.netns.as_deref();
     for iface in &cfg.pod_interfaces {
-        crate::netns::run_in(ns, || dp.attach_pod_interface(iface))
-            .context("entering the network namespace")?
-            .with_context(|| format!("attaching to pod interface {iface}"))?;
+        crate::netns::run_in(ns, || dp.attach_pod_interface(iface)).context("entering the network namespace")?.with_context(
+            || format!("attaching to pod interface {iface} failed: check that it exists in that network namespace and is up"),
+        )?;
         info!(iface, "attached: tc ingress (pod)");
     }
     if !cfg.external_interfaces.is_empty() || !cfg.pod_interfaces.is_empty() {
@@ -285,11 +285,22 @@ fn attach_all(dp: &mut Dataplane, cfg: &AgentConfig) -> anyhow::Result<()> {
     for iface in &cfg.external_interfaces {
         let mode = crate::netns::run_in(ns, || dp.attach_external(iface, cfg.external_mode))
             .context("entering the network namespace")?
-            .with_context(|| format!("attaching to external interface {iface}"))?;
+            .with_context(|| {
+                format!(
+                    "attaching to external interface {iface} ({}) failed: if its driver lacks that XDP mode, use \
+                     --xdp-mode generic (or tc)",
+                    cfg.external_mode.as_str()
+                )
+            })?;
         info!(iface, mode = mode.as_str(), "attached: external");
     }
     if let Some(cg) = &cfg.cgroup {
-        dp.attach_cgroup(cg).with_context(|| format!("attaching socket programs to {}", cg.display()))?;
+        dp.attach_cgroup(cg).with_context(|| {
+            format!(
+                "attaching socket programs to {} failed: it must be a cgroup v2 directory (e.g. /sys/fs/cgroup)",
+                cg.display()
+            )
+        })?;
         info!(cgroup = %cg.display(), "attached: socket-level translation");
     }
     Ok(())

@@ -221,3 +221,23 @@ fn every_sample_line_is_well_formed() {
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
     }
 }
+
+/// Issue 16: online growths by map and the Services left out by the map they do not fit, each
+/// exported for every map that grows (zero until it happens), never for conntrack.
+#[test]
+fn map_growths_and_left_out_services_are_counted_by_map() {
+    let m = Metrics::new(None);
+    let out = render(&m.snapshot(), None);
+    assert!(out.contains("lb_map_resizes_total{map=\"LB_BACKENDS\"} 0"), "{out}");
+    assert!(out.contains("lb_services_left_out{map=\"LB_BACKENDS\"} 0"), "{out}");
+    assert!(!out.contains("lb_map_resizes_total{map=\"LB_CONNTRACK\"}"), "conntrack does not grow");
+    m.map_resized(lb_common::BACKENDS);
+    m.map_resized(lb_common::BACKENDS);
+    m.map_resized(lb_common::SERVICES);
+    m.set_left_out([(lb_common::BACKENDS, 3)].into_iter().collect());
+    let out = render(&m.snapshot(), None);
+    assert!(out.contains("lb_map_resizes_total{map=\"LB_BACKENDS\"} 2"), "{out}");
+    assert!(out.contains("lb_map_resizes_total{map=\"LB_SERVICES\"} 1"), "{out}");
+    assert!(out.contains("lb_services_left_out{map=\"LB_BACKENDS\"} 3"), "{out}");
+    assert!(out.contains("# TYPE lb_map_resizes_total counter") && out.contains("# TYPE lb_services_left_out gauge"));
+}

@@ -189,3 +189,28 @@ pub(super) fn recover_interrupted(pin_path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After an agent died mid-growth: a moved-aside pin whose name is free goes back; one whose
+    /// name a new map took is removed. (Plain files stand in for pins: only names matter here.)
+    #[test]
+    fn an_interrupted_growth_is_put_back_or_finished() {
+        let dir = std::env::temp_dir().join(format!("lb-grow-recover-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["LB_BACKENDS", "replaced_LB_BACKENDS", "replaced_LB_SERVICES", "LB_MEMBERS"] {
+            fs::write(dir.join(f), f).unwrap();
+        }
+        recover_interrupted(&dir).unwrap();
+        let mut left: Vec<String> =
+            fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["LB_BACKENDS", "LB_MEMBERS", "LB_SERVICES"]);
+        assert_eq!(fs::read_to_string(dir.join("LB_BACKENDS")).unwrap(), "LB_BACKENDS", "the new map is kept");
+        assert_eq!(fs::read_to_string(dir.join("LB_SERVICES")).unwrap(), "replaced_LB_SERVICES", "the old one is back");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -53,12 +53,36 @@ impl Dataplane {
                 return Err(MapError::Full { name: map.name(), wanted, limit }.into());
             }
         }
-        for op in &ops {
-            self.maps.write(op)?;
-            self.shadow.apply(std::slice::from_ref(op));
+        // Runs of puts to one map go in batches (one syscall each), in order; deletes one by one.
+        let mut i = 0;
+        while i < ops.len() {
+            let run = batch_run(&ops[i..]);
+            if run == 1 {
+                self.maps.write(&ops[i])?;
+                self.shadow.apply(&ops[i..=i]);
+            } else {
+                let (done, written) = self.maps.put_batch(&ops[i..i + run]);
+                self.shadow.apply(&ops[i..i + done]);
+                written?;
+            }
+            i += run;
         }
         Ok(ops.len())
     }
+}
+
+/// Entries per batch write: large enough that the syscall is amortised, small enough that the
+/// key and value buffers stay small.
+const BATCH: usize = 4096;
+
+/// How many of `ops` (at least one) go in the next write: the run of puts to the first op's map,
+/// up to [`BATCH`]; a delete alone.
+fn batch_run(ops: &[Op]) -> usize {
+    let Some(first) = ops.first() else { return 0 };
+    if first.is_delete() {
+        return 1;
+    }
+    ops.iter().take(BATCH).take_while(|op| !op.is_delete() && op.map() == first.map()).count()
 }
 
 /// Ids index arrays: backend ids `LB_BACKENDS` (and `LB_BACKEND_STATS`, of the same size),
@@ -109,12 +133,27 @@ fn transition_overflow(shadow: &MapState, ops: &[Op], limits: &MapSizes) -> Opti
 
 #[cfg(test)]
 mod tests {
-    use lb_common::Backend;
+    use lb_common::{Backend, MemberKey};
 
     use super::*;
 
     /// A full backends map whose every backend is replaced by a new id: in the safe order the
     /// map would hold old and new at once.
+    /// Puts to one map go together, in order, up to the batch size; a delete or another map
+    /// ends the run.
+    #[test]
+    fn batches_are_runs_of_puts_to_one_map() {
+        let be = |id| Op::PutBackend(id, Backend::default());
+        let ops = vec![be(1), be(2), be(3), Op::PutMember(MemberKey::default(), ()), Op::DelBackend(9), be(4)];
+        assert_eq!(batch_run(&ops), 3);
+        assert_eq!(batch_run(&ops[3..]), 1);
+        assert_eq!(batch_run(&ops[4..]), 1, "a delete goes alone");
+        assert_eq!(batch_run(&ops[5..]), 1);
+        assert_eq!(batch_run(&[]), 0);
+        let many: Vec<Op> = (0..10_000).map(be).collect();
+        assert_eq!(batch_run(&many), BATCH);
+    }
+
     #[test]
     fn ids_beyond_their_arrays_do_not_fit() {
         let limits = MapSizes { backends: 8, svc_stats: 4, ..MapSizes::default() };

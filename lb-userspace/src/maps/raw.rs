@@ -17,6 +17,10 @@ const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+const BPF_MAP_UPDATE_BATCH: u32 = 26;
+/// The kernel's "operation not supported" for map kinds without batch commands (ENOTSUPP, not
+/// exported to userspace headers).
+const ENOTSUPP: i32 = 524;
 
 /// The attribute of the element commands (`union bpf_attr`, the `BPF_MAP_*_ELEM` member).
 #[repr(C)]
@@ -26,6 +30,20 @@ struct ElemAttr {
     key: u64,
     /// `value`, or `next_key` for `BPF_MAP_GET_NEXT_KEY`.
     value: u64,
+    flags: u64,
+}
+
+/// The attribute of the batch commands (`union bpf_attr`, the `BPF_MAP_*_BATCH` member).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    /// In: elements given; out: elements processed.
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
     flags: u64,
 }
 
@@ -76,6 +94,46 @@ impl RawMap {
         assert_eq!((key.len(), value.len()), (self.key_size, self.value_size), "{}: element size", self.name);
         self.call(BPF_MAP_UPDATE_ELEM, key.as_ptr(), value.as_ptr(), 0)
             .map_err(|source| MapError::Write { name: self.name, source })
+    }
+
+    /// Writes `n` entries, their keys and values concatenated in `keys` and `values`, in order,
+    /// with one `BPF_MAP_UPDATE_BATCH` (one element at a time on map kinds without batch
+    /// commands). Returns how many were written: all of them, or those before an error.
+    pub fn update_batch(&self, keys: &[u8], values: &[u8], n: usize) -> (usize, Result<(), MapError>) {
+        assert_eq!((keys.len(), values.len()), (n * self.key_size, n * self.value_size), "{}: batch sizes", self.name);
+        if n == 0 {
+            return (0, Ok(()));
+        }
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: n as u32,
+            map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: a batch command on our own map descriptor; `keys` and `values` hold `n` keys and
+        // values of the map's sizes (asserted above) and outlive the call; the kernel writes only
+        // `attr.count`.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<BatchAttr>() as u32) };
+        if r == 0 {
+            return (n, Ok(()));
+        }
+        let err = io::Error::last_os_error();
+        let done = (attr.count as usize).min(n);
+        if done == 0 && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) {
+            // No batch commands for this map kind (an LPM trie) or this kernel.
+            for i in 0..n {
+                let key = &keys[i * self.key_size..(i + 1) * self.key_size];
+                if let Err(e) = self.update(key, &values[i * self.value_size..(i + 1) * self.value_size]) {
+                    return (i, Err(e));
+                }
+            }
+            return (n, Ok(()));
+        }
+        (done, Err(MapError::Write { name: self.name, source: err }))
     }
 
     /// Deletes `key` (zeroes its slot in an array); a key that is not there is not an error

@@ -190,6 +190,28 @@ macro_rules! agent_maps {
                 }
             }
 
+            /// Performs `ops`, which must all be puts to one map, in order, in one batch. Returns
+            /// how many were written: all, or those before an error.
+            pub fn put_batch(&self, ops: &[Op]) -> (usize, Result<(), MapError>) {
+                match ops.first() {
+                    $(
+                        Some(Op::$put(..)) => {
+                            let mut keys = Vec::with_capacity(ops.len() * <$key as Kernel>::SIZE);
+                            let mut values = Vec::with_capacity(ops.len() * <$value as Kernel>::SIZE);
+                            for op in ops {
+                                let Op::$put(k, v) = op else {
+                                    unreachable!("a batch holds puts to one map");
+                                };
+                                keys.extend_from_slice(&k.to_bytes());
+                                values.extend_from_slice(&v.to_bytes());
+                            }
+                            self.$field.update_batch(&keys, &values, ops.len())
+                        }
+                    )*
+                    _ => (0, Ok(())),
+                }
+            }
+
             /// The capacities the kernel gave the maps (a pinned map keeps the size it was
             /// created with), in [`MapId::ALL`] order.
             pub fn capacities(&self) -> [(MapId, u32); MapId::COUNT] {

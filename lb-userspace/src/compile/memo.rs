@@ -8,7 +8,11 @@
 //! from its own objects only: its spec and the slices labelled with its name in its
 //! namespace); the tests below hold it to that.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+/// A fast hash (foldhash) for the per-sync indexes of Service and slice names: the keys are
+/// cluster object names, the maps rebuilt or walked at every sync.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
@@ -206,7 +210,8 @@ impl<'a> SlicesByService<'a> {
     const END: u32 = u32::MAX;
 
     fn new(slices: &'a [Arc<EndpointSlice>]) -> Self {
-        let mut ends: HashMap<(&str, &str), (u32, u32)> = HashMap::with_capacity(slices.len());
+        let mut ends: HashMap<(&str, &str), (u32, u32)> =
+            HashMap::with_capacity_and_hasher(slices.len(), foldhash::fast::RandomState::default());
         let mut next = vec![Self::END; slices.len()];
         for (i, slice) in slices.iter().enumerate() {
             let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) else { continue };

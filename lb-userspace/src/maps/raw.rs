@@ -122,7 +122,9 @@ impl RawMap {
             return (n, Ok(()));
         }
         let err = io::Error::last_os_error();
-        let done = (attr.count as usize).min(n);
+        // The kernel writes back how many it processed only once it started on the elements; a
+        // refusal up front (a frozen map, bad flags) leaves the count as given: nothing written.
+        let done = if (attr.count as usize) < n { attr.count as usize } else { 0 };
         if done == 0 && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) {
             // No batch commands for this map kind (an LPM trie) or this kernel.
             for i in 0..n {

@@ -301,6 +301,7 @@ fn mutated_manifests_that_parse_also_compile() {
             if parse_into(Path::new("m.yaml"), &text, &mut o).is_ok() {
                 let node = NodeContext {
                     external_ip_cidrs: None,
+                    lb_ip_cidrs: None,
                     name: "node-a".into(),
                     addresses: vec!["192.168.77.1".parse().unwrap()],
                     zone: None,
@@ -779,6 +780,7 @@ impl SliceGen {
 fn node() -> NodeContext {
     NodeContext {
         external_ip_cidrs: None,
+        lb_ip_cidrs: None,
         name: "node-a".into(),
         addresses: vec!["192.168.77.1".parse().unwrap(), "fd00::77:1".parse().unwrap()],
         zone: Some("zone-a".into()),

@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub snat_ports: (u16, u16),
     /// Point 46, CVE-2020-8554: the prefixes `spec.externalIPs` may use (`None`: any).
     pub external_ip_cidrs: Option<Vec<crate::model::Cidr>>,
+    /// Point 47: the prefixes LoadBalancer ingress IPs may use (`None`: any).
+    pub lb_ip_cidrs: Option<Vec<crate::model::Cidr>>,
     pub plan: PlanConfig,
     /// How often the file source is checked for changes.
     pub poll_interval: Duration,

@@ -101,6 +101,7 @@ impl SyncState {
         let started = Instant::now();
         let mut node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
         node.external_ip_cidrs.clone_from(&cfg.external_ip_cidrs);
+        node.lb_ip_cidrs.clone_from(&cfg.lb_ip_cidrs);
         if self.node.as_ref() != Some(&node) {
             let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
             dp.set_config(&settings).map_err(SyncError::NodeSettings)?;
@@ -314,6 +315,7 @@ mod tests {
         ];
         let node = NodeContext {
             external_ip_cidrs: None,
+            lb_ip_cidrs: None,
             name: "n".into(),
             addresses: vec!["192.168.0.10".parse().unwrap()],
             zone: None,
@@ -349,6 +351,7 @@ mod tests {
         spec.cluster_ips = Some(vec!["10.96.0.1".into(), "fd00:96::1".into()]);
         let node = NodeContext {
             external_ip_cidrs: None,
+            lb_ip_cidrs: None,
             name: "n".into(),
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,
@@ -383,6 +386,7 @@ mod tests {
         let hairpin = (Ipv4Addr::new(169, 254, 42, 1), DEFAULT_HAIRPIN6_ADDR);
         let dual = NodeContext {
             external_ip_cidrs: None,
+            lb_ip_cidrs: None,
             name: "n".into(),
             addresses: ["fd00::10", "192.168.0.10", "fd00::11", "10.1.0.10"].iter().map(|a| a.parse().unwrap()).collect(),
             zone: None,

@@ -79,6 +79,12 @@ pub(super) struct AgentArgs {
     /// Example: --external-ip-cidrs 203.0.113.0/24,2001:db8:1::/48.
     #[arg(long, value_name = "CIDR,...|any", default_value = "", value_parser = parse_external_ip_cidrs)]
     external_ip_cidrs: ExternalIpCidrs,
+    /// The prefixes `status.loadBalancer.ingress` IPs may use, comma-separated, or `any` (the
+    /// default: writing them takes `services/status` permission, which only controllers such
+    /// as the cloud's or MetalLB hold). A Service with one outside is skipped and reported.
+    /// Example: --loadbalancer-ip-cidrs 198.51.100.0/24.
+    #[arg(long, value_name = "CIDR,...|any", default_value = "any", value_parser = parse_external_ip_cidrs)]
+    loadbalancer_ip_cidrs: ExternalIpCidrs,
     /// Size the service maps for this many Services (ServicePorts) of up to 10 endpoints each:
     /// LB_SERVICES 4N, LB_MAGLEV 16N chunks, LB_SELECT and LB_MEMBERS 10N, LB_SVC_STATS and
     /// LB_SVC_NAMES 2N, never below the defaults (which hold about 16,000). Their memory is taken
@@ -225,6 +231,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
         hairpin6_addr: args.hairpin_ip6,
         snat_ports: args.snat_ports,
         external_ip_cidrs: args.external_ip_cidrs.0,
+        lb_ip_cidrs: args.loadbalancer_ip_cidrs.0,
         plan: PlanConfig { maglev_table_size: args.maglev_table_size },
         poll_interval: Duration::from_millis(args.poll_ms),
         metrics_addr: args.metrics_addr.0,
@@ -379,6 +386,9 @@ mod tests {
             a.external_ip_cidrs.0
         };
         assert_eq!(parse(&[]), Some(vec![]), "none allowed by default");
+        let cli = Cli::try_parse_from(["lb", "agent"]).unwrap();
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.loadbalancer_ip_cidrs.0, None, "LoadBalancer IPs: any by default");
         assert_eq!(parse(&["--external-ip-cidrs", "any"]), None);
         let two = parse(&["--external-ip-cidrs", "203.0.113.0/24, 2001:db8::/32"]).unwrap();
         assert_eq!(two.len(), 2);

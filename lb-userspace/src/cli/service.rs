@@ -123,6 +123,7 @@ pub(super) mod tests {
         };
         let node = NodeContext {
             external_ip_cidrs: None,
+            lb_ip_cidrs: None,
             name: "n".into(),
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,

@@ -17,6 +17,7 @@ const OTHER_NODE: &str = "node-b";
 fn node() -> NodeContext {
     NodeContext {
         external_ip_cidrs: None,
+        lb_ip_cidrs: None,
         name: NODE.into(),
         addresses: vec!["192.168.0.10".parse::<IpAddr>().unwrap()],
         zone: None,

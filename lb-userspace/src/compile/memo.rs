@@ -273,7 +273,13 @@ mod tests {
     }
 
     fn node(name: &str) -> NodeContext {
-        NodeContext { external_ip_cidrs: None, name: name.into(), addresses: vec!["192.168.0.10".parse().unwrap()], zone: None }
+        NodeContext {
+            external_ip_cidrs: None,
+            lb_ip_cidrs: None,
+            name: name.into(),
+            addresses: vec!["192.168.0.10".parse().unwrap()],
+            zone: None,
+        }
     }
 
     /// Every step of a sequence of cluster states compiles through the memo to exactly what

@@ -195,7 +195,8 @@ fn compile_service(
     };
 
     let external_ips = external_ips(spec.external_ips.as_deref(), family, node.external_ip_cidrs.as_deref()).map_err(invalid)?;
-    let lb_ips: Vec<IpAddr> = if lb { lb_ingress_ips(svc, family).map_err(invalid)? } else { Vec::new() };
+    let lb_ips: Vec<IpAddr> =
+        if lb { lb_ingress_ips(svc, family, node.lb_ip_cidrs.as_deref()).map_err(invalid)? } else { Vec::new() };
     let externally_accessible = nodeport_allowed || !external_ips.is_empty() || !lb_ips.is_empty();
     // Points 29, 30.
     let etp_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
@@ -404,7 +405,8 @@ fn parse_cidrs(list: Option<&[String]>, family: Family) -> Result<Vec<Cidr>, Rej
 }
 
 /// Point 47: ingress entries with an IP and `ipMode` unset or `VIP`.
-fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, Rejection> {
+/// Point 47: every ingress IP (of either family) must be in `allowed` when it is given.
+fn lb_ingress_ips(svc: &Service, family: Family, allowed: Option<&[Cidr]>) -> Result<Vec<IpAddr>, Rejection> {
     let ingress =
         svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_deref()).unwrap_or_default();
     let mut out = Vec::new();
@@ -419,6 +421,15 @@ fn lb_ingress_ips(svc: &Service, family: Family) -> Result<Vec<IpAddr>, Rejectio
             let at = format!("status.loadBalancer.ingress[{i}].ip");
             Rejection::new(RejectedField::LoadBalancerIngressIp, at, format!("{raw:?} is not an IP address"))
         })?;
+        if let Some(allowed) = allowed
+            && !allowed.iter().any(|c| c.contains(ip))
+        {
+            return Err(Rejection::new(
+                RejectedField::LoadBalancerIngressIp,
+                format!("status.loadBalancer.ingress[{i}].ip"),
+                format!("{ip} is outside --loadbalancer-ip-cidrs (CVE-2020-8554); allow its prefix with --loadbalancer-ip-cidrs"),
+            ));
+        }
         if family.matches(&ip) {
             out.push(ip);
         }

@@ -100,6 +100,7 @@ fn ip(s: &str) -> IpAddr {
 fn node() -> NodeContext {
     NodeContext {
         external_ip_cidrs: None,
+        lb_ip_cidrs: None,
         name: NODE.into(),
         addresses: vec![ip("192.168.0.10"), ip("10.1.0.10"), ip("fd00::10")],
         zone: Some("zone-a".into()),
@@ -1242,6 +1243,26 @@ fn point_46_external_ips_outside_the_allowed_prefixes_reject_the_service() {
     assert!(v4(&[capture.clone()], &[]).rejected.is_empty());
     let none = NodeContext { external_ip_cidrs: Some(vec![]), ..node() };
     assert_eq!(compile(&[ok], &[] as &[EndpointSlice], &none, Family::V4).rejected.len(), 1);
+}
+
+/// Point 47, CVE-2020-8554's other half: with `--loadbalancer-ip-cidrs`, a LoadBalancer whose
+/// ingress IP falls outside is rejected whole; inside, it is programmed; no list allows any.
+#[test]
+fn point_47_ingress_ips_outside_the_allowed_prefixes_reject_the_service() {
+    let lb = |name: &str, ip: &str| -> Service {
+        obj(json!({
+            "metadata": { "name": name, "namespace": NS },
+            "spec": { "type": "LoadBalancer", "clusterIP": "10.96.0.40", "ports": [{ "port": 80, "nodePort": 30040 }] },
+            "status": { "loadBalancer": { "ingress": [{ "ip": ip }] } },
+        }))
+    };
+    let policed = NodeContext { lb_ip_cidrs: Some(vec![Cidr { addr: "198.51.100.0".parse().unwrap(), prefix: 24 }]), ..node() };
+    let st = compile(&[lb("inside", "198.51.100.7"), lb("outside", "8.8.8.8")], &[] as &[EndpointSlice], &policed, Family::V4);
+    assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
+    assert_eq!(st.rejected[0].object, "Service ns/outside");
+    assert!(st.rejected[0].reason.to_string().contains("status.loadBalancer.ingress[0].ip"));
+    assert_eq!(st.services.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["inside"]);
+    assert!(v4(&[lb("outside", "8.8.8.8")], &[]).rejected.is_empty(), "any by default");
 }
 
 /// Point 46 / bad input: an invalid `externalIPs` entry rejects the whole Service (the compile

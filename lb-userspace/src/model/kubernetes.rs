@@ -19,6 +19,9 @@ pub struct NodeContext {
     /// (`lb agent --external-ip-cidrs`); a Service with an entry outside them is rejected.
     /// `None`: any address, as kube-proxy.
     pub external_ip_cidrs: Option<Vec<super::Cidr>>,
+    /// Point 47, the same for `status.loadBalancer.ingress` IPs (`--loadbalancer-ip-cidrs`):
+    /// setting them takes write access to `services/status`, so `None` (any) is the default.
+    pub lb_ip_cidrs: Option<Vec<super::Cidr>>,
 }
 
 /// An object's namespace, with the API's default for objects that name none.

@@ -20,6 +20,7 @@ pub fn node_context(name: &str, flag_addresses: &[IpAddr], nodes: &[impl std::bo
         addresses: flag_addresses.iter().map(|a| a.to_canonical()).collect(),
         zone: None,
         external_ip_cidrs: None,
+        lb_ip_cidrs: None,
     };
     if let Some(node) = nodes.iter().map(std::borrow::Borrow::borrow).find(|n: &&Node| n.metadata.name.as_deref() == Some(name)) {
         ctx.zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ZONE)).cloned();

@@ -26,7 +26,7 @@ use crate::{dataplane::Dataplane, maps::sizes::MapSizes, source::ClusterObjects}
 const MAX_GROWTHS_PER_APPLY: usize = 4;
 
 /// What one sync works with.
-pub(super) struct Ctx<'a> {
+struct Ctx<'a> {
     sync: &'a mut SyncState,
     dp: &'a mut Dataplane,
     cfg: &'a AgentConfig,

@@ -167,7 +167,6 @@ impl SyncState {
     }
 }
 
-/// Point 50: `/healthz` fails while this node's Node object is being deleted.
 impl SyncState {
     /// After a conntrack sweep: frees the quarantined ids no remaining entry names (nor the
     /// maps), zeroes their counters, and applies what that changed (the address filter).
@@ -179,41 +178,9 @@ impl SyncState {
         if self.first {
             return Ok(0);
         }
-        let shadow = dp.state();
-        let svc_in_maps: std::collections::HashSet<u32> =
-            shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)).collect();
-        let backends_in_maps: std::collections::HashSet<u32> = shadow.backends.keys().copied().collect();
-        let released = self.planner.release(
-            |id| sweep.svc_ids.contains(&id) || svc_in_maps.contains(&id),
-            |id| sweep.backend_ids.contains(&id) || backends_in_maps.contains(&id),
-        );
-        dp.zero_counters(&released).map_err(SyncError::Apply)?;
-        if self.planner.pending().is_empty() {
-            return Ok(released.svc_ids.len() + released.backends.len());
-        }
-        dp.apply_touched(self.planner.state(), self.planner.pending()).map_err(SyncError::Apply)?;
-        self.planner.applied();
-        Ok(released.svc_ids.len() + released.backends.len())
-    }
-}
-
-/// Svc ids and backend ids that something may name: programmed in the maps, or in quarantine
-/// (a conntrack entry may still name them).
-pub(super) struct IdsInUse {
-    svc_ids: BTreeSet<u32>,
-    backend_ids: BTreeSet<u32>,
-}
-
-impl SyncState {
-    /// The ids in use before a plan that may be taken back: `quarantined` as it was before
-    /// that plan ([`crate::plan::Planner::quarantined_ids`], cheap to take before every sync)
-    /// and what the maps hold (unchanged by a plan that did not fit; read only then).
-    pub(super) fn ids_in_use(dp: &Dataplane, quarantined: (BTreeSet<u32>, BTreeSet<u32>)) -> IdsInUse {
-        let (mut svc_ids, mut backend_ids) = quarantined;
-        let shadow = dp.state();
-        svc_ids.extend(shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)));
-        backend_ids.extend(shadow.backends.keys().copied());
-        IdsInUse { svc_ids, backend_ids }
+        let in_use =
+            IdsInUse::of(dp.state(), (sweep.svc_ids.iter().copied().collect(), sweep.backend_ids.iter().copied().collect()));
+        self.release_unused(dp, &in_use)
     }
 
     /// After a plan taken back before it reached the maps (a Service that did not fit, left out
@@ -221,22 +188,44 @@ impl SyncState {
     /// `before` it and are in no map now, so no conntrack entry can name them; without this
     /// every attempt would use up ids until the next conntrack sweep.
     pub(super) fn forget_unprogrammed(&mut self, dp: &mut Dataplane, before: &IdsInUse) -> Result<(), SyncError> {
-        let shadow = dp.state();
-        let svc_in_maps: std::collections::HashSet<u32> =
-            shadow.names.keys().copied().chain(shadow.services.values().map(|v| v.svc_id)).collect();
-        let released = self.planner.release(
-            |id| before.svc_ids.contains(&id) || svc_in_maps.contains(&id),
-            |id| before.backend_ids.contains(&id) || shadow.backends.contains_key(&id),
-        );
-        if released.svc_ids.is_empty() && released.backends.is_empty() {
-            return Ok(());
-        }
+        let in_use = IdsInUse::of(dp.state(), (before.svc_ids.clone(), before.backend_ids.clone()));
+        self.release_unused(dp, &in_use).map(|_| ())
+    }
+
+    /// Frees the quarantined ids `in_use` does not hold, zeroes their counters, and applies
+    /// what that changed (the address filter). Returns how many ids were freed.
+    fn release_unused(&mut self, dp: &mut Dataplane, in_use: &IdsInUse) -> Result<usize, SyncError> {
+        let released = self.planner.release(|id| in_use.svc_ids.contains(&id), |id| in_use.backend_ids.contains(&id));
         dp.zero_counters(&released).map_err(SyncError::Apply)?;
         if !self.planner.pending().is_empty() {
             dp.apply_touched(self.planner.state(), self.planner.pending()).map_err(SyncError::Apply)?;
             self.planner.applied();
         }
-        Ok(())
+        Ok(released.svc_ids.len() + released.backends.len())
+    }
+
+    /// The ids in use before a plan that may be taken back: `quarantined` as it was before
+    /// that plan ([`crate::plan::Planner::quarantined_ids`], cheap to take before every sync)
+    /// and what the maps hold (unchanged by a plan that did not fit; read only then).
+    pub(super) fn ids_in_use(dp: &Dataplane, quarantined: (BTreeSet<u32>, BTreeSet<u32>)) -> IdsInUse {
+        IdsInUse::of(dp.state(), quarantined)
+    }
+}
+
+/// Svc ids and backend ids that something may name: programmed in the maps, or named elsewhere
+/// (in quarantine, or by a conntrack entry).
+pub(super) struct IdsInUse {
+    svc_ids: BTreeSet<u32>,
+    backend_ids: BTreeSet<u32>,
+}
+
+impl IdsInUse {
+    /// The ids `maps` holds, and `also` (svc ids, backend ids).
+    fn of(maps: &crate::maps::MapState, also: (BTreeSet<u32>, BTreeSet<u32>)) -> Self {
+        let (mut svc_ids, mut backend_ids) = also;
+        svc_ids.extend(maps.svc_ids());
+        backend_ids.extend(maps.backends.keys().copied());
+        Self { svc_ids, backend_ids }
     }
 }
 

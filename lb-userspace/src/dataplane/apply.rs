@@ -89,12 +89,10 @@ fn batch_run(ops: &[Op]) -> usize {
 /// svc_ids `LB_SVC_STATS`. An id at or above its array's size would be a backend nobody can read
 /// or a service whose packets go uncounted: the state does not fit.
 fn check_ids_fit(desired: &MapState, limits: &MapSizes) -> std::result::Result<(), MapError> {
-    let top_backend = desired.backends.keys().next_back().copied();
-    if let Some(id) = top_backend.filter(|id| *id >= limits.backends) {
+    if let Some(id) = desired.top_backend_id().filter(|id| *id >= limits.backends) {
         return Err(MapError::Full { name: lb_common::BACKENDS, wanted: id as usize + 1, limit: limits.backends });
     }
-    let top_svc = desired.names.keys().next_back().copied().into_iter().chain(desired.services.values().map(|v| v.svc_id)).max();
-    if let Some(id) = top_svc.filter(|id| *id >= limits.svc_stats) {
+    if let Some(id) = desired.top_svc_id().filter(|id| *id >= limits.svc_stats) {
         return Err(MapError::Full { name: lb_common::SVC_STATS, wanted: id as usize + 1, limit: limits.svc_stats });
     }
     Ok(())
@@ -104,13 +102,8 @@ fn check_ids_fit(desired: &MapState, limits: &MapSizes) -> std::result::Result<(
 /// ids (`LB_BACKENDS`, `LB_SVC_STATS`) the highest id + 1.
 pub(super) fn entries_needed(desired: &MapState) -> Vec<(&'static str, usize)> {
     let mut out: Vec<(&'static str, usize)> = MapId::ALL.iter().map(|m| m.name()).zip(desired.counts()).collect();
-    if let Some(id) = desired.backends.keys().next_back() {
-        out.push((lb_common::BACKENDS, *id as usize + 1));
-    }
-    let top_svc = desired.names.keys().next_back().copied().into_iter().chain(desired.services.values().map(|v| v.svc_id)).max();
-    if let Some(id) = top_svc {
-        out.push((lb_common::SVC_STATS, id as usize + 1));
-    }
+    out.extend(desired.top_backend_id().map(|id| (lb_common::BACKENDS, id as usize + 1)));
+    out.extend(desired.top_svc_id().map(|id| (lb_common::SVC_STATS, id as usize + 1)));
     out
 }
 

@@ -71,11 +71,7 @@ impl Dataplane {
             .filter(|((_, from), (_, to))| to > from)
             .map(|((map, from), (_, to))| Growth { map, from, to })
             .collect();
-        let mut pins: Vec<&'static str> = growths.iter().map(|g| g.map).collect();
-        if pins.contains(&lb_common::BACKENDS) {
-            // Indexed by backend id too: the same size as LB_BACKENDS.
-            pins.push(lb_common::BACKEND_STATS);
-        }
+        let pins = moved_pins(&growths);
         move_aside(&self.pin_path, &pins)?;
         let config = DataplaneConfig { pin_path: self.pin_path.clone(), sizes: *sizes, max_sizes: self.max_sizes };
         // The adopted maps hold what this datapath's do; the new ones nothing yet.
@@ -98,22 +94,28 @@ impl Dataplane {
 
     /// Step 5 (module docs), once this datapath's programs are attached in `old`'s place.
     pub fn finish_growth(&mut self, old: Dataplane, growths: &[Growth]) -> Result<()> {
-        let grew = |name: &str| growths.iter().any(|g| g.map == name);
-        let mut copy = Vec::new();
-        if grew(lb_common::SVC_STATS) {
-            copy.push(lb_common::SVC_STATS);
+        let moved = moved_pins(growths);
+        // The per-CPU counter arrays among them.
+        let copied = moved
+            .iter()
+            .filter(|name| [lb_common::SVC_STATS, lb_common::BACKEND_STATS].contains(name))
+            .try_for_each(|name| copy_counters(&old, self, name));
+        for name in moved {
+            remove_replaced(&self.pin_path, name);
         }
-        if grew(lb_common::BACKENDS) {
-            copy.push(lb_common::BACKEND_STATS);
-        }
-        let copied = copy.iter().try_for_each(|name| copy_counters(&old, self, name));
-        for g in growths {
-            remove_replaced(&self.pin_path, g.map);
-        }
-        remove_replaced(&self.pin_path, lb_common::BACKEND_STATS);
         drop(old);
         copied
     }
+}
+
+/// The pins a growth moves aside: the grown maps, and `LB_BACKEND_STATS` with `LB_BACKENDS`
+/// (indexed by backend id too, so of the same size).
+fn moved_pins(growths: &[Growth]) -> Vec<&'static str> {
+    let mut pins: Vec<&'static str> = growths.iter().map(|g| g.map).collect();
+    if pins.contains(&lb_common::BACKENDS) {
+        pins.push(lb_common::BACKEND_STATS);
+    }
+    pins
 }
 
 /// Copies the non-zero per-CPU counters of array `name` from `old` to `new` (which is larger).

@@ -243,6 +243,24 @@ agent_maps! {
     services (Services): lb_common::SERVICES, ServiceKey => ServiceValue, PutService / DelService, capacity services;
 }
 
+/// The ids a state uses, which index the counter arrays.
+impl MapState {
+    /// Every svc_id: those with a name and those a frontend carries.
+    pub fn svc_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.names.keys().copied().chain(self.services.values().map(|v| v.svc_id))
+    }
+
+    /// The highest svc_id ([`MapState::svc_ids`]).
+    pub fn top_svc_id(&self) -> Option<u32> {
+        self.names.keys().next_back().copied().into_iter().chain(self.services.values().map(|v| v.svc_id)).max()
+    }
+
+    /// The highest backend id.
+    pub fn top_backend_id(&self) -> Option<u32> {
+        self.backends.keys().next_back().copied()
+    }
+}
+
 /// How a value changes in place without ever meaning less than both versions in between: a
 /// bitmap word that loses bits is first written as the union of old and new (in the upsert
 /// phase) and as the new value only with the deletes (after whatever needed the lost bits is

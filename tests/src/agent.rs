@@ -13,6 +13,20 @@ use anyhow::{Context as _, bail};
 
 use crate::netns::{Netns, run, unique_token};
 
+/// Every call the agent makes to the API server, as RBAC names it (`apiGroup`, resource, verb):
+/// the reflectors' lists and watches, and the Events it creates. deploy/rbac.yaml grants exactly
+/// these (tests/tests/manifests.rs) and the agent calls exactly these (tests/tests/e2e_kube.rs,
+/// from the test API server's request log).
+pub const AGENT_API_CALLS: &[(&str, &str, &str)] = &[
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
+    ("discovery.k8s.io", "endpointslices", "list"),
+    ("discovery.k8s.io", "endpointslices", "watch"),
+    ("events.k8s.io", "events", "create"),
+];
+
 pub struct Agent {
     child: Option<Child>,
     pub pin_path: PathBuf,

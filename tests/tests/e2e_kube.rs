@@ -15,7 +15,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions},
+    agent::{AGENT_API_CALLS, Agent, AgentOptions},
     apiserver::ApiServer,
     bins,
     netns::{Netns, unique_token},
@@ -247,14 +247,131 @@ fn restart_under_load(test: &str, f: Family) {
     );
 }
 
-/// `GET /healthz` on `addr`: the status code, or `None` when nothing answers.
-fn healthz(addr: SocketAddr) -> Option<u16> {
+/// `GET path` on `addr`: the whole reply, or `None` when nothing answers.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(c, "GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").ok()?;
     let mut reply = String::new();
     let _ = c.read_to_string(&mut reply);
-    reply.split_whitespace().nth(1)?.parse().ok()
+    Some(reply)
+}
+
+/// `GET /healthz` on `addr`: the status code, or `None` when nothing answers.
+fn healthz(addr: SocketAddr) -> Option<u16> {
+    http_get(addr, "/healthz")?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A sample's value in the agent's `/metrics` on `addr` (the whole line before the value, as
+/// `lb_events_total{result="created"}`).
+fn metric(addr: SocketAddr, sample: &str) -> Option<u64> {
+    let body = http_get(addr, "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A free port on 127.0.0.1 (for an agent's listener).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// Issue 17 (items 5 and 6): a Service the agents refuse (here an externalIP outside
+/// `--external-ip-cidrs`) gets a Kubernetes Event that `kubectl describe service` shows: one
+/// Event for the cluster however many agents refuse it (two nodes here), a Warning with the
+/// reason `ServiceSkipped`, the field and the CVE in its note, and the Service's uid. A Service
+/// that is fixed gets no more; one broken again another way gets a new Event.
+#[test]
+fn point_46_a_refused_service_gets_one_kubernetes_event_for_the_cluster() {
+    let test = "point_46_a_refused_service_gets_one_kubernetes_event_for_the_cluster";
+    if !privilege::require(test) {
+        return;
+    }
+    struct Kubeconfig(std::path::PathBuf);
+    impl Drop for Kubeconfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let api = ApiServer::start().expect("api server");
+    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
+    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    let topo = Topology::new(2).expect("topology");
+    let capture = |external_ip: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "capture", "namespace": "mallory"},
+            "spec": {"clusterIP": "10.96.7.2", "externalIPs": [external_ip],
+                     "ports": [{"port": 53, "protocol": "UDP"}], "selector": {"app": "dns"}}
+        })
+    };
+    api.apply(service(Family::V4)).unwrap();
+    api.apply(capture("198.51.100.53")).unwrap();
+    let uid = api.get("Service", "mallory", "capture").unwrap()["metadata"]["uid"].as_str().unwrap().to_owned();
+    let metrics = [free_addr(), free_addr()];
+    let names = ["node-0", "node-1"];
+    let agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            let mut opts = AgentOptions::pods(&topo.nodes[i].ns, names[i], vec![]);
+            opts.source = Some(format!("kube:{}", kubeconfig.0.display()));
+            opts.extra_args =
+                vec!["--external-ip-cidrs".into(), "203.0.113.0/24".into(), "--metrics-addr".into(), metrics[i].to_string()];
+            Agent::start(&bins::lb(), &opts, &[]).expect("agent")
+        })
+        .collect();
+    let logs = || agents.iter().map(Agent::log_text).collect::<Vec<_>>().join("\n---\n");
+    let events_for = |name: &str| -> Vec<serde_json::Value> {
+        api.list("Event").into_iter().filter(|e| e["regarding"]["name"] == name).collect()
+    };
+    let results = |result: &str| -> u64 {
+        metrics.iter().map(|a| metric(*a, &format!("lb_events_total{{result=\"{result}\"}}")).unwrap_or(0)).sum()
+    };
+    let wait = |what: &str, pred: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pred() {
+            assert!(Instant::now() < deadline, "{what}\nEvents: {:#?}\n{}", api.list("Event"), logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Both agents refuse it; the first Event write wins, the other finds it written.
+    wait("both agents report the refused Service's Event", &|| results("created") + results("exists") == 2);
+    assert_eq!(results("created"), 1, "{}", logs());
+    assert_eq!(results("failed") + results("dropped"), 0, "{}", logs());
+    let events = events_for("capture");
+    assert_eq!(events.len(), 1, "one Event for the cluster: {events:#?}");
+    let e = &events[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "ServiceSkipped");
+    assert_eq!(e["reportingController"], "lb-agent");
+    assert!(["lb-agent-node-0", "lb-agent-node-1"].contains(&e["reportingInstance"].as_str().unwrap_or_default()), "{e:#}");
+    assert_eq!(e["metadata"]["namespace"], "mallory");
+    assert_eq!(e["regarding"]["kind"], "Service");
+    assert_eq!(e["regarding"]["uid"], uid.as_str(), "kubectl describe finds Events by the object's uid");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(note.contains("spec.externalIPs[0]") && note.contains("CVE-2020-8554"), "{note}");
+    assert!(e["eventTime"].is_string(), "{e:#}");
+    assert!(events_for("kubia").is_empty(), "the programmed Service has no Event");
+
+    // Fixed: programmed, and no new Event.
+    api.apply(capture("203.0.113.53")).unwrap();
+    wait("the fixed Service is programmed on both nodes", &|| {
+        agents.iter().all(|a| {
+            a.dump("services")
+                .is_ok_and(|rows| rows.as_array().is_some_and(|r| r.iter().any(|r| r["frontend"] == "203.0.113.53:53")))
+        })
+    });
+    assert_eq!(events_for("capture").len(), 1);
+    // Broken again another way: a new Event (and still one for the cluster).
+    api.apply(capture("192.0.2.53")).unwrap();
+    wait("a new Event for the new refusal", &|| events_for("capture").len() == 2);
+    wait("both agents report it", &|| results("created") + results("exists") == 4);
+    assert_eq!(results("created"), 2, "{}", logs());
+    assert!(events_for("capture").iter().any(|e| e["note"].as_str().is_some_and(|n| n.contains("192.0.2.53"))));
+
+    // What the agents called is what deploy/rbac.yaml grants (tests/tests/manifests.rs), no more
+    // and no less.
+    let expected: BTreeSet<(String, String, String)> =
+        AGENT_API_CALLS.iter().map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())).collect();
+    assert_eq!(api.verbs_used(), expected, "the agents' API calls against the ClusterRole's grants");
 }
 
 /// Point 50 (issue 17, item 4): as kube-proxy, `/healthz` answers 503 while this node carries

@@ -285,7 +285,7 @@ fn namespaced_objects_are_in_lb_system() {
 }
 
 #[test]
-fn cluster_role_only_reads_services_endpointslices_and_nodes() {
+fn cluster_role_grants_exactly_the_calls_the_agent_makes() {
     let m = load();
     let role = only("ClusterRole", &m.cluster_roles);
     assert_eq!(role.metadata.name.as_deref(), Some(NAME));
@@ -304,13 +304,12 @@ fn cluster_role_only_reads_services_endpointslices_and_nodes() {
             }
         }
     }
-    let mut expected = BTreeSet::new();
-    for (group, resource) in [("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")] {
-        for verb in ["list", "watch"] {
-            expected.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
-        }
-    }
-    assert_eq!(granted, expected, "the agent may list/watch services, nodes and endpointslices, and nothing else");
+    let expected: BTreeSet<(String, String, String)> =
+        lb_tests::agent::AGENT_API_CALLS.iter().map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())).collect();
+    assert_eq!(
+        granted, expected,
+        "the agent may list/watch services, nodes and endpointslices and create events.k8s.io events, and nothing else"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::source::{ClusterObjects, file::FileSource, kube::KubeSource};
 /// The object source, as a stream of snapshots.
 pub(super) enum Feed {
     File(FileSource),
-    Kube { source: KubeSource, changed: bool },
+    Kube { source: KubeSource, changed: bool, client: kube::Client },
 }
 
 impl Feed {
@@ -21,13 +21,21 @@ impl Feed {
             Source::File(dir) => Self::File(FileSource::new(dir)),
             Source::Kube(kubeconfig) => {
                 let client = crate::source::kube::client(kubeconfig.as_deref()).await.context("connecting to the API server")?;
-                let source = KubeSource::start(client, &cfg.node_name).await.context("starting the watches")?;
+                let source = KubeSource::start(client.clone(), &cfg.node_name).await.context("starting the watches")?;
                 info!("waiting for the initial lists of Services, EndpointSlices and Nodes");
                 // Point 7: nothing is programmed (or flushed) before every initial list is in.
                 source.wait_ready().await;
-                Self::Kube { source, changed: true }
+                Self::Kube { source, changed: true, client }
             }
         })
+    }
+
+    /// The API server's client (the kube source), for what the agent writes back: Events.
+    pub(super) fn client(&self) -> Option<kube::Client> {
+        match self {
+            Self::File(_) => None,
+            Self::Kube { client, .. } => Some(client.clone()),
+        }
     }
 
     /// A new snapshot when something changed since the last one. A manifest file that turned
@@ -50,7 +58,7 @@ impl Feed {
                 metrics.set_invalid_files(files.errors().count());
                 Ok(polled.objects)
             }
-            Self::Kube { source, changed } => Ok(std::mem::take(changed).then(|| source.snapshot())),
+            Self::Kube { source, changed, .. } => Ok(std::mem::take(changed).then(|| source.snapshot())),
         }
     }
 
@@ -67,7 +75,7 @@ impl Feed {
         match self {
             Self::File { .. } => tokio::time::sleep(poll).await,
             // A tick also when nothing changes: sweeps and retries run in a quiet cluster too.
-            Self::Kube { source, changed } => tokio::select! {
+            Self::Kube { source, changed, .. } => tokio::select! {
                 () = source.changed() => *changed = true,
                 () = tokio::time::sleep(poll) => {}
             },

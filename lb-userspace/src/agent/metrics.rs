@@ -16,6 +16,7 @@
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_invalid` (objects skipped now; its own family, apart from the counter's) | gauge | |
 //! | `lb_source_invalid_files` | gauge | |
+//! | `lb_events_total` (Kubernetes Events on skipped Services, kube source) | counter | `result` = `created`, `exists` (another node's agent wrote it), `failed`, `dropped` (queue full) |
 //! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
 //! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
 
@@ -42,6 +43,9 @@ pub const SYNC_DURATION_BUCKETS: &[f64] =
 
 /// `reason` of `lb_sync_errors_total`, always exported (0 until it happens).
 pub const SYNC_ERROR_REASONS: &[&str] = &["map_full", "map_write", "source", "other"];
+
+/// `result` of `lb_events_total`, always exported (0 until it happens).
+pub const EVENT_RESULTS: &[&str] = &["created", "exists", "failed", "dropped"];
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -102,6 +106,8 @@ pub struct State {
     pub left_out: BTreeMap<&'static str, usize>,
     /// Manifest files whose current content is invalid (file source).
     pub invalid_files: usize,
+    /// Kubernetes Events written (or not), by result ([`EVENT_RESULTS`]).
+    pub events: BTreeMap<&'static str, u64>,
 }
 
 impl Default for State {
@@ -120,6 +126,7 @@ impl Default for State {
             map_resizes: BTreeMap::new(),
             left_out: BTreeMap::new(),
             invalid_files: 0,
+            events: EVENT_RESULTS.iter().map(|r| (*r, 0)).collect(),
         }
     }
 }
@@ -171,6 +178,11 @@ impl Metrics {
             }
         }
         s.rejected = now.into_keys().collect();
+    }
+
+    /// A Kubernetes Event was written or not (`result` is one of [`EVENT_RESULTS`]).
+    pub fn event(&self, result: &'static str) {
+        *self.lock().events.entry(result).or_default() += 1;
     }
 
     /// How many manifest files are invalid now (their last good objects stay programmed).
@@ -336,6 +348,15 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         "Manifest files whose content is invalid now (file source; their last good objects stay programmed).",
     );
     let _ = writeln!(o, "lb_source_invalid_files {}", state.invalid_files);
+    header(
+        &mut o,
+        "lb_events_total",
+        "counter",
+        "Kubernetes Events on skipped or left-out Services, by result (exists: another node's agent wrote the same Event).",
+    );
+    for (result, n) in &state.events {
+        let _ = writeln!(o, "lb_events_total{{result=\"{result}\"}} {n}");
+    }
 
     let Some(dp) = datapath else {
         return o;

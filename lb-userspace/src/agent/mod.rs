@@ -18,6 +18,7 @@ use crate::{
     source::ClusterObjects,
 };
 
+mod events;
 mod feed;
 mod fit;
 pub mod health;
@@ -147,6 +148,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = sigterm.recv() => return Ok(()),
     };
     let mut sync = SyncState::new(cfg.plan, metrics.clone());
+    let mut events = events::ServiceEvents::start(feed.client(), &cfg.node_name, metrics.clone());
     let mut health_check_ports = HealthCheckServers::new(cfg.netns.clone(), health.clone());
     let mut last_sweep = Instant::now();
     let mut last_repair = Instant::now();
@@ -177,6 +179,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     metrics.sync_ok(since.elapsed());
                     health.updated(Instant::now(), SystemTime::now());
                     status.synced();
+                    events.observe(&sync.rejected, &sync.left_out, objects);
                     pending = None;
                 }
                 Err(e) => {

@@ -1,6 +1,6 @@
 //! The discovery documents clients read before they list and watch: `/version`, `/api`,
-//! `/api/v1`, `/apis`, `/apis/discovery.k8s.io` and `/apis/discovery.k8s.io/v1`, the resource
-//! lists built from the kinds table.
+//! `/api/v1`, `/apis`, `/apis/GROUP` and `/apis/GROUP/v1` (discovery.k8s.io, events.k8s.io),
+//! the resource lists built from the kinds table.
 
 use serde_json::{Value, json};
 
@@ -17,20 +17,23 @@ pub(super) fn document(segs: &[&str], port: u16) -> Option<Value> {
         }),
         ["apis"] => json!({
             "kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [api_group("discovery.k8s.io")],
+            "groups": GROUPS.iter().map(|g| api_group(g)).collect::<Vec<_>>(),
         }),
-        ["apis", "discovery.k8s.io"] => {
-            let mut g = api_group("discovery.k8s.io");
+        ["apis", group] if GROUPS.contains(group) => {
+            let mut g = api_group(group);
             g["kind"] = "APIGroup".into();
             g["apiVersion"] = "v1".into();
             g
         }
         ["api", "v1"] => resource_list("v1"),
-        ["apis", "discovery.k8s.io", "v1"] => resource_list("discovery.k8s.io/v1"),
+        ["apis", group, "v1"] if GROUPS.contains(group) => resource_list(&format!("{group}/v1")),
         _ => return None,
     };
     Some(doc)
 }
+
+/// The named API groups (all at `v1`).
+const GROUPS: &[&str] = &["discovery.k8s.io", "events.k8s.io"];
 
 fn version_info() -> Value {
     json!({
@@ -53,7 +56,8 @@ fn resource_list(group_version: &str) -> Value {
         .map(|k| {
             json!({
                 "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
-                "kind": k.kind, "verbs": ["get", "list", "watch"], "shortNames": k.short_names,
+                "kind": k.kind, "verbs": if k.creatable { &["create", "get", "list", "watch"][..] } else { &["get", "list", "watch"][..] },
+                "shortNames": k.short_names,
             })
         })
         .collect();

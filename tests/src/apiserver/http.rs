@@ -32,7 +32,12 @@ struct Request {
     path: String,
     query: String,
     close: bool,
+    /// The request body (only creates have one).
+    body: Vec<u8>,
 }
+
+/// The largest request body read (an Event is a few hundred bytes).
+const MAX_BODY: u64 = 1 << 20;
 
 fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
     let mut line = String::new();
@@ -70,22 +75,26 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
             }
         }
     }
+    let mut body = Vec::new();
     if content_length > 0 {
-        io::copy(&mut r.by_ref().take(content_length), &mut io::sink())?;
+        r.by_ref().take(content_length.min(MAX_BODY)).read_to_end(&mut body)?;
+        io::copy(&mut r.by_ref().take(content_length.saturating_sub(MAX_BODY)), &mut io::sink())?;
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), q.to_owned()),
         None => (target, String::new()),
     };
-    Ok(Some(Request { method, path, query, close }))
+    Ok(Some(Request { method, path, query, close, body }))
 }
 
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         410 => "Gone",
         422 => "Unprocessable Entity",
         500 => "Internal Server Error",
@@ -182,7 +191,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream, generation: u64) -> io::
     Ok(())
 }
 
-enum Route {
+pub(super) enum Route {
     Json(Value),
     Text(&'static str),
     Collection { info: &'static KindInfo, namespace: Option<String> },
@@ -190,7 +199,7 @@ enum Route {
     NotFound,
 }
 
-fn route(path: &str, port: u16) -> Route {
+pub(super) fn route(path: &str, port: u16) -> Route {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let ["healthz" | "livez" | "readyz"] = segs.as_slice() {
         return Route::Text("ok");
@@ -223,8 +232,18 @@ fn route(path: &str, port: u16) -> Route {
 
 /// Serves one request. Returns whether the connection may be reused.
 fn dispatch(shared: &Shared, out: &mut TcpStream, req: &Request, generation: u64) -> io::Result<bool> {
+    if req.method == "POST" {
+        let (code, body) = create(shared, &req.path, &req.body);
+        respond(out, code, &body)?;
+        return Ok(true);
+    }
     if req.method != "GET" {
-        respond_status(out, 405, "MethodNotAllowed", &format!("the test API server only serves GET, not {}", req.method))?;
+        respond_status(
+            out,
+            405,
+            "MethodNotAllowed",
+            &format!("the test API server only serves GET (and POST of Events), not {}", req.method),
+        )?;
         return Ok(true);
     }
     let q = match Query::parse(&req.query) {
@@ -267,6 +286,59 @@ fn dispatch(shared: &Shared, out: &mut TcpStream, req: &Request, generation: u64
         }
     }
     Ok(true)
+}
+
+/// `POST` to a namespaced collection of a creatable kind (Events): stores the object as sent
+/// (no defaulting) and answers 201 with it, or 409 `AlreadyExists` when the name is taken, as
+/// the API server does.
+fn create(shared: &Shared, path: &str, body: &[u8]) -> (u16, Value) {
+    let (info, namespace) = match route(path, shared.port) {
+        Route::Collection { info, namespace: Some(ns) } if info.creatable => (info, ns),
+        Route::Collection { info, .. } | Route::Object { info, .. } => {
+            return (405, status(405, "MethodNotAllowed", &format!("the test API server does not create {}", info.plural)));
+        }
+        _ => return (404, status(404, "NotFound", &format!("the server could not find the requested resource ({path})"))),
+    };
+    let mut obj: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(o)) => Value::Object(o),
+        Ok(_) => return (400, status(400, "BadRequest", "the body is not a JSON object")),
+        Err(e) => return (400, status(400, "BadRequest", &format!("the body is not JSON: {e}"))),
+    };
+    if obj["kind"].as_str().is_some_and(|k| k != info.kind) {
+        return (400, status(400, "BadRequest", &format!("the body's kind is not {}", info.kind)));
+    }
+    obj["kind"] = info.kind.into();
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) if ns != namespace => {
+            return (
+                400,
+                status(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ),
+            );
+        }
+        _ => obj["metadata"]["namespace"] = namespace.clone().into(),
+    }
+    let Some(name) = obj["metadata"]["name"].as_str().filter(|n| !n.is_empty()).map(str::to_owned) else {
+        return (422, status(422, "Invalid", "metadata.name: Required value"));
+    };
+    let mut store = lock(&shared.store);
+    if store.get(info, &namespace, &name).is_some() {
+        let mut st = status(409, "AlreadyExists", &format!("{}.{} \"{name}\" already exists", info.plural, group_of(info)));
+        st["details"] = json!({"name": name, "group": group_of(info), "kind": info.plural});
+        return (409, st);
+    }
+    match store.apply(obj, false) {
+        Ok(_) => (201, store.get(info, &namespace, &name).cloned().unwrap_or(Value::Null)),
+        Err(e) => (422, status(422, "Invalid", &format!("{e:#}"))),
+    }
+}
+
+/// The API group of a kind (`""` for core).
+fn group_of(info: &KindInfo) -> &'static str {
+    info.api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
 /// Serves a watch request: a refusal is a plain response; otherwise a 200 whose chunked body
@@ -334,5 +406,52 @@ mod tests {
         let mut line = String::new();
         w.reader.read_line(&mut line).unwrap();
         assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod create_tests {
+    use std::io::{Read as _, Write as _};
+
+    use serde_json::{Value, json};
+
+    use crate::apiserver::ApiServer;
+
+    fn post(server: &ApiServer, path: &str, body: &Value) -> (u16, Value) {
+        let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+        let body = body.to_string();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn events_are_created_once_by_name_and_nothing_else_is_creatable() {
+        let server = ApiServer::start().unwrap();
+        let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.lb-1"}, "reason": "ServiceSkipped"});
+        let (code, stored) = post(&server, "/apis/events.k8s.io/v1/namespaces/shop/events", &ev);
+        assert_eq!(code, 201, "{stored}");
+        assert_eq!(stored["metadata"]["namespace"], "shop");
+        assert!(stored["metadata"]["uid"].is_string() && stored["metadata"]["resourceVersion"].is_string());
+        assert_eq!(server.list("Event").len(), 1);
+        let (code, st) = post(&server, "/apis/events.k8s.io/v1/namespaces/shop/events", &ev);
+        assert_eq!((code, st["reason"].as_str()), (409, Some("AlreadyExists")), "{st}");
+        let mut elsewhere = ev.clone();
+        elsewhere["metadata"]["namespace"] = "shop".into();
+        let (code, _) = post(&server, "/apis/events.k8s.io/v1/namespaces/other/events", &elsewhere);
+        assert_eq!(code, 400, "the body's namespace differs from the path's");
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
+        assert_eq!(post(&server, "/api/v1/namespaces/default/services", &svc).0, 405);
+        assert_eq!(server.list("Event").len(), 1);
+        let used = server.verbs_used();
+        assert!(used.contains(&("events.k8s.io".into(), "events".into(), "create".into())), "{used:?}");
     }
 }

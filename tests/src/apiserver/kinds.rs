@@ -1,5 +1,5 @@
 //! The resource types the server knows (core/v1 Services and Nodes, discovery.k8s.io/v1
-//! EndpointSlices): their names, group versions, scope and selectable fields, in the one table
+//! EndpointSlices, events.k8s.io/v1 Events): their names, group versions, scope and selectable fields, in the one table
 //! that the store, the selectors, the routes and the discovery documents all read.
 
 /// A resource type the server knows.
@@ -16,6 +16,9 @@ pub(super) struct KindInfo {
     pub(super) namespaced: bool,
     /// Field selector labels besides `metadata.name` and `metadata.namespace`.
     pub(super) fields: &'static [&'static str],
+    /// Clients may create objects of this kind (`POST` to a namespaced collection). Only Events:
+    /// what the agent writes; everything it reads is written by the tests.
+    pub(super) creatable: bool,
 }
 
 pub(super) const KINDS: &[KindInfo] = &[
@@ -29,6 +32,7 @@ pub(super) const KINDS: &[KindInfo] = &[
         short_names: &["svc"],
         namespaced: true,
         fields: &["spec.clusterIP", "spec.type"],
+        creatable: false,
     },
     KindInfo {
         kind: "EndpointSlice",
@@ -40,6 +44,7 @@ pub(super) const KINDS: &[KindInfo] = &[
         short_names: &[],
         namespaced: true,
         fields: &[],
+        creatable: false,
     },
     KindInfo {
         kind: "Node",
@@ -51,10 +56,23 @@ pub(super) const KINDS: &[KindInfo] = &[
         short_names: &["no"],
         namespaced: false,
         fields: &["spec.unschedulable"],
+        creatable: false,
+    },
+    KindInfo {
+        kind: "Event",
+        list_kind: "EventList",
+        api_version: "events.k8s.io/v1",
+        group_path: &["apis", "events.k8s.io", "v1"],
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        namespaced: true,
+        fields: &["reason", "regarding.name", "regarding.kind"],
+        creatable: true,
     },
 ];
 
-/// The table entry of a kind (`"Service"`, `"EndpointSlice"`, `"Node"`).
+/// The table entry of a kind (`"Service"`, `"EndpointSlice"`, `"Node"`, `"Event"`).
 pub(super) fn kind_info(kind: &str) -> Option<&'static KindInfo> {
     KINDS.iter().find(|k| k.kind == kind)
 }

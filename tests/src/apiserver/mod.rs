@@ -2,8 +2,8 @@
 //! following the Kubernetes API conventions (lists, watches, resourceVersions) so that the real kube-rs client and
 //! `kube_runtime::watcher` can be pointed at it.
 //!
-//! What it serves (GET only; objects are written with [`ApiServer::apply`] and
-//! [`ApiServer::delete`], not over HTTP):
+//! What it serves (GET, and POST of Events only: what the agent writes; the objects it reads are
+//! written with [`ApiServer::apply`] and [`ApiServer::delete`], not over HTTP):
 //! - core/v1 `services` and discovery.k8s.io/v1 `endpointslices`, all-namespaces and namespaced,
 //!   collections and single objects; core/v1 `nodes` (cluster-scoped);
 //! - lists with `kind`/`apiVersion`/`metadata.resourceVersion`, `limit`/`continue` paging over a
@@ -22,6 +22,9 @@
 //! - one global, strictly increasing resourceVersion shared by every kind;
 //! - API defaulting of Services and EndpointSlices (§3.2/§3.3: type, sessionAffinity,
 //!   ClusterIP and NodePort allocation, protocols, targetPort, ipFamilies, ...);
+//! - events.k8s.io/v1 `events`: created by `POST` to a namespaced collection (201 with the stored
+//!   object, 409 `AlreadyExists` for a taken name), listed and watched like the others, read by
+//!   tests with [`ApiServer::list`];
 //! - discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/discovery.k8s.io[/v1]`)
 //!   and `/healthz`, `/livez`, `/readyz`.
 //!
@@ -155,6 +158,13 @@ impl ApiServer {
         lock(&self.shared.store).get(info, namespace, name).cloned()
     }
 
+    /// Every stored object of `kind` (e.g. the `"Event"`s the agent created), in key order.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let Some(info) = kind_info(kind) else { return Vec::new() };
+        let everything = selectors::Filter::new(info, None, None, None).expect("an empty filter parses");
+        lock(&self.shared.store).objects_of(info.kind, &everything).cloned().collect()
+    }
+
     /// The current (latest) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         lock(&self.shared.store).rv
@@ -204,6 +214,33 @@ impl ApiServer {
     /// The last requests received (`GET /api/v1/services?...`), oldest first.
     pub fn requests(&self) -> Vec<String> {
         lock(&self.shared.log).iter().cloned().collect()
+    }
+
+    /// What the clients did, as RBAC names it: `(apiGroup, resource, verb)` for every request
+    /// to a resource (`list`, `watch`, `get`, `create`); discovery and health requests are not
+    /// authorized by RBAC rules and are left out.
+    pub fn verbs_used(&self) -> std::collections::BTreeSet<(String, String, String)> {
+        let log = lock(&self.shared.log).iter().cloned().collect::<Vec<_>>();
+        log.iter()
+            .filter_map(|line| {
+                let (method, target) = line.split_once(' ')?;
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let (info, object) = match http::route(path, self.addr.port()) {
+                    http::Route::Collection { info, .. } => (info, false),
+                    http::Route::Object { info, .. } => (info, true),
+                    _ => return None,
+                };
+                let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+                let verb = match (method, object, watch) {
+                    ("POST", _, _) => "create",
+                    (_, _, true) => "watch",
+                    (_, true, _) => "get",
+                    _ => "list",
+                };
+                let group = info.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+                Some((group.to_owned(), info.plural.to_owned(), verb.to_owned()))
+            })
+            .collect()
     }
 
     /// Waits until `pred` holds for the stats, polling every 10 ms.

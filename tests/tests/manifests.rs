@@ -263,6 +263,36 @@ fn kustomization_lists_every_manifest() {
     assert_eq!(listed, present, "`kubectl apply -k deploy/` must apply every manifest in deploy/ and nothing else");
 }
 
+/// Every image the DaemonSet runs is pinned by digest through the kustomization (a tag can be
+/// moved; a digest cannot), except the agent's own `lb`, which has no published digest until a
+/// release pins it with `kustomize edit set image lb=REGISTRY/lb@sha256:...`.
+#[test]
+fn kustomization_pins_every_third_party_image_by_digest() {
+    let text = fs::read_to_string(deploy_dir().join("kustomization.yaml")).expect("reading deploy/kustomization.yaml");
+    let k: Value = serde_yaml::from_str(&text).expect("deploy/kustomization.yaml is YAML");
+    let pinned: BTreeMap<String, String> = k
+        .get("images")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i.get("name")?.as_str()?.to_owned(), i.get("digest")?.as_str()?.to_owned())))
+        .collect();
+    let m = load();
+    let spec = pod_spec(daemon_set(&m));
+    let images: Vec<String> =
+        spec.init_containers.iter().flatten().chain(&spec.containers).filter_map(|c| c.image.clone()).collect();
+    assert!(images.len() >= 2, "{images:?}");
+    for image in images {
+        let name = image.split(['@', ':']).next().unwrap_or_default().to_owned();
+        if name == "lb" {
+            continue;
+        }
+        let digest = pinned.get(&name).unwrap_or_else(|| panic!("{image}: not pinned by digest in kustomization.yaml"));
+        let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("{name}: {digest} is not a sha256 digest"));
+        assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{name}: {digest}");
+    }
+}
+
 #[test]
 fn namespaced_objects_are_in_lb_system() {
     let m = load();

@@ -94,5 +94,10 @@ fn point_50_healthz_turns_503_when_changes_stop_reaching_the_maps() {
     let st = agent.status().unwrap();
     let error = st["agent"]["last_error"].to_string();
     assert!(error.contains("LB_SERVICES"), "lb status shows the failing write: {st:#}");
-    assert!(agent.log_text().contains("sync failed"), "{}", agent.log_text());
+    // The log line's first words say what to do, before the error chain.
+    assert!(
+        agent.log_text().lines().any(|l| l.contains("sync failed: the kernel refuses writes to a map (frozen")),
+        "{}",
+        agent.log_text()
+    );
 }

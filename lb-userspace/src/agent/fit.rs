@@ -103,7 +103,12 @@ impl Ctx<'_> {
                     self.status.grew(n);
                 }
                 Err(e) => {
-                    warn!(map, wanted, error = format!("{e:#}"), "growing the map failed; it keeps its size");
+                    warn!(
+                        map,
+                        wanted,
+                        error = format!("{e:#}"),
+                        "growing the map failed: check the node's free memory and the agent's memlock limit, or lower --map-max; the map keeps its size and Services that do not fit are left out"
+                    );
                     return Err(err);
                 }
             }

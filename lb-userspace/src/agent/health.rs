@@ -288,7 +288,7 @@ impl HealthCheckServers {
                 }
                 Err(e) => {
                     if s.failed.insert(addr, now).is_none() {
-                        warn!(service = %service, port, %addr, error = %e, "cannot serve the health-check node port; retrying");
+                        warn!(service = %service, port, %addr, error = %e, "cannot serve the health-check node port: another process on the node holds it (`ss -ltnp`): free it, or the load balancer sees this node as unhealthy for the Service; retrying");
                     } else {
                         debug!(service = %service, port, %addr, error = %e, "health-check node port bind failed again");
                     }

@@ -130,7 +130,7 @@ pub fn spawn_listener(what: &'static str, addr: std::net::SocketAddr, handler: H
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
-                        tracing::warn!(what, %addr, error = %e, "cannot listen; retrying every {}s", LISTEN_RETRY.as_secs());
+                        tracing::warn!(what, %addr, error = %e, "cannot listen: another process holds the address (`ss -ltnp`): free it or choose another address; retrying every {}s", LISTEN_RETRY.as_secs());
                     } else {
                         debug!(what, %addr, error = %e, failures, "cannot listen");
                     }

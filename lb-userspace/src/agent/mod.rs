@@ -169,7 +169,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Ok(None) => {}
             Err(e) => {
                 metrics.sync_failed("source");
-                warn!(error = format!("{e:#}"), "reading the source failed; the datapath keeps the last applied state");
+                warn!(
+                    error = format!("{e:#}"),
+                    "reading the manifest directory failed: check that it exists and the agent can read it; the datapath keeps the last applied state"
+                );
             }
         }
         if let Some((objects, since)) = &pending {
@@ -184,8 +187,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     metrics.sync_failed(e.reason());
+                    let what_to_do = e.what_to_do();
                     let e = anyhow::Error::from(e);
-                    warn!(error = format!("{e:#}"), "sync failed; the datapath keeps the last applied state, retrying");
+                    warn!(
+                        error = format!("{e:#}"),
+                        "sync failed: {what_to_do}; the datapath keeps the last applied state, retrying"
+                    );
                     status.failed(&e);
                 }
             }
@@ -209,7 +216,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     metrics.repaired(writes);
                     warn!(writes, "repaired map entries that differed from the plan (changed outside the agent)");
                 }
-                Err(e) => warn!(error = format!("{e:#}"), "repairing the maps failed; retrying next period"),
+                Err(e) => warn!(error = format!("{e:#}"), "repairing the maps failed: {}; retrying next period", e.what_to_do()),
             }
         }
         if last_sweep.elapsed() >= CT_SWEEP_INTERVAL {
@@ -223,13 +230,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     match sync.release_ids(&mut dp, &sweep) {
                         Ok(0) => {}
                         Ok(ids) => tracing::debug!(ids, "freed ids no conntrack entry names any more"),
-                        Err(e) => warn!(
-                            error = format!("{:#}", anyhow::Error::from(e)),
-                            "freeing ids after the sweep failed; retrying at the next"
-                        ),
+                        Err(e) => {
+                            let what_to_do = e.what_to_do();
+                            warn!(
+                                error = format!("{:#}", anyhow::Error::from(e)),
+                                "freeing ids after the sweep failed: {what_to_do}; retrying at the next"
+                            )
+                        }
                     }
                 }
-                Err(e) => warn!(error = format!("{e:#}"), "conntrack sweep failed"),
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "conntrack sweep failed: {}; idle flows stay until the next sweep (the LRU still evicts under pressure)",
+                    e.what_to_do()
+                ),
             }
         }
         tokio::select! {

@@ -49,7 +49,10 @@ impl StatusRecord {
         }
         match dp.set_agent_status(&status) {
             Ok(()) => self.written = Some(status),
-            Err(e) => warn!(error = format!("{e:#}"), "writing the agent status for `lb status` failed"),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "writing the agent status for `lb status` failed: restart the agent if it persists (its pins may have been removed by hand); the datapath is not affected"
+            ),
         }
     }
 }

@@ -42,6 +42,13 @@ impl SyncError {
         }
     }
 
+    /// What to do about it (the first words of the log line).
+    pub fn what_to_do(&self) -> &'static str {
+        match self {
+            Self::NodeSettings(e) | Self::Apply(e) => e.what_to_do(),
+        }
+    }
+
     /// The `reason` label of `lb_sync_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -151,7 +151,7 @@ fn put_back(pin_path: &Path, names: &[&'static str]) {
         let (pin, aside) = paths(pin_path, name);
         let _ = fs::remove_file(&pin);
         if let Err(e) = fs::rename(&aside, &pin) {
-            tracing::error!(pin = %pin.display(), error = %e, "could not put a map's pin back after a failed growth");
+            tracing::error!(pin = %pin.display(), error = %e, "could not put a map's pin back after a failed growth: restart the agent; it restores an unfinished growth at start");
         }
     }
 }
@@ -161,7 +161,9 @@ fn remove_replaced(pin_path: &Path, name: &str) {
     match fs::remove_file(&aside) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(pin = %aside.display(), error = %e, "could not remove the pin of a replaced map"),
+        Err(e) => {
+            tracing::warn!(pin = %aside.display(), error = %e, "could not remove the pin of a replaced map: remove it by hand (the datapath no longer uses it; it holds kernel memory until removed)")
+        }
     }
 }
 

@@ -104,6 +104,32 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
+    /// What an operator should do about this error while the agent runs (the first words of
+    /// the log line; the error chain follows it).
+    pub fn what_to_do(&self) -> &'static str {
+        match self {
+            Self::Map(MapError::Full { .. }) => {
+                "a map is at its ceiling: raise it with --map-max MAP=ENTRIES (`lb status` shows each map's fill)"
+            }
+            Self::Map(MapError::Layout { .. } | MapError::LayoutVersion { .. }) => {
+                "the pinned maps belong to an incompatible build: run `lb agent --cleanup` (drops live connections) and restart the agent"
+            }
+            Self::Map(MapError::Missing { .. } | MapError::Open { .. }) | Self::Grow { .. } | Self::PinDir { .. } => {
+                "the agent's pins changed under it (removed or replaced by hand?): restart the agent; it adopts or recreates them"
+            }
+            Self::Map(MapError::Write { source, .. } | MapError::Delete { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+            {
+                "the kernel refuses writes to a map (frozen by another program, or a security policy): find what holds it (`bpftool map show`, the pin path) and restart the agent"
+            }
+            Self::Map(_) => {
+                "the kernel refused a map operation: check the node's memory and the agent's memlock limit (dmesg may say more); the agent retries"
+            }
+            Self::Locked { .. } => "another agent owns these pins: stop it, or give this agent its own --pin-path",
+            _ => "see the error below; restart the agent if it persists",
+        }
+    }
+
     /// The `reason` label of a sync that failed with this error.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -252,5 +278,26 @@ fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> std::result::Result<Map
             Ok(d)
         }
         _ => Err(MapError::Missing { name }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runtime errors are logged as "<what to do>; <what happens meanwhile>" before the chain.
+    #[test]
+    fn each_runtime_map_error_says_what_to_do_first() {
+        let io = |errno| io::Error::from_raw_os_error(errno);
+        let full = DataplaneError::Map(MapError::Full { name: "LB_BACKENDS", wanted: 10, limit: 5 });
+        assert!(full.what_to_do().contains("--map-max"));
+        let frozen = DataplaneError::Map(MapError::Write { name: "LB_SERVICES", source: io(libc::EPERM) });
+        assert!(frozen.what_to_do().starts_with("the kernel refuses writes") && frozen.what_to_do().contains("bpftool map show"));
+        let nomem = DataplaneError::Map(MapError::Write { name: "LB_SERVICES", source: io(libc::ENOMEM) });
+        assert!(nomem.what_to_do().contains("memlock"));
+        let layout = DataplaneError::Map(MapError::LayoutVersion { pin_dir: "/sys/fs/bpf/lb".into(), found: 1, expected: 2 });
+        assert!(layout.what_to_do().contains("lb agent --cleanup"));
+        let gone = DataplaneError::Map(MapError::Missing { name: "LB_SERVICES" });
+        assert!(gone.what_to_do().contains("restart the agent"));
     }
 }

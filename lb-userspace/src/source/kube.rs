@@ -136,7 +136,7 @@ impl KubeSource {
             Ok::<(), reflector::store::WriterDropped>(())
         };
         if let Err(e) = ready.await {
-            error!(error = %e, "a reflector stopped before its initial list; the kube source will never be ready");
+            error!(error = %e, "a reflector stopped before its initial list: restart the agent; until then nothing is programmed from the API server");
             std::future::pending::<()>().await;
         }
     }
@@ -262,7 +262,7 @@ where
                     failures += 1;
                     if last_warning.is_none_or(|t| t.elapsed() >= ERROR_LOG_PERIOD) {
                         last_warning = Some(Instant::now());
-                        warn!(resource, error = %e, failures, "watch failed; retrying with backoff, the datapath keeps the last state");
+                        warn!(resource, error = %e, failures, "watch failed: check that the API server is reachable from the node and that the agent may list/watch this resource (deploy/rbac.yaml); retrying with backoff, the datapath keeps the last state");
                     } else {
                         debug!(resource, error = %e, failures, "watch failed; retrying with backoff");
                     }

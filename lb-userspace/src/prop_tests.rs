@@ -1054,7 +1054,7 @@ fn resolves(st: &MapState) -> Result<(), String> {
                     let Some(chunk) = st.maglev.get(&MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK }) else {
                         return Err(format!("frontend {k:?}: Maglev chunk {} of table {select_id} missing", slot / MAGLEV_CHUNK));
                     };
-                    chunk.ids[(slot % MAGLEV_CHUNK) as usize]
+                    chunk.id((slot % MAGLEV_CHUNK) as usize)
                 } else {
                     match st.select.get(&SelectKey { select_id, slot }) {
                         Some(id) => *id,
@@ -1092,7 +1092,7 @@ fn routes(st: &MapState) -> BTreeMap<lb_common::ServiceKey, BTreeSet<([u8; 16], 
                 let id = if maglev {
                     st.maglev
                         .get(&MaglevKey { select_id, chunk: slot / MAGLEV_CHUNK })
-                        .map(|c| c.ids[(slot % MAGLEV_CHUNK) as usize])
+                        .map(|c| c.id((slot % MAGLEV_CHUNK) as usize))
                 } else {
                     st.select.get(&SelectKey { select_id, slot }).copied()
                 };
@@ -1181,7 +1181,7 @@ fn own_tables_after(before: &MapState, after: &MapState) -> BTreeMap<u32, BTreeS
             .iter()
             .filter(|(k, _)| k.select_id == table)
             .map(|(_, id)| *id)
-            .chain(after.maglev.iter().filter(|(k, _)| k.select_id == table).flat_map(|(_, c)| c.ids));
+            .chain(after.maglev.iter().filter(|(k, _)| k.select_id == table).flat_map(|(_, c)| c.ids()));
         let set = out.entry(svc).or_default();
         set.extend(ids.filter_map(|id| after.backends.get(&id)).map(|be| (be.addr, be.port_be, be.proto)));
     }

@@ -564,7 +564,7 @@ fn selected(pin: &Path, port: u16, proto: u8) -> Option<BTreeSet<Ipv4Addr>> {
     let mut out = BTreeSet::new();
     for slot in 0..v.slot_count {
         let id = if v.flags & SVC_F_MAGLEV != 0 {
-            st.maglev.get(&MaglevKey { select_id: v.select_id, chunk: slot / MAGLEV_CHUNK })?.ids[(slot % MAGLEV_CHUNK) as usize]
+            st.maglev.get(&MaglevKey { select_id: v.select_id, chunk: slot / MAGLEV_CHUNK })?.id((slot % MAGLEV_CHUNK) as usize)
         } else {
             *st.select.get(&SelectKey { select_id: v.select_id, slot })?
         };

@@ -169,7 +169,7 @@ pub fn dump(maps: &PinnedMaps, table: Table, output: Output) -> Result<String, M
                 let m = sizes.get(&k.select_id).copied().unwrap_or(0);
                 let row =
                     rows.entry(k.select_id).or_insert(MaglevRow { select_id: k.select_id, slots: m, share: BTreeMap::new() });
-                for (i, id) in chunk.ids.iter().enumerate() {
+                for (i, id) in chunk.ids().iter().enumerate() {
                     if k.chunk * MAGLEV_CHUNK + (i as u32) < m {
                         *row.share.entry(*id).or_default() += 1;
                     }

@@ -1,8 +1,8 @@
 //! How keys and values of the agent-written maps sit in the kernel: as the bytes of their
 //! `#[repr(C)]` layout from `lb_common` (which has no implicit padding and a size assertion per
-//! type), except for the two values that are not plain records: a set member (`()`, stored as
-//! the value 1) and a Maglev chunk shared between states (`Arc<MaglevChunk>`, stored as the
-//! chunk).
+//! type), except for the values that are not plain records: a set member (`()`, stored as the
+//! value 1), a value shared between states (`Arc<T>`, stored as the `T`) and a Maglev chunk
+//! (`chunk::Chunk`, stored as its 64 ids).
 
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ impl Kernel for () {
     fn from_bytes(_: &[u8]) -> Self {}
 }
 
-/// A value held once by every state that has it (Maglev chunks, names): the planned state, the
+/// A value held once by every state that has it (names): the planned state, the
 /// shadow of the maps and the writes share it, and a write stays small.
 impl<T: Kernel> Kernel for Arc<T> {
     const SIZE: usize = T::SIZE;

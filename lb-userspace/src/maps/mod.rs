@@ -6,6 +6,7 @@
 
 pub mod addr;
 pub mod agent_record;
+mod chunk;
 mod codec;
 pub mod layout;
 pub mod pinned;
@@ -15,6 +16,7 @@ mod table;
 pub mod touched;
 
 pub use addr::{addr16, ip_from16};
+pub use chunk::Chunk;
 pub use table::{KernelMaps, MapId, MapState, Op, diff};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps

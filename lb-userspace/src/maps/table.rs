@@ -20,9 +20,9 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use aya::maps::MapData;
-use lb_common::{Backend, MaglevChunk, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcName};
+use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcName};
 
-use super::{MapError, codec::Kernel, raw::RawMap, sizes::MapSizes};
+use super::{MapError, chunk::Chunk, codec::Kernel, raw::RawMap, sizes::MapSizes};
 
 macro_rules! agent_maps {
     ($(
@@ -235,7 +235,7 @@ agent_maps! {
     /// Slots of random-selection tables.
     select (Select): lb_common::SELECT, SelectKey => u32, PutSelect / DelSelect, capacity select;
     /// Chunks of Maglev tables, each held once however many states share it.
-    maglev (Maglev): lb_common::MAGLEV, MaglevKey => Arc<MaglevChunk>, PutMaglev / DelMaglev, capacity maglev;
+    maglev (Maglev): lb_common::MAGLEV, MaglevKey => Chunk, PutMaglev / DelMaglev, capacity maglev;
     /// Allowed (LoadBalancer IP, source prefix) pairs of `loadBalancerSourceRanges`.
     source_ranges (SourceRanges): lb_common::SOURCE_RANGES, SourceRangeKey => (), PutSourceRange / DelSourceRange,
         capacity source_ranges;
@@ -283,7 +283,6 @@ impl Transition for () {}
 impl Transition for Arc<SvcName> {}
 impl Transition for Backend {}
 impl Transition for ServiceValue {}
-impl Transition for Arc<MaglevChunk> {}
 
 /// What differs between two versions of one map.
 struct MapDelta<'a, K, V> {

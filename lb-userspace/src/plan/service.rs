@@ -10,9 +10,8 @@
 use std::{net::IpAddr, sync::Arc};
 
 use lb_common::{
-    Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY,
-    SVC_F_EXTERNAL, SVC_F_MAGLEV, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData, SourceRangeKey,
-    SvcName,
+    Backend, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
+    SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData, SourceRangeKey, SvcName,
 };
 
 use super::{
@@ -21,7 +20,7 @@ use super::{
     memory::{PlanMemory, SetClass},
 };
 use crate::{
-    maps::{MapState, addr16},
+    maps::{Chunk, MapState, addr16},
     model::{Cidr, Endpoint, FrontendKind, Protocol, Selection, ServicePortName, ServicePortState},
 };
 
@@ -171,12 +170,9 @@ fn write_table(
     let addrs: Vec<(IpAddr, u16)> = endpoints.iter().map(|e| (e.addr, e.port)).collect();
     let m = super::maglev::table_size(addrs.len(), cfg.maglev_table_size);
     let table = ids.maglev.table(addrs, m);
-    for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
-        let mut c = MaglevChunk::default();
-        for (i, idx) in slots.iter().enumerate() {
-            c.ids[i] = backend_ids[*idx as usize];
-        }
-        st.maglev.insert(MaglevKey { select_id, chunk: chunk as u32 }, Arc::new(c));
+    // The chunks refer to the table (its slots shared with the cache, its ids held once).
+    for (chunk, c) in Chunk::all(table, backend_ids) {
+        st.maglev.insert(MaglevKey { select_id, chunk }, c);
     }
     (select_id, m)
 }

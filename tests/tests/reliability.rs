@@ -446,6 +446,32 @@ fn maps_changed_outside_the_agent_are_repaired_to_the_plan() {
     assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted since");
 }
 
+/// Drift repair of Maglev tables: a chunk changed outside the agent is rewritten, and chunks the
+/// kernel holds as planned are found equal to the plan (no write), read back in place of the
+/// agent's own copy.
+#[test]
+fn a_maglev_chunk_changed_outside_the_agent_is_repaired() {
+    let Some(mut f) = Fixture::new("a_maglev_chunk_changed_outside_the_agent_is_repaired", 4096) else { return };
+    let (spn, mut sp) =
+        clusterip_service("kubia", addresses::VIP, 80, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]);
+    sp.selection = Selection::Maglev;
+    let programmed = f.program(&desired_state([(spn, sp)]));
+    assert!(programmed.maglev.len() >= 16, "a 1021-slot table: {} chunks", programmed.maglev.len());
+    assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted: every chunk read back equals the plan");
+    let mut chunks: BpfHashMap<MapData, MaglevKey, lb_common::MaglevChunk> = BpfHashMap::try_from(
+        Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::MAGLEV)).expect("pin")).expect("map"),
+    )
+    .expect("hash map");
+    let key = *programmed.maglev.keys().nth(3).expect("a chunk");
+    let mut changed = chunks.get(&key, 0).expect("chunk");
+    changed.ids[7] = changed.ids[7].wrapping_add(1);
+    chunks.insert(key, changed, 0).expect("change");
+    assert_ne!(f.pinned(), programmed);
+    assert_eq!(f.dp().repair(&programmed).expect("repair"), 1, "the changed chunk is rewritten, nothing else");
+    assert_eq!(f.pinned(), programmed, "the maps hold the plan again");
+    assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted since");
+}
+
 #[test]
 fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let Some(mut f) = Fixture::new("pins_of_another_layout_version_are_refused_and_left_unchanged", 4096) else { return };

@@ -15,7 +15,7 @@ impl Dataplane {
     /// changed or deleted outside the agent (`bpftool map update`, another tool) are repaired,
     /// strays removed. Returns the number of writes (0 when nothing drifted).
     pub fn repair(&mut self, desired: &MapState) -> Result<usize> {
-        self.shadow = self.maps.read()?;
+        self.maps.read_into(&mut self.shadow)?;
         self.apply(desired)
     }
 

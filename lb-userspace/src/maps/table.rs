@@ -168,16 +168,31 @@ macro_rules! agent_maps {
 
             /// Reads every map back.
             pub fn read(&self) -> Result<MapState, MapError> {
-                Ok(MapState {
-                    $(
-                        $field: self
-                            .$field
-                            .entries()?
-                            .iter()
-                            .map(|(k, v)| (<$key as Kernel>::from_bytes(k), <$value as Kernel>::from_bytes(v)))
-                            .collect(),
-                    )*
-                })
+                let mut st = MapState::default();
+                self.read_into(&mut st)?;
+                Ok(st)
+            }
+
+            /// Replaces `st` with what the maps hold, one map at a time: `st`'s old copy of a
+            /// map is freed before the next map is read, so reading back a large state (drift
+            /// repair) holds one map twice at most, never the whole state. A value equal to the
+            /// one `st` holds keeps `st`'s (a planned Maglev chunk stays a 16-byte reference
+            /// rather than becoming its 256-byte kernel image). On an error, the maps read so
+            /// far are replaced and the others kept.
+            pub fn read_into(&self, st: &mut MapState) -> Result<(), MapError> {
+                $(
+                    let mut $field = BTreeMap::new();
+                    self.$field.for_each_entry(|k, v| {
+                        let (k, v) = (<$key as Kernel>::from_bytes(k), <$value as Kernel>::from_bytes(v));
+                        let v = match st.$field.get(&k) {
+                            Some(old) if *old == v => old.clone(),
+                            _ => v,
+                        };
+                        $field.insert(k, v);
+                    })?;
+                    st.$field = $field;
+                )*
+                Ok(())
             }
 
             /// Performs one write.

@@ -75,6 +75,9 @@ macro_rules! agent_maps {
             $($put($key, $value), $del($key),)*
         }
 
+        // One write is small (a Maglev chunk or a name is a reference, not its kernel bytes).
+        const _: () = assert!(size_of::<Op>() <= 64);
+
         impl Op {
             /// The map it writes.
             pub fn map(&self) -> MapId {

@@ -1,10 +1,14 @@
-//! `cargo xtask bench --only b1 --against REV`: the per-packet benchmark of this tree and of an
-//! earlier commit in the same run. REV's sources are exported (`git archive`) under
-//! `target/against/`, its B1 bench binary is built there with its own embedded datapath (its map
-//! layouts may differ from ours, so nothing of this tree programs it), and the two binaries run
-//! in interleaved windows (new, old; old, new; ...). Each case's ratio is the median over the
-//! windows of (this tree's median / REV's median) from the same window, so drift of the machine
-//! between windows cancels; pooled medians are reported beside it.
+//! `cargo xtask bench --only b1|b3 --against REV`: a benchmark of this tree and of an earlier
+//! commit in the same run. REV's sources are exported (`git archive`) under `target/against/`.
+//!
+//! - B1: REV's B1 bench binary is built there with its own embedded datapath (its map layouts may
+//!   differ from ours, so nothing of this tree programs it), and the two binaries run in
+//!   interleaved windows (new, old; old, new; ...). Each case's ratio is the median over the
+//!   windows of (this tree's median / REV's median) from the same window, so drift of the
+//!   machine between windows cancels; pooled medians are reported beside it.
+//! - B3: REV's `lb` agent is built there, and this tree's B3 bench runs once with it
+//!   (`LB_BIN`) right before it runs with this tree's agent: the same API server objects, the
+//!   same harness, minutes apart.
 
 use std::{
     path::{Path, PathBuf},
@@ -35,8 +39,44 @@ pub struct Old {
     pub exe: PathBuf,
 }
 
+/// REV's `lb` agent, built.
+pub struct OldAgent {
+    pub rev: String,
+    pub sha: String,
+    pub lb: PathBuf,
+}
+
+/// Exports REV and builds its `lb` (release, with its own datapath; reused on a later run).
+pub fn build_old_agent(rev: &str, target: &Path) -> anyhow::Result<OldAgent> {
+    let (sha, src) = export(rev, target)?;
+    let lb = target.join("against").join(format!("lb-{sha}"));
+    if !lb.exists() {
+        println!("bench: --against {rev}: building its lb agent");
+        let target_dir = target.join("against").join("target");
+        let status = cargo()
+            .args(["build", "--release", "--package", "lb-userspace", "--bin", "lb"])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .context("running cargo build for --against")?;
+        if !status.success() {
+            bail!("building lb at {sha} failed");
+        }
+        std::fs::copy(target_dir.join("release").join("lb"), &lb).context("copying REV's lb")?;
+    }
+    Ok(OldAgent { rev: rev.to_owned(), sha, lb })
+}
+
 /// Exports REV and builds its B1 bench (the build is reused on a later run).
 pub fn build_old(rev: &str, target: &Path) -> anyhow::Result<Old> {
+    let (sha, src) = export(rev, target)?;
+    println!("bench: --against {rev}: building its B1 bench (its own datapath)");
+    let exe = bench_exe(&src, Some(&target.join("against").join("target")))?;
+    Ok(Old { rev: rev.to_owned(), sha, exe })
+}
+
+/// REV's short sha and the directory its sources are exported to (once).
+fn export(rev: &str, target: &Path) -> anyhow::Result<(String, PathBuf)> {
     let out = Command::new("git")
         .args(["rev-parse", "--short=12", &format!("{rev}^{{commit}}")])
         .current_dir(root())
@@ -61,9 +101,7 @@ pub fn build_old(rev: &str, target: &Path) -> anyhow::Result<Old> {
             bail!("exporting {sha} failed");
         }
     }
-    println!("bench: --against {rev}: building its B1 bench (its own datapath)");
-    let exe = bench_exe(&src, Some(&target.join("against").join("target")))?;
-    Ok(Old { rev: rev.to_owned(), sha, exe })
+    Ok((sha, src))
 }
 
 /// Builds the B1 bench of the workspace at `dir` and returns its executable.

@@ -35,6 +35,7 @@ pub struct Args {
     report_only: bool,
     /// With `--only b1`: also measure commit REV's datapath in the same run (its own bench,
     /// built from an export of REV), in interleaved windows, and report each case's ratio.
+    /// With `--only b3`: also run B3 with REV's agent, right before this tree's.
     #[arg(long, value_name = "REV", requires = "only")]
     against: Option<String>,
     /// Interleaved windows of `--against` (each runs both benches once).
@@ -56,8 +57,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.report_only {
         return report(&out_dir, &report_dir, started);
     }
-    if args.against.is_some() && args.only.as_deref() != Some("b1") {
-        bail!("--against compares the datapath: use it with --only b1");
+    if args.against.is_some() && !matches!(args.only.as_deref(), Some("b1" | "b3")) {
+        bail!("--against compares with an earlier commit: use it with --only b1 or --only b3");
     }
     crate::setup::run()?;
     println!("bench: build: lb and lb-testpod (release, with the eBPF datapath)");
@@ -91,7 +92,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(o) = &args.only {
         let _ = write!(command, " --only {o}");
     }
-    if let Some(rev) = &args.against {
+    if let Some(rev) = args.against.as_ref().filter(|_| args.only.as_deref() == Some("b1")) {
         let _ = write!(command, " --against {rev} --windows {}", args.windows);
         let old = crate::against::build_old(rev, &target)?;
         let new_exe = crate::against::bench_exe(&root(), None)?;
@@ -103,12 +104,40 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("bench: benchmarks ran in {:.0} s", runs_started.elapsed().as_secs_f64());
         return report(&out_dir, &report_dir, started);
     }
+    let old_agent = match &args.against {
+        Some(rev) => {
+            let _ = write!(command, " --against {rev}");
+            Some(crate::against::build_old_agent(rev, &target)?)
+        }
+        None => None,
+    };
     for (short, name) in BENCHES {
         if args.only.as_deref().is_some_and(|o| o != short) {
             continue;
         }
         let out = out_dir.join(format!("{short}.json"));
         let _ = std::fs::remove_file(&out);
+        // B3 against REV: the same bench with REV's agent first, then with this tree's.
+        let old_out = out_dir.join(format!("{short}-against.json"));
+        if let Some(old) = &old_agent {
+            println!("bench: {short}: with {}'s agent ({})", old.rev, old.sha);
+            let mut c = cargo();
+            c.args(["bench", "--package", "lb-tests", "--bench", name, "--"]);
+            if args.quick {
+                c.arg("--quick");
+            }
+            let status = c
+                .arg("--out")
+                .arg(&old_out)
+                .env("LB_BIN", &old.lb)
+                .env("LB_TESTPOD_BIN", &testpod)
+                .status()
+                .with_context(|| format!("running cargo bench --bench {name} with {}'s agent", old.rev))?;
+            if !status.success() {
+                bail!("benchmark {name} with {}'s agent failed", old.rev);
+            }
+            println!("bench: {short}: with this tree's agent");
+        }
         println!("bench: {short}: cargo bench -p lb-tests --bench {name}{}", if args.quick { " -- --quick" } else { "" });
         let t = Instant::now();
         let mut c = cargo();
@@ -125,6 +154,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .with_context(|| format!("running cargo bench --bench {name}"))?;
         if !status.success() {
             bail!("benchmark {name} failed");
+        }
+        if let Some(old) = &old_agent {
+            let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+            let o: Value = serde_json::from_str(&std::fs::read_to_string(&old_out)?)?;
+            v["results"]["against"] = serde_json::json!({ "rev": old.rev, "sha": old.sha, "results": o["results"] });
+            std::fs::write(&out, serde_json::to_string_pretty(&v)?)?;
         }
         annotate(&out, &command, t.elapsed().as_secs_f64())?;
     }
@@ -645,6 +680,46 @@ impl Report {
         md.push_str("\n![B2 connections per second](bench-results/b2-connections.svg)\n\n");
     }
 
+    /// B3 with an earlier commit's agent in the same run (`--only b3 --against REV`).
+    fn b3_against_md(r: &Value, md: &mut String) {
+        let a = &r["against"];
+        if !a.is_object() {
+            return;
+        }
+        let old = &a["results"];
+        let _ = writeln!(
+            md,
+            "\nAgainst {} ({}), same run: this bench ran with {}'s `lb` agent, then with this tree's, on the same objects \
+             (ratio = this tree / {}; below 1 is better):\n",
+            a["rev"].as_str().unwrap_or("?"),
+            a["sha"].as_str().unwrap_or("?"),
+            a["rev"].as_str().unwrap_or("?"),
+            a["rev"].as_str().unwrap_or("?"),
+        );
+        md.push_str("| | this tree | earlier commit | ratio |\n| --- | ---: | ---: | ---: |\n");
+        let ratio = |new: f64, old: f64| if old > 0.0 { format!("{:.2}×", new / old) } else { "–".into() };
+        for row in r["lb"].as_array().into_iter().flatten() {
+            let n = &row["services"];
+            let Some(o) = old["lb"].as_array().and_then(|rows| rows.iter().find(|x| x["services"] == *n)) else { continue };
+            let (sn, so) = (f(&row["sync_s"]), f(&o["sync_s"]));
+            let _ = writeln!(md, "| {} services: full sync | {sn:.3} s | {so:.3} s | {} |", num(f(n), 0), ratio(sn, so));
+            let (mn, mo) = (f(&row["vm_hwm_kib_end"]) / 1024.0, f(&o["vm_hwm_kib_end"]) / 1024.0);
+            let _ = writeln!(md, "| {} services: peak RSS | {mn:.1} MiB | {mo:.1} MiB | {} |", num(f(n), 0), ratio(mn, mo));
+        }
+        let (c, oc) = (&r["lb_change"]["latency_ms"], &old["lb_change"]["latency_ms"]);
+        if c.is_object() && oc.is_object() {
+            for (label, k) in [("p50", "median"), ("p99", "p99")] {
+                let (x, y) = (f(&c[k]), f(&oc[k]));
+                let _ = writeln!(
+                    md,
+                    "| one change, {label} ({} services) | {x:.1} ms | {y:.1} ms | {} |",
+                    num(f(&r["lb_change"]["services"]), 0),
+                    ratio(x, y)
+                );
+            }
+        }
+    }
+
     fn b3_md(&self, md: &mut String) {
         let Some(b3) = &self.b3 else { return };
         let r = &b3["results"];
@@ -687,6 +762,7 @@ impl Report {
                 g("nft_full_s"),
             );
         }
+        Self::b3_against_md(r, md);
         let c = &r["lb_change"];
         let bc = &r["baseline_change"];
         if c.is_object() {

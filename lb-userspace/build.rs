@@ -7,6 +7,20 @@ use std::{env, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    // The commit `lb --version` and `lb_build_info` name ("unknown" outside a git checkout).
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=LB_GIT_COMMIT={commit}");
+    for git in ["../.git/HEAD", "../.git/refs/heads", "../.git/packed-refs"] {
+        if std::path::Path::new(git).exists() {
+            println!("cargo:rerun-if-changed={git}");
+        }
+    }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");

@@ -266,7 +266,8 @@ fn healthz(addr: SocketAddr) -> Option<u16> {
 /// `lb_events_total{result="created"}`).
 fn metric(addr: SocketAddr, sample: &str) -> Option<u64> {
     let body = http_get(addr, "/metrics")?;
-    body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    // Whole seconds of a timestamp are enough for the tests.
+    body.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
 }
 
 /// A free port on 127.0.0.1 (for an agent's listener).
@@ -426,4 +427,118 @@ fn point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint()
     wait_for(503, "tainted ToBeDeletedByClusterAutoscaler");
     api.apply(node(json!([]))).unwrap();
     wait_for(200, "taint removed");
+}
+
+/// The exposition parsed by Prometheus' own parser (the `prometheus_client` Python package,
+/// installed by `cargo xtask setup`): `family type` per line.
+fn prometheus_families(exposition: &str) -> Vec<String> {
+    use std::process::{Command, Stdio};
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\n\
+                  for f in parse(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "Prometheus' parser refused the exposition (or prometheus_client is missing: run `cargo xtask setup`):\n{}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Issue 18 (item 3): kube-proxy's metrics under kube-proxy's names, for the dashboards and
+/// SLOs built on them. An EndpointSlice change carrying the EndpointSlice controller's
+/// `endpoints.kubernetes.io/last-change-trigger-time` is reported in
+/// `kubeproxy_network_programming_duration_seconds` from that time to the maps holding it; the
+/// sync duration, last sync time and change counters move; the whole exposition parses with
+/// Prometheus' own parser.
+#[test]
+fn kube_proxy_metrics_report_network_programming_latency() {
+    let test = "kube_proxy_metrics_report_network_programming_latency";
+    if !privilege::require(test) {
+        return;
+    }
+    struct Kubeconfig(std::path::PathBuf);
+    impl Drop for Kubeconfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let api = ApiServer::start().expect("api server");
+    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
+    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    let topo = Topology::new(1).expect("topology");
+    let addr = free_addr();
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
+    opts.source = Some(format!("kube:{}", kubeconfig.0.display()));
+    opts.extra_args = vec!["--metrics-addr".into(), addr.to_string()];
+    let agent = Agent::start(&bins::lb(), &opts, &[]).expect("agent");
+    let get = |sample: &str| metric(addr, sample);
+    let wait = |what: &str, pred: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pred() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}\n{}\n{}",
+                http_get(addr, "/metrics").unwrap_or_default(),
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the first sync", &|| get("kubeproxy_sync_proxy_rules_last_timestamp_seconds").is_some_and(|t| t > 0));
+    api.apply(service(Family::V4)).unwrap();
+    wait("a Service change counted", &|| get("kubeproxy_sync_proxy_rules_service_changes_total").is_some_and(|n| n >= 1));
+    assert_eq!(get("kubeproxy_network_programming_duration_seconds_count"), Some(0), "nothing programmed from a trigger yet");
+
+    // The EndpointSlice controller stamps the change that made it write the slice (here 700 ms
+    // before the write).
+    std::thread::sleep(Duration::from_millis(800));
+    let trigger = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_millis(700);
+    api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubia-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubia"},
+                     "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": trigger.to_string()}},
+        "addressType": "IPv4",
+        "ports": [{"port": HTTP_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.0.77"], "conditions": {"ready": true}, "nodeName": "node-0"}]
+    }))
+    .unwrap();
+    wait("the slice's programming latency", &|| get("kubeproxy_network_programming_duration_seconds_count") == Some(1));
+    let body = http_get(addr, "/metrics").unwrap();
+    let sum: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the histogram's sum");
+    assert!((0.7..10.0).contains(&sum), "trigger 700 ms before the write → at least 0.7 s: {sum}");
+    assert!(get("kubeproxy_sync_proxy_rules_endpoint_changes_total").is_some_and(|n| n >= 1), "{body}");
+    assert!(get("kubeproxy_sync_proxy_rules_duration_seconds_count").is_some_and(|n| n >= 2), "{body}");
+    // The same slice again (no new trigger time): not counted twice.
+    let mut again = api.get("EndpointSlice", "default", "kubia-abc").unwrap();
+    again["endpoints"][0]["addresses"] = json!(["10.244.0.78"]);
+    api.apply(again).unwrap();
+    wait("the edit synced", &|| get("kubeproxy_sync_proxy_rules_endpoint_changes_total").is_some_and(|n| n >= 2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get("kubeproxy_network_programming_duration_seconds_count"), Some(1), "a trigger time is counted once");
+
+    let families = prometheus_families(http_get(addr, "/metrics").unwrap().split_once("\r\n\r\n").unwrap().1);
+    for want in [
+        "kubeproxy_network_programming_duration_seconds histogram",
+        "kubeproxy_sync_proxy_rules_duration_seconds histogram",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
+        "kubeproxy_sync_proxy_rules_endpoint_changes counter",
+        "kubeproxy_sync_proxy_rules_service_changes counter",
+        "lb_build_info gauge",
+        "process_resident_memory_bytes gauge",
+        "lb_sync_duration_seconds histogram",
+    ] {
+        assert!(families.iter().any(|f| f.starts_with(&format!("{want} "))), "{want}: {families:#?}");
+    }
 }

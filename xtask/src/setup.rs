@@ -35,27 +35,41 @@ pub fn run() -> anyhow::Result<()> {
     bpffs()?;
     cgroup2()?;
     capabilities()?;
-    manifest_validator()?;
+    python_tools()?;
     Ok(())
 }
 
-/// The Kubernetes schema validator the manifest tests run (`python3 -m kubernetes_validate`,
-/// from PyPI; it carries the OpenAPI schemas of many Kubernetes versions, so it needs no
-/// network once installed).
-fn manifest_validator() -> anyhow::Result<()> {
+/// The Python tools the tests run, from PyPI (no network needed once installed):
+/// `kubernetes-validate` (the manifest tests validate deploy/ against the OpenAPI schemas of
+/// several Kubernetes versions) and `prometheus-client` (the metrics tests parse the agent's
+/// exposition with Prometheus' own Python parser).
+const PYTHON_TOOLS: [(&str, &str, &str); 2] = [
+    ("kubernetes-validate (manifest schemas)", "kubernetes_validate", "kubernetes-validate==1.37.0"),
+    ("prometheus-client (metrics parser)", "prometheus_client.parser", "prometheus-client==0.26.0"),
+];
+
+fn python_tools() -> anyhow::Result<()> {
+    for (what, module, package) in PYTHON_TOOLS {
+        python_tool(what, module, package)?;
+    }
+    Ok(())
+}
+
+/// Installs `package` with pip unless `import module` already works.
+fn python_tool(what: &str, module: &str, package: &str) -> anyhow::Result<()> {
     let present = || {
         Command::new("python3")
-            .args(["-c", "import kubernetes_validate"])
+            .args(["-c", &format!("import {module}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
     if present() {
-        println!("setup: kubernetes-validate (manifest schemas): present");
+        println!("setup: {what}: present");
         return Ok(());
     }
-    println!("setup: kubernetes-validate (manifest schemas): installing with pip");
+    println!("setup: {what}: installing {package} with pip");
     if !have("pip3") && !Command::new("python3").args(["-m", "pip", "--version"]).status().is_ok_and(|s| s.success()) {
         let status = Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends", "python3-pip"])
@@ -69,7 +83,7 @@ fn manifest_validator() -> anyhow::Result<()> {
     // A Debian system Python refuses plain installs (PEP 668): then into it regardless, as root.
     for extra in [&[][..], &["--break-system-packages"][..]] {
         let ok = Command::new("python3")
-            .args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"])
+            .args(["-m", "pip", "install", "-q", package])
             .args(extra)
             .status()
             .context("running python3 -m pip")?
@@ -78,7 +92,7 @@ fn manifest_validator() -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    bail!("installing kubernetes-validate with pip failed (python3 -m pip install kubernetes-validate)")
+    bail!("installing {package} with pip failed (python3 -m pip install {package})")
 }
 
 fn have(cmd: &str) -> bool {

@@ -30,6 +30,14 @@ impl Feed {
         })
     }
 
+    /// Watch events of Services and EndpointSlices so far (the kube source; 0 for files).
+    pub(super) fn change_counts(&self) -> (u64, u64) {
+        match self {
+            Self::File(_) => (0, 0),
+            Self::Kube { source, .. } => source.change_counts(),
+        }
+    }
+
     /// The API server's client (the kube source), for what the agent writes back: Events.
     pub(super) fn client(&self) -> Option<kube::Client> {
         match self {

@@ -233,7 +233,7 @@ async fn servers_answer_over_tcp() {
     assert_eq!(request(haddr, &big).await.unwrap().status, 431);
 
     // Metrics.
-    metrics.sync_ok(Duration::from_millis(2));
+    metrics.sync_ok(Duration::from_millis(2), Duration::from_millis(1), SystemTime::now());
     let r = get(maddr, "/metrics").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some(crate::agent::metrics::CONTENT_TYPE));

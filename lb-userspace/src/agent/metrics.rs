@@ -16,6 +16,12 @@
 //! | `lb_objects_rejected_total` | counter | `reason` = field path, e.g. `spec.ports.port` |
 //! | `lb_objects_invalid` (objects skipped now; its own family, apart from the counter's) | gauge | |
 //! | `lb_source_invalid_files` | gauge | |
+//! | `kubeproxy_sync_proxy_rules_duration_seconds` (the work of one sync: compile, plan, map writes) | histogram | |
+//! | `kubeproxy_sync_proxy_rules_last_timestamp_seconds` (unix time of the last successful sync) | gauge | |
+//! | `kubeproxy_network_programming_duration_seconds` (an EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` → the maps hold it; changes after the agent started) | histogram | |
+//! | `kubeproxy_sync_proxy_rules_service_changes_total`, `kubeproxy_sync_proxy_rules_endpoint_changes_total` (watch events of Services and EndpointSlices, kube source) | counter | |
+//! | `lb_build_info` (always 1) | gauge | `version`, `commit` |
+//! | `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | Prometheus' process collector names | |
 //! | `lb_events_total` (Kubernetes Events on skipped Services, kube source) | counter | `result` = `created`, `exists` (another node's agent wrote it), `failed`, `dropped` (queue full) |
 //! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
 //! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
@@ -43,6 +49,16 @@ pub const SYNC_DURATION_BUCKETS: &[f64] =
 
 /// `reason` of `lb_sync_errors_total`, always exported (0 until it happens).
 pub const SYNC_ERROR_REASONS: &[&str] = &["map_full", "map_write", "source", "other"];
+
+/// Buckets of `kubeproxy_sync_proxy_rules_duration_seconds`: kube-proxy's (1 ms doubling to
+/// 16 s), so that its dashboards' quantiles read the same.
+pub const SYNC_WORK_BUCKETS: &[f64] =
+    &[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384];
+
+/// Buckets of `kubeproxy_network_programming_duration_seconds`: finer than kube-proxy's at the
+/// low end (an eBPF sync takes milliseconds), its range (to 5 minutes) at the top.
+pub const PROGRAMMING_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0];
 
 /// `result` of `lb_events_total`, always exported (0 until it happens).
 pub const EVENT_RESULTS: &[&str] = &["created", "exists", "failed", "dropped"];
@@ -108,6 +124,15 @@ pub struct State {
     pub invalid_files: usize,
     /// Kubernetes Events written (or not), by result ([`EVENT_RESULTS`]).
     pub events: BTreeMap<&'static str, u64>,
+    /// The work of each successful sync (kube-proxy's `sync_proxy_rules_duration`).
+    pub sync_work: Histogram,
+    /// Unix time of the last successful sync.
+    pub last_sync_unix: Option<f64>,
+    /// Trigger time of an EndpointSlice change → the maps hold it.
+    pub programming: Histogram,
+    /// Watch events of Services and EndpointSlices (kube source).
+    pub service_changes: u64,
+    pub endpoint_changes: u64,
 }
 
 impl Default for State {
@@ -127,6 +152,11 @@ impl Default for State {
             left_out: BTreeMap::new(),
             invalid_files: 0,
             events: EVENT_RESULTS.iter().map(|r| (*r, 0)).collect(),
+            sync_work: Histogram::new(SYNC_WORK_BUCKETS),
+            last_sync_unix: None,
+            programming: Histogram::new(PROGRAMMING_BUCKETS),
+            service_changes: 0,
+            endpoint_changes: 0,
         }
     }
 }
@@ -148,11 +178,29 @@ impl Metrics {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A sync succeeded, `latency` after the change it applied was seen.
-    pub fn sync_ok(&self, latency: Duration) {
+    /// A sync succeeded, `latency` after the change it applied was seen; its own work took
+    /// `work`; it ended at `now`.
+    pub fn sync_ok(&self, latency: Duration, work: Duration, now: std::time::SystemTime) {
         let mut s = self.lock();
         s.sync_ok += 1;
         s.sync_duration.observe(latency.as_secs_f64());
+        s.sync_work.observe(work.as_secs_f64());
+        s.last_sync_unix = now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+    }
+
+    /// EndpointSlice changes reached the maps this long after their trigger times.
+    pub fn programmed(&self, latencies: &[Duration]) {
+        let mut s = self.lock();
+        for l in latencies {
+            s.programming.observe(l.as_secs_f64());
+        }
+    }
+
+    /// The source's watch events so far (Services, EndpointSlices).
+    pub fn set_changes(&self, services: u64, endpoint_slices: u64) {
+        let mut s = self.lock();
+        s.service_changes = services;
+        s.endpoint_changes = endpoint_slices;
     }
 
     /// A sync failed (`reason` is one of [`SYNC_ERROR_REASONS`]).
@@ -250,9 +298,22 @@ fn esc(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A histogram family: its cumulative buckets, sum and count.
+pub(super) fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
+    header(o, name, "histogram", help);
+    let mut cumulative = 0;
+    for (bound, n) in h.bounds.iter().zip(&h.counts) {
+        cumulative += n;
+        let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(o, "{name}_sum {}", h.sum);
+    let _ = writeln!(o, "{name}_count {}", h.count);
 }
 
 /// The text exposition of `state` and, when readable, the datapath counters.
@@ -306,21 +367,14 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         let _ = writeln!(o, "lb_conntrack_entries {n}");
     }
 
-    let h = &state.sync_duration;
-    header(
+    histogram(
         &mut o,
         "lb_sync_duration_seconds",
-        "histogram",
         "Time from a change being seen in the source to the maps holding it.",
+        &state.sync_duration,
     );
-    let mut cumulative = 0;
-    for (bound, n) in h.bounds.iter().zip(&h.counts) {
-        cumulative += n;
-        let _ = writeln!(o, "lb_sync_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
-    }
-    let _ = writeln!(o, "lb_sync_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(o, "lb_sync_duration_seconds_sum {}", h.sum);
-    let _ = writeln!(o, "lb_sync_duration_seconds_count {}", h.count);
+    super::kubeproxy_metrics::render(&mut o, state);
+    super::process_metrics::render(&mut o);
 
     header(&mut o, "lb_sync_total", "counter", "Syncs of the source to the maps, by result.");
     let _ = writeln!(o, "lb_sync_total{{result=\"ok\"}} {}", state.sync_ok);

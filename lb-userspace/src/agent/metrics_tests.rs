@@ -1,5 +1,7 @@
 //! Unit tests of [`super`] (metrics).
 
+use std::time::SystemTime;
+
 use super::*;
 use crate::model::{Family, Protocol};
 
@@ -54,10 +56,10 @@ fn conntrack_fill_is_exported_once_a_sweep_counted_it() {
 #[test]
 fn the_histogram_is_cumulative_with_sum_and_count() {
     let m = Metrics::new(None);
-    m.sync_ok(Duration::from_micros(500)); // <= 0.001
-    m.sync_ok(Duration::from_millis(20)); // <= 0.025
-    m.sync_ok(Duration::from_millis(20));
-    m.sync_ok(Duration::from_secs(120)); // +Inf only
+    m.sync_ok(Duration::from_micros(500), Duration::from_millis(1), SystemTime::now()); // <= 0.001
+    m.sync_ok(Duration::from_millis(20), Duration::from_millis(1), SystemTime::now()); // <= 0.025
+    m.sync_ok(Duration::from_millis(20), Duration::from_millis(1), SystemTime::now());
+    m.sync_ok(Duration::from_secs(120), Duration::from_millis(1), SystemTime::now()); // +Inf only
     let out = render(&m.snapshot(), None);
     let l = lines(&out);
     for want in [
@@ -73,7 +75,7 @@ fn the_histogram_is_cumulative_with_sum_and_count() {
     }
     let sum: f64 = l.iter().find_map(|l| l.strip_prefix("lb_sync_duration_seconds_sum ")).unwrap().parse().unwrap();
     assert!((sum - 120.0405).abs() < 1e-9, "{sum}");
-    assert!(!out.contains("e-"), "no exponent notation: {out}");
+    assert!(!l.iter().filter(|l| !l.starts_with('#')).any(|l| l.contains("e-")), "no exponent notation: {out}");
 }
 
 #[test]
@@ -196,7 +198,7 @@ fn dual_stack_service_ports_are_separate_series() {
 #[test]
 fn every_sample_line_is_well_formed() {
     let m = Metrics::new(None);
-    m.sync_ok(Duration::from_millis(3));
+    m.sync_ok(Duration::from_millis(3), Duration::from_millis(1), SystemTime::now());
     let reason = crate::model::Rejection::of(crate::model::RejectedField::Spec, "missing");
     m.set_rejected(&[Skipped { object: "Service a/b".into(), reason }]);
     let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![] };
@@ -240,4 +242,37 @@ fn map_growths_and_left_out_services_are_counted_by_map() {
     assert!(out.contains("lb_map_resizes_total{map=\"LB_SERVICES\"} 1"), "{out}");
     assert!(out.contains("lb_services_left_out{map=\"LB_BACKENDS\"} 3"), "{out}");
     assert!(out.contains("# TYPE lb_map_resizes_total counter") && out.contains("# TYPE lb_services_left_out gauge"));
+}
+
+/// kube-proxy's names, for the dashboards built on them, and the build and process metrics.
+#[test]
+fn kube_proxy_names_build_info_and_process_metrics_are_exported() {
+    let m = Metrics::new(None);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_800_000);
+    m.sync_ok(Duration::from_millis(30), Duration::from_millis(3), now);
+    m.programmed(&[Duration::from_millis(700), Duration::from_secs(2)]);
+    m.set_changes(5, 12);
+    let out = render(&m.snapshot(), None);
+    let l = lines(&out);
+    for want in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 1",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count 1",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1764800000",
+        "kubeproxy_network_programming_duration_seconds_bucket{le=\"1\"} 1",
+        "kubeproxy_network_programming_duration_seconds_bucket{le=\"2\"} 2",
+        "kubeproxy_network_programming_duration_seconds_count 2",
+        "kubeproxy_network_programming_duration_seconds_sum 2.7",
+        "kubeproxy_sync_proxy_rules_service_changes_total 5",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total 12",
+    ] {
+        assert!(l.contains(&want), "missing {want:?} in\n{out}");
+    }
+    assert!(out.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram\n"), "{out}");
+    let build = l.iter().find(|l| l.starts_with("lb_build_info{")).expect("lb_build_info");
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && build.ends_with("} 1"), "{build}");
+    let rss: f64 = l.iter().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")).expect("rss").parse().unwrap();
+    assert!(rss > 1e6, "this test process holds more than a megabyte: {rss}");
+    for name in ["process_cpu_seconds_total ", "process_open_fds ", "process_max_fds ", "process_start_time_seconds "] {
+        assert!(l.iter().any(|l| l.starts_with(name)), "missing {name} in\n{out}");
+    }
 }

@@ -23,8 +23,11 @@ mod feed;
 mod fit;
 pub mod health;
 pub mod http;
+mod kubeproxy_metrics;
+pub use kubeproxy_metrics::TRIGGER_TIME_ANNOTATION;
 pub mod metrics;
 pub mod preflight;
+mod process_metrics;
 mod status;
 pub(crate) mod sync;
 
@@ -149,6 +152,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let mut sync = SyncState::new(cfg.plan, metrics.clone());
     let mut events = events::ServiceEvents::start(feed.client(), &cfg.node_name, metrics.clone());
+    let mut programming = kubeproxy_metrics::ProgrammingLatency::new(SystemTime::now());
     let mut health_check_ports = HealthCheckServers::new(cfg.netns.clone(), health.clone());
     let mut last_sweep = Instant::now();
     let mut last_repair = Instant::now();
@@ -157,6 +161,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut pending: Option<(ClusterObjects, Instant)> = None;
     loop {
         let polled = feed.poll(&metrics);
+        let (service_changes, slice_changes) = feed.change_counts();
+        metrics.set_changes(service_changes, slice_changes);
         let seen = Instant::now();
         match polled {
             Ok(Some(objects)) => {
@@ -177,10 +183,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         if let Some((objects, since)) = &pending {
             health.set_node_eligible(node_eligible(&cfg.node_name, &objects.nodes));
+            let work = Instant::now();
             match fit::apply_fitting(&mut sync, &mut dp, &cfg, objects, &metrics, &mut status) {
                 Ok(()) => {
-                    metrics.sync_ok(since.elapsed());
-                    health.updated(Instant::now(), SystemTime::now());
+                    let now = SystemTime::now();
+                    metrics.sync_ok(since.elapsed(), work.elapsed(), now);
+                    metrics.programmed(&programming.synced(objects, sync.changed_services.as_ref(), now));
+                    health.updated(Instant::now(), now);
                     status.synced();
                     events.observe(&sync.rejected, &sync.left_out, objects);
                     pending = None;

@@ -23,7 +23,7 @@ use output::Output;
 #[derive(Parser)]
 #[command(
     name = "lb",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LB_GIT_COMMIT"), ")"),
     about = "In-kernel Kubernetes Service load balancer (eBPF datapath + agent)",
     after_help = "Examples:\n  \
         lb agent --source kube --ext-iface eth0 --pod-iface lxc1 --cgroup /sys/fs/cgroup\n  \
@@ -143,4 +143,19 @@ fn require_root(what: &str) -> anyhow::Result<()> {
         anyhow::bail!("{what} needs root (CAP_BPF and CAP_SYS_ADMIN); run with sudo");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// `lb --version` names the commit the binary was built from (as `lb_build_info` does).
+    #[test]
+    fn the_version_names_the_commit() {
+        let v = Cli::command().render_version();
+        assert!(v.starts_with(&format!("lb {} (commit ", env!("CARGO_PKG_VERSION"))), "{v}");
+        assert!(!env!("LB_GIT_COMMIT").is_empty());
+    }
 }

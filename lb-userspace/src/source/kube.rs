@@ -17,7 +17,10 @@
 use std::{
     fmt::Debug,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -92,6 +95,9 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Option<Store<Node>>,
     changes: watch::Receiver<u64>,
+    /// Watch events (added, modified, deleted) of Services and of EndpointSlices since start.
+    service_events: Arc<AtomicU64>,
+    slice_events: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<()>>,
     /// When [`KubeSource::changed`] last resolved.
     last_wake: Option<tokio::time::Instant>,
@@ -107,21 +113,37 @@ impl KubeSource {
         let tx = Arc::new(tx);
         let mut tasks = Vec::new();
         let selected = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
-        let services =
-            spawn_reflector(&runtime, Api::<Service>::all(client.clone()), selected.clone(), "services", &tx, &mut tasks);
-        let slices =
-            spawn_reflector(&runtime, Api::<EndpointSlice>::all(client.clone()), selected, "endpointslices", &tx, &mut tasks);
+        let (service_events, slice_events) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let services = spawn_reflector(
+            &runtime,
+            Api::<Service>::all(client.clone()),
+            selected.clone(),
+            ("services", &tx, Some(service_events.clone())),
+            &mut tasks,
+        );
+        let slices = spawn_reflector(
+            &runtime,
+            Api::<EndpointSlice>::all(client.clone()),
+            selected,
+            ("endpointslices", &tx, Some(slice_events.clone())),
+            &mut tasks,
+        );
         let nodes = (!node_name.is_empty()).then(|| {
             spawn_reflector(
                 &runtime,
                 Api::<Node>::all(client),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-                "nodes",
-                &tx,
+                ("nodes", &tx, None),
                 &mut tasks,
             )
         });
-        Ok(Self { services, slices, nodes, changes, tasks, last_wake: None })
+        Ok(Self { services, slices, nodes, changes, service_events, slice_events, tasks, last_wake: None })
+    }
+
+    /// Watch events of Services and of EndpointSlices since start (kube-proxy's change
+    /// counters).
+    pub fn change_counts(&self) -> (u64, u64) {
+        (self.service_events.load(Ordering::Relaxed), self.slice_events.load(Ordering::Relaxed))
     }
 
     /// Resolves once every reflector has completed its initial list (point 7: never program
@@ -204,11 +226,14 @@ impl Slim for Service {
 }
 
 impl Slim for EndpointSlice {
-    /// Drops managedFields, annotations, and each endpoint's targetRef and deprecatedTopology
-    /// (addresses, conditions, nodeName, zone and hints stay).
+    /// Drops managedFields, every annotation but the change trigger time (network programming
+    /// latency), and each endpoint's targetRef and deprecatedTopology (addresses, conditions,
+    /// nodeName, zone and hints stay).
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
+        if let Some(a) = self.metadata.annotations.as_mut() {
+            a.retain(|k, _| k == crate::agent::TRIGGER_TIME_ANNOTATION);
+        }
         for ep in &mut self.endpoints {
             ep.target_ref = None;
             ep.deprecated_topology = None;
@@ -230,13 +255,13 @@ impl Slim for Node {
 }
 
 /// Spawns `watcher → backoff → slim → reflector` for one resource, bumping
-/// `changes` whenever the store changes. Returns the store's reader.
+/// `changes` whenever the store changes and `events` (if any) at every watch event after the
+/// initial list. Returns the store's reader.
 fn spawn_reflector<K>(
     runtime: &tokio::runtime::Handle,
     api: Api<K>,
     config: watcher::Config,
-    resource: &'static str,
-    changes: &Arc<watch::Sender<u64>>,
+    (resource, changes, events): (&'static str, &Arc<watch::Sender<u64>>, Option<Arc<AtomicU64>>),
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
@@ -279,7 +304,11 @@ where
                         debug!(resource, "relisted");
                     }
                 }
-                watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                    if let Some(events) = &events {
+                        events.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             if failures > 0 {
                 info!(resource, failures, "watch recovered");

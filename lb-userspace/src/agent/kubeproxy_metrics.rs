@@ -1,0 +1,145 @@
+//! The metrics kube-proxy exports that dashboards and SLOs are built on, under kube-proxy's
+//! names, so that a cluster moving from kube-proxy to lb keeps its dashboards: sync duration and
+//! last sync time, network programming latency, and the change counters. Plus `lb_build_info`.
+//! (Computed by the agent: [`super::metrics::Metrics`]; the programming latency by
+//! [`ProgrammingLatency`].)
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Write as _,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::metrics::{State, header, histogram};
+use crate::source::ClusterObjects;
+
+/// The EndpointSlice annotation the EndpointSlice controller sets to the time of the change
+/// (a pod becoming ready, a Service edited) that made it write the slice.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+pub(super) fn render(o: &mut String, state: &State) {
+    histogram(
+        o,
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "The work of one sync of the proxy rules (here: compile, plan and map writes).",
+        &state.sync_work,
+    );
+    header(o, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge", "The last time the proxy rules were synced.");
+    let _ = writeln!(o, "kubeproxy_sync_proxy_rules_last_timestamp_seconds {}", state.last_sync_unix.unwrap_or(0.0));
+    histogram(
+        o,
+        "kubeproxy_network_programming_duration_seconds",
+        "From an EndpointSlice's last-change-trigger-time to the datapath holding the change.",
+        &state.programming,
+    );
+    for (name, help, v) in [
+        ("kubeproxy_sync_proxy_rules_service_changes_total", "Service changes seen (watch events).", state.service_changes),
+        (
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "EndpointSlice changes seen (watch events).",
+            state.endpoint_changes,
+        ),
+    ] {
+        header(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    header(o, "lb_build_info", "gauge", "The agent's version and the commit it was built from (always 1).");
+    let _ = writeln!(o, "lb_build_info{{version=\"{}\",commit=\"{}\"}} 1", env!("CARGO_PKG_VERSION"), env!("LB_GIT_COMMIT"));
+}
+
+/// Network programming latency as kube-proxy measures it: for each EndpointSlice whose
+/// trigger time is new since the last sync, the time from that trigger to the end of the sync
+/// that put it in the maps. Trigger times before the agent started are not counted (as
+/// kube-proxy ignores those before its tracker started): the first sync would otherwise report
+/// the age of every slice in the cluster.
+pub(super) struct ProgrammingLatency {
+    started: SystemTime,
+    /// The trigger time last counted, by EndpointSlice `namespace/name`.
+    counted: HashMap<String, Timestamp>,
+}
+
+impl ProgrammingLatency {
+    pub(super) fn new(started: SystemTime) -> Self {
+        Self { started, counted: HashMap::new() }
+    }
+
+    /// After a successful sync ending at `now` that applied `objects`, where only the Services
+    /// in `changed` (`namespace/name`; `None`: any) changed: the latencies to report.
+    pub(super) fn synced(
+        &mut self,
+        objects: &ClusterObjects,
+        changed: Option<&BTreeSet<String>>,
+        now: SystemTime,
+    ) -> Vec<Duration> {
+        let Ok(started) = Timestamp::try_from(self.started) else { return Vec::new() };
+        let Ok(now_ts) = Timestamp::try_from(now) else { return Vec::new() };
+        let mut out = Vec::new();
+        for slice in &objects.slices {
+            let meta = &slice.metadata;
+            let Some(trigger) = meta.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)) else { continue };
+            let Ok(t) = trigger.parse::<Timestamp>() else { continue };
+            if t < started {
+                continue;
+            }
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            if let Some(changed) = changed {
+                let service = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+                if !service.is_some_and(|s| changed.contains(&format!("{ns}/{s}"))) {
+                    continue;
+                }
+            }
+            let key = format!("{ns}/{}", meta.name.as_deref().unwrap_or_default());
+            if self.counted.get(&key) == Some(&t) {
+                continue;
+            }
+            if let Ok(d) = now_ts.duration_since(t).try_into() {
+                out.push(d);
+            }
+            self.counted.insert(key, t);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    use super::*;
+
+    fn slice(name: &str, service: &str, trigger: Option<&str>) -> Arc<EndpointSlice> {
+        let mut s = EndpointSlice::default();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some("shop".into());
+        s.metadata.labels = Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into());
+        s.metadata.annotations = trigger.map(|t| [(TRIGGER_TIME_ANNOTATION.to_owned(), t.to_owned())].into());
+        Arc::new(s)
+    }
+
+    #[test]
+    fn each_new_trigger_time_after_the_start_is_counted_once() {
+        let started: SystemTime = "2026-12-04T10:00:00Z".parse::<Timestamp>().unwrap().into();
+        let now: SystemTime = "2026-12-04T10:00:05Z".parse::<Timestamp>().unwrap().into();
+        let mut p = ProgrammingLatency::new(started);
+        let mut objects = ClusterObjects {
+            slices: vec![
+                slice("web-a", "web", Some("2026-12-04T10:00:03.5Z")),
+                slice("old-a", "old", Some("2026-12-04T09:00:00Z")),
+                slice("none-a", "none", None),
+                slice("bad-a", "bad", Some("yesterday")),
+            ],
+            ..ClusterObjects::default()
+        };
+        assert_eq!(p.synced(&objects, None, now), [Duration::from_millis(1500)]);
+        assert!(p.synced(&objects, None, now).is_empty(), "counted once");
+        objects.slices[0] = slice("web-a", "web", Some("2026-12-04T10:00:04Z"));
+        let changed: BTreeSet<String> = ["shop/other".to_owned()].into();
+        assert!(p.synced(&objects, Some(&changed), now).is_empty(), "its Service did not change in this sync");
+        let changed: BTreeSet<String> = ["shop/web".to_owned()].into();
+        assert_eq!(p.synced(&objects, Some(&changed), now), [Duration::from_secs(1)]);
+    }
+}

@@ -23,8 +23,12 @@
 //! | `lb_build_info` (always 1) | gauge | `version`, `commit` |
 //! | `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | Prometheus' process collector names | |
 //! | `lb_events_total` (Kubernetes Events on skipped Services, kube source) | counter | `result` = `created`, `exists` (another node's agent wrote it), `failed`, `dropped` (queue full) |
-//! | `lb_datapath_packets_total` | counter | `counter` = [`lb_common::COUNTER_NAMES`] |
-//! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
+//! | `lb_datapath_packets_total` (every packet a program saw) | counter | |
+//! | `lb_datapath_verdicts_total` (one per packet: they sum to the packets) | counter | `verdict` = `pass`, `dnat`, `revnat`, `drop`, `reject` |
+//! | `lb_datapath_drops_total` (why the dropped ones were) | counter | `reason` |
+//! | `lb_datapath_pass_reasons_total` (passes on unusual paths) | counter | `reason` |
+//! | `lb_datapath_events_total` (new flows, conntrack hits, SNAT, affinity hits, ...) | counter | `event` |
+//! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `namespace`, `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -415,10 +419,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     let Some(dp) = datapath else {
         return o;
     };
-    header(&mut o, "lb_datapath_packets_total", "counter", "Datapath counters (packets), by counter.");
-    for (name, v) in lb_common::COUNTER_NAMES.iter().zip(&dp.global) {
-        let _ = writeln!(o, "lb_datapath_packets_total{{counter=\"{name}\"}} {v}");
-    }
+    datapath_families(&mut o, &dp.global);
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
     let mut per_service: Vec<(&ServicePortName, &FlowCounters)> =
         dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n.as_ref(), st))).collect();
@@ -433,7 +434,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
             let v = [st.packets, st.bytes, st.new_flows][field];
             let _ = writeln!(
                 o,
-                "{name}{{service=\"{}/{}\",port=\"{}\",protocol=\"{}\",ip_family=\"{}\"}} {v}",
+                "{name}{{namespace=\"{}\",service=\"{}\",port=\"{}\",protocol=\"{}\",ip_family=\"{}\"}} {v}",
                 esc(&spn.namespace),
                 esc(&spn.name),
                 esc(&spn.port_name),
@@ -443,6 +444,33 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         }
     }
     o
+}
+
+/// The datapath's counters ([`lb_common::COUNTER_NAMES`]) as families whose sums mean
+/// something: the packets, their verdicts (one each: they sum to the packets), the drop reasons
+/// (they sum to the drop verdicts), the pass reasons of unusual paths, and the events (new flows,
+/// conntrack hits, SNAT, ...), which count packets already counted by a verdict.
+fn datapath_families(o: &mut String, global: &[u64]) {
+    let named = || lb_common::COUNTER_NAMES.iter().zip(global);
+    header(o, "lb_datapath_packets_total", "counter", "Packets seen by the datapath's programs.");
+    for (_, v) in named().filter(|(n, _)| **n == "packets") {
+        let _ = writeln!(o, "lb_datapath_packets_total {v}");
+    }
+    for (family, help, label, prefix) in [
+        ("lb_datapath_verdicts_total", "Packets by verdict (one per packet).", "verdict", "verdict_"),
+        ("lb_datapath_drops_total", "Dropped packets by reason.", "reason", "drop_"),
+        ("lb_datapath_pass_reasons_total", "Packets passed untouched on an unusual path, by reason.", "reason", "pass_"),
+    ] {
+        header(o, family, "counter", help);
+        for (name, v) in named().filter_map(|(n, v)| Some((n.strip_prefix(prefix)?, v))) {
+            let _ = writeln!(o, "{family}{{{label}=\"{name}\"}} {v}");
+        }
+    }
+    header(o, "lb_datapath_events_total", "counter", "Datapath events (new flows, conntrack hits, SNAT, ...), by event.");
+    for (name, v) in named().filter(|(n, _)| **n != "packets" && !["verdict_", "drop_", "pass_"].iter().any(|p| n.starts_with(p)))
+    {
+        let _ = writeln!(o, "lb_datapath_events_total{{event=\"{name}\"}} {v}");
+    }
 }
 
 /// The `--metrics-addr` server: `/metrics`, 404 elsewhere.

@@ -155,21 +155,28 @@ fn datapath_counters_are_named_and_services_labelled() {
         "lb_service_ports_programmed 2",
         "lb_frontends_programmed 3",
         "lb_backends_programmed 4",
-        "lb_datapath_packets_total{counter=\"packets\"} 100",
-        "lb_datapath_packets_total{counter=\"verdict_dnat\"} 42",
-        "lb_datapath_packets_total{counter=\"sock_translated\"} 0",
-        "lb_service_packets_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 10",
-        "lb_service_bytes_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 1000",
-        "lb_service_new_flows_total{service=\"default/kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 2",
-        "lb_service_packets_total{service=\"kube-system/dns\",port=\"dns\\\"udp\",protocol=\"UDP\",ip_family=\"IPv4\"} 5",
+        "lb_datapath_packets_total 100",
+        "lb_datapath_verdicts_total{verdict=\"dnat\"} 42",
+        "lb_datapath_verdicts_total{verdict=\"reject\"} 0",
+        "lb_datapath_drops_total{reason=\"no_backend\"} 0",
+        "lb_datapath_pass_reasons_total{reason=\"not_ip\"} 0",
+        "lb_datapath_events_total{event=\"sock_translated\"} 0",
+        "lb_datapath_events_total{event=\"conntrack_hits\"} 0",
+        "lb_service_packets_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 10",
+        "lb_service_bytes_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 1000",
+        "lb_service_new_flows_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 2",
+        "lb_service_packets_total{namespace=\"kube-system\",service=\"dns\",port=\"dns\\\"udp\",protocol=\"UDP\",ip_family=\"IPv4\"} 5",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{out}");
     }
-    assert_eq!(l.iter().filter(|l| l.starts_with("lb_datapath_packets_total")).count(), lb_common::COUNTER_NAMES.len());
+    // Every counter in exactly one family, and the families apart.
+    let datapath = l.iter().filter(|l| l.starts_with("lb_datapath_")).count();
+    assert_eq!(datapath, lb_common::COUNTER_NAMES.len());
+    assert_eq!(l.iter().filter(|l| l.starts_with("lb_datapath_verdicts_total")).count(), 5);
     assert_eq!(l.iter().filter(|l| l.starts_with("lb_service_packets_total")).count(), 2);
     // Sorted by labels: default/kubia before kube-system/dns.
-    let kubia = out.find("lb_service_packets_total{service=\"default/kubia\"").unwrap();
-    let dns = out.find("lb_service_packets_total{service=\"kube-system/dns\"").unwrap();
+    let kubia = out.find("lb_service_packets_total{namespace=\"default\",service=\"kubia\"").unwrap();
+    let dns = out.find("lb_service_packets_total{namespace=\"kube-system\",service=\"dns\"").unwrap();
     assert!(kubia < dns);
 }
 
@@ -188,8 +195,8 @@ fn dual_stack_service_ports_are_separate_series() {
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
     for want in [
-        "lb_service_packets_total{service=\"default/kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv4\"} 3",
-        "lb_service_packets_total{service=\"default/kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv6\"} 4",
+        "lb_service_packets_total{namespace=\"default\",service=\"kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv4\"} 3",
+        "lb_service_packets_total{namespace=\"default\",service=\"kubia\",port=\"http\",protocol=\"TCP\",ip_family=\"IPv6\"} 4",
     ] {
         assert!(l.contains(&want), "missing {want:?} in\n{out}");
     }

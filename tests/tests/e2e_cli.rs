@@ -240,3 +240,31 @@ fn point_55_v6_cli_shows_ipv6_frontends_backends_and_family_names() {
     let t = table(&agent, &["maps", "dump", "backends"]);
     assert!(t.contains(&format!("[{a}]:{HTTP_PORT}")), "{t}");
 }
+
+/// `--log-format json`: every line the agent writes is one JSON object with its level, its
+/// message and its fields, for log collectors; `lb --version` names the commit.
+#[test]
+fn json_logs_are_one_object_per_line_and_the_version_names_the_commit() {
+    if !privilege::require("json_logs_are_one_object_per_line_and_the_version_names_the_commit") {
+        return;
+    }
+    let topo = Topology::new(1).unwrap();
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
+    opts.extra_args = vec!["--log-format".into(), "json".into()];
+    let mut agent = Agent::start(&bins::lb(), &opts, &[("svc.yaml", MANIFESTS)]).unwrap();
+    agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80")).unwrap();
+    let log = agent.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{log}");
+    let synced = lines.iter().find(|l| l["message"] == "synced").unwrap_or_else(|| panic!("no synced line: {log}"));
+    assert_eq!(synced["level"], "INFO");
+    assert_eq!(synced["service_ports"], 1, "fields are JSON values: {synced}");
+
+    let version = lb(&["--version"]);
+    let v = String::from_utf8_lossy(&version.stdout);
+    assert!(v.starts_with("lb ") && v.contains("(commit "), "{v}");
+}

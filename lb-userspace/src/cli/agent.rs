@@ -130,6 +130,9 @@ pub(super) struct AgentArgs {
     /// source, which reports them once per outage.
     #[arg(long, env = "RUST_LOG", default_value = "info,kube_client::client::builder=off")]
     log: String,
+    /// Log lines as text (default) or as one JSON object per line (for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 impl AgentArgs {
@@ -195,16 +198,23 @@ fn parse_map_entries(s: &str) -> Result<(&'static str, u32), String> {
     Ok((name, n))
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Runs the agent (or `--cleanup`) as the flags say.
 pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log).map_err(|e| {
         anyhow::anyhow!("--log {:?} (or RUST_LOG): {e}; e.g. --log info or --log info,lb_userspace=debug", args.log)
     })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     require_root("the agent")?;
     if args.cleanup {
         // Never the pins of a running agent: the lock it holds refuses us (`dataplane::lock`).

@@ -67,6 +67,15 @@ enum Command {
     /// Where the programs are attached, map fill levels, layout and agent versions.
     #[command(after_help = "Examples:\n  lb status\n  lb status --pin-path /sys/fs/bpf/lb -o json")]
     Status(ReadArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        lb completion bash > /etc/bash_completion.d/lb\n  \
+        lb completion zsh > \"${fpath[1]}/_lb\"\n  \
+        lb completion fish > ~/.config/fish/completions/lb.fish")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +136,11 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", status::show(&open_pins(&args.pin_path)?, args.output)?);
             Ok(())
         }
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
@@ -150,6 +164,19 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::Cli;
+
+    /// Completion scripts name the subcommands and their flags.
+    #[test]
+    fn completion_scripts_cover_the_commands() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in ["agent", "service", "status", "pin-path", "external-ip-cidrs"] {
+                assert!(script.contains(word), "{shell}: {word} missing");
+            }
+        }
+    }
 
     /// `lb --version` names the commit the binary was built from (as `lb_build_info` does).
     #[test]

@@ -242,10 +242,11 @@ fn point_55_v6_cli_shows_ipv6_frontends_backends_and_family_names() {
 }
 
 /// `--log-format json`: every line the agent writes is one JSON object with its level, its
-/// message and its fields, for log collectors; `lb --version` names the commit.
+/// message and its fields, for log collectors; `lb service get` shows one Service;
+/// `lb --version` names the commit.
 #[test]
-fn json_logs_are_one_object_per_line_and_the_version_names_the_commit() {
-    if !privilege::require("json_logs_are_one_object_per_line_and_the_version_names_the_commit") {
+fn json_logs_service_get_and_the_version() {
+    if !privilege::require("json_logs_service_get_and_the_version") {
         return;
     }
     let topo = Topology::new(1).unwrap();
@@ -263,6 +264,16 @@ fn json_logs_are_one_object_per_line_and_the_version_names_the_commit() {
     let synced = lines.iter().find(|l| l["message"] == "synced").unwrap_or_else(|| panic!("no synced line: {log}"));
     assert_eq!(synced["level"], "INFO");
     assert_eq!(synced["service_ports"], 1, "fields are JSON values: {synced}");
+
+    // `lb service get NAMESPACE/NAME`: that Service's rows; a Service not programmed is an error
+    // that says where to look.
+    let rows = json(&agent, &["service", "get", "demo/kubia"]);
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["service"].as_str().unwrap().starts_with("demo/kubia:")), "{rows:?}");
+    let pin = agent.pin_path.display().to_string();
+    let missing = lb(&["service", "get", "demo/nope", "--pin-path", &pin]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("demo/nope is not programmed") && err.contains("lb status"), "{err}");
 
     let version = lb(&["--version"]);
     let v = String::from_utf8_lossy(&version.stdout);

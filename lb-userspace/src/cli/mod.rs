@@ -83,6 +83,14 @@ enum ServiceCommand {
     /// Every frontend with its backends and their state (like `cilium service list`).
     #[command(after_help = "Examples:\n  lb service list\n  lb service list -o json")]
     List(ReadArgs),
+    /// One Service: every port and family, each frontend with its backends.
+    #[command(after_help = "Examples:\n  lb service get default/kubia\n  lb service get kube-system/kube-dns -o json")]
+    Get {
+        /// The Service, as NAMESPACE/NAME.
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
 }
 
 /// Options of the commands that read a running agent's pinned maps.
@@ -127,6 +135,18 @@ pub fn main() -> anyhow::Result<()> {
         Command::Service { command: ServiceCommand::List(args) } => {
             print!("{}", service::list(&open_pins(&args.pin_path)?, args.output)?);
             Ok(())
+        }
+        Command::Service { command: ServiceCommand::Get { name, read } } => {
+            anyhow::ensure!(name.split('/').count() == 2, "{name:?}: give the Service as NAMESPACE/NAME (e.g. default/kubia)");
+            match service::get(&open_pins(&read.pin_path)?, &name, read.output)? {
+                Some(rows) => {
+                    print!("{rows}");
+                    Ok(())
+                }
+                None => anyhow::bail!(
+                    "Service {name} is not programmed on this node: check its spelling (`lb service list`), and `lb status` for skipped or left-out Services"
+                ),
+            }
         }
         Command::Stats(args) => {
             print!("{}", stats::show(&open_pins(&args.pin_path)?, args.output)?);

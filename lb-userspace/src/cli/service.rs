@@ -1,5 +1,6 @@
 //! `lb service list`: every Service port as the datapath holds it, each frontend with its
-//! backends and their state (like `cilium service list`).
+//! backends and their state (like `cilium service list`); `lb service get NAMESPACE/NAME`: one
+//! Service's rows.
 
 use std::collections::BTreeMap;
 
@@ -29,10 +30,20 @@ struct BackendView {
 /// `cilium service list`). A dual-stack Service's port is two rows, one per family (names
 /// `ns/name:port/TCP` and `ns/name:port/TCP/IPv6`).
 pub fn list(maps: &PinnedMaps, output: Output) -> Result<String, MapError> {
-    Ok(render_service_list(&maps.state()?, output))
+    Ok(render_service_list(&maps.state()?, output, None))
 }
 
-fn render_service_list(st: &MapState, output: Output) -> String {
+/// `lb service get NAMESPACE/NAME`: the rows of one Service (every port and family); `None`
+/// when the maps hold none of it.
+pub fn get(maps: &PinnedMaps, name: &str, output: Output) -> Result<Option<String>, MapError> {
+    let st = maps.state()?;
+    let prefix = format!("{name}:");
+    let held = st.names.values().any(|n| n.as_str().starts_with(&prefix));
+    Ok(held.then(|| render_service_list(&st, output, Some(&prefix))))
+}
+
+/// The rows of every ServicePort, or of those whose name starts with `only`.
+fn render_service_list(st: &MapState, output: Output, only: Option<&str>) -> String {
     let mut views: Vec<ServiceView> = Vec::new();
     // One row per (ServicePort, endpoint set): frontends sharing a table are listed together.
     let mut by_table: BTreeMap<(u32, u32), usize> = BTreeMap::new();
@@ -60,6 +71,7 @@ fn render_service_list(st: &MapState, output: Output) -> String {
         });
         views[i].frontends.push(format!("{}/{}", endpoint(k.addr, k.port_be), proto_name(k.proto)));
     }
+    views.retain(|v| only.is_none_or(|p| v.service.starts_with(p)));
     views.sort_by(|a, b| (&a.service, &a.frontends).cmp(&(&b.service, &b.frontends)));
     match output {
         Output::Json => {
@@ -138,7 +150,7 @@ pub(super) mod tests {
     #[test]
     fn point_55_service_list_shows_both_families() {
         let st = dual_stack_state();
-        let json: serde_json::Value = serde_json::from_str(&render_service_list(&st, Output::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_service_list(&st, Output::Json, None)).unwrap();
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
         };
@@ -164,9 +176,19 @@ pub(super) mod tests {
         assert_eq!(be4, ["10.0.1.1:8080"]);
         assert_eq!(be6, ["[fd00:1::1]:8080"]);
         // In the table: the IPv4 rows, then the IPv6 rows.
-        let table = render_service_list(&st, Output::Table);
+        let table = render_service_list(&st, Output::Table, None);
         let names: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
         assert_eq!(names, ["ns/web:http/TCP", "ns/web:http/TCP", "ns/web:http/TCP/IPv6", "ns/web:http/TCP/IPv6"], "{table}");
         assert!(table.contains("[fd00:96::10]:80/TCP") && table.contains("[fd00:1::1]:8080 (active)"), "{table}");
+    }
+
+    /// `lb service get ns/web` is the rows of that Service only (both families, every port).
+    #[test]
+    fn get_shows_one_service() {
+        let st = dual_stack_state();
+        let all = render_service_list(&st, Output::Table, None);
+        assert_eq!(render_service_list(&st, Output::Table, Some("ns/web:")), all);
+        let none = render_service_list(&st, Output::Json, Some("ns/other:"));
+        assert_eq!(none.trim(), "[]");
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{Dataplane, Result};
 use crate::maps::{
-    MapError, MapId, MapState, Op, diff,
+    MapError, MapId, MapState, Op, diff, diff_map,
     sizes::MapSizes,
     touched::{Touched, diff_touched},
 };
@@ -21,20 +21,43 @@ impl Dataplane {
 
     /// Makes the maps hold `desired` with the minimal writes, in the safe order. Capacity is
     /// checked before the first write, so a state that does not fit changes nothing.
+    ///
+    /// The writes are computed and made one map at a time (every map's upserts in table order,
+    /// then every map's deletes in reverse, [`diff_map`]): a first sync of 400,000 entries holds
+    /// one map's writes in memory, not all of them. A map whose upserts would overflow it
+    /// before its deletes make room takes the path of [`Dataplane::apply_touched`] (deletes
+    /// first) from where the maps are.
     pub fn apply(&mut self, desired: &MapState) -> Result<usize> {
-        let ops = diff(&self.shadow, desired);
-        self.apply_ops(desired, ops)
+        self.check_fits(desired)?;
+        let mut writes = 0;
+        for &map in MapId::ALL {
+            let (early, _) = diff_map(&self.shadow, desired, map);
+            let adds = early.iter().filter(|op| op.adds_to(&self.shadow)).count();
+            if self.shadow.counts()[map as usize] + adds > map.capacity(&self.limits) as usize {
+                let ops = diff(&self.shadow, desired);
+                return Ok(writes + self.apply_ops(desired, ops)?);
+            }
+            writes += self.write_ops(&early)?;
+        }
+        for &map in MapId::ALL.iter().rev() {
+            let (early, late) = diff_map(&self.shadow, desired, map);
+            writes += self.write_ops(&early)? + self.write_ops(&late)?;
+        }
+        Ok(writes)
     }
 
     /// [`Dataplane::apply`] when only `touched` keys can differ from what the maps hold (the
     /// incremental planner's pending keys): the diff looks at those keys only.
     pub fn apply_touched(&mut self, desired: &MapState, touched: &Touched) -> Result<usize> {
+        if touched.all {
+            return self.apply(desired);
+        }
         let ops = diff_touched(&self.shadow, desired, touched);
         self.apply_ops(desired, ops)
     }
 
-    /// Writes `ops`, which turn the maps into `desired`.
-    fn apply_ops(&mut self, desired: &MapState, mut ops: Vec<Op>) -> Result<usize> {
+    /// Refuses a state that cannot fit the maps, before any write.
+    fn check_fits(&self, desired: &MapState) -> Result<()> {
         for (map, wanted) in MapId::ALL.iter().zip(desired.counts()) {
             let limit = map.capacity(&self.limits);
             if wanted > limit as usize {
@@ -42,6 +65,12 @@ impl Dataplane {
             }
         }
         check_ids_fit(desired, &self.limits)?;
+        Ok(())
+    }
+
+    /// Writes `ops`, which turn the maps into `desired`.
+    fn apply_ops(&mut self, desired: &MapState, mut ops: Vec<Op>) -> Result<usize> {
+        self.check_fits(desired)?;
         if let Some((map, peak, limit)) = transition_overflow(&self.shadow, &ops, &self.limits) {
             // Upserts-before-deletes would need old and new entries at once: more than the map
             // holds. Delete first instead; flows of the services being changed may see a
@@ -53,7 +82,12 @@ impl Dataplane {
                 return Err(MapError::Full { name: map.name(), wanted, limit }.into());
             }
         }
-        // Runs of puts to one map go in batches (one syscall each), in order; deletes one by one.
+        self.write_ops(&ops)
+    }
+
+    /// Makes `ops` in order, the shadow following each write. Runs of puts to one map go in
+    /// batches (one syscall each); deletes one by one.
+    fn write_ops(&mut self, ops: &[Op]) -> Result<usize> {
         let mut i = 0;
         while i < ops.len() {
             let run = batch_run(&ops[i..]);

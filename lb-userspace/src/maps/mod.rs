@@ -17,7 +17,7 @@ pub mod touched;
 
 pub use addr::{addr16, ip_from16};
 pub use chunk::Chunk;
-pub use table::{KernelMaps, MapId, MapState, Op, diff};
+pub use table::{KernelMaps, MapId, MapState, Op, diff, diff_map};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps
 /// (`bpf_ktime_get_coarse_ns()`, the same clock at jiffy resolution)

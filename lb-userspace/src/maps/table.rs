@@ -130,29 +130,45 @@ macro_rules! agent_maps {
             }
         }
 
-        /// The minimal writes that turn `old` into `new`, in the safe order (module docs).
+        /// The minimal writes that turn `old` into `new`, in the safe order (module docs): every
+        /// map's early writes in table order, then every map's late writes in reverse.
         pub fn diff(old: &MapState, new: &MapState) -> Vec<Op> {
             let mut ops = Vec::new();
             let mut deletes: Vec<Vec<Op>> = Vec::with_capacity(MapId::COUNT);
-            $(
-                let delta = merge(&old.$field, &new.$field);
-                let mut late = Vec::new();
-                for (k, v) in delta.upserts {
-                    match old.$field.get(k).and_then(|o| Transition::widened(o, v)) {
-                        Some(wide) => {
-                            if old.$field.get(k) != Some(&wide) {
-                                ops.push(Op::$put(*k, wide));
-                            }
-                            late.push(Op::$put(*k, v.clone()));
-                        }
-                        None => ops.push(Op::$put(*k, v.clone())),
-                    }
-                }
-                late.extend(delta.removed.into_iter().map(|k| Op::$del(*k)));
+            for map in MapId::ALL {
+                let (early, late) = diff_map(old, new, *map);
+                ops.extend(early);
                 deletes.push(late);
-            )*
+            }
             ops.extend(deletes.into_iter().rev().flatten());
             ops
+        }
+
+        /// One map's part of [`diff`]: its early writes (upserts, or a widened value first) and
+        /// its late writes (the final value after a widening, and the deletes). Applying every
+        /// map's early writes in table order and then, on the result, every map's late writes
+        /// in reverse order (`diff_map` again) writes exactly what [`diff`] would, one map's
+        /// writes in memory at a time.
+        pub fn diff_map(old: &MapState, new: &MapState, map: MapId) -> (Vec<Op>, Vec<Op>) {
+            let (mut early, mut late) = (Vec::new(), Vec::new());
+            match map {
+                $(MapId::$id => {
+                    let delta = merge(&old.$field, &new.$field);
+                    for (k, v) in delta.upserts {
+                        match old.$field.get(k).and_then(|o| Transition::widened(o, v)) {
+                            Some(wide) => {
+                                if old.$field.get(k) != Some(&wide) {
+                                    early.push(Op::$put(*k, wide));
+                                }
+                                late.push(Op::$put(*k, v.clone()));
+                            }
+                            None => early.push(Op::$put(*k, v.clone())),
+                        }
+                    }
+                    late.extend(delta.removed.into_iter().map(|k| Op::$del(*k)));
+                })*
+            }
+            (early, late)
         }
 
         /// The kernel's agent-written maps, each checked to have the table's key and value

@@ -706,6 +706,39 @@ fn apply_of_diff_turns_old_into_new() {
     }
 }
 
+/// The dataplane's one-map-at-a-time apply (`diff_map`: every map's early writes in table
+/// order, then every map's late writes in reverse, each computed on the state reached so far)
+/// makes exactly the writes of `diff`, in the same order.
+#[test]
+fn diff_map_phases_make_the_writes_of_diff() {
+    use crate::maps::{MapId, diff_map};
+    let base = sample();
+    let mut other = base.clone();
+    other.services.remove(&spn("web", Protocol::Tcp));
+    Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.2.2", 53));
+    let mut ids = PlanMemory::default();
+    let states = [MapState::default(), plan_state(&base, &mut ids), plan_state(&other, &mut ids), MapState::default()];
+    for old in &states {
+        for new in &states {
+            let mut st = old.clone();
+            let mut written = Vec::new();
+            for &map in MapId::ALL {
+                let (early, _) = diff_map(&st, new, map);
+                st.apply(&early);
+                written.extend(early);
+            }
+            for &map in MapId::ALL.iter().rev() {
+                let (early, late) = diff_map(&st, new, map);
+                assert!(early.is_empty(), "{map:?}: nothing early is left after the first phase");
+                st.apply(&late);
+                written.extend(late);
+            }
+            assert_eq!(&st, new);
+            assert_eq!(written, diff(old, new));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restart adoption (PlanMemory::adopt)
 // ---------------------------------------------------------------------------------------------

@@ -108,6 +108,28 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
     assert_eq!(affinity[0]["client"], topo.pods[client].ip.to_string());
     let ct = json(&agent, &["maps", "dump", "conntrack"]);
     assert!(ct.as_array().unwrap().len() >= 10, "two entries per connection: {ct:#}");
+    // Conntrack filters: by Service, by backend (affinity: all five went to one), by address.
+    let by_svc = json(&agent, &["maps", "dump", "conntrack", "--service", "demo/kubia"]);
+    assert_eq!(by_svc.as_array().unwrap().len(), ct.as_array().unwrap().len(), "{by_svc:#}");
+    assert_eq!(json(&agent, &["maps", "dump", "conntrack", "--service", "demo/other"]), serde_json::json!([]));
+    let chosen = by_svc[0]["backend"].as_str().unwrap().to_owned();
+    let chosen_ip = chosen.rsplit_once(':').unwrap().0.to_owned();
+    let by_backend = json(&agent, &["maps", "dump", "conntrack", "--backend", &chosen_ip]);
+    assert!(by_backend.as_array().unwrap().iter().all(|r| r["backend"] == chosen.as_str()), "{by_backend:#}");
+    assert_eq!(by_backend.as_array().unwrap().len(), ct.as_array().unwrap().len(), "affinity: one backend for all");
+    let client_ip = topo.pods[client].ip.to_string();
+    let by_addr = json(&agent, &["maps", "dump", "conntrack", "--addr", &client_ip]);
+    assert_eq!(by_addr.as_array().unwrap().len(), ct.as_array().unwrap().len(), "every flow is the client's");
+    assert_eq!(json(&agent, &["maps", "dump", "conntrack", "--addr", "192.0.2.99"]), serde_json::json!([]));
+    let pin = agent.pin_path.display().to_string();
+    let misuse = lb(&["maps", "dump", "services", "--service", "demo/kubia", "--pin-path", &pin]);
+    assert!(!misuse.status.success() && String::from_utf8_lossy(&misuse.stderr).contains("filter the conntrack dump"));
+    // Members: both backends of the table; no source ranges on a ClusterIP.
+    let members = json(&agent, &["maps", "dump", "members"]);
+    let member_backends: BTreeSet<&str> = members.as_array().unwrap().iter().map(|m| m["backend"].as_str().unwrap()).collect();
+    assert_eq!(member_backends, backends.iter().copied().collect(), "{members:#}");
+    assert_eq!(json(&agent, &["maps", "dump", "source-ranges"]), serde_json::json!([]));
+    assert!(json(&agent, &["maps", "dump", "sock-revnat"]).is_array());
 
     // lb status: where the programs are attached, fill levels, versions.
     let status = json(&agent, &["status"]);

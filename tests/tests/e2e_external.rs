@@ -149,6 +149,19 @@ fn point_47_48_loadbalancer_ip_with_source_ranges() {
     // The NodePort of the same service is not restricted (point 48).
     let who = c.body(c.from_client(1, "http://192.168.77.1:30082/"));
     assert!(who.starts_with("You've hit kubia-"), "{who}");
+    // `lb maps dump source-ranges` shows the LoadBalancer IP and the range it admits.
+    let out = std::process::Command::new(lb_tests::bins::lb())
+        .args(["maps", "dump", "source-ranges", "-o", "json", "--pin-path"])
+        .arg(&c.agents[0].pin_path)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"frontend": LB_IP.to_string(), "source": "192.168.77.100/32"}]),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -18,6 +18,46 @@ pub enum Table {
     Affinity,
     Conntrack,
     Stats,
+    /// Each table's members (the backends a Service's endpoint set holds).
+    Members,
+    /// `loadBalancerSourceRanges`: the LoadBalancer IP and the source prefixes it admits.
+    SourceRanges,
+    /// The socket programs' reverse translations (node processes' UDP sockets).
+    SockRevnat,
+}
+
+/// Which conntrack entries `lb maps dump conntrack` shows (every given filter must match).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct CtFilter {
+    /// Only flows of this Service (`NAMESPACE/NAME`, any port and family).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub service: Option<String>,
+    /// Only flows translated to this backend (`IP` or `IP:PORT`, `[IPv6]:PORT`).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub backend: Option<String>,
+    /// Only flows with this address anywhere: source, destination, translation or SNAT.
+    #[arg(long, value_name = "IP")]
+    pub addr: Option<IpAddr>,
+}
+
+impl CtFilter {
+    fn is_empty(&self) -> bool {
+        self.service.is_none() && self.backend.is_none() && self.addr.is_none()
+    }
+
+    fn keeps(&self, r: &CtRow, ips: [IpAddr; 4]) -> bool {
+        self.service.as_ref().is_none_or(|s| r.service.starts_with(&format!("{s}:")))
+            && self.backend.as_ref().is_none_or(|b| backend_matches(b, &r.backend))
+            && self.addr.is_none_or(|a| ips.contains(&a))
+    }
+}
+
+/// `IP` matches the backend's address, `IP:PORT` (or `[IPv6]:PORT`) the endpoint.
+fn backend_matches(want: &str, endpoint: &str) -> bool {
+    if want.contains(']') || want.matches(':').count() == 1 {
+        return endpoint == want;
+    }
+    endpoint.rsplit_once(':').is_some_and(|(ip, _)| ip.trim_start_matches('[').trim_end_matches(']') == want)
 }
 
 #[derive(Serialize)]
@@ -80,6 +120,9 @@ struct CtRow {
     nat_to: String,
     snat: Option<String>,
     backend_id: u32,
+    /// The backend's endpoint (the translation of the forward direction, the source of the
+    /// reply).
+    backend: String,
     service: String,
     idle_s: u64,
     closing: bool,
@@ -138,8 +181,28 @@ pub(super) fn backends_table(st: &MapState, output: Output) -> String {
     })
 }
 
-/// Renders `table` from the maps pinned at `maps`.
-pub fn dump(maps: &PinnedMaps, table: Table, output: Output) -> Result<String, MapError> {
+#[derive(Serialize)]
+struct MemberRow {
+    select_id: u32,
+    backend_id: u32,
+    backend: String,
+}
+
+#[derive(Serialize)]
+struct SourceRangeRow {
+    frontend: IpAddr,
+    source: String,
+}
+
+#[derive(Serialize)]
+struct SockRevRow {
+    socket_cookie: u64,
+    backend: String,
+    frontend: String,
+}
+
+/// Renders `table` from the maps pinned at `maps`; `filter` narrows the conntrack dump.
+pub fn dump(maps: &PinnedMaps, table: Table, output: Output, filter: &CtFilter) -> Result<String, MapError> {
     let now = monotonic_ns();
     let idle = |t: u64| now.saturating_sub(t) / 1_000_000_000;
     Ok(match table {
@@ -200,22 +263,75 @@ pub fn dump(maps: &PinnedMaps, table: Table, output: Output) -> Result<String, M
                 vec![r.client.to_string(), r.service.clone(), r.backend_id.to_string(), r.idle_s.to_string()]
             })
         }
+        Table::Members => {
+            let st = maps.state()?;
+            let rows: Vec<MemberRow> = st
+                .members
+                .keys()
+                .map(|m| MemberRow {
+                    select_id: m.select_id,
+                    backend_id: m.backend_id,
+                    backend: st.backends.get(&m.backend_id).map_or_else(|| "(missing)".into(), |b| endpoint(b.addr, b.port_be)),
+                })
+                .collect();
+            out(output, &rows, &["SELECT-ID", "BACKEND-ID", "BACKEND"], |r| {
+                vec![r.select_id.to_string(), r.backend_id.to_string(), r.backend.clone()]
+            })
+        }
+        Table::SourceRanges => {
+            let rows: Vec<SourceRangeRow> = maps
+                .state()?
+                .source_ranges
+                .keys()
+                .map(|k| {
+                    let source = ip_from16(k.data.source);
+                    // The source prefix counts bits of the 16-byte form: 96 + n for IPv4 /n.
+                    let bits = k.prefix_len.saturating_sub(128);
+                    let len = if source.is_ipv4() { bits.saturating_sub(96) } else { bits };
+                    SourceRangeRow { frontend: ip_from16(k.data.frontend), source: format!("{source}/{len}") }
+                })
+                .collect();
+            out(output, &rows, &["LOADBALANCER-IP", "SOURCE-RANGE"], |r| vec![r.frontend.to_string(), r.source.clone()])
+        }
+        Table::SockRevnat => {
+            let rows: Vec<SockRevRow> = maps
+                .sock_revnat()?
+                .into_iter()
+                .map(|(k, v)| SockRevRow {
+                    socket_cookie: k.cookie,
+                    backend: endpoint(k.backend, k.backend_port_be),
+                    frontend: endpoint(v.frontend, v.frontend_port_be),
+                })
+                .collect();
+            out(output, &rows, &["SOCKET", "BACKEND", "FRONTEND"], |r| {
+                vec![r.socket_cookie.to_string(), r.backend.clone(), r.frontend.clone()]
+            })
+        }
         Table::Conntrack => {
             let st = maps.state()?;
             let mut rows: Vec<CtRow> = maps
                 .conntrack()?
                 .into_iter()
-                .map(|(k, v)| CtRow {
-                    direction: if k.dir == CT_DIR_FORWARD { "forward" } else { "reply" },
-                    source: endpoint(k.src, k.sport_be),
-                    destination: endpoint(k.dst, k.dport_be),
-                    protocol: proto_name(k.proto),
-                    nat_to: endpoint(v.nat_addr, v.nat_port_be),
-                    snat: (v.flags & lb_common::CT_F_SNAT != 0).then(|| endpoint(v.snat_addr, v.snat_port_be)),
-                    backend_id: v.backend_id,
-                    service: service_name(&st, v.svc_id),
-                    idle_s: idle(v.last_seen_ns),
-                    closing: v.flags & lb_common::CT_F_CLOSING != 0,
+                .filter_map(|(k, v)| {
+                    let ips = [ip_from16(k.src), ip_from16(k.dst), ip_from16(v.nat_addr), ip_from16(v.snat_addr)];
+                    let row = CtRow {
+                        direction: if k.dir == CT_DIR_FORWARD { "forward" } else { "reply" },
+                        source: endpoint(k.src, k.sport_be),
+                        destination: endpoint(k.dst, k.dport_be),
+                        protocol: proto_name(k.proto),
+                        nat_to: endpoint(v.nat_addr, v.nat_port_be),
+                        snat: (v.flags & lb_common::CT_F_SNAT != 0).then(|| endpoint(v.snat_addr, v.snat_port_be)),
+                        backend_id: v.backend_id,
+                        backend: if k.dir == CT_DIR_FORWARD {
+                            endpoint(v.nat_addr, v.nat_port_be)
+                        } else {
+                            endpoint(k.src, k.sport_be)
+                        },
+                        service: service_name(&st, v.svc_id),
+                        idle_s: idle(v.last_seen_ns),
+                        closing: v.flags & lb_common::CT_F_CLOSING != 0,
+                    };
+                    (filter.is_empty() || filter.keeps(&row, ips)).then_some(row)
                 })
                 .collect();
             rows.sort_by(|a, b| (a.direction, &a.source, &a.destination).cmp(&(b.direction, &b.source, &b.destination)));

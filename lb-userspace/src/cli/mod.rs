@@ -108,7 +108,7 @@ struct ReadArgs {
 enum MapsCommand {
     /// Print one map of a running agent.
     #[command(
-        after_help = "Examples:\n  lb maps dump services\n  lb maps dump backends -o json\n  lb maps dump stats --pin-path /sys/fs/bpf/lb"
+        after_help = "Examples:\n  lb maps dump services\n  lb maps dump backends -o json\n  lb maps dump members\n  lb maps dump source-ranges\n  lb maps dump conntrack --service default/kubia\n  lb maps dump conntrack --backend 10.244.1.5:8080 -o json\n  lb maps dump conntrack --addr 10.244.0.12\n  lb maps dump stats --pin-path /sys/fs/bpf/lb"
     )]
     Dump {
         /// The map to print.
@@ -119,6 +119,9 @@ enum MapsCommand {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Conntrack filters (with `conntrack` only).
+        #[command(flatten)]
+        filter: maps::CtFilter,
     },
 }
 
@@ -127,9 +130,13 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent(args) => agent::run(*args),
-        Command::Maps { command: MapsCommand::Dump { table, pin_path, output } } => {
+        Command::Maps { command: MapsCommand::Dump { table, pin_path, output, filter } } => {
+            anyhow::ensure!(
+                table == Table::Conntrack || (filter.service.is_none() && filter.backend.is_none() && filter.addr.is_none()),
+                "--service, --backend and --addr filter the conntrack dump: lb maps dump conntrack --service NAMESPACE/NAME"
+            );
             let maps = open_pins(&pin_path)?;
-            print!("{}", maps::dump(&maps, table, output)?);
+            print!("{}", maps::dump(&maps, table, output, &filter)?);
             Ok(())
         }
         Command::Service { command: ServiceCommand::List(args) } => {

@@ -72,6 +72,12 @@ impl PinnedMaps {
         self.hash(lb_common::AFFINITY)
     }
 
+    /// The socket programs' reverse translations (a node process's connected UDP socket →
+    /// the frontend its replies come from).
+    pub fn sock_revnat(&self) -> Result<Vec<(lb_common::SockRevKey, lb_common::SockRevValue)>> {
+        self.hash(lb_common::SOCK_REVNAT)
+    }
+
     /// Global counters summed over CPUs, indexed by `CNT_*`.
     pub fn counters(&self) -> Result<Vec<u64>> {
         let name = lb_common::STATS;

@@ -120,6 +120,23 @@ impl Drop for Setup {
     }
 }
 
+/// A kubeconfig file pointing at a test API server, removed however the test ends.
+struct Kubeconfig(std::path::PathBuf);
+
+impl Drop for Kubeconfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A test API server and a kubeconfig for it.
+fn api_server() -> (ApiServer, Kubeconfig) {
+    let api = ApiServer::start().expect("api server");
+    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
+    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    (api, kubeconfig)
+}
+
 fn setup(test: &str) -> Option<Setup> {
     if !privilege::require(test) {
         return None;
@@ -286,15 +303,7 @@ fn point_46_a_refused_service_gets_one_kubernetes_event_for_the_cluster() {
     if !privilege::require(test) {
         return;
     }
-    struct Kubeconfig(std::path::PathBuf);
-    impl Drop for Kubeconfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let api = ApiServer::start().expect("api server");
-    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
-    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    let (api, kubeconfig) = api_server();
     let topo = Topology::new(2).expect("topology");
     let capture = |external_ip: &str| {
         json!({
@@ -384,16 +393,7 @@ fn point_50_healthz_fails_while_the_node_carries_the_autoscaler_deletion_taint()
     if !privilege::require(test) {
         return;
     }
-    /// Removes the kubeconfig however the test ends.
-    struct Kubeconfig(std::path::PathBuf);
-    impl Drop for Kubeconfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let api = ApiServer::start().expect("api server");
-    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
-    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    let (api, kubeconfig) = api_server();
     let topo = Topology::new(1).expect("topology");
     let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
@@ -464,15 +464,7 @@ fn kube_proxy_metrics_report_network_programming_latency() {
     if !privilege::require(test) {
         return;
     }
-    struct Kubeconfig(std::path::PathBuf);
-    impl Drop for Kubeconfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let api = ApiServer::start().expect("api server");
-    let kubeconfig = Kubeconfig(std::env::temp_dir().join(format!("lbt-{}-kubeconfig", unique_token())));
-    api.kubeconfig(&kubeconfig.0).expect("kubeconfig");
+    let (api, kubeconfig) = api_server();
     let topo = Topology::new(1).expect("topology");
     let addr = free_addr();
     let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);

@@ -121,40 +121,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let old_out = out_dir.join(format!("{short}-against.json"));
         if let Some(old) = &old_agent {
             println!("bench: {short}: with {}'s agent ({})", old.rev, old.sha);
-            let mut c = cargo();
-            c.args(["bench", "--package", "lb-tests", "--bench", name, "--"]);
-            if args.quick {
-                c.arg("--quick");
-            }
-            let status = c
-                .arg("--out")
-                .arg(&old_out)
-                .env("LB_BIN", &old.lb)
-                .env("LB_TESTPOD_BIN", &testpod)
-                .status()
-                .with_context(|| format!("running cargo bench --bench {name} with {}'s agent", old.rev))?;
-            if !status.success() {
-                bail!("benchmark {name} with {}'s agent failed", old.rev);
-            }
+            run_bench(name, args.quick, &old_out, &old.lb, &testpod)
+                .with_context(|| format!("benchmark {name} with {}'s agent", old.rev))?;
             println!("bench: {short}: with this tree's agent");
         }
         println!("bench: {short}: cargo bench -p lb-tests --bench {name}{}", if args.quick { " -- --quick" } else { "" });
         let t = Instant::now();
-        let mut c = cargo();
-        c.args(["bench", "--package", "lb-tests", "--bench", name, "--"]);
-        if args.quick {
-            c.arg("--quick");
-        }
-        let status = c
-            .arg("--out")
-            .arg(&out)
-            .env("LB_BIN", &lb)
-            .env("LB_TESTPOD_BIN", &testpod)
-            .status()
-            .with_context(|| format!("running cargo bench --bench {name}"))?;
-        if !status.success() {
-            bail!("benchmark {name} failed");
-        }
+        run_bench(name, args.quick, &out, &lb, &testpod)?;
         if let Some(old) = &old_agent {
             let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
             let o: Value = serde_json::from_str(&std::fs::read_to_string(&old_out)?)?;
@@ -192,6 +165,26 @@ fn report(out_dir: &Path, report_dir: &Path, started: Instant) -> anyhow::Result
 }
 
 /// Adds the command and the bench's wall time to its results file.
+/// Runs bench `name` with the agent `lb` (and `testpod`), writing its results to `out`.
+fn run_bench(name: &str, quick: bool, out: &Path, lb: &Path, testpod: &Path) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["bench", "--package", "lb-tests", "--bench", name, "--"]);
+    if quick {
+        c.arg("--quick");
+    }
+    let status = c
+        .arg("--out")
+        .arg(out)
+        .env("LB_BIN", lb)
+        .env("LB_TESTPOD_BIN", testpod)
+        .status()
+        .with_context(|| format!("running cargo bench --bench {name}"))?;
+    if !status.success() {
+        bail!("benchmark {name} failed");
+    }
+    Ok(())
+}
+
 fn annotate(path: &Path, command: &str, secs: f64) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut v: Value = serde_json::from_str(&text)?;

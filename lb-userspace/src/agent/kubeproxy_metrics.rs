@@ -12,14 +12,49 @@ use std::{
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::metrics::{State, header, histogram};
-use crate::source::ClusterObjects;
+use super::exposition::{Histogram, header, histogram};
+use crate::{
+    model::kubernetes::{LABEL_SERVICE_NAME, TRIGGER_TIME_ANNOTATION},
+    source::ClusterObjects,
+};
 
-/// The EndpointSlice annotation the EndpointSlice controller sets to the time of the change
-/// (a pod becoming ready, a Service edited) that made it write the slice.
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Buckets of `kubeproxy_sync_proxy_rules_duration_seconds`: kube-proxy's (1 ms doubling to
+/// 16 s), so that its dashboards' quantiles read the same.
+pub const SYNC_WORK_BUCKETS: &[f64] =
+    &[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384];
 
-pub(super) fn render(o: &mut String, state: &State) {
+/// Buckets of `kubeproxy_network_programming_duration_seconds`: finer than kube-proxy's at the
+/// low end (an eBPF sync takes milliseconds), its range (to 5 minutes) at the top.
+pub const PROGRAMMING_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0];
+
+/// What kube-proxy's metrics report, as the agent records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeProxyState {
+    /// The work of each successful sync (kube-proxy's `sync_proxy_rules_duration`).
+    pub sync_work: Histogram,
+    /// Unix time of the last successful sync.
+    pub last_sync_unix: Option<f64>,
+    /// Trigger time of an EndpointSlice change → the maps hold it.
+    pub programming: Histogram,
+    /// Watch events of Services and EndpointSlices (kube source).
+    pub service_changes: u64,
+    pub endpoint_changes: u64,
+}
+
+impl Default for KubeProxyState {
+    fn default() -> Self {
+        Self {
+            sync_work: Histogram::new(SYNC_WORK_BUCKETS),
+            last_sync_unix: None,
+            programming: Histogram::new(PROGRAMMING_BUCKETS),
+            service_changes: 0,
+            endpoint_changes: 0,
+        }
+    }
+}
+
+pub(super) fn render(o: &mut String, state: &KubeProxyState) {
     histogram(
         o,
         "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -85,7 +120,7 @@ impl ProgrammingLatency {
             }
             let ns = meta.namespace.as_deref().unwrap_or("default");
             if let Some(changed) = changed {
-                let service = meta.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+                let service = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME));
                 if !service.is_some_and(|s| changed.contains(&format!("{ns}/{s}"))) {
                     continue;
                 }

@@ -41,7 +41,12 @@ use std::{
 use lb_common::FlowCounters;
 use tracing::debug;
 
-use super::http::{self, Handler, Response};
+pub use super::exposition::Histogram;
+use super::{
+    exposition::{header, histogram},
+    http::{self, Handler, Response},
+    kubeproxy_metrics::KubeProxyState,
+};
 use crate::{
     maps::{pinned::PinnedMaps, sizes::MapSizes},
     model::{ServicePortName, Skipped},
@@ -54,43 +59,10 @@ pub const SYNC_DURATION_BUCKETS: &[f64] =
 /// `reason` of `lb_sync_errors_total`, always exported (0 until it happens).
 pub const SYNC_ERROR_REASONS: &[&str] = &["map_full", "map_write", "source", "other"];
 
-/// Buckets of `kubeproxy_sync_proxy_rules_duration_seconds`: kube-proxy's (1 ms doubling to
-/// 16 s), so that its dashboards' quantiles read the same.
-pub const SYNC_WORK_BUCKETS: &[f64] =
-    &[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384];
-
-/// Buckets of `kubeproxy_network_programming_duration_seconds`: finer than kube-proxy's at the
-/// low end (an eBPF sync takes milliseconds), its range (to 5 minutes) at the top.
-pub const PROGRAMMING_BUCKETS: &[f64] =
-    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0];
-
 /// `result` of `lb_events_total`, always exported (0 until it happens).
 pub const EVENT_RESULTS: &[&str] = &["created", "exists", "failed", "dropped"];
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// A Prometheus histogram with fixed buckets.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Non-cumulative count per bucket (the last one is `+Inf`).
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
-}
 
 /// What the last successful sync programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,15 +100,8 @@ pub struct State {
     pub invalid_files: usize,
     /// Kubernetes Events written (or not), by result ([`EVENT_RESULTS`]).
     pub events: BTreeMap<&'static str, u64>,
-    /// The work of each successful sync (kube-proxy's `sync_proxy_rules_duration`).
-    pub sync_work: Histogram,
-    /// Unix time of the last successful sync.
-    pub last_sync_unix: Option<f64>,
-    /// Trigger time of an EndpointSlice change → the maps hold it.
-    pub programming: Histogram,
-    /// Watch events of Services and EndpointSlices (kube source).
-    pub service_changes: u64,
-    pub endpoint_changes: u64,
+    /// What kube-proxy's metrics report.
+    pub kube_proxy: KubeProxyState,
 }
 
 impl Default for State {
@@ -156,11 +121,7 @@ impl Default for State {
             left_out: BTreeMap::new(),
             invalid_files: 0,
             events: EVENT_RESULTS.iter().map(|r| (*r, 0)).collect(),
-            sync_work: Histogram::new(SYNC_WORK_BUCKETS),
-            last_sync_unix: None,
-            programming: Histogram::new(PROGRAMMING_BUCKETS),
-            service_changes: 0,
-            endpoint_changes: 0,
+            kube_proxy: KubeProxyState::default(),
         }
     }
 }
@@ -188,23 +149,23 @@ impl Metrics {
         let mut s = self.lock();
         s.sync_ok += 1;
         s.sync_duration.observe(latency.as_secs_f64());
-        s.sync_work.observe(work.as_secs_f64());
-        s.last_sync_unix = now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+        s.kube_proxy.sync_work.observe(work.as_secs_f64());
+        s.kube_proxy.last_sync_unix = now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
     }
 
     /// EndpointSlice changes reached the maps this long after their trigger times.
     pub fn programmed(&self, latencies: &[Duration]) {
         let mut s = self.lock();
         for l in latencies {
-            s.programming.observe(l.as_secs_f64());
+            s.kube_proxy.programming.observe(l.as_secs_f64());
         }
     }
 
     /// The source's watch events so far (Services, EndpointSlices).
     pub fn set_changes(&self, services: u64, endpoint_slices: u64) {
         let mut s = self.lock();
-        s.service_changes = services;
-        s.endpoint_changes = endpoint_slices;
+        s.kube_proxy.service_changes = services;
+        s.kube_proxy.endpoint_changes = endpoint_slices;
     }
 
     /// A sync failed (`reason` is one of [`SYNC_ERROR_REASONS`]).
@@ -302,24 +263,6 @@ fn esc(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
-pub(super) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// A histogram family: its cumulative buckets, sum and count.
-pub(super) fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(o, name, "histogram", help);
-    let mut cumulative = 0;
-    for (bound, n) in h.bounds.iter().zip(&h.counts) {
-        cumulative += n;
-        let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-    }
-    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(o, "{name}_sum {}", h.sum);
-    let _ = writeln!(o, "{name}_count {}", h.count);
-}
-
 /// The text exposition of `state` and, when readable, the datapath counters.
 pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     let mut o = String::new();
@@ -377,7 +320,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         "Time from a change being seen in the source to the maps holding it.",
         &state.sync_duration,
     );
-    super::kubeproxy_metrics::render(&mut o, state);
+    super::kubeproxy_metrics::render(&mut o, &state.kube_proxy);
     super::process_metrics::render(&mut o);
 
     header(&mut o, "lb_sync_total", "counter", "Syncs of the source to the maps, by result.");

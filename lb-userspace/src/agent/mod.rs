@@ -19,12 +19,12 @@ use crate::{
 };
 
 mod events;
+mod exposition;
 mod feed;
 mod fit;
 pub mod health;
 pub mod http;
 mod kubeproxy_metrics;
-pub use kubeproxy_metrics::TRIGGER_TIME_ANNOTATION;
 pub mod metrics;
 pub mod preflight;
 mod process_metrics;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::metrics::header;
+use super::exposition::header;
 
 pub(super) fn render(o: &mut String) {
     // SAFETY: sysconf has no preconditions.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use lb_common::{MAGLEV_CHUNK, MaglevChunk};
 
-use super::{codec::Kernel, table::Transition};
+use super::codec::Kernel;
 
 /// A planned Maglev table: slot → index into `ids` (the slots shared with the planner's table
 /// cache), and the backend ids those indices name.
@@ -101,8 +101,6 @@ impl Kernel for Chunk {
         MaglevChunk::from_bytes(bytes).into()
     }
 }
-
-impl Transition for Chunk {}
 
 #[cfg(test)]
 mod tests {

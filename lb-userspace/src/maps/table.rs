@@ -317,6 +317,7 @@ impl Transition for () {}
 impl Transition for Arc<SvcName> {}
 impl Transition for Backend {}
 impl Transition for ServiceValue {}
+impl Transition for Chunk {}
 
 /// What differs between two versions of one map.
 struct MapDelta<'a, K, V> {

@@ -37,6 +37,10 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Annotation choosing the backend selection of a Service: `maglev` (default) or `random`.
 pub const ANNOTATION_SELECTION: &str = "lb.dev/selection";
+/// The EndpointSlice annotation the EndpointSlice controller sets to the time of the change (a
+/// pod becoming ready, a Service edited) that made it write the slice: the start of kube-proxy's
+/// network programming latency.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// API default of `sessionAffinityConfig.clientIP.timeoutSeconds` (point 24).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// Maximum accepted affinity timeout (point 24).

@@ -232,7 +232,7 @@ impl Slim for EndpointSlice {
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
         if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == crate::agent::TRIGGER_TIME_ANNOTATION);
+            a.retain(|k, _| k == crate::model::kubernetes::TRIGGER_TIME_ANNOTATION);
         }
         for ep in &mut self.endpoints {
             ep.target_ref = None;

@@ -16,18 +16,25 @@ pub(super) enum Feed {
 }
 
 impl Feed {
+    /// Starts the source: the kube source's watches begin listing in the background (they
+    /// run while the datapath loads); [`Feed::wait_ready`] waits for their initial lists.
     pub(super) async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
         Ok(match &cfg.source {
             Source::File(dir) => Self::File(FileSource::new(dir)),
             Source::Kube(kubeconfig) => {
                 let client = crate::source::kube::client(kubeconfig.as_deref()).await.context("connecting to the API server")?;
                 let source = KubeSource::start(client.clone(), &cfg.node_name).await.context("starting the watches")?;
-                info!("waiting for the initial lists of Services, EndpointSlices and Nodes");
-                // Point 7: nothing is programmed (or flushed) before every initial list is in.
-                source.wait_ready().await;
                 Self::Kube { source, changed: true, client }
             }
         })
+    }
+
+    /// Point 7: nothing is programmed (or flushed) before every initial list is in.
+    pub(super) async fn wait_ready(&self) {
+        if let Self::Kube { source, .. } = self {
+            info!("waiting for the initial lists of Services, EndpointSlices and Nodes");
+            source.wait_ready().await;
+        }
     }
 
     /// Watch events of Services and EndpointSlices so far (the kube source; 0 for files).

@@ -126,6 +126,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(addr) = cfg.metrics_addr {
         spawn_listener("metrics (/metrics)", addr, metrics_handler(metrics.clone()));
     }
+    // The source first: the kube source's initial lists stream in while the datapath loads
+    // (starting it does no I/O; the lists are waited for below, after the attach).
+    let mut feed = Feed::start(&cfg).await.map_err(|e| fresh.undo(e))?;
     let mut dp = Dataplane::load(&cfg.dataplane).context("loading the datapath").map_err(|e| fresh.undo(e))?;
     metrics.set_map_sizes(*dp.limits());
     let mut status = StatusRecord::new();
@@ -137,19 +140,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Starting the source may wait for the API server; a signal meanwhile ends the agent
+    // The initial lists may wait for the API server; a signal meanwhile ends the agent
     // cleanly (the datapath keeps serving what the pinned maps hold).
-    let mut feed = tokio::select! {
-        feed = Feed::start(&cfg) => match feed {
-            Ok(feed) => feed,
-            Err(e) => {
-                drop(dp);
-                return Err(fresh.undo(e));
-            }
-        },
+    tokio::select! {
+        () = feed.wait_ready() => {}
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
-    };
+    }
     let mut sync = SyncState::new(cfg.plan, metrics.clone());
     let mut events = events::ServiceEvents::start(feed.client(), &cfg.node_name, metrics.clone());
     let mut programming = kubeproxy_metrics::ProgrammingLatency::new(SystemTime::now());

@@ -469,7 +469,7 @@ fn kube_proxy_metrics_report_network_programming_latency() {
     let addr = free_addr();
     let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", vec![]);
     opts.source = Some(format!("kube:{}", kubeconfig.0.display()));
-    opts.extra_args = vec!["--metrics-addr".into(), addr.to_string()];
+    opts.extra_args = vec!["--metrics-addr".into(), addr.to_string(), "--metrics-backends".into()];
     let agent = Agent::start(&bins::lb(), &opts, &[]).expect("agent");
     let get = |sample: &str| metric(addr, sample);
     let wait = |what: &str, pred: &dyn Fn() -> bool| {
@@ -519,6 +519,10 @@ fn kube_proxy_metrics_report_network_programming_latency() {
     wait("the edit synced", &|| get("kubeproxy_sync_proxy_rules_endpoint_changes_total").is_some_and(|n| n >= 2));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get("kubeproxy_network_programming_duration_seconds_count"), Some(1), "a trigger time is counted once");
+    // `--metrics-backends`: the backend's own series, by endpoint (no traffic sent: 0).
+    wait("the backend's series", &|| {
+        get(&format!("lb_backend_packets_total{{backend=\"10.244.0.78:{HTTP_PORT}\",protocol=\"TCP\"}}")) == Some(0)
+    });
 
     let families = prometheus_families(http_get(addr, "/metrics").unwrap().split_once("\r\n\r\n").unwrap().1);
     for want in [
@@ -530,6 +534,7 @@ fn kube_proxy_metrics_report_network_programming_latency() {
         "lb_build_info gauge",
         "process_resident_memory_bytes gauge",
         "lb_sync_duration_seconds histogram",
+        "lb_backend_packets counter",
     ] {
         assert!(families.iter().any(|f| f.starts_with(&format!("{want} "))), "{want}: {families:#?}");
     }

@@ -20,6 +20,7 @@
 //! | `kubeproxy_sync_proxy_rules_last_timestamp_seconds` (unix time of the last successful sync) | gauge | |
 //! | `kubeproxy_network_programming_duration_seconds` (an EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` → the maps hold it; changes after the agent started) | histogram | |
 //! | `kubeproxy_sync_proxy_rules_service_changes_total`, `kubeproxy_sync_proxy_rules_endpoint_changes_total` (watch events of Services and EndpointSlices, kube source) | counter | |
+//! | `lb_backend_packets_total`, `lb_backend_bytes_total` (only with `--metrics-backends`) | counter | `backend` (endpoint), `protocol` |
 //! | `lb_build_info` (always 1) | gauge | `version`, `commit` |
 //! | `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | Prometheus' process collector names | |
 //! | `lb_events_total` (Kubernetes Events on skipped Services, kube source) | counter | `result` = `created`, `exists` (another node's agent wrote it), `failed`, `dropped` (queue full) |
@@ -131,12 +132,21 @@ impl Default for State {
 pub struct Metrics {
     /// Where the datapath counters are read at scrape time (`None`: not exported).
     pin_path: Option<PathBuf>,
+    /// Export a series per backend too (`--metrics-backends`).
+    per_backend: bool,
     state: Mutex<State>,
 }
 
 impl Metrics {
     pub fn new(pin_path: Option<PathBuf>) -> Self {
-        Self { pin_path, state: Mutex::new(State::default()) }
+        Self { pin_path, per_backend: false, state: Mutex::new(State::default()) }
+    }
+
+    /// With a packet and a byte series per backend (two series per endpoint of the cluster:
+    /// opt-in, `--metrics-backends`).
+    pub fn with_backend_series(mut self) -> Self {
+        self.per_backend = true;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -234,7 +244,7 @@ impl Metrics {
 
     /// The exposition, with the datapath counters read now from the pinned maps.
     pub fn scrape(&self) -> String {
-        let datapath = self.pin_path.as_deref().and_then(|p| match read_datapath(p) {
+        let datapath = self.pin_path.as_deref().and_then(|p| match read_datapath(p, self.per_backend) {
             Ok(d) => Some(d),
             Err(e) => {
                 debug!(error = %e, "datapath counters not readable");
@@ -251,11 +261,14 @@ pub struct DatapathCounters {
     /// Indexed like [`lb_common::COUNTER_NAMES`].
     pub global: Vec<u64>,
     pub services: Vec<(u32, FlowCounters)>,
+    /// Per backend, when asked for (`--metrics-backends`).
+    pub backends: Vec<(lb_common::Backend, FlowCounters)>,
 }
 
-pub fn read_datapath(pin_path: &Path) -> Result<DatapathCounters, crate::maps::MapError> {
+pub fn read_datapath(pin_path: &Path, per_backend: bool) -> Result<DatapathCounters, crate::maps::MapError> {
     let maps = PinnedMaps::open(pin_path)?;
-    Ok(DatapathCounters { global: maps.counters()?, services: maps.service_counters()? })
+    let backends = if per_backend { maps.backend_counters_by_backend()? } else { Vec::new() };
+    Ok(DatapathCounters { global: maps.counters()?, services: maps.service_counters()?, backends })
 }
 
 /// A label value, escaped.
@@ -363,6 +376,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         return o;
     };
     datapath_families(&mut o, &dp.global);
+    backend_families(&mut o, &dp.backends);
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
     let mut per_service: Vec<(&ServicePortName, &FlowCounters)> =
         dp.services.iter().filter_map(|(id, st)| p.names.get(id).map(|n| (n.as_ref(), st))).collect();
@@ -387,6 +401,30 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         }
     }
     o
+}
+
+/// `--metrics-backends`: packets and bytes each backend received, labelled with its endpoint
+/// and protocol.
+fn backend_families(o: &mut String, backends: &[(lb_common::Backend, FlowCounters)]) {
+    if backends.is_empty() {
+        return;
+    }
+    for (name, help, bytes) in [
+        ("lb_backend_packets_total", "Packets translated to a backend.", false),
+        ("lb_backend_bytes_total", "Bytes translated to a backend.", true),
+    ] {
+        header(o, name, "counter", help);
+        for (be, c) in backends {
+            let endpoint = std::net::SocketAddr::new(crate::maps::ip_from16(be.addr), u16::from_be(be.port_be));
+            let protocol = match be.proto {
+                lb_common::IPPROTO_TCP => "TCP",
+                lb_common::IPPROTO_UDP => "UDP",
+                _ => "SCTP",
+            };
+            let v = if bytes { c.bytes } else { c.packets };
+            let _ = writeln!(o, "{name}{{backend=\"{endpoint}\",protocol=\"{protocol}\"}} {v}");
+        }
+    }
 }
 
 /// The datapath's counters ([`lb_common::COUNTER_NAMES`]) as families whose sums mean

@@ -148,6 +148,7 @@ fn datapath_counters_are_named_and_services_labelled() {
             (3, FlowCounters { packets: 5, bytes: 500, new_flows: 5 }),
             (99, FlowCounters { packets: 1, bytes: 1, new_flows: 1 }), // no longer programmed
         ],
+        backends: vec![],
     };
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
@@ -191,7 +192,11 @@ fn dual_stack_service_ports_are_separate_series() {
         ..Programmed::default()
     });
     let stats = |packets| FlowCounters { packets, bytes: 0, new_flows: 0 };
-    let dp = DatapathCounters { global: vec![0; lb_common::CNT_MAX as usize], services: vec![(1, stats(3)), (2, stats(4))] };
+    let dp = DatapathCounters {
+        global: vec![0; lb_common::CNT_MAX as usize],
+        services: vec![(1, stats(3)), (2, stats(4))],
+        backends: vec![],
+    };
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
     for want in [
@@ -208,7 +213,7 @@ fn every_sample_line_is_well_formed() {
     m.sync_ok(Duration::from_millis(3), Duration::from_millis(1), SystemTime::now());
     let reason = crate::model::Rejection::of(crate::model::RejectedField::Spec, "missing");
     m.set_rejected(&[Skipped { object: "Service a/b".into(), reason }]);
-    let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![] };
+    let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![], backends: vec![] };
     let out = render(&m.snapshot(), Some(&dp));
     let mut typed = BTreeSet::new();
     for line in out.lines() {
@@ -282,4 +287,32 @@ fn kube_proxy_names_build_info_and_process_metrics_are_exported() {
     for name in ["process_cpu_seconds_total ", "process_open_fds ", "process_max_fds ", "process_start_time_seconds "] {
         assert!(l.iter().any(|l| l.starts_with(name)), "missing {name} in\n{out}");
     }
+}
+
+/// `--metrics-backends`: a packet and a byte series per backend, by endpoint and protocol;
+/// without it, none.
+#[test]
+fn backend_series_are_labelled_by_endpoint_and_protocol() {
+    let m = Metrics::new(None);
+    let be = |addr: [u8; 16], port: u16, proto| lb_common::Backend { addr, port_be: port.to_be(), proto, ..Default::default() };
+    let v6: [u8; 16] = "fd00:1::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let backends = vec![
+        (
+            be(lb_common::v4_mapped([10, 244, 0, 5]), 8080, lb_common::IPPROTO_TCP),
+            FlowCounters { packets: 7, bytes: 700, new_flows: 1 },
+        ),
+        (be(v6, 53, lb_common::IPPROTO_UDP), FlowCounters { packets: 2, bytes: 90, new_flows: 2 }),
+    ];
+    let dp = DatapathCounters { global: vec![0; lb_common::CNT_MAX as usize], services: vec![], backends };
+    let out = render(&m.snapshot(), Some(&dp));
+    let l = lines(&out);
+    for want in [
+        "lb_backend_packets_total{backend=\"10.244.0.5:8080\",protocol=\"TCP\"} 7",
+        "lb_backend_bytes_total{backend=\"10.244.0.5:8080\",protocol=\"TCP\"} 700",
+        "lb_backend_packets_total{backend=\"[fd00:1::1]:53\",protocol=\"UDP\"} 2",
+    ] {
+        assert!(l.contains(&want), "missing {want:?} in\n{out}");
+    }
+    let none = DatapathCounters { backends: vec![], ..dp };
+    assert!(!render(&m.snapshot(), Some(&none)).contains("lb_backend_"));
 }

@@ -90,6 +90,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// Prometheus metrics listener (`GET /metrics`); `None`: no listener.
     pub metrics_addr: Option<SocketAddr>,
+    /// Per-backend series in the metrics (`--metrics-backends`).
+    pub metrics_backends: bool,
     /// `/healthz` and `/livez` listener; `None`: no listener.
     pub health_addr: Option<SocketAddr>,
     /// `/healthz` fails once a change has waited longer than twice this.
@@ -119,7 +121,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _pin_lock = crate::dataplane::lock::PinLock::create_and_acquire(&cfg.dataplane.pin_path)?;
     // Up first: /healthz says 503 until the first sync, including while the source starts.
     let health = Arc::new(ProxyHealth::new(cfg.sync_period));
-    let metrics = Arc::new(Metrics::new(Some(cfg.dataplane.pin_path.clone())));
+    let metrics = Metrics::new(Some(cfg.dataplane.pin_path.clone()));
+    let metrics = Arc::new(if cfg.metrics_backends { metrics.with_backend_series() } else { metrics });
     if let Some(addr) = cfg.health_addr {
         spawn_listener("health (/healthz, /livez)", addr, health_handler(health.clone()));
     }

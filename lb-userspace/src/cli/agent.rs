@@ -111,6 +111,10 @@ pub(super) struct AgentArgs {
     /// agent's own network namespace; keep it on loopback unless the port is firewalled.
     #[arg(long, value_name = "IP:PORT|none", default_value = "127.0.0.1:9964", value_parser = parse_listen_addr)]
     metrics_addr: Listen,
+    /// Also export a packet and a byte series per backend (`lb_backend_packets_total`,
+    /// `lb_backend_bytes_total`): two series per endpoint of the cluster, so off by default.
+    #[arg(long)]
+    metrics_backends: bool,
     /// kube-proxy-compatible `/healthz` and `/livez` listener, IP:PORT or `none`.
     #[arg(long, value_name = "IP:PORT|none", default_value = "127.0.0.1:10256", value_parser = parse_listen_addr)]
     health_addr: Listen,
@@ -245,6 +249,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<()> {
         plan: PlanConfig { maglev_table_size: args.maglev_table_size },
         poll_interval: Duration::from_millis(args.poll_ms),
         metrics_addr: args.metrics_addr.0,
+        metrics_backends: args.metrics_backends,
         health_addr: args.health_addr.0,
         sync_period: args.sync_period,
         repair_period: args.repair_period,

@@ -94,16 +94,34 @@ impl PinnedMaps {
 
     /// Per-backend counters summed over CPUs, by backend id: the backends `LB_BACKENDS` holds.
     pub fn backend_counters(&self) -> Result<Vec<(u32, FlowCounters)>> {
+        let ids = self.backends()?.into_iter().map(|(id, _)| id).collect();
+        self.per_cpu_stats(lb_common::BACKEND_STATS, ids)
+    }
+
+    /// Per-backend counters with each backend (address, port, protocol).
+    pub fn backend_counters_by_backend(&self) -> Result<Vec<(lb_common::Backend, FlowCounters)>> {
+        let backends: std::collections::BTreeMap<u32, lb_common::Backend> = self.backends()?.into_iter().collect();
+        let ids = backends.keys().copied().collect();
+        Ok(self
+            .per_cpu_stats(lb_common::BACKEND_STATS, ids)?
+            .into_iter()
+            .filter_map(|(id, c)| Some((*backends.get(&id)?, c)))
+            .collect())
+    }
+
+    /// The backends `LB_BACKENDS` holds, by id.
+    fn backends(&self) -> Result<Vec<(u32, lb_common::Backend)>> {
         let name = lb_common::BACKENDS;
         let arr: aya::maps::Array<MapData, lb_common::Backend> =
             aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
-        let mut ids = Vec::new();
+        let mut out = Vec::new();
         for (id, be) in arr.iter().enumerate() {
-            if be.map_err(MapError::typed(name, "read"))?.is_set() {
-                ids.push(id as u32);
+            let be = be.map_err(MapError::typed(name, "read"))?;
+            if be.is_set() {
+                out.push((id as u32, be));
             }
         }
-        self.per_cpu_stats(lb_common::BACKEND_STATS, ids)
+        Ok(out)
     }
 
     fn per_cpu_stats(&self, name: &'static str, mut ids: Vec<u32>) -> Result<Vec<(u32, FlowCounters)>> {

@@ -356,19 +356,11 @@ fn tools(steps: &[Step]) -> Vec<String> {
     tools
 }
 
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// What keeps the plan from running here, e.g. `["kind is not installed"]`.
 fn problems(tools: &[String]) -> Vec<String> {
-    let mut problems: Vec<String> = tools.iter().filter(|t| !installed(t)).map(|t| format!("{t} is not installed")).collect();
-    if tools.iter().any(|t| t == "docker") && installed("docker") {
+    let mut problems: Vec<String> =
+        tools.iter().filter(|t| !crate::setup::have(t)).map(|t| format!("{t} is not installed")).collect();
+    if tools.iter().any(|t| t == "docker") && crate::setup::have("docker") {
         let daemon =
             Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
         if !daemon {

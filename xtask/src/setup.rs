@@ -57,14 +57,7 @@ fn python_tools() -> anyhow::Result<()> {
 
 /// Installs `package` with pip unless `import module` already works.
 fn python_tool(what: &str, module: &str, package: &str) -> anyhow::Result<()> {
-    let present = || {
-        Command::new("python3")
-            .args(["-c", &format!("import {module}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let present = || quietly_succeeds(Command::new("python3").args(["-c", &format!("import {module}")]));
     if present() {
         println!("setup: {what}: present");
         return Ok(());
@@ -95,13 +88,14 @@ fn python_tool(what: &str, module: &str, package: &str) -> anyhow::Result<()> {
     bail!("installing {package} with pip failed (python3 -m pip install {package})")
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Whether `cmd` is on the PATH.
+pub(crate) fn have(cmd: &str) -> bool {
+    quietly_succeeds(Command::new("sh").args(["-c", &format!("command -v {cmd}")]))
+}
+
+/// Runs `c` with its output discarded: whether it exited 0.
+fn quietly_succeeds(c: &mut Command) -> bool {
+    c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn apt_packages() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! [`ProgrammingLatency`].)
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt::Write as _,
     time::{Duration, SystemTime},
 };
@@ -110,20 +110,23 @@ impl ProgrammingLatency {
     ) -> Vec<Duration> {
         let Ok(started) = Timestamp::try_from(self.started) else { return Vec::new() };
         let Ok(now_ts) = Timestamp::try_from(now) else { return Vec::new() };
+        // Runs after every sync: the slices of Services that did not change are passed over
+        // by their labels, before any timestamp is parsed or key built.
+        let changed: Option<HashSet<(&str, &str)>> = changed.map(|c| c.iter().filter_map(|s| s.split_once('/')).collect());
         let mut out = Vec::new();
         for slice in &objects.slices {
             let meta = &slice.metadata;
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            if let Some(changed) = &changed {
+                let service = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME));
+                if !service.is_some_and(|s| changed.contains(&(ns, s.as_str()))) {
+                    continue;
+                }
+            }
             let Some(trigger) = meta.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)) else { continue };
             let Ok(t) = trigger.parse::<Timestamp>() else { continue };
             if t < started {
                 continue;
-            }
-            let ns = meta.namespace.as_deref().unwrap_or("default");
-            if let Some(changed) = changed {
-                let service = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME));
-                if !service.is_some_and(|s| changed.contains(&format!("{ns}/{s}"))) {
-                    continue;
-                }
             }
             let key = format!("{ns}/{}", meta.name.as_deref().unwrap_or_default());
             if self.counted.get(&key) == Some(&t) {
@@ -133,6 +136,21 @@ impl ProgrammingLatency {
                 out.push(d);
             }
             self.counted.insert(key, t);
+        }
+        // Slices are deleted and recreated under new names: forget those gone, now and then.
+        if self.counted.len() > 2 * objects.slices.len() + 64 {
+            let live: HashSet<String> = objects
+                .slices
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}/{}",
+                        s.metadata.namespace.as_deref().unwrap_or("default"),
+                        s.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            self.counted.retain(|k, _| live.contains(k));
         }
         out
     }

@@ -104,6 +104,11 @@ pub const ALL_MAPS: [&str; 18] = [
     META,
 ];
 
+/// The maps the datapath itself writes (flow state and counters); the agent writes or reads
+/// every other map. `lb explain` runs the datapath against private copies of these, so that a
+/// synthetic packet leaves no trace in the live ones.
+pub const DATAPATH_STATE_MAPS: [&str; 7] = [CONNTRACK, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS];
+
 // ---------------------------------------------------------------------------------------------
 // Program names (function names in the eBPF object).
 // ---------------------------------------------------------------------------------------------
@@ -374,6 +379,13 @@ pub const fn addr_filter_slot_words(w: [u32; 4], which: u32) -> (u32, u64) {
 }
 const _: () = assert!(ADDR_FILTER_BITS == 1 << 20);
 
+/// An address as its four 32-bit words as they lie in memory (what the datapath loads from it).
+#[inline(always)]
+#[must_use]
+pub const fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    [word(addr, 0), word(addr, 4), word(addr, 8), word(addr, 12)]
+}
+
 /// The 32-bit word at byte `i` of an address, as the bytes lie in memory.
 #[inline(always)]
 const fn word(addr: &[u8; 16], i: usize) -> u32 {
@@ -501,6 +513,34 @@ pub struct MaglevChunk {
     pub ids: [u32; MAGLEV_CHUNK as usize],
 }
 const _: () = assert!(size_of::<MaglevChunk>() == 256);
+
+/// The flow hash that picks a Maglev slot (`hash % slot_count`): the same on every node for
+/// the same 5-tuple, so a flow that moves between nodes keeps its backend. `src` and `dst` are
+/// the addresses' words as they lie in memory ([`addr_words`]), ports in network byte order.
+/// The datapath and `lb explain` both compute it here.
+#[inline(always)]
+#[must_use]
+pub const fn maglev_flow_hash(src: [u32; 4], dst: [u32; 4], sport_be: u16, dport_be: u16, proto: u8) -> u32 {
+    let words = [
+        src[0] ^ src[1] ^ src[2],
+        src[3],
+        dst[0] ^ dst[1] ^ dst[2],
+        dst[3],
+        ((sport_be as u32) << 16) | dport_be as u32,
+        proto as u32,
+    ];
+    let mut h: u32 = 0x9e37_79b9;
+    let mut i = 0;
+    while i < words.len() {
+        h ^= words[i];
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
+        i += 1;
+    }
+    h
+}
 
 impl Default for MaglevChunk {
     fn default() -> Self {

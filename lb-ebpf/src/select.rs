@@ -5,7 +5,7 @@
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CNT_AFFINITY_HIT, CNT_DROP_BACKEND_MISSING, MAGLEV_CHUNK, MaglevKey, MemberKey,
-    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SelectKey, ServiceValue,
+    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV, SelectKey, ServiceValue, maglev_flow_hash,
 };
 
 use crate::{
@@ -33,26 +33,12 @@ pub fn endpoint_set(svc: &ServiceValue, from_this_node: bool) -> Set {
     }
 }
 
-/// A flow hash that is the same on every node for the same 5-tuple (Maglev).
+/// A flow hash that is the same on every node for the same 5-tuple (Maglev; see
+/// `lb_common::maglev_flow_hash`, which `lb explain` shares).
 #[inline(always)]
 pub fn flow_hash(p: &crate::parse::Packet) -> u32 {
-    let mut h: u32 = 0x9e37_79b9;
     let (s, d) = p.addr_words();
-    for w in [
-        s[0] ^ s[1] ^ s[2],
-        s[3],
-        d[0] ^ d[1] ^ d[2],
-        d[3],
-        (u32::from(p.sport_be) << 16) | u32::from(p.dport_be),
-        u32::from(p.proto),
-    ] {
-        h ^= w;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^= h >> 16;
-    }
-    h
+    maglev_flow_hash(s, d, p.sport_be, p.dport_be, p.proto)
 }
 
 /// The backend in slot `slot` of a table.

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::maps::{DEFAULT_PIN_PATH, pinned::PinnedMaps};
 
 mod agent;
+pub mod explain;
+mod frame;
 pub mod maps;
 pub mod output;
 pub mod service;
@@ -30,6 +32,7 @@ use output::Output;
         lb agent --source file:/etc/lb/manifests --pod-iface veth-pod1 --node-name node-a\n  \
         lb service list\n  \
         lb maps dump conntrack -o json\n  \
+        lb explain tcp 10.244.0.12:40000 -> 10.96.0.10:80\n  \
         lb status\n  \
         lb agent --cleanup"
 )]
@@ -67,6 +70,16 @@ enum Command {
     /// Where the programs are attached, map fill levels, layout and agent versions.
     #[command(after_help = "Examples:\n  lb status\n  lb status --pin-path /sys/fs/bpf/lb -o json")]
     Status(ReadArgs),
+    /// What the node's datapath does with a packet, step by step: the real program runs it
+    /// against the live maps (BPF_PROG_TEST_RUN), and the live maps are left untouched.
+    #[command(after_help = "Examples:\n  \
+        # A pod on this node connecting to a ClusterIP:\n  \
+        lb explain tcp 10.244.0.12:40000 -> 10.96.0.10:80\n  \
+        # A client outside the node reaching a NodePort through eth0:\n  \
+        lb explain tcp 203.0.113.7:51000 -> 192.168.1.10:30080 --from external --iface eth0\n  \
+        # A UDP datagram to the cluster DNS, as JSON:\n  \
+        lb explain udp 10.244.0.12:53000 -> 10.96.0.10:53 -o json")]
+    Explain(ExplainArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         lb completion bash > /etc/bash_completion.d/lb\n  \
@@ -91,6 +104,31 @@ enum ServiceCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+}
+
+/// `lb explain`'s options.
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The packet's protocol: tcp or udp.
+    proto: String,
+    /// Its source, ADDRESS:PORT (IPv6: [ADDRESS]:PORT).
+    src: String,
+    /// `->`, then its destination (or the destination alone).
+    #[arg(allow_hyphen_values = true, value_name = "->")]
+    arrow: String,
+    /// Its destination, ADDRESS:PORT.
+    dst: Option<String>,
+    /// Where the packet enters the node.
+    #[arg(long, value_enum, default_value_t = explain::From::Pod)]
+    from: explain::From,
+    /// The interface it enters through (default: the first with the program of --from).
+    #[arg(long)]
+    iface: Option<String>,
+    /// TCP flags of the segment, comma-separated (syn, ack, fin, rst, psh).
+    #[arg(long, default_value = "syn")]
+    tcp_flags: String,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 /// Options of the commands that read a running agent's pinned maps.
@@ -161,6 +199,14 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             print!("{}", status::show(&open_pins(&args.pin_path)?, args.output)?);
+            Ok(())
+        }
+        Command::Explain(args) => {
+            let packet: Vec<String> =
+                [Some(args.proto), Some(args.src), Some(args.arrow), args.dst].into_iter().flatten().collect();
+            let req = explain::Request::parse(&packet, args.from, args.iface, &args.tcp_flags)?;
+            let ex = explain::explain(&open_pins(&args.read.pin_path)?, &req)?;
+            print!("{}", explain::render_explanation(&ex, args.read.output));
             Ok(())
         }
         Command::Completion { shell } => {

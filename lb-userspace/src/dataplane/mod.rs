@@ -36,6 +36,7 @@ pub mod conntrack;
 pub mod grow;
 mod layout;
 pub mod lock;
+pub mod probe;
 
 pub use attach::ExternalMode;
 pub use layout::cleanup;
@@ -89,6 +90,8 @@ pub enum DataplaneError {
         path.display()
     )]
     Locked { path: PathBuf, owner: String },
+    #[error("no running lb agent's maps at {} ({missing} is not pinned): is the agent running, and is --pin-path right?", path.display())]
+    NotRunning { path: PathBuf, missing: &'static str },
     #[error("failed to move the pin {path} while growing its map")]
     Grow {
         path: PathBuf,

@@ -20,6 +20,9 @@ pub struct PinnedMaps {
 /// A conntrack entry as read from the map.
 pub type CtEntry = (CtKey, CtValue);
 
+/// A map's entries as raw (key, value) bytes.
+pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 type Result<T, E = MapError> = std::result::Result<T, E>;
 
 impl PinnedMaps {
@@ -50,6 +53,27 @@ impl PinnedMaps {
 
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
         self.hash(lb_common::CONNTRACK)
+    }
+
+    /// One entry of a hash map, if present. (A lookup from userspace leaves an LRU entry's
+    /// recency as it was.)
+    fn lookup<K: aya::Pod, V: aya::Pod>(&self, name: &'static str, key: &K) -> Result<Option<V>> {
+        let map: HashMap<MapData, K, V> = HashMap::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(MapError::typed(name, "read")(e)),
+        }
+    }
+
+    /// The conntrack entry of `key`, if any.
+    pub fn conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
+        self.lookup(lb_common::CONNTRACK, key)
+    }
+
+    /// The affinity record of `key`, if any.
+    pub fn affinity_record(&self, key: &lb_common::AffinityKey) -> Result<Option<lb_common::AffinityValue>> {
+        self.lookup(lb_common::AFFINITY, key)
     }
 
     /// The layout and agent version record.
@@ -137,6 +161,22 @@ impl PinnedMaps {
                     new_flows: a.new_flows + v.new_flows,
                 });
                 Ok((id, sum))
+            })
+            .collect()
+    }
+
+    /// Every pinned map's entries as raw bytes (key, value), in key order: two snapshots compare
+    /// equal iff nothing wrote the maps in between (what `lb explain` promises).
+    pub fn snapshot(&self) -> Result<Vec<(&'static str, RawEntries)>> {
+        lb_common::ALL_MAPS
+            .iter()
+            .map(|name| {
+                let raw = RawMap::any(name, pin(&self.pin_path, name)?)?;
+                let mut entries = Vec::new();
+                raw.for_each_entry(|k, v| entries.push((k.to_vec(), v.to_vec())))?;
+                entries.sort();
+                entries.dedup();
+                Ok((*name, entries))
             })
             .collect()
     }

@@ -71,6 +71,23 @@ impl RawMap {
         Ok(Self { name, data, key_size, value_size, max_entries: info.max_entries(), array })
     }
 
+    /// Wraps any map for reading its bytes as they are: keys and values of the kernel's sizes (a
+    /// per-CPU map's value is what a lookup from userspace returns: one 8-aligned value per
+    /// possible CPU).
+    pub fn any(name: &'static str, data: MapData) -> Result<Self, MapError> {
+        use aya::maps::MapType;
+        let info = data.info().map_err(|source| MapError::Open { name, source })?;
+        let kind = info.map_type();
+        let per_cpu = matches!(kind, Ok(MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash));
+        let mut value_size = info.value_size() as usize;
+        if per_cpu {
+            let cpus = aya::util::nr_cpus().map_err(|(_, source)| MapError::Read { name, source })?;
+            value_size = value_size.div_ceil(8) * 8 * cpus;
+        }
+        let array = matches!(kind, Ok(MapType::Array | MapType::PerCpuArray));
+        Ok(Self { name, data, key_size: info.key_size() as usize, value_size, max_entries: info.max_entries(), array })
+    }
+
     /// The capacity the kernel gave the map.
     pub fn max_entries(&self) -> u32 {
         self.max_entries

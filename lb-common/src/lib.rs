@@ -81,9 +81,12 @@ pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const SVC_NAMES: &str = "LB_SVC_NAMES";
 pub const AGENT: &str = "LB_AGENT";
+pub const EVENTS: &str = "LB_EVENTS";
+pub const MONITOR: &str = "LB_MONITOR";
+pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 21] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -102,12 +105,16 @@ pub const ALL_MAPS: [&str; 18] = [
     SVC_NAMES,
     AGENT,
     META,
+    EVENTS,
+    MONITOR,
+    MONITOR_STATS,
 ];
 
 /// The maps the datapath itself writes (flow state and counters); the agent writes or reads
 /// every other map. `lb explain` runs the datapath against private copies of these, so that a
 /// synthetic packet leaves no trace in the live ones.
-pub const DATAPATH_STATE_MAPS: [&str; 7] = [CONNTRACK, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS];
+pub const DATAPATH_STATE_MAPS: [&str; 9] =
+    [CONNTRACK, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS, EVENTS, MONITOR_STATS];
 
 // ---------------------------------------------------------------------------------------------
 // Program names (function names in the eBPF object).
@@ -636,6 +643,92 @@ pub struct SockRevValue {
 const _: () = assert!(size_of::<SockRevValue>() == 24);
 
 // ---------------------------------------------------------------------------------------------
+// LB_EVENTS, LB_MONITOR, LB_MONITOR_STATS: `lb monitor`
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of the [`EVENTS`] ring buffer (a power of two, a multiple of the page size): about
+/// 3,600 events waiting for the reader.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// What `lb monitor` asks of the datapath, written by the CLI while it runs (index 0 of
+/// [`MONITOR`]). Events are written only while `active` is set and `until_ns` is ahead of the
+/// datapath's clock: a monitor that dies without clearing `active` stops costing anything once
+/// its lease runs out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorConfig {
+    /// End of the lease: `CLOCK_MONOTONIC_COARSE` in ns (the datapath's `bpf_ktime_get_coarse_ns`),
+    /// renewed by the running monitor every second.
+    pub until_ns: u64,
+    /// 1 while a monitor runs.
+    pub active: u32,
+    /// `MON_F_*`: which events.
+    pub flags: u32,
+    /// New flows: one in this many is reported (0 or 1: all).
+    pub flow_sample: u32,
+    /// Events each CPU may write per second; more are counted as lost (a flood cannot swamp
+    /// the ring or the CPU).
+    pub rate_per_cpu: u32,
+}
+const _: () = assert!(size_of::<MonitorConfig>() == 24);
+
+/// Drops, with their reason.
+pub const MON_F_DROPS: u32 = 1 << 0;
+/// Rejects (TCP RST, ICMP port unreachable).
+pub const MON_F_REJECTS: u32 = 1 << 1;
+/// New flows with the backend chosen (sampled).
+pub const MON_F_FLOWS: u32 = 1 << 2;
+
+/// One event in [`EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorEvent {
+    /// `bpf_ktime_get_coarse_ns()` when it happened.
+    pub ts_ns: u64,
+    /// `EVENT_*`.
+    pub kind: u8,
+    pub proto: u8,
+    /// `HOOK_*`: where the packet entered.
+    pub hook: u8,
+    pub _pad: u8,
+    /// The `CNT_*` counter of the drop reason or reject kind; 0 for new flows.
+    pub reason: u32,
+    /// The frontend's ServicePort (0: none known). Host byte order.
+    pub svc_id: u32,
+    /// The chosen backend (new flows; 0: none). Host byte order.
+    pub backend_id: u32,
+    /// The interface the packet came in on.
+    pub ifindex: u32,
+    /// Ports, network byte order.
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// Addresses, network byte order, IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<MonitorEvent>() == 64);
+
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_REJECT: u8 = 2;
+pub const EVENT_NEW_FLOW: u8 = 3;
+
+/// Where a packet entered, in events.
+pub const HOOK_POD: u8 = 1;
+pub const HOOK_EXTERNAL: u8 = 2;
+pub const HOOK_EGRESS: u8 = 3;
+
+/// Per-CPU counts of the monitor's events (index 0 of [`MONITOR_STATS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorStats {
+    /// Events written to the ring.
+    pub written: u64,
+    /// Events not written: over the per-CPU rate, or the ring full.
+    pub lost: u64,
+}
+const _: () = assert!(size_of::<MonitorStats>() == 16);
+
+// ---------------------------------------------------------------------------------------------
 // LB_SVC_NAMES
 // ---------------------------------------------------------------------------------------------
 
@@ -896,8 +989,8 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 mod pod {
     use super::{
         AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FlowCounters, FragKey, FragValue, MaglevChunk,
-        MaglevKey, MemberKey, Meta, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData,
-        SourceRangeKey, SvcName,
+        MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey, ServiceKey, ServiceValue, SockRevKey,
+        SockRevValue, SourceRangeData, SourceRangeKey, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -930,7 +1023,10 @@ mod pod {
         SockRevKey,
         SockRevValue,
         SvcName,
-        AgentStatus
+        AgentStatus,
+        MonitorConfig,
+        MonitorEvent,
+        MonitorStats
     );
 }
 

@@ -2,7 +2,7 @@
 //! with an XDP and a TC implementation (`xdp.rs` and `tc.rs` are the entry files), split by
 //! concern: parsing (`parse`), the address filter and frontends (`service`), backend selection
 //! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), translation and
-//! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`),
+//! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`), `lb monitor`'s events (`monitor`),
 //! counters (`counters`), the hook a program runs at (`hook`) and the per-CPU scratch space and its
 //! map (`scratch`). No per-packet logging:
 //! counters are the observability, and every packet ends in exactly one verdict counter.
@@ -20,6 +20,7 @@ mod frag;
 mod hook;
 mod icmp;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod reject;

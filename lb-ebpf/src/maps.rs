@@ -9,13 +9,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, Config, CtKey, CtValue, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX,
-    MaglevChunk, MaglevKey, MemberKey, Meta, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_NAMES_MAX,
-    SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcName,
+    CONNTRACK_MAX, Config, CtKey, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
+    MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX,
+    SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    SourceRangeData, SvcName,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -90,3 +91,15 @@ pub static LB_SVC_NAMES: HashMap<u32, SvcName> = HashMap::pinned(SVC_NAMES_MAX, 
 /// The agent's own account for `lb status`; never read here.
 #[map]
 pub static LB_AGENT: Array<AgentStatus> = Array::pinned(1, 0);
+
+/// `lb monitor`'s events (see `monitor`).
+#[map]
+pub static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// What a running `lb monitor` asks for; written by the CLI.
+#[map]
+pub static LB_MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+
+/// Events written and lost, per CPU.
+#[map]
+pub static LB_MONITOR_STATS: PerCpuArray<MonitorStats> = PerCpuArray::pinned(1, 0);

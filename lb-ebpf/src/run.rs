@@ -17,7 +17,7 @@
 use lb_common::{
     CNT_DROP_BAD_L4, CNT_DROP_FRAGMENT, CNT_DROP_NO_BACKEND, CNT_DROP_NO_LOCAL_BACKEND, CNT_DROP_REWRITE, CNT_DROP_SOURCE_RANGE,
     CNT_NEW_FLOWS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT,
-    CNT_VERDICT_REVNAT, IPPROTO_TCP, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES,
+    CNT_VERDICT_REVNAT, EVENT_DROP, EVENT_NEW_FLOW, EVENT_REJECT, IPPROTO_TCP, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES,
 };
 
 use crate::{
@@ -26,6 +26,7 @@ use crate::{
     frag,
     hook::Hook,
     icmp,
+    monitor::{About, report},
     nat::Nat,
     parse::{Packet, Parsed, TCP_FLAG_RST, parse},
     reject::Original,
@@ -42,6 +43,8 @@ pub enum Verdict {
     Drop(u32),
     /// Translated (the translation is in the scratch space's `flow.nat`).
     Nat,
+    /// A new flow, translated like `Nat` (reported to a monitor that asks for flows).
+    NewFlow,
     /// An ICMP error translated (the translation is in the scratch space).
     Icmp,
     /// Answered with a TCP RST or an ICMP port unreachable (no endpoints, point 37).
@@ -54,6 +57,8 @@ pub trait Context {
     type Ret;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The interface the packet came in on (for events).
+    fn ifindex(&self) -> u32;
     /// Makes the headers directly accessible (TC: a local packet's may sit in paged data).
     fn linearize(&self) {}
     /// Applies a translation to the packet `p` describes.
@@ -77,6 +82,10 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
     ctx.linearize();
     let verdict = decide(ctx.data(), ctx.data_end(), hook, sc);
     let p = &sc.pkt;
+    // An event for `lb monitor` (only these three paths look whether one runs).
+    let event = |kind, reason, svc_id, backend_id| {
+        report(p, &About { kind, reason, svc_id, backend_id, hook, ifindex: ctx.ifindex() });
+    };
     match verdict {
         Verdict::Pass(reason) => {
             if reason != 0 {
@@ -85,13 +94,22 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
             count(CNT_VERDICT_PASS);
             ctx.pass()
         }
-        Verdict::Drop(reason) => drop(ctx, reason),
-        Verdict::Nat => match ctx.nat(p, &sc.flow.nat) {
+        Verdict::Drop(reason) => {
+            event(EVENT_DROP, reason, 0, 0);
+            drop(ctx, reason)
+        }
+        Verdict::Nat | Verdict::NewFlow => match ctx.nat(p, &sc.flow.nat) {
             Ok(()) => {
                 count(sc.flow.nat.verdict);
+                if matches!(verdict, Verdict::NewFlow) {
+                    event(EVENT_NEW_FLOW, 0, sc.flow.svc.svc_id, sc.flow.backend_id);
+                }
                 ctx.pass()
             }
-            Err(()) => drop(ctx, CNT_DROP_REWRITE),
+            Err(()) => {
+                event(EVENT_DROP, CNT_DROP_REWRITE, 0, 0);
+                drop(ctx, CNT_DROP_REWRITE)
+            }
         },
         Verdict::Icmp => match icmp::apply(ctx.data(), ctx.data_end(), p, &sc.keys.icmp) {
             Some(()) => {
@@ -100,14 +118,21 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
             }
             None => drop(ctx, CNT_DROP_REWRITE),
         },
-        Verdict::Reject => match ctx.reject(p, &mut sc.keys.orig) {
-            Ok((ret, kind)) => {
-                count(kind);
-                count(CNT_VERDICT_REJECT);
-                ret
+        Verdict::Reject => {
+            let svc_id = sc.flow.svc.svc_id;
+            match ctx.reject(p, &mut sc.keys.orig) {
+                Ok((ret, kind)) => {
+                    count(kind);
+                    count(CNT_VERDICT_REJECT);
+                    report(
+                        &sc.pkt,
+                        &About { kind: EVENT_REJECT, reason: kind, svc_id, backend_id: 0, hook, ifindex: ctx.ifindex() },
+                    );
+                    ret
+                }
+                Err(reason) => drop(ctx, reason),
             }
-            Err(reason) => drop(ctx, reason),
-        },
+        }
     }
 }
 
@@ -203,7 +228,7 @@ fn new_flow(p: &Packet, keys: &mut Keys, flow: &mut Flow, hook: Hook, now: u64) 
         Ok(()) => {
             count(CNT_NEW_FLOWS);
             count_flow(flow.svc.svc_id, flow.backend_id, p.ip_len, true);
-            Verdict::Nat
+            Verdict::NewFlow
         }
         Err(reason) => Verdict::Drop(reason),
     }

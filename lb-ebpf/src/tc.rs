@@ -64,6 +64,12 @@ impl Context for TcContext {
     }
 
     #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading our own skb.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
     fn linearize(&self) {
         // Failure only means the packet is shorter than the headers asked for.
         let linear = TcContext::data_end(self) - TcContext::data(self);

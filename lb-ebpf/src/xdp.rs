@@ -39,6 +39,12 @@ impl Context for XdpContext {
     }
 
     #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading our own context.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
     fn nat(&self, p: &Packet, nat: &Nat) -> Result<(), ()> {
         let (data, end) = (XdpContext::data(self), XdpContext::data_end(self));
         let plan = nat::plan(p, nat);

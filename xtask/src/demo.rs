@@ -5,9 +5,10 @@
 //! manifests in `xtask/demo/`. A `kubectl apply` is a manifest written into both agents'
 //! directories; each step waits until both agents have programmed it, then shows the traffic:
 //! ClusterIP, sessionAffinity, scaling, a multi-port Service with named ports, NodePort,
-//! LoadBalancer, what `lb` shows of it all, and a dual-stack Service answering on both families
-//! (the cluster is dual-stack: every pod and node has an IPv6 address too, and each agent gets
-//! both of its node's addresses). Everything is removed on exit, Ctrl-C included.
+//! LoadBalancer, what `lb` shows of it all, a dual-stack Service answering on both families (the
+//! cluster is dual-stack: every pod and node has an IPv6 address too, and each agent gets both
+//! of its node's addresses), and the datapath asked what it does (`lb explain`) and watched
+//! refusing a connection (`lb monitor`). Everything is removed on exit, Ctrl-C included.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,6 +31,7 @@ const KUBIA_NAMED_PORTS: &str = include_str!("../demo/kubia-named-ports.yaml");
 const KUBIA_NODEPORT: &str = include_str!("../demo/kubia-nodeport.yaml");
 const KUBIA_LOADBALANCER: &str = include_str!("../demo/kubia-loadbalancer.yaml");
 const KUBIA_DUALSTACK: &str = include_str!("../demo/kubia-dualstack.yaml");
+const KUBIA_CANARY: &str = include_str!("../demo/kubia-canary.yaml");
 
 /// ClusterIPs and external addresses the manifests use.
 const VIP: &str = "10.96.0.10";
@@ -39,6 +41,7 @@ const LB_VIP: &str = "10.96.0.12";
 const LB_IP: &str = "198.51.100.7";
 const DUAL_VIP: &str = "10.96.0.20";
 const DUAL_VIP6: &str = "fd00:96::20";
+const CANARY_VIP: &str = "10.96.0.13";
 /// The second port the pods serve (plain HTTP), behind the Service's `https` port.
 const HTTPS_PORT: u16 = 8443;
 
@@ -220,6 +223,39 @@ impl Cluster {
             println!("   {line}");
         }
         Ok(())
+    }
+
+    /// Runs `lb ARGS` (a monitor) against node-0's agent in node-0's network namespace (so that
+    /// it names interfaces) while `traffic` runs, then prints what it printed.
+    fn monitor_while(&self, args: &[&str], traffic: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        interrupted()?;
+        println!("   node-0$ lb {} &", args.join(" "));
+        let mut mon = Command::new("nsenter")
+            .arg(format!("--net={}", self.topo.nodes[0].ns.path()))
+            .arg(&self.lb)
+            .args(args)
+            .arg("--pin-path")
+            .arg(&self.agents[0].pin_path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting lb monitor")?;
+        // Its first line on stderr says it is listening.
+        let mut err = std::io::BufReader::new(mon.stderr.take().context("lb monitor's stderr")?);
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut err, &mut first)?;
+        print!("   {first}");
+        let ran = traffic();
+        let out = mon.wait_with_output().context("waiting for lb monitor")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("   {line}");
+        }
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest)?;
+        for line in rest.lines() {
+            println!("   {line}");
+        }
+        ran
     }
 
     /// The output of the real `lb` CLI run against node-0's agent.
@@ -489,5 +525,26 @@ fn walk_through(bins: &Bins, requests: u32) -> anyhow::Result<()> {
             println!("   {line}");
         }
     }
+
+    step("9. Asking node-0's datapath: what it does with a packet (lb explain), what it refuses right now (lb monitor)");
+    let client_ip = c.topo.pods[c.client].ip.to_string();
+    c.lb_cli(&["explain", "tcp", &format!("{client_ip}:40000"), "->", &format!("{VIP}:80")])?;
+    println!();
+    let outside_ip = c.topo.clients[c.outside].ip.to_string();
+    let node0 = format!("{}:{NODE_PORT}", node_ips[0]);
+    c.lb_cli(&["explain", "tcp", &format!("{outside_ip}:41000"), "->", &node0, "--from", "external", "--iface", "u0"])?;
+    println!();
+    println!("   $ kubectl apply -f xtask/demo/kubia-canary.yaml   (Service kubia-canary {CANARY_VIP}:80: no pod matches yet)");
+    c.apply("kubia-canary.yaml", KUBIA_CANARY, "Service kubia-canary", |_, v| {
+        backends_of(v, &format!("{CANARY_VIP}:80/TCP")).is_some_and(|(b, _)| b.is_empty())
+    })?;
+    c.monitor_while(&["monitor", "--count", "1", "--duration", "10s"], || {
+        println!("   $ {}", curl(&format!("http://{CANARY_VIP}")));
+        match lb_tests::topology::curl_outcome(&c.topo.pods[c.client].ns, &format!("http://{CANARY_VIP}"), 5)? {
+            lb_tests::topology::CurlOutcome::Refused => println!("   curl: (7) Failed to connect: Connection refused"),
+            other => println!("   (expected a refusal, got {other:?})"),
+        }
+        Ok(())
+    })?;
     Ok(())
 }

@@ -273,7 +273,7 @@ fn parse_listen_addr(s: &str) -> Result<Listen, String> {
     s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9964, [::1]:9964) or none"))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration (e.g. 30s, 1m, 500ms)");
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| bad())?;

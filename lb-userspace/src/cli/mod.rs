@@ -13,6 +13,7 @@ mod agent;
 pub mod explain;
 mod frame;
 pub mod maps;
+pub mod monitor;
 pub mod output;
 pub mod service;
 pub mod stats;
@@ -33,6 +34,7 @@ use output::Output;
         lb service list\n  \
         lb maps dump conntrack -o json\n  \
         lb explain tcp 10.244.0.12:40000 -> 10.96.0.10:80\n  \
+        lb monitor --type drop,reject\n  \
         lb status\n  \
         lb agent --cleanup"
 )]
@@ -80,6 +82,15 @@ enum Command {
         # A UDP datagram to the cluster DNS, as JSON:\n  \
         lb explain udp 10.244.0.12:53000 -> 10.96.0.10:53 -o json")]
     Explain(ExplainArgs),
+    /// Live datapath events: drops with their reason, rejects, sampled new flows. Nothing is
+    /// written while no monitor runs.
+    #[command(after_help = "Examples:\n  \
+        lb monitor\n  \
+        lb monitor --reason source_range\n  \
+        lb monitor --type drop --service default/kubia -o json\n  \
+        lb monitor --type flow --flow-sample 100 --addr 10.244.0.12\n  \
+        lb monitor --count 10 --duration 30s")]
+    Monitor(MonitorArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         lb completion bash > /etc/bash_completion.d/lb\n  \
@@ -127,6 +138,38 @@ struct ExplainArgs {
     /// TCP flags of the segment, comma-separated (syn, ack, fin, rst, psh).
     #[arg(long, default_value = "syn")]
     tcp_flags: String,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+/// `lb monitor`'s options.
+#[derive(clap::Args)]
+struct MonitorArgs {
+    /// Which events (comma-separated).
+    #[arg(long = "type", value_enum, value_delimiter = ',', default_values_t = [monitor::EventType::Drop, monitor::EventType::Reject])]
+    types: Vec<monitor::EventType>,
+    /// Only this reason: a counter name, with or without its drop_ or reject_ prefix (`lb stats`
+    /// lists them), e.g. source_range, no_local_backend.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only events of this Service, NAMESPACE/NAME.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only events with this source or destination address.
+    #[arg(long)]
+    addr: Option<std::net::IpAddr>,
+    /// New flows: report one in N.
+    #[arg(long, default_value_t = 1)]
+    flow_sample: u32,
+    /// Most events each CPU writes per second (more are counted as lost).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long, e.g. 30s, 5m.
+    #[arg(long, value_parser = agent::parse_duration)]
+    duration: Option<std::time::Duration>,
     #[command(flatten)]
     read: ReadArgs,
 }
@@ -208,6 +251,20 @@ pub fn main() -> anyhow::Result<()> {
             let ex = explain::explain(&open_pins(&args.read.pin_path)?, &req)?;
             print!("{}", explain::render_explanation(&ex, args.read.output));
             Ok(())
+        }
+        Command::Monitor(args) => {
+            let req = monitor::Request {
+                types: args.types,
+                reason: args.reason,
+                service: args.service,
+                addr: args.addr,
+                flow_sample: args.flow_sample,
+                rate_per_cpu: args.rate,
+                count: args.count,
+                duration: args.duration,
+                output: args.read.output,
+            };
+            monitor::run(&open_pins(&args.read.pin_path)?, &req)
         }
         Command::Completion { shell } => {
             use clap::CommandFactory as _;

@@ -14,6 +14,14 @@ struct StatsView {
     counters: BTreeMap<&'static str, u64>,
     services: Vec<FlowStats>,
     backends: Vec<FlowStats>,
+    /// `lb monitor`'s events: written to the ring, lost (over the rate or a full ring).
+    monitor: MonitorCounts,
+}
+
+#[derive(Serialize)]
+struct MonitorCounts {
+    written: u64,
+    lost: u64,
 }
 
 #[derive(Serialize)]
@@ -43,7 +51,8 @@ pub fn show(maps: &PinnedMaps, output: Output) -> Result<String, MapError> {
             new_flows: s.new_flows,
         })
         .collect();
-    let mut view = StatsView { counters, services, backends };
+    let m = maps.monitor_stats()?;
+    let mut view = StatsView { counters, services, backends, monitor: MonitorCounts { written: m.written, lost: m.lost } };
     view.services.sort_by(|a, b| a.name.cmp(&b.name));
     view.backends.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(match output {
@@ -60,7 +69,14 @@ pub fn show(maps: &PinnedMaps, output: Output) -> Result<String, MapError> {
                         .map(|r| vec![r.name.clone(), r.packets.to_string(), r.bytes.to_string(), r.new_flows.to_string()]),
                 )
             };
-            let nonzero = view.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| vec![(*k).to_owned(), v.to_string()]);
+            let monitor = [("monitor_events_written", view.monitor.written), ("monitor_events_lost", view.monitor.lost)];
+            let nonzero = view
+                .counters
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .chain(monitor)
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| vec![k.to_owned(), v.to_string()]);
             format!(
                 "{}\n{}\n{}",
                 render(&["COUNTER", "VALUE"], nonzero),

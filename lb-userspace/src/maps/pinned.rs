@@ -165,13 +165,45 @@ impl PinnedMaps {
             .collect()
     }
 
+    /// `lb monitor`'s counts (events written to the ring, events lost), summed over CPUs.
+    pub fn monitor_stats(&self) -> Result<lb_common::MonitorStats> {
+        let name = lb_common::MONITOR_STATS;
+        let arr: PerCpuArray<MapData, lb_common::MonitorStats> =
+            PerCpuArray::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        let per_cpu = arr.get(&0, 0).map_err(MapError::typed(name, "read"))?;
+        Ok(per_cpu.iter().fold(lb_common::MonitorStats::default(), |a, s| lb_common::MonitorStats {
+            written: a.written + s.written,
+            lost: a.lost + s.lost,
+        }))
+    }
+
+    /// Writes `lb monitor`'s request: the one map the CLI writes (see
+    /// `lb_common::MonitorConfig`).
+    pub fn set_monitor(&self, cfg: &lb_common::MonitorConfig) -> Result<()> {
+        let name = lb_common::MONITOR;
+        let mut arr: aya::maps::Array<MapData, lb_common::MonitorConfig> =
+            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        arr.set(0, *cfg, 0).map_err(MapError::typed(name, "write"))
+    }
+
+    /// The events ring of `lb monitor`.
+    pub fn events(&self) -> Result<aya::maps::RingBuf<MapData>> {
+        let name = lb_common::EVENTS;
+        aya::maps::RingBuf::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))
+    }
+
     /// Every pinned map's entries as raw bytes (key, value), in key order: two snapshots compare
     /// equal iff nothing wrote the maps in between (what `lb explain` promises).
     pub fn snapshot(&self) -> Result<Vec<(&'static str, RawEntries)>> {
         lb_common::ALL_MAPS
             .iter()
             .map(|name| {
-                let raw = RawMap::any(name, pin(&self.pin_path, name)?)?;
+                let data = pin(&self.pin_path, name)?;
+                if matches!(data.info().map(|i| i.map_type()), Ok(Ok(aya::maps::MapType::RingBuf))) {
+                    // A ring buffer has no entries to read (its reader consumes it).
+                    return Ok((*name, Vec::new()));
+                }
+                let raw = RawMap::any(name, data)?;
                 let mut entries = Vec::new();
                 raw.for_each_entry(|k, v| entries.push((k.to_vec(), v.to_vec())))?;
                 entries.sort();

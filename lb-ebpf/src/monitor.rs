@@ -63,7 +63,7 @@ pub fn report(p: &Packet, about: &About) {
     if t > cfg.until_ns {
         return;
     }
-    if about.kind == EVENT_NEW_FLOW && cfg.flow_sample > 1 && random() % cfg.flow_sample != 0 {
+    if about.kind == EVENT_NEW_FLOW && cfg.flow_sample > 1 && !random().is_multiple_of(cfg.flow_sample) {
         return;
     }
     let (Some(w), Some(stats)) = (LB_MONITOR_WINDOW.get_ptr_mut(0), LB_MONITOR_STATS.get_ptr_mut(0)) else {

@@ -29,6 +29,7 @@
 //! | `lb_datapath_drops_total` (why the dropped ones were) | counter | `reason` |
 //! | `lb_datapath_pass_reasons_total` (passes on unusual paths) | counter | `reason` |
 //! | `lb_datapath_events_total` (new flows, conntrack hits, SNAT, affinity hits, ...) | counter | `event` |
+//! | `lb_monitor_events_total` (`lb monitor`'s events written, lost) | counter | `result` |
 //! | `lb_service_packets_total`, `lb_service_bytes_total`, `lb_service_new_flows_total` | counter | `namespace`, `service`, `port`, `protocol`, `ip_family` (`IPv4`, `IPv6`: a dual-stack Service's port is one ServicePort per family) |
 
 use std::{
@@ -263,12 +264,19 @@ pub struct DatapathCounters {
     pub services: Vec<(u32, FlowCounters)>,
     /// Per backend, when asked for (`--metrics-backends`).
     pub backends: Vec<(lb_common::Backend, FlowCounters)>,
+    /// `lb monitor`'s events written and lost.
+    pub monitor: lb_common::MonitorStats,
 }
 
 pub fn read_datapath(pin_path: &Path, per_backend: bool) -> Result<DatapathCounters, crate::maps::MapError> {
     let maps = PinnedMaps::open(pin_path)?;
     let backends = if per_backend { maps.backend_counters_by_backend()? } else { Vec::new() };
-    Ok(DatapathCounters { global: maps.counters()?, services: maps.service_counters()?, backends })
+    Ok(DatapathCounters {
+        global: maps.counters()?,
+        services: maps.service_counters()?,
+        backends,
+        monitor: maps.monitor_stats()?,
+    })
 }
 
 /// A label value, escaped.
@@ -376,6 +384,14 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         return o;
     };
     datapath_families(&mut o, &dp.global);
+    header(
+        &mut o,
+        "lb_monitor_events_total",
+        "counter",
+        "lb monitor's events: written to the ring, or lost (over the per-CPU rate, or the ring full).",
+    );
+    let _ = writeln!(o, "lb_monitor_events_total{{result=\"written\"}} {}", dp.monitor.written);
+    let _ = writeln!(o, "lb_monitor_events_total{{result=\"lost\"}} {}", dp.monitor.lost);
     backend_families(&mut o, &dp.backends);
     // Per ServicePort, in label order; counters of ids no longer programmed are left out.
     let mut per_service: Vec<(&ServicePortName, &FlowCounters)> =

@@ -149,6 +149,7 @@ fn datapath_counters_are_named_and_services_labelled() {
             (99, FlowCounters { packets: 1, bytes: 1, new_flows: 1 }), // no longer programmed
         ],
         backends: vec![],
+        monitor: lb_common::MonitorStats { written: 4, lost: 1 },
     };
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
@@ -163,6 +164,8 @@ fn datapath_counters_are_named_and_services_labelled() {
         "lb_datapath_pass_reasons_total{reason=\"not_ip\"} 0",
         "lb_datapath_events_total{event=\"sock_translated\"} 0",
         "lb_datapath_events_total{event=\"conntrack_hits\"} 0",
+        "lb_monitor_events_total{result=\"written\"} 4",
+        "lb_monitor_events_total{result=\"lost\"} 1",
         "lb_service_packets_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 10",
         "lb_service_bytes_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 1000",
         "lb_service_new_flows_total{namespace=\"default\",service=\"kubia\",port=\"\",protocol=\"TCP\",ip_family=\"IPv4\"} 2",
@@ -196,6 +199,7 @@ fn dual_stack_service_ports_are_separate_series() {
         global: vec![0; lb_common::CNT_MAX as usize],
         services: vec![(1, stats(3)), (2, stats(4))],
         backends: vec![],
+        monitor: Default::default(),
     };
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
@@ -213,7 +217,12 @@ fn every_sample_line_is_well_formed() {
     m.sync_ok(Duration::from_millis(3), Duration::from_millis(1), SystemTime::now());
     let reason = crate::model::Rejection::of(crate::model::RejectedField::Spec, "missing");
     m.set_rejected(&[Skipped { object: "Service a/b".into(), reason }]);
-    let dp = DatapathCounters { global: vec![1; lb_common::CNT_MAX as usize], services: vec![], backends: vec![] };
+    let dp = DatapathCounters {
+        global: vec![1; lb_common::CNT_MAX as usize],
+        services: vec![],
+        backends: vec![],
+        monitor: Default::default(),
+    };
     let out = render(&m.snapshot(), Some(&dp));
     let mut typed = BTreeSet::new();
     for line in out.lines() {
@@ -303,7 +312,12 @@ fn backend_series_are_labelled_by_endpoint_and_protocol() {
         ),
         (be(v6, 53, lb_common::IPPROTO_UDP), FlowCounters { packets: 2, bytes: 90, new_flows: 2 }),
     ];
-    let dp = DatapathCounters { global: vec![0; lb_common::CNT_MAX as usize], services: vec![], backends };
+    let dp = DatapathCounters {
+        global: vec![0; lb_common::CNT_MAX as usize],
+        services: vec![],
+        backends,
+        monitor: Default::default(),
+    };
     let out = render(&m.snapshot(), Some(&dp));
     let l = lines(&out);
     for want in [

@@ -312,6 +312,11 @@ pub const SVC_F_EXTERNAL: u32 = 1 << 4;
 pub const SVC_F_SNAT: u32 = 1 << 5;
 /// Sources must match [`SOURCE_RANGES`] for this frontend (`loadBalancerSourceRanges`).
 pub const SVC_F_SOURCE_RANGES: u32 = 1 << 6;
+/// The kind of frontend, for the CLI (the datapath never reads these bits): a node port, an
+/// `externalIPs` entry, a LoadBalancer IP; none of them set is a ClusterIP.
+pub const SVC_F_NODEPORT: u32 = 1 << 7;
+pub const SVC_F_EXTERNAL_IP: u32 = 1 << 8;
+pub const SVC_F_LOADBALANCER: u32 = 1 << 9;
 
 // ---------------------------------------------------------------------------------------------
 // LB_BACKENDS

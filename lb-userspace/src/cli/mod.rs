@@ -104,9 +104,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ServiceCommand {
-    /// Every frontend with its backends and their state (like `cilium service list`).
-    #[command(after_help = "Examples:\n  lb service list\n  lb service list -o json")]
-    List(ReadArgs),
+    /// Every frontend with its Service's type, its kind and its backends and their state (like
+    /// `cilium service list`).
+    #[command(
+        after_help = "Examples:\n  lb service list\n  lb service list --namespace kube-system\n  lb service list --type loadbalancer -o json"
+    )]
+    List {
+        /// Only the Services of this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only Services of this type: clusterip, nodeport or loadbalancer.
+        #[arg(long = "type")]
+        service_type: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// One Service: every port and family, each frontend with its backends.
     #[command(after_help = "Examples:\n  lb service get default/kubia\n  lb service get kube-system/kube-dns -o json")]
     Get {
@@ -220,8 +232,15 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", maps::dump(&maps, table, output, &filter)?);
             Ok(())
         }
-        Command::Service { command: ServiceCommand::List(args) } => {
-            print!("{}", service::list(&open_pins(&args.pin_path)?, args.output)?);
+        Command::Service { command: ServiceCommand::List { namespace, service_type, read } } => {
+            if let Some(t) = &service_type {
+                anyhow::ensure!(
+                    ["clusterip", "nodeport", "loadbalancer"].contains(&t.to_ascii_lowercase().as_str()),
+                    "--type {t}: the types are clusterip, nodeport, loadbalancer"
+                );
+            }
+            let filter = service::Filter { prefix: None, namespace, service_type };
+            print!("{}", service::list(&open_pins(&read.pin_path)?, &filter, read.output)?);
             Ok(())
         }
         Command::Service { command: ServiceCommand::Get { name, read } } => {

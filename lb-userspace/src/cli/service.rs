@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::SVC_F_ADDR_MARKER;
+use lb_common::{SVC_F_ADDR_MARKER, SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER, SVC_F_NODEPORT};
 use serde::Serialize;
 
 use super::output::{Output, endpoint, flag_names, proto_name, render, service_name};
@@ -14,7 +14,14 @@ use crate::maps::{MapError, MapState, pinned::PinnedMaps};
 struct ServiceView {
     id: u32,
     service: String,
+    /// The Service's type as this node programs it: `LoadBalancer` when any of its ports has a
+    /// LoadBalancer IP, else `NodePort` when one has a node port, else `ClusterIP`.
+    #[serde(rename = "type")]
+    service_type: &'static str,
     frontends: Vec<String>,
+    /// The kind of each frontend (same order): `ClusterIP`, `NodePort`, `ExternalIP`,
+    /// `LoadBalancer`.
+    frontend_kinds: Vec<&'static str>,
     kind: Vec<&'static str>,
     backends: Vec<BackendView>,
 }
@@ -26,11 +33,21 @@ struct BackendView {
     state: &'static str,
 }
 
-/// `lb service list`: every frontend → its backends, grouped by ServicePort (like
-/// `cilium service list`). A dual-stack Service's port is two rows, one per family (names
-/// `ns/name:port/TCP` and `ns/name:port/TCP/IPv6`).
-pub fn list(maps: &PinnedMaps, output: Output) -> Result<String, MapError> {
-    Ok(render_service_list(&maps.state()?, output, None))
+/// Which Services to show.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// A ServicePort name prefix (`NAMESPACE/NAME:`, `lb service get`).
+    pub prefix: Option<String>,
+    pub namespace: Option<String>,
+    /// Service type, case-insensitive: clusterip, nodeport, loadbalancer.
+    pub service_type: Option<String>,
+}
+
+/// `lb service list`: every frontend → its backends, a row per frontend (like `cilium service
+/// list`), with the Service's type and the frontend's kind. A dual-stack Service's port is
+/// listed per family (names `ns/name:port/TCP` and `ns/name:port/TCP/IPv6`).
+pub fn list(maps: &PinnedMaps, filter: &Filter, output: Output) -> Result<String, MapError> {
+    Ok(render_service_list(&maps.state()?, output, filter))
 }
 
 /// `lb service get NAMESPACE/NAME`: the rows of one Service (every port and family); `None`
@@ -39,13 +56,43 @@ pub fn get(maps: &PinnedMaps, name: &str, output: Output) -> Result<Option<Strin
     let st = maps.state()?;
     let prefix = format!("{name}:");
     let held = st.names.values().any(|n| n.as_str().starts_with(&prefix));
-    Ok(held.then(|| render_service_list(&st, output, Some(&prefix))))
+    let filter = Filter { prefix: Some(prefix), ..Filter::default() };
+    Ok(held.then(|| render_service_list(&st, output, &filter)))
 }
 
-/// The rows of every ServicePort, or of those whose name starts with `only`.
-fn render_service_list(st: &MapState, output: Output, only: Option<&str>) -> String {
+/// A frontend's kind from its flags.
+fn frontend_kind(flags: u32) -> &'static str {
+    if flags & SVC_F_LOADBALANCER != 0 {
+        "LoadBalancer"
+    } else if flags & SVC_F_NODEPORT != 0 {
+        "NodePort"
+    } else if flags & SVC_F_EXTERNAL_IP != 0 {
+        "ExternalIP"
+    } else {
+        "ClusterIP"
+    }
+}
+
+/// The rows of every ServicePort that passes `filter`.
+fn render_service_list(st: &MapState, output: Output, filter: &Filter) -> String {
+    // The Service's type, over all its ports and families (by `namespace/name`).
+    let mut types: BTreeMap<String, &'static str> = BTreeMap::new();
+    for v in st.services.values().filter(|v| v.flags & SVC_F_ADDR_MARKER == 0) {
+        let name = service_name(st, v.svc_id);
+        let svc = name.split_once(':').map_or(name.as_str(), |(s, _)| s).to_owned();
+        let t = match frontend_kind(v.flags) {
+            "LoadBalancer" => "LoadBalancer",
+            "NodePort" => "NodePort",
+            _ => "ClusterIP",
+        };
+        let e = types.entry(svc).or_insert("ClusterIP");
+        let rank = |t: &str| ["ClusterIP", "NodePort", "LoadBalancer"].iter().position(|x| *x == t).unwrap_or(0);
+        if rank(t) > rank(e) {
+            *e = t;
+        }
+    }
     let mut views: Vec<ServiceView> = Vec::new();
-    // One row per (ServicePort, endpoint set): frontends sharing a table are listed together.
+    // One view per (ServicePort, endpoint set): frontends sharing a table are listed together.
     let mut by_table: BTreeMap<(u32, u32), usize> = BTreeMap::new();
     for (k, v) in st.services.iter().filter(|(_, v)| v.flags & SVC_F_ADDR_MARKER == 0) {
         let i = *by_table.entry((v.svc_id, v.select_id)).or_insert_with(|| {
@@ -60,18 +107,28 @@ fn render_service_list(st: &MapState, output: Output, only: Option<&str>) -> Str
                     state: if b.flags & lb_common::BACKEND_F_TERMINATING != 0 { "terminating" } else { "active" },
                 })
                 .collect();
+            let service = service_name(st, v.svc_id);
+            let svc = service.split_once(':').map_or(service.as_str(), |(s, _)| s);
+            let service_type = types.get(svc).copied().unwrap_or("ClusterIP");
             views.push(ServiceView {
                 id: v.svc_id,
-                service: service_name(st, v.svc_id),
+                service,
+                service_type,
                 frontends: Vec::new(),
+                frontend_kinds: Vec::new(),
                 kind: flag_names(v.flags),
                 backends,
             });
             views.len() - 1
         });
         views[i].frontends.push(format!("{}/{}", endpoint(k.addr, k.port_be), proto_name(k.proto)));
+        views[i].frontend_kinds.push(frontend_kind(v.flags));
     }
-    views.retain(|v| only.is_none_or(|p| v.service.starts_with(p)));
+    views.retain(|v| {
+        filter.prefix.as_ref().is_none_or(|p| v.service.starts_with(p))
+            && filter.namespace.as_ref().is_none_or(|ns| v.service.split_once('/').is_some_and(|(n, _)| n == ns))
+            && filter.service_type.as_ref().is_none_or(|t| v.service_type.eq_ignore_ascii_case(t))
+    });
     views.sort_by(|a, b| (&a.service, &a.frontends).cmp(&(&b.service, &b.frontends)));
     match output {
         Output::Json => {
@@ -87,17 +144,23 @@ fn render_service_list(st: &MapState, output: Output, only: Option<&str>) -> Str
                 } else {
                     v.backends.iter().map(|b| format!("{}) {} ({})", b.id, b.address, b.state)).collect()
                 };
-                for (i, b) in backends.iter().enumerate() {
-                    let first = i == 0;
-                    rows.push(vec![
-                        if first { v.service.clone() } else { String::new() },
-                        if first { v.frontends.join(" ") } else { String::new() },
-                        if first { v.kind.join(",") } else { String::new() },
-                        b.clone(),
-                    ]);
+                // A row per frontend, its backends on the following lines.
+                for (fe, kind) in v.frontends.iter().zip(&v.frontend_kinds) {
+                    for (i, b) in backends.iter().enumerate() {
+                        let first = i == 0;
+                        let cell = |s: &str| if first { s.to_owned() } else { String::new() };
+                        rows.push(vec![
+                            cell(&v.service),
+                            cell(v.service_type),
+                            cell(fe),
+                            cell(kind),
+                            cell(&v.kind.join(",")),
+                            b.clone(),
+                        ]);
+                    }
                 }
             }
-            render(&["SERVICE", "FRONTENDS", "FLAGS", "BACKENDS"], rows.into_iter())
+            render(&["SERVICE", "TYPE", "FRONTEND", "KIND", "FLAGS", "BACKENDS"], rows.into_iter())
         }
     }
 }
@@ -150,7 +213,7 @@ pub(super) mod tests {
     #[test]
     fn point_55_service_list_shows_both_families() {
         let st = dual_stack_state();
-        let json: serde_json::Value = serde_json::from_str(&render_service_list(&st, Output::Json, None)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_service_list(&st, Output::Json, &Filter::default())).unwrap();
         let strings = |v: &serde_json::Value| -> Vec<String> {
             v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
         };
@@ -176,19 +239,51 @@ pub(super) mod tests {
         assert_eq!(be4, ["10.0.1.1:8080"]);
         assert_eq!(be6, ["[fd00:1::1]:8080"]);
         // In the table: the IPv4 rows, then the IPv6 rows.
-        let table = render_service_list(&st, Output::Table, None);
-        let names: Vec<&str> = table.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+        // In the table: a row per frontend, the IPv4 ones, then the IPv6 ones, each with the
+        // Service's type and the frontend's kind.
+        let table = render_service_list(&st, Output::Table, &Filter::default());
+        let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
         assert_eq!(names, ["ns/web:http/TCP", "ns/web:http/TCP", "ns/web:http/TCP/IPv6", "ns/web:http/TCP/IPv6"], "{table}");
-        assert!(table.contains("[fd00:96::10]:80/TCP") && table.contains("[fd00:1::1]:8080 (active)"), "{table}");
+        let kinds: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[1], r[2], r[3])).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("NodePort", "10.96.0.10:80/TCP", "ClusterIP"),
+                ("NodePort", "192.168.0.10:30080/TCP", "NodePort"),
+                ("NodePort", "[fd00:96::10]:80/TCP", "ClusterIP"),
+                ("NodePort", "[fd00::10]:30080/TCP", "NodePort"),
+            ],
+            "{table}"
+        );
+        assert!(table.contains("[fd00:1::1]:8080 (active)"), "{table}");
+        assert_eq!(json[0]["type"], "NodePort", "{json:#}");
     }
 
     /// `lb service get ns/web` is the rows of that Service only (both families, every port).
     #[test]
     fn get_shows_one_service() {
         let st = dual_stack_state();
-        let all = render_service_list(&st, Output::Table, None);
-        assert_eq!(render_service_list(&st, Output::Table, Some("ns/web:")), all);
-        let none = render_service_list(&st, Output::Json, Some("ns/other:"));
+        let all = render_service_list(&st, Output::Table, &Filter::default());
+        let only = |prefix: &str| Filter { prefix: Some(prefix.into()), ..Filter::default() };
+        assert_eq!(render_service_list(&st, Output::Table, &only("ns/web:")), all);
+        let none = render_service_list(&st, Output::Json, &only("ns/other:"));
         assert_eq!(none.trim(), "[]");
+    }
+
+    /// `--namespace` and `--type` keep the Services of that namespace and type.
+    #[test]
+    fn list_filters_by_namespace_and_type() {
+        let st = dual_stack_state();
+        let all = render_service_list(&st, Output::Table, &Filter::default());
+        let f = |namespace: Option<&str>, t: Option<&str>| Filter {
+            prefix: None,
+            namespace: namespace.map(Into::into),
+            service_type: t.map(Into::into),
+        };
+        assert_eq!(render_service_list(&st, Output::Table, &f(Some("ns"), Some("nodeport"))), all);
+        for other in [f(Some("kube-system"), None), f(None, Some("LoadBalancer")), f(None, Some("ClusterIP"))] {
+            assert_eq!(render_service_list(&st, Output::Json, &other).trim(), "[]", "{other:?}");
+        }
     }
 }

@@ -10,8 +10,9 @@
 use std::{net::IpAddr, sync::Arc};
 
 use lb_common::{
-    Backend, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_MAGLEV,
-    SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData, SourceRangeKey, SvcName,
+    Backend, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_EXTERNAL_IP,
+    SVC_F_LOADBALANCER, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData,
+    SourceRangeKey, SvcName,
 };
 
 use super::{
@@ -125,7 +126,13 @@ fn service_value(
 
 fn insert_frontends(st: &mut MapState, sp: &ServicePortState, proto: Protocol, external: bool, value: ServiceValue) {
     for fe in sp.frontends.iter().filter(|f| f.kind.is_external() == external) {
-        st.services.insert(service_key(fe.addr, fe.port, proto), value);
+        let kind = match fe.kind {
+            FrontendKind::ClusterIp => 0,
+            FrontendKind::NodePort => SVC_F_NODEPORT,
+            FrontendKind::ExternalIp => SVC_F_EXTERNAL_IP,
+            FrontendKind::LoadBalancer => SVC_F_LOADBALANCER,
+        };
+        st.services.insert(service_key(fe.addr, fe.port, proto), ServiceValue { flags: value.flags | kind, ..value });
         st.services.insert(marker_key(fe.addr), ServiceValue { flags: SVC_F_ADDR_MARKER, ..ServiceValue::default() });
     }
 }

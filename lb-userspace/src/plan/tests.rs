@@ -14,8 +14,8 @@ use std::{
 
 use lb_common::{
     BACKEND_F_LOCAL, BACKEND_F_TERMINATING, BACKEND_ID_NONE, Backend, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, SVC_F_ADDR_MARKER,
-    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue,
-    SourceRangeData, SourceRangeKey,
+    SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER, SVC_F_NODEPORT, SVC_F_SNAT,
+    SVC_F_SOURCE_RANGES, SelectKey, ServiceKey, ServiceValue, SourceRangeData, SourceRangeKey,
 };
 
 use super::{PlanConfig, map_state, memory::PlanMemory, service::source_range};
@@ -416,7 +416,7 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_eq!(cluster.slot_count, 3);
     assert_eq!(node1.slot_count, 1);
     assert_eq!(cluster.flags, SVC_F_AFFINITY);
-    assert_eq!(node1.flags, SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY | SVC_F_SNAT);
+    assert_eq!(node1.flags, SVC_F_AFFINITY | SVC_F_EXTERNAL | SVC_F_DROP_IF_EMPTY | SVC_F_SNAT | SVC_F_NODEPORT);
     assert_eq!((cluster.affinity_timeout_s, node1.affinity_timeout_s), (300, 300));
     // Other ServicePorts have their own svc_id, no affinity.
     let web2 = st.services[&key_of("10.96.0.11", 80, tcp)];
@@ -429,8 +429,11 @@ fn point_25_30_service_values_per_class_flags_and_affinity() {
     assert_ne!(dns_u.select_id, dns_t.select_id);
     assert_eq!((dns_u.slot_count, dns_t.slot_count), (2, 1));
     // LB and externalIP frontends are external, source-NATed under policy Cluster (point 32).
-    for k in [key_of("198.51.100.7", 443, tcp), key_of("203.0.113.5", 443, tcp)] {
-        assert_eq!(st.services[&k].flags, SVC_F_EXTERNAL | SVC_F_SNAT);
+    // Each frontend carries its kind, for the CLI.
+    for (k, kind) in
+        [(key_of("198.51.100.7", 443, tcp), SVC_F_LOADBALANCER), (key_of("203.0.113.5", 443, tcp), SVC_F_EXTERNAL_IP)]
+    {
+        assert_eq!(st.services[&k].flags, SVC_F_EXTERNAL | SVC_F_SNAT | kind);
     }
 }
 

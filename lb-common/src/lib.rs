@@ -81,12 +81,13 @@ pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const SVC_NAMES: &str = "LB_SVC_NAMES";
 pub const AGENT: &str = "LB_AGENT";
+pub const SVC_LABELS: &str = "LB_SVC_LABELS";
 pub const EVENTS: &str = "LB_EVENTS";
 pub const MONITOR: &str = "LB_MONITOR";
 pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 22] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -103,6 +104,7 @@ pub const ALL_MAPS: [&str; 21] = [
     ADDR_FILTER,
     SOCK_REVNAT,
     SVC_NAMES,
+    SVC_LABELS,
     AGENT,
     META,
     EVENTS,
@@ -163,6 +165,7 @@ pub const SOURCE_RANGES_MAX: u32 = 16_384;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
 pub const SVC_NAMES_MAX: u32 = 65_536;
+pub const SVC_LABELS_MAX: u32 = 65_536;
 
 /// Backend ids per [`MAGLEV`] chunk.
 pub const MAGLEV_CHUNK: u32 = 64;
@@ -648,6 +651,49 @@ pub struct SockRevValue {
 const _: () = assert!(size_of::<SockRevValue>() == 24);
 
 // ---------------------------------------------------------------------------------------------
+// LB_SVC_LABELS
+// ---------------------------------------------------------------------------------------------
+
+/// The labels of a ServicePort's Service (`key=value` pairs joined by `,`, in key order), by
+/// `svc_id`, for `lb service list --selector`; only for Services that have labels. Written by
+/// the agent; the datapath never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcLabels {
+    /// Bytes of `text` in use (UTF-8).
+    pub len: u32,
+    pub text: [u8; 252],
+}
+const _: () = assert!(size_of::<SvcLabels>() == 256);
+
+impl Default for SvcLabels {
+    fn default() -> Self {
+        Self { len: 0, text: [0; 252] }
+    }
+}
+
+impl SvcLabels {
+    /// The text, cut after the last whole `key=value` pair that fits in 252 bytes.
+    #[must_use]
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len();
+        if end > 252 {
+            end = s[..252].rfind(',').unwrap_or(0);
+        }
+        let mut l = Self::default();
+        l.text[..end].copy_from_slice(&s.as_bytes()[..end]);
+        l.len = end as u32;
+        l
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(self.text.len());
+        core::str::from_utf8(&self.text[..len]).unwrap_or("")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // LB_EVENTS, LB_MONITOR, LB_MONITOR_STATS: `lb monitor`
 // ---------------------------------------------------------------------------------------------
 
@@ -995,7 +1041,7 @@ mod pod {
     use super::{
         AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FlowCounters, FragKey, FragValue, MaglevChunk,
         MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey, ServiceKey, ServiceValue, SockRevKey,
-        SockRevValue, SourceRangeData, SourceRangeKey, SvcName,
+        SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1028,6 +1074,7 @@ mod pod {
         SockRevKey,
         SockRevValue,
         SvcName,
+        SvcLabels,
         AgentStatus,
         MonitorConfig,
         MonitorEvent,

@@ -15,8 +15,8 @@ use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
     CONNTRACK_MAX, Config, CtKey, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
     MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX,
-    SOURCE_RANGES_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
-    SourceRangeData, SvcName,
+    SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, SourceRangeData, SvcLabels, SvcName,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -87,6 +87,10 @@ pub static LB_META: Array<Meta> = Array::pinned(1, 0);
 /// ServicePort names by svc_id, for other processes (`lb service list`); never read here.
 #[map]
 pub static LB_SVC_NAMES: HashMap<u32, SvcName> = HashMap::pinned(SVC_NAMES_MAX, BPF_F_NO_PREALLOC);
+
+/// Service labels by svc_id, for `lb service list --selector`; never read here.
+#[map]
+pub static LB_SVC_LABELS: HashMap<u32, SvcLabels> = HashMap::pinned(SVC_LABELS_MAX, BPF_F_NO_PREALLOC);
 
 /// The agent's own account for `lb status`; never read here.
 #[map]

@@ -1033,6 +1033,7 @@ fn build_desired(sps: &[SpGen]) -> DesiredState {
                 .collect(),
             affinity_timeout_s: g.affinity,
             selection: if g.maglev { Selection::Maglev } else { Selection::Random },
+            labels: if g.maglev { "app=x".into() } else { Default::default() },
         };
         d.services.insert(spn, Arc::new(sp));
     }

@@ -18,7 +18,7 @@ use serde_json::Value;
 const MANIFESTS: &str = r#"
 apiVersion: v1
 kind: Service
-metadata: {name: kubia, namespace: demo}
+metadata: {name: kubia, namespace: demo, labels: {app: kubia, tier: front}}
 spec:
   clusterIP: 10.96.3.3
   sessionAffinity: ClientIP
@@ -88,8 +88,24 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
     let backends: Vec<&str> = svc["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
     assert_eq!(backends.len(), 2, "{svc:#}");
     assert!(svc["kind"].as_array().unwrap().contains(&"affinity".into()), "{svc:#}");
+    assert_eq!(svc["type"], "ClusterIP", "{svc:#}");
     let t = table(&agent, &["service", "list"]);
     assert!(t.starts_with("SERVICE") && t.contains("demo/kubia:http/TCP") && t.contains("10.96.3.3:80/TCP"), "{t}");
+    let row = t.lines().find(|l| l.contains("10.96.3.3:80/TCP")).unwrap();
+    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["demo/kubia:http/TCP", "ClusterIP", "10.96.3.3:80/TCP", "ClusterIP"], "{t}");
+    // Filters: by labels (as kubectl -l), namespace and type.
+    for (args, rows) in [
+        (&["--selector", "app=kubia,tier"][..], 1),
+        (&["-l", "app=kubia,!canary"][..], 1),
+        (&["--selector", "app=other"][..], 0),
+        (&["--namespace", "demo", "--type", "clusterip"][..], 1),
+        (&["--namespace", "default"][..], 0),
+        (&["--type", "nodeport"][..], 0),
+    ] {
+        let mut all = vec!["service", "list"];
+        all.extend_from_slice(args);
+        assert_eq!(json(&agent, &all).as_array().unwrap().len(), rows, "{args:?}");
+    }
 
     // lb stats: 5 new flows for the service (affinity: all on one backend).
     let stats = json(&agent, &["stats"]);

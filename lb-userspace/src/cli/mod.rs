@@ -107,7 +107,7 @@ enum ServiceCommand {
     /// Every frontend with its Service's type, its kind and its backends and their state (like
     /// `cilium service list`).
     #[command(
-        after_help = "Examples:\n  lb service list\n  lb service list --namespace kube-system\n  lb service list --type loadbalancer -o json"
+        after_help = "Examples:\n  lb service list\n  lb service list --selector app=kubia\n  lb service list --namespace kube-system\n  lb service list --type loadbalancer -o json"
     )]
     List {
         /// Only the Services of this namespace.
@@ -116,6 +116,10 @@ enum ServiceCommand {
         /// Only Services of this type: clusterip, nodeport or loadbalancer.
         #[arg(long = "type")]
         service_type: Option<String>,
+        /// Only Services whose labels match, as `kubectl get -l`: key=value, key!=value, key,
+        /// !key, joined by commas.
+        #[arg(short = 'l', long)]
+        selector: Option<service::Selector>,
         #[command(flatten)]
         read: ReadArgs,
     },
@@ -232,14 +236,14 @@ pub fn main() -> anyhow::Result<()> {
             print!("{}", maps::dump(&maps, table, output, &filter)?);
             Ok(())
         }
-        Command::Service { command: ServiceCommand::List { namespace, service_type, read } } => {
+        Command::Service { command: ServiceCommand::List { namespace, service_type, selector, read } } => {
             if let Some(t) = &service_type {
                 anyhow::ensure!(
                     ["clusterip", "nodeport", "loadbalancer"].contains(&t.to_ascii_lowercase().as_str()),
                     "--type {t}: the types are clusterip, nodeport, loadbalancer"
                 );
             }
-            let filter = service::Filter { prefix: None, namespace, service_type };
+            let filter = service::Filter { prefix: None, namespace, service_type, selector };
             print!("{}", service::list(&open_pins(&read.pin_path)?, &filter, read.output)?);
             Ok(())
         }

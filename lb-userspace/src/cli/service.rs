@@ -41,6 +41,66 @@ pub struct Filter {
     pub namespace: Option<String>,
     /// Service type, case-insensitive: clusterip, nodeport, loadbalancer.
     pub service_type: Option<String>,
+    /// A label selector (`kubectl get -l`): requirements joined by `,`.
+    pub selector: Option<Selector>,
+}
+
+/// An equality-based label selector, as `kubectl get -l` takes it: `key=value`, `key==value`,
+/// `key!=value`, `key` (has the label), `!key` (has not), joined by `,` (all must hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector(Vec<Requirement>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+impl std::str::FromStr for Selector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let key_ok = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            let req = if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = part.strip_prefix('!') {
+                Requirement::NotExists(k.trim().into())
+            } else {
+                Requirement::Exists(part.into())
+            };
+            let (Requirement::Equals(k, _) | Requirement::NotEquals(k, _) | Requirement::Exists(k) | Requirement::NotExists(k)) =
+                &req;
+            if !key_ok(k) {
+                return Err(format!(
+                    "{part:?}: a requirement is key=value, key!=value, key or !key (set-based `in` is not supported)"
+                ));
+            }
+            reqs.push(req);
+        }
+        if reqs.is_empty() {
+            return Err("an empty selector: give key=value (e.g. app=kubia)".into());
+        }
+        Ok(Self(reqs))
+    }
+}
+
+impl Selector {
+    /// Whether labels `key=value,...` (as `LB_SVC_LABELS` holds them) satisfy every requirement.
+    pub fn matches(&self, labels: &str) -> bool {
+        let get = |key: &str| labels.split(',').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v);
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
+        })
+    }
 }
 
 /// `lb service list`: every frontend → its backends, a row per frontend (like `cilium service
@@ -128,6 +188,7 @@ fn render_service_list(st: &MapState, output: Output, filter: &Filter) -> String
         filter.prefix.as_ref().is_none_or(|p| v.service.starts_with(p))
             && filter.namespace.as_ref().is_none_or(|ns| v.service.split_once('/').is_some_and(|(n, _)| n == ns))
             && filter.service_type.as_ref().is_none_or(|t| v.service_type.eq_ignore_ascii_case(t))
+            && filter.selector.as_ref().is_none_or(|s| s.matches(st.labels.get(&v.id).map_or("", |l| l.as_str())))
     });
     views.sort_by(|a, b| (&a.service, &a.frontends).cmp(&(&b.service, &b.frontends)));
     match output {
@@ -280,10 +341,28 @@ pub(super) mod tests {
             prefix: None,
             namespace: namespace.map(Into::into),
             service_type: t.map(Into::into),
+            selector: None,
         };
         assert_eq!(render_service_list(&st, Output::Table, &f(Some("ns"), Some("nodeport"))), all);
         for other in [f(Some("kube-system"), None), f(None, Some("LoadBalancer")), f(None, Some("ClusterIP"))] {
             assert_eq!(render_service_list(&st, Output::Json, &other).trim(), "[]", "{other:?}");
+        }
+    }
+
+    /// `--selector` takes kubectl's equality-based requirements.
+    #[test]
+    fn selectors_match_labels_as_kubectl_does() {
+        let sel = |s: &str| s.parse::<Selector>().unwrap();
+        let labels = "app=kubia,tier=front";
+        assert!(sel("app=kubia").matches(labels));
+        assert!(sel("app==kubia,tier").matches(labels));
+        assert!(sel("tier!=back,!canary").matches(labels));
+        assert!(!sel("app=other").matches(labels));
+        assert!(!sel("canary").matches(labels));
+        assert!(!sel("app=kubia,!tier").matches(labels));
+        assert!(sel("app!=kubia").matches(""), "no label: not equal");
+        for bad in ["", "app in (a,b)", "=x"] {
+            assert!(bad.parse::<Selector>().is_err(), "{bad:?}");
         }
     }
 }

@@ -202,6 +202,13 @@ fn compile_service(
     let etp_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout_s = affinity_timeout(spec).map_err(invalid)?;
+    let labels: std::sync::Arc<str> = svc
+        .metadata
+        .labels
+        .as_ref()
+        .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+        .into();
     let selection = match svc.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_SELECTION)).map(String::as_str) {
         None | Some("maglev") => Selection::Maglev,
         Some("random") => Selection::Random,
@@ -316,6 +323,7 @@ fn compile_service(
                 source_ranges: source_ranges.clone(),
                 affinity_timeout_s,
                 selection,
+                labels: labels.clone(),
             },
         ));
     }

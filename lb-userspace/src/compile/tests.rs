@@ -1928,3 +1928,14 @@ fn compile_is_deterministic_and_frontends_are_sorted() {
     let fe = &tcp(&a, "web").frontends;
     assert!(fe.windows(2).all(|w| w[0] < w[1]), "{fe:?}");
 }
+
+/// The Service's labels ride along with each of its ports, in key order, for
+/// `lb service list --selector`.
+#[test]
+fn a_services_labels_are_carried_in_key_order() {
+    let mut s = simple_svc("web", "10.96.0.10");
+    s.metadata.labels = Some([("tier".to_owned(), "front".to_owned()), ("app".to_owned(), "web".to_owned())].into());
+    let st = v4(&[s, simple_svc("bare", "10.96.0.11")], &[]);
+    assert_eq!(&*tcp(&st, "web").labels, "app=web,tier=front");
+    assert_eq!(&*tcp(&st, "bare").labels, "");
+}

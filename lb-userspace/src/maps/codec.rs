@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use lb_common::{Backend, MaglevChunk, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcName};
+use lb_common::{
+    Backend, MaglevChunk, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcLabels, SvcName,
+};
 
 /// A key or value type of an agent-written map, with its kernel encoding.
 pub trait Kernel: Sized {
@@ -39,7 +41,20 @@ macro_rules! plain {
     )*};
 }
 
-plain!(u32, u64, SvcName, Backend, MemberKey, SelectKey, MaglevKey, MaglevChunk, SourceRangeKey, ServiceKey, ServiceValue);
+plain!(
+    u32,
+    u64,
+    SvcName,
+    SvcLabels,
+    Backend,
+    MemberKey,
+    SelectKey,
+    MaglevKey,
+    MaglevChunk,
+    SourceRangeKey,
+    ServiceKey,
+    ServiceValue
+);
 
 /// A set member: the key is what matters; the kernel value is 1.
 impl Kernel for () {

@@ -30,6 +30,8 @@ pub struct MapSizes {
     pub svc_stats: u32,
     /// `LB_SVC_NAMES`: the names `lb` shows for each ServicePort.
     pub names: u32,
+    /// `LB_SVC_LABELS`: the labels of labelled Services' ports.
+    pub labels: u32,
     /// `LB_SOURCE_RANGES`: loadBalancerSourceRanges prefixes.
     pub source_ranges: u32,
     /// `LB_CONNTRACK`: two entries per flow (an LRU: preallocated in full).
@@ -48,6 +50,7 @@ impl Default for MapSizes {
             members: c::MEMBERS_MAX,
             svc_stats: c::SVC_STATS_MAX,
             names: c::SVC_NAMES_MAX,
+            labels: c::SVC_LABELS_MAX,
             source_ranges: c::SOURCE_RANGES_MAX,
             conntrack: c::CONNTRACK_MAX,
             addr_filter: c::ADDR_FILTER_WORDS,
@@ -73,6 +76,7 @@ impl MapSizes {
             members: scale(10, d.members),
             svc_stats: scale(2, d.svc_stats),
             names: scale(2, d.names),
+            labels: scale(2, d.labels),
             ..d
         }
     }
@@ -91,6 +95,7 @@ impl MapSizes {
             members: 1 << 24,
             svc_stats: 1 << 20,
             names: 1 << 20,
+            labels: 1 << 20,
             source_ranges: 1 << 20,
             conntrack: c::CONNTRACK_MAX,
             addr_filter: c::ADDR_FILTER_WORDS,
@@ -109,7 +114,7 @@ impl MapSizes {
     }
 
     /// `(map name, capacity)` for every map these sizes cover.
-    pub fn by_name(&self) -> [(&'static str, u32); 9] {
+    pub fn by_name(&self) -> [(&'static str, u32); 10] {
         [
             (c::SERVICES, self.services),
             (c::BACKENDS, self.backends),
@@ -118,6 +123,7 @@ impl MapSizes {
             (c::MEMBERS, self.members),
             (c::SVC_STATS, self.svc_stats),
             (c::SVC_NAMES, self.names),
+            (c::SVC_LABELS, self.labels),
             (c::SOURCE_RANGES, self.source_ranges),
             (c::CONNTRACK, self.conntrack),
         ]
@@ -138,6 +144,7 @@ impl MapSizes {
             c::MEMBERS => &mut self.members,
             c::SVC_STATS => &mut self.svc_stats,
             c::SVC_NAMES => &mut self.names,
+            c::SVC_LABELS => &mut self.labels,
             c::SOURCE_RANGES => &mut self.source_ranges,
             c::CONNTRACK => &mut self.conntrack,
             _ => return,

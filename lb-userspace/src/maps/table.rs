@@ -20,7 +20,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use aya::maps::MapData;
-use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcName};
+use lb_common::{Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey, SvcLabels, SvcName};
 
 use super::{MapError, chunk::Chunk, codec::Kernel, raw::RawMap, sizes::MapSizes};
 
@@ -261,6 +261,8 @@ agent_maps! {
     addr_filter (AddrFilter): lb_common::ADDR_FILTER, u32 => u64, PutFilterWord / DelFilterWord, capacity addr_filter;
     /// ServicePort names by svc_id, for `lb service list` and the metrics in other processes.
     names (Names): lb_common::SVC_NAMES, u32 => Arc<SvcName>, PutName / DelName, capacity names;
+    /// Service labels by svc_id (labelled Services only), for `lb service list --selector`.
+    labels (Labels): lb_common::SVC_LABELS, u32 => Arc<SvcLabels>, PutLabels / DelLabels, capacity labels;
     /// Backends by id (0 is never used).
     backends (Backends): lb_common::BACKENDS, u32 => Backend, PutBackend / DelBackend, capacity backends;
     /// Set membership of a backend in a selection table (affinity checks, point 27; the serving
@@ -315,6 +317,7 @@ impl Transition for u64 {
 impl Transition for u32 {}
 impl Transition for () {}
 impl Transition for Arc<SvcName> {}
+impl Transition for Arc<SvcLabels> {}
 impl Transition for Backend {}
 impl Transition for ServiceValue {}
 impl Transition for Chunk {}

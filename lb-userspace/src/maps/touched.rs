@@ -18,6 +18,7 @@ pub struct Touched {
     /// Tables: their selection slots, Maglev chunks and members.
     pub tables: BTreeSet<u32>,
     pub source_ranges: BTreeSet<SourceRangeKey>,
+    /// ServicePorts whose name or labels may differ.
     pub names: BTreeSet<u32>,
     /// Words of the address filter.
     pub filter: BTreeSet<u32>,
@@ -73,6 +74,7 @@ fn restrict(st: &MapState, touched: &Touched) -> MapState {
         services: pick(&st.services, &touched.services),
         backends: pick(&st.backends, &touched.backends),
         names: pick(&st.names, &touched.names),
+        labels: pick(&st.labels, &touched.names),
         source_ranges: pick(&st.source_ranges, &touched.source_ranges),
         addr_filter: pick(&st.addr_filter, &touched.filter),
         ..MapState::default()

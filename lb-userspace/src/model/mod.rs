@@ -238,6 +238,9 @@ pub struct ServicePortState {
     /// `sessionAffinity: ClientIP` timeout.
     pub affinity_timeout_s: Option<u32>,
     pub selection: Selection,
+    /// The Service's labels as `key=value` pairs joined by `,`, in key order (empty: none), for
+    /// `lb service list --selector`; shared by its ports.
+    pub labels: Arc<str>,
 }
 
 /// An object the compile step refused, with why.

@@ -239,6 +239,7 @@ impl Planner {
             self.svc_names.insert(id, spn.clone());
             p.names.insert(id);
         }
+        self.state.labels.extend(own.labels);
         for &t in &contribution.tables {
             p.tables.insert(t);
         }
@@ -268,6 +269,7 @@ impl Planner {
         let p = &mut self.pending;
         if let Some(id) = own.svc_id {
             self.state.names.remove(&id);
+            self.state.labels.remove(&id);
             self.svc_names.remove(&id);
             p.names.insert(id);
         }
@@ -374,6 +376,7 @@ mod tests {
             source_ranges: vec![],
             affinity_timeout_s: None,
             selection: Selection::Maglev,
+            labels: Default::default(),
         };
         (spn, Arc::new(sp))
     }

@@ -12,7 +12,7 @@ use std::{net::IpAddr, sync::Arc};
 use lb_common::{
     Backend, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_AFFINITY, SVC_F_DROP_IF_EMPTY, SVC_F_EXTERNAL, SVC_F_EXTERNAL_IP,
     SVC_F_LOADBALANCER, SVC_F_MAGLEV, SVC_F_NODEPORT, SVC_F_SNAT, SVC_F_SOURCE_RANGES, SelectKey, ServiceValue, SourceRangeData,
-    SourceRangeKey, SvcName,
+    SourceRangeKey, SvcLabels, SvcName,
 };
 
 use super::{
@@ -38,6 +38,9 @@ pub(crate) fn plan_service(
 ) {
     let svc_id = ids.svc_id(spn);
     st.names.insert(svc_id, Arc::new(SvcName::new(&spn.to_string())));
+    if !sp.labels.is_empty() {
+        st.labels.insert(svc_id, Arc::new(SvcLabels::new(&sp.labels)));
+    }
     let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
     let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
     let maglev = sp.selection == Selection::Maglev;

@@ -79,6 +79,7 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
         source_ranges: Vec::new(),
         affinity_timeout_s: None,
         selection: Selection::Random,
+        labels: "app=web,tier=front".into(),
     }
 }
 
@@ -189,7 +190,7 @@ fn rank(op: &Op) -> u8 {
     match op {
         Op::PutFilterWord(..) => 0,
         Op::DelFilterWord(..) => 11,
-        Op::PutName(..) | Op::PutBackend(..) => 1,
+        Op::PutName(..) | Op::PutLabels(..) | Op::PutBackend(..) => 1,
         Op::PutMember(..) => 2,
         Op::PutSelect(..) | Op::PutMaglev(..) => 3,
         Op::PutSourceRange(..) => 4,
@@ -198,7 +199,7 @@ fn rank(op: &Op) -> u8 {
         Op::DelSourceRange(..) => 7,
         Op::DelSelect(..) | Op::DelMaglev(..) => 8,
         Op::DelMember(..) => 9,
-        Op::DelBackend(..) | Op::DelName(..) => 10,
+        Op::DelBackend(..) | Op::DelName(..) | Op::DelLabels(..) => 10,
     }
 }
 
@@ -541,6 +542,7 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
     assert_eq!(
         up.len(),
         st.names.len()
+            + st.labels.len()
             + st.backends.len()
             + st.members.len()
             + st.select.len()
@@ -797,8 +799,8 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     let ops: Vec<Op> = diff(&pinned, &st).into_iter().filter(|op| !is_filter(op)).collect();
     assert!(ops.iter().all(|op| rank(op) >= 6), "only deletes expected: {ops:#?}");
     // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
-    // backend, one name.
-    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1 + 1, "{ops:#?}");
+    // backend, one name and its labels.
+    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1 + 1 + 1, "{ops:#?}");
 }
 
 #[test]

@@ -225,6 +225,7 @@ pub fn service_port(
             source_ranges: Vec::new(),
             affinity_timeout_s: None,
             selection,
+            labels: Default::default(),
         },
     )
 }

@@ -202,7 +202,7 @@ fn compile_service(
     let etp_local = externally_accessible && spec.external_traffic_policy.as_deref() == Some("Local");
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout_s = affinity_timeout(spec).map_err(invalid)?;
-    let labels: std::sync::Arc<str> = svc
+    let labels: Arc<str> = svc
         .metadata
         .labels
         .as_ref()

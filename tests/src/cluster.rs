@@ -95,3 +95,17 @@ impl TwoNodeCluster {
         }
     }
 }
+
+/// An IPv4 EndpointSlice of Service `service` (namespace default) in YAML, ending in `---`: one
+/// TCP port `port` (named `port_name`, or unnamed), and `endpoints` as (address, node name),
+/// each ready.
+pub fn slice_yaml(service: &str, port_name: Option<&str>, port: u16, endpoints: &[(&str, &str)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(ip, node)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"))
+        .collect();
+    let name = port_name.map(|n| format!("name: {n}, ")).unwrap_or_default();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{{name}port: {port}, protocol: TCP}}]\nendpoints:\n{eps}---\n"
+    )
+}

@@ -92,7 +92,11 @@ fn cli_shows_services_backends_counters_and_attachments_of_a_running_agent() {
     let t = table(&agent, &["service", "list"]);
     assert!(t.starts_with("SERVICE") && t.contains("demo/kubia:http/TCP") && t.contains("10.96.3.3:80/TCP"), "{t}");
     let row = t.lines().find(|l| l.contains("10.96.3.3:80/TCP")).unwrap();
-    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["demo/kubia:http/TCP", "ClusterIP", "10.96.3.3:80/TCP", "ClusterIP"], "{t}");
+    assert_eq!(
+        row.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["demo/kubia:http/TCP", "ClusterIP", "10.96.3.3:80/TCP", "ClusterIP"],
+        "{t}"
+    );
     // Filters: by labels (as kubectl -l), namespace and type.
     for (args, rows) in [
         (&["--selector", "app=kubia,tier"][..], 1),

@@ -5,11 +5,11 @@
 //! endpoints. The maps are byte-for-byte the same after the explanations (the counters apart
 //! from the node's other traffic, which the attached programs keep passing meanwhile).
 
-use std::{net::Ipv4Addr, process::Command};
+use std::process::Command;
 
 use lb_tests::{
     bins,
-    cluster::TwoNodeCluster,
+    cluster::{TwoNodeCluster, slice_yaml},
     privilege,
     topology::{HTTP_PORT, Topology},
 };
@@ -46,20 +46,12 @@ spec:
     )
 }
 
-fn slice(service: &str, endpoints: &[(&Ipv4Addr, &str)]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|(ip, node)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: http, port: {HTTP_PORT}, protocol: TCP}}]\nendpoints:\n{eps}---\n"
-    )
-}
-
 fn manifests(t: &Topology) -> Vec<(String, String)> {
-    let (a, a2, b) = (&t.pod("kubia-a").ip, &t.pod("kubia-a2").ip, &t.pod("kubia-b").ip);
-    let slices =
-        [slice("web", &[(a, "node-0"), (b, "node-1")]), slice("sticky", &[(a, "node-0"), (a2, "node-0"), (b, "node-1")])];
+    let ip = |pod: &str| t.pod(pod).ip.to_string();
+    let (a, a2, b) = (ip("kubia-a"), ip("kubia-a2"), ip("kubia-b"));
+    let (a, a2, b) = ((a.as_str(), "node-0"), (a2.as_str(), "node-0"), (b.as_str(), "node-1"));
+    let slice = |service: &str, endpoints: &[(&str, &str)]| slice_yaml(service, Some("http"), HTTP_PORT, endpoints);
+    let slices = [slice("web", &[a, b]), slice("sticky", &[a, a2, b])];
     vec![("services.yaml".into(), services()), ("slices.yaml".into(), slices.concat())]
 }
 

@@ -80,13 +80,7 @@ spec:
 }
 
 fn slice(service: &str, port: u16, endpoints: &[(&str, &str)]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|(ip, node)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{port: {port}, protocol: TCP}}]\nendpoints:\n{eps}---\n"
-    )
+    lb_tests::cluster::slice_yaml(service, None, port, endpoints)
 }
 
 const A: (&str, &str) = ("10.244.0.10", "node-0");

@@ -12,7 +12,7 @@ use std::{
 
 use lb_tests::{
     bins,
-    cluster::TwoNodeCluster,
+    cluster::{TwoNodeCluster, slice_yaml},
     privilege,
     topology::{CurlOutcome, HTTP_PORT, Topology},
 };
@@ -61,20 +61,11 @@ spec:
     )
 }
 
-fn slice(service: &str, endpoints: &[(String, &str)]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|(ip, node)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"))
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: http, port: {HTTP_PORT}, protocol: TCP}}]\nendpoints:\n{eps}---\n"
-    )
-}
-
 fn manifests(t: &Topology) -> Vec<(String, String)> {
-    let a = (t.pod("kubia-a").ip.to_string(), "node-0");
-    let b = (t.pod("kubia-b").ip.to_string(), "node-1");
-    let slices = [slice("web", &[a.clone(), b.clone()]), slice("lb", &[a, b.clone()]), slice("local", &[b])];
+    let (a, b) = (t.pod("kubia-a").ip.to_string(), t.pod("kubia-b").ip.to_string());
+    let (a, b) = ((a.as_str(), "node-0"), (b.as_str(), "node-1"));
+    let slice = |service: &str, endpoints: &[(&str, &str)]| slice_yaml(service, Some("http"), HTTP_PORT, endpoints);
+    let slices = [slice("web", &[a, b]), slice("lb", &[a, b]), slice("local", &[b])];
     vec![("services.yaml".into(), services()), ("slices.yaml".into(), slices.concat())]
 }
 

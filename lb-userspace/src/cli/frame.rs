@@ -4,9 +4,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
+use lb_common::IPPROTO_ICMP as PROTO_ICMP;
+pub use lb_common::{IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP};
+
 const PROTO_ICMPV6: u8 = 58;
 const ETH_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;

@@ -10,6 +10,9 @@
 //! - event to map: one endpoint of one service replaced in its EndpointSlice on the API
 //!   server, timed until the new endpoint's backend id is in that service's Maglev table in
 //!   the pinned maps (new connections can select it), repeated over different services;
+//! - the file source (`--source file:DIR`, 100 services per file) at up to 100,000 services:
+//!   the same full sync and peak RSS, and one endpoint changed in one file until it is in the
+//!   maps;
 //! - the same work for kube-proxy-style baselines in a scratch namespace: `iptables-restore`
 //!   of the whole ruleset (empty tables, and `--noflush` over the loaded rules as kube-proxy's
 //!   full sync does), kube-proxy's partial sync after one endpoint change
@@ -146,16 +149,14 @@ struct SyncOut {
     synced_log_s: Option<f64>,
 }
 
-/// Starts the agent on `kubeconfig` and waits until all `svcs` are in its maps.
-fn start_and_sync(lb: &Path, kubeconfig: &Path, svcs: &[Svc], listen_flags: bool) -> anyhow::Result<SyncOut> {
+/// Starts the agent on `source` (`kube:KUBECONFIG` or `file:DIR`) and waits until all `svcs`
+/// are in its maps.
+fn start_and_sync(lb: &Path, source: &str, svcs: &[Svc], listen_flags: bool) -> anyhow::Result<SyncOut> {
     let token = unique_token();
     let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b3-{token}"));
     let log = std::env::temp_dir().join(format!("lbbench-b3-{token}.log"));
     let mut cmd = Command::new(lb);
-    cmd.args(["agent", "--source", &format!("kube:{}", kubeconfig.display())])
-        .arg("--pin-path")
-        .arg(&pin)
-        .args(["--node-name", common::NODE_NAME]);
+    cmd.args(["agent", "--source", source]).arg("--pin-path").arg(&pin).args(["--node-name", common::NODE_NAME]);
     if listen_flags {
         cmd.args(["--metrics-addr", "none", "--health-addr", "none"]);
     }
@@ -225,10 +226,15 @@ fn synced_took_ms(log: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// One endpoint change through the API server: seconds until the new backend is selectable,
-/// and seconds until the agent logged the sync that wrote it (its log line follows the map
-/// writes).
-fn change_latency(api: &ApiServer, agent: &AgentProc, svc: &mut Svc, new_ip: Ipv4Addr) -> anyhow::Result<(f64, Option<f64>)> {
+/// One endpoint change, written by `publish` (to the API server, or into a manifest file):
+/// seconds until the new backend is selectable, and seconds until the agent logged the sync
+/// that wrote it (its log line follows the map writes).
+fn change_latency(
+    agent: &AgentProc,
+    svc: &mut Svc,
+    new_ip: Ipv4Addr,
+    publish: impl FnOnce(&Svc) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let pin = &agent.pin;
     let services: AyaHashMap<MapData, ServiceKey, ServiceValue> = open(pin, lb_common::SERVICES)?;
     let maglev: AyaHashMap<MapData, MaglevKey, MaglevChunk> = open(pin, lb_common::MAGLEV)?;
@@ -243,7 +249,7 @@ fn change_latency(api: &ApiServer, agent: &AgentProc, svc: &mut Svc, new_ip: Ipv
     let logged_before = synced_lines(&agent.log).len();
     let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
     let t0 = Instant::now();
-    api.apply(svc.slice_json())?;
+    publish(svc)?;
     let deadline = t0 + Duration::from_secs(30);
     loop {
         let ids = table_ids(&maglev, v.select_id, chunks);
@@ -387,15 +393,34 @@ struct Sizes {
     baseline_changes: usize,
     /// Largest N for the `--noflush` full iptables resync (minutes at 10,000 services).
     noflush_max: u32,
+    /// Service counts of the file-source runs, and the edited files timed at each.
+    file_scales: Vec<u32>,
+    file_changes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse("b3");
     common::require_privileges("b3");
     let sizes = if opts.quick {
-        Sizes { scales: vec![1_000], change_scale: 1_000, changes: 10, baseline_changes: 3, noflush_max: 1_000 }
+        Sizes {
+            scales: vec![1_000],
+            change_scale: 1_000,
+            changes: 10,
+            baseline_changes: 3,
+            noflush_max: 1_000,
+            file_scales: vec![1_000],
+            file_changes: 3,
+        }
     } else {
-        Sizes { scales: vec![1_000, 10_000], change_scale: 10_000, changes: 30, baseline_changes: 3, noflush_max: 1_000 }
+        Sizes {
+            scales: vec![1_000, 10_000],
+            change_scale: 10_000,
+            changes: 30,
+            baseline_changes: 3,
+            noflush_max: 1_000,
+            file_scales: vec![1_000, 10_000, 100_000],
+            file_changes: 10,
+        }
     };
     let lb = bins::lb();
     let help = Command::new(&lb).args(["agent", "--help"]).output()?;
@@ -416,7 +441,7 @@ fn main() -> anyhow::Result<()> {
         let fill_s = t.elapsed().as_secs_f64();
         let kubeconfig = std::env::temp_dir().join(format!("lbbench-b3-{}-kubeconfig", unique_token()));
         api.kubeconfig(&kubeconfig)?;
-        let mut out = start_and_sync(&lb, &kubeconfig, &svcs, listen_flags)?;
+        let mut out = start_and_sync(&lb, &format!("kube:{}", kubeconfig.display()), &svcs, listen_flags)?;
         let rss_sync = out.agent.vm_hwm_kib();
         println!(
             "b3: {n} services: synced {:.3} s after the agent started (log: datapath loaded at {:.3} s, initial lists in at {:.3} s, synced at {:.3} s); peak RSS {:.1} MiB",
@@ -431,7 +456,7 @@ fn main() -> anyhow::Result<()> {
             for c in 0..sizes.changes {
                 let i = (c * 7919) % svcs.len();
                 let new_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 0, 0)) + c as u32);
-                let (l, log_s) = change_latency(&api, &out.agent, &mut svcs[i], new_ip)?;
+                let (l, log_s) = change_latency(&out.agent, &mut svcs[i], new_ip, |s| api.apply(s.slice_json()).map(drop))?;
                 lat.push(l * 1e3);
                 if let Some(x) = log_s {
                     logged.push(x * 1e3);
@@ -478,6 +503,8 @@ fn main() -> anyhow::Result<()> {
         }));
         let _ = fs::remove_file(&kubeconfig);
     }
+
+    let file_rows = file_source(&lb, &sizes, listen_flags)?;
 
     // Baselines, in a namespace of their own.
     let ns = Netns::new(&format!("lbb3{}", unique_token()))?;
@@ -545,9 +572,87 @@ fn main() -> anyhow::Result<()> {
         "agent_listen_flags": listen_flags,
         "lb": lb_rows,
         "lb_change": change,
+        "lb_file": file_rows,
         "baselines": base_rows,
         "baseline_change": base_change,
     });
     common::write_results(&opts, "b3", results);
     Ok(())
+}
+
+/// Services per manifest file of the file-source runs.
+const PER_FILE: usize = 100;
+
+/// Writes file `k` of the file-source directory: the Services `PER_FILE * k ..` and their
+/// EndpointSlices as YAML documents (JSON is YAML), with `changed` (index, new version) in place
+/// of that Service.
+fn write_manifest_file(dir: &Path, k: usize, svcs: &[Svc], changed: Option<(usize, &Svc)>) -> anyhow::Result<()> {
+    let range = k * PER_FILE..((k + 1) * PER_FILE).min(svcs.len());
+    let docs: Vec<String> = range
+        .map(|i| match changed {
+            Some((j, s)) if j == i => s,
+            _ => &svcs[i],
+        })
+        .flat_map(|s| [s.service_json().to_string(), s.slice_json().to_string()])
+        .collect();
+    let tmp = dir.join(format!("f{k:05}.tmp"));
+    fs::write(&tmp, docs.join("\n---\n"))?;
+    // Renamed into place: the agent never reads a half-written file.
+    fs::rename(&tmp, dir.join(format!("f{k:05}.yaml")))?;
+    Ok(())
+}
+
+/// The same agent on `--source file:DIR` (issue 16, item 5): N services in files of
+/// `PER_FILE`, the time until all are in the maps and the peak RSS, and one endpoint changed in
+/// one file until the new backend is in the maps. The agent polls the directory (every 200 ms
+/// by default), so that latency includes up to one poll interval; the agent's own `took_ms`
+/// is the sync itself.
+fn file_source(lb: &Path, sizes: &Sizes, listen_flags: bool) -> anyhow::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for &n in &sizes.file_scales {
+        let dir = std::env::temp_dir().join(format!("lbbench-b3-files-{}", unique_token()));
+        fs::create_dir_all(&dir)?;
+        let mut svcs: Vec<Svc> = (0..n).map(|i| Svc::dummy_own(i, ENDPOINTS)).collect();
+        for k in 0..svcs.len().div_ceil(PER_FILE) {
+            write_manifest_file(&dir, k, &svcs, None)?;
+        }
+        let out = start_and_sync(lb, &format!("file:{}", dir.display()), &svcs, listen_flags)?;
+        let rss = out.agent.vm_hwm_kib();
+        println!(
+            "b3: file source, {n} services: synced {:.3} s after the agent started (datapath loaded at {:.3} s); peak RSS {:.1} MiB",
+            out.sync_s,
+            out.loaded_s.unwrap_or(f64::NAN),
+            rss.unwrap_or(0) as f64 / 1024.0
+        );
+        let mut lat = Vec::new();
+        for c in 0..sizes.file_changes {
+            let i = (c * 7919 + 13) % svcs.len();
+            let new_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 202, 0, 0)) + c as u32);
+            let mut one = svcs[i].clone();
+            let (l, _) =
+                change_latency(&out.agent, &mut one, new_ip, |s| write_manifest_file(&dir, i / PER_FILE, &svcs, Some((i, s))))?;
+            svcs[i] = one;
+            lat.push(l * 1e3);
+            // Past the next poll, so that each change is picked up by a poll of its own.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut agent = out.agent;
+        if let Some(why) = agent.exited() {
+            anyhow::bail!("the agent exited: {why}");
+        }
+        let took: Vec<f64> = synced_took_ms(&agent.log).into_iter().rev().take(lat.len()).collect();
+        println!(
+            "b3: file source, {n} services: one edited file in the maps: p50 {:.1} ms, p99 {:.1} ms (the sync itself {:.1} ms, median)",
+            median(&lat),
+            percentile(&lat, 99.0),
+            median(&took)
+        );
+        rows.push(json!({
+            "services": n, "sync_s": out.sync_s, "log_datapath_loaded_s": out.loaded_s, "vm_hwm_kib": rss,
+            "edit_latency_ms": summary(&lat), "edit_sync_ms": summary(&took),
+        }));
+        drop(agent);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    Ok(rows)
 }

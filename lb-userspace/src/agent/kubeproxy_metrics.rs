@@ -5,18 +5,16 @@
 //! [`ProgrammingLatency`].)
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fmt::Write as _,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
 
 use super::exposition::{Histogram, header, histogram};
-use crate::{
-    model::kubernetes::{LABEL_SERVICE_NAME, TRIGGER_TIME_ANNOTATION},
-    source::ClusterObjects,
-};
+use crate::{model::kubernetes::TRIGGER_TIME_ANNOTATION, source::ClusterObjects};
 
 /// Buckets of `kubeproxy_sync_proxy_rules_duration_seconds`: kube-proxy's (1 ms doubling to
 /// 16 s), so that its dashboards' quantiles read the same.
@@ -101,28 +99,25 @@ impl ProgrammingLatency {
     }
 
     /// After a successful sync ending at `now` that applied `objects`, where only the Services
-    /// in `changed` (`namespace/name`; `None`: any) changed: the latencies to report.
+    /// owning `changed` slices changed (`None`: any): the latencies to report. Runs after every
+    /// sync, so it looks at the changed Services' slices only (the compile memo knows them),
+    /// not at every slice of the cluster.
     pub(super) fn synced(
         &mut self,
         objects: &ClusterObjects,
-        changed: Option<&BTreeSet<String>>,
+        changed: Option<&[&Arc<EndpointSlice>]>,
         now: SystemTime,
     ) -> Vec<Duration> {
         let Ok(started) = Timestamp::try_from(self.started) else { return Vec::new() };
         let Ok(now_ts) = Timestamp::try_from(now) else { return Vec::new() };
-        // Runs after every sync: the slices of Services that did not change are passed over
-        // by their labels, before any timestamp is parsed or key built.
-        let changed: Option<HashSet<(&str, &str)>> = changed.map(|c| c.iter().filter_map(|s| s.split_once('/')).collect());
+        let candidates: Box<dyn Iterator<Item = &Arc<EndpointSlice>>> = match changed {
+            Some(c) => Box::new(c.iter().copied()),
+            None => Box::new(objects.slices.iter()),
+        };
         let mut out = Vec::new();
-        for slice in &objects.slices {
+        for slice in candidates {
             let meta = &slice.metadata;
             let ns = meta.namespace.as_deref().unwrap_or("default");
-            if let Some(changed) = &changed {
-                let service = meta.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME));
-                if !service.is_some_and(|s| changed.contains(&(ns, s.as_str()))) {
-                    continue;
-                }
-            }
             let Some(trigger) = meta.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)) else { continue };
             let Ok(t) = trigger.parse::<Timestamp>() else { continue };
             if t < started {
@@ -190,9 +185,8 @@ mod tests {
         assert_eq!(p.synced(&objects, None, now), [Duration::from_millis(1500)]);
         assert!(p.synced(&objects, None, now).is_empty(), "counted once");
         objects.slices[0] = slice("web-a", "web", Some("2026-12-04T10:00:04Z"));
-        let changed: BTreeSet<String> = ["shop/other".to_owned()].into();
-        assert!(p.synced(&objects, Some(&changed), now).is_empty(), "its Service did not change in this sync");
-        let changed: BTreeSet<String> = ["shop/web".to_owned()].into();
-        assert_eq!(p.synced(&objects, Some(&changed), now), [Duration::from_secs(1)]);
+        let other = slice("other-a", "other", None);
+        assert!(p.synced(&objects, Some(&[&other]), now).is_empty(), "its Service did not change in this sync");
+        assert_eq!(p.synced(&objects, Some(&[&objects.slices[0]]), now), [Duration::from_secs(1)]);
     }
 }

@@ -190,6 +190,13 @@ impl Metrics {
         self.lock().programmed = programmed;
     }
 
+    /// What the last sync programmed, keeping the ServicePort names as they were (they did
+    /// not change).
+    pub fn set_programmed_counts(&self, service_ports: usize, frontends: usize, backends: usize) {
+        let p = &mut self.lock().programmed;
+        (p.service_ports, p.frontends, p.backends) = (service_ports, frontends, backends);
+    }
+
     /// The objects the compile step rejected: each newly rejected `(object, reason)` counts
     /// once, however many syncs see it again.
     pub fn set_rejected(&self, rejected: &[Skipped]) {

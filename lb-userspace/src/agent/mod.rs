@@ -188,7 +188,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 Ok(()) => {
                     let now = SystemTime::now();
                     metrics.sync_ok(since.elapsed(), work.elapsed(), now);
-                    metrics.programmed(&programming.synced(objects, sync.changed_services.as_ref(), now));
+                    metrics.programmed(&programming.synced(objects, sync.changed_slices().as_deref(), now));
                     health.updated(Instant::now(), now);
                     status.synced();
                     events.observe(&sync.rejected, &sync.left_out, objects);

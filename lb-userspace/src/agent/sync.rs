@@ -74,6 +74,8 @@ pub(super) struct SyncState {
     pub(super) changed_services: Option<BTreeSet<String>>,
     /// Services left out because they do not fit (`agent::fit`), with the full map and why.
     pub(super) left_out: BTreeMap<String, (&'static str, String)>,
+    /// The planner's names version the metrics hold (`Planner::svc_names_version`).
+    names_version: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,8 +95,16 @@ impl SyncState {
             health_checks: HealthChecks::new(),
             changed_services: None,
             left_out: BTreeMap::new(),
+            names_version: None,
             metrics,
         }
+    }
+
+    /// The EndpointSlices of the Services the last compile found changed; `None`: possibly
+    /// any (look at every slice).
+    pub(super) fn changed_slices(&self) -> Option<Vec<&Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>> {
+        let changed = self.changed_services.as_ref()?;
+        Some(changed.iter().filter_map(|s| s.split_once('/')).flat_map(|(ns, name)| self.compile.slices_of(ns, name)).collect())
     }
 
     /// Compiles, plans and applies `objects` without the Services in `without`.
@@ -152,19 +162,27 @@ impl SyncState {
         let writes = dp.apply_touched(state, self.planner.pending()).map_err(SyncError::Apply)?;
         self.planner.applied();
         self.first = false;
+        let version = self.planner.svc_names_version();
         let state = self.planner.state();
-        self.metrics.set_programmed(Programmed {
-            service_ports: desired.services.len(),
-            frontends: state.services.keys().filter(|k| k.proto != 0).count(),
-            backends: state.backends.len(),
-            names: self.planner.svc_names().clone(),
-        });
-        // `frontends` as `lb service list` and `lb_frontends_programmed` count them (address markers are
-        // not frontends); milliseconds to 0.1.
+        // `frontends` as `lb service list` and `lb_frontends_programmed` count them (address
+        // markers are not frontends).
+        let frontends = state.services.keys().filter(|k| k.proto != 0).count();
+        if self.names_version == Some(version) {
+            self.metrics.set_programmed_counts(desired.services.len(), frontends, state.backends.len());
+        } else {
+            self.metrics.set_programmed(Programmed {
+                service_ports: desired.services.len(),
+                frontends,
+                backends: state.backends.len(),
+                names: self.planner.svc_names().clone(),
+            });
+            self.names_version = Some(version);
+        }
+        // Milliseconds to 0.1.
         info!(
             service_ports = desired.services.len(),
             replanned,
-            frontends = state.services.keys().filter(|k| k.proto != 0).count(),
+            frontends,
             backends = state.backends.len(),
             writes,
             took_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,

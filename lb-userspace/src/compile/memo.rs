@@ -77,6 +77,12 @@ struct Compiled {
 }
 
 impl CompileMemo {
+    /// The EndpointSlices Service `namespace/name` was last compiled from (none when it is
+    /// not in the memo).
+    pub fn slices_of(&self, namespace: &str, name: &str) -> &[Arc<EndpointSlice>] {
+        self.by_service.get(namespace).and_then(|by_name| by_name.get(name)).map_or(&[], |c| &c.slices)
+    }
+
     /// [`compile_all`] of `services` and `slices` for `node`, compiling only the Services whose
     /// Service object or EndpointSlices are not the ones of the last call, and patching the
     /// last result with theirs (the rest is neither compiled nor copied).

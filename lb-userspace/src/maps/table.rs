@@ -286,9 +286,14 @@ impl MapState {
         self.names.keys().copied().chain(self.services.values().map(|v| v.svc_id))
     }
 
-    /// The highest svc_id ([`MapState::svc_ids`]).
+    /// The highest svc_id of a planned state: the last name's (the planner writes a name for
+    /// every svc_id a frontend carries, so no walk over the frontends is needed: this runs at
+    /// every apply, over 200,000 frontends at 100,000 Services).
     pub fn top_svc_id(&self) -> Option<u32> {
-        self.names.keys().next_back().copied().into_iter().chain(self.services.values().map(|v| v.svc_id)).max()
+        debug_assert!(
+            self.services.values().all(|v| v.flags & lb_common::SVC_F_ADDR_MARKER != 0 || self.names.contains_key(&v.svc_id))
+        );
+        self.names.keys().next_back().copied()
     }
 
     /// The highest backend id.

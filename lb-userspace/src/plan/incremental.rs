@@ -69,6 +69,12 @@ pub struct Planner {
     filter: AddrCounts,
     /// Every planned ServicePort by its svc_id (names for the per-service counters).
     svc_names: BTreeMap<u32, Arc<ServicePortName>>,
+    /// Bumped whenever `svc_names` gains, loses or renames an id, so that a reader copies it
+    /// only then (at 100,000 ServicePorts a copy per sync cost more than the sync's planning).
+    svc_names_version: u64,
+    /// Names withdrawn since the version was last read: a replanned ServicePort is withdrawn
+    /// and contributed again under the same id and name, which changes nothing.
+    withdrawn_names: Vec<(u32, Arc<ServicePortName>)>,
     pending: Touched,
     /// Ids were adopted: the next pass forgets every id its state does not use, as the full
     /// plan does after adopting.
@@ -87,6 +93,8 @@ impl Planner {
             source_ranges: HashMap::new(),
             filter: AddrCounts::default(),
             svc_names: BTreeMap::new(),
+            svc_names_version: 0,
+            withdrawn_names: Vec::new(),
             pending: Touched { all: true, ..Touched::default() },
             adopted: false,
         }
@@ -108,6 +116,15 @@ impl Planner {
     /// ServicePort claims the same frontend.
     pub fn svc_names(&self) -> &BTreeMap<u32, Arc<ServicePortName>> {
         &self.svc_names
+    }
+
+    /// Changes whenever [`Planner::svc_names`] does.
+    pub fn svc_names_version(&mut self) -> u64 {
+        let withdrawn = std::mem::take(&mut self.withdrawn_names);
+        if withdrawn.iter().any(|(id, name)| self.svc_names.get(id) != Some(name)) {
+            self.svc_names_version += 1;
+        }
+        self.svc_names_version
     }
 
     /// Keys that may differ from the maps since the last [`Planner::applied`].
@@ -236,7 +253,10 @@ impl Planner {
         let p = &mut self.pending;
         for (id, name) in own.names {
             self.state.names.insert(id, name);
-            self.svc_names.insert(id, spn.clone());
+            let withdrawn = self.withdrawn_names.iter().any(|(w, name)| *w == id && name == spn);
+            if self.svc_names.insert(id, spn.clone()).is_none_or(|old| old != *spn) && !withdrawn {
+                self.svc_names_version += 1;
+            }
             p.names.insert(id);
         }
         self.state.labels.extend(own.labels);
@@ -270,7 +290,9 @@ impl Planner {
         if let Some(id) = own.svc_id {
             self.state.names.remove(&id);
             self.state.labels.remove(&id);
-            self.svc_names.remove(&id);
+            if let Some(name) = self.svc_names.remove(&id) {
+                self.withdrawn_names.push((id, name));
+            }
             p.names.insert(id);
         }
         for &t in &own.tables {
@@ -417,6 +439,28 @@ mod tests {
     /// its address still in the filter (replies of its flows are translated), until a sweep
     /// finds no conntrack entry naming it; then the id is the next one given out and the
     /// address leaves the filter. The incremental filter equals the full computation throughout.
+    /// The names version moves when a ServicePort comes or goes, not when one is planned again
+    /// with new endpoints (the agent copies the names to its metrics only then).
+    #[test]
+    fn the_names_version_moves_only_when_service_ports_come_or_go() {
+        let mut d = DesiredState::default();
+        d.services.extend([port("a", 1, &[1, 2]), port("b", 2, &[3])]);
+        let mut p = Planner::new(PlanConfig::default());
+        p.plan(&d);
+        let v0 = p.svc_names_version();
+        d.services.extend([port("a", 1, &[1, 4])]);
+        assert_eq!(p.plan(&d), 1);
+        assert_eq!(p.svc_names_version(), v0, "a replanned ServicePort keeps its name");
+        d.services.extend([port("c", 3, &[5])]);
+        p.plan(&d);
+        let v1 = p.svc_names_version();
+        assert_ne!(v1, v0, "a new ServicePort");
+        d.services.remove(&port("b", 2, &[]).0);
+        p.plan(&d);
+        assert_ne!(p.svc_names_version(), v1, "a ServicePort gone");
+        assert_eq!(p.svc_names().len(), 2);
+    }
+
     #[test]
     fn a_freed_backend_id_is_reused_only_after_release_and_its_address_filtered_until_then() {
         let gone = lb_common::v4_mapped([10, 244, 0, 2]);

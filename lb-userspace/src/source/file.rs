@@ -41,12 +41,21 @@ pub enum SourceError {
 /// Every `*.yaml`/`*.yml`/`*.json` file of `dir`, sorted by name.
 pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let read = |source| SourceError::Read { path: dir.to_owned(), source };
+    // The directory entry's type needs no syscall (a symbolic link is followed); names compare
+    // as plain strings (one directory): this runs at every poll, over 1,000 files at 100,000
+    // Services.
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(read)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter_map(Result::ok)
+        .filter(|e| match e.file_type() {
+            Ok(t) if t.is_symlink() => e.path().is_file(),
+            Ok(t) => t.is_file(),
+            Err(_) => false,
+        })
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
         .collect();
-    files.sort();
+    files.sort_unstable_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
 }
 
@@ -143,7 +152,12 @@ impl FileSource {
             }
         }
         if changed {
-            let mut all = ClusterObjects::default();
+            let count = |f: fn(&ClusterObjects) -> usize| self.files.values().map(|s| f(&s.objects)).sum::<usize>();
+            let mut all = ClusterObjects {
+                services: Vec::with_capacity(count(|o| o.services.len())),
+                slices: Vec::with_capacity(count(|o| o.slices.len())),
+                nodes: Vec::with_capacity(count(|o| o.nodes.len())),
+            };
             for f in self.files.values() {
                 all.extend(&f.objects);
             }

@@ -541,7 +541,7 @@ mod tests {
         let mut slices: Vec<Arc<EndpointSlice>> =
             (0..200).map(|i| slice(&format!("s{i}-1"), &format!("s{i}"), &[&format!("10.244.1.{i}")], "n1")).collect();
         let n = node("n1");
-        let mut step = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], what: &str| {
+        let step = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], what: &str| {
             let before = memo.partial_calls;
             let got = memo.compile(services, slices, &n).desired.clone();
             assert_eq!((got, memo.health_checks.clone()), compile_all(services, slices, &n), "{what}");

@@ -81,8 +81,9 @@ impl Probe {
         // The private pins live next to the agent's directory on the same bpffs (whose names take
         // no dots).
         let parent = pin_path.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+        remove_abandoned(parent);
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let private_dir = parent.join(format!("lb-explain-{}-{stamp}", std::process::id()));
+        let private_dir = parent.join(format!("{PRIVATE_PREFIX}{}-{stamp}", std::process::id()));
         fs::create_dir_all(&private_dir).map_err(|source| DataplaneError::PinDir { path: private_dir.clone(), source })?;
         // From here on `Drop` removes the directory (and with it the private maps).
         let shared_pins: Vec<(&'static str, PathBuf)> = shared.iter().map(|n| (*n, pin_path.join(n))).collect();
@@ -203,10 +204,49 @@ impl Drop for Probe {
     }
 }
 
+/// The name prefix of a probe's private pin directory (`lb-explain-PID-STAMP`).
+const PRIVATE_PREFIX: &str = "lb-explain-";
+
+/// Removes the private pin directories of probes whose process is gone (an `lb explain` killed
+/// before it could clean up would otherwise leave its private maps pinned).
+fn remove_abandoned(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PRIVATE_PREFIX)).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The tag of the program attached through the link pinned at `link_pin` (a `link_*` pin of the
 /// agent), to compare with [`Probe::tag`].
 pub fn attached_tag(link_pin: &Path) -> Option<u64> {
     let link = aya::programs::links::FdLink::from(aya::programs::links::PinnedLink::from_pin(link_pin).ok()?);
     let id = link.info().ok()?.program_id();
     aya::programs::loaded_programs().flatten().find(|p| p.id() == id).map(|p| p.tag())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead process's private directory goes; a live one's and anything else stay.
+    #[test]
+    fn abandoned_private_directories_are_removed() {
+        let parent = std::env::temp_dir().join(format!("lb-probe-test-{}", std::process::id()));
+        let dead = parent.join(format!("{PRIVATE_PREFIX}4000000000-1"));
+        let live = parent.join(format!("{PRIVATE_PREFIX}{}-2", std::process::id()));
+        let other = parent.join("lb");
+        for d in [&dead, &live, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(dead.join("LB_CONNTRACK"), b"").unwrap();
+        remove_abandoned(&parent);
+        assert!(!dead.exists() && live.exists() && other.exists());
+        fs::remove_dir_all(&parent).unwrap();
+    }
 }

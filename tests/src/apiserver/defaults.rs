@@ -54,12 +54,17 @@ pub(super) fn default_service<'a>(
     alloc: &mut Allocator,
 ) {
     let old_spec = old.and_then(|o| o.get("spec"));
+    // What the stored Services hold, gathered only when something is to be allocated (a walk
+    // over every Service per write made filling 100,000 of them quadratic).
+    let mut services = Some(services);
     let (mut used_ips, mut used_ports) = (Vec::new(), Vec::new());
-    for v in services {
-        used_ips.extend(v["spec"]["clusterIP"].as_str().map(str::to_owned));
-        used_ports.extend(v["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_u64()));
-        used_ports.extend(v["spec"]["healthCheckNodePort"].as_u64());
-    }
+    let mut gather = |used_ips: &mut Vec<String>, used_ports: &mut Vec<u64>| {
+        for v in services.take().into_iter().flatten() {
+            used_ips.extend(v["spec"]["clusterIP"].as_str().map(str::to_owned));
+            used_ports.extend(v["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_u64()));
+            used_ports.extend(v["spec"]["healthCheckNodePort"].as_u64());
+        }
+    };
     let Some(o) = obj.as_object_mut() else { return };
     let spec = o.entry("spec").or_insert_with(|| json!({}));
     let Some(s) = spec.as_object_mut() else {
@@ -93,7 +98,10 @@ pub(super) fn default_service<'a>(
                     .and_then(|os| os["ports"].as_array())
                     .and_then(|ps| ps.iter().find(same))
                     .and_then(|q| q["nodePort"].as_u64());
-                let np = previous.unwrap_or_else(|| u64::from(alloc.node_port(&used_ports)));
+                let np = previous.unwrap_or_else(|| {
+                    gather(&mut used_ips, &mut used_ports);
+                    u64::from(alloc.node_port(&used_ports))
+                });
                 p.insert("nodePort".into(), np.into());
             }
         }
@@ -109,9 +117,10 @@ pub(super) fn default_service<'a>(
         if s.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
             && s.get("healthCheckNodePort").is_none_or(|n| n.is_null() || n == 0)
         {
-            let np = old_spec
-                .and_then(|os| os["healthCheckNodePort"].as_u64())
-                .unwrap_or_else(|| u64::from(alloc.node_port(&used_ports)));
+            let np = old_spec.and_then(|os| os["healthCheckNodePort"].as_u64()).unwrap_or_else(|| {
+                gather(&mut used_ips, &mut used_ports);
+                u64::from(alloc.node_port(&used_ports))
+            });
             s.insert("healthCheckNodePort".into(), np.into());
         }
     }
@@ -119,7 +128,10 @@ pub(super) fn default_service<'a>(
     if s.get("clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
         let ip = match old_spec.and_then(|os| os["clusterIP"].as_str()) {
             Some(ip) if !ip.is_empty() => ip.to_owned(),
-            _ => alloc.cluster_ip(&used_ips),
+            _ => {
+                gather(&mut used_ips, &mut used_ports);
+                alloc.cluster_ip(&used_ips)
+            }
         };
         s.insert("clusterIP".into(), ip.into());
     }

@@ -575,3 +575,45 @@ pub fn render_explanation(ex: &Explanation, output: Output) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn packets_parse_with_or_without_the_arrow() {
+        let r = Request::parse(&words("tcp 10.244.0.12:40000 -> 10.96.0.10:80"), From::Pod, None, "syn").unwrap();
+        assert_eq!(
+            (r.proto, r.src.port(), r.dst.to_string(), r.tcp_flags),
+            (PROTO_TCP, 40000, "10.96.0.10:80".into(), frame::TCP_SYN)
+        );
+        let r = Request::parse(&words("UDP [fd00::1]:5353 [fd00:96::a]:53"), From::External, None, "").unwrap();
+        assert_eq!((r.proto, r.dst.port()), (PROTO_UDP, 53));
+        let r = Request::parse(&words("tcp 10.0.0.1:1 -> 10.0.0.2:2"), From::Pod, None, "ack,psh").unwrap();
+        assert_eq!(r.tcp_flags, frame::TCP_ACK | frame::TCP_PSH);
+    }
+
+    /// Bad input is refused with what to give instead.
+    #[test]
+    fn bad_packets_say_what_is_expected() {
+        let err = |s: &str, flags: &str| Request::parse(&words(s), From::Pod, None, flags).err().unwrap().to_string();
+        assert!(err("icmp 10.0.0.1:1 -> 10.0.0.2:2", "syn").contains("tcp or udp"));
+        assert!(err("tcp 10.0.0.1 -> 10.0.0.2:2", "syn").contains("ADDRESS:PORT"));
+        assert!(err("tcp 10.0.0.1:1 -> [fd00::1]:2", "syn").contains("different families"));
+        assert!(err("tcp 10.0.0.1:1 ->", "syn").contains("PROTO SRC -> DST"));
+        assert!(err("tcp 10.0.0.1:1 -> 10.0.0.2:2", "syn,urg").contains("syn, ack, fin, rst, psh"));
+    }
+
+    #[test]
+    fn return_codes_are_named_for_their_hook() {
+        assert_eq!(return_code(2, true), "XDP_PASS");
+        assert_eq!(return_code(3, true), "XDP_TX");
+        assert_eq!(return_code(0, false), "TC_ACT_OK");
+        assert_eq!(return_code(7, false), "TC_ACT_REDIRECT");
+        assert_eq!(return_code(42, false), "42");
+    }
+}

@@ -82,9 +82,14 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
     ctx.linearize();
     let verdict = decide(ctx.data(), ctx.data_end(), hook, sc);
     let p = &sc.pkt;
-    // An event for `lb monitor` (only these three paths look whether one runs).
+    // An event for `lb monitor` (only the drop, reject and new-flow paths look whether one
+    // runs); every drop of a parsed packet is reported.
     let event = |kind, reason, svc_id, backend_id| {
         report(p, &About { kind, reason, svc_id, backend_id, hook, ifindex: ctx.ifindex() });
+    };
+    let dropped = |reason| {
+        event(EVENT_DROP, reason, 0, 0);
+        drop(ctx, reason)
     };
     match verdict {
         Verdict::Pass(reason) => {
@@ -94,10 +99,7 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
             count(CNT_VERDICT_PASS);
             ctx.pass()
         }
-        Verdict::Drop(reason) => {
-            event(EVENT_DROP, reason, 0, 0);
-            drop(ctx, reason)
-        }
+        Verdict::Drop(reason) => dropped(reason),
         Verdict::Nat | Verdict::NewFlow => match ctx.nat(p, &sc.flow.nat) {
             Ok(()) => {
                 count(sc.flow.nat.verdict);
@@ -106,33 +108,24 @@ pub fn run<C: Context>(ctx: &C, hook: Hook) -> C::Ret {
                 }
                 ctx.pass()
             }
-            Err(()) => {
-                event(EVENT_DROP, CNT_DROP_REWRITE, 0, 0);
-                drop(ctx, CNT_DROP_REWRITE)
-            }
+            Err(()) => dropped(CNT_DROP_REWRITE),
         },
         Verdict::Icmp => match icmp::apply(ctx.data(), ctx.data_end(), p, &sc.keys.icmp) {
             Some(()) => {
                 count(CNT_VERDICT_REVNAT);
                 ctx.pass()
             }
-            None => drop(ctx, CNT_DROP_REWRITE),
+            None => dropped(CNT_DROP_REWRITE),
         },
-        Verdict::Reject => {
-            let svc_id = sc.flow.svc.svc_id;
-            match ctx.reject(p, &mut sc.keys.orig) {
-                Ok((ret, kind)) => {
-                    count(kind);
-                    count(CNT_VERDICT_REJECT);
-                    report(
-                        &sc.pkt,
-                        &About { kind: EVENT_REJECT, reason: kind, svc_id, backend_id: 0, hook, ifindex: ctx.ifindex() },
-                    );
-                    ret
-                }
-                Err(reason) => drop(ctx, reason),
+        Verdict::Reject => match ctx.reject(p, &mut sc.keys.orig) {
+            Ok((ret, kind)) => {
+                count(kind);
+                count(CNT_VERDICT_REJECT);
+                event(EVENT_REJECT, kind, sc.flow.svc.svc_id, 0);
+                ret
             }
-        }
+            Err(reason) => dropped(reason),
+        },
     }
 }
 

@@ -198,13 +198,12 @@ pub fn explain(maps: &PinnedMaps, req: &Request) -> anyhow::Result<Explanation> 
     let tag = probe.tag()?;
     let attached_tag =
         attachment.as_ref().and_then(|(what, kind)| attached_tag(&maps.pin_path().join(format!("link_{what}_{kind}"))));
-    let frame = frame::build(req.proto, req.src, req.dst, if req.proto == PROTO_TCP { req.tcp_flags } else { 0 });
+    let frame = frame::build(req.proto, req.src, req.dst, req.tcp_flags);
     let run = probe.run(&frame)?;
     drop(probe);
 
-    let ctx = Context { req, program, st: &st, frontend, seeds: &seeds, fwd_key, run: &run };
+    let ctx = Context { req, program, frame: &frame, st: &st, frontend, seeds: &seeds, fwd_key, run: &run };
     let mut ex = ctx.interpret();
-    ex.program = program;
     ex.attached = attachment.as_ref().map(|(what, kind)| format!("{what} ({kind})"));
     ex.same_code_as_attached = attached_tag.map(|t| t == tag);
     let program_step = match (&ex.attached, ex.same_code_as_attached) {
@@ -222,6 +221,8 @@ pub fn explain(maps: &PinnedMaps, req: &Request) -> anyhow::Result<Explanation> 
 struct Context<'a> {
     req: &'a Request,
     program: &'static str,
+    /// The packet as it went in.
+    frame: &'a [u8],
     st: &'a MapState,
     frontend: Option<ServiceValue>,
     seeds: &'a [(CtKey, CtValue)],
@@ -244,13 +245,12 @@ impl Context<'_> {
     fn interpret(&self) -> Explanation {
         let req = self.req;
         let from = if req.from == From::Pod { "from a pod on this node" } else { "from outside the node" };
-        let packet =
-            frame::read(&frame::build(req.proto, req.src, req.dst, req.tcp_flags)).map(|s| s.describe()).unwrap_or_default();
+        let packet = frame::read(self.frame).map(|s| s.describe()).unwrap_or_default();
         let mut steps = vec![Step { step: "packet", result: format!("{packet}, {from}") }];
         let mut ex = Explanation {
             packet,
             from: req.from,
-            program: "",
+            program: self.program,
             attached: None,
             same_code_as_attached: None,
             service: None,

@@ -135,21 +135,16 @@ fn frontend_kind(flags: u32) -> &'static str {
 
 /// The rows of every ServicePort that passes `filter`.
 fn render_service_list(st: &MapState, output: Output, filter: &Filter) -> String {
-    // The Service's type, over all its ports and families (by `namespace/name`).
-    let mut types: BTreeMap<String, &'static str> = BTreeMap::new();
+    // The Service's type, over all its ports and families (by `namespace/name`): the widest
+    // of its frontends' (an externalIP does not change a Service's type).
+    const TYPES: [&str; 3] = ["ClusterIP", "NodePort", "LoadBalancer"];
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
     for v in st.services.values().filter(|v| v.flags & SVC_F_ADDR_MARKER == 0) {
         let name = service_name(st, v.svc_id);
         let svc = name.split_once(':').map_or(name.as_str(), |(s, _)| s).to_owned();
-        let t = match frontend_kind(v.flags) {
-            "LoadBalancer" => "LoadBalancer",
-            "NodePort" => "NodePort",
-            _ => "ClusterIP",
-        };
-        let e = types.entry(svc).or_insert("ClusterIP");
-        let rank = |t: &str| ["ClusterIP", "NodePort", "LoadBalancer"].iter().position(|x| *x == t).unwrap_or(0);
-        if rank(t) > rank(e) {
-            *e = t;
-        }
+        let rank = if v.flags & SVC_F_LOADBALANCER != 0 { 2 } else { usize::from(v.flags & SVC_F_NODEPORT != 0) };
+        let e = types.entry(svc).or_default();
+        *e = (*e).max(rank);
     }
     let mut views: Vec<ServiceView> = Vec::new();
     // One view per (ServicePort, endpoint set): frontends sharing a table are listed together.
@@ -169,7 +164,7 @@ fn render_service_list(st: &MapState, output: Output, filter: &Filter) -> String
                 .collect();
             let service = service_name(st, v.svc_id);
             let svc = service.split_once(':').map_or(service.as_str(), |(s, _)| s);
-            let service_type = types.get(svc).copied().unwrap_or("ClusterIP");
+            let service_type = TYPES[types.get(svc).copied().unwrap_or(0)];
             views.push(ServiceView {
                 id: v.svc_id,
                 service,

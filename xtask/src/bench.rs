@@ -771,17 +771,44 @@ impl Report {
             let (mn, mo) = (f(&row["vm_hwm_kib_end"]) / 1024.0, f(&o["vm_hwm_kib_end"]) / 1024.0);
             let _ = writeln!(md, "| {} services: peak RSS | {mn:.1} MiB | {mo:.1} MiB | {} |", num(f(n), 0), ratio(mn, mo));
         }
-        let (c, oc) = (&r["lb_change"]["latency_ms"], &old["lb_change"]["latency_ms"]);
-        if c.is_object() && oc.is_object() {
+        // One change at the change scale, and at 100,000 where measured.
+        let mut changes = vec![(&r["lb_change"], &old["lb_change"])];
+        for row in r["lb"].as_array().into_iter().flatten().filter(|x| x["change"].is_object()) {
+            let o = old["lb"].as_array().and_then(|rows| rows.iter().find(|x| x["services"] == row["services"]));
+            changes.extend(o.map(|o| (&row["change"], &o["change"])));
+        }
+        for (c, oc) in changes {
+            if !(c["latency_ms"].is_object() && oc["latency_ms"].is_object()) {
+                continue;
+            }
             for (label, k) in [("p50", "median"), ("p99", "p99")] {
-                let (x, y) = (f(&c[k]), f(&oc[k]));
+                let (x, y) = (f(&c["latency_ms"][k]), f(&oc["latency_ms"][k]));
                 let _ = writeln!(
                     md,
                     "| one change, {label} ({} services) | {x:.1} ms | {y:.1} ms | {} |",
-                    num(f(&r["lb_change"]["services"]), 0),
+                    num(f(&c["services"]), 0),
                     ratio(x, y)
                 );
             }
+        }
+        // The file source: programmed, and one edited file's sync.
+        for row in r["lb_file"].as_array().into_iter().flatten() {
+            let n = &row["services"];
+            let Some(o) = old["lb_file"].as_array().and_then(|rows| rows.iter().find(|x| x["services"] == *n)) else { continue };
+            let (sn, so) = (f(&row["sync_s"]), f(&o["sync_s"]));
+            let _ = writeln!(
+                md,
+                "| file source, {} services: programmed | {sn:.3} s | {so:.3} s | {} |",
+                num(f(n), 0),
+                ratio(sn, so)
+            );
+            let (en, eo) = (f(&row["edit_sync_ms"]["median"]), f(&o["edit_sync_ms"]["median"]));
+            let _ = writeln!(
+                md,
+                "| file source, {} services: an edited file's sync (median) | {en:.1} ms | {eo:.1} ms | {} |",
+                num(f(n), 0),
+                ratio(en, eo)
+            );
         }
     }
 

@@ -37,7 +37,10 @@
 //!   update rewrites only the chunks whose slots changed.
 //! - [`MEMBERS`]: `(select_id, backend id)` → present: set membership, to check that a
 //!   remembered affinity backend is still in the set (point 27).
-//! - [`CONNTRACK`]: LRU flow table, one entry per direction of a translated flow.
+//! - [`CONNTRACK4`]: LRU flow table of IPv4 flows, one entry per direction of a translated flow,
+//!   keyed by 16 bytes ([`CtKey4`]).
+//! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds
+//!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
 //! - [`STATS`]: per-CPU global counters, indexed by the `CNT_*` constants.
 //! - [`SVC_STATS`]: per-CPU per-service counters, an array indexed by `svc_id` (dense ids).
@@ -67,6 +70,7 @@ pub const SERVICES: &str = "LB_SERVICES";
 pub const BACKENDS: &str = "LB_BACKENDS";
 pub const SELECT: &str = "LB_SELECT";
 pub const CONNTRACK: &str = "LB_CONNTRACK";
+pub const CONNTRACK4: &str = "LB_CONNTRACK4";
 pub const AFFINITY: &str = "LB_AFFINITY";
 pub const STATS: &str = "LB_STATS";
 pub const SVC_STATS: &str = "LB_SVC_STATS";
@@ -87,13 +91,14 @@ pub const MONITOR: &str = "LB_MONITOR";
 pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 22] = [
+pub const ALL_MAPS: [&str; 23] = [
     SERVICES,
     BACKENDS,
     SELECT,
     MAGLEV,
     MEMBERS,
     CONNTRACK,
+    CONNTRACK4,
     AFFINITY,
     STATS,
     SVC_STATS,
@@ -115,8 +120,8 @@ pub const ALL_MAPS: [&str; 22] = [
 /// The maps the datapath itself writes (flow state and counters); the agent writes or reads
 /// every other map. `lb explain` runs the datapath against private copies of these, so that a
 /// synthetic packet leaves no trace in the live ones.
-pub const DATAPATH_STATE_MAPS: [&str; 9] =
-    [CONNTRACK, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS, EVENTS, MONITOR_STATS];
+pub const DATAPATH_STATE_MAPS: [&str; 10] =
+    [CONNTRACK, CONNTRACK4, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS, EVENTS, MONITOR_STATS];
 
 // ---------------------------------------------------------------------------------------------
 // Program names (function names in the eBPF object).
@@ -446,6 +451,65 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<CtKey>() == 40 && align_of::<CtKey>() == 8);
+
+/// [`CtKey`] of an IPv4 flow: the 16-byte key of [`CONNTRACK4`] (hashed and compared in 16
+/// bytes rather than 40: the conntrack lookup is most of an established packet's cost).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtKey4 {
+    /// Source address: the four bytes as on the wire (network byte order), read as a native
+    /// word (`u32::from_ne_bytes(octets)`).
+    pub src: u32,
+    /// Destination address, as `src`.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKey4>() == 16 && align_of::<CtKey4>() == 8);
+
+/// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+impl CtKey4 {
+    /// The IPv4 key of `k`, when both of its addresses are IPv4-mapped.
+    pub fn from_key(k: &CtKey) -> Option<Self> {
+        let v4 = |a: &[u8; 16]| (a[..12] == V4_MAPPED_PREFIX).then(|| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]));
+        Some(Self {
+            src: v4(&k.src)?,
+            dst: v4(&k.dst)?,
+            sport_be: k.sport_be,
+            dport_be: k.dport_be,
+            proto: k.proto,
+            dir: k.dir,
+            _pad: [0; 2],
+        })
+    }
+
+    /// The same flow as a [`CtKey`] (IPv4-mapped addresses).
+    pub fn to_key(&self) -> CtKey {
+        let mapped = |w: u32| {
+            let mut a = [0u8; 16];
+            a[..12].copy_from_slice(&V4_MAPPED_PREFIX);
+            a[12..].copy_from_slice(&w.to_ne_bytes());
+            a
+        };
+        CtKey {
+            src: mapped(self.src),
+            dst: mapped(self.dst),
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            dir: self.dir,
+            _pad: [0; 2],
+        }
+    }
+}
 
 pub const CT_DIR_FORWARD: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
@@ -1039,9 +1103,9 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtValue, FlowCounters, FragKey, FragValue, MaglevChunk,
-        MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey, ServiceKey, ServiceValue, SockRevKey,
-        SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
+        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtKey4, CtValue, FlowCounters, FragKey, FragValue,
+        MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey, ServiceKey, ServiceValue,
+        SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1058,6 +1122,7 @@ mod pod {
         Backend,
         SelectKey,
         CtKey,
+        CtKey4,
         CtValue,
         AffinityKey,
         AffinityValue,
@@ -1103,6 +1168,27 @@ mod tests {
         let leap = utc_time(951_782_400);
         assert_eq!((leap.year, leap.month, leap.day), (2000, 2, 29));
         assert_eq!(utc_time(0), UtcTime { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0 });
+    }
+
+    #[test]
+    fn ipv4_conntrack_keys_are_the_mapped_keys_shortened() {
+        let k = CtKey {
+            src: v4_mapped([10, 244, 1, 7]),
+            dst: v4_mapped([10, 96, 0, 1]),
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        };
+        let k4 = CtKey4::from_key(&k).unwrap();
+        assert_eq!(k4.src.to_ne_bytes(), [10, 244, 1, 7]);
+        assert_eq!(k4.dst.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!((k4.sport_be, k4.dport_be, k4.proto, k4.dir), (k.sport_be, k.dport_be, IPPROTO_TCP, CT_DIR_REPLY));
+        assert_eq!(k4.to_key(), k);
+        let mut v6 = k;
+        v6.dst[0] = 0xfd;
+        assert_eq!(CtKey4::from_key(&v6), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Conntrack: each translated flow has a forward entry (client → frontend, as the datapath first
-//! saw it) and a reply entry (backend → client, or → the SNAT address). An entry lives
+//! saw it) and a reply entry (backend → client, or → the SNAT address), in the table of its
+//! family: IPv4 flows in `LB_CONNTRACK4` (16-byte keys), IPv6 flows in `LB_CONNTRACK` (40-byte
+//! keys). The stages build every key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
+//! [`remove`] shorten an IPv4 one at the map. An entry lives
 //! `lb_common::ct_lifetime_ns` after its flow's last packet (the agent sweeps idle entries; the
 //! LRU reclaims the least recently used under pressure).
 //!
@@ -20,14 +23,14 @@ use aya_ebpf::{
 use lb_common::{
     BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
     CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtValue, IPPROTO_TCP, MemberKey, SVC_F_EXTERNAL, SVC_F_SNAT,
-    ServiceKey, ct_lifetime_ns,
+    CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtKey4, CtValue, IPPROTO_TCP, MemberKey, SVC_F_EXTERNAL,
+    SVC_F_SNAT, ServiceKey, ct_lifetime_ns,
 };
 
 use crate::{
     counters::{count, count_flow},
     hook::Hook,
-    maps::{LB_CONFIG, LB_CONNTRACK, LB_MEMBERS, LB_SERVICES},
+    maps::{LB_CONFIG, LB_CONNTRACK, LB_CONNTRACK4, LB_MEMBERS, LB_SERVICES},
     nat::{Nat, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     scratch::{Flow, Keys},
@@ -74,6 +77,32 @@ pub unsafe fn set_key(k: &mut CtKey, src: &[u8; 16], sport_be: u16, dst: &[u8; 1
     k._pad = [0; 2];
 }
 
+/// The IPv4 form of `k`, whose addresses are IPv4-mapped: the last word of each address.
+#[inline(always)]
+fn key4(k: &CtKey) -> CtKey4 {
+    // SAFETY: `CtKey` is 8-aligned with its addresses at 0 and 16, so word 3 of each (bytes
+    // 12..16, the IPv4 address) is an aligned `u32` inside the key.
+    let (src, dst) = unsafe { (k.src.as_ptr().cast::<u32>().add(3).read(), k.dst.as_ptr().cast::<u32>().add(3).read()) };
+    CtKey4 { src, dst, sport_be: k.sport_be, dport_be: k.dport_be, proto: k.proto, dir: k.dir, _pad: [0; 2] }
+}
+
+/// The entry of flow key `k` in its family's table (`v6`: the packet is IPv6).
+#[inline(always)]
+pub fn entry(k: &CtKey, v6: bool) -> Option<*mut CtValue> {
+    if v6 { LB_CONNTRACK.get_ptr_mut(k) } else { LB_CONNTRACK4.get_ptr_mut(&key4(k)) }
+}
+
+/// Writes the entry of `k` (`flags`: `BPF_NOEXIST` or 0); false when the map refuses it.
+#[inline(always)]
+fn insert(k: &CtKey, v: &CtValue, flags: u64, v6: bool) -> bool {
+    if v6 { LB_CONNTRACK.insert(k, v, flags).is_ok() } else { LB_CONNTRACK4.insert(&key4(k), v, flags).is_ok() }
+}
+
+#[inline(always)]
+fn remove(k: &CtKey, v6: bool) {
+    let _ = if v6 { LB_CONNTRACK.remove(k) } else { LB_CONNTRACK4.remove(&key4(k)) };
+}
+
 /// A packet of its flow: marks the entry closing on FIN/RST, and refreshes its time when it is
 /// older than `CT_REFRESH_NS` (not on every packet: see `lb_common::CT_REFRESH_NS`).
 #[inline(always)]
@@ -95,7 +124,8 @@ fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
 /// ServicePort: select anew).
 #[inline(always)]
 pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
-    let Some(ct) = LB_CONNTRACK.get_ptr_mut(p.flow_key(CT_DIR_FORWARD)) else {
+    let v6 = p.is_v6;
+    let Some(ct) = entry(p.flow_key(CT_DIR_FORWARD), v6) else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -120,7 +150,7 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
         let (peer, peer_port_be) = if snat_on { (&v.snat_addr, v.snat_port_be) } else { (&p.src, p.sport_be) };
         // SAFETY: addresses of a map value and of the packet description (4-aligned).
         unsafe { set_key(&mut sc.rkey, &v.nat_addr, v.nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY) };
-        if LB_CONNTRACK.get_ptr(&sc.rkey).is_none() {
+        if entry(&sc.rkey, v6).is_none() {
             count(CNT_CT_RESELECT);
             return false;
         }
@@ -155,7 +185,8 @@ fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
 /// false when there is none.
 #[inline(always)]
 pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
-    let Some(ct) = LB_CONNTRACK.get_ptr_mut(p.flow_key(CT_DIR_REPLY)) else {
+    let v6 = p.is_v6;
+    let Some(ct) = entry(p.flow_key(CT_DIR_REPLY), v6) else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -227,7 +258,9 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     if !snat {
         // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY) };
-        LB_CONNTRACK.insert(&sc.rkey, &sc.rval, 0).map_err(|_| CNT_DROP_CT_INSERT)?;
+        if !insert(&sc.rkey, &sc.rval, 0, p.is_v6) {
+            return Err(CNT_DROP_CT_INSERT);
+        }
     } else {
         // External SNAT draws ports from the configured range, which the node's own sockets do
         // not use; the hairpin address is ours alone, so the client's port is kept when free.
@@ -241,7 +274,7 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         let mut found = false;
         let mut i = 0;
         while i < SNAT_TRIES {
-            if LB_CONNTRACK.insert(&sc.rkey, &sc.rval, u64::from(BPF_NOEXIST)).is_ok() {
+            if insert(&sc.rkey, &sc.rval, u64::from(BPF_NOEXIST), p.is_v6) {
                 found = true;
                 break;
             }
@@ -269,9 +302,9 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     fv._pad = 0;
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe { set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD) };
-    if LB_CONNTRACK.insert(&sc.fkey, &sc.fval, 0).is_err() {
+    if !insert(&sc.fkey, &sc.fval, 0, p.is_v6) {
         // No half-made flow: its reply entry (and SNAT port) goes too.
-        let _ = LB_CONNTRACK.remove(&sc.rkey);
+        remove(&sc.rkey, p.is_v6);
         return Err(CNT_DROP_CT_INSERT);
     }
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).

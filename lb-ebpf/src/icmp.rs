@@ -7,10 +7,9 @@
 use lb_common::{CNT_ICMP_TRANSLATED, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_UDP};
 
 use crate::{
-    conntrack::set_key,
+    conntrack::{entry, set_key},
     counters::count,
     csum::Delta,
-    maps::LB_CONNTRACK,
     nat::{Endpoint, IcmpNat, Rewrite, addr_delta, addr_offsets, bounded, load, store, store_addr},
     parse::{IPV4_CSUM_OFF, Packet, UDP_CSUM_OFF},
     scratch::Keys,
@@ -28,7 +27,7 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // SAFETY: `Inner` is 4-aligned with its addresses first.
     unsafe { set_key(&mut sc.rkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY) };
     // SAFETY: copied out immediately.
-    if let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.rkey) }).copied() {
+    if let Some(v) = entry(&sc.rkey, p.is_v6).map(|v| unsafe { *v }) {
         let snat = v.flags & CT_F_SNAT != 0;
         count(CNT_ICMP_TRANSLATED);
         sc.icmp = IcmpNat {
@@ -46,7 +45,7 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // SAFETY: as above.
     unsafe { set_key(&mut sc.fkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD) };
     // SAFETY: copied out immediately.
-    let Some(v) = (unsafe { LB_CONNTRACK.get(&sc.fkey) }).copied() else {
+    let Some(v) = entry(&sc.fkey, p.is_v6).map(|v| unsafe { *v }) else {
         return false;
     };
     let snat = v.flags & CT_F_SNAT != 0;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, Config, CtKey, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
+    CONNTRACK_MAX, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
     MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX,
     SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey,
     SockRevValue, SourceRangeData, SvcLabels, SvcName,
@@ -47,8 +47,12 @@ pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOU
 #[map]
 pub static LB_ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_WORDS, 0);
 
-/// Two entries per translated flow. An LRU: under pressure the least recently used flows are
+/// Two entries per translated IPv4 flow. An LRU: under pressure the least recently used flows are
 /// evicted rather than new flows failing.
+#[map]
+pub static LB_CONNTRACK4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+/// Two entries per translated IPv6 flow (an LRU, as `LB_CONNTRACK4`).
 #[map]
 pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 

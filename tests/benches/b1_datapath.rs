@@ -40,7 +40,7 @@ use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use common::{Opts, Svc, median, min, ncpus};
 use lb_common::{
     CNT_AFFINITY_HIT, CNT_CT_HIT, CNT_DROP_SNAT_PORTS, CNT_NEW_FLOWS, CNT_PACKETS, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_PASS,
-    CNT_VERDICT_REVNAT, CtKey, CtValue, ServiceKey, v4_mapped,
+    CNT_VERDICT_REVNAT, ServiceKey, v4_mapped,
 };
 use lb_tests::{
     addresses::{CLIENT, EXT_CLIENT, NODE, VIP},
@@ -489,12 +489,7 @@ impl Lab {
 
     /// Deletes every conntrack entry (and, with `affinity`, every affinity record).
     fn clear_state(&self, affinity: bool) -> anyhow::Result<()> {
-        let map = Map::from_map_data(MapData::from_pin(self.pin.join(lb_common::CONNTRACK))?)?;
-        let mut m: AyaHashMap<MapData, CtKey, CtValue> = AyaHashMap::try_from(map)?;
-        let keys: Vec<CtKey> = m.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = m.remove(&k);
-        }
+        common::fixture::ConntrackPins::open(&self.pin).clear();
         if affinity {
             let map = Map::from_map_data(MapData::from_pin(self.pin.join(lb_common::AFFINITY))?)?;
             let mut m: AyaHashMap<MapData, lb_common::AffinityKey, lb_common::AffinityValue> = AyaHashMap::try_from(map)?;
@@ -629,8 +624,9 @@ impl Prepared<'_> {
         if matches!(self.prep, Prep::ResetAndEstablish(_)) && self.out.ct_entries_before.is_none() {
             // How full the established flows left the conntrack map (LRU: it evicts before it is full).
             let m = PinnedMaps::open(&self.lab.pin)?;
+            let tables = [lb_common::CONNTRACK4, lb_common::CONNTRACK];
             self.out.ct_entries_before =
-                m.fill_levels().into_iter().find(|(n, _, _)| *n == lb_common::CONNTRACK).and_then(|(_, used, _)| used);
+                Some(m.fill_levels().into_iter().filter(|(n, _, _)| tables.contains(n)).filter_map(|(_, used, _)| used).sum());
         }
         if let Some(fd) = &self.direct {
             let (_, ns) = test_run(fd.as_raw_fd(), &syn((CLIENT, 1), (VIP, 80)), None, self.repeat)?;
@@ -790,8 +786,10 @@ fn prepare<'a>(
                     ServiceKey { addr: v4_mapped(VIP.octets()), port_be: 80u16.to_be(), proto: lb_common::IPPROTO_TCP, _pad: 0 };
                 (lab.map_fd(lb_common::SERVICES)?, pod_bytes(&k), Prep::Nothing)
             } else {
+                // The IPv4 table, where the flow is (16-byte keys).
                 let k = common::fixture::conntrack_key((CLIENT, 40000), (VIP, 80), PROTO_TCP, lb_common::CT_DIR_FORWARD);
-                (lab.map_fd(lb_common::CONNTRACK)?, pod_bytes(&k), reset(prime_syn))
+                let k4 = lb_common::CtKey4::from_key(&k).expect("an IPv4 flow");
+                (lab.map_fd(lb_common::CONNTRACK4)?, pod_bytes(&k4), reset(prime_syn))
             };
             let prog = load_prog(PROG_SCHED_CLS, 0, &lookup_insns(map.as_raw_fd(), &key, 0), "bench_lookup")?;
             let out = CaseOut {

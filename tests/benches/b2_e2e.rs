@@ -168,7 +168,8 @@ impl Setup {
     /// Entries in lb's conntrack map (lb mode only; 0 otherwise).
     fn lb_conntrack_entries(&self) -> usize {
         let Some(Ok(m)) = self.pin.as_ref().map(|p| PinnedMaps::open(p)) else { return 0 };
-        m.fill_levels().into_iter().find(|(name, _, _)| *name == lb_common::CONNTRACK).and_then(|(_, n, _)| n).unwrap_or(0)
+        let tables = [lb_common::CONNTRACK4, lb_common::CONNTRACK];
+        m.fill_levels().into_iter().filter(|(name, _, _)| tables.contains(name)).filter_map(|(_, n, _)| n).sum()
     }
 
     fn targets(&self) -> Vec<SocketAddr> {

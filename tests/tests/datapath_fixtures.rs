@@ -842,16 +842,14 @@ fn point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves<F: Family>
 /// handshake completed is healed by the client's retransmitted SYN; without it the SYN-ACK
 /// would leave untranslated and `connect()` would time out.
 fn point_23_a_retransmitted_syn_restores_a_lost_reply_entry<F: Family>(test: &str) {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
     let Some(mut f) = Fixture::new(test) else { return };
     f.program(&cluster::<F>());
     let backend = parse_flow(&f.run(&syn::<F>(40300)).1).dst;
-    let mut ct: BpfHashMap<MapData, lb_common::CtKey, lb_common::CtValue> = BpfHashMap::try_from(
-        Map::from_map_data(MapData::from_pin(f.dp.pin_path().join(lb_common::CONNTRACK)).expect("conntrack pin")).unwrap(),
-    )
-    .unwrap();
-    ct.remove(&conntrack_key(backend, (F::CLIENT, 40300), PROTO_TCP, lb_common::CT_DIR_REPLY))
-        .expect("the SYN created a reply entry");
+    let mut ct = common::ConntrackPins::open(f.dp.pin_path());
+    assert!(
+        ct.remove(&conntrack_key(backend, (F::CLIENT, 40300), PROTO_TCP, lb_common::CT_DIR_REPLY)),
+        "the SYN created a reply entry"
+    );
     // The retransmission: translated again, and the reply entry is back.
     let (verdict, out) = f.run(&syn::<F>(40300));
     assert_eq!(verdict, TC_ACT_OK);
@@ -1853,6 +1851,59 @@ fn point_41_nodeport_packets_with_extension_headers_are_translated(test: &str) {
 /// (the test name the fixture logs is its module path): `both families: V4` every case written
 /// for both families, with that family; `this family: a, b` the plain `fn case(test: &str)`s
 /// listed.
+/// An upgrade from a build that kept IPv4 flows in the IPv6 table (`LB_CONNTRACK`, 40-byte keys)
+/// keeps every such flow on its backend: the new agent moves the entries into `LB_CONNTRACK4`
+/// when it loads. The flow here is pinned to a backend that selection would not pick for it now,
+/// so only its moved entries can send its packets there and translate its replies.
+#[test]
+fn ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_the_upgrade() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use lb_common::{CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue};
+    let Some(mut f) = Fixture::new("ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_the_upgrade")
+    else {
+        return;
+    };
+    f.program(&cluster::<V4>());
+    let client: SocketAddr = (V4::CLIENT, 40500).into();
+    let selected = parse_flow(&f.run(&syn::<V4>(40500)).1).dst;
+    let other: SocketAddr = (*backends::<V4>().iter().find(|b| **b != selected.ip()).unwrap(), 8080).into();
+    // What the older build would have written for this flow to `other`, in the IPv6 table.
+    let mut tables = common::ConntrackPins::open(f.dp.pin_path());
+    let (fwd, rev) = (
+        conntrack_key(client, (V4::VIP, 80), PROTO_TCP, CT_DIR_FORWARD),
+        conntrack_key(selected, client, PROTO_TCP, CT_DIR_REPLY),
+    );
+    let (mut fv, rv) = (tables.get(&fwd).expect("forward entry"), tables.get(&rev).expect("reply entry"));
+    assert!(tables.remove(&fwd) && tables.remove(&rev));
+    fv.nat_addr = addr16(other.ip());
+    let old_rev = conntrack_key(other, client, PROTO_TCP, CT_DIR_REPLY);
+    let mut v6: BpfHashMap<MapData, CtKey, CtValue> =
+        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.dp.pin_path().join(lb_common::CONNTRACK)).unwrap()).unwrap())
+            .unwrap();
+    v6.insert(fwd, fv, 0).unwrap();
+    v6.insert(old_rev, rv, 0).unwrap();
+
+    // The new agent starts on the same pins.
+    let restarted = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::DataplaneConfig {
+        pin_path: f.dp.pin_path().to_owned(),
+        ..Default::default()
+    })
+    .expect("adopting the pins");
+    drop(restarted);
+    assert_eq!(v6.keys().count(), 0, "IPv4 entries left in the IPv6 table");
+    assert_eq!(tables.get(&fwd).map(|v| v.nat_addr), Some(addr16(other.ip())), "the forward entry moved");
+    assert!(tables.get(&old_rev).is_some(), "the reply entry moved");
+
+    let hits = f.counter(lb_common::CNT_CT_HIT);
+    let (verdict, out) = f.run(&tcp_frame(client, (V4::VIP, 80), 1001, 1, TCP_ACK));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_flow(&out).dst, other, "the established flow kept the backend it had before the upgrade");
+    assert_eq!(f.counter(lb_common::CNT_CT_HIT), hits + 1);
+    let (_, back) = f.run(&tcp_frame(other, client, 1, 1002, TCP_ACK));
+    assert_eq!(parse_flow(&back).src, (V4::VIP, 80).into(), "its replies are still translated back");
+    verify_checksums(&back).expect("checksums after reverse NAT");
+}
+
 macro_rules! instantiate {
     (both families: $family:ident) => {
         instantiate!(@tests [::<$family>]

@@ -40,13 +40,13 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
     CNT_DROP_BAD_L4, CNT_DROP_SNAT_PORTS, CNT_PACKETS, CNT_PASS_BAD_L3, CNT_PASS_NOT_IP, CNT_REJECT_ICMP, CNT_REJECT_TCP,
     CNT_VERDICT_DNAT, CNT_VERDICT_DROP, CNT_VERDICT_PASS, CNT_VERDICT_REJECT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD, CT_DIR_REPLY,
-    CT_F_SNAT, CtKey, CtValue, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD, v4_mapped,
+    CT_F_SNAT, CtValue, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD, v4_mapped,
 };
 use lb_tests::{
     addresses::{CLIENT, EXT_CLIENT, HAIRPIN, LB_IP, NODE, POD1, POD2, POD3, REMOTE1, REMOTE2, ROUTER, SNAT_PORTS, VIP},
@@ -305,7 +305,7 @@ fn frontends(d: &DesiredState) -> Vec<Fe> {
 struct Datapath {
     loaded: common::Fixture,
     stats: PerCpuArray<MapData, u64>,
-    conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    conntrack: common::ConntrackPins,
 }
 
 impl Datapath {
@@ -316,7 +316,7 @@ impl Datapath {
         let pins = loaded.dp.pin_path().to_owned();
         let open = |name: &str| Map::from_map_data(MapData::from_pin(pins.join(name)).expect("pin")).expect("map");
         let stats = PerCpuArray::try_from(open(lb_common::STATS)).expect("stats map");
-        let conntrack = BpfHashMap::try_from(open(lb_common::CONNTRACK)).expect("conntrack map");
+        let conntrack = common::ConntrackPins::open(&pins);
         Some(Self { loaded, stats, conntrack })
     }
 
@@ -350,7 +350,7 @@ impl Datapath {
     }
 
     fn ct_entry(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8, dir: u8) -> Option<CtValue> {
-        self.conntrack.get(&conntrack_key(src, dst, proto, dir), 0).ok()
+        self.conntrack.get(&conntrack_key(src, dst, proto, dir))
     }
 }
 

@@ -33,7 +33,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue, LAYOUT_VERSION, MAGLEV_CHUNK, MaglevKey, Meta, PROG_TC_POD, SVC_F_ADDR_MARKER,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtValue, LAYOUT_VERSION, MAGLEV_CHUNK, MaglevKey, Meta, PROG_TC_POD, SVC_F_ADDR_MARKER,
     SVC_F_MAGLEV, SelectKey, ServiceKey, ServiceValue, v4_mapped,
 };
 use lb_tests::{
@@ -58,7 +58,7 @@ use lb_userspace::{
 
 mod common;
 
-use common::{clusterip_service, conntrack_key, desired_state, endpoint};
+use common::{ConntrackPins, clusterip_service, conntrack_key, desired_state, endpoint};
 
 // =============================================================================================
 // Shared: a loaded datapath with its own pins
@@ -303,13 +303,8 @@ fn a_replacement_that_fits_only_without_the_old_state_applies_or_changes_nothing
 // Scenario 3: conntrack pressure
 // =============================================================================================
 
-fn ct_entry(
-    map: &BpfHashMap<MapData, CtKey, CtValue>,
-    src: impl Into<SocketAddr>,
-    dst: impl Into<SocketAddr>,
-    dir: u8,
-) -> Option<CtValue> {
-    map.get(&conntrack_key(src, dst, PROTO_TCP, dir), 0).ok()
+fn ct_entry(map: &ConntrackPins, src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, dir: u8) -> Option<CtValue> {
+    map.get(&conntrack_key(src, dst, PROTO_TCP, dir))
 }
 
 /// One long-lived flow under conntrack pressure: (forward entry kept, reply entry kept, packets
@@ -329,9 +324,7 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     let Some(mut f) = Fixture::new("conntrack_pressure_keeps_active_flows_and_evicts_idle_ones", CT_MAX) else { return };
     let vip = addresses::VIP;
     f.program(&base_state());
-    let ct: BpfHashMap<MapData, CtKey, CtValue> =
-        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
-            .unwrap();
+    let ct = ConntrackPins::open(&f.pin_path);
     let started = Instant::now();
     // Long-lived flows: active in both directions every `every` new flows (0 = idle), or active
     // in the forward direction only.
@@ -1212,17 +1205,15 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
     let mut f = f;
     f.program(&base_state());
     let (vip, client) = (addresses::VIP, CLIENT);
-    let mut ct: BpfHashMap<MapData, CtKey, CtValue> =
-        BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::CONNTRACK)).unwrap()).unwrap())
-            .unwrap();
+    let mut ct = ConntrackPins::open(&f.pin_path);
     // 60,000 flows of this client that ended long ago (closing, last packet at boot time).
     const PORTS: u16 = 60_000;
     for port in 1..=PORTS {
         let fwd = conntrack_key((client, port), (vip, 80), PROTO_TCP, CT_DIR_FORWARD);
         let rev = conntrack_key((POD1, 8080), (client, port), PROTO_TCP, CT_DIR_REPLY);
         let v = CtValue { last_seen_ns: 1, flags: lb_common::CT_F_CLOSING, ..CtValue::default() };
-        ct.insert(fwd, v, 0).unwrap();
-        ct.insert(rev, v, 0).unwrap();
+        ct.insert(&fwd, v);
+        ct.insert(&rev, v);
     }
     // A second handle on the same pins sweeps while new connections reuse the ports.
     let mut sweeper = Dataplane::load(&DataplaneConfig { pin_path: f.pin_path.clone(), ..DataplaneConfig::default() }).unwrap();
@@ -1271,7 +1262,7 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
     // Once nothing races it, a sweep leaves exactly the live flows' two entries each, and the
     // count it reports (exported as lb_conntrack_entries) is the table's real fill.
     let last = sweeper.sweep_conntrack().unwrap();
-    let left = ct.keys().filter_map(Result::ok).count();
+    let left = ct.len();
     assert_eq!(last.remaining, left, "the sweep's count of what is left");
     assert_eq!(left, 2 * created as usize, "only the {created} live flows' entries are left");
 }

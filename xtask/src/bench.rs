@@ -278,7 +278,7 @@ const B1_LABELS: [(&str, &str); 14] = [
     ("new_flow_cycling_services", "new flow, each packet to a different service"),
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),
-    ("lookup_conntrack_map", "reference: one LB_CONNTRACK lookup (hit), in a no-op program"),
+    ("lookup_conntrack_map", "reference: one conntrack lookup (hit; IPv4 table since 16-byte keys), in a no-op program"),
     ("", ""),
 ];
 

@@ -141,6 +141,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         drop(dp);
         return Err(fresh.undo(e));
     }
+    // IPv4 flows an older build's programs added to the IPv6 table until the attach above.
+    if let Err(e) = dp.move_ipv4_flows() {
+        warn!(error = format!("{e:#}"), "moving IPv4 conntrack entries to their own table failed: {}", e.what_to_do());
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The initial lists may wait for the API server; a signal meanwhile ends the agent

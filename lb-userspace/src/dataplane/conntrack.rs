@@ -5,17 +5,56 @@
 
 use std::collections::HashSet;
 
-use lb_common::{CtKey, CtValue, ct_lifetime_ns};
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, MapData},
+};
+use lb_common::{CtKey, CtKey4, CtValue, ct_lifetime_ns};
 
 use super::{Dataplane, Result};
 use crate::maps::{MapError, monotonic_ns};
+
+/// `BPF_NOEXIST` (linux/bpf.h): create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// The two conntrack tables: IPv4 flows in `LB_CONNTRACK4`, IPv6 flows in `LB_CONNTRACK`.
+pub(super) struct Tables {
+    v4: HashMap<MapData, CtKey4, CtValue>,
+    v6: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl Tables {
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
+        fn take<K: Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<HashMap<MapData, K, CtValue>> {
+            let map = ebpf.take_map(name).ok_or(MapError::Missing { name })?;
+            Ok(HashMap::try_from(map).map_err(MapError::typed(name, "open"))?)
+        }
+        Ok(Self { v4: take(ebpf, lb_common::CONNTRACK4)?, v6: take(ebpf, lb_common::CONNTRACK)? })
+    }
+}
+
+/// A conntrack key: the protocol it names (for the lifetime rule).
+trait FlowKey: Pod {
+    fn proto(&self) -> u8;
+}
+impl FlowKey for CtKey {
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+impl FlowKey for CtKey4 {
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
 
 /// What a conntrack sweep did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sweep {
     /// Idle entries deleted.
     pub removed: usize,
-    /// Entries left in the table (two per flow), out of [`Dataplane::limits`]' `conntrack`.
+    /// Entries left in the tables (two per flow), out of [`Dataplane::limits`]' `conntrack`
+    /// per family.
     pub remaining: usize,
     /// svc_ids named by the entries left.
     pub svc_ids: HashSet<u32>,
@@ -24,57 +63,103 @@ pub struct Sweep {
 }
 
 /// Whether `v` (an entry of `k`) has been idle longer than its lifetime at `now`.
-fn expired(k: &CtKey, v: &CtValue, now: u64) -> bool {
-    now.saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k.proto, v.flags)
+fn expired<K: FlowKey>(k: &K, v: &CtValue, now: u64) -> bool {
+    now.saturating_sub(v.last_seen_ns) > ct_lifetime_ns(k.proto(), v.flags)
+}
+
+/// Whether a delete failed only because the entry is gone.
+fn gone(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound | aya::maps::MapError::ElementNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Sweeps one table (`name`) into `sweep`.
+fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'static str, sweep: &mut Sweep) -> Result<()> {
+    let now = monotonic_ns();
+    let mut listed = 0;
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .inspect(|_| listed += 1)
+        .filter(|(k, v)| {
+            let stale = expired(k, v, now);
+            if !stale {
+                sweep.svc_ids.insert(v.svc_id);
+                sweep.backend_ids.insert(v.backend_id);
+            }
+            stale
+        })
+        .map(|(k, _)| k)
+        .collect();
+    // Listing a large table takes long enough for a new connection to reuse a stale entry's
+    // key (same client port) before we get to it: re-read each entry right before deleting
+    // it and keep it if it has been refreshed. (The kernel offers no compare-and-delete; the
+    // window left is the one between this lookup and the delete, microseconds.)
+    let mut removed = 0;
+    for k in &stale {
+        match map.get(k, 0) {
+            Ok(v) if !expired(k, &v, monotonic_ns()) => {
+                // Refreshed meanwhile: its ids are in use after all.
+                sweep.svc_ids.insert(v.svc_id);
+                sweep.backend_ids.insert(v.backend_id);
+            }
+            Err(_) => {} // gone already (or expired by the LRU)
+            Ok(_) => {
+                match map.remove(k) {
+                    Ok(()) => {}
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(MapError::typed(name, "delete from")(e).into()),
+                }
+                removed += 1;
+            }
+        }
+    }
+    sweep.removed += removed;
+    sweep.remaining += listed - removed;
+    Ok(())
 }
 
 impl Dataplane {
     /// Deletes conntrack entries idle longer than their lifetime.
     pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
-        let now = monotonic_ns();
-        let mut listed = 0;
-        let (mut svc_ids, mut backend_ids) = (HashSet::new(), HashSet::new());
-        let stale: Vec<CtKey> = self
+        let mut sweep = Sweep { removed: 0, remaining: 0, svc_ids: HashSet::new(), backend_ids: HashSet::new() };
+        sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
+        sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
+        Ok(sweep)
+    }
+
+    /// Moves IPv4 flows out of the IPv6 table, where builds before `LB_CONNTRACK4` kept them,
+    /// so that an upgrade keeps every connection's backend: at load (the previous agent's
+    /// programs may still be adding flows there) and again right after the new programs are
+    /// attached. An entry the new programs already made for the same key is kept. Returns the
+    /// entries moved.
+    pub fn move_ipv4_flows(&mut self) -> Result<usize> {
+        let old: Vec<(CtKey, CtKey4, CtValue)> = self
             .conntrack
+            .v6
             .iter()
             .filter_map(std::result::Result::ok)
-            .inspect(|_| listed += 1)
-            .filter(|(k, v)| {
-                let stale = expired(k, v, now);
-                if !stale {
-                    svc_ids.insert(v.svc_id);
-                    backend_ids.insert(v.backend_id);
-                }
-                stale
-            })
-            .map(|(k, _)| k)
+            .filter_map(|(k, v)| CtKey4::from_key(&k).map(|k4| (k, k4, v)))
             .collect();
-        // Listing a large table takes long enough for a new connection to reuse a stale entry's
-        // key (same client port) before we get to it: re-read each entry right before deleting
-        // it and keep it if it has been refreshed. (The kernel offers no compare-and-delete; the
-        // window left is the one between this lookup and the delete, microseconds.)
-        let mut removed = 0;
-        for k in &stale {
-            let still_stale = match self.conntrack.get(k, 0) {
-                Ok(v) => expired(k, &v, monotonic_ns()),
-                Err(_) => false, // gone already (or expired by the LRU)
-            };
-            if !still_stale {
-                // Refreshed meanwhile: its ids are in use after all.
-                if let Ok(v) = self.conntrack.get(k, 0) {
-                    svc_ids.insert(v.svc_id);
-                    backend_ids.insert(v.backend_id);
-                }
-            } else {
-                match self.conntrack.remove(k) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound | aya::maps::MapError::ElementNotFound) => {}
-                    Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(MapError::typed(lb_common::CONNTRACK, "delete from")(e).into()),
-                }
-                removed += 1;
+        for (k, k4, v) in &old {
+            match self.conntrack.v4.insert(k4, v, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(MapError::typed(lb_common::CONNTRACK4, "write")(e).into()),
+            }
+            match self.conntrack.v6.remove(k) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(MapError::typed(lb_common::CONNTRACK, "delete from")(e).into()),
             }
         }
-        Ok(Sweep { removed, remaining: listed - removed, svc_ids, backend_ids })
+        if !old.is_empty() {
+            tracing::info!(entries = old.len(), "moved IPv4 conntrack entries to their own table (kept by an older build)");
+        }
+        Ok(old.len())
     }
 }
 
@@ -91,7 +176,7 @@ impl Dataplane {
                 continue;
             }
             let map = self.ebpf.map_mut(name).ok_or(MapError::Missing { name })?;
-            let mut arr: aya::maps::PerCpuArray<&mut aya::maps::MapData, lb_common::FlowCounters> =
+            let mut arr: aya::maps::PerCpuArray<&mut MapData, lb_common::FlowCounters> =
                 aya::maps::PerCpuArray::try_from(map).map_err(MapError::typed(name, "open"))?;
             let cpus = aya::util::nr_cpus().map_err(|(_, source)| MapError::Write { name, source })?;
             // An id beyond the array was never programmed (a plan that did not fit): nothing to zero.

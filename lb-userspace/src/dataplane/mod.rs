@@ -22,10 +22,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, Map, MapData},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
-use lb_common::{AgentStatus, Config, CtKey, CtValue};
+use lb_common::{AgentStatus, Config};
 
 pub use crate::maps::DEFAULT_PIN_PATH;
 use crate::maps::{KernelMaps, MapError, MapState, sizes::MapSizes};
@@ -167,7 +167,7 @@ pub struct Dataplane {
     pin_path: PathBuf,
     /// The agent-written maps (the map table).
     maps: KernelMaps,
-    conntrack: HashMap<MapData, CtKey, CtValue>,
+    conntrack: conntrack::Tables,
     /// The maps' real capacities.
     limits: MapSizes,
     /// The most each map grows to.
@@ -214,14 +214,16 @@ impl Dataplane {
         layout::write(&mut ebpf)?;
 
         let maps = KernelMaps::open(|name| take_map_data(&mut ebpf, name))?;
-        let name = lb_common::CONNTRACK;
-        let conntrack =
-            HashMap::try_from(ebpf.take_map(name).ok_or(MapError::Missing { name })?).map_err(MapError::typed(name, "open"))?;
+        let conntrack = conntrack::Tables::open(&mut ebpf)?;
         let shadow = match shadow {
             Some(s) => s,
             None => maps.read()?,
         };
-        Ok(Self { ebpf, pin_path, maps, conntrack, limits, max_sizes: config.max_sizes, shadow })
+        let mut dp = Self { ebpf, pin_path, maps, conntrack, limits, max_sizes: config.max_sizes, shadow };
+        // Flows an older build kept in the IPv6 table (the running programs may add more until
+        // the new ones are attached: the agent moves those right after attaching).
+        dp.move_ipv4_flows()?;
+        Ok(dp)
     }
 
     pub fn pin_path(&self) -> &Path {

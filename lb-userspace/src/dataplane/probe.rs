@@ -22,13 +22,14 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtKey, CtValue};
+use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtKey, CtKey4, CtValue};
 
 use super::{DataplaneError, OBJECT, Result};
 use crate::maps::MapError;
 
 /// Capacities of the private state maps: a probe writes at most a few entries.
-const PRIVATE_SIZES: [(&str, u32); 6] = [
+const PRIVATE_SIZES: [(&str, u32); 7] = [
+    (lb_common::CONNTRACK4, 1024),
     (lb_common::CONNTRACK, 1024),
     (lb_common::AFFINITY, 256),
     (lb_common::FRAGS, 16),
@@ -120,12 +121,21 @@ impl Probe {
         info.map(|i| i.tag()).map_err(|source| DataplaneError::Program { name: self.program, source })
     }
 
-    /// Copies live conntrack entries into the private conntrack.
+    /// Copies live conntrack entries into the private conntrack (each into its family's table).
     pub fn seed_conntrack(&mut self, entries: &[(CtKey, CtValue)]) -> Result<()> {
-        let name = lb_common::CONNTRACK;
-        let mut map: HashMap<&mut MapData, CtKey, CtValue> = self.private_map(name)?;
         for (k, v) in entries {
-            map.insert(k, v, 0).map_err(MapError::typed(name, "write"))?;
+            match CtKey4::from_key(k) {
+                Some(k4) => {
+                    let name = lb_common::CONNTRACK4;
+                    let mut map: HashMap<&mut MapData, CtKey4, CtValue> = self.private_map(name)?;
+                    map.insert(k4, v, 0).map_err(MapError::typed(name, "write"))?;
+                }
+                None => {
+                    let name = lb_common::CONNTRACK;
+                    let mut map: HashMap<&mut MapData, CtKey, CtValue> = self.private_map(name)?;
+                    map.insert(k, v, 0).map_err(MapError::typed(name, "write"))?;
+                }
+            }
         }
         Ok(())
     }
@@ -169,7 +179,12 @@ impl Probe {
             ret: res.return_value,
             packet: out,
             counters,
-            conntrack: self.entries(lb_common::CONNTRACK)?,
+            conntrack: {
+                let v4: Vec<(CtKey4, CtValue)> = self.entries(lb_common::CONNTRACK4)?;
+                let mut all: Vec<(CtKey, CtValue)> = v4.into_iter().map(|(k, v)| (k.to_key(), v)).collect();
+                all.extend(self.entries::<CtKey, CtValue>(lb_common::CONNTRACK)?);
+                all
+            },
             affinity: self.entries(lb_common::AFFINITY)?,
         })
     }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{CNT_MAX, CtKey, CtValue, FlowCounters};
+use lb_common::{CNT_MAX, CtKey, CtKey4, CtValue, FlowCounters};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
 
@@ -17,7 +17,7 @@ pub struct PinnedMaps {
     maps: KernelMaps,
 }
 
-/// A conntrack entry as read from the map.
+/// A conntrack entry as read from its table (an IPv4 key in its IPv4-mapped form).
 pub type CtEntry = (CtKey, CtValue);
 
 /// A map's entries as raw (key, value) bytes.
@@ -51,8 +51,20 @@ impl PinnedMaps {
         self.maps.read()
     }
 
+    /// The entries of both conntrack tables, IPv4 first. (Pins of a build before the IPv4 table
+    /// have none: it reads as empty.)
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
-        self.hash(lb_common::CONNTRACK)
+        let mut entries: Vec<CtEntry> = match self.has(lb_common::CONNTRACK4) {
+            true => self.hash::<CtKey4, CtValue>(lb_common::CONNTRACK4)?.into_iter().map(|(k, v)| (k.to_key(), v)).collect(),
+            false => Vec::new(),
+        };
+        entries.extend(self.hash::<CtKey, CtValue>(lb_common::CONNTRACK)?);
+        Ok(entries)
+    }
+
+    /// Whether map `name` is pinned.
+    fn has(&self, name: &str) -> bool {
+        self.pin_path.join(name).exists()
     }
 
     /// One entry of a hash map, if present. (A lookup from userspace leaves an LRU entry's
@@ -68,7 +80,10 @@ impl PinnedMaps {
 
     /// The conntrack entry of `key`, if any.
     pub fn conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
-        self.lookup(lb_common::CONNTRACK, key)
+        match CtKey4::from_key(key) {
+            Some(k4) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
+            _ => self.lookup(lb_common::CONNTRACK, key),
+        }
     }
 
     /// The affinity record of `key`, if any.

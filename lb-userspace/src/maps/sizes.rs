@@ -34,7 +34,8 @@ pub struct MapSizes {
     pub labels: u32,
     /// `LB_SOURCE_RANGES`: loadBalancerSourceRanges prefixes.
     pub source_ranges: u32,
-    /// `LB_CONNTRACK`: two entries per flow (an LRU: preallocated in full).
+    /// `LB_CONNTRACK4` and `LB_CONNTRACK`, each: two entries per flow of its family (an LRU:
+    /// preallocated in full).
     pub conntrack: u32,
     /// `LB_ADDR_FILTER`: words of the address bitmaps (fixed).
     pub addr_filter: u32,
@@ -158,6 +159,7 @@ impl MapSizes {
             loader.map_max_entries(name, n);
         }
         loader.map_max_entries(c::BACKEND_STATS, self.backends);
+        loader.map_max_entries(c::CONNTRACK4, self.conntrack);
     }
 
     /// The sizes the loaded maps really have: pinned maps adopted from an earlier agent keep the

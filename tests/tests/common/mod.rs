@@ -6,12 +6,17 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::Path,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtKey, PROG_TC_EXT, PROG_TC_POD, ServiceKey,
+    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtKey, CtKey4, CtValue, PROG_TC_EXT,
+    PROG_TC_POD, ServiceKey,
 };
 use lb_tests::{
     addresses::{HAIRPIN, HAIRPIN6, NODE, NODE6, SNAT_PORTS},
@@ -189,6 +194,65 @@ pub fn conntrack_key(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, pro
         proto,
         dir,
         _pad: [0; 2],
+    }
+}
+
+/// Both conntrack tables under a pin directory, addressed by [`CtKey`]: an IPv4 key goes to
+/// `LB_CONNTRACK4` in its 16-byte form, any other to `LB_CONNTRACK`.
+pub struct ConntrackPins {
+    v4: BpfHashMap<MapData, CtKey4, CtValue>,
+    v6: BpfHashMap<MapData, CtKey, CtValue>,
+}
+
+impl ConntrackPins {
+    pub fn open(pin_path: &Path) -> Self {
+        let open = |name: &str| {
+            Map::from_map_data(MapData::from_pin(pin_path.join(name)).unwrap_or_else(|e| panic!("{name} pin: {e}"))).unwrap()
+        };
+        Self {
+            v4: BpfHashMap::try_from(open(lb_common::CONNTRACK4)).unwrap(),
+            v6: BpfHashMap::try_from(open(lb_common::CONNTRACK)).unwrap(),
+        }
+    }
+
+    pub fn get(&self, k: &CtKey) -> Option<CtValue> {
+        match CtKey4::from_key(k) {
+            Some(k4) => self.v4.get(&k4, 0).ok(),
+            None => self.v6.get(k, 0).ok(),
+        }
+    }
+
+    pub fn insert(&mut self, k: &CtKey, v: CtValue) {
+        match CtKey4::from_key(k) {
+            Some(k4) => self.v4.insert(k4, v, 0),
+            None => self.v6.insert(k, v, 0),
+        }
+        .expect("conntrack insert")
+    }
+
+    /// Whether there was an entry to remove.
+    pub fn remove(&mut self, k: &CtKey) -> bool {
+        match CtKey4::from_key(k) {
+            Some(k4) => self.v4.remove(&k4).is_ok(),
+            None => self.v6.remove(k).is_ok(),
+        }
+    }
+
+    /// Deletes every entry of both tables.
+    pub fn clear(&mut self) {
+        let v4: Vec<CtKey4> = self.v4.keys().filter_map(Result::ok).collect();
+        for k in v4 {
+            let _ = self.v4.remove(&k);
+        }
+        let v6: Vec<CtKey> = self.v6.keys().filter_map(Result::ok).collect();
+        for k in v6 {
+            let _ = self.v6.remove(&k);
+        }
+    }
+
+    /// Entries in both tables.
+    pub fn len(&self) -> usize {
+        self.v4.keys().filter(Result::is_ok).count() + self.v6.keys().filter(Result::is_ok).count()
     }
 }
 

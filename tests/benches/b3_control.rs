@@ -13,6 +13,10 @@
 //! - the file source (`--source file:DIR`, 100 services per file) at up to 100,000 services:
 //!   the same full sync and peak RSS, and one endpoint changed in one file until it is in the
 //!   maps;
+//! - maps growing online under traffic: an agent whose maps were created small is given
+//!   thousands of Services with endpoints of their own while a client pod runs a loop of new
+//!   HTTP connections and holds one long-lived connection through a Service: the failed
+//!   requests, the growths and whether the long-lived connection kept its pod;
 //! - the same work for kube-proxy-style baselines in a scratch namespace: `iptables-restore`
 //!   of the whole ruleset (empty tables, and `--noflush` over the loaded rules as kube-proxy's
 //!   full sync does), kube-proxy's partial sync after one endpoint change
@@ -396,6 +400,8 @@ struct Sizes {
     /// Service counts of the file-source runs, and the edited files timed at each.
     file_scales: Vec<u32>,
     file_changes: usize,
+    /// Services added at once to an agent with small maps, under traffic.
+    growth_services: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -410,6 +416,7 @@ fn main() -> anyhow::Result<()> {
             noflush_max: 1_000,
             file_scales: vec![1_000],
             file_changes: 3,
+            growth_services: 100,
         }
     } else {
         Sizes {
@@ -420,6 +427,7 @@ fn main() -> anyhow::Result<()> {
             noflush_max: 1_000,
             file_scales: vec![1_000, 10_000, 100_000],
             file_changes: 10,
+            growth_services: 2_000,
         }
     };
     let lb = bins::lb();
@@ -516,6 +524,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let file_rows = file_source(&lb, &sizes, listen_flags)?;
+    let growth = growth_under_traffic(&lb, sizes.growth_services)?;
 
     // Baselines, in a namespace of their own.
     let ns = Netns::new(&format!("lbb3{}", unique_token()))?;
@@ -584,6 +593,7 @@ fn main() -> anyhow::Result<()> {
         "lb": lb_rows,
         "lb_change": change,
         "lb_file": file_rows,
+        "lb_growth": growth,
         "baselines": base_rows,
         "baseline_change": base_change,
     });
@@ -666,4 +676,167 @@ fn file_source(lb: &Path, sizes: &Sizes, listen_flags: bool) -> anyhow::Result<V
         let _ = fs::remove_dir_all(&dir);
     }
     Ok(rows)
+}
+
+/// The Services of the growth run: `grow-1` .. `grow-n` at 10.97.0.0 + i, port 80, each with
+/// [`ENDPOINTS`] endpoints of its own, alternately in 10.245.0.0/17 (kubia-1 answers there) and
+/// 10.245.128.0/17 (kubia-2).
+fn growth_manifest(n: u32) -> String {
+    use lb_tests::topology::HTTP_PORT;
+    let mut yaml = String::new();
+    for i in 1..=n {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
+        let eps: String = (0..ENDPOINTS)
+            .map(|j| {
+                let k = i * ENDPOINTS + j;
+                let base = if k.is_multiple_of(2) { Ipv4Addr::new(10, 245, 0, 0) } else { Ipv4Addr::new(10, 245, 128, 0) };
+                format!("- addresses: [\"{}\"]\n", Ipv4Addr::from(u32::from(base) + 1 + k / 2))
+            })
+            .collect();
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: grow-{i}, namespace: bench}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: 80, targetPort: {HTTP_PORT}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: grow-{i}, namespace: bench, labels: {{kubernetes.io/service-name: grow-{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: {HTTP_PORT}}}]\nendpoints:\n{eps}---\n"
+        ));
+    }
+    yaml
+}
+
+/// One HTTP request to `addr`: whether a pod answered.
+fn http_ok(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: kubia\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    s.read_to_string(&mut body).is_ok() && body.contains("You've hit")
+}
+
+/// Issue 16, item 6: maps that grow online under traffic. One node, two kubia pods (each also
+/// answering on a /17 of endpoint addresses) and a client pod; the agent (file source) starts
+/// with its service maps sized for kubia and hardly more. While the client runs a loop of new
+/// HTTP connections to kubia and holds one long-lived echo connection through it, `services`
+/// Services of ten endpoints each are added at once: the maps grow online (several times). The
+/// row: time until every Service is listed, the growths, requests made and failed meanwhile,
+/// and whether the long-lived connection still reaches the same pod.
+fn growth_under_traffic(lb: &Path, services: u32) -> anyhow::Result<Value> {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        net::{SocketAddr, TcpStream},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
+    use lb_tests::{
+        agent::{Agent, AgentOptions},
+        topology::{ECHO_PORT, HTTP_PORT, Topology},
+    };
+
+    let mut topo = Topology::new(1)?;
+    for (k, name) in ["kubia-1", "kubia-2"].into_iter().enumerate() {
+        let i = topo.add_pod(0, name)?;
+        topo.start_workload(i, &bins::testpod())?;
+        let net = format!("10.245.{}.0/17", k * 128);
+        topo.pods[i].ns.ip(&["route", "add", "local", &net, "dev", "lo"])?;
+        let host_if = topo.pods[i].host_if.clone();
+        topo.nodes[0].ns.ip(&["route", "add", &net, "dev", &host_if])?;
+    }
+    let client = topo.add_pod(0, "client")?;
+    let mut opts = AgentOptions::pods(&topo.nodes[0].ns, "node-0", topo.pod_interfaces(0));
+    let small = ["LB_BACKENDS=16", "LB_SERVICES=16", "LB_MEMBERS=16", "LB_SELECT=16", "LB_SVC_STATS=8", "LB_SVC_NAMES=8"];
+    for size in small {
+        opts.extra_args.extend(["--map-size".to_owned(), size.to_owned()]);
+    }
+    let (a, b) = (topo.pod("kubia-1").ip.to_string(), topo.pod("kubia-2").ip.to_string());
+    let kubia = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: kubia, namespace: bench}}\nspec:\n  clusterIP: 10.96.3.3\n  ports: [{{name: http, port: 80, targetPort: {HTTP_PORT}}}, {{name: echo, port: 7000, targetPort: {ECHO_PORT}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: kubia-1, namespace: bench, labels: {{kubernetes.io/service-name: kubia}}}}\naddressType: IPv4\nports: [{{name: http, port: {HTTP_PORT}}}, {{name: echo, port: {ECHO_PORT}}}]\nendpoints:\n- addresses: [\"{a}\"]\n- addresses: [\"{b}\"]\n"
+    );
+    let mut agent = Agent::start(lb, &opts, &[("kubia.yaml", &kubia)])?;
+    agent.wait_services("kubia", |rows| rows.iter().any(|r| r["frontend"] == "10.96.3.3:80"))?;
+
+    let echo = topo.pods[client]
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&"10.96.3.3:7000".parse().unwrap(), Duration::from_secs(2)))??;
+    echo.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut echo_lines = BufReader::new(echo.try_clone()?);
+    let mut round_trip = |what: &str| -> String {
+        let mut line = String::new();
+        if (&echo).write_all(format!("{what}\n").as_bytes()).is_ok() {
+            let _ = echo_lines.read_line(&mut line);
+        }
+        line.trim_end().to_owned()
+    };
+    let pod_before = round_trip("before");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let manifest = growth_manifest(services);
+    let (programmed_s, (ok, failed)) = std::thread::scope(|s| -> anyhow::Result<(f64, (u32, u32))> {
+        let stop_loop = stop.clone();
+        let client_ns = &topo.pods[client].ns;
+        let looping = s.spawn(move || {
+            client_ns.run_in(move || {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                let addr: SocketAddr = "10.96.3.3:80".parse().unwrap();
+                while !stop_loop.load(Ordering::Relaxed) {
+                    if http_ok(addr) {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (ok, failed)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let waited = agent.write_manifest("many.yaml", &manifest).and_then(|()| {
+            agent.wait_services("every grow-i Service", |rows| {
+                rows.iter().filter(|r| r["frontend"].as_str().is_some_and(|f| f.starts_with("10.97."))).count()
+                    == services as usize
+            })
+        });
+        let programmed_s = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let counts = looping.join().map_err(|_| anyhow::anyhow!("the client loop panicked"))??;
+        waited?;
+        Ok((programmed_s, counts))
+    })?;
+    let pod_after = round_trip("after");
+    let kept = !pod_before.is_empty() && pod_after == pod_before;
+    // One Service of the new ones answers (each of its endpoints is one of the pods' addresses).
+    let last: SocketAddr = (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + services), 80).into();
+    let new_answers = topo.pods[client].ns.run_in(move || (0..3).all(|_| http_ok(last)))?;
+    let log = agent.log_text();
+    let growths: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("grew a map online"))
+        .filter_map(|l| lb_common::ALL_MAPS.iter().find(|m| l.contains(&format!("\"{m}\""))).map(|m| (*m).to_owned()))
+        .collect();
+    let st = agent.status()?;
+    let capacity =
+        |map: &str| st["maps"].as_array().and_then(|a| a.iter().find(|m| m["map"] == map)).map(|m| m["capacity"].clone());
+    println!(
+        "b3: growth under traffic: {services} services × {ENDPOINTS} endpoints added to an agent with small maps: listed after {programmed_s:.2} s, {} growths ({}), {ok} requests, {failed} failed; long-lived connection kept its pod: {kept}; the last new service answers: {new_answers}",
+        growths.len(),
+        growths.join(", ")
+    );
+    Ok(json!({
+        "services": services,
+        "endpoints_per_service": ENDPOINTS,
+        "initial_sizes": small,
+        "programmed_s": programmed_s,
+        "growths": growths,
+        "map_resizes": st["agent"]["map_resizes"],
+        "requests_ok": ok,
+        "requests_failed": failed,
+        "long_lived_kept": kept,
+        "new_service_answers": new_answers,
+        "capacity_after": { "LB_BACKENDS": capacity("LB_BACKENDS"), "LB_SERVICES": capacity("LB_SERVICES"), "LB_MAGLEV": capacity("LB_MAGLEV") },
+    }))
 }

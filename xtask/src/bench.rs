@@ -431,6 +431,21 @@ impl Report {
                     by: format!("{:.0} ms over", beyond - 50.0),
                 });
             }
+            if r["lb_growth"].is_object() {
+                let g = &r["lb_growth"];
+                let failed = g["requests_failed"].as_u64().unwrap_or(u64::MAX);
+                out.push(Verdict {
+                    target: "B3 maps grow online under traffic with 0 failed requests".into(),
+                    measured: format!(
+                        "{failed} failed of {} while {} services were added ({} growths)",
+                        g["requests_ok"].as_u64().unwrap_or(0) + failed,
+                        num(f(&g["services"]), 0),
+                        g["growths"].as_array().map_or(0, Vec::len)
+                    ),
+                    met: Some(failed == 0 && g["long_lived_kept"] == true),
+                    by: format!("{failed} failed"),
+                });
+            }
             if let Some(c) = large.map(|row| &row["change"]).filter(|c| c.is_object()) {
                 let p99 = f(&c["latency_ms"]["p99"]);
                 out.push(Verdict {
@@ -745,6 +760,44 @@ impl Report {
         }
     }
 
+    /// B3's growth-under-traffic row (issue 16, item 6).
+    fn b3_growth_md(r: &Value, md: &mut String) {
+        let g = &r["lb_growth"];
+        if !g.is_object() {
+            return;
+        }
+        let sizes: Vec<&str> = g["initial_sizes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let growths: Vec<&str> = g["growths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let mut grown: Vec<(&str, usize)> = Vec::new();
+        for m in &growths {
+            match grown.iter_mut().find(|(n, _)| n == m) {
+                Some((_, c)) => *c += 1,
+                None => grown.push((m, 1)),
+            }
+        }
+        let grown: Vec<String> = grown.iter().map(|(m, c)| if *c > 1 { format!("{m} ×{c}") } else { (*m).to_owned() }).collect();
+        let _ = write!(
+            md,
+            "\nMaps growing online under traffic (issue 16, item 6): one node, the file source, an agent started with \
+             `--map-size {}` (room for kubia and hardly more). A client pod runs a loop of new HTTP connections to kubia \
+             and holds one long-lived connection through it, while {} Services of {} endpoints each (every endpoint its \
+             own address) are added at once.\n\n\
+             | services added | every one listed after | maps grown online | requests meanwhile | failed | long-lived connection kept its pod | a new Service answers |\n\
+             | ---: | ---: | --- | ---: | ---: | --- | --- |\n\
+             | {} | {:.2} s | {} | {} | **{}** | {} | {} |\n",
+            sizes.join(" "),
+            num(f(&g["services"]), 0),
+            g["endpoints_per_service"],
+            num(f(&g["services"]), 0),
+            f(&g["programmed_s"]),
+            grown.join(", "),
+            g["requests_ok"].as_u64().unwrap_or(0) + g["requests_failed"].as_u64().unwrap_or(0),
+            g["requests_failed"],
+            if g["long_lived_kept"] == true { "yes" } else { "**no**" },
+            if g["new_service_answers"] == true { "yes" } else { "**no**" },
+        );
+    }
+
     /// B3 with an earlier commit's agent in the same run (`--only b3 --against REV`).
     fn b3_against_md(r: &Value, md: &mut String) {
         let a = &r["against"];
@@ -856,6 +909,7 @@ impl Report {
             );
         }
         Self::b3_file_md(r, md);
+        Self::b3_growth_md(r, md);
         Self::b3_against_md(r, md);
         let c = &r["lb_change"];
         let bc = &r["baseline_change"];

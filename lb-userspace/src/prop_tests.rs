@@ -1422,6 +1422,9 @@ proptest! {
             last = desired.clone();
             let full = map_state(&desired, &mut ids, &cfg);
             prop_assert_eq!(planner.state(), &full, "step {}: the incremental plan differs from the full plan", i);
+            let frontends = full.services.keys().filter(|k| k.proto != 0).count();
+            prop_assert_eq!(planner.frontends(), frontends, "step {}: the frontend count drifted", i);
+            prop_assert_eq!(hinted.frontends(), frontends, "step {}: the hinted plan's frontend count drifted", i);
             let ops = diff_touched(&maps, planner.state(), planner.pending());
             prop_assert_eq!(&ops, &diff(&maps, &full), "step {}: the touched keys miss writes", i);
             if e.is_none_or(|e| e.applied) {

@@ -166,7 +166,7 @@ impl SyncState {
         let state = self.planner.state();
         // `frontends` as `lb service list` and `lb_frontends_programmed` count them (address
         // markers are not frontends).
-        let frontends = state.services.keys().filter(|k| k.proto != 0).count();
+        let frontends = self.planner.frontends();
         if self.names_version == Some(version) {
             self.metrics.set_programmed_counts(desired.services.len(), frontends, state.backends.len());
         } else {

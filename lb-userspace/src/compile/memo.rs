@@ -64,11 +64,13 @@ pub struct CompileMemo {
     partial_calls: u64,
 }
 
-/// The objects of the last call by address ([`CompileMemo::last`]).
+/// The objects of the last call by address ([`CompileMemo::last`]), each with the last call
+/// that listed it (so that the objects no longer listed are found without a set of every
+/// address now).
 #[derive(Default)]
 struct LastObjects {
-    services: HashMap<usize, Arc<Service>>,
-    slices: HashMap<usize, (Arc<EndpointSlice>, Option<u64>)>,
+    services: HashMap<usize, (Arc<Service>, u64)>,
+    slices: HashMap<usize, (Arc<EndpointSlice>, Option<u64>, u64)>,
 }
 
 /// A Service's `(namespace, name)`, hashed alike wherever it is computed.
@@ -185,10 +187,10 @@ impl CompileMemo {
             changed.merge(self.patch_union(services, &stale, &fresh));
         }
         self.last = LastObjects {
-            services: services.iter().map(|s| (addr(s), s.clone())).collect(),
+            services: services.iter().map(|s| (addr(s), (s.clone(), pass))).collect(),
             slices: slices
                 .iter()
-                .map(|s| (addr(s), (s.clone(), slice_service(s).map(|(ns, name)| key_hash(ns, name)))))
+                .map(|s| (addr(s), (s.clone(), slice_service(s).map(|(ns, name)| key_hash(ns, name)), pass)))
                 .collect(),
         };
         CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed }
@@ -240,18 +242,31 @@ impl CompileMemo {
         node: &NodeContext,
         pass: u64,
     ) -> Option<Changed> {
-        // Objects at new addresses, and the last call's objects no longer listed.
-        let new_services: Vec<&Arc<Service>> = services.iter().filter(|s| !self.last.services.contains_key(&addr(s))).collect();
+        // Objects at new addresses (the others marked as listed by this call), and the last
+        // call's objects no longer listed (not marked; looked for only when some are missing).
+        // Marks left by a call that returns `None` below do no harm: the full walk replaces
+        // them all.
+        let mut new_services: Vec<&Arc<Service>> = Vec::new();
+        for s in services {
+            match self.last.services.get_mut(&addr(s)) {
+                Some((_, seen)) => *seen = pass,
+                None => new_services.push(s),
+            }
+        }
         let mut gone_services: Vec<Arc<Service>> = Vec::new();
         if services.len() - new_services.len() < self.last.services.len() {
-            let now: foldhash::HashSet<usize> = services.iter().map(addr).collect();
-            gone_services.extend(self.last.services.iter().filter(|(a, _)| !now.contains(a)).map(|(_, s)| s.clone()));
+            gone_services.extend(self.last.services.values().filter(|(_, seen)| *seen != pass).map(|(s, _)| s.clone()));
         }
-        let new_slices: Vec<&Arc<EndpointSlice>> = slices.iter().filter(|s| !self.last.slices.contains_key(&addr(s))).collect();
+        let mut new_slices: Vec<&Arc<EndpointSlice>> = Vec::new();
+        for s in slices {
+            match self.last.slices.get_mut(&addr(s)) {
+                Some((_, _, seen)) => *seen = pass,
+                None => new_slices.push(s),
+            }
+        }
         let mut gone_slices: Vec<Arc<EndpointSlice>> = Vec::new();
         if slices.len() - new_slices.len() < self.last.slices.len() {
-            let now: foldhash::HashSet<usize> = slices.iter().map(addr).collect();
-            gone_slices.extend(self.last.slices.iter().filter(|(a, _)| !now.contains(a)).map(|(_, (s, _))| s.clone()));
+            gone_slices.extend(self.last.slices.values().filter(|(_, _, seen)| *seen != pass).map(|(s, _, _)| s.clone()));
         }
         let changes = new_services.len() + gone_services.len() + new_slices.len() + gone_slices.len();
         if changes > 64 + services.len() / 16 {
@@ -289,7 +304,7 @@ impl CompileMemo {
         let mut slices_of: BTreeMap<&(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
         for s in slices {
             let hash = match self.last.slices.get(&addr(s)) {
-                Some((_, h)) => *h,
+                Some((_, h, _)) => *h,
                 None => slice_service(s).map(|(ns, name)| key_hash(ns, name)),
             };
             if !hash.is_some_and(|h| hashes.contains(&h)) {
@@ -340,10 +355,10 @@ impl CompileMemo {
         for s in &gone_slices {
             self.last.slices.remove(&addr(s));
         }
-        self.last.services.extend(new_services.iter().map(|s| (addr(s), Arc::clone(s))));
-        self.last
-            .slices
-            .extend(new_slices.iter().map(|s| (addr(s), (Arc::clone(s), slice_service(s).map(|(ns, name)| key_hash(ns, name))))));
+        self.last.services.extend(new_services.iter().map(|s| (addr(s), (Arc::clone(s), pass))));
+        self.last.slices.extend(
+            new_slices.iter().map(|s| (addr(s), (Arc::clone(s), slice_service(s).map(|(ns, name)| key_hash(ns, name)), pass))),
+        );
         Some(changed)
     }
 

@@ -76,6 +76,9 @@ pub struct Planner {
     /// and contributed again under the same id and name, which changes nothing.
     withdrawn_names: Vec<(u32, Arc<ServicePortName>)>,
     pending: Touched,
+    /// Frontends in `state.services` (keys of a protocol; address markers have none), kept as
+    /// the keys come and go: what `lb service list` counts, without a walk per sync.
+    frontends: usize,
     /// Ids were adopted: the next pass forgets every id its state does not use, as the full
     /// plan does after adopting.
     adopted: bool,
@@ -96,6 +99,7 @@ impl Planner {
             svc_names_version: 0,
             withdrawn_names: Vec::new(),
             pending: Touched { all: true, ..Touched::default() },
+            frontends: 0,
             adopted: false,
         }
     }
@@ -110,6 +114,11 @@ impl Planner {
     /// What the maps should hold for the last planned desired state.
     pub fn state(&self) -> &MapState {
         &self.state
+    }
+
+    /// The frontends [`Planner::state`] holds: its `services` keys other than address markers.
+    pub fn frontends(&self) -> usize {
+        self.frontends
     }
 
     /// Every planned ServicePort by its svc_id: the id its frontends carry, unless another
@@ -272,7 +281,8 @@ impl Planner {
             p.backends.insert(*id);
         }
         for (key, v) in &contribution.services {
-            self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v));
+            let added = self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v)).is_none();
+            self.frontends += usize::from(added && key.proto != 0);
             self.filter.add(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             p.services.insert(*key);
         }
@@ -323,8 +333,8 @@ impl Planner {
         for (key, _) in &own.services {
             if let Some(last) = remove_shared(&mut self.services, spn, *key) {
                 self.state.services.insert(*key, last);
-            } else {
-                self.state.services.remove(key);
+            } else if self.state.services.remove(key).is_some() && key.proto != 0 {
+                self.frontends -= 1;
             }
             self.filter.remove(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             p.services.insert(*key);

@@ -137,7 +137,8 @@ impl FileSource {
             });
             state.stamp = stamp;
             match result {
-                Ok(objects) => {
+                Ok(mut objects) => {
+                    keep_unchanged(&state.objects, &mut objects);
                     if state.error.take().is_some() {
                         out.recovered.push(path);
                     }
@@ -170,6 +171,23 @@ impl FileSource {
     pub fn errors(&self) -> impl Iterator<Item = &SourceError> {
         self.files.values().filter_map(|f| f.error.as_deref())
     }
+}
+
+/// Keeps the previous `Arc` of every object of a file read again whose new version is equal
+/// to the one at the same place before: an edit of one object in a file of many then shows as
+/// that object alone to the later steps (the compile memo recompiles the Services whose objects
+/// are new `Arc`s).
+fn keep_unchanged(old: &ClusterObjects, new: &mut ClusterObjects) {
+    fn keep<T: PartialEq>(old: &[Arc<T>], new: &mut [Arc<T>]) {
+        for (o, n) in old.iter().zip(new.iter_mut()) {
+            if **o == **n {
+                *n = Arc::clone(o);
+            }
+        }
+    }
+    keep(&old.services, &mut new.services);
+    keep(&old.slices, &mut new.slices);
+    keep(&old.nodes, &mut new.nodes);
 }
 
 /// The stamp of every manifest in `dir`.
@@ -394,6 +412,21 @@ metadata:
         let mut n: Vec<String> = o.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
         n.sort();
         n
+    }
+
+    /// An edit of one object in a file of several: the others keep their `Arc`s (the compile
+    /// memo then recompiles only the edited one's Service).
+    #[test]
+    fn an_edited_file_keeps_the_objects_it_did_not_change() {
+        let dir = Dir::new("keep");
+        dir.write("a.yaml", &format!("{}---\n{}", service_doc("a", "10.96.0.1"), service_doc("b", "10.96.0.2")));
+        let mut src = FileSource::new(&dir.0);
+        let before = src.poll().unwrap().objects.unwrap();
+        dir.write("a.yaml", &format!("{}---\n{}", service_doc("a", "10.96.0.1"), service_doc("b", "10.96.0.9")));
+        let after = src.poll().unwrap().objects.unwrap();
+        assert!(Arc::ptr_eq(&before.services[0], &after.services[0]), "a is unchanged: the same object");
+        assert!(!Arc::ptr_eq(&before.services[1], &after.services[1]), "b changed: a new object");
+        assert_eq!(after.services[1].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("10.96.0.9"));
     }
 
     /// Issue 13: a broken file keeps its last good objects and never holds back the others.

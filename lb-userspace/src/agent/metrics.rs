@@ -88,8 +88,9 @@ pub struct State {
     pub rejected_total: BTreeMap<String, u64>,
     /// `(object, reason)` currently rejected.
     pub rejected: BTreeSet<(String, String)>,
-    /// Conntrack entries counted by the last sweep (`None` before the first).
-    pub conntrack_entries: Option<usize>,
+    /// Conntrack entries counted by the last sweep, IPv4 and IPv6 table (`None` before the
+    /// first).
+    pub conntrack_entries: Option<[usize; 2]>,
     /// The maps' real capacities (the defaults until the datapath is loaded).
     pub map_sizes: MapSizes,
     /// Map entries rewritten by drift repair.
@@ -241,8 +242,8 @@ impl Metrics {
         self.lock().map_sizes = sizes;
     }
 
-    /// The conntrack table's fill, as the last sweep counted it.
-    pub fn set_conntrack_entries(&self, entries: usize) {
+    /// The conntrack tables' fill (IPv4, IPv6), as the last sweep counted it.
+    pub fn set_conntrack_entries(&self, entries: [usize; 2]) {
         self.lock().conntrack_entries = Some(entries);
     }
 
@@ -310,9 +311,11 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         &mut o,
         "lb_conntrack_capacity",
         "gauge",
-        "Capacity of the conntrack table (entries; two per flow, one per direction).",
+        "Capacity of each conntrack table, by family (entries; two per flow, one per direction).",
     );
-    let _ = writeln!(o, "lb_conntrack_capacity {}", state.map_sizes.conntrack);
+    for family in ["ipv4", "ipv6"] {
+        let _ = writeln!(o, "lb_conntrack_capacity{{family=\"{family}\"}} {}", state.map_sizes.conntrack);
+    }
     header(
         &mut o,
         "lb_map_repairs_total",
@@ -337,9 +340,15 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
     for (name, _) in state.map_sizes.by_name().into_iter().filter(|(n, _)| *n != lb_common::CONNTRACK) {
         let _ = writeln!(o, "lb_services_left_out{{map=\"{name}\"}} {}", state.left_out.get(name).copied().unwrap_or(0));
     }
-    if let Some(n) = state.conntrack_entries {
-        header(&mut o, "lb_conntrack_entries", "gauge", "Conntrack entries counted by the agent's last sweep (every 30 s).");
-        let _ = writeln!(o, "lb_conntrack_entries {n}");
+    if let Some([v4, v6]) = state.conntrack_entries {
+        header(
+            &mut o,
+            "lb_conntrack_entries",
+            "gauge",
+            "Conntrack entries counted by the agent's last sweep (every 30 s), by family (each table's fill).",
+        );
+        let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv4\"}} {v4}");
+        let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv6\"}} {v6}");
     }
 
     histogram(

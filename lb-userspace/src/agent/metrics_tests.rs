@@ -41,15 +41,17 @@ fn a_fresh_agent_exports_zeroes_and_every_error_reason() {
 fn conntrack_fill_is_exported_once_a_sweep_counted_it() {
     let m = Metrics::new(None);
     let out = render(&m.snapshot(), None);
-    assert!(lines(&out).contains(&"lb_conntrack_capacity 131072"), "{out}");
+    assert!(lines(&out).contains(&"lb_conntrack_capacity{family=\"ipv4\"} 131072"), "{out}");
+    assert!(lines(&out).contains(&"lb_conntrack_capacity{family=\"ipv6\"} 131072"), "{out}");
     assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 262144"), "{out}");
     m.set_map_sizes(MapSizes::for_services(100_000));
     let out = render(&m.snapshot(), None);
     assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 1600000"), "{out}");
     assert!(!out.contains("lb_conntrack_entries"), "no count before the first sweep:\n{out}");
-    m.set_conntrack_entries(4_242);
+    m.set_conntrack_entries([4_242, 12]);
     let out = render(&m.snapshot(), None);
-    assert!(lines(&out).contains(&"lb_conntrack_entries 4242"), "{out}");
+    assert!(lines(&out).contains(&"lb_conntrack_entries{family=\"ipv4\"} 4242"), "{out}");
+    assert!(lines(&out).contains(&"lb_conntrack_entries{family=\"ipv6\"} 12"), "{out}");
     assert_eq!(out.matches("# TYPE lb_conntrack_entries gauge").count(), 1);
 }
 

@@ -236,7 +236,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             last_sweep = Instant::now();
             match dp.sweep_conntrack() {
                 Ok(sweep) => {
-                    metrics.set_conntrack_entries(sweep.remaining);
+                    metrics.set_conntrack_entries(sweep.by_family);
                     if sweep.removed > 0 {
                         info!(entries = sweep.removed, remaining = sweep.remaining, "swept idle conntrack entries");
                     }

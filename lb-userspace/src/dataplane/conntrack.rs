@@ -53,9 +53,11 @@ impl FlowKey for CtKey4 {
 pub struct Sweep {
     /// Idle entries deleted.
     pub removed: usize,
-    /// Entries left in the tables (two per flow), out of [`Dataplane::limits`]' `conntrack`
-    /// per family.
+    /// Entries left in both tables (two per flow).
     pub remaining: usize,
+    /// Entries left in the IPv4 and the IPv6 table, each out of [`Dataplane::limits`]'
+    /// `conntrack`.
+    pub by_family: [usize; 2],
     /// svc_ids named by the entries left.
     pub svc_ids: HashSet<u32>,
     /// Backend ids named by the entries left.
@@ -77,7 +79,7 @@ fn gone(e: &aya::maps::MapError) -> bool {
 }
 
 /// Sweeps one table (`name`) into `sweep`.
-fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'static str, sweep: &mut Sweep) -> Result<()> {
+fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'static str, sweep: &mut Sweep) -> Result<usize> {
     let now = monotonic_ns();
     let mut listed = 0;
     let stale: Vec<K> = map
@@ -119,15 +121,16 @@ fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'stati
     }
     sweep.removed += removed;
     sweep.remaining += listed - removed;
-    Ok(())
+    Ok(listed - removed)
 }
 
 impl Dataplane {
     /// Deletes conntrack entries idle longer than their lifetime.
     pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
-        let mut sweep = Sweep { removed: 0, remaining: 0, svc_ids: HashSet::new(), backend_ids: HashSet::new() };
-        sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
-        sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
+        let mut sweep =
+            Sweep { removed: 0, remaining: 0, by_family: [0; 2], svc_ids: HashSet::new(), backend_ids: HashSet::new() };
+        sweep.by_family[0] = sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
+        sweep.by_family[1] = sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
         Ok(sweep)
     }
 

@@ -229,12 +229,15 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// inserting the new ones in place.
 struct Sorted<K> {
     objects: Vec<Arc<K>>,
-    addresses: foldhash::HashSet<usize>,
+    /// The addresses of `objects`, each with the last update that listed it (so that the
+    /// objects gone are found without a set of every address now).
+    addresses: foldhash::HashMap<usize, u64>,
+    pass: u64,
 }
 
 impl<K> Default for Sorted<K> {
     fn default() -> Self {
-        Self { objects: Vec::new(), addresses: foldhash::HashSet::default() }
+        Self { objects: Vec::new(), addresses: foldhash::HashMap::default(), pass: 0 }
     }
 }
 
@@ -242,20 +245,38 @@ impl<K: Resource<DynamicType = ()>> Sorted<K> {
     /// `now` (a store's objects in any order), sorted by namespace and name.
     fn update(&mut self, now: Vec<Arc<K>>) -> Vec<Arc<K>> {
         let addr = |o: &Arc<K>| Arc::as_ptr(o) as usize;
-        let addresses: foldhash::HashSet<usize> = now.iter().map(addr).collect();
-        let new: Vec<&Arc<K>> = now.iter().filter(|o| !self.addresses.contains(&addr(o))).collect();
+        self.pass += 1;
+        let pass = self.pass;
+        let mut new: Vec<&Arc<K>> = Vec::new();
+        for o in &now {
+            match self.addresses.get_mut(&addr(o)) {
+                Some(seen) => *seen = pass,
+                None => new.push(o),
+            }
+        }
         if self.objects.is_empty() || new.len() > 64 + now.len() / 16 {
             let mut all = now.clone();
             all.sort_by(|a, b| by_name(&**a, &**b));
             self.objects = all;
+            self.addresses = now.iter().map(|o| (addr(o), pass)).collect();
         } else {
-            self.objects.retain(|o| addresses.contains(&addr(o)));
+            // Objects gone: the listed ones are marked with this pass.
+            if now.len() - new.len() < self.objects.len() {
+                let addresses = &mut self.addresses;
+                self.objects.retain(|o| {
+                    let listed = addresses.get(&addr(o)) == Some(&pass);
+                    if !listed {
+                        addresses.remove(&addr(o));
+                    }
+                    listed
+                });
+            }
             for o in new {
                 let at = self.objects.partition_point(|x| by_name(&**x, &**o).is_lt());
                 self.objects.insert(at, Arc::clone(o));
+                self.addresses.insert(addr(o), pass);
             }
         }
-        self.addresses = addresses;
         self.objects.clone()
     }
 }

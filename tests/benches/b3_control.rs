@@ -700,20 +700,6 @@ fn growth_manifest(n: u32) -> String {
     yaml
 }
 
-/// One HTTP request to `addr`: whether a pod answered.
-fn http_ok(addr: std::net::SocketAddr) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: kubia\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    s.read_to_string(&mut body).is_ok() && body.contains("You've hit")
-}
-
 /// Issue 16, item 6: maps that grow online under traffic. One node, two kubia pods (each also
 /// answering on a /17 of endpoint addresses) and a client pod; the agent (file source) starts
 /// with its service maps sized for kubia and hardly more. While the client runs a loop of new
@@ -733,6 +719,7 @@ fn growth_under_traffic(lb: &Path, services: u32) -> anyhow::Result<Value> {
 
     use lb_tests::{
         agent::{Agent, AgentOptions},
+        requests::{http_loop, http_ok},
         topology::{ECHO_PORT, HTTP_PORT, Topology},
     };
 
@@ -777,21 +764,7 @@ fn growth_under_traffic(lb: &Path, services: u32) -> anyhow::Result<Value> {
     let (programmed_s, (ok, failed)) = std::thread::scope(|s| -> anyhow::Result<(f64, (u32, u32))> {
         let stop_loop = stop.clone();
         let client_ns = &topo.pods[client].ns;
-        let looping = s.spawn(move || {
-            client_ns.run_in(move || {
-                let (mut ok, mut failed) = (0u32, 0u32);
-                let addr: SocketAddr = "10.96.3.3:80".parse().unwrap();
-                while !stop_loop.load(Ordering::Relaxed) {
-                    if http_ok(addr) {
-                        ok += 1;
-                    } else {
-                        failed += 1;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                (ok, failed)
-            })
-        });
+        let looping = s.spawn(move || http_loop(client_ns, "10.96.3.3:80".parse().unwrap(), Duration::from_millis(2), stop_loop));
         std::thread::sleep(Duration::from_millis(300));
         let t = Instant::now();
         let waited = agent.write_manifest("many.yaml", &manifest).and_then(|()| {

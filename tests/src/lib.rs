@@ -12,5 +12,6 @@ pub mod cluster;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
+pub mod requests;
 pub mod topology;
 pub mod verdict;

@@ -8,7 +8,7 @@
 //!   fits.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
     sync::{
         Arc,
@@ -20,6 +20,7 @@ use std::{
 use lb_tests::{
     agent::{Agent, AgentOptions},
     bins, privilege,
+    requests::{http_loop, http_ok},
     topology::{ECHO_PORT, HTTP_PORT, Topology},
 };
 
@@ -59,19 +60,6 @@ fn service(name: &str, cluster_ip: &str, net: u32, first: u32, n: u32) -> String
 /// in 10.245.1.0/24 (kubia-1) and 10.245.2.0/24 (kubia-2), which those pods answer on.
 fn many(n: u32) -> String {
     (1..=n).map(|i| service(&format!("grow-{i}"), &format!("10.96.4.{i}"), 1 + i % 2, i * 10, 10)).collect()
-}
-
-/// One HTTP request to `addr`: whether a pod answered.
-fn http_ok(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: kubia\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    s.read_to_string(&mut body).is_ok() && body.contains("You've hit")
 }
 
 const SERVICES: u32 = 20;
@@ -127,23 +115,8 @@ fn maps_created_too_small_grow_online_while_clients_run_and_every_service_answer
         let stop_guard = StopOnDrop(stop.clone());
         let stop_loop = stop.clone();
         let client_ns = &topo.pods[client].ns;
-        let looping = s.spawn(move || {
-            client_ns
-                .run_in(move || {
-                    let (mut ok, mut failed) = (0u32, 0u32);
-                    let addr: SocketAddr = "10.96.3.3:80".parse().unwrap();
-                    while !stop_loop.load(Ordering::Relaxed) {
-                        if http_ok(addr) {
-                            ok += 1;
-                        } else {
-                            failed += 1;
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    (ok, failed)
-                })
-                .unwrap()
-        });
+        let looping =
+            s.spawn(move || http_loop(client_ns, "10.96.3.3:80".parse().unwrap(), Duration::from_millis(5), stop_loop).unwrap());
         std::thread::sleep(Duration::from_millis(300));
         agent.write_manifest("many.yaml", &many(SERVICES)).unwrap();
         agent

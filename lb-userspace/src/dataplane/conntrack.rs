@@ -53,8 +53,6 @@ impl FlowKey for CtKey4 {
 pub struct Sweep {
     /// Idle entries deleted.
     pub removed: usize,
-    /// Entries left in both tables (two per flow).
-    pub remaining: usize,
     /// Entries left in the IPv4 and the IPv6 table, each out of [`Dataplane::limits`]'
     /// `conntrack`.
     pub by_family: [usize; 2],
@@ -120,15 +118,20 @@ fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'stati
         }
     }
     sweep.removed += removed;
-    sweep.remaining += listed - removed;
     Ok(listed - removed)
+}
+
+impl Sweep {
+    /// Entries left in both tables (two per flow).
+    pub fn remaining(&self) -> usize {
+        self.by_family.iter().sum()
+    }
 }
 
 impl Dataplane {
     /// Deletes conntrack entries idle longer than their lifetime.
     pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
-        let mut sweep =
-            Sweep { removed: 0, remaining: 0, by_family: [0; 2], svc_ids: HashSet::new(), backend_ids: HashSet::new() };
+        let mut sweep = Sweep { removed: 0, by_family: [0; 2], svc_ids: HashSet::new(), backend_ids: HashSet::new() };
         sweep.by_family[0] = sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
         sweep.by_family[1] = sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
         Ok(sweep)

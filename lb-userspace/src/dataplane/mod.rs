@@ -186,7 +186,11 @@ impl Dataplane {
         std::fs::create_dir_all(pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
         crate::maps::layout::check(pin_path)?;
         grow::recover_interrupted(pin_path)?;
-        Self::load_object(config, None)
+        let mut dp = Self::load_object(config, None)?;
+        // Flows an older build kept in the IPv6 table (the running programs may add more until
+        // the new ones are attached: the agent moves those right after attaching).
+        dp.move_ipv4_flows()?;
+        Ok(dp)
     }
 
     /// Loads the object, adopting the maps pinned under `config.pin_path` and creating (and
@@ -219,11 +223,7 @@ impl Dataplane {
             Some(s) => s,
             None => maps.read()?,
         };
-        let mut dp = Self { ebpf, pin_path, maps, conntrack, limits, max_sizes: config.max_sizes, shadow };
-        // Flows an older build kept in the IPv6 table (the running programs may add more until
-        // the new ones are attached: the agent moves those right after attaching).
-        dp.move_ipv4_flows()?;
-        Ok(dp)
+        Ok(Self { ebpf, pin_path, maps, conntrack, limits, max_sizes: config.max_sizes, shadow })
     }
 
     pub fn pin_path(&self) -> &Path {

@@ -179,24 +179,42 @@ pub struct Plan {
     pub ports: Delta,
     /// `None` when the L4 header is not in this packet (a later fragment) or not TCP/UDP.
     pub l4: Option<L4Csum>,
+    /// An address, and a port, really change (a frontend's port often equals its target
+    /// port): an unchanged part's delta is a one's-complement zero, which the TC context need
+    /// not hand to a helper.
+    pub addr_changed: bool,
+    pub port_changed: bool,
 }
 
 /// The checksum changes of `nat` applied to `p`.
 #[inline(always)]
 pub fn plan(p: &Packet, nat: &Nat) -> Plan {
-    let mut out = Plan { ip: Delta::default(), pseudo: Delta::default(), ports: Delta::default(), l4: l4_csum(p) };
+    let mut out = Plan {
+        ip: Delta::default(),
+        pseudo: Delta::default(),
+        ports: Delta::default(),
+        l4: l4_csum(p),
+        addr_changed: false,
+        port_changed: false,
+    };
     let (src, dst) = p.addr_words();
     if nat.dst.set {
-        let d = words_delta(dst, nat.dst.to.addr_words(), p.is_v6);
+        let to = nat.dst.to.addr_words();
+        let d = words_delta(dst, to, p.is_v6);
         out.ip.add(d);
         out.pseudo.add(d);
         out.ports.half(p.dport_be, nat.dst.to.port_be);
+        out.addr_changed |= dst != to;
+        out.port_changed |= p.dport_be != nat.dst.to.port_be;
     }
     if nat.src.set {
-        let d = words_delta(src, nat.src.to.addr_words(), p.is_v6);
+        let to = nat.src.to.addr_words();
+        let d = words_delta(src, to, p.is_v6);
         out.ip.add(d);
         out.pseudo.add(d);
         out.ports.half(p.sport_be, nat.src.to.port_be);
+        out.addr_changed |= src != to;
+        out.port_changed |= p.sport_be != nat.src.to.port_be;
     }
     out
 }

@@ -10,9 +10,10 @@
 //!
 //! Translation writes addresses, ports and the IPv4 header checksum directly; the L4 checksum
 //! change goes through `bpf_l4_csum_replace` in diff mode (two calls: the pseudo-header part,
-//! then the ports), because an skb's checksum may be partial (local packets: only the
-//! pseudo-header is summed yet) or complete (`skb->csum` must follow), which the helper handles
-//! and the program cannot see.
+//! then the ports; a part that does not change makes no call), because an skb's checksum may be
+//! partial (local packets: only the pseudo-header is summed yet) or complete (`skb->csum` must
+//! follow), which the helper handles and the program cannot see (`__sk_buff` does not expose
+//! `ip_summed`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -85,10 +86,16 @@ impl Context for TcContext {
         nat::write(TcContext::data(self), TcContext::data_end(self), p, nat, &plan).ok_or(())?;
         if let Some(l4) = plan.l4 {
             let mangled = if l4.udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-            // Size 0: `to` is a checksum difference.
-            self.l4_csum_replace(l4.off, 0, u64::from(plan.pseudo.wsum()), u64::from(BPF_F_PSEUDO_HDR) | mangled)
-                .map_err(|_| ())?;
-            self.l4_csum_replace(l4.off, 0, u64::from(plan.ports.wsum()), mangled).map_err(|_| ())?;
+            // Size 0: `to` is a checksum difference. Each call is a helper whose cost is most of
+            // a conntrack hit's on some CPUs (B1), so a part that does not change (a port equal
+            // to its target port) makes none.
+            if plan.addr_changed {
+                self.l4_csum_replace(l4.off, 0, u64::from(plan.pseudo.wsum()), u64::from(BPF_F_PSEUDO_HDR) | mangled)
+                    .map_err(|_| ())?;
+            }
+            if plan.port_changed {
+                self.l4_csum_replace(l4.off, 0, u64::from(plan.ports.wsum()), mangled).map_err(|_| ())?;
+            }
         }
         Ok(())
     }

@@ -393,6 +393,8 @@ impl Harness {
 const AFF_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const NP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const BIG_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+/// A Service whose port is its target port (80 → 80): a translation of the address only.
+const SAME_PORT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
 const NODE_PORT: u16 = 30080;
 
 fn pods(base: [u8; 3], n: u32) -> Vec<Ipv4Addr> {
@@ -404,7 +406,9 @@ fn measured_services() -> Vec<Svc> {
     aff.affinity = true;
     let mut np = Svc::new("bench-nodeport", NP_VIP, pods([10, 244, 1], 3));
     np.node_port = Some(NODE_PORT);
-    vec![Svc::new("bench-clusterip", VIP, pods([10, 244, 0], 3)), aff, np]
+    let mut same_port = Svc::new("bench-same-port", SAME_PORT_VIP, pods([10, 244, 2], 3));
+    same_port.target_port = same_port.port;
+    vec![Svc::new("bench-clusterip", VIP, pods([10, 244, 0], 3)), aff, np, same_port]
 }
 
 fn big_service() -> Svc {
@@ -681,12 +685,13 @@ fn sports(n: u32) -> impl Iterator<Item = u16> {
 }
 
 /// The cases, in the order they are reported.
-const CASES: [&str; 13] = [
+const CASES: [&str; 14] = [
     "pass_non_service",
     "xdp_pass_non_service",
     "new_flow",
     "new_flow_conntrack_full",
     "ct_hit",
+    "ct_hit_same_port",
     "reply_revnat",
     "affinity_hit_new_flow",
     "nodeport_snat_ct_hit",
@@ -739,6 +744,16 @@ fn prepare<'a>(
         }
         "ct_hit" => {
             (Hook::Tc, vec![ack((CLIENT, 40000), (vip, 80))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], reset(prime_syn))
+        }
+        "ct_hit_same_port" if !big => {
+            let prime = vec![(Hook::Tc, syn((CLIENT, 40000), (SAME_PORT_VIP, 80)))];
+            (
+                Hook::Tc,
+                vec![ack((CLIENT, 40000), (SAME_PORT_VIP, 80))],
+                s.hit_repeat,
+                &[CNT_CT_HIT, CNT_VERDICT_DNAT],
+                reset(prime),
+            )
         }
         "reply_revnat" => {
             // The backend Maglev picks for this flow (the same on every run).

@@ -375,6 +375,36 @@ fn udp_to_clusterip_is_translated_both_ways_with_valid_checksums<F: Family>(test
     verify_checksums(&back).expect("UDP checksum after reverse NAT");
 }
 
+/// A frontend port equal to its target port (as many Services have: 443 → 443, DNS 53 → 53):
+/// only the addresses change, so the TC context updates the L4 checksum through the
+/// pseudo-header alone; both directions, TCP and UDP, new flow and conntrack hit, stay valid.
+fn frontend_port_equal_to_the_target_port_keeps_valid_checksums_both_ways<F: Family>(test: &str) {
+    let Some(mut f) = Fixture::new(test) else { return };
+    f.program(&desired_state([
+        clusterip_service("web", F::VIP, 8443, Protocol::Tcp, vec![local(F::POD1, 8443), local(F::POD2, 8443)]),
+        clusterip_service("dns", F::UDP_VIP, 53, Protocol::Udp, vec![local(F::POD1, 53), local(F::POD2, 53)]),
+    ]));
+    let client = (F::CLIENT, 40100);
+    for (seq, flags) in [(1000, TCP_SYN), (1001, TCP_ACK)] {
+        let (verdict, out) = f.run(&tcp_frame(client, (F::VIP, 8443), seq, 1, flags));
+        assert_eq!(verdict, TC_ACT_OK);
+        let fl = parse_flow(&out);
+        assert!([F::POD1, F::POD2].contains(&fl.dst.ip()) && fl.dst.port() == 8443, "DNAT to a pod's 8443: {}", fl.dst);
+        verify_checksums(&out).expect("TCP checksum after DNAT with the port kept");
+        let (_, back) = f.run(&tcp_frame(fl.dst, client, 1, seq + 1, TCP_ACK));
+        assert_eq!(parse_flow(&back).src, (F::VIP, 8443).into());
+        verify_checksums(&back).expect("TCP checksum after reverse NAT with the port kept");
+    }
+    let (_, out) = f.run(&udp_frame((F::CLIENT, 5355), (F::UDP_VIP, 53), b"query"));
+    let fl = parse_flow(&out);
+    assert_eq!(fl.dst.port(), 53);
+    verify_checksums(&out).expect("UDP checksum after DNAT with the port kept");
+    let (_, back) = f.run(&udp_frame(fl.dst, (F::CLIENT, 5355), b"answer"));
+    assert_eq!(parse_flow(&back).src, (F::UDP_VIP, 53).into());
+    verify_checksums(&back).expect("UDP checksum after reverse NAT with the port kept");
+    assert_eq!(f.counter(lb_common::CNT_CT_HIT), 1, "the ACK took the conntrack path");
+}
+
 /// A zero UDP checksum is "no checksum" in IPv4, and invalid in IPv6 (RFC 8200 §8.1) where the
 /// datapath cannot make one up incrementally: in both it stays zero (an IPv6 receiver drops it
 /// as it would have without translation); only addresses and ports change.
@@ -1913,6 +1943,7 @@ macro_rules! instantiate {
             point_22_new_flows_reach_every_backend,
             udp_to_clusterip_is_translated_both_ways_with_valid_checksums,
             udp_without_checksum_stays_without_checksum,
+            frontend_port_equal_to_the_target_port_keeps_valid_checksums_both_ways,
             traffic_that_is_not_for_a_service_passes_untouched,
             truncated_l4_header_to_a_service_address_is_dropped,
             point_62_later_fragments_follow_their_first_fragment_and_orphans_to_a_service_are_dropped,

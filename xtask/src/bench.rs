@@ -271,6 +271,7 @@ const B1_LABELS: [(&str, &str); 14] = [
     ("new_flow", "new ClusterIP flow (SYN: miss, Maglev pick, 2 CT inserts, DNAT)"),
     ("new_flow_conntrack_full", "new ClusterIP flow, conntrack map full (every insert evicts)"),
     ("ct_hit", "conntrack hit (established ClusterIP flow, DNAT)"),
+    ("ct_hit_same_port", "conntrack hit, port = target port (DNAT of the address only)"),
     ("reply_revnat", "reply, reverse NAT (backend → client)"),
     ("affinity_hit_new_flow", "new flow with ClientIP affinity hit"),
     ("nodeport_snat_ct_hit", "NodePort + SNAT, established (XDP)"),
@@ -279,7 +280,6 @@ const B1_LABELS: [(&str, &str); 14] = [
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),
     ("lookup_conntrack_map", "reference: one conntrack lookup (hit; IPv4 table since 16-byte keys), in a no-op program"),
-    ("", ""),
 ];
 
 /// Cases whose cost the "flat within 15 %" target covers.

@@ -276,7 +276,7 @@ fn change_latency(
 }
 
 /// The agent's per-sync work measured in this process with the same library, as the agent
-/// does it: the snapshot of the watch caches (shared objects, sorted), compile of both
+/// does it: the snapshot of the watch caches (their shared lists), compile of both
 /// families through the agent's memo (the changed Service only; a full compile is timed too),
 /// the incremental plan and the diff of its touched keys after one endpoint change (the full
 /// plan and diff are timed too). Medians of 3, in milliseconds.
@@ -310,14 +310,14 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
         v.sort_by(f64::total_cmp);
         v[1]
     };
-    let by_name = |a: &Arc<Service>, b: &Arc<Service>| {
-        (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
-            .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
+    // The watch caches keep their lists sorted as events arrive; a snapshot shares them.
+    let cached = lb_userspace::source::ClusterObjects {
+        services: services.clone().into(),
+        slices: slices.clone().into(),
+        nodes: Default::default(),
     };
     let snapshot_ms = time(&mut || {
-        let mut s = services.clone();
-        s.sort_by(by_name);
-        std::hint::black_box((s, slices.clone()));
+        std::hint::black_box(cached.clone());
     });
     // One endpoint replaced in one slice.
     let mut changed = svcs[svcs.len() / 2].clone();

@@ -179,7 +179,8 @@ mod tests {
                 slice("old-a", "old", Some("2026-12-04T09:00:00Z")),
                 slice("none-a", "none", None),
                 slice("bad-a", "bad", Some("yesterday")),
-            ],
+            ]
+            .into(),
             ..ClusterObjects::default()
         };
         assert_eq!(p.synced(&objects, None, now), [Duration::from_millis(1500)]);

@@ -17,7 +17,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
 
-use super::ClusterObjects;
+use super::{ClusterObjects, SharedList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -155,9 +155,9 @@ impl FileSource {
         if changed {
             let count = |f: fn(&ClusterObjects) -> usize| self.files.values().map(|s| f(&s.objects)).sum::<usize>();
             let mut all = ClusterObjects {
-                services: Vec::with_capacity(count(|o| o.services.len())),
-                slices: Vec::with_capacity(count(|o| o.slices.len())),
-                nodes: Vec::with_capacity(count(|o| o.nodes.len())),
+                services: SharedList::with_capacity(count(|o| o.services.len())),
+                slices: SharedList::with_capacity(count(|o| o.slices.len())),
+                nodes: SharedList::with_capacity(count(|o| o.nodes.len())),
             };
             for f in self.files.values() {
                 all.extend(&f.objects);

@@ -1,5 +1,7 @@
 //! The kube-rs source (`lb agent --source kube`): Services, EndpointSlices and this node's Node
-//! list/watched from the API server into reflector stores.
+//! list/watched from the API server into caches of our own ([`Cache`]): each kind's objects
+//! sorted by namespace and name, kept so by the watch events themselves, so that a snapshot
+//! shares the lists instead of copying and sorting every object at every sync.
 //!
 //! - Services and EndpointSlices are watched with kube-proxy's server-side label selector
 //!   [`PROXY_LABEL_SELECTOR`] (semantics point 4), so adding `service.kubernetes.io/service-proxy-name`
@@ -8,8 +10,8 @@
 //! - The Node is watched with `fieldSelector=metadata.name=<node>` (only with a node name).
 //! - Every watcher restarts by itself with kube's default backoff (0.8 s doubling to 30 s, with
 //!   jitter): a lost connection resumes from the last resourceVersion, a 410 relists, and a relist
-//!   replaces a store atomically once complete. Errors are logged, never returned: while the API
-//!   server is away the stores keep the last state and the datapath keeps serving it.
+//!   replaces a cache atomically once complete. Errors are logged, never returned: while the API
+//!   server is away the caches keep the last state and the datapath keeps serving it.
 //! - Objects are slimmed before they are stored ([`Slim`]): managedFields, annotations other
 //!   than lb's, endpoints' targetRefs and a Node's status beyond its addresses never reach
 //!   the caches.
@@ -32,17 +34,13 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Config, Resource,
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
-        watcher,
-    },
+    runtime::{WatchStreamExt as _, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, error, info, warn};
 
-use super::ClusterObjects;
+use super::{ClusterObjects, SharedList};
 
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -88,12 +86,12 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, SourceKubeError
     Client::try_from(config).map_err(SourceKubeError::Client)
 }
 
-/// Reflector stores of the objects the agent consumes, kept up to date by background tasks
-/// (stopped when this is dropped).
+/// Caches of the objects the agent consumes, kept up to date by background tasks (stopped when
+/// this is dropped).
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Option<Store<Node>>,
+    services: Watched<Service>,
+    slices: Watched<EndpointSlice>,
+    nodes: Option<Watched<Node>>,
     changes: watch::Receiver<u64>,
     /// Watch events (added, modified, deleted) of Services and of EndpointSlices since start.
     service_events: Arc<AtomicU64>,
@@ -101,15 +99,18 @@ pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
     /// When [`KubeSource::changed`] last resolved.
     last_wake: Option<tokio::time::Instant>,
-    /// The last snapshot's sorted objects, kept up to date by the changes only.
-    sorted: Box<SortedCaches>,
 }
 
-/// [`Sorted`] objects of each kind the snapshot sorts incrementally.
-#[derive(Default)]
-struct SortedCaches {
-    services: std::sync::Mutex<Sorted<Service>>,
-    slices: std::sync::Mutex<Sorted<EndpointSlice>>,
+/// One kind's cache, shared with its watch task, and whether its first list is in.
+struct Watched<K> {
+    cache: Arc<std::sync::Mutex<Cache<K>>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl<K> Watched<K> {
+    fn objects(&self) -> SharedList<K> {
+        lock(&self.cache).objects.clone()
+    }
 }
 
 impl KubeSource {
@@ -123,14 +124,14 @@ impl KubeSource {
         let mut tasks = Vec::new();
         let selected = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
         let (service_events, slice_events) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let services = spawn_reflector(
+        let services = spawn_watch(
             &runtime,
             Api::<Service>::all(client.clone()),
             selected.clone(),
             ("services", &tx, Some(service_events.clone())),
             &mut tasks,
         );
-        let slices = spawn_reflector(
+        let slices = spawn_watch(
             &runtime,
             Api::<EndpointSlice>::all(client.clone()),
             selected,
@@ -138,7 +139,7 @@ impl KubeSource {
             &mut tasks,
         );
         let nodes = (!node_name.is_empty()).then(|| {
-            spawn_reflector(
+            spawn_watch(
                 &runtime,
                 Api::<Node>::all(client),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
@@ -146,17 +147,7 @@ impl KubeSource {
                 &mut tasks,
             )
         });
-        Ok(Self {
-            services,
-            slices,
-            nodes,
-            changes,
-            service_events,
-            slice_events,
-            tasks,
-            last_wake: None,
-            sorted: Box::default(),
-        })
+        Ok(Self { services, slices, nodes, changes, service_events, slice_events, tasks, last_wake: None })
     }
 
     /// Watch events of Services and of EndpointSlices since start (kube-proxy's change
@@ -168,30 +159,30 @@ impl KubeSource {
     /// Resolves once every reflector has completed its initial list (point 7: never program
     /// before that). Never resolves if a reflector task died before that.
     pub async fn wait_ready(&self) {
-        let ready = async {
-            self.services.wait_until_ready().await?;
-            self.slices.wait_until_ready().await?;
-            if let Some(nodes) = &self.nodes {
-                nodes.wait_until_ready().await?;
+        let mut ready = vec![self.services.ready.clone(), self.slices.ready.clone()];
+        ready.extend(self.nodes.as_ref().map(|n| n.ready.clone()));
+        for mut r in ready {
+            if r.wait_for(|listed| *listed).await.is_err() {
+                error!(
+                    "a watch task stopped before its initial list: restart the agent; until then nothing is programmed from the API server"
+                );
+                std::future::pending::<()>().await;
             }
-            Ok::<(), reflector::store::WriterDropped>(())
-        };
-        if let Err(e) = ready.await {
-            error!(error = %e, "a reflector stopped before its initial list: restart the agent; until then nothing is programmed from the API server");
-            std::future::pending::<()>().await;
         }
     }
 
     /// The current objects, sorted by namespace and name, as the file source returns them.
+    /// The lists are shared with the caches (the next change to a cache copies its list only
+    /// if this snapshot is still held then).
     pub fn snapshot(&self) -> ClusterObjects {
         ClusterObjects {
-            services: lock(&self.sorted.services).update(self.services.state()),
-            slices: lock(&self.sorted.slices).update(self.slices.state()),
-            nodes: self.nodes.as_ref().map(sorted).unwrap_or_default(),
+            services: self.services.objects(),
+            slices: self.slices.objects(),
+            nodes: self.nodes.as_ref().map(Watched::objects).unwrap_or_default(),
         }
     }
 
-    /// Resolves when any store changed since the last call: at once after a quiet period, else
+    /// Resolves when any cache changed since the last call: at once after a quiet period, else
     /// at the end of the [`COALESCE_WINDOW`] that began with the last wake-up. Take a
     /// [`snapshot`](Self::snapshot) afterwards. Cancel-safe: a change is only consumed when this
     /// resolves, so it can race a timer in `select!`.
@@ -222,75 +213,69 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A store's objects sorted by namespace and name, as of the last snapshot. Sorting 100,000
-/// objects by their names at every sync cost about 40 ms each for Services and slices (most
-/// of a sync at 100,000 Services); since a new version of an object is a new `Arc` in the store
-/// and the others keep theirs, the order is brought up to date by dropping the objects gone and
-/// inserting the new ones in place.
-struct Sorted<K> {
-    objects: Vec<Arc<K>>,
-    /// The addresses of `objects`, each with the last update that listed it (so that the
-    /// objects gone are found without a set of every address now).
-    addresses: foldhash::HashMap<usize, u64>,
-    pass: u64,
+/// One kind's objects as the watch events left them, sorted by namespace and name.
+struct Cache<K> {
+    objects: SharedList<K>,
+    /// The objects of a list in progress: a (re)list replaces `objects` once complete, so a
+    /// snapshot never sees half a list.
+    listing: Vec<Arc<K>>,
 }
 
-impl<K> Default for Sorted<K> {
+impl<K> Default for Cache<K> {
     fn default() -> Self {
-        Self { objects: Vec::new(), addresses: foldhash::HashMap::default(), pass: 0 }
+        Self { objects: SharedList::default(), listing: Vec::new() }
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Sorted<K> {
-    /// `now` (a store's objects in any order), sorted by namespace and name.
-    fn update(&mut self, now: Vec<Arc<K>>) -> Vec<Arc<K>> {
-        let addr = |o: &Arc<K>| Arc::as_ptr(o) as usize;
-        self.pass += 1;
-        let pass = self.pass;
-        let mut new: Vec<&Arc<K>> = Vec::new();
-        for o in &now {
-            match self.addresses.get_mut(&addr(o)) {
-                Some(seen) => *seen = pass,
-                None => new.push(o),
+impl<K: Resource> Cache<K> {
+    /// Applies one watch event; true when the objects changed (an event of a list in progress
+    /// changes nothing until the list is complete).
+    fn apply(&mut self, event: watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.listing.clear();
+                false
             }
-        }
-        if self.objects.is_empty() || new.len() > 64 + now.len() / 16 {
-            let mut all = now.clone();
-            all.sort_by(|a, b| by_name(&**a, &**b));
-            self.objects = all;
-            self.addresses = now.iter().map(|o| (addr(o), pass)).collect();
-        } else {
-            // Objects gone: the listed ones are marked with this pass.
-            if now.len() - new.len() < self.objects.len() {
-                let addresses = &mut self.addresses;
-                self.objects.retain(|o| {
-                    let listed = addresses.get(&addr(o)) == Some(&pass);
-                    if !listed {
-                        addresses.remove(&addr(o));
+            watcher::Event::InitApply(o) => {
+                self.listing.push(Arc::new(o));
+                false
+            }
+            watcher::Event::InitDone => {
+                let mut listed = std::mem::take(&mut self.listing);
+                listed.sort_by(|a, b| by_name(&**a, &**b));
+                // One object per name, as the API server lists them; the last one wins.
+                listed.dedup_by(|later, earlier| {
+                    let same = by_name(&**later, &**earlier).is_eq();
+                    if same {
+                        std::mem::swap(later, earlier);
                     }
-                    listed
+                    same
                 });
+                self.objects = listed.into();
+                true
             }
-            for o in new {
-                let at = self.objects.partition_point(|x| by_name(&**x, &**o).is_lt());
-                self.objects.insert(at, Arc::clone(o));
-                self.addresses.insert(addr(o), pass);
+            watcher::Event::Apply(o) => {
+                let o = Arc::new(o);
+                let list = &mut *self.objects;
+                match list.binary_search_by(|x| by_name(&**x, &*o)) {
+                    Ok(at) => list[at] = o,
+                    Err(at) => list.insert(at, o),
+                }
+                true
+            }
+            watcher::Event::Delete(o) => {
+                let at = self.objects.binary_search_by(|x| by_name(&**x, &o));
+                if let Ok(at) = at {
+                    self.objects.remove(at);
+                }
+                true
             }
         }
-        self.objects.clone()
     }
 }
 
 fn by_name<K: Resource>(a: &K, b: &K) -> std::cmp::Ordering {
     (a.meta().namespace.as_deref(), a.meta().name.as_deref()).cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-}
-
-fn sorted<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
-    let mut objects: Vec<Arc<K>> = store.state();
-    objects.sort_by(|a, b| {
-        (a.meta().namespace.as_deref(), a.meta().name.as_deref()).cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
-    });
-    objects
 }
 
 /// What the watch caches keep of an object: only what the compile step and the agent read.
@@ -340,25 +325,26 @@ impl Slim for Node {
     }
 }
 
-/// Spawns `watcher → backoff → slim → reflector` for one resource, bumping
-/// `changes` whenever the store changes and `events` (if any) at every watch event after the
-/// initial list. Returns the store's reader.
-fn spawn_reflector<K>(
+/// Spawns `watcher → backoff → slim → cache` for one resource, bumping `changes` whenever the
+/// cache changes and `events` (if any) at every watch event after the initial list. Returns
+/// the cache and its readiness (true once the first list is in).
+fn spawn_watch<K>(
     runtime: &tokio::runtime::Handle,
     api: Api<K>,
     config: watcher::Config,
     (resource, changes, events): (&'static str, &Arc<watch::Sender<u64>>, Option<Arc<AtomicU64>>),
     tasks: &mut Vec<JoinHandle<()>>,
-) -> Store<K>
+) -> Watched<K>
 where
     K: Resource<DynamicType = ()> + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(Slim::slim).reflect(writer);
+    let cache = Arc::new(std::sync::Mutex::new(Cache::default()));
+    let (ready_tx, ready) = watch::channel(false);
+    let stream = watcher(api, config).default_backoff().modify(Slim::slim);
     let changes = changes.clone();
+    let writer = Arc::clone(&cache);
     tasks.push(runtime.spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut synced = false;
         let mut failures = 0u64;
         let mut last_warning: Option<Instant> = None;
         while let Some(item) = stream.next().await {
@@ -380,17 +366,23 @@ where
                     continue;
                 }
             };
-            match event {
-                watcher::Event::Init | watcher::Event::InitApply(_) => continue,
-                watcher::Event::InitDone => {
-                    if !synced {
+            let kind = match &event {
+                watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                watcher::Event::InitDone => Some(true),
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) => Some(false),
+            };
+            let changed = lock(&writer).apply(event);
+            match kind {
+                None => continue,
+                Some(true) => {
+                    if !*ready_tx.borrow() {
                         info!(resource, "initial list received");
-                        synced = true;
+                        ready_tx.send_replace(true);
                     } else {
                         debug!(resource, "relisted");
                     }
                 }
-                watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                Some(false) => {
                     if let Some(events) = &events {
                         events.fetch_add(1, Ordering::Relaxed);
                     }
@@ -401,51 +393,67 @@ where
                 failures = 0;
                 last_warning = None;
             }
-            changes.send_modify(|n| *n = n.wrapping_add(1));
+            if changed {
+                changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
     }));
-    reader
+    Watched { cache, ready }
 }
 
 #[cfg(test)]
 mod tests {
 
-    /// The order kept up to date by the changes is the order a full sort gives.
+    /// The watch events keep each cache sorted as a full sort would; a relist replaces it only
+    /// once complete; a snapshot taken before a change keeps what it saw.
     #[test]
-    fn the_sorted_order_follows_changes_as_a_full_sort_would() {
-        let svc = |ns: &str, name: &str, ip: &str| -> Arc<Service> {
-            Arc::new(
-                serde_json::from_value(serde_json::json!({
-                    "metadata": { "name": name, "namespace": ns }, "spec": { "clusterIP": ip },
-                }))
-                .unwrap(),
-            )
+    fn a_cache_follows_watch_events_in_name_order_and_snapshots_keep_what_they_saw() {
+        use watcher::Event;
+        let svc = |ns: &str, name: &str, ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "namespace": ns }, "spec": { "clusterIP": ip },
+            }))
+            .unwrap()
         };
         let names = |v: &[Arc<Service>]| -> Vec<String> {
             v.iter()
                 .map(|s| format!("{}/{}", s.metadata.namespace.as_deref().unwrap(), s.metadata.name.as_deref().unwrap()))
                 .collect()
         };
-        let full = |v: &[Arc<Service>]| {
-            let mut v = v.to_vec();
-            v.sort_by(|a, b| by_name(&**a, &**b));
-            names(&v)
+        let ns = |i: i32| if i % 2 == 0 { "a" } else { "b" };
+        let mut cache = Cache::default();
+        assert!(!cache.apply(Event::Init));
+        for i in (0..300).rev() {
+            assert!(!cache.apply(Event::InitApply(svc(ns(i), &format!("s{i}"), "10.96.0.1"))));
+        }
+        assert!(cache.objects.is_empty(), "a list in progress is not visible");
+        assert!(cache.apply(Event::InitDone));
+        let mut expected: Vec<String> = (0..300).map(|i| format!("{}/s{i}", ns(i))).collect();
+        expected.sort();
+        assert_eq!(names(&cache.objects), expected);
+
+        let before = cache.objects.clone();
+        assert!(cache.apply(Event::Apply(svc("a", "s288", "10.96.0.2"))));
+        assert!(cache.apply(Event::Delete(svc("a", "s20", ""))));
+        assert!(cache.apply(Event::Apply(svc("a", "new-1", "10.96.0.3"))));
+        assert!(cache.apply(Event::Apply(svc("c", "new-2", "10.96.0.4"))));
+        expected.retain(|n| n != "a/s20");
+        expected.extend(["a/new-1".to_owned(), "c/new-2".to_owned()]);
+        expected.sort();
+        assert_eq!(names(&cache.objects), expected);
+        let ip = |v: &[Arc<Service>], name: &str| {
+            v.iter().find(|s| s.metadata.name.as_deref() == Some(name)).and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
         };
-        let mut objects: Vec<Arc<Service>> =
-            (0..300).rev().map(|i| svc(if i % 2 == 0 { "a" } else { "b" }, &format!("s{i}"), "10.96.0.1")).collect();
-        let mut sorted = Sorted::default();
-        assert_eq!(names(&sorted.update(objects.clone())), full(&objects));
-        // A new version of one, one gone, two new, in any order.
-        let at = objects.iter().position(|s| s.metadata.name.as_deref() == Some("s288")).unwrap();
-        objects[at] = svc("a", "s288", "10.96.0.2");
-        objects.remove(20);
-        objects.push(svc("a", "new-1", "10.96.0.3"));
-        objects.insert(0, svc("c", "new-2", "10.96.0.4"));
-        objects.swap(5, 200);
-        let got = sorted.update(objects.clone());
-        assert_eq!(names(&got), full(&objects));
-        assert!(got.iter().any(|s| s.spec.as_ref().unwrap().cluster_ip.as_deref() == Some("10.96.0.2")), "the new version");
-        assert_eq!(names(&sorted.update(objects.clone())), full(&objects), "nothing changed");
+        assert_eq!(ip(&cache.objects, "s288").as_deref(), Some("10.96.0.2"), "the new version");
+        assert_eq!(ip(&before, "s288").as_deref(), Some("10.96.0.1"), "the snapshot keeps the old one");
+        assert_eq!(before.len(), 300);
+
+        // A relist: the old objects stay visible until it is complete, then only the listed ones.
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(svc("z", "only", "10.96.0.9")));
+        assert_eq!(cache.objects.len(), 301);
+        cache.apply(Event::InitDone);
+        assert_eq!(names(&cache.objects), ["z/only"]);
     }
 
     use super::*;

@@ -430,6 +430,14 @@ fn main() -> anyhow::Result<()> {
             growth_services: 2_000,
         }
     };
+    // LB_B3_SCALES=100000 runs only those service counts, kube and file sources (for a quick
+    // look while working on one scale; the report then lacks the other rows).
+    let mut sizes = sizes;
+    if let Ok(only) = std::env::var("LB_B3_SCALES") {
+        let only: Vec<u32> = only.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+        sizes.scales.retain(|n| only.contains(n));
+        sizes.file_scales.retain(|n| only.contains(n));
+    }
     let lb = bins::lb();
     let help = Command::new(&lb).args(["agent", "--help"]).output()?;
     let help = String::from_utf8_lossy(&help.stdout);

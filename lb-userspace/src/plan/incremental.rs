@@ -242,7 +242,7 @@ impl Planner {
                 self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut self.pending.filter);
             }
         }
-        self.ids.end_pass();
+        self.ids.end_partial_pass();
     }
 
     /// Plans `sp` alone and merges its entries into the state.

@@ -300,9 +300,9 @@ impl PlanMemory {
         &self.sticky_filter
     }
 
-    /// Ends a planning pass: Maglev tables not used since the last one are dropped.
-    pub(crate) fn end_pass(&mut self) {
-        self.maglev.end_pass();
+    /// Ends a planning pass over some ServicePorts (see [`super::maglev::TableCache::end_partial_pass`]).
+    pub(crate) fn end_partial_pass(&mut self) {
+        self.maglev.end_partial_pass();
     }
 
     /// Forgets ids of objects absent from `state`, so the maps stay bounded; their svc and

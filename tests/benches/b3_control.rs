@@ -68,7 +68,12 @@ impl Drop for AgentProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = lb_userspace::dataplane::cleanup(&self.pin);
-        let _ = fs::remove_file(&self.log);
+        // LB_B3_KEEP_LOGS=1 keeps the agent's log (its `synced` lines split each sync's time).
+        if std::env::var("LB_B3_KEEP_LOGS").is_ok_and(|v| v == "1") {
+            println!("b3: agent log kept: {}", self.log.display());
+        } else {
+            let _ = fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -315,6 +320,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
         services: services.clone().into(),
         slices: slices.clone().into(),
         nodes: Default::default(),
+        changes: None,
     };
     let snapshot_ms = time(&mut || {
         std::hint::black_box(cached.clone());
@@ -324,16 +330,30 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     changed.endpoints[0] = Ipv4Addr::new(10, 202, 0, 1);
     let old_slice = slices[svcs.len() / 2].clone();
     let new_slice: Arc<EndpointSlice> = Arc::new(serde_json::from_value(changed.slice_json())?);
-    // The agent compiles through its memo: only the Service whose objects changed. Each
-    // repetition flips the one slice between its two versions.
+    // The agent compiles through its memo: only the Service whose objects changed, read from
+    // the watch caches' change log (one entry: the slice replaced). Each repetition flips the
+    // one slice between its two versions.
+    use lb_userspace::model::changes::{Changes, ObjectChanges};
+    let log = |version: u64, entry: Option<(Arc<EndpointSlice>, Arc<EndpointSlice>)>| ObjectChanges {
+        services: Changes { epoch: 1, from: 0, version: 0, entries: vec![] },
+        slices: Changes {
+            epoch: 2,
+            from: version - u64::from(entry.is_some()),
+            version,
+            entries: entry.map(|(a, b)| (Some(a), Some(b))).into_iter().collect(),
+        },
+    };
     let mut memo = CompileMemo::default();
-    memo.compile(&services, &slices, &node);
-    let mut flip = false;
+    memo.compile_logged(&services, &slices, Some(&log(0, None)), &node);
+    let mut version = 0;
     let compile_ms = time(&mut || {
-        flip = !flip;
-        slices[svcs.len() / 2] = if flip { new_slice.clone() } else { old_slice.clone() };
-        std::hint::black_box(memo.compile(&services, &slices, &node));
+        version += 1;
+        let (from, to) = if version % 2 == 1 { (&old_slice, &new_slice) } else { (&new_slice, &old_slice) };
+        slices[svcs.len() / 2] = to.clone();
+        let changes = log(version, Some((from.clone(), to.clone())));
+        std::hint::black_box(memo.compile_logged(&services, &slices, Some(&changes), &node));
     });
+    anyhow::ensure!(memo.logged_calls() > 0, "the memo read no change log");
     let full_compile_ms = time(&mut || {
         std::hint::black_box(compile_all(&services, &slices, &node));
     });

@@ -132,7 +132,10 @@ impl SyncState {
             kept = objects.services.iter().filter(|s| !without.contains(&service_key(s))).cloned().collect();
             &kept
         };
-        let out = self.compile.compile(services, &objects.slices, &node);
+        // A change log describes the lists as the source gave them, not without some Services.
+        let changes = objects.changes.as_ref().filter(|_| without.is_empty());
+        let out = self.compile.compile_logged(services, &objects.slices, changes, &node);
+        let compiled = started.elapsed();
         self.changed_services = match &out.changed {
             crate::compile::memo::Changed::All => None,
             crate::compile::memo::Changed::Only(spns) => {
@@ -154,12 +157,14 @@ impl SyncState {
         // changed are compared, and only what they touched (or what failed to apply last time)
         // is compared with the maps.
         let replanned = self.planner.plan_changed(desired, &out.changed);
+        let planned = started.elapsed();
         self.health_checks.clone_from(out.health_checks);
         if replanned == 0 && self.planner.pending().is_empty() {
             return Ok(());
         }
         let state = self.planner.state();
         let writes = dp.apply_touched(state, self.planner.pending()).map_err(SyncError::Apply)?;
+        let applied = started.elapsed();
         self.planner.applied();
         self.first = false;
         let version = self.planner.svc_names_version();
@@ -178,14 +183,18 @@ impl SyncState {
             });
             self.names_version = Some(version);
         }
-        // Milliseconds to 0.1.
+        // Milliseconds to 0.1; the parts are cumulative (compiled, then planned, then written).
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         info!(
             service_ports = desired.services.len(),
             replanned,
             frontends,
             backends = state.backends.len(),
             writes,
-            took_ms = (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            took_ms = ms(started.elapsed()),
+            compiled_ms = ms(compiled),
+            planned_ms = ms(planned),
+            written_ms = ms(applied),
             "synced"
         );
         Ok(())

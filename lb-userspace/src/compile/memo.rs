@@ -19,6 +19,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::compile_all;
 use crate::model::{
     DesiredState, HealthChecks, ServicePortName,
+    changes::{Change, ObjectChanges},
     kubernetes::{LABEL_SERVICE_NAME, NodeContext, namespace_of},
 };
 
@@ -62,6 +63,19 @@ pub struct CompileMemo {
     last: LastObjects,
     /// Calls that compiled only the changed Services found by address.
     partial_calls: u64,
+    /// Calls that found them in the source's change log, without a walk over every object.
+    logged_calls: u64,
+    /// The cache versions the last call's objects were at (epoch and version of the Services'
+    /// cache, then of the slices'), when its input came with a change log.
+    log_at: Option<[u64; 4]>,
+}
+
+/// The objects that are new since the last call and those of the last call that are gone.
+struct Found {
+    new_services: Vec<Arc<Service>>,
+    gone_services: Vec<Arc<Service>>,
+    new_slices: Vec<Arc<EndpointSlice>>,
+    gone_slices: Vec<Arc<EndpointSlice>>,
 }
 
 /// The objects of the last call by address ([`CompileMemo::last`]), each with the last call
@@ -110,6 +124,11 @@ struct Compiled {
 }
 
 impl CompileMemo {
+    /// Calls that read the changed objects from the source's change log.
+    pub fn logged_calls(&self) -> u64 {
+        self.logged_calls
+    }
+
     /// The EndpointSlices Service `namespace/name` was last compiled from (none when it is
     /// not in the memo).
     pub fn slices_of(&self, namespace: &str, name: &str) -> &[Arc<EndpointSlice>] {
@@ -120,6 +139,24 @@ impl CompileMemo {
     /// Service object or EndpointSlices are not the ones of the last call, and patching the
     /// last result with theirs (the rest is neither compiled nor copied).
     pub fn compile(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: &NodeContext) -> CompileOutput<'_> {
+        self.compile_logged(services, slices, None, node)
+    }
+
+    /// [`CompileMemo::compile`] of lists that come with their source's change log (`changes`,
+    /// whose lists are sorted by namespace and name): when the log holds every change since the
+    /// last call, the changed objects are read from it instead of found by a walk over every
+    /// object.
+    pub fn compile_logged(
+        &mut self,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        changes: Option<&ObjectChanges>,
+        node: &NodeContext,
+    ) -> CompileOutput<'_> {
+        let log_at = std::mem::replace(
+            &mut self.log_at,
+            changes.map(|c| [c.services.epoch, c.services.version, c.slices.epoch, c.slices.version]),
+        );
         let mut changed = Changed::Only(Default::default());
         if self.node.as_ref() != Some(node) || self.pass == 0 {
             changed = Changed::All;
@@ -130,12 +167,20 @@ impl CompileMemo {
         }
         self.pass += 1;
         let pass = self.pass;
-        if !matches!(changed, Changed::All)
-            && !self.rebuild
-            && let Some(changed) = self.compile_changed(services, slices, node, pass)
-        {
-            self.partial_calls += 1;
-            return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed };
+        if !matches!(changed, Changed::All) && !self.rebuild {
+            let logged = changes.zip(log_at).and_then(|(c, [se, sv, le, lv])| {
+                let found = found_in_log(c.services.since(se, sv)?, c.slices.since(le, lv)?, &self.last);
+                self.compile_changed(services, slices, found, true, node, pass)
+            });
+            if let Some(changed) = logged {
+                self.logged_calls += 1;
+                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed };
+            }
+            let found = self.found_by_address(services, slices, pass);
+            if let Some(changed) = self.compile_changed(services, slices, found, false, node, pass) {
+                self.partial_calls += 1;
+                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed };
+            }
         }
         // Slices by the Service they name (in input order), whatever their family or labels:
         // compile filters them exactly as it filters the full list.
@@ -228,46 +273,56 @@ impl CompileMemo {
         Changed::Only(spns)
     }
 
-    /// The call's work when few objects changed: the objects not at the last call's addresses
-    /// (new versions and new objects) and the last call's objects no longer listed name the
-    /// Services that may differ, found by address alone (at 100,000 Services a walk by name
-    /// cost tens of milliseconds per sync); only those are compiled again, from their objects
-    /// now. `None`, having changed nothing, when the full walk must decide: many changes, or
-    /// two Service objects with one namespace/name. (An unchanged object keeps its address:
-    /// the watch caches and the file source replace an object's `Arc` for every new version.)
-    fn compile_changed(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        node: &NodeContext,
-        pass: u64,
-    ) -> Option<Changed> {
+    /// The objects not at the last call's addresses (new versions and new objects) and the
+    /// last call's objects no longer listed, found by address alone (at 100,000 Services a walk
+    /// by name cost tens of milliseconds per sync; this walk still costs a hash lookup per
+    /// object).
+    fn found_by_address(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], pass: u64) -> Found {
         // Objects at new addresses (the others marked as listed by this call), and the last
         // call's objects no longer listed (not marked; looked for only when some are missing).
-        // Marks left by a call that returns `None` below do no harm: the full walk replaces
-        // them all.
-        let mut new_services: Vec<&Arc<Service>> = Vec::new();
+        // Marks left by a call that compiles nothing afterwards do no harm: the full walk
+        // replaces them all.
+        let mut new_services: Vec<Arc<Service>> = Vec::new();
         for s in services {
             match self.last.services.get_mut(&addr(s)) {
                 Some((_, seen)) => *seen = pass,
-                None => new_services.push(s),
+                None => new_services.push(s.clone()),
             }
         }
         let mut gone_services: Vec<Arc<Service>> = Vec::new();
         if services.len() - new_services.len() < self.last.services.len() {
             gone_services.extend(self.last.services.values().filter(|(_, seen)| *seen != pass).map(|(s, _)| s.clone()));
         }
-        let mut new_slices: Vec<&Arc<EndpointSlice>> = Vec::new();
+        let mut new_slices: Vec<Arc<EndpointSlice>> = Vec::new();
         for s in slices {
             match self.last.slices.get_mut(&addr(s)) {
                 Some((_, _, seen)) => *seen = pass,
-                None => new_slices.push(s),
+                None => new_slices.push(s.clone()),
             }
         }
         let mut gone_slices: Vec<Arc<EndpointSlice>> = Vec::new();
         if slices.len() - new_slices.len() < self.last.slices.len() {
             gone_slices.extend(self.last.slices.values().filter(|(_, _, seen)| *seen != pass).map(|(s, _, _)| s.clone()));
         }
+        Found { new_services, gone_services, new_slices, gone_slices }
+    }
+
+    /// The call's work when few objects changed (`found`: by address, or from the source's
+    /// change log when `logged`): the new objects and the last call's objects gone name the
+    /// Services that may differ; only those are compiled again, from their objects now. `None`,
+    /// having changed nothing, when the full walk must decide: many changes, or two Service
+    /// objects with one namespace/name. (An unchanged object keeps its address: the watch
+    /// caches and the file source replace an object's `Arc` for every new version.)
+    fn compile_changed(
+        &mut self,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        found: Found,
+        logged: bool,
+        node: &NodeContext,
+        pass: u64,
+    ) -> Option<Changed> {
+        let Found { new_services, gone_services, new_slices, gone_slices } = found;
         let changes = new_services.len() + gone_services.len() + new_slices.len() + gone_slices.len();
         if changes > 64 + services.len() / 16 {
             return None;
@@ -277,7 +332,7 @@ impl CompileMemo {
         let mut dirty: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
         dirty.extend(new_services.iter().map(|s| name_of(s)));
         dirty.extend(gone_services.iter().map(|s| name_of(s)));
-        for s in new_slices.iter().map(|s| &***s).chain(gone_slices.iter().map(|s| &**s)) {
+        for s in new_slices.iter().chain(gone_slices.iter()).map(|s| &**s) {
             if let Some((ns, name)) = slice_service(s) {
                 dirty.insert((ns.to_owned(), name.to_owned()));
             }
@@ -299,10 +354,27 @@ impl CompileMemo {
                 return None;
             }
         }
-        // Their slices now, in input order.
-        let hashes: foldhash::HashSet<u64> = dirty.iter().map(|(ns, name)| key_hash(ns, name)).collect();
+        // Their slices now, in input order. From a change log: the slices each was compiled
+        // from at the last call, less the ones gone, with the new ones labelled with it, in
+        // name order (a change log's lists are sorted by namespace and name) — when every
+        // Service listed now was in the memo (a new Service may name slices listed before it).
         let mut slices_of: BTreeMap<&(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-        for s in slices {
+        let from_memo = logged && now_of.keys().all(|key| self.by_service.get(&key.0).is_some_and(|m| m.contains_key(&key.1)));
+        let hashes: foldhash::HashSet<u64> = dirty.iter().map(|(ns, name)| key_hash(ns, name)).collect();
+        if from_memo {
+            let gone: foldhash::HashSet<usize> = gone_slices.iter().map(addr).collect();
+            for key in now_of.keys() {
+                let c = &self.by_service[&key.0][&key.1];
+                let mut own: Vec<Arc<EndpointSlice>> = c.slices.iter().filter(|s| !gone.contains(&addr(s))).cloned().collect();
+                own.extend(new_slices.iter().filter(|s| slice_service(s) == Some((key.0.as_str(), key.1.as_str()))).cloned());
+                own.sort_by(|a, b| {
+                    (namespace_of(&a.metadata), a.metadata.name.as_deref())
+                        .cmp(&(namespace_of(&b.metadata), b.metadata.name.as_deref()))
+                });
+                slices_of.insert(*key, own);
+            }
+        }
+        for s in slices.iter().filter(|_| !from_memo) {
             let hash = match self.last.slices.get(&addr(s)) {
                 Some((_, h, _)) => *h,
                 None => slice_service(s).map(|(ns, name)| key_hash(ns, name)),
@@ -379,6 +451,20 @@ impl CompileMemo {
         self.desired = desired;
         self.health_checks = health_checks;
     }
+}
+
+/// The new and gone objects of a change log's entries since the last call (`last`: the last
+/// call's objects by address). An object both added and replaced (or deleted) since is neither.
+fn found_in_log(services: &[Change<Service>], slices: &[Change<EndpointSlice>], last: &LastObjects) -> Found {
+    fn net<K, V>(entries: &[Change<K>], last: &HashMap<usize, V>) -> (Vec<Arc<K>>, Vec<Arc<K>>) {
+        let replaced: foldhash::HashSet<usize> = entries.iter().filter_map(|(before, _)| before.as_ref().map(addr)).collect();
+        let new = entries.iter().filter_map(|(_, after)| after.clone()).filter(|a| !replaced.contains(&addr(a))).collect();
+        let gone = entries.iter().filter_map(|(before, _)| before.clone()).filter(|b| last.contains_key(&addr(b))).collect();
+        (new, gone)
+    }
+    let (new_services, gone_services) = net(services, &last.services);
+    let (new_slices, gone_slices) = net(slices, &last.slices);
+    Found { new_services, gone_services, new_slices, gone_slices }
 }
 
 /// Compiles one Service with its slices.

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
+pub mod changes;
 pub mod kubernetes;
 
 pub use kubernetes::{NodeContext, parse_ip_sloppy};

@@ -158,6 +158,7 @@ impl FileSource {
                 services: SharedList::with_capacity(count(|o| o.services.len())),
                 slices: SharedList::with_capacity(count(|o| o.slices.len())),
                 nodes: SharedList::with_capacity(count(|o| o.nodes.len())),
+                changes: None,
             };
             for f in self.files.values() {
                 all.extend(&f.objects);

@@ -41,6 +41,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, error, info, warn};
 
 use super::{ClusterObjects, SharedList};
+use crate::model::changes::{Change, Changes, ObjectChanges};
 
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -111,6 +112,12 @@ impl<K> Watched<K> {
     fn objects(&self) -> SharedList<K> {
         lock(&self.cache).objects.clone()
     }
+
+    /// The objects and the change log that ends at them (one lock: they agree).
+    fn logged(&self) -> (SharedList<K>, Changes<K>) {
+        let cache = lock(&self.cache);
+        (cache.objects.clone(), cache.changes())
+    }
 }
 
 impl KubeSource {
@@ -175,10 +182,13 @@ impl KubeSource {
     /// The lists are shared with the caches (the next change to a cache copies its list only
     /// if this snapshot is still held then).
     pub fn snapshot(&self) -> ClusterObjects {
+        let (services, service_changes) = self.services.logged();
+        let (slices, slice_changes) = self.slices.logged();
         ClusterObjects {
-            services: self.services.objects(),
-            slices: self.slices.objects(),
+            services,
+            slices,
             nodes: self.nodes.as_ref().map(Watched::objects).unwrap_or_default(),
+            changes: Some(ObjectChanges { services: service_changes, slices: slice_changes }),
         }
     }
 
@@ -213,17 +223,55 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One kind's objects as the watch events left them, sorted by namespace and name.
+/// One kind's objects as the watch events left them, sorted by namespace and name, and their
+/// last changes.
 struct Cache<K> {
     objects: SharedList<K>,
     /// The objects of a list in progress: a (re)list replaces `objects` once complete, so a
     /// snapshot never sees half a list.
     listing: Vec<Arc<K>>,
+    /// This list's epoch (a new one at each complete list) and version (one per change since).
+    epoch: u64,
+    version: u64,
+    /// The last [`CHANGE_LOG_MAX`] changes, ending at `version`.
+    log: std::collections::VecDeque<Change<K>>,
 }
+
+/// Changes a cache remembers: a sync further behind finds the changed objects by walking
+/// every object instead.
+const CHANGE_LOG_MAX: usize = 1024;
+
+/// Epochs of every cache of this process, so that no two lists share one.
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
 
 impl<K> Default for Cache<K> {
     fn default() -> Self {
-        Self { objects: SharedList::default(), listing: Vec::new() }
+        Self {
+            objects: SharedList::default(),
+            listing: Vec::new(),
+            epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
+            version: 0,
+            log: Default::default(),
+        }
+    }
+}
+
+impl<K> Cache<K> {
+    fn changes(&self) -> Changes<K> {
+        Changes {
+            epoch: self.epoch,
+            from: self.version - self.log.len() as u64,
+            version: self.version,
+            entries: self.log.iter().cloned().collect(),
+        }
+    }
+
+    fn logged(&mut self, change: Change<K>) {
+        if self.log.len() == CHANGE_LOG_MAX {
+            self.log.pop_front();
+        }
+        self.log.push_back(change);
+        self.version += 1;
     }
 }
 
@@ -252,22 +300,30 @@ impl<K: Resource> Cache<K> {
                     same
                 });
                 self.objects = listed.into();
+                self.epoch = EPOCHS.fetch_add(1, Ordering::Relaxed);
+                self.version = 0;
+                self.log.clear();
                 true
             }
             watcher::Event::Apply(o) => {
                 let o = Arc::new(o);
                 let list = &mut *self.objects;
-                match list.binary_search_by(|x| by_name(&**x, &*o)) {
-                    Ok(at) => list[at] = o,
-                    Err(at) => list.insert(at, o),
-                }
+                let before = match list.binary_search_by(|x| by_name(&**x, &*o)) {
+                    Ok(at) => Some(std::mem::replace(&mut list[at], o.clone())),
+                    Err(at) => {
+                        list.insert(at, o.clone());
+                        None
+                    }
+                };
+                self.logged((before, Some(o)));
                 true
             }
             watcher::Event::Delete(o) => {
-                let at = self.objects.binary_search_by(|x| by_name(&**x, &o));
-                if let Ok(at) = at {
-                    self.objects.remove(at);
-                }
+                let Ok(at) = self.objects.binary_search_by(|x| by_name(&**x, &o)) else {
+                    return false;
+                };
+                let before = self.objects.remove(at);
+                self.logged((Some(before), None));
                 true
             }
         }
@@ -454,6 +510,89 @@ mod tests {
         assert_eq!(cache.objects.len(), 301);
         cache.apply(Event::InitDone);
         assert_eq!(names(&cache.objects), ["z/only"]);
+    }
+
+    /// A memo fed from the caches' change logs compiles, after any sequence of watch events
+    /// and whichever snapshots it skips, exactly what compile_all gives for the same lists, and
+    /// reads most syncs' changes from the logs.
+    #[test]
+    fn the_memo_fed_from_change_logs_gives_what_compile_all_gives() {
+        use watcher::Event;
+
+        use crate::compile::{compile_all, memo::CompileMemo};
+        let service = |name: &str, port: i32| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "namespace": "ns" },
+                "spec": { "clusterIP": format!("10.96.0.{}", name[1..].parse::<u32>().unwrap() + 1),
+                          "ports": [{ "name": "http", "port": port, "targetPort": 8080 }] },
+            }))
+            .unwrap()
+        };
+        let slice = |name: &str, svc: &str, ep: u32| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "namespace": "ns", "labels": { "kubernetes.io/service-name": svc } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": [{ "addresses": [format!("10.244.{}.{}", ep / 200, ep % 200 + 1)], "conditions": { "ready": true } }],
+            }))
+            .unwrap()
+        };
+        let node = crate::model::NodeContext {
+            name: "n1".into(),
+            addresses: vec!["192.168.0.10".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let (mut services, mut slices) = (Cache::<Service>::default(), Cache::<EndpointSlice>::default());
+        services.apply(Event::Init);
+        slices.apply(Event::Init);
+        for i in 0..30 {
+            services.apply(Event::InitApply(service(&format!("s{i}"), 80)));
+            slices.apply(Event::InitApply(slice(&format!("s{i}-a"), &format!("s{i}"), i)));
+        }
+        services.apply(Event::InitDone);
+        slices.apply(Event::InitDone);
+        let mut memo = CompileMemo::default();
+        let mut compiled = 0;
+        for step in 0..600 {
+            let svc = format!("s{}", next(40));
+            let name = format!("{svc}-{}", ["a", "b", "c"][next(3) as usize]);
+            match next(20) {
+                0..=7 => drop(slices.apply(Event::Apply(slice(&name, &svc, next(5000) as u32)))),
+                8..=9 => drop(slices.apply(Event::Delete(slice(&name, &svc, 0)))),
+                // A slice whose label moves to another Service.
+                10 => drop(slices.apply(Event::Apply(slice(&format!("s{}-a", next(40)), &svc, next(5000) as u32)))),
+                11..=13 => drop(services.apply(Event::Apply(service(&svc, 80 + next(3) as i32)))),
+                14..=15 => drop(services.apply(Event::Delete(service(&svc, 80)))),
+                16 if step % 97 == 0 => {
+                    // A relist of the slices: a new epoch.
+                    let now: Vec<Arc<EndpointSlice>> = slices.objects.to_vec();
+                    slices.apply(Event::Init);
+                    for s in now {
+                        slices.apply(Event::InitApply(EndpointSlice::clone(&s)));
+                    }
+                    slices.apply(Event::InitDone);
+                }
+                _ => {}
+            }
+            // Syncs see some of the versions only.
+            if next(3) == 0 {
+                continue;
+            }
+            let changes = ObjectChanges { services: services.changes(), slices: slices.changes() };
+            let (svc_list, slice_list) = (services.objects.clone(), slices.objects.clone());
+            let out = memo.compile_logged(&svc_list, &slice_list, Some(&changes), &node);
+            let got = (out.desired.clone(), out.health_checks.clone());
+            assert_eq!(got, compile_all(&svc_list, &slice_list, &node), "step {step}");
+            compiled += 1;
+        }
+        assert!(memo.logged_calls() > compiled / 2, "{} of {compiled} calls read the logs", memo.logged_calls());
     }
 
     use super::*;

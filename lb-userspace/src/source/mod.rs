@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::model::changes::ObjectChanges;
+
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
@@ -20,11 +22,15 @@ pub struct ClusterObjects {
     pub services: SharedList<Service>,
     pub slices: SharedList<EndpointSlice>,
     pub nodes: SharedList<Node>,
+    /// The watch caches' last changes (the kube source), ending at these lists, which are then
+    /// sorted by namespace and name; `None` from the file source.
+    pub changes: Option<ObjectChanges>,
 }
 
 impl ClusterObjects {
-    /// Adds `other`'s objects (shared, not copied).
+    /// Adds `other`'s objects (shared, not copied). The result has no change log.
     pub fn extend(&mut self, other: &ClusterObjects) {
+        self.changes = None;
         self.services.extend(other.services.iter().cloned());
         self.slices.extend(other.slices.iter().cloned());
         self.nodes.extend(other.nodes.iter().cloned());

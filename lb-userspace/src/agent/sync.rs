@@ -136,6 +136,7 @@ impl SyncState {
         let changes = objects.changes.as_ref().filter(|_| without.is_empty());
         let out = self.compile.compile_logged(services, &objects.slices, changes, &node);
         let compiled = started.elapsed();
+        let found_by = out.found_by;
         self.changed_services = match &out.changed {
             crate::compile::memo::Changed::All => None,
             crate::compile::memo::Changed::Only(spns) => {
@@ -193,6 +194,7 @@ impl SyncState {
             writes,
             took_ms = ms(started.elapsed()),
             compiled_ms = ms(compiled),
+            found_by,
             planned_ms = ms(planned),
             written_ms = ms(applied),
             "synced"

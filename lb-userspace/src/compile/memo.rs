@@ -111,6 +111,9 @@ pub struct CompileOutput<'a> {
     pub desired: &'a DesiredState,
     pub health_checks: &'a HealthChecks,
     pub changed: Changed,
+    /// How the changed Services were found: `"log"` (the source's change log), `"walk"` (by
+    /// address over every object) or `"all"` (every Service compiled or compared by name).
+    pub found_by: &'static str,
 }
 
 /// One Service's objects (as the pointers it was compiled from) and what they compiled to.
@@ -174,12 +177,12 @@ impl CompileMemo {
             });
             if let Some(changed) = logged {
                 self.logged_calls += 1;
-                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed };
+                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "log" };
             }
             let found = self.found_by_address(services, slices, pass);
             if let Some(changed) = self.compile_changed(services, slices, found, false, node, pass) {
                 self.partial_calls += 1;
-                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed };
+                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "walk" };
             }
         }
         // Slices by the Service they name (in input order), whatever their family or labels:
@@ -238,7 +241,7 @@ impl CompileMemo {
                 .map(|s| (addr(s), (s.clone(), slice_service(s).map(|(ns, name)| key_hash(ns, name)), pass)))
                 .collect(),
         };
-        CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed }
+        CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "all" }
     }
 
     /// Patches the union with the results of the Services compiled again or for the first

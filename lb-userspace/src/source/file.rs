@@ -253,11 +253,14 @@ fn field_at(at: &str, field: &str) -> String {
 }
 
 /// Deserializes with the path of the failing field.
-fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+/// The object `value` describes, compact: a clone, whose lists are allocated to their length
+/// (a deserialized one's grew by doubling; see the kube source's caches).
+fn typed<T: serde::de::DeserializeOwned + Clone>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+    let parsed: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         (if field == "." { "(document)".into() } else { field }, e.into_inner().to_string())
-    })
+    })?;
+    Ok(parsed.clone())
 }
 
 /// What a file must say that the API server would otherwise fill in.

@@ -970,11 +970,11 @@ impl Report {
         if !pipes.is_empty() {
             md.push_str(
                 "\nWhere one sync's time goes: the agent's per-sync steps timed in the bench process with the same library \
-                 (medians of 3). The agent compiles only the Services whose objects changed (the memo still \
-                 walks every Service to find them, comparing pointers), plans again only the ServicePorts that \
+                 (medians of 3). The agent compiles only the Services whose objects changed (the memo reads \
+                 them from the watch caches' change log), plans again only the ServicePorts that \
                  compile reports as changed, and diffs only the keys that plan touched. The full compile, plan \
                  and diff of the whole state are shown beside them:\n\n\
-                 | services | coalescing window (min. time between syncs) | snapshot (shared objects, sorted) | compile (memo; full) | plan (incremental; full) | diff (touched keys; full) | map writes for one endpoint change |\n\
+                 | services | coalescing window (min. time between syncs) | snapshot (the caches' shared lists) | compile (memo; full) | plan (incremental; full) | diff (touched keys; full) | map writes for one endpoint change |\n\
                  | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
             for x in pipes {

@@ -199,6 +199,9 @@ impl SyncState {
             written_ms = ms(applied),
             "synced"
         );
+        if found_by == "all" || writes >= LARGE_SYNC_WRITES {
+            release_freed_memory();
+        }
         Ok(())
     }
 }
@@ -261,6 +264,22 @@ impl SyncState {
     /// and what the maps hold (unchanged by a plan that did not fit; read only then).
     pub(super) fn ids_in_use(dp: &Dataplane, quarantined: (BTreeSet<u32>, BTreeSet<u32>)) -> IdsInUse {
         IdsInUse::of(dp.state(), quarantined)
+    }
+}
+
+/// A sync with at least this many map writes (a first sync, a refill after a growth) frees
+/// enough to be worth [`release_freed_memory`].
+const LARGE_SYNC_WRITES: usize = 10_000;
+
+/// Merges and hands back the memory a large sync freed, right after it. glibc keeps freed small
+/// blocks in per-size lists and merges them at the next large allocation, which after the first
+/// sync fell on the next change's compile: 7 ms instead of 0.1 at 10,000 Services (45 ms at
+/// 100,000); 3.7 ms with this trim (B3, one look). It also returns free pages to the kernel.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

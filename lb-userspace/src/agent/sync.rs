@@ -194,12 +194,12 @@ impl SyncState {
             writes,
             took_ms = ms(started.elapsed()),
             compiled_ms = ms(compiled),
-            found_by,
+            %found_by,
             planned_ms = ms(planned),
             written_ms = ms(applied),
             "synced"
         );
-        if found_by == "all" || writes >= LARGE_SYNC_WRITES {
+        if found_by == crate::compile::memo::FoundBy::All || writes >= LARGE_SYNC_WRITES {
             release_freed_memory();
         }
         Ok(())

@@ -111,9 +111,28 @@ pub struct CompileOutput<'a> {
     pub desired: &'a DesiredState,
     pub health_checks: &'a HealthChecks,
     pub changed: Changed,
-    /// How the changed Services were found: `"log"` (the source's change log), `"walk"` (by
-    /// address over every object) or `"all"` (every Service compiled or compared by name).
-    pub found_by: &'static str,
+    pub found_by: FoundBy,
+}
+
+/// How a call found the changed Services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoundBy {
+    /// Read from the source's change log.
+    Log,
+    /// By address, over every object.
+    Walk,
+    /// Every Service compiled, or compared by name.
+    All,
+}
+
+impl std::fmt::Display for FoundBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FoundBy::Log => "log",
+            FoundBy::Walk => "walk",
+            FoundBy::All => "all",
+        })
+    }
 }
 
 /// One Service's objects (as the pointers it was compiled from) and what they compiled to.
@@ -127,6 +146,10 @@ struct Compiled {
 }
 
 impl CompileMemo {
+    fn output(&self, changed: Changed, found_by: FoundBy) -> CompileOutput<'_> {
+        CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by }
+    }
+
     /// Calls that read the changed objects from the source's change log.
     pub fn logged_calls(&self) -> u64 {
         self.logged_calls
@@ -177,12 +200,12 @@ impl CompileMemo {
             });
             if let Some(changed) = logged {
                 self.logged_calls += 1;
-                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "log" };
+                return self.output(changed, FoundBy::Log);
             }
             let found = self.found_by_address(services, slices, pass);
             if let Some(changed) = self.compile_changed(services, slices, found, false, node, pass) {
                 self.partial_calls += 1;
-                return CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "walk" };
+                return self.output(changed, FoundBy::Walk);
             }
         }
         // Slices by the Service they name (in input order), whatever their family or labels:
@@ -241,7 +264,7 @@ impl CompileMemo {
                 .map(|s| (addr(s), (s.clone(), slice_service(s).map(|(ns, name)| key_hash(ns, name)), pass)))
                 .collect(),
         };
-        CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by: "all" }
+        self.output(changed, FoundBy::All)
     }
 
     /// Patches the union with the results of the Services compiled again or for the first

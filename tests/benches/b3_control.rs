@@ -552,6 +552,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     let file_rows = file_source(&lb, &sizes, listen_flags)?;
+    // LB_B3_LB_ONLY=1 stops after lb's own sync rows (a quick look: no growth run, no baselines).
+    if std::env::var("LB_B3_LB_ONLY").is_ok_and(|v| v == "1") {
+        common::write_results(&opts, "b3", json!({"lb": lb_rows, "lb_change": change, "lb_file": file_rows}));
+        return Ok(());
+    }
     let growth = growth_under_traffic(&lb, sizes.growth_services)?;
 
     // Baselines, in a namespace of their own.

@@ -102,6 +102,25 @@ fn maps_created_too_small_grow_online_while_clients_run_and_every_service_answer
     };
     let pod_before = round_trip("before");
     assert!(pod_before.starts_with("kubia-"), "{pod_before}");
+    // kubia's traffic so far, per Service port and per backend (the counter arrays grow too).
+    let kubia_counts = |agent: &Agent| -> Vec<(String, u64)> {
+        let out = std::process::Command::new(bins::lb())
+            .args(["stats", "-o", "json", "--pin-path"])
+            .arg(&agent.pin_path)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kubia_pods = [topo.pod("kubia-1").ip.to_string(), topo.pod("kubia-2").ip.to_string()];
+        let rows = v["services"].as_array().unwrap().iter().chain(v["backends"].as_array().unwrap());
+        rows.filter(|r| {
+            let name = r["name"].as_str().unwrap();
+            name.starts_with("demo/kubia:") || kubia_pods.iter().any(|ip| name.starts_with(&format!("{ip}:")))
+        })
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["packets"].as_u64().unwrap()))
+        .collect()
+    };
+    let counted_before = kubia_counts(&agent);
+    assert!(counted_before.iter().any(|(_, p)| *p > 0), "kubia's traffic is counted: {counted_before:?}");
 
     /// Stops the client loop however the scope ends (a failed wait panics inside it).
     struct StopOnDrop(Arc<AtomicBool>);
@@ -145,6 +164,12 @@ fn maps_created_too_small_grow_online_while_clients_run_and_every_service_answer
         eprintln!("  {line}");
     }
     assert!(log.contains("grew a map online") && log.contains("LB_BACKENDS"), "{log}");
+    // The counters moved to the grown arrays: none went back (a fresh array would read zero).
+    let counted_after: std::collections::BTreeMap<String, u64> = kubia_counts(&agent).into_iter().collect();
+    for (name, before) in &counted_before {
+        let after = counted_after.get(name).copied().unwrap_or(0);
+        assert!(after >= *before, "{name}: {before} packets before the growth, {after} after");
+    }
     assert!(capacity(&agent, "LB_BACKENDS") >= 1 + 4 + 10 * u64::from(SERVICES), "LB_BACKENDS holds every backend");
     assert!(capacity(&agent, "LB_SERVICES") > 8);
     let st = agent.status().unwrap();

@@ -465,6 +465,42 @@ fn a_maglev_chunk_changed_outside_the_agent_is_repaired() {
     assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted since");
 }
 
+/// Reading the maps back (adoption at a restart, drift repair, `lb`): thousands of entries per
+/// map, more than one batch lookup returns, an array with zeroed slots between its entries
+/// (released backend ids) and an LPM trie (no batch lookups: its keys are walked) all read
+/// back entry for entry.
+#[test]
+fn a_large_state_with_released_ids_reads_back_entry_for_entry() {
+    let Some(mut f) = Fixture::new("a_large_state_with_released_ids_reads_back_entry_for_entry", 4096) else { return };
+    let all = many_services(9000, 12);
+    let mut st = f.program(&all);
+    assert!(st.backends.len() > 9000 && st.select.len() > 9000, "more entries than one batch: {:?}", st.counts());
+    // Every third Service gone: its backend's slot in the LB_BACKENDS array is zeroed.
+    let mut fewer = all.clone();
+    let gone: Vec<_> = fewer
+        .services
+        .keys()
+        .filter(|spn| spn.name.trim_start_matches('s').parse::<u32>().is_ok_and(|i| i % 3 == 0))
+        .cloned()
+        .collect();
+    for spn in &gone {
+        fewer.services.remove(spn);
+    }
+    let mut next = map_state(&fewer, &mut f.ids, &PlanConfig::default());
+    for i in 0..5000u32 {
+        let data = lb_common::SourceRangeData {
+            frontend: v4_mapped([198, 51, 100, 7]),
+            source: v4_mapped([10, 77, (i >> 8) as u8, i as u8]),
+        };
+        next.source_ranges.insert(lb_common::SourceRangeKey { prefix_len: 256, data }, ());
+    }
+    f.dp().apply(&next).expect("the smaller state with source ranges");
+    st.clone_from(&next);
+    assert!(st.backends.len() < all.services.len(), "backends were released: {}", st.backends.len());
+    assert_eq!(f.pinned(), st, "what the maps hold, read back");
+    assert_eq!(f.dp().repair(&st).expect("repair"), 0, "the agent's own read finds the plan, nothing to rewrite");
+}
+
 #[test]
 fn pins_of_another_layout_version_are_refused_and_left_unchanged() {
     let Some(mut f) = Fixture::new("pins_of_another_layout_version_are_refused_and_left_unchanged", 4096) else { return };

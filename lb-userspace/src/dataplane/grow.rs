@@ -20,11 +20,10 @@
 
 use std::{fs, io, path::Path};
 
-use aya::maps::{MapData, PerCpuArray};
-use lb_common::FlowCounters;
+use aya::maps::MapData;
 
 use super::{Dataplane, DataplaneConfig, DataplaneError, Result};
-use crate::maps::{MapError, MapId, MapState, sizes::MapSizes};
+use crate::maps::{MapError, MapId, MapState, raw::RawMap, sizes::MapSizes};
 
 /// The prefix of a pin moved aside during a growth (bpffs refuses names with a dot).
 const REPLACED_PREFIX: &str = "replaced_";
@@ -99,7 +98,7 @@ impl Dataplane {
         let copied = moved
             .iter()
             .filter(|name| [lb_common::SVC_STATS, lb_common::BACKEND_STATS].contains(name))
-            .try_for_each(|name| copy_counters(&old, self, name));
+            .try_for_each(|name| copy_counters(&self.pin_path, name));
         for name in moved {
             remove_replaced(&self.pin_path, name);
         }
@@ -118,19 +117,22 @@ fn moved_pins(growths: &[Growth]) -> Vec<&'static str> {
     pins
 }
 
-/// Copies the non-zero per-CPU counters of array `name` from `old` to `new` (which is larger).
-fn copy_counters(old: &Dataplane, new: &mut Dataplane, name: &'static str) -> Result<()> {
-    let src = old.ebpf.map(name).ok_or(MapError::Missing { name })?;
-    let src: PerCpuArray<&MapData, FlowCounters> = PerCpuArray::try_from(src).map_err(MapError::typed(name, "open"))?;
-    let dst = new.ebpf.map_mut(name).ok_or(MapError::Missing { name })?;
-    let mut dst: PerCpuArray<&mut MapData, FlowCounters> = PerCpuArray::try_from(dst).map_err(MapError::typed(name, "open"))?;
-    for i in 0..src.len() {
-        let values = src.get(&i, 0).map_err(MapError::typed(name, "read"))?;
-        if values.iter().any(|c| *c != FlowCounters::default()) {
-            dst.set(i, values, 0).map_err(MapError::typed(name, "write"))?;
+/// Copies the non-zero per-CPU counters of array `name` from the map moved aside to the one
+/// now pinned in its place (larger), read in batches: the counters of idle ids (most of them)
+/// are all-zero slots, neither copied nor written.
+fn copy_counters(pin_path: &Path, name: &'static str) -> Result<()> {
+    let (pin, aside) = paths(pin_path, name);
+    let open = |path: &Path| {
+        MapData::from_pin(path).map_err(|source| MapError::Open { name, source }).and_then(|data| RawMap::any(name, data))
+    };
+    let (src, dst) = (open(&aside)?, open(&pin)?);
+    let mut written = Ok(());
+    src.for_each_entry(|key, values| {
+        if written.is_ok() {
+            written = dst.update(key, values);
         }
-    }
-    Ok(())
+    })?;
+    Ok(written?)
 }
 
 /// Moves the pins of `names` aside (all or, on failure, none).

@@ -10,7 +10,7 @@ mod chunk;
 mod codec;
 pub mod layout;
 pub mod pinned;
-mod raw;
+pub(crate) mod raw;
 pub mod sizes;
 mod table;
 pub mod touched;

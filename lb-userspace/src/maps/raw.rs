@@ -17,7 +17,10 @@ const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
 const BPF_MAP_UPDATE_BATCH: u32 = 26;
+/// Bytes of values one batch lookup reads at most.
+const READ_BATCH_BYTES: usize = 4 << 20;
 /// The kernel's "operation not supported" for map kinds without batch commands (ENOTSUPP, not
 /// exported to userspace headers).
 const ENOTSUPP: i32 = 524;
@@ -165,13 +168,82 @@ impl RawMap {
         }
     }
 
-    /// Calls `f` with every entry's key and value bytes, in the kernel's order, through two
-    /// buffers: reading a map back costs no allocation per entry (drift repair reads every map
-    /// of a large cluster: 400,000 entries at 10,000 Services). Left out: an entry deleted
-    /// between the key walk and its lookup, and an array's all-zero slot. A key deleted during
-    /// the walk may restart it (the kernel's `GET_NEXT_KEY` semantics), so `f` may see a key
-    /// twice (callers collect into maps).
+    /// Calls `f` with every entry's key and value bytes, in the kernel's order, through
+    /// buffers reused for the whole read: reading a map back costs no allocation per entry
+    /// (drift repair reads every map of a large cluster: 400,000 entries at 10,000 Services).
+    /// Read in batches (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per syscall: an array of
+    /// 65,536 backends is 16 calls instead of 131,072), else by walking the keys. Left out: an
+    /// array's all-zero slot, and in a key walk an entry deleted between the walk and its
+    /// lookup. A key deleted during a walk may restart it (the kernel's `GET_NEXT_KEY`
+    /// semantics), so `f` may see a key twice (callers collect into maps).
     pub fn for_each_entry(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), MapError> {
+        match self.for_each_batch(&mut f) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.for_each_walked(f),
+            Err(source) => Err(MapError::Read { name: self.name, source }),
+        }
+    }
+
+    /// [`Self::for_each_entry`] through `BPF_MAP_LOOKUP_BATCH`. `Ok(false)`: walk the keys
+    /// instead (this map kind, an LPM trie, or kernel has no batch lookup; or a hash bucket
+    /// outgrew a call).
+    fn for_each_batch(&self, f: &mut impl FnMut(&[u8], &[u8])) -> io::Result<bool> {
+        // Entries per call: a few MiB of values at most (a per-CPU value is one per CPU).
+        let per_call = (READ_BATCH_BYTES / self.value_size.max(1)).clamp(64, 4096);
+        let (mut keys, mut values) = (vec![0u8; per_call * self.key_size], vec![0u8; per_call * self.value_size]);
+        // The position token: a bucket or index the kernel writes back (4 bytes) or, for map
+        // kinds without their own batch code, a key.
+        let token_size = self.key_size.max(8);
+        let (mut token_in, mut token_out) = (vec![0u8; token_size], vec![0u8; token_size]);
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+                out_batch: token_out.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: per_call as u32,
+                map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: a batch lookup on our own map descriptor; `keys` and `values` hold
+            // `per_call` keys and values of the map's sizes, the tokens `token_size` bytes (at
+            // least a key), all outliving the call; the kernel writes at most `attr.count`
+            // entries and one token.
+            let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as u32) };
+            let err = (r != 0).then(io::Error::last_os_error);
+            let errno = err.as_ref().and_then(io::Error::raw_os_error);
+            if first && matches!(errno, Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) {
+                return Ok(false);
+            }
+            if errno == Some(libc::ENOSPC) {
+                // One hash bucket holds more entries than a call returns: walk instead (`f`
+                // sees the entries of the earlier calls again).
+                return Ok(false);
+            }
+            match errno {
+                None | Some(libc::ENOENT) => {}
+                Some(_) => return Err(err.expect("an errno comes with an error")),
+            }
+            let n = (attr.count as usize).min(per_call);
+            for i in 0..n {
+                let value = &values[i * self.value_size..(i + 1) * self.value_size];
+                if self.array && value.iter().all(|b| *b == 0) {
+                    continue;
+                }
+                f(&keys[i * self.key_size..(i + 1) * self.key_size], value);
+            }
+            if errno == Some(libc::ENOENT) {
+                return Ok(true); // the last entries came with the end
+            }
+            first = false;
+            std::mem::swap(&mut token_in, &mut token_out);
+        }
+    }
+
+    /// [`Self::for_each_entry`] by walking the keys (`GET_NEXT_KEY`, then a lookup each).
+    fn for_each_walked(&self, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), MapError> {
         let (mut key, mut next) = (vec![0u8; self.key_size], vec![0u8; self.key_size]);
         let mut value = vec![0u8; self.value_size];
         let mut first = true;

@@ -7,7 +7,9 @@
 //! packet a hash lookup, nothing more; a bit missing would pass a service's packets
 //! untranslated, so the map table writes lost bits last (`maps::table::Transition`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::HashMap;
 
 use lb_common::{ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, addr_filter_slot};
 

@@ -21,7 +21,7 @@
 //! them applied ([`Planner::applied`]), so that a failed apply is retried in full by the next.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
@@ -29,7 +29,7 @@ use lb_common::{
     ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
-use super::{PlanConfig, PlanMemory, addr_filter::AddrCounts, memory::Released, service::plan_service};
+use super::{HashMap, PlanConfig, PlanMemory, addr_filter::AddrCounts, memory::Released, service::{maglev_tables, plan_service}};
 use crate::{
     compile::memo::Changed,
     maps::{
@@ -91,9 +91,9 @@ impl Planner {
             cfg,
             planned: BTreeMap::new(),
             state: MapState::default(),
-            backends: HashMap::new(),
-            services: HashMap::new(),
-            source_ranges: HashMap::new(),
+            backends: HashMap::default(),
+            services: HashMap::default(),
+            source_ranges: HashMap::default(),
             filter: AddrCounts::default(),
             svc_names: BTreeMap::new(),
             svc_names_version: 0,
@@ -216,6 +216,9 @@ impl Planner {
 
     /// Withdraws and plans again the ServicePorts `redo` (in name order).
     fn replan(&mut self, desired: &DesiredState, redo: &[ServicePortName]) {
+        let cfg = self.cfg;
+        let tables = redo.iter().filter_map(|spn| desired.services.get(spn)).flat_map(|sp| maglev_tables(sp, &cfg));
+        self.ids.maglev.prefill(tables);
         let mut unused_backends = Vec::new();
         for spn in redo {
             if let Some((_, contribution)) = self.planned.remove(spn) {

@@ -21,13 +21,13 @@
 //! entry may still name them).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
 use lb_common::Backend;
 
-use super::keys::service_key;
+use super::{HashMap, HashSet, keys::service_key};
 use crate::{
     maps::{MapState, ip_from16},
     model::{DesiredState, Endpoint, Protocol, ServicePortName},
@@ -135,9 +135,9 @@ pub struct PlanMemory {
 impl Default for PlanMemory {
     fn default() -> Self {
         Self {
-            svc: HashMap::new(),
-            select: HashMap::new(),
-            backend: HashMap::new(),
+            svc: HashMap::default(),
+            select: HashMap::default(),
+            backend: HashMap::default(),
             svc_pool: DensePool::default(),
             backend_pool: DensePool::default(),
             next_select: 1,

@@ -15,6 +15,11 @@ pub use full::map_state;
 pub use incremental::Planner;
 pub use memory::PlanMemory;
 
+/// The planner's hash maps and sets: foldhash, seeded per process (keys are names and
+/// addresses; std's SipHash was a tenth of a plan of every ServicePort).
+type HashMap<K, V> = foldhash::HashMap<K, V>;
+type HashSet<K> = foldhash::HashSet<K>;
+
 /// Planner settings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanConfig {

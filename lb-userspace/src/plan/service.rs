@@ -41,8 +41,6 @@ pub(crate) fn plan_service(
     if !sp.labels.is_empty() {
         st.labels.insert(svc_id, Arc::new(SvcLabels::new(&sp.labels)));
     }
-    let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
-    let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
     let maglev = sp.selection == Selection::Maglev;
     let mut base = 0;
     if maglev {
@@ -51,21 +49,20 @@ pub(crate) fn plan_service(
     if sp.affinity_timeout_s.is_some() {
         base |= SVC_F_AFFINITY;
     }
-    let internal =
-        has_internal.then(|| write_table(st, ids, (spn, SetClass::Internal), &sp.internal.endpoints, spn.protocol, maglev, cfg));
-    let external =
-        has_external.then(|| write_table(st, ids, (spn, SetClass::External), &sp.external.endpoints, spn.protocol, maglev, cfg));
-    // Point 34: this node's pods and the node itself get the Cluster set on external frontends.
-    // Reuse an identical table rather than writing it twice.
-    let cluster = external.map(|ext| {
-        if sp.external.endpoints == sp.cluster {
-            ext
-        } else if let (Some(int), true) = (internal, sp.internal.endpoints == sp.cluster) {
-            int
-        } else {
-            write_table(st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg)
+    let sets = table_sets(sp);
+    let internal = sets.internal.map(|eps| write_table(st, ids, (spn, SetClass::Internal), eps, spn.protocol, maglev, cfg));
+    let (external, cluster) = match sets.external {
+        None => (None, None),
+        Some((eps, cluster_set)) => {
+            let ext = write_table(st, ids, (spn, SetClass::External), eps, spn.protocol, maglev, cfg);
+            let cluster = match (cluster_set, internal) {
+                (ClusterSet::AsExternal, _) => ext,
+                (ClusterSet::AsInternal, Some(int)) => int,
+                _ => write_table(st, ids, (spn, SetClass::Cluster), &sp.cluster, spn.protocol, maglev, cfg),
+            };
+            (Some(ext), Some(cluster))
         }
-    });
+    };
     // Point 57: the serving set, usually equal to one of the tables above (every endpoint ready,
     // no topology, no Local policy): then that table's members are its members.
     let serving = match (internal, external, cluster) {
@@ -105,6 +102,61 @@ pub(crate) fn plan_service(
             }
         }
     }
+}
+
+/// Where the Cluster set's table comes from (point 34: this node's pods and the node itself
+/// get the Cluster set on external frontends): an identical table is reused rather than
+/// written twice.
+#[derive(Clone, Copy)]
+enum ClusterSet {
+    AsExternal,
+    AsInternal,
+    Own,
+}
+
+/// The endpoint sets of `sp` that get a selection table: the internal one (with internal
+/// frontends), the external one (with external frontends) and where the Cluster set's comes from.
+struct TableSets<'a> {
+    internal: Option<&'a [Endpoint]>,
+    external: Option<(&'a [Endpoint], ClusterSet)>,
+}
+
+fn table_sets(sp: &ServicePortState) -> TableSets<'_> {
+    let has_internal = sp.frontends.iter().any(|f| !f.kind.is_external());
+    let has_external = sp.frontends.iter().any(|f| f.kind.is_external());
+    let external = has_external.then(|| {
+        let cluster = if sp.external.endpoints == sp.cluster {
+            ClusterSet::AsExternal
+        } else if has_internal && sp.internal.endpoints == sp.cluster {
+            ClusterSet::AsInternal
+        } else {
+            ClusterSet::Own
+        };
+        (sp.external.endpoints.as_slice(), cluster)
+    });
+    TableSets { internal: has_internal.then_some(sp.internal.endpoints.as_slice()), external }
+}
+
+/// The Maglev tables [`plan_service`] looks up for `sp`, as the table cache keys them
+/// (endpoints, table size): for computing them ahead, several at once
+/// ([`super::maglev::TableCache::prefill`]).
+pub(crate) fn maglev_tables(sp: &ServicePortState, cfg: &PlanConfig) -> Vec<super::maglev::TableKey> {
+    if sp.selection != Selection::Maglev {
+        return Vec::new();
+    }
+    let sets = table_sets(sp);
+    let cluster = match sets.external {
+        Some((_, ClusterSet::Own)) => Some(sp.cluster.as_slice()),
+        _ => None,
+    };
+    let all = sets.internal.into_iter().chain(sets.external.map(|(eps, _)| eps)).chain(cluster);
+    all.filter(|eps| !eps.is_empty())
+        .map(|eps| {
+            let addrs: Vec<(IpAddr, u16)> = eps.iter().map(|e| (e.addr, e.port)).collect();
+            let m = super::maglev::table_size(addrs.len(), cfg.maglev_table_size);
+            (addrs, m)
+        })
+        .collect()
 }
 
 fn service_value(

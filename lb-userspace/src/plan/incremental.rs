@@ -108,7 +108,10 @@ impl Planner {
     pub fn adopt(&mut self, current: &MapState, desired: &DesiredState) {
         self.ids.adopt(current, desired);
         self.filter.sticky(self.ids.sticky_filter(), true, &mut self.state.addr_filter, &mut self.pending.filter);
-        self.adopted = true;
+        // Maps holding nothing (a fresh start) give no ids to learn, so none to forget after
+        // the plan: the walk over every id (`PlanMemory::retain_used`, ~0.9 s at 100,000
+        // Services) is skipped.
+        self.adopted = current.counts().iter().any(|&n| n > 0);
     }
 
     /// What the maps should hold for the last planned desired state.

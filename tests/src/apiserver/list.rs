@@ -3,7 +3,7 @@
 //! from the state rebuilt at that resourceVersion; paged with `limit`/`continue` over a
 //! consistent snapshot whose unknown tokens are 410 `Expired`.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ pub(super) fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q:
         Ok(rv) => rv,
         Err(m) => return (400, status(400, "BadRequest", &m)),
     };
-    let (rv, mut items): (u64, VecDeque<Value>) = if let Some(token) = &q.continue_token {
+    let (rv, mut items): (u64, VecDeque<Arc<Value>>) = if let Some(token) = &q.continue_token {
         if requested.is_some() {
             return (400, status(400, "BadRequest", "specifying resource version is not allowed when using continue"));
         }
@@ -63,17 +63,10 @@ pub(super) fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q:
                 lock(&shared.stats).expired += 1;
                 return (410, too_old(n, store.floor));
             }
-            Some(n) if exact => (n, store.state_at(info.kind, n).filter(|o| filter.matches(o)).collect()),
-            _ => (store.rv, store.objects_of(info.kind, filter).cloned().collect()),
+            Some(n) if exact => (n, store.state_at(info.kind, n).filter(|o| filter.matches(o)).map(Arc::new).collect()),
+            _ => (store.rv, store.snapshot_of(info.kind, filter).cloned().collect()),
         }
     };
-    // Built-in list responses omit the items' kind and apiVersion.
-    for item in &mut items {
-        if let Some(o) = item.as_object_mut() {
-            o.remove("kind");
-            o.remove("apiVersion");
-        }
-    }
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(limit) = q.limit.filter(|&l| l > 0 && l < items.len()) {
         let rest = items.split_off(limit);
@@ -81,11 +74,25 @@ pub(super) fn list(shared: &Shared, info: &'static KindInfo, filter: &Filter, q:
         metadata["continue"] = store.park(rv, rest).into();
         metadata["remainingItemCount"] = remaining.into();
     }
+    // Built-in list responses omit the items' kind and apiVersion: this page's items are copied
+    // to drop them (the snapshot shares the stored objects; the parked rest is copied when its
+    // own page goes out).
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|item| {
+            let mut item = Arc::unwrap_or_clone(item);
+            if let Some(o) = item.as_object_mut() {
+                o.remove("kind");
+                o.remove("apiVersion");
+            }
+            item
+        })
+        .collect();
     (
         200,
         json!({
             "kind": info.list_kind, "apiVersion": info.api_version,
-            "metadata": metadata, "items": Vec::from(items),
+            "metadata": metadata, "items": items,
         }),
     )
 }
@@ -178,3 +185,4 @@ mod tests {
         assert_eq!(Conn::json(&server, "/api/v1/services").0, 200);
     }
 }
+

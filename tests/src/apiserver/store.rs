@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -39,7 +40,7 @@ pub(super) struct Change {
 struct Continuation {
     token: String,
     rv: u64,
-    remaining: VecDeque<Value>,
+    remaining: VecDeque<Arc<Value>>,
 }
 
 /// Everything the server stores, behind one lock.
@@ -47,7 +48,9 @@ struct Continuation {
 pub(super) struct Store {
     /// The last resourceVersion handed out.
     pub(super) rv: u64,
-    objects: BTreeMap<Key, Value>,
+    /// Shared with the snapshots of paged lists (a list of 100,000 objects copied each one:
+    /// seconds, with the store locked).
+    objects: BTreeMap<Key, Arc<Value>>,
     /// Every change with `rv > floor`, ascending.
     history: VecDeque<Change>,
     /// Watches (and exact lists) from a resourceVersion below this get 410.
@@ -115,11 +118,11 @@ impl Store {
         };
         let key: Key = (info.kind, namespace, name);
 
-        let old = self.objects.get(&key).cloned();
+        let old = self.objects.get(&key).map(|o| Value::clone(o));
         if defaulting {
             match info.kind {
                 "Service" => {
-                    let services = self.objects.iter().filter(|((k, _, _), _)| *k == "Service").map(|(_, v)| v);
+                    let services = self.objects.iter().filter(|((k, _, _), _)| *k == "Service").map(|(_, v)| &**v);
                     default_service(&mut object, old.as_ref(), services, &mut self.alloc);
                 }
                 "EndpointSlice" => default_endpoint_slice(&mut object),
@@ -149,7 +152,7 @@ impl Store {
         self.rv += 1;
         let rv = self.rv;
         object["metadata"]["resourceVersion"] = rv.to_string().into();
-        self.objects.insert(key, object.clone());
+        self.objects.insert(key, Arc::new(object.clone()));
         self.record(Change { rv, kind: info.kind, old, new: Some(object) });
         Ok(rv)
     }
@@ -161,6 +164,7 @@ impl Store {
         let ns = if info.namespaced { namespace } else { "" };
         let key: Key = (info.kind, ns.to_owned(), name.to_owned());
         let old = self.objects.remove(&key).with_context(|| format!("{kind} {namespace}/{name} not found"))?;
+        let old = Arc::unwrap_or_clone(old);
         self.rv += 1;
         let rv = self.rv;
         self.record(Change { rv, kind: info.kind, old: Some(old), new: None });
@@ -170,7 +174,7 @@ impl Store {
     /// The stored object (`namespace` is ignored for cluster-scoped kinds).
     pub(super) fn get(&self, info: &KindInfo, namespace: &str, name: &str) -> Option<&Value> {
         let ns = if info.namespaced { namespace } else { "" };
-        self.objects.get(&(info.kind, ns.to_owned(), name.to_owned()))
+        self.objects.get(&(info.kind, ns.to_owned(), name.to_owned())).map(|v| &**v)
     }
 
     /// Forgets the history, like an etcd compaction after an unrelated write: the
@@ -205,13 +209,18 @@ impl Store {
 
     /// The current objects of `kind` that `filter` lets through, in key order.
     pub(super) fn objects_of<'a>(&'a self, kind: &'static str, filter: &'a Filter) -> impl Iterator<Item = &'a Value> + 'a {
+        self.snapshot_of(kind, filter).map(|v| &**v)
+    }
+
+    /// [`Self::objects_of`] as shared references: a paged list's snapshot copies no object.
+    pub(super) fn snapshot_of<'a>(&'a self, kind: &'static str, filter: &'a Filter) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
         self.objects.iter().filter(move |((k, _, _), v)| *k == kind && filter.matches(v)).map(|(_, v)| v)
     }
 
     /// The objects of `kind` as they were at `rv` (which must be `>= floor`), in key order.
     pub(super) fn state_at(&self, kind: &'static str, rv: u64) -> impl Iterator<Item = Value> {
         let mut state: BTreeMap<Key, Value> =
-            self.objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(k, v)| (k.clone(), v.clone())).collect();
+            self.objects.iter().filter(|((k, _, _), _)| *k == kind).map(|(k, v)| (k.clone(), Value::clone(v))).collect();
         for change in self.history.iter().rev() {
             if change.rv <= rv {
                 break;
@@ -239,7 +248,7 @@ impl Store {
 
     /// Keeps the rest of a paged list's snapshot at `rv`; returns the token that continues it.
     /// Only the last few are kept: older tokens expire.
-    pub(super) fn park(&mut self, rv: u64, remaining: VecDeque<Value>) -> String {
+    pub(super) fn park(&mut self, rv: u64, remaining: VecDeque<Arc<Value>>) -> String {
         let token = format!("lbt-continue-{}", self.next_token);
         self.next_token += 1;
         self.continuations.push_back(Continuation { token: token.clone(), rv, remaining });
@@ -251,7 +260,7 @@ impl Store {
 
     /// The resourceVersion and rest of the snapshot that `token` continues (once); `None` when
     /// the token is unknown or expired.
-    pub(super) fn resume(&mut self, token: &str) -> Option<(u64, VecDeque<Value>)> {
+    pub(super) fn resume(&mut self, token: &str) -> Option<(u64, VecDeque<Arc<Value>>)> {
         let i = self.continuations.iter().position(|c| c.token == token)?;
         let c = self.continuations.remove(i)?;
         Some((c.rv, c.remaining))

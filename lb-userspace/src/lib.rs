@@ -22,6 +22,7 @@ pub mod maps;
 pub mod model;
 pub mod netns;
 pub mod plan;
+mod room;
 pub mod source;
 
 /// Property tests across the layers: parse, compile, plan, diff.

@@ -259,6 +259,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 ),
             }
         }
+        // Everything this turn worked with is dropped by now.
+        sync.release_freed_memory();
         tokio::select! {
             () = feed.wait(cfg.poll_interval) => {}
             _ = tokio::signal::ctrl_c() => break,

@@ -146,6 +146,15 @@ struct Compiled {
 }
 
 impl CompileMemo {
+    /// After a large sync: room in the memo's hash maps for the changes to come
+    /// ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.last.services);
+        crate::room::make_room(&mut self.last.slices);
+        crate::room::make_room(&mut self.by_service);
+        self.by_service.values_mut().for_each(crate::room::make_room);
+    }
+
     fn output(&self, changed: Changed, found_by: FoundBy) -> CompileOutput<'_> {
         CompileOutput { desired: &self.desired, health_checks: &self.health_checks, changed, found_by }
     }

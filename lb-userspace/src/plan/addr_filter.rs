@@ -37,6 +37,12 @@ pub struct AddrCounts {
 }
 
 impl AddrCounts {
+    /// Room for the changes to come ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.users);
+        crate::room::make_room(&mut self.bits);
+    }
+
     /// One more user of `addr` in bitmap `which`; a bit that becomes set is written to `words`
     /// and its word recorded in `touched`.
     pub fn add(&mut self, which: u32, addr: [u8; 16], words: &mut BTreeMap<u32, u64>, touched: &mut BTreeSet<u32>) {

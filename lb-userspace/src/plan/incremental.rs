@@ -29,7 +29,12 @@ use lb_common::{
     ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, Backend, MaglevKey, MemberKey, SelectKey, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
-use super::{HashMap, PlanConfig, PlanMemory, addr_filter::AddrCounts, memory::Released, service::{maglev_tables, plan_service}};
+use super::{
+    HashMap, PlanConfig, PlanMemory,
+    addr_filter::AddrCounts,
+    memory::Released,
+    service::{maglev_tables, plan_service},
+};
 use crate::{
     compile::memo::Changed,
     maps::{
@@ -85,6 +90,16 @@ pub struct Planner {
 }
 
 impl Planner {
+    /// After a large sync: room in the planner's hash maps for the changes to come
+    /// ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.backends);
+        crate::room::make_room(&mut self.services);
+        crate::room::make_room(&mut self.source_ranges);
+        self.filter.make_room();
+        self.ids.make_room();
+    }
+
     pub fn new(cfg: PlanConfig) -> Self {
         Self {
             ids: PlanMemory::default(),

@@ -132,6 +132,11 @@ impl std::fmt::Debug for TableCache {
 }
 
 impl TableCache {
+    /// Room for the changes to come ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.tables);
+    }
+
     /// The table of size `m` for `endpoints` (address, port), in their order: slot → index
     /// into `endpoints` (what [`table`] returns for their `address:port` names).
     pub fn table(&mut self, endpoints: Vec<(IpAddr, u16)>, m: u32) -> Arc<[u16]> {

@@ -148,6 +148,14 @@ impl Default for PlanMemory {
 }
 
 impl PlanMemory {
+    /// Room for the changes to come ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.svc);
+        crate::room::make_room(&mut self.select);
+        crate::room::make_room(&mut self.backend);
+        self.maglev.make_room();
+    }
+
     /// Learns the ids already in use in `current` (read from pinned maps) for the objects of
     /// `desired` (their own and Cluster tables), so that re-planning the same state yields the
     /// same entries. Ids of pinned objects not adopted are never allocated again.

@@ -185,4 +185,3 @@ mod tests {
         assert_eq!(Conn::json(&server, "/api/v1/services").0, 200);
     }
 }
-

@@ -38,6 +38,7 @@ struct ElemAttr {
 
 /// The attribute of the batch commands (`union bpf_attr`, the `BPF_MAP_*_BATCH` member).
 #[repr(C)]
+#[derive(Default)]
 struct BatchAttr {
     in_batch: u64,
     out_batch: u64,
@@ -106,6 +107,20 @@ impl RawMap {
         if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     }
 
+    /// Runs batch command `cmd` (`BPF_MAP_*_BATCH`) on this map with `attr` (its descriptor
+    /// filled in); the kernel writes back `attr.count`.
+    ///
+    /// # Safety
+    /// `attr`'s pointers must hold `attr.count` keys and values of the map's sizes, and its
+    /// tokens (if any) at least a key's size, all valid for writes for the call.
+    unsafe fn batch(&self, cmd: u32, attr: &mut BatchAttr) -> io::Result<()> {
+        attr.map_fd = self.data.fd().as_fd().as_raw_fd() as u32;
+        // SAFETY: a batch command on our own map descriptor; the caller vouches for the
+        // buffers `attr` points to.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<BatchAttr>() as u32) };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
     /// Writes `key` → `value` (creating or replacing).
     pub fn update(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
         assert_eq!((key.len(), value.len()), (self.key_size, self.value_size), "{}: element size", self.name);
@@ -121,24 +136,13 @@ impl RawMap {
         if n == 0 {
             return (0, Ok(()));
         }
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: 0,
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: n as u32,
-            map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: a batch command on our own map descriptor; `keys` and `values` hold `n` keys and
-        // values of the map's sizes (asserted above) and outlive the call; the kernel writes only
-        // `attr.count`.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &raw mut attr, size_of::<BatchAttr>() as u32) };
-        if r == 0 {
+        let mut attr =
+            BatchAttr { keys: keys.as_ptr() as u64, values: values.as_ptr() as u64, count: n as u32, ..BatchAttr::default() };
+        // SAFETY: `keys` and `values` hold `n` keys and values of the map's sizes (asserted
+        // above) and outlive the call.
+        let Err(err) = (unsafe { self.batch(BPF_MAP_UPDATE_BATCH, &mut attr) }) else {
             return (n, Ok(()));
-        }
-        let err = io::Error::last_os_error();
+        };
         // The kernel writes back how many it processed only once it started on the elements; a
         // refusal up front (a frozen map, bad flags) leaves the count as given: nothing written.
         let done = if (attr.count as usize) < n { attr.count as usize } else { 0 };
@@ -203,16 +207,12 @@ impl RawMap {
                 keys: keys.as_mut_ptr() as u64,
                 values: values.as_mut_ptr() as u64,
                 count: per_call as u32,
-                map_fd: self.data.fd().as_fd().as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
+                ..BatchAttr::default()
             };
-            // SAFETY: a batch lookup on our own map descriptor; `keys` and `values` hold
-            // `per_call` keys and values of the map's sizes, the tokens `token_size` bytes (at
-            // least a key), all outliving the call; the kernel writes at most `attr.count`
-            // entries and one token.
-            let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>() as u32) };
-            let err = (r != 0).then(io::Error::last_os_error);
+            // SAFETY: `keys` and `values` hold `per_call` keys and values of the map's sizes,
+            // the tokens `token_size` bytes (at least a key), all outliving the call; the
+            // kernel writes at most `attr.count` entries and one token.
+            let err = unsafe { self.batch(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
             let errno = err.as_ref().and_then(io::Error::raw_os_error);
             if first && matches!(errno, Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) {
                 return Ok(false);

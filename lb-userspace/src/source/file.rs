@@ -126,7 +126,7 @@ impl FileSource {
         self.files.retain(|path, _| listed.contains_key(path));
         let mut changed = self.files.len() != before;
         let to_read: Vec<(PathBuf, Stamp)> =
-            listed.into_iter().filter(|(path, stamp)| !self.files.get(path).is_some_and(|f| f.stamp == *stamp)).collect();
+            listed.into_iter().filter(|(path, stamp)| self.files.get(path).is_none_or(|f| f.stamp != *stamp)).collect();
         let loaded = load_files(to_read.iter().map(|(path, _)| path.as_path()).collect());
         for ((path, stamp), result) in to_read.into_iter().zip(loaded) {
             let state = self.files.entry(path.clone()).or_insert_with(|| FileState {

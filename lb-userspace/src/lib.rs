@@ -21,6 +21,7 @@ pub mod dataplane;
 pub mod maps;
 pub mod model;
 pub mod netns;
+mod parallel;
 pub mod plan;
 mod room;
 pub mod source;

@@ -278,12 +278,12 @@ const LARGE_SYNC_WRITES: usize = 10_000;
 
 impl SyncState {
     /// After a large sync, once what it worked with is dropped (the agent calls this at the
-    /// end of each turn of its loop): merges and hands back the memory it freed. glibc keeps
-    /// freed blocks in lists it sorts and merges at the next allocation it cannot serve from
-    /// them, which after the first sync fell on the next change: its compile took 7 ms instead
-    /// of 0.1 at 10,000 Services, 45 ms at 100,000 (a trim inside the sync, before the synced
-    /// snapshot and the grown datapath's old state were dropped, left 16–20 ms). It also
-    /// returns free pages to the kernel.
+    /// end of each turn of its loop, after the synced snapshot and a grown datapath's old
+    /// state are gone): merges and hands back the memory it freed. glibc keeps freed blocks in
+    /// lists it merges at a later allocation, which after the first sync fell on the next
+    /// change: its compile took 7 ms instead of 0.1 at 10,000 Services (3.7 ms with the trim),
+    /// 45 ms at 100,000 (15–16 ms with it: the rest is not explained). It also returns free
+    /// pages to the kernel.
     pub(super) fn release_freed_memory(&mut self) {
         if !std::mem::take(&mut self.large_sync) {
             return;

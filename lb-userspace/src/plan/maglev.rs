@@ -100,9 +100,8 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
 }
 
 /// Tables [`TableCache::prefill`] computes on other threads only when at least this many are
-/// missing (below, a thread costs more than it saves), on at most this many threads.
+/// missing (below, a thread costs more than it saves).
 const PREFILL_MIN: usize = 256;
-const PREFILL_THREADS_MAX: usize = 8;
 
 /// The table of size `m` for `endpoints`, slot → index into `endpoints`.
 fn compute(endpoints: &[(IpAddr, u16)], m: u32) -> Arc<[u16]> {
@@ -159,21 +158,12 @@ impl TableCache {
     /// ServicePort: 10,000 tables of 1,021 slots took 190 ms on one CPU).
     pub fn prefill(&mut self, wanted: impl IntoIterator<Item = TableKey>) {
         let mut missing: Vec<TableKey> = wanted.into_iter().filter(|k| !self.tables.contains_key(k)).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(PREFILL_THREADS_MAX);
-        if missing.len() < PREFILL_MIN || threads < 2 {
+        if missing.len() < PREFILL_MIN {
             return; // computed one at a time as the plan asks
         }
         missing.sort_unstable();
         missing.dedup();
-        let per_thread = missing.len().div_ceil(threads);
-        let computed: Vec<Arc<[u16]>> = std::thread::scope(|s| {
-            let parts: Vec<_> = missing
-                .chunks(per_thread)
-                .map(|part| s.spawn(move || part.iter().map(|(eps, m)| compute(eps, *m)).collect::<Vec<_>>()))
-                .collect();
-            // A thread only computes tables: it panics only if `compute` does, as it would here.
-            parts.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-        });
+        let computed = crate::parallel::map_on_cpus(&missing, |(eps, m)| compute(eps, *m));
         let pass = self.pass;
         for (key, t) in missing.into_iter().zip(computed) {
             self.tables.insert(key, (t, pass));

@@ -127,7 +127,9 @@ impl FileSource {
         let mut changed = self.files.len() != before;
         let to_read: Vec<(PathBuf, Stamp)> =
             listed.into_iter().filter(|(path, stamp)| self.files.get(path).is_none_or(|f| f.stamp != *stamp)).collect();
-        let loaded = load_files(to_read.iter().map(|(path, _)| path.as_path()).collect());
+        // On every CPU: a directory of 10,000 Services is parsed at start, most of the time
+        // before its first sync.
+        let loaded = crate::parallel::map_on_cpus(&to_read, |(path, _)| load_file(path));
         for ((path, stamp), result) in to_read.into_iter().zip(loaded) {
             let state = self.files.entry(path.clone()).or_insert_with(|| FileState {
                 stamp,
@@ -177,25 +179,6 @@ impl FileSource {
 /// to the one at the same place before: an edit of one object in a file of many then shows as
 /// that object alone to the later steps (the compile memo recompiles the Services whose objects
 /// are new `Arc`s).
-/// [`load_file`] for each of `paths`, in order; on every CPU when there are several (a
-/// directory of 10,000 Services is parsed at start: most of the time before its first sync).
-fn load_files(paths: Vec<&Path>) -> Vec<Result<ClusterObjects, SourceError>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(LOAD_THREADS_MAX);
-    if paths.len() < 2 || threads < 2 {
-        return paths.into_iter().map(load_file).collect();
-    }
-    let per_thread = paths.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> =
-            paths.chunks(per_thread).map(|part| s.spawn(move || part.iter().map(|p| load_file(p)).collect::<Vec<_>>())).collect();
-        // A thread only parses: it panics only if parsing does, as it would here.
-        parts.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-    })
-}
-
-/// Threads [`load_files`] parses on at most.
-const LOAD_THREADS_MAX: usize = 8;
-
 fn keep_unchanged(old: &ClusterObjects, new: &mut ClusterObjects) {
     fn keep<T: PartialEq>(old: &[Arc<T>], new: &mut [Arc<T>]) {
         for (o, n) in old.iter().zip(new.iter_mut()) {

@@ -154,6 +154,28 @@ pub const PROG_SOCK_RECVMSG6: &str = "lb_sock_recvmsg6";
 pub const PROG_SOCK_GETPEERNAME6: &str = "lb_sock_getpeername6";
 
 // ---------------------------------------------------------------------------------------------
+// Kernel symbols the loader resolves (aya 0.14 cannot load kfunc calls or CO-RE offsets itself).
+// ---------------------------------------------------------------------------------------------
+
+/// The helper id the TC programs call in place of the `bpf_cast_to_kern_ctx` kfunc (no helper
+/// has it). Before loading, the agent rewrites every such call into a call of that kfunc found
+/// in the kernel's BTF, or into `r0 = 0` (no kernel context: the checksum helpers are used) where
+/// the kernel has no BTF or no such kfunc.
+pub const KFUNC_CAST_TO_KERN_CTX_PLACEHOLDER: u32 = 0x7fff_c001;
+/// The kfunc's name in the kernel's BTF.
+pub const KFUNC_CAST_TO_KERN_CTX: &str = "bpf_cast_to_kern_ctx";
+/// Read-only global the agent sets from the kernel's BTF: the byte offset in `struct sk_buff`
+/// of the byte holding the 2-bit `ip_summed`, or 0 when unknown (the byte is never at offset 0).
+pub const GLOBAL_SKB_IP_SUMMED_BYTE: &str = "LB_SKB_IP_SUMMED_BYTE";
+/// Read-only global: the bit position of `ip_summed` in that byte (little-endian bit order).
+pub const GLOBAL_SKB_IP_SUMMED_SHIFT: &str = "LB_SKB_IP_SUMMED_SHIFT";
+/// `skb->ip_summed` values (include/linux/skbuff.h).
+pub const CHECKSUM_NONE: u8 = 0;
+pub const CHECKSUM_UNNECESSARY: u8 = 1;
+pub const CHECKSUM_COMPLETE: u8 = 2;
+pub const CHECKSUM_PARTIAL: u8 = 3;
+
+// ---------------------------------------------------------------------------------------------
 // Capacities (defaults; the agent can override some at load time).
 // ---------------------------------------------------------------------------------------------
 

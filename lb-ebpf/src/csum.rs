@@ -43,6 +43,14 @@ impl Delta {
         !fold(u64::from(!check) + self.0)
     }
 
+    /// A partial checksum (`CHECKSUM_PARTIAL`: the field holds the pseudo-header's sum, not
+    /// complemented, and the stack or the NIC adds the rest) after a pseudo-header change:
+    /// `check + delta`, as the kernel's `inet_proto_csum_replace*` update it.
+    #[inline(always)]
+    pub fn apply_partial(self, check: u16) -> u16 {
+        fold(u64::from(check) + self.0)
+    }
+
     /// The delta as the 32-bit `__wsum` the kernel's checksum helpers take.
     #[inline(always)]
     pub fn wsum(self) -> u32 {

@@ -313,3 +313,25 @@ pub fn write_l4_csum(data: usize, end: usize, plan: &Plan) -> Option<()> {
     }
     store(data, end, l4.off, new)
 }
+
+/// Applies the pseudo-header part of `plan` to a partial L4 checksum (`CHECKSUM_PARTIAL`, a local
+/// packet whose checksum the stack or the NIC completes later): ports are not in that sum. The
+/// zero rules of a UDP checksum are the helper's (`BPF_F_MARK_MANGLED_0`).
+#[inline(always)]
+pub fn write_l4_csum_partial(data: usize, end: usize, plan: &Plan) -> Option<()> {
+    let Some(l4) = plan.l4 else {
+        return Some(());
+    };
+    if !plan.addr_changed {
+        return Some(());
+    }
+    let check: u16 = load(data, end, l4.off)?;
+    if l4.udp && check == 0 {
+        return Some(());
+    }
+    let mut new = plan.pseudo.apply_partial(check);
+    if l4.udp && new == 0 {
+        new = 0xffff;
+    }
+    store(data, end, l4.off, new)
+}

@@ -8,12 +8,12 @@
 //!   passing any ingress hook. Other packets pass: a reply entry is keyed backend → client, which
 //!   no packet translated at an ingress carries.
 //!
-//! Translation writes addresses, ports and the IPv4 header checksum directly; the L4 checksum
-//! change goes through `bpf_l4_csum_replace` in diff mode (two calls: the pseudo-header part,
-//! then the ports; a part that does not change makes no call), because an skb's checksum may be
-//! partial (local packets: only the pseudo-header is summed yet) or complete (`skb->csum` must
-//! follow), which the helper handles and the program cannot see (`__sk_buff` does not expose
-//! `ip_summed`).
+//! Translation writes addresses, ports and the IPv4 header checksum directly. The L4 checksum
+//! depends on how the skb holds it (`skb->ip_summed`, read through the kernel context: `skb`):
+//! a full checksum is updated directly as on XDP; a partial one (local packets: only the
+//! pseudo-header is summed yet) gets the address change alone, directly; a complete one
+//! (`skb->csum` must follow) or an unknown state goes through `bpf_l4_csum_replace` in diff mode
+//! (two calls: the pseudo-header part, then the ports; a part that does not change makes none).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -21,7 +21,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lb_common::{CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_REJECT_ICMP, CNT_REJECT_TCP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    CHECKSUM_NONE, CHECKSUM_PARTIAL, CHECKSUM_UNNECESSARY, CNT_DROP_NO_BACKEND, CNT_DROP_REWRITE, CNT_REJECT_ICMP,
+    CNT_REJECT_TCP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
     hook::Hook,
@@ -29,6 +32,7 @@ use crate::{
     parse::{ETH_HLEN, Packet},
     reject::{Original, capture, icmp_growth, icmp_len, rst_len, write_icmp_unreach, write_rst},
     run::{Context, run},
+    skb,
 };
 
 /// Headers we may need in the linear part of the skb: Ethernet, IPv4 with the longest options,
@@ -83,21 +87,31 @@ impl Context for TcContext {
     #[inline(always)]
     fn nat(&self, p: &Packet, nat: &Nat) -> Result<(), ()> {
         let plan = nat::plan(p, nat);
-        nat::write(TcContext::data(self), TcContext::data_end(self), p, nat, &plan).ok_or(())?;
-        if let Some(l4) = plan.l4 {
-            let mangled = if l4.udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-            // Size 0: `to` is a checksum difference. Each call is a helper whose cost is most of
-            // a conntrack hit's on some CPUs (B1), so a part that does not change (a port equal
-            // to its target port) makes none.
-            if plan.addr_changed {
-                self.l4_csum_replace(l4.off, 0, u64::from(plan.pseudo.wsum()), u64::from(BPF_F_PSEUDO_HDR) | mangled)
-                    .map_err(|_| ())?;
-            }
-            if plan.port_changed {
-                self.l4_csum_replace(l4.off, 0, u64::from(plan.ports.wsum()), mangled).map_err(|_| ())?;
+        let (data, end) = (TcContext::data(self), TcContext::data_end(self));
+        nat::write(data, end, p, nat, &plan).ok_or(())?;
+        let Some(l4) = plan.l4 else {
+            return Ok(());
+        };
+        match skb::ip_summed(self.skb.skb) {
+            // The field is a full checksum and nothing else follows it: as on XDP.
+            Some(CHECKSUM_NONE | CHECKSUM_UNNECESSARY) => nat::write_l4_csum(data, end, &plan).ok_or(()),
+            // A local packet: the field holds the pseudo-header's sum only.
+            Some(CHECKSUM_PARTIAL) => nat::write_l4_csum_partial(data, end, &plan).ok_or(()),
+            // `skb->csum` must follow the field (CHECKSUM_COMPLETE), or the state is unknown: the
+            // helper handles both. Size 0: `to` is a checksum difference. Each call costs most of
+            // a conntrack hit's time on some CPUs (B1), so a part that does not change makes none.
+            _ => {
+                let mangled = if l4.udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+                if plan.addr_changed {
+                    self.l4_csum_replace(l4.off, 0, u64::from(plan.pseudo.wsum()), u64::from(BPF_F_PSEUDO_HDR) | mangled)
+                        .map_err(|_| ())?;
+                }
+                if plan.port_changed {
+                    self.l4_csum_replace(l4.off, 0, u64::from(plan.ports.wsum()), mangled).map_err(|_| ())?;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     #[inline(never)]

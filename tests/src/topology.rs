@@ -12,7 +12,8 @@
 //! - nodes route each other's pod ranges over the underlay.
 //!
 //! Every sender turns TX checksum offload off: XDP sees packets as a NIC delivers them, with
-//! complete checksums, and a veth would otherwise hand it partial ones.
+//! complete checksums, and a veth would otherwise hand it partial ones. Tests of what real pods
+//! send turn it back on ([`Topology::offload_checksums`]).
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -205,6 +206,15 @@ impl Topology {
         node_ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &host_if])?;
         self.pods.push(Pod { name: name.to_owned(), ip, ip6, node, host_if, servers: Vec::new(), ns });
         Ok(i)
+    }
+
+    /// Turns TX checksum and segmentation offload back on for pod `i`, as a CNI plugin leaves a
+    /// pod's veth: its packets then reach the node with partial checksums (`CHECKSUM_PARTIAL`:
+    /// the field holds only the pseudo-header's sum) and TCP as segmentation-offload packets
+    /// larger than the MTU.
+    pub fn offload_checksums(&self, i: usize) -> anyhow::Result<()> {
+        crate::netns::run(self.pods[i].ns.command("ethtool").args(["-K", "eth0", "tx", "on", "sg", "on", "tso", "on"]))?;
+        Ok(())
     }
 
     /// Host-side interfaces of the pods on `node`.

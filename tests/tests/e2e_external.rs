@@ -122,6 +122,27 @@ fn point_32_nodeport_cluster_policy_reaches_a_pod_on_the_other_node_with_snat() 
     assert_eq!(c.body(c.from_client(0, "http://192.168.77.2:30080/")), "You've hit kubia-b");
 }
 
+/// Real pods keep their veth's checksum offload on, so their packets reach the pod hook with a
+/// partial checksum (only the pseudo-header summed, `CHECKSUM_PARTIAL`), which the TC program
+/// must update differently from a full one. Here every pod keeps it on, and each translated
+/// packet then leaves through the node's external interface, whose offload is off: the kernel
+/// completes the checksum from the field the program wrote, and the receiver checks it (between
+/// pods on one node a partial checksum is never checked, so those paths cannot show a wrong
+/// update). Both directions: a pod's request through a ClusterIP to a pod on the other node
+/// (DNAT at the pod hook), and an outside client's request through a Local-policy NodePort
+/// whose reply from the local pod is translated back at the pod hook.
+#[test]
+fn pods_with_checksum_offload_on_are_translated_with_valid_checksums() {
+    let Some(c) = cluster("pods_with_checksum_offload_on_are_translated_with_valid_checksums") else { return };
+    for i in 0..c.topo.pods.len() {
+        c.topo.offload_checksums(i).expect("checksum offload on");
+    }
+    for _ in 0..3 {
+        assert_eq!(c.body(c.from_pod("client", "http://10.96.1.10/")), "You've hit kubia-b");
+        assert_eq!(c.body(c.from_client(0, "http://192.168.77.2:30081/")), "You've hit kubia-b");
+    }
+}
+
 #[test]
 fn point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint() {
     let Some(c) = cluster("point_33_nodeport_local_policy_keeps_the_client_ip_and_drops_without_a_local_endpoint") else {

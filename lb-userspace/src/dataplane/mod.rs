@@ -34,8 +34,10 @@ pub mod apply;
 pub mod attach;
 pub mod conntrack;
 pub mod grow;
+mod kernel_btf;
 mod layout;
 pub mod lock;
+pub mod object;
 pub mod probe;
 
 pub use attach::ExternalMode;
@@ -186,6 +188,9 @@ impl Dataplane {
         std::fs::create_dir_all(pin_path).map_err(|source| DataplaneError::PinDir { path: pin_path.clone(), source })?;
         crate::maps::layout::check(pin_path)?;
         grow::recover_interrupted(pin_path)?;
+        if let Some(why) = &object::prepared().fallback {
+            tracing::warn!(reason = %why, "TC programs keep the checksum helpers (one or two helper calls more per translated packet)");
+        }
         let mut dp = Self::load_object(config, None)?;
         // Flows an older build kept in the IPv6 table (the running programs may add more until
         // the new ones are attached: the agent moves those right after attaching).
@@ -199,10 +204,12 @@ impl Dataplane {
     fn load_object(config: &DataplaneConfig, shadow: Option<MapState>) -> Result<Self> {
         let pin_path = config.pin_path.clone();
 
+        let object = object::prepared();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_path);
         config.sizes.request(&mut loader);
-        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        object.configure(&mut loader);
+        let mut ebpf = loader.load(object.bytes()).map_err(DataplaneError::Load)?;
         let limits = MapSizes::actual(&config.sizes, |name| ebpf.map(name).and_then(crate::maps::sizes::max_entries));
         for ((name, want), (_, got)) in config.sizes.by_name().into_iter().zip(limits.by_name()) {
             if got != want {

@@ -88,15 +88,17 @@ impl Probe {
         fs::create_dir_all(&private_dir).map_err(|source| DataplaneError::PinDir { path: private_dir.clone(), source })?;
         // From here on `Drop` removes the directory (and with it the private maps).
         let shared_pins: Vec<(&'static str, PathBuf)> = shared.iter().map(|n| (*n, pin_path.join(n))).collect();
+        let object = super::object::prepared();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&private_dir);
+        object.configure(&mut loader);
         for (name, path) in &shared_pins {
             loader.map_pin_path(name, path.as_path());
         }
         for (name, size) in PRIVATE_SIZES {
             loader.map_max_entries(name, size);
         }
-        let loaded = loader.load(OBJECT).map_err(DataplaneError::Load);
+        let loaded = loader.load(object.bytes()).map_err(DataplaneError::Load);
         let mut ebpf = match loaded {
             Ok(e) => e,
             Err(e) => {

@@ -89,6 +89,9 @@ pub const SVC_LABELS: &str = "LB_SVC_LABELS";
 pub const EVENTS: &str = "LB_EVENTS";
 pub const MONITOR: &str = "LB_MONITOR";
 pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
+/// The datapath clock's calibration ([`ClockCalibration`]). Not pinned: each loaded object has
+/// its own, written by the agent right after loading, before anything is attached.
+pub const CLOCK: &str = "LB_CLOCK";
 
 /// Every map the datapath pins.
 pub const ALL_MAPS: [&str; 23] = [
@@ -139,6 +142,9 @@ pub const PROG_TC_EXT: &str = "lb_tc_ext_ingress";
 /// on a control-plane node). Those replies are routed by the node and leave through an egress,
 /// never through an ingress where the other programs run.
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+/// XDP, never attached: writes one sample of both kernel clocks into its packet, for the agent's
+/// calibration of the datapath clock through BPF_PROG_TEST_RUN ([`ClockCalibration`]).
+pub const PROG_CLOCK_SAMPLE: &str = "lb_clock_sample";
 /// cgroup connect4: socket-level translation for processes in the node's namespace.
 pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
 /// cgroup sendmsg4: the same for unconnected UDP sends.
@@ -233,8 +239,8 @@ pub const fn ct_lifetime_ns(proto: u8, flags: u16) -> u64 {
 /// A conntrack entry's `last_seen_ns` is rewritten by a packet of its flow only once it is older
 /// than this (or on FIN/RST): an established flow does not write its entry on every packet, which
 /// would bounce a cache line between CPUs; lifetimes are seconds to hours, so the granularity
-/// costs nothing. The datapath reads `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, jiffy
-/// resolution), which the agent's sweep compares with CLOCK_MONOTONIC.
+/// costs nothing. The datapath's clock is CLOCK_MONOTONIC at jiffy resolution
+/// ([`ClockCalibration`]), which the agent's sweep compares with CLOCK_MONOTONIC.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
 /// A fragment id entry lives this long (reassembly timeouts are 30 s on Linux).
@@ -539,7 +545,7 @@ pub const CT_DIR_REPLY: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_coarse_ns()` of the last packet seen in this direction (refreshed at most
+    /// The datapath's clock ([`ClockCalibration`]) at the last packet seen in this direction (refreshed at most
     /// every [`CT_REFRESH_NS`]).
     pub last_seen_ns: u64,
     /// Forward: the backend address written as destination. Reply: the frontend address written
@@ -586,7 +592,7 @@ const _: () = assert!(size_of::<AffinityKey>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AffinityValue {
-    /// `bpf_ktime_get_ns()` of the last new connection that used this record.
+    /// The datapath's clock ([`ClockCalibration`]) at the last new connection that used this record.
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub _pad: u32,
@@ -794,7 +800,7 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MonitorConfig {
-    /// End of the lease: `CLOCK_MONOTONIC_COARSE` in ns (the datapath's `bpf_ktime_get_coarse_ns`),
+    /// End of the lease: `CLOCK_MONOTONIC_COARSE` in ns (the datapath's clock, [`ClockCalibration`]),
     /// renewed by the running monitor every second.
     pub until_ns: u64,
     /// 1 while a monitor runs.
@@ -820,7 +826,7 @@ pub const MON_F_FLOWS: u32 = 1 << 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MonitorEvent {
-    /// `bpf_ktime_get_coarse_ns()` when it happened.
+    /// The datapath's clock ([`ClockCalibration`]) when it happened.
     pub ts_ns: u64,
     /// `EVENT_*`.
     pub kind: u8,
@@ -995,6 +1001,35 @@ pub const CFG_F_SNAT6_READY: u32 = 1 << 2;
 pub const CFG_F_HAIRPIN6_READY: u32 = 1 << 3;
 
 // ---------------------------------------------------------------------------------------------
+// LB_CLOCK
+// ---------------------------------------------------------------------------------------------
+
+/// How the datapath reads CLOCK_MONOTONIC at jiffy resolution without a helper call:
+/// `jiffies × tick_ns + offset_ns` (wrapping u64 arithmetic). `bpf_jiffies64` is inlined by the
+/// verifier into a load of `jiffies`; `bpf_ktime_get_coarse_ns`, which gives the same clock, is a
+/// helper call, a tenth of a conntrack hit's cost on some CPUs (B1). The agent measures both
+/// clocks through the `PROG_CLOCK_SAMPLE` program at load; `tick_ns` 0 (not calibrated) makes the
+/// datapath call `bpf_ktime_get_coarse_ns` instead. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockCalibration {
+    /// Nanoseconds per jiffy (the kernel's TICK_NSEC).
+    pub tick_ns: u64,
+    /// CLOCK_MONOTONIC minus `jiffies × tick_ns`, modulo 2^64.
+    pub offset_ns: u64,
+}
+const _: () = assert!(size_of::<ClockCalibration>() == 16);
+
+impl ClockCalibration {
+    /// CLOCK_MONOTONIC (jiffy resolution) at `jiffies`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn at(&self, jiffies: u64) -> u64 {
+        jiffies.wrapping_mul(self.tick_ns).wrapping_add(self.offset_ns)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // LB_SVC_STATS, LB_BACKEND_STATS
 // ---------------------------------------------------------------------------------------------
 
@@ -1125,9 +1160,9 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, AgentStatus, Backend, Config, CtKey, CtKey4, CtValue, FlowCounters, FragKey, FragValue,
-        MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey, ServiceKey, ServiceValue,
-        SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
+        AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtKey, CtKey4, CtValue, FlowCounters,
+        FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey,
+        ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1165,7 +1200,8 @@ mod pod {
         AgentStatus,
         MonitorConfig,
         MonitorEvent,
-        MonitorStats
+        MonitorStats,
+        ClockCalibration
     );
 }
 

@@ -16,10 +16,7 @@
 //!   kube-proxy deletes UDP conntrack entries whose endpoint no longer serves that Service): its
 //!   packets look the frontend up too, and select anew when the backend left its serving set.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
     CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD,
@@ -43,14 +40,6 @@ static ZERO_ADDR: Aligned = Aligned([0; 16]);
 
 /// SNAT source ports tried before the flow is dropped.
 const SNAT_TRIES: u32 = 4;
-
-/// The datapath's clock: CLOCK_MONOTONIC at jiffy resolution (no clock read per packet beyond a
-/// memory load; lifetimes are seconds).
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
 
 #[inline(always)]
 pub fn random() -> u32 {

@@ -3,7 +3,7 @@
 //! concern: parsing (`parse`), the address filter and frontends (`service`), backend selection
 //! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), translation and
 //! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`), `lb monitor`'s events (`monitor`),
-//! counters (`counters`), an skb's checksum state (`skb`), the hook a program runs at (`hook`) and the per-CPU scratch space and its
+//! counters (`counters`), the clock (`clock`), an skb's checksum state (`skb`), the hook a program runs at (`hook`) and the per-CPU scratch space and its
 //! map (`scratch`). No per-packet logging:
 //! counters are the observability, and every packet ends in exactly one verdict counter.
 #![no_std]
@@ -13,6 +13,7 @@
 // keys, the per-CPU scratch's whole point).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod clock;
 mod conntrack;
 mod counters;
 mod csum;

@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue, MAGLEV_CHUNKS_MAX,
-    MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX,
-    SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, SourceRangeData, SvcLabels, SvcName,
+    CONNTRACK_MAX, ClockCalibration, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue,
+    MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX,
+    SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
+    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -83,6 +83,10 @@ pub static LB_BACKEND_STATS: PerCpuArray<FlowCounters> = PerCpuArray::pinned(BAC
 /// Node-wide settings the agent writes (SNAT and hairpin addresses, SNAT ports).
 #[map]
 pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// The clock's calibration (see `clock`); one entry, not pinned: written at each load.
+#[map]
+pub static LB_CLOCK: Array<ClockCalibration> = Array::with_max_entries(1, 0);
 
 /// Layout version of the pinned maps (checked by the agent before adopting them).
 #[map]

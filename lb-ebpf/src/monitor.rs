@@ -11,7 +11,8 @@ use aya_ebpf::{macros::map, maps::PerCpuArray};
 use lb_common::{EVENT_NEW_FLOW, HOOK_EGRESS, HOOK_EXTERNAL, HOOK_POD, MON_F_DROPS, MON_F_FLOWS, MON_F_REJECTS, MonitorEvent};
 
 use crate::{
-    conntrack::{now, random},
+    clock::now,
+    conntrack::random,
     hook::Hook,
     maps::{LB_EVENTS, LB_MONITOR, LB_MONITOR_STATS},
     nat::copy_addr,

@@ -21,7 +21,8 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{self, now, random},
+    clock::now,
+    conntrack::{self, random},
     counters::{count, count_flow},
     frag,
     hook::Hook,

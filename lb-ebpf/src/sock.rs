@@ -23,7 +23,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::now,
+    clock::now,
     counters::{count, count_flow},
     maps::{LB_CONFIG, LB_SERVICES, LB_SOCK_REVNAT},
     select::{endpoint_set, pick},

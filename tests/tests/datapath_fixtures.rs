@@ -1934,6 +1934,32 @@ fn ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_
     verify_checksums(&back).expect("checksums after reverse NAT");
 }
 
+/// The datapath's clock (jiffies, calibrated at load against the kernel's coarse monotonic clock)
+/// is the agent's CLOCK_MONOTONIC: a new flow's conntrack entry carries the time it was made, as
+/// the sweep and `lb conntrack list` read it. The coarse clock is the monotonic time of a recent
+/// tick: never ahead of a reading taken after the packet, and a tick or two behind one taken
+/// before it (4–8 ms at HZ 250 here); a wrong HZ or offset is off by far more.
+#[test]
+fn a_new_flows_entry_carries_the_agents_monotonic_time() {
+    let Some(mut f) = Fixture::new("a_new_flows_entry_carries_the_agents_monotonic_time") else { return };
+    let cal = f.dp.clock().expect("reading the clock calibration").expect("this kernel runs the calibrated clock");
+    f.program(&cluster::<V4>());
+    let ct = common::ConntrackPins::open(f.dp.pin_path());
+    for sport in 41000..41006 {
+        let before = lb_userspace::maps::monotonic_ns();
+        let (verdict, _) = f.run(&syn::<V4>(sport));
+        let after = lb_userspace::maps::monotonic_ns();
+        assert_eq!(verdict, TC_ACT_OK);
+        let key = conntrack_key((V4::CLIENT, sport), (V4::VIP, 80), PROTO_TCP, lb_common::CT_DIR_FORWARD);
+        let stamped = ct.get(&key).expect("the SYN's forward entry").last_seen_ns;
+        assert!(
+            stamped <= after && stamped + 3 * cal.tick_ns >= before,
+            "entry stamped {stamped}, agent's clock {before}..{after} ({cal:?})"
+        );
+        std::thread::sleep(Duration::from_millis(7));
+    }
+}
+
 macro_rules! instantiate {
     (both families: $family:ident) => {
         instantiate!(@tests [::<$family>]

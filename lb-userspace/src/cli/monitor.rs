@@ -91,7 +91,7 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE in ns: the datapath's clock (`bpf_ktime_get_coarse_ns`).
+/// CLOCK_MONOTONIC_COARSE in ns: the datapath's clock (lb-common's `ClockCalibration`).
 fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec to fill.

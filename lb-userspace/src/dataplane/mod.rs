@@ -32,6 +32,7 @@ use crate::maps::{KernelMaps, MapError, MapState, sizes::MapSizes};
 
 pub mod apply;
 pub mod attach;
+mod clock;
 pub mod conntrack;
 pub mod grow;
 mod kernel_btf;
@@ -222,6 +223,7 @@ impl Dataplane {
             }
         }
         attach::load_programs(&mut ebpf)?;
+        clock::write(&mut ebpf)?;
         layout::write(&mut ebpf)?;
 
         let maps = KernelMaps::open(|name| take_map_data(&mut ebpf, name))?;
@@ -245,6 +247,12 @@ impl Dataplane {
     /// What the agent-written maps hold now.
     pub fn state(&self) -> &MapState {
         &self.shadow
+    }
+
+    /// The datapath clock's calibration in this object (`None`: not calibrated, the programs
+    /// call `bpf_ktime_get_coarse_ns`).
+    pub fn clock(&self) -> Result<Option<lb_common::ClockCalibration>> {
+        clock::read(&self.ebpf)
     }
 
     /// The pod-interface TC program (for BPF_PROG_TEST_RUN in tests).

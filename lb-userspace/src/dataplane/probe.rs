@@ -106,7 +106,7 @@ impl Probe {
                 return Err(e);
             }
         };
-        let res = load_program(&mut ebpf, program);
+        let res = load_program(&mut ebpf, program).and_then(|()| super::clock::write(&mut ebpf));
         let probe = Self { ebpf, program, private_dir };
         res.map(|()| probe)
     }

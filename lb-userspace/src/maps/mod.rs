@@ -20,7 +20,7 @@ pub use chunk::Chunk;
 pub use table::{KernelMaps, MapId, MapState, Op, diff, diff_map};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps
-/// (`bpf_ktime_get_coarse_ns()`, the same clock at jiffy resolution)
+/// (the datapath's clock is the same at jiffy resolution: lb-common's `ClockCalibration`)
 /// in conntrack, affinity and fragment entries.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -4,8 +4,6 @@
 //! structs). A reader of just what those need: the header, the type records (to step over each
 //! kind) and the strings. Format: the kernel's Documentation/bpf/btf.rst.
 
-use std::collections::HashMap;
-
 /// Where the kernel's own BTF is.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -29,21 +27,15 @@ pub enum BtfError {
     UnknownKind { id: u32, kind: u32 },
 }
 
-/// One type record: kind, name, `size_or_type` and, for structs and unions, the members.
-struct Type {
-    kind: u32,
-    name_off: u32,
-    size_or_type: u32,
-    kind_flag: bool,
-    /// `(name_off, type, offset)`: the raw member triples of a struct or union.
-    members: Vec<(u32, u32, u32)>,
-}
-
-/// A parsed BTF blob (little-endian, as on our machines).
+/// A parsed BTF blob (little-endian, as on our machines): the type section as it is, with where
+/// each record starts (one pass, no per-type allocation: the kernel's BTF has ~150,000 types).
 pub struct KernelBtf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
-    by_name: HashMap<(u32, String), u32>,
+    /// The whole blob, and where its type and string sections are in it.
+    blob: Vec<u8>,
+    types_at: std::ops::Range<usize>,
+    strings_at: std::ops::Range<usize>,
+    /// Offset in `types` of each type's record, by id (id 0, `void`, has none: `u32::MAX`).
+    starts: Vec<u32>,
 }
 
 /// Where a bitfield (or a whole-byte member) sits in its struct.
@@ -57,6 +49,17 @@ pub struct BitField {
     pub bits: u32,
 }
 
+/// One type record's header.
+struct Type {
+    kind: u32,
+    name_off: u32,
+    size_or_type: u32,
+    kind_flag: bool,
+    vlen: usize,
+    /// Where the kind-specific data (a struct's members) starts in the type section.
+    data: usize,
+}
+
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
@@ -64,27 +67,27 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 impl KernelBtf {
     /// The running kernel's BTF.
     pub fn running() -> std::io::Result<Result<Self, BtfError>> {
-        std::fs::read(VMLINUX_BTF).map(|b| Self::parse(&b))
+        std::fs::read(VMLINUX_BTF).map(Self::parse)
     }
 
-    pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(blob: Vec<u8>) -> Result<Self, BtfError> {
+        let b = &blob;
         let magic = b.get(0..2).map(|m| u16::from_le_bytes([m[0], m[1]]));
         if magic != Some(MAGIC) {
             return Err(BtfError::NotBtf);
         }
         let field = |i: usize| u32_at(b, 4 + 4 * i).map(|v| v as usize).ok_or(BtfError::NotBtf);
         let (hdr_len, type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
-        let types_raw = b.get(hdr_len + type_off..hdr_len + type_off + type_len).ok_or(BtfError::NotBtf)?;
-        let strings = b.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or(BtfError::NotBtf)?.to_vec();
-        // Id 0 is `void`.
-        let mut types = vec![Type { kind: 0, name_off: 0, size_or_type: 0, kind_flag: false, members: Vec::new() }];
+        let types_at = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strings_at = hdr_len + str_off..hdr_len + str_off + str_len;
+        let types = b.get(types_at.clone()).ok_or(BtfError::NotBtf)?;
+        b.get(strings_at.clone()).ok_or(BtfError::NotBtf)?;
+        let mut starts = vec![u32::MAX];
         let mut off = 0;
-        while off < types_raw.len() {
-            let id = types.len() as u32;
-            let word = |i: usize| u32_at(types_raw, off + 4 * i).ok_or(BtfError::Truncated { id });
-            let (name_off, info, size_or_type) = (word(0)?, word(1)?, word(2)?);
-            let (vlen, kind, kind_flag) = ((info & 0xffff) as usize, (info >> 24) & 0x1f, info >> 31 == 1);
-            off += 12;
+        while off < types.len() {
+            let id = starts.len() as u32;
+            let info = u32_at(types, off + 4).ok_or(BtfError::Truncated { id })?;
+            let (vlen, kind) = ((info & 0xffff) as usize, (info >> 24) & 0x1f);
             let extra = match kind {
                 1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
                 2 | 7..=12 | 16 | 18 => 0,    // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
@@ -93,42 +96,53 @@ impl KernelBtf {
                 6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
                 _ => return Err(BtfError::UnknownKind { id, kind }),
             };
-            let mut members = Vec::new();
-            if kind == KIND_STRUCT || kind == KIND_UNION {
-                for m in 0..vlen {
-                    let at = |i: usize| u32_at(types_raw, off + 12 * m + 4 * i).ok_or(BtfError::Truncated { id });
-                    members.push((at(0)?, at(1)?, at(2)?));
-                }
-            }
-            if off + extra > types_raw.len() {
+            if off + 12 + extra > types.len() {
                 return Err(BtfError::Truncated { id });
             }
-            off += extra;
-            types.push(Type { kind, name_off, size_or_type, kind_flag, members });
+            starts.push(off as u32);
+            off += 12 + extra;
         }
-        let mut btf = Self { types, strings, by_name: HashMap::new() };
-        for (id, t) in btf.types.iter().enumerate().skip(1) {
-            if t.kind == KIND_FUNC || t.kind == KIND_STRUCT {
-                btf.by_name.entry((t.kind, btf.name(t.name_off).to_owned())).or_insert(id as u32);
-            }
-        }
-        Ok(btf)
+        Ok(Self { blob, types_at, strings_at, starts })
     }
 
-    fn name(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+    fn types(&self) -> &[u8] {
+        &self.blob[self.types_at.clone()]
+    }
+
+    fn ty(&self, id: u32) -> Option<Type> {
+        let start = *self.starts.get(id as usize)? as usize;
+        let word = |i: usize| u32_at(self.types(), start + 4 * i);
+        let info = word(1)?;
+        Some(Type {
+            kind: (info >> 24) & 0x1f,
+            name_off: word(0)?,
+            size_or_type: word(2)?,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            data: start + 12,
+        })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.blob[self.strings_at.clone()].get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or_default()
+        &rest[..end]
+    }
+
+    /// The first type of `kind` named `name`.
+    fn find(&self, kind: u32, name: &str) -> Option<u32> {
+        (1..self.starts.len() as u32)
+            .find(|&id| self.ty(id).is_some_and(|t| t.kind == kind && self.name(t.name_off) == name.as_bytes()))
     }
 
     /// The BTF id of the function (kfunc) `name`.
     pub fn func_id(&self, name: &str) -> Option<u32> {
-        self.by_name.get(&(KIND_FUNC, name.to_owned())).copied()
+        self.find(KIND_FUNC, name)
     }
 
     /// Where member `member` of `struct strct` sits, looking through anonymous structs and unions.
     pub fn member(&self, strct: &str, member: &str) -> Option<BitField> {
-        let id = *self.by_name.get(&(KIND_STRUCT, strct.to_owned()))?;
+        let id = self.find(KIND_STRUCT, strct)?;
         let (bit_off, bits) = self.find_member(id, member, 0, 0)?;
         Some(BitField { byte: bit_off / 8, shift: bit_off % 8, bits })
     }
@@ -136,18 +150,20 @@ impl KernelBtf {
     /// `(bit offset from the outer struct, width)` of `member` in type `id` (at `base` bits).
     /// `depth` bounds the walk through anonymous members.
     fn find_member(&self, id: u32, member: &str, base: u32, depth: u32) -> Option<(u32, u32)> {
-        let t = self.types.get(self.skip_modifiers(id)? as usize)?;
+        let t = self.ty(self.skip_modifiers(id)?)?;
         if depth > 8 || (t.kind != KIND_STRUCT && t.kind != KIND_UNION) {
             return None;
         }
-        for &(name_off, ty, offset) in &t.members {
+        for m in 0..t.vlen {
+            let at = |i: usize| u32_at(self.types(), t.data + 12 * m + 4 * i);
+            let (name_off, ty, offset) = (at(0)?, at(1)?, at(2)?);
             // With kind_flag, the offset's high 8 bits are a bitfield's width.
             let (bit_off, bits) = if t.kind_flag { (offset & 0x00ff_ffff, offset >> 24) } else { (offset, 0) };
             if name_off == 0 {
                 if let Some(found) = self.find_member(ty, member, base + bit_off, depth + 1) {
                     return Some(found);
                 }
-            } else if self.name(name_off) == member {
+            } else if self.name(name_off) == member.as_bytes() {
                 let bits = if bits == 0 { self.byte_size(ty)? * 8 } else { bits };
                 return Some((base + bit_off, bits));
             }
@@ -157,7 +173,7 @@ impl KernelBtf {
 
     fn skip_modifiers(&self, mut id: u32) -> Option<u32> {
         for _ in 0..16 {
-            let t = self.types.get(id as usize)?;
+            let t = self.ty(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
                 _ => return Some(id),
@@ -168,7 +184,7 @@ impl KernelBtf {
 
     /// The size of an INT, STRUCT, UNION or ENUM type (the kinds whose third word is a size).
     fn byte_size(&self, id: u32) -> Option<u32> {
-        let t = self.types.get(self.skip_modifiers(id)? as usize)?;
+        let t = self.ty(self.skip_modifiers(id)?)?;
         matches!(t.kind, 1 | 4 | 5 | 6 | 19).then_some(t.size_or_type)
     }
 }
@@ -213,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_bitfield_inside_anonymous_members_is_found_at_its_outer_offset() {
-        let btf = KernelBtf::parse(&blob()).unwrap();
+        let btf = KernelBtf::parse(blob()).unwrap();
         assert_eq!(btf.member("outer", "flag"), Some(BitField { byte: 4, shift: 3, bits: 2 }));
         assert_eq!(btf.member("outer", "a"), Some(BitField { byte: 0, shift: 0, bits: 32 }));
         assert_eq!(btf.member("outer", "missing"), None);
@@ -224,13 +240,13 @@ mod tests {
     #[test]
     fn damaged_data_is_an_error_not_a_panic() {
         let b = blob();
-        assert!(matches!(KernelBtf::parse(&b[..3]), Err(BtfError::NotBtf)));
+        assert!(matches!(KernelBtf::parse(b[..3].to_vec()), Err(BtfError::NotBtf)));
         let mut cut = b.clone();
         cut[12] = 0xff; // type_len far past the end
-        assert!(KernelBtf::parse(&cut).is_err());
+        assert!(KernelBtf::parse(cut).is_err());
         let mut bad_kind = b;
         bad_kind[24 + 7] = 0x1f; // the first type's kind byte
-        assert!(matches!(KernelBtf::parse(&bad_kind), Err(BtfError::UnknownKind { id: 1, .. })));
+        assert!(matches!(KernelBtf::parse(bad_kind), Err(BtfError::UnknownKind { id: 1, .. })));
     }
 
     /// The running kernel's `sk_buff` (when this machine exposes its BTF): `ip_summed` is a 2-bit

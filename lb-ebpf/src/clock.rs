@@ -27,6 +27,15 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// How long ago `then` was, at `now`. A time another object's programs stamped (the agent's
+/// previous start, with its own calibration, or the helper clock of an older build) may lie up to
+/// a tick after `now`: that is age 0, not a wrapped subtraction that would make a live entry look
+/// expired.
+#[inline(always)]
+pub fn age(now: u64, then: u64) -> u64 {
+    now.saturating_sub(then)
+}
+
 /// One sample of both clocks for the agent's calibration, run through BPF_PROG_TEST_RUN and never
 /// attached: `jiffies` then `ktime_get_coarse_ns`, as two host-order u64 at the start of the
 /// packet.

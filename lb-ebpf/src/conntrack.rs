@@ -25,6 +25,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::age,
     counters::{count, count_flow},
     hook::Hook,
     maps::{LB_CONFIG, LB_CONNTRACK, LB_CONNTRACK4, LB_MEMBERS, LB_SERVICES},
@@ -102,7 +103,7 @@ fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
         if tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 && (*ct).flags & CT_F_CLOSING == 0 {
             (*ct).flags |= CT_F_CLOSING;
             (*ct).last_seen_ns = now;
-        } else if now.wrapping_sub((*ct).last_seen_ns) > CT_REFRESH_NS {
+        } else if age(now, (*ct).last_seen_ns) > CT_REFRESH_NS {
             (*ct).last_seen_ns = now;
         }
     }
@@ -122,7 +123,7 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     let tcp = p.proto == IPPROTO_TCP;
     let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     // A SYN on a closing entry is a new connection reusing the 4-tuple.
-    if now.wrapping_sub(last_seen) > ct_lifetime_ns(p.proto, flags) || new_syn && flags & CT_F_CLOSING != 0 {
+    if age(now, last_seen) > ct_lifetime_ns(p.proto, flags) || new_syn && flags & CT_F_CLOSING != 0 {
         return false;
     }
     if !tcp && !still_serving(p, svc_id, backend_id) {
@@ -180,7 +181,7 @@ pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
     let v = unsafe { &*ct };
-    if now.wrapping_sub(v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
+    if age(now, v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
         return false;
     }
     let snat_on = v.flags & CT_F_SNAT != 0;

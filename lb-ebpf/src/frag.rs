@@ -4,7 +4,7 @@
 
 use lb_common::{CNT_FRAG_FOLLOWED, FRAG_LIFETIME_NS, FragKey, FragValue};
 
-use crate::{counters::count, maps::LB_FRAGS, parse::Packet, scratch::Keys};
+use crate::{clock::age, counters::count, maps::LB_FRAGS, parse::Packet, scratch::Keys};
 
 /// A later fragment whose first fragment was seen takes its ports; false otherwise.
 #[inline(always)]
@@ -12,7 +12,7 @@ pub fn follow(p: &mut Packet, sc: &mut Keys, now: u64) -> bool {
     sc.frag = FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto, _pad: [0; 3] };
     // SAFETY: copied out immediately.
     match unsafe { LB_FRAGS.get(&sc.frag) }.copied() {
-        Some(f) if now.wrapping_sub(f.seen_ns) < FRAG_LIFETIME_NS => {
+        Some(f) if age(now, f.seen_ns) < FRAG_LIFETIME_NS => {
             p.sport_be = f.sport_be;
             p.dport_be = f.dport_be;
             p.has_ports = true;

@@ -11,7 +11,7 @@ use aya_ebpf::{macros::map, maps::PerCpuArray};
 use lb_common::{EVENT_NEW_FLOW, HOOK_EGRESS, HOOK_EXTERNAL, HOOK_POD, MON_F_DROPS, MON_F_FLOWS, MON_F_REJECTS, MonitorEvent};
 
 use crate::{
-    clock::now,
+    clock::{age, now},
     conntrack::random,
     hook::Hook,
     maps::{LB_EVENTS, LB_MONITOR, LB_MONITOR_STATS},
@@ -72,7 +72,7 @@ pub fn report(p: &Packet, about: &About) {
     };
     // SAFETY: this CPU's slots; only this program run writes them now.
     unsafe {
-        if t.wrapping_sub((*w).start_ns) >= SECOND_NS {
+        if age(t, (*w).start_ns) >= SECOND_NS {
             (*w).start_ns = t;
             (*w).written = 0;
         }

@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::age,
     counters::count,
     maps::{LB_AFFINITY, LB_BACKENDS, LB_MAGLEV, LB_MEMBERS, LB_SELECT},
 };
@@ -66,7 +67,7 @@ fn remembered(key: &AffinityKey, timeout_s: u32, select_id: u32, now: u64) -> Op
     let a = LB_AFFINITY.get_ptr(key)?;
     // SAFETY: map value pointer, valid for this program run.
     let (last_used, backend_id) = unsafe { ((*a).last_used_ns, (*a).backend_id) };
-    if now.wrapping_sub(last_used) > u64::from(timeout_s) * 1_000_000_000 {
+    if age(now, last_used) > u64::from(timeout_s) * 1_000_000_000 {
         return None;
     }
     // SAFETY: presence check only.

@@ -1960,6 +1960,31 @@ fn a_new_flows_entry_carries_the_agents_monotonic_time() {
     }
 }
 
+/// A restarted agent's programs run another calibration of the clock than the ones that stamped
+/// the live entries (or, after an upgrade, the helper clock): an entry may carry a time a tick
+/// after what the new programs read. That flow is live, not expired: its packets keep their
+/// backend and its replies are translated back.
+#[test]
+fn entries_stamped_a_little_ahead_by_earlier_programs_stay_live() {
+    let Some(mut f) = Fixture::new("entries_stamped_a_little_ahead_by_earlier_programs_stay_live") else { return };
+    f.program(&cluster::<V4>());
+    let backend = parse_flow(&f.run(&syn::<V4>(41100)).1).dst;
+    let mut ct = common::ConntrackPins::open(f.dp.pin_path());
+    let ahead = lb_userspace::maps::monotonic_ns() + 8_000_000;
+    let forward = conntrack_key((V4::CLIENT, 41100), (V4::VIP, 80), PROTO_TCP, lb_common::CT_DIR_FORWARD);
+    let reply = conntrack_key(backend, (V4::CLIENT, 41100), PROTO_TCP, lb_common::CT_DIR_REPLY);
+    for k in [&forward, &reply] {
+        let v = ct.get(k).expect("the SYN's entries");
+        ct.insert(k, lb_common::CtValue { last_seen_ns: ahead, ..v });
+    }
+    let hits = f.counter(lb_common::CNT_CT_HIT);
+    let (_, out) = f.run(&tcp_frame((V4::CLIENT, 41100), (V4::VIP, 80), 1, 1, TCP_ACK));
+    assert_eq!(parse_flow(&out).dst, backend, "the established flow keeps its backend");
+    assert_eq!(f.counter(lb_common::CNT_CT_HIT), hits + 1, "a conntrack hit, not a new selection");
+    let (_, back) = f.run(&tcp_frame(backend, (V4::CLIENT, 41100), 1, 2, TCP_ACK));
+    assert_eq!(parse_flow(&back).src, (V4::VIP, 80).into(), "its reply is translated back");
+}
+
 macro_rules! instantiate {
     (both families: $family:ident) => {
         instantiate!(@tests [::<$family>]

@@ -1,9 +1,10 @@
 //! Calibrates the datapath's clock (lb-common's `ClockCalibration`): the programs read
 //! CLOCK_MONOTONIC as `jiffies × tick + offset`, one inlined load instead of a helper call. The
 //! object's `lb_clock_sample` program, run through BPF_PROG_TEST_RUN, reads `jiffies` and
-//! `ktime_get_coarse_ns` together; sampled over two clock ticks (4–20 ms, once per process),
-//! that gives the tick length and the offset. Both clocks advance at the same tick, so the
-//! calibrated clock equals the coarse one, not just approximately. Every load writes the
+//! `ktime_get_coarse_ns` together; sampled over two to three clock ticks (8–12 ms at HZ 250, once
+//! per process), that gives the tick length and the offset. Both clocks advance at the same tick,
+//! so the calibrated clock reads what the coarse one reads, give or take a tick (two starts'
+//! calibrations may differ by that much: the programs' ages saturate). Every load writes the
 //! result into its own `LB_CLOCK` before anything is attached; where sampling fails, `LB_CLOCK`
 //! stays 0 and the programs call `bpf_ktime_get_coarse_ns` instead (the same clock, slower).
 
@@ -30,17 +31,17 @@ const PERIODS: usize = 4;
 /// Writes the calibration into the object's `LB_CLOCK` (computed once per process).
 pub(super) fn write(ebpf: &mut Ebpf) -> Result<()> {
     static CALIBRATION: OnceLock<Option<ClockCalibration>> = OnceLock::new();
-    let cal = match CALIBRATION.get() {
-        Some(c) => *c,
-        None => {
-            let c = match sample(ebpf) {
-                Ok(samples) => calibrate(&samples).ok_or_else(|| format!("{} samples gave no steady tick", samples.len())),
-                Err(e) => Err(format!("{e:#}")),
-            };
-            let c = c.inspect_err(|why| tracing::warn!(reason = %why, "the datapath clock stays on bpf_ktime_get_coarse_ns (one helper call more per packet)")).ok();
-            *CALIBRATION.get_or_init(|| c)
-        }
-    };
+    let cal = *CALIBRATION.get_or_init(|| {
+        let found = match sample(ebpf) {
+            Ok(samples) => calibrate(&samples).ok_or_else(|| format!("{} samples gave no steady tick", samples.len())),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        found
+            .inspect_err(|why| {
+                tracing::warn!(reason = %why, "the datapath clock stays on bpf_ktime_get_coarse_ns (one helper call more per packet)")
+            })
+            .ok()
+    });
     let Some(cal) = cal else { return Ok(()) };
     let map = ebpf.map_mut(CLOCK).ok_or(MapError::Missing { name: CLOCK })?;
     let mut arr: Array<_, ClockCalibration> = Array::try_from(map).map_err(MapError::typed(CLOCK, "open"))?;

@@ -38,7 +38,7 @@ pub mod grow;
 mod kernel_btf;
 mod layout;
 pub mod lock;
-pub mod object;
+mod object;
 pub mod probe;
 
 pub use attach::ExternalMode;

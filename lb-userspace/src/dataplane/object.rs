@@ -45,7 +45,8 @@ impl Prepared {
     }
 
     /// Whether the TC programs update L4 checksums by direct writes (the kernel context found).
-    pub fn direct_checksums(&self) -> bool {
+    #[cfg(test)]
+    fn direct_checksums(&self) -> bool {
         self.ip_summed.is_some()
     }
 
@@ -68,11 +69,7 @@ pub fn prepared() -> &'static Prepared {
             .map_err(|e| format!("cannot read {}: {e}", super::kernel_btf::VMLINUX_BTF))
             .and_then(|r| r.map_err(|e| format!("cannot parse {}: {e}", super::kernel_btf::VMLINUX_BTF)))
             .and_then(|btf| kernel_ctx(&btf));
-        let p = prepare(OBJECT, found.as_ref().ok().copied());
-        match found {
-            Ok(_) => p,
-            Err(why) => Prepared { fallback: Some(why), ..p },
-        }
+        prepare(OBJECT, found)
     })
 }
 
@@ -86,16 +83,20 @@ fn kernel_ctx(btf: &KernelBtf) -> Result<(u32, BitField), String> {
     Ok((id, f))
 }
 
-/// `object` with each placeholder call rewritten: into a call of kfunc `id` when `kernel` is
-/// given, else into `r0 = 0`.
-fn prepare(object: &[u8], kernel: Option<(u32, BitField)>) -> Prepared {
+/// `object` with each placeholder call rewritten: into a call of the kfunc `kernel` names when
+/// the kernel has it, else into `r0 = 0`.
+fn prepare(object: &[u8], kernel: Result<(u32, BitField), String>) -> Prepared {
     let mut words = vec![0u64; object.len().div_ceil(8)];
     // SAFETY: `words` has room for `object.len()` bytes.
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), object.len()) };
     bytes.copy_from_slice(object);
-    let rewritten = rewrite_placeholder_calls(bytes, kernel.map(|(id, _)| id));
-    let ip_summed = kernel.filter(|_| rewritten > 0).map(|(_, f)| (f.byte, f.shift));
-    Prepared { words, len: object.len(), ip_summed, fallback: None }
+    let rewritten = rewrite_placeholder_calls(bytes, kernel.as_ref().ok().map(|(id, _)| *id));
+    let (ip_summed, fallback) = match kernel {
+        Ok((_, f)) if rewritten > 0 => (Some((f.byte, f.shift)), None),
+        Ok(_) => (None, Some("the eBPF object calls no kernel context".to_owned())),
+        Err(why) => (None, Some(why)),
+    };
+    Prepared { words, len: object.len(), ip_summed, fallback }
 }
 
 /// Rewrites every placeholder call in the object's executable sections; returns how many.
@@ -165,7 +166,7 @@ mod tests {
         assert!(in_object >= 3, "one per TC program at least, found {in_object}");
 
         let field = BitField { byte: 130, shift: 1, bits: 2 };
-        let with_kernel = prepare(OBJECT, Some((4242, field)));
+        let with_kernel = prepare(OBJECT, Ok((4242, field)));
         assert_eq!(placeholder_calls(&with_kernel), 0);
         assert!(with_kernel.direct_checksums());
         let kfunc_calls = with_kernel
@@ -175,7 +176,7 @@ mod tests {
             .count();
         assert_eq!(kfunc_calls, in_object);
 
-        let without = prepare(OBJECT, None);
+        let without = prepare(OBJECT, Err("no BTF".to_owned()));
         assert_eq!(placeholder_calls(&without), 0);
         assert!(!without.direct_checksums());
         assert_eq!(without.bytes().len(), OBJECT.len());

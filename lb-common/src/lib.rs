@@ -43,8 +43,10 @@
 //!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
 //! - [`STATS`]: per-CPU global counters, indexed by the `CNT_*` constants.
-//! - [`SVC_STATS`]: per-CPU per-service counters, an array indexed by `svc_id` (dense ids).
-//! - [`BACKEND_STATS`]: per-CPU per-backend counters, an array indexed by backend id.
+//! - [`SVC_STATS`]: per-CPU per-service counters, an array of [`FlowCounterBlock`]s indexed by
+//!   `svc_id / STATS_BLOCK` (dense ids). Pins of builds before the blocks (one id an entry) are
+//!   replaced at start, their counters carried over.
+//! - [`BACKEND_STATS`]: per-CPU per-backend counters, blocks as [`SVC_STATS`], by backend id.
 //! - [`SOURCE_RANGES`]: LPM trie of `loadBalancerSourceRanges` per LoadBalancer IP.
 //! - [`FRAGS`]: LRU of fragment ids (IPv4 and IPv6) → ports, so later fragments follow the first.
 //! - [`CONFIG`]: node-wide settings the agent writes (SNAT address, hairpin address, SNAT ports).
@@ -145,6 +147,19 @@ pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// XDP, never attached: writes one sample of both kernel clocks into its packet, for the agent's
 /// calibration of the datapath clock through BPF_PROG_TEST_RUN ([`ClockCalibration`]).
 pub const PROG_CLOCK_SAMPLE: &str = "lb_clock_sample";
+/// Raw tracepoint, never attached: zeroes the counters of released ids on the CPU the agent
+/// runs it on (BPF_PROG_TEST_RUN with `BPF_F_TEST_RUN_ON_CPU`), the slot alone, so the other
+/// ids of a block keep counting; a write from userspace would replace the whole block on every
+/// CPU and could take back a neighbour's packet counted meanwhile. Arguments (u64 each):
+/// [`ZERO_COUNTERS_SVC`] or [`ZERO_COUNTERS_BACKEND`], the number of ids (up to
+/// [`ZERO_COUNTERS_IDS`]), the ids.
+pub const PROG_ZERO_COUNTERS: &str = "lb_zero_counters";
+/// [`PROG_ZERO_COUNTERS`]' first argument: the ids are svc_ids (`LB_SVC_STATS`).
+pub const ZERO_COUNTERS_SVC: u64 = 0;
+/// [`PROG_ZERO_COUNTERS`]' first argument: the ids are backend ids (`LB_BACKEND_STATS`).
+pub const ZERO_COUNTERS_BACKEND: u64 = 1;
+/// Ids one run of [`PROG_ZERO_COUNTERS`] zeroes at most (a raw tracepoint takes 12 arguments).
+pub const ZERO_COUNTERS_IDS: usize = 10;
 /// cgroup connect4: socket-level translation for processes in the node's namespace.
 pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
 /// cgroup sendmsg4: the same for unconnected UDP sends.
@@ -186,14 +201,17 @@ pub const CHECKSUM_PARTIAL: u8 = 3;
 // ---------------------------------------------------------------------------------------------
 
 pub const SERVICES_MAX: u32 = 65_536;
-pub const BACKENDS_MAX: u32 = 65_536;
+/// Holds 10,000 Services (Kubernetes' published limit) of 10 endpoints each, every endpoint its
+/// own pod; the array itself is 24 bytes an entry, its counters
+/// ([`BACKEND_STATS`], the same size) 24 bytes an entry per CPU.
+pub const BACKENDS_MAX: u32 = 131_072;
 pub const SELECT_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const SVC_STATS_MAX: u32 = 65_536;
 pub const MAGLEV_CHUNKS_MAX: u32 = 262_144;
 pub const MEMBERS_MAX: u32 = 262_144;
-pub const BACKEND_STATS_MAX: u32 = 65_536;
+pub const BACKEND_STATS_MAX: u32 = BACKENDS_MAX;
 pub const SOURCE_RANGES_MAX: u32 = 16_384;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const SOCK_REVNAT_MAX: u32 = 65_536;
@@ -1045,6 +1063,34 @@ pub struct FlowCounters {
 }
 const _: () = assert!(size_of::<FlowCounters>() == 24);
 
+/// Ids per entry of the per-CPU counter arrays (`LB_SVC_STATS`, `LB_BACKEND_STATS`): the
+/// kernel allocates a per-CPU array element by element (about 0.75 µs each on our machines), so
+/// 65,536 one-id entries took 49 ms to create and as long to free at every load and growth; 1,024
+/// blocks of 64 take 2 ms. The datapath indexes entry `id / STATS_BLOCK`, slot
+/// `id % STATS_BLOCK`, as cheaply as one id per entry.
+pub const STATS_BLOCK: u32 = 64;
+
+/// Entries of a counter array with room for `ids` ids.
+#[must_use]
+pub const fn stats_blocks(ids: u32) -> u32 {
+    ids.div_ceil(STATS_BLOCK)
+}
+
+/// One entry of `LB_SVC_STATS` / `LB_BACKEND_STATS`: the counters of ids
+/// `entry * STATS_BLOCK .. entry * STATS_BLOCK + STATS_BLOCK`, for one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCounterBlock {
+    pub ids: [FlowCounters; STATS_BLOCK as usize],
+}
+const _: () = assert!(size_of::<FlowCounterBlock>() == 24 * 64);
+
+impl Default for FlowCounterBlock {
+    fn default() -> Self {
+        Self { ids: [FlowCounters::default(); STATS_BLOCK as usize] }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // LB_META
 // ---------------------------------------------------------------------------------------------
@@ -1160,9 +1206,9 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtKey, CtKey4, CtValue, FlowCounters,
-        FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats, SelectKey,
-        ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
+        AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtKey, CtKey4, CtValue, FlowCounterBlock,
+        FlowCounters, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats,
+        SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1184,6 +1230,7 @@ mod pod {
         AffinityKey,
         AffinityValue,
         FlowCounters,
+        FlowCounterBlock,
         Meta,
         MaglevKey,
         MaglevChunk,

@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, ClockCalibration, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounters, FragKey, FragValue,
-    MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX,
+    CONNTRACK_MAX, ClockCalibration, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounterBlock, FragKey,
+    FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX,
     SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName,
+    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -72,13 +72,13 @@ pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pi
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CNT_MAX, 0);
 
-/// Per-ServicePort counters, indexed by `svc_id`.
+/// Per-ServicePort counters, blocks of `STATS_BLOCK` svc_ids.
 #[map]
-pub static LB_SVC_STATS: PerCpuArray<FlowCounters> = PerCpuArray::pinned(SVC_STATS_MAX, 0);
+pub static LB_SVC_STATS: PerCpuArray<FlowCounterBlock> = PerCpuArray::pinned(stats_blocks(SVC_STATS_MAX), 0);
 
-/// Per-backend counters, indexed by backend id.
+/// Per-backend counters, blocks of `STATS_BLOCK` backend ids.
 #[map]
-pub static LB_BACKEND_STATS: PerCpuArray<FlowCounters> = PerCpuArray::pinned(BACKEND_STATS_MAX, 0);
+pub static LB_BACKEND_STATS: PerCpuArray<FlowCounterBlock> = PerCpuArray::pinned(stats_blocks(BACKEND_STATS_MAX), 0);
 
 /// Node-wide settings the agent writes (SNAT and hairpin addresses, SNAT ports).
 #[map]

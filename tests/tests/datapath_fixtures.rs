@@ -1985,6 +1985,89 @@ fn entries_stamped_a_little_ahead_by_earlier_programs_stay_live() {
     assert_eq!(parse_flow(&back).src, (V4::VIP, 80).into(), "its reply is translated back");
 }
 
+/// Released ids start from zero for their next owner, and only they: the counter arrays hold
+/// blocks of 64 ids, and zeroing one id leaves the other ids of its block (another backend that
+/// keeps serving) and the ServicePort's counters as they were.
+#[test]
+fn a_released_backends_counters_are_zeroed_and_its_neighbours_keep_theirs() {
+    let Some(mut f) = Fixture::new("a_released_backends_counters_are_zeroed_and_its_neighbours_keep_theirs") else { return };
+    f.program(&cluster::<V4>());
+    let mut reached = BTreeSet::new();
+    for sport in 42000..42064 {
+        let (verdict, out) = f.run(&syn::<V4>(sport));
+        assert_eq!(verdict, TC_ACT_OK);
+        reached.insert(parse_flow(&out).dst.ip());
+    }
+    let ids: Vec<u32> = reached.iter().map(|ip| f.backend_id(*ip, 8080, PROTO_TCP)).collect();
+    assert!(ids.len() >= 2 && ids.iter().all(|id| *id / lb_common::STATS_BLOCK == ids[0] / lb_common::STATS_BLOCK));
+    let pins = PinnedMaps::open(f.dp.pin_path()).expect("open pins");
+    let before = pins.backend_counters().expect("backend counters");
+    let svc = f.svc_id(V4::VIP, 80, PROTO_TCP);
+    let svc_before = stats_of(&pins.service_counters().unwrap(), svc);
+    let (gone, kept) = (ids[0], ids[1]);
+    assert!(stats_of(&before, gone).packets > 0 && stats_of(&before, kept).packets > 0);
+
+    let released = lb_userspace::plan::memory::Released { svc_ids: vec![], backends: vec![(gone, None)], ..Default::default() };
+    f.dp.zero_counters(&released).expect("zeroing the released id's counters");
+    let after = pins.backend_counters().unwrap();
+    assert_eq!(stats_of(&after, gone), FlowCounters::default(), "the released id starts from zero");
+    for id in &ids[1..] {
+        assert_eq!(stats_of(&after, *id), stats_of(&before, *id), "backend id {id} of the same block keeps its counts");
+    }
+    assert_eq!(stats_of(&pins.service_counters().unwrap(), svc), svc_before);
+}
+
+/// An agent of this build started on the pins of a build whose counter arrays hold one id an
+/// entry: the arrays are replaced by arrays of blocks and the counts carried over, ids in the
+/// first and in later blocks alike; the datapath loads and counts on.
+#[test]
+fn counter_arrays_pinned_by_an_earlier_build_are_replaced_with_their_counts_carried_over() {
+    let test = "counter_arrays_pinned_by_an_earlier_build_are_replaced_with_their_counts_carried_over";
+    let Some(mut f) = Fixture::new(test) else { return };
+    let pin_path = f.dp.pin_path().to_path_buf();
+    let cpus = aya::util::nr_cpus().unwrap();
+    // The earlier build's LB_SVC_STATS: 256 ids, one per-CPU entry each.
+    std::fs::remove_file(pin_path.join(lb_common::SVC_STATS)).unwrap();
+    let old = common::create_pinned_map(&pin_path.join(lb_common::SVC_STATS), 6 /* per-CPU array */, 4, 24, 256);
+    let mut arr: aya::maps::PerCpuArray<_, FlowCounters> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(old)).unwrap();
+    let counts = |id: u32, cpu: usize| FlowCounters {
+        packets: u64::from(id) * 10 + cpu as u64,
+        bytes: 1000 + u64::from(id),
+        new_flows: 1,
+    };
+    for id in [3u32, 70, 200] {
+        let vals = aya::maps::PerCpuValues::try_from((0..cpus).map(|cpu| counts(id, cpu)).collect::<Vec<_>>()).unwrap();
+        arr.set(id, vals, 0).unwrap();
+    }
+    drop(arr);
+
+    let cfg = lb_userspace::dataplane::DataplaneConfig { pin_path: pin_path.clone(), ..Default::default() };
+    let restarted = lb_userspace::dataplane::Dataplane::load(&cfg).expect("loading over the earlier build's pins");
+    assert!(restarted.limits().svc_stats >= 256, "room for every id the old array held");
+    let data = aya::maps::MapData::from_pin(pin_path.join(lb_common::SVC_STATS)).unwrap();
+    assert_eq!(data.info().unwrap().value_size() as usize, size_of::<lb_common::FlowCounterBlock>());
+    let blocks: aya::maps::PerCpuArray<_, lb_common::FlowCounterBlock> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).unwrap();
+    for id in [3u32, 70, 200, 4] {
+        let per_cpu = blocks.get(&(id / lb_common::STATS_BLOCK), 0).unwrap();
+        for (cpu, block) in per_cpu.iter().enumerate() {
+            let want = if id == 4 { FlowCounters::default() } else { counts(id, cpu) };
+            assert_eq!(block.ids[(id % lb_common::STATS_BLOCK) as usize], want, "id {id}, CPU {cpu}");
+        }
+    }
+    assert!(!pin_path.join(format!("replaced_{}", lb_common::SVC_STATS)).exists(), "the old array's pin is gone");
+    // The new programs count into the new arrays.
+    f.dp = restarted;
+    f.program(&cluster::<V4>());
+    let svc = f.svc_id(V4::VIP, 80, PROTO_TCP);
+    let pins = PinnedMaps::open(&pin_path).unwrap();
+    let carried = stats_of(&pins.service_counters().unwrap(), svc).new_flows;
+    let (verdict, _) = f.run(&syn::<V4>(42100));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(stats_of(&pins.service_counters().unwrap(), svc).new_flows, carried + 1);
+}
+
 macro_rules! instantiate {
     (both families: $family:ident) => {
         instantiate!(@tests [::<$family>]

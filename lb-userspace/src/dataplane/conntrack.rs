@@ -168,30 +168,3 @@ impl Dataplane {
         Ok(old.len())
     }
 }
-
-impl Dataplane {
-    /// Zeroes the per-CPU counters of ids freed for reuse ([`crate::plan::memory::Released`]),
-    /// so that a new owner of an id starts from zero.
-    pub fn zero_counters(&mut self, released: &crate::plan::memory::Released) -> Result<()> {
-        let backends: Vec<u32> = released.backends.iter().map(|(id, _)| *id).collect();
-        for (name, ids, size) in [
-            (lb_common::SVC_STATS, &released.svc_ids, self.limits.svc_stats),
-            (lb_common::BACKEND_STATS, &backends, self.limits.backends),
-        ] {
-            if ids.is_empty() {
-                continue;
-            }
-            let map = self.ebpf.map_mut(name).ok_or(MapError::Missing { name })?;
-            let mut arr: aya::maps::PerCpuArray<&mut MapData, lb_common::FlowCounters> =
-                aya::maps::PerCpuArray::try_from(map).map_err(MapError::typed(name, "open"))?;
-            let cpus = aya::util::nr_cpus().map_err(|(_, source)| MapError::Write { name, source })?;
-            // An id beyond the array was never programmed (a plan that did not fit): nothing to zero.
-            for &id in ids.iter().filter(|id| **id < size) {
-                let zeros = aya::maps::PerCpuValues::try_from(vec![lb_common::FlowCounters::default(); cpus])
-                    .map_err(|source| MapError::Write { name, source })?;
-                arr.set(id, zeros, 0).map_err(MapError::typed(name, "write"))?;
-            }
-        }
-        Ok(())
-    }
-}

@@ -136,7 +136,7 @@ fn copy_counters(pin_path: &Path, name: &'static str) -> Result<()> {
 }
 
 /// Moves the pins of `names` aside (all or, on failure, none).
-fn move_aside(pin_path: &Path, names: &[&'static str]) -> Result<()> {
+pub(super) fn move_aside(pin_path: &Path, names: &[&'static str]) -> Result<()> {
     for (i, name) in names.iter().enumerate() {
         let (pin, aside) = paths(pin_path, name);
         if let Err(source) = fs::rename(&pin, &aside) {
@@ -148,7 +148,7 @@ fn move_aside(pin_path: &Path, names: &[&'static str]) -> Result<()> {
 }
 
 /// Undoes [`move_aside`]: whatever a failed load pinned at the names is removed first.
-fn put_back(pin_path: &Path, names: &[&'static str]) {
+pub(super) fn put_back(pin_path: &Path, names: &[&'static str]) {
     for name in names {
         let (pin, aside) = paths(pin_path, name);
         let _ = fs::remove_file(&pin);
@@ -158,7 +158,7 @@ fn put_back(pin_path: &Path, names: &[&'static str]) {
     }
 }
 
-fn remove_replaced(pin_path: &Path, name: &str) {
+pub(super) fn remove_replaced(pin_path: &Path, name: &str) {
     let (_, aside) = paths(pin_path, name);
     match fs::remove_file(&aside) {
         Ok(()) => {}
@@ -169,7 +169,7 @@ fn remove_replaced(pin_path: &Path, name: &str) {
     }
 }
 
-fn paths(pin_path: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(super) fn paths(pin_path: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (pin_path.join(name), pin_path.join(format!("{REPLACED_PREFIX}{name}")))
 }
 

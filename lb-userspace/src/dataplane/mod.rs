@@ -34,6 +34,7 @@ pub mod apply;
 pub mod attach;
 mod clock;
 pub mod conntrack;
+mod counters;
 pub mod grow;
 mod kernel_btf;
 mod layout;
@@ -192,7 +193,11 @@ impl Dataplane {
         if let Some(why) = &object::prepared().fallback {
             tracing::warn!(reason = %why, "TC programs keep the checksum helpers (one or two helper calls more per translated packet)");
         }
-        let mut dp = Self::load_object(config, None)?;
+        // Counter arrays of an earlier build's layout give way to arrays of blocks.
+        let mut config = config.clone();
+        let unblocked = counters::Unblocked::set_aside(pin_path, &mut config.sizes)?;
+        let mut dp = Self::load_object(&config, None).inspect_err(|_| unblocked.put_back(pin_path))?;
+        unblocked.carry_over(pin_path)?;
         // Flows an older build kept in the IPv6 table (the running programs may add more until
         // the new ones are attached: the agent moves those right after attaching).
         dp.move_ipv4_flows()?;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{CNT_MAX, CtKey, CtKey4, CtValue, FlowCounters};
+use lb_common::{CNT_MAX, CtKey, CtKey4, CtValue, FlowCounterBlock, FlowCounters, STATS_BLOCK};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
 
@@ -163,21 +163,30 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// The counters of `ids` in counter array `name` (blocks of `STATS_BLOCK` ids), summed over
+    /// CPUs: one read per block.
     fn per_cpu_stats(&self, name: &'static str, mut ids: Vec<u32>) -> Result<Vec<(u32, FlowCounters)>> {
-        let arr: PerCpuArray<MapData, FlowCounters> =
+        let arr: PerCpuArray<MapData, FlowCounterBlock> =
             PerCpuArray::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
         ids.sort_unstable();
-        ids.into_iter()
-            .map(|id| {
-                let vals = arr.get(&id, 0).map_err(MapError::typed(name, "read"))?;
-                let sum = vals.iter().fold(FlowCounters::default(), |a, v| FlowCounters {
-                    packets: a.packets + v.packets,
-                    bytes: a.bytes + v.bytes,
-                    new_flows: a.new_flows + v.new_flows,
-                });
-                Ok((id, sum))
-            })
-            .collect()
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut block: Option<(u32, aya::maps::PerCpuValues<FlowCounterBlock>)> = None;
+        for id in ids {
+            let index = id / STATS_BLOCK;
+            let vals = match &block {
+                Some((i, vals)) if *i == index => vals,
+                _ => &block.insert((index, arr.get(&index, 0).map_err(MapError::typed(name, "read"))?)).1,
+            };
+            let slot = (id % STATS_BLOCK) as usize;
+            let sum = vals.iter().fold(FlowCounters::default(), |a, v| FlowCounters {
+                packets: a.packets + v.ids[slot].packets,
+                bytes: a.bytes + v.ids[slot].bytes,
+                new_flows: a.new_flows + v.ids[slot].new_flows,
+            });
+            out.push((id, sum));
+        }
+        Ok(out)
     }
 
     /// `lb monitor`'s counts (events written to the ring, events lost), summed over CPUs.

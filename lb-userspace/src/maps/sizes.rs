@@ -26,7 +26,8 @@ pub struct MapSizes {
     pub maglev: u32,
     /// `LB_MEMBERS`: (selection table, backend) pairs.
     pub members: u32,
-    /// `LB_SVC_STATS`: per-ServicePort counters; svc_ids are below it (an array).
+    /// `LB_SVC_STATS`: per-ServicePort counters; svc_ids are below it (an array of
+    /// `lb_common::STATS_BLOCK`-id blocks: the capacity is in ids, a multiple of the block).
     pub svc_stats: u32,
     /// `LB_SVC_NAMES`: the names `lb` shows for each ServicePort.
     pub names: u32,
@@ -85,7 +86,7 @@ impl MapSizes {
     /// The most each map grows to online unless `--map-max` says otherwise: far above
     /// Kubernetes' published limits (10,000 Services, 150,000 pods per cluster), below what
     /// a node's memory can hold. The per-CPU counter arrays (`LB_SVC_STATS`, and
-    /// `LB_BACKEND_STATS` beside `LB_BACKENDS`) cost 24 bytes per entry per CPU, so their
+    /// `LB_BACKEND_STATS` beside `LB_BACKENDS`) cost 24 bytes per id per CPU, so their
     /// ceilings are the lowest. Conntrack is not grown (size it with `--conntrack-max`).
     pub fn ceilings() -> Self {
         Self {
@@ -158,7 +159,9 @@ impl MapSizes {
         for (name, n) in self.by_name() {
             loader.map_max_entries(name, n);
         }
-        loader.map_max_entries(c::BACKEND_STATS, self.backends);
+        // The counter arrays hold blocks of ids.
+        loader.map_max_entries(c::SVC_STATS, c::stats_blocks(self.svc_stats));
+        loader.map_max_entries(c::BACKEND_STATS, c::stats_blocks(self.backends));
         loader.map_max_entries(c::CONNTRACK4, self.conntrack);
     }
 
@@ -169,7 +172,8 @@ impl MapSizes {
         let mut out = *requested;
         for (name, _) in requested.by_name() {
             if let Some(n) = maps(name) {
-                out.set(name, n);
+                // A counter array's entries are blocks of ids.
+                out.set(name, if name == c::SVC_STATS { n.saturating_mul(c::STATS_BLOCK) } else { n });
             }
         }
         out
@@ -228,8 +232,13 @@ mod tests {
     #[test]
     fn adopted_maps_report_their_own_size() {
         let want = MapSizes::for_services(100_000);
-        let got = MapSizes::actual(&want, |name| (name == c::MAGLEV).then_some(c::MAGLEV_CHUNKS_MAX));
+        let got = MapSizes::actual(&want, |name| match name {
+            c::MAGLEV => Some(c::MAGLEV_CHUNKS_MAX),
+            c::SVC_STATS => Some(10), // blocks
+            _ => None,
+        });
         assert_eq!(got.maglev, c::MAGLEV_CHUNKS_MAX);
+        assert_eq!(got.svc_stats, 10 * c::STATS_BLOCK, "in ids");
         assert_eq!(got.services, want.services);
     }
 }

@@ -312,3 +312,19 @@ pub fn desired_state(services: impl IntoIterator<Item = (ServicePortName, Servic
     d.services.extend(services.into_iter().map(|(k, v)| (k, std::sync::Arc::new(v))));
     d
 }
+
+/// Creates a map of BPF map type `map_type` and pins it at `path` (standing in for a map an
+/// earlier build created, of a layout this build no longer declares).
+pub fn create_pinned_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapData {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // The first five words of `union bpf_attr` for BPF_MAP_CREATE; the rest zero.
+    let mut attr = [0u32; 32];
+    attr[..5].copy_from_slice(&[map_type, key_size, value_size, max_entries, 0]);
+    // SAFETY: BPF_MAP_CREATE (0) reads `attr`, which outlives the call, of the size given.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor this function owns.
+    let data = MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).expect("wrapping the map");
+    data.pin(path).expect("pinning the map");
+    data
+}

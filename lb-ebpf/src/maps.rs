@@ -31,7 +31,7 @@ pub static LB_BACKENDS: Array<Backend> = Array::pinned(BACKENDS_MAX, 0);
 #[map]
 pub static LB_SELECT: HashMap<SelectKey, u32> = HashMap::pinned(SELECT_MAX, BPF_F_NO_PREALLOC);
 
-/// Chunks of 64 slots of Maglev tables → backend ids.
+/// Chunks of `MAGLEV_CHUNK` (256) slots of Maglev tables → backend ids.
 #[map]
 pub static LB_MAGLEV: HashMap<MaglevKey, MaglevChunk> = HashMap::pinned(MAGLEV_CHUNKS_MAX, BPF_F_NO_PREALLOC);
 

@@ -36,7 +36,7 @@ use std::{
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use common::{Opts, Svc, median, ms, percentile, summary};
-use lb_common::{Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, ServiceKey, ServiceValue, v4_mapped};
+use lb_common::{Backend, ServiceKey, ServiceValue, v4_mapped};
 use lb_tests::{
     apiserver::ApiServer,
     bins,
@@ -245,12 +245,26 @@ fn start_and_sync_runs(
     Ok((out, rss, sync))
 }
 
-/// Backend ids in a service's Maglev table.
-fn table_ids(maglev: &AyaHashMap<MapData, MaglevKey, MaglevChunk>, select_id: u32, chunks: u32) -> BTreeSet<u32> {
+/// Backend ids in a service's Maglev table of `slot_count` slots, read whatever the agent's
+/// chunk size (an earlier build's agent may be measured in the same run): raw lookups of the
+/// chunks, each `value size / 4` ids.
+fn table_ids(maglev: &MapData, select_id: u32, slot_count: u32) -> BTreeSet<u32> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let Ok(info) = maglev.info() else { return BTreeSet::new() };
+    let value_size = info.value_size() as usize;
+    let per_chunk = (value_size / 4).max(1) as u32;
     let mut ids = BTreeSet::new();
-    for chunk in 0..chunks {
-        if let Ok(c) = maglev.get(&MaglevKey { select_id, chunk }, 0) {
-            ids.extend(c.ids.iter().copied().filter(|id| *id != 0));
+    let mut value = vec![0u8; value_size];
+    for chunk in 0..slot_count.div_ceil(per_chunk) {
+        let key = [select_id.to_ne_bytes(), chunk.to_ne_bytes()].concat();
+        // `union bpf_attr` for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key, value, flags.
+        let attr: [u64; 4] =
+            [u64::from(maglev.fd().as_fd().as_raw_fd() as u32), key.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
+        // SAFETY: BPF_MAP_LOOKUP_ELEM (1) reads the key and writes `value_size` bytes into
+        // `value`, both outliving the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, 1, attr.as_ptr(), size_of_val(&attr)) };
+        if r == 0 {
+            ids.extend(value.chunks_exact(4).map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).filter(|id| *id != 0));
         }
     }
     ids
@@ -288,13 +302,12 @@ fn change_latency(
 ) -> anyhow::Result<(f64, Option<f64>)> {
     let pin = &agent.pin;
     let services: AyaHashMap<MapData, ServiceKey, ServiceValue> = open(pin, lb_common::SERVICES)?;
-    let maglev: AyaHashMap<MapData, MaglevKey, MaglevChunk> = open(pin, lb_common::MAGLEV)?;
+    let maglev = MapData::from_pin(pin.join(lb_common::MAGLEV))?;
     // An array by dense id (an unused slot is all zeros).
     let backends: aya::maps::Array<MapData, Backend> =
         aya::maps::Array::try_from(Map::from_map_data(MapData::from_pin(pin.join(lb_common::BACKENDS))?)?)?;
     let v = services.get(&key(svc.vip, svc.port), 0)?;
-    let chunks = v.slot_count.div_ceil(MAGLEV_CHUNK);
-    let old_ids = table_ids(&maglev, v.select_id, chunks);
+    let old_ids = table_ids(&maglev, v.select_id, v.slot_count);
     svc.endpoints[0] = new_ip;
     let want = v4_mapped(new_ip.octets());
     let logged_before = synced_lines(&agent.log).len();
@@ -303,7 +316,7 @@ fn change_latency(
     publish(svc)?;
     let deadline = t0 + Duration::from_secs(30);
     loop {
-        let ids = table_ids(&maglev, v.select_id, chunks);
+        let ids = table_ids(&maglev, v.select_id, v.slot_count);
         if ids.difference(&old_ids).any(|id| backends.get(id, 0).is_ok_and(|b| b.addr == want)) {
             let seen = t0.elapsed().as_secs_f64();
             // The agent's own line for this sync (written right after the maps).

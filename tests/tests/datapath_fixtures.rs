@@ -2068,6 +2068,58 @@ fn counter_arrays_pinned_by_an_earlier_build_are_replaced_with_their_counts_carr
     assert_eq!(stats_of(&pins.service_counters().unwrap(), svc).new_flows, carried + 1);
 }
 
+/// An agent of this build started on the pins of a build whose Maglev chunks held 64 slots: the
+/// tables are regrouped into this build's chunks before its programs see them, so they hold the
+/// same backends slot for slot, and new flows after the restart still reach every backend.
+#[test]
+fn maglev_tables_pinned_by_an_earlier_build_are_regrouped_into_this_builds_chunks() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    let test = "maglev_tables_pinned_by_an_earlier_build_are_regrouped_into_this_builds_chunks";
+    let Some(mut f) = Fixture::new(test) else { return };
+    let all = maglev_backends::<V4>();
+    maglev_choices::<V4>(&mut f, &all);
+    let pin_path = f.dp.pin_path().to_path_buf();
+    let open_maglev = || {
+        let data = MapData::from_pin(pin_path.join(lb_common::MAGLEV)).unwrap();
+        BpfHashMap::<MapData, lb_common::MaglevKey, lb_common::MaglevChunk>::try_from(Map::HashMap(data)).unwrap()
+    };
+    let original: BTreeMap<lb_common::MaglevKey, lb_common::MaglevChunk> = open_maglev().iter().map(|e| e.unwrap()).collect();
+    assert!(!original.is_empty());
+
+    // The earlier build's LB_MAGLEV: the same tables in chunks of 64 slots.
+    const OLD: usize = 64;
+    let per = lb_common::MAGLEV_CHUNK as usize / OLD;
+    std::fs::remove_file(pin_path.join(lb_common::MAGLEV)).unwrap();
+    let old = common::create_pinned_map(&pin_path.join(lb_common::MAGLEV), 1 /* hash */, 8, 4 * OLD as u32, 4096);
+    let mut old: BpfHashMap<MapData, lb_common::MaglevKey, [u32; OLD]> = BpfHashMap::try_from(Map::HashMap(old)).unwrap();
+    for (k, chunk) in &original {
+        for part in 0..per {
+            let ids: [u32; OLD] = chunk.ids[part * OLD..][..OLD].try_into().unwrap();
+            let key = lb_common::MaglevKey { select_id: k.select_id, chunk: k.chunk * per as u32 + part as u32 };
+            old.insert(key, ids, 0).unwrap();
+        }
+    }
+    drop(old);
+
+    let cfg = lb_userspace::dataplane::DataplaneConfig { pin_path: pin_path.clone(), ..Default::default() };
+    let restarted = lb_userspace::dataplane::Dataplane::load(&cfg).expect("loading over the earlier build's pins");
+    let converted: BTreeMap<lb_common::MaglevKey, lb_common::MaglevChunk> = open_maglev().iter().map(|e| e.unwrap()).collect();
+    assert_eq!(converted, original, "every table holds the same backends, slot for slot");
+    assert_eq!(restarted.state().maglev.len(), original.len(), "the agent's copy of the maps is the converted one");
+    assert!(!pin_path.join(format!("replaced_{}", lb_common::MAGLEV)).exists(), "the old map's pin is gone");
+
+    // New flows (source ports the old programs never saw) through the new programs.
+    f.dp = restarted;
+    let mut reached = BTreeSet::new();
+    for i in 0..100u16 {
+        let src = SocketAddr::new(V4::pod_address(9, (i % 50) as u8 + 1), 50000 + i);
+        let (verdict, out) = f.run(&tcp_frame(src, (V4::VIP, 80), 1000, 0, TCP_SYN));
+        assert_eq!(verdict, TC_ACT_OK);
+        reached.insert(parse_flow(&out).dst.ip());
+    }
+    assert_eq!(reached.into_iter().collect::<Vec<_>>(), all.to_vec(), "new flows reach every backend");
+}
+
 macro_rules! instantiate {
     (both families: $family:ident) => {
         instantiate!(@tests [::<$family>]

@@ -449,7 +449,7 @@ fn a_maglev_chunk_changed_outside_the_agent_is_repaired() {
         clusterip_service("kubia", addresses::VIP, 80, Protocol::Tcp, vec![ep(POD1, 8080), ep(POD2, 8080), ep(POD3, 8080)]);
     sp.selection = Selection::Maglev;
     let programmed = f.program(&desired_state([(spn, sp)]));
-    assert!(programmed.maglev.len() >= 16, "a 1021-slot table: {} chunks", programmed.maglev.len());
+    assert!(programmed.maglev.len() >= 4, "a 1021-slot table: {} chunks", programmed.maglev.len());
     assert_eq!(f.dp().repair(&programmed).expect("repair"), 0, "nothing drifted: every chunk read back equals the plan");
     let mut chunks: BpfHashMap<MapData, MaglevKey, lb_common::MaglevChunk> = BpfHashMap::try_from(
         Map::from_map_data(MapData::from_pin(f.pin_path.join(lb_common::MAGLEV)).expect("pin")).expect("map"),

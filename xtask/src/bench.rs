@@ -634,7 +634,7 @@ impl Report {
         let _ = writeln!(
             md,
             "\nEvery ClusterIP service takes 2 LB_SERVICES entries (its frontend and its address marker) and a Maglev table \
-             of {} slots for up to 10 endpoints, {} LB_MAGLEV chunks of 64 slots. The default sizes ({} LB_SERVICES \
+             of {} slots for up to 10 endpoints, {} LB_MAGLEV chunks of 256 slots. The default sizes ({} LB_SERVICES \
              entries, {} LB_MAGLEV chunks) hold about 16,000 such services; `--services-max` raises them. The service maps \
              are created with `BPF_F_NO_PREALLOC`, so kernel memory grows with the entries written, not with the \
              capacity (memory is the `memlock` the kernel reports per map, conntrack's preallocated LRU included). \

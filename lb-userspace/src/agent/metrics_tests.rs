@@ -43,10 +43,10 @@ fn conntrack_fill_is_exported_once_a_sweep_counted_it() {
     let out = render(&m.snapshot(), None);
     assert!(lines(&out).contains(&"lb_conntrack_capacity{family=\"ipv4\"} 131072"), "{out}");
     assert!(lines(&out).contains(&"lb_conntrack_capacity{family=\"ipv6\"} 131072"), "{out}");
-    assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 262144"), "{out}");
+    assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 65536"), "{out}");
     m.set_map_sizes(MapSizes::for_services(100_000));
     let out = render(&m.snapshot(), None);
-    assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 1600000"), "{out}");
+    assert!(lines(&out).contains(&"lb_map_capacity{map=\"LB_MAGLEV\"} 400000"), "{out}");
     assert!(!out.contains("lb_conntrack_entries"), "no count before the first sweep:\n{out}");
     m.set_conntrack_entries([4_242, 12]);
     let out = render(&m.snapshot(), None);

@@ -86,7 +86,7 @@ pub(super) struct AgentArgs {
     #[arg(long, value_name = "CIDR,...|any", default_value = "any", value_parser = parse_external_ip_cidrs)]
     loadbalancer_ip_cidrs: ExternalIpCidrs,
     /// Size the service maps for this many Services (ServicePorts) of up to 10 endpoints each:
-    /// LB_SERVICES 4N, LB_MAGLEV 16N chunks, LB_SELECT and LB_MEMBERS 10N, LB_SVC_STATS and
+    /// LB_SERVICES 4N, LB_MAGLEV 4N chunks, LB_SELECT and LB_MEMBERS 10N, LB_SVC_STATS and
     /// LB_SVC_NAMES 2N, never below the defaults (which hold about 16,000). Their memory is taken
     /// as they fill. Applies when the maps are created: pinned maps keep their size until
     /// `--cleanup`. Example: --services-max 100000.

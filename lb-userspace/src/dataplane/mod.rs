@@ -41,6 +41,7 @@ mod layout;
 pub mod lock;
 mod object;
 pub mod probe;
+mod upgrade;
 
 pub use attach::ExternalMode;
 pub use layout::cleanup;
@@ -193,11 +194,14 @@ impl Dataplane {
         if let Some(why) = &object::prepared().fallback {
             tracing::warn!(reason = %why, "TC programs keep the checksum helpers (one or two helper calls more per translated packet)");
         }
-        // Counter arrays of an earlier build's layout give way to arrays of blocks.
+        // Maps an earlier build pinned with another layout give way to this build's.
         let mut config = config.clone();
-        let unblocked = counters::Unblocked::set_aside(pin_path, &mut config.sizes)?;
-        let mut dp = Self::load_object(&config, None).inspect_err(|_| unblocked.put_back(pin_path))?;
-        unblocked.carry_over(pin_path)?;
+        let replaced = upgrade::Replaced::set_aside(pin_path, &mut config.sizes)?;
+        let mut dp = Self::load_object(&config, None).inspect_err(|_| replaced.put_back(pin_path))?;
+        if replaced.any() {
+            replaced.convert(pin_path)?;
+            dp.shadow = dp.maps.read()?;
+        }
         // Flows an older build kept in the IPv6 table (the running programs may add more until
         // the new ones are attached: the agent moves those right after attaching).
         dp.move_ipv4_flows()?;

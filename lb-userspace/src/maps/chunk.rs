@@ -1,10 +1,11 @@
-//! A Maglev chunk as the agent holds it (`LB_MAGLEV` values): 64 slots of a table, each the id
-//! of a backend. The kernel stores 64 four-byte ids (256 bytes) per chunk; the agent keeps a
-//! planned chunk as a reference into its table instead: the table's slots as two-byte indices
-//! (shared with the planner's table cache and by all of the table's chunks) and the table's
-//! backend ids (held once per table). At 10,000 Services with 1,021-slot tables that is 160,000
-//! chunks, 45 MB as kernel images and under 8 MB as references. A chunk read back from the kernel
-//! (adopted at start) keeps its 256 bytes until the planner replaces it.
+//! A Maglev chunk as the agent holds it (`LB_MAGLEV` values): 256 slots of a table
+//! (`MAGLEV_CHUNK`), each the id of a backend. The kernel stores 256 four-byte ids (1 KiB) per
+//! chunk; the agent keeps a planned chunk as a reference into its table instead: the table's
+//! slots as two-byte indices (shared with the planner's table cache and by all of the table's
+//! chunks) and the table's backend ids (held once per table). At 10,000 Services with
+//! 1,021-slot tables that is 40,000 chunks, 40 MB as kernel images and about 2 MB as
+//! references. A chunk read back from the kernel
+//! (adopted at start) keeps its kernel image until the planner replaces it.
 
 use std::sync::Arc;
 
@@ -21,10 +22,10 @@ pub struct Table {
 }
 
 /// One `LB_MAGLEV` value (16 bytes: small in every write and shadow that holds it). Two chunks
-/// are equal when they hold the same 64 ids, however held.
+/// are equal when they hold the same ids, however held.
 #[derive(Clone, Debug)]
 pub enum Chunk {
-    /// Chunk `chunk` of a planned table: slot `chunk * 64 + i` holds `ids[slots[..]]`; slots
+    /// Chunk `chunk` of a planned table: slot `chunk * MAGLEV_CHUNK + i` holds `ids[slots[..]]`; slots
     /// past the table's end hold 0.
     Planned { table: Arc<Table>, chunk: u32 },
     /// The chunk as the kernel holds it.
@@ -51,7 +52,7 @@ impl Chunk {
         }
     }
 
-    /// The kernel image: the 64 ids.
+    /// The kernel image: the `MAGLEV_CHUNK` ids.
     pub fn ids(&self) -> [u32; MAGLEV_CHUNK as usize] {
         match self {
             Self::Planned { .. } => std::array::from_fn(|i| self.id(i)),
@@ -108,14 +109,15 @@ mod tests {
 
     #[test]
     fn a_planned_chunk_is_the_kernel_chunk_it_stands_for() {
-        // A 70-slot table over three backends: chunk 1 has 6 slots, then zeros.
-        let slots: Arc<[u16]> = (0..70u16).map(|s| s % 3).collect();
+        // A table one chunk and 6 slots long over three backends: chunk 1 has 6 slots, then zeros.
+        let n = MAGLEV_CHUNK as u16 + 6;
+        let slots: Arc<[u16]> = (0..n).map(|s| s % 3).collect();
         let chunks: Vec<(u32, Chunk)> = Chunk::all(slots.clone(), vec![11, 22, 33]).collect();
         assert_eq!(chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
         let (c0, c1) = (chunks[0].1.clone(), chunks[1].1.clone());
         assert_eq!(c0.id(0), 11);
         assert_eq!(c0.id(5), 33);
-        assert_eq!(c1.id(0), [11, 22, 33][64 % 3]);
+        assert_eq!(c1.id(0), [11, 22, 33][MAGLEV_CHUNK as usize % 3]);
         assert_eq!(c1.id(6), 0, "past the table's end");
         let read = Chunk::from_bytes(&c1.to_bytes());
         assert!(matches!(read, Chunk::Raw(_)));
@@ -123,7 +125,7 @@ mod tests {
         assert_eq!(read.ids(), c1.ids());
         assert_ne!(c0, c1);
         // Another table with the same slots and ids is the same chunk.
-        let copy = Chunk::all((0..70u16).map(|s| s % 3).collect(), vec![11, 22, 33]).nth(1).unwrap().1;
+        let copy = Chunk::all((0..n).map(|s| s % 3).collect(), vec![11, 22, 33]).nth(1).unwrap().1;
         assert_eq!(copy, c1);
         let moved = Chunk::all(slots, vec![11, 22, 34]).next().unwrap().1;
         assert_ne!(moved, c0, "a backend id changed");

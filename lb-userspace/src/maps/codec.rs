@@ -2,7 +2,7 @@
 //! `#[repr(C)]` layout from `lb_common` (which has no implicit padding and a size assertion per
 //! type), except for the values that are not plain records: a set member (`()`, stored as the
 //! value 1), a value shared between states (`Arc<T>`, stored as the `T`) and a Maglev chunk
-//! (`chunk::Chunk`, stored as its 64 ids).
+//! (`chunk::Chunk`, stored as its `MAGLEV_CHUNK` ids).
 
 use std::sync::Arc;
 

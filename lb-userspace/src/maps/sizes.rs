@@ -66,7 +66,7 @@ const CHUNKS_PER_SERVICE: u32 = 1021_u32.div_ceil(c::MAGLEV_CHUNK);
 impl MapSizes {
     /// Sizes for `n` ServicePorts of up to 10 endpoints each, never below the defaults (which
     /// hold about 16,000): per ServicePort 4 frontends (ClusterIP, its address marker, room for
-    /// NodePorts and external IPs), a Maglev table of 16 chunks, 10 members and random-selection
+    /// NodePorts and external IPs), a Maglev table of 4 chunks, 10 members and random-selection
     /// slots, and 2 counter and name entries (one per family of a dual-stack Service).
     pub fn for_services(n: u32) -> Self {
         let d = Self::default();
@@ -207,7 +207,7 @@ mod tests {
     fn a_hundred_thousand_services_get_room_for_frontends_and_maglev_tables() {
         let s = MapSizes::for_services(100_000);
         assert_eq!(s.services, 400_000);
-        assert_eq!(s.maglev, 1_600_000);
+        assert_eq!(s.maglev, 400_000);
         assert_eq!(s.select, 1_000_000);
         assert_eq!(s.members, 1_000_000);
         assert_eq!((s.svc_stats, s.names), (200_000, 200_000));

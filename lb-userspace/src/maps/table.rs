@@ -196,7 +196,7 @@ macro_rules! agent_maps {
             /// map is freed before the next map is read, so reading back a large state (drift
             /// repair) holds one map twice at most, never the whole state. A value equal to the
             /// one `st` holds keeps `st`'s (a planned Maglev chunk stays a 16-byte reference
-            /// rather than becoming its 256-byte kernel image). On an error, the maps read so
+            /// rather than becoming its 1 KiB kernel image). On an error, the maps read so
             /// far are replaced and the others kept.
             pub fn read_into(&self, st: &mut MapState) -> Result<(), MapError> {
                 $(

@@ -36,7 +36,9 @@
 //!   set, computed in userspace, stored in chunks so a table costs about 4 bytes a slot and an
 //!   update rewrites only the chunks whose slots changed.
 //! - [`MEMBERS`]: `(select_id, backend id)` → present: set membership, to check that a
-//!   remembered affinity backend is still in the set (point 27).
+//!   remembered affinity backend is still in the set (point 27) and that a datagram flow's
+//!   backend still serves (point 57). Written only for the tables of ServicePorts with affinity
+//!   or of another protocol than TCP: nothing reads the others'.
 //! - [`CONNTRACK4`]: LRU flow table of IPv4 flows, one entry per direction of a translated flow,
 //!   keyed by 16 bytes ([`CtKey4`]).
 //! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds

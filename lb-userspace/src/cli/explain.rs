@@ -390,13 +390,7 @@ impl Context<'_> {
         } else {
             (f.select_id, f.slot_count, "the set of the internalTrafficPolicy (points 30, 35)")
         };
-        let members: Vec<_> = self
-            .st
-            .members
-            .keys()
-            .filter(|m| m.select_id == select_id)
-            .filter_map(|m| self.st.backends.get(&m.backend_id))
-            .collect();
+        let members: Vec<_> = self.st.table_backends(select_id).into_iter().filter_map(|id| self.st.backends.get(&id)).collect();
         let local = members.iter().filter(|b| b.flags & lb_common::BACKEND_F_LOCAL != 0).count();
         let terminating = members.iter().filter(|b| b.flags & lb_common::BACKEND_F_TERMINATING != 0).count();
         let mut set = format!("{why}: {} endpoint(s), {local} on this node", members.len());

@@ -152,10 +152,9 @@ fn render_service_list(st: &MapState, output: Output, filter: &Filter) -> String
     for (k, v) in st.services.iter().filter(|(_, v)| v.flags & SVC_F_ADDR_MARKER == 0) {
         let i = *by_table.entry((v.svc_id, v.select_id)).or_insert_with(|| {
             let backends = st
-                .members
-                .keys()
-                .filter(|m| m.select_id == v.select_id)
-                .filter_map(|m| st.backends.get(&m.backend_id).map(|b| (m.backend_id, b)))
+                .table_backends(v.select_id)
+                .into_iter()
+                .filter_map(|id| st.backends.get(&id).map(|b| (id, b)))
                 .map(|(id, b)| BackendView {
                     id,
                     address: endpoint(b.addr, b.port_be),

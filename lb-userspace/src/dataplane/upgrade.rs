@@ -49,7 +49,9 @@ impl Replaced {
             if old_value == value_size {
                 continue;
             }
-            if how == Convert::MaglevChunks && (!old_value.is_multiple_of(4) || old_value == 0 || !value_size.is_multiple_of(old_value)) {
+            if how == Convert::MaglevChunks
+                && (!old_value.is_multiple_of(4) || old_value == 0 || !value_size.is_multiple_of(old_value))
+            {
                 return Err(MapError::Layout { name, expected: (8, value_size), found: (8, old_value) }.into());
             }
             let entries = info.max_entries();

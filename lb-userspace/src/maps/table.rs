@@ -300,6 +300,22 @@ impl MapState {
     pub fn top_backend_id(&self) -> Option<u32> {
         self.backends.keys().next_back().copied()
     }
+
+    /// The backend ids of table `select_id`: its `LB_MEMBERS` entries where the planner wrote
+    /// them, otherwise those its random-selection slots or its Maglev chunks name (a TCP
+    /// ServicePort without affinity has no membership entries: the datapath never reads them).
+    pub fn table_backends(&self, select_id: u32) -> std::collections::BTreeSet<u32> {
+        use super::touched::{chunks_of, members_of, slots_of};
+        let mut ids: std::collections::BTreeSet<u32> =
+            self.members.range(members_of(select_id)).map(|(k, _)| k.backend_id).collect();
+        if ids.is_empty() {
+            ids.extend(self.select.range(slots_of(select_id)).map(|(_, id)| *id));
+            for (_, chunk) in self.maglev.range(chunks_of(select_id)) {
+                ids.extend(chunk.ids().into_iter().filter(|id| *id != 0));
+            }
+        }
+        ids
+    }
 }
 
 /// How a value changes in place without ever meaning less than both versions in between: a

@@ -567,14 +567,15 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
     let old = plan_state(
         &desired(vec![
             (spn("keep", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.1", 80), ep("10.0.1.2", 80)])),
-            (spn("gone", Protocol::Tcp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)])),
+            // UDP: their tables' membership is written (and deleted) too.
+            (spn("gone", Protocol::Udp), sp(vec![cip("10.96.0.11", 80)], &[ep("10.0.2.1", 80)])),
         ]),
         &mut ids,
     );
     let new = plan_state(
         &desired(vec![
             (spn("keep", Protocol::Tcp), sp(vec![cip("10.96.0.10", 80)], &[ep("10.0.1.2", 80)])),
-            (spn("new", Protocol::Tcp), sp(vec![cip("10.96.0.12", 80)], &[ep("10.0.3.1", 80), ep("10.0.3.2", 80)])),
+            (spn("new", Protocol::Udp), sp(vec![cip("10.96.0.12", 80)], &[ep("10.0.3.1", 80), ep("10.0.3.2", 80)])),
         ]),
         &mut ids,
     );
@@ -798,9 +799,9 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     let st = plan_state(&d2, &mut ids);
     let ops: Vec<Op> = diff(&pinned, &st).into_iter().filter(|op| !is_filter(op)).collect();
     assert!(ops.iter().all(|op| rank(op) >= 6), "only deletes expected: {ops:#?}");
-    // 3 frontends + 3 markers, one table slot and one membership per class (2 + 2), one
-    // backend, one name and its labels.
-    assert_eq!(ops.len(), 3 + 3 + 2 + 2 + 1 + 1 + 1, "{ops:#?}");
+    // 3 frontends + 3 markers, one table slot per class (2; a TCP ServicePort without affinity
+    // has no membership entries), one backend, one name and its labels.
+    assert_eq!(ops.len(), 3 + 3 + 2 + 1 + 1 + 1, "{ops:#?}");
 }
 
 #[test]
@@ -1034,4 +1035,38 @@ fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     let mut fresh = PlanMemory::default();
     fresh.adopt(&st2, &d2);
     assert_eq!(plan_state(&d2, &mut fresh), st2);
+}
+
+/// Points 27 and 57 are where the datapath reads a table's membership: affinity (a remembered
+/// backend still in the set) and datagram flows (a backend still serving). A TCP ServicePort
+/// without affinity gets no membership entries; the others do; `lb` reads the same set of
+/// backends for every table either way, Maglev or random.
+#[test]
+fn membership_is_written_where_the_datapath_reads_it_and_every_table_lists_its_backends() {
+    let eps = [ep("10.0.1.1", 80), ep("10.0.1.2", 80), ep("10.0.1.3", 80)];
+    let tcp = sp(vec![cip("10.96.0.10", 80)], &eps);
+    let mut affinity = sp(vec![cip("10.96.0.11", 80)], &eps);
+    affinity.affinity_timeout_s = Some(10_800);
+    let mut maglev = sp(vec![cip("10.96.0.12", 80)], &eps);
+    maglev.selection = Selection::Maglev;
+    let udp = sp(vec![cip("10.96.0.13", 53)], &eps);
+    let d = desired(vec![
+        (spn("tcp", Protocol::Tcp), tcp),
+        (spn("affinity", Protocol::Tcp), affinity),
+        (spn("maglev", Protocol::Tcp), maglev),
+        (spn("udp", Protocol::Udp), udp),
+    ]);
+    let st = plan_state(&d, &mut PlanMemory::default());
+    let table = |vip: &str, port: u16, proto: Protocol| st.services[&key_of(vip, port, proto)].select_id;
+    let members = |t: u32| st.members.keys().filter(|m| m.select_id == t).count();
+    assert_eq!(members(table("10.96.0.10", 80, Protocol::Tcp)), 0, "TCP without affinity: never read");
+    assert_eq!(members(table("10.96.0.12", 80, Protocol::Tcp)), 0, "the same with Maglev");
+    assert_eq!(members(table("10.96.0.11", 80, Protocol::Tcp)), 3, "affinity (point 27)");
+    assert_eq!(members(table("10.96.0.13", 53, Protocol::Udp)), 3, "datagrams (point 57)");
+    let addrs = |t: u32| -> BTreeSet<[u8; 16]> { st.table_backends(t).iter().map(|id| st.backends[id].addr).collect() };
+    let want = addrs(table("10.96.0.13", 53, Protocol::Udp));
+    assert_eq!(want.len(), 3);
+    for (vip, port) in [("10.96.0.10", 80), ("10.96.0.11", 80), ("10.96.0.12", 80)] {
+        assert_eq!(addrs(table(vip, port, Protocol::Tcp)), want, "{vip}: the same three backends");
+    }
 }

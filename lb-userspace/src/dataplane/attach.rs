@@ -69,6 +69,25 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Helper program `name` (of type `T`: run through BPF_PROG_TEST_RUN, never attached),
+/// loaded by `load` on first use.
+pub(super) fn helper_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    load: impl FnOnce(&mut T) -> std::result::Result<(), ProgramError>,
+) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::MissingProgram { name })?;
+    let unloaded = prog.fd().is_err();
+    let prog: &mut T = prog.try_into().map_err(|source| DataplaneError::Program { name, source })?;
+    if unloaded {
+        load(prog).map_err(|source| DataplaneError::Program { name, source })?;
+    }
+    Ok(prog)
+}
+
 impl Dataplane {
     /// Attaches the pod program to TC ingress of `iface` and the reply program to its egress,
     /// replacing the programs in links a previous agent pinned (atomically, no packet

@@ -16,7 +16,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::Array,
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
+    programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{CLOCK, ClockCalibration, PROG_CLOCK_SAMPLE};
 
@@ -60,14 +60,7 @@ pub(super) fn read(ebpf: &Ebpf) -> Result<Option<ClockCalibration>> {
 /// `(jiffies, coarse ns)` pairs until [`PERIODS`] jiffies values were seen.
 fn sample(ebpf: &mut Ebpf) -> Result<Vec<(u64, u64)>> {
     let name = PROG_CLOCK_SAMPLE;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source: ProgramError| DataplaneError::Program { name, source })?;
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| DataplaneError::Program { name, source })?;
-    }
+    let prog = super::attach::helper_program(ebpf, name, Xdp::load)?;
     let frame = [0u8; 64];
     let mut out = [0u8; 64];
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(4096);

@@ -2,7 +2,7 @@
 //! `lb_common::STATS_BLOCK` ids): released ids' counters zeroed before the ids are given out
 //! again.
 
-use aya::programs::{ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun as _};
+use aya::programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _};
 
 use super::{Dataplane, DataplaneError, Result};
 use crate::maps::MapError;
@@ -15,23 +15,14 @@ impl Dataplane {
     /// `lb_zero_counters` program zeroes the released slots alone, run on each online CPU in turn
     /// (`lb_common::PROG_ZERO_COUNTERS`).
     pub fn zero_counters(&mut self, released: &crate::plan::memory::Released) -> Result<()> {
-        let backends: Vec<u32> = released.backends.iter().map(|(id, _)| *id).collect();
         // An id beyond the array was never programmed (a plan that did not fit): nothing to zero.
         let svc_ids: Vec<u32> = released.svc_ids.iter().copied().filter(|id| *id < self.limits.svc_stats).collect();
-        let backends: Vec<u32> = backends.into_iter().filter(|id| *id < self.limits.backends).collect();
+        let backends: Vec<u32> = released.backends.iter().map(|(id, _)| *id).filter(|id| *id < self.limits.backends).collect();
         if svc_ids.is_empty() && backends.is_empty() {
             return Ok(());
         }
         let name = lb_common::PROG_ZERO_COUNTERS;
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source: ProgramError| DataplaneError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| DataplaneError::Program { name, source })?;
-        }
+        let prog = super::attach::helper_program(&mut self.ebpf, name, RawTracePoint::load)?;
         let cpus = aya::util::online_cpus().map_err(|(_, source)| MapError::Write { name: lb_common::SVC_STATS, source })?;
         for (which, ids) in [(lb_common::ZERO_COUNTERS_SVC, &svc_ids), (lb_common::ZERO_COUNTERS_BACKEND, &backends)] {
             for chunk in ids.chunks(lb_common::ZERO_COUNTERS_IDS) {

@@ -77,6 +77,15 @@ impl Feed {
         }
     }
 
+    /// The kube source's objects while its initial lists stream in
+    /// ([`KubeSource::partial_snapshot`]); `None` for files (read whole at each poll).
+    pub(super) fn partial_snapshot(&self) -> Option<ClusterObjects> {
+        match self {
+            Self::File(_) => None,
+            Self::Kube { source, .. } => source.partial_snapshot(),
+        }
+    }
+
     /// What is wrong with the source now (one line each), for `lb status`.
     pub(super) fn problems(&self) -> Vec<String> {
         match self {

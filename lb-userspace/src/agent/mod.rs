@@ -18,6 +18,7 @@ use crate::{
     source::ClusterObjects,
 };
 
+mod ahead;
 mod events;
 mod exposition;
 mod feed;
@@ -149,12 +150,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The initial lists may wait for the API server; a signal meanwhile ends the agent
     // cleanly (the datapath keeps serving what the pinned maps hold).
+    // Meanwhile, on maps that hold nothing, the Services whose EndpointSlices are in are
+    // compiled and planned ahead, without a write (`ahead`).
+    let mut sync = SyncState::new(cfg.plan, metrics.clone());
+    let fresh_maps = dp.state().counts().iter().all(|&n| n == 0);
     tokio::select! {
         () = feed.wait_ready() => {}
+        () = ahead::plan_ahead(&feed, &mut sync, &cfg), if fresh_maps => {}
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
     }
-    let mut sync = SyncState::new(cfg.plan, metrics.clone());
     let mut events = events::ServiceEvents::start(feed.client(), &cfg.node_name, metrics.clone());
     let mut programming = kubeproxy_metrics::ProgrammingLatency::new(SystemTime::now());
     let mut health_check_ports = HealthCheckServers::new(cfg.netns.clone(), health.clone());

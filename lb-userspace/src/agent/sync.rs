@@ -110,6 +110,20 @@ impl SyncState {
         Some(changed.iter().filter_map(|s| s.split_once('/')).flat_map(|(ns, name)| self.compile.slices_of(ns, name)).collect())
     }
 
+    /// Compiles and plans `objects` without writing anything, so that the first
+    /// [`SyncState::apply`] compiles and plans only what differs from them (`agent::ahead`).
+    /// Only before the first apply, and only on maps that hold nothing: with no ids to adopt,
+    /// planning before the adoption plans what planning after it would.
+    pub(super) fn prepare(&mut self, node: &NodeContext, objects: &ClusterObjects) -> usize {
+        debug_assert!(self.first);
+        let out = self.compile.compile_logged(&objects.services, &objects.slices, None, node);
+        // The lists still streaming in need a CPU of their own.
+        self.planner.set_one_cpu(true);
+        let replanned = self.planner.plan_changed(out.desired, &out.changed);
+        self.planner.set_one_cpu(false);
+        replanned
+    }
+
     /// Compiles, plans and applies `objects` without the Services in `without`.
     pub(super) fn apply(
         &mut self,
@@ -119,9 +133,7 @@ impl SyncState {
         without: &BTreeSet<String>,
     ) -> Result<(), SyncError> {
         let started = Instant::now();
-        let mut node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
-        node.external_ip_cidrs.clone_from(&cfg.external_ip_cidrs);
-        node.lb_ip_cidrs.clone_from(&cfg.lb_ip_cidrs);
+        let node = node_of(cfg, objects);
         if self.node.as_ref() != Some(&node) {
             let settings = node_config(&node, (cfg.hairpin_addr, cfg.hairpin6_addr), cfg.snat_ports);
             dp.set_config(&settings).map_err(SyncError::NodeSettings)?;
@@ -343,6 +355,14 @@ fn svc_id_in_use(
 /// `id` is a backend id that `maps` holds or that `also` names.
 fn backend_id_in_use(maps: &crate::maps::MapState, also: &std::collections::HashSet<u32>, id: u32) -> bool {
     also.contains(&id) || maps.backends.contains_key(&id)
+}
+
+/// What the compile step knows of this node: the Node object's and the agent's settings.
+pub(super) fn node_of(cfg: &AgentConfig, objects: &ClusterObjects) -> NodeContext {
+    let mut node = node_context(&cfg.node_name, &cfg.node_addresses, &objects.nodes);
+    node.external_ip_cidrs.clone_from(&cfg.external_ip_cidrs);
+    node.lb_ip_cidrs.clone_from(&cfg.lb_ip_cidrs);
+    node
 }
 
 pub(super) fn node_eligible(node_name: &str, nodes: &[impl std::borrow::Borrow<k8s_openapi::api::core::v1::Node>]) -> bool {

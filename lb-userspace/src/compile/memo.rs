@@ -94,7 +94,7 @@ fn key_hash(ns: &str, name: &str) -> u64 {
 }
 
 /// The Service a slice belongs to (its label), if any.
-fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
+pub(crate) fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
     let svc = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME))?;
     Some((namespace_of(&slice.metadata), svc.as_str()))
 }

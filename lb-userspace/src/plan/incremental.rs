@@ -129,6 +129,12 @@ impl Planner {
         self.adopted = current.counts().iter().any(|&n| n > 0);
     }
 
+    /// Plans on the calling thread only (`true`), or computes many new Maglev tables on every
+    /// CPU (`false`, the default).
+    pub fn set_one_cpu(&mut self, one_cpu: bool) {
+        self.ids.maglev.one_cpu = one_cpu;
+    }
+
     /// What the maps should hold for the last planned desired state.
     pub fn state(&self) -> &MapState {
         &self.state

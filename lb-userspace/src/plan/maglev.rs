@@ -122,6 +122,8 @@ pub struct TableCache {
     /// Entries left by the last drop (the growth that triggers the next one is measured
     /// from it).
     kept: usize,
+    /// Compute on the calling thread only ([`TableCache::prefill`] does nothing).
+    pub(super) one_cpu: bool,
 }
 
 impl std::fmt::Debug for TableCache {
@@ -157,6 +159,9 @@ impl TableCache {
     /// on every CPU when there are many (the first plan after a start computes one per
     /// ServicePort: 10,000 tables of 1,021 slots took 190 ms on one CPU).
     pub fn prefill(&mut self, wanted: impl IntoIterator<Item = TableKey>) {
+        if self.one_cpu {
+            return; // computed one at a time as the plan asks
+        }
         let mut missing: Vec<TableKey> = wanted.into_iter().filter(|k| !self.tables.contains_key(k)).collect();
         if missing.len() < PREFILL_MIN {
             return; // computed one at a time as the plan asks

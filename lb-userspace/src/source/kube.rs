@@ -118,6 +118,17 @@ impl<K> Watched<K> {
         let cache = lock(&self.cache);
         (cache.objects.clone(), cache.changes())
     }
+
+    fn listed(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// The complete list once the first one is in; until then, the objects of the first list
+    /// received so far, in the API server's order (namespace, name).
+    fn listed_so_far(&self) -> SharedList<K> {
+        let cache = lock(&self.cache);
+        if self.listed() { cache.objects.clone() } else { cache.listing.clone().into() }
+    }
 }
 
 impl KubeSource {
@@ -190,6 +201,21 @@ impl KubeSource {
             nodes: self.nodes.as_ref().map(Watched::objects).unwrap_or_default(),
             changes: Some(ObjectChanges { services: service_changes, slices: slice_changes }),
         }
+    }
+
+    /// While the initial lists stream in: the Services and this node's Node once their lists
+    /// are complete, with the EndpointSlices received so far (no change log); `None` before.
+    /// Point 7: nothing may be programmed from it; the agent plans ahead with it.
+    pub fn partial_snapshot(&self) -> Option<ClusterObjects> {
+        if !self.services.listed() || self.nodes.as_ref().is_some_and(|n| !n.listed()) {
+            return None;
+        }
+        Some(ClusterObjects {
+            services: self.services.objects(),
+            slices: self.slices.listed_so_far(),
+            nodes: self.nodes.as_ref().map(Watched::objects).unwrap_or_default(),
+            changes: None,
+        })
     }
 
     /// Resolves when any cache changed since the last call: at once after a quiet period, else

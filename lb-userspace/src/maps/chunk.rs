@@ -13,11 +13,73 @@ use lb_common::{MAGLEV_CHUNK, MaglevChunk};
 
 use super::codec::Kernel;
 
-/// A planned Maglev table: slot → index into `ids` (the slots shared with the planner's table
-/// cache), and the backend ids those indices name.
+/// A Maglev table's slots, each the index of its backend in the table's backend list: one
+/// byte a slot when the table has at most 256 backends (a 1,021-slot table of 10 backends takes
+/// 1 KiB instead of 2), two bytes otherwise (a service has at most `BACKENDS_MAX` backends,
+/// far below 65,536 in one table). Shared: a clone copies a pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slots {
+    Narrow(Arc<[u8]>),
+    Wide(Arc<[u16]>),
+}
+
+impl Slots {
+    /// The slots `indices` (each below `backends`).
+    pub fn new(indices: &[u32], backends: usize) -> Self {
+        if backends <= 256 {
+            Self::Narrow(indices.iter().map(|&i| i as u8).collect())
+        } else {
+            Self::Wide(indices.iter().map(|&i| i as u16).collect())
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Narrow(s) => s.len(),
+            Self::Wide(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The backend index in slot `slot`, if the table has that slot.
+    pub fn get(&self, slot: usize) -> Option<usize> {
+        match self {
+            Self::Narrow(s) => s.get(slot).map(|&i| usize::from(i)),
+            Self::Wide(s) => s.get(slot).map(|&i| usize::from(i)),
+        }
+    }
+
+    /// The very same slots (not only equal ones).
+    pub fn same(&self, other: &Slots) -> bool {
+        match (self, other) {
+            (Self::Narrow(a), Self::Narrow(b)) => Arc::ptr_eq(a, b),
+            (Self::Wide(a), Self::Wide(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Holders of these slots (the cache that computed them counts as one).
+    pub fn holders(&self) -> usize {
+        match self {
+            Self::Narrow(s) => Arc::strong_count(s),
+            Self::Wide(s) => Arc::strong_count(s),
+        }
+    }
+
+    /// Every slot's backend index, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter_map(|slot| self.get(slot))
+    }
+}
+
+/// A planned Maglev table: its slots (shared with the planner's table cache), and the backend
+/// ids their indices name.
 #[derive(Debug)]
 pub struct Table {
-    pub slots: Arc<[u16]>,
+    pub slots: Slots,
     pub ids: Box<[u32]>,
 }
 
@@ -35,7 +97,7 @@ const _: () = assert!(size_of::<Chunk>() == 16);
 
 impl Chunk {
     /// Every chunk of the table whose slots are `slots` (indices into `ids`), in chunk order.
-    pub fn all(slots: Arc<[u16]>, ids: Vec<u32>) -> impl Iterator<Item = (u32, Chunk)> {
+    pub fn all(slots: Slots, ids: Vec<u32>) -> impl Iterator<Item = (u32, Chunk)> {
         let n = (slots.len() as u32).div_ceil(MAGLEV_CHUNK);
         let table = Arc::new(Table { slots, ids: ids.into_boxed_slice() });
         (0..n).map(move |chunk| (chunk, Self::Planned { table: table.clone(), chunk }))
@@ -46,7 +108,7 @@ impl Chunk {
         match self {
             Self::Planned { table, chunk } => {
                 let slot = *chunk as usize * MAGLEV_CHUNK as usize + i;
-                table.slots.get(slot).map_or(0, |idx| table.ids[*idx as usize])
+                table.slots.get(slot).map_or(0, |idx| table.ids[idx])
             }
             Self::Raw(c) => c.ids[i],
         }
@@ -110,8 +172,10 @@ mod tests {
     #[test]
     fn a_planned_chunk_is_the_kernel_chunk_it_stands_for() {
         // A table one chunk and 6 slots long over three backends: chunk 1 has 6 slots, then zeros.
-        let n = MAGLEV_CHUNK as u16 + 6;
-        let slots: Arc<[u16]> = (0..n).map(|s| s % 3).collect();
+        let n = MAGLEV_CHUNK + 6;
+        let indices: Vec<u32> = (0..n).map(|s| s % 3).collect();
+        let slots = Slots::new(&indices, 3);
+        assert!(matches!(slots, Slots::Narrow(_)));
         let chunks: Vec<(u32, Chunk)> = Chunk::all(slots.clone(), vec![11, 22, 33]).collect();
         assert_eq!(chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
         let (c0, c1) = (chunks[0].1.clone(), chunks[1].1.clone());
@@ -125,9 +189,25 @@ mod tests {
         assert_eq!(read.ids(), c1.ids());
         assert_ne!(c0, c1);
         // Another table with the same slots and ids is the same chunk.
-        let copy = Chunk::all((0..n).map(|s| s % 3).collect(), vec![11, 22, 33]).nth(1).unwrap().1;
+        let copy = Chunk::all(Slots::new(&indices, 3), vec![11, 22, 33]).nth(1).unwrap().1;
         assert_eq!(copy, c1);
         let moved = Chunk::all(slots, vec![11, 22, 34]).next().unwrap().1;
         assert_ne!(moved, c0, "a backend id changed");
+        // The same table held two bytes a slot is the same chunk.
+        let wide = Slots::Wide(indices.iter().map(|&i| i as u16).collect());
+        assert_eq!(Chunk::all(wide, vec![11, 22, 33]).nth(1).unwrap().1, c1);
+    }
+
+    #[test]
+    fn slots_take_one_byte_up_to_256_backends_and_two_above() {
+        let indices: Vec<u32> = (0..1021).map(|s| s % 257).collect();
+        let wide = Slots::new(&indices, 257);
+        assert!(matches!(wide, Slots::Wide(_)));
+        assert_eq!(wide.get(256), Some(256));
+        assert_eq!(wide.get(1021), None);
+        let narrow = Slots::new(&indices.iter().map(|i| i % 256).collect::<Vec<_>>(), 256);
+        assert!(matches!(narrow, Slots::Narrow(_)));
+        assert_eq!(narrow.get(255), Some(255));
+        assert_eq!(narrow.iter().count(), 1021);
     }
 }

@@ -16,7 +16,7 @@ mod table;
 pub mod touched;
 
 pub use addr::{addr16, ip_from16};
-pub use chunk::Chunk;
+pub use chunk::{Chunk, Slots};
 pub use table::{KernelMaps, MapId, MapState, Op, diff, diff_map};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's timestamps

@@ -7,10 +7,10 @@
 use std::{
     collections::hash_map::Entry,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
 };
 
 use super::HashMap;
+use crate::maps::Slots;
 
 /// A table's endpoints (in the caller's order) and size.
 pub(crate) type TableKey = (Vec<(IpAddr, u16)>, u32);
@@ -104,10 +104,9 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
 const PREFILL_MIN: usize = 256;
 
 /// The table of size `m` for `endpoints`, slot → index into `endpoints`.
-fn compute(endpoints: &[(IpAddr, u16)], m: u32) -> Arc<[u16]> {
+fn compute(endpoints: &[(IpAddr, u16)], m: u32) -> Slots {
     let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(*a, *p).to_string()).collect();
-    // Indices fit 16 bits: a service has at most BACKENDS_MAX (65,536) backends.
-    table(&names, m).into_iter().map(|i| i as u16).collect()
+    Slots::new(&table(&names, m), names.len())
 }
 
 /// Tables already computed, by endpoint list and size: a change to one Service recomputes its
@@ -117,7 +116,7 @@ fn compute(endpoints: &[(IpAddr, u16)], m: u32) -> Arc<[u16]> {
 /// the cache holds about one table per live endpoint set.
 #[derive(Clone, Default)]
 pub struct TableCache {
-    tables: HashMap<TableKey, (Arc<[u16]>, u64)>,
+    tables: HashMap<TableKey, (Slots, u64)>,
     pass: u64,
     /// Entries left by the last drop (the growth that triggers the next one is measured
     /// from it).
@@ -140,7 +139,7 @@ impl TableCache {
 
     /// The table of size `m` for `endpoints` (address, port), in their order: slot → index
     /// into `endpoints` (what [`table`] returns for their `address:port` names).
-    pub fn table(&mut self, endpoints: Vec<(IpAddr, u16)>, m: u32) -> Arc<[u16]> {
+    pub fn table(&mut self, endpoints: Vec<(IpAddr, u16)>, m: u32) -> Slots {
         let pass = self.pass;
         match self.tables.entry((endpoints, m)) {
             Entry::Occupied(mut e) => {
@@ -191,7 +190,7 @@ impl TableCache {
     /// computed again at the next plan of all.)
     pub fn end_partial_pass(&mut self) {
         if self.tables.len() > 2 * self.kept + 1024 {
-            self.tables.retain(|_, (t, _)| Arc::strong_count(t) > 1);
+            self.tables.retain(|_, (t, _)| t.holders() > 1);
             self.kept = self.tables.len();
         }
         self.pass += 1;
@@ -327,9 +326,9 @@ mod tests {
         };
         let mut cache = TableCache::default();
         let t3 = cache.table(eps(3), 1021);
-        let direct: Vec<u16> = table(&names(3), 1021).into_iter().map(|i| i as u16).collect();
-        assert_eq!(&t3[..], &direct[..]);
-        assert!(Arc::ptr_eq(&t3, &cache.table(eps(3), 1021)), "a hit is the same table");
+        let direct: Vec<usize> = table(&names(3), 1021).into_iter().map(|i| i as usize).collect();
+        assert_eq!(t3.iter().collect::<Vec<_>>(), direct);
+        assert!(t3.same(&cache.table(eps(3), 1021)), "a hit is the same table");
         cache.table(eps(5), 1021);
         cache.end_pass();
         assert_eq!(cache.len(), 2);
@@ -348,7 +347,7 @@ mod tests {
         };
         let mut cache = TableCache::default();
         // A full plan: every table is held by the plan (here: `held`).
-        let held: Vec<Arc<[u16]>> = (0..100).map(|i| cache.table(eps(i * 3), 251)).collect();
+        let held: Vec<Slots> = (0..100).map(|i| cache.table(eps(i * 3), 251)).collect();
         cache.end_pass();
         assert_eq!(cache.len(), 100);
         // Partial plans of one ServicePort each: the others' tables stay, used or not.
@@ -363,7 +362,7 @@ mod tests {
         }
         assert!(cache.len() < 1200, "dropped once grown: {}", cache.len());
         for (i, t) in held.iter().enumerate() {
-            assert!(Arc::ptr_eq(t, &cache.table(eps(i * 3), 251)), "a table the plan holds is kept");
+            assert!(t.same(&cache.table(eps(i * 3), 251)), "a table the plan holds is kept");
         }
     }
 
@@ -380,11 +379,11 @@ mod tests {
         if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
             assert_eq!(cache.len(), keys.len(), "every table computed ahead, once");
         }
-        assert!(Arc::ptr_eq(&had, &cache.table(eps(0), 251)), "a table the cache had is kept");
+        assert!(had.same(&cache.table(eps(0), 251)), "a table the cache had is kept");
         for (endpoints, m) in keys {
             let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(*a, *p).to_string()).collect();
-            let direct: Vec<u16> = table(&names, m).into_iter().map(|i| i as u16).collect();
-            assert_eq!(&cache.table(endpoints, m)[..], &direct[..]);
+            let direct: Vec<usize> = table(&names, m).into_iter().map(|i| i as usize).collect();
+            assert_eq!(cache.table(endpoints, m).iter().collect::<Vec<_>>(), direct);
         }
         cache.end_pass();
         assert_eq!(cache.len(), PREFILL_MIN + 40, "all used by this pass");

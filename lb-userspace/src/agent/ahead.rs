@@ -35,11 +35,11 @@ use crate::{
 };
 
 /// How long the agent waits between two passes.
-pub(super) const PERIOD: Duration = Duration::from_millis(20);
+const PERIOD: Duration = Duration::from_millis(20);
 
 /// Services planned ahead in one pass at most (about 0.1 s at 10,000 Services on our machines,
 /// 0.2 s at 100,000): the lists may complete during a pass, and their sync waits for its end.
-pub(super) const STEP: usize = 2_000;
+const STEP: usize = 2_000;
 
 /// Plans ahead (module docs) until the caller stops polling it: it never returns, and is raced
 /// against the initial lists' completion.

@@ -148,12 +148,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // The initial lists may wait for the API server; a signal meanwhile ends the agent
-    // cleanly (the datapath keeps serving what the pinned maps hold).
-    // Meanwhile, on maps that hold nothing, the Services whose EndpointSlices are in are
-    // compiled and planned ahead, without a write (`ahead`).
     let mut sync = SyncState::new(cfg.plan, metrics.clone());
     let fresh_maps = dp.state().counts().iter().all(|&n| n == 0);
+    // The initial lists may wait for the API server; a signal meanwhile ends the agent
+    // cleanly (the datapath keeps serving what the pinned maps hold). Meanwhile, on maps that
+    // hold nothing, the Services whose EndpointSlices are in are compiled and planned ahead,
+    // without a write (`ahead`).
     tokio::select! {
         () = feed.wait_ready() => {}
         () = ahead::plan_ahead(&feed, &mut sync, &cfg), if fresh_maps => {}

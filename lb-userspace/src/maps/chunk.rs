@@ -17,7 +17,7 @@ use super::codec::Kernel;
 /// byte a slot when the table has at most 256 backends (a 1,021-slot table of 10 backends takes
 /// 1 KiB instead of 2), two bytes otherwise (a service has at most `BACKENDS_MAX` backends,
 /// far below 65,536 in one table). Shared: a clone copies a pointer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Slots {
     Narrow(Arc<[u8]>),
     Wide(Arc<[u16]>),

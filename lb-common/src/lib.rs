@@ -39,8 +39,10 @@
 //!   remembered affinity backend is still in the set (point 27) and that a datagram flow's
 //!   backend still serves (point 57). Written only for the tables of ServicePorts with affinity
 //!   or of another protocol than TCP: nothing reads the others'.
-//! - [`CONNTRACK4`]: LRU flow table of IPv4 flows, one entry per direction of a translated flow,
-//!   keyed by 16 bytes ([`CtKey4`]).
+//! - [`CONNTRACK4`]: LRU flow table of IPv4 flows, keyed by 16 bytes ([`CtKey4`]): one entry
+//!   for both directions of a flow without source NAT, keyed by its client alone
+//!   ([`CT_DIR_CLIENT`]), and one entry per direction of a source-NATed flow or of a flow whose
+//!   client address and port are already in another live flow.
 //! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds
 //!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
@@ -486,8 +488,18 @@ const _: () = assert!(size_of::<SelectKey>() == 8);
 
 /// The flow as seen on the wire by the datapath, before translation.
 ///
-/// A translated flow has two entries: `CT_DIR_FORWARD` keyed by client → frontend, and
-/// `CT_DIR_REPLY` keyed by backend → client (the reply as it arrives from the backend).
+/// A translated flow has one entry or two:
+/// - `CT_DIR_CLIENT` (one entry for both directions): keyed by the client's address and port
+///   alone (in both the source and the destination fields), for a flow without source NAT
+///   whose client address and port are in no other live flow. Its value holds the backend in
+///   `nat_*` and the frontend in `snat_*` (without `CT_F_SNAT`): a packet to the frontend
+///   matches it when its destination is that frontend, a reply when its source is that backend.
+///   One insert per new flow instead of two; [`client_entry_views`] turns it into the two
+///   entries below, for readers outside the datapath.
+/// - `CT_DIR_FORWARD` keyed by client → frontend, and `CT_DIR_REPLY` keyed by backend → client
+///   (the reply as it arrives from the backend): source-NATed flows (whose replies come back to
+///   the SNAT address, not the client), and a flow whose client address and port already have a
+///   live `CT_DIR_CLIENT` entry for another frontend (a UDP socket asking two Services).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct CtKey {
@@ -567,6 +579,47 @@ impl CtKey4 {
 
 pub const CT_DIR_FORWARD: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
+/// The one entry of both directions of a flow without source NAT (see [`CtKey`]).
+pub const CT_DIR_CLIENT: u8 = 2;
+
+impl CtKey {
+    /// The `CT_DIR_CLIENT` key of client `addr`:`port_be` (its address and port in both places,
+    /// so the IPv4 form of an IPv4 client's key is [`CtKey4`] like any other).
+    pub fn client(addr: [u8; 16], port_be: u16, proto: u8) -> Self {
+        Self { src: addr, dst: addr, sport_be: port_be, dport_be: port_be, proto, dir: CT_DIR_CLIENT, _pad: [0; 2] }
+    }
+}
+
+/// The `CT_DIR_CLIENT` key whose entry may stand for forward or reply key `k`, and the index of
+/// `k`'s view in [`client_entry_views`]; `None` for another direction.
+pub fn client_key_of(k: &CtKey) -> Option<(CtKey, usize)> {
+    match k.dir {
+        CT_DIR_FORWARD => Some((CtKey::client(k.src, k.sport_be, k.proto), 0)),
+        CT_DIR_REPLY => Some((CtKey::client(k.dst, k.dport_be, k.proto), 1)),
+        _ => None,
+    }
+}
+
+/// The forward and reply entries (as a two-entry flow would have them) that the one
+/// `CT_DIR_CLIENT` entry `(k, v)` stands for; `None` for an entry of another direction.
+pub fn client_entry_views(k: &CtKey, v: &CtValue) -> Option<[(CtKey, CtValue); 2]> {
+    if k.dir != CT_DIR_CLIENT {
+        return None;
+    }
+    let (frontend, frontend_port_be) = (v.snat_addr, v.snat_port_be);
+    let (backend, backend_port_be) = (v.nat_addr, v.nat_port_be);
+    let flags = v.flags & !CT_F_SNAT;
+    let key = |src, sport_be, dst, dport_be, dir| CtKey { src, dst, sport_be, dport_be, proto: k.proto, dir, _pad: [0; 2] };
+    let forward = (
+        key(k.src, k.sport_be, frontend, frontend_port_be, CT_DIR_FORWARD),
+        CtValue { snat_addr: [0; 16], snat_port_be: 0, flags, ..*v },
+    );
+    let reply = (
+        key(backend, backend_port_be, k.src, k.sport_be, CT_DIR_REPLY),
+        CtValue { nat_addr: frontend, nat_port_be: frontend_port_be, snat_addr: k.src, snat_port_be: k.sport_be, flags, ..*v },
+    );
+    Some([forward, reply])
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -1302,6 +1355,38 @@ mod tests {
         let mut v6 = k;
         v6.dst[0] = 0xfd;
         assert_eq!(CtKey4::from_key(&v6), None);
+    }
+
+    #[test]
+    fn a_client_entry_reads_as_the_forward_and_reply_entries_of_its_flow() {
+        let (client, frontend, backend) = (v4_mapped([10, 244, 1, 7]), v4_mapped([10, 96, 0, 1]), v4_mapped([10, 244, 2, 9]));
+        let (cport, fport, bport) = (40000u16.to_be(), 80u16.to_be(), 8080u16.to_be());
+        let k = CtKey::client(client, cport, IPPROTO_TCP);
+        assert_eq!(CtKey4::from_key(&k).map(|k4| k4.to_key()), Some(k), "an IPv4 client's key has its 16-byte form");
+        let v = CtValue {
+            last_seen_ns: 7,
+            nat_addr: backend,
+            snat_addr: frontend,
+            backend_id: 3,
+            svc_id: 4,
+            nat_port_be: bport,
+            snat_port_be: fport,
+            flags: CT_F_CLOSING,
+            _pad: 0,
+        };
+        let [(fk, fv), (rk, rv)] = client_entry_views(&k, &v).unwrap();
+        let key =
+            |src, sport_be, dst, dport_be, dir| CtKey { src, dst, sport_be, dport_be, proto: IPPROTO_TCP, dir, _pad: [0; 2] };
+        assert_eq!(fk, key(client, cport, frontend, fport, CT_DIR_FORWARD));
+        assert_eq!(rk, key(backend, bport, client, cport, CT_DIR_REPLY));
+        assert_eq!((fv.nat_addr, fv.nat_port_be, fv.snat_addr, fv.flags), (backend, bport, [0; 16], CT_F_CLOSING));
+        assert_eq!((rv.nat_addr, rv.nat_port_be, rv.snat_addr, rv.snat_port_be), (frontend, fport, client, cport));
+        assert_eq!((fv.backend_id, fv.svc_id, rv.backend_id, rv.svc_id, rv.last_seen_ns), (3, 4, 3, 4, 7));
+        // Either view's key leads back to the client's entry, and to its own view.
+        assert_eq!(client_key_of(&fk), Some((k, 0)));
+        assert_eq!(client_key_of(&rk), Some((k, 1)));
+        assert_eq!(client_key_of(&k), None);
+        assert_eq!(client_entry_views(&fk, &fv), None, "only a client entry has views");
     }
 
     #[test]

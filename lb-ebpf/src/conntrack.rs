@@ -1,10 +1,18 @@
-//! Conntrack: each translated flow has a forward entry (client → frontend, as the datapath first
-//! saw it) and a reply entry (backend → client, or → the SNAT address), in the table of its
-//! family: IPv4 flows in `LB_CONNTRACK4` (16-byte keys), IPv6 flows in `LB_CONNTRACK` (40-byte
-//! keys). The stages build every key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
-//! [`remove`] shorten an IPv4 one at the map. An entry lives
-//! `lb_common::ct_lifetime_ns` after its flow's last packet (the agent sweeps idle entries; the
-//! LRU reclaims the least recently used under pressure).
+//! Conntrack: a translated flow has one entry or two (see `lb_common::CtKey`), in the table of
+//! its family: IPv4 flows in `LB_CONNTRACK4` (16-byte keys), IPv6 flows in `LB_CONNTRACK`
+//! (40-byte keys).
+//! - A flow without source NAT has one entry for both directions, keyed by its client's address
+//!   and port alone (`CT_DIR_CLIENT`; it names the frontend and the backend, which a packet must
+//!   match): a new flow costs one LRU insert, the larger part of its cost.
+//! - A source-NATed flow, or one whose client address and port already have a live entry for
+//!   another frontend, has a forward entry (client → frontend, as the datapath first saw it)
+//!   and a reply entry (backend → client, or → the SNAT address). Entries written by older
+//!   builds are of this kind too: both layouts are looked up.
+//!
+//! The stages build every key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
+//! [`remove`] shorten an IPv4 one at the map. An entry lives `lb_common::ct_lifetime_ns` after
+//! its flow's last packet (the agent sweeps idle entries; the LRU reclaims the least recently
+//! used under pressure).
 //!
 //! When a backend leaves its Service:
 //! - TCP flows keep going to it, as kube-proxy's conntrack DNAT entries do: a terminating pod can
@@ -19,9 +27,9 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
-    CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_FORWARD,
-    CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtKey4, CtValue, IPPROTO_TCP, MemberKey, SVC_F_EXTERNAL,
-    SVC_F_SNAT, ServiceKey, ct_lifetime_ns,
+    CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_CLIENT,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtKey4, CtValue, IPPROTO_TCP, MemberKey,
+    SVC_F_EXTERNAL, SVC_F_SNAT, ServiceKey, ct_lifetime_ns,
 };
 
 use crate::{
@@ -109,13 +117,79 @@ fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
     }
 }
 
+/// Whether two 4-aligned addresses are equal (four word compares).
+///
+/// # Safety
+/// `a` and `b` must be 4-aligned (see `copy_addr`).
+#[inline(always)]
+pub unsafe fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (x, y) = (a.as_ptr().cast::<u32>(), b.as_ptr().cast::<u32>());
+    // SAFETY: in bounds; aligned by the caller's promise.
+    unsafe {
+        x.read() == y.read()
+            && x.add(1).read() == y.add(1).read()
+            && x.add(2).read() == y.add(2).read()
+            && x.add(3).read() == y.add(3).read()
+    }
+}
+
+/// The `CT_DIR_CLIENT` entry of client `addr`:`port_be` (its key built in `ck`).
+///
+/// # Safety
+/// `addr` must be 4-aligned (see `copy_addr`).
+#[inline(always)]
+pub unsafe fn client_entry(ck: &mut CtKey, addr: &[u8; 16], port_be: u16, proto: u8, v6: bool) -> Option<*mut CtValue> {
+    // SAFETY: 4-aligned by the caller's promise.
+    unsafe { set_key(ck, addr, port_be, addr, port_be, proto, CT_DIR_CLIENT) };
+    entry(ck, v6)
+}
+
+/// The one-entry flow of packet `p` to a frontend: its client's entry, when it names `p`'s
+/// destination as the frontend.
+#[inline(always)]
+fn client_flow_to(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
+    // SAFETY: the packet description's addresses are 4-aligned.
+    let ct = unsafe { client_entry(&mut sc.ckey, &p.src, p.sport_be, p.proto, p.is_v6) }?;
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let v = unsafe { &*ct };
+    // SAFETY: a map value's and the packet description's addresses (4-aligned).
+    let named = v.snat_port_be == p.dport_be && unsafe { same_addr(&v.snat_addr, &p.dst) };
+    named.then_some(ct)
+}
+
+/// The one-entry flow of reply `p` (backend → client): its client's entry, when it names `p`'s
+/// source as the backend.
+#[inline(always)]
+fn client_flow_from(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
+    // SAFETY: as in `client_flow_to`.
+    let ct = unsafe { client_entry(&mut sc.ckey, &p.dst, p.dport_be, p.proto, p.is_v6) }?;
+    // SAFETY: as in `client_flow_to`.
+    let v = unsafe { &*ct };
+    // SAFETY: as in `client_flow_to`.
+    let named = v.nat_port_be == p.sport_be && unsafe { same_addr(&v.nat_addr, &p.src) };
+    named.then_some(ct)
+}
+
 /// Writes the translation of a packet of an established flow to a frontend into `out`; false
 /// when there is none (no entry, an expired or reused one, or a UDP flow whose backend left its
-/// ServicePort: select anew).
+/// ServicePort: select anew). From pods the one-entry layout is looked up first (flows without
+/// SNAT); from outside the forward entry (under the default policy Cluster, external flows are
+/// source-NATed).
 #[inline(always)]
-pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
+pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, now: u64) -> bool {
     let v6 = p.is_v6;
-    let Some(ct) = entry(p.flow_key(CT_DIR_FORWARD), v6) else {
+    let found = if hook == Hook::External {
+        match entry(p.flow_key(CT_DIR_FORWARD), v6) {
+            Some(ct) => Some((ct, false)),
+            None => client_flow_to(p, sc).map(|ct| (ct, true)),
+        }
+    } else {
+        match client_flow_to(p, sc) {
+            Some(ct) => Some((ct, true)),
+            None => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, false)),
+        }
+    };
+    let Some((ct, one_entry)) = found else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -132,11 +206,12 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     }
     // SAFETY: as above; the entry stays valid for this run.
     let v = unsafe { &*ct };
+    // A one-entry flow has no source NAT (its `snat_*` is the frontend).
     let snat_on = flags & CT_F_SNAT != 0;
-    // A retransmitted SYN whose reply entry is gone (LRU eviction, a sweep) would never get its
-    // SYN-ACK translated: start the connection afresh instead. Only SYNs pay for this lookup;
-    // nothing is established yet, so choosing again is harmless.
-    if new_syn {
+    // A retransmitted SYN of a two-entry flow whose reply entry is gone (LRU eviction, a sweep)
+    // would never get its SYN-ACK translated: start the connection afresh instead. Only SYNs pay
+    // for this lookup; nothing is established yet, so choosing again is harmless.
+    if new_syn && !one_entry {
         let (peer, peer_port_be) = if snat_on { (&v.snat_addr, v.snat_port_be) } else { (&p.src, p.sport_be) };
         // SAFETY: addresses of a map value and of the packet description (4-aligned).
         unsafe { set_key(&mut sc.rkey, &v.nat_addr, v.nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY) };
@@ -172,11 +247,23 @@ fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
 }
 
 /// Writes the reverse translation of a reply (backend → client) of a translated flow into `out`;
-/// false when there is none.
+/// false when there is none. Both layouts are looked up, a reply to the SNAT or hairpin address
+/// (of a source-NATed flow) first in the reply entries, any other first in the client entries.
 #[inline(always)]
-pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
+pub fn reply(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     let v6 = p.is_v6;
-    let Some(ct) = entry(p.flow_key(CT_DIR_REPLY), v6) else {
+    let found = if to_snat_addr(p) {
+        match entry(p.flow_key(CT_DIR_REPLY), v6) {
+            Some(ct) => Some((ct, false)),
+            None => client_flow_from(p, sc).map(|ct| (ct, true)),
+        }
+    } else {
+        match client_flow_from(p, sc) {
+            Some(ct) => Some((ct, true)),
+            None => entry(p.flow_key(CT_DIR_REPLY), v6).map(|ct| (ct, false)),
+        }
+    };
+    let Some((ct, one_entry)) = found else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -184,17 +271,38 @@ pub fn reply(p: &mut Packet, out: &mut Nat, now: u64) -> bool {
     if age(now, v.last_seen_ns) > ct_lifetime_ns(p.proto, v.flags) {
         return false;
     }
-    let snat_on = v.flags & CT_F_SNAT != 0;
     // SAFETY: a map value's addresses (see `forward`).
-    unsafe { out.fill((true, &v.nat_addr, v.nat_port_be), (snat_on, &v.snat_addr, v.snat_port_be), CNT_VERDICT_REVNAT) };
+    unsafe {
+        if one_entry {
+            // The frontend (`snat_*` of a one-entry flow) becomes the source again.
+            out.fill((true, &v.snat_addr, v.snat_port_be), (false, &v.nat_addr, 0), CNT_VERDICT_REVNAT);
+        } else {
+            let snat_on = v.flags & CT_F_SNAT != 0;
+            out.fill((true, &v.nat_addr, v.nat_port_be), (snat_on, &v.snat_addr, v.snat_port_be), CNT_VERDICT_REVNAT);
+        }
+    }
     count_flow(v.svc_id, v.backend_id, p.ip_len, false);
     touch(ct, p.tcp_flags, now);
     true
 }
 
-/// Creates both conntrack entries of a new flow to `flow.be`, with SNAT where the traffic needs
-/// it, and writes its translation to `flow.nat`; either both entries are written or neither (a
-/// reply entry whose forward entry cannot be written is deleted again). `Err` is the drop reason.
+/// Whether `p` goes to the node's SNAT or hairpin address of its family.
+#[inline(always)]
+fn to_snat_addr(p: &Packet) -> bool {
+    let Some(cfg) = LB_CONFIG.get(0) else {
+        return false;
+    };
+    let (snat, hairpin) = if p.is_v6 { (&cfg.snat6_addr, &cfg.hairpin6_addr) } else { (&cfg.snat_addr, &cfg.hairpin_addr) };
+    // SAFETY: `Config`'s addresses sit at 4-aligned offsets of a map value; the packet
+    // description's are 4-aligned.
+    unsafe { same_addr(snat, &p.dst) || same_addr(hairpin, &p.dst) }
+}
+
+/// Creates the conntrack entries of a new flow to `flow.be`, with SNAT where the traffic needs
+/// it, and writes its translation to `flow.nat`: one entry for a flow without SNAT whose client
+/// has no live entry for another frontend, else two, of which either both are written or neither
+/// (a reply entry whose forward entry cannot be written is deleted again). `Err` is the drop
+/// reason.
 #[inline(always)]
 pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u64) -> Result<(), u32> {
     let (svc, be, backend_id) = (&flow.svc, &flow.be, flow.backend_id);
@@ -227,6 +335,11 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         snat_addr = if p.is_v6 { &cfg.hairpin6_addr } else { &cfg.hairpin_addr };
     }
 
+    if !snat && one_entry(p, sc, flow, now)? {
+        // SAFETY: 4-aligned addresses (see the note on the reply entry below).
+        unsafe { flow.nat.fill((false, &ZERO_ADDR.0, 0), (true, &flow.be.addr, flow.be.port_be), CNT_VERDICT_DNAT) };
+        return Ok(());
+    }
     // The reply entry: backend → client (or → the SNAT address), translated back to
     // frontend → client.
     let rv = &mut sc.rval;
@@ -300,4 +413,45 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe { flow.nat.fill((snat, snat_addr, snat_port_be), (true, &flow.be.addr, flow.be.port_be), CNT_VERDICT_DNAT) };
     Ok(())
+}
+
+/// Writes the one entry of a new flow without SNAT, keyed by its client: true when written, false
+/// when the client's address and port have a live entry for another frontend (the flow then
+/// takes two entries). An entry for the same frontend is the end of an earlier flow (expired,
+/// closing, or a datagram flow whose backend left: `forward` said so), and is replaced.
+#[inline(always)]
+fn one_entry(p: &Packet, sc: &mut Keys, flow: &Flow, now: u64) -> Result<bool, u32> {
+    let (svc, be) = (&flow.svc, &flow.be);
+    let v = &mut sc.fval;
+    v.last_seen_ns = now;
+    // SAFETY: 4-aligned addresses: the packet description's, a map value's (`Backend`).
+    unsafe {
+        copy_addr(&mut v.nat_addr, &be.addr);
+        copy_addr(&mut v.snat_addr, &p.dst);
+    }
+    v.backend_id = flow.backend_id;
+    v.svc_id = svc.svc_id;
+    v.nat_port_be = be.port_be;
+    v.snat_port_be = p.dport_be;
+    v.flags = 0;
+    v._pad = 0;
+    // SAFETY: as above.
+    unsafe { set_key(&mut sc.ckey, &p.src, p.sport_be, &p.src, p.sport_be, p.proto, CT_DIR_CLIENT) };
+    if insert(&sc.ckey, &sc.fval, u64::from(BPF_NOEXIST), p.is_v6) {
+        return Ok(true);
+    }
+    let Some(old) = entry(&sc.ckey, p.is_v6) else {
+        // Gone meanwhile (evicted, swept): the key is free after all.
+        return if insert(&sc.ckey, &sc.fval, 0, p.is_v6) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) };
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run; 4-aligned addresses.
+    let replace = unsafe {
+        let o = &*old;
+        age(now, o.last_seen_ns) > ct_lifetime_ns(p.proto, o.flags)
+            || o.snat_port_be == p.dport_be && same_addr(&o.snat_addr, &p.dst)
+    };
+    if !replace {
+        return Ok(false);
+    }
+    if insert(&sc.ckey, &sc.fval, 0, p.is_v6) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) }
 }

@@ -4,10 +4,10 @@
 //! (for ICMPv6 also over the outer addresses, which its pseudo-header covers). Rare, so its
 //! steps are subprograms of their own and keep the hot paths small.
 
-use lb_common::{CNT_ICMP_TRANSLATED, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, IPPROTO_UDP};
+use lb_common::{CNT_ICMP_TRANSLATED, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtValue, IPPROTO_UDP};
 
 use crate::{
-    conntrack::{entry, set_key},
+    conntrack::{client_entry, entry, same_addr, set_key},
     counters::count,
     csum::Delta,
     nat::{Endpoint, IcmpNat, Rewrite, addr_delta, addr_offsets, bounded, load, store, store_addr},
@@ -23,11 +23,20 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     let inner = p.icmp;
     // 1. An error on its way back to the client about a packet the backend received (from the
     //    backend itself or a router on the way): the quoted packet went client (or SNAT
-    //    address) → backend, so its flow's reply entry is the quote reversed.
+    //    address) → backend, so its flow's reply entry is the quote reversed, or its client's
+    //    entry is the quote's source when the flow has one entry.
     // SAFETY: `Inner` is 4-aligned with its addresses first.
     unsafe { set_key(&mut sc.rkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY) };
     // SAFETY: copied out immediately.
-    if let Some(v) = entry(&sc.rkey, p.is_v6).map(|v| unsafe { *v }) {
+    let to_backend = entry(&sc.rkey, p.is_v6).map(|v| unsafe { *v }).or_else(|| {
+        // The one-entry flow as its reply entry would be: the frontend to write back.
+        // SAFETY: as above.
+        let c = unsafe { client_entry(&mut sc.ckey, &inner.src, inner.sport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
+        // SAFETY: a copied map value's and `Inner`'s addresses (4-aligned).
+        let named = c.nat_port_be == inner.dport_be && unsafe { same_addr(&c.nat_addr, &inner.dst) };
+        named.then_some(CtValue { nat_addr: c.snat_addr, nat_port_be: c.snat_port_be, flags: 0, ..c })
+    });
+    if let Some(v) = to_backend {
         let snat = v.flags & CT_F_SNAT != 0;
         count(CNT_ICMP_TRANSLATED);
         sc.icmp = IcmpNat {
@@ -40,12 +49,21 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
         return true;
     }
     // 2. An error from the client (or a router before it) about a reply it received: the quoted
-    //    packet went frontend → client, so the flow's forward entry is the quote reversed. It
-    //    goes to the backend, about what the backend sent.
+    //    packet went frontend → client, so the flow's forward entry is the quote reversed, or
+    //    its client's entry is the quote's destination. It goes to the backend, about what the
+    //    backend sent.
     // SAFETY: as above.
     unsafe { set_key(&mut sc.fkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD) };
     // SAFETY: copied out immediately.
-    let Some(v) = entry(&sc.fkey, p.is_v6).map(|v| unsafe { *v }) else {
+    let to_client = entry(&sc.fkey, p.is_v6).map(|v| unsafe { *v }).or_else(|| {
+        // SAFETY: as above.
+        let c = unsafe { client_entry(&mut sc.ckey, &inner.dst, inner.dport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
+        // SAFETY: as above.
+        let named = c.snat_port_be == inner.sport_be && unsafe { same_addr(&c.snat_addr, &inner.src) };
+        // The one-entry flow as its forward entry would be: no source NAT.
+        named.then_some(CtValue { flags: 0, ..c })
+    });
+    let Some(v) = to_client else {
         return false;
     };
     let snat = v.flags & CT_F_SNAT != 0;

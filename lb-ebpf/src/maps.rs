@@ -47,12 +47,13 @@ pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOU
 #[map]
 pub static LB_ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_WORDS, 0);
 
-/// Two entries per translated IPv4 flow. An LRU: under pressure the least recently used flows are
-/// evicted rather than new flows failing.
+/// Translated IPv4 flows: one entry per flow without source NAT, two per source-NATed flow (see
+/// `conntrack`). An LRU: under pressure the least recently used flows are evicted rather than new
+/// flows failing.
 #[map]
 pub static LB_CONNTRACK4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 
-/// Two entries per translated IPv6 flow (an LRU, as `LB_CONNTRACK4`).
+/// Translated IPv6 flows (as `LB_CONNTRACK4`).
 #[map]
 pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 

@@ -172,7 +172,7 @@ fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
         frag::remember_first(p, keys, now);
     }
     if to_frontend {
-        if conntrack::forward(p, keys, &mut flow.nat, now) {
+        if conntrack::forward(p, keys, &mut flow.nat, hook, now) {
             return Verdict::Nat;
         }
         if frontend(p, &mut flow.svc) {
@@ -183,7 +183,7 @@ fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
             return new_flow(p, keys, flow, hook, now);
         }
     }
-    if from_backend && conntrack::reply(p, &mut flow.nat, now) {
+    if from_backend && conntrack::reply(p, keys, &mut flow.nat, now) {
         return Verdict::Nat;
     }
     Verdict::Pass(0)

@@ -37,9 +37,11 @@ pub struct Flow {
 
 #[repr(C)]
 pub struct Keys {
-    /// A flow's forward and reply conntrack keys and values.
+    /// A flow's forward and reply conntrack keys and values (a one-entry flow's value in `fval`).
     pub fkey: CtKey,
     pub rkey: CtKey,
+    /// The key of a one-entry flow (`CT_DIR_CLIENT`).
+    pub ckey: CtKey,
     pub fval: CtValue,
     pub rval: CtValue,
     pub frag: FragKey,

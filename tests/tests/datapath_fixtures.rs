@@ -870,16 +870,32 @@ fn point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves<F: Family>
 
 /// Point 23: a connection whose reply entry was lost (LRU eviction under pressure) before the
 /// handshake completed is healed by the client's retransmitted SYN; without it the SYN-ACK
-/// would leave untranslated and `connect()` would time out.
+/// would leave untranslated and `connect()` would time out. Only a two-entry flow has a reply
+/// entry of its own to lose: here the client's port is already in a live flow to another
+/// frontend, so the flow to kubia cannot take the one entry keyed by the client.
 fn point_23_a_retransmitted_syn_restores_a_lost_reply_entry<F: Family>(test: &str) {
     let Some(mut f) = Fixture::new(test) else { return };
-    f.program(&cluster::<F>());
-    let backend = parse_flow(&f.run(&syn::<F>(40300)).1).dst;
-    let mut ct = common::ConntrackPins::open(f.dp.pin_path());
-    assert!(
-        ct.remove(&conntrack_key(backend, (F::CLIENT, 40300), PROTO_TCP, lb_common::CT_DIR_REPLY)),
-        "the SYN created a reply entry"
+    let mut d = cluster::<F>();
+    d.services.extend(
+        // On another target port than kubia's: the two flows' replies never share a 5-tuple.
+        [clusterip_service("kubia-admin", F::UDP_VIP, 8000, Protocol::Tcp, vec![local(F::POD1, 9090)])]
+            .into_iter()
+            .map(|(k, v)| (k, std::sync::Arc::new(v))),
     );
+    f.program(&d);
+    let mut ct = common::ConntrackPins::open(f.dp.pin_path());
+    let client_key = lb_common::CtKey::client(addr16(F::CLIENT), 40300u16.to_be(), PROTO_TCP);
+    let first = f.run(&tcp_frame((F::CLIENT, 40300), (F::UDP_VIP, 8000), 1000, 0, TCP_SYN)).1;
+    assert_eq!(parse_flow(&first).dst, (F::POD1, 9090).into());
+    assert!(ct.raw(&client_key).is_some(), "a flow without SNAT takes one entry, keyed by its client");
+    let backend = parse_flow(&f.run(&syn::<F>(40300)).1).dst;
+    let reply_key = conntrack_key(backend, (F::CLIENT, 40300), PROTO_TCP, lb_common::CT_DIR_REPLY);
+    assert_eq!(
+        ct.raw(&client_key).map(|v| v.snat_addr),
+        Some(addr16(F::UDP_VIP)),
+        "the client's entry still belongs to its first flow"
+    );
+    assert!(ct.remove(&reply_key), "the second flow of the client's port took a reply entry of its own");
     // The retransmission: translated again, and the reply entry is back.
     let (verdict, out) = f.run(&syn::<F>(40300));
     assert_eq!(verdict, TC_ACT_OK);
@@ -894,6 +910,9 @@ fn point_23_a_retransmitted_syn_restores_a_lost_reply_entry<F: Family>(test: &st
     // A retransmitted SYN with both entries present keeps its backend and is no re-selection.
     assert_eq!(parse_flow(&f.run(&syn::<F>(40300)).1).dst, again);
     assert_eq!(f.counter(CNT_CT_RESELECT), 1);
+    // The first flow kept its one entry, and its replies still come from its own frontend.
+    let (_, back) = f.run(&tcp_frame((F::POD1, 9090), (F::CLIENT, 40300), 1, 1001, TCP_SYN | TCP_ACK));
+    assert_eq!(parse_flow(&back).src, (F::UDP_VIP, 8000).into(), "the first flow's reply comes from its frontend");
 }
 
 fn stats_of(v: &[(u32, FlowCounters)], id: u32) -> FlowCounters {
@@ -1904,7 +1923,7 @@ fn ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_
         conntrack_key(selected, client, PROTO_TCP, CT_DIR_REPLY),
     );
     let (mut fv, rv) = (tables.get(&fwd).expect("forward entry"), tables.get(&rev).expect("reply entry"));
-    assert!(tables.remove(&fwd) && tables.remove(&rev));
+    assert!(tables.remove(&CtKey::client(addr16(client.ip()), client.port().to_be(), PROTO_TCP)), "the SYN's one entry");
     fv.nat_addr = addr16(other.ip());
     let old_rev = conntrack_key(other, client, PROTO_TCP, CT_DIR_REPLY);
     let mut v6: BpfHashMap<MapData, CtKey, CtValue> =
@@ -1971,12 +1990,10 @@ fn entries_stamped_a_little_ahead_by_earlier_programs_stay_live() {
     let backend = parse_flow(&f.run(&syn::<V4>(41100)).1).dst;
     let mut ct = common::ConntrackPins::open(f.dp.pin_path());
     let ahead = lb_userspace::maps::monotonic_ns() + 8_000_000;
-    let forward = conntrack_key((V4::CLIENT, 41100), (V4::VIP, 80), PROTO_TCP, lb_common::CT_DIR_FORWARD);
-    let reply = conntrack_key(backend, (V4::CLIENT, 41100), PROTO_TCP, lb_common::CT_DIR_REPLY);
-    for k in [&forward, &reply] {
-        let v = ct.get(k).expect("the SYN's entries");
-        ct.insert(k, lb_common::CtValue { last_seen_ns: ahead, ..v });
-    }
+    // A flow without SNAT has one entry, keyed by its client, for both directions.
+    let key = lb_common::CtKey::client(addr16(V4::CLIENT), 41100u16.to_be(), PROTO_TCP);
+    let v = ct.raw(&key).expect("the SYN's entry");
+    ct.insert(&key, lb_common::CtValue { last_seen_ns: ahead, ..v });
     let hits = f.counter(lb_common::CNT_CT_HIT);
     let (_, out) = f.run(&tcp_frame((V4::CLIENT, 41100), (V4::VIP, 80), 1, 1, TCP_ACK));
     assert_eq!(parse_flow(&out).dst, backend, "the established flow keeps its backend");

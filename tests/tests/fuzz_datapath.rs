@@ -345,8 +345,14 @@ impl Datapath {
         idx.iter().map(|i| self.counter(*i)).collect()
     }
 
+    /// The entry whose translation reply `src → dst` takes: its client's one entry when that
+    /// names `src` as the backend, else its reply entry; the other way round for a reply to the
+    /// SNAT or hairpin address. (Two flows of one client port to two frontends that chose the
+    /// same backend share their replies' 5-tuple: the first one's entry answers for both.)
     fn reply_entry(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> Option<CtValue> {
-        self.ct_entry(src, dst, proto, CT_DIR_REPLY)
+        let key = conntrack_key(src, dst, proto, CT_DIR_REPLY);
+        let (own, one) = (self.conntrack.raw(&key), self.conntrack.view(&key));
+        if dst.0 == NODE || dst.0 == HAIRPIN { own.or(one) } else { one.or(own) }
     }
 
     fn ct_entry(&self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8, dir: u8) -> Option<CtValue> {

@@ -367,7 +367,7 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
             }
         }
     }
-    let entries = PinnedMaps::open(&f.pin_path).unwrap().conntrack().unwrap().len();
+    let entries = ct.len();
     let mut report = Vec::new();
     for (i, (what, ..)) in clients.iter().enumerate() {
         let (client, backend) = flows[i];
@@ -382,7 +382,7 @@ fn conntrack_pressure_keeps_active_flows_and_evicts_idle_ones() {
     let (_, out) = f.run(&tcp_frame(idle_client, (vip, 80), 1000, 0, TCP_ACK));
     let idle_same_backend = parse_flow(&out).dst == idle_backend;
     eprintln!(
-        "conntrack pressure: LB_CONNTRACK max {CT_MAX}, {NEW_FLOWS} new flows (2 entries each) in {:.1} s, {entries} entries at the end\n  {}\n  idle flow afterwards: reply translated = {idle_reply_translated}, next client packet to the same backend = {idle_same_backend}",
+        "conntrack pressure: LB_CONNTRACK max {CT_MAX}, {NEW_FLOWS} new flows (one entry each) in {:.1} s, {entries} entries at the end\n  {}\n  idle flow afterwards: reply translated = {idle_reply_translated}, next client packet to the same backend = {idle_same_backend}",
         started.elapsed().as_secs_f64(),
         report.join("\n  ")
     );
@@ -1295,10 +1295,10 @@ fn the_conntrack_sweep_never_deletes_entries_of_live_flows() {
         "conntrack sweep vs live flows: {created} new flows on reused ports; {lost} had lost an entry 0.2 ms after their SYN, {gone} at the end; {swept} entries swept"
     );
     assert_eq!(gone, 0, "{gone} of {created} live flows lost their conntrack entries to the sweep");
-    // Once nothing races it, a sweep leaves exactly the live flows' two entries each, and the
-    // count it reports (exported as lb_conntrack_entries) is the table's real fill.
+    // Once nothing races it, a sweep leaves exactly the live flows' entries (one each: no SNAT),
+    // and the count it reports (exported as lb_conntrack_entries) is the table's real fill.
     let last = sweeper.sweep_conntrack().unwrap();
     let left = ct.len();
     assert_eq!(last.remaining(), left, "the sweep's count of what is left");
-    assert_eq!(left, 2 * created as usize, "only the {created} live flows' entries are left");
+    assert_eq!(left, created as usize, "only the {created} live flows' entries are left");
 }

@@ -65,8 +65,9 @@ pub(super) struct AgentArgs {
     /// itself stays in its own namespace.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
-    /// Capacity of each conntrack map (IPv4 flows, IPv6 flows) when it is created (two entries
-    /// per flow; an LRU, so its memory is taken up front).
+    /// Capacity of each conntrack map (IPv4 flows, IPv6 flows) when it is created (one entry
+    /// per flow without source NAT, two per source-NATed flow; an LRU, so its memory is taken
+    /// up front).
     #[arg(long, value_name = "ENTRIES", default_value_t = lb_common::CONNTRACK_MAX,
           value_parser = clap::value_parser!(u32).range(2..))]
     conntrack_max: u32,

@@ -122,7 +122,7 @@ fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'stati
 }
 
 impl Sweep {
-    /// Entries left in both tables (two per flow).
+    /// Entries left in both tables (one per flow without source NAT, two per source-NATed flow).
     pub fn remaining(&self) -> usize {
         self.by_family.iter().sum()
     }

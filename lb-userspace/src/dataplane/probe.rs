@@ -25,7 +25,7 @@ use aya::{
 use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtKey, CtKey4, CtValue};
 
 use super::{DataplaneError, OBJECT, Result};
-use crate::maps::MapError;
+use crate::maps::{MapError, pinned::as_two_entry_views};
 
 /// Capacities of the private state maps: a probe writes at most a few entries.
 const PRIVATE_SIZES: [(&str, u32); 7] = [
@@ -185,7 +185,7 @@ impl Probe {
                 let v4: Vec<(CtKey4, CtValue)> = self.entries(lb_common::CONNTRACK4)?;
                 let mut all: Vec<(CtKey, CtValue)> = v4.into_iter().map(|(k, v)| (k.to_key(), v)).collect();
                 all.extend(self.entries::<CtKey, CtValue>(lb_common::CONNTRACK)?);
-                all
+                as_two_entry_views(all)
             },
             affinity: self.entries(lb_common::AFFINITY)?,
         })

@@ -20,6 +20,12 @@ pub struct PinnedMaps {
 /// A conntrack entry as read from its table (an IPv4 key in its IPv4-mapped form).
 pub type CtEntry = (CtKey, CtValue);
 
+/// `entries` with each one-entry flow (`CT_DIR_CLIENT`) as the forward and reply entries it
+/// stands for (`lb_common::client_entry_views`): how the CLI shows and explains flows.
+pub fn as_two_entry_views(entries: Vec<CtEntry>) -> Vec<CtEntry> {
+    entries.into_iter().flat_map(|(k, v)| lb_common::client_entry_views(&k, &v).map_or_else(|| vec![(k, v)], Vec::from)).collect()
+}
+
 /// A map's entries as raw (key, value) bytes.
 pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -51,15 +57,16 @@ impl PinnedMaps {
         self.maps.read()
     }
 
-    /// The entries of both conntrack tables, IPv4 first. (Pins of a build before the IPv4 table
-    /// have none: it reads as empty.)
+    /// The entries of both conntrack tables, IPv4 first, each flow as its forward and reply
+    /// entries: a one-entry flow (`CT_DIR_CLIENT`) reads as the two it stands for. (Pins of a
+    /// build before the IPv4 table have none: it reads as empty.)
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
         let mut entries: Vec<CtEntry> = match self.has(lb_common::CONNTRACK4) {
             true => self.hash::<CtKey4, CtValue>(lb_common::CONNTRACK4)?.into_iter().map(|(k, v)| (k.to_key(), v)).collect(),
             false => Vec::new(),
         };
         entries.extend(self.hash::<CtKey, CtValue>(lb_common::CONNTRACK)?);
-        Ok(entries)
+        Ok(as_two_entry_views(entries))
     }
 
     /// Whether map `name` is pinned.
@@ -78,8 +85,22 @@ impl PinnedMaps {
         }
     }
 
-    /// The conntrack entry of `key`, if any.
+    /// The conntrack entry of `key` (a forward or reply key), if any: the entry itself, or the
+    /// view of it that its client's one entry holds (see [`Self::conntrack`]).
     pub fn conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
+        if let Some(v) = self.raw_conntrack_entry(key)? {
+            return Ok(Some(v));
+        }
+        let Some((client, view)) = lb_common::client_key_of(key) else {
+            return Ok(None);
+        };
+        let Some(v) = self.raw_conntrack_entry(&client)? else {
+            return Ok(None);
+        };
+        Ok(lb_common::client_entry_views(&client, &v).and_then(|views| (views[view].0 == *key).then_some(views[view].1)))
+    }
+
+    fn raw_conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
         match CtKey4::from_key(key) {
             Some(k4) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
             _ => self.lookup(lb_common::CONNTRACK, key),

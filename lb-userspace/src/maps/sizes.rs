@@ -35,7 +35,7 @@ pub struct MapSizes {
     pub labels: u32,
     /// `LB_SOURCE_RANGES`: loadBalancerSourceRanges prefixes.
     pub source_ranges: u32,
-    /// `LB_CONNTRACK4` and `LB_CONNTRACK`, each: two entries per flow of its family (an LRU:
+    /// `LB_CONNTRACK4` and `LB_CONNTRACK`, each: one entry per flow of its family, two per source-NATed flow (an LRU:
     /// preallocated in full).
     pub conntrack: u32,
     /// `LB_ADDR_FILTER`: words of the address bitmaps (fixed).

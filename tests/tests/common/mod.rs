@@ -215,7 +215,22 @@ impl ConntrackPins {
         }
     }
 
+    /// The entry of `k`; for a forward or reply key of a one-entry flow, the view of it that
+    /// its client's entry holds (`lb_common::client_entry_views`).
     pub fn get(&self, k: &CtKey) -> Option<CtValue> {
+        self.raw(k).or_else(|| self.view(k))
+    }
+
+    /// Forward or reply key `k` as the view of its client's one entry, when that entry stands
+    /// for `k`'s flow.
+    pub fn view(&self, k: &CtKey) -> Option<CtValue> {
+        let (client, view) = lb_common::client_key_of(k)?;
+        let views = lb_common::client_entry_views(&client, &self.raw(&client)?)?;
+        (views[view].0 == *k).then_some(views[view].1)
+    }
+
+    /// The entry stored under `k` itself.
+    pub fn raw(&self, k: &CtKey) -> Option<CtValue> {
         match CtKey4::from_key(k) {
             Some(k4) => self.v4.get(&k4, 0).ok(),
             None => self.v6.get(k, 0).ok(),

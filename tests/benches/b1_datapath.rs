@@ -804,7 +804,7 @@ fn prepare<'a>(
             } else {
                 // The IPv4 table, where the flow is (16-byte keys), under its client's key: the one
                 // entry of a flow without SNAT. (Builds before one-entry flows held it under its
-                // forward key: on their lab this row is a lookup that misses.)
+                // forward key, which their own bench looks up: a hit in both.)
                 let k = lb_common::CtKey::client(v4_mapped(CLIENT.octets()), 40000u16.to_be(), PROTO_TCP);
                 let k4 = lb_common::CtKey4::from_key(&k).expect("an IPv4 flow");
                 (lab.map_fd(lb_common::CONNTRACK4)?, pod_bytes(&k4), reset(prime_syn))

@@ -268,18 +268,18 @@ impl Verdict {
 const B1_LABELS: [(&str, &str); 14] = [
     ("pass_non_service", "non-service packet, pass (TC) — the floor of the program"),
     ("xdp_pass_non_service", "non-service packet, pass (XDP)"),
-    ("new_flow", "new ClusterIP flow (SYN: miss, Maglev pick, 2 CT inserts, DNAT)"),
+    ("new_flow", "new ClusterIP flow (SYN: misses, Maglev pick, 1 CT insert since bf773be, 2 before; DNAT)"),
     ("new_flow_conntrack_full", "new ClusterIP flow, conntrack map full (every insert evicts)"),
     ("ct_hit", "conntrack hit (established ClusterIP flow, DNAT)"),
     ("ct_hit_same_port", "conntrack hit, port = target port (DNAT of the address only)"),
     ("reply_revnat", "reply, reverse NAT (backend → client)"),
     ("affinity_hit_new_flow", "new flow with ClientIP affinity hit"),
     ("nodeport_snat_ct_hit", "NodePort + SNAT, established (XDP)"),
-    ("nodeport_snat_new_flow", "NodePort + SNAT, new flow (XDP, SNAT port pick)"),
+    ("nodeport_snat_new_flow", "NodePort + SNAT, new flow (XDP, SNAT port pick, 2 CT inserts)"),
     ("new_flow_cycling_services", "new flow, each packet to a different service"),
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),
-    ("lookup_conntrack_map", "reference: one conntrack lookup (hit; IPv4 table since 16-byte keys), in a no-op program"),
+    ("lookup_conntrack_map", "reference: one conntrack lookup (IPv4 table; a hit since one-entry flows), in a no-op program"),
 ];
 
 /// Cases whose cost the "flat within 15 %" target covers.

@@ -475,6 +475,8 @@ fn a_large_state_with_released_ids_reads_back_entry_for_entry() {
     let all = many_services(9000, 12);
     let mut st = f.program(&all);
     assert!(st.backends.len() > 9000 && st.select.len() > 9000, "more entries than one batch: {:?}", st.counts());
+    // A first sync's upserts of a map this large are written in two halves on two CPUs.
+    assert_eq!(f.pinned(), st, "the first sync, read back");
     // Every third Service gone: its backend's slot in the LB_BACKENDS array is zeroed.
     let mut fewer = all.clone();
     let gone: Vec<_> = fewer

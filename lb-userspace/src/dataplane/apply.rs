@@ -5,7 +5,7 @@
 
 use super::{Dataplane, Result};
 use crate::maps::{
-    MapError, MapId, MapState, Op, diff, diff_map,
+    KernelMaps, MapError, MapId, MapState, Op, diff, diff_map,
     sizes::MapSizes,
     touched::{Touched, diff_touched},
 };
@@ -86,23 +86,46 @@ impl Dataplane {
     }
 
     /// Makes `ops` in order, the shadow following each write. Runs of puts to one map go in
-    /// batches (one syscall each); deletes one by one.
+    /// batches (one syscall each); deletes one by one. Many puts to one map and nothing else (a
+    /// first sync's upserts of a map) are written in two halves on two CPUs: their order does
+    /// not matter (each key once), and most of a hash map's insert is the kernel's, under
+    /// per-bucket locks.
     fn write_ops(&mut self, ops: &[Op]) -> Result<usize> {
-        let mut i = 0;
-        while i < ops.len() {
-            let run = batch_run(&ops[i..]);
-            if run == 1 {
-                self.maps.write(&ops[i])?;
-                self.shadow.apply(&ops[i..=i]);
-            } else {
-                let (done, written) = self.maps.put_batch(&ops[i..i + run]);
-                self.shadow.apply(&ops[i..i + done]);
-                written?;
+        if ops.len() >= SPLIT_MIN && ops.iter().all(|op| !op.is_delete() && op.map() == ops[0].map()) {
+            let halves: [&[Op]; 2] = ops.split_at(ops.len() / 2).into();
+            let maps = &self.maps;
+            let written = crate::parallel::map_on_cpus(&halves, |half| put_all(maps, half));
+            for (half, (done, _)) in halves.iter().zip(&written) {
+                self.shadow.apply(&half[..*done]);
             }
-            i += run;
+            for (_, result) in written {
+                result?;
+            }
+            return Ok(ops.len());
         }
+        let (done, written) = put_all(&self.maps, ops);
+        self.shadow.apply(&ops[..done]);
+        written?;
         Ok(ops.len())
     }
+}
+
+/// Puts at least this many are written on two CPUs (below, a thread costs more than it saves).
+const SPLIT_MIN: usize = 8192;
+
+/// Makes `ops` in order: runs of puts to one map in batches (one syscall each), deletes one by
+/// one. Returns how many were made: all, or those before an error.
+fn put_all(maps: &KernelMaps, ops: &[Op]) -> (usize, std::result::Result<(), MapError>) {
+    let mut i = 0;
+    while i < ops.len() {
+        let run = batch_run(&ops[i..]);
+        let (done, written) = if run == 1 { (1, maps.write(&ops[i])) } else { maps.put_batch(&ops[i..i + run]) };
+        if let Err(e) = written {
+            return (i + if run == 1 { 0 } else { done }, Err(e));
+        }
+        i += run;
+    }
+    (ops.len(), Ok(()))
 }
 
 /// Entries per batch write: large enough that the syscall is amortised, small enough that the

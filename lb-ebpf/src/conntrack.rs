@@ -144,17 +144,29 @@ pub unsafe fn client_entry(ck: &mut CtKey, addr: &[u8; 16], port_be: u16, proto:
     entry(ck, v6)
 }
 
-/// The one-entry flow of packet `p` to a frontend: its client's entry, when it names `p`'s
-/// destination as the frontend.
+/// What the client entry of a packet to a frontend says.
+enum ClientEntry {
+    /// The one-entry flow of the packet: its client's entry names the packet's destination as
+    /// the frontend.
+    Flow(*mut CtValue),
+    /// The client's address and port have an entry for another frontend.
+    Other,
+    /// No entry.
+    None,
+}
+
+/// The client entry of packet `p` to a frontend.
 #[inline(always)]
-fn client_flow_to(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
+fn client_flow_to(p: &Packet, sc: &mut Keys) -> ClientEntry {
     // SAFETY: the packet description's addresses are 4-aligned.
-    let ct = unsafe { client_entry(&mut sc.ckey, &p.src, p.sport_be, p.proto, p.is_v6) }?;
+    let Some(ct) = (unsafe { client_entry(&mut sc.ckey, &p.src, p.sport_be, p.proto, p.is_v6) }) else {
+        return ClientEntry::None;
+    };
     // SAFETY: pointer from a map lookup, valid for this program run.
     let v = unsafe { &*ct };
     // SAFETY: a map value's and the packet description's addresses (4-aligned).
     let named = v.snat_port_be == p.dport_be && unsafe { same_addr(&v.snat_addr, &p.dst) };
-    named.then_some(ct)
+    if named { ClientEntry::Flow(ct) } else { ClientEntry::Other }
 }
 
 /// The one-entry flow of reply `p` (backend → client): its client's entry, when it names `p`'s
@@ -175,18 +187,31 @@ fn client_flow_from(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
 /// ServicePort: select anew). From pods the one-entry layout is looked up first (flows without
 /// SNAT); from outside the forward entry (under the default policy Cluster, external flows are
 /// source-NATed).
+///
+/// `from_backend`: the address filter says the client may be a backend. A TCP SYN from a pod
+/// whose client entry is missing skips the forward-entry lookup when the client is no backend:
+/// a pod's two-entry flows are hairpin flows (the client is the backend) and flows whose client
+/// port has an entry for another frontend (then present), so there is none to find. (What this
+/// gives up: a SYN retransmitted across an upgrade from a build that wrote two entries per flow,
+/// or after the other frontend's entry of a shared client port expired, starts its flow afresh.)
 #[inline(always)]
-pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, now: u64) -> bool {
+pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_backend: bool, now: u64) -> bool {
     let v6 = p.is_v6;
+    let tcp = p.proto == IPPROTO_TCP;
+    let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     let found = if hook == Hook::External {
         match entry(p.flow_key(CT_DIR_FORWARD), v6) {
             Some(ct) => Some((ct, false)),
-            None => client_flow_to(p, sc).map(|ct| (ct, true)),
+            None => match client_flow_to(p, sc) {
+                ClientEntry::Flow(ct) => Some((ct, true)),
+                _ => None,
+            },
         }
     } else {
         match client_flow_to(p, sc) {
-            Some(ct) => Some((ct, true)),
-            None => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, false)),
+            ClientEntry::Flow(ct) => Some((ct, true)),
+            ClientEntry::None if new_syn && !from_backend => None,
+            _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, false)),
         }
     };
     let Some((ct, one_entry)) = found else {
@@ -194,8 +219,6 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, now: u6
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
     let (last_seen, flags, svc_id, backend_id) = unsafe { ((*ct).last_seen_ns, (*ct).flags, (*ct).svc_id, (*ct).backend_id) };
-    let tcp = p.proto == IPPROTO_TCP;
-    let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     // A SYN on a closing entry is a new connection reusing the 4-tuple.
     if age(now, last_seen) > ct_lifetime_ns(p.proto, flags) || new_syn && flags & CT_F_CLOSING != 0 {
         return false;

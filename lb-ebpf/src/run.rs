@@ -172,7 +172,7 @@ fn decide(data: usize, end: usize, hook: Hook, sc: &mut Scratch) -> Verdict {
         frag::remember_first(p, keys, now);
     }
     if to_frontend {
-        if conntrack::forward(p, keys, &mut flow.nat, hook, now) {
+        if conntrack::forward(p, keys, &mut flow.nat, hook, from_backend, now) {
             return Verdict::Nat;
         }
         if frontend(p, &mut flow.svc) {

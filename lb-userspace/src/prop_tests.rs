@@ -20,7 +20,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::slice::Slice;
 use lb_common::{MAGLEV_CHUNK, MaglevKey, MemberKey, SVC_F_ADDR_MARKER, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES, SelectKey};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -72,7 +74,7 @@ spec:
   sessionAffinity: ClientIP
 ---
 apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
+kind: Slice
 metadata:
   name: kubia-abc
   labels:
@@ -721,7 +723,7 @@ fn slice_gen() -> impl Strategy<Value = SliceGen> {
 }
 
 impl SliceGen {
-    fn to_slice(&self, n: usize) -> EndpointSlice {
+    fn to_slice(&self, n: usize) -> Slice {
         let mut labels = serde_json::Map::new();
         if self.labels & 1 == 0 {
             labels.insert(crate::model::kubernetes::LABEL_SERVICE_NAME.into(), json!(self.service));
@@ -807,7 +809,7 @@ proptest! {
     fn compile_accounts_for_every_service(svcs in prop::collection::vec(svc_gen(), 0..8), slices in prop::collection::vec(slice_gen(), 0..8)) {
         let svcs = unique(svcs);
         let services: Vec<Service> = svcs.iter().map(SvcGen::to_service).collect();
-        let slices: Vec<EndpointSlice> = slices.iter().enumerate().map(|(i, s)| s.to_slice(i)).collect();
+        let slices: Vec<Slice> = slices.iter().enumerate().map(|(i, s)| s.to_slice(i)).collect();
         let state = compile(&services, &slices, &node(), Family::V4);
         let state6 = compile(&services, &slices, &node(), Family::V6);
         check_programmed_ranges(&state6)?;
@@ -877,7 +879,7 @@ proptest! {
     #[test]
     fn valid_services_are_unaffected_by_invalid_neighbours(svcs in prop::collection::vec(svc_gen(), 1..10), slices in prop::collection::vec(slice_gen(), 0..8)) {
         let svcs = unique(svcs);
-        let slices: Vec<EndpointSlice> = slices.iter().enumerate().map(|(i, s)| s.to_slice(i)).collect();
+        let slices: Vec<Slice> = slices.iter().enumerate().map(|(i, s)| s.to_slice(i)).collect();
         let all: Vec<Service> = svcs.iter().map(SvcGen::to_service).collect();
         let valid: Vec<Service> = svcs.iter().filter(|s| s.expect() == Expect::Valid).map(SvcGen::to_service).collect();
         let alone = compile(&valid, &slices, &node(), Family::V4);

@@ -343,7 +343,8 @@ fn change_latency(
 fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     use std::sync::Arc;
 
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use k8s_openapi::api::core::v1::Service;
+    use lb_userspace::model::slice::Slice;
     use lb_userspace::{
         compile::compile_all,
         compile::memo::Changed,
@@ -356,7 +357,7 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     };
     let services: Vec<Arc<Service>> =
         svcs.iter().map(|s| serde_json::from_value(s.service_json()).map(Arc::new)).collect::<Result<_, _>>()?;
-    let mut slices: Vec<Arc<EndpointSlice>> =
+    let mut slices: Vec<Arc<Slice>> =
         svcs.iter().map(|s| serde_json::from_value(s.slice_json()).map(Arc::new)).collect::<Result<_, _>>()?;
     let node = NodeContext { name: common::NODE_NAME.into(), ..Default::default() };
     let time = |f: &mut dyn FnMut()| -> f64 {
@@ -384,12 +385,12 @@ fn pipeline(svcs: &[Svc]) -> anyhow::Result<Value> {
     let mut changed = svcs[svcs.len() / 2].clone();
     changed.endpoints[0] = Ipv4Addr::new(10, 202, 0, 1);
     let old_slice = slices[svcs.len() / 2].clone();
-    let new_slice: Arc<EndpointSlice> = Arc::new(serde_json::from_value(changed.slice_json())?);
+    let new_slice: Arc<Slice> = Arc::new(serde_json::from_value(changed.slice_json())?);
     // The agent compiles through its memo: only the Service whose objects changed, read from
     // the watch caches' change log (one entry: the slice replaced). Each repetition flips the
     // one slice between its two versions.
     use lb_userspace::model::changes::{Changes, ObjectChanges};
-    let log = |version: u64, entry: Option<(Arc<EndpointSlice>, Arc<EndpointSlice>)>| ObjectChanges {
+    let log = |version: u64, entry: Option<(Arc<Slice>, Arc<Slice>)>| ObjectChanges {
         services: Changes { epoch: 1, from: 0, version: 0, entries: vec![] },
         slices: Changes {
             epoch: 2,

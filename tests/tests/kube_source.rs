@@ -253,7 +253,7 @@ async fn endpoints_scale_3_1_0_5() {
     for n in [1, 0, 5] {
         c.apply(slice("web", "web-1", n, json!({})));
         let snap = wait_until(&c, &mut src, &format!("{n} endpoints"), |o| slice_endpoints(o, "web-1") == Some(n)).await;
-        let addrs: Vec<&str> = snap.slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+        let addrs: Vec<String> = snap.slices[0].endpoints.iter().map(|e| e.addr.expect("an address").to_string()).collect();
         let expected: Vec<String> = (1..=n).map(|i| format!("10.244.1.{i}")).collect();
         assert_eq!(addrs, expected);
     }

@@ -98,7 +98,9 @@ fn with_slices_arrived(objects: &ClusterObjects, limit: usize) -> ClusterObjects
 mod tests {
     use std::sync::Arc;
 
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use k8s_openapi::api::core::v1::Service;
+
+    use crate::model::slice::Slice;
     use serde_json::json;
 
     use super::*;
@@ -114,7 +116,7 @@ mod tests {
         )
     }
 
-    fn slice(name: &str, service: &str, i: u8) -> Arc<EndpointSlice> {
+    fn slice(name: &str, service: &str, i: u8) -> Arc<Slice> {
         let endpoints: Vec<_> =
             (1..=3).map(|e| json!({"addresses": [format!("10.244.{i}.{e}")], "conditions": {"ready": true}})).collect();
         Arc::new(
@@ -128,7 +130,7 @@ mod tests {
         )
     }
 
-    fn objects(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> ClusterObjects {
+    fn objects(services: &[Arc<Service>], slices: &[Arc<Slice>]) -> ClusterObjects {
         ClusterObjects {
             services: services.to_vec().into(),
             slices: slices.to_vec().into(),

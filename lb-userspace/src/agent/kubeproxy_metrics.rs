@@ -11,7 +11,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::model::slice::Slice;
 
 use super::exposition::{Histogram, header, histogram};
 use crate::{model::kubernetes::TRIGGER_TIME_ANNOTATION, source::ClusterObjects};
@@ -102,15 +104,10 @@ impl ProgrammingLatency {
     /// owning `changed` slices changed (`None`: any): the latencies to report. Runs after every
     /// sync, so it looks at the changed Services' slices only (the compile memo knows them),
     /// not at every slice of the cluster.
-    pub(super) fn synced(
-        &mut self,
-        objects: &ClusterObjects,
-        changed: Option<&[&Arc<EndpointSlice>]>,
-        now: SystemTime,
-    ) -> Vec<Duration> {
+    pub(super) fn synced(&mut self, objects: &ClusterObjects, changed: Option<&[&Arc<Slice>]>, now: SystemTime) -> Vec<Duration> {
         let Ok(started) = Timestamp::try_from(self.started) else { return Vec::new() };
         let Ok(now_ts) = Timestamp::try_from(now) else { return Vec::new() };
-        let candidates: Box<dyn Iterator<Item = &Arc<EndpointSlice>>> = match changed {
+        let candidates: Box<dyn Iterator<Item = &Arc<Slice>>> = match changed {
             Some(c) => Box::new(c.iter().copied()),
             None => Box::new(objects.slices.iter()),
         };
@@ -155,12 +152,12 @@ impl ProgrammingLatency {
 mod tests {
     use std::sync::Arc;
 
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use crate::model::slice::Slice;
 
     use super::*;
 
-    fn slice(name: &str, service: &str, trigger: Option<&str>) -> Arc<EndpointSlice> {
-        let mut s = EndpointSlice::default();
+    fn slice(name: &str, service: &str, trigger: Option<&str>) -> Arc<Slice> {
+        let mut s = Slice::default();
         s.metadata.name = Some(name.into());
         s.metadata.namespace = Some("shop".into());
         s.metadata.labels = Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into());

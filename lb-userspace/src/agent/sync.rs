@@ -105,7 +105,7 @@ impl SyncState {
 
     /// The EndpointSlices of the Services the last compile found changed; `None`: possibly
     /// any (look at every slice).
-    pub(super) fn changed_slices(&self) -> Option<Vec<&Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>> {
+    pub(super) fn changed_slices(&self) -> Option<Vec<&Arc<crate::model::slice::Slice>>> {
         let changed = self.changed_services.as_ref()?;
         Some(changed.iter().filter_map(|s| s.split_once('/')).flat_map(|(ns, name)| self.compile.slices_of(ns, name)).collect())
     }
@@ -405,10 +405,7 @@ fn node_config(node: &NodeContext, hairpin: (Ipv4Addr, Ipv6Addr), snat_ports: (u
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::{
-        core::v1::{Node, Service},
-        discovery::v1::EndpointSlice,
-    };
+    use k8s_openapi::api::core::v1::{Node, Service};
     use serde_json::json;
 
     use super::*;
@@ -445,7 +442,7 @@ mod tests {
             addresses: vec!["192.168.0.10".parse().unwrap()],
             zone: None,
         };
-        let desired = crate::compile::compile(&services, &[] as &[EndpointSlice], &node, crate::model::Family::V4);
+        let desired = crate::compile::compile(&services, &[] as &[crate::model::slice::Slice], &node, crate::model::Family::V4);
         let mut planner = Planner::new(PlanConfig::default());
         planner.plan(&desired);
         let state = planner.state();
@@ -481,7 +478,7 @@ mod tests {
             addresses: vec!["192.168.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
             zone: None,
         };
-        let (desired, _) = crate::compile::compile_all(&[web], &[] as &[EndpointSlice], &node);
+        let (desired, _) = crate::compile::compile_all(&[web], &[] as &[crate::model::slice::Slice], &node);
         let mut planner = Planner::new(PlanConfig::default());
         planner.plan(&desired);
         let state = planner.state();

@@ -241,7 +241,7 @@ pub(super) mod tests {
             },
         }))
         .unwrap();
-        let slice = |family: &str, addr: &str| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        let slice = |family: &str, addr: &str| -> crate::model::slice::Slice {
             serde_json::from_value(serde_json::json!({
                 "metadata": { "name": format!("web-{family}"), "namespace": "ns",
                               "labels": { "kubernetes.io/service-name": "web" } },

@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::slice::Slice;
 use serde_json::{Value, json};
 
 use super::*;
@@ -46,7 +48,7 @@ fn lb_svc(name: &str, etp: &str, hc_port: Option<i32>) -> Service {
     svc(name, spec)
 }
 
-fn slice(service: &str, slice_name: &str, address_type: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+fn slice(service: &str, slice_name: &str, address_type: &str, ports: Value, endpoints: Value) -> Slice {
     serde_json::from_value(json!({
         "metadata": {
             "name": slice_name,
@@ -72,7 +74,7 @@ fn ep(addr: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> 
     })
 }
 
-fn checks(services: &[Service], slices: &[EndpointSlice]) -> HealthChecks {
+fn checks(services: &[Service], slices: &[Slice]) -> HealthChecks {
     let (_, hc) = compile_with_health_checks(services, slices, &node(), Family::V4);
     hc
 }
@@ -161,21 +163,19 @@ fn point_49_only_loadbalancer_with_local_policy_and_a_port_needs_one() {
         lb_svc("zero-port", "Local", Some(0)),
         nodeport_local,
     ];
-    let (desired, hc) = compile_with_health_checks(&services, &[] as &[EndpointSlice], &node(), Family::V4);
+    let (desired, hc) = compile_with_health_checks(&services, &[] as &[Slice], &node(), Family::V4);
     assert!(hc.is_empty(), "{hc:?}");
     assert!(desired.rejected.is_empty(), "{:?}", desired.rejected);
 }
 
 #[test]
 fn point_49_an_invalid_health_check_port_rejects_the_service() {
-    let (desired, hc) =
-        compile_with_health_checks(&[lb_svc("web", "Local", Some(70000))], &[] as &[EndpointSlice], &node(), Family::V4);
+    let (desired, hc) = compile_with_health_checks(&[lb_svc("web", "Local", Some(70000))], &[] as &[Slice], &node(), Family::V4);
     assert!(hc.is_empty());
     assert_eq!(desired.rejected.len(), 1);
     assert!(desired.rejected[0].reason.to_string().starts_with("spec.healthCheckNodePort: 70000"), "{:?}", desired.rejected);
     // Ignored where no health check is needed.
-    let (desired, _) =
-        compile_with_health_checks(&[lb_svc("web", "Cluster", Some(70000))], &[] as &[EndpointSlice], &node(), Family::V4);
+    let (desired, _) = compile_with_health_checks(&[lb_svc("web", "Cluster", Some(70000))], &[] as &[Slice], &node(), Family::V4);
     assert!(desired.rejected.is_empty());
 }
 
@@ -253,7 +253,7 @@ fn point_49_55_single_stack_ipv6_service_gets_its_health_check() {
 fn point_49_55_an_invalid_health_check_port_is_reported_once() {
     let mut dual = dual_lb_svc("web", &["IPv4", "IPv6"]);
     dual.spec.as_mut().unwrap().health_check_node_port = Some(70000);
-    let (desired, hc) = compile_all(&[dual], &[] as &[EndpointSlice], &node());
+    let (desired, hc) = compile_all(&[dual], &[] as &[Slice], &node());
     assert!(hc.is_empty());
     assert!(desired.services.is_empty(), "no family programmed");
     assert_eq!(desired.rejected.len(), 1, "{:?}", desired.rejected);

@@ -14,7 +14,9 @@ use std::{collections::BTreeMap, sync::Arc};
 /// cluster object names, the maps rebuilt or walked at every sync.
 type HashMap<K, V> = foldhash::HashMap<K, V>;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::slice::Slice;
 
 use super::compile_all;
 use crate::model::{
@@ -74,8 +76,8 @@ pub struct CompileMemo {
 struct Found {
     new_services: Vec<Arc<Service>>,
     gone_services: Vec<Arc<Service>>,
-    new_slices: Vec<Arc<EndpointSlice>>,
-    gone_slices: Vec<Arc<EndpointSlice>>,
+    new_slices: Vec<Arc<Slice>>,
+    gone_slices: Vec<Arc<Slice>>,
 }
 
 /// The objects of the last call by address ([`CompileMemo::last`]), each with the last call
@@ -84,7 +86,7 @@ struct Found {
 #[derive(Default)]
 struct LastObjects {
     services: HashMap<usize, (Arc<Service>, u64)>,
-    slices: HashMap<usize, (Arc<EndpointSlice>, Option<u64>, u64)>,
+    slices: HashMap<usize, (Arc<Slice>, Option<u64>, u64)>,
 }
 
 /// A Service's `(namespace, name)`, hashed alike wherever it is computed.
@@ -94,7 +96,7 @@ fn key_hash(ns: &str, name: &str) -> u64 {
 }
 
 /// The Service a slice belongs to (its label), if any.
-pub(crate) fn slice_service(slice: &EndpointSlice) -> Option<(&str, &str)> {
+pub(crate) fn slice_service(slice: &Slice) -> Option<(&str, &str)> {
     let svc = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME))?;
     Some((namespace_of(&slice.metadata), svc.as_str()))
 }
@@ -138,7 +140,7 @@ impl std::fmt::Display for FoundBy {
 /// One Service's objects (as the pointers it was compiled from) and what they compiled to.
 struct Compiled {
     service: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
+    slices: Vec<Arc<Slice>>,
     desired: DesiredState,
     health_checks: HealthChecks,
     /// The last call that saw this Service.
@@ -166,14 +168,14 @@ impl CompileMemo {
 
     /// The EndpointSlices Service `namespace/name` was last compiled from (none when it is
     /// not in the memo).
-    pub fn slices_of(&self, namespace: &str, name: &str) -> &[Arc<EndpointSlice>] {
+    pub fn slices_of(&self, namespace: &str, name: &str) -> &[Arc<Slice>] {
         self.by_service.get(namespace).and_then(|by_name| by_name.get(name)).map_or(&[], |c| &c.slices)
     }
 
     /// [`compile_all`] of `services` and `slices` for `node`, compiling only the Services whose
     /// Service object or EndpointSlices are not the ones of the last call, and patching the
     /// last result with theirs (the rest is neither compiled nor copied).
-    pub fn compile(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: &NodeContext) -> CompileOutput<'_> {
+    pub fn compile(&mut self, services: &[Arc<Service>], slices: &[Arc<Slice>], node: &NodeContext) -> CompileOutput<'_> {
         self.compile_logged(services, slices, None, node)
     }
 
@@ -184,7 +186,7 @@ impl CompileMemo {
     pub fn compile_logged(
         &mut self,
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<Slice>],
         changes: Option<&ObjectChanges>,
         node: &NodeContext,
     ) -> CompileOutput<'_> {
@@ -312,7 +314,7 @@ impl CompileMemo {
     /// last call's objects no longer listed, found by address alone (at 100,000 Services a walk
     /// by name cost tens of milliseconds per sync; this walk still costs a hash lookup per
     /// object).
-    fn found_by_address(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], pass: u64) -> Found {
+    fn found_by_address(&mut self, services: &[Arc<Service>], slices: &[Arc<Slice>], pass: u64) -> Found {
         // Objects at new addresses (the others marked as listed by this call), and the last
         // call's objects no longer listed (not marked; looked for only when some are missing).
         // Marks left by a call that compiles nothing afterwards do no harm: the full walk
@@ -328,14 +330,14 @@ impl CompileMemo {
         if services.len() - new_services.len() < self.last.services.len() {
             gone_services.extend(self.last.services.values().filter(|(_, seen)| *seen != pass).map(|(s, _)| s.clone()));
         }
-        let mut new_slices: Vec<Arc<EndpointSlice>> = Vec::new();
+        let mut new_slices: Vec<Arc<Slice>> = Vec::new();
         for s in slices {
             match self.last.slices.get_mut(&addr(s)) {
                 Some((_, _, seen)) => *seen = pass,
                 None => new_slices.push(s.clone()),
             }
         }
-        let mut gone_slices: Vec<Arc<EndpointSlice>> = Vec::new();
+        let mut gone_slices: Vec<Arc<Slice>> = Vec::new();
         if slices.len() - new_slices.len() < self.last.slices.len() {
             gone_slices.extend(self.last.slices.values().filter(|(_, _, seen)| *seen != pass).map(|(s, _, _)| s.clone()));
         }
@@ -351,7 +353,7 @@ impl CompileMemo {
     fn compile_changed(
         &mut self,
         services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
+        slices: &[Arc<Slice>],
         found: Found,
         logged: bool,
         node: &NodeContext,
@@ -393,14 +395,14 @@ impl CompileMemo {
         // from at the last call, less the ones gone, with the new ones labelled with it, in
         // name order (a change log's lists are sorted by namespace and name) — when every
         // Service listed now was in the memo (a new Service may name slices listed before it).
-        let mut slices_of: BTreeMap<&(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        let mut slices_of: BTreeMap<&(String, String), Vec<Arc<Slice>>> = BTreeMap::new();
         let from_memo = logged && now_of.keys().all(|key| self.by_service.get(&key.0).is_some_and(|m| m.contains_key(&key.1)));
         let hashes: foldhash::HashSet<u64> = dirty.iter().map(|(ns, name)| key_hash(ns, name)).collect();
         if from_memo {
             let gone: foldhash::HashSet<usize> = gone_slices.iter().map(addr).collect();
             for key in now_of.keys() {
                 let c = &self.by_service[&key.0][&key.1];
-                let mut own: Vec<Arc<EndpointSlice>> = c.slices.iter().filter(|s| !gone.contains(&addr(s))).cloned().collect();
+                let mut own: Vec<Arc<Slice>> = c.slices.iter().filter(|s| !gone.contains(&addr(s))).cloned().collect();
                 own.extend(new_slices.iter().filter(|s| slice_service(s) == Some((key.0.as_str(), key.1.as_str()))).cloned());
                 own.sort_by(|a, b| {
                     (namespace_of(&a.metadata), a.metadata.name.as_deref())
@@ -490,7 +492,7 @@ impl CompileMemo {
 
 /// The new and gone objects of a change log's entries since the last call (`last`: the last
 /// call's objects by address). An object both added and replaced (or deleted) since is neither.
-fn found_in_log(services: &[Change<Service>], slices: &[Change<EndpointSlice>], last: &LastObjects) -> Found {
+fn found_in_log(services: &[Change<Service>], slices: &[Change<Slice>], last: &LastObjects) -> Found {
     fn net<K, V>(entries: &[Change<K>], last: &HashMap<usize, V>) -> (Vec<Arc<K>>, Vec<Arc<K>>) {
         let replaced: foldhash::HashSet<usize> = entries.iter().filter_map(|(before, _)| before.as_ref().map(addr)).collect();
         let new = entries.iter().filter_map(|(_, after)| after.clone()).filter(|a| !replaced.contains(&addr(a))).collect();
@@ -503,20 +505,20 @@ fn found_in_log(services: &[Change<Service>], slices: &[Change<EndpointSlice>], 
 }
 
 /// Compiles one Service with its slices.
-fn compile_one(svc: &Arc<Service>, own: Vec<Arc<EndpointSlice>>, node: &NodeContext, pass: u64) -> Compiled {
+fn compile_one(svc: &Arc<Service>, own: Vec<Arc<Slice>>, node: &NodeContext, pass: u64) -> Compiled {
     let (desired, health_checks) = compile_all(std::slice::from_ref(svc), &own, node);
     Compiled { service: svc.clone(), slices: own, desired, health_checks, seen: pass }
 }
 
 /// Whether `memo` holds exactly the slices `now` lists, in order.
-fn same_slices<'a>(memo: &[Arc<EndpointSlice>], mut now: impl Iterator<Item = Arc<EndpointSlice>> + 'a) -> bool {
+fn same_slices<'a>(memo: &[Arc<Slice>], mut now: impl Iterator<Item = Arc<Slice>> + 'a) -> bool {
     memo.iter().all(|a| now.next().is_some_and(|b| Arc::ptr_eq(a, &b))) && now.next().is_none()
 }
 
 /// EndpointSlices grouped by the Service they name, in input order, without a list per
 /// Service: each slice links to the next of the same Service.
 struct SlicesByService<'a> {
-    slices: &'a [Arc<EndpointSlice>],
+    slices: &'a [Arc<Slice>],
     /// (first, last) slice index per Service.
     ends: HashMap<(&'a str, &'a str), (u32, u32)>,
     next: Vec<u32>,
@@ -525,7 +527,7 @@ struct SlicesByService<'a> {
 impl<'a> SlicesByService<'a> {
     const END: u32 = u32::MAX;
 
-    fn new(slices: &'a [Arc<EndpointSlice>]) -> Self {
+    fn new(slices: &'a [Arc<Slice>]) -> Self {
         let mut ends: HashMap<(&str, &str), (u32, u32)> =
             HashMap::with_capacity_and_hasher(slices.len(), foldhash::fast::RandomState::default());
         let mut next = vec![Self::END; slices.len()];
@@ -543,7 +545,7 @@ impl<'a> SlicesByService<'a> {
     }
 
     /// The slices of Service `ns/name`, in input order.
-    fn of(&self, ns: &str, name: &str) -> impl Iterator<Item = Arc<EndpointSlice>> + Clone + '_ {
+    fn of(&self, ns: &str, name: &str) -> impl Iterator<Item = Arc<Slice>> + Clone + '_ {
         let mut at = self.ends.get(&(ns, name)).map_or(Self::END, |(first, _)| *first);
         std::iter::from_fn(move || {
             let i = at;

@@ -18,7 +18,9 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::slice::Slice;
 
 use crate::model::{
     Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
@@ -34,7 +36,7 @@ use crate::model::{
 /// [`ServicePortName::family`] `== family`.
 pub fn compile(
     services: &[impl Borrow<Service>],
-    slices: &[impl Borrow<EndpointSlice>],
+    slices: &[impl Borrow<Slice>],
     node: &NodeContext,
     family: Family,
 ) -> DesiredState {
@@ -46,7 +48,7 @@ pub fn compile(
 /// `healthCheckNodePort`), counting the local ready endpoints of `family` only.
 pub fn compile_with_health_checks(
     services: &[impl Borrow<Service>],
-    slices: &[impl Borrow<EndpointSlice>],
+    slices: &[impl Borrow<Slice>],
     node: &NodeContext,
     family: Family,
 ) -> (DesiredState, HealthChecks) {
@@ -66,7 +68,7 @@ pub fn compile_with_health_checks(
 ///   family's count; with dual-stack pods both counts are the same.)
 pub fn compile_all(
     services: &[impl Borrow<Service>],
-    slices: &[impl Borrow<EndpointSlice>],
+    slices: &[impl Borrow<Slice>],
     node: &NodeContext,
 ) -> (DesiredState, HealthChecks) {
     compile_families(services, slices, node, &Family::ALL)
@@ -74,7 +76,7 @@ pub fn compile_all(
 
 fn compile_families(
     services: &[impl Borrow<Service>],
-    slices: &[impl Borrow<EndpointSlice>],
+    slices: &[impl Borrow<Slice>],
     node: &NodeContext,
     families: &[Family],
 ) -> (DesiredState, HealthChecks) {
@@ -127,13 +129,13 @@ enum CompileSkip {
 }
 
 /// EndpointSlices by `(namespace, service name)`.
-type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a EndpointSlice>>;
+type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a Slice>>;
 
 /// EndpointSlices of the right family grouped by `(namespace, service name)` (points 6, 14, 15).
-fn index_slices(slices: &[impl Borrow<EndpointSlice>], family: Family) -> SlicesByService<'_> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+fn index_slices(slices: &[impl Borrow<Slice>], family: Family) -> SlicesByService<'_> {
+    let mut by_service: BTreeMap<(String, String), Vec<&Slice>> = BTreeMap::new();
     for slice in slices {
-        let slice: &EndpointSlice = slice.borrow();
+        let slice: &Slice = slice.borrow();
         if slice.address_type != family.k8s_name() {
             continue;
         }
@@ -479,7 +481,7 @@ struct RawEndpoint {
 /// Points 9, 10, 14, 16, 17, 20: endpoints of one ServicePort across all its slices (of
 /// `family`, point 15; an address of the other family in such a slice, which the API server
 /// does not allow, is ignored: a frontend never selects a backend of another family).
-fn collect_endpoints(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol, family: Family) -> Vec<RawEndpoint> {
+fn collect_endpoints(slices: &[&Slice], port_name: &str, protocol: Protocol, family: Family) -> Vec<RawEndpoint> {
     let mut by_addr: BTreeMap<(IpAddr, u16), RawEndpoint> = BTreeMap::new();
     for slice in slices {
         // Point 9: join by (name, protocol), never by number. Point 10: skip null/0 ports.
@@ -491,25 +493,25 @@ fn collect_endpoints(slices: &[&EndpointSlice], port_name: &str, protocol: Proto
             continue;
         };
         for ep in &slice.endpoints {
-            // Point 16: only addresses[0], canonicalised.
-            let Some(addr) = ep.addresses.first().and_then(|a| parse_ip_sloppy(a)).filter(|a| family.matches(a)) else {
+            // Point 16: only addresses[0], canonicalised (at ingestion, `model::slice`).
+            let Some(addr) = ep.addr.filter(|a| family.matches(a)) else {
                 continue;
             };
-            // Point 17: nil handling.
-            let cond = ep.conditions.as_ref();
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(true);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let hints = ep.hints.as_ref();
-            let zones = hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect::<BTreeSet<_>>())
-                .filter(|z| !z.is_empty());
-            let nodes = hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect::<BTreeSet<_>>())
-                .filter(|n| !n.is_empty());
-            let raw = RawEndpoint { addr, port, ready, serving, terminating, node: ep.node_name.clone(), zones, nodes };
+            // Point 17: nil handling (at ingestion).
+            let (ready, serving, terminating) = (ep.ready(), ep.serving(), ep.terminating());
+            let hints = ep.hints.as_deref();
+            let zones = hints.and_then(|h| h.zones.clone());
+            let nodes = hints.and_then(|h| h.nodes.clone());
+            let raw = RawEndpoint {
+                addr,
+                port,
+                ready,
+                serving,
+                terminating,
+                node: ep.node_name.as_deref().map(str::to_owned),
+                zones,
+                nodes,
+            };
             // Point 20: de-duplicate; a non-terminating copy wins.
             match by_addr.get(&(addr, port)) {
                 Some(existing) if !existing.terminating => {}

@@ -11,7 +11,9 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use crate::model::slice::Slice;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -52,11 +54,11 @@ fn simple_svc(name: &str, cluster_ip: &str) -> Service {
 }
 
 /// An IPv4 EndpointSlice of `service` in namespace `ns`.
-fn slice(service: &str, slice_name: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+fn slice(service: &str, slice_name: &str, ports: Value, endpoints: Value) -> Slice {
     slice_of("IPv4", NS, service, slice_name, ports, endpoints)
 }
 
-fn slice_of(address_type: &str, ns: &str, service: &str, slice_name: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+fn slice_of(address_type: &str, ns: &str, service: &str, slice_name: &str, ports: Value, endpoints: Value) -> Slice {
     obj(json!({
         "metadata": {
             "name": slice_name,
@@ -107,11 +109,11 @@ fn node() -> NodeContext {
     }
 }
 
-fn v4(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+fn v4(services: &[Service], slices: &[Slice]) -> DesiredState {
     compile(services, slices, &node(), Family::V4)
 }
 
-fn v6(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+fn v6(services: &[Service], slices: &[Slice]) -> DesiredState {
     compile(services, slices, &node(), Family::V6)
 }
 
@@ -1019,7 +1021,7 @@ fn point_25_affinity_applies_to_every_frontend_of_the_service_port() {
 // 1.F / 1.G Traffic policies; no endpoints → reject, no local endpoints → drop
 // ---------------------------------------------------------------------------------------------
 
-fn mixed_slice(name: &str) -> EndpointSlice {
+fn mixed_slice(name: &str) -> Slice {
     slice(
         name,
         &format!("{name}-1"),
@@ -1028,7 +1030,7 @@ fn mixed_slice(name: &str) -> EndpointSlice {
     )
 }
 
-fn remote_only_slice(name: &str) -> EndpointSlice {
+fn remote_only_slice(name: &str) -> Slice {
     slice(name, &format!("{name}-1"), unnamed_port(8080), json!([ep("10.0.1.2", OTHER_NODE), ep("10.0.1.3", OTHER_NODE)]))
 }
 
@@ -1180,10 +1182,10 @@ fn point_41_node_ports_are_served_on_every_node_address_of_the_family() {
         addresses: vec![ip("192.168.0.10"), ip("10.1.0.10"), ip("172.16.0.10"), ip("fd00::10"), ip("fd01::10")],
         ..node()
     };
-    let st4 = compile(&[s.clone()], &[] as &[EndpointSlice], &ctx, Family::V4);
+    let st4 = compile(&[s.clone()], &[] as &[Slice], &ctx, Family::V4);
     let np4: BTreeSet<_> = fes(tcp(&st4, "np")).into_iter().filter(|f| f.starts_with("nodeport")).collect();
     assert_eq!(np4, set_of(&["nodeport 10.1.0.10:30080", "nodeport 172.16.0.10:30080", "nodeport 192.168.0.10:30080",]));
-    let st6 = compile(&[s], &[] as &[EndpointSlice], &ctx, Family::V6);
+    let st6 = compile(&[s], &[] as &[Slice], &ctx, Family::V6);
     let np6: BTreeSet<_> = fes(tcp(&st6, "np")).into_iter().filter(|f| f.starts_with("nodeport")).collect();
     assert_eq!(np6, set_of(&["nodeport [fd00::10]:30080", "nodeport [fd01::10]:30080"]));
     // NodePort frontends are external traffic (ETP applies), the ClusterIP is not.
@@ -1226,7 +1228,7 @@ fn point_46_external_ips_outside_the_allowed_prefixes_reject_the_service() {
     let ok = ext("ok", json!(["203.0.113.53"]));
     let capture = ext("capture", json!(["8.8.8.8"]));
     let mixed = ext("mixed", json!(["203.0.113.54", "2001:4860:4860::8888"]));
-    let st = compile(&[ok.clone(), capture.clone(), mixed], &[] as &[EndpointSlice], &policed, Family::V4);
+    let st = compile(&[ok.clone(), capture.clone(), mixed], &[] as &[Slice], &policed, Family::V4);
     let rejected: Vec<(&str, String)> = st.rejected.iter().map(|r| (r.object.as_str(), r.reason.to_string())).collect();
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(
@@ -1242,7 +1244,7 @@ fn point_46_external_ips_outside_the_allowed_prefixes_reject_the_service() {
     // No list: kube-proxy's behaviour; an empty list: none.
     assert!(v4(&[capture.clone()], &[]).rejected.is_empty());
     let none = NodeContext { external_ip_cidrs: Some(vec![]), ..node() };
-    assert_eq!(compile(&[ok], &[] as &[EndpointSlice], &none, Family::V4).rejected.len(), 1);
+    assert_eq!(compile(&[ok], &[] as &[Slice], &none, Family::V4).rejected.len(), 1);
 }
 
 /// Point 47, CVE-2020-8554's other half: with `--loadbalancer-ip-cidrs`, a LoadBalancer whose
@@ -1257,7 +1259,7 @@ fn point_47_ingress_ips_outside_the_allowed_prefixes_reject_the_service() {
         }))
     };
     let policed = NodeContext { lb_ip_cidrs: Some(vec![Cidr { addr: "198.51.100.0".parse().unwrap(), prefix: 24 }]), ..node() };
-    let st = compile(&[lb("inside", "198.51.100.7"), lb("outside", "8.8.8.8")], &[] as &[EndpointSlice], &policed, Family::V4);
+    let st = compile(&[lb("inside", "198.51.100.7"), lb("outside", "8.8.8.8")], &[] as &[Slice], &policed, Family::V4);
     assert_eq!(st.rejected.len(), 1, "{:?}", st.rejected);
     assert_eq!(st.rejected[0].object, "Service ns/outside");
     assert!(st.rejected[0].reason.to_string().contains("status.loadBalancer.ingress[0].ip"));
@@ -1331,7 +1333,7 @@ fn hints_svc(itp: &str) -> Service {
     )
 }
 
-fn hints_slice(endpoints: Value) -> EndpointSlice {
+fn hints_slice(endpoints: Value) -> Slice {
     slice("web", "web-1", unnamed_port(8080), endpoints)
 }
 
@@ -1422,7 +1424,7 @@ fn point_53_hints_do_not_apply_to_local_external_sets() {
 // ---------------------------------------------------------------------------------------------
 
 /// Both families, as the agent compiles them.
-fn all(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+fn all(services: &[Service], slices: &[Slice]) -> DesiredState {
     let (st, _) = compile_all(services, slices, &node());
     st
 }
@@ -1453,7 +1455,7 @@ fn dual_svc(name: &str, type_: &str, families: &[&str], extra: Value) -> Service
 }
 
 /// Both slices of a dual-stack Service: `addressType` IPv4 and IPv6, port `http` → 8080.
-fn dual_slices(service: &str, v4_eps: Value, v6_eps: Value) -> [EndpointSlice; 2] {
+fn dual_slices(service: &str, v4_eps: Value, v6_eps: Value) -> [Slice; 2] {
     let ports = json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]);
     [
         slice_of("IPv4", NS, service, &format!("{service}-v4"), ports.clone(), v4_eps),

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
+
+use super::slice::Slice;
 
 /// One change: the object before and after it (`None`: absent). A new version of an object is
 /// a new `Arc`; an `Arc` held here keeps its address from being reused.
@@ -44,5 +46,5 @@ impl<K> Changes<K> {
 #[derive(Clone, Debug)]
 pub struct ObjectChanges {
     pub services: Changes<Service>,
-    pub slices: Changes<EndpointSlice>,
+    pub slices: Changes<Slice>,
 }

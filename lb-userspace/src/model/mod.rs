@@ -7,6 +7,7 @@ use serde::Serialize;
 
 pub mod changes;
 pub mod kubernetes;
+pub mod slice;
 
 pub use kubernetes::{NodeContext, parse_ip_sloppy};
 

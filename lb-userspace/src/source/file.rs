@@ -14,10 +14,11 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
 
 use super::{ClusterObjects, SharedList};
+use crate::model::slice::Slice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -230,7 +231,7 @@ fn add_object(value: serde_yaml::Value, at: &str, objects: &mut ClusterObjects) 
             check_service(&svc).map_err(within)?;
             objects.services.push(Arc::new(svc));
         }
-        "EndpointSlice" => objects.slices.push(Arc::new(typed(value).map_err(within)?)),
+        "EndpointSlice" => objects.slices.push(Arc::new(Slice::from(typed::<EndpointSlice>(value).map_err(within)?))),
         "Node" => objects.nodes.push(Arc::new(typed(value).map_err(within)?)),
         "List" => {
             let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();

@@ -12,12 +12,11 @@
 //!   jitter): a lost connection resumes from the last resourceVersion, a 410 relists, and a relist
 //!   replaces a cache atomically once complete. Errors are logged, never returned: while the API
 //!   server is away the caches keep the last state and the datapath keeps serving it.
-//! - Objects are slimmed before they are stored ([`Slim`]): managedFields, annotations other
-//!   than lb's, endpoints' targetRefs and a Node's status beyond its addresses never reach
-//!   the caches.
+//! - Objects are reduced before they are stored ([`Keep`]): managedFields, annotations other
+//!   than lb's and a Node's status beyond its addresses never reach the caches, and an
+//!   EndpointSlice's endpoints are kept as compact records ([`crate::model::slice::Slice`]).
 
 use std::{
-    fmt::Debug,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -27,20 +26,25 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, Client, Config, Resource,
+    Api, Client, Config,
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, error, info, warn};
 
-use super::{ClusterObjects, SharedList};
+use super::{
+    ClusterObjects, SharedList,
+    keep::{Keep, Named},
+};
 use crate::model::changes::{Change, Changes, ObjectChanges};
 
 /// kube-proxy's informer label selector for Services and EndpointSlices (point 4).
@@ -103,18 +107,18 @@ pub struct KubeSource {
 }
 
 /// One kind's cache, shared with its watch task, and whether its first list is in.
-struct Watched<K> {
+struct Watched<K: Keep> {
     cache: Arc<std::sync::Mutex<Cache<K>>>,
     ready: watch::Receiver<bool>,
 }
 
-impl<K> Watched<K> {
-    fn objects(&self) -> SharedList<K> {
+impl<K: Keep> Watched<K> {
+    fn objects(&self) -> SharedList<K::Kept> {
         lock(&self.cache).objects.clone()
     }
 
     /// The objects and the change log that ends at them (one lock: they agree).
-    fn logged(&self) -> (SharedList<K>, Changes<K>) {
+    fn logged(&self) -> (SharedList<K::Kept>, Changes<K::Kept>) {
         let cache = lock(&self.cache);
         (cache.objects.clone(), cache.changes())
     }
@@ -125,7 +129,7 @@ impl<K> Watched<K> {
 
     /// The complete list once the first one is in; until then, the objects of the first list
     /// received so far, in the API server's order (namespace, name).
-    fn listed_so_far(&self) -> SharedList<K> {
+    fn listed_so_far(&self) -> SharedList<K::Kept> {
         let cache = lock(&self.cache);
         if self.listed() { cache.objects.clone() } else { cache.listing.clone().into() }
     }
@@ -251,16 +255,16 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One kind's objects as the watch events left them, sorted by namespace and name, and their
 /// last changes.
-struct Cache<K> {
-    objects: SharedList<K>,
+struct Cache<K: Keep> {
+    objects: SharedList<K::Kept>,
     /// The objects of a list in progress: a (re)list replaces `objects` once complete, so a
     /// snapshot never sees half a list.
-    listing: Vec<Arc<K>>,
+    listing: Vec<Arc<K::Kept>>,
     /// This list's epoch (a new one at each complete list) and version (one per change since).
     epoch: u64,
     version: u64,
     /// The last [`CHANGE_LOG_MAX`] changes, ending at `version`.
-    log: std::collections::VecDeque<Change<K>>,
+    log: std::collections::VecDeque<Change<K::Kept>>,
 }
 
 /// Changes a cache remembers: a sync further behind finds the changed objects by walking
@@ -270,7 +274,7 @@ const CHANGE_LOG_MAX: usize = 1024;
 /// Epochs of every cache of this process, so that no two lists share one.
 static EPOCHS: AtomicU64 = AtomicU64::new(1);
 
-impl<K> Default for Cache<K> {
+impl<K: Keep> Default for Cache<K> {
     fn default() -> Self {
         Self {
             objects: SharedList::default(),
@@ -282,8 +286,8 @@ impl<K> Default for Cache<K> {
     }
 }
 
-impl<K> Cache<K> {
-    fn changes(&self) -> Changes<K> {
+impl<K: Keep> Cache<K> {
+    fn changes(&self) -> Changes<K::Kept> {
         Changes {
             epoch: self.epoch,
             from: self.version - self.log.len() as u64,
@@ -292,7 +296,7 @@ impl<K> Cache<K> {
         }
     }
 
-    fn logged(&mut self, change: Change<K>) {
+    fn logged(&mut self, change: Change<K::Kept>) {
         if self.log.len() == CHANGE_LOG_MAX {
             self.log.pop_front();
         }
@@ -301,15 +305,7 @@ impl<K> Cache<K> {
     }
 }
 
-/// An object as the cache keeps it: a clone, whose lists are allocated to their length (the
-/// deserialized object's grew by doubling: an EndpointSlice of 10 endpoints held room for 16,
-/// ~1.2 KiB more per slice: 244 against 275 MiB peak at 10,000 Services), as kube-rs' own
-/// stores keep them.
-fn compact<K: Clone>(o: &K) -> Arc<K> {
-    Arc::new(o.clone())
-}
-
-impl<K: Resource + Clone> Cache<K> {
+impl<K: Keep> Cache<K> {
     /// Applies one watch event; true when the objects changed (an event of a list in progress
     /// changes nothing until the list is complete).
     fn apply(&mut self, event: watcher::Event<K>) -> bool {
@@ -319,7 +315,7 @@ impl<K: Resource + Clone> Cache<K> {
                 false
             }
             watcher::Event::InitApply(o) => {
-                self.listing.push(compact(&o));
+                self.listing.push(Arc::new(o.keep()));
                 false
             }
             watcher::Event::InitDone => {
@@ -340,7 +336,7 @@ impl<K: Resource + Clone> Cache<K> {
                 true
             }
             watcher::Event::Apply(o) => {
-                let o = compact(&o);
+                let o = Arc::new(o.keep());
                 let list = &mut *self.objects;
                 let before = match list.binary_search_by(|x| by_name(&**x, &*o)) {
                     Ok(at) => Some(std::mem::replace(&mut list[at], o.clone())),
@@ -353,7 +349,7 @@ impl<K: Resource + Clone> Cache<K> {
                 true
             }
             watcher::Event::Delete(o) => {
-                let Ok(at) = self.objects.binary_search_by(|x| by_name(&**x, &o)) else {
+                let Ok(at) = self.objects.binary_search_by(|x| by_meta(x.meta(), o.meta())) else {
                     return false;
                 };
                 let before = self.objects.remove(at);
@@ -364,58 +360,15 @@ impl<K: Resource + Clone> Cache<K> {
     }
 }
 
-fn by_name<K: Resource>(a: &K, b: &K) -> std::cmp::Ordering {
-    (a.meta().namespace.as_deref(), a.meta().name.as_deref()).cmp(&(b.meta().namespace.as_deref(), b.meta().name.as_deref()))
+fn by_name<K: Named>(a: &K, b: &K) -> std::cmp::Ordering {
+    by_meta(a.meta(), b.meta())
 }
 
-/// What the watch caches keep of an object: only what the compile step and the agent read.
-/// Real clusters' objects carry much more (managedFields, `kubectl apply`'s last-applied
-/// annotation, a Node's image list, every endpoint's targetRef), which would otherwise live
-/// in memory once per object for the agent's lifetime.
-pub trait Slim {
-    fn slim(&mut self);
+fn by_meta(a: &ObjectMeta, b: &ObjectMeta) -> std::cmp::Ordering {
+    (a.namespace.as_deref(), a.name.as_deref()).cmp(&(b.namespace.as_deref(), b.name.as_deref()))
 }
 
-impl Slim for Service {
-    /// Drops managedFields and every annotation but the selection one.
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == crate::model::kubernetes::ANNOTATION_SELECTION);
-        }
-    }
-}
-
-impl Slim for EndpointSlice {
-    /// Drops managedFields, every annotation but the change trigger time (network programming
-    /// latency), and each endpoint's targetRef and deprecatedTopology (addresses, conditions,
-    /// nodeName, zone and hints stay).
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == crate::model::kubernetes::TRIGGER_TIME_ANNOTATION);
-        }
-        for ep in &mut self.endpoints {
-            ep.target_ref = None;
-            ep.deprecated_topology = None;
-        }
-    }
-}
-
-impl Slim for Node {
-    /// Keeps the name, labels (zone), deletion timestamp, taints (the autoscaler's deletion
-    /// taint turns `/healthz` to 503, point 50) and addresses.
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
-        self.spec = self.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec { taints: s.taints, ..Default::default() });
-        if let Some(status) = self.status.as_mut() {
-            *status = k8s_openapi::api::core::v1::NodeStatus { addresses: status.addresses.take(), ..Default::default() };
-        }
-    }
-}
-
-/// Spawns `watcher → backoff → slim → cache` for one resource, bumping `changes` whenever the
+/// Spawns `watcher → backoff → keep → cache` for one resource, bumping `changes` whenever the
 /// cache changes and `events` (if any) at every watch event after the initial list. Returns
 /// the cache and its readiness (true once the first list is in).
 fn spawn_watch<K>(
@@ -426,11 +379,11 @@ fn spawn_watch<K>(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Watched<K>
 where
-    K: Resource<DynamicType = ()> + Slim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Keep,
 {
     let cache = Arc::new(std::sync::Mutex::new(Cache::default()));
     let (ready_tx, ready) = watch::channel(false);
-    let stream = watcher(api, config).default_backoff().modify(Slim::slim);
+    let stream = watcher(api, config).default_backoff();
     let changes = changes.clone();
     let writer = Arc::clone(&cache);
     tasks.push(runtime.spawn(async move {
@@ -511,7 +464,7 @@ mod tests {
                 .collect()
         };
         let ns = |i: i32| if i % 2 == 0 { "a" } else { "b" };
-        let mut cache = Cache::default();
+        let mut cache = Cache::<Service>::default();
         assert!(!cache.apply(Event::Init));
         for i in (0..300).rev() {
             assert!(!cache.apply(Event::InitApply(svc(ns(i), &format!("s{i}"), "10.96.0.1"))));
@@ -584,11 +537,15 @@ mod tests {
             rng % n
         };
         let (mut services, mut slices) = (Cache::<Service>::default(), Cache::<EndpointSlice>::default());
+        // What the API server holds, for the relists.
+        let mut held: std::collections::BTreeMap<String, EndpointSlice> = Default::default();
         services.apply(Event::Init);
         slices.apply(Event::Init);
         for i in 0..30 {
             services.apply(Event::InitApply(service(&format!("s{i}"), 80)));
-            slices.apply(Event::InitApply(slice(&format!("s{i}-a"), &format!("s{i}"), i)));
+            let s = slice(&format!("s{i}-a"), &format!("s{i}"), i);
+            held.insert(format!("s{i}-a"), s.clone());
+            slices.apply(Event::InitApply(s));
         }
         services.apply(Event::InitDone);
         slices.apply(Event::InitDone);
@@ -598,18 +555,29 @@ mod tests {
             let svc = format!("s{}", next(40));
             let name = format!("{svc}-{}", ["a", "b", "c"][next(3) as usize]);
             match next(20) {
-                0..=7 => drop(slices.apply(Event::Apply(slice(&name, &svc, next(5000) as u32)))),
-                8..=9 => drop(slices.apply(Event::Delete(slice(&name, &svc, 0)))),
+                0..=7 => {
+                    let s = slice(&name, &svc, next(5000) as u32);
+                    held.insert(name, s.clone());
+                    slices.apply(Event::Apply(s));
+                }
+                8..=9 => {
+                    held.remove(&name);
+                    slices.apply(Event::Delete(slice(&name, &svc, 0)));
+                }
                 // A slice whose label moves to another Service.
-                10 => drop(slices.apply(Event::Apply(slice(&format!("s{}-a", next(40)), &svc, next(5000) as u32)))),
+                10 => {
+                    let name = format!("s{}-a", next(40));
+                    let s = slice(&name, &svc, next(5000) as u32);
+                    held.insert(name, s.clone());
+                    slices.apply(Event::Apply(s));
+                }
                 11..=13 => drop(services.apply(Event::Apply(service(&svc, 80 + next(3) as i32)))),
                 14..=15 => drop(services.apply(Event::Delete(service(&svc, 80)))),
                 16 if step % 97 == 0 => {
                     // A relist of the slices: a new epoch.
-                    let now: Vec<Arc<EndpointSlice>> = slices.objects.to_vec();
                     slices.apply(Event::Init);
-                    for s in now {
-                        slices.apply(Event::InitApply(EndpointSlice::clone(&s)));
+                    for s in held.values() {
+                        slices.apply(Event::InitApply(s.clone()));
                     }
                     slices.apply(Event::InitDone);
                 }
@@ -630,46 +598,6 @@ mod tests {
     }
 
     use super::*;
-
-    /// The caches keep what compile and the agent read, and drop the bulk.
-    #[test]
-    fn stored_objects_keep_only_what_is_read() {
-        let mut svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "a", "namespace": "ns", "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": "{...}", (crate::model::kubernetes::ANNOTATION_SELECTION): "random" },
-                "managedFields": [{ "manager": "kubectl" }] },
-            "spec": { "clusterIP": "10.96.0.1", "ports": [{ "port": 80 }] },
-        }))
-        .unwrap();
-        svc.slim();
-        assert_eq!(svc.metadata.annotations.as_ref().unwrap().len(), 1);
-        assert!(svc.metadata.managed_fields.is_none() && svc.spec.is_some());
-        let mut slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "a-1", "namespace": "ns", "labels": { "kubernetes.io/service-name": "a" } },
-            "addressType": "IPv4",
-            "endpoints": [{ "addresses": ["10.244.0.1"], "nodeName": "n1", "zone": "z",
-                            "targetRef": { "kind": "Pod", "name": "a-xyz", "uid": "1234" },
-                            "hints": { "forZones": [{ "name": "z" }] } }],
-        }))
-        .unwrap();
-        slice.slim();
-        let ep = &slice.endpoints[0];
-        assert!(ep.target_ref.is_none() && ep.hints.is_some() && ep.node_name.is_some() && ep.zone.is_some());
-        assert!(slice.metadata.labels.is_some());
-        let mut node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "n1", "labels": { "topology.kubernetes.io/zone": "z" }, "deletionTimestamp": "2026-01-01T00:00:00Z" },
-            "spec": { "podCIDR": "10.244.0.0/24", "taints": [{ "key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule" }] },
-            "status": { "addresses": [{ "type": "InternalIP", "address": "192.168.0.10" }],
-                        "images": [{ "names": ["registry/big:1"], "sizeBytes": 1 }] },
-        }))
-        .unwrap();
-        node.slim();
-        let status = node.status.as_ref().unwrap();
-        assert!(status.images.is_none() && status.addresses.as_ref().unwrap().len() == 1);
-        let spec = node.spec.as_ref().unwrap();
-        assert!(spec.pod_cidr.is_none() && spec.taints.as_ref().unwrap().len() == 1, "{spec:?}");
-        assert!(node.metadata.labels.is_some() && node.metadata.deletion_timestamp.is_some());
-    }
 
     #[test]
     fn selector_is_kube_proxys() {

@@ -4,14 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::model::changes::ObjectChanges;
+use k8s_openapi::api::core::v1::{Node, Service};
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use crate::model::{changes::ObjectChanges, slice::Slice};
 
 pub mod file;
+pub mod keep;
 pub mod kube;
 pub mod node;
 
@@ -20,7 +18,8 @@ pub mod node;
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
     pub services: SharedList<Service>,
-    pub slices: SharedList<EndpointSlice>,
+    /// EndpointSlices, with compact endpoints ([`Slice`]).
+    pub slices: SharedList<Slice>,
     pub nodes: SharedList<Node>,
     /// The watch caches' last changes (the kube source), ending at these lists, which are then
     /// sorted by namespace and name; `None` from the file source.

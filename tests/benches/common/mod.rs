@@ -225,10 +225,10 @@ impl Svc {
 /// The desired state lb would compute for `svcs` on node [`NODE_NAME`] with address
 /// `lb_tests::addresses::NODE`: the agent's own compile step over the API objects.
 pub fn desired(svcs: &[Svc]) -> lb_userspace::model::DesiredState {
-    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use k8s_openapi::api::core::v1::Service;
+    use lb_userspace::model::slice::Slice;
     let services: Vec<Service> = svcs.iter().map(|s| serde_json::from_value(s.service_json()).expect("Service")).collect();
-    let slices: Vec<EndpointSlice> =
-        svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
+    let slices: Vec<Slice> = svcs.iter().map(|s| serde_json::from_value(s.slice_json()).expect("EndpointSlice")).collect();
     let node = lb_userspace::model::NodeContext {
         name: NODE_NAME.into(),
         addresses: vec![std::net::IpAddr::V4(NODE)],

@@ -17,7 +17,7 @@ fn service(name: &str, ip: &str, policy: &str) -> Arc<Service> {
     )
 }
 
-fn slice(name: &str, service: &str, addrs: &[&str], node: &str) -> Arc<EndpointSlice> {
+fn slice(name: &str, service: &str, addrs: &[&str], node: &str) -> Arc<Slice> {
     let eps: Vec<_> =
         addrs.iter().map(|a| json!({ "addresses": [a], "conditions": { "ready": true }, "nodeName": node })).collect();
     Arc::new(
@@ -52,23 +52,22 @@ fn the_memo_always_gives_what_compile_all_gives() {
         slice("b-1", "b", &["10.244.1.1"], "n2"),
         slice("b-2", "b", &["10.244.1.2"], "n1"),
     ];
-    let check =
-        |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n: &NodeContext, step: &str| {
-            let before = memo.desired.clone();
-            let out = memo.compile(services, slices, n);
-            let got = (out.desired.clone(), out.health_checks.clone());
-            assert_eq!(got, compile_all(services, slices, n), "{step}");
-            // Every ServicePort that differs from the last call's is reported.
-            if let Changed::Only(spns) = out.changed {
-                let keys: std::collections::BTreeSet<_> = before.services.keys().chain(got.0.services.keys()).collect();
-                for spn in keys {
-                    if before.services.get(spn) != got.0.services.get(spn) {
-                        assert!(spns.contains(spn), "{step}: {spn} changed, not reported");
-                    }
+    let check = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<Slice>], n: &NodeContext, step: &str| {
+        let before = memo.desired.clone();
+        let out = memo.compile(services, slices, n);
+        let got = (out.desired.clone(), out.health_checks.clone());
+        assert_eq!(got, compile_all(services, slices, n), "{step}");
+        // Every ServicePort that differs from the last call's is reported.
+        if let Changed::Only(spns) = out.changed {
+            let keys: std::collections::BTreeSet<_> = before.services.keys().chain(got.0.services.keys()).collect();
+            for spn in keys {
+                if before.services.get(spn) != got.0.services.get(spn) {
+                    assert!(spns.contains(spn), "{step}: {spn} changed, not reported");
                 }
             }
-            got
-        };
+        }
+        got
+    };
     let first = check(&mut memo, &services, &slices, &node("n1"), "initial");
     assert_eq!(first.0.services.len(), 2);
     check(&mut memo, &services, &slices, &node("n1"), "unchanged");
@@ -117,10 +116,10 @@ fn single_changes_among_many_services_are_found_by_address() {
     let mut memo = CompileMemo::default();
     let mut services: Vec<Arc<Service>> =
         (0..200).map(|i| service(&format!("s{i}"), &format!("10.96.1.{i}"), "Cluster")).collect();
-    let mut slices: Vec<Arc<EndpointSlice>> =
+    let mut slices: Vec<Arc<Slice>> =
         (0..200).map(|i| slice(&format!("s{i}-1"), &format!("s{i}"), &[&format!("10.244.1.{i}")], "n1")).collect();
     let n = node("n1");
-    let step = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], what: &str| {
+    let step = |memo: &mut CompileMemo, services: &[Arc<Service>], slices: &[Arc<Slice>], what: &str| {
         let before = memo.partial_calls;
         let got = memo.compile(services, slices, &n).desired.clone();
         assert_eq!((got, memo.health_checks.clone()), compile_all(services, slices, &n), "{what}");
@@ -144,6 +143,6 @@ fn single_changes_among_many_services_are_found_by_address() {
     assert!(!step(&mut memo, &services, &slices, "a duplicate: the full walk"));
     services.pop();
     step(&mut memo, &services, &slices, "the duplicate gone");
-    let all: Vec<Arc<EndpointSlice>> = slices.iter().map(|s| Arc::new((**s).clone())).collect();
+    let all: Vec<Arc<Slice>> = slices.iter().map(|s| Arc::new((**s).clone())).collect();
     assert!(!step(&mut memo, &services, &all, "every object new: the full walk"));
 }

@@ -54,15 +54,20 @@ impl Named for Slice {
     }
 }
 
+/// Drops managedFields and every annotation but `annotation`.
+fn slim_meta(meta: &mut ObjectMeta, annotation: &str) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k == annotation);
+    }
+}
+
 impl Keep for Service {
     type Kept = Service;
 
     /// Drops managedFields and every annotation but the selection one.
     fn keep(mut self) -> Service {
-        self.metadata.managed_fields = None;
-        if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == ANNOTATION_SELECTION);
-        }
+        slim_meta(&mut self.metadata, ANNOTATION_SELECTION);
         self.clone()
     }
 }
@@ -74,10 +79,7 @@ impl Keep for EndpointSlice {
     /// latency); each endpoint keeps its first address, conditions, nodeName and hints
     /// ([`Slice`]).
     fn keep(mut self) -> Slice {
-        self.metadata.managed_fields = None;
-        if let Some(a) = self.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
-        }
+        slim_meta(&mut self.metadata, TRIGGER_TIME_ANNOTATION);
         Slice::from(&self)
     }
 }

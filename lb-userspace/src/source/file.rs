@@ -14,11 +14,13 @@ use std::{
     time::SystemTime,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize;
 
-use super::{ClusterObjects, SharedList};
-use crate::model::slice::Slice;
+use super::{ClusterObjects, SharedList, keep::Keep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -229,10 +231,11 @@ fn add_object(value: serde_yaml::Value, at: &str, objects: &mut ClusterObjects) 
         "Service" => {
             let svc: Service = typed(value).map_err(within)?;
             check_service(&svc).map_err(within)?;
-            objects.services.push(Arc::new(svc));
+            objects.services.push(Arc::new(svc.keep()));
         }
-        "EndpointSlice" => objects.slices.push(Arc::new(Slice::from(typed::<EndpointSlice>(value).map_err(within)?))),
-        "Node" => objects.nodes.push(Arc::new(typed(value).map_err(within)?)),
+        // Kept as the kube source's caches keep them (`keep.rs`).
+        "EndpointSlice" => objects.slices.push(Arc::new(typed::<EndpointSlice>(value).map_err(within)?.keep())),
+        "Node" => objects.nodes.push(Arc::new(typed::<Node>(value).map_err(within)?.keep())),
         "List" => {
             let items = value.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
             for (j, item) in items.into_iter().enumerate() {

@@ -100,8 +100,12 @@ impl Dataplane {
                 let other = s.spawn(|| put_all(maps, second));
                 (put_all(maps, first), other.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             });
-            self.shadow.apply(&first[..a.0]);
-            self.shadow.apply(&second[..b.0]);
+            if a.0 == first.len() && b.0 == second.len() {
+                self.shadow.apply_puts(ops);
+            } else {
+                self.shadow.apply(&first[..a.0]);
+                self.shadow.apply(&second[..b.0]);
+            }
             a.1?;
             b.1?;
             return Ok(ops.len());

@@ -112,17 +112,6 @@ impl From<EndpointSlice> for Slice {
     }
 }
 
-impl From<&EndpointSlice> for Slice {
-    fn from(s: &EndpointSlice) -> Self {
-        Self {
-            endpoints: s.endpoints.iter().map(SliceEndpoint::from).collect(),
-            metadata: s.metadata.clone(),
-            address_type: s.address_type.clone(),
-            ports: s.ports.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,7 +85,7 @@ impl Keep for EndpointSlice {
     /// ([`Slice`]).
     fn keep(mut self) -> Slice {
         slim_meta(&mut self.metadata, TRIGGER_TIME_ANNOTATION);
-        Slice::from(&self)
+        Slice::from(self)
     }
 }
 

@@ -188,6 +188,10 @@ fn client_flow_from(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
 /// SNAT); from outside the forward entry (under the default policy Cluster, external flows are
 /// source-NATed).
 ///
+/// From outside, a TCP SYN without a forward entry looks no further: its flow, if any, is a
+/// one-entry flow (policy Local, a backend on the node's address), and `establish` finds that
+/// entry when it writes the client key (a retransmitted SYN then selects again, as below).
+///
 /// `from_backend`: the address filter says the client may be a backend. A TCP SYN from a pod
 /// whose client entry is missing skips the forward-entry lookup when the client is no backend:
 /// a pod's two-entry flows are hairpin flows (the client is the backend) and flows whose client
@@ -202,6 +206,7 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     let found = if hook == Hook::External {
         match entry(p.flow_key(CT_DIR_FORWARD), v6) {
             Some(ct) => Some((ct, false)),
+            None if new_syn => None,
             None => match client_flow_to(p, sc) {
                 ClientEntry::Flow(ct) => Some((ct, true)),
                 _ => None,

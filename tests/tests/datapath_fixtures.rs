@@ -1360,6 +1360,14 @@ fn point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoin
             verify_checksums(&back).expect("checksums after reverse NAT");
         }
     }
+    // A retransmitted SYN (an external SYN looks up no client entry: its flow is written anew
+    // over the one it had) still reaches the local endpoint, and its reply is still translated.
+    let client = SocketAddr::new(F::EXT_CLIENT, 40000);
+    let (verdict, out) = f.run_ext(Ext::Xdp, &tcp_frame(client, (F::NODE, NODEPORT), 1000, 0, TCP_SYN));
+    assert_eq!(verdict, Ext::Xdp.pass());
+    assert_eq!(parse_flow(&out).dst, (F::POD1, 8080).into(), "the retransmitted SYN goes where the first went");
+    let (_, back) = f.run(&tcp_frame((F::POD1, 8080), client, 1000, 1001, TCP_SYN | TCP_ACK));
+    assert_eq!(parse_flow(&back).src, (F::NODE, NODEPORT).into(), "its reply is still reverse-NATed");
     assert_eq!(f.counter(CNT_SNAT), 0);
 }
 

@@ -68,7 +68,9 @@ impl Drop for AgentProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = lb_userspace::dataplane::cleanup(&self.pin);
-        // LB_B3_KEEP_LOGS=1 keeps the agent's log (its `synced` lines split each sync's time).
+        // LB_B3_KEEP_LOGS=1 keeps the agent's log (its `synced` lines split each sync's time);
+        // LB_B3_AGENT_LOG sets its filter (default `info`; `info,lb_userspace::agent=debug` adds
+        // the planning ahead of the lists and each sync's plan before its writes).
         if std::env::var("LB_B3_KEEP_LOGS").is_ok_and(|v| v == "1") {
             println!("b3: agent log kept: {}", self.log.display());
         } else {
@@ -171,7 +173,12 @@ fn start_and_sync(lb: &Path, source: &str, svcs: &[Svc], listen_flags: bool) -> 
     }
     let start_wall = SystemTime::now();
     let t0 = Instant::now();
-    let child = cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&log)?).spawn()?;
+    let child = cmd
+        .env("RUST_LOG", std::env::var("LB_B3_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log)?)
+        .spawn()?;
     let mut agent = AgentProc { child, pin: pin.clone(), log: log.clone() };
     let last = svcs.iter().map(|s| key(s.vip, s.port)).max().expect("services");
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     AgentConfig,
@@ -55,6 +55,12 @@ impl SyncError {
             Self::NodeSettings(e) | Self::Apply(e) => e.reason(),
         }
     }
+}
+
+/// Milliseconds to 0.1 (a sync's log lines: the parts are cumulative, compiled, then planned,
+/// then written).
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// State carried between syncs.
@@ -174,6 +180,7 @@ impl SyncState {
         // is compared with the maps.
         let replanned = self.planner.plan_changed(desired, &out.changed);
         let planned = started.elapsed();
+        debug!(replanned, compiled_ms = ms(compiled), planned_ms = ms(planned), "planned");
         self.health_checks.clone_from(out.health_checks);
         if replanned == 0 && self.planner.pending().is_empty() {
             return Ok(());
@@ -199,8 +206,6 @@ impl SyncState {
             });
             self.names_version = Some(version);
         }
-        // Milliseconds to 0.1; the parts are cumulative (compiled, then planned, then written).
-        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
         info!(
             service_ports = desired.services.len(),
             replanned,

@@ -207,15 +207,17 @@ impl KubeSource {
         }
     }
 
-    /// While the initial lists stream in: the Services and this node's Node once their lists
-    /// are complete, with the EndpointSlices received so far (no change log); `None` before.
-    /// Point 7: nothing may be programmed from it; the agent plans ahead with it.
+    /// While the initial lists stream in: the Services and EndpointSlices received so far (no
+    /// change log), once this node's Node is in; `None` before. Point 7: nothing may be
+    /// programmed from it; the agent plans ahead with it. (Both lists arrive in name order, at
+    /// about the same pace: waiting for the whole Service list left the planning ahead half the
+    /// streaming time.)
     pub fn partial_snapshot(&self) -> Option<ClusterObjects> {
-        if !self.services.listed() || self.nodes.as_ref().is_some_and(|n| !n.listed()) {
+        if self.nodes.as_ref().is_some_and(|n| !n.listed()) {
             return None;
         }
         Some(ClusterObjects {
-            services: self.services.objects(),
+            services: self.services.listed_so_far(),
             slices: self.slices.listed_so_far(),
             nodes: self.nodes.as_ref().map(Watched::objects).unwrap_or_default(),
             changes: None,

@@ -96,7 +96,6 @@ impl Planner {
         crate::room::make_room(&mut self.backends);
         crate::room::make_room(&mut self.services);
         crate::room::make_room(&mut self.source_ranges);
-        self.filter.make_room();
         self.ids.make_room();
     }
 

@@ -401,7 +401,9 @@ impl Planner {
 
 /// Records `spn`'s value for `key`; returns the value the map holds: the last ServicePort's.
 fn add_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, spn: &Arc<ServicePortName>, key: K, v: V) -> V {
-    let by = shared.entry(key).or_default();
+    // Most keys have one writer: room for one (a first push would make room for four, 96
+    // bytes more per backend, ~10 MB at 10,000 Services × 10 endpoints).
+    let by = shared.entry(key).or_insert_with(|| Vec::with_capacity(1));
     match by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
         Ok(i) => by[i].1 = v,
         Err(i) => by.insert(i, (spn.clone(), v)),

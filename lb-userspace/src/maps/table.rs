@@ -180,6 +180,9 @@ macro_rules! agent_maps {
             match map {
                 $(MapId::$id => {
                     let delta = merge(&old.$field, &new.$field);
+                    // Sized once: growing by doubling held a first sync's largest map of writes
+                    // one and a half times (7 of 124 MB at 10,000 Services).
+                    early.reserve_exact(delta.upserts.len());
                     for (k, v) in delta.upserts {
                         match old.$field.get(k).and_then(|o| Transition::widened(o, v)) {
                             Some(wide) => {

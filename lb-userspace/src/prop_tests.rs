@@ -900,7 +900,7 @@ fn check_programmed_ranges(state: &DesiredState) -> Result<(), TestCaseError> {
             prop_assert!(f.port != 0 && spn.family.matches(&f.addr), "{}: frontend {:?}", spn, f);
         }
         for set in [&sp.internal.endpoints, &sp.external.endpoints, &sp.cluster] {
-            for e in set {
+            for e in set.iter() {
                 prop_assert!(e.port != 0 && spn.family.matches(&e.addr), "{}: endpoint {:?}", spn, e);
             }
             prop_assert!(set.windows(2).all(|w| w[0] < w[1]), "{}: endpoints unsorted or duplicated: {:?}", spn, set);
@@ -1012,17 +1012,17 @@ fn build_desired(sps: &[SpGen]) -> DesiredState {
         let has_any = !eps.is_empty();
         let set = |local_only: bool| {
             if local_only {
-                EndpointSet { endpoints: local.clone(), drop_if_empty: has_any }
+                EndpointSet { endpoints: local.clone().into(), drop_if_empty: has_any }
             } else {
-                EndpointSet { endpoints: cluster.clone(), drop_if_empty: false }
+                EndpointSet { endpoints: cluster.clone().into(), drop_if_empty: false }
             }
         };
         let sp = ServicePortState {
             frontends,
             internal: set(g.itp_local),
             external: set(g.etp_local),
-            cluster: cluster.clone(),
-            serving: eps.clone(),
+            cluster: cluster.clone().into(),
+            serving: eps.clone().into(),
             external_snat: !g.etp_local,
             source_ranges: g
                 .ranges

@@ -780,7 +780,7 @@ fn point_57_udp_flow_moves_when_its_backend_is_removed_and_tcp_flow_stays<F: Fam
         let sp = std::sync::Arc::make_mut(sp);
         let gone = |e: &Endpoint| e.addr == udp_backend || e.addr == tcp_backend;
         for set in [&mut sp.internal.endpoints, &mut sp.external.endpoints, &mut sp.cluster, &mut sp.serving] {
-            set.retain(|e| !gone(e));
+            *set = set.iter().filter(|e| !gone(e)).cloned().collect();
         }
     }
     f.program(&d);
@@ -852,11 +852,9 @@ fn point_57_udp_flow_stays_on_a_terminating_backend_that_still_serves<F: Family>
     let mut d = cluster::<F>();
     let dns = std::sync::Arc::make_mut(d.services.iter_mut().find(|(n, _)| n.name == "dns").unwrap().1);
     for set in [&mut dns.internal.endpoints, &mut dns.external.endpoints, &mut dns.cluster] {
-        set.retain(|e| e.addr == other);
+        *set = set.iter().filter(|e| e.addr == other).cloned().collect();
     }
-    for e in &mut dns.serving {
-        e.terminating = e.addr == old;
-    }
+    dns.serving = dns.serving.iter().map(|e| Endpoint { terminating: e.addr == old, ..e.clone() }).collect();
     f.program(&d);
     for _ in 0..5 {
         assert_eq!(parse_flow(&f.run(&query).1).dst, (old, 9000).into(), "a flow stays on a serving endpoint");
@@ -1334,7 +1332,7 @@ fn nodeport_local_state<F: Family>(endpoints: Vec<Endpoint>) -> DesiredState {
     let local_endpoints: Vec<Endpoint> = endpoints.iter().filter(|e| e.local).cloned().collect();
     let (spn, mut sp) = nodeport_service::<F>("web", F::NP_VIP, NODEPORT, Protocol::Tcp, endpoints);
     let drop_if_empty = local_endpoints.is_empty() && !sp.cluster.is_empty();
-    sp.external = EndpointSet { drop_if_empty, endpoints: local_endpoints };
+    sp.external = EndpointSet { drop_if_empty, endpoints: local_endpoints.into() };
     sp.external_snat = false;
     desired_state([(spn, sp)])
 }

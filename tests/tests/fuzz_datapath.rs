@@ -267,7 +267,7 @@ fn desired() -> DesiredState {
         vec![endpoint(REMOTE2, 8080, false)],
         Selection::Maglev,
     );
-    sp.external = EndpointSet { endpoints: vec![], drop_if_empty: true };
+    sp.external = EndpointSet { endpoints: Default::default(), drop_if_empty: true };
     sp.external_snat = false;
     d.services.insert(spn, std::sync::Arc::new(sp));
     d
@@ -278,7 +278,7 @@ fn frontends(d: &DesiredState) -> Vec<Fe> {
     let mut out = Vec::new();
     for (spn, sp) in &d.services {
         let mut backends = BTreeSet::new();
-        for e in sp.internal.endpoints.iter().chain(&sp.external.endpoints).chain(&sp.cluster) {
+        for e in sp.internal.endpoints.iter().chain(sp.external.endpoints.iter()).chain(sp.cluster.iter()) {
             let IpAddr::V4(a) = e.addr else { unreachable!() };
             backends.insert((a, e.port));
         }

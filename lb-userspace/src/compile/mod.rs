@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Service;
 use crate::model::slice::Slice;
 
 use crate::model::{
-    Cidr, DesiredState, Endpoint, EndpointSet, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
+    Cidr, DesiredState, Endpoint, EndpointSet, Endpoints, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
     RejectedField, Rejection, Selection, ServicePortName, ServicePortState, Skipped,
     kubernetes::{
         ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
@@ -301,17 +301,20 @@ fn compile_service(
             local_ready.extend(raw.iter().filter(|r| r.ready && is_local(r, node)).map(|r| r.addr));
         }
         let eps = categorize(raw, node);
-        let cluster = eps.cluster.clone();
-        let serving = eps.serving;
+        // One list for the sets that are equal (usually all of them).
+        let cluster: Endpoints = eps.cluster.into();
+        let share = |list: Vec<Endpoint>| if list[..] == cluster[..] { cluster.clone() } else { Endpoints::from(list) };
+        let local = share(eps.local);
+        let serving = share(eps.serving);
         let internal = if itp_local {
-            EndpointSet { endpoints: eps.local.clone(), drop_if_empty: eps.has_any }
+            EndpointSet { endpoints: local.clone(), drop_if_empty: eps.has_any }
         } else {
-            EndpointSet { endpoints: eps.cluster.clone(), drop_if_empty: false }
+            EndpointSet { endpoints: cluster.clone(), drop_if_empty: false }
         };
         let external = if etp_local {
-            EndpointSet { endpoints: eps.local, drop_if_empty: eps.has_any }
+            EndpointSet { endpoints: local, drop_if_empty: eps.has_any }
         } else {
-            EndpointSet { endpoints: eps.cluster, drop_if_empty: false }
+            EndpointSet { endpoints: cluster.clone(), drop_if_empty: false }
         };
         out.push((
             spn,

@@ -174,11 +174,15 @@ pub struct Endpoint {
     pub host: bool,
 }
 
+/// A list of endpoints, shared: a ServicePort's internal, external, Cluster and serving sets
+/// are usually one list (policies Cluster, nothing terminating), held once.
+pub type Endpoints = Arc<[Endpoint]>;
+
 /// The endpoint set for one class of traffic (internal or external).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EndpointSet {
-    /// Endpoints to select among, sorted.
-    pub endpoints: Vec<Endpoint>,
+    /// Endpoints to select among, sorted (shared with the ServicePort's other sets when equal).
+    pub endpoints: Endpoints,
     /// When `endpoints` is empty: drop silently (traffic policy Local while the service has
     /// endpoints elsewhere) rather than reject (no endpoints at all).
     pub drop_if_empty: bool,
@@ -229,10 +233,10 @@ pub struct ServicePortState {
     pub external: EndpointSet,
     /// The Cluster set (ready endpoints anywhere, with the terminating fallback): what traffic
     /// from this node's pods and from the node itself gets on external frontends (point 34).
-    pub cluster: Vec<Endpoint>,
+    pub cluster: Endpoints,
     /// Every serving endpoint (ready, or serving while terminating; any node, no topology),
     /// sorted: a UDP flow keeps its backend only while it is one of these (point 57).
-    pub serving: Vec<Endpoint>,
+    pub serving: Endpoints,
     /// External traffic is source-NATed to the node (`externalTrafficPolicy: Cluster`).
     pub external_snat: bool,
     /// `loadBalancerSourceRanges` of this family (applies to LoadBalancer frontends only).

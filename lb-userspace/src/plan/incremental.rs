@@ -443,7 +443,7 @@ mod tests {
                 host: false,
             })
             .collect();
-        let set = EndpointSet { endpoints: eps.clone(), drop_if_empty: false };
+        let set = EndpointSet { endpoints: eps.clone().into(), drop_if_empty: false };
         let spn = ServicePortName {
             namespace: "ns".into(),
             name: name.into(),
@@ -455,8 +455,8 @@ mod tests {
             frontends: vec![Frontend { addr: Ipv4Addr::new(10, 96, 0, vip).into(), port: 80, kind: FrontendKind::ClusterIp }],
             internal: set.clone(),
             external: set,
-            cluster: eps.clone(),
-            serving: eps,
+            cluster: eps.clone().into(),
+            serving: eps.into(),
             external_snat: true,
             source_ranges: vec![],
             affinity_timeout_s: None,

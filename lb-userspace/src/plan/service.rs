@@ -133,9 +133,9 @@ fn table_sets(sp: &ServicePortState) -> TableSets<'_> {
         } else {
             ClusterSet::Own
         };
-        (sp.external.endpoints.as_slice(), cluster)
+        (&sp.external.endpoints[..], cluster)
     });
-    TableSets { internal: has_internal.then_some(sp.internal.endpoints.as_slice()), external }
+    TableSets { internal: has_internal.then_some(&sp.internal.endpoints[..]), external }
 }
 
 /// The Maglev tables [`plan_service`] looks up for `sp`, as the table cache keys them
@@ -147,7 +147,7 @@ pub(crate) fn maglev_tables(sp: &ServicePortState, cfg: &PlanConfig) -> Vec<supe
     }
     let sets = table_sets(sp);
     let cluster = match sets.external {
-        Some((_, ClusterSet::Own)) => Some(sp.cluster.as_slice()),
+        Some((_, ClusterSet::Own)) => Some(&sp.cluster[..]),
         _ => None,
     };
     let all = sets.internal.into_iter().chain(sets.external.map(|(eps, _)| eps)).chain(cluster);

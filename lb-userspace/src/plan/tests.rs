@@ -64,7 +64,7 @@ fn ep(addr: &str, port: u16) -> Endpoint {
 }
 
 fn set(endpoints: &[Endpoint]) -> EndpointSet {
-    EndpointSet { endpoints: endpoints.to_vec(), drop_if_empty: false }
+    EndpointSet { endpoints: endpoints.into(), drop_if_empty: false }
 }
 
 /// A ServicePort whose internal and external sets are both `endpoints`.
@@ -73,8 +73,8 @@ fn sp(frontends: Vec<Frontend>, endpoints: &[Endpoint]) -> ServicePortState {
         frontends,
         internal: set(endpoints),
         external: set(endpoints),
-        cluster: endpoints.to_vec(),
-        serving: endpoints.to_vec(),
+        cluster: endpoints.into(),
+        serving: endpoints.into(),
         external_snat: true,
         source_ranges: Vec::new(),
         affinity_timeout_s: None,
@@ -96,7 +96,7 @@ fn sample() -> DesiredState {
     terminating.terminating = true;
     let web_eps = [local.clone(), ep("10.0.1.2", 8080), terminating];
     let mut web = sp(vec![cip("10.96.0.10", 80), np("10.1.0.10", 30080), np("192.168.0.10", 30080)], &web_eps);
-    web.external = EndpointSet { endpoints: vec![local.clone()], drop_if_empty: true };
+    web.external = EndpointSet { endpoints: vec![local.clone()].into(), drop_if_empty: true };
     web.affinity_timeout_s = Some(300);
 
     let mut itp_local = sp(vec![cip("10.96.0.14", 80)], &[]);
@@ -605,8 +605,8 @@ fn diff_is_minimal() {
     // Adding one endpoint to dns/UDP: one backend, one slot, one service value.
     let mut d3 = d.clone();
     let dns = Arc::make_mut(d3.services.get_mut(&spn("dns", Protocol::Udp)).unwrap());
-    dns.internal.endpoints.push(ep("10.0.2.3", 53));
-    dns.serving.push(ep("10.0.2.3", 53));
+    dns.internal.endpoints = pushed(&dns.internal.endpoints, ep("10.0.2.3", 53));
+    dns.serving = pushed(&dns.serving, ep("10.0.2.3", 53));
     let ops = diff(&old, &plan_state(&d3, &mut ids));
     // The new address's bit, one backend, its membership, one slot, one service value.
     assert_eq!(ops.iter().map(rank).collect::<Vec<_>>(), [0, 1, 2, 3, 5], "{ops:#?}");
@@ -667,7 +667,7 @@ fn diff_every_intermediate_state_is_readable() {
     // its external address, and a terminating endpoint becomes ready (flags change in place).
     {
         let web = Arc::make_mut(changed.services.get_mut(&spn("web", Protocol::Tcp)).unwrap());
-        web.internal.endpoints = vec![ep("10.0.1.2", 8080), ep("10.0.1.3", 8080), ep("10.0.1.7", 8080)];
+        web.internal.endpoints = vec![ep("10.0.1.2", 8080), ep("10.0.1.3", 8080), ep("10.0.1.7", 8080)].into();
         web.external = set(&[]);
     }
     changed.services.remove(&spn("dns", Protocol::Udp));
@@ -694,7 +694,10 @@ fn apply_of_diff_turns_old_into_new() {
     let base = sample();
     let mut other = base.clone();
     other.services.remove(&spn("web", Protocol::Tcp));
-    Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.2.2", 53));
+    {
+        let sp = Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap());
+        sp.internal.endpoints = pushed(&sp.internal.endpoints, ep("10.0.2.2", 53));
+    }
     let mut ids = PlanMemory::default();
     let states = [
         MapState::default(),
@@ -721,7 +724,10 @@ fn diff_map_phases_make_the_writes_of_diff() {
     let base = sample();
     let mut other = base.clone();
     other.services.remove(&spn("web", Protocol::Tcp));
-    Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.2.2", 53));
+    {
+        let sp = Arc::make_mut(other.services.get_mut(&spn("dns", Protocol::Tcp)).unwrap());
+        sp.internal.endpoints = pushed(&sp.internal.endpoints, ep("10.0.2.2", 53));
+    }
     let mut ids = PlanMemory::default();
     let states = [MapState::default(), plan_state(&base, &mut ids), plan_state(&other, &mut ids), MapState::default()];
     for old in &states {
@@ -771,7 +777,10 @@ fn point_59_adopt_then_change_allocates_ids_above_the_adopted_ones() {
     let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d);
     let mut d2 = d.clone();
-    Arc::make_mut(d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap()).internal.endpoints.push(ep("10.0.1.10", 8080));
+    {
+        let sp = Arc::make_mut(d2.services.get_mut(&spn("web2", Protocol::Tcp)).unwrap());
+        sp.internal.endpoints = pushed(&sp.internal.endpoints, ep("10.0.1.10", 8080));
+    }
     d2.services.insert(spn("late", Protocol::Tcp), Arc::new(sp(vec![cip("10.96.0.77", 80)], &[ep("10.0.7.7", 80)])));
     let st = plan_state(&d2, &mut ids);
     let max_backend = *pinned.backends.keys().max().unwrap();
@@ -1012,16 +1021,16 @@ fn point_55_adding_the_second_family_leaves_the_first_alone() {
 fn point_57_serving_members_reuse_an_equal_table_or_get_their_own() {
     let eps = [ep("10.0.1.1", 80), ep("10.0.1.2", 80)];
     let mut all_ready = sp(vec![cip("10.96.0.10", 80)], &eps);
-    all_ready.serving = eps.to_vec();
+    all_ready.serving = eps.into();
     let d = desired(vec![(spn("web", Protocol::Udp), all_ready.clone())]);
     let st = plan_state(&d, &mut PlanMemory::default());
     let v = st.services.values().find(|v| v.flags & SVC_F_ADDR_MARKER == 0).unwrap();
     assert_eq!(v.serving_select_id, v.select_id, "the internal table's members are the serving set");
 
     let mut draining = all_ready;
-    draining.internal.endpoints.truncate(1);
-    draining.cluster.truncate(1);
-    draining.external.endpoints.truncate(1);
+    draining.internal.endpoints = draining.internal.endpoints[..1].into();
+    draining.cluster = draining.cluster[..1].into();
+    draining.external.endpoints = draining.external.endpoints[..1].into();
     let d2 = desired(vec![(spn("web", Protocol::Udp), draining)]);
     let mut ids = PlanMemory::default();
     let st2 = plan_state(&d2, &mut ids);
@@ -1069,4 +1078,9 @@ fn membership_is_written_where_the_datapath_reads_it_and_every_table_lists_its_b
     for (vip, port) in [("10.96.0.10", 80), ("10.96.0.11", 80), ("10.96.0.12", 80)] {
         assert_eq!(addrs(table(vip, port, Protocol::Tcp)), want, "{vip}: the same three backends");
     }
+}
+
+/// `list` with `e` added at its end.
+fn pushed(list: &[Endpoint], e: Endpoint) -> crate::model::Endpoints {
+    list.iter().cloned().chain([e]).collect()
 }

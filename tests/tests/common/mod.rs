@@ -290,7 +290,7 @@ pub fn service_port(
     endpoints: Vec<Endpoint>,
     selection: Selection,
 ) -> (ServicePortName, ServicePortState) {
-    let set = EndpointSet { endpoints, drop_if_empty: false };
+    let set = EndpointSet { endpoints: endpoints.into(), drop_if_empty: false };
     let family = Family::of(&frontends.first().expect("a ServicePort has a frontend").addr);
     (
         ServicePortName { namespace: "default".into(), name: name.into(), port_name: String::new(), protocol: proto, family },

@@ -1,8 +1,8 @@
 //! A Maglev chunk as the agent holds it (`LB_MAGLEV` values): 256 slots of a table
 //! (`MAGLEV_CHUNK`), each the id of a backend. The kernel stores 256 four-byte ids (1 KiB) per
 //! chunk; the agent keeps a planned chunk as a reference into its table instead: the table's
-//! slots as two-byte indices (shared with the planner's table cache and by all of the table's
-//! chunks) and the table's backend ids (held once per table). At 10,000 Services with
+//! slots as small indices ([`Slots`], shared with the planner's table cache and by all of the
+//! table's chunks) and the table's backend ids (held once per table). At 10,000 Services with
 //! 1,021-slot tables that is 40,000 chunks, 40 MB as kernel images and about 2 MB as
 //! references. A chunk read back from the kernel
 //! (adopted at start) keeps its kernel image until the planner replaces it.
@@ -13,12 +13,19 @@ use lb_common::{MAGLEV_CHUNK, MaglevChunk};
 
 use super::codec::Kernel;
 
-/// A Maglev table's slots, each the index of its backend in the table's backend list: one
-/// byte a slot when the table has at most 256 backends (a 1,021-slot table of 10 backends takes
-/// 1 KiB instead of 2), two bytes otherwise (a service has at most `BACKENDS_MAX` backends,
-/// far below 65,536 in one table). Shared: a clone copies a pointer.
+/// A Maglev table's slots, each the index of its backend in the table's backend list: half a
+/// byte a slot when the table has at most 16 backends (a 1,021-slot table of 10 backends takes
+/// 511 bytes; most Services have so few), one byte up to 256 backends, two bytes otherwise (a
+/// service has at most `BACKENDS_MAX` backends, far below 65,536 in one table). Shared: a
+/// clone copies a pointer.
 #[derive(Clone, Debug)]
 pub enum Slots {
+    /// Slot `i` in the low half of byte `i / 2` when `i` is even, the high half when odd;
+    /// `odd`: the last byte holds one slot only.
+    Nibble {
+        halves: Arc<[u8]>,
+        odd: bool,
+    },
     Narrow(Arc<[u8]>),
     Wide(Arc<[u16]>),
 }
@@ -26,7 +33,10 @@ pub enum Slots {
 impl Slots {
     /// The slots `indices` (each below `backends`).
     pub fn new(indices: &[u32], backends: usize) -> Self {
-        if backends <= 256 {
+        if backends <= 16 {
+            let halves = indices.chunks(2).map(|p| p[0] as u8 | p.get(1).map_or(0, |&hi| (hi as u8) << 4)).collect();
+            Self::Nibble { halves, odd: indices.len() % 2 == 1 }
+        } else if backends <= 256 {
             Self::Narrow(indices.iter().map(|&i| i as u8).collect())
         } else {
             Self::Wide(indices.iter().map(|&i| i as u16).collect())
@@ -35,6 +45,7 @@ impl Slots {
 
     pub fn len(&self) -> usize {
         match self {
+            Self::Nibble { halves, odd } => 2 * halves.len() - usize::from(*odd),
             Self::Narrow(s) => s.len(),
             Self::Wide(s) => s.len(),
         }
@@ -47,6 +58,8 @@ impl Slots {
     /// The backend index in slot `slot`, if the table has that slot.
     pub fn get(&self, slot: usize) -> Option<usize> {
         match self {
+            Self::Nibble { .. } if slot >= self.len() => None,
+            Self::Nibble { halves, .. } => Some(usize::from(halves[slot / 2] >> (4 * (slot % 2)) & 0xf)),
             Self::Narrow(s) => s.get(slot).map(|&i| usize::from(i)),
             Self::Wide(s) => s.get(slot).map(|&i| usize::from(i)),
         }
@@ -55,6 +68,7 @@ impl Slots {
     /// The very same slots (not only equal ones).
     pub fn same(&self, other: &Slots) -> bool {
         match (self, other) {
+            (Self::Nibble { halves: a, .. }, Self::Nibble { halves: b, .. }) => Arc::ptr_eq(a, b),
             (Self::Narrow(a), Self::Narrow(b)) => Arc::ptr_eq(a, b),
             (Self::Wide(a), Self::Wide(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -64,6 +78,7 @@ impl Slots {
     /// Holders of these slots (the cache that computed them counts as one).
     pub fn holders(&self) -> usize {
         match self {
+            Self::Nibble { halves, .. } => Arc::strong_count(halves),
             Self::Narrow(s) => Arc::strong_count(s),
             Self::Wide(s) => Arc::strong_count(s),
         }
@@ -175,7 +190,7 @@ mod tests {
         let n = MAGLEV_CHUNK + 6;
         let indices: Vec<u32> = (0..n).map(|s| s % 3).collect();
         let slots = Slots::new(&indices, 3);
-        assert!(matches!(slots, Slots::Narrow(_)));
+        assert!(matches!(slots, Slots::Nibble { .. }));
         let chunks: Vec<(u32, Chunk)> = Chunk::all(slots.clone(), vec![11, 22, 33]).collect();
         assert_eq!(chunks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1]);
         let (c0, c1) = (chunks[0].1.clone(), chunks[1].1.clone());
@@ -193,9 +208,24 @@ mod tests {
         assert_eq!(copy, c1);
         let moved = Chunk::all(slots, vec![11, 22, 34]).next().unwrap().1;
         assert_ne!(moved, c0, "a backend id changed");
-        // The same table held two bytes a slot is the same chunk.
+        // The same table held one or two bytes a slot is the same chunk.
         let wide = Slots::Wide(indices.iter().map(|&i| i as u16).collect());
         assert_eq!(Chunk::all(wide, vec![11, 22, 33]).nth(1).unwrap().1, c1);
+        let narrow = Slots::Narrow(indices.iter().map(|&i| i as u8).collect());
+        assert_eq!(Chunk::all(narrow, vec![11, 22, 33]).nth(1).unwrap().1, c1);
+    }
+
+    #[test]
+    fn slots_take_half_a_byte_up_to_16_backends() {
+        for len in [1usize, 2, 1021, 1022] {
+            let indices: Vec<u32> = (0..len as u32).map(|s| (s * 7 + s / 3) % 16).collect();
+            let slots = Slots::new(&indices, 16);
+            assert!(matches!(slots, Slots::Nibble { .. }));
+            assert_eq!(slots.len(), len);
+            assert_eq!(slots.iter().collect::<Vec<_>>(), indices.iter().map(|&i| i as usize).collect::<Vec<_>>(), "len {len}");
+            assert_eq!(slots.get(len), None);
+        }
+        assert!(matches!(Slots::new(&[16], 17), Slots::Narrow(_)));
     }
 
     #[test]

@@ -61,6 +61,10 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if std::env::var("LB_B3_AGENT_WRAP").is_ok_and(|w| !w.trim().is_empty()) {
+            // The agent is the wrapper's child (see `start_and_sync`).
+            let _ = Command::new("pkill").arg("-TERM").arg("-f").arg(&self.pin).status();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -166,7 +170,19 @@ fn start_and_sync(lb: &Path, source: &str, svcs: &[Svc], listen_flags: bool) -> 
     let token = unique_token();
     let pin = PathBuf::from(format!("/sys/fs/bpf/lbbench-b3-{token}"));
     let log = std::env::temp_dir().join(format!("lbbench-b3-{token}.log"));
-    let mut cmd = Command::new(lb);
+    // LB_B3_AGENT_WRAP runs the agent under a profiler (`heaptrack -o /tmp/ht-{token}`, the
+    // token naming each start): the child is then the wrapper, so the RSS columns are the
+    // wrapper's; the agent is stopped by its pin path.
+    let mut cmd = match std::env::var("LB_B3_AGENT_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let wrap = wrap.replace("{token}", &token);
+            let mut words = wrap.split_whitespace();
+            let mut c = Command::new(words.next().expect("a word"));
+            c.args(words).arg(lb);
+            c
+        }
+        _ => Command::new(lb),
+    };
     cmd.args(["agent", "--source", source]).arg("--pin-path").arg(&pin).args(["--node-name", common::NODE_NAME]);
     if listen_flags {
         cmd.args(["--metrics-addr", "none", "--health-addr", "none"]);

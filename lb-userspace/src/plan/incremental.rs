@@ -30,10 +30,11 @@ use lb_common::{
 };
 
 use super::{
-    HashMap, PlanConfig, PlanMemory,
+    PlanConfig, PlanMemory,
     addr_filter::AddrCounts,
     memory::Released,
     service::{maglev_tables, plan_service},
+    writers::{ById, ByKey},
 };
 use crate::{
     compile::memo::Changed,
@@ -49,14 +50,11 @@ use crate::{
 struct Contribution {
     svc_id: Option<u32>,
     tables: Vec<u32>,
-    backends: Vec<(u32, Backend)>,
+    /// Backend ids (their values are in the state while anyone writes them).
+    backends: Vec<u32>,
     services: Vec<(ServiceKey, ServiceValue)>,
     source_ranges: Vec<SourceRangeKey>,
 }
-
-/// A key several ServicePorts may write: each one's value, in name order (usually one or two);
-/// the last one's is in the map.
-type Shared<K, V> = HashMap<K, Vec<(Arc<ServicePortName>, V)>>;
 
 /// The incremental planner (module docs).
 pub struct Planner {
@@ -66,9 +64,10 @@ pub struct Planner {
     /// The state is shared with the compile step's (one copy of each ServicePort's state).
     planned: BTreeMap<Arc<ServicePortName>, (Arc<ServicePortState>, Contribution)>,
     state: MapState,
-    backends: Shared<u32, Backend>,
-    services: Shared<ServiceKey, ServiceValue>,
-    source_ranges: Shared<SourceRangeKey, ()>,
+    /// Keys several ServicePorts may write, with each one's value ([`super::writers`]).
+    backends: ById<Backend>,
+    services: ByKey<ServiceKey, ServiceValue>,
+    source_ranges: ByKey<SourceRangeKey, ()>,
     /// Users of each address in the address filter: frontend keys, backends of ServicePorts and
     /// quarantined backends.
     filter: AddrCounts,
@@ -93,9 +92,8 @@ impl Planner {
     /// After a large sync: room in the planner's hash maps for the changes to come
     /// ([`crate::room`]).
     pub fn make_room(&mut self) {
-        crate::room::make_room(&mut self.backends);
-        crate::room::make_room(&mut self.services);
-        crate::room::make_room(&mut self.source_ranges);
+        self.services.make_room();
+        self.source_ranges.make_room();
         self.ids.make_room();
     }
 
@@ -105,9 +103,9 @@ impl Planner {
             cfg,
             planned: BTreeMap::new(),
             state: MapState::default(),
-            backends: HashMap::default(),
-            services: HashMap::default(),
-            source_ranges: HashMap::default(),
+            backends: ById::default(),
+            services: ByKey::default(),
+            source_ranges: ByKey::default(),
             filter: AddrCounts::default(),
             svc_names: BTreeMap::new(),
             svc_names_version: 0,
@@ -264,7 +262,7 @@ impl Planner {
         }
         for (id, be) in unused_backends {
             // Unless a ServicePort planned later in the pass took it up again.
-            if !self.backends.contains_key(&id) && self.ids.forget_backend(&be) {
+            if !self.backends.contains(id) && self.ids.forget_backend(&be) {
                 self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut self.pending.filter);
             }
         }
@@ -281,7 +279,7 @@ impl Planner {
         let contribution = Contribution {
             svc_id: own.names.keys().next().copied(),
             tables: tables.into_iter().collect(),
-            backends: own.backends.into_iter().collect(),
+            backends: own.backends.keys().copied().collect(),
             services: own.services.into_iter().collect(),
             source_ranges: own.source_ranges.into_keys().collect(),
         };
@@ -309,15 +307,15 @@ impl Planner {
         self.state.select.extend(own.select);
         self.state.maglev.extend(own.maglev);
         self.state.members.extend(own.members);
-        for (id, be) in &contribution.backends {
-            self.state.backends.insert(*id, add_shared(&mut self.backends, spn, *id, *be));
+        for (&id, be) in &own.backends {
+            self.state.backends.insert(id, self.backends.add(spn, id, *be));
             self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut p.filter);
             if record {
-                p.backends.insert(*id);
+                p.backends.insert(id);
             }
         }
         for (key, v) in &contribution.services {
-            let added = self.state.services.insert(*key, add_shared(&mut self.services, spn, *key, *v)).is_none();
+            let added = self.state.services.insert(*key, self.services.add(spn, *key, *v)).is_none();
             self.frontends += usize::from(added && key.proto != 0);
             self.filter.add(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             if record {
@@ -325,7 +323,7 @@ impl Planner {
             }
         }
         for r in &contribution.source_ranges {
-            add_shared(&mut self.source_ranges, spn, *r, ());
+            self.source_ranges.add(spn, *r, ());
             self.state.source_ranges.insert(*r, ());
             if record {
                 p.source_ranges.insert(*r);
@@ -365,12 +363,17 @@ impl Planner {
                 p.tables.insert(t);
             }
         }
-        for (id, be) in &own.backends {
-            if let Some(last) = remove_shared(&mut self.backends, spn, *id) {
+        for id in &own.backends {
+            // Every writer's value has the same address, port and protocol (the id's key).
+            let Some(be) = self.state.backends.get(id).copied() else {
+                debug_assert!(false, "backend {id} of {spn} is not in the state");
+                continue;
+            };
+            if let Some(last) = self.backends.remove(spn, *id) {
                 self.state.backends.insert(*id, last);
             } else {
                 self.state.backends.remove(id);
-                unused.push((*id, *be));
+                unused.push((*id, be));
             }
             self.filter.remove(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut p.filter);
             if record {
@@ -378,7 +381,7 @@ impl Planner {
             }
         }
         for (key, _) in &own.services {
-            if let Some(last) = remove_shared(&mut self.services, spn, *key) {
+            if let Some(last) = self.services.remove(spn, *key) {
                 self.state.services.insert(*key, last);
             } else if self.state.services.remove(key).is_some() && key.proto != 0 {
                 self.frontends -= 1;
@@ -389,7 +392,7 @@ impl Planner {
             }
         }
         for r in &own.source_ranges {
-            if remove_shared(&mut self.source_ranges, spn, *r).is_none() {
+            if self.source_ranges.remove(spn, *r).is_none() {
                 self.state.source_ranges.remove(r);
             }
             if record {
@@ -397,32 +400,6 @@ impl Planner {
             }
         }
     }
-}
-
-/// Records `spn`'s value for `key`; returns the value the map holds: the last ServicePort's.
-fn add_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, spn: &Arc<ServicePortName>, key: K, v: V) -> V {
-    // Most keys have one writer: room for one (a first push would make room for four, 96
-    // bytes more per backend, ~10 MB at 10,000 Services × 10 endpoints).
-    let by = shared.entry(key).or_insert_with(|| Vec::with_capacity(1));
-    match by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
-        Ok(i) => by[i].1 = v,
-        Err(i) => by.insert(i, (spn.clone(), v)),
-    }
-    by.last().map_or(v, |(_, last)| *last)
-}
-
-/// Drops `spn`'s value for `key`; returns the value the map holds now (the last remaining
-/// ServicePort's), or `None` when no ServicePort writes the key any more.
-fn remove_shared<K: Eq + std::hash::Hash, V: Copy>(shared: &mut Shared<K, V>, spn: &ServicePortName, key: K) -> Option<V> {
-    let by = shared.get_mut(&key)?;
-    if let Ok(i) = by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
-        by.remove(i);
-    }
-    let last = by.last().map(|(_, v)| *v);
-    if last.is_none() {
-        shared.remove(&key);
-    }
-    last
 }
 
 #[cfg(test)]

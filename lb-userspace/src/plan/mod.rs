@@ -10,6 +10,7 @@ mod keys;
 pub mod maglev;
 pub mod memory;
 pub mod service;
+mod writers;
 
 pub use full::map_state;
 pub use incremental::Planner;

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::model::slice::Slice;
 
 use super::exposition::{Histogram, header, histogram};
-use crate::{model::kubernetes::TRIGGER_TIME_ANNOTATION, source::ClusterObjects};
+use crate::source::ClusterObjects;
 
 /// Buckets of `kubeproxy_sync_proxy_rules_duration_seconds`: kube-proxy's (1 ms doubling to
 /// 16 s), so that its dashboards' quantiles read the same.
@@ -115,7 +115,7 @@ impl ProgrammingLatency {
         for slice in candidates {
             let meta = &slice.metadata;
             let ns = meta.namespace.as_deref().unwrap_or("default");
-            let Some(trigger) = meta.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)) else { continue };
+            let Some(trigger) = slice.trigger_time.as_deref() else { continue };
             let Ok(t) = trigger.parse::<Timestamp>() else { continue };
             if t < started {
                 continue;
@@ -160,8 +160,8 @@ mod tests {
         let mut s = Slice::default();
         s.metadata.name = Some(name.into());
         s.metadata.namespace = Some("shop".into());
-        s.metadata.labels = Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into());
-        s.metadata.annotations = trigger.map(|t| [(TRIGGER_TIME_ANNOTATION.to_owned(), t.to_owned())].into());
+        s.service_name = Some(service.into());
+        s.trigger_time = trigger.map(Box::from);
         Arc::new(s)
     }
 

@@ -22,7 +22,7 @@ use super::compile_all;
 use crate::model::{
     DesiredState, HealthChecks, ServicePortName, ServicePortState, Skipped,
     changes::{Change, ObjectChanges},
-    kubernetes::{LABEL_SERVICE_NAME, NodeContext, namespace_of},
+    kubernetes::{NodeContext, namespace_of},
 };
 
 /// Which ServicePorts may differ from the last desired state.
@@ -97,8 +97,7 @@ fn key_hash(ns: &str, name: &str) -> u64 {
 
 /// The Service a slice belongs to (its label), if any.
 pub(crate) fn slice_service(slice: &Slice) -> Option<(&str, &str)> {
-    let svc = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME))?;
-    Some((namespace_of(&slice.metadata), svc.as_str()))
+    Some((namespace_of(&slice.metadata), slice.service_name.as_deref()?))
 }
 
 /// An object's address.
@@ -536,9 +535,9 @@ impl<'a> SlicesByService<'a> {
             HashMap::with_capacity_and_hasher(slices.len(), foldhash::fast::RandomState::default());
         let mut next = vec![Self::END; slices.len()];
         for (i, slice) in slices.iter().enumerate() {
-            let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)) else { continue };
+            let Some(svc) = slice.service_name.as_deref() else { continue };
             let i = i as u32;
-            ends.entry((namespace_of(&slice.metadata), svc.as_str()))
+            ends.entry((namespace_of(&slice.metadata), svc))
                 .and_modify(|(_, last)| {
                     next[*last as usize] = i;
                     *last = i;

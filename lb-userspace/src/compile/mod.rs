@@ -26,8 +26,8 @@ use crate::model::{
     Cidr, DesiredState, Endpoint, EndpointSet, Endpoints, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
     RejectedField, Rejection, Selection, ServicePortName, ServicePortState, Skipped,
     kubernetes::{
-        ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME,
-        MAX_AFFINITY_TIMEOUT_S, NodeContext, namespace_of, parse_ip_sloppy,
+        ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT_S,
+        NodeContext, namespace_of, parse_ip_sloppy,
     },
 };
 
@@ -139,15 +139,14 @@ fn index_slices(slices: &[impl Borrow<Slice>], family: Family) -> SlicesByServic
         if slice.address_type != family.k8s_name() {
             continue;
         }
-        let labels = slice.metadata.labels.as_ref();
-        let Some(svc) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
+        let Some(svc) = slice.service_name.as_deref() else {
             continue;
         };
-        if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)) {
+        if slice.opted_out {
             continue;
         }
         let ns = namespace_of(&slice.metadata).to_owned();
-        by_service.entry((ns, svc.clone())).or_default().push(slice);
+        by_service.entry((ns, svc.to_owned())).or_default().push(slice);
     }
     by_service
 }

@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::model::slice::Slice;
+use crate::model::{kubernetes::LABEL_SERVICE_NAME, slice::Slice};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -383,9 +383,10 @@ fn point_04_opted_out_endpoint_slices_are_ignored() {
     // The EndpointSlice controller copies Service labels onto slices; kube-proxy's label
     // selector applies to the slice informer too.
     let mut opted_out = slice("web", "web-2", unnamed_port(8080), json!([ep("10.0.1.2", NODE)]));
-    opted_out.metadata.labels.as_mut().unwrap().insert(LABEL_SERVICE_PROXY_NAME.into(), "other".into());
+    opted_out
+        .set_labels(Some(&[(LABEL_SERVICE_NAME.into(), "web".into()), (LABEL_SERVICE_PROXY_NAME.into(), "other".into())].into()));
     let mut headless = slice("web", "web-3", unnamed_port(8080), json!([ep("10.0.1.3", NODE)]));
-    headless.metadata.labels.as_mut().unwrap().insert(LABEL_HEADLESS.into(), "".into());
+    headless.set_labels(Some(&[(LABEL_SERVICE_NAME.into(), "web".into()), (LABEL_HEADLESS.into(), String::new())].into()));
     let normal = slice("web", "web-1", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
     let st = v4(&[simple_svc("web", "10.96.0.10")], &[normal, opted_out, headless]);
     assert_eq!(eps(&tcp(&st, "web").internal), ["10.0.1.1:8080"]);
@@ -453,10 +454,13 @@ fn point_06_selectorless_service_takes_any_slice_labelled_with_its_name() {
     // No spec.selector; slices created by hand (managed-by ignored), in several slices.
     let s = simple_svc("manual", "10.96.0.10");
     let mut hand_made = slice("manual", "manual-a", unnamed_port(8080), json!([ep("10.0.1.1", NODE)]));
-    hand_made.metadata.labels.as_mut().unwrap().insert("endpointslice.kubernetes.io/managed-by".into(), "someone-else".into());
+    hand_made.set_labels(Some(
+        &[(LABEL_SERVICE_NAME.into(), "manual".into()), ("endpointslice.kubernetes.io/managed-by".into(), "someone-else".into())]
+            .into(),
+    ));
     let other_ns = slice_of("IPv4", "elsewhere", "manual", "manual-b", unnamed_port(8080), json!([ep("10.0.9.9", NODE)]));
     let mut unlabelled = slice("manual", "manual-c", unnamed_port(8080), json!([ep("10.0.8.8", NODE)]));
-    unlabelled.metadata.labels = None;
+    unlabelled.set_labels(None);
     let st = v4(&[s], &[hand_made, other_ns, unlabelled]);
     assert_eq!(eps(&tcp(&st, "manual").internal), ["10.0.1.1:8080"]);
 }

@@ -4,11 +4,19 @@
 //! 10,000 Services × 10 endpoints the watch cache holds 100,000 endpoints for the agent's
 //! lifetime, so this is most of what a cache of slices costs.
 //!
+//! The labels and annotations are read once too: the Service the slice is for, whether it opts
+//! out of this proxy, and its change trigger time are kept, the maps are not (a label map costs
+//! a B-tree node of about 600 bytes however few labels it holds, and the EndpointSlice
+//! controller copies every label of the Service onto its slices).
+//!
 //! The reduction applies the API's read rules once, when the object arrives, instead of at every
 //! compile: only `addresses[0]` is kept, parsed as Kubernetes parses it (point 16); a missing
 //! condition takes its nil meaning (point 17); empty hint lists count as no hints (point 53).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::{
     api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
@@ -17,14 +25,24 @@ use k8s_openapi::{
 
 use serde::Deserialize;
 
-use super::kubernetes::parse_ip_sloppy;
+use super::kubernetes::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, TRIGGER_TIME_ANNOTATION, parse_ip_sloppy};
 
 /// An EndpointSlice with compact endpoints (see the module documentation). It deserializes from
 /// an EndpointSlice's JSON or YAML.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(from = "EndpointSlice")]
 pub struct Slice {
+    /// The object's metadata without its labels, annotations, owner references and
+    /// managedFields (what the agent reads of them is in the fields below).
     pub metadata: ObjectMeta,
+    /// Label `kubernetes.io/service-name`: the Service the slice is for (point 6).
+    pub service_name: Option<Box<str>>,
+    /// Labelled `service.kubernetes.io/service-proxy-name` or `service.kubernetes.io/headless`:
+    /// no proxy of ours follows it (point 4).
+    pub opted_out: bool,
+    /// Annotation `endpoints.kubernetes.io/last-change-trigger-time`, as written (the network
+    /// programming latency metric).
+    pub trigger_time: Option<Box<str>>,
     /// `IPv4`, `IPv6` or `FQDN`, as the API spells it (point 15).
     pub address_type: String,
     pub ports: Option<Vec<EndpointPort>>,
@@ -101,14 +119,36 @@ impl From<&Endpoint> for SliceEndpoint {
     }
 }
 
+impl Slice {
+    /// Reads from `labels` what the agent follows ([`Slice::service_name`], [`Slice::opted_out`]).
+    pub fn set_labels(&mut self, labels: Option<&BTreeMap<String, String>>) {
+        self.service_name = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).map(|n| Box::from(n.as_str()));
+        self.opted_out = labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS));
+    }
+}
+
 impl From<EndpointSlice> for Slice {
     fn from(s: EndpointSlice) -> Self {
-        Self {
+        let mut metadata = s.metadata;
+        let labels = metadata.labels.take();
+        let trigger_time = metadata.annotations.take().and_then(|mut a| a.remove(TRIGGER_TIME_ANNOTATION)).map(Box::from);
+        metadata.managed_fields = None;
+        metadata.owner_references = None;
+        let mut slice = Self {
             endpoints: s.endpoints.iter().map(SliceEndpoint::from).collect(),
-            metadata: s.metadata,
+            metadata,
+            service_name: None,
+            opted_out: false,
+            trigger_time,
             address_type: s.address_type,
-            ports: s.ports,
-        }
+            // Deserialized lists grow by doubling: one port held room for four.
+            ports: s.ports.map(|mut p| {
+                p.shrink_to_fit();
+                p
+            }),
+        };
+        slice.set_labels(labels.as_ref());
+        slice
     }
 }
 

@@ -138,8 +138,10 @@ mod tests {
         let slice = slice.keep();
         let ep = &slice.endpoints[0];
         assert!(ep.addr.is_some() && ep.hints.is_some() && ep.node_name.as_deref() == Some("n1"), "{ep:?}");
-        assert!(slice.metadata.labels.is_some() && slice.metadata.managed_fields.is_none());
-        assert_eq!(slice.metadata.annotations.as_ref().unwrap().keys().collect::<Vec<_>>(), [TRIGGER_TIME_ANNOTATION]);
+        assert_eq!(slice.service_name.as_deref(), Some("a"));
+        assert!(!slice.opted_out && slice.metadata.managed_fields.is_none() && slice.metadata.labels.is_none());
+        assert_eq!(slice.trigger_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert!(slice.metadata.annotations.is_none(), "the trigger time is kept on its own");
         assert_eq!((slice.address_type.as_str(), slice.ports.as_ref().map(Vec::len)), ("IPv4", Some(1)));
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "n1", "labels": { "topology.kubernetes.io/zone": "z" }, "deletionTimestamp": "2026-01-01T00:00:00Z" },

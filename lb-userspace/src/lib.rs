@@ -25,6 +25,7 @@ mod parallel;
 pub mod plan;
 mod room;
 pub mod source;
+mod trim;
 
 /// Property tests across the layers: parse, compile, plan, diff.
 #[cfg(test)]

@@ -185,6 +185,10 @@ impl SyncState {
         if replanned == 0 && self.planner.pending().is_empty() {
             return Ok(());
         }
+        if self.first {
+            self.planner.pack();
+            crate::trim::release_free_memory();
+        }
         let state = self.planner.state();
         let writes = dp.apply_touched(state, self.planner.pending()).map_err(SyncError::Apply)?;
         let applied = started.elapsed();

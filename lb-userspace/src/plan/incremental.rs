@@ -162,6 +162,16 @@ impl Planner {
         &self.pending
     }
 
+    /// Packs the state's B-trees ([`MapState::pack`]): done once, after the first plan (the
+    /// largest, every key new), so that the peak of a start holds them packed.
+    pub fn pack(&mut self) {
+        self.state.pack();
+        let planned = std::mem::take(&mut self.planned);
+        self.planned = planned.into_iter().collect();
+        let names = std::mem::take(&mut self.svc_names);
+        self.svc_names = names.into_iter().collect();
+    }
+
     /// The maps now hold [`Planner::state`].
     pub fn applied(&mut self) {
         self.pending = Touched::default();

@@ -4,9 +4,8 @@
 //!
 //! Almost every key has one writer, so one is held inline ([`Writers::One`]) and only a key
 //! with more allocates a list. Backends are kept by id ([`ById`]): their ids are dense (they
-//! index `LB_BACKENDS`), so a vector indexed by id holds them without hashing. At 10,000
-//! Services × 10 endpoints of their own that is 32 bytes per backend, where a hash map of
-//! one-element lists took about 90 (a bucket and an allocation each).
+//! index `LB_BACKENDS`), so a vector indexed by id holds a backend's only writer in 8 bytes,
+//! where a hash map of one-element lists took about 90 (a bucket and an allocation each).
 
 use std::{cmp::Ordering, hash::Hash, sync::Arc};
 
@@ -121,34 +120,81 @@ impl<K: Eq + Hash, V: Copy> ByKey<K, V> {
     }
 }
 
-/// Writers by dense id (backend ids).
+/// Writers by dense id (backend ids). An id with one writer (nearly all) holds only its name:
+/// its value is the one in the map, which the caller passes in as `held`. Ids with several
+/// writers keep every writer's value, as [`Writers::Many`] does.
 #[derive(Debug, Default)]
-pub struct ById<V>(Vec<Option<Writers<V>>>);
+pub struct ById<V> {
+    /// By id: the only writer, if the id has exactly one.
+    one: Vec<Option<Arc<ServicePortName>>>,
+    /// Ids with two writers or more.
+    many: HashMap<u32, Vec<(Arc<ServicePortName>, V)>>,
+}
 
 impl<V: Copy> ById<V> {
-    /// Records `spn`'s value for `id`; returns the value the map holds.
-    pub fn add(&mut self, spn: &Arc<ServicePortName>, id: u32, v: V) -> V {
+    /// Records `spn`'s value `v` for `id`, whose value in the map is `held`; returns the value
+    /// the map holds now.
+    pub fn add(&mut self, spn: &Arc<ServicePortName>, id: u32, v: V, held: Option<&V>) -> V {
         let i = id as usize;
-        if i >= self.0.len() {
-            self.0.resize_with(i + 1, || None);
+        if let Some(by) = self.many.get_mut(&id) {
+            let mut slot = Some(Writers::Many(std::mem::take(by)));
+            let last = add(&mut slot, spn, v);
+            if let Some(Writers::Many(back)) = slot {
+                *by = back;
+            }
+            return last;
         }
-        add(&mut self.0[i], spn, v)
+        if i >= self.one.len() {
+            self.one.resize_with(i + 1, || None);
+        }
+        match (self.one[i].take(), held) {
+            (Some(only), Some(held)) if only.as_ref() != spn.as_ref() => {
+                let mut slot = Some(Writers::One(only, *held));
+                let last = add(&mut slot, spn, v);
+                if let Some(Writers::Many(by)) = slot {
+                    self.many.insert(id, by);
+                }
+                last
+            }
+            (was, _) => {
+                debug_assert!(was.as_deref().is_none_or(|w| w == spn.as_ref()), "id {id}: its writer's value is not held");
+                self.one[i] = Some(spn.clone());
+                v
+            }
+        }
     }
 
-    /// Drops `spn`'s value for `id`; returns the value the map holds now, `None` when no
-    /// ServicePort writes `id` any more.
-    pub fn remove(&mut self, spn: &ServicePortName, id: u32) -> Option<V> {
-        remove(self.0.get_mut(id as usize)?, spn)
+    /// Drops `spn`'s value for `id`, whose value in the map is `held`; returns the value the
+    /// map holds now, `None` when no ServicePort writes `id` any more.
+    pub fn remove(&mut self, spn: &ServicePortName, id: u32, held: Option<&V>) -> Option<V> {
+        if let Some(by) = self.many.get_mut(&id) {
+            let mut slot = Some(Writers::Many(std::mem::take(by)));
+            let left = remove(&mut slot, spn);
+            match slot {
+                Some(Writers::Many(back)) => *by = back,
+                Some(Writers::One(only, _)) => {
+                    self.many.remove(&id);
+                    self.one[id as usize] = Some(only);
+                }
+                None => {
+                    self.many.remove(&id);
+                }
+            }
+            return left;
+        }
+        let slot = self.one.get_mut(id as usize)?;
+        if slot.as_deref() == Some(spn) {
+            *slot = None;
+            return None;
+        }
+        slot.as_ref().and(held.copied())
     }
 
     /// Some ServicePort writes `id`.
     pub fn contains(&self, id: u32) -> bool {
-        self.0.get(id as usize).is_some_and(Option::is_some)
+        self.one.get(id as usize).is_some_and(Option::is_some) || self.many.contains_key(&id)
     }
 }
-
-// A backend's writers take 32 bytes, inline (module docs).
-const _: () = assert!(size_of::<Option<Writers<lb_common::Backend>>>() == 32);
 
 #[cfg(test)]
 mod tests {
@@ -169,18 +215,30 @@ mod tests {
     #[test]
     fn the_last_writer_in_name_order_is_what_the_map_holds() {
         let (a, b, c) = (spn("a"), spn("b"), spn("c"));
+        // `held` is what the map holds for the id: the caller's state, kept here as `map`.
         let mut w: ById<u8> = ById::default();
-        assert_eq!(w.add(&b, 7, 2), 2);
-        assert_eq!(w.add(&a, 7, 1), 2, "a comes before b: b's value stays");
-        assert_eq!(w.add(&c, 7, 3), 3);
-        assert_eq!(w.add(&b, 7, 20), 3, "b changes its value: still c's");
-        assert_eq!(w.remove(&c, 7), Some(20), "c gone: b's new value");
-        assert_eq!(w.remove(&c, 7), Some(20), "removing a non-writer changes nothing");
-        assert_eq!(w.remove(&b, 7), Some(1));
-        assert!(matches!(w.0[7], Some(Writers::One(..))), "one writer left: held inline again");
-        assert_eq!(w.remove(&a, 7), None);
+        let mut map: Option<u8> = None;
+        let put = |w: &mut ById<u8>, s: &Arc<ServicePortName>, v: u8, map: &mut Option<u8>| {
+            *map = Some(w.add(s, 7, v, map.as_ref()));
+            map.unwrap()
+        };
+        assert_eq!(put(&mut w, &b, 2, &mut map), 2);
+        assert!(w.many.is_empty(), "one writer: its name only");
+        assert_eq!(put(&mut w, &a, 1, &mut map), 2, "a comes before b: b's value stays");
+        assert_eq!(put(&mut w, &c, 3, &mut map), 3);
+        assert_eq!(put(&mut w, &b, 20, &mut map), 3, "b changes its value: still c's");
+        let unput = |w: &mut ById<u8>, s: &ServicePortName, map: &mut Option<u8>| {
+            *map = w.remove(s, 7, map.as_ref());
+            *map
+        };
+        assert_eq!(unput(&mut w, &c, &mut map), Some(20), "c gone: b's new value");
+        assert_eq!(unput(&mut w, &c, &mut map), Some(20), "removing a non-writer changes nothing");
+        assert_eq!(unput(&mut w, &b, &mut map), Some(1));
+        assert!(w.many.is_empty() && w.one[7].is_some(), "one writer left: its name only again");
+        assert_eq!(put(&mut w, &a, 5, &mut map), 5, "the only writer changes its value");
+        assert_eq!(unput(&mut w, &a, &mut map), None);
         assert!(!w.contains(7) && !w.contains(1000));
-        assert_eq!(w.remove(&a, 1000), None, "an id never written");
+        assert_eq!(w.remove(&a, 1000, None), None, "an id never written");
 
         let mut k: ByKey<&str, u8> = ByKey::default();
         assert_eq!(k.add(&c, "x", 3), 3);

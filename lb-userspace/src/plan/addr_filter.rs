@@ -31,18 +31,19 @@ pub fn words<'a>(
 /// of a ServicePort, a quarantined backend), so an address shared by several counts once per
 /// use; a bit is set while its count is above zero.
 ///
-/// One counter per bit of both bitmaps (`u16`, 4 MiB allocated zeroed at the first address, so
+/// One counter per bit of both bitmaps (a byte, 2 MiB allocated zeroed at the first address, so
 /// the kernel maps only the pages written), in place of a hash map of users per address and one
 /// of set bits (at 100,000 Services × 10 endpoints a million entries each, rehashed as they
-/// grew: 8 % of the planning, ~50 MiB). A count saturates and then stays: its bit stays set,
-/// which costs the packets of a foreign address that hashes there a lookup (module docs),
-/// never a missed translation.
+/// grew: 8 % of the planning, ~50 MiB). A count saturates at 255 and then stays: its bit stays
+/// set, which costs the packets of a foreign address that hashes there a lookup (module docs),
+/// never a missed translation. The addresses that reach it are those with hundreds of frontends
+/// (a node address with every NodePort, a LoadBalancer IP shared by many ports), which stay.
 #[derive(Debug, Default)]
-pub struct AddrCounts(Vec<u16>);
+pub struct AddrCounts(Vec<u8>);
 
 impl AddrCounts {
     /// The counter of `bit` (a single bit) in `word`.
-    fn at(&mut self, word: u32, bit: u64) -> &mut u16 {
+    fn at(&mut self, word: u32, bit: u64) -> &mut u8 {
         if self.0.is_empty() {
             self.0 = vec![0; 2 * lb_common::ADDR_FILTER_BITS as usize];
         }
@@ -60,7 +61,7 @@ impl AddrCounts {
     fn down(&mut self, word: u32, bit: u64) -> bool {
         let n = self.at(word, bit);
         debug_assert!(*n > 0, "address filter: removing a user the bit does not have");
-        if *n == u16::MAX {
+        if *n == u8::MAX {
             return false;
         }
         *n = n.saturating_sub(1);
@@ -166,7 +167,7 @@ mod tests {
         let a = lb_common::v4_mapped([10, 244, 0, 1]);
         let (mut words_, mut touched) = (BTreeMap::new(), BTreeSet::new());
         let mut c = AddrCounts::default();
-        let users = u32::from(u16::MAX) + 10;
+        let users = u32::from(u8::MAX) + 10;
         for _ in 0..users {
             c.add(ADDR_FILTER_BACKEND, a, &mut words_, &mut touched);
         }

@@ -9,7 +9,7 @@ use crate::{maps::MapState, model::DesiredState};
 pub fn map_state(desired: &DesiredState, ids: &mut PlanMemory, cfg: &PlanConfig) -> MapState {
     let mut st = MapState::default();
     for (spn, sp) in &desired.services {
-        plan_service(&mut st, ids, spn, sp, cfg);
+        plan_service(&mut st, ids, &std::sync::Arc::new(spn.clone()), sp, cfg);
     }
     ids.retain_used(&st, desired);
     let quarantined: Vec<[u8; 16]> = ids.quarantined_backends().filter_map(|(_, a)| *a).collect();

@@ -252,12 +252,15 @@ impl Planner {
         self.ids.maglev.prefill(tables);
         let mut unused_backends = Vec::new();
         for spn in redo {
-            if let Some((_, contribution)) = self.planned.remove(spn) {
+            // The name stays shared (its writers and ids hold the same copy).
+            let mut shared = None;
+            if let Some((name, (_, contribution))) = self.planned.remove_entry(spn) {
                 self.withdraw(spn, &contribution, &mut unused_backends);
+                shared = Some(name);
             }
             match desired.services.get(spn) {
                 Some(sp) => {
-                    let spn = Arc::new(spn.clone());
+                    let spn = shared.unwrap_or_else(|| Arc::new(spn.clone()));
                     let contribution = self.contribute(&spn, sp);
                     self.planned.insert(spn, (sp.clone(), contribution));
                 }
@@ -318,7 +321,9 @@ impl Planner {
         self.state.maglev.extend(own.maglev);
         self.state.members.extend(own.members);
         for (&id, be) in &own.backends {
-            self.state.backends.insert(id, self.backends.add(spn, id, *be));
+            let held = self.state.backends.get(&id);
+            let now = self.backends.add(spn, id, *be, held);
+            self.state.backends.insert(id, now);
             self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut p.filter);
             if record {
                 p.backends.insert(id);
@@ -379,7 +384,7 @@ impl Planner {
                 debug_assert!(false, "backend {id} of {spn} is not in the state");
                 continue;
             };
-            if let Some(last) = self.backends.remove(spn, *id) {
+            if let Some(last) = self.backends.remove(spn, *id, Some(&be)) {
                 self.state.backends.insert(*id, last);
             } else {
                 self.state.backends.remove(id);

@@ -23,6 +23,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::Backend;
@@ -43,6 +44,14 @@ pub enum SetClass {
     /// The serving endpoints (members only, no slots) of a service whose serving set differs
     /// from its internal and external sets (point 57).
     Serving,
+}
+
+/// The ids of one ServicePort (0: none given yet; neither kind of id is ever 0).
+#[derive(Clone, Copy, Debug, Default)]
+struct PortIds {
+    svc: u32,
+    /// By [`SetClass`].
+    select: [u32; 4],
 }
 
 /// Dense ids: the lowest free one is given out first; a freed id is quarantined until a sweep
@@ -118,8 +127,8 @@ pub struct Released {
 /// The ids given out and the Maglev tables computed, kept between plans.
 #[derive(Clone, Debug)]
 pub struct PlanMemory {
-    svc: HashMap<ServicePortName, u32>,
-    select: HashMap<(ServicePortName, SetClass), u32>,
+    /// Each ServicePort's ids, under the name the planner shares (one copy of each name).
+    ports: HashMap<Arc<ServicePortName>, PortIds>,
     backend: HashMap<(IpAddr, u16, Protocol), u32>,
     svc_pool: DensePool<()>,
     /// With the quarantined backend's address (`None`: an adopted id of unknown owner).
@@ -135,8 +144,7 @@ pub struct PlanMemory {
 impl Default for PlanMemory {
     fn default() -> Self {
         Self {
-            svc: HashMap::default(),
-            select: HashMap::default(),
+            ports: HashMap::default(),
             backend: HashMap::default(),
             svc_pool: DensePool::default(),
             backend_pool: DensePool::default(),
@@ -150,8 +158,7 @@ impl Default for PlanMemory {
 impl PlanMemory {
     /// Room for the changes to come ([`crate::room`]).
     pub fn make_room(&mut self) {
-        crate::room::make_room(&mut self.svc);
-        crate::room::make_room(&mut self.select);
+        crate::room::make_room(&mut self.ports);
         crate::room::make_room(&mut self.backend);
         self.maglev.make_room();
     }
@@ -181,8 +188,8 @@ impl PlanMemory {
         // An id is reused only by the first desired ServicePort that claims it, and ClusterIP
         // frontends (unique to their service) claim first: a NodePort that moved from one
         // service to another while the agent was down must not merge the two.
-        let mut claimed_svc: HashSet<u32> = self.svc.values().copied().collect();
-        let mut claimed_select: HashSet<u32> = self.select.values().copied().collect();
+        let mut claimed_svc: HashSet<u32> = self.ports.values().map(|p| p.svc).filter(|&id| id != 0).collect();
+        let mut claimed_select: HashSet<u32> = self.ports.values().flat_map(|p| p.select).filter(|&id| id != 0).collect();
         for external_pass in [false, true] {
             for (spn, sp) in &desired.services {
                 for fe in sp.frontends.iter().filter(|f| f.kind.is_external() == external_pass) {
@@ -190,8 +197,8 @@ impl PlanMemory {
                     let Some(v) = current.services.get(&key) else {
                         continue;
                     };
-                    if !self.svc.contains_key(spn) && claimed_svc.insert(v.svc_id) {
-                        self.svc.insert(spn.clone(), v.svc_id);
+                    if self.ports.get(spn).is_none_or(|p| p.svc == 0) && claimed_svc.insert(v.svc_id) {
+                        self.entry(spn).svc = v.svc_id;
                     }
                     let class = if fe.kind.is_external() { SetClass::External } else { SetClass::Internal };
                     self.adopt_select(spn, class, v.select_id, &mut claimed_select);
@@ -211,7 +218,7 @@ impl PlanMemory {
                 let Some(v) = current.services.get(&service_key(fe.addr, fe.port, spn.protocol)) else {
                     continue;
                 };
-                if v.serving_select_id != 0 && self.svc.get(spn) == Some(&v.svc_id) {
+                if v.serving_select_id != 0 && self.ports.get(spn).is_some_and(|p| p.svc == v.svc_id) {
                     self.adopt_select(spn, SetClass::Serving, v.serving_select_id, &mut claimed_select);
                 }
             }
@@ -220,28 +227,40 @@ impl PlanMemory {
 
     /// Gives table `id` to `(spn, class)` unless either already has its table.
     fn adopt_select(&mut self, spn: &ServicePortName, class: SetClass, id: u32, claimed: &mut HashSet<u32>) {
-        let sel = (spn.clone(), class);
-        if !self.select.contains_key(&sel) && claimed.insert(id) {
-            self.select.insert(sel, id);
+        if self.ports.get(spn).is_none_or(|p| p.select[class as usize] == 0) && claimed.insert(id) {
+            self.entry(spn).select[class as usize] = id;
         }
     }
 
-    pub(super) fn svc_id(&mut self, spn: &ServicePortName) -> u32 {
-        if let Some(id) = self.svc.get(spn) {
-            return *id;
+    /// `spn`'s entry, made (with no ids) if it has none.
+    fn entry(&mut self, spn: &ServicePortName) -> &mut PortIds {
+        if !self.ports.contains_key(spn) {
+            self.ports.insert(Arc::new(spn.clone()), PortIds::default());
+        }
+        self.ports.get_mut(spn).expect("just inserted")
+    }
+
+    /// `spn`'s entry, under the shared name `spn` if it has none.
+    fn entry_shared(&mut self, spn: &Arc<ServicePortName>) -> &mut PortIds {
+        self.ports.entry(spn.clone()).or_default()
+    }
+
+    pub(super) fn svc_id(&mut self, spn: &Arc<ServicePortName>) -> u32 {
+        if let Some(p) = self.ports.get(spn.as_ref()).filter(|p| p.svc != 0) {
+            return p.svc;
         }
         let id = self.svc_pool.take();
-        self.svc.insert(spn.clone(), id);
+        self.entry_shared(spn).svc = id;
         id
     }
 
-    pub(super) fn select_id(&mut self, spn: &ServicePortName, class: SetClass) -> u32 {
-        if let Some(id) = self.select.get(&(spn.clone(), class)) {
-            return *id;
+    pub(super) fn select_id(&mut self, spn: &Arc<ServicePortName>, class: SetClass) -> u32 {
+        if let Some(&id) = self.ports.get(spn.as_ref()).map(|p| &p.select[class as usize]).filter(|&&id| id != 0) {
+            return id;
         }
         let id = self.next_select;
         self.next_select += 1;
-        self.select.insert((spn.clone(), class), id);
+        self.entry_shared(spn).select[class as usize] = id;
         id
     }
 
@@ -257,11 +276,8 @@ impl PlanMemory {
 
     /// Forgets the svc_id and table ids of ServicePort `spn` (gone from the desired state).
     pub(crate) fn forget_service_port(&mut self, spn: &ServicePortName) {
-        if let Some(id) = self.svc.remove(spn) {
-            self.svc_pool.quarantine(id, ());
-        }
-        for class in [SetClass::Internal, SetClass::External, SetClass::Cluster, SetClass::Serving] {
-            self.select.remove(&(spn.clone(), class));
+        if let Some(p) = self.ports.remove(spn).filter(|p| p.svc != 0) {
+            self.svc_pool.quarantine(p.svc, ());
         }
     }
 
@@ -316,13 +332,16 @@ impl PlanMemory {
     /// Forgets ids of objects absent from `state`, so the maps stay bounded; their svc and
     /// backend ids are quarantined. Returns the addresses of the backends quarantined.
     pub(crate) fn retain_used(&mut self, state: &MapState, desired: &DesiredState) -> Vec<[u8; 16]> {
-        let gone_svc: Vec<u32> =
-            self.svc.iter().filter(|(spn, _)| !desired.services.contains_key(*spn)).map(|(_, id)| *id).collect();
+        let gone_svc: Vec<u32> = self
+            .ports
+            .iter()
+            .filter(|(spn, p)| p.svc != 0 && !desired.services.contains_key(spn.as_ref()))
+            .map(|(_, p)| p.svc)
+            .collect();
         for id in gone_svc {
             self.svc_pool.quarantine(id, ());
         }
-        self.svc.retain(|spn, _| desired.services.contains_key(spn));
-        self.select.retain(|(spn, _), _| desired.services.contains_key(spn));
+        self.ports.retain(|spn, _| desired.services.contains_key(spn.as_ref()));
         let gone: Vec<(u32, [u8; 16])> = self
             .backend
             .iter()

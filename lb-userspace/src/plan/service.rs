@@ -32,7 +32,7 @@ use crate::{
 pub(crate) fn plan_service(
     st: &mut MapState,
     ids: &mut PlanMemory,
-    spn: &ServicePortName,
+    spn: &Arc<ServicePortName>,
     sp: &ServicePortState,
     cfg: &PlanConfig,
 ) {
@@ -233,7 +233,7 @@ fn needs_membership(proto: Protocol, sp: &ServicePortState) -> bool {
 fn write_table(
     st: &mut MapState,
     ids: &mut PlanMemory,
-    (spn, class): (&ServicePortName, SetClass),
+    (spn, class): (&Arc<ServicePortName>, SetClass),
     endpoints: &[Endpoint],
     how: TableKind,
     cfg: &PlanConfig,
@@ -263,7 +263,7 @@ fn write_table(
 fn write_members(
     st: &mut MapState,
     ids: &mut PlanMemory,
-    (spn, class): (&ServicePortName, SetClass),
+    (spn, class): (&Arc<ServicePortName>, SetClass),
     endpoints: &[Endpoint],
     how: TableKind,
 ) -> u32 {

@@ -61,16 +61,18 @@ impl Prepared {
     }
 }
 
-/// The object prepared for the running kernel (worked out once per process).
-pub fn prepared() -> &'static Prepared {
-    static PREPARED: OnceLock<Prepared> = OnceLock::new();
-    PREPARED.get_or_init(|| {
-        let found = KernelBtf::running()
+/// The object prepared for the running kernel. What the kernel offers is worked out once per
+/// process; the object's copy is made for each load and dropped after it (2 MiB a start would
+/// otherwise hold for its lifetime).
+pub fn prepared() -> Prepared {
+    static KERNEL: OnceLock<Result<(u32, BitField), String>> = OnceLock::new();
+    let found = KERNEL.get_or_init(|| {
+        KernelBtf::running()
             .map_err(|e| format!("cannot read {}: {e}", super::kernel_btf::VMLINUX_BTF))
             .and_then(|r| r.map_err(|e| format!("cannot parse {}: {e}", super::kernel_btf::VMLINUX_BTF)))
-            .and_then(|btf| kernel_ctx(&btf));
-        prepare(OBJECT, found)
-    })
+            .and_then(|btf| kernel_ctx(&btf))
+    });
+    prepare(OBJECT, found.clone())
 }
 
 /// The kfunc's id and `ip_summed`'s place, or why they cannot be used.

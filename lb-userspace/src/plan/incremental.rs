@@ -275,7 +275,7 @@ impl Planner {
         }
         for (id, be) in unused_backends {
             // Unless a ServicePort planned later in the pass took it up again.
-            if !self.backends.contains(id) && self.ids.forget_backend(&be) {
+            if !self.backends.contains(&id) && self.ids.forget_backend(&be) {
                 self.filter.add(ADDR_FILTER_BACKEND, be.addr, &mut self.state.addr_filter, &mut self.pending.filter);
             }
         }
@@ -330,7 +330,8 @@ impl Planner {
             }
         }
         for (key, v) in &contribution.services {
-            let added = self.state.services.insert(*key, self.services.add(spn, *key, *v)).is_none();
+            let now = self.services.add(spn, *key, *v, self.state.services.get(key));
+            let added = self.state.services.insert(*key, now).is_none();
             self.frontends += usize::from(added && key.proto != 0);
             self.filter.add(ADDR_FILTER_FRONTEND, key.addr, &mut self.state.addr_filter, &mut p.filter);
             if record {
@@ -338,7 +339,7 @@ impl Planner {
             }
         }
         for r in &contribution.source_ranges {
-            self.source_ranges.add(spn, *r, ());
+            self.source_ranges.add(spn, *r, (), self.state.source_ranges.get(r));
             self.state.source_ranges.insert(*r, ());
             if record {
                 p.source_ranges.insert(*r);
@@ -396,7 +397,7 @@ impl Planner {
             }
         }
         for (key, _) in &own.services {
-            if let Some(last) = self.services.remove(spn, *key) {
+            if let Some(last) = self.services.remove(spn, *key, self.state.services.get(key)) {
                 self.state.services.insert(*key, last);
             } else if self.state.services.remove(key).is_some() && key.proto != 0 {
                 self.frontends -= 1;
@@ -407,7 +408,7 @@ impl Planner {
             }
         }
         for r in &own.source_ranges {
-            if self.source_ranges.remove(spn, *r).is_none() {
+            if self.source_ranges.remove(spn, *r, self.state.source_ranges.get(r)).is_none() {
                 self.state.source_ranges.remove(r);
             }
             if record {

@@ -2,197 +2,136 @@
 //! ranges): every writer's value, in name order; the map holds the last writer's, as the full
 //! plan's last write (see [`super::incremental`]).
 //!
-//! Almost every key has one writer, so one is held inline ([`Writers::One`]) and only a key
-//! with more allocates a list. Backends are kept by id ([`ById`]): their ids are dense (they
-//! index `LB_BACKENDS`), so a vector indexed by id holds a backend's only writer in 8 bytes,
-//! where a hash map of one-element lists took about 90 (a bucket and an allocation each).
+//! Almost every key has one writer. Its value is then the one in the map, which the caller
+//! passes in as `held`, so only the writer's name is kept (8 bytes, shared with the planner);
+//! a key with several writers keeps each one's value in a list. Backends are kept by id
+//! ([`ById`]): their ids are dense (they index `LB_BACKENDS`), so a vector indexed by id holds
+//! their writers without hashing. A hash map of one-element lists took about 90 bytes per key
+//! (a bucket and an allocation each).
 
 use std::{cmp::Ordering, hash::Hash, sync::Arc};
 
 use super::HashMap;
 use crate::model::ServicePortName;
 
-/// The writers of one key and their values, in name order.
-#[derive(Debug)]
-pub enum Writers<V> {
-    One(Arc<ServicePortName>, V),
-    /// Two or more.
-    Many(Vec<(Arc<ServicePortName>, V)>),
+type Name = Arc<ServicePortName>;
+
+/// Where the keys with one writer keep it: a vector by dense id, or a hash map.
+pub trait Singles<K>: Default {
+    fn get(&self, key: &K) -> Option<&Name>;
+    fn take(&mut self, key: &K) -> Option<Name>;
+    fn put(&mut self, key: K, name: Name);
 }
 
-/// Records `spn`'s value `v` in `slot`; returns the value the map holds: the last writer's.
-fn add<V: Copy>(slot: &mut Option<Writers<V>>, spn: &Arc<ServicePortName>, v: V) -> V {
-    match slot {
-        None => {
-            *slot = Some(Writers::One(spn.clone(), v));
-            v
+impl Singles<u32> for Vec<Option<Name>> {
+    fn get(&self, id: &u32) -> Option<&Name> {
+        self.as_slice().get(*id as usize)?.as_ref()
+    }
+
+    fn take(&mut self, id: &u32) -> Option<Name> {
+        self.get_mut(*id as usize)?.take()
+    }
+
+    fn put(&mut self, id: u32, name: Name) {
+        let i = id as usize;
+        if i >= self.len() {
+            self.resize_with(i + 1, || None);
         }
-        Some(Writers::One(only, old)) => {
-            let first = (only.clone(), *old);
-            match first.0.as_ref().cmp(spn) {
-                Ordering::Equal => {
-                    *old = v;
-                    v
-                }
-                Ordering::Less => {
-                    *slot = Some(Writers::Many(vec![first, (spn.clone(), v)]));
-                    v
-                }
-                Ordering::Greater => {
-                    let last = first.1;
-                    *slot = Some(Writers::Many(vec![(spn.clone(), v), first]));
-                    last
-                }
-            }
-        }
-        Some(Writers::Many(by)) => {
+        self[i] = Some(name);
+    }
+}
+
+impl<K: Eq + Hash> Singles<K> for HashMap<K, Name> {
+    fn get(&self, key: &K) -> Option<&Name> {
+        HashMap::get(self, key)
+    }
+
+    fn take(&mut self, key: &K) -> Option<Name> {
+        self.remove(key)
+    }
+
+    fn put(&mut self, key: K, name: Name) {
+        self.insert(key, name);
+    }
+}
+
+/// The writers of a map's shared keys (module docs).
+#[derive(Debug, Default)]
+pub struct Writers<K, V, S> {
+    one: S,
+    /// Keys with two writers or more: each one's value, in name order.
+    many: HashMap<K, Vec<(Name, V)>>,
+}
+
+/// Writers by backend id.
+pub type ById<V> = Writers<u32, V, Vec<Option<Name>>>;
+/// Writers by key.
+pub type ByKey<K, V> = Writers<K, V, HashMap<K, Name>>;
+
+impl<K: Eq + Hash + Copy, V: Copy, S: Singles<K>> Writers<K, V, S> {
+    /// Records `spn`'s value `v` for `key`, whose value in the map is `held`; returns the value
+    /// the map holds now: the last writer's.
+    pub fn add(&mut self, spn: &Name, key: K, v: V, held: Option<&V>) -> V {
+        if let Some(by) = self.many.get_mut(&key) {
             match by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
                 Ok(i) => by[i].1 = v,
                 Err(i) => by.insert(i, (spn.clone(), v)),
             }
-            by.last().map_or(v, |(_, last)| *last)
+            return by.last().map_or(v, |(_, last)| *last);
         }
-    }
-}
-
-/// Drops `spn`'s value from `slot`; returns the value the map holds now (the last remaining
-/// writer's), or `None` when nobody writes the key any more (`slot` is then `None`).
-fn remove<V: Copy>(slot: &mut Option<Writers<V>>, spn: &ServicePortName) -> Option<V> {
-    match slot {
-        None => None,
-        Some(Writers::One(only, v)) => {
-            if only.as_ref() == spn {
-                *slot = None;
-                return None;
-            }
-            Some(*v)
-        }
-        Some(Writers::Many(by)) => {
-            if let Ok(i) = by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
-                by.remove(i);
-            }
-            match by.len() {
-                0 => {
-                    *slot = None;
-                    None
-                }
-                1 => {
-                    let (only, v) = by.pop().expect("one writer");
-                    *slot = Some(Writers::One(only, v));
-                    Some(v)
-                }
-                _ => by.last().map(|(_, v)| *v),
-            }
-        }
-    }
-}
-
-/// Writers by key.
-#[derive(Debug)]
-pub struct ByKey<K, V>(HashMap<K, Option<Writers<V>>>);
-
-impl<K, V> Default for ByKey<K, V> {
-    fn default() -> Self {
-        Self(HashMap::default())
-    }
-}
-
-impl<K: Eq + Hash, V: Copy> ByKey<K, V> {
-    /// Records `spn`'s value for `key`; returns the value the map holds.
-    pub fn add(&mut self, spn: &Arc<ServicePortName>, key: K, v: V) -> V {
-        add(self.0.entry(key).or_default(), spn, v)
-    }
-
-    /// Drops `spn`'s value for `key`; returns the value the map holds now, `None` when no
-    /// ServicePort writes `key` any more.
-    pub fn remove(&mut self, spn: &ServicePortName, key: K) -> Option<V> {
-        let slot = self.0.get_mut(&key)?;
-        let left = remove(slot, spn);
-        if slot.is_none() {
-            self.0.remove(&key);
-        }
-        left
-    }
-
-    /// Room for the changes to come ([`crate::room`]).
-    pub fn make_room(&mut self) {
-        crate::room::make_room(&mut self.0);
-    }
-}
-
-/// Writers by dense id (backend ids). An id with one writer (nearly all) holds only its name:
-/// its value is the one in the map, which the caller passes in as `held`. Ids with several
-/// writers keep every writer's value, as [`Writers::Many`] does.
-#[derive(Debug, Default)]
-pub struct ById<V> {
-    /// By id: the only writer, if the id has exactly one.
-    one: Vec<Option<Arc<ServicePortName>>>,
-    /// Ids with two writers or more.
-    many: HashMap<u32, Vec<(Arc<ServicePortName>, V)>>,
-}
-
-impl<V: Copy> ById<V> {
-    /// Records `spn`'s value `v` for `id`, whose value in the map is `held`; returns the value
-    /// the map holds now.
-    pub fn add(&mut self, spn: &Arc<ServicePortName>, id: u32, v: V, held: Option<&V>) -> V {
-        let i = id as usize;
-        if let Some(by) = self.many.get_mut(&id) {
-            let mut slot = Some(Writers::Many(std::mem::take(by)));
-            let last = add(&mut slot, spn, v);
-            if let Some(Writers::Many(back)) = slot {
-                *by = back;
-            }
-            return last;
-        }
-        if i >= self.one.len() {
-            self.one.resize_with(i + 1, || None);
-        }
-        match (self.one[i].take(), held) {
-            (Some(only), Some(held)) if only.as_ref() != spn.as_ref() => {
-                let mut slot = Some(Writers::One(only, *held));
-                let last = add(&mut slot, spn, v);
-                if let Some(Writers::Many(by)) = slot {
-                    self.many.insert(id, by);
-                }
+        match (self.one.take(&key), held) {
+            (Some(only), Some(&held)) if only != *spn => {
+                let (by, last) = match only.as_ref().cmp(spn) {
+                    Ordering::Less => (vec![(only, held), (spn.clone(), v)], v),
+                    _ => (vec![(spn.clone(), v), (only, held)], held),
+                };
+                self.many.insert(key, by);
                 last
             }
             (was, _) => {
-                debug_assert!(was.as_deref().is_none_or(|w| w == spn.as_ref()), "id {id}: its writer's value is not held");
-                self.one[i] = Some(spn.clone());
+                debug_assert!(was.is_none_or(|w| w == *spn), "a key's only writer without its value");
+                self.one.put(key, spn.clone());
                 v
             }
         }
     }
 
-    /// Drops `spn`'s value for `id`, whose value in the map is `held`; returns the value the
-    /// map holds now, `None` when no ServicePort writes `id` any more.
-    pub fn remove(&mut self, spn: &ServicePortName, id: u32, held: Option<&V>) -> Option<V> {
-        if let Some(by) = self.many.get_mut(&id) {
-            let mut slot = Some(Writers::Many(std::mem::take(by)));
-            let left = remove(&mut slot, spn);
-            match slot {
-                Some(Writers::Many(back)) => *by = back,
-                Some(Writers::One(only, _)) => {
-                    self.many.remove(&id);
-                    self.one[id as usize] = Some(only);
-                }
-                None => {
-                    self.many.remove(&id);
+    /// Drops `spn`'s value for `key`, whose value in the map is `held`; returns the value the
+    /// map holds now, `None` when no ServicePort writes `key` any more.
+    pub fn remove(&mut self, spn: &ServicePortName, key: K, held: Option<&V>) -> Option<V> {
+        if let Some(by) = self.many.get_mut(&key) {
+            if let Ok(i) = by.binary_search_by(|(s, _)| s.as_ref().cmp(spn)) {
+                by.remove(i);
+            }
+            let last = by.last().map(|(_, v)| *v);
+            if by.len() < 2 {
+                let left = self.many.remove(&key).into_iter().flatten().next();
+                if let Some((only, _)) = left {
+                    self.one.put(key, only);
                 }
             }
-            return left;
+            return last;
         }
-        let slot = self.one.get_mut(id as usize)?;
-        if slot.as_deref() == Some(spn) {
-            *slot = None;
-            return None;
+        match self.one.take(&key) {
+            Some(only) if only.as_ref() == spn => None,
+            Some(only) => {
+                self.one.put(key, only);
+                held.copied()
+            }
+            None => None,
         }
-        slot.as_ref().and(held.copied())
     }
 
-    /// Some ServicePort writes `id`.
-    pub fn contains(&self, id: u32) -> bool {
-        self.one.get(id as usize).is_some_and(Option::is_some) || self.many.contains_key(&id)
+    /// Some ServicePort writes `key`.
+    pub fn contains(&self, key: &K) -> bool {
+        self.one.get(key).is_some() || self.many.contains_key(key)
+    }
+}
+
+impl<K: Eq + Hash, V> ByKey<K, V> {
+    /// Room for the changes to come ([`crate::room`]).
+    pub fn make_room(&mut self) {
+        crate::room::make_room(&mut self.one);
     }
 }
 
@@ -201,7 +140,7 @@ mod tests {
     use super::*;
     use crate::model::{Family, Protocol};
 
-    fn spn(name: &str) -> Arc<ServicePortName> {
+    fn spn(name: &str) -> Name {
         Arc::new(ServicePortName {
             namespace: "ns".into(),
             name: name.into(),
@@ -211,14 +150,12 @@ mod tests {
         })
     }
 
-    /// The map holds the last writer's value in name order, whatever order they come and go.
-    #[test]
-    fn the_last_writer_in_name_order_is_what_the_map_holds() {
+    /// The map holds the last writer's value in name order, whatever order they come and go;
+    /// a key with one writer keeps only its name. `map` stands for the caller's map.
+    fn last_writer_wins<S: Singles<u32>>(mut w: Writers<u32, u8, S>) {
         let (a, b, c) = (spn("a"), spn("b"), spn("c"));
-        // `held` is what the map holds for the id: the caller's state, kept here as `map`.
-        let mut w: ById<u8> = ById::default();
         let mut map: Option<u8> = None;
-        let put = |w: &mut ById<u8>, s: &Arc<ServicePortName>, v: u8, map: &mut Option<u8>| {
+        let put = |w: &mut Writers<u32, u8, S>, s: &Name, v: u8, map: &mut Option<u8>| {
             *map = Some(w.add(s, 7, v, map.as_ref()));
             map.unwrap()
         };
@@ -227,24 +164,24 @@ mod tests {
         assert_eq!(put(&mut w, &a, 1, &mut map), 2, "a comes before b: b's value stays");
         assert_eq!(put(&mut w, &c, 3, &mut map), 3);
         assert_eq!(put(&mut w, &b, 20, &mut map), 3, "b changes its value: still c's");
-        let unput = |w: &mut ById<u8>, s: &ServicePortName, map: &mut Option<u8>| {
+        let unput = |w: &mut Writers<u32, u8, S>, s: &ServicePortName, map: &mut Option<u8>| {
             *map = w.remove(s, 7, map.as_ref());
             *map
         };
         assert_eq!(unput(&mut w, &c, &mut map), Some(20), "c gone: b's new value");
         assert_eq!(unput(&mut w, &c, &mut map), Some(20), "removing a non-writer changes nothing");
         assert_eq!(unput(&mut w, &b, &mut map), Some(1));
-        assert!(w.many.is_empty() && w.one[7].is_some(), "one writer left: its name only again");
+        assert!(w.many.is_empty() && w.one.get(&7).is_some(), "one writer left: its name only again");
         assert_eq!(put(&mut w, &a, 5, &mut map), 5, "the only writer changes its value");
+        assert_eq!(unput(&mut w, &c, &mut map), Some(5), "a non-writer again");
         assert_eq!(unput(&mut w, &a, &mut map), None);
-        assert!(!w.contains(7) && !w.contains(1000));
-        assert_eq!(w.remove(&a, 1000, None), None, "an id never written");
+        assert!(!w.contains(&7) && !w.contains(&1000));
+        assert_eq!(w.remove(&a, 1000, None), None, "a key never written");
+    }
 
-        let mut k: ByKey<&str, u8> = ByKey::default();
-        assert_eq!(k.add(&c, "x", 3), 3);
-        assert_eq!(k.add(&a, "x", 1), 3);
-        assert_eq!(k.remove(&c, "x"), Some(1));
-        assert_eq!(k.remove(&a, "x"), None);
-        assert!(k.0.is_empty(), "a key nobody writes is forgotten");
+    #[test]
+    fn the_last_writer_in_name_order_is_what_the_map_holds() {
+        last_writer_wins(ById::<u8>::default());
+        last_writer_wins(ByKey::<u32, u8>::default());
     }
 }

@@ -13,7 +13,58 @@ use super::HashMap;
 use crate::maps::Slots;
 
 /// A table's endpoints (in the caller's order) and size.
-pub(crate) type TableKey = (Vec<(IpAddr, u16)>, u32);
+pub(crate) type TableKey = (TableEndpoints, u32);
+
+/// A table's endpoints as the cache keys them, each address and port packed: 7 bytes for IPv4,
+/// 19 for IPv6 (a list of `(IpAddr, u16)` took 20 each; the cache keeps a key per table).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableEndpoints(Box<[u8]>);
+
+impl TableEndpoints {
+    const V4: u8 = 4;
+    const V6: u8 = 6;
+
+    pub fn new(endpoints: impl IntoIterator<Item = (IpAddr, u16)>) -> Self {
+        let mut out = Vec::new();
+        for (addr, port) in endpoints {
+            match addr {
+                IpAddr::V4(a) => {
+                    out.push(Self::V4);
+                    out.extend(a.octets());
+                }
+                IpAddr::V6(a) => {
+                    out.push(Self::V6);
+                    out.extend(a.octets());
+                }
+            }
+            out.extend(port.to_be_bytes());
+        }
+        Self(out.into_boxed_slice())
+    }
+
+    /// The endpoints, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, u16)> + '_ {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            let (&tag, after) = rest.split_first()?;
+            let len = if tag == Self::V4 { 4 } else { 16 };
+            let (addr, after) = after.split_at(len);
+            let (port, after) = after.split_at(2);
+            rest = after;
+            let addr = match <[u8; 4]>::try_from(addr) {
+                Ok(a) => IpAddr::from(a),
+                Err(_) => IpAddr::from(<[u8; 16]>::try_from(addr).expect("16 bytes")),
+            };
+            Some((addr, u16::from_be_bytes([port[0], port[1]])))
+        })
+    }
+}
+
+impl From<Vec<(IpAddr, u16)>> for TableEndpoints {
+    fn from(v: Vec<(IpAddr, u16)>) -> Self {
+        Self::new(v)
+    }
+}
 
 /// Table sizes the agent chooses from: primes, each four times the previous, so that a service's
 /// size changes rarely (every change remaps new flows; conntrack keeps the established ones).
@@ -104,8 +155,8 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
 const PREFILL_MIN: usize = 256;
 
 /// The table of size `m` for `endpoints`, slot → index into `endpoints`.
-fn compute(endpoints: &[(IpAddr, u16)], m: u32) -> Slots {
-    let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(*a, *p).to_string()).collect();
+fn compute(endpoints: &TableEndpoints, m: u32) -> Slots {
+    let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(a, p).to_string()).collect();
     Slots::new(&table(&names, m), names.len())
 }
 
@@ -139,9 +190,9 @@ impl TableCache {
 
     /// The table of size `m` for `endpoints` (address, port), in their order: slot → index
     /// into `endpoints` (what [`table`] returns for their `address:port` names).
-    pub fn table(&mut self, endpoints: Vec<(IpAddr, u16)>, m: u32) -> Slots {
+    pub fn table(&mut self, endpoints: impl Into<TableEndpoints>, m: u32) -> Slots {
         let pass = self.pass;
-        match self.tables.entry((endpoints, m)) {
+        match self.tables.entry((endpoints.into(), m)) {
             Entry::Occupied(mut e) => {
                 e.get_mut().1 = pass;
                 e.get().0.clone()
@@ -372,7 +423,7 @@ mod tests {
             (first..first + 4).map(|i| (IpAddr::from([10, 244, (i / 200) as u8, (i % 200) as u8]), 8080)).collect()
         };
         let mut cache = TableCache::default();
-        let keys: Vec<TableKey> = (0..PREFILL_MIN + 40).map(|i| (eps(i * 4), 251)).collect();
+        let keys: Vec<TableKey> = (0..PREFILL_MIN + 40).map(|i| (eps(i * 4).into(), 251)).collect();
         // One of them twice, and one the cache already has.
         let had = cache.table(eps(0), 251);
         cache.prefill(keys.iter().cloned().chain([keys[7].clone()]));
@@ -381,12 +432,20 @@ mod tests {
         }
         assert!(had.same(&cache.table(eps(0), 251)), "a table the cache had is kept");
         for (endpoints, m) in keys {
-            let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(*a, *p).to_string()).collect();
+            let names: Vec<String> = endpoints.iter().map(|(a, p)| SocketAddr::new(a, p).to_string()).collect();
             let direct: Vec<usize> = table(&names, m).into_iter().map(|i| i as usize).collect();
             assert_eq!(cache.table(endpoints, m).iter().collect::<Vec<_>>(), direct);
         }
         cache.end_pass();
         assert_eq!(cache.len(), PREFILL_MIN + 40, "all used by this pass");
+    }
+
+    #[test]
+    fn packed_endpoints_read_back_as_written() {
+        let list: Vec<(IpAddr, u16)> =
+            vec![("10.0.0.1".parse().unwrap(), 80), ("fd00::1".parse().unwrap(), 8443), ("0.0.0.0".parse().unwrap(), 0)];
+        assert_eq!(TableEndpoints::new(list.clone()).iter().collect::<Vec<_>>(), list);
+        assert_eq!(TableEndpoints::new([]).iter().count(), 0);
     }
 
     #[test]

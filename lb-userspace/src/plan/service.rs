@@ -153,9 +153,8 @@ pub(crate) fn maglev_tables(sp: &ServicePortState, cfg: &PlanConfig) -> Vec<supe
     let all = sets.internal.into_iter().chain(sets.external.map(|(eps, _)| eps)).chain(cluster);
     all.filter(|eps| !eps.is_empty())
         .map(|eps| {
-            let addrs: Vec<(IpAddr, u16)> = eps.iter().map(|e| (e.addr, e.port)).collect();
-            let m = super::maglev::table_size(addrs.len(), cfg.maglev_table_size);
-            (addrs, m)
+            let m = super::maglev::table_size(eps.len(), cfg.maglev_table_size);
+            (super::maglev::TableEndpoints::new(eps.iter().map(|e| (e.addr, e.port))), m)
         })
         .collect()
 }
@@ -249,9 +248,8 @@ fn write_table(
         }
         return (select_id, backend_ids.len() as u32);
     }
-    let addrs: Vec<(IpAddr, u16)> = endpoints.iter().map(|e| (e.addr, e.port)).collect();
-    let m = super::maglev::table_size(addrs.len(), cfg.maglev_table_size);
-    let table = ids.maglev.table(addrs, m);
+    let m = super::maglev::table_size(endpoints.len(), cfg.maglev_table_size);
+    let table = ids.maglev.table(super::maglev::TableEndpoints::new(endpoints.iter().map(|e| (e.addr, e.port))), m);
     // The chunks refer to the table (its slots shared with the cache, its ids held once).
     for (chunk, c) in Chunk::all(table, backend_ids) {
         st.maglev.insert(MaglevKey { select_id, chunk }, c);

@@ -18,6 +18,7 @@ pub mod agent;
 pub mod cli;
 pub mod compile;
 pub mod dataplane;
+pub mod heap;
 pub mod maps;
 pub mod model;
 pub mod netns;
@@ -25,7 +26,6 @@ mod parallel;
 pub mod plan;
 mod room;
 pub mod source;
-mod trim;
 
 /// Property tests across the layers: parse, compile, plan, diff.
 #[cfg(test)]

@@ -187,7 +187,7 @@ impl SyncState {
         }
         if self.first {
             self.planner.pack();
-            crate::trim::release_free_memory();
+            crate::heap::release_free_memory();
         }
         let state = self.planner.state();
         let writes = dp.apply_touched(state, self.planner.pending()).map_err(SyncError::Apply)?;

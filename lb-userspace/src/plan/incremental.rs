@@ -52,7 +52,8 @@ struct Contribution {
     tables: Vec<u32>,
     /// Backend ids (their values are in the state while anyone writes them).
     backends: Vec<u32>,
-    services: Vec<(ServiceKey, ServiceValue)>,
+    /// Frontend and marker keys (their values are in the state while anyone writes them).
+    services: Vec<ServiceKey>,
     source_ranges: Vec<SourceRangeKey>,
 }
 
@@ -293,7 +294,7 @@ impl Planner {
             svc_id: own.names.keys().next().copied(),
             tables: tables.into_iter().collect(),
             backends: own.backends.keys().copied().collect(),
-            services: own.services.into_iter().collect(),
+            services: own.services.keys().copied().collect(),
             source_ranges: own.source_ranges.into_keys().collect(),
         };
         let p = &mut self.pending;
@@ -329,7 +330,7 @@ impl Planner {
                 p.backends.insert(id);
             }
         }
-        for (key, v) in &contribution.services {
+        for (key, v) in &own.services {
             let now = self.services.add(spn, *key, *v, self.state.services.get(key));
             let added = self.state.services.insert(*key, now).is_none();
             self.frontends += usize::from(added && key.proto != 0);
@@ -396,7 +397,7 @@ impl Planner {
                 p.backends.insert(*id);
             }
         }
-        for (key, _) in &own.services {
+        for key in &own.services {
             if let Some(last) = self.services.remove(spn, *key, self.state.services.get(key)) {
                 self.state.services.insert(*key, last);
             } else if self.state.services.remove(key).is_some() && key.proto != 0 {

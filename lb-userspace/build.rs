@@ -46,6 +46,11 @@ fn main() -> anyhow::Result<()> {
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
         aya_build::Toolchain::Custom("stable")
     };
+    // The workspace's release profile optimises the agent as a whole program (`lto = "fat"`);
+    // the eBPF object keeps the profile its per-packet costs were measured with (bpf-linker links
+    // it whole in any case; with LTO its code came out different).
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { env::set_var("CARGO_PROFILE_RELEASE_LTO", "false") };
     let package = aya_build::Package { name: "lb-ebpf", root_dir: root.as_str(), ..Default::default() };
     aya_build::build_ebpf([package], toolchain)
 }

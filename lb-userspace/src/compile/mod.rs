@@ -26,8 +26,8 @@ use crate::model::{
     Cidr, DesiredState, Endpoint, EndpointSet, Endpoints, Family, Frontend, FrontendKind, HealthCheck, HealthChecks, Protocol,
     RejectedField, Rejection, Selection, ServicePortName, ServicePortState, Skipped,
     kubernetes::{
-        ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, MAX_AFFINITY_TIMEOUT_S,
-        NodeContext, namespace_of, parse_ip_sloppy,
+        ANNOTATION_SELECTION, DEFAULT_AFFINITY_TIMEOUT_S, MAX_AFFINITY_TIMEOUT_S, NodeContext, namespace_of, opts_out,
+        parse_ip_sloppy,
     },
 };
 
@@ -164,9 +164,7 @@ fn compile_service(
 ) -> Result<CompiledService, CompileSkip> {
     let invalid = CompileSkip::Invalid;
     // Point 4: label opt-outs.
-    if let Some(labels) = &svc.metadata.labels
-        && (labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS))
-    {
+    if svc.metadata.labels.as_ref().is_some_and(opts_out) {
         return Err(CompileSkip::ByDesign);
     }
     let Some(spec) = &svc.spec else {

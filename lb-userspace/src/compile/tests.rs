@@ -13,7 +13,10 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::model::{kubernetes::LABEL_SERVICE_NAME, slice::Slice};
+use crate::model::{
+    kubernetes::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME},
+    slice::Slice,
+};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 

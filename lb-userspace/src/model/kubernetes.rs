@@ -33,6 +33,12 @@ pub fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Objec
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Label that marks a Service headless for proxies (point 4).
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Labels that opt an object (a Service, or an EndpointSlice, which carries its Service's labels)
+/// out of this proxy (point 4).
+pub fn opts_out(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.contains_key(LABEL_SERVICE_PROXY_NAME) || labels.contains_key(LABEL_HEADLESS)
+}
+
 /// Label linking an EndpointSlice to its Service (point 6).
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Annotation choosing the backend selection of a Service: `maglev` (default) or `random`.

@@ -26,7 +26,7 @@ use k8s_openapi::{
 
 use serde::Deserialize;
 
-use super::kubernetes::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, TRIGGER_TIME_ANNOTATION, parse_ip_sloppy};
+use super::kubernetes::{LABEL_SERVICE_NAME, TRIGGER_TIME_ANNOTATION, opts_out, parse_ip_sloppy};
 
 /// An EndpointSlice with compact endpoints (see the module documentation). It deserializes from
 /// an EndpointSlice's JSON or YAML.
@@ -145,7 +145,7 @@ impl Slice {
     /// Reads from `labels` what the agent follows ([`Slice::service_name`], [`Slice::opted_out`]).
     pub fn set_labels(&mut self, labels: Option<&BTreeMap<String, String>>) {
         self.service_name = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).map(|n| Box::from(n.as_str()));
-        self.opted_out = labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME) || l.contains_key(LABEL_HEADLESS));
+        self.opted_out = labels.is_some_and(opts_out);
     }
 }
 

@@ -198,7 +198,7 @@ impl PlanMemory {
                         continue;
                     };
                     if self.ports.get(spn).is_none_or(|p| p.svc == 0) && claimed_svc.insert(v.svc_id) {
-                        self.entry(spn).svc = v.svc_id;
+                        self.entry(spn, || Arc::new(spn.clone())).svc = v.svc_id;
                     }
                     let class = if fe.kind.is_external() { SetClass::External } else { SetClass::Internal };
                     self.adopt_select(spn, class, v.select_id, &mut claimed_select);
@@ -228,21 +228,16 @@ impl PlanMemory {
     /// Gives table `id` to `(spn, class)` unless either already has its table.
     fn adopt_select(&mut self, spn: &ServicePortName, class: SetClass, id: u32, claimed: &mut HashSet<u32>) {
         if self.ports.get(spn).is_none_or(|p| p.select[class as usize] == 0) && claimed.insert(id) {
-            self.entry(spn).select[class as usize] = id;
+            self.entry(spn, || Arc::new(spn.clone())).select[class as usize] = id;
         }
     }
 
-    /// `spn`'s entry, made (with no ids) if it has none.
-    fn entry(&mut self, spn: &ServicePortName) -> &mut PortIds {
+    /// `spn`'s entry, made (with no ids, under the name `shared` gives) if it has none.
+    fn entry(&mut self, spn: &ServicePortName, shared: impl FnOnce() -> Arc<ServicePortName>) -> &mut PortIds {
         if !self.ports.contains_key(spn) {
-            self.ports.insert(Arc::new(spn.clone()), PortIds::default());
+            self.ports.insert(shared(), PortIds::default());
         }
         self.ports.get_mut(spn).expect("just inserted")
-    }
-
-    /// `spn`'s entry, under the shared name `spn` if it has none.
-    fn entry_shared(&mut self, spn: &Arc<ServicePortName>) -> &mut PortIds {
-        self.ports.entry(spn.clone()).or_default()
     }
 
     pub(super) fn svc_id(&mut self, spn: &Arc<ServicePortName>) -> u32 {
@@ -250,7 +245,7 @@ impl PlanMemory {
             return p.svc;
         }
         let id = self.svc_pool.take();
-        self.entry_shared(spn).svc = id;
+        self.entry(spn, || spn.clone()).svc = id;
         id
     }
 
@@ -260,7 +255,7 @@ impl PlanMemory {
         }
         let id = self.next_select;
         self.next_select += 1;
-        self.entry_shared(spn).select[class as usize] = id;
+        self.entry(spn, || spn.clone()).select[class as usize] = id;
         id
     }
 

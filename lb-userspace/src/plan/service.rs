@@ -151,12 +151,14 @@ pub(crate) fn maglev_tables(sp: &ServicePortState, cfg: &PlanConfig) -> Vec<supe
         _ => None,
     };
     let all = sets.internal.into_iter().chain(sets.external.map(|(eps, _)| eps)).chain(cluster);
-    all.filter(|eps| !eps.is_empty())
-        .map(|eps| {
-            let m = super::maglev::table_size(eps.len(), cfg.maglev_table_size);
-            (super::maglev::TableEndpoints::new(eps.iter().map(|e| (e.addr, e.port))), m)
-        })
-        .collect()
+    all.filter(|eps| !eps.is_empty()).map(|eps| maglev_key(eps, cfg)).collect()
+}
+
+/// The table cache's key for the Maglev table of `endpoints`: their addresses and ports, and
+/// the table size.
+fn maglev_key(endpoints: &[Endpoint], cfg: &PlanConfig) -> super::maglev::TableKey {
+    let m = super::maglev::table_size(endpoints.len(), cfg.maglev_table_size);
+    (super::maglev::TableEndpoints::new(endpoints.iter().map(|e| (e.addr, e.port))), m)
 }
 
 fn service_value(
@@ -248,8 +250,8 @@ fn write_table(
         }
         return (select_id, backend_ids.len() as u32);
     }
-    let m = super::maglev::table_size(endpoints.len(), cfg.maglev_table_size);
-    let table = ids.maglev.table(super::maglev::TableEndpoints::new(endpoints.iter().map(|e| (e.addr, e.port))), m);
+    let (key, m) = maglev_key(endpoints, cfg);
+    let table = ids.maglev.table(key, m);
     // The chunks refer to the table (its slots shared with the cache, its ids held once).
     for (chunk, c) in Chunk::all(table, backend_ids) {
         st.maglev.insert(MaglevKey { select_id, chunk }, c);

@@ -236,6 +236,11 @@ fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of now.
+pub fn now_utc() -> String {
+    date(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
 /// `YYYY-MM-DD HH:MM UTC` of a unix time.
 fn date(unix: u64) -> String {
     let u = lb_common::utc_time(unix);

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod kind;
 mod lint;
+mod profile;
 mod setup;
 mod soak;
 mod test;
@@ -52,6 +53,10 @@ enum Cmd {
     /// Set up, build (release), run the benchmarks against kube-proxy-style iptables and
     /// nftables, and write BENCHMARKS.md and bench-results/*.svg.
     Bench(bench::Args),
+    /// Set up, build the B1 bench, and profile where its cases' time goes in the datapath
+    /// (`perf record` on the JIT image, charged to source lines); writes bench-results/b1-profile.md.
+    #[command(after_help = "Example: `cargo xtask profile --cases ct_hit,new_flow --against 659ea9b`.")]
+    Profile(profile::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             soak::run(&bins, &args)
         }
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Profile(args) => profile::run(&args),
     }
 }
 

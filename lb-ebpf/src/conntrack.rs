@@ -119,9 +119,16 @@ fn key4(k: &CtKey) -> CtKey4 {
     // SAFETY: `CtKey` is 8-aligned with its addresses at 0 and 16, so word 3 of each (bytes
     // 12..16, the IPv4 address) is an aligned `u32` inside the key.
     let (src, dst) = unsafe { (k.src.as_ptr().cast::<u32>().add(3).read(), k.dst.as_ptr().cast::<u32>().add(3).read()) };
+    key4_of(src, k.sport_be, dst, k.dport_be, k.proto, k.dir)
+}
+
+/// The IPv4 key of its fields (addresses as native words of their wire bytes), written as
+/// `key4` explains.
+#[inline(always)]
+fn key4_of(src: u32, sport_be: u16, dst: u32, dport_be: u16, proto: u8, dir: u8) -> CtKey4 {
     // Little-endian words (bpfel): the lower-addressed field in the low bits.
     let addrs = u64::from(src) | u64::from(dst) << 32;
-    let tail = u64::from(k.sport_be) | u64::from(k.dport_be) << 16 | u64::from(k.proto) << 32 | u64::from(k.dir) << 40;
+    let tail = u64::from(sport_be) | u64::from(dport_be) << 16 | u64::from(proto) << 32 | u64::from(dir) << 40;
     let mut key = MaybeUninit::<CtKey4>::uninit();
     let w = key.as_mut_ptr().cast::<u64>();
     // SAFETY: `CtKey4` is 16 bytes, 8-aligned, of plain integers (any bits are a valid value);
@@ -182,15 +189,21 @@ pub unsafe fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     }
 }
 
-/// The `CT_DIR_CLIENT` entry of client `addr`:`port_be` (its key built in `ck`).
+/// The `CT_DIR_CLIENT` entry of client `addr`:`port_be` (an IPv6 key built in `ck`).
 ///
 /// # Safety
 /// `addr` must be 4-aligned (see `copy_addr`).
 #[inline(always)]
 pub unsafe fn client_entry(ck: &mut CtKey, addr: &[u8; 16], port_be: u16, proto: u8, v6: bool) -> Option<*mut CtValue> {
+    if !v6 {
+        // IPv4: the 16-byte key straight from the address's last word (no 40-byte key first).
+        // SAFETY: 4-aligned by the caller's promise; word 3 is the IPv4 address.
+        let a = unsafe { addr.as_ptr().cast::<u32>().add(3).read() };
+        return LB_CONNTRACK4.get_ptr_mut(&key4_of(a, port_be, a, port_be, proto, CT_DIR_CLIENT));
+    }
     // SAFETY: 4-aligned by the caller's promise.
     unsafe { set_key(ck, addr, port_be, addr, port_be, proto, CT_DIR_CLIENT) };
-    entry(ck, v6)
+    LB_CONNTRACK.get_ptr_mut(ck)
 }
 
 /// What the client entry of a packet to a frontend says.

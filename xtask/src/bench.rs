@@ -1265,11 +1265,21 @@ tail-calls lb's program; the same wrapper tail-calling a one-instruction program
 and ns/packet = T(wrapper → lb) − T(wrapper → no-op) + T(no-op). Each run's counters must grow by
 exactly `repeat` (CT hits, new flows, affinity hits, SNATs, reverse NATs, passes), or the cell is
 marked ✗. *New flow*: K = repeat SYNs from distinct source ports, conntrack emptied before each
-run, so every iteration misses conntrack, picks a backend with Maglev and inserts two conntrack
-entries into a non-full LRU map. *Hit* paths repeat one established flow, so its map buckets stay
+run, so every iteration misses conntrack, picks a backend with Maglev and inserts its conntrack
+entries into a non-full LRU map (one for a flow without source NAT, two for a source-NATed one). *Hit* paths repeat one established flow, so its map buckets stay
 in cache; the *cycling* rows spread the same work over up to 20,000 services (new flows) or flows
 to different services (hits) and show what a cold cache costs. The test_run CPU is pinned.
 Caveat: test_run measures the program only (no driver, no skb allocation, no stack).
+
+**B1 profiles** (`cargo xtask profile [--against REV]`, `bench-results/b1-profile.md`). The B1
+bench runs under `perf record -e cpu-clock -g` (a timer, so no hardware PMU is needed); while it
+runs, the loaded lb programs' JIT line tables are read with `BPF_OBJ_GET_INFO_BY_FD` (each BTF
+source line's address in the JIT image). A sample whose stack passes through an lb program is
+charged to its innermost frame: a datapath source line, code inlined from `core` or aya, or the
+kernel function called (map lookup, LRU insert, helper); samples go to the case whose result
+lines the bench printed next. Shares are of lb's samples; ns is the share times the case's
+median in that (sampled, so slower) run. Timer sampling skids: some samples land on the
+instruction after a slow one or right after interrupts are enabled again.
 
 **B2** (`tests/benches/b2_e2e.rs`). One topology per mode from `lb_tests::topology` (a node
 namespace routing /32 pod addresses over veths, three pods running `lb-testpod`, a client pod),

@@ -145,20 +145,16 @@ fn profile_one(exe: &Path, cases: &[String], freq: u32, stem: &Path) -> anyhow::
         .spawn()
         .context("running perf record")?;
     let stdout = child.stdout.take().context("perf's stdout")?;
-    // The line tables, read once the programs are loaded (a thread polls while the bench runs).
+    // The line tables of the lb programs, gathered while the bench runs (a thread polls: the
+    // bench loads its programs one datapath after another).
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let done = done.clone();
         std::thread::spawn(move || {
             let mut tables = JitTables::default();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(t) = JitTables::read_loaded()
-                    && !t.funcs.is_empty()
-                {
-                    tables = t;
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                tables.read_loaded();
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
             tables
         })
@@ -320,9 +316,9 @@ impl JitTables {
         i.checked_sub(1).map(|i| &v[i])
     }
 
-    /// The line tables of every loaded program named `lb_tc_*` or `lb_xdp_*`.
-    fn read_loaded() -> std::io::Result<Self> {
-        let mut tables = Self::default();
+    /// Adds the line tables of every loaded program named `lb_tc_*` or `lb_xdp_*` whose tag is
+    /// not known yet.
+    fn read_loaded(&mut self) {
         let mut id = 0u32;
         loop {
             let mut attr = [0u8; 128];
@@ -334,14 +330,14 @@ impl JitTables {
             let Ok(fd) = Fd::prog(id) else { continue };
             let Ok(info) = prog_info(&fd) else { continue };
             let name = String::from_utf8_lossy(&info[64..80]).trim_end_matches('\0').to_owned();
-            if !(name.starts_with("lb_tc_") || name.starts_with("lb_xdp_")) {
+            let tag: String = info[8..16].iter().map(|b| format!("{b:02x}")).collect();
+            if !(name.starts_with("lb_tc_") || name.starts_with("lb_xdp_")) || self.funcs.contains_key(&tag) {
                 continue;
             }
             if let Ok(funcs) = line_table(&fd, &info) {
-                tables.funcs.extend(funcs);
+                self.funcs.extend(funcs);
             }
         }
-        Ok(tables)
     }
 }
 

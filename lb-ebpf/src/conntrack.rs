@@ -71,11 +71,17 @@ pub unsafe fn set_key(k: &mut CtKey, src: &[u8; 16], sport_be: u16, dst: &[u8; 1
         copy_addr(&mut k.src, src);
         copy_addr(&mut k.dst, dst);
     }
-    // Ports, protocol, direction and padding as one word (see `key4`).
-    let tail = u64::from(sport_be) | u64::from(dport_be) << 16 | u64::from(proto) << 32 | u64::from(dir) << 40;
+    let tail = ports_word(sport_be, dport_be, proto, dir);
     // SAFETY: `CtKey` is 8-aligned and its last 8 bytes (from `sport_be`, asserted below) are
     // plain integers.
     unsafe { (k as *mut CtKey).cast::<u64>().add(4).write(tail) };
+}
+
+/// The last 8 bytes of a conntrack key (`CtKey` and `CtKey4` alike): ports, protocol, direction
+/// and zero padding, as one little-endian word (see `key4` on why whole words).
+#[inline(always)]
+fn ports_word(sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> u64 {
+    u64::from(sport_be) | u64::from(dport_be) << 16 | u64::from(proto) << 32 | u64::from(dir) << 40
 }
 
 // The word layouts `set_key` and `set_tail` write.
@@ -128,7 +134,7 @@ fn key4(k: &CtKey) -> CtKey4 {
 fn key4_of(src: u32, sport_be: u16, dst: u32, dport_be: u16, proto: u8, dir: u8) -> CtKey4 {
     // Little-endian words (bpfel): the lower-addressed field in the low bits.
     let addrs = u64::from(src) | u64::from(dst) << 32;
-    let tail = u64::from(sport_be) | u64::from(dport_be) << 16 | u64::from(proto) << 32 | u64::from(dir) << 40;
+    let tail = ports_word(sport_be, dport_be, proto, dir);
     let mut key = MaybeUninit::<CtKey4>::uninit();
     let w = key.as_mut_ptr().cast::<u64>();
     // SAFETY: `CtKey4` is 16 bytes, 8-aligned, of plain integers (any bits are a valid value);
@@ -321,7 +327,7 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
 /// Point 57: the backend of a datagram flow still serves the flow's ServicePort.
 #[inline(always)]
 fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
-    let key = service_key(&p.dst, p.dport_be, p.proto);
+    let key = service_key(p.addr_words().1, p.dport_be, p.proto);
     // SAFETY: copied out immediately.
     let Some(svc) = (unsafe { LB_SERVICES.get(&key) }).copied() else {
         return false;

@@ -26,21 +26,19 @@ fn filter_has(addr: [u32; 4], which: u32) -> bool {
     LB_ADDR_FILTER.get(word).is_some_and(|w| w & bit != 0)
 }
 
-/// The `LB_SERVICES` key of frontend `addr`:`port_be`/`proto`, written as five 32-bit words (the
-/// kernel hashes it word by word right after: see `conntrack::key4`).
+/// The `LB_SERVICES` key of frontend `addr` (as its 32-bit words):`port_be`/`proto`, written as
+/// five 32-bit words (the kernel hashes it word by word right after: see `conntrack::key4`).
 #[inline(always)]
-pub fn service_key(addr: &[u8; 16], port_be: u16, proto: u8) -> ServiceKey {
-    let a = addr.as_ptr().cast::<u32>();
+pub fn service_key(addr: [u32; 4], port_be: u16, proto: u8) -> ServiceKey {
     let mut key = core::mem::MaybeUninit::<ServiceKey>::uninit();
     let w = key.as_mut_ptr().cast::<u32>();
-    // SAFETY: `addr` is the packet description's (4-aligned, see `nat::copy_addr`);
-    // `ServiceKey` is 20 bytes, 4-aligned, of plain integers, covered by the five writes (the
-    // last: port, protocol and a zero `_pad`, asserted below).
+    // SAFETY: `ServiceKey` is 20 bytes, 4-aligned, of plain integers, covered by the five writes
+    // (the last: port, protocol and a zero `_pad`, asserted below).
     unsafe {
-        w.write(a.read());
-        w.add(1).write(a.add(1).read());
-        w.add(2).write(a.add(2).read());
-        w.add(3).write(a.add(3).read());
+        w.write(addr[0]);
+        w.add(1).write(addr[1]);
+        w.add(2).write(addr[2]);
+        w.add(3).write(addr[3]);
         w.add(4).write(u32::from(port_be) | u32::from(proto) << 16);
         key.assume_init()
     }
@@ -56,7 +54,7 @@ const _: () = assert!(
 /// (or only an address marker).
 #[inline(always)]
 pub fn frontend(p: &Packet, out: &mut ServiceValue) -> bool {
-    let key = service_key(&p.dst, p.dport_be, p.proto);
+    let key = service_key(p.addr_words().1, p.dport_be, p.proto);
     // SAFETY: copied out immediately; the agent replaces whole values.
     let Some(svc) = (unsafe { LB_SERVICES.get(&key) }) else {
         return false;

@@ -126,6 +126,14 @@ struct CaseProfile {
     ns: f64,
 }
 
+/// The time a case ran (CLOCK_MONOTONIC seconds) and the ns of its result lines.
+struct Window {
+    case: String,
+    from: f64,
+    to: f64,
+    ns: Vec<f64>,
+}
+
 /// Runs one B1 bench under perf; per case, where its lb samples are.
 fn profile_one(exe: &Path, cases: &[String], freq: u32, stem: &Path) -> anyhow::Result<HashMap<String, CaseProfile>> {
     let data = stem.with_extension("perf");
@@ -178,18 +186,16 @@ fn profile_one(exe: &Path, cases: &[String], freq: u32, stem: &Path) -> anyhow::
         bail!("no lb program was found loaded while the bench ran");
     }
     // Case windows: from the previous case's last line to this case's last line.
-    let mut windows: Vec<(String, f64, f64, Vec<f64>)> = Vec::new();
-    let mut start = 0.0;
+    let mut windows: Vec<Window> = Vec::new();
     for (t, case, ns) in lines {
         match windows.last_mut() {
-            Some(w) if w.0 == case => {
-                w.2 = t;
-                w.3.push(ns);
+            Some(w) if w.case == case => {
+                w.to = t;
+                w.ns.push(ns);
             }
             _ => {
-                let s = windows.last().map_or(start, |w| w.2);
-                start = s;
-                windows.push((case, s, t, vec![ns]));
+                let from = windows.last().map_or(0.0, |w| w.to);
+                windows.push(Window { case, from, to: t, ns: vec![ns] });
             }
         }
     }
@@ -199,9 +205,8 @@ fn profile_one(exe: &Path, cases: &[String], freq: u32, stem: &Path) -> anyhow::
         bail!("perf script failed");
     }
     let mut out: HashMap<String, CaseProfile> = HashMap::new();
-    for w in windows.iter().filter(|w| cases.contains(&w.0)) {
-        let e = out.entry(w.0.clone()).or_default();
-        e.ns = w.3.iter().sum::<f64>() / w.3.len() as f64;
+    for w in windows.iter().filter(|w| cases.contains(&w.case)) {
+        out.entry(w.case.clone()).or_default().ns = w.ns.iter().sum::<f64>() / w.ns.len() as f64;
     }
     for sample in String::from_utf8_lossy(&script.stdout).split("\n\n") {
         let mut it = sample.lines().filter(|l| !l.trim().is_empty());
@@ -210,8 +215,8 @@ fn profile_one(exe: &Path, cases: &[String], freq: u32, stem: &Path) -> anyhow::
         if !frames.iter().any(|(sym, _)| is_lb_entry(sym)) {
             continue;
         }
-        let Some(w) = windows.iter().find(|w| time > w.1 && time <= w.2) else { continue };
-        let Some(p) = out.get_mut(&w.0) else { continue };
+        let Some(w) = windows.iter().find(|w| time > w.from && time <= w.to) else { continue };
+        let Some(p) = out.get_mut(&w.case) else { continue };
         p.total += 1;
         *p.by_place.entry(place(&frames, &tables)).or_default() += 1;
     }

@@ -39,10 +39,13 @@
 //!   remembered affinity backend is still in the set (point 27) and that a datagram flow's
 //!   backend still serves (point 57). Written only for the tables of ServicePorts with affinity
 //!   or of another protocol than TCP: nothing reads the others'.
-//! - [`CONNTRACK4`]: LRU flow table of IPv4 flows, keyed by 16 bytes ([`CtKey4`]): one entry
-//!   for both directions of a flow without source NAT, keyed by its client alone
-//!   ([`CT_DIR_CLIENT`]), and one entry per direction of a source-NATed flow or of a flow whose
-//!   client address and port are already in another live flow.
+//! - [`CONNTRACK4_CLIENT`]: LRU table of the IPv4 flows without source NAT, keyed by their
+//!   client alone in 8 bytes ([`CtClientKey4`], the [`CT_DIR_CLIENT`] entries): one entry for
+//!   both directions of a flow.
+//! - [`CONNTRACK4`]: LRU flow table of the other IPv4 flows, keyed by 16 bytes ([`CtKey4`]):
+//!   one entry per direction of a source-NATed flow or of a flow whose client address and port
+//!   are already in another live flow. Builds before the client table kept the client entries
+//!   here too: the agent moves them at start.
 //! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds
 //!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
@@ -79,6 +82,7 @@ pub const BACKENDS: &str = "LB_BACKENDS";
 pub const SELECT: &str = "LB_SELECT";
 pub const CONNTRACK: &str = "LB_CONNTRACK";
 pub const CONNTRACK4: &str = "LB_CONNTRACK4";
+pub const CONNTRACK4_CLIENT: &str = "LB_CT4_CLIENT";
 pub const AFFINITY: &str = "LB_AFFINITY";
 pub const STATS: &str = "LB_STATS";
 pub const SVC_STATS: &str = "LB_SVC_STATS";
@@ -102,7 +106,7 @@ pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 pub const CLOCK: &str = "LB_CLOCK";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -110,6 +114,7 @@ pub const ALL_MAPS: [&str; 23] = [
     MEMBERS,
     CONNTRACK,
     CONNTRACK4,
+    CONNTRACK4_CLIENT,
     AFFINITY,
     STATS,
     SVC_STATS,
@@ -131,8 +136,19 @@ pub const ALL_MAPS: [&str; 23] = [
 /// The maps the datapath itself writes (flow state and counters); the agent writes or reads
 /// every other map. `lb explain` runs the datapath against private copies of these, so that a
 /// synthetic packet leaves no trace in the live ones.
-pub const DATAPATH_STATE_MAPS: [&str; 10] =
-    [CONNTRACK, CONNTRACK4, AFFINITY, FRAGS, SOCK_REVNAT, STATS, SVC_STATS, BACKEND_STATS, EVENTS, MONITOR_STATS];
+pub const DATAPATH_STATE_MAPS: [&str; 11] = [
+    CONNTRACK,
+    CONNTRACK4,
+    CONNTRACK4_CLIENT,
+    AFFINITY,
+    FRAGS,
+    SOCK_REVNAT,
+    STATS,
+    SVC_STATS,
+    BACKEND_STATS,
+    EVENTS,
+    MONITOR_STATS,
+];
 
 // ---------------------------------------------------------------------------------------------
 // Program names (function names in the eBPF object).
@@ -573,6 +589,68 @@ impl CtKey4 {
             proto: self.proto,
             dir: self.dir,
             _pad: [0; 2],
+        }
+    }
+}
+
+/// The [`CT_DIR_CLIENT`] key of an IPv4 client: the 8-byte key of [`CONNTRACK4_CLIENT`]. A
+/// flow without source NAT is looked up by its client alone, so half of [`CtKey4`] would be a
+/// copy of the other half; 8 bytes hash in half the rounds (the lookup is the largest part of
+/// an established packet's cost).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CtClientKey4 {
+    /// The client's address: the four bytes as on the wire (network byte order), read as a
+    /// native word (`u32::from_ne_bytes(octets)`).
+    pub addr: u32,
+    /// The client's port, network byte order.
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<CtClientKey4>() == 8 && align_of::<CtClientKey4>() == 8);
+
+impl CtClientKey4 {
+    /// The 8-byte key of `k`, when it is the `CT_DIR_CLIENT` key of an IPv4 client.
+    pub fn from_key(k: &CtKey) -> Option<Self> {
+        let k4 = CtKey4::from_key(k)?;
+        (k4.dir == CT_DIR_CLIENT).then_some(Self { addr: k4.src, port_be: k4.sport_be, proto: k4.proto, _pad: 0 })
+    }
+
+    /// The same key as a [`CtKey`] ([`CtKey::client`] of the IPv4-mapped address).
+    pub fn to_key(&self) -> CtKey {
+        CtKey4 {
+            src: self.addr,
+            dst: self.addr,
+            sport_be: self.port_be,
+            dport_be: self.port_be,
+            proto: self.proto,
+            dir: CT_DIR_CLIENT,
+            _pad: [0; 2],
+        }
+        .to_key()
+    }
+}
+
+/// Where the entry of a conntrack key lives: the IPv4 client table, the IPv4 flow table or the
+/// IPv6 table, with the key in that table's form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtTableKey {
+    /// [`CONNTRACK4_CLIENT`].
+    Client4(CtClientKey4),
+    /// [`CONNTRACK4`].
+    Flow4(CtKey4),
+    /// [`CONNTRACK`].
+    V6(CtKey),
+}
+
+impl CtKey {
+    /// The table of this key's entry, and the key in that table's form.
+    pub fn table_key(&self) -> CtTableKey {
+        match (CtClientKey4::from_key(self), CtKey4::from_key(self)) {
+            (Some(c), _) => CtTableKey::Client4(c),
+            (None, Some(k4)) => CtTableKey::Flow4(k4),
+            (None, None) => CtTableKey::V6(*self),
         }
     }
 }
@@ -1267,9 +1345,10 @@ pub const COUNTER_NAMES: [&str; CNT_MAX as usize] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtKey, CtKey4, CtValue, FlowCounterBlock,
-        FlowCounters, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent, MonitorStats,
-        SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels, SvcName,
+        AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtClientKey4, CtKey, CtKey4, CtValue,
+        FlowCounterBlock, FlowCounters, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent,
+        MonitorStats, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels,
+        SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1287,6 +1366,7 @@ mod pod {
         SelectKey,
         CtKey,
         CtKey4,
+        CtClientKey4,
         CtValue,
         AffinityKey,
         AffinityValue,
@@ -1355,6 +1435,23 @@ mod tests {
         let mut v6 = k;
         v6.dst[0] = 0xfd;
         assert_eq!(CtKey4::from_key(&v6), None);
+    }
+
+    #[test]
+    fn an_ipv4_client_key_lives_in_the_client_table_in_8_bytes_and_every_other_key_elsewhere() {
+        let client = v4_mapped([10, 244, 1, 7]);
+        let k = CtKey::client(client, 40000u16.to_be(), IPPROTO_TCP);
+        let CtTableKey::Client4(c) = k.table_key() else { panic!("an IPv4 client key belongs in the client table") };
+        assert_eq!(c.addr.to_ne_bytes(), [10, 244, 1, 7]);
+        assert_eq!((c.port_be, c.proto, c._pad), (40000u16.to_be(), IPPROTO_TCP, 0));
+        assert_eq!(c.to_key(), k, "the 8-byte key reads back as the client key");
+        let forward = CtKey { dst: v4_mapped([10, 96, 0, 1]), dport_be: 80u16.to_be(), dir: CT_DIR_FORWARD, ..k };
+        assert_eq!(forward.table_key(), CtTableKey::Flow4(CtKey4::from_key(&forward).unwrap()));
+        assert_eq!(CtClientKey4::from_key(&forward), None);
+        let mut v6 = k;
+        v6.src[0] = 0xfd;
+        v6.dst[0] = 0xfd;
+        assert_eq!(v6.table_key(), CtTableKey::V6(v6), "an IPv6 client stays in the IPv6 table");
     }
 
     #[test]

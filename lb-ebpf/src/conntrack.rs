@@ -1,6 +1,6 @@
-//! Conntrack: a translated flow has one entry or two (see `lb_common::CtKey`), in the table of
-//! its family: IPv4 flows in `LB_CONNTRACK4` (16-byte keys), IPv6 flows in `LB_CONNTRACK`
-//! (40-byte keys).
+//! Conntrack: a translated flow has one entry or two (see `lb_common::CtKey`), in the tables of
+//! its family: IPv4 one-entry flows in `LB_CT4_CLIENT` (8-byte client keys), other IPv4 flows in
+//! `LB_CONNTRACK4` (16-byte keys), IPv6 flows in `LB_CONNTRACK` (40-byte keys).
 //! - A flow without source NAT has one entry for both directions, keyed by its client's address
 //!   and port alone (`CT_DIR_CLIENT`; it names the frontend and the backend, which a packet must
 //!   match): a new flow costs one LRU insert, the larger part of its cost.
@@ -9,8 +9,9 @@
 //!   and a reply entry (backend → client, or → the SNAT address). Entries written by older
 //!   builds are of this kind too: both layouts are looked up.
 //!
-//! The stages build every key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
-//! [`remove`] shorten an IPv4 one at the map. An entry lives `lb_common::ct_lifetime_ns` after
+//! The stages build every flow key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
+//! [`remove`] shorten an IPv4 one at the map. Client keys are built at the map by
+//! [`client_entry`] and [`client_insert`] (an IPv4 one straight from the address). An entry lives `lb_common::ct_lifetime_ns` after
 //! its flow's last packet (the agent sweeps idle entries; the LRU reclaims the least recently
 //! used under pressure).
 //!
@@ -30,15 +31,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
     CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_CLIENT,
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtKey, CtKey4, CtValue, IPPROTO_TCP, MemberKey,
-    SVC_F_EXTERNAL, SVC_F_SNAT, ct_lifetime_ns,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtClientKey4, CtKey, CtKey4, CtValue, IPPROTO_TCP,
+    MemberKey, SVC_F_EXTERNAL, SVC_F_SNAT, ct_lifetime_ns,
 };
 
 use crate::{
     clock::age,
     counters::{count, count_flow},
     hook::Hook,
-    maps::{LB_CONFIG, LB_CONNTRACK, LB_CONNTRACK4, LB_MEMBERS, LB_SERVICES},
+    maps::{LB_CONFIG, LB_CONNTRACK, LB_CONNTRACK4, LB_CT4_CLIENT, LB_MEMBERS, LB_SERVICES},
     nat::{Nat, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     scratch::{Flow, Keys},
@@ -146,6 +147,30 @@ fn key4_of(src: u32, sport_be: u16, dst: u32, dport_be: u16, proto: u8, dir: u8)
     }
 }
 
+/// The 8-byte key of IPv4 client `addr` (the native word of its wire bytes):`port_be`, written
+/// as one 64-bit word (see `key4`).
+#[inline(always)]
+fn client_key4(addr: u32, port_be: u16, proto: u8) -> CtClientKey4 {
+    // Little-endian (bpfel): `addr` in bytes 0..4, the port in 4..6, the protocol in 6, `_pad` 0.
+    let word = u64::from(addr) | u64::from(port_be) << 32 | u64::from(proto) << 48;
+    let mut key = MaybeUninit::<CtClientKey4>::uninit();
+    // SAFETY: `CtClientKey4` is 8 bytes, 8-aligned, of plain integers; the one word covers it.
+    unsafe {
+        key.as_mut_ptr().cast::<u64>().write(word);
+        key.assume_init()
+    }
+}
+
+/// The IPv4 address in the last word of 4-aligned IPv4-mapped address `addr`.
+///
+/// # Safety
+/// `addr` must be 4-aligned (see `copy_addr`).
+#[inline(always)]
+unsafe fn v4_word(addr: &[u8; 16]) -> u32 {
+    // SAFETY: in bounds; aligned by the caller's promise.
+    unsafe { addr.as_ptr().cast::<u32>().add(3).read() }
+}
+
 /// The entry of flow key `k` in its family's table (`v6`: the packet is IPv6).
 #[inline(always)]
 pub fn entry(k: &CtKey, v6: bool) -> Option<*mut CtValue> {
@@ -202,14 +227,29 @@ pub unsafe fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
 #[inline(always)]
 pub unsafe fn client_entry(ck: &mut CtKey, addr: &[u8; 16], port_be: u16, proto: u8, v6: bool) -> Option<*mut CtValue> {
     if !v6 {
-        // IPv4: the 16-byte key straight from the address's last word (no 40-byte key first).
-        // SAFETY: 4-aligned by the caller's promise; word 3 is the IPv4 address.
-        let a = unsafe { addr.as_ptr().cast::<u32>().add(3).read() };
-        return LB_CONNTRACK4.get_ptr_mut(&key4_of(a, port_be, a, port_be, proto, CT_DIR_CLIENT));
+        // IPv4: the 8-byte key straight from the address (no 40-byte key first).
+        // SAFETY: 4-aligned by the caller's promise.
+        return LB_CT4_CLIENT.get_ptr_mut(&client_key4(unsafe { v4_word(addr) }, port_be, proto));
     }
     // SAFETY: 4-aligned by the caller's promise.
     unsafe { set_key(ck, addr, port_be, addr, port_be, proto, CT_DIR_CLIENT) };
     LB_CONNTRACK.get_ptr_mut(ck)
+}
+
+/// Writes `v` as the `CT_DIR_CLIENT` entry of client `addr`:`port_be` (`flags`: `BPF_NOEXIST`
+/// or 0); false when the map refuses it.
+///
+/// # Safety
+/// `addr` must be 4-aligned (see `copy_addr`).
+#[inline(always)]
+unsafe fn client_insert(ck: &mut CtKey, addr: &[u8; 16], port_be: u16, proto: u8, v6: bool, v: &CtValue, flags: u64) -> bool {
+    if !v6 {
+        // SAFETY: 4-aligned by the caller's promise.
+        return LB_CT4_CLIENT.insert(&client_key4(unsafe { v4_word(addr) }, port_be, proto), v, flags).is_ok();
+    }
+    // SAFETY: 4-aligned by the caller's promise.
+    unsafe { set_key(ck, addr, port_be, addr, port_be, proto, CT_DIR_CLIENT) };
+    LB_CONNTRACK.insert(ck, v, flags).is_ok()
 }
 
 /// What the client entry of a packet to a frontend says.
@@ -516,14 +556,17 @@ fn one_entry(p: &Packet, sc: &mut Keys, flow: &Flow, now: u64) -> Result<bool, u
         copy_addr(&mut v.snat_addr, &p.dst);
     }
     set_tail(v, flow.backend_id, svc.svc_id, be.port_be, p.dport_be, 0);
-    // SAFETY: as above.
-    unsafe { set_key(&mut sc.ckey, &p.src, p.sport_be, &p.src, p.sport_be, p.proto, CT_DIR_CLIENT) };
-    if insert(&sc.ckey, &sc.fval, u64::from(BPF_NOEXIST), p.is_v6) {
+    let write = |sc: &mut Keys, flags: u64| {
+        // SAFETY: the packet description's addresses are 4-aligned.
+        unsafe { client_insert(&mut sc.ckey, &p.src, p.sport_be, p.proto, p.is_v6, &sc.fval, flags) }
+    };
+    if write(sc, u64::from(BPF_NOEXIST)) {
         return Ok(true);
     }
-    let Some(old) = entry(&sc.ckey, p.is_v6) else {
+    // SAFETY: as above.
+    let Some(old) = (unsafe { client_entry(&mut sc.ckey, &p.src, p.sport_be, p.proto, p.is_v6) }) else {
         // Gone meanwhile (evicted, swept): the key is free after all.
-        return if insert(&sc.ckey, &sc.fval, 0, p.is_v6) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) };
+        return if write(sc, 0) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) };
     };
     // SAFETY: pointer from a map lookup, valid for this program run; 4-aligned addresses.
     let replace = unsafe {
@@ -534,5 +577,5 @@ fn one_entry(p: &Packet, sc: &mut Keys, flow: &Flow, now: u64) -> Result<bool, u
     if !replace {
         return Ok(false);
     }
-    if insert(&sc.ckey, &sc.fval, 0, p.is_v6) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) }
+    if write(sc, 0) { Ok(true) } else { Err(CNT_DROP_CT_INSERT) }
 }

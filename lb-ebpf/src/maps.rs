@@ -13,10 +13,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
-    CONNTRACK_MAX, ClockCalibration, Config, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounterBlock, FragKey,
-    FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats, SELECT_MAX,
-    SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
+    CONNTRACK_MAX, ClockCalibration, Config, CtClientKey4, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounterBlock,
+    FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats,
+    SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -47,11 +47,16 @@ pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOU
 #[map]
 pub static LB_ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_WORDS, 0);
 
-/// Translated IPv4 flows: one entry per flow without source NAT, two per source-NATed flow (see
-/// `conntrack`). An LRU: under pressure the least recently used flows are evicted rather than new
+/// Translated IPv4 flows of two entries, one per direction: source-NATed flows and flows whose
+/// client port is in another live flow (see `conntrack`). An LRU: under pressure the least recently used flows are evicted rather than new
 /// flows failing.
 #[map]
 pub static LB_CONNTRACK4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+/// IPv4 flows without source NAT, one entry each, keyed by their client alone (8 bytes; see
+/// `conntrack`). An LRU, as `LB_CONNTRACK4`.
+#[map]
+pub static LB_CT4_CLIENT: LruHashMap<CtClientKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 
 /// Translated IPv6 flows (as `LB_CONNTRACK4`).
 #[map]

@@ -628,7 +628,7 @@ impl Prepared<'_> {
         if matches!(self.prep, Prep::ResetAndEstablish(_)) && self.out.ct_entries_before.is_none() {
             // How full the established flows left the conntrack map (LRU: it evicts before it is full).
             let m = PinnedMaps::open(&self.lab.pin)?;
-            let tables = [lb_common::CONNTRACK4, lb_common::CONNTRACK];
+            let tables = [lb_common::CONNTRACK4_CLIENT, lb_common::CONNTRACK4, lb_common::CONNTRACK];
             self.out.ct_entries_before =
                 Some(m.fill_levels().into_iter().filter(|(n, _, _)| tables.contains(n)).filter_map(|(_, used, _)| used).sum());
         }
@@ -804,12 +804,13 @@ fn prepare<'a>(
                     ServiceKey { addr: v4_mapped(VIP.octets()), port_be: 80u16.to_be(), proto: lb_common::IPPROTO_TCP, _pad: 0 };
                 (lab.map_fd(lb_common::SERVICES)?, pod_bytes(&k), Prep::Nothing)
             } else {
-                // The IPv4 table, where the flow is (16-byte keys), under its client's key: the one
-                // entry of a flow without SNAT. (Builds before one-entry flows held it under its
-                // forward key, which their own bench looks up: a hit in both.)
+                // The IPv4 client table, where the flow is (8-byte keys), under its client's key:
+                // the one entry of a flow without SNAT. (Builds before it held the entry in the
+                // 16-byte table, and builds before one-entry flows under its forward key, which
+                // their own bench looks up: a hit in each.)
                 let k = lb_common::CtKey::client(v4_mapped(CLIENT.octets()), 40000u16.to_be(), PROTO_TCP);
-                let k4 = lb_common::CtKey4::from_key(&k).expect("an IPv4 flow");
-                (lab.map_fd(lb_common::CONNTRACK4)?, pod_bytes(&k4), reset(prime_syn))
+                let k4 = lb_common::CtClientKey4::from_key(&k).expect("an IPv4 client key");
+                (lab.map_fd(lb_common::CONNTRACK4_CLIENT)?, pod_bytes(&k4), reset(prime_syn))
             };
             let prog = load_prog(PROG_SCHED_CLS, 0, &lookup_insns(map.as_raw_fd(), &key, 0), "bench_lookup")?;
             let out = CaseOut {

@@ -168,7 +168,7 @@ impl Setup {
     /// Entries in lb's conntrack map (lb mode only; 0 otherwise).
     fn lb_conntrack_entries(&self) -> usize {
         let Some(Ok(m)) = self.pin.as_ref().map(|p| PinnedMaps::open(p)) else { return 0 };
-        let tables = [lb_common::CONNTRACK4, lb_common::CONNTRACK];
+        let tables = [lb_common::CONNTRACK4_CLIENT, lb_common::CONNTRACK4, lb_common::CONNTRACK];
         m.fill_levels().into_iter().filter(|(name, _, _)| tables.contains(name)).filter_map(|(_, n, _)| n).sum()
     }
 

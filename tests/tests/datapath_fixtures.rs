@@ -1906,6 +1906,29 @@ fn point_41_nodeport_packets_with_extension_headers_are_translated(test: &str) {
 /// (the test name the fixture logs is its module path): `both families: V4` every case written
 /// for both families, with that family; `this family: a, b` the plain `fn case(test: &str)`s
 /// listed.
+/// A new agent loading the datapath on `f`'s pins (as after an upgrade), then exiting.
+fn restart_on_the_same_pins(f: &Fixture) {
+    let restarted = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::DataplaneConfig {
+        pin_path: f.dp.pin_path().to_owned(),
+        ..Default::default()
+    })
+    .expect("adopting the pins");
+    drop(restarted);
+}
+
+/// The established IPv4 flow of `client` to the ClusterIP still goes to `other`, as a conntrack
+/// hit, and its replies from `other` are translated back with valid checksums.
+fn assert_flow_kept_its_backend(f: &mut Fixture, client: SocketAddr, other: SocketAddr) {
+    let hits = f.counter(lb_common::CNT_CT_HIT);
+    let (verdict, out) = f.run(&tcp_frame(client, (V4::VIP, 80), 1001, 1, TCP_ACK));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_flow(&out).dst, other, "the established flow kept the backend it had before the upgrade");
+    assert_eq!(f.counter(lb_common::CNT_CT_HIT), hits + 1);
+    let (_, back) = f.run(&tcp_frame(other, client, 1, 1002, TCP_ACK));
+    assert_eq!(parse_flow(&back).src, (V4::VIP, 80).into(), "its replies are still translated back");
+    verify_checksums(&back).expect("checksums after reverse NAT");
+}
+
 /// An upgrade from a build that kept IPv4 flows in the IPv6 table (`LB_CONNTRACK`, 40-byte keys)
 /// keeps every such flow on its backend: the new agent moves the entries into `LB_CONNTRACK4`
 /// when it loads. The flow here is pinned to a backend that selection would not pick for it now,
@@ -1938,25 +1961,46 @@ fn ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_
     v6.insert(fwd, fv, 0).unwrap();
     v6.insert(old_rev, rv, 0).unwrap();
 
-    // The new agent starts on the same pins.
-    let restarted = lb_userspace::dataplane::Dataplane::load(&lb_userspace::dataplane::DataplaneConfig {
-        pin_path: f.dp.pin_path().to_owned(),
-        ..Default::default()
-    })
-    .expect("adopting the pins");
-    drop(restarted);
+    restart_on_the_same_pins(&f);
     assert_eq!(v6.keys().count(), 0, "IPv4 entries left in the IPv6 table");
     assert_eq!(tables.get(&fwd).map(|v| v.nat_addr), Some(addr16(other.ip())), "the forward entry moved");
     assert!(tables.get(&old_rev).is_some(), "the reply entry moved");
 
-    let hits = f.counter(lb_common::CNT_CT_HIT);
-    let (verdict, out) = f.run(&tcp_frame(client, (V4::VIP, 80), 1001, 1, TCP_ACK));
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(parse_flow(&out).dst, other, "the established flow kept the backend it had before the upgrade");
-    assert_eq!(f.counter(lb_common::CNT_CT_HIT), hits + 1);
-    let (_, back) = f.run(&tcp_frame(other, client, 1, 1002, TCP_ACK));
-    assert_eq!(parse_flow(&back).src, (V4::VIP, 80).into(), "its replies are still translated back");
-    verify_checksums(&back).expect("checksums after reverse NAT");
+    assert_flow_kept_its_backend(&mut f, client, other);
+}
+
+/// An upgrade from a build that kept the one entry of an IPv4 flow without source NAT in
+/// `LB_CONNTRACK4` (a 16-byte `CT_DIR_CLIENT` key) keeps the flow on its backend: the new agent
+/// moves the entry into `LB_CT4_CLIENT` (8-byte keys) when it loads. The flow is pinned to a
+/// backend that selection would not pick for it now, so only the moved entry can send its
+/// packets there and translate its replies.
+#[test]
+fn ipv4_client_entries_kept_in_the_16_byte_table_by_an_older_build_keep_their_backend_after_the_upgrade() {
+    use lb_common::CtKey;
+    let Some(mut f) =
+        Fixture::new("ipv4_client_entries_kept_in_the_16_byte_table_by_an_older_build_keep_their_backend_after_the_upgrade")
+    else {
+        return;
+    };
+    f.program(&cluster::<V4>());
+    let client: SocketAddr = (V4::CLIENT, 40600).into();
+    let selected = parse_flow(&f.run(&syn::<V4>(40600)).1).dst;
+    let other: SocketAddr = (*backends::<V4>().iter().find(|b| **b != selected.ip()).unwrap(), 8080).into();
+    let mut tables = common::ConntrackPins::open(f.dp.pin_path());
+    let key = CtKey::client(addr16(client.ip()), client.port().to_be(), PROTO_TCP);
+    let mut v = tables.raw(&key).expect("the SYN's one entry, in the client table");
+    assert_eq!(tables.get_16_byte_key(&key), None, "a new flow's entry is not written in the 16-byte table");
+    // What the older build would have written for this flow to `other`: the same entry under
+    // the 16-byte key.
+    assert!(tables.remove(&key));
+    v.nat_addr = addr16(other.ip());
+    tables.insert_as_16_byte_key(&key, v);
+
+    restart_on_the_same_pins(&f);
+    assert_eq!(tables.get_16_byte_key(&key), None, "the client entry left the 16-byte table");
+    assert_eq!(tables.raw(&key).map(|v| v.nat_addr), Some(addr16(other.ip())), "the client entry moved");
+
+    assert_flow_kept_its_backend(&mut f, client, other);
 }
 
 /// The datapath's clock (jiffies, calibrated at load against the kernel's coarse monotonic clock)

@@ -242,7 +242,7 @@ impl Metrics {
         self.lock().map_sizes = sizes;
     }
 
-    /// The conntrack tables' fill (IPv4, IPv6), as the last sweep counted it.
+    /// The conntrack fill (the fullest IPv4 table, the IPv6 table), as the last sweep counted it.
     pub fn set_conntrack_entries(&self, entries: [usize; 2]) {
         self.lock().conntrack_entries = Some(entries);
     }
@@ -345,7 +345,7 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
             &mut o,
             "lb_conntrack_entries",
             "gauge",
-            "Conntrack entries counted by the agent's last sweep (every 30 s), by family (each table's fill).",
+            "Conntrack entries counted by the agent's last sweep (every 30 s), by family (IPv4: the fuller of its client and flow tables; each table holds lb_conntrack_capacity).",
         );
         let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv4\"}} {v4}");
         let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv6\"}} {v6}");

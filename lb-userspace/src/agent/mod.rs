@@ -243,7 +243,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 Ok(sweep) => {
                     metrics.set_conntrack_entries(sweep.by_family);
                     if sweep.removed > 0 {
-                        info!(entries = sweep.removed, remaining = sweep.remaining(), "swept idle conntrack entries");
+                        info!(entries = sweep.removed, remaining = sweep.remaining, "swept idle conntrack entries");
                     }
                     match sync.release_ids(&mut dp, &sweep) {
                         Ok(0) => {}

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap, MapData},
 };
-use lb_common::{CtKey, CtKey4, CtValue, ct_lifetime_ns};
+use lb_common::{CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, ct_lifetime_ns};
 
 use super::{Dataplane, Result};
 use crate::maps::{MapError, monotonic_ns};
@@ -17,8 +17,10 @@ use crate::maps::{MapError, monotonic_ns};
 /// `BPF_NOEXIST` (linux/bpf.h): create only.
 const BPF_NOEXIST: u64 = 1;
 
-/// The two conntrack tables: IPv4 flows in `LB_CONNTRACK4`, IPv6 flows in `LB_CONNTRACK`.
+/// The conntrack tables: IPv4 one-entry flows in `LB_CT4_CLIENT`, other IPv4 flows in
+/// `LB_CONNTRACK4`, IPv6 flows in `LB_CONNTRACK`.
 pub(super) struct Tables {
+    client4: HashMap<MapData, CtClientKey4, CtValue>,
     v4: HashMap<MapData, CtKey4, CtValue>,
     v6: HashMap<MapData, CtKey, CtValue>,
 }
@@ -29,7 +31,11 @@ impl Tables {
             let map = ebpf.take_map(name).ok_or(MapError::Missing { name })?;
             Ok(HashMap::try_from(map).map_err(MapError::typed(name, "open"))?)
         }
-        Ok(Self { v4: take(ebpf, lb_common::CONNTRACK4)?, v6: take(ebpf, lb_common::CONNTRACK)? })
+        Ok(Self {
+            client4: take(ebpf, lb_common::CONNTRACK4_CLIENT)?,
+            v4: take(ebpf, lb_common::CONNTRACK4)?,
+            v6: take(ebpf, lb_common::CONNTRACK)?,
+        })
     }
 }
 
@@ -47,15 +53,23 @@ impl FlowKey for CtKey4 {
         self.proto
     }
 }
+impl FlowKey for CtClientKey4 {
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
 
 /// What a conntrack sweep did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sweep {
     /// Idle entries deleted.
     pub removed: usize,
-    /// Entries left in the IPv4 and the IPv6 table, each out of [`Dataplane::limits`]'
-    /// `conntrack`.
+    /// Entries left in the fullest IPv4 table (the client table or the flow table) and in the
+    /// IPv6 table; each table holds [`Dataplane::limits`]' `conntrack`, so this over it is how
+    /// near the family is to evicting live flows.
     pub by_family: [usize; 2],
+    /// Entries left in all tables (one per flow without source NAT, two per source-NATed flow).
+    pub remaining: usize,
     /// svc_ids named by the entries left.
     pub svc_ids: HashSet<u32>,
     /// Backend ids named by the entries left.
@@ -121,50 +135,72 @@ fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'stati
     Ok(listed - removed)
 }
 
-impl Sweep {
-    /// Entries left in both tables (one per flow without source NAT, two per source-NATed flow).
-    pub fn remaining(&self) -> usize {
-        self.by_family.iter().sum()
-    }
-}
-
 impl Dataplane {
     /// Deletes conntrack entries idle longer than their lifetime.
     pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
-        let mut sweep = Sweep { removed: 0, by_family: [0; 2], svc_ids: HashSet::new(), backend_ids: HashSet::new() };
-        sweep.by_family[0] = sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
-        sweep.by_family[1] = sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
+        let mut sweep =
+            Sweep { removed: 0, by_family: [0; 2], remaining: 0, svc_ids: HashSet::new(), backend_ids: HashSet::new() };
+        let client4 = sweep_table(&mut self.conntrack.client4, lb_common::CONNTRACK4_CLIENT, &mut sweep)?;
+        let flow4 = sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
+        let v6 = sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
+        sweep.by_family = [client4.max(flow4), v6];
+        sweep.remaining = client4 + flow4 + v6;
         Ok(sweep)
     }
 
-    /// Moves IPv4 flows out of the IPv6 table, where builds before `LB_CONNTRACK4` kept them,
-    /// so that an upgrade keeps every connection's backend: at load (the previous agent's
-    /// programs may still be adding flows there) and again right after the new programs are
-    /// attached. An entry the new programs already made for the same key is kept. Returns the
-    /// entries moved.
+    /// Moves entries an older build kept in another table into the table this build looks them
+    /// up in, so that an upgrade keeps every connection's backend: IPv4 flows out of the IPv6
+    /// table (builds before `LB_CONNTRACK4`), and IPv4 one-entry flows (`CT_DIR_CLIENT`) out of
+    /// `LB_CONNTRACK4` (builds before `LB_CT4_CLIENT`). At load (the previous agent's programs
+    /// may still be adding entries there) and again right after the new programs are attached.
+    /// An entry the new programs already made for the same key is kept. Returns the entries
+    /// moved.
     pub fn move_ipv4_flows(&mut self) -> Result<usize> {
-        let old: Vec<(CtKey, CtKey4, CtValue)> = self
-            .conntrack
-            .v6
-            .iter()
-            .filter_map(std::result::Result::ok)
-            .filter_map(|(k, v)| CtKey4::from_key(&k).map(|k4| (k, k4, v)))
-            .collect();
-        for (k, k4, v) in &old {
-            match self.conntrack.v4.insert(k4, v, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(MapError::typed(lb_common::CONNTRACK4, "write")(e).into()),
+        let t = &mut self.conntrack;
+        let from_v6: Vec<(CtKey, CtValue)> =
+            t.v6.iter().filter_map(std::result::Result::ok).filter(|(k, _)| CtKey4::from_key(k).is_some()).collect();
+        let from_v4: Vec<(CtKey4, CtValue)> =
+            t.v4.iter().filter_map(std::result::Result::ok).filter(|(k, _)| k.dir == lb_common::CT_DIR_CLIENT).collect();
+        for (k, v) in &from_v6 {
+            match k.table_key() {
+                CtTableKey::Client4(c) => put(&mut t.client4, lb_common::CONNTRACK4_CLIENT, &c, v)?,
+                CtTableKey::Flow4(k4) => put(&mut t.v4, lb_common::CONNTRACK4, &k4, v)?,
+                CtTableKey::V6(_) => continue,
             }
-            match self.conntrack.v6.remove(k) {
-                Ok(()) => {}
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(MapError::typed(lb_common::CONNTRACK, "delete from")(e).into()),
+            delete(&mut t.v6, lb_common::CONNTRACK, k)?;
+        }
+        for (k4, v) in &from_v4 {
+            if let CtTableKey::Client4(c) = k4.to_key().table_key() {
+                put(&mut t.client4, lb_common::CONNTRACK4_CLIENT, &c, v)?;
+                delete(&mut t.v4, lb_common::CONNTRACK4, k4)?;
             }
         }
-        if !old.is_empty() {
-            tracing::info!(entries = old.len(), "moved IPv4 conntrack entries to their own table (kept by an older build)");
+        let moved = from_v6.len() + from_v4.len();
+        if moved > 0 {
+            tracing::info!(
+                from_ipv6_table = from_v6.len(),
+                client_entries = from_v4.len(),
+                "moved IPv4 conntrack entries an older build kept in another table to theirs"
+            );
         }
-        Ok(old.len())
+        Ok(moved)
+    }
+}
+
+/// Writes `v` under `k` unless the table already has an entry there.
+fn put<K: Pod>(map: &mut HashMap<MapData, K, CtValue>, name: &'static str, k: &K, v: &CtValue) -> Result<()> {
+    match map.insert(k, v, BPF_NOEXIST) {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(MapError::typed(name, "write")(e).into()),
+    }
+}
+
+/// Deletes the entry of `k`, if it is still there.
+fn delete<K: Pod>(map: &mut HashMap<MapData, K, CtValue>, name: &'static str, k: &K) -> Result<()> {
+    match map.remove(k) {
+        Ok(()) => Ok(()),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(MapError::typed(name, "delete from")(e).into()),
     }
 }

@@ -22,13 +22,14 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtKey, CtKey4, CtValue};
+use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue};
 
 use super::{DataplaneError, OBJECT, Result};
 use crate::maps::{MapError, pinned::as_two_entry_views};
 
 /// Capacities of the private state maps: a probe writes at most a few entries.
-const PRIVATE_SIZES: [(&str, u32); 7] = [
+const PRIVATE_SIZES: [(&str, u32); 8] = [
+    (lb_common::CONNTRACK4_CLIENT, 1024),
     (lb_common::CONNTRACK4, 1024),
     (lb_common::CONNTRACK, 1024),
     (lb_common::AFFINITY, 256),
@@ -126,13 +127,18 @@ impl Probe {
     /// Copies live conntrack entries into the private conntrack (each into its family's table).
     pub fn seed_conntrack(&mut self, entries: &[(CtKey, CtValue)]) -> Result<()> {
         for (k, v) in entries {
-            match CtKey4::from_key(k) {
-                Some(k4) => {
+            match k.table_key() {
+                CtTableKey::Client4(c) => {
+                    let name = lb_common::CONNTRACK4_CLIENT;
+                    let mut map: HashMap<&mut MapData, CtClientKey4, CtValue> = self.private_map(name)?;
+                    map.insert(c, v, 0).map_err(MapError::typed(name, "write"))?;
+                }
+                CtTableKey::Flow4(k4) => {
                     let name = lb_common::CONNTRACK4;
                     let mut map: HashMap<&mut MapData, CtKey4, CtValue> = self.private_map(name)?;
                     map.insert(k4, v, 0).map_err(MapError::typed(name, "write"))?;
                 }
-                None => {
+                CtTableKey::V6(_) => {
                     let name = lb_common::CONNTRACK;
                     let mut map: HashMap<&mut MapData, CtKey, CtValue> = self.private_map(name)?;
                     map.insert(k, v, 0).map_err(MapError::typed(name, "write"))?;
@@ -182,8 +188,10 @@ impl Probe {
             packet: out,
             counters,
             conntrack: {
+                let client: Vec<(CtClientKey4, CtValue)> = self.entries(lb_common::CONNTRACK4_CLIENT)?;
                 let v4: Vec<(CtKey4, CtValue)> = self.entries(lb_common::CONNTRACK4)?;
-                let mut all: Vec<(CtKey, CtValue)> = v4.into_iter().map(|(k, v)| (k.to_key(), v)).collect();
+                let mut all: Vec<(CtKey, CtValue)> = client.into_iter().map(|(k, v)| (k.to_key(), v)).collect();
+                all.extend(v4.into_iter().map(|(k, v)| (k.to_key(), v)));
                 all.extend(self.entries::<CtKey, CtValue>(lb_common::CONNTRACK)?);
                 as_two_entry_views(all)
             },

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{CNT_MAX, CtKey, CtKey4, CtValue, FlowCounterBlock, FlowCounters, STATS_BLOCK};
+use lb_common::{CNT_MAX, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, FlowCounterBlock, FlowCounters, STATS_BLOCK};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
 
@@ -57,14 +57,18 @@ impl PinnedMaps {
         self.maps.read()
     }
 
-    /// The entries of both conntrack tables, IPv4 first, each flow as its forward and reply
+    /// The entries of the conntrack tables, IPv4 first, each flow as its forward and reply
     /// entries: a one-entry flow (`CT_DIR_CLIENT`) reads as the two it stands for. (Pins of a
-    /// build before the IPv4 table have none: it reads as empty.)
+    /// build before an IPv4 table have none there: it reads as empty.)
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
-        let mut entries: Vec<CtEntry> = match self.has(lb_common::CONNTRACK4) {
-            true => self.hash::<CtKey4, CtValue>(lb_common::CONNTRACK4)?.into_iter().map(|(k, v)| (k.to_key(), v)).collect(),
-            false => Vec::new(),
-        };
+        let mut entries: Vec<CtEntry> = Vec::new();
+        if self.has(lb_common::CONNTRACK4_CLIENT) {
+            let client = self.hash::<CtClientKey4, CtValue>(lb_common::CONNTRACK4_CLIENT)?;
+            entries.extend(client.into_iter().map(|(k, v)| (k.to_key(), v)));
+        }
+        if self.has(lb_common::CONNTRACK4) {
+            entries.extend(self.hash::<CtKey4, CtValue>(lb_common::CONNTRACK4)?.into_iter().map(|(k, v)| (k.to_key(), v)));
+        }
         entries.extend(self.hash::<CtKey, CtValue>(lb_common::CONNTRACK)?);
         Ok(as_two_entry_views(entries))
     }
@@ -101,8 +105,9 @@ impl PinnedMaps {
     }
 
     fn raw_conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
-        match CtKey4::from_key(key) {
-            Some(k4) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
+        match key.table_key() {
+            CtTableKey::Client4(c) if self.has(lb_common::CONNTRACK4_CLIENT) => self.lookup(lb_common::CONNTRACK4_CLIENT, &c),
+            CtTableKey::Flow4(k4) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
             _ => self.lookup(lb_common::CONNTRACK, key),
         }
     }

@@ -35,8 +35,8 @@ pub struct MapSizes {
     pub labels: u32,
     /// `LB_SOURCE_RANGES`: loadBalancerSourceRanges prefixes.
     pub source_ranges: u32,
-    /// `LB_CONNTRACK4` and `LB_CONNTRACK`, each: one entry per flow of its family, two per source-NATed flow (an LRU:
-    /// preallocated in full).
+    /// `LB_CT4_CLIENT`, `LB_CONNTRACK4` and `LB_CONNTRACK`, each: one entry per flow of its family, two per
+    /// source-NATed flow (an LRU: preallocated in full).
     pub conntrack: u32,
     /// `LB_ADDR_FILTER`: words of the address bitmaps (fixed).
     pub addr_filter: u32,
@@ -163,6 +163,7 @@ impl MapSizes {
         loader.map_max_entries(c::SVC_STATS, c::stats_blocks(self.svc_stats));
         loader.map_max_entries(c::BACKEND_STATS, c::stats_blocks(self.backends));
         loader.map_max_entries(c::CONNTRACK4, self.conntrack);
+        loader.map_max_entries(c::CONNTRACK4_CLIENT, self.conntrack);
     }
 
     /// The sizes the loaded maps really have: pinned maps adopted from an earlier agent keep the

@@ -15,8 +15,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtKey, CtKey4, CtValue, PROG_TC_EXT,
-    PROG_TC_POD, ServiceKey,
+    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtClientKey4, CtKey, CtKey4, CtTableKey,
+    CtValue, PROG_TC_EXT, PROG_TC_POD, ServiceKey,
 };
 use lb_tests::{
     addresses::{HAIRPIN, HAIRPIN6, NODE, NODE6, SNAT_PORTS},
@@ -197,9 +197,11 @@ pub fn conntrack_key(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, pro
     }
 }
 
-/// Both conntrack tables under a pin directory, addressed by [`CtKey`]: an IPv4 key goes to
-/// `LB_CONNTRACK4` in its 16-byte form, any other to `LB_CONNTRACK`.
+/// The conntrack tables under a pin directory, addressed by [`CtKey`]: an IPv4 client key goes to
+/// `LB_CT4_CLIENT` in its 8-byte form, any other IPv4 key to `LB_CONNTRACK4` in its 16-byte form,
+/// any other to `LB_CONNTRACK`.
 pub struct ConntrackPins {
+    client4: BpfHashMap<MapData, CtClientKey4, CtValue>,
     v4: BpfHashMap<MapData, CtKey4, CtValue>,
     v6: BpfHashMap<MapData, CtKey, CtValue>,
 }
@@ -210,6 +212,7 @@ impl ConntrackPins {
             Map::from_map_data(MapData::from_pin(pin_path.join(name)).unwrap_or_else(|e| panic!("{name} pin: {e}"))).unwrap()
         };
         Self {
+            client4: BpfHashMap::try_from(open(lb_common::CONNTRACK4_CLIENT)).unwrap(),
             v4: BpfHashMap::try_from(open(lb_common::CONNTRACK4)).unwrap(),
             v6: BpfHashMap::try_from(open(lb_common::CONNTRACK)).unwrap(),
         }
@@ -231,30 +234,49 @@ impl ConntrackPins {
 
     /// The entry stored under `k` itself.
     pub fn raw(&self, k: &CtKey) -> Option<CtValue> {
-        match CtKey4::from_key(k) {
-            Some(k4) => self.v4.get(&k4, 0).ok(),
-            None => self.v6.get(k, 0).ok(),
+        match k.table_key() {
+            CtTableKey::Client4(c) => self.client4.get(&c, 0).ok(),
+            CtTableKey::Flow4(k4) => self.v4.get(&k4, 0).ok(),
+            CtTableKey::V6(_) => self.v6.get(k, 0).ok(),
         }
     }
 
     pub fn insert(&mut self, k: &CtKey, v: CtValue) {
-        match CtKey4::from_key(k) {
-            Some(k4) => self.v4.insert(k4, v, 0),
-            None => self.v6.insert(k, v, 0),
+        match k.table_key() {
+            CtTableKey::Client4(c) => self.client4.insert(c, v, 0),
+            CtTableKey::Flow4(k4) => self.v4.insert(k4, v, 0),
+            CtTableKey::V6(_) => self.v6.insert(k, v, 0),
         }
         .expect("conntrack insert")
     }
 
+    /// Writes IPv4 key `k` (any direction, a client key too) in its 16-byte form into
+    /// `LB_CONNTRACK4`: where builds before `LB_CT4_CLIENT` kept client entries.
+    pub fn insert_as_16_byte_key(&mut self, k: &CtKey, v: CtValue) {
+        let k4 = CtKey4::from_key(k).expect("an IPv4 key");
+        self.v4.insert(k4, v, 0).expect("conntrack insert");
+    }
+
+    /// The entry of IPv4 key `k` in its 16-byte form in `LB_CONNTRACK4`.
+    pub fn get_16_byte_key(&self, k: &CtKey) -> Option<CtValue> {
+        self.v4.get(&CtKey4::from_key(k)?, 0).ok()
+    }
+
     /// Whether there was an entry to remove.
     pub fn remove(&mut self, k: &CtKey) -> bool {
-        match CtKey4::from_key(k) {
-            Some(k4) => self.v4.remove(&k4).is_ok(),
-            None => self.v6.remove(k).is_ok(),
+        match k.table_key() {
+            CtTableKey::Client4(c) => self.client4.remove(&c).is_ok(),
+            CtTableKey::Flow4(k4) => self.v4.remove(&k4).is_ok(),
+            CtTableKey::V6(_) => self.v6.remove(k).is_ok(),
         }
     }
 
-    /// Deletes every entry of both tables.
+    /// Deletes every entry of every table.
     pub fn clear(&mut self) {
+        let client4: Vec<CtClientKey4> = self.client4.keys().filter_map(Result::ok).collect();
+        for k in client4 {
+            let _ = self.client4.remove(&k);
+        }
         let v4: Vec<CtKey4> = self.v4.keys().filter_map(Result::ok).collect();
         for k in v4 {
             let _ = self.v4.remove(&k);
@@ -265,9 +287,11 @@ impl ConntrackPins {
         }
     }
 
-    /// Entries in both tables.
+    /// Entries in every table.
     pub fn len(&self) -> usize {
-        self.v4.keys().filter(Result::is_ok).count() + self.v6.keys().filter(Result::is_ok).count()
+        self.client4.keys().filter(Result::is_ok).count()
+            + self.v4.keys().filter(Result::is_ok).count()
+            + self.v6.keys().filter(Result::is_ok).count()
     }
 }
 

@@ -241,6 +241,13 @@ const _: () = {
     assert!(offset_of!(Packet, frag_id) >= size_of::<CtKey>());
     assert!(align_of::<Packet>() >= align_of::<CtKey>());
     assert!(offset_of!(Packet, src) == 0 && offset_of!(Packet, dst) == 16 && align_of::<Packet>() >= 4);
+    // `Packet::reset`'s words: bytes 32..52 are these fields, packed.
+    assert!(offset_of!(Packet, sport_be) == 32 && offset_of!(Packet, ct_pad) == 38);
+    assert!(offset_of!(Packet, frag_id) == 40 && offset_of!(Packet, tcp_flags) == 44);
+    assert!(offset_of!(Packet, is_v6) == 45 && offset_of!(Packet, has_ports) == 46 && offset_of!(Packet, l4_in_packet) == 47);
+    assert!(offset_of!(Packet, frag_first) == 48 && offset_of!(Packet, frag_later) == 49);
+    assert!(offset_of!(Packet, l4_truncated) == 50 && offset_of!(Packet, is_icmp_error) == 51);
+    assert!(offset_of!(Packet, icmp) == 52 && align_of::<Packet>() == 8);
 };
 
 impl Packet {
@@ -288,27 +295,20 @@ impl Packet {
     }
 
     /// Clears what a parse may leave unwritten (the addresses and offsets are always written;
-    /// `icmp` is read only when `is_icmp_error`). Field by field with volatile stores: an
-    /// aggregate reset compiles to a call of the BPF `memset`, a byte loop, which cost more than
-    /// the whole rest of a non-service packet's path.
+    /// `icmp` is read only when `is_icmp_error`). In three volatile word stores over the fields
+    /// packed at bytes 32..52 and two byte stores: an aggregate reset compiles to a call of the
+    /// BPF `memset`, a byte loop, which cost more than the whole rest of a non-service packet's
+    /// path, and sixteen field stores were 2 ns of it.
     #[inline(always)]
     fn reset(&mut self) {
-        // SAFETY: plain stores to fields of a valid, exclusive reference.
+        let base = (self as *mut Self).cast::<u8>();
+        // SAFETY: `Packet` is 8-aligned; bytes 32..52 hold exactly the ports, `proto`, `ct_dir`,
+        // `ct_pad`, `frag_id`, `tcp_flags` and the seven flags (checked below), plain integers
+        // and bools for which zero bytes are 0 and false; the words are aligned.
         unsafe {
-            core::ptr::write_volatile(&mut self.sport_be, 0);
-            core::ptr::write_volatile(&mut self.dport_be, 0);
-            core::ptr::write_volatile(&mut self.frag_id, 0);
-            core::ptr::write_volatile(&mut self.proto, 0);
-            core::ptr::write_volatile(&mut self.ct_dir, 0);
-            core::ptr::write_volatile(&mut self.ct_pad, [0; 2]);
-            core::ptr::write_volatile(&mut self.tcp_flags, 0);
-            core::ptr::write_volatile(&mut self.is_v6, false);
-            core::ptr::write_volatile(&mut self.has_ports, false);
-            core::ptr::write_volatile(&mut self.l4_in_packet, false);
-            core::ptr::write_volatile(&mut self.frag_first, false);
-            core::ptr::write_volatile(&mut self.frag_later, false);
-            core::ptr::write_volatile(&mut self.l4_truncated, false);
-            core::ptr::write_volatile(&mut self.is_icmp_error, false);
+            core::ptr::write_volatile(base.add(32).cast::<u64>(), 0);
+            core::ptr::write_volatile(base.add(40).cast::<u64>(), 0);
+            core::ptr::write_volatile(base.add(48).cast::<u32>(), 0);
             core::ptr::write_volatile(&mut self.ihl, 0);
             core::ptr::write_volatile(&mut self.l4_off, 0);
         }

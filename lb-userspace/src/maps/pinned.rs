@@ -105,9 +105,13 @@ impl PinnedMaps {
     }
 
     fn raw_conntrack_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
-        match key.table_key() {
-            CtTableKey::Client4(c) if self.has(lb_common::CONNTRACK4_CLIENT) => self.lookup(lb_common::CONNTRACK4_CLIENT, &c),
-            CtTableKey::Flow4(k4) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
+        // Pins of an older agent may lack the client table (client entries then sit in
+        // `LB_CONNTRACK4` under their 16-byte key) or both IPv4 tables (all in `LB_CONNTRACK`).
+        match (key.table_key(), CtKey4::from_key(key)) {
+            (CtTableKey::Client4(c), _) if self.has(lb_common::CONNTRACK4_CLIENT) => {
+                self.lookup(lb_common::CONNTRACK4_CLIENT, &c)
+            }
+            (_, Some(k4)) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
             _ => self.lookup(lb_common::CONNTRACK, key),
         }
     }

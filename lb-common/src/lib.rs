@@ -613,7 +613,12 @@ const _: () = assert!(size_of::<CtClientKey4>() == 8 && align_of::<CtClientKey4>
 impl CtClientKey4 {
     /// The 8-byte key of `k`, when it is the `CT_DIR_CLIENT` key of an IPv4 client.
     pub fn from_key(k: &CtKey) -> Option<Self> {
-        let k4 = CtKey4::from_key(k)?;
+        Self::from_key4(&CtKey4::from_key(k)?)
+    }
+
+    /// The 8-byte key of `k4`, when it is a `CT_DIR_CLIENT` key (as builds before
+    /// [`CONNTRACK4_CLIENT`] kept it in [`CONNTRACK4`]).
+    pub fn from_key4(k4: &CtKey4) -> Option<Self> {
         (k4.dir == CT_DIR_CLIENT).then_some(Self { addr: k4.src, port_be: k4.sport_be, proto: k4.proto, _pad: 0 })
     }
 

@@ -11,9 +11,9 @@
 //!
 //! The stages build every flow key in the 40-byte form ([`CtKey`]); [`entry`], [`insert`] and
 //! [`remove`] shorten an IPv4 one at the map. Client keys are built at the map by
-//! [`client_entry`] and [`client_insert`] (an IPv4 one straight from the address). An entry lives `lb_common::ct_lifetime_ns` after
-//! its flow's last packet (the agent sweeps idle entries; the LRU reclaims the least recently
-//! used under pressure).
+//! [`client_entry`] and [`client_insert`] (an IPv4 one straight from the address). An entry
+//! lives `lb_common::ct_lifetime_ns` after its flow's last packet (the agent sweeps idle
+//! entries; the LRU reclaims the least recently used under pressure).
 //!
 //! When a backend leaves its Service:
 //! - TCP flows keep going to it, as kube-proxy's conntrack DNAT entries do: a terminating pod can
@@ -123,19 +123,11 @@ const _: () = assert!(cfg!(target_endian = "little"));
 /// conntrack hit 3-5 ns on Intel in B1.
 #[inline(always)]
 fn key4(k: &CtKey) -> CtKey4 {
-    // SAFETY: `CtKey` is 8-aligned with its addresses at 0 and 16, so word 3 of each (bytes
-    // 12..16, the IPv4 address) is an aligned `u32` inside the key.
-    let (src, dst) = unsafe { (k.src.as_ptr().cast::<u32>().add(3).read(), k.dst.as_ptr().cast::<u32>().add(3).read()) };
-    key4_of(src, k.sport_be, dst, k.dport_be, k.proto, k.dir)
-}
-
-/// The IPv4 key of its fields (addresses as native words of their wire bytes), written as
-/// `key4` explains.
-#[inline(always)]
-fn key4_of(src: u32, sport_be: u16, dst: u32, dport_be: u16, proto: u8, dir: u8) -> CtKey4 {
+    // SAFETY: `CtKey` is 8-aligned with its addresses at 0 and 16.
+    let (src, dst) = unsafe { (v4_word(&k.src), v4_word(&k.dst)) };
     // Little-endian words (bpfel): the lower-addressed field in the low bits.
     let addrs = u64::from(src) | u64::from(dst) << 32;
-    let tail = ports_word(sport_be, dport_be, proto, dir);
+    let tail = ports_word(k.sport_be, k.dport_be, k.proto, k.dir);
     let mut key = MaybeUninit::<CtKey4>::uninit();
     let w = key.as_mut_ptr().cast::<u64>();
     // SAFETY: `CtKey4` is 16 bytes, 8-aligned, of plain integers (any bits are a valid value);

@@ -40,7 +40,7 @@ pub struct Keys {
     /// A flow's forward and reply conntrack keys and values (a one-entry flow's value in `fval`).
     pub fkey: CtKey,
     pub rkey: CtKey,
-    /// The key of a one-entry flow (`CT_DIR_CLIENT`).
+    /// The key of an IPv6 one-entry flow (`CT_DIR_CLIENT`; an IPv4 one is built at the map).
     pub ckey: CtKey,
     pub fval: CtValue,
     pub rval: CtValue,

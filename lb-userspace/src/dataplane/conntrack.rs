@@ -159,8 +159,11 @@ impl Dataplane {
         let t = &mut self.conntrack;
         let from_v6: Vec<(CtKey, CtValue)> =
             t.v6.iter().filter_map(std::result::Result::ok).filter(|(k, _)| CtKey4::from_key(k).is_some()).collect();
-        let from_v4: Vec<(CtKey4, CtValue)> =
-            t.v4.iter().filter_map(std::result::Result::ok).filter(|(k, _)| k.dir == lb_common::CT_DIR_CLIENT).collect();
+        let from_v4: Vec<(CtKey4, CtClientKey4, CtValue)> =
+            t.v4.iter()
+                .filter_map(std::result::Result::ok)
+                .filter_map(|(k4, v)| CtClientKey4::from_key4(&k4).map(|c| (k4, c, v)))
+                .collect();
         for (k, v) in &from_v6 {
             match k.table_key() {
                 CtTableKey::Client4(c) => put(&mut t.client4, lb_common::CONNTRACK4_CLIENT, &c, v)?,
@@ -169,11 +172,9 @@ impl Dataplane {
             }
             delete(&mut t.v6, lb_common::CONNTRACK, k)?;
         }
-        for (k4, v) in &from_v4 {
-            if let CtTableKey::Client4(c) = k4.to_key().table_key() {
-                put(&mut t.client4, lb_common::CONNTRACK4_CLIENT, &c, v)?;
-                delete(&mut t.v4, lb_common::CONNTRACK4, k4)?;
-            }
+        for (k4, c, v) in &from_v4 {
+            put(&mut t.client4, lb_common::CONNTRACK4_CLIENT, c, v)?;
+            delete(&mut t.v4, lb_common::CONNTRACK4, k4)?;
         }
         let moved = from_v6.len() + from_v4.len();
         if moved > 0 {

@@ -46,6 +46,9 @@
 //!   one entry per direction of a source-NATed flow or of a flow whose client address and port
 //!   are already in another live flow. Builds before the client table kept the client entries
 //!   here too: the agent moves them at start.
+//! - [`SNAT4_SLOTS`]: an array of the reply entries of external IPv4 source-NATed flows, one slot
+//!   per SNAT port and protocol ([`SnatSlot4`]); a flow that finds no free slot keeps its reply
+//!   entry in [`CONNTRACK4`].
 //! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds
 //!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
@@ -83,6 +86,7 @@ pub const SELECT: &str = "LB_SELECT";
 pub const CONNTRACK: &str = "LB_CONNTRACK";
 pub const CONNTRACK4: &str = "LB_CONNTRACK4";
 pub const CONNTRACK4_CLIENT: &str = "LB_CT4_CLIENT";
+pub const SNAT4_SLOTS: &str = "LB_SNAT4_SLOTS";
 pub const AFFINITY: &str = "LB_AFFINITY";
 pub const STATS: &str = "LB_STATS";
 pub const SVC_STATS: &str = "LB_SVC_STATS";
@@ -106,7 +110,7 @@ pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 pub const CLOCK: &str = "LB_CLOCK";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -115,6 +119,7 @@ pub const ALL_MAPS: [&str; 24] = [
     CONNTRACK,
     CONNTRACK4,
     CONNTRACK4_CLIENT,
+    SNAT4_SLOTS,
     AFFINITY,
     STATS,
     SVC_STATS,
@@ -136,10 +141,11 @@ pub const ALL_MAPS: [&str; 24] = [
 /// The maps the datapath itself writes (flow state and counters); the agent writes or reads
 /// every other map. `lb explain` runs the datapath against private copies of these, so that a
 /// synthetic packet leaves no trace in the live ones.
-pub const DATAPATH_STATE_MAPS: [&str; 11] = [
+pub const DATAPATH_STATE_MAPS: [&str; 12] = [
     CONNTRACK,
     CONNTRACK4,
     CONNTRACK4_CLIENT,
+    SNAT4_SLOTS,
     AFFINITY,
     FRAGS,
     SOCK_REVNAT,
@@ -736,6 +742,113 @@ const _: () = assert!(core::mem::offset_of!(CtValue, nat_addr) % 4 == 0 && core:
 pub const CT_F_CLOSING: u16 = 1 << 0;
 /// The source is translated too (`snat_addr`, `snat_port_be`).
 pub const CT_F_SNAT: u16 = 1 << 1;
+/// On a forward entry with `CT_F_SNAT`: the flow's reply entry is its SNAT port's slot in
+/// [`SNAT4_SLOTS`], not a `CT_DIR_REPLY` entry of the hash table.
+pub const CT_F_SNAT_SLOT: u16 = 1 << 2;
+
+// ---------------------------------------------------------------------------------------------
+// LB_SNAT4_SLOTS
+// ---------------------------------------------------------------------------------------------
+
+/// SNAT ports per protocol with a slot: the first `SNAT_SLOT_PORTS` ports of the configured range
+/// (`Config::snat_port_min` on; the default range, 61000-65000, has 4,001).
+pub const SNAT_SLOT_PORTS: u32 = 8_192;
+/// Protocols with slots: TCP, then UDP (other protocols' SNAT flows use the hash table).
+pub const SNAT_SLOT_PROTOS: u32 = 2;
+/// Entries of [`SNAT4_SLOTS`]: 64 bytes each, 1 MiB in all.
+pub const SNAT_SLOTS_MAX: u32 = SNAT_SLOT_PORTS * SNAT_SLOT_PROTOS;
+
+/// The slot of IPv4 SNAT port `port` (host byte order) of protocol `proto` when the range starts
+/// at `port_min`, if it has one.
+#[inline(always)]
+#[must_use]
+pub const fn snat_slot_index(proto: u8, port: u16, port_min: u16) -> Option<u32> {
+    let proto_base = match proto {
+        IPPROTO_TCP => 0,
+        IPPROTO_UDP => SNAT_SLOT_PORTS,
+        _ => return None,
+    };
+    if port < port_min || (port - port_min) as u32 >= SNAT_SLOT_PORTS {
+        return None;
+    }
+    Some(proto_base + (port - port_min) as u32)
+}
+
+/// The reply entry of an external IPv4 source-NATed flow, in the slot of its SNAT port (an array:
+/// the reply path reads it by index, without hashing, and 8,192 slots stay in the CPU's caches
+/// where a hash bucket of the conntrack table is a cache miss). A slot belongs to one flow at a
+/// time, whatever its backend: the port space is the node's, and a flow that finds no free slot
+/// in a few tries takes the per-backend port space of the hash table (`CT_DIR_REPLY` entries)
+/// instead, so capacity is as without slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatSlot4 {
+    /// The reply entry, as a `CT_DIR_REPLY` value (`CT_F_SNAT` set): `last_seen_ns` 0 or
+    /// expired (`ct_lifetime_ns`) means the slot is free.
+    pub ct: CtValue,
+    /// The backend the reply comes from (its source), network byte order.
+    pub backend_addr: [u8; 4],
+    /// Its port, network byte order.
+    pub backend_port_be: u16,
+    /// [`SNAT_SLOT_F_SHARED`].
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<SnatSlot4>() == 64 && align_of::<SnatSlot4>() == 8);
+
+/// The protocol and port (host byte order) of slot `index` when the range starts at `port_min`:
+/// the inverse of [`snat_slot_index`].
+#[must_use]
+pub const fn snat_slot_port(index: u32, port_min: u16) -> (u8, u16) {
+    let proto = if index < SNAT_SLOT_PORTS { IPPROTO_TCP } else { IPPROTO_UDP };
+    (proto, port_min.wrapping_add((index % SNAT_SLOT_PORTS) as u16))
+}
+
+impl SnatSlot4 {
+    /// Whether the slot holds a flow (its age aside): a free slot's `last_seen_ns` is 0 or its
+    /// backend port is 0.
+    #[must_use]
+    pub fn in_use(&self) -> bool {
+        self.ct.last_seen_ns != 0 && self.backend_port_be != 0
+    }
+
+    /// The `CT_DIR_REPLY` key the slot's entry stands for, as slot `index` with the IPv4 SNAT
+    /// address `snat_addr` (IPv4-mapped) and ports from `port_min`.
+    #[must_use]
+    pub fn reply_key(&self, index: u32, snat_addr: [u8; 16], port_min: u16) -> CtKey {
+        let (proto, port) = snat_slot_port(index, port_min);
+        CtKey {
+            src: v4_mapped(self.backend_addr),
+            dst: snat_addr,
+            sport_be: self.backend_port_be,
+            dport_be: port.to_be(),
+            proto,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The slot of `CT_DIR_REPLY` key `k` when it is a reply to the IPv4 SNAT address `snat_addr`
+/// (IPv4-mapped) on a port with a slot (ports from `port_min`).
+#[must_use]
+pub fn snat_slot_of(k: &CtKey, snat_addr: &[u8; 16], port_min: u16) -> Option<u32> {
+    if k.dir != CT_DIR_REPLY || k.dst != *snat_addr || k.dst[..12] != V4_MAPPED_PREFIX {
+        return None;
+    }
+    snat_slot_index(k.proto, u16::from_be(k.dport_be), port_min)
+}
+
+/// Whether the slot `s` holds the flow of reply key `k` (its backend is `k`'s source).
+#[must_use]
+pub fn snat_slot_holds(s: &SnatSlot4, k: &CtKey) -> bool {
+    s.in_use() && k.src == v4_mapped(s.backend_addr) && k.sport_be == s.backend_port_be
+}
+
+/// The slot's port was also reserved in the hash table (a flow that found no free slot took it
+/// for another backend): a flow claiming the slot checks the hash table for its own backend
+/// first. Never cleared by the datapath.
+pub const SNAT_SLOT_F_SHARED: u8 = 1 << 0;
 
 // ---------------------------------------------------------------------------------------------
 // LB_AFFINITY
@@ -1352,8 +1465,8 @@ mod pod {
     use super::{
         AffinityKey, AffinityValue, AgentStatus, Backend, ClockCalibration, Config, CtClientKey4, CtKey, CtKey4, CtValue,
         FlowCounterBlock, FlowCounters, FragKey, FragValue, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorEvent,
-        MonitorStats, SelectKey, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey, SvcLabels,
-        SvcName,
+        MonitorStats, SelectKey, ServiceKey, ServiceValue, SnatSlot4, SockRevKey, SockRevValue, SourceRangeData, SourceRangeKey,
+        SvcLabels, SvcName,
     };
     /// Implements `aya::Pod` for the map types.
     macro_rules! pod {
@@ -1373,6 +1486,7 @@ mod pod {
         CtKey4,
         CtClientKey4,
         CtValue,
+        SnatSlot4,
         AffinityKey,
         AffinityValue,
         FlowCounters,

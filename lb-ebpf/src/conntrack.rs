@@ -31,8 +31,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     BACKEND_F_HOST, CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CNT_CT_HIT, CNT_CT_RESELECT,
     CNT_DROP_CT_INSERT, CNT_DROP_SNAT_PORTS, CNT_HAIRPIN, CNT_SNAT, CNT_VERDICT_DNAT, CNT_VERDICT_REVNAT, CT_DIR_CLIENT,
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_REFRESH_NS, CtClientKey4, CtKey, CtKey4, CtValue, IPPROTO_TCP,
-    MemberKey, SVC_F_EXTERNAL, SVC_F_SNAT, ct_lifetime_ns,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, CT_F_SNAT_SLOT, CT_REFRESH_NS, CtClientKey4, CtKey, CtKey4, CtValue,
+    IPPROTO_TCP, MemberKey, SVC_F_EXTERNAL, SVC_F_SNAT, ct_lifetime_ns,
 };
 
 use crate::{
@@ -44,6 +44,7 @@ use crate::{
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     scratch::{Flow, Keys},
     service::service_key,
+    snat,
 };
 
 /// The address of no SNAT (a 4-aligned source for `copy_addr`).
@@ -158,7 +159,7 @@ fn client_key4(addr: u32, port_be: u16, proto: u8) -> CtClientKey4 {
 /// # Safety
 /// `addr` must be 4-aligned (see `copy_addr`).
 #[inline(always)]
-unsafe fn v4_word(addr: &[u8; 16]) -> u32 {
+pub unsafe fn v4_word(addr: &[u8; 16]) -> u32 {
     // SAFETY: in bounds; aligned by the caller's promise.
     unsafe { addr.as_ptr().cast::<u32>().add(3).read() }
 }
@@ -171,7 +172,7 @@ pub fn entry(k: &CtKey, v6: bool) -> Option<*mut CtValue> {
 
 /// Writes the entry of `k` (`flags`: `BPF_NOEXIST` or 0); false when the map refuses it.
 #[inline(always)]
-fn insert(k: &CtKey, v: &CtValue, flags: u64, v6: bool) -> bool {
+pub fn insert(k: &CtKey, v: &CtValue, flags: u64, v6: bool) -> bool {
     if v6 { LB_CONNTRACK.insert(k, v, flags).is_ok() } else { LB_CONNTRACK4.insert(&key4(k), v, flags).is_ok() }
 }
 
@@ -340,10 +341,17 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     // would never get its SYN-ACK translated: start the connection afresh instead. Only SYNs pay
     // for this lookup; nothing is established yet, so choosing again is harmless.
     if new_syn && !one_entry {
-        let (peer, peer_port_be) = if snat_on { (&v.snat_addr, v.snat_port_be) } else { (&p.src, p.sport_be) };
-        // SAFETY: addresses of a map value and of the packet description (4-aligned).
-        unsafe { set_key(&mut sc.rkey, &v.nat_addr, v.nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY) };
-        if entry(&sc.rkey, v6).is_none() {
+        let held = if flags & CT_F_SNAT_SLOT != 0 {
+            let port_min = LB_CONFIG.get(0).map_or(0, |c| c.snat_port_min);
+            // SAFETY: `ct` from the lookup above; the packet description's address (4-aligned).
+            unsafe { snat::reply_held(ct, &p.src, p.sport_be, p.proto, port_min, now) }
+        } else {
+            let (peer, peer_port_be) = if snat_on { (&v.snat_addr, v.snat_port_be) } else { (&p.src, p.sport_be) };
+            // SAFETY: addresses of a map value and of the packet description (4-aligned).
+            unsafe { set_key(&mut sc.rkey, &v.nat_addr, v.nat_port_be, peer, peer_port_be, p.proto, CT_DIR_REPLY) };
+            entry(&sc.rkey, v6).is_some()
+        };
+        if !held {
             count(CNT_CT_RESELECT);
             return false;
         }
@@ -380,8 +388,10 @@ fn still_serving(p: &Packet, svc_id: u32, backend_id: u32) -> bool {
 #[inline(always)]
 pub fn reply(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     let v6 = p.is_v6;
-    let found = if to_snat_addr(p) {
-        match entry(p.flow_key(CT_DIR_REPLY), v6) {
+    let found = if let Some(to_snat) = to_snat_addr(p) {
+        // SAFETY: the packet description's address (4-aligned).
+        let slot = to_snat.port_min.and_then(|min| unsafe { snat::reply_entry(&p.src, p.sport_be, p.dport_be, p.proto, min) });
+        match slot.or_else(|| entry(p.flow_key(CT_DIR_REPLY), v6)) {
             Some(ct) => Some((ct, false)),
             None => client_flow_from(p, sc).map(|ct| (ct, true)),
         }
@@ -414,16 +424,28 @@ pub fn reply(p: &mut Packet, sc: &mut Keys, out: &mut Nat, now: u64) -> bool {
     true
 }
 
+/// A packet to the node's SNAT or hairpin address of its family.
+struct ToSnat {
+    /// To the IPv4 SNAT address: the start of the SNAT port range, whose ports have slots.
+    port_min: Option<u16>,
+}
+
 /// Whether `p` goes to the node's SNAT or hairpin address of its family.
 #[inline(always)]
-fn to_snat_addr(p: &Packet) -> bool {
-    let Some(cfg) = LB_CONFIG.get(0) else {
-        return false;
-    };
+fn to_snat_addr(p: &Packet) -> Option<ToSnat> {
+    let cfg = LB_CONFIG.get(0)?;
     let (snat, hairpin) = if p.is_v6 { (&cfg.snat6_addr, &cfg.hairpin6_addr) } else { (&cfg.snat_addr, &cfg.hairpin_addr) };
     // SAFETY: `Config`'s addresses sit at 4-aligned offsets of a map value; the packet
     // description's are 4-aligned.
-    unsafe { same_addr(snat, &p.dst) || same_addr(hairpin, &p.dst) }
+    unsafe {
+        if same_addr(snat, &p.dst) {
+            Some(ToSnat { port_min: (!p.is_v6).then_some(cfg.snat_port_min) })
+        } else if same_addr(hairpin, &p.dst) {
+            Some(ToSnat { port_min: None })
+        } else {
+            None
+        }
+    }
 }
 
 /// Creates the conntrack entries of a new flow to `flow.be`, with SNAT where the traffic needs
@@ -481,15 +503,28 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     }
     set_tail(rv, backend_id, svc.svc_id, p.dport_be, p.sport_be, if snat { CT_F_SNAT } else { 0 });
     let mut snat_port_be = 0u16;
+    let mut in_slot = false;
     if !snat {
         // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY) };
         if !insert(&sc.rkey, &sc.rval, 0, p.is_v6) {
             return Err(CNT_DROP_CT_INSERT);
         }
+    } else if hook == Hook::External && !p.is_v6 {
+        // External IPv4 SNAT: a slot when one is free, else the hash table (see `snat`).
+        // SAFETY: 4-aligned addresses (see the note on the reply entry above).
+        unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, snat_addr, 0, p.proto, CT_DIR_REPLY) };
+        match snat::reserve(&mut sc.rkey, &sc.rval, cfg.snat_port_min, cfg.snat_port_max, now) {
+            Some(snat::Reserved::Slot(port_be)) => {
+                in_slot = true;
+                snat_port_be = port_be;
+            }
+            Some(snat::Reserved::Hash) => snat_port_be = sc.rkey.dport_be,
+            None => return Err(CNT_DROP_SNAT_PORTS),
+        }
     } else {
-        // External SNAT draws ports from the configured range, which the node's own sockets do
-        // not use; the hairpin address is ours alone, so the client's port is kept when free.
+        // External IPv6 SNAT draws ports from the configured range, which the node's own sockets
+        // do not use; the hairpin address is ours alone, so the client's port is kept when free.
         // BPF_NOEXIST makes the reply entry the port's reservation: two flows never share a
         // translated 5-tuple.
         let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
@@ -520,12 +555,23 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         copy_addr(&mut fv.nat_addr, &be.addr);
         copy_addr(&mut fv.snat_addr, snat_addr);
     }
-    set_tail(fv, backend_id, svc.svc_id, be.port_be, snat_port_be, if snat { CT_F_SNAT } else { 0 });
+    let fflags = if in_slot {
+        CT_F_SNAT | CT_F_SNAT_SLOT
+    } else if snat {
+        CT_F_SNAT
+    } else {
+        0
+    };
+    set_tail(fv, backend_id, svc.svc_id, be.port_be, snat_port_be, fflags);
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe { set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD) };
     if !insert(&sc.fkey, &sc.fval, 0, p.is_v6) {
         // No half-made flow: its reply entry (and SNAT port) goes too.
-        remove(&sc.rkey, p.is_v6);
+        if in_slot {
+            snat::release(p.proto, snat_port_be, cfg.snat_port_min);
+        } else {
+            remove(&sc.rkey, p.is_v6);
+        }
         return Err(CNT_DROP_CT_INSERT);
     }
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).

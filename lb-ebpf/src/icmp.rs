@@ -13,6 +13,7 @@ use crate::{
     nat::{Endpoint, IcmpNat, Rewrite, addr_delta, addr_offsets, bounded, load, store, store_addr},
     parse::{IPV4_CSUM_OFF, Packet, UDP_CSUM_OFF},
     scratch::Keys,
+    snat,
 };
 
 /// Finds the translation of ICMP error `p` and leaves it in `sc.icmp`; false for an error about
@@ -28,14 +29,21 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // SAFETY: `Inner` is 4-aligned with its addresses first.
     unsafe { set_key(&mut sc.rkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_REPLY) };
     // SAFETY: copied out immediately.
-    let to_backend = entry(&sc.rkey, p.is_v6).map(|v| unsafe { *v }).or_else(|| {
-        // The one-entry flow as its reply entry would be: the frontend to write back.
-        // SAFETY: as above.
-        let c = unsafe { client_entry(&mut sc.ckey, &inner.src, inner.sport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
-        // SAFETY: a copied map value's and `Inner`'s addresses (4-aligned).
-        let named = c.nat_port_be == inner.dport_be && unsafe { same_addr(&c.nat_addr, &inner.dst) };
-        named.then_some(CtValue { nat_addr: c.snat_addr, nat_port_be: c.snat_port_be, flags: 0, ..c })
-    });
+    let to_backend = entry(&sc.rkey, p.is_v6)
+        // SAFETY: `Inner`'s addresses (4-aligned).
+        .or_else(|| unsafe {
+            snat::quoted_reply_entry(&inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, p.is_v6)
+        })
+        .map(|v| unsafe { *v })
+        .or_else(|| {
+            // The one-entry flow as its reply entry would be: the frontend to write back.
+            // SAFETY: as above.
+            let c =
+                unsafe { client_entry(&mut sc.ckey, &inner.src, inner.sport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
+            // SAFETY: a copied map value's and `Inner`'s addresses (4-aligned).
+            let named = c.nat_port_be == inner.dport_be && unsafe { same_addr(&c.nat_addr, &inner.dst) };
+            named.then_some(CtValue { nat_addr: c.snat_addr, nat_port_be: c.snat_port_be, flags: 0, ..c })
+        });
     if let Some(v) = to_backend {
         let snat = v.flags & CT_F_SNAT != 0;
         count(CNT_ICMP_TRANSLATED);

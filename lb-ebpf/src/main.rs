@@ -1,13 +1,16 @@
 //! The lb datapath. The packet programs share one run path (`run`) behind a small context trait
 //! with an XDP and a TC implementation (`xdp.rs` and `tc.rs` are the entry files), split by
 //! concern: parsing (`parse`), the address filter and frontends (`service`), backend selection
-//! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), translation and
+//! (`select`, shared with the socket hooks of `sock`), conntrack (`conntrack`), SNAT ports and their reply slots (`snat`), translation and
 //! checksums (`nat`, `csum`), fragments (`frag`), ICMP errors (`icmp`), rejects (`reject`), `lb monitor`'s events (`monitor`),
 //! counters (`counters`), the clock (`clock`), an skb's checksum state (`skb`), the hook a program runs at (`hook`) and the per-CPU scratch space and its
 //! map (`scratch`). No per-packet logging:
 //! counters are the observability, and every packet ends in exactly one verdict counter.
 #![no_std]
 #![no_main]
+// The one compare-and-exchange of `snat` (see there).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys and values go by reference on purpose: passed by value to aya-ebpf's generic
 // `Borrow<K>` parameters they would be copied onto the 512-byte BPF stack (40-byte conntrack
 // keys, the per-CPU scratch's whole point).
@@ -30,6 +33,7 @@ mod scratch;
 mod select;
 mod service;
 mod skb;
+mod snat;
 mod sock;
 mod tc;
 mod xdp;

@@ -15,8 +15,8 @@ use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
     CONNTRACK_MAX, ClockCalibration, Config, CtClientKey4, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounterBlock,
     FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats,
-    SELECT_MAX, SERVICES_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX, SelectKey,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
+    SELECT_MAX, SERVICES_MAX, SNAT_SLOTS_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX,
+    SelectKey, ServiceKey, ServiceValue, SnatSlot4, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -57,6 +57,11 @@ pub static LB_CONNTRACK4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CONNT
 /// `conntrack`). An LRU, as `LB_CONNTRACK4`.
 #[map]
 pub static LB_CT4_CLIENT: LruHashMap<CtClientKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+/// The reply entries of external IPv4 source-NATed flows, one slot per SNAT port and protocol
+/// (see `snat`). An array: read by an inlined lookup, and its slots free themselves by age.
+#[map]
+pub static LB_SNAT4_SLOTS: Array<SnatSlot4> = Array::pinned(SNAT_SLOTS_MAX, 0);
 
 /// Translated IPv6 flows (as `LB_CONNTRACK4`).
 #[map]

@@ -1326,6 +1326,89 @@ fn point_32_41_nodeport_over_tc_fallback_with_cluster_policy_is_snated_and_rever
     nodeport_cluster_policy::<F>(test, Ext::Tc);
 }
 
+/// Point 32, IPv4: a source-NATed flow's reply entry is the slot of its SNAT port
+/// (`LB_SNAT4_SLOTS`), a node-wide reservation; a flow that finds the slot taken by a live flow
+/// of another backend reserves the port for its own backend in the hash table instead (each
+/// backend has the whole range), and no two live flows ever get the same translated 5-tuple:
+/// a slot taken for the same backend, or a port the hash table holds for the backend, is not
+/// given out again. The range is narrowed to one port so every flow wants the same slot.
+fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to_the_backends_ports(test: &str) {
+    use lb_common::{CNT_DROP_SNAT_PORTS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT_SLOT};
+    let Some(mut f) = Fixture::node(test) else { return };
+    const PORT: u16 = 61000;
+    f.dp.set_config(&lb_common::Config { snat_port_min: PORT, snat_port_max: PORT, ..common::node_config() })
+        .expect("a one-port SNAT range");
+    f.program(&desired_state([
+        nodeport_service::<V4>("to-remote1", V4::NP_VIP, 30081, Protocol::Tcp, vec![remote(V4::REMOTE1, 8080)]),
+        nodeport_service::<V4>("to-remote2", V4::SINGLE_VIP, 30082, Protocol::Tcp, vec![remote(V4::REMOTE2, 8080)]),
+    ]));
+    let mut ct = common::ConntrackPins::open(f.dp.pin_path());
+    let snat: SocketAddr = (V4::NODE, PORT).into();
+    let (b1, b2): (SocketAddr, SocketAddr) = ((V4::REMOTE1, 8080).into(), (V4::REMOTE2, 8080).into());
+    let client = |port: u16| SocketAddr::new(V4::EXT_CLIENT, port);
+    let syn_to = |f: &Fixture, c: SocketAddr, nodeport: u16| {
+        let (verdict, out) = f.run_xdp(&tcp_frame(c, (V4::NODE, nodeport), 7, 0, TCP_SYN));
+        (verdict, (verdict == XDP_PASS).then(|| parse_flow(&out)))
+    };
+    let reply_to = |f: &Fixture, from: SocketAddr| {
+        let (verdict, back) = f.run_xdp(&tcp_frame(from, snat, 9, 8, TCP_SYN | TCP_ACK));
+        assert_eq!(verdict, XDP_PASS);
+        verify_checksums(&back).expect("checksums after reverse NAT");
+        parse_flow(&back)
+    };
+    let forward_flags = |ct: &common::ConntrackPins, c: SocketAddr, nodeport: u16| {
+        ct.raw(&conntrack_key(c, (V4::NODE, nodeport), PROTO_TCP, CT_DIR_FORWARD)).expect("forward entry").flags
+    };
+
+    // Flow 1 (to REMOTE1) takes the free slot: no reply entry in the hash table.
+    let (_, fl) = syn_to(&f, client(41000), 30081);
+    assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b1)));
+    let r1 = conntrack_key(b1, snat, PROTO_TCP, CT_DIR_REPLY);
+    assert!(ct.slot(&r1).is_some(), "the reply entry is the port's slot");
+    assert!(ct.get_16_byte_key(&r1).is_none(), "and not a hash entry");
+    assert_ne!(forward_flags(&ct, client(41000), 30081) & CT_F_SNAT_SLOT, 0, "the forward entry says so");
+    assert_eq!(reply_to(&f, b1).dst, client(41000), "the reply goes back to its client");
+    let (_, again) = syn_to(&f, client(41000), 30081);
+    assert_eq!(again.map(|fl| fl.src), Some(snat), "a retransmitted SYN keeps its port");
+    assert_eq!(f.counter(CNT_CT_RESELECT), 0);
+
+    // Flow 2 (to REMOTE2): the slot is live for REMOTE1, so the port is reserved for REMOTE2 in
+    // the hash table; both flows' replies reach their own clients.
+    let (_, fl) = syn_to(&f, client(41001), 30082);
+    assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b2)));
+    let r2 = conntrack_key(b2, snat, PROTO_TCP, CT_DIR_REPLY);
+    assert!(ct.get_16_byte_key(&r2).is_some(), "a hash reply entry for the other backend");
+    assert_eq!(forward_flags(&ct, client(41001), 30082) & CT_F_SNAT_SLOT, 0);
+    assert_eq!(reply_to(&f, b2).dst, client(41001));
+    assert_eq!(reply_to(&f, b1).dst, client(41000));
+
+    // Flow 3 (to REMOTE1) has no port: the slot and REMOTE1's port are flow 1's.
+    assert_eq!(syn_to(&f, client(41002), 30081), (XDP_DROP, None));
+    assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 1);
+
+    // Flow 1 ends (its entry expires): flow 3 gets the slot, though REMOTE2 holds the port in the
+    // hash table; flow 1's retransmitted SYN then finds its slot gone and selects again (and has
+    // no port left either).
+    let expire = |ct: &mut common::ConntrackPins, k: &lb_common::CtKey| {
+        let v = ct.slot(k).expect("slot entry");
+        ct.set_slot(k, lb_common::CtValue { last_seen_ns: 1, flags: v.flags | CT_F_CLOSING, ..v });
+    };
+    expire(&mut ct, &r1);
+    let (_, fl) = syn_to(&f, client(41002), 30081);
+    assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b1)));
+    assert_eq!(reply_to(&f, b1).dst, client(41002), "the slot is flow 3's now");
+    assert_eq!(syn_to(&f, client(41000), 30081).0, XDP_DROP);
+    assert_eq!((f.counter(CNT_CT_RESELECT), f.counter(CNT_DROP_SNAT_PORTS)), (1, 2));
+
+    // Flow 4 (to REMOTE2) has no port either: REMOTE2's is flow 2's, in the hash table.
+    assert_eq!(syn_to(&f, client(41003), 30082).0, XDP_DROP);
+    // Nor when the slot is free again: its port is still REMOTE2's in the hash table.
+    expire(&mut ct, &r1);
+    assert_eq!(syn_to(&f, client(41003), 30082).0, XDP_DROP);
+    assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 4);
+    assert_eq!(reply_to(&f, b2).dst, client(41001), "flow 2 is untouched");
+}
+
 /// A NodePort service with externalTrafficPolicy Local: external traffic goes to local
 /// endpoints only, without SNAT; pods of this node get the Cluster set.
 fn nodeport_local_state<F: Family>(endpoints: Vec<Endpoint>) -> DesiredState {
@@ -2255,6 +2338,7 @@ mod v4 {
     instantiate!(
         this family: ipv4_options_are_honoured,
         malformed_ipv4_headers_pass_untouched,
+        point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to_the_backends_ports,
         point_41_nodeport_packets_with_ipv4_options_are_translated,
     );
 }

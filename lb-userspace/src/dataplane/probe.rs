@@ -19,13 +19,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{AffinityKey, AffinityValue, CNT_MAX, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue};
+use lb_common::{AffinityKey, AffinityValue, CNT_MAX, Config, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, SnatSlot4};
 
 use super::{DataplaneError, OBJECT, Result};
-use crate::maps::{MapError, pinned::as_two_entry_views};
+use crate::maps::{
+    MapError,
+    pinned::{as_two_entry_views, slot_entries},
+};
 
 /// Capacities of the private state maps: a probe writes at most a few entries.
 const PRIVATE_SIZES: [(&str, u32); 8] = [
@@ -192,11 +195,23 @@ impl Probe {
                 let v4: Vec<(CtKey4, CtValue)> = self.entries(lb_common::CONNTRACK4)?;
                 let mut all: Vec<(CtKey, CtValue)> = client.into_iter().map(|(k, v)| (k.to_key(), v)).collect();
                 all.extend(v4.into_iter().map(|(k, v)| (k.to_key(), v)));
+                all.extend(self.slot_entries()?);
                 all.extend(self.entries::<CtKey, CtValue>(lb_common::CONNTRACK)?);
                 as_two_entry_views(all)
             },
             affinity: self.entries(lb_common::AFFINITY)?,
         })
+    }
+
+    /// The reply entries the run wrote into SNAT port slots, under the keys they stand for.
+    fn slot_entries(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let array = |name: &'static str| self.ebpf.map(name).ok_or(MapError::Missing { name });
+        let name = lb_common::CONFIG;
+        let config: Array<&MapData, Config> = Array::try_from(array(name)?).map_err(MapError::typed(name, "open"))?;
+        let cfg = config.get(&0, 0).map_err(MapError::typed(name, "read"))?;
+        let name = lb_common::SNAT4_SLOTS;
+        let slots: Array<&MapData, SnatSlot4> = Array::try_from(array(name)?).map_err(MapError::typed(name, "open"))?;
+        Ok(slot_entries(&slots, &cfg)?)
     }
 
     fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {

@@ -7,8 +7,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{CNT_MAX, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, FlowCounterBlock, FlowCounters, STATS_BLOCK};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    CNT_MAX, Config, CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, FlowCounterBlock, FlowCounters, SNAT_SLOTS_MAX,
+    STATS_BLOCK, SnatSlot4,
+};
 
 use super::{KernelMaps, MapError, MapState, layout, raw::RawMap};
 
@@ -24,6 +27,19 @@ pub type CtEntry = (CtKey, CtValue);
 /// stands for (`lb_common::client_entry_views`): how the CLI shows and explains flows.
 pub fn as_two_entry_views(entries: Vec<CtEntry>) -> Vec<CtEntry> {
     entries.into_iter().flat_map(|(k, v)| lb_common::client_entry_views(&k, &v).map_or_else(|| vec![(k, v)], Vec::from)).collect()
+}
+
+/// The flows held in SNAT port slots (`slots`, as the datapath with settings `cfg` wrote them),
+/// as their reply entries under the `CT_DIR_REPLY` keys they stand for.
+pub fn slot_entries<T: std::borrow::Borrow<MapData>>(slots: &Array<T, SnatSlot4>, cfg: &Config) -> Result<Vec<CtEntry>> {
+    let mut out = Vec::new();
+    for i in 0..SNAT_SLOTS_MAX {
+        let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
+        if s.in_use() {
+            out.push((s.reply_key(i, cfg.snat_addr, cfg.snat_port_min), s.ct));
+        }
+    }
+    Ok(out)
 }
 
 /// A map's entries as raw (key, value) bytes.
@@ -69,8 +85,45 @@ impl PinnedMaps {
         if self.has(lb_common::CONNTRACK4) {
             entries.extend(self.hash::<CtKey4, CtValue>(lb_common::CONNTRACK4)?.into_iter().map(|(k, v)| (k.to_key(), v)));
         }
+        entries.extend(self.snat_slots()?);
         entries.extend(self.hash::<CtKey, CtValue>(lb_common::CONNTRACK)?);
         Ok(as_two_entry_views(entries))
+    }
+
+    /// The reply entries held in SNAT port slots (`lb_common::SnatSlot4`), under the
+    /// `CT_DIR_REPLY` keys they stand for; none for pins of a build before the slots.
+    fn snat_slots(&self) -> Result<Vec<CtEntry>> {
+        let (Some(slots), Some(cfg)) = (self.slot_array()?, self.config()?) else {
+            return Ok(Vec::new());
+        };
+        slot_entries(&slots, &cfg)
+    }
+
+    fn slot_array(&self) -> Result<Option<Array<MapData, SnatSlot4>>> {
+        if !self.has(lb_common::SNAT4_SLOTS) {
+            return Ok(None);
+        }
+        let name = lb_common::SNAT4_SLOTS;
+        Array::try_from(self.map(name)?).map(Some).map_err(MapError::typed(name, "open"))
+    }
+
+    /// The node-wide settings (`LB_CONFIG`), if written.
+    fn config(&self) -> Result<Option<Config>> {
+        let name = lb_common::CONFIG;
+        let map: Array<MapData, Config> = Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        map.get(&0, 0).map(Some).map_err(MapError::typed(name, "read"))
+    }
+
+    /// The slot entry of reply key `key`, when a SNAT port slot holds its flow.
+    fn slot_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
+        let (Some(slots), Some(cfg)) = (self.slot_array()?, self.config()?) else {
+            return Ok(None);
+        };
+        let Some(i) = lb_common::snat_slot_of(key, &cfg.snat_addr, cfg.snat_port_min) else {
+            return Ok(None);
+        };
+        let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
+        Ok(lb_common::snat_slot_holds(&s, key).then_some(s.ct))
     }
 
     /// Whether map `name` is pinned.
@@ -111,7 +164,10 @@ impl PinnedMaps {
             (CtTableKey::Client4(c), _) if self.has(lb_common::CONNTRACK4_CLIENT) => {
                 self.lookup(lb_common::CONNTRACK4_CLIENT, &c)
             }
-            (_, Some(k4)) if self.has(lb_common::CONNTRACK4) => self.lookup(lb_common::CONNTRACK4, &k4),
+            (_, Some(k4)) if self.has(lb_common::CONNTRACK4) => match self.lookup(lb_common::CONNTRACK4, &k4)? {
+                Some(v) => Ok(Some(v)),
+                None => self.slot_entry(key),
+            },
             _ => self.lookup(lb_common::CONNTRACK, key),
         }
     }
@@ -124,8 +180,7 @@ impl PinnedMaps {
     /// The layout and agent version record.
     pub fn meta(&self) -> Result<lb_common::Meta> {
         let name = lb_common::META;
-        let arr: aya::maps::Array<MapData, lb_common::Meta> =
-            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        let arr: Array<MapData, lb_common::Meta> = Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
         arr.get(&0, 0).map_err(MapError::typed(name, "read"))
     }
 
@@ -133,7 +188,7 @@ impl PinnedMaps {
     /// the pins predate the record).
     pub fn agent(&self) -> Option<super::agent_record::AgentReport> {
         let name = lb_common::AGENT;
-        let arr: aya::maps::Array<MapData, lb_common::AgentStatus> = aya::maps::Array::try_from(self.map(name).ok()?).ok()?;
+        let arr: Array<MapData, lb_common::AgentStatus> = Array::try_from(self.map(name).ok()?).ok()?;
         super::agent_record::AgentReport::decode(&arr.get(&0, 0).ok()?)
     }
 
@@ -181,8 +236,7 @@ impl PinnedMaps {
     /// The backends `LB_BACKENDS` holds, by id.
     fn backends(&self) -> Result<Vec<(u32, lb_common::Backend)>> {
         let name = lb_common::BACKENDS;
-        let arr: aya::maps::Array<MapData, lb_common::Backend> =
-            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        let arr: Array<MapData, lb_common::Backend> = Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
         let mut out = Vec::new();
         for (id, be) in arr.iter().enumerate() {
             let be = be.map_err(MapError::typed(name, "read"))?;
@@ -235,8 +289,8 @@ impl PinnedMaps {
     /// `lb_common::MonitorConfig`).
     pub fn set_monitor(&self, cfg: &lb_common::MonitorConfig) -> Result<()> {
         let name = lb_common::MONITOR;
-        let mut arr: aya::maps::Array<MapData, lb_common::MonitorConfig> =
-            aya::maps::Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
+        let mut arr: Array<MapData, lb_common::MonitorConfig> =
+            Array::try_from(self.map(name)?).map_err(MapError::typed(name, "open"))?;
         arr.set(0, *cfg, 0).map_err(MapError::typed(name, "write"))
     }
 

@@ -11,12 +11,12 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, Map, MapData},
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CtClientKey4, CtKey, CtKey4, CtTableKey,
-    CtValue, PROG_TC_EXT, PROG_TC_POD, ServiceKey,
+    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, Config, CtClientKey4, CtKey, CtKey4,
+    CtTableKey, CtValue, PROG_TC_EXT, PROG_TC_POD, SNAT_SLOTS_MAX, ServiceKey, SnatSlot4,
 };
 use lb_tests::{
     addresses::{HAIRPIN, HAIRPIN6, NODE, NODE6, SNAT_PORTS},
@@ -198,12 +198,15 @@ pub fn conntrack_key(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, pro
 }
 
 /// The conntrack tables under a pin directory, addressed by [`CtKey`]: an IPv4 client key goes to
-/// `LB_CT4_CLIENT` in its 8-byte form, any other IPv4 key to `LB_CONNTRACK4` in its 16-byte form,
-/// any other to `LB_CONNTRACK`.
+/// `LB_CT4_CLIENT` in its 8-byte form, any other IPv4 key to `LB_CONNTRACK4` in its 16-byte form
+/// (a reply key to the SNAT address is also looked up in its slot of `LB_SNAT4_SLOTS`), any other
+/// to `LB_CONNTRACK`.
 pub struct ConntrackPins {
     client4: BpfHashMap<MapData, CtClientKey4, CtValue>,
     v4: BpfHashMap<MapData, CtKey4, CtValue>,
     v6: BpfHashMap<MapData, CtKey, CtValue>,
+    slots: BpfArray<MapData, SnatSlot4>,
+    config: BpfArray<MapData, Config>,
 }
 
 impl ConntrackPins {
@@ -215,7 +218,33 @@ impl ConntrackPins {
             client4: BpfHashMap::try_from(open(lb_common::CONNTRACK4_CLIENT)).unwrap(),
             v4: BpfHashMap::try_from(open(lb_common::CONNTRACK4)).unwrap(),
             v6: BpfHashMap::try_from(open(lb_common::CONNTRACK)).unwrap(),
+            slots: BpfArray::try_from(open(lb_common::SNAT4_SLOTS)).unwrap(),
+            config: BpfArray::try_from(open(lb_common::CONFIG)).unwrap(),
         }
+    }
+
+    /// The slot of reply key `k` when it is a reply to the IPv4 SNAT address on a port with one.
+    fn slot_of(&self, k: &CtKey) -> Option<u32> {
+        let cfg = self.config.get(&0, 0).ok()?;
+        lb_common::snat_slot_of(k, &cfg.snat_addr, cfg.snat_port_min)
+    }
+
+    /// The slot entry of reply key `k`, when its slot holds `k`'s flow.
+    pub fn slot(&self, k: &CtKey) -> Option<CtValue> {
+        let s = self.slots.get(&self.slot_of(k)?, 0).ok()?;
+        lb_common::snat_slot_holds(&s, k).then_some(s.ct)
+    }
+
+    /// Rewrites the entry of the slot holding reply key `k`'s flow.
+    pub fn set_slot(&mut self, k: &CtKey, v: CtValue) {
+        let i = self.slot_of(k).filter(|_| self.slot(k).is_some()).expect("a slot holding the flow");
+        let s = self.slots.get(&i, 0).expect("slot read");
+        self.slots.set(i, SnatSlot4 { ct: v, ..s }, 0).expect("slot write");
+    }
+
+    /// Source-NATed flows whose reply entry is in a slot.
+    pub fn slots_in_use(&self) -> usize {
+        (0..SNAT_SLOTS_MAX).filter(|i| self.slots.get(i, 0).is_ok_and(|s| s.in_use())).count()
     }
 
     /// The entry of `k`; for a forward or reply key of a one-entry flow, the view of it that
@@ -236,7 +265,7 @@ impl ConntrackPins {
     pub fn raw(&self, k: &CtKey) -> Option<CtValue> {
         match k.table_key() {
             CtTableKey::Client4(c) => self.client4.get(&c, 0).ok(),
-            CtTableKey::Flow4(k4) => self.v4.get(&k4, 0).ok(),
+            CtTableKey::Flow4(k4) => self.v4.get(&k4, 0).ok().or_else(|| self.slot(k)),
             CtTableKey::V6(_) => self.v6.get(k, 0).ok(),
         }
     }
@@ -266,13 +295,27 @@ impl ConntrackPins {
     pub fn remove(&mut self, k: &CtKey) -> bool {
         match k.table_key() {
             CtTableKey::Client4(c) => self.client4.remove(&c).is_ok(),
-            CtTableKey::Flow4(k4) => self.v4.remove(&k4).is_ok(),
+            CtTableKey::Flow4(k4) => self.v4.remove(&k4).is_ok() || self.free_slot(k),
             CtTableKey::V6(_) => self.v6.remove(k).is_ok(),
         }
     }
 
+    /// Frees the slot holding reply key `k`'s flow; false when none does.
+    fn free_slot(&mut self, k: &CtKey) -> bool {
+        let Some(i) = self.slot_of(k).filter(|_| self.slot(k).is_some()) else {
+            return false;
+        };
+        self.slots.set(i, SnatSlot4::default(), 0).expect("slot write");
+        true
+    }
+
     /// Deletes every entry of every table.
     pub fn clear(&mut self) {
+        for i in 0..SNAT_SLOTS_MAX {
+            if self.slots.get(&i, 0).is_ok_and(|s| s != SnatSlot4::default()) {
+                self.slots.set(i, SnatSlot4::default(), 0).expect("slot write");
+            }
+        }
         let client4: Vec<CtClientKey4> = self.client4.keys().filter_map(Result::ok).collect();
         for k in client4 {
             let _ = self.client4.remove(&k);
@@ -292,6 +335,7 @@ impl ConntrackPins {
         self.client4.keys().filter(Result::is_ok).count()
             + self.v4.keys().filter(Result::is_ok).count()
             + self.v6.keys().filter(Result::is_ok).count()
+            + self.slots_in_use()
     }
 }
 

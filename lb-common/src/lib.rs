@@ -812,6 +812,13 @@ impl SnatSlot4 {
         self.ct.last_seen_ns != 0 && self.backend_port_be != 0
     }
 
+    /// Whether the slot, as slot `index`, holds a flow whose lifetime (`ct_lifetime_ns`) has not
+    /// run out at `now` (the datapath's clock): the rule the datapath claims slots by.
+    #[must_use]
+    pub fn live(&self, index: u32, now: u64) -> bool {
+        self.in_use() && now.saturating_sub(self.ct.last_seen_ns) <= ct_lifetime_ns(snat_slot_port(index, 0).0, self.ct.flags)
+    }
+
     /// The `CT_DIR_REPLY` key the slot's entry stands for, as slot `index` with the IPv4 SNAT
     /// address `snat_addr` (IPv4-mapped) and ports from `port_min`.
     #[must_use]
@@ -1603,6 +1610,47 @@ mod tests {
         assert_eq!(client_key_of(&rk), Some((k, 1)));
         assert_eq!(client_key_of(&k), None);
         assert_eq!(client_entry_views(&fk, &fv), None, "only a client entry has views");
+    }
+
+    #[test]
+    fn snat_slots_cover_the_first_ports_of_the_range_per_protocol_and_name_their_reply_key() {
+        let min = 61000;
+        assert_eq!(snat_slot_index(IPPROTO_TCP, 61000, min), Some(0));
+        assert_eq!(snat_slot_index(IPPROTO_UDP, 65000, min), Some(SNAT_SLOT_PORTS + 4000));
+        assert_eq!(snat_slot_index(IPPROTO_TCP, 60999, min), None, "below the range");
+        assert_eq!(snat_slot_index(IPPROTO_SCTP, 61000, min), None, "no slots for SCTP");
+        assert_eq!(snat_slot_index(IPPROTO_TCP, 1024 + 8192, 1024), None, "past the slots of a wide range");
+        for (proto, port) in [(IPPROTO_TCP, 61000), (IPPROTO_TCP, 63210), (IPPROTO_UDP, 65000)] {
+            let i = snat_slot_index(proto, port, min).unwrap();
+            assert!(i < SNAT_SLOTS_MAX);
+            assert_eq!(snat_slot_port(i, min), (proto, port));
+        }
+
+        let snat_addr = v4_mapped([192, 168, 1, 1]);
+        let slot = SnatSlot4 {
+            ct: CtValue { last_seen_ns: 5_000, flags: CT_F_SNAT, ..CtValue::default() },
+            backend_addr: [10, 0, 1, 5],
+            backend_port_be: 8080u16.to_be(),
+            flags: 0,
+            _pad: 0,
+        };
+        let i = snat_slot_index(IPPROTO_TCP, 61007, min).unwrap();
+        let k = slot.reply_key(i, snat_addr, min);
+        assert_eq!(
+            (k.src, k.sport_be, k.dst, k.dport_be),
+            (v4_mapped([10, 0, 1, 5]), 8080u16.to_be(), snat_addr, 61007u16.to_be())
+        );
+        assert_eq!((k.proto, k.dir), (IPPROTO_TCP, CT_DIR_REPLY));
+        assert_eq!(snat_slot_of(&k, &snat_addr, min), Some(i));
+        assert!(snat_slot_holds(&slot, &k));
+        assert!(!snat_slot_holds(&slot, &CtKey { sport_be: 9090u16.to_be(), ..k }), "another backend port");
+        assert_eq!(snat_slot_of(&CtKey { dst: v4_mapped([192, 168, 1, 2]), ..k }, &snat_addr, min), None);
+        assert_eq!(snat_slot_of(&CtKey { dir: CT_DIR_FORWARD, ..k }, &snat_addr, min), None);
+
+        assert!(slot.live(i, 5_000 + CT_TCP_LIFETIME_NS));
+        assert!(!slot.live(i, 5_001 + CT_TCP_LIFETIME_NS), "expired: free");
+        assert!(!SnatSlot4::default().live(i, 0), "never used: free");
+        assert!(!slot.live(i + SNAT_SLOT_PORTS, 5_001 + CT_UDP_LIFETIME_NS), "a UDP slot lives as a UDP flow");
     }
 
     #[test]

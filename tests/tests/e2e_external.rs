@@ -118,6 +118,22 @@ fn point_32_nodeport_cluster_policy_reaches_a_pod_on_the_other_node_with_snat() 
     }
     let seen = c.body(c.from_client(0, "http://192.168.77.1:30080/clientip"));
     assert_eq!(seen, "192.168.77.1", "policy Cluster: the backend sees the node's address (SNAT)");
+    // The dump lists each source-NATed flow's reply entry (kept in its SNAT port's slot) beside
+    // its forward entry: replies from kubia-b to node-0's SNAT ports.
+    let pin = c.agents[0].pin_path.display().to_string();
+    let out = std::process::Command::new(lb_tests::bins::lb())
+        .args(["maps", "dump", "conntrack", "-o", "json", "--pin-path", &pin])
+        .output()
+        .expect("lb maps dump");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = rows.as_array().expect("rows");
+    let replies =
+        rows.iter().filter(|r| r["direction"] == "reply" && r["destination"].as_str().unwrap().starts_with("192.168.77.1:"));
+    let forwards =
+        rows.iter().filter(|r| r["direction"] == "forward" && r["snat"].as_str().is_some_and(|s| s.starts_with("192.168.77.1:")));
+    assert_eq!(replies.count(), 6, "one reply entry per connection: {rows:#?}\n{}", c.logs());
+    assert_eq!(forwards.count(), 6, "{rows:#?}");
     // Through node-1 too (point 41: every node serves the NodePort).
     assert_eq!(c.body(c.from_client(0, "http://192.168.77.2:30080/")), "You've hit kubia-b");
 }

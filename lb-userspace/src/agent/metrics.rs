@@ -91,6 +91,8 @@ pub struct State {
     /// Conntrack entries counted by the last sweep, IPv4 and IPv6 table (`None` before the
     /// first).
     pub conntrack_entries: Option<[usize; 2]>,
+    /// Live SNAT port slots counted by the last sweep (`None` before the first).
+    pub snat_slots: Option<usize>,
     /// The maps' real capacities (the defaults until the datapath is loaded).
     pub map_sizes: MapSizes,
     /// Map entries rewritten by drift repair.
@@ -118,6 +120,7 @@ impl Default for State {
             rejected_total: BTreeMap::new(),
             rejected: BTreeSet::new(),
             conntrack_entries: None,
+            snat_slots: None,
             map_sizes: MapSizes::default(),
             repaired: 0,
             map_resizes: BTreeMap::new(),
@@ -247,6 +250,11 @@ impl Metrics {
         self.lock().conntrack_entries = Some(entries);
     }
 
+    /// The live SNAT port slots, as the last sweep counted them.
+    pub fn set_snat_slots(&self, live: usize) {
+        self.lock().snat_slots = Some(live);
+    }
+
     pub fn snapshot(&self) -> State {
         self.lock().clone()
     }
@@ -349,6 +357,15 @@ pub fn render(state: &State, datapath: Option<&DatapathCounters>) -> String {
         );
         let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv4\"}} {v4}");
         let _ = writeln!(o, "lb_conntrack_entries{{family=\"ipv6\"}} {v6}");
+    }
+    if let Some(live) = state.snat_slots {
+        header(
+            &mut o,
+            "lb_snat_slots_in_use",
+            "gauge",
+            "External IPv4 source-NATed flows whose reply entry is their SNAT port's slot (counted by the last sweep). Each protocol has a slot per port of --snat-ports (up to 8192); flows that find none free take two conntrack entries instead.",
+        );
+        let _ = writeln!(o, "lb_snat_slots_in_use {live}");
     }
 
     histogram(

@@ -53,6 +53,9 @@ fn conntrack_fill_is_exported_once_a_sweep_counted_it() {
     assert!(lines(&out).contains(&"lb_conntrack_entries{family=\"ipv4\"} 4242"), "{out}");
     assert!(lines(&out).contains(&"lb_conntrack_entries{family=\"ipv6\"} 12"), "{out}");
     assert_eq!(out.matches("# TYPE lb_conntrack_entries gauge").count(), 1);
+    assert!(!out.contains("lb_snat_slots_in_use"), "no slot count before the first sweep:\n{out}");
+    m.set_snat_slots(37);
+    assert!(lines(&render(&m.snapshot(), None)).contains(&"lb_snat_slots_in_use 37"));
 }
 
 #[test]

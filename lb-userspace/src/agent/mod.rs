@@ -242,6 +242,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             match dp.sweep_conntrack() {
                 Ok(sweep) => {
                     metrics.set_conntrack_entries(sweep.by_family);
+                    metrics.set_snat_slots(sweep.snat_slots);
                     if sweep.removed > 0 {
                         info!(entries = sweep.removed, remaining = sweep.remaining, "swept idle conntrack entries");
                     }

@@ -7,9 +7,9 @@ use std::collections::HashSet;
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
-use lb_common::{CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, ct_lifetime_ns};
+use lb_common::{CtClientKey4, CtKey, CtKey4, CtTableKey, CtValue, SNAT_SLOTS_MAX, SnatSlot4, ct_lifetime_ns};
 
 use super::{Dataplane, Result};
 use crate::maps::{MapError, monotonic_ns};
@@ -18,11 +18,13 @@ use crate::maps::{MapError, monotonic_ns};
 const BPF_NOEXIST: u64 = 1;
 
 /// The conntrack tables: IPv4 one-entry flows in `LB_CT4_CLIENT`, other IPv4 flows in
-/// `LB_CONNTRACK4`, IPv6 flows in `LB_CONNTRACK`.
+/// `LB_CONNTRACK4` (the reply entries of external source-NATed ones in `LB_SNAT4_SLOTS` when a
+/// slot was free), IPv6 flows in `LB_CONNTRACK`.
 pub(super) struct Tables {
     client4: HashMap<MapData, CtClientKey4, CtValue>,
     v4: HashMap<MapData, CtKey4, CtValue>,
     v6: HashMap<MapData, CtKey, CtValue>,
+    slots: Array<MapData, SnatSlot4>,
 }
 
 impl Tables {
@@ -35,6 +37,11 @@ impl Tables {
             client4: take(ebpf, lb_common::CONNTRACK4_CLIENT)?,
             v4: take(ebpf, lb_common::CONNTRACK4)?,
             v6: take(ebpf, lb_common::CONNTRACK)?,
+            slots: {
+                let name = lb_common::SNAT4_SLOTS;
+                let map = ebpf.take_map(name).ok_or(MapError::Missing { name })?;
+                Array::try_from(map).map_err(MapError::typed(name, "open"))?
+            },
         })
     }
 }
@@ -68,8 +75,12 @@ pub struct Sweep {
     /// IPv6 table; each table holds [`Dataplane::limits`]' `conntrack`, so this over it is how
     /// near the family is to evicting live flows.
     pub by_family: [usize; 2],
-    /// Entries left in all tables (one per flow without source NAT, two per source-NATed flow).
+    /// Entries left in all tables (one per flow without source NAT, two per source-NATed flow),
+    /// live SNAT port slots included.
     pub remaining: usize,
+    /// Live SNAT port slots (`LB_SNAT4_SLOTS`): external IPv4 source-NATed flows whose reply
+    /// entry is a slot.
+    pub snat_slots: usize,
     /// svc_ids named by the entries left.
     pub svc_ids: HashSet<u32>,
     /// Backend ids named by the entries left.
@@ -135,16 +146,40 @@ fn sweep_table<K: FlowKey>(map: &mut HashMap<MapData, K, CtValue>, name: &'stati
     Ok(listed - removed)
 }
 
+/// Counts the live SNAT port slots into `sweep` (their ids are in use). Expired slots are left
+/// as they are, never cleared: a slot is free once expired, and the datapath may be claiming it
+/// this very moment (a write from here could undo the claim).
+fn read_slots(slots: &Array<MapData, SnatSlot4>, sweep: &mut Sweep) -> Result<usize> {
+    let now = monotonic_ns();
+    let mut live = 0;
+    for i in 0..SNAT_SLOTS_MAX {
+        let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
+        if s.live(i, now) {
+            sweep.svc_ids.insert(s.ct.svc_id);
+            sweep.backend_ids.insert(s.ct.backend_id);
+            live += 1;
+        }
+    }
+    Ok(live)
+}
+
 impl Dataplane {
     /// Deletes conntrack entries idle longer than their lifetime.
     pub fn sweep_conntrack(&mut self) -> Result<Sweep> {
-        let mut sweep =
-            Sweep { removed: 0, by_family: [0; 2], remaining: 0, svc_ids: HashSet::new(), backend_ids: HashSet::new() };
+        let mut sweep = Sweep {
+            removed: 0,
+            by_family: [0; 2],
+            remaining: 0,
+            snat_slots: 0,
+            svc_ids: HashSet::new(),
+            backend_ids: HashSet::new(),
+        };
         let client4 = sweep_table(&mut self.conntrack.client4, lb_common::CONNTRACK4_CLIENT, &mut sweep)?;
         let flow4 = sweep_table(&mut self.conntrack.v4, lb_common::CONNTRACK4, &mut sweep)?;
         let v6 = sweep_table(&mut self.conntrack.v6, lb_common::CONNTRACK, &mut sweep)?;
+        sweep.snat_slots = read_slots(&self.conntrack.slots, &mut sweep)?;
         sweep.by_family = [client4.max(flow4), v6];
-        sweep.remaining = client4 + flow4 + v6;
+        sweep.remaining = client4 + flow4 + v6 + sweep.snat_slots;
         Ok(sweep)
     }
 

@@ -29,13 +29,15 @@ pub fn as_two_entry_views(entries: Vec<CtEntry>) -> Vec<CtEntry> {
     entries.into_iter().flat_map(|(k, v)| lb_common::client_entry_views(&k, &v).map_or_else(|| vec![(k, v)], Vec::from)).collect()
 }
 
-/// The flows held in SNAT port slots (`slots`, as the datapath with settings `cfg` wrote them),
-/// as their reply entries under the `CT_DIR_REPLY` keys they stand for.
+/// The live flows held in SNAT port slots (`slots`, as the datapath with settings `cfg` wrote
+/// them), as their reply entries under the `CT_DIR_REPLY` keys they stand for. (An expired slot
+/// is free, and stays as it was until a flow claims it: it is left out.)
 pub fn slot_entries<T: std::borrow::Borrow<MapData>>(slots: &Array<T, SnatSlot4>, cfg: &Config) -> Result<Vec<CtEntry>> {
+    let now = super::monotonic_ns();
     let mut out = Vec::new();
     for i in 0..SNAT_SLOTS_MAX {
         let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
-        if s.in_use() {
+        if s.live(i, now) {
             out.push((s.reply_key(i, cfg.snat_addr, cfg.snat_port_min), s.ct));
         }
     }

@@ -61,8 +61,8 @@ impl Ext {
 
 /// The config the agent writes for the modelled node ([`lb_tests::addresses`]), both families:
 /// SNAT to the node's addresses from the default SNAT ports, the default hairpin sources.
-pub fn node_config() -> lb_common::Config {
-    lb_common::Config {
+pub fn node_config() -> Config {
+    Config {
         snat_addr: addr16(NODE.into()),
         hairpin_addr: addr16(HAIRPIN.into()),
         snat6_addr: NODE6.octets(),

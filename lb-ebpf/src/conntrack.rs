@@ -197,7 +197,9 @@ fn touch(ct: *mut CtValue, tcp_flags: u8, now: u64) {
     }
 }
 
-/// Whether two 4-aligned addresses are equal (four word compares).
+/// Whether two 4-aligned addresses are equal (up to four word compares, the last word first:
+/// the one two IPv4-mapped addresses differ in, and the host part of IPv6 ones, so unequal
+/// addresses are told apart by one compare).
 ///
 /// # Safety
 /// `a` and `b` must be 4-aligned (see `copy_addr`).
@@ -206,10 +208,10 @@ pub unsafe fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let (x, y) = (a.as_ptr().cast::<u32>(), b.as_ptr().cast::<u32>());
     // SAFETY: in bounds; aligned by the caller's promise.
     unsafe {
-        x.read() == y.read()
+        x.add(3).read() == y.add(3).read()
+            && x.read() == y.read()
             && x.add(1).read() == y.add(1).read()
             && x.add(2).read() == y.add(2).read()
-            && x.add(3).read() == y.add(3).read()
     }
 }
 

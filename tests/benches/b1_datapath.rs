@@ -491,9 +491,16 @@ impl Lab {
         PinnedMaps::open(&self.pin).and_then(|m| m.counters()).expect("reading lb's counters")
     }
 
-    /// Deletes every conntrack entry (and, with `affinity`, every affinity record).
-    fn clear_state(&self, affinity: bool) -> anyhow::Result<()> {
-        common::fixture::ConntrackPins::open(&self.pin).clear();
+    /// Deletes every conntrack entry (and, with `affinity`, every affinity record). The SNAT
+    /// port slots only with `slots`: only the external hook writes them, and reading them all
+    /// would leave the cases of the other hooks colder caches than their earlier builds' benches.
+    fn clear_state(&self, affinity: bool, slots: bool) -> anyhow::Result<()> {
+        let mut ct = common::fixture::ConntrackPins::open(&self.pin);
+        if slots {
+            ct.clear()
+        } else {
+            ct.clear_tables()
+        }
         if affinity {
             let map = Map::from_map_data(MapData::from_pin(self.pin.join(lb_common::AFFINITY))?)?;
             let mut m: AyaHashMap<MapData, lb_common::AffinityKey, lb_common::AffinityValue> = AyaHashMap::try_from(map)?;
@@ -608,14 +615,14 @@ impl Prepared<'_> {
         match &self.prep {
             Prep::Nothing => {}
             Prep::Reset { affinity, prime } => {
-                self.lab.clear_state(*affinity)?;
+                self.lab.clear_state(*affinity, self.hook == Hook::Xdp)?;
                 for (hook, f) in prime {
                     let (rv, _) = self.lab.once(*hook, f)?;
                     anyhow::ensure!(rv == hook.pass(), "priming packet not translated (verdict {rv})");
                 }
             }
             Prep::ResetAndEstablish(syns) => {
-                self.lab.clear_state(false)?;
+                self.lab.clear_state(false, self.hook == Hook::Xdp)?;
                 let h = Harness::new(Hook::Tc, self.lab.prog_fd(Hook::Tc), self.harness.as_ref().expect("harness").noop, syns)?;
                 h.run_lb(syns.len() as u32)?;
             }
@@ -760,7 +767,7 @@ fn prepare<'a>(
         }
         "reply_revnat" => {
             // The backend Maglev picks for this flow (the same on every run).
-            lab.clear_state(false)?;
+            lab.clear_state(false, false)?;
             let (rv, out) = lab.once(Hook::Tc, &prime_syn[0].1)?;
             anyhow::ensure!(rv == Hook::Tc.pass(), "the SYN was not translated (verdict {rv})");
             let backend = parse_flow(&out).dst;

@@ -309,13 +309,19 @@ impl ConntrackPins {
         true
     }
 
-    /// Deletes every entry of every table.
+    /// Deletes every entry of every table, SNAT port slots included.
     pub fn clear(&mut self) {
         for i in 0..SNAT_SLOTS_MAX {
             if self.slots.get(&i, 0).is_ok_and(|s| s != SnatSlot4::default()) {
                 self.slots.set(i, SnatSlot4::default(), 0).expect("slot write");
             }
         }
+        self.clear_tables();
+    }
+
+    /// Deletes every entry of the hash tables (not the SNAT port slots, which only the external
+    /// hooks write: reading all of them costs the caches a megabyte).
+    pub fn clear_tables(&mut self) {
         let client4: Vec<CtClientKey4> = self.client4.keys().filter_map(Result::ok).collect();
         for k in client4 {
             let _ = self.client4.remove(&k);

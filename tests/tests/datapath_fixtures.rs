@@ -1382,6 +1382,13 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
     assert_eq!(reply_to(&f, b2).dst, client(41001));
     assert_eq!(reply_to(&f, b1).dst, client(41000));
 
+    // The agent's sweep counts the live slot, keeps the ids it names, and leaves it in place.
+    let sweep = f.dp.sweep_conntrack().expect("sweep");
+    assert_eq!(sweep.snat_slots, 1);
+    assert!(sweep.backend_ids.contains(&f.backend_id(V4::REMOTE1, 8080, PROTO_TCP)), "the slot's backend id stays reserved");
+    assert_eq!(sweep.removed, 0);
+    assert!(ct.slot(&r1).is_some());
+
     // Flow 3 (to REMOTE1) has no port: the slot and REMOTE1's port are flow 1's.
     assert_eq!(syn_to(&f, client(41002), 30081), (XDP_DROP, None));
     assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 1);
@@ -1407,6 +1414,7 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
     assert_eq!(syn_to(&f, client(41003), 30082).0, XDP_DROP);
     assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 4);
     assert_eq!(reply_to(&f, b2).dst, client(41001), "flow 2 is untouched");
+    assert_eq!(f.dp.sweep_conntrack().expect("sweep").snat_slots, 0, "an expired slot is not counted");
 }
 
 /// A NodePort service with externalTrafficPolicy Local: external traffic goes to local

@@ -52,9 +52,6 @@ use crate::{
 struct Aligned([u8; 16]);
 static ZERO_ADDR: Aligned = Aligned([0; 16]);
 
-/// SNAT source ports tried before the flow is dropped.
-const SNAT_TRIES: u32 = 4;
-
 #[inline(always)]
 pub fn random() -> u32 {
     // SAFETY: helper without arguments.
@@ -530,18 +527,17 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         // BPF_NOEXIST makes the reply entry the port's reservation: two flows never share a
         // translated 5-tuple.
         let (min, max) = (cfg.snat_port_min, cfg.snat_port_max);
-        let span = u32::from(max.saturating_sub(min)) + 1;
-        let first = if hook == Hook::Pod { p.sport_be } else { ((u32::from(min) + random() % span) as u16).to_be() };
+        let first = if hook == Hook::Pod { p.sport_be } else { snat::random_port(min, max) };
         // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, snat_addr, first, p.proto, CT_DIR_REPLY) };
         let mut found = false;
         let mut i = 0;
-        while i < SNAT_TRIES {
+        while i < snat::HASH_TRIES {
             if insert(&sc.rkey, &sc.rval, u64::from(BPF_NOEXIST), p.is_v6) {
                 found = true;
                 break;
             }
-            sc.rkey.dport_be = ((u32::from(min) + random() % span) as u16).to_be();
+            sc.rkey.dport_be = snat::random_port(min, max);
             i += 1;
         }
         if !found {

@@ -36,8 +36,16 @@ use crate::{
 
 /// Random slots tried before the hash table's port space.
 const SLOT_TRIES: u32 = 4;
-/// Random ports tried in the hash table before the flow is dropped.
-const HASH_TRIES: u32 = 4;
+/// Ports tried in the hash table before the flow is dropped (every source-NATed flow's last
+/// resort, and the only reservation of IPv6 and hairpin flows).
+pub const HASH_TRIES: u32 = 4;
+
+/// A random port of `port_min..=port_max` (host byte order), in network byte order.
+#[inline(always)]
+pub fn random_port(port_min: u16, port_max: u16) -> u16 {
+    let span = u32::from(port_max.saturating_sub(port_min)) + 1;
+    ((u32::from(port_min) + random() % span) as u16).to_be()
+}
 
 /// The slot of IPv4 SNAT port `port_be` of protocol `proto`, if it has one.
 #[inline(always)]
@@ -159,8 +167,7 @@ pub enum Reserved {
 /// was free.
 #[inline(always)]
 pub fn reserve(rkey: &mut CtKey, rv: &CtValue, port_min: u16, port_max: u16, now: u64) -> Option<Reserved> {
-    let span = u32::from(port_max.saturating_sub(port_min)) + 1;
-    let pick = || ((u32::from(port_min) + random() % span) as u16).to_be();
+    let pick = || random_port(port_min, port_max);
     // SAFETY: `CtKey`'s addresses are 4-aligned.
     let be_addr = unsafe { v4_word(&rkey.src) };
     let mut i = 0;

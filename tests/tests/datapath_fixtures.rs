@@ -2007,6 +2007,17 @@ fn restart_on_the_same_pins(f: &Fixture) {
     drop(restarted);
 }
 
+/// Programs the IPv4 cluster and starts a flow from the client's port `port` to the ClusterIP:
+/// the client, the backend selected for it, and a backend selection did not pick (which only a
+/// carried-over entry can send the flow to).
+fn flow_and_another_backend(f: &mut Fixture, port: u16) -> (SocketAddr, SocketAddr, SocketAddr) {
+    f.program(&cluster::<V4>());
+    let client: SocketAddr = (V4::CLIENT, port).into();
+    let selected = parse_flow(&f.run(&syn::<V4>(port)).1).dst;
+    let other: SocketAddr = (*backends::<V4>().iter().find(|b| **b != selected.ip()).unwrap(), 8080).into();
+    (client, selected, other)
+}
+
 /// The established IPv4 flow of `client` to the ClusterIP still goes to `other`, as a conntrack
 /// hit, and its replies from `other` are translated back with valid checksums.
 fn assert_flow_kept_its_backend(f: &mut Fixture, client: SocketAddr, other: SocketAddr) {
@@ -2032,10 +2043,7 @@ fn ipv4_flows_kept_in_the_ipv6_table_by_an_older_build_keep_their_backend_after_
     else {
         return;
     };
-    f.program(&cluster::<V4>());
-    let client: SocketAddr = (V4::CLIENT, 40500).into();
-    let selected = parse_flow(&f.run(&syn::<V4>(40500)).1).dst;
-    let other: SocketAddr = (*backends::<V4>().iter().find(|b| **b != selected.ip()).unwrap(), 8080).into();
+    let (client, selected, other) = flow_and_another_backend(&mut f, 40500);
     // What the older build would have written for this flow to `other`, in the IPv6 table.
     let mut tables = common::ConntrackPins::open(f.dp.pin_path());
     let (fwd, rev) = (
@@ -2073,10 +2081,7 @@ fn ipv4_client_entries_kept_in_the_16_byte_table_by_an_older_build_keep_their_ba
     else {
         return;
     };
-    f.program(&cluster::<V4>());
-    let client: SocketAddr = (V4::CLIENT, 40600).into();
-    let selected = parse_flow(&f.run(&syn::<V4>(40600)).1).dst;
-    let other: SocketAddr = (*backends::<V4>().iter().find(|b| **b != selected.ip()).unwrap(), 8080).into();
+    let (client, _, other) = flow_and_another_backend(&mut f, 40600);
     let mut tables = common::ConntrackPins::open(f.dp.pin_path());
     let key = CtKey::client(addr16(client.ip()), client.port().to_be(), PROTO_TCP);
     let mut v = tables.raw(&key).expect("the SYN's one entry, in the client table");

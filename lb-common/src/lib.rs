@@ -46,9 +46,9 @@
 //!   one entry per direction of a source-NATed flow or of a flow whose client address and port
 //!   are already in another live flow. Builds before the client table kept the client entries
 //!   here too: the agent moves them at start.
-//! - [`SNAT4_SLOTS`]: an array of the reply entries of external IPv4 source-NATed flows, one slot
-//!   per SNAT port and protocol ([`SnatSlot4`]); a flow that finds no free slot keeps its reply
-//!   entry in [`CONNTRACK4`].
+//! - [`SNAT4_SLOTS`]: an array of the conntrack entries of external IPv4 source-NATed flows, one
+//!   slot per SNAT port and protocol ([`SnatSlot4`]), each holding a flow's two entries; a flow
+//!   that finds no free slot keeps its entries in [`CONNTRACK4`].
 //! - [`CONNTRACK`]: the same for IPv6 flows (40-byte keys, [`CtKey`]). Maps pinned by builds
 //!   before the IPv4 table hold IPv4 flows here too: the agent moves them at start.
 //! - [`AFFINITY`]: LRU client-IP affinity records for `sessionAffinity: ClientIP`.
@@ -218,6 +218,17 @@ pub const KFUNC_CAST_TO_KERN_CTX: &str = "bpf_cast_to_kern_ctx";
 pub const GLOBAL_SKB_IP_SUMMED_BYTE: &str = "LB_SKB_IP_SUMMED_BYTE";
 /// Read-only global: the bit position of `ip_summed` in that byte (little-endian bit order).
 pub const GLOBAL_SKB_IP_SUMMED_SHIFT: &str = "LB_SKB_IP_SUMMED_SHIFT";
+/// Read-only global the agent sets: the seed of [`snat_slot_hash`], [`snat_seed`] of the
+/// kernel's boot id, so that every load of the object during one boot (agent restarts, upgrades)
+/// finds the slots of the flows that earlier loads placed.
+pub const GLOBAL_SNAT_SEED: &str = "LB_SNAT_SEED";
+
+/// The seed of [`snat_slot_hash`] from the kernel's boot id (`/proc/sys/kernel/random/boot_id`,
+/// random at every boot and never sent on the network): FNV-1a over its bytes.
+#[must_use]
+pub fn snat_seed(boot_id: &[u8]) -> u32 {
+    boot_id.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
 /// `skb->ip_summed` values (include/linux/skbuff.h).
 pub const CHECKSUM_NONE: u8 = 0;
 pub const CHECKSUM_UNNECESSARY: u8 = 1;
@@ -743,7 +754,9 @@ pub const CT_F_CLOSING: u16 = 1 << 0;
 /// The source is translated too (`snat_addr`, `snat_port_be`).
 pub const CT_F_SNAT: u16 = 1 << 1;
 /// On a forward entry with `CT_F_SNAT`: the flow's reply entry is its SNAT port's slot in
-/// [`SNAT4_SLOTS`], not a `CT_DIR_REPLY` entry of the hash table.
+/// [`SNAT4_SLOTS`], not a `CT_DIR_REPLY` entry of the hash table (a forward entry that a slot
+/// holds too, as [`SnatSlot4::forward_entry`] shows it, or that a build before the hashed ports
+/// wrote in [`CONNTRACK4`]).
 pub const CT_F_SNAT_SLOT: u16 = 1 << 2;
 
 // ---------------------------------------------------------------------------------------------
@@ -774,11 +787,13 @@ pub const fn snat_slot_index(proto: u8, port: u16, port_min: u16) -> Option<u32>
     Some(proto_base + (port - port_min) as u32)
 }
 
-/// The reply entry of an external IPv4 source-NATed flow, in the slot of its SNAT port (an array:
-/// the reply path reads it by index, without hashing, and 8,192 slots stay in the CPU's caches
-/// where a hash bucket of the conntrack table is a cache miss). A slot belongs to one flow at a
-/// time, whatever its backend: the port space is the node's, and a flow that finds no free slot
-/// in a few tries takes the per-backend port space of the hash table (`CT_DIR_REPLY` entries)
+/// The entries of an external IPv4 source-NATed flow, in the slot of its SNAT port (an array:
+/// the reply path reads it by index, the forward path by the index its hash gives
+/// ([`snat_slot_probe_port`]), neither hashing a key into a table; 8,192 slots stay in the
+/// CPU's caches where a hash bucket of the conntrack table is a cache miss). The slot stores the
+/// reply entry; the forward entry is made of it ([`SnatSlot4::forward_entry`]). A slot belongs
+/// to one flow at a time, whatever its backend: the port space is the node's, and a flow that
+/// finds no free slot in its probes takes the per-backend port space of the hash table (`CT_DIR_REPLY` entries)
 /// instead, so capacity is as without slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -790,7 +805,7 @@ pub struct SnatSlot4 {
     pub backend_addr: [u8; 4],
     /// Its port, network byte order.
     pub backend_port_be: u16,
-    /// [`SNAT_SLOT_F_SHARED`].
+    /// [`SNAT_SLOT_F_SHARED`], [`SNAT_SLOT_F_FORWARD`].
     pub flags: u8,
     pub _pad: u8,
 }
@@ -817,6 +832,35 @@ impl SnatSlot4 {
     #[must_use]
     pub fn live(&self, index: u32, now: u64) -> bool {
         self.in_use() && now.saturating_sub(self.ct.last_seen_ns) <= ct_lifetime_ns(snat_slot_port(index, 0).0, self.ct.flags)
+    }
+
+    /// With [`SNAT_SLOT_F_FORWARD`]: the `CT_DIR_FORWARD` entry the slot holds too, under its
+    /// key, as slot `index` with the IPv4 SNAT address `snat_addr` and ports from `port_min`.
+    #[must_use]
+    pub fn forward_entry(&self, index: u32, snat_addr: [u8; 16], port_min: u16) -> Option<(CtKey, CtValue)> {
+        if self.flags & SNAT_SLOT_F_FORWARD == 0 {
+            return None;
+        }
+        let (proto, port) = snat_slot_port(index, port_min);
+        let c = &self.ct;
+        let key = CtKey {
+            src: c.snat_addr,
+            dst: c.nat_addr,
+            sport_be: c.snat_port_be,
+            dport_be: c.nat_port_be,
+            proto,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let value = CtValue {
+            nat_addr: v4_mapped(self.backend_addr),
+            nat_port_be: self.backend_port_be,
+            snat_addr,
+            snat_port_be: port.to_be(),
+            flags: c.flags | CT_F_SNAT | CT_F_SNAT_SLOT,
+            ..*c
+        };
+        Some((key, value))
     }
 
     /// The `CT_DIR_REPLY` key the slot's entry stands for, as slot `index` with the IPv4 SNAT
@@ -846,6 +890,17 @@ pub fn snat_slot_of(k: &CtKey, snat_addr: &[u8; 16], port_min: u16) -> Option<u3
     snat_slot_index(k.proto, u16::from_be(k.dport_be), port_min)
 }
 
+/// The slots that may hold the flow of `CT_DIR_FORWARD` key `k` (an IPv4 flow of a protocol with
+/// slots) in its forward entry, with the node's seed and SNAT port range: its probes, in order.
+pub fn snat_slots_of_forward(k: &CtKey, seed: u32, port_min: u16, port_max: u16) -> impl Iterator<Item = u32> + use<> {
+    let v4 = k.dir == CT_DIR_FORWARD && k.src[..12] == V4_MAPPED_PREFIX && k.dst[..12] == V4_MAPPED_PREFIX;
+    let word = |a: &[u8; 16]| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+    let hash = snat_slot_hash(seed, word(&k.src), k.sport_be, word(&k.dst), k.dport_be, k.proto);
+    let proto = k.proto;
+    (0..if v4 { SNAT_SLOT_PROBES } else { 0 })
+        .filter_map(move |i| snat_slot_index(proto, snat_slot_probe_port(hash, i, port_min, port_max), port_min))
+}
+
 /// Whether the slot `s` holds the flow of reply key `k` (its backend is `k`'s source).
 #[must_use]
 pub fn snat_slot_holds(s: &SnatSlot4, k: &CtKey) -> bool {
@@ -856,6 +911,53 @@ pub fn snat_slot_holds(s: &SnatSlot4, k: &CtKey) -> bool {
 /// for another backend): a flow claiming the slot checks the hash table for its own backend
 /// first. Never cleared by the datapath.
 pub const SNAT_SLOT_F_SHARED: u8 = 1 << 0;
+/// The slot holds its flow's forward entry too (builds before kept it in [`CONNTRACK4`], with
+/// [`CT_F_SNAT_SLOT`]): the forward path finds it at a port of [`snat_slot_probe_port`].
+pub const SNAT_SLOT_F_FORWARD: u8 = 1 << 1;
+
+/// Ports a new flow tries, from the one its hash gives on, before the hash table's port space;
+/// the forward path looks at as many.
+pub const SNAT_SLOT_PROBES: u32 = 2;
+const _: () = assert!(SNAT_SLOT_PROBES <= 2);
+
+/// The hash of an external IPv4 flow (client `client`:`client_port_be` to frontend
+/// `frontend`:`frontend_port_be`, addresses as the native words of their wire bytes) that picks
+/// its SNAT port (RFC 6056's hash-based selection): the forward path finds the flow's slot again
+/// from its packet alone. `seed` is the node's secret (see `GLOBAL_SNAT_SEED`), so that the
+/// port cannot be predicted from outside. The datapath and the CLI share it: part of the maps'
+/// format.
+#[inline(always)]
+#[must_use]
+pub const fn snat_slot_hash(seed: u32, client: u32, client_port_be: u16, frontend: u32, frontend_port_be: u16, proto: u8) -> u32 {
+    // Three multiplies in one dependency chain, then a final mix (murmur3's): a few ns, where
+    // a hash of several full rounds per word showed in B1's established-flow row.
+    let ports = ((client_port_be as u32) << 16) | frontend_port_be as u32;
+    let mut h = (seed ^ client).wrapping_mul(0x9e37_79b1);
+    h = (h ^ frontend ^ (proto as u32) << 24).wrapping_mul(0x85eb_ca6b);
+    h = (h ^ ports).wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h
+}
+
+/// The SNAT port (host byte order) of probe `i` (below [`SNAT_SLOT_PROBES`]) of a flow of hash
+/// `hash` ([`snat_slot_hash`]) with the range `port_min..=port_max`: one of the ports with a slot,
+/// the next one for each further probe (wrapping once at most: `i` is below
+/// [`SNAT_SLOT_PROBES`], 2, and a range has a port at least).
+#[inline(always)]
+#[must_use]
+pub const fn snat_slot_probe_port(hash: u32, i: u32, port_min: u16, port_max: u16) -> u16 {
+    let span = if port_max < port_min { 1 } else { (port_max - port_min) as u32 + 1 };
+    let ports = if span < SNAT_SLOT_PORTS { span } else { SNAT_SLOT_PORTS };
+    // `hash` scaled into `0..ports` by a multiply (no division: tens of cycles on a hit path).
+    let first = ((hash as u64 * ports as u64) >> 32) as u32;
+    let mut j = first + i;
+    if j >= ports {
+        j -= ports;
+    }
+    port_min.wrapping_add(j as u16)
+}
 
 // ---------------------------------------------------------------------------------------------
 // LB_AFFINITY
@@ -1651,6 +1753,62 @@ mod tests {
         assert!(!slot.live(i, 5_001 + CT_TCP_LIFETIME_NS), "expired: free");
         assert!(!SnatSlot4::default().live(i, 0), "never used: free");
         assert!(!slot.live(i + SNAT_SLOT_PORTS, 5_001 + CT_UDP_LIFETIME_NS), "a UDP slot lives as a UDP flow");
+    }
+
+    #[test]
+    fn a_flows_slot_is_found_from_its_forward_key_and_holds_its_forward_entry_too() {
+        let (min, max) = (61000, 65000);
+        let (client, frontend, backend) = ([192, 168, 1, 50], [192, 168, 1, 1], [10, 0, 1, 5]);
+        let k = CtKey {
+            src: v4_mapped(client),
+            dst: v4_mapped(frontend),
+            sport_be: 40000u16.to_be(),
+            dport_be: 30080u16.to_be(),
+            proto: IPPROTO_TCP,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        let h = snat_slot_hash(7, u32::from_ne_bytes(client), k.sport_be, u32::from_ne_bytes(frontend), k.dport_be, IPPROTO_TCP);
+        let ports = [0, 1].map(|i| snat_slot_probe_port(h, i, min, max));
+        assert!(ports.iter().all(|p| (min..=max).contains(p)));
+        assert_eq!(ports[1], if ports[0] == max { min } else { ports[0] + 1 }, "then the next port, wrapping");
+        let two = |mut it: core::iter::Peekable<_>| -> [u32; 2] {
+            let first = it.next().unwrap();
+            let second = it.next().unwrap();
+            assert!(it.peek().is_none());
+            [first, second]
+        };
+        let slots = two(snat_slots_of_forward(&k, 7, min, max).peekable());
+        assert_eq!(slots, ports.map(|p| snat_slot_index(IPPROTO_TCP, p, min).unwrap()));
+        assert_ne!(two(snat_slots_of_forward(&k, 8, min, max).peekable()), slots, "another seed, other ports");
+        assert_eq!(snat_slots_of_forward(&CtKey { dir: CT_DIR_REPLY, ..k }, 7, min, max).count(), 0);
+        assert_eq!(snat_slot_probe_port(h, 1, 61000, 61000), 61000, "a one-port range");
+
+        let snat_addr = v4_mapped(frontend);
+        let mut slot = SnatSlot4 {
+            ct: CtValue {
+                last_seen_ns: 5,
+                nat_addr: k.dst,
+                nat_port_be: k.dport_be,
+                snat_addr: k.src,
+                snat_port_be: k.sport_be,
+                backend_id: 3,
+                svc_id: 4,
+                flags: CT_F_SNAT,
+                ..CtValue::default()
+            },
+            backend_addr: backend,
+            backend_port_be: 8080u16.to_be(),
+            flags: SNAT_SLOT_F_FORWARD,
+            _pad: 0,
+        };
+        let (fk, fv) = slot.forward_entry(slots[0], snat_addr, min).unwrap();
+        assert_eq!(fk, k);
+        assert_eq!((fv.nat_addr, fv.nat_port_be), (v4_mapped(backend), 8080u16.to_be()), "to the backend");
+        assert_eq!((fv.snat_addr, fv.snat_port_be), (snat_addr, ports[0].to_be()), "from the slot's port");
+        assert_eq!((fv.flags, fv.backend_id, fv.svc_id, fv.last_seen_ns), (CT_F_SNAT | CT_F_SNAT_SLOT, 3, 4, 5));
+        slot.flags = SNAT_SLOT_F_SHARED;
+        assert_eq!(slot.forward_entry(slots[0], snat_addr, min), None, "a slot of an older build: reply entry only");
     }
 
     #[test]

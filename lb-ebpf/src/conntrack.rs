@@ -304,22 +304,43 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     let tcp = p.proto == IPPROTO_TCP;
     let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     let found = if hook == Hook::External {
-        match entry(p.flow_key(CT_DIR_FORWARD), v6) {
-            Some(ct) => Some((ct, false)),
-            None if new_syn => None,
-            None => match client_flow_to(p, sc) {
-                ClientEntry::Flow(ct) => Some((ct, true)),
-                _ => None,
+        // External IPv4 flows with source NAT are in the slots of their ports (see `snat`),
+        // looked at first; a SYN finding no flow there looks no further (a retransmitted SYN of
+        // a flow in the hash table, which found no free slot, starts its flow afresh).
+        let mut slots = false;
+        let mut in_slot = None;
+        if let Some(cfg) = LB_CONFIG.get(0)
+            && !v6
+            && cfg.flags & CFG_F_SNAT_READY != 0
+        {
+            slots = true;
+            // SAFETY: the packet description's addresses are 4-aligned.
+            let probe = unsafe {
+                snat::Probe::of((&p.src, p.sport_be), (&p.dst, p.dport_be), p.proto, cfg.snat_port_min, cfg.snat_port_max)
+            };
+            in_slot = probe.find(new_syn, now);
+        }
+        match in_slot {
+            // SAFETY: `s` from a lookup of this run; `ct` is its first field.
+            Some((s, port_be)) => Some((unsafe { &raw mut (*s).ct }, Hit::Slot(s, port_be))),
+            None if new_syn && slots => None,
+            None => match entry(p.flow_key(CT_DIR_FORWARD), v6) {
+                Some(ct) => Some((ct, Hit::Entry)),
+                None if new_syn => None,
+                None => match client_flow_to(p, sc) {
+                    ClientEntry::Flow(ct) => Some((ct, Hit::Client)),
+                    _ => None,
+                },
             },
         }
     } else {
         match client_flow_to(p, sc) {
-            ClientEntry::Flow(ct) => Some((ct, true)),
+            ClientEntry::Flow(ct) => Some((ct, Hit::Client)),
             ClientEntry::None if new_syn && !from_backend => None,
-            _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, false)),
+            _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, Hit::Entry)),
         }
     };
-    let Some((ct, one_entry)) = found else {
+    let Some((ct, hit)) = found else {
         return false;
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
@@ -338,8 +359,9 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     let snat_on = flags & CT_F_SNAT != 0;
     // A retransmitted SYN of a two-entry flow whose reply entry is gone (LRU eviction, a sweep)
     // would never get its SYN-ACK translated: start the connection afresh instead. Only SYNs pay
-    // for this lookup; nothing is established yet, so choosing again is harmless.
-    if new_syn && !one_entry {
+    // for this lookup; nothing is established yet, so choosing again is harmless. (A flow in a
+    // slot has its two entries in one place.)
+    if new_syn && matches!(hit, Hit::Entry) {
         let held = if flags & CT_F_SNAT_SLOT != 0 {
             let port_min = LB_CONFIG.get(0).map_or(0, |c| c.snat_port_min);
             // SAFETY: `ct` from the lookup above; the packet description's address (4-aligned).
@@ -358,9 +380,27 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     touch(ct, p.tcp_flags, now);
     count(CNT_CT_HIT);
     count_flow(svc_id, backend_id, p.ip_len, false);
-    // SAFETY: a map value's addresses (`CtValue`: 8-aligned, addresses at 8 and 24).
-    unsafe { out.fill((snat_on, &v.snat_addr, v.snat_port_be), (true, &v.nat_addr, v.nat_port_be), CNT_VERDICT_DNAT) };
+    match hit {
+        Hit::Slot(s, port_be) => {
+            let Some(cfg) = LB_CONFIG.get(0) else { return false };
+            // SAFETY: `s` from a lookup of this run; a map value's and the packet description's
+            // addresses (4-aligned).
+            unsafe { snat::forward_nat(out, s, port_be, &cfg.snat_addr, &p.dst) }
+        }
+        // SAFETY: a map value's addresses (`CtValue`: 8-aligned, addresses at 8 and 24).
+        _ => unsafe { out.fill((snat_on, &v.snat_addr, v.snat_port_be), (true, &v.nat_addr, v.nat_port_be), CNT_VERDICT_DNAT) },
+    }
     true
+}
+
+/// Where `forward` found a flow.
+enum Hit {
+    /// Its forward entry in the hash table.
+    Entry,
+    /// Its client's one entry.
+    Client,
+    /// The slot of its SNAT port (this port, network byte order).
+    Slot(*const lb_common::SnatSlot4, u16),
 }
 
 /// Point 57: the backend of a datagram flow still serves the flow's ServicePort.
@@ -502,7 +542,6 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
     }
     set_tail(rv, backend_id, svc.svc_id, p.dport_be, p.sport_be, if snat { CT_F_SNAT } else { 0 });
     let mut snat_port_be = 0u16;
-    let mut in_slot = false;
     if !snat {
         // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, &p.src, p.sport_be, p.proto, CT_DIR_REPLY) };
@@ -513,10 +552,15 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         // External IPv4 SNAT: a slot when one is free, else the hash table (see `snat`).
         // SAFETY: 4-aligned addresses (see the note on the reply entry above).
         unsafe { set_key(&mut sc.rkey, &be.addr, be.port_be, snat_addr, 0, p.proto, CT_DIR_REPLY) };
-        match snat::reserve(&mut sc.rkey, &sc.rval, cfg.snat_port_min, cfg.snat_port_max, now) {
+        // SAFETY: the packet description's addresses are 4-aligned.
+        let probe =
+            unsafe { snat::Probe::of((&p.src, p.sport_be), (&p.dst, p.dport_be), p.proto, cfg.snat_port_min, cfg.snat_port_max) };
+        match snat::reserve(&mut sc.rkey, &sc.rval, &probe, now) {
             Some(snat::Reserved::Slot(port_be)) => {
-                in_slot = true;
-                snat_port_be = port_be;
+                // The slot holds the forward entry too.
+                // SAFETY: 4-aligned addresses (see the note on the reply entry above).
+                unsafe { flow.nat.fill((true, snat_addr, port_be), (true, &flow.be.addr, flow.be.port_be), CNT_VERDICT_DNAT) };
+                return Ok(());
             }
             Some(snat::Reserved::Hash) => snat_port_be = sc.rkey.dport_be,
             None => return Err(CNT_DROP_SNAT_PORTS),
@@ -553,23 +597,12 @@ pub fn establish(p: &Packet, sc: &mut Keys, flow: &mut Flow, hook: Hook, now: u6
         copy_addr(&mut fv.nat_addr, &be.addr);
         copy_addr(&mut fv.snat_addr, snat_addr);
     }
-    let fflags = if in_slot {
-        CT_F_SNAT | CT_F_SNAT_SLOT
-    } else if snat {
-        CT_F_SNAT
-    } else {
-        0
-    };
-    set_tail(fv, backend_id, svc.svc_id, be.port_be, snat_port_be, fflags);
+    set_tail(fv, backend_id, svc.svc_id, be.port_be, snat_port_be, if snat { CT_F_SNAT } else { 0 });
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).
     unsafe { set_key(&mut sc.fkey, &p.src, p.sport_be, &p.dst, p.dport_be, p.proto, CT_DIR_FORWARD) };
     if !insert(&sc.fkey, &sc.fval, 0, p.is_v6) {
         // No half-made flow: its reply entry (and SNAT port) goes too.
-        if in_slot {
-            snat::release(p.proto, snat_port_be, cfg.snat_port_min);
-        } else {
-            remove(&sc.rkey, p.is_v6);
-        }
+        remove(&sc.rkey, p.is_v6);
         return Err(CNT_DROP_CT_INSERT);
     }
     // SAFETY: 4-aligned addresses (see the note on the reply entry above).

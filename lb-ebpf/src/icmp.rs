@@ -63,14 +63,18 @@ pub fn translation(p: &Packet, sc: &mut Keys) -> bool {
     // SAFETY: as above.
     unsafe { set_key(&mut sc.fkey, &inner.dst, inner.dport_be, &inner.src, inner.sport_be, inner.proto, CT_DIR_FORWARD) };
     // SAFETY: copied out immediately.
-    let to_client = entry(&sc.fkey, p.is_v6).map(|v| unsafe { *v }).or_else(|| {
-        // SAFETY: as above.
-        let c = unsafe { client_entry(&mut sc.ckey, &inner.dst, inner.dport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
-        // SAFETY: as above.
-        let named = c.snat_port_be == inner.sport_be && unsafe { same_addr(&c.snat_addr, &inner.src) };
-        // The one-entry flow as its forward entry would be: no source NAT.
-        named.then_some(CtValue { flags: 0, ..c })
-    });
+    let to_client = entry(&sc.fkey, p.is_v6)
+        .map(|v| unsafe { *v })
+        .or_else(|| snat::quoted_forward_entry(&mut sc.fval, &inner, p.is_v6).then_some(sc.fval))
+        .or_else(|| {
+            // SAFETY: as above.
+            let c =
+                unsafe { client_entry(&mut sc.ckey, &inner.dst, inner.dport_be, inner.proto, p.is_v6) }.map(|v| unsafe { *v })?;
+            // SAFETY: as above.
+            let named = c.snat_port_be == inner.sport_be && unsafe { same_addr(&c.snat_addr, &inner.src) };
+            // The one-entry flow as its forward entry would be: no source NAT.
+            named.then_some(CtValue { flags: 0, ..c })
+        });
     let Some(v) = to_client else {
         return false;
     };

@@ -7,7 +7,7 @@
 //! scratch map lives with its module, `scratch`.)
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -58,10 +58,13 @@ pub static LB_CONNTRACK4: LruHashMap<CtKey4, CtValue> = LruHashMap::pinned(CONNT
 #[map]
 pub static LB_CT4_CLIENT: LruHashMap<CtClientKey4, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
 
-/// The reply entries of external IPv4 source-NATed flows, one slot per SNAT port and protocol
-/// (see `snat`). An array: read by an inlined lookup, and its slots free themselves by age.
+/// The entries of external IPv4 source-NATed flows, one slot per SNAT port and protocol (see
+/// `snat`). An array: read by an inlined lookup, and its slots free themselves by age.
+/// `BPF_F_MMAPABLE` only for its layout: the kernel then starts the values on a page, so each
+/// 64-byte slot is one cache line (otherwise they start 8-aligned and a slot's first read of a
+/// new flow is two cache misses; never mapped).
 #[map]
-pub static LB_SNAT4_SLOTS: Array<SnatSlot4> = Array::pinned(SNAT_SLOTS_MAX, 0);
+pub static LB_SNAT4_SLOTS: Array<SnatSlot4> = Array::pinned(SNAT_SLOTS_MAX, BPF_F_MMAPABLE);
 
 /// Translated IPv6 flows (as `LB_CONNTRACK4`).
 #[map]

@@ -1326,7 +1326,7 @@ fn point_32_41_nodeport_over_tc_fallback_with_cluster_policy_is_snated_and_rever
     nodeport_cluster_policy::<F>(test, Ext::Tc);
 }
 
-/// Point 32, IPv4: a source-NATed flow's reply entry is the slot of its SNAT port
+/// Point 32, IPv4: a source-NATed flow's two entries are the slot of its SNAT port
 /// (`LB_SNAT4_SLOTS`), a node-wide reservation; a flow that finds the slot taken by a live flow
 /// of another backend reserves the port for its own backend in the hash table instead (each
 /// backend has the whole range), and no two live flows ever get the same translated 5-tuple:
@@ -1356,29 +1356,37 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
         verify_checksums(&back).expect("checksums after reverse NAT");
         parse_flow(&back)
     };
-    let forward_flags = |ct: &common::ConntrackPins, c: SocketAddr, nodeport: u16| {
-        ct.raw(&conntrack_key(c, (V4::NODE, nodeport), PROTO_TCP, CT_DIR_FORWARD)).expect("forward entry").flags
-    };
+    let forward = |c: SocketAddr, nodeport: u16| conntrack_key(c, (V4::NODE, nodeport), PROTO_TCP, CT_DIR_FORWARD);
+    let forward_flags =
+        |ct: &common::ConntrackPins, c: SocketAddr, nodeport: u16| ct.raw(&forward(c, nodeport)).expect("forward entry").flags;
 
-    // Flow 1 (to REMOTE1) takes the free slot: no reply entry in the hash table.
+    // Flow 1 (to REMOTE1) takes the free slot: no entry in the hash table.
     let (_, fl) = syn_to(&f, client(41000), 30081);
     assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b1)));
     let r1 = conntrack_key(b1, snat, PROTO_TCP, CT_DIR_REPLY);
     assert!(ct.slot(&r1).is_some(), "the reply entry is the port's slot");
     assert!(ct.get_16_byte_key(&r1).is_none(), "and not a hash entry");
-    assert_ne!(forward_flags(&ct, client(41000), 30081) & CT_F_SNAT_SLOT, 0, "the forward entry says so");
+    assert!(ct.slot(&forward(client(41000), 30081)).is_some(), "so is the forward entry");
+    assert!(ct.get_16_byte_key(&forward(client(41000), 30081)).is_none());
+    assert_ne!(forward_flags(&ct, client(41000), 30081) & CT_F_SNAT_SLOT, 0);
     assert_eq!(reply_to(&f, b1).dst, client(41000), "the reply goes back to its client");
     let (_, again) = syn_to(&f, client(41000), 30081);
     assert_eq!(again.map(|fl| fl.src), Some(snat), "a retransmitted SYN keeps its port");
+    let (verdict, ack) = f.run_xdp(&tcp_frame(client(41000), (V4::NODE, 30081), 8, 10, TCP_ACK));
+    assert_eq!((verdict, parse_flow(&ack).src, parse_flow(&ack).dst), (XDP_PASS, snat, b1), "the flow's next packet");
+    verify_checksums(&ack).expect("checksums after DNAT and SNAT");
     assert_eq!(f.counter(CNT_CT_RESELECT), 0);
 
     // Flow 2 (to REMOTE2): the slot is live for REMOTE1, so the port is reserved for REMOTE2 in
-    // the hash table; both flows' replies reach their own clients.
+    // the hash table, with its forward entry; both flows' replies reach their own clients.
     let (_, fl) = syn_to(&f, client(41001), 30082);
     assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b2)));
     let r2 = conntrack_key(b2, snat, PROTO_TCP, CT_DIR_REPLY);
     assert!(ct.get_16_byte_key(&r2).is_some(), "a hash reply entry for the other backend");
+    assert!(ct.get_16_byte_key(&forward(client(41001), 30082)).is_some(), "and a hash forward entry");
     assert_eq!(forward_flags(&ct, client(41001), 30082) & CT_F_SNAT_SLOT, 0);
+    let (verdict, ack) = f.run_xdp(&tcp_frame(client(41001), (V4::NODE, 30082), 8, 10, TCP_ACK));
+    assert_eq!((verdict, parse_flow(&ack).src, parse_flow(&ack).dst), (XDP_PASS, snat, b2), "found in the hash table");
     assert_eq!(reply_to(&f, b2).dst, client(41001));
     assert_eq!(reply_to(&f, b1).dst, client(41000));
 
@@ -1394,8 +1402,7 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
     assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 1);
 
     // Flow 1 ends (its entry expires): flow 3 gets the slot, though REMOTE2 holds the port in the
-    // hash table; flow 1's retransmitted SYN then finds its slot gone and selects again (and has
-    // no port left either).
+    // hash table; flow 1's retransmitted SYN then finds no flow of its own, and no port left.
     let expire = |ct: &mut common::ConntrackPins, k: &lb_common::CtKey| {
         let v = ct.slot(k).expect("slot entry");
         ct.set_slot(k, lb_common::CtValue { last_seen_ns: 1, flags: v.flags | CT_F_CLOSING, ..v });
@@ -1405,7 +1412,7 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
     assert_eq!(fl.map(|fl| (fl.src, fl.dst)), Some((snat, b1)));
     assert_eq!(reply_to(&f, b1).dst, client(41002), "the slot is flow 3's now");
     assert_eq!(syn_to(&f, client(41000), 30081).0, XDP_DROP);
-    assert_eq!((f.counter(CNT_CT_RESELECT), f.counter(CNT_DROP_SNAT_PORTS)), (1, 2));
+    assert_eq!((f.counter(CNT_CT_RESELECT), f.counter(CNT_DROP_SNAT_PORTS)), (0, 2));
 
     // Flow 4 (to REMOTE2) has no port either: REMOTE2's is flow 2's, in the hash table.
     assert_eq!(syn_to(&f, client(41003), 30082).0, XDP_DROP);
@@ -1415,6 +1422,65 @@ fn point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to
     assert_eq!(f.counter(CNT_DROP_SNAT_PORTS), 4);
     assert_eq!(reply_to(&f, b2).dst, client(41001), "flow 2 is untouched");
     assert_eq!(f.dp.sweep_conntrack().expect("sweep").snat_slots, 0, "an expired slot is not counted");
+}
+
+/// Point 32, IPv4: an external flow's SNAT port is the one its hash picks (RFC 6056's hash-based
+/// selection, seeded with the node's boot id), or the next when that port's slot is taken, so
+/// its next packets find its slot from their own addresses and ports; a new connection on the
+/// ports of a closing one takes its slot over, port and all.
+fn point_32_an_external_flows_snat_port_is_picked_by_its_hash_and_its_packets_find_its_slot(test: &str) {
+    use lb_common::{CNT_CT_HIT, IPPROTO_TCP, snat_slot_hash, snat_slot_probe_port};
+    let Some(mut f) = Fixture::node(test) else { return };
+    f.program(&nodeport_cluster_state::<V4>());
+    let cfg = common::node_config();
+    let seed = lb_userspace::maps::snat_seed();
+    let word = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let probes = |c: SocketAddr| {
+        let h = snat_slot_hash(
+            seed,
+            word(addresses::EXT_CLIENT),
+            c.port().to_be(),
+            word(addresses::NODE),
+            NODEPORT.to_be(),
+            IPPROTO_TCP,
+        );
+        [0, 1].map(|i| snat_slot_probe_port(h, i, cfg.snat_port_min, cfg.snat_port_max))
+    };
+    let frontend: SocketAddr = (V4::NODE, NODEPORT).into();
+    let mut first_probe = 0;
+    for i in 0..32u16 {
+        let client = SocketAddr::new(V4::EXT_CLIENT, 42000 + i);
+        let (verdict, out) = f.run_xdp(&tcp_frame(client, frontend, 7, 0, TCP_SYN));
+        assert_eq!(verdict, XDP_PASS);
+        let (snat, backend) = (parse_flow(&out).src, parse_flow(&out).dst);
+        assert_eq!(snat.ip(), V4::NODE);
+        let want = probes(client);
+        assert!(want.contains(&snat.port()), "{client}: port {} is one of its probes {want:?}", snat.port());
+        first_probe += usize::from(snat.port() == want[0]);
+        // Its next packets, either way, find it.
+        let (_, ack) = f.run_xdp(&tcp_frame(client, frontend, 8, 10, TCP_ACK));
+        assert_eq!((parse_flow(&ack).src, parse_flow(&ack).dst), (snat, backend), "{client}: the flow's next packet");
+        verify_checksums(&ack).expect("checksums after DNAT and SNAT");
+        let (_, back) = f.run_xdp(&tcp_frame(backend, snat, 10, 9, TCP_ACK));
+        assert_eq!((parse_flow(&back).src, parse_flow(&back).dst), (frontend, client), "{client}: the reply");
+    }
+    assert_eq!(f.counter(CNT_CT_HIT), 32);
+    assert!(first_probe >= 28, "32 flows over 4,001 ports rarely collide: {first_probe} on their first probe");
+
+    // A new connection on the ports of a closing one takes its slot over.
+    let client = SocketAddr::new(V4::EXT_CLIENT, 42000);
+    let (_, out) = f.run_xdp(&tcp_frame(client, frontend, 8, 10, TCP_FIN | TCP_ACK));
+    let snat = parse_flow(&out).src;
+    let (verdict, out) = f.run_xdp(&tcp_frame(client, frontend, 5000, 0, TCP_SYN));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(parse_flow(&out).src, snat, "the same port: the closing connection's slot");
+    let backend = parse_flow(&out).dst;
+    let (_, back) = f.run_xdp(&tcp_frame(backend, snat, 6000, 5001, TCP_SYN | TCP_ACK));
+    assert_eq!(parse_flow(&back).dst, client, "the new connection's reply");
+    let ct = common::ConntrackPins::open(f.dp.pin_path());
+    let v = ct.raw(&conntrack_key(client, frontend, PROTO_TCP, lb_common::CT_DIR_FORWARD)).expect("its forward entry");
+    assert_eq!(v.flags & lb_common::CT_F_CLOSING, 0, "a new connection, not the closing one");
+    assert_eq!(ct.slots_in_use(), 32, "no second slot for the same ports");
 }
 
 /// A NodePort service with externalTrafficPolicy Local: external traffic goes to local
@@ -1721,6 +1787,20 @@ fn snated_icmp_error<F: Family>(test: &str, ext: Ext) {
     assert_eq!(i.quoted.dst, (F::NODE, NODEPORT).into(), "quoted destination: the NodePort");
     verify_checksums(&out).expect("ICMP checksums");
     assert_eq!(f.counter(CNT_ICMP_TRANSLATED), 1);
+
+    // The other way: the client's error about a reply it received (node:nodeport → client)
+    // reaches the backend, quoting what the backend sent (backend → node:snat-port). (An IPv4
+    // flow's forward entry is in its port's slot: the error finds it by the flow's hash.)
+    let err =
+        icmp_error_frame(F::EXT_CLIENT, F::NODE, too_big, code, MTU_1400, &quoted_tcp((F::NODE, NODEPORT), client, 1480, 9000));
+    let (verdict, out) = f.run_ext(ext, &err);
+    assert_eq!(verdict, ext.pass());
+    let h = parse_ip_header(&out);
+    assert_eq!((h.src, h.dst), (snat.ip(), backend.ip()), "from the SNAT address to the backend");
+    let i = parse_icmp_error(&out);
+    assert_eq!((i.quoted.src, i.quoted.dst), (backend, snat), "the quote is what the backend sent");
+    verify_checksums(&out).expect("ICMP checksums");
+    assert_eq!(f.counter(CNT_ICMP_TRANSLATED), 2);
 }
 
 fn point_58_icmp_error_about_a_snated_nodeport_flow_reaches_the_client_over_xdp<F: Family>(test: &str) {
@@ -2352,6 +2432,7 @@ mod v4 {
         this family: ipv4_options_are_honoured,
         malformed_ipv4_headers_pass_untouched,
         point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to_the_backends_ports,
+        point_32_an_external_flows_snat_port_is_picked_by_its_hash_and_its_packets_find_its_slot,
         point_41_nodeport_packets_with_ipv4_options_are_translated,
     );
 }

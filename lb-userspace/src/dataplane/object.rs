@@ -5,14 +5,15 @@
 //! the kfunc's id in the kernel's BTF), and sets the `.rodata` globals that say where
 //! `ip_summed` is. Where the kernel's BTF lacks either, the call becomes `r0 = 0` and the
 //! globals stay 0: the programs then keep the checksum helpers (correct, one or two helper calls
-//! slower per translated packet). Every loader of the object (the agent, `lb explain`'s private
+//! slower per translated packet). It also sets the seed of the SNAT port hash (`maps::snat_seed`). Every loader of the object (the agent, `lb explain`'s private
 //! copy) goes through [`prepared`], so the same program has the same tag everywhere.
 
 use std::sync::OnceLock;
 
 use aya::EbpfLoader;
 use lb_common::{
-    GLOBAL_SKB_IP_SUMMED_BYTE, GLOBAL_SKB_IP_SUMMED_SHIFT, KFUNC_CAST_TO_KERN_CTX, KFUNC_CAST_TO_KERN_CTX_PLACEHOLDER,
+    GLOBAL_SKB_IP_SUMMED_BYTE, GLOBAL_SKB_IP_SUMMED_SHIFT, GLOBAL_SNAT_SEED, KFUNC_CAST_TO_KERN_CTX,
+    KFUNC_CAST_TO_KERN_CTX_PLACEHOLDER,
 };
 
 use super::{
@@ -34,6 +35,8 @@ pub struct Prepared {
     len: usize,
     /// `ip_summed`'s byte and bit in `struct sk_buff`, when the kfunc and the field were found.
     ip_summed: Option<(u32, u32)>,
+    /// The seed of the SNAT port hash (`maps::snat_seed`).
+    snat_seed: u32,
     /// Why the checksum helpers stay, for the log.
     pub fallback: Option<String>,
 }
@@ -58,6 +61,7 @@ impl Prepared {
         };
         loader.override_global(GLOBAL_SKB_IP_SUMMED_BYTE, byte, true);
         loader.override_global(GLOBAL_SKB_IP_SUMMED_SHIFT, shift, true);
+        loader.override_global(GLOBAL_SNAT_SEED, &self.snat_seed, true);
     }
 }
 
@@ -98,7 +102,7 @@ fn prepare(object: &[u8], kernel: Result<(u32, BitField), String>) -> Prepared {
         Ok(_) => (None, Some("the eBPF object calls no kernel context".to_owned())),
         Err(why) => (None, Some(why)),
     };
-    Prepared { words, len: object.len(), ip_summed, fallback }
+    Prepared { words, len: object.len(), ip_summed, fallback, snat_seed: crate::maps::snat_seed() }
 }
 
 /// Rewrites every placeholder call in the object's executable sections; returns how many.

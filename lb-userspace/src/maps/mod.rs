@@ -29,6 +29,16 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel's boot id: random at every boot, the same for every process until the next.
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The seed of the SNAT port hash (lb-common's `snat_seed`): from the kernel's boot id, so every
+/// load of the datapath during one boot, and every reader of its maps, has the same; 0 where the
+/// boot id cannot be read (the ports are then predictable, the datapath as correct).
+pub fn snat_seed() -> u32 {
+    std::fs::read(BOOT_ID).map(|id| lb_common::snat_seed(id.trim_ascii())).unwrap_or(0)
+}
+
 /// Where an agent pins its maps and links unless told otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 

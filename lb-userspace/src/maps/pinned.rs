@@ -30,7 +30,8 @@ pub fn as_two_entry_views(entries: Vec<CtEntry>) -> Vec<CtEntry> {
 }
 
 /// The live flows held in SNAT port slots (`slots`, as the datapath with settings `cfg` wrote
-/// them), as their reply entries under the `CT_DIR_REPLY` keys they stand for. (An expired slot
+/// them), as their reply entries under the `CT_DIR_REPLY` keys they stand for, and their forward
+/// entries where the slot holds that too (`SNAT_SLOT_F_FORWARD`). (An expired slot
 /// is free, and stays as it was until a flow claims it: it is left out.)
 pub fn slot_entries<T: std::borrow::Borrow<MapData>>(slots: &Array<T, SnatSlot4>, cfg: &Config) -> Result<Vec<CtEntry>> {
     let now = super::monotonic_ns();
@@ -39,6 +40,7 @@ pub fn slot_entries<T: std::borrow::Borrow<MapData>>(slots: &Array<T, SnatSlot4>
         let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
         if s.live(i, now) {
             out.push((s.reply_key(i, cfg.snat_addr, cfg.snat_port_min), s.ct));
+            out.extend(s.forward_entry(i, cfg.snat_addr, cfg.snat_port_min));
         }
     }
     Ok(out)
@@ -116,16 +118,24 @@ impl PinnedMaps {
         map.get(&0, 0).map(Some).map_err(MapError::typed(name, "read"))
     }
 
-    /// The slot entry of reply key `key`, when a SNAT port slot holds its flow.
+    /// The slot entry of reply or forward key `key`, when a SNAT port slot holds its flow (a
+    /// forward key's slot is found as the datapath finds it: `maps::snat_seed`).
     fn slot_entry(&self, key: &CtKey) -> Result<Option<CtValue>> {
         let (Some(slots), Some(cfg)) = (self.slot_array()?, self.config()?) else {
             return Ok(None);
         };
-        let Some(i) = lb_common::snat_slot_of(key, &cfg.snat_addr, cfg.snat_port_min) else {
-            return Ok(None);
-        };
-        let s = slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"))?;
-        Ok(lb_common::snat_slot_holds(&s, key).then_some(s.ct))
+        let read = |i: u32| slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"));
+        if let Some(i) = lb_common::snat_slot_of(key, &cfg.snat_addr, cfg.snat_port_min) {
+            let s = read(i)?;
+            return Ok(lb_common::snat_slot_holds(&s, key).then_some(s.ct));
+        }
+        for i in lb_common::snat_slots_of_forward(key, super::snat_seed(), cfg.snat_port_min, cfg.snat_port_max) {
+            let found = read(i)?.forward_entry(i, cfg.snat_addr, cfg.snat_port_min).filter(|(k, _)| k == key);
+            if let Some((_, v)) = found {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether map `name` is pinned.

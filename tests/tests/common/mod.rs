@@ -15,8 +15,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, Config, CtClientKey4, CtKey, CtKey4,
-    CtTableKey, CtValue, PROG_TC_EXT, PROG_TC_POD, SNAT_SLOTS_MAX, ServiceKey, SnatSlot4,
+    CFG_F_HAIRPIN_READY, CFG_F_HAIRPIN6_READY, CFG_F_SNAT_READY, CFG_F_SNAT6_READY, CT_DIR_REPLY, Config, CtClientKey4, CtKey,
+    CtKey4, CtTableKey, CtValue, PROG_TC_EXT, PROG_TC_POD, SNAT_SLOTS_MAX, ServiceKey, SnatSlot4,
 };
 use lb_tests::{
     addresses::{HAIRPIN, HAIRPIN6, NODE, NODE6, SNAT_PORTS},
@@ -223,23 +223,43 @@ impl ConntrackPins {
         }
     }
 
-    /// The slot of reply key `k` when it is a reply to the IPv4 SNAT address on a port with one.
+    /// The slot holding the flow of reply or forward key `k`, found as the datapath finds it.
     fn slot_of(&self, k: &CtKey) -> Option<u32> {
         let cfg = self.config.get(&0, 0).ok()?;
-        lb_common::snat_slot_of(k, &cfg.snat_addr, cfg.snat_port_min)
+        if let Some(i) = lb_common::snat_slot_of(k, &cfg.snat_addr, cfg.snat_port_min) {
+            let s = self.slots.get(&i, 0).ok()?;
+            return lb_common::snat_slot_holds(&s, k).then_some(i);
+        }
+        let seed = lb_userspace::maps::snat_seed();
+        lb_common::snat_slots_of_forward(k, seed, cfg.snat_port_min, cfg.snat_port_max).into_iter().find(|&i| {
+            let s = self.slots.get(&i, 0).ok();
+            s.and_then(|s| s.forward_entry(i, cfg.snat_addr, cfg.snat_port_min)).is_some_and(|(fk, _)| fk == *k)
+        })
     }
 
-    /// The slot entry of reply key `k`, when its slot holds `k`'s flow.
+    /// The entry of reply or forward key `k` held in a slot, when one holds its flow.
     pub fn slot(&self, k: &CtKey) -> Option<CtValue> {
-        let s = self.slots.get(&self.slot_of(k)?, 0).ok()?;
-        lb_common::snat_slot_holds(&s, k).then_some(s.ct)
+        let i = self.slot_of(k)?;
+        let s = self.slots.get(&i, 0).ok()?;
+        if k.dir == CT_DIR_REPLY {
+            return Some(s.ct);
+        }
+        let cfg = self.config.get(&0, 0).ok()?;
+        s.forward_entry(i, cfg.snat_addr, cfg.snat_port_min).map(|(_, v)| v)
     }
 
-    /// Rewrites the entry of the slot holding reply key `k`'s flow.
+    /// Rewrites the entry of the slot holding key `k`'s flow: the whole reply entry for a reply
+    /// key; its time, flags and ids for a forward key (the rest is the flow's).
     pub fn set_slot(&mut self, k: &CtKey, v: CtValue) {
-        let i = self.slot_of(k).filter(|_| self.slot(k).is_some()).expect("a slot holding the flow");
+        let i = self.slot_of(k).expect("a slot holding the flow");
         let s = self.slots.get(&i, 0).expect("slot read");
-        self.slots.set(i, SnatSlot4 { ct: v, ..s }, 0).expect("slot write");
+        let ct = if k.dir == CT_DIR_REPLY {
+            v
+        } else {
+            let flags = v.flags & !lb_common::CT_F_SNAT_SLOT;
+            CtValue { last_seen_ns: v.last_seen_ns, flags, backend_id: v.backend_id, svc_id: v.svc_id, ..s.ct }
+        };
+        self.slots.set(i, SnatSlot4 { ct, ..s }, 0).expect("slot write");
     }
 
     /// Source-NATed flows whose reply entry is in a slot.
@@ -270,7 +290,12 @@ impl ConntrackPins {
         }
     }
 
+    /// Writes the entry of `k` where the datapath keeps it: the slot holding its flow, if one
+    /// does (see `set_slot`), else its table.
     pub fn insert(&mut self, k: &CtKey, v: CtValue) {
+        if matches!(k.table_key(), CtTableKey::Flow4(_)) && self.slot_of(k).is_some() {
+            return self.set_slot(k, v);
+        }
         match k.table_key() {
             CtTableKey::Client4(c) => self.client4.insert(c, v, 0),
             CtTableKey::Flow4(k4) => self.v4.insert(k4, v, 0),
@@ -300,9 +325,9 @@ impl ConntrackPins {
         }
     }
 
-    /// Frees the slot holding reply key `k`'s flow; false when none does.
+    /// Frees the slot holding key `k`'s flow (both its entries); false when none does.
     fn free_slot(&mut self, k: &CtKey) -> bool {
-        let Some(i) = self.slot_of(k).filter(|_| self.slot(k).is_some()) else {
+        let Some(i) = self.slot_of(k) else {
             return false;
         };
         self.slots.set(i, SnatSlot4::default(), 0).expect("slot write");

@@ -280,7 +280,7 @@ const B1_LABELS: [(&str, &str); 14] = [
     ("reply_revnat", "reply, reverse NAT (backend → client)"),
     ("affinity_hit_new_flow", "new flow with ClientIP affinity hit"),
     ("nodeport_snat_ct_hit", "NodePort + SNAT, established (XDP)"),
-    ("nodeport_snat_new_flow", "NodePort + SNAT, new flow (XDP, SNAT port pick, 2 CT inserts)"),
+    ("nodeport_snat_new_flow", "NodePort + SNAT, new flow (XDP, SNAT port by hash; both entries in its slot since c4cd021, 2 CT inserts before)"),
     ("new_flow_cycling_services", "new flow, each packet to a different service"),
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),

@@ -285,12 +285,15 @@ fn client_flow_from(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
 /// Writes the translation of a packet of an established flow to a frontend into `out`; false
 /// when there is none (no entry, an expired or reused one, or a UDP flow whose backend left its
 /// ServicePort: select anew). From pods the one-entry layout is looked up first (flows without
-/// SNAT); from outside the forward entry (under the default policy Cluster, external flows are
-/// source-NATed).
+/// SNAT); from outside the SNAT port slots of the flow's hash (IPv4, see `snat`), then the forward
+/// entry (under the default policy Cluster, external flows are source-NATed).
 ///
-/// From outside, a TCP SYN without a forward entry looks no further: its flow, if any, is a
-/// one-entry flow (policy Local, a backend on the node's address), and `establish` finds that
-/// entry when it writes the client key (a retransmitted SYN then selects again, as below).
+/// From outside, a TCP SYN without a flow in its slots (or, without slots, without a forward
+/// entry) looks no further: its flow, if any, is a one-entry flow (policy Local, a backend on the
+/// node's address), and `establish` finds that entry when it writes the client key (a
+/// retransmitted SYN then selects again, as below), or a source-NATed flow that found no free
+/// slot, which starts afresh. What the slots cost the other external flows: a packet of a flow
+/// without source NAT (policy Local) that is no SYN reads its two slots before its own entries.
 ///
 /// `from_backend`: the address filter says the client may be a backend. A TCP SYN from a pod
 /// whose client entry is missing skips the forward-entry lookup when the client is no backend:

@@ -62,7 +62,8 @@ pub static LB_CT4_CLIENT: LruHashMap<CtClientKey4, CtValue> = LruHashMap::pinned
 /// `snat`). An array: read by an inlined lookup, and its slots free themselves by age.
 /// `BPF_F_MMAPABLE` only for its layout: the kernel then starts the values on a page, so each
 /// 64-byte slot is one cache line (otherwise they start 8-aligned and a slot's first read of a
-/// new flow is two cache misses; never mapped).
+/// new flow is two cache misses; never mapped). A pin made by an earlier build is adopted as it
+/// is (its flags too): the layout applies once its pins are made anew.
 #[map]
 pub static LB_SNAT4_SLOTS: Array<SnatSlot4> = Array::pinned(SNAT_SLOTS_MAX, BPF_F_MMAPABLE);
 

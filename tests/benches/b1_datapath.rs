@@ -396,6 +396,10 @@ const BIG_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 /// A Service whose port is its target port (80 → 80): a translation of the address only.
 const SAME_PORT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
 const NODE_PORT: u16 = 30080;
+/// A NodePort Service with `externalTrafficPolicy: Local`: external flows keep their client
+/// address (no SNAT, one conntrack entry).
+const NPL_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+const NODE_PORT_LOCAL: u16 = 30081;
 
 fn pods(base: [u8; 3], n: u32) -> Vec<Ipv4Addr> {
     (0..n).map(|i| Ipv4Addr::new(base[0], base[1], base[2], 10 + i as u8)).collect()
@@ -408,7 +412,10 @@ fn measured_services() -> Vec<Svc> {
     np.node_port = Some(NODE_PORT);
     let mut same_port = Svc::new("bench-same-port", SAME_PORT_VIP, pods([10, 244, 2], 3));
     same_port.target_port = same_port.port;
-    vec![Svc::new("bench-clusterip", VIP, pods([10, 244, 0], 3)), aff, np, same_port]
+    let mut np_local = Svc::new("bench-nodeport-local", NPL_VIP, pods([10, 244, 3], 3));
+    np_local.node_port = Some(NODE_PORT_LOCAL);
+    np_local.local_policy = true;
+    vec![Svc::new("bench-clusterip", VIP, pods([10, 244, 0], 3)), aff, np, same_port, np_local]
 }
 
 fn big_service() -> Svc {
@@ -694,7 +701,7 @@ fn sports(n: u32) -> impl Iterator<Item = u16> {
 }
 
 /// The cases, in the order they are reported.
-const CASES: [&str; 14] = [
+const CASES: [&str; 15] = [
     "pass_non_service",
     "xdp_pass_non_service",
     "new_flow",
@@ -705,6 +712,7 @@ const CASES: [&str; 14] = [
     "affinity_hit_new_flow",
     "nodeport_snat_ct_hit",
     "nodeport_snat_new_flow",
+    "nodeport_local_ct_hit",
     "new_flow_cycling_services",
     "ct_hit_cycling_services",
     "lookup_services_map",
@@ -783,6 +791,16 @@ fn prepare<'a>(
             (
                 Hook::Xdp,
                 vec![ack((EXT_CLIENT, 40000), (NODE, NODE_PORT))],
+                s.hit_repeat,
+                &[CNT_CT_HIT, CNT_VERDICT_DNAT],
+                reset(prime),
+            )
+        }
+        "nodeport_local_ct_hit" if !big => {
+            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, NODE_PORT_LOCAL)))];
+            (
+                Hook::Xdp,
+                vec![ack((EXT_CLIENT, 40000), (NODE, NODE_PORT_LOCAL))],
                 s.hit_repeat,
                 &[CNT_CT_HIT, CNT_VERDICT_DNAT],
                 reset(prime),

@@ -270,7 +270,7 @@ impl Verdict {
     }
 }
 
-const B1_LABELS: [(&str, &str); 14] = [
+const B1_LABELS: [(&str, &str); 15] = [
     ("pass_non_service", "non-service packet, pass (TC) — the floor of the program"),
     ("xdp_pass_non_service", "non-service packet, pass (XDP)"),
     ("new_flow", "new ClusterIP flow (SYN: misses, Maglev pick, 1 CT insert since bf773be, 2 before; DNAT)"),
@@ -280,7 +280,11 @@ const B1_LABELS: [(&str, &str); 14] = [
     ("reply_revnat", "reply, reverse NAT (backend → client)"),
     ("affinity_hit_new_flow", "new flow with ClientIP affinity hit"),
     ("nodeport_snat_ct_hit", "NodePort + SNAT, established (XDP)"),
-    ("nodeport_snat_new_flow", "NodePort + SNAT, new flow (XDP, SNAT port by hash; both entries in its slot since c4cd021, 2 CT inserts before)"),
+    (
+        "nodeport_snat_new_flow",
+        "NodePort + SNAT, new flow (XDP, SNAT port by hash; both entries in its slot since c4cd021, 2 CT inserts before)",
+    ),
+    ("nodeport_local_ct_hit", "NodePort, policy Local (no SNAT), established (XDP)"),
     ("new_flow_cycling_services", "new flow, each packet to a different service"),
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),
@@ -288,7 +292,8 @@ const B1_LABELS: [(&str, &str); 14] = [
 ];
 
 /// Cases whose cost the "flat within 15 %" target covers.
-const HIT_CASES: [&str; 5] = ["ct_hit", "reply_revnat", "affinity_hit_new_flow", "nodeport_snat_ct_hit", "pass_non_service"];
+const HIT_CASES: [&str; 6] =
+    ["ct_hit", "reply_revnat", "affinity_hit_new_flow", "nodeport_snat_ct_hit", "nodeport_local_ct_hit", "pass_non_service"];
 
 impl Report {
     fn load(dir: &Path) -> anyhow::Result<Self> {

@@ -150,6 +150,8 @@ pub struct Svc {
     pub affinity: bool,
     /// `type: NodePort` with this node port.
     pub node_port: Option<u16>,
+    /// `externalTrafficPolicy: Local` (every endpoint of a bench Service is on the node).
+    pub local_policy: bool,
 }
 
 impl Svc {
@@ -162,6 +164,7 @@ impl Svc {
             target_port: TARGET_PORT,
             affinity: false,
             node_port: None,
+            local_policy: false,
         }
     }
 
@@ -189,6 +192,9 @@ impl Svc {
             "ports": [port],
             "selector": {"app": self.name},
         });
+        if self.local_policy {
+            spec["externalTrafficPolicy"] = "Local".into();
+        }
         if self.affinity {
             spec["sessionAffinity"] = "ClientIP".into();
             spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});

@@ -473,7 +473,7 @@ impl Context<'_> {
         }
         let snat_step = if self.has(CNT_SNAT) {
             format!(
-                "source NAT to {} (traffic from outside to a frontend of policy Cluster, or to a ClusterIP: points 31, 32); the port is drawn from the SNAT range",
+                "source NAT to {} (traffic from outside to a frontend of policy Cluster, or to a ClusterIP: points 31, 32); the port is the flow's hash in the SNAT range (IPv4), or drawn from it",
                 endpoint(w.snat_addr, w.snat_port_be)
             )
         } else if self.has(CNT_HAIRPIN) {

@@ -786,25 +786,10 @@ fn prepare<'a>(
             let prep = Prep::Reset { affinity: true, prime: vec![(Hook::Tc, syn((CLIENT, 65000), (AFF_VIP, 80)))] };
             (Hook::Tc, frames, s.new_repeat, &[CNT_AFFINITY_HIT, CNT_NEW_FLOWS], prep)
         }
-        "nodeport_snat_ct_hit" if !big => {
-            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, NODE_PORT)))];
-            (
-                Hook::Xdp,
-                vec![ack((EXT_CLIENT, 40000), (NODE, NODE_PORT))],
-                s.hit_repeat,
-                &[CNT_CT_HIT, CNT_VERDICT_DNAT],
-                reset(prime),
-            )
-        }
-        "nodeport_local_ct_hit" if !big => {
-            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, NODE_PORT_LOCAL)))];
-            (
-                Hook::Xdp,
-                vec![ack((EXT_CLIENT, 40000), (NODE, NODE_PORT_LOCAL))],
-                s.hit_repeat,
-                &[CNT_CT_HIT, CNT_VERDICT_DNAT],
-                reset(prime),
-            )
+        "nodeport_snat_ct_hit" | "nodeport_local_ct_hit" if !big => {
+            let port = if name == "nodeport_snat_ct_hit" { NODE_PORT } else { NODE_PORT_LOCAL };
+            let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, port)))];
+            (Hook::Xdp, vec![ack((EXT_CLIENT, 40000), (NODE, port))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], reset(prime))
         }
         "nodeport_snat_new_flow" if !big => {
             let frames = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (NODE, NODE_PORT))).collect();

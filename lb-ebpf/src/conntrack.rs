@@ -327,6 +327,13 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
             // SAFETY: `s` from a lookup of this run; `ct` is its first field.
             Some((s, port_be)) => Some((unsafe { &raw mut (*s).ct }, Hit::Slot(s, port_be))),
             None if new_syn && slots => None,
+            // With slots, a flow in neither slot mostly has no source NAT (policy Local, a
+            // backend on the node's address): its client's entry first, then the forward entry
+            // (of a source-NATed flow that found no free slot, or of an older build).
+            None if slots => match client_flow_to(p, sc) {
+                ClientEntry::Flow(ct) => Some((ct, Hit::Client)),
+                _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, Hit::Entry)),
+            },
             None => match entry(p.flow_key(CT_DIR_FORWARD), v6) {
                 Some(ct) => Some((ct, Hit::Entry)),
                 None if new_syn => None,

@@ -901,6 +901,27 @@ pub fn snat_slots_of_forward(k: &CtKey, seed: u32, port_min: u16, port_max: u16)
         .filter_map(move |i| snat_slot_index(proto, snat_slot_probe_port(hash, i, port_min, port_max), port_min))
 }
 
+/// The slot holding the flow of key `k` (a reply to the IPv4 SNAT address, or a forward key) and
+/// the entry it holds under `k`, found as the datapath finds it with the node's settings `cfg`
+/// and seed `seed`; `read` reads a slot by index.
+pub fn snat_slot_entry<E>(
+    k: &CtKey,
+    cfg: &Config,
+    seed: u32,
+    mut read: impl FnMut(u32) -> Result<SnatSlot4, E>,
+) -> Result<Option<(u32, CtValue)>, E> {
+    if let Some(i) = snat_slot_of(k, &cfg.snat_addr, cfg.snat_port_min) {
+        let s = read(i)?;
+        return Ok(snat_slot_holds(&s, k).then_some((i, s.ct)));
+    }
+    for i in snat_slots_of_forward(k, seed, cfg.snat_port_min, cfg.snat_port_max) {
+        if let Some((_, v)) = read(i)?.forward_entry(i, cfg.snat_addr, cfg.snat_port_min).filter(|(fk, _)| fk == k) {
+            return Ok(Some((i, v)));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the slot `s` holds the flow of reply key `k` (its backend is `k`'s source).
 #[must_use]
 pub fn snat_slot_holds(s: &SnatSlot4, k: &CtKey) -> bool {

@@ -77,14 +77,35 @@ const _: () = assert!(
         && cfg!(target_endian = "little")
 );
 
+/// The backend word of slot `s` (see `backend_word`), read whole.
+///
+/// # Safety
+/// `s` must come from a lookup of this program run.
+#[inline(always)]
+unsafe fn read_backend_word(s: *const SnatSlot4) -> u64 {
+    // SAFETY: by the caller's promise; 8-aligned map value.
+    unsafe { s.cast::<u64>().add(7).read_volatile() }
+}
+
+/// The ports word of a conntrack value: `nat_port_be`, then `snat_port_be` (bytes 48..52; a
+/// slot's frontend and client ports).
+///
+/// # Safety
+/// `v` must point to a `CtValue` (8-aligned).
+#[inline(always)]
+unsafe fn ports_word(v: *const CtValue) -> u32 {
+    // SAFETY: by the caller's promise; the offset is asserted in `conntrack`.
+    unsafe { v.cast::<u8>().add(48).cast::<u32>().read() }
+}
+
 /// Whether slot `s` holds a flow from backend `addr`:`port_be` (the v4 word of its address).
 ///
 /// # Safety
 /// `s` must come from a lookup of this program run.
 #[inline(always)]
 unsafe fn holds(s: *const SnatSlot4, addr: u32, port_be: u16) -> bool {
-    // SAFETY: by the caller's promise; 8-aligned map value.
-    let w = unsafe { s.cast::<u64>().add(7).read_volatile() };
+    // SAFETY: by the caller's promise.
+    let w = unsafe { read_backend_word(s) };
     w & 0xffff_ffff_ffff == backend_word(addr, port_be, 0)
 }
 
@@ -220,12 +241,11 @@ impl Probe {
     /// `s` must come from a lookup of this program run.
     #[inline(always)]
     unsafe fn held_by(&self, s: *const SnatSlot4) -> bool {
-        // SAFETY: by the caller's promise; `CtValue` is 8-aligned, its ports word at 48.
+        // SAFETY: by the caller's promise.
         unsafe {
             let ct = &(*s).ct;
-            let ports = (ct as *const CtValue).cast::<u8>().add(48).cast::<u32>().read();
             ct.last_seen_ns != 0
-                && ports == self.ports
+                && ports_word(ct) == self.ports
                 && v4_word(&ct.snat_addr) == self.client
                 && v4_word(&ct.nat_addr) == self.frontend
                 && (*s).backend_port_be != 0
@@ -265,11 +285,10 @@ impl Probe {
 /// `s` must come from a lookup of this program run.
 #[inline(always)]
 unsafe fn same_flow(s: *const SnatSlot4, rv: &CtValue) -> bool {
-    // SAFETY: by the caller's promise; `CtValue`s are 8-aligned, the ports word at 48.
+    // SAFETY: by the caller's promise.
     unsafe {
-        let ports = |v: *const CtValue| v.cast::<u8>().add(48).cast::<u32>().read();
         let ct = &raw const (*s).ct;
-        ports(ct) == ports(rv)
+        ports_word(ct) == ports_word(rv)
             && v4_word(&(*ct).snat_addr) == v4_word(&rv.snat_addr)
             && v4_word(&(*ct).nat_addr) == v4_word(&rv.nat_addr)
             && (*ct).last_seen_ns != 0
@@ -283,8 +302,8 @@ unsafe fn same_flow(s: *const SnatSlot4, rv: &CtValue) -> bool {
 /// `s` must come from a lookup of this program run; the addresses must be 4-aligned.
 #[inline(always)]
 pub unsafe fn forward_nat(out: &mut Nat, s: *const SnatSlot4, port_be: u16, snat_addr: &[u8; 16], frontend: &[u8; 16]) {
-    // SAFETY: by the caller's promise (8-aligned map value).
-    let w = unsafe { s.cast::<u64>().add(7).read_volatile() };
+    // SAFETY: by the caller's promise.
+    let w = unsafe { read_backend_word(s) };
     // The backend's IPv4-mapped address: the frontend's prefix, then the backend's word.
     // SAFETY: 4-aligned by the caller's promise.
     unsafe {
@@ -315,7 +334,7 @@ pub fn quoted_forward_entry(out: &mut CtValue, inner: &Inner, v6: bool) -> bool 
     // SAFETY: `s` from the lookup above (8-aligned map value); 4-aligned addresses of a map value,
     // `Inner` and `out`.
     unsafe {
-        let w = s.cast::<u64>().add(7).read_volatile();
+        let w = read_backend_word(s);
         out.last_seen_ns = (*s).ct.last_seen_ns;
         out.backend_id = (*s).ct.backend_id;
         out.svc_id = (*s).ct.svc_id;

@@ -5,8 +5,9 @@
 //! the kfunc's id in the kernel's BTF), and sets the `.rodata` globals that say where
 //! `ip_summed` is. Where the kernel's BTF lacks either, the call becomes `r0 = 0` and the
 //! globals stay 0: the programs then keep the checksum helpers (correct, one or two helper calls
-//! slower per translated packet). It also sets the seed of the SNAT port hash (`maps::snat_seed`). Every loader of the object (the agent, `lb explain`'s private
-//! copy) goes through [`prepared`], so the same program has the same tag everywhere.
+//! slower per translated packet). It also sets the seed of the SNAT port hash
+//! (`maps::snat_seed`). Every loader of the object (the agent, `lb explain`'s private copy) goes
+//! through [`prepared`], so the same program has the same tag everywhere.
 
 use std::sync::OnceLock;
 

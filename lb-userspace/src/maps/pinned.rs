@@ -125,17 +125,7 @@ impl PinnedMaps {
             return Ok(None);
         };
         let read = |i: u32| slots.get(&i, 0).map_err(MapError::typed(lb_common::SNAT4_SLOTS, "read"));
-        if let Some(i) = lb_common::snat_slot_of(key, &cfg.snat_addr, cfg.snat_port_min) {
-            let s = read(i)?;
-            return Ok(lb_common::snat_slot_holds(&s, key).then_some(s.ct));
-        }
-        for i in lb_common::snat_slots_of_forward(key, super::snat_seed(), cfg.snat_port_min, cfg.snat_port_max) {
-            let found = read(i)?.forward_entry(i, cfg.snat_addr, cfg.snat_port_min).filter(|(k, _)| k == key);
-            if let Some((_, v)) = found {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
+        Ok(lb_common::snat_slot_entry(key, &cfg, super::snat_seed(), read)?.map(|(_, v)| v))
     }
 
     /// Whether map `name` is pinned.

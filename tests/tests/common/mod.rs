@@ -223,29 +223,21 @@ impl ConntrackPins {
         }
     }
 
-    /// The slot holding the flow of reply or forward key `k`, found as the datapath finds it.
-    fn slot_of(&self, k: &CtKey) -> Option<u32> {
+    /// The slot holding the flow of reply or forward key `k`, found as the datapath finds it, and
+    /// the entry it holds under `k`.
+    fn slot_entry(&self, k: &CtKey) -> Option<(u32, CtValue)> {
         let cfg = self.config.get(&0, 0).ok()?;
-        if let Some(i) = lb_common::snat_slot_of(k, &cfg.snat_addr, cfg.snat_port_min) {
-            let s = self.slots.get(&i, 0).ok()?;
-            return lb_common::snat_slot_holds(&s, k).then_some(i);
-        }
-        let seed = lb_userspace::maps::snat_seed();
-        lb_common::snat_slots_of_forward(k, seed, cfg.snat_port_min, cfg.snat_port_max).into_iter().find(|&i| {
-            let s = self.slots.get(&i, 0).ok();
-            s.and_then(|s| s.forward_entry(i, cfg.snat_addr, cfg.snat_port_min)).is_some_and(|(fk, _)| fk == *k)
-        })
+        let read = |i: u32| self.slots.get(&i, 0);
+        lb_common::snat_slot_entry(k, &cfg, lb_userspace::maps::snat_seed(), read).ok().flatten()
+    }
+
+    fn slot_of(&self, k: &CtKey) -> Option<u32> {
+        self.slot_entry(k).map(|(i, _)| i)
     }
 
     /// The entry of reply or forward key `k` held in a slot, when one holds its flow.
     pub fn slot(&self, k: &CtKey) -> Option<CtValue> {
-        let i = self.slot_of(k)?;
-        let s = self.slots.get(&i, 0).ok()?;
-        if k.dir == CT_DIR_REPLY {
-            return Some(s.ct);
-        }
-        let cfg = self.config.get(&0, 0).ok()?;
-        s.forward_entry(i, cfg.snat_addr, cfg.snat_port_min).map(|(_, v)| v)
+        self.slot_entry(k).map(|(_, v)| v)
     }
 
     /// Rewrites the entry of the slot holding key `k`'s flow: the whole reply entry for a reply

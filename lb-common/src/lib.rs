@@ -30,6 +30,9 @@
 //! - [`ADDR_FILTER`]: two bitmaps over a hash of addresses: every frontend address, and every
 //!   backend address. A packet whose destination is no frontend's and whose source is no
 //!   backend's passes after two inlined array reads, without a hash lookup ([`addr_filter_slot`]).
+//! - [`LOCAL_MARKS`]: a bitmap over a hash of the IPv4 external frontends whose flows are not
+//!   source-NATed (`externalTrafficPolicy: Local`): their packets look their client's one entry
+//!   up before the SNAT port slots ([`local_mark_slot`]).
 //! - [`SELECT`]: `(select_id, slot)` → backend id: the dense random-selection table of an
 //!   endpoint set, written by userspace.
 //! - [`MAGLEV`]: `(select_id, chunk)` → 64 backend ids: the Maglev lookup table of an endpoint
@@ -98,6 +101,7 @@ pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
 pub const FRAGS: &str = "LB_FRAGS";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
+pub const LOCAL_MARKS: &str = "LB_LOCAL_MARKS";
 pub const SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
 pub const SVC_NAMES: &str = "LB_SVC_NAMES";
 pub const AGENT: &str = "LB_AGENT";
@@ -110,7 +114,7 @@ pub const MONITOR_STATS: &str = "LB_MONITOR_STATS";
 pub const CLOCK: &str = "LB_CLOCK";
 
 /// Every map the datapath pins.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     SERVICES,
     BACKENDS,
     SELECT,
@@ -128,6 +132,7 @@ pub const ALL_MAPS: [&str; 25] = [
     FRAGS,
     CONFIG,
     ADDR_FILTER,
+    LOCAL_MARKS,
     SOCK_REVNAT,
     SVC_NAMES,
     SVC_LABELS,
@@ -500,6 +505,32 @@ pub const fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 const fn word(addr: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]])
 }
+
+// ---------------------------------------------------------------------------------------------
+// LB_LOCAL_MARKS
+// ---------------------------------------------------------------------------------------------
+
+/// Bits of [`LOCAL_MARKS`] (a power of two). A frontend whose bit another one set by chance
+/// only looks its flows up in another order (see [`local_mark_slot`]).
+pub const LOCAL_MARK_BITS: u32 = 1 << 16;
+/// `u64` words of [`LOCAL_MARKS`].
+pub const LOCAL_MARK_WORDS: u32 = LOCAL_MARK_BITS / 64;
+
+/// The word index and bit of IPv4 frontend `addr`:`port_be`/`proto` in [`LOCAL_MARKS`] (`addr`:
+/// the native word of the address's wire bytes, as the datapath loads it). The bit is set for
+/// the external frontends (NodePorts on each node address, LoadBalancer IPs, external IPs)
+/// whose flows are never source-NATed, those of `externalTrafficPolicy: Local`. A packet from
+/// outside to a marked frontend looks its client's one entry up first, one to any other looks
+/// at the SNAT port slots first ([`SNAT4_SLOTS`]): each finds its flow in the first lookup, and
+/// a wrong guess (a hash collision, a flow of another kind) costs a lookup, never the flow.
+#[inline(always)]
+#[must_use]
+pub const fn local_mark_slot(addr: u32, port_be: u16, proto: u8) -> (u32, u64) {
+    let x = (addr ^ (port_be as u32 | (proto as u32) << 16).rotate_left(11)).wrapping_mul(0x9e37_79b1);
+    let bit = x >> (32 - 16);
+    (bit / 64, 1u64 << (bit % 64))
+}
+const _: () = assert!(LOCAL_MARK_BITS == 1 << 16);
 
 // ---------------------------------------------------------------------------------------------
 // LB_SELECT

@@ -43,7 +43,7 @@ use crate::{
     nat::{Nat, copy_addr},
     parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     scratch::{Flow, Keys},
-    service::service_key,
+    service::{local_marked, service_key},
     snat,
 };
 
@@ -288,12 +288,14 @@ fn client_flow_from(p: &Packet, sc: &mut Keys) -> Option<*mut CtValue> {
 /// SNAT); from outside the SNAT port slots of the flow's hash (IPv4, see `snat`), then the forward
 /// entry (under the default policy Cluster, external flows are source-NATed).
 ///
-/// From outside, a TCP SYN without a flow in its slots (or, without slots, without a forward
-/// entry) looks no further: its flow, if any, is a one-entry flow (policy Local, a backend on the
+/// From outside, a packet to a frontend of policy Local (marked in `LB_LOCAL_MARKS`, see
+/// `lb_common::local_mark_slot`) looks its client's entry up first: its flow has no source NAT.
+/// Any other looks at its slots first. A TCP SYN without a flow there (or, without slots, without
+/// a forward entry) looks no further: its flow, if any, is a one-entry flow (a backend on the
 /// node's address), and `establish` finds that entry when it writes the client key (a
 /// retransmitted SYN then selects again, as below), or a source-NATed flow that found no free
-/// slot, which starts afresh. What the slots cost the other external flows: a packet of a flow
-/// without source NAT (policy Local) that is no SYN reads its two slots before its own entries.
+/// slot, which starts afresh. (What the slots cost the flows without source NAT of unmarked
+/// frontends: a packet that is no SYN reads its two slots before its own entries.)
 ///
 /// `from_backend`: the address filter says the client may be a backend. A TCP SYN from a pod
 /// whose client entry is missing skips the forward-entry lookup when the client is no backend:
@@ -307,34 +309,39 @@ pub fn forward(p: &mut Packet, sc: &mut Keys, out: &mut Nat, hook: Hook, from_ba
     let tcp = p.proto == IPPROTO_TCP;
     let new_syn = tcp && p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     let found = if hook == Hook::External {
-        // External IPv4 flows with source NAT are in the slots of their ports (see `snat`),
-        // looked at first; a SYN finding no flow there looks no further (a retransmitted SYN of
-        // a flow in the hash table, which found no free slot, starts its flow afresh).
-        let mut slots = false;
-        let mut in_slot = None;
-        if let Some(cfg) = LB_CONFIG.get(0)
-            && !v6
-            && cfg.flags & CFG_F_SNAT_READY != 0
-        {
-            slots = true;
-            // SAFETY: the packet description's addresses are 4-aligned.
-            let probe = unsafe {
-                snat::Probe::of((&p.src, p.sport_be), (&p.dst, p.dport_be), p.proto, cfg.snat_port_min, cfg.snat_port_max)
-            };
-            in_slot = probe.find(new_syn, now);
-        }
-        match in_slot {
-            // SAFETY: `s` from a lookup of this run; `ct` is its first field.
-            Some((s, port_be)) => Some((unsafe { &raw mut (*s).ct }, Hit::Slot(s, port_be))),
-            None if new_syn && slots => None,
-            // With slots, a flow in neither slot mostly has no source NAT (policy Local, a
-            // backend on the node's address): its client's entry first, then the forward entry
-            // (of a source-NATed flow that found no free slot, or of an older build).
-            None if slots => match client_flow_to(p, sc) {
-                ClientEntry::Flow(ct) => Some((ct, Hit::Client)),
-                _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, Hit::Entry)),
-            },
-            None => match entry(p.flow_key(CT_DIR_FORWARD), v6) {
+        // External IPv4 flows with source NAT are in the slots of their ports (see `snat`); a
+        // SYN finding no flow there looks no further (a retransmitted SYN of a flow in the hash
+        // table, which found no free slot, starts its flow afresh). Flows to a frontend of
+        // policy Local (marked) have no source NAT: their client's entry is looked at first.
+        match LB_CONFIG.get(0) {
+            Some(cfg) if !v6 && cfg.flags & CFG_F_SNAT_READY != 0 => {
+                let client = if local_marked(p) { client_flow_to(p, sc) } else { ClientEntry::None };
+                if let ClientEntry::Flow(ct) = client {
+                    Some((ct, Hit::Client))
+                } else {
+                    // SAFETY: the packet description's addresses are 4-aligned.
+                    let probe = unsafe {
+                        snat::Probe::of((&p.src, p.sport_be), (&p.dst, p.dport_be), p.proto, cfg.snat_port_min, cfg.snat_port_max)
+                    };
+                    match probe.find(new_syn, now) {
+                        // SAFETY: `s` from a lookup of this run; `ct` is its first field.
+                        Some((s, port_be)) => Some((unsafe { &raw mut (*s).ct }, Hit::Slot(s, port_be))),
+                        None if new_syn => None,
+                        // The forward entry: of a source-NATed flow that found no free slot, or
+                        // of an older build.
+                        // (The mark read again rather than kept: the stack of this frame is
+                        // near its limit.)
+                        None if local_marked(p) => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, Hit::Entry)),
+                        // Unmarked, a flow in neither slot mostly has no source NAT all the same
+                        // (a backend on the node's address): its client's entry first.
+                        None => match client_flow_to(p, sc) {
+                            ClientEntry::Flow(ct) => Some((ct, Hit::Client)),
+                            _ => entry(p.flow_key(CT_DIR_FORWARD), v6).map(|ct| (ct, Hit::Entry)),
+                        },
+                    }
+                }
+            }
+            _ => match entry(p.flow_key(CT_DIR_FORWARD), v6) {
                 Some(ct) => Some((ct, Hit::Entry)),
                 None if new_syn => None,
                 None => match client_flow_to(p, sc) {

@@ -14,9 +14,10 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FILTER_WORDS, AFFINITY_MAX, AffinityKey, AffinityValue, AgentStatus, BACKEND_STATS_MAX, BACKENDS_MAX, Backend, CNT_MAX,
     CONNTRACK_MAX, ClockCalibration, Config, CtClientKey4, CtKey, CtKey4, CtValue, EVENTS_BYTES, FRAGS_MAX, FlowCounterBlock,
-    FragKey, FragValue, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig, MonitorStats,
-    SELECT_MAX, SERVICES_MAX, SNAT_SLOTS_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX, SVC_STATS_MAX,
-    SelectKey, ServiceKey, ServiceValue, SnatSlot4, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName, stats_blocks,
+    FragKey, FragValue, LOCAL_MARK_WORDS, MAGLEV_CHUNKS_MAX, MEMBERS_MAX, MaglevChunk, MaglevKey, MemberKey, Meta, MonitorConfig,
+    MonitorStats, SELECT_MAX, SERVICES_MAX, SNAT_SLOTS_MAX, SOCK_REVNAT_MAX, SOURCE_RANGES_MAX, SVC_LABELS_MAX, SVC_NAMES_MAX,
+    SVC_STATS_MAX, SelectKey, ServiceKey, ServiceValue, SnatSlot4, SockRevKey, SockRevValue, SourceRangeData, SvcLabels, SvcName,
+    stats_blocks,
 };
 
 /// Frontends `(address, port, protocol)` and address markers → the service's tables and flags.
@@ -46,6 +47,11 @@ pub static LB_SOURCE_RANGES: LpmTrie<SourceRangeData, u32> = LpmTrie::pinned(SOU
 /// Bitmaps of frontend and backend addresses, by hash (see `lb_common::addr_filter_slot`).
 #[map]
 pub static LB_ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_WORDS, 0);
+
+/// Bitmap of the IPv4 external frontends of policy Local, by hash (see
+/// `lb_common::local_mark_slot`): which lookup their packets make first.
+#[map]
+pub static LB_LOCAL_MARKS: Array<u64> = Array::pinned(LOCAL_MARK_WORDS, 0);
 
 /// Translated IPv4 flows of two entries, one per direction: source-NATed flows and flows whose
 /// client port is in another live flow (see `conntrack`). An LRU: under pressure the least recently used flows are evicted rather than new

@@ -3,11 +3,11 @@
 
 use lb_common::{
     ADDR_FILTER_BACKEND, ADDR_FILTER_FRONTEND, SVC_F_ADDR_MARKER, ServiceKey, ServiceValue, SourceRangeData,
-    addr_filter_slot_words,
+    addr_filter_slot_words, local_mark_slot,
 };
 
 use crate::{
-    maps::{LB_ADDR_FILTER, LB_SERVICES, LB_SOURCE_RANGES},
+    maps::{LB_ADDR_FILTER, LB_LOCAL_MARKS, LB_SERVICES, LB_SOURCE_RANGES},
     parse::Packet,
 };
 
@@ -24,6 +24,14 @@ pub fn may_be_ours(p: &Packet) -> (bool, bool) {
 fn filter_has(addr: [u32; 4], which: u32) -> bool {
     let (word, bit) = addr_filter_slot_words(addr, which);
     LB_ADDR_FILTER.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// Whether IPv4 packet `p` goes to a frontend marked as one of policy Local (its flows have no
+/// source NAT): one inlined array read (see `lb_common::local_mark_slot`).
+#[inline(always)]
+pub fn local_marked(p: &Packet) -> bool {
+    let (word, bit) = local_mark_slot(p.addr_words().1[3], p.dport_be, p.proto);
+    LB_LOCAL_MARKS.get(word).is_some_and(|w| w & bit != 0)
 }
 
 /// The `LB_SERVICES` key of frontend `addr` (as its 32-bit words):`port_be`/`proto`, written as

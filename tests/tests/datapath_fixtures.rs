@@ -1526,6 +1526,45 @@ fn point_33_local_policy_nodeport_keeps_the_client_source_and_uses_local_endpoin
     assert_eq!(f.counter(CNT_SNAT), 0);
 }
 
+/// Points 32, 33, IPv4: a packet from outside to a frontend of policy Local looks its flow up by
+/// its client first (the frontend is marked in `LB_LOCAL_MARKS`), one to any other frontend by
+/// its SNAT port slot first. Seen where both hold a flow of the same ports: a client whose
+/// connection began under policy Local, was opened again under policy Cluster (a slot, source
+/// NAT) and goes on after the Service is back to Local keeps its source address, as Local
+/// promises; without the frontend's mark, the same packet takes the slot's flow.
+fn point_33_packets_to_a_local_policy_frontend_find_their_client_entry_before_any_snat_slot(test: &str) {
+    use aya::maps::{Array, MapData};
+    let Some(mut f) = Fixture::node(test) else { return };
+    let local = nodeport_local_state::<V4>(vec![local(V4::POD1, 8080), remote(V4::REMOTE1, 8080)]);
+    let (client, frontend): (SocketAddr, SocketAddr) = ((V4::EXT_CLIENT, 40000).into(), (V4::NODE, NODEPORT).into());
+    f.program(&local);
+    let (_, out) = f.run_xdp(&tcp_frame(client, frontend, 1000, 0, TCP_SYN));
+    assert_eq!((parse_flow(&out).src, parse_flow(&out).dst), (client, (V4::POD1, 8080).into()), "policy Local: no SNAT");
+    f.program(&nodeport_cluster_state::<V4>());
+    let (_, out) = f.run_xdp(&tcp_frame(client, frontend, 5000, 0, TCP_SYN));
+    let snat = parse_flow(&out).src;
+    assert_eq!(snat.ip(), V4::NODE, "policy Cluster: source-NATed, the flow in a slot");
+    f.program(&local);
+    let ack = tcp_frame(client, frontend, 1001, 1, TCP_ACK);
+    let (verdict, out) = f.run_xdp(&ack);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        (parse_flow(&out).src, parse_flow(&out).dst),
+        (client, (V4::POD1, 8080).into()),
+        "back to Local: the client's own flow, its source kept"
+    );
+    verify_checksums(&out).expect("checksums after DNAT");
+
+    let pin = f.dp.pin_path().join(lb_common::LOCAL_MARKS);
+    let mut marks: Array<MapData, u64> =
+        Array::try_from(aya::maps::Map::Array(MapData::from_pin(pin).expect("marks pin"))).unwrap();
+    let set: Vec<u32> = (0..lb_common::LOCAL_MARK_WORDS).filter(|i| marks.get(i, 0).is_ok_and(|w| w != 0)).collect();
+    assert_eq!(set.len(), 1, "one Local frontend, one marked word");
+    marks.set(set[0], 0, 0).expect("clearing the mark");
+    let (_, out) = f.run_xdp(&ack);
+    assert_eq!(parse_flow(&out).src, snat, "unmarked: the slot is looked at first");
+}
+
 /// Points 33, 38: externalTrafficPolicy Local without a local endpoint (endpoints exist on other
 /// nodes): external traffic is dropped silently, not rejected.
 fn point_33_38_local_policy_without_local_endpoint_drops_external_traffic<F: Family>(test: &str) {
@@ -2433,6 +2472,7 @@ mod v4 {
         malformed_ipv4_headers_pass_untouched,
         point_32_snat_reply_entries_live_in_port_slots_and_a_taken_slot_falls_back_to_the_backends_ports,
         point_32_an_external_flows_snat_port_is_picked_by_its_hash_and_its_packets_find_its_slot,
+        point_33_packets_to_a_local_policy_frontend_find_their_client_entry_before_any_snat_slot,
         point_41_nodeport_packets_with_ipv4_options_are_translated,
     );
 }

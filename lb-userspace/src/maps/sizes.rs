@@ -40,6 +40,8 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// `LB_ADDR_FILTER`: words of the address bitmaps (fixed).
     pub addr_filter: u32,
+    /// `LB_LOCAL_MARKS`: words of the policy-Local frontend bitmap (fixed).
+    pub local_marks: u32,
 }
 
 impl Default for MapSizes {
@@ -56,6 +58,7 @@ impl Default for MapSizes {
             source_ranges: c::SOURCE_RANGES_MAX,
             conntrack: c::CONNTRACK_MAX,
             addr_filter: c::ADDR_FILTER_WORDS,
+            local_marks: c::LOCAL_MARK_WORDS,
         }
     }
 }
@@ -101,6 +104,7 @@ impl MapSizes {
             source_ranges: 1 << 20,
             conntrack: c::CONNTRACK_MAX,
             addr_filter: c::ADDR_FILTER_WORDS,
+            local_marks: c::LOCAL_MARK_WORDS,
         }
     }
 

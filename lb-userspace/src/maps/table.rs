@@ -13,7 +13,7 @@
 //! # Order
 //! The datapath follows service → selection slot → backend. Writes therefore go in table order
 //! (every target is valid before anything points at it) and deletes in reverse (every pointer is
-//! gone before its target): the address filter, names, backends, members, selection slots,
+//! gone before its target): the address filter, the policy-Local marks, names, backends, members, selection slots,
 //! Maglev chunks, source ranges, then frontends. Source ranges are written before the frontend that enables them and
 //! removed after it.
 
@@ -296,6 +296,9 @@ agent_maps! {
     /// The address filter's words (bitmaps of frontend and backend addresses). First: a bit is
     /// set before any frontend or backend needs it, and cleared only after them.
     addr_filter (AddrFilter): lb_common::ADDR_FILTER, u32 => u64, PutFilterWord / DelFilterWord, capacity addr_filter;
+    /// The words of the bitmap of IPv4 external frontends of policy Local (which lookup their
+    /// packets make first: any order is correct, so its place in the order is free).
+    local_marks (LocalMarks): lb_common::LOCAL_MARKS, u32 => u64, PutLocalMarks / DelLocalMarks, capacity local_marks;
     /// ServicePort names by svc_id, for `lb service list` and the metrics in other processes.
     names (Names): lb_common::SVC_NAMES, u32 => Arc<SvcName>, PutName / DelName, capacity names;
     /// Service labels by svc_id (labelled Services only), for `lb service list --selector`.

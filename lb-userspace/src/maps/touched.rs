@@ -22,6 +22,8 @@ pub struct Touched {
     pub names: BTreeSet<u32>,
     /// Words of the address filter.
     pub filter: BTreeSet<u32>,
+    /// Words of the policy-Local marks.
+    pub local_marks: BTreeSet<u32>,
     /// Everything may differ (before the first apply): diff the whole state.
     pub all: bool,
 }
@@ -35,6 +37,7 @@ impl Touched {
             && self.source_ranges.is_empty()
             && self.names.is_empty()
             && self.filter.is_empty()
+            && self.local_marks.is_empty()
     }
 }
 
@@ -77,6 +80,7 @@ fn restrict(st: &MapState, touched: &Touched) -> MapState {
         labels: pick(&st.labels, &touched.names),
         source_ranges: pick(&st.source_ranges, &touched.source_ranges),
         addr_filter: pick(&st.addr_filter, &touched.filter),
+        local_marks: pick(&st.local_marks, &touched.local_marks),
         ..MapState::default()
     };
     for &t in &touched.tables {

@@ -32,6 +32,7 @@ use lb_common::{
 use super::{
     PlanConfig, PlanMemory,
     addr_filter::AddrCounts,
+    local_marks::MarkCounts,
     memory::Released,
     service::{maglev_tables, plan_service},
     writers::{ById, ByKey},
@@ -55,6 +56,8 @@ struct Contribution {
     /// Frontend and marker keys (their values are in the state while anyone writes them).
     services: Vec<ServiceKey>,
     source_ranges: Vec<SourceRangeKey>,
+    /// Words of its policy-Local marks.
+    local_marks: Vec<(u32, u64)>,
 }
 
 /// The incremental planner (module docs).
@@ -72,6 +75,8 @@ pub struct Planner {
     /// Users of each address in the address filter: frontend keys, backends of ServicePorts and
     /// quarantined backends.
     filter: AddrCounts,
+    /// ServicePorts setting each policy-Local mark.
+    marks: MarkCounts,
     /// Every planned ServicePort by its svc_id (names for the per-service counters).
     svc_names: BTreeMap<u32, Arc<ServicePortName>>,
     /// Bumped whenever `svc_names` gains, loses or renames an id, so that a reader copies it
@@ -108,6 +113,7 @@ impl Planner {
             services: ByKey::default(),
             source_ranges: ByKey::default(),
             filter: AddrCounts::default(),
+            marks: MarkCounts::default(),
             svc_names: BTreeMap::new(),
             svc_names_version: 0,
             withdrawn_names: Vec::new(),
@@ -296,6 +302,7 @@ impl Planner {
             backends: own.backends.keys().copied().collect(),
             services: own.services.keys().copied().collect(),
             source_ranges: own.source_ranges.into_keys().collect(),
+            local_marks: own.local_marks.into_iter().collect(),
         };
         let p = &mut self.pending;
         // Before the first apply every key is compared (`all`): naming each one as well only
@@ -339,6 +346,7 @@ impl Planner {
                 p.services.insert(*key);
             }
         }
+        self.marks.update(&contribution.local_marks, true, &mut self.state.local_marks, &mut p.local_marks);
         for r in &contribution.source_ranges {
             self.source_ranges.add(spn, *r, (), self.state.source_ranges.get(r));
             self.state.source_ranges.insert(*r, ());
@@ -408,6 +416,7 @@ impl Planner {
                 p.services.insert(*key);
             }
         }
+        self.marks.update(&own.local_marks, false, &mut self.state.local_marks, &mut p.local_marks);
         for r in &own.source_ranges {
             if self.source_ranges.remove(spn, *r, self.state.source_ranges.get(r)).is_none() {
                 self.state.source_ranges.remove(r);

@@ -1,5 +1,6 @@
 //! From the desired state to map contents: what planning remembers between plans ([`memory`]:
 //! ids and Maglev tables), one ServicePort's entries ([`service`]), Maglev tables ([`maglev`]), the
+//! address filter and the policy-Local marks ([`addr_filter`], [`local_marks`]), the
 //! incremental planner the agent runs ([`incremental`]) and the full plan it is tested against
 //! ([`full`]). Pure: the kernel only sees the result, through `dataplane`, as a [`crate::maps::MapState`].
 
@@ -7,6 +8,7 @@ pub mod addr_filter;
 pub mod full;
 pub mod incremental;
 mod keys;
+pub mod local_marks;
 pub mod maglev;
 pub mod memory;
 pub mod service;

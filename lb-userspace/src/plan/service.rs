@@ -189,7 +189,9 @@ fn insert_frontends(st: &mut MapState, sp: &ServicePortState, proto: Protocol, e
             FrontendKind::ExternalIp => SVC_F_EXTERNAL_IP,
             FrontendKind::LoadBalancer => SVC_F_LOADBALANCER,
         };
-        st.services.insert(service_key(fe.addr, fe.port, proto), ServiceValue { flags: value.flags | kind, ..value });
+        let (key, value) = (service_key(fe.addr, fe.port, proto), ServiceValue { flags: value.flags | kind, ..value });
+        super::local_marks::mark(&mut st.local_marks, &key, &value);
+        st.services.insert(key, value);
         st.services.insert(marker_key(fe.addr), ServiceValue { flags: SVC_F_ADDR_MARKER, ..ServiceValue::default() });
     }
 }

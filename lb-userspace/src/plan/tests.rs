@@ -183,13 +183,13 @@ fn show(backends: &[Backend]) -> Vec<String> {
         .collect()
 }
 
-/// The phase of an op in the safe order. The address filter's words are first and last, but a
-/// word losing bits is also written again with the deletes (`maps::table::Transition`):
-/// [`is_filter`] ops are checked by their own test.
+/// The phase of an op in the safe order. The bitmaps' words (the address filter's, then the
+/// policy-Local marks') are first and last, but a word losing bits is also written again with the
+/// deletes (`maps::table::Transition`): [`is_bitmap`] ops are checked by their own test.
 fn rank(op: &Op) -> u8 {
     match op {
-        Op::PutFilterWord(..) => 0,
-        Op::DelFilterWord(..) => 11,
+        Op::PutFilterWord(..) | Op::PutLocalMarks(..) => 0,
+        Op::DelFilterWord(..) | Op::DelLocalMarks(..) => 11,
         Op::PutName(..) | Op::PutLabels(..) | Op::PutBackend(..) => 1,
         Op::PutMember(..) => 2,
         Op::PutSelect(..) | Op::PutMaglev(..) => 3,
@@ -203,15 +203,16 @@ fn rank(op: &Op) -> u8 {
     }
 }
 
-/// Address filter writes come before every other write or after every other delete.
-fn assert_filter_ops_at_the_edges(ops: &[Op]) {
-    let first = ops.iter().position(|op| !is_filter(op)).unwrap_or(ops.len());
-    let last = ops.iter().rposition(|op| !is_filter(op)).map_or(0, |i| i + 1);
-    assert!(ops[first..last].iter().all(|op| !is_filter(op)), "a filter write between the others: {ops:#?}");
+/// Bitmap writes (the address filter, the policy-Local marks) come before every other write or
+/// after every other delete.
+fn assert_bitmap_ops_at_the_edges(ops: &[Op]) {
+    let first = ops.iter().position(|op| !is_bitmap(op)).unwrap_or(ops.len());
+    let last = ops.iter().rposition(|op| !is_bitmap(op)).map_or(0, |i| i + 1);
+    assert!(ops[first..last].iter().all(|op| !is_bitmap(op)), "a bitmap write between the others: {ops:#?}");
 }
 
-fn is_filter(op: &Op) -> bool {
-    matches!(op, Op::PutFilterWord(..) | Op::DelFilterWord(..))
+fn is_bitmap(op: &Op) -> bool {
+    matches!(op, Op::PutFilterWord(..) | Op::DelFilterWord(..) | Op::PutLocalMarks(..) | Op::DelLocalMarks(..))
 }
 
 fn applied(old: &MapState, ops: &[Op]) -> MapState {
@@ -550,6 +551,7 @@ fn diff_from_and_to_empty_puts_or_deletes_everything() {
             + st.source_ranges.len()
             + st.services.len()
             + st.addr_filter.len()
+            + st.local_marks.len()
     );
     assert!(up.iter().all(|op| rank(op) <= 5));
     let down = diff(&st, &MapState::default());
@@ -580,8 +582,8 @@ fn diff_orders_backends_select_services_then_deletes_in_reverse() {
         &mut ids,
     );
     let all_ops = diff(&old, &new);
-    assert_filter_ops_at_the_edges(&all_ops);
-    let ops: Vec<Op> = all_ops.into_iter().filter(|op| !is_filter(op)).collect();
+    assert_bitmap_ops_at_the_edges(&all_ops);
+    let ops: Vec<Op> = all_ops.into_iter().filter(|op| !is_bitmap(op)).collect();
     let ranks: Vec<u8> = ops.iter().map(rank).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "ops out of order: {ops:#?}");
     // Every kind of write occurs in this change (no source ranges are involved).
@@ -806,7 +808,7 @@ fn point_59_adopt_with_a_service_deleted_while_down_removes_only_it() {
     let mut ids = PlanMemory::default();
     ids.adopt(&pinned, &d2);
     let st = plan_state(&d2, &mut ids);
-    let ops: Vec<Op> = diff(&pinned, &st).into_iter().filter(|op| !is_filter(op)).collect();
+    let ops: Vec<Op> = diff(&pinned, &st).into_iter().filter(|op| !is_bitmap(op)).collect();
     assert!(ops.iter().all(|op| rank(op) >= 6), "only deletes expected: {ops:#?}");
     // 3 frontends + 3 markers, one table slot per class (2; a TCP ServicePort without affinity
     // has no membership entries), one backend, one name and its labels.

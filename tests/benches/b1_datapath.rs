@@ -630,7 +630,8 @@ impl Prepared<'_> {
             }
             Prep::ResetAndEstablish(syns) => {
                 self.lab.clear_state(false, self.hook == Hook::Xdp)?;
-                let h = Harness::new(Hook::Tc, self.lab.prog_fd(Hook::Tc), self.harness.as_ref().expect("harness").noop, syns)?;
+                // Through the case's own hook (its harness's no-op is of that hook).
+                let h = Harness::new(self.hook, self.lab.prog_fd(self.hook), self.harness.as_ref().expect("harness").noop, syns)?;
                 h.run_lb(syns.len() as u32)?;
             }
         }
@@ -701,7 +702,7 @@ fn sports(n: u32) -> impl Iterator<Item = u16> {
 }
 
 /// The cases, in the order they are reported.
-const CASES: [&str; 15] = [
+const CASES: [&str; 16] = [
     "pass_non_service",
     "xdp_pass_non_service",
     "new_flow",
@@ -713,6 +714,7 @@ const CASES: [&str; 15] = [
     "nodeport_snat_ct_hit",
     "nodeport_snat_new_flow",
     "nodeport_local_ct_hit",
+    "nodeport_local_cycling_ct_hit",
     "new_flow_cycling_services",
     "ct_hit_cycling_services",
     "lookup_services_map",
@@ -790,6 +792,17 @@ fn prepare<'a>(
             let port = if name == "nodeport_snat_ct_hit" { NODE_PORT } else { NODE_PORT_LOCAL };
             let prime = vec![(Hook::Xdp, syn((EXT_CLIENT, 40000), (NODE, port)))];
             (Hook::Xdp, vec![ack((EXT_CLIENT, 40000), (NODE, port))], s.hit_repeat, &[CNT_CT_HIT, CNT_VERDICT_DNAT], reset(prime))
+        }
+        "nodeport_local_cycling_ct_hit" if !big && lab.dummies.is_empty() => {
+            // Established policy-Local flows from outside, each packet another (what a busy
+            // node's external interface sees): their conntrack entries, and whatever else a
+            // lookup touches, do not stay in cache as one flow's do.
+            let k = s.new_repeat;
+            let to = |p: u16| ((EXT_CLIENT, p), (NODE, NODE_PORT_LOCAL));
+            let syns = sports(k).map(|p| syn(to(p).0, to(p).1)).collect();
+            let acks = sports(k).map(|p| ack(to(p).0, to(p).1)).collect();
+            let reps = (s.hit_repeat / k).max(1) * k;
+            (Hook::Xdp, acks, reps, &[CNT_CT_HIT, CNT_VERDICT_DNAT], Prep::ResetAndEstablish(syns))
         }
         "nodeport_snat_new_flow" if !big => {
             let frames = sports(s.np_new_repeat).map(|p| syn((EXT_CLIENT, p), (NODE, NODE_PORT))).collect();

@@ -270,7 +270,7 @@ impl Verdict {
     }
 }
 
-const B1_LABELS: [(&str, &str); 15] = [
+const B1_LABELS: [(&str, &str); 16] = [
     ("pass_non_service", "non-service packet, pass (TC) — the floor of the program"),
     ("xdp_pass_non_service", "non-service packet, pass (XDP)"),
     ("new_flow", "new ClusterIP flow (SYN: misses, Maglev pick, 1 CT insert since bf773be, 2 before; DNAT)"),
@@ -285,6 +285,7 @@ const B1_LABELS: [(&str, &str); 15] = [
         "NodePort + SNAT, new flow (XDP, SNAT port by hash; both entries in its slot since c4cd021, 2 CT inserts before)",
     ),
     ("nodeport_local_ct_hit", "NodePort, policy Local (no SNAT), established (XDP)"),
+    ("nodeport_local_cycling_ct_hit", "NodePort, policy Local, established, each packet another of 20,000 flows (XDP)"),
     ("new_flow_cycling_services", "new flow, each packet to a different service"),
     ("ct_hit_cycling_services", "conntrack hit, cycling over flows to different services"),
     ("lookup_services_map", "reference: one LB_SERVICES lookup (hit), in a no-op program"),

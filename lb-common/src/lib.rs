@@ -606,13 +606,19 @@ const _: () = assert!(size_of::<CtKey4>() == 16 && align_of::<CtKey4>() == 8);
 /// The first 12 bytes of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
 const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
+/// The IPv4 address of IPv4-mapped `addr` as the native word of its wire bytes (what the
+/// datapath loads from the address's last word); `None` for an IPv6 address.
+#[must_use]
+pub fn ipv4_word(addr: &[u8; 16]) -> Option<u32> {
+    (addr[..12] == V4_MAPPED_PREFIX).then(|| u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]))
+}
+
 impl CtKey4 {
     /// The IPv4 key of `k`, when both of its addresses are IPv4-mapped.
     pub fn from_key(k: &CtKey) -> Option<Self> {
-        let v4 = |a: &[u8; 16]| (a[..12] == V4_MAPPED_PREFIX).then(|| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]));
         Some(Self {
-            src: v4(&k.src)?,
-            dst: v4(&k.dst)?,
+            src: ipv4_word(&k.src)?,
+            dst: ipv4_word(&k.dst)?,
             sport_be: k.sport_be,
             dport_be: k.dport_be,
             proto: k.proto,

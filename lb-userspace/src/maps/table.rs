@@ -13,9 +13,9 @@
 //! # Order
 //! The datapath follows service → selection slot → backend. Writes therefore go in table order
 //! (every target is valid before anything points at it) and deletes in reverse (every pointer is
-//! gone before its target): the address filter, the policy-Local marks, names, backends, members, selection slots,
-//! Maglev chunks, source ranges, then frontends. Source ranges are written before the frontend that enables them and
-//! removed after it.
+//! gone before its target): the address filter, the policy-Local marks, names, backends,
+//! members, selection slots, Maglev chunks, source ranges, then frontends. Source ranges are
+//! written before the frontend that enables them and removed after it.
 
 use std::{collections::BTreeMap, sync::Arc};
 

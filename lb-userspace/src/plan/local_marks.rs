@@ -13,9 +13,8 @@ use lb_common::{SVC_F_ADDR_MARKER, SVC_F_EXTERNAL, SVC_F_SNAT, ServiceKey, Servi
 /// frontend without source NAT.
 pub fn mark_of(key: &ServiceKey, value: &ServiceValue) -> Option<(u32, u64)> {
     let marked = value.flags & (SVC_F_EXTERNAL | SVC_F_SNAT | SVC_F_ADDR_MARKER) == SVC_F_EXTERNAL;
-    let v4 = key.addr[..12] == lb_common::v4_mapped([0; 4])[..12];
-    let addr = u32::from_ne_bytes([key.addr[12], key.addr[13], key.addr[14], key.addr[15]]);
-    (marked && v4).then(|| local_mark_slot(addr, key.port_be, key.proto))
+    let addr = lb_common::ipv4_word(&key.addr).filter(|_| marked)?;
+    Some(local_mark_slot(addr, key.port_be, key.proto))
 }
 
 /// Sets the mark of `key` in `words` when it has one ([`mark_of`]).

@@ -1,5 +1,7 @@
 //! Packet parsing: one bounds-checked cursor, one pass, into a [`Packet`] description. No map is
-//! looked up and no byte is written before parsing is complete. IPv4 and IPv6 parse into the
+//! looked up and no byte is written before parsing is complete, apart from the address filter's
+//! pre-read ([`filter_addrs`]: the addresses of a packet whose fate the filter alone decides, so
+//! most packets that are none of ours pass without being parsed into the scratch space). IPv4 and IPv6 parse into the
 //! same description, with 16-byte addresses (IPv4-mapped for IPv4), so everything after parsing
 //! is family-independent except the rewrite itself.
 //!
@@ -313,6 +315,72 @@ impl Packet {
             core::ptr::write_volatile(&mut self.l4_off, 0);
         }
     }
+}
+
+/// `filter` of the source and destination of a packet for which the address filter alone
+/// decides (as the 32-bit words of their 16-byte forms, as [`Packet::addr_words`] gives them
+/// after [`parse`]), read straight from the headers before anything is written: a valid IPv4 header carrying anything but ICMP, or an
+/// IPv6 header (no IPv4-mapped address) followed directly by TCP or UDP. For such a packet
+/// `parse` would return [`Parsed::Ip`] with no ICMP error, so if neither address is ours the
+/// verdict is a plain pass, whatever else the packet holds. `None`: the full parse decides.
+#[inline(always)]
+pub fn filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4], [u32; 4]) -> R) -> Option<R> {
+    let mut c = Cursor::new(data, data_end);
+    let eth = c.take::<EthHdr>()?;
+    // SAFETY: bounds checked by `take`; unaligned reads of packet memory.
+    let ether_type = u16::from_be(unsafe { core::ptr::read_unaligned(core::ptr::addr_of!((*eth).ether_type_be)) });
+    if ether_type == ETH_P_IP {
+        let hdr = c.peek_at::<Ipv4Hdr>(c.off)?;
+        // SAFETY: as above.
+        let (version_ihl, tot_len_be, proto, saddr, daddr) = unsafe {
+            use core::ptr::{addr_of, read_unaligned};
+            (
+                read_unaligned(addr_of!((*hdr).version_ihl)),
+                read_unaligned(addr_of!((*hdr).tot_len_be)),
+                read_unaligned(addr_of!((*hdr).proto)),
+                read_unaligned(addr_of!((*hdr).saddr)),
+                read_unaligned(addr_of!((*hdr).daddr)),
+            )
+        };
+        // `parse_v4`'s checks for `Parsed::BadL3`, in the same order of reads.
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || usize::from(u16::from_be(tot_len_be)) < ihl || proto == IPPROTO_ICMP {
+            return None;
+        }
+        c.peek_at::<u8>(c.off + ihl - 1)?;
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        return Some(filter([0, 0, mapped, u32::from_ne_bytes(saddr)], [0, 0, mapped, u32::from_ne_bytes(daddr)]));
+    }
+    if ether_type != ETH_P_IPV6 {
+        return None;
+    }
+    v6_filter_addrs(data, data_end, filter)
+}
+
+/// [`filter_addrs`] of IPv6 (after the Ethernet header): a subprogram of its own, whose eight
+/// address words stay off the entry point's stack frame.
+#[inline(never)]
+fn v6_filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4], [u32; 4]) -> R) -> Option<R> {
+    let ip = ptr_at::<Ipv6Hdr>(data, data_end, ETH_HLEN)?;
+    // SAFETY: as above; the addresses are read as unaligned words.
+    let (vtc0, next, s, d) = unsafe {
+        use core::ptr::{addr_of, read_unaligned};
+        let words = |a: *const [u8; 16]| {
+            let w = a.cast::<[u8; 4]>();
+            [0, 1, 2, 3].map(|i| u32::from_ne_bytes(read_unaligned(w.add(i))))
+        };
+        (
+            read_unaligned(addr_of!((*ip).vtc_flow))[0],
+            read_unaligned(addr_of!((*ip).nexthdr)),
+            words(addr_of!((*ip).saddr)),
+            words(addr_of!((*ip).daddr)),
+        )
+    };
+    let mapped = |w: [u32; 4]| w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    if vtc0 >> 4 != 6 || mapped(s) || mapped(d) || (next != IPPROTO_TCP && next != IPPROTO_UDP) {
+        return None;
+    }
+    Some(filter(s, d))
 }
 
 /// Parses Ethernet + IPv4 or IPv6 + the TCP/UDP ports (or the flow an ICMP error quotes). A BPF

@@ -11,12 +11,12 @@ use crate::{
     parse::Packet,
 };
 
-/// Whether the packet's destination may be a frontend address and its source a backend's:
-/// false for certain, true possibly (a hash of every frontend and backend address sets a bit;
-/// two inlined array reads decide for most packets that they are none of ours).
+/// Whether destination `dst` may be a frontend address and source `src` a backend's (addresses
+/// as the 32-bit words of their 16-byte forms): false for certain, true possibly (a hash of
+/// every frontend and backend address sets a bit; two inlined array reads decide for most
+/// packets that they are none of ours).
 #[inline(always)]
-pub fn may_be_ours(p: &Packet) -> (bool, bool) {
-    let (src, dst) = p.addr_words();
+pub fn may_be_ours(src: [u32; 4], dst: [u32; 4]) -> (bool, bool) {
     (filter_has(dst, ADDR_FILTER_FRONTEND), filter_has(src, ADDR_FILTER_BACKEND))
 }
 

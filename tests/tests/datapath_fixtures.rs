@@ -2027,7 +2027,8 @@ fn unfollowed_or_truncated_extension_headers_to_a_service_address_are_dropped(te
     assert_eq!(f.counter(CNT_DROP_BAD_L4), 2);
 }
 
-/// What the parser does with malformed IPv6 headers: a wrong version nibble and an IPv6
+/// What the parser does with malformed IPv6 headers: a wrong version nibble, an IPv4-mapped
+/// source or destination (the maps' spelling of IPv4, never valid on an IPv6 wire) and an IPv6
 /// header cut short are passed untouched (`CNT_PASS_BAD_L3`). A payload length larger than
 /// the packet is not checked by the parser (nor is an IPv4 total length larger than the
 /// packet): such a packet with a complete TCP header is translated like any other (the
@@ -2040,7 +2041,15 @@ fn malformed_ipv6_headers_pass_untouched(test: &str) {
     version4[14] = 0x40;
     let mut version7 = good.clone();
     version7[14] = 0x70;
-    for frame in [version4, version7] {
+    // Neither address is a frontend's or a backend's: nothing but the header check counts them.
+    let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1];
+    let (src, dst) = (14 + 8..14 + 24, 14 + 24..14 + 40);
+    let mut mapped_src = good.clone();
+    mapped_src.copy_within(src.clone(), dst.start);
+    mapped_src[src].copy_from_slice(&mapped);
+    let mut mapped_dst = good.clone();
+    mapped_dst[dst].copy_from_slice(&mapped);
+    for frame in [version4, version7, mapped_src, mapped_dst] {
         let (verdict, out) = f.run(&frame);
         assert_eq!(verdict, TC_ACT_OK, "the kernel's IPv6 input validates these");
         assert_eq!(out, frame, "an invalid IPv6 header is never modified");
@@ -2050,7 +2059,7 @@ fn malformed_ipv6_headers_pass_untouched(test: &str) {
     let cut = good[..14 + 20].to_vec();
     let (verdict, out) = f.run_xdp(&cut);
     assert_eq!((verdict, out), (XDP_PASS, cut), "a truncated IPv6 header passes untouched");
-    assert_eq!(f.counter(CNT_PASS_BAD_L3), 3);
+    assert_eq!(f.counter(CNT_PASS_BAD_L3), 5);
     assert_eq!(f.counter(CNT_VERDICT_DNAT), 0);
     // Payload length 1000 in a frame carrying 20 bytes: translated.
     let mut long = good.clone();
@@ -2066,7 +2075,7 @@ fn malformed_ipv6_headers_pass_untouched(test: &str) {
     let sum = pseudo_header_sum(fl.src.ip(), fl.dst.ip(), PROTO_TCP, t.len());
     assert_eq!(checksum(t, sum), 0, "TCP checksum over the 20 bytes present");
     assert_eq!(f.counter(CNT_VERDICT_DNAT), 1);
-    assert_eq!(f.counter(CNT_PASS_BAD_L3), 3);
+    assert_eq!(f.counter(CNT_PASS_BAD_L3), 5);
 }
 
 /// Point 41 with extension headers, the IPv6 counterpart of IPv4 options: a NodePort packet

@@ -319,10 +319,11 @@ impl Packet {
 
 /// `filter` of the source and destination of a packet for which the address filter alone
 /// decides (as the 32-bit words of their 16-byte forms, as [`Packet::addr_words`] gives them
-/// after [`parse`]), read straight from the headers before anything is written: a valid IPv4 header carrying anything but ICMP, or an
-/// IPv6 header (no IPv4-mapped address) followed directly by TCP or UDP. For such a packet
-/// `parse` would return [`Parsed::Ip`] with no ICMP error, so if neither address is ours the
-/// verdict is a plain pass, whatever else the packet holds. `None`: the full parse decides.
+/// after [`parse`]), read straight from the headers before anything is written: a valid IPv4
+/// header carrying anything but ICMP, or an IPv6 header (no IPv4-mapped address) followed
+/// directly by TCP or UDP. For such a packet `parse` would return [`Parsed::Ip`] with no ICMP
+/// error, so if neither address is ours the verdict is a plain pass, whatever else the packet
+/// holds. `None`: the full parse decides.
 #[inline(always)]
 pub fn filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4], [u32; 4]) -> R) -> Option<R> {
     let mut c = Cursor::new(data, data_end);
@@ -330,24 +331,10 @@ pub fn filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4
     // SAFETY: bounds checked by `take`; unaligned reads of packet memory.
     let ether_type = u16::from_be(unsafe { core::ptr::read_unaligned(core::ptr::addr_of!((*eth).ether_type_be)) });
     if ether_type == ETH_P_IP {
-        let hdr = c.peek_at::<Ipv4Hdr>(c.off)?;
-        // SAFETY: as above.
-        let (version_ihl, tot_len_be, proto, saddr, daddr) = unsafe {
-            use core::ptr::{addr_of, read_unaligned};
-            (
-                read_unaligned(addr_of!((*hdr).version_ihl)),
-                read_unaligned(addr_of!((*hdr).tot_len_be)),
-                read_unaligned(addr_of!((*hdr).proto)),
-                read_unaligned(addr_of!((*hdr).saddr)),
-                read_unaligned(addr_of!((*hdr).daddr)),
-            )
-        };
-        // `parse_v4`'s checks for `Parsed::BadL3`, in the same order of reads.
-        let ihl = usize::from(version_ihl & 0x0f) * 4;
-        if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || usize::from(u16::from_be(tot_len_be)) < ihl || proto == IPPROTO_ICMP {
+        let Ipv4Fields { proto, saddr, daddr, .. } = ipv4_fields(&c, c.off)?;
+        if proto == IPPROTO_ICMP {
             return None;
         }
-        c.peek_at::<u8>(c.off + ihl - 1)?;
         let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
         return Some(filter([0, 0, mapped, u32::from_ne_bytes(saddr)], [0, 0, mapped, u32::from_ne_bytes(daddr)]));
     }
@@ -401,12 +388,23 @@ pub fn parse(data: usize, data_end: usize, out: &mut Packet) -> Parsed {
     }
 }
 
+/// What parsing uses of an IPv4 header.
+struct Ipv4Fields {
+    /// Header length in bytes (with options).
+    ihl: usize,
+    tot_len: usize,
+    id_be: u16,
+    frag_off_be: u16,
+    proto: u8,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+/// The IPv4 header at `l3_off`, if valid; `None` is [`Parsed::BadL3`]: cut short, version other
+/// than 4, IHL below 5, a total length shorter than the header, or options beyond the packet.
 #[inline(always)]
-fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
-    let l3_off = c.off;
-    let Some(hdr) = c.peek_at::<Ipv4Hdr>(l3_off) else {
-        return Parsed::BadL3;
-    };
+fn ipv4_fields(c: &Cursor, l3_off: usize) -> Option<Ipv4Fields> {
+    let hdr = c.peek_at::<Ipv4Hdr>(l3_off)?;
     // Only the fields used, each read where it lies (a copy of the whole header costs a load
     // and a store per byte). SAFETY: bounds checked by `peek_at`; unaligned reads.
     let (version_ihl, tot_len_be, id_be, frag_off_be, proto, saddr, daddr) = unsafe {
@@ -424,12 +422,19 @@ fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     let tot_len = usize::from(u16::from_be(tot_len_be));
     if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN || tot_len < ihl {
-        return Parsed::BadL3;
+        return None;
     }
     // Options must be present in the packet too.
-    if c.peek_at::<u8>(l3_off + ihl - 1).is_none() {
+    c.peek_at::<u8>(l3_off + ihl - 1)?;
+    Some(Ipv4Fields { ihl, tot_len, id_be, frag_off_be, proto, saddr, daddr })
+}
+
+#[inline(always)]
+fn parse_v4(c: &Cursor, p: &mut Packet) -> Parsed {
+    let l3_off = c.off;
+    let Some(Ipv4Fields { ihl, tot_len, id_be, frag_off_be, proto, saddr, daddr }) = ipv4_fields(c, l3_off) else {
         return Parsed::BadL3;
-    }
+    };
     let l4_off = l3_off + ihl;
     let frag = u16::from_be(frag_off_be);
     let offset = frag & 0x1fff;

@@ -1,9 +1,9 @@
 //! Packet parsing: one bounds-checked cursor, one pass, into a [`Packet`] description. No map is
 //! looked up and no byte is written before parsing is complete, apart from the address filter's
 //! pre-read ([`filter_addrs`]: the addresses of a packet whose fate the filter alone decides, so
-//! most packets that are none of ours pass without being parsed into the scratch space). IPv4 and IPv6 parse into the
-//! same description, with 16-byte addresses (IPv4-mapped for IPv4), so everything after parsing
-//! is family-independent except the rewrite itself.
+//! most packets that are none of ours pass without being parsed into the scratch space). IPv4
+//! and IPv6 parse into the same description, with 16-byte addresses (IPv4-mapped for IPv4), so
+//! everything after parsing is family-independent except the rewrite itself.
 //!
 //! # Malformed-packet and fragment policy (tested by the fixtures)
 //! - Neither IPv4 nor IPv6 (other ethertypes, including VLAN-tagged frames): pass untouched.
@@ -34,6 +34,14 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPV6_HLEN: usize = 40;
 const IPV4_MIN_HLEN: usize = 20;
+/// The third 32-bit word of an IPv4-mapped address (`::ffff:a.b.c.d`), as it lies in memory.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The 32-bit words of the IPv4-mapped form of `a`, as [`Packet::addr_words`] reads them.
+#[inline(always)]
+fn v4_mapped_words(a: [u8; 4]) -> [u32; 4] {
+    [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(a)]
+}
 
 /// Ethernet header as on the wire.
 #[repr(C)]
@@ -269,16 +277,16 @@ impl Packet {
     /// stores (volatile: zero words merged into a `memset` would compile to a byte-loop call).
     #[inline(always)]
     fn set_v4_addrs(&mut self, src: [u8; 4], dst: [u8; 4]) {
-        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
         for (to, a) in [(&mut self.src, src), (&mut self.dst, dst)] {
             let w = (to as *mut [u8; 16]).cast::<u32>();
+            let [w0, w1, w2, w3] = v4_mapped_words(a);
             // SAFETY: `Packet` is 8-aligned with `src` at 0 and `dst` at 16 (asserted above), so
             // both are 4-aligned; four words are the array's 16 bytes.
             unsafe {
-                w.write_volatile(0);
-                w.add(1).write_volatile(0);
-                w.add(2).write_volatile(mapped);
-                w.add(3).write_volatile(u32::from_ne_bytes(a));
+                w.write_volatile(w0);
+                w.add(1).write_volatile(w1);
+                w.add(2).write_volatile(w2);
+                w.add(3).write_volatile(w3);
             }
         }
     }
@@ -335,8 +343,7 @@ pub fn filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4
         if proto == IPPROTO_ICMP {
             return None;
         }
-        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        return Some(filter([0, 0, mapped, u32::from_ne_bytes(saddr)], [0, 0, mapped, u32::from_ne_bytes(daddr)]));
+        return Some(filter(v4_mapped_words(saddr), v4_mapped_words(daddr)));
     }
     if ether_type != ETH_P_IPV6 {
         return None;
@@ -363,7 +370,7 @@ fn v6_filter_addrs<R>(data: usize, data_end: usize, filter: impl FnOnce([u32; 4]
             words(addr_of!((*ip).daddr)),
         )
     };
-    let mapped = |w: [u32; 4]| w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let mapped = |w: [u32; 4]| w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
     if vtc0 >> 4 != 6 || mapped(s) || mapped(d) || (next != IPPROTO_TCP && next != IPPROTO_UDP) {
         return None;
     }
